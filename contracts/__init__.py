@@ -1,0 +1,1 @@
+"""Solidity sources and the Python that compiles (pinned solcjs) and deploys them."""

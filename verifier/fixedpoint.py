@@ -1,0 +1,48 @@
+"""Fixed-point form of a model input, and the on-chain input commitment.
+
+A circuit sees its input as integers ``round(x * 2**scale)``, with ``round``
+going half away from zero (EZKL's ``quantize_float`` uses Rust's ``f64::round``;
+numpy's ``round`` goes half to even and would disagree on ties). The value is
+taken as float64 of the model's input dtype (float32 for the reference models).
+
+The input commitment that contracts, EIP-712 signatures and proofs all check is
+``keccak256(abi.encode(int256[] q))`` of those integers, flattened row-major.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+
+from verifier.errors import InputError
+
+# Field modulus of BN254's scalar field: EZKL's public instances live in it.
+BN254_R = 21888242871839275222246405745257275088548364400416034343698204186575808495617
+
+
+def quantize(values: np.ndarray, scale: int) -> list[int]:
+    """Row-major integers ``round_half_away(x * 2**scale)`` (exact, via float64)."""
+    x = np.asarray(values, dtype=np.float64).ravel(order="C")
+    if not np.all(np.isfinite(x)):
+        raise InputError("input contains NaN or infinity")
+    scaled = x * float(2**scale)
+    q = np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)
+    if np.any(np.abs(q) >= 2**62):
+        raise InputError(f"input value too large for fixed point at scale {scale}")
+    return [int(v) for v in q]
+
+
+def input_commitment(quantized: list[int]) -> bytes:
+    """``keccak256(abi.encode(int256[]))`` of the quantized input (32 bytes)."""
+    return keccak(abi_encode(["int256[]"], [list(quantized)]))
+
+
+def felt_to_int(felt: int) -> int:
+    """A BN254 field element as a signed integer (values above r/2 are negative)."""
+    felt %= BN254_R
+    return felt - BN254_R if felt > BN254_R // 2 else felt
+
+
+def int_to_felt(value: int) -> int:
+    return value % BN254_R

@@ -1,0 +1,71 @@
+"""Open Inference Protocol v2 datatypes and the canonical tensor digest.
+
+Canonical byte form of a tensor (version 1), hashed with SHA-256::
+
+    b"verinfer.tensor.v1\\x00"
+    datatype as ASCII (an OIP v2 name, e.g. b"FP32") + b"\\x00"
+    ndim as uint32 little-endian
+    each dim as uint64 little-endian
+    the elements, row-major (C order), each in little-endian byte order
+
+Floats are hashed as their IEEE-754 bytes, never as a JSON rendering.
+Test vectors: ``docs/formats.md`` (checked by ``tests/test_formats.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+
+from verifier.errors import InputError
+
+TENSOR_DIGEST_DOMAIN = b"verinfer.tensor.v1\x00"
+
+# OIP v2 datatype name -> little-endian numpy dtype. BYTES and FP16/BF16 are
+# not accepted: no reference model takes them and they have no exact JSON form.
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("bool"),
+    "UINT8": np.dtype("<u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_BY_DTYPE = {v: k for k, v in DATATYPES.items()}
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    try:
+        return DATATYPES[datatype]
+    except KeyError:
+        known = ", ".join(DATATYPES)
+        raise InputError(f"unsupported datatype {datatype!r} (supported: {known})") from None
+
+
+def datatype_of(array: np.ndarray) -> str:
+    try:
+        return _BY_DTYPE[array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype]
+    except KeyError:
+        raise InputError(f"no OIP v2 datatype for numpy dtype {array.dtype}") from None
+
+
+def canonical_tensor_bytes(array: np.ndarray, datatype: str | None = None) -> bytes:
+    """The one byte form a tensor digest is computed over (see module doc)."""
+    datatype = datatype or datatype_of(array)
+    dt = numpy_dtype(datatype)
+    arr = np.ascontiguousarray(array, dtype=dt)
+    header = TENSOR_DIGEST_DOMAIN + datatype.encode("ascii") + b"\x00"
+    header += struct.pack("<I", arr.ndim) + b"".join(struct.pack("<Q", d) for d in arr.shape)
+    return header + arr.tobytes(order="C")
+
+
+def tensor_digest(array: np.ndarray, datatype: str | None = None) -> str:
+    """Hex SHA-256 of :func:`canonical_tensor_bytes`."""
+    return hashlib.sha256(canonical_tensor_bytes(array, datatype)).hexdigest()
