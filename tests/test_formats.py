@@ -1,0 +1,45 @@
+"""Canonical tensor digest and input commitment: pinned test vectors (docs/formats.md)."""
+
+import numpy as np
+import pytest
+
+from verifier.errors import InputError
+from verifier.fixedpoint import input_commitment, quantize
+from verifier.tensors import canonical_tensor_bytes, tensor_digest
+
+VECTOR_INPUT = np.array([[5.1, 3.5, 1.4, 0.2]], dtype=np.float32)
+
+
+def test_tensor_digest_vector():
+    assert canonical_tensor_bytes(VECTOR_INPUT).hex() == (
+        "766572696e6665722e74656e736f722e763100" "4650333200" "02000000"
+        "0100000000000000" "0400000000000000"
+        "3333a340" "00006040" "3333b33f" "cdcc4c3e"
+    )
+    assert tensor_digest(VECTOR_INPUT) == (
+        "c92973e5efe6a73212f3e477a91de7b98120a23e247d8a942d4c48b94f145e48"
+    )
+
+
+def test_digest_depends_on_dtype_and_shape():
+    flat = VECTOR_INPUT.reshape(4)
+    assert tensor_digest(flat) != tensor_digest(VECTOR_INPUT)
+    assert tensor_digest(VECTOR_INPUT.astype(np.float64)) != tensor_digest(VECTOR_INPUT)
+
+
+def test_quantize_rounds_half_away_from_zero_like_ezkl():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -2.5]) / 2**13
+    assert quantize(x, 13) == [1, 2, 3, -1, -3]
+
+
+def test_commitment_vector():
+    q = quantize(VECTOR_INPUT, 13)
+    assert q == [41779, 28672, 11469, 1638]
+    assert input_commitment(q).hex() == (
+        "9761e28b7edf3bf5ab22077058d7bbdb3f7dfbbd2a3037b7bd08adc745236c3c"
+    )
+
+
+def test_quantize_rejects_nan():
+    with pytest.raises(InputError):
+        quantize(np.array([np.nan]), 13)

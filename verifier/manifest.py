@@ -1,0 +1,96 @@
+"""The circuit package manifest: what a package is, bound by hashes.
+
+A circuit package is a folder ``<home>/packages/<package_id>/`` holding the
+artifacts listed in ``manifest.json``. The package id is the SHA-256 of the
+manifest's canonical JSON (``verifier.digests.canonical_json``), so a package's
+name says exactly what is in it. ``manifest.json`` itself is written in that
+canonical form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from verifier.digests import canonical_json, sha256_bytes, sha256_file
+from verifier.errors import PackageError
+
+MANIFEST_FORMAT = "verinfer.circuit-package/v1"
+MANIFEST_FILE = "manifest.json"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Artifact(Frozen):
+    sha256: str
+    bytes: int
+
+
+class SRSInfo(Frozen):
+    logrows: int
+    sha256: str
+    source: Literal["development", "ceremony"]
+    # True for a locally generated SRS: whoever made it knows the toxic waste
+    # and can forge proofs. Never use such a package in production.
+    insecure: bool
+
+
+class TensorSpec(Frozen):
+    name: str
+    datatype: str  # OIP v2 datatype, e.g. "FP32"
+    shape: tuple[int, ...]  # with the batch axis (1 in the circuit)
+    scale: int | None = None  # fixed-point scale in the circuit (2**scale)
+
+
+class Manifest(Frozen):
+    format: Literal["verinfer.circuit-package/v1"] = MANIFEST_FORMAT
+    name: str
+    model_sha256: str  # sha256 of model.onnx: the model's identity everywhere
+    ezkl_version: str
+    solc_version: str
+    input_visibility: Literal["public", "hashed"]
+    output_visibility: Literal["public"] = "public"
+    param_visibility: Literal["fixed"] = "fixed"
+    input: TensorSpec
+    outputs: tuple[TensorSpec, ...]
+    label_output: int  # index in ``outputs`` of the ArgMax label
+    srs: SRSInfo
+    artifacts: dict[str, Artifact]  # file name in the package -> hash and size
+    calibration: dict  # target, samples, chosen scales, numerical report
+    preflight: dict  # ops, logrows, sizes, timings, float-vs-circuit agreement
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.model_dump(mode="json"))
+
+    @property
+    def package_id(self) -> str:
+        return sha256_bytes(self.canonical_bytes())
+
+    @classmethod
+    def load(cls, path: Path) -> "Manifest":
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise PackageError(f"{path}: no manifest.json (not a circuit package)") from None
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "manifest"
+            raise PackageError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+
+    def check_artifacts(self, folder: Path, names: list[str] | None = None) -> None:
+        """Raise :class:`PackageError` unless each artifact's bytes hash as recorded."""
+        for name in names if names is not None else sorted(self.artifacts):
+            want = self.artifacts[name]
+            path = folder / name
+            if not path.is_file():
+                raise PackageError(f"{folder}: artifact {name} is missing")
+            if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
+                raise PackageError(
+                    f"{folder}: artifact {name} does not match the manifest's sha256 (altered?)"
+                )
