@@ -1,0 +1,204 @@
+"""The FastAPI app: thin HTTP handlers over :class:`server.service.InferenceService`.
+
+``create_app(settings)`` loads keys (refusing unsafe key files), the receipt store
+and the models; batchers start with the app's lifespan. Nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.errors import PayloadTooLarge, status_for
+from server.keys import KeyRing, load_keys
+from server.registry import ServedModel, load_models
+from server.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
+from server.service import InferenceService
+from server.settings import ServerSettings
+from server.store import ReceiptStore
+from verifier.errors import InputError, VerinferError
+
+log = logging.getLogger("verinfer.server")
+VERSION = "0.1.0"
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message}, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise InputError("invalid Content-Length header") from None
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(VerinferError)
+    async def _verinfer(request: Request, exc: VerinferError) -> Response:
+        return _error(status_for(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return _error(500, "internal server error")
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    models: dict[str, ServedModel] | None = None,
+    keys: KeyRing | None = None,
+) -> FastAPI:
+    """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving."""
+    keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
+    store = ReceiptStore(settings.receipts_path) if settings.signing else None
+    models = models if models is not None else load_models(settings)
+    service = InferenceService(settings, models, keys, store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+            if store is not None:
+                store.close()
+
+    app = FastAPI(
+        title="verinfer",
+        version=VERSION,
+        description="Open Inference Protocol v2 inference with signed receipts.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.keys = keys
+    _install_error_handlers(app)
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> Response:
+        return _json({"live": True})
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready() -> Response:
+        return _json({"ready": service.ready}, 200 if service.ready else 503)
+
+    @app.get("/v2", response_model=ServerMetadata, tags=["metadata"])
+    async def server_metadata() -> Response:
+        return _json({"name": "verinfer", "version": VERSION, "extensions": ["verinfer_receipts"]})
+
+    def _metadata(name: str, version: str | None) -> Response:
+        m = service.model(name, version)
+        return _json(
+            {
+                "name": m.name,
+                "versions": [m.version],
+                "platform": m.platform,
+                "inputs": [_meta(m.input)],
+                "outputs": [_meta(o) for o in m.outputs],
+            }
+        )
+
+    def _ready(name: str, version: str | None) -> Response:
+        service.model(name, version)
+        return _json({"name": name, "ready": service.ready}, 200 if service.ready else 503)
+
+    async def _infer(request: Request, name: str, version: str | None) -> Response:
+        service.model(name, version)  # 404 before reading a body
+        body = await read_body(request, settings.max_body_bytes)
+        return _json(await service.infer(name, version, body))
+
+    infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
+
+    @app.get("/v2/models/{name}", response_model=ModelMetadata, tags=["models"])
+    async def model_metadata(name: str) -> Response:
+        return _metadata(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, tags=["models"])
+    async def model_version_metadata(name: str, version: str) -> Response:
+        return _metadata(name, version)
+
+    @app.get("/v2/models/{name}/ready", tags=["models"])
+    async def model_ready(name: str) -> Response:
+        return _ready(name, None)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["models"])
+    async def model_version_ready(name: str, version: str) -> Response:
+        return _ready(name, version)
+
+    @app.post("/v2/models/{name}/infer", response_model=InferResponse, openapi_extra=infer_doc, tags=["inference"])
+    async def infer(request: Request, name: str) -> Response:
+        return await _infer(request, name, None)
+
+    @app.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        response_model=InferResponse,
+        openapi_extra=infer_doc,
+        tags=["inference"],
+    )
+    async def infer_version(request: Request, name: str, version: str) -> Response:
+        return await _infer(request, name, version)
+
+    @app.get("/v1/receipts/{receipt_id}", tags=["receipts"])
+    async def get_receipt(receipt_id: str) -> Response:
+        if store is None:
+            raise InputError("this server does not sign or store receipts")
+        return Response(store.get(receipt_id), media_type="application/json")
+
+    @app.get("/.well-known/jwks.json", tags=["keys"])
+    async def jwks() -> Response:
+        return _json(keys.jwks)
+
+    @app.get("/v1/keys", tags=["keys"])
+    async def key_info() -> Response:
+        signer = service.signer
+        return _json(
+            {
+                "jwks": keys.jwks,
+                "active_kid": keys.kid,
+                "eip712": {
+                    "signer": keys.eth_address,
+                    "domain": signer.domain.model_dump() if signer else None,
+                },
+            }
+        )
+
+    return app
+
+
+def _meta(t) -> dict[str, Any]:
+    return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}

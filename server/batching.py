@@ -1,0 +1,116 @@
+"""Dynamic batching: concurrent requests to one model share a forward pass.
+
+Requests queue per model; one collector task takes the first waiting request,
+then more until ``max_batch_size`` samples or ``max_queue_delay_ms`` has passed,
+and hands the batch to a single worker thread. While a batch runs, the next one
+gathers. Each request's future gets exactly its own slice of the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from server.settings import BatchPolicy
+
+
+@dataclass
+class Item:
+    x: np.ndarray  # this request's input, batch on axis 0
+    ctx: Any  # whatever the post-processor needs (request id, ...)
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+# run_batch(items) -> one result (or an Exception instance) per item; runs in the worker thread.
+RunBatch = Callable[[list[Item]], list[Any]]
+
+
+class DynamicBatcher:
+    def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy) -> None:
+        self.name = name
+        self.run_batch = run_batch
+        self.max_batch = policy.max_batch_size
+        self.delay = policy.max_queue_delay_ms / 1000.0
+        self._queue: asyncio.Queue[Item] | None = None
+        self._task: asyncio.Task | None = None
+        self._carry: Item | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self.batches = 0  # counters, for metrics and tests
+        self.samples = 0
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, x: np.ndarray, ctx: Any) -> Any:
+        """Queue one request; returns its result (or raises its exception)."""
+        assert self._queue is not None, "batcher not started"
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Item(x, ctx, fut))
+        return await fut
+
+    async def _next(self, timeout: float | None) -> Item | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        assert self._queue is not None
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            if timeout is not None and timeout <= 0:
+                return None
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._next(None)
+            assert first is not None
+            batch, rows = [first], first.rows
+            deadline = loop.time() + self.delay
+            while rows < self.max_batch:
+                item = await self._next(deadline - loop.time())
+                if item is None:
+                    break
+                if rows + item.rows > self.max_batch:
+                    self._carry = item  # starts the next batch
+                    break
+                batch.append(item)
+                rows += item.rows
+            batch = [i for i in batch if not i.future.cancelled()]
+            if not batch:
+                continue
+            self.batches += 1
+            self.samples += rows
+            try:
+                results = await loop.run_in_executor(self._executor, self.run_batch, batch)
+            except Exception as exc:  # the whole batch failed
+                results = [exc] * len(batch)
+            for item, res in zip(batch, results):
+                if item.future.done():
+                    continue
+                if isinstance(res, BaseException):
+                    item.future.set_exception(res)
+                else:
+                    item.future.set_result(res)

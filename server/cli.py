@@ -1,0 +1,108 @@
+"""``verinfer serve`` and ``verinfer keys {rotate,list}``. Heavy imports happen in handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve the models over the Open Inference Protocol v2, with signed receipts",
+        description="Serve every registered model (the reference ones at least) over OIP v2 "
+        "REST; every answer carries a signed receipt. Settings also come from VERINFER_* "
+        "environment variables (see docs/server.md).",
+    )
+    p.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 8080)")
+    p.add_argument("--no-signing", action="store_true", help="answer without receipts (benchmarks only)")
+    p.add_argument("--max-batch-size", type=int, help="dynamic batching: most samples per forward pass")
+    p.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for a batch")
+    p.add_argument("--engine", choices=["torch", "onnx"], help="engine for the reference models")
+    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    p.set_defaults(handler=serve)
+
+    k = sub.add_parser("keys", help="the server's signing keys")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    r = ksub.add_parser("rotate", help="make a new Ed25519 signing key active; old public keys stay in the JWKS")
+    r.add_argument("--json", action="store_true", help="print the new key id as JSON on stdout")
+    r.set_defaults(handler=keys_rotate)
+    ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer address")
+    ls.add_argument("--json", action="store_true", help="print the JWKS as JSON on stdout")
+    ls.set_defaults(handler=keys_list)
+
+
+def _settings(**overrides):
+    from pydantic import ValidationError
+
+    from server.settings import BatchPolicy, ServerSettings
+    from verifier.errors import InputError
+
+    try:
+        base = ServerSettings()
+        values = {k: v for k, v in overrides.items() if v is not None}
+        batch = {k: values.pop(k) for k in ("max_batch_size", "max_queue_delay_ms") if k in values}
+        if batch:
+            values["batching"] = BatchPolicy(**{**base.batching.model_dump(), **batch})
+        return ServerSettings(**values) if values else base
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"invalid setting {where}: {first['msg']}") from None
+
+
+def serve(args: argparse.Namespace) -> int:
+    settings = _settings(
+        host=args.host,
+        port=args.port,
+        signing=False if args.no_signing else None,
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        engine=args.engine,
+    )
+    import uvicorn
+
+    from server.app import create_app
+
+    app = create_app(settings)  # refuses unsafe key files before listening
+    keys = app.state.keys
+    print(
+        f"verinfer: serving {', '.join(sorted(app.state.service.models))} on "
+        f"http://{settings.host}:{settings.port} (key {keys.kid}, EIP-712 signer {keys.eth_address})",
+        file=sys.stderr,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def keys_rotate(args: argparse.Namespace) -> int:
+    from server.keys import load_keys, new_ed25519
+
+    settings = _settings()
+    fresh = not (settings.keys_dir / "ed25519" / "active").exists()
+    keys = load_keys(settings)  # the data dir's keys exist and are safe first
+    kid = keys.kid if fresh else new_ed25519(settings)
+    if settings.signing_key is not None or settings.signing_key_path is not None:
+        print("verinfer: warning: the server signs with the key from VERINFER_SIGNING_KEY(_PATH), "
+              "not the data dir's active key", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"kid": kid}))
+    print(f"OK: new signing key {kid} is active; old public keys stay in the JWKS", file=sys.stderr)
+    return 0
+
+
+def keys_list(args: argparse.Namespace) -> int:
+    from server.keys import load_keys
+
+    keys = load_keys(_settings(), create=False)
+    if args.json:
+        print(json.dumps({**keys.jwks, "active": keys.kid, "eip712_signer": keys.eth_address}))
+    else:
+        for jwk in keys.jwks["keys"]:
+            mark = " (active)" if jwk["kid"] == keys.kid else ""
+            print(f"{jwk['kid']}  Ed25519{mark}", file=sys.stderr)
+        print(f"EIP-712 signer: {keys.eth_address}", file=sys.stderr)
+    return 0

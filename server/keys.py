@@ -1,0 +1,149 @@
+"""Signing keys: generated on first start into the data dir, or loaded from a path/env.
+
+Layout under ``<home>/keys/`` (directory 0700, files 0600)::
+
+    ed25519/<kid>.pem   PKCS#8 PEM private keys, one per key ever made here
+    ed25519/active      the kid that signs now (``verinfer keys rotate`` changes it)
+    eth.key             secp256k1 private key (hex) for EIP-712 signatures
+
+Key ids are RFC 7638 thumbprints (``verifier.keys``). Old keys stay in
+``ed25519/`` so their public halves stay in the JWKS after a rotation.
+A private key file that group or others may read is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from server.settings import ServerSettings
+from verifier.errors import InputError
+from verifier.keys import ed25519_jwk
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    kid: str  # the active Ed25519 key's id
+    ed25519: Ed25519PrivateKey
+    jwks: dict  # {"keys": [...]} every public key this server knows, active first
+    eth_key: bytes  # 32-byte secp256k1 secret
+    eth_address: str  # checksummed
+
+
+def check_private_file(path: Path) -> None:
+    """Refuse a key file that group or others can read or write."""
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InputError(
+            f"refusing to use private key {path}: mode {stat.S_IMODE(mode):04o} lets others read it"
+            f" (chmod 600 {path})"
+        )
+
+
+def write_private(path: Path, data: bytes) -> None:
+    for d in (path.parent.parent, path.parent) if path.parent.name == "ed25519" else (path.parent,):
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_ed25519(data: bytes, where: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{where}: not a PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InputError(f"{where}: not an Ed25519 key")
+    return key
+
+
+def _ed_dir(settings: ServerSettings) -> Path:
+    return settings.keys_dir / "ed25519"
+
+
+def new_ed25519(settings: ServerSettings) -> str:
+    """Make a new Ed25519 key in the data dir, make it active; return its kid."""
+    key = Ed25519PrivateKey.generate()
+    kid = ed25519_jwk(key.public_key())["kid"]
+    d = _ed_dir(settings)
+    write_private(d / f"{kid}.pem", _pem(key))
+    tmp = d / "active.tmp"
+    tmp.write_text(kid + "\n")
+    os.replace(tmp, d / "active")
+    return kid
+
+
+def stored_keys(settings: ServerSettings) -> dict[str, Ed25519PrivateKey]:
+    out = {}
+    d = _ed_dir(settings)
+    for path in sorted(d.glob("*.pem")) if d.is_dir() else ():
+        check_private_file(path)
+        key = _load_ed25519(path.read_bytes(), str(path))
+        out[ed25519_jwk(key.public_key())["kid"]] = key
+    return out
+
+
+def _eth_key(settings: ServerSettings, create: bool) -> bytes:
+    if settings.eth_key is not None:
+        text, where = settings.eth_key.get_secret_value(), "VERINFER_ETH_KEY"
+    else:
+        path = settings.eth_key_path or settings.keys_dir / "eth.key"
+        if not path.exists():
+            if not create or settings.eth_key_path is not None:
+                raise InputError(f"EIP-712 key file {path} does not exist")
+            write_private(path, os.urandom(32).hex().encode() + b"\n")
+        check_private_file(path)
+        text, where = path.read_text(), str(path)
+    try:
+        raw = bytes.fromhex(text.strip().removeprefix("0x"))
+    except ValueError:
+        raise InputError(f"{where}: not a hex secp256k1 key") from None
+    if len(raw) != 32:
+        raise InputError(f"{where}: a secp256k1 key is 32 bytes")
+    return raw
+
+
+def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
+    """The server's keys; generates missing ones in the data dir when ``create``."""
+    if settings.signing_key is not None:
+        active = _load_ed25519(settings.signing_key.get_secret_value().encode(), "VERINFER_SIGNING_KEY")
+    elif settings.signing_key_path is not None:
+        path = settings.signing_key_path
+        if not path.is_file():
+            raise InputError(f"signing key file {path} does not exist")
+        check_private_file(path)
+        active = _load_ed25519(path.read_bytes(), str(path))
+    else:
+        active_file = _ed_dir(settings) / "active"
+        if not active_file.exists():
+            if not create:
+                raise InputError(f"no signing key in {settings.keys_dir} (run `verinfer serve` once)")
+            new_ed25519(settings)
+        kid = active_file.read_text().strip()
+        keys = stored_keys(settings)
+        if kid not in keys:
+            raise InputError(f"{active_file} names key {kid!r}, which is not in {_ed_dir(settings)}")
+        active = keys[kid]
+    active_jwk = ed25519_jwk(active.public_key())
+    jwks = [active_jwk] + [
+        ed25519_jwk(k.public_key())
+        for kid, k in stored_keys(settings).items()
+        if kid != active_jwk["kid"]
+    ]
+    eth = _eth_key(settings, create)
+    from eth_keys import keys as eth_keys
+
+    address = eth_keys.PrivateKey(eth).public_key.to_checksum_address()
+    return KeyRing(active_jwk["kid"], active, {"keys": jwks}, eth, address)

@@ -1,0 +1,113 @@
+"""Which models the server serves, with their metadata, engine and input scale.
+
+* every reference model (``models.REFERENCE_MODELS``, or ``settings.models``),
+  run by PyTorch (or onnxruntime with ``engine="onnx"``);
+* every ONNX file named in ``settings.onnx_models``, run by onnxruntime;
+* every circuit package registered in the data dir (``prover.package``) whose
+  name is not a reference model, run by onnxruntime from the package's model.onnx.
+
+The fixed-point input scale for the EIP-712 input commitment is the registered
+circuit package's ``manifest.input.scale`` when one exists for the same model
+file, else ``DEFAULT_INPUT_SCALE`` (13).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.engines import Engine, OnnxEngine, TensorMeta, TorchEngine, onnx_signature
+from server.settings import DEFAULT_INPUT_SCALE, ServerSettings
+from verifier.digests import sha256_file
+from verifier.errors import InputError, VerinferError
+
+log = logging.getLogger("verinfer.server")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    sha256: str  # of model.onnx
+    input: TensorMeta
+    outputs: list[TensorMeta]
+    scale: int
+    engine: Engine
+    label_output: str | None  # the output holding the class index, if any
+
+    @property
+    def platform(self) -> str:
+        return self.engine.platform
+
+
+def _package(settings: ServerSettings, name: str):
+    """The registered circuit package for ``name``, or None (prover not installed / none)."""
+    try:
+        from prover.package import find_package
+    except ImportError:
+        return None
+    try:
+        return find_package(settings, name, check=["model.onnx"])
+    except VerinferError:
+        return None
+    except Exception as exc:  # a broken package must not stop the server
+        log.warning("circuit package %s unusable: %s", name, exc)
+        return None
+
+
+def _registered_names(settings: ServerSettings) -> list[str]:
+    try:
+        from prover.package import list_names
+    except ImportError:
+        return []
+    try:
+        return list(list_names(settings))
+    except Exception:
+        return []
+
+
+def input_scale(settings: ServerSettings, name: str, model_sha256: str) -> int:
+    pkg = _package(settings, name)
+    if pkg is not None and pkg.manifest.model_sha256 == model_sha256:
+        scale = pkg.manifest.input.scale
+        if scale is not None:
+            return int(scale)
+    return DEFAULT_INPUT_SCALE
+
+
+def _build(settings, name, onnx_path: Path, engine_kind: str) -> ServedModel:
+    if not onnx_path.is_file():
+        raise InputError(f"model {name}: no ONNX file at {onnx_path}")
+    inputs, outputs = onnx_signature(onnx_path)
+    if len(inputs) != 1:
+        raise InputError(f"model {name}: only single-input models are served ({len(inputs)} inputs)")
+    names = [o.name for o in outputs]
+    sha = sha256_file(onnx_path)
+    if engine_kind == "torch":
+        engine: Engine = TorchEngine(name, names, settings.device)
+    else:
+        engine = OnnxEngine(onnx_path, names)
+    label = "label" if "label" in names else None
+    return ServedModel(name, "1", sha, inputs[0], outputs, input_scale(settings, name, sha), engine, label)
+
+
+def load_models(settings: ServerSettings) -> dict[str, ServedModel]:
+    from models import REFERENCE_MODELS, get_reference_model
+
+    served: dict[str, ServedModel] = {}
+    for name in settings.models if settings.models is not None else REFERENCE_MODELS:
+        try:
+            ref = get_reference_model(name)
+        except KeyError as exc:
+            raise InputError(str(exc.args[0])) from None
+        served[name] = _build(settings, name, ref.onnx_path, settings.engine)
+    for name, path in settings.onnx_models.items():
+        served[name] = _build(settings, name, Path(path), "onnx")
+    for name in _registered_names(settings):
+        if name in served or name in REFERENCE_MODELS:
+            continue
+        pkg = _package(settings, name)
+        if pkg is not None:
+            served[name] = _build(settings, name, pkg.path("model.onnx"), "onnx")
+    return served

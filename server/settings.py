@@ -1,0 +1,92 @@
+"""The server's settings (``VERINFER_`` environment prefix, or ``verinfer serve`` flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from verifier.config import Settings
+
+# Fixed-point input scale used for the EIP-712 input commitment of a model that
+# has no circuit package registered (a package's manifest.input.scale wins).
+DEFAULT_INPUT_SCALE = 13
+
+
+class BatchPolicy(BaseModel):
+    """Dynamic batching for one model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_batch_size: int = Field(64, ge=1, description="Most samples run in one forward pass.")
+    max_queue_delay_ms: float = Field(
+        2.0, ge=0, description="Longest a request waits for others to join its batch."
+    )
+
+
+class ServerSettings(Settings):
+    """Everything ``verinfer serve`` can be told; built once at the edge and passed in."""
+
+    host: str = Field("127.0.0.1", description="Interface to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to listen on.")
+    models: tuple[str, ...] | None = Field(
+        None, description="Reference models to serve (default: all of models.REFERENCE_MODELS)."
+    )
+    onnx_models: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Extra ONNX-only models to serve (name -> model.onnx path), run by onnxruntime.",
+    )
+    engine: Literal["torch", "onnx"] = Field(
+        "torch", description="Engine for reference models: PyTorch (CUDA when present) or onnxruntime."
+    )
+    device: str | None = Field(
+        None, description="Torch device ('cpu', 'cuda', 'cuda:1'); default: CUDA when available."
+    )
+    batching: BatchPolicy = Field(
+        default_factory=BatchPolicy, description="Default dynamic batching policy for every model."
+    )
+    model_batching: dict[str, BatchPolicy] = Field(
+        default_factory=dict, description="Per-model batching policy overriding `batching`."
+    )
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above it)."
+    )
+    signing: bool = Field(
+        True, description="Sign and store a receipt for every answer (off only for benchmarks)."
+    )
+    signing_key_path: Path | None = Field(
+        None, description="Ed25519 private key (PKCS#8 PEM, mode 0600); default: generated in the data dir."
+    )
+    signing_key: SecretStr | None = Field(
+        None, description="Ed25519 private key as PKCS#8 PEM text (instead of a file)."
+    )
+    eth_key_path: Path | None = Field(
+        None, description="secp256k1 key for EIP-712 (hex, mode 0600); default: generated in the data dir."
+    )
+    eth_key: SecretStr | None = Field(
+        None, description="secp256k1 private key for EIP-712 as hex (instead of a file)."
+    )
+    chain_id: int = Field(31337, ge=0, description="EIP-712 domain chainId.")
+    verifying_contract: str = Field(
+        "0x0000000000000000000000000000000000000000",
+        pattern=r"^0x[0-9a-fA-F]{40}$",
+        description="EIP-712 domain verifyingContract (the oracle contract's address).",
+    )
+    answer_ttl_s: int = Field(
+        3600, ge=1, description="EIP-712 deadline: seconds after the answer that it stays valid."
+    )
+    receipts_db: Path | None = Field(
+        None, description="SQLite file of receipts; default: <home>/receipts.sqlite3."
+    )
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @property
+    def receipts_path(self) -> Path:
+        return self.receipts_db or self.home / "receipts.sqlite3"
+
+    def policy_for(self, model: str) -> BatchPolicy:
+        return self.model_batching.get(model, self.batching)

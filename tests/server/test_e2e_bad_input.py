@@ -1,0 +1,113 @@
+"""Every kind of bad input gets a 4xx with {"error": ...} from the real server, which keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+GOOD = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def post(server, path: str, body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        conn.close()
+
+
+def with_input(**changes) -> bytes:
+    inp = {**GOOD["inputs"][0], **changes}
+    inp = {k: v for k, v in inp.items() if v is not None}
+    return json.dumps({"inputs": [inp]}).encode()
+
+
+IRIS = "/v2/models/iris_mlp/infer"
+CASES = [
+    ("unknown model", "/v2/models/nope/infer", json.dumps(GOOD).encode(), 404, "unknown model 'nope'"),
+    ("unknown version", "/v2/models/iris_mlp/versions/7/infer", json.dumps(GOOD).encode(), 404, "no version '7'"),
+    ("malformed JSON", IRIS, b'{"inputs": [', 400, "malformed JSON"),
+    ("not an object", IRIS, b"[1, 2]", 400, "JSON object"),
+    ("missing inputs", IRIS, b"{}", 400, "missing field 'inputs'"),
+    ("missing data", IRIS, with_input(data=None), 400, "missing field 'data'"),
+    ("missing shape", IRIS, with_input(shape=None), 400, "missing field 'shape'"),
+    ("missing datatype", IRIS, with_input(datatype=None), 400, "missing field 'datatype'"),
+    ("wrong input name", IRIS, with_input(name="x"), 400, "unknown input 'x'"),
+    ("wrong shape", IRIS, with_input(shape=[1, 5], data=[1, 2, 3, 4, 5]), 400, "does not match the model's"),
+    ("wrong rank", IRIS, with_input(shape=[4]), 400, "does not match the model's"),
+    ("data/shape count", IRIS, with_input(shape=[2, 4]), 400, "needs 8"),
+    ("ragged data", IRIS, with_input(data=[[1, 2], [3]]), 400, "not a (nested) list of numbers"),
+    ("strings in data", IRIS, with_input(data=["a", "b", "c", "d"]), 400, "not a (nested) list of numbers"),
+    ("unknown datatype", IRIS, with_input(datatype="FLOAT"), 400, "unknown datatype 'FLOAT'"),
+    ("BYTES datatype", IRIS, with_input(datatype="BYTES"), 400, "unknown datatype 'BYTES'"),
+    ("BOOL datatype", IRIS, with_input(datatype="BOOL"), 400, "not accepted"),
+    ("fractional INT", IRIS, with_input(datatype="INT32", data=[1.5, 2, 3, 4]), 400, "must be integers"),
+    ("INT8 overflow", IRIS, with_input(datatype="INT8", data=[300, 2, 3, 4]), 400, "out of range"),
+    ("FP32 overflow", IRIS, with_input(data=[1e300, 2, 3, 4]), 400, "out of range for FP32"),
+    ("NaN", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[NaN,1,2,3]}]}', 400, "NaN or infinity"),
+    ("Infinity", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,Infinity,2,3]}]}', 400, "NaN or infinity"),
+    ("-Infinity", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[1,-Infinity,2,3]}]}', 400, "NaN or infinity"),
+    ("zero batch", IRIS, with_input(shape=[0, 4], data=[]), 400, "batch size"),
+    ("two inputs", IRIS, json.dumps({"inputs": GOOD["inputs"] * 2}).encode(), 400, "exactly 1 input"),
+    ("unknown output", IRIS, json.dumps({**GOOD, "outputs": [{"name": "probs"}]}).encode(), 400, "unknown output 'probs'"),
+    ("non-utf8", IRIS, b"\xff\xfe{", 400, "malformed JSON"),
+]
+
+
+@pytest.mark.parametrize("what,path,body,status,needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_4xx(server, what, path, body, status, needle):
+    got, reply = post(server, path, body)
+    assert got == status, reply
+    assert set(reply) == {"error"} and needle in reply["error"], reply
+    assert "Traceback" not in reply["error"]
+
+
+MAX_BODY = 65536  # the `server` fixture's VERINFER_MAX_BODY_BYTES
+
+
+def big_body() -> bytes:
+    data = [1.0] * (MAX_BODY // 4)
+    return json.dumps({"inputs": [{"name": "input", "shape": [len(data) // 4, 4], "datatype": "FP32", "data": data}]}).encode()
+
+
+def test_body_over_limit_is_413(server):
+    body = big_body()
+    assert len(body) > MAX_BODY
+    status, reply = post(server, IRIS, body)
+    assert status == 413 and "over the limit" in reply["error"]
+
+
+def test_chunked_body_over_limit_is_413(server):
+    body = big_body()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))
+    try:
+        conn.request("POST", IRIS, body=chunks, encode_chunked=True,
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may answer and close before the last chunk
+    r = conn.getresponse()
+    assert r.status == 413 and "over the limit" in json.loads(r.read())["error"]
+    conn.close()
+
+
+def test_server_keeps_serving_after_bad_input(server):
+    status, reply = post(server, IRIS, json.dumps(GOOD).encode())
+    assert status == 200 and reply["outputs"][1]["data"] == [0]
+
+
+def test_unknown_route_and_method(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("GET", "/v2/models/iris_mlp/infer")
+    r = conn.getresponse()
+    assert r.status == 405 and "error" in json.loads(r.read())
+    conn.request("GET", "/v1/receipts/0xdead")
+    r = conn.getresponse()
+    assert r.status == 404 and "no receipt" in json.loads(r.read())["error"]
+    conn.close()

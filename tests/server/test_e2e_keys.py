@@ -1,0 +1,85 @@
+"""Keys: generated 0600 on first start, unsafe key files refused, rotation keeps old keys verifiable."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import urllib.request
+
+import pytest
+
+from verifier.receipts import Receipt, verify_receipt
+
+pytestmark = pytest.mark.e2e
+
+IRIS = json.dumps(
+    {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3.0, 5.2, 2.3]}]}
+).encode()
+
+
+def infer(server) -> dict:
+    req = urllib.request.Request(server.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(json.loads(r.read())["parameters"]["receipt"])
+
+
+def test_rotate_keeps_old_receipts_verifiable(tmp_path, start_server, cli):
+    home = tmp_path / "home"
+    s1 = start_server(home)
+    for f in (home / "keys").rglob("*"):
+        if f.is_file() and f.name != "active":
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    old = infer(s1)
+    old_kid = old["envelope"]["signatures"][0]["keyid"]
+    s1.stop()
+
+    r = cli(home, "keys", "rotate", "--json")
+    assert r.returncode == 0, r.stderr
+    new_kid = json.loads(r.stdout)["kid"]
+    assert new_kid != old_kid
+
+    s2 = start_server(home)
+    jwks = s2.get("/.well-known/jwks.json")
+    assert [k["kid"] for k in jwks["keys"]] == [new_kid, old_kid]
+    new = infer(s2)
+    assert new["envelope"]["signatures"][0]["keyid"] == new_kid
+    # the old receipt, fetched from the store, still verifies with the old key from the JWKS
+    stored = s2.get(f"/v1/receipts/{old['id']}")
+    assert stored == old
+    st = verify_receipt(Receipt.parse(stored), jwks)
+    assert st.predicate.keyId == old_kid
+    verify_receipt(Receipt.parse(new), jwks)
+
+    listed = cli(home, "keys", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout)["active"] == new_kid
+
+
+def test_refuses_world_readable_key(tmp_path, cli):
+    home = tmp_path / "home"
+    assert cli(home, "keys", "rotate").returncode == 0  # creates the keys
+    (key,) = (home / "keys" / "ed25519").glob("*.pem")
+    os.chmod(key, 0o644)
+    r = cli(home, "serve", "--port", "1", timeout=120)
+    assert r.returncode == 2
+    assert "refusing to use private key" in r.stderr and "chmod 600" in r.stderr
+
+
+def test_key_from_path(tmp_path, start_server, cli):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "signing.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    eth = "0x" + "42" * 32
+    s = start_server(tmp_path / "home", env={"VERINFER_SIGNING_KEY_PATH": str(path), "VERINFER_ETH_KEY": eth})
+    receipt = infer(s)
+    from verifier.keys import ed25519_jwk
+
+    assert receipt["envelope"]["signatures"][0]["keyid"] == ed25519_jwk(key.public_key())["kid"]
+    from eth_account import Account
+
+    assert receipt["eip712"]["signer"] == Account.from_key(eth).address

@@ -1,0 +1,167 @@
+"""EIP-712 typed data for a signed answer: what a contract checks with ``ecrecover``.
+
+One struct, one domain, one digest function, used by the server's signer and
+by every verifier (``eth-account``'s ``encode_typed_data`` gives the same digest,
+checked in the tests)::
+
+    EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)
+    Classification(bytes32 modelId,bytes32 inputCommitment,uint256 label,bytes32 requestId,uint256 deadline)
+
+* ``modelId``: the model digest, SHA-256 of the model's ``model.onnx`` bytes.
+* ``inputCommitment``: ``keccak256(abi.encode(int256[] q))`` of the fixed-point
+  input (``verifier.fixedpoint``) at the circuit's input scale.
+* ``label``: the predicted class index.
+* ``requestId``: the receipt id (32 random bytes) or an on-chain request id.
+* ``deadline``: unix seconds after which a contract must refuse the answer (no replay
+  after it; within it, a contract marks ``requestId`` as used).
+
+Digest: ``keccak256(0x1901 || domainSeparator || hashStruct(answer))``; the
+signature is 65 bytes ``r || s || v`` with ``v`` in {27, 28} and low ``s``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from eth_abi import encode as abi_encode
+from eth_keys import keys as eth_keys
+from eth_keys.exceptions import BadSignature, ValidationError as EthKeysValidationError
+from eth_utils import keccak, to_checksum_address
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from verifier.errors import KeyUnknown, SignatureInvalid
+
+DOMAIN_NAME = "verinfer"
+DOMAIN_VERSION = "1"
+DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+CLASSIFICATION_TYPE = (
+    "Classification(bytes32 modelId,bytes32 inputCommitment,uint256 label,bytes32 requestId,"
+    "uint256 deadline)"
+)
+DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
+CLASSIFICATION_TYPEHASH = keccak(CLASSIFICATION_TYPE.encode())
+
+Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+AddressHex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
+Uint256 = Annotated[int, Field(ge=0, lt=2**256)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Domain(_Frozen):
+    name: str = DOMAIN_NAME
+    version: str = DOMAIN_VERSION
+    chainId: Uint256
+    verifyingContract: AddressHex
+
+
+class Classification(_Frozen):
+    modelId: Bytes32Hex
+    inputCommitment: Bytes32Hex
+    label: Uint256
+    requestId: Bytes32Hex
+    deadline: Uint256
+
+
+class EIP712Attestation(_Frozen):
+    """The EIP-712 part of a receipt: what was signed, by whom, and the signature."""
+
+    domain: Domain
+    message: Classification
+    signer: AddressHex  # checksummed address of the signing key
+    signature: Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{130}$")]
+
+
+def _b32(hex_str: str) -> bytes:
+    return bytes.fromhex(hex_str[2:])
+
+
+def domain_separator(domain: Domain) -> bytes:
+    return keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [
+                DOMAIN_TYPEHASH,
+                keccak(domain.name.encode()),
+                keccak(domain.version.encode()),
+                domain.chainId,
+                domain.verifyingContract,
+            ],
+        )
+    )
+
+
+def struct_hash(answer: Classification) -> bytes:
+    return keccak(
+        abi_encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "bytes32", "uint256"],
+            [
+                CLASSIFICATION_TYPEHASH,
+                _b32(answer.modelId),
+                _b32(answer.inputCommitment),
+                answer.label,
+                _b32(answer.requestId),
+                answer.deadline,
+            ],
+        )
+    )
+
+
+def signing_digest(domain: Domain, answer: Classification, *, separator: bytes | None = None) -> bytes:
+    """The 32 bytes that are signed (``separator`` may be precomputed for speed)."""
+    return keccak(b"\x19\x01" + (separator or domain_separator(domain)) + struct_hash(answer))
+
+
+def typed_data(domain: Domain, answer: Classification) -> dict[str, Any]:
+    """The same data as an EIP-712 JSON object (for wallets and ``eth-account``)."""
+    return {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Classification": [
+                {"name": "modelId", "type": "bytes32"},
+                {"name": "inputCommitment", "type": "bytes32"},
+                {"name": "label", "type": "uint256"},
+                {"name": "requestId", "type": "bytes32"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Classification",
+        "domain": domain.model_dump(),
+        "message": answer.model_dump(),
+    }
+
+
+def sign_digest(digest: bytes, private_key: bytes) -> str:
+    """``0x`` + r || s || v (v in {27, 28}) over a 32-byte digest."""
+    sig = eth_keys.PrivateKey(private_key).sign_msg_hash(digest)
+    r, s, v = sig.r, sig.s, sig.v
+    return "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])).hex()
+
+
+def recover_signer(domain: Domain, answer: Classification, signature: str) -> str:
+    """The checksummed address that made ``signature``; :class:`SignatureInvalid` if none."""
+    raw = bytes.fromhex(signature.removeprefix("0x"))
+    if len(raw) != 65 or raw[64] not in (27, 28):
+        raise SignatureInvalid("EIP-712 signature must be 65 bytes with v in {27, 28}")
+    try:
+        sig = eth_keys.Signature(vrs=(raw[64] - 27, int.from_bytes(raw[:32]), int.from_bytes(raw[32:64])))
+        pub = sig.recover_public_key_from_msg_hash(signing_digest(domain, answer))
+    except (BadSignature, EthKeysValidationError, ValueError) as exc:
+        raise SignatureInvalid(f"EIP-712 signature does not recover: {exc}") from None
+    return to_checksum_address(pub.to_canonical_address())
+
+
+def verify_eip712(att: EIP712Attestation, trusted_signers: set[str] | None = None) -> None:
+    """Fail closed: the signature recovers to ``att.signer``, a trusted address if given."""
+    got = recover_signer(att.domain, att.message, att.signature)
+    if got.lower() != att.signer.lower():
+        raise SignatureInvalid(f"EIP-712 signature recovers to {got}, not {att.signer}")
+    if trusted_signers is not None and got.lower() not in {a.lower() for a in trusted_signers}:
+        raise KeyUnknown(f"EIP-712 signer {got} is not a trusted signer")

@@ -1,0 +1,69 @@
+"""Public keys as JWKs (RFC 7517/8037) and their stable ids (RFC 7638 thumbprints).
+
+Receipts are signed with Ed25519; the public keys are published as a JWK Set of
+``{"kty": "OKP", "crv": "Ed25519", "x": <base64url>, "kid": <thumbprint>}``.
+The ``kid`` is the RFC 7638 thumbprint: base64url (no padding) of the SHA-256
+of ``{"crv":"Ed25519","kty":"OKP","x":"..."}`` (required members only, sorted,
+no whitespace), so the same key always has the same id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from verifier.errors import InputError, KeyUnknown
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"invalid base64url: {exc}") from None
+
+
+def ed25519_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
+    """The public JWK of an Ed25519 key, with its thumbprint as ``kid``."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    return {**jwk, "kid": jwk_thumbprint(jwk)}
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url) of an OKP JWK."""
+    if jwk.get("kty") != "OKP":
+        raise InputError(f"unsupported JWK kty {jwk.get('kty')!r} (only OKP)")
+    members = {k: jwk[k] for k in ("crv", "kty", "x")}
+    canon = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
+    return b64url(hashlib.sha256(canon).digest())
+
+
+def public_key_from_jwk(jwk: dict[str, Any]) -> Ed25519PublicKey:
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        raise InputError("JWK is not an OKP/Ed25519 key")
+    raw = b64url_decode(str(jwk.get("x", "")))
+    if len(raw) != 32:
+        raise InputError("JWK x is not a 32-byte Ed25519 public key")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def find_key(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey:
+    """The key with this ``kid`` in a JWK Set; its thumbprint must match the kid.
+
+    Raises :class:`KeyUnknown` when no such key is listed (fail closed).
+    """
+    for jwk in jwks.get("keys", []):
+        if isinstance(jwk, dict) and jwk.get("kid") == kid:
+            if jwk_thumbprint(jwk) != kid:
+                raise KeyUnknown(f"JWK {kid!r}: kid is not the key's RFC 7638 thumbprint")
+            return public_key_from_jwk(jwk)
+    raise KeyUnknown(f"signing key {kid!r} is not in the trusted JWK Set")
