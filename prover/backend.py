@@ -1,0 +1,70 @@
+"""The proof system interface: the only door through which prover/ uses EZKL.
+
+A backend works on files in a circuit folder (names fixed below), so a package
+is a plain directory that any tool can inspect. Verification is not here: it
+belongs to the trust root (:mod:`verifier.proofs`), which needs no prover.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+Visibility = Literal["public", "hashed"]
+
+MODEL = "model.onnx"
+SETTINGS = "settings.json"
+COMPILED = "model.compiled"
+VK = "vk.key"
+PK = "pk.key"
+SRS = "kzg.srs"
+SOLIDITY = "Verifier.sol"
+
+
+@dataclass(frozen=True)
+class CircuitShape:
+    """What calibration settled on."""
+
+    logrows: int
+    input_scale: int
+    param_scale: int
+    output_scales: tuple[int, ...]
+    num_rows: int
+    report: dict
+
+
+@dataclass(frozen=True)
+class Witness:
+    """The circuit's forward pass for one input: what a proof would show."""
+
+    path: Path
+    outputs: tuple[tuple[float, ...], ...]  # each output, rescaled to floats
+
+
+class ProofSystem(Protocol):
+    name: str
+    version: str
+
+    def make_dev_srs(self, path: Path, logrows: int) -> None:
+        """Write an insecure, locally generated SRS (development only)."""
+
+    def calibrate(
+        self, folder: Path, calibration_inputs: np.ndarray, visibility: Visibility,
+        batch_symbols: tuple[str, ...] = (),
+    ) -> CircuitShape:
+        """From ``folder/model.onnx`` make ``settings.json`` and ``model.compiled``."""
+
+    def setup(self, folder: Path) -> None:
+        """Make ``vk.key`` and ``pk.key`` with ``folder/kzg.srs``."""
+
+    def witness(self, folder: Path, sample: np.ndarray, out: Path) -> Witness:
+        """Run one sample through the compiled circuit."""
+
+    def prove(self, folder: Path, witness: Path, out: Path) -> dict:
+        """Prove a witness; returns the proof JSON (also written to ``out``)."""
+
+    def solidity_verifier(self, folder: Path) -> str:
+        """Source of a Solidity contract that verifies this circuit's proofs."""

@@ -1,0 +1,231 @@
+"""``verinfer models add``: ONNX in, a complete, content-addressed circuit package out.
+
+Everything is made in a temporary folder under ``packages/`` and renamed into
+place only when the package is whole, so a failure at any step leaves nothing
+half-written behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prover import backend as files
+from prover import onnx_model, srs
+from prover.backend import ProofSystem, Visibility
+from prover.package import CircuitPackage, check_name, point_name
+from prover.progress import SILENT, Progress, captured_output
+from verifier.config import Settings
+from verifier.digests import sha256_file
+from verifier.errors import InputError
+from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, SRSInfo, TensorSpec
+from verifier.proofs import ezkl_verify
+
+EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum
+CALIBRATION_SAMPLES = 40
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model and its data come from."""
+
+    name: str
+    onnx_path: Path
+    calibration: np.ndarray  # samples, shaped (n, *input_shape_without_batch)
+    eval_inputs: np.ndarray  # samples to measure float-vs-circuit agreement on
+    eval_labels: np.ndarray | None  # true labels of eval_inputs, when known
+    eval_set: str  # what eval_inputs are, for the report
+
+
+def reference_source(name: str) -> ModelSource:
+    from models import get_reference_model, load_split
+
+    try:
+        ref = get_reference_model(name)
+    except KeyError as exc:
+        raise InputError(str(exc.args[0])) from None
+    x_train, x_test, _, y_test = load_split(name)
+    return ModelSource(name, ref.onnx_path, x_train[:CALIBRATION_SAMPLES], x_test, y_test,
+                       "held-out split")
+
+
+def load_samples(path: Path) -> np.ndarray:
+    """Calibration samples from ``.npy`` or JSON (a list of samples, or EZKL's
+    ``{"input_data": [[flat values]]}``)."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False).astype(np.float32)
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such calibration file") from None
+    except (ValueError, OSError) as exc:
+        raise InputError(f"{path}: cannot read calibration data: {exc}") from None
+    if isinstance(raw, dict) and "input_data" in raw:
+        raw = raw["input_data"][0]
+    try:
+        arr = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: calibration data must be numbers") from None
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise InputError(f"{path}: calibration data is empty or has NaN/infinity")
+    return arr
+
+
+def file_source(name: str, onnx_path: Path, calibration_file: Path | None) -> ModelSource:
+    if calibration_file is None:
+        raise InputError("--calibration-data FILE is needed for a model that is not a "
+                         "reference model (real samples of its input)")
+    samples = load_samples(calibration_file)
+    return ModelSource(name, onnx_path, samples, samples, None, "calibration samples")
+
+
+def float_labels(onnx_bytes: bytes, info: onnx_model.ModelInfo, x: np.ndarray) -> np.ndarray:
+    """The float model's labels, one sample at a time (as the circuit sees them)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    out_name = info.outputs[info.label_output].name
+    dtype = np.float32 if info.input.datatype == "FP32" else np.float64
+    return np.array([int(np.ravel(sess.run([out_name], {info.input.name:
+                     s.reshape(info.input.shape).astype(dtype)})[0])[0]) for s in x])
+
+
+def build_package(
+    settings: Settings,
+    source: ModelSource,
+    *,
+    visibility: Visibility = "public",
+    srs_file: Path | None = None,
+    srs_sha256: str | None = None,
+    backend: ProofSystem | None = None,
+    progress: Progress = SILENT,
+) -> CircuitPackage:
+    from contracts.solc import compile_sources, solc_version
+    from prover.ezkl_backend import EZKLBackend
+
+    check_name(source.name)
+    backend = backend or EZKLBackend()
+    model = onnx_model.load(source.onnx_path)
+    label_added = onnx_model.ensure_label_output(model)
+    info = onnx_model.describe(model, label_added)
+    progress.note(f"Registering {source.name} from {source.onnx_path}")
+    n_in = int(np.prod(info.input.shape))
+    calibration = np.asarray(source.calibration, dtype=np.float32)
+    if calibration.size % n_in:
+        raise InputError(f"calibration samples do not fit the model's input shape "
+                         f"{list(info.input.shape)}")
+    settings.packages_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=settings.packages_dir))
+    log = work / "ezkl.log"
+    try:
+        # Keep the user's bytes when nothing was added: the model's sha256 is its
+        # identity in receipts, and it must be the file the server runs.
+        onnx_bytes = model.SerializeToString() if label_added else source.onnx_path.read_bytes()
+        (work / files.MODEL).write_bytes(onnx_bytes)
+        with progress.step("Calibrating the circuit on real samples"), captured_output(log):
+            shape = backend.calibrate(work, calibration.reshape(-1, n_in), visibility,
+                                      info.batch_symbols)
+        if srs_file is not None:
+            srs_info = srs.ceremony_srs(Path(srs_file), shape.logrows, srs_sha256)
+        else:
+            with progress.step(f"Development SRS for logrows={shape.logrows} (cached)"), \
+                    captured_output(log):
+                srs_info = srs.dev_srs(settings.srs_dir, shape.logrows, backend)
+        srs.place(srs_info, work / files.SRS)
+        with progress.step("Key setup (vk, pk)"), captured_output(log):
+            t0 = time.perf_counter()
+            backend.setup(work)
+            setup_s = time.perf_counter() - t0
+        with progress.step("Solidity verifier (pinned solcjs)"), captured_output(log):
+            sol = backend.solidity_verifier(work)
+            compiled = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"]
+            (work / "Verifier.json").write_text(json.dumps(
+                {"contract": compiled.name, "abi": compiled.abi, "bytecode": compiled.bytecode,
+                 "deployed_bytecode": compiled.deployed_bytecode}))
+        eval_x = np.asarray(source.eval_inputs, dtype=np.float32).reshape(-1, n_in)
+        with progress.step(f"Float vs circuit labels on {len(eval_x)} samples "
+                           f"({source.eval_set})"), captured_output(log):
+            agreement = _agreement(backend, work, info, onnx_bytes, eval_x, source.eval_labels)
+        with progress.step("Timing one proof"), captured_output(log):
+            sample = eval_x[0]
+            wit = backend.witness(work, sample, work / "witness.json")
+            t0 = time.perf_counter()
+            proof = backend.prove(work, wit.path, work / "proof.json")
+            prove_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ezkl_verify(proof, work / files.SETTINGS, work / files.VK, work / files.SRS)
+            verify_s = time.perf_counter() - t0
+        for tmp in ("witness.json", "proof.json", "calibration.json"):
+            (work / tmp).unlink(missing_ok=True)
+
+        preflight = {
+            "ops": list(info.ops),
+            "label_output_added": label_added,
+            "logrows": shape.logrows,
+            "num_rows": shape.num_rows,
+            "pk_bytes": (work / files.PK).stat().st_size,
+            "vk_bytes": (work / files.VK).stat().st_size,
+            "setup_seconds": round(setup_s, 3),
+            "prove_seconds": round(prove_s, 3),
+            "verify_seconds": round(verify_s, 4),
+            "verifier_runtime_bytes": compiled.runtime_size,
+            "verifier_size_limit": EIP170_LIMIT,
+            "verifier_fits": compiled.runtime_size <= EIP170_LIMIT,
+            "agreement": agreement,
+            "machine": {"cpus": os.cpu_count()},
+        }
+        artifact_names = [files.MODEL, files.SETTINGS, files.COMPILED, files.VK, files.PK,
+                          files.SRS, files.SOLIDITY, "Verifier.json"]
+        manifest = Manifest(
+            name=source.name,
+            model_sha256=sha256_file(work / files.MODEL),
+            ezkl_version=backend.version,
+            solc_version=solc_version(),
+            input_visibility=visibility,
+            input=TensorSpec(name=info.input.name, datatype=info.input.datatype,
+                             shape=info.input.shape, scale=shape.input_scale),
+            outputs=tuple(TensorSpec(name=o.name, datatype=o.datatype, shape=o.shape, scale=s)
+                          for o, s in zip(info.outputs, shape.output_scales)),
+            label_output=info.label_output,
+            srs=SRSInfo(logrows=srs_info.logrows, sha256=srs_info.sha256,
+                        source=srs_info.source, insecure=srs_info.insecure),
+            artifacts={n: Artifact(sha256=sha256_file(work / n), bytes=(work / n).stat().st_size)
+                       for n in artifact_names},
+            calibration={"target": "accuracy", "samples": int(len(calibration.reshape(-1, n_in))),
+                         **shape.report},
+            preflight=preflight,
+        )
+        (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
+        final = settings.packages_dir / manifest.package_id
+        if final.exists():
+            shutil.rmtree(work)
+        else:
+            os.rename(work, final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    point_name(settings, source.name, manifest.package_id)
+    return CircuitPackage.open(final, check=[])
+
+
+def _agreement(backend, folder, info, onnx_bytes, x, truth) -> dict:
+    floats = float_labels(onnx_bytes, info, x)
+    circuit = np.array([int(round(backend.witness(folder, s, folder / "witness.json")
+                                  .outputs[info.label_output][0])) for s in x])
+    agree = int((floats == circuit).sum())
+    report = {"samples": int(len(x)), "agree": agree,
+              "percent": round(100.0 * agree / len(x), 3),
+              "disagreeing_indices": [int(i) for i in np.flatnonzero(floats != circuit)][:20]}
+    if truth is not None:
+        report["float_accuracy"] = round(float((floats == truth).mean()), 4)
+        report["circuit_accuracy"] = round(float((circuit == truth).mean()), 4)
+    return report

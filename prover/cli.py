@@ -1,0 +1,191 @@
+"""Subcommands owned by the prover: ``models add|show|list``, ``prove``, ``demo``.
+
+Registration is cheap: handlers import EZKL, torch and friends only when run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="register and inspect models (circuit packages)")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+
+    add = msub.add_parser(
+        "add", help="turn an ONNX model into a circuit package",
+        description="Make a content-addressed circuit package (settings, compiled circuit, "
+        "keys, Solidity verifier, manifest) from an ONNX file or a reference model name "
+        "(iris_mlp, digits_cnn).")
+    add.add_argument("model", help="path to an .onnx file, or a reference model name")
+    add.add_argument("--name", help="name to register it under (default: reference name or "
+                     "file stem)")
+    add.add_argument("--calibration-data", type=Path, metavar="FILE",
+                     help="real input samples (.npy or JSON) for calibration; needed for a "
+                     "model that is not a reference model")
+    add.add_argument("--input-visibility", choices=["public", "hashed"], default="public",
+                     help="public: the input is a public instance; hashed: only its Poseidon "
+                     "hash is (default: public)")
+    add.add_argument("--srs", type=Path, metavar="FILE",
+                     help="ceremony SRS file to use instead of a local development SRS")
+    add.add_argument("--srs-sha256", metavar="HEX",
+                     help="published SHA-256 of the --srs file, where none is pinned")
+    add.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
+    add.set_defaults(handler=_add)
+
+    show = msub.add_parser("show", help="print a registered model's preflight report")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
+    show.set_defaults(handler=_show)
+
+    ls = msub.add_parser("list", help="list registered models")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=_list)
+
+    prove = sub.add_parser("prove", help="prove one input; writes a proof bundle",
+                           description="Prove the model's answer for one input (an Open "
+                           "Inference Protocol v2 request body) and write DIR/bundle.json.")
+    prove.add_argument("name", help="registered model name or package id")
+    prove.add_argument("--input", type=Path, required=True, metavar="FILE",
+                       help="OIP v2 request body (JSON) with one input tensor")
+    prove.add_argument("--out", type=Path, required=True, metavar="DIR",
+                       help="folder to write bundle.json into")
+    prove.add_argument("--json", action="store_true", help="print a summary as JSON to stdout")
+    prove.set_defaults(handler=_prove)
+
+    demo = sub.add_parser("demo", help="register iris_mlp, prove a held-out sample, verify it")
+    demo.set_defaults(handler=_demo)
+
+
+def _settings():
+    from verifier.config import Settings
+
+    return Settings()
+
+
+def _progress():
+    from prover.progress import Progress
+
+    return Progress()
+
+
+def _add(args: argparse.Namespace) -> int:
+    from models import REFERENCE_MODELS
+    from prover.build import build_package, file_source, reference_source
+    from prover.report import render
+    from verifier.errors import InputError
+
+    path = Path(args.model)
+    if path.suffix == ".onnx" or path.exists():
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        source = file_source(args.name or path.stem, path, args.calibration_data)
+    elif args.model in REFERENCE_MODELS:
+        source = reference_source(args.model)
+        if args.name:
+            source = source.__class__(**{**source.__dict__, "name": args.name})
+        if args.calibration_data:
+            from prover.build import load_samples
+            source = source.__class__(**{**source.__dict__,
+                                         "calibration": load_samples(args.calibration_data)})
+    else:
+        raise InputError(f"{args.model}: neither an ONNX file nor a reference model "
+                         f"({', '.join(REFERENCE_MODELS)})")
+    settings = _settings()
+    progress = _progress()
+    pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
+                        srs_sha256=args.srs_sha256, progress=progress)
+    print(render(pkg.manifest, pkg.dir), file=sys.stderr)
+    print(f"OK: registered {pkg.name} as package {pkg.id}", file=sys.stderr)
+    if args.json:
+        print(pkg.manifest.model_dump_json(indent=2))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from prover.package import resolve
+    from prover.report import render
+    from verifier.manifest import MANIFEST_FILE, Manifest
+
+    folder = resolve(_settings(), args.name)
+    manifest = Manifest.load(folder / MANIFEST_FILE)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+    else:
+        print(render(manifest, folder), file=sys.stderr)
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from prover.package import list_names
+
+    names = list_names(_settings())
+    if args.json:
+        print(json.dumps(names, indent=2))
+    elif not names:
+        print("no models registered (try 'verinfer models add iris_mlp')", file=sys.stderr)
+    for name, pid in names.items():
+        print(f"{name}\t{pid}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _prove(args: argparse.Namespace) -> int:
+    from prover.package import find_package
+    from prover.proving import Prover
+    from verifier.oip import load_request_file, single_input
+
+    settings = _settings()
+    request = load_request_file(args.input)
+    pkg = find_package(settings, args.name, check=[])
+    x = single_input(request, pkg.manifest.input)
+    progress = _progress()
+    bundle = Prover(pkg).prove(x, progress=progress)
+    path = bundle.write(args.out)
+    a = bundle.agreement
+    print(f"OK: proved {pkg.name}: label {bundle.outputs.label} "
+          f"(float model: {a.float_label}, {'agree' if a.agree else 'DISAGREE'}) -> {path}",
+          file=sys.stderr)
+    if pkg.manifest.srs.insecure:
+        print("WARNING: development SRS: this proof is not secure for production", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"bundle": str(path), "label": bundle.outputs.label,
+                          "agree": a.agree, "package_id": pkg.id}))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from models import load_split
+    from prover.build import build_package, reference_source
+    from prover.package import find_package
+    from prover.proving import Prover
+    from verifier.bundle import ProofBundle
+    from verifier.errors import NotFound
+    from verifier.proofs import verify_bundle
+
+    settings = _settings()
+    progress = _progress()
+    try:
+        pkg = find_package(settings, "iris_mlp")
+        progress.note(f"1. iris_mlp is registered (package {pkg.id[:16]}…)")
+    except NotFound:
+        progress.note("1. Registering iris_mlp (first run only)")
+        pkg = build_package(settings, reference_source("iris_mlp"), progress=progress)
+    _, x_test, _, y_test = load_split("iris_mlp")
+    x = x_test[:1].reshape(pkg.manifest.input.shape)
+    progress.note(f"2. Proving held-out sample 0: {x.ravel().tolist()} (true class {y_test[0]})")
+    bundle = Prover(pkg).prove(x, progress=progress)
+    out = Path(tempfile.mkdtemp(prefix="verinfer-demo-"))
+    bundle.write(out)
+    progress.note(f"3. Verifying the bundle from disk ({out}/bundle.json)")
+    verify_bundle(ProofBundle.load(out), pkg.dir)
+    print(f"OK: iris_mlp says class {bundle.outputs.label} for held-out sample 0 "
+          f"(true class {y_test[0]}); the proof verifies, the float model agrees: "
+          f"{bundle.agreement.agree}", file=sys.stderr)
+    print("WARNING: development SRS (insecure, for development only)", file=sys.stderr)
+    return 0

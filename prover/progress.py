@@ -1,0 +1,88 @@
+"""Progress for long steps, and keeping EZKL's own prints off the terminal.
+
+EZKL's Rust code prints tables and warnings straight to file descriptors 1
+and 2; :func:`captured_output` sends them to a log file so a user sees our
+lines, while the log keeps EZKL's for whoever needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class Progress:
+    """Prints ``• step … done (1.2s)`` lines; a live elapsed counter on a terminal."""
+
+    def __init__(self, enabled: bool = True, stream=None) -> None:
+        self.enabled = enabled
+        # A private duplicate of stderr, so captured_output() does not swallow us.
+        self._stream = stream or os.fdopen(os.dup(2), "w", buffering=1)
+        self._tty = self._stream.isatty()
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            print(message, file=self._stream, flush=True)
+
+    @contextlib.contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        start = time.perf_counter()
+        stop = threading.Event()
+        ticker = None
+        if self._tty:
+            def tick() -> None:
+                while not stop.wait(0.5):
+                    elapsed = time.perf_counter() - start
+                    print(f"\r• {label} … {elapsed:.0f}s", end="", file=self._stream, flush=True)
+            ticker = threading.Thread(target=tick, daemon=True)
+            ticker.start()
+        else:
+            print(f"• {label} …", file=self._stream, flush=True)
+        try:
+            yield
+        except BaseException:
+            stop.set()
+            if ticker:
+                ticker.join()
+                print(file=self._stream)
+            raise
+        stop.set()
+        if ticker:
+            ticker.join()
+        elapsed = time.perf_counter() - start
+        prefix = "\r" if self._tty else ""
+        print(f"{prefix}• {label} … done ({elapsed:.1f}s)", file=self._stream, flush=True)
+
+
+SILENT = Progress(enabled=False, stream=sys.stderr)
+
+
+@contextlib.contextmanager
+def captured_output(log_path: Path | None) -> Iterator[None]:
+    """Send fds 1 and 2 (EZKL's Rust prints) to ``log_path`` while inside."""
+    if log_path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])

@@ -1,0 +1,76 @@
+"""Prove one input with an opened circuit package, into a proof bundle.
+
+The proof is re-verified (by the trust root's check, not the prover's) before
+a bundle is returned, and the bundle says whether the circuit's label agrees
+with the float model's label for the same input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from prover import backend as files
+from prover.backend import ProofSystem
+from prover.package import PROVE_ARTIFACTS, CircuitPackage
+from prover.progress import SILENT, Progress, captured_output
+from verifier.bundle import Agreement, CircuitOutputs, InputTensor, ModelRef, ProofBundle
+from verifier.errors import InputError
+from verifier.proofs import verify_bundle
+
+
+class Prover:
+    """Proves inputs for one package; opens, checks and caches what it needs once."""
+
+    def __init__(self, package: CircuitPackage, backend: ProofSystem | None = None) -> None:
+        from prover.ezkl_backend import EZKLBackend
+
+        self.package = package
+        self.backend = backend or EZKLBackend()
+        package.check(PROVE_ARTIFACTS)  # hash pk, compiled circuit, ... once
+        self._session = None
+
+    def float_label(self, x: np.ndarray) -> int:
+        if self._session is None:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            self._session = ort.InferenceSession(str(self.package.path(files.MODEL)), opts,
+                                                 providers=["CPUExecutionProvider"])
+        m = self.package.manifest
+        out = m.outputs[m.label_output].name
+        return int(np.ravel(self._session.run([out], {m.input.name: x})[0])[0])
+
+    def prove(self, x: np.ndarray, *, receipt: dict | None = None,
+              progress: Progress = SILENT, log: Path | None = None) -> ProofBundle:
+        m = self.package.manifest
+        if tuple(x.shape) != m.input.shape:
+            raise InputError(f"input shape {list(x.shape)}, the model takes {list(m.input.shape)}")
+        with tempfile.TemporaryDirectory(prefix="verinfer-prove-") as tmp:
+            tmp = Path(tmp)
+            with progress.step("Running the circuit (witness)"), captured_output(log):
+                wit = self.backend.witness(self.package.dir, x, tmp / "witness.json")
+            with progress.step("Proving"), captured_output(log):
+                proof = self.backend.prove(self.package.dir, wit.path, tmp / "proof.json")
+        label = int(round(wit.outputs[m.label_output][0]))
+        logits_index = next((i for i in range(len(m.outputs)) if i != m.label_output), None)
+        float_label = self.float_label(x)
+        bundle = ProofBundle(
+            model=ModelRef(name=m.name, package_id=m.package_id, model_sha256=m.model_sha256),
+            input=InputTensor.of(m.input.name, x, m.input.datatype),
+            proof=proof,
+            instances=tuple(tuple(row) for row in proof["instances"]),
+            outputs=CircuitOutputs(label=label, logits=wit.outputs[logits_index]
+                                   if logits_index is not None else ()),
+            agreement=Agreement(float_label=float_label, circuit_label=label,
+                                agree=float_label == label),
+            receipt=receipt,
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        with progress.step("Re-verifying the proof"):
+            verify_bundle(bundle, self.package.dir)
+        return bundle

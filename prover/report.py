@@ -1,0 +1,41 @@
+"""The preflight report, as text for people (``models add`` / ``models show``)."""
+
+from __future__ import annotations
+
+from verifier.manifest import Manifest
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def render(manifest: Manifest, package_dir) -> str:
+    p = manifest.preflight
+    a = p["agreement"]
+    ops = ", ".join(f"{o['op']}×{o['count']}" + ("" if o["supported"] == "yes" else " (unknown)")
+                    for o in p["ops"])
+    lines = [
+        f"model       {manifest.name}  (package {manifest.package_id[:16]}…)",
+        f"folder      {package_dir}",
+        f"model hash  sha256:{manifest.model_sha256}",
+        f"ONNX ops    {ops}" + ("  + ArgMax label added" if p.get("label_output_added") else ""),
+        f"input       {manifest.input.datatype}{list(manifest.input.shape)} at scale "
+        f"2^{manifest.input.scale}, {manifest.input_visibility}",
+        f"circuit     logrows {p['logrows']} ({p['num_rows']} rows used), EZKL "
+        f"{manifest.ezkl_version}",
+        f"keys        pk {_mb(p['pk_bytes'])}, vk {_mb(p['vk_bytes'])}; setup {p['setup_seconds']:.1f}s",
+        f"proof       prove {p['prove_seconds']:.1f}s, verify {p['verify_seconds'] * 1000:.0f} ms "
+        f"({p['machine']['cpus']} CPUs)",
+        f"verifier    {p['verifier_runtime_bytes']:,} bytes of {p['verifier_size_limit']:,} "
+        f"allowed (EIP-170): " + ("fits" if p["verifier_fits"] else "TOO LARGE to deploy"),
+        f"agreement   {a['agree']}/{a['samples']} labels identical, float vs circuit "
+        f"({a['percent']:.1f}%)"
+        + (f"; accuracy float {a['float_accuracy']:.4f}, circuit {a['circuit_accuracy']:.4f}"
+           if "float_accuracy" in a else ""),
+        f"SRS         logrows {manifest.srs.logrows}, {manifest.srs.source}, "
+        f"sha256:{manifest.srs.sha256[:16]}…",
+    ]
+    if manifest.srs.insecure:
+        lines.append("WARNING     development SRS generated on this machine: INSECURE, "
+                     "for development only (anyone holding its secret can forge proofs)")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Real EZKL end to end on iris_mlp: add, show, prove, verify; and every way to get it wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prover_support import copy_package, oip_request, run_cli
+
+from models import load_split
+from verifier.bundle import ProofBundle
+from verifier.errors import DigestMismatch, LinkBroken, ProofInvalid
+from verifier.manifest import Manifest
+from verifier.proofs import ezkl_verify, verify_bundle
+
+pytestmark = pytest.mark.ezkl
+
+
+def one_line_error(proc) -> str:
+    """The one error line (progress lines may precede it; no traceback)."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith(("verinfer: error:", "FAIL:"))]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+# --- the happy path -----------------------------------------------------------
+
+
+def test_package_is_complete_and_content_addressed(iris_package):
+    manifest = Manifest.load(iris_package / "manifest.json")
+    assert iris_package.name == manifest.package_id
+    manifest.check_artifacts(iris_package)  # every file hashes as recorded
+    assert set(manifest.artifacts) >= {"model.onnx", "settings.json", "model.compiled", "vk.key",
+                                       "pk.key", "kzg.srs", "Verifier.sol", "Verifier.json"}
+    assert manifest.srs.insecure and manifest.srs.source == "development"
+    assert manifest.ezkl_version == "23.0.5"
+    assert manifest.solc_version.startswith("0.8.37")
+    verifier = json.loads((iris_package / "Verifier.json").read_text())
+    assert verifier["bytecode"].startswith("0x60") and verifier["abi"]
+    assert manifest.preflight["verifier_fits"]
+    # The label must survive quantisation on the whole held-out split.
+    agreement = manifest.preflight["agreement"]
+    assert agreement["samples"] == 45 and agreement["percent"] == 100.0
+    assert not list((iris_package.parent).glob(".tmp-*"))
+
+
+def test_show_prints_preflight(prover_home, iris_package):
+    proc = run_cli("models", "show", "iris_mlp", "--json", home=prover_home, check=True)
+    shown = json.loads(proc.stdout)
+    assert shown["preflight"]["logrows"] >= 10
+    assert {o["op"] for o in shown["preflight"]["ops"]} >= {"Gemm", "ArgMax"}
+    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stderr
+    assert "INSECURE" in text and "agreement   45/45" in text
+
+
+def test_prove_then_verify(prover_home, iris_bundle):
+    bundle = ProofBundle.load(iris_bundle)
+    _, x_test, _, y_test = load_split("iris_mlp")
+    assert bundle.outputs.label == y_test[0]
+    assert bundle.agreement.agree and bundle.agreement.float_label == bundle.outputs.label
+    proc = run_cli("verify", iris_bundle.parent, home=prover_home)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.startswith("OK:")
+
+
+def test_bundle_verifies_with_ezkl_directly(iris_bundle, iris_package, tmp_path):
+    import ezkl
+
+    proof = tmp_path / "proof.json"
+    proof.write_text(json.dumps(ProofBundle.load(iris_bundle).proof))
+    assert ezkl.verify(str(proof), str(iris_package / "settings.json"),
+                       str(iris_package / "vk.key"), str(iris_package / "kzg.srs")) is True
+
+
+# --- tampered proofs and bundles are rejected ---------------------------------
+
+
+def _tampered(bundle_path: Path, tmp_path: Path, edit) -> Path:
+    raw = json.loads(bundle_path.read_text())
+    edit(raw)
+    out = tmp_path / "tampered"
+    out.mkdir()
+    (out / "bundle.json").write_text(json.dumps(raw))
+    return out
+
+
+def test_bit_flipped_proof_is_rejected(prover_home, iris_bundle, tmp_path):
+    def flip(raw):
+        hex_proof = raw["proof"]["hex_proof"]
+        raw["proof"]["proof"][40] ^= 0x01
+        raw["proof"]["hex_proof"] = hex_proof[:84] + format(int(hex_proof[84:86], 16) ^ 1, "02x") \
+            + hex_proof[86:]
+
+    proc = run_cli("verify", _tampered(iris_bundle, tmp_path, flip), home=prover_home)
+    assert proc.returncode == 1
+    assert one_line_error(proc).startswith("FAIL:")
+
+
+def test_flipped_proof_raises_proof_invalid(iris_bundle, iris_package):
+    raw = json.loads(iris_bundle.read_text())
+    raw["proof"]["proof"][100] ^= 0x80
+    with pytest.raises(ProofInvalid):
+        verify_bundle(ProofBundle.model_validate(raw), iris_package)
+
+
+def test_changed_input_or_label_breaks_the_link(iris_bundle, iris_package):
+    raw = json.loads(iris_bundle.read_text())
+    raw["input"]["data"][0] += 0.5
+    with pytest.raises(LinkBroken, match="public input"):
+        verify_bundle(ProofBundle.model_validate(raw), iris_package)
+    raw = json.loads(iris_bundle.read_text())
+    raw["outputs"]["label"] = (raw["outputs"]["label"] + 1) % 3
+    with pytest.raises(LinkBroken, match="label"):
+        verify_bundle(ProofBundle.model_validate(raw), iris_package)
+
+
+def test_proof_against_another_models_vk_is_rejected(prover_home, iris_bundle, other_package):
+    bundle = ProofBundle.load(iris_bundle)
+    # The bundle names its package: checking it against another is a broken link ...
+    with pytest.raises(LinkBroken):
+        verify_bundle(bundle, other_package)
+    proc = run_cli("verify", iris_bundle.parent, "--package", other_package, home=prover_home)
+    assert proc.returncode == 1
+    # ... and the proof itself does not verify under the other model's vk.
+    with pytest.raises(ProofInvalid):
+        ezkl_verify(bundle.proof, other_package / "settings.json", other_package / "vk.key",
+                    other_package / "kzg.srs")
+
+
+def test_verify_fails_on_altered_vk(iris_bundle, iris_package, tmp_path):
+    pkg = copy_package(iris_package, tmp_path / "pkg")
+    vk = bytearray((pkg / "vk.key").read_bytes())
+    vk[-10] ^= 0xFF
+    (pkg / "vk.key").write_bytes(bytes(vk))
+    with pytest.raises(DigestMismatch, match="vk.key"):
+        verify_bundle(ProofBundle.load(iris_bundle), pkg)
+
+
+# --- unusable packages and inputs: one line, exit 2, nothing half-written ------
+
+
+def _request(tmp_path: Path, x: np.ndarray) -> Path:
+    p = tmp_path / "request.json"
+    p.write_text(oip_request(x))
+    return p
+
+
+@pytest.mark.parametrize("artifact", ["pk.key", "settings.json"])
+def test_altered_artifact_is_refused(prover_home, iris_package, tmp_path, artifact):
+    pkg = copy_package(iris_package, tmp_path / "pkg")
+    path = pkg / artifact
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(data))
+    req = _request(tmp_path, np.array([[6.1, 2.8, 4.7, 1.2]]))
+    proc = run_cli("prove", pkg, "--input", req, "--out", tmp_path / "out", home=prover_home)
+    assert proc.returncode == 2
+    assert artifact in one_line_error(proc) and "manifest" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_version_manifest_is_refused(prover_home, iris_package, tmp_path):
+    pkg = copy_package(iris_package, tmp_path / "pkg")
+    raw = json.loads((pkg / "manifest.json").read_text())
+    raw["ezkl_version"] = "22.0.0"
+    (pkg / "manifest.json").write_text(json.dumps(raw))
+    req = _request(tmp_path, np.array([[6.1, 2.8, 4.7, 1.2]]))
+    proc = run_cli("prove", pkg, "--input", req, "--out", tmp_path / "out", home=prover_home)
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "EZKL 22.0.0" in line and "23.0.5" in line
+
+
+@pytest.mark.parametrize("x", [np.zeros((1, 5)), np.zeros((4,)), np.zeros((2, 4))],
+                         ids=["5-features", "no-batch-axis", "batch-of-2"])
+def test_wrong_shaped_input_is_refused(prover_home, iris_package, tmp_path, x):
+    proc = run_cli("prove", "iris_mlp", "--input", _request(tmp_path, x), "--out",
+                   tmp_path / "out", home=prover_home)
+    assert proc.returncode == 2
+    assert "shape" in one_line_error(proc)
+
+
+def test_nan_and_malformed_inputs_are_refused(prover_home, iris_package, tmp_path):
+    bad = tmp_path / "nan.json"
+    bad.write_text(oip_request(np.array([[np.nan, 1, 1, 1]])).replace("NaN", "NaN"))
+    proc = run_cli("prove", "iris_mlp", "--input", bad, "--out", tmp_path / "o", home=prover_home)
+    assert proc.returncode == 2 and "NaN" in one_line_error(proc)
+    bad.write_text('{"inputs": [')
+    proc = run_cli("prove", "iris_mlp", "--input", bad, "--out", tmp_path / "o", home=prover_home)
+    assert proc.returncode == 2 and "malformed JSON" in one_line_error(proc)
+
+
+def test_bad_onnx_is_refused_and_leaves_nothing(home, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    np.save(tmp_path / "cal.npy", np.zeros((4, 4), dtype=np.float32))
+    proc = run_cli("models", "add", bad, "--calibration-data", tmp_path / "cal.npy", home=home)
+    assert proc.returncode == 2
+    assert "not a valid ONNX model" in one_line_error(proc)
+    assert not (home / "names").exists()
+    assert not list((home / "packages").glob("*")) if (home / "packages").exists() else True
+
+
+def test_op_ezkl_cannot_prove_is_refused_and_leaves_nothing(home, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"])], "det", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "det.onnx")
+    np.save(tmp_path / "cal.npy", np.ones((3, 1, 2, 2), dtype=np.float32))
+    proc = run_cli("models", "add", tmp_path / "det.onnx", "--calibration-data",
+                   tmp_path / "cal.npy", home=home)
+    assert proc.returncode == 2
+    assert "Det" in one_line_error(proc)
+    assert list((home / "packages").iterdir()) == []
+    assert not (home / "names").exists()

@@ -1,0 +1,120 @@
+"""The proof bundle: one JSON file with everything an offline audit needs
+besides the model's circuit package.
+
+It names the circuit package (id and model digest), carries the input exactly
+as it was proven, EZKL's proof with its public instances, what the circuit
+computed (label, logits), and the agreement between the circuit's label and
+the float model's label. A receipt (DSSE envelope) may be attached when the
+proof was made for a signed answer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from verifier.errors import InputError
+from verifier.tensors import numpy_dtype, tensor_digest
+
+BUNDLE_FORMAT = "verinfer.proof-bundle/v1"
+BUNDLE_FILE = "bundle.json"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(_Frozen):
+    name: str
+    package_id: str
+    model_sha256: str
+
+
+class InputTensor(_Frozen):
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: tuple[float, ...]  # row-major
+    digest: str  # verifier.tensors.tensor_digest of the tensor
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.data, dtype=numpy_dtype(self.datatype)).reshape(self.shape)
+
+    @classmethod
+    def of(cls, name: str, array: np.ndarray, datatype: str) -> "InputTensor":
+        return cls(
+            name=name,
+            datatype=datatype,
+            shape=tuple(array.shape),
+            data=tuple(float(v) for v in array.ravel(order="C")),
+            digest=tensor_digest(array, datatype),
+        )
+
+
+class CircuitOutputs(_Frozen):
+    label: int
+    logits: tuple[float, ...]  # rescaled from the circuit's fixed point
+
+
+class Agreement(_Frozen):
+    """The circuit's label against the float model's label for the same input."""
+
+    float_label: int
+    circuit_label: int
+    agree: bool
+
+
+class ProofBundle(_Frozen):
+    format: Literal["verinfer.proof-bundle/v1"] = BUNDLE_FORMAT
+    model: ModelRef
+    input: InputTensor
+    proof: dict[str, Any]  # EZKL's proof JSON, as ezkl.prove wrote it
+    instances: tuple[tuple[str, ...], ...]  # public instances, as in the proof
+    outputs: CircuitOutputs
+    agreement: Agreement
+    receipt: dict[str, Any] | None = None  # DSSE envelope of the signed answer, if any
+    created_at: str
+
+    @field_validator("proof")
+    @classmethod
+    def _proof_has_parts(cls, v: dict) -> dict:
+        for key in ("proof", "instances"):
+            if key not in v:
+                raise ValueError(f"EZKL proof has no {key!r}")
+        return v
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``out_dir/bundle.json`` atomically; returns its path."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / BUNDLE_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> "ProofBundle":
+        """Read a bundle from its JSON file or from a directory holding ``bundle.json``."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / BUNDLE_FILE
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such bundle") from None
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read bundle: {exc.strerror}") from None
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            raise InputError(f"{path}: not JSON: {exc}") from None
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "bundle"
+            raise InputError(f"{path}: invalid proof bundle: {where}: {first['msg']}") from None

@@ -1,0 +1,84 @@
+"""Open Inference Protocol v2 request tensors, parsed and checked against a spec.
+
+Used wherever an OIP v2 request body comes in from a file (``verinfer prove
+--input``, audits). ``data`` may be flat or nested; its element count must
+match ``shape``, ``shape`` must match the model's, values must be finite.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from verifier.errors import InputError
+from verifier.manifest import TensorSpec
+from verifier.tensors import numpy_dtype
+
+
+class RequestTensor(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="allow")
+    id: str | None = None
+    inputs: list[RequestTensor]
+    parameters: dict[str, Any] | None = None
+
+
+def parse_request(raw: bytes | str | dict, where: str = "request") -> InferRequest:
+    try:
+        body = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+    except ValueError as exc:
+        raise InputError(f"{where}: malformed JSON: {exc}") from None
+    try:
+        return InferRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InputError(f"{where}: {loc}: {first['msg']}") from None
+
+
+def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:
+    """The request tensor as an array of the model's input dtype, checked against ``spec``."""
+    if t.datatype != spec.datatype and t.datatype not in ("FP32", "FP64"):
+        raise InputError(f"input {t.name!r}: datatype {t.datatype}, the model takes "
+                         f"{spec.datatype}")
+    numpy_dtype(t.datatype)
+    want = list(spec.shape)
+    if list(t.shape) != want:
+        raise InputError(f"input {t.name!r}: shape {t.shape}, the model takes {want}")
+    try:
+        arr = np.asarray(t.data, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"input {t.name!r}: data must be numbers") from None
+    if arr.size != int(np.prod(want)):
+        raise InputError(f"input {t.name!r}: {arr.size} values for shape {want}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"input {t.name!r}: NaN or infinity in data")
+    return arr.reshape(want).astype(numpy_dtype(spec.datatype))
+
+
+def single_input(req: InferRequest, spec: TensorSpec) -> np.ndarray:
+    if len(req.inputs) != 1:
+        raise InputError(f"expected 1 input tensor, got {len(req.inputs)}")
+    return tensor_array(req.inputs[0], spec)
+
+
+def load_request_file(path: Path) -> InferRequest:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such input file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_request(raw, str(path))
