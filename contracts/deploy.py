@@ -1,0 +1,177 @@
+"""Compile and deploy verinfer's contracts; register models; write the deployment file.
+
+Core logic only (no argparse, no printing): the CLI in :mod:`contracts.cli` and the tests
+call these functions.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from contracts.chain import Chain
+from contracts.solc import EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compile_files
+from verifier.errors import InputError, PackageError
+
+SRC = Path(__file__).resolve().parent / "src"
+DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
+DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
+
+# Oracle.Policy, by name (the Solidity enum's order).
+POLICIES = {"proof": 1, "signature": 2, "either": 3}
+POLICY_NAMES = {v: k for k, v in POLICIES.items()}
+
+
+@functools.cache
+def compiled() -> dict[str, CompiledContract]:
+    """VerinferOracle, ExampleConsumer and the interfaces, compiled with the pinned solcjs."""
+    return compile_files(sorted(SRC.glob("*.sol")))
+
+
+def oracle_abi() -> list:
+    return compiled()["VerinferOracle"].abi
+
+
+@dataclass(frozen=True)
+class VerifierArtifact:
+    """A Halo2Verifier from a circuit package (``Verifier.json``) or compiled here."""
+
+    abi: list
+    bytecode: str
+    deployed_bytecode: str
+
+    @property
+    def runtime_size(self) -> int:
+        return (len(self.deployed_bytecode) - 2) // 2
+
+    @classmethod
+    def from_compiled(cls, c: CompiledContract) -> "VerifierArtifact":
+        return cls(c.abi, c.bytecode, c.deployed_bytecode)
+
+
+@dataclass(frozen=True)
+class PackageModel:
+    """What the oracle needs to know about a circuit package."""
+
+    name: str
+    model_id: bytes  # 32 bytes: sha256 of model.onnx
+    input_length: int
+    input_scale: int
+    verifier: VerifierArtifact
+    package_dir: Path
+
+
+def load_package(folder: Path) -> PackageModel:
+    """Read a circuit package's manifest and compiled verifier (``Verifier.json``)."""
+    from verifier.manifest import MANIFEST_FILE, Manifest
+
+    folder = Path(folder)
+    m = Manifest.load(folder / MANIFEST_FILE)
+    if m.input_visibility != "public":
+        raise PackageError(f"{folder}: the oracle needs a circuit with public input "
+                           f"(this one is {m.input_visibility!r})")
+    vj = folder / "Verifier.json"
+    try:
+        v = json.loads(vj.read_text())
+        art = VerifierArtifact(v["abi"], v["bytecode"], v["deployed_bytecode"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise PackageError(f"{vj}: no usable compiled verifier ({type(exc).__name__})") from None
+    if m.input.scale is None:
+        raise PackageError(f"{folder}: manifest has no input scale")
+    return PackageModel(
+        name=m.name,
+        model_id=bytes.fromhex(m.model_sha256),
+        input_length=math.prod(m.input.shape),
+        input_scale=m.input.scale,
+        verifier=art,
+        package_dir=folder,
+    )
+
+
+def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT):
+    """Deploy VerinferOracle; return (web3 contract, receipt)."""
+    c = compiled()["VerinferOracle"]
+    address, receipt = chain.deploy(c.abi, c.bytecode, request_timeout)
+    return chain.contract(address, c.abi), receipt
+
+
+def deploy_verifier(chain: Chain, verifier: VerifierArtifact):
+    """Deploy a Halo2Verifier; return (address, receipt)."""
+    if verifier.runtime_size > 24_576:
+        raise InputError(f"verifier runtime is {verifier.runtime_size} bytes, over EIP-170's "
+                         "24,576: use EZKL's reusable verifier for this model")
+    return chain.deploy(verifier.abi, verifier.bytecode)
+
+
+def deploy_consumer(chain: Chain, oracle_address: str, model_id: bytes,
+                    callback_gas_limit: int = 100_000):
+    c = compiled()["ExampleConsumer"]
+    address, receipt = chain.deploy(c.abi, c.bytecode, oracle_address, model_id,
+                                    callback_gas_limit)
+    return chain.contract(address, c.abi), receipt
+
+
+def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | None,
+                   input_length: int, input_scale: int, policy: str,
+                   signer: str | None) -> dict:
+    if policy not in POLICIES:
+        raise InputError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
+    zero = "0x" + "00" * 20
+    fn = oracle.functions.registerModel(
+        model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero
+    )
+    return chain.transact(fn)
+
+
+def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
+               signer: str | None = None,
+               request_timeout: int = DEFAULT_REQUEST_TIMEOUT) -> dict:
+    """Deploy the oracle, one verifier per package, register each model; return the
+    deployment record (what ``verinfer chain deploy`` writes)."""
+    from contracts.solc import solc_version
+
+    models = [load_package(p) for p in packages]  # fail on a bad package before spending gas
+    ids = [m.model_id for m in models]
+    if len(set(ids)) != len(ids):
+        raise InputError("two packages are the same model (same model sha256)")
+    if policy != "proof" and not signer:
+        raise InputError(f"policy {policy!r} needs --signer ADDRESS")
+    oracle, oracle_receipt = deploy_oracle(chain, request_timeout)
+    record = {
+        "format": DEPLOYMENT_FORMAT,
+        "chain_id": chain.chain_id,
+        "rpc": chain.rpc or "embedded",
+        "embedded": chain.embedded,
+        "deployer": chain.sender,
+        "solc": {"version": solc_version(), "evm_version": EVM_VERSION,
+                 "optimizer_runs": OPTIMIZER_RUNS},
+        "oracle": {
+            "address": oracle.address,
+            "tx": oracle_receipt["transactionHash"].hex(),
+            "gas_used": oracle_receipt["gasUsed"],
+            "request_timeout": request_timeout,
+        },
+        "models": [],
+    }
+    for m in models:
+        address, vrec = deploy_verifier(chain, m.verifier)
+        rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
+                              input_length=m.input_length, input_scale=m.input_scale,
+                              policy=policy, signer=signer)
+        record["models"].append({
+            "name": m.name,
+            "model_id": "0x" + m.model_id.hex(),
+            "package": str(m.package_dir),
+            "verifier": address,
+            "verifier_gas_used": vrec["gasUsed"],
+            "verifier_runtime_bytes": m.verifier.runtime_size,
+            "input_length": m.input_length,
+            "input_scale": m.input_scale,
+            "policy": policy,
+            "signer": signer,
+            "register_tx": rrec["transactionHash"].hex(),
+        })
+    return record

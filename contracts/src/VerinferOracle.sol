@@ -1,0 +1,488 @@
+// SPDX-License-Identifier: Apache-2.0
+// Compiled by the pinned solcjs 0.8.37 (package.json), optimizer on, 200 runs, EVM "cancun"
+// (contracts/solc.py says why). The pragma is a floor, not the pin: 0.8.24 is the first solc
+// whose default EVM is cancun.
+pragma solidity ^0.8.24;
+
+import {IClassificationConsumer} from "./IClassificationConsumer.sol";
+import {IHalo2Verifier} from "./IHalo2Verifier.sol";
+
+/// @title VerinferOracle
+/// @notice On-chain classification by registered models. A contract requests a
+///         classification of a fixed-point input; anyone answers it with a zk proof checked by
+///         the model's EZKL verifier, or (where the model's policy allows) with an EIP-712
+///         signature of the model's authorised signer; the requester is called back with the
+///         label.
+/// @dev Inputs are the model's input as fixed-point integers at the model's input scale,
+///      flattened row-major (docs/formats.md). A request stores only their commitment
+///      `keccak256(abi.encode(int256[]))`; the input itself is in the request's event.
+///      Every failure is a custom error, listed below with who throws it.
+contract VerinferOracle {
+    // ---------------------------------------------------------------- types
+
+    /// @notice How a model's requests may be answered. `Unregistered` marks an unknown model.
+    enum Policy {
+        Unregistered,
+        ProofOnly,
+        SignatureOnly,
+        ProofOrSignature
+    }
+
+    /// @notice Life of a request: `None` (unknown id) -> `Open` -> `Fulfilled` | `Cancelled`.
+    enum Status {
+        None,
+        Open,
+        Fulfilled,
+        Cancelled
+    }
+
+    /// @dev Slot 0 is all the signature path reads.
+    struct Model {
+        address signer; // authorised EIP-712 signer (zero if the policy has no signature path)
+        uint32 inputLength; // number of int256 inputs (the circuit's public inputs, in order)
+        uint8 inputScale; // fixed-point scale: q = round(x * 2**inputScale); for clients
+        Policy policy;
+        address verifier; // EZKL Halo2Verifier for this model (zero if the policy has no proof path)
+    }
+
+    struct Request {
+        address requester; // called back; the only one who may cancel
+        uint40 createdAt; // block.timestamp of the request
+        uint32 callbackGasLimit; // gas given to the callback
+        Status status;
+        bytes32 modelId;
+        bytes32 inputCommitment; // keccak256(abi.encode(int256[] input))
+        uint256 fee; // wei held in escrow: paid to the fulfiller, or refunded on cancel
+    }
+
+    // ------------------------------------------------------------ constants
+
+    /// @notice EIP-712 type of a signed answer. docs/formats.md "EIP-712 classification".
+    bytes32 public constant CLASSIFICATION_TYPEHASH = keccak256(
+        "Classification(bytes32 modelId,bytes32 inputCommitment,uint256 label,bytes32 requestId,uint256 deadline)"
+    );
+    bytes32 private constant DOMAIN_TYPEHASH =
+        keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+    bytes32 private constant NAME_HASH = keccak256("verinfer");
+    bytes32 private constant VERSION_HASH = keccak256("1");
+
+    /// @notice Order of BN254's scalar field: EZKL's public instances are elements of it.
+    uint256 public constant BN254_R =
+        21888242871839275222246405745257275088548364400416034343698204186575808495617;
+    uint256 private constant HALF_R = BN254_R / 2;
+    /// @notice Inputs must satisfy |x| < MAX_ABS_INPUT, so that x -> x mod r is one-to-one.
+    uint256 public constant MAX_ABS_INPUT = 2 ** 128;
+    /// @notice Labels above this are refused (a label is a class index).
+    uint256 public constant MAX_LABEL = type(uint32).max;
+    /// @notice Cap on the gas a requester may ask for its callback.
+    uint32 public constant MAX_CALLBACK_GAS_LIMIT = 2_500_000;
+    /// @dev Gas kept back around the callback for the exact-gas check and the call itself.
+    uint256 private constant GAS_FOR_CALL_EXACT_CHECK = 5_000;
+    uint256 private constant SECP256K1N_HALF =
+        0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0;
+
+    // ---------------------------------------------------------------- state
+
+    address public owner;
+    /// @notice Seconds after a request's creation before its requester may cancel it.
+    uint256 public immutable requestTimeout;
+    uint256 public requestCount;
+    mapping(bytes32 => Model) public models;
+    mapping(bytes32 => Request) public requests;
+
+    uint256 private immutable _cachedChainId;
+    bytes32 private immutable _cachedDomainSeparator;
+
+    // --------------------------------------------------------------- events
+
+    event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    event ModelRegistered(
+        bytes32 indexed modelId,
+        address verifier,
+        uint32 inputLength,
+        uint8 inputScale,
+        Policy policy,
+        address signer
+    );
+    event ModelUpdated(bytes32 indexed modelId, address verifier, Policy policy, address signer);
+    /// @notice A new request: relayers watch for this. `input` is what a proof must carry as its
+    ///         public inputs and what a signer must have classified.
+    event ClassificationRequested(
+        bytes32 indexed requestId,
+        bytes32 indexed modelId,
+        address indexed requester,
+        int256[] input,
+        bytes32 inputCommitment,
+        uint256 fee,
+        uint32 callbackGasLimit
+    );
+    event ClassificationFulfilled(
+        bytes32 indexed requestId,
+        bytes32 indexed modelId,
+        address indexed fulfiller,
+        uint256 label,
+        bool byProof
+    );
+    /// @notice The requester's callback reverted or ran out of gas; the fulfilment stands.
+    event CallbackFailed(bytes32 indexed requestId);
+    event RequestCancelled(bytes32 indexed requestId, uint256 refund);
+
+    // --------------------------------------------------------------- errors
+    // Each says who throws it.
+
+    /// @notice Thrown by owner-only functions when the caller is not the owner.
+    error NotOwner(address caller);
+    /// @notice transferOwnership: the new owner is the zero address.
+    error ZeroAddress();
+    /// @notice registerModel: the model id is already registered.
+    error ModelAlreadyRegistered(bytes32 modelId);
+    /// @notice requestClassification, updateModel: no model has this id.
+    error UnknownModel(bytes32 modelId);
+    /// @notice registerModel, updateModel: policy `Unregistered` is not a policy.
+    error InvalidPolicy();
+    /// @notice registerModel: a model needs at least one input.
+    error InvalidInputLength();
+    /// @notice registerModel, updateModel: the policy has a proof path but `verifier` has no code.
+    error VerifierHasNoCode(address verifier);
+    /// @notice registerModel, updateModel: the policy has a signature path but no signer.
+    error ZeroSigner();
+    /// @notice requestClassification: the input has the wrong number of elements.
+    error InputLengthMismatch(uint256 expected, uint256 actual);
+    /// @notice requestClassification: |input[index]| >= MAX_ABS_INPUT.
+    error InputOutOfRange(uint256 index, int256 value);
+    /// @notice requestClassification: callbackGasLimit > MAX_CALLBACK_GAS_LIMIT.
+    error CallbackGasLimitTooHigh(uint256 requested, uint256 max);
+    /// @notice fulfill*, cancelRequest: no request has this id.
+    error UnknownRequest(bytes32 requestId);
+    /// @notice fulfill*, cancelRequest: the request was already fulfilled (double fulfilment,
+    ///         or a replay of a fulfilment).
+    error AlreadyFulfilled(bytes32 requestId);
+    /// @notice fulfill*, cancelRequest: the request was cancelled.
+    error RequestIsCancelled(bytes32 requestId);
+    /// @notice fulfillWithProof: the model's policy is SignatureOnly.
+    error ProofPathDisabled(bytes32 modelId);
+    /// @notice fulfillWithSignature: the model's policy is ProofOnly.
+    error SignaturePathDisabled(bytes32 modelId);
+    /// @notice fulfillWithProof: fewer instances than the inputs plus a label.
+    error InstancesTooShort(uint256 minimum, uint256 actual);
+    /// @notice fulfillWithProof: instance `index` is not a field element (>= BN254_R).
+    error InstanceNotInField(uint256 index);
+    /// @notice fulfillWithProof: the proof's public inputs are not the requested input (a proof
+    ///         for another input, or another model's input layout).
+    error InputMismatch(bytes32 requestId);
+    /// @notice fulfill*: the label is above MAX_LABEL (in a proof: the last instance).
+    error LabelOutOfRange(uint256 label);
+    /// @notice fulfillWithProof: the model's verifier rejected the proof (forged or altered
+    ///         proof, or a proof made for another circuit).
+    error ProofRejected(bytes32 requestId);
+    /// @notice fulfillWithSignature: block.timestamp > deadline.
+    error SignatureExpired(uint256 deadline, uint256 nowTimestamp);
+    /// @notice fulfillWithSignature: not 65 bytes, v not 27/28, high s, or no signer recovered.
+    error InvalidSignature();
+    /// @notice fulfillWithSignature: the signature is valid but not by the model's signer (this
+    ///         includes a signature replayed from another request, model, input or label).
+    error WrongSigner(address recovered, address expected);
+    /// @notice fulfill*: too little gas left to give the callback its full callbackGasLimit
+    ///         (stops a fulfiller from starving the callback on purpose).
+    error InsufficientGasForCallback(uint256 callbackGasLimit);
+    /// @notice fulfill*: the escrowed fee could not be paid to the fulfiller (msg.sender).
+    error FeeTransferFailed();
+    /// @notice cancelRequest: the caller is not the requester.
+    error NotRequester(address caller, address requester);
+    /// @notice cancelRequest: the timeout has not passed yet.
+    error CancelTooEarly(uint256 cancellableAt);
+    /// @notice cancelRequest: the refund could not be sent to the requester.
+    error RefundFailed();
+
+    // ---------------------------------------------------------- constructor
+
+    /// @param requestTimeout_ seconds after which a requester may cancel an unanswered request
+    constructor(uint256 requestTimeout_) {
+        owner = msg.sender;
+        requestTimeout = requestTimeout_;
+        _cachedChainId = block.chainid;
+        _cachedDomainSeparator = _buildDomainSeparator();
+        emit OwnershipTransferred(address(0), msg.sender);
+    }
+
+    modifier onlyOwner() {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+        _;
+    }
+
+    // ---------------------------------------------------------------- owner
+
+    function transferOwnership(address newOwner) external onlyOwner {
+        if (newOwner == address(0)) revert ZeroAddress();
+        emit OwnershipTransferred(owner, newOwner);
+        owner = newOwner;
+    }
+
+    /// @notice Register a model. Its id, input length and scale never change afterwards.
+    /// @param modelId    the model's id (verinfer uses the sha256 of the ONNX file)
+    /// @param verifier   its EZKL Halo2Verifier (may be zero for SignatureOnly)
+    /// @param inputLength number of inputs = the circuit's public inputs, before its outputs
+    /// @param inputScale fixed-point scale of the inputs
+    /// @param policy     ProofOnly, SignatureOnly or ProofOrSignature
+    /// @param signer     authorised EIP-712 signer (may be zero for ProofOnly)
+    function registerModel(
+        bytes32 modelId,
+        address verifier,
+        uint32 inputLength,
+        uint8 inputScale,
+        Policy policy,
+        address signer
+    ) external onlyOwner {
+        if (models[modelId].policy != Policy.Unregistered) revert ModelAlreadyRegistered(modelId);
+        if (inputLength == 0) revert InvalidInputLength();
+        _checkPaths(verifier, policy, signer);
+        models[modelId] = Model(signer, inputLength, inputScale, policy, verifier);
+        emit ModelRegistered(modelId, verifier, inputLength, inputScale, policy, signer);
+    }
+
+    /// @notice Change a model's verifier, policy or signer (e.g. key rotation). Applies to open
+    ///         requests too: they are checked against the model as it is when fulfilled.
+    function updateModel(bytes32 modelId, address verifier, Policy policy, address signer)
+        external
+        onlyOwner
+    {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        _checkPaths(verifier, policy, signer);
+        (m.verifier, m.policy, m.signer) = (verifier, policy, signer);
+        emit ModelUpdated(modelId, verifier, policy, signer);
+    }
+
+    // ------------------------------------------------------------- requests
+
+    /// @notice Ask for a classification of `input` by `modelId`. Any ETH sent is the fee, held in
+    ///         escrow for the fulfiller (or refunded by cancelRequest after the timeout).
+    /// @param input fixed-point integers at the model's input scale, row-major
+    /// @param callbackGasLimit gas for `onClassification` on msg.sender (at most
+    ///        MAX_CALLBACK_GAS_LIMIT)
+    /// @return requestId the id carried by the event, the fulfilment and the callback
+    function requestClassification(bytes32 modelId, int256[] calldata input, uint32 callbackGasLimit)
+        external
+        payable
+        returns (bytes32 requestId)
+    {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        if (input.length != m.inputLength) revert InputLengthMismatch(m.inputLength, input.length);
+        if (callbackGasLimit > MAX_CALLBACK_GAS_LIMIT) {
+            revert CallbackGasLimitTooHigh(callbackGasLimit, MAX_CALLBACK_GAS_LIMIT);
+        }
+        for (uint256 i; i < input.length; ++i) {
+            int256 x = input[i];
+            if (x >= int256(MAX_ABS_INPUT) || x <= -int256(MAX_ABS_INPUT)) revert InputOutOfRange(i, x);
+        }
+        bytes32 commitment = keccak256(abi.encode(input));
+        requestId = keccak256(abi.encode(block.chainid, address(this), ++requestCount));
+        requests[requestId] = Request({
+            requester: msg.sender,
+            createdAt: uint40(block.timestamp),
+            callbackGasLimit: callbackGasLimit,
+            status: Status.Open,
+            modelId: modelId,
+            inputCommitment: commitment,
+            fee: msg.value
+        });
+        emit ClassificationRequested(
+            requestId, modelId, msg.sender, input, commitment, msg.value, callbackGasLimit
+        );
+    }
+
+    /// @notice Answer a request with a zk proof. Permissionless: the proof is the authority.
+    /// @param proof the EZKL proof bytes (as passed to the verifier's verifyProof)
+    /// @param instances the proof's public instances: the input (as BN254 field elements,
+    ///        negatives as r - |x|), then the outputs, the label last
+    function fulfillWithProof(bytes32 requestId, bytes calldata proof, uint256[] calldata instances)
+        external
+    {
+        Request storage r = requests[requestId];
+        _requireOpen(r, requestId);
+        bytes32 modelId = r.modelId;
+        Model storage m = models[modelId];
+        if (m.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
+
+        uint256 n = m.inputLength;
+        if (instances.length < n + 1) revert InstancesTooShort(n + 1, instances.length);
+        if (_commitInstances(instances, n) != r.inputCommitment) revert InputMismatch(requestId);
+        uint256 label = instances[instances.length - 1];
+        if (label > MAX_LABEL) revert LabelOutOfRange(label);
+
+        try IHalo2Verifier(m.verifier).verifyProof(proof, instances) returns (bool ok) {
+            if (!ok) revert ProofRejected(requestId);
+        } catch {
+            revert ProofRejected(requestId);
+        }
+        _fulfil(r, requestId, modelId, label, true);
+    }
+
+    /// @notice Answer a request with the label signed (EIP-712 `Classification`) by the model's
+    ///         authorised signer. Allowed where the model's policy has a signature path.
+    /// @param deadline the signed deadline (unix seconds); refused once block.timestamp > deadline
+    /// @param signature 65 bytes r || s || v, v in {27, 28}, low s
+    function fulfillWithSignature(
+        bytes32 requestId,
+        uint256 label,
+        uint256 deadline,
+        bytes calldata signature
+    ) external {
+        Request storage r = requests[requestId];
+        _requireOpen(r, requestId);
+        bytes32 modelId = r.modelId;
+        Model storage m = models[modelId];
+        if (m.policy == Policy.ProofOnly) revert SignaturePathDisabled(modelId);
+        if (block.timestamp > deadline) revert SignatureExpired(deadline, block.timestamp);
+        if (label > MAX_LABEL) revert LabelOutOfRange(label);
+
+        bytes32 digest = classificationDigest(modelId, r.inputCommitment, label, requestId, deadline);
+        address recovered = _recover(digest, signature);
+        if (recovered != m.signer) revert WrongSigner(recovered, m.signer);
+        _fulfil(r, requestId, modelId, label, false);
+    }
+
+    /// @notice Cancel an unanswered request after `requestTimeout` and get the fee back.
+    ///         Only the requester may cancel.
+    function cancelRequest(bytes32 requestId) external {
+        Request storage r = requests[requestId];
+        _requireOpen(r, requestId);
+        if (msg.sender != r.requester) revert NotRequester(msg.sender, r.requester);
+        uint256 cancellableAt = uint256(r.createdAt) + requestTimeout;
+        if (block.timestamp < cancellableAt) revert CancelTooEarly(cancellableAt);
+        r.status = Status.Cancelled;
+        uint256 refund = r.fee;
+        emit RequestCancelled(requestId, refund);
+        if (refund > 0) {
+            (bool ok,) = msg.sender.call{value: refund}("");
+            if (!ok) revert RefundFailed();
+        }
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @notice The input commitment: keccak256(abi.encode(int256[] input)).
+    function inputCommitmentOf(int256[] calldata input) external pure returns (bytes32) {
+        return keccak256(abi.encode(input));
+    }
+
+    function domainSeparator() public view returns (bytes32) {
+        return block.chainid == _cachedChainId ? _cachedDomainSeparator : _buildDomainSeparator();
+    }
+
+    /// @notice The EIP-712 digest a signer signs for this answer.
+    function classificationDigest(
+        bytes32 modelId,
+        bytes32 inputCommitment,
+        uint256 label,
+        bytes32 requestId,
+        uint256 deadline
+    ) public view returns (bytes32) {
+        bytes32 structHash = keccak256(
+            abi.encode(CLASSIFICATION_TYPEHASH, modelId, inputCommitment, label, requestId, deadline)
+        );
+        return keccak256(abi.encodePacked(hex"1901", domainSeparator(), structHash));
+    }
+
+    /// @notice EIP-5267: the EIP-712 domain, so wallets and libraries can build it.
+    function eip712Domain()
+        external
+        view
+        returns (
+            bytes1 fields,
+            string memory name,
+            string memory version,
+            uint256 chainId,
+            address verifyingContract,
+            bytes32 salt,
+            uint256[] memory extensions
+        )
+    {
+        return (hex"0f", "verinfer", "1", block.chainid, address(this), bytes32(0), new uint256[](0));
+    }
+
+    // ------------------------------------------------------------- internal
+
+    function _checkPaths(address verifier, Policy policy, address signer) private view {
+        if (policy == Policy.Unregistered) revert InvalidPolicy();
+        if (policy != Policy.SignatureOnly && verifier.code.length == 0) {
+            revert VerifierHasNoCode(verifier);
+        }
+        if (policy != Policy.ProofOnly && signer == address(0)) revert ZeroSigner();
+    }
+
+    function _requireOpen(Request storage r, bytes32 requestId) private view {
+        Status s = r.status;
+        if (s == Status.Open) return;
+        if (s == Status.None) revert UnknownRequest(requestId);
+        if (s == Status.Fulfilled) revert AlreadyFulfilled(requestId);
+        revert RequestIsCancelled(requestId);
+    }
+
+    /// @dev keccak256(abi.encode(int256[])) of the first n instances read as signed integers
+    ///      (a field element above r/2 is negative). One-to-one on requested inputs, which are
+    ///      bounded by MAX_ABS_INPUT.
+    function _commitInstances(uint256[] calldata instances, uint256 n) private pure returns (bytes32) {
+        int256[] memory q = new int256[](n);
+        for (uint256 i; i < n; ++i) {
+            uint256 f = instances[i];
+            if (f >= BN254_R) revert InstanceNotInField(i);
+            q[i] = f > HALF_R ? int256(f) - int256(BN254_R) : int256(f);
+        }
+        return keccak256(abi.encode(q));
+    }
+
+    function _fulfil(Request storage r, bytes32 requestId, bytes32 modelId, uint256 label, bool byProof)
+        private
+    {
+        r.status = Status.Fulfilled;
+        emit ClassificationFulfilled(requestId, modelId, msg.sender, label, byProof);
+
+        bytes memory data =
+            abi.encodeCall(IClassificationConsumer.onClassification, (requestId, modelId, label));
+        if (!_callWithExactGas(r.requester, r.callbackGasLimit, data)) emit CallbackFailed(requestId);
+
+        uint256 fee = r.fee;
+        if (fee > 0) {
+            (bool ok,) = msg.sender.call{value: fee}("");
+            if (!ok) revert FeeTransferFailed();
+        }
+    }
+
+    /// @dev Calls `target` with exactly `gasAmount` gas, or reverts if that much cannot be
+    ///      given (EIP-150 keeps 1/64 back). Return data is never copied (no return bomb).
+    ///      A target without code counts as success: there is nothing to call back.
+    function _callWithExactGas(address target, uint256 gasAmount, bytes memory data)
+        private
+        returns (bool success)
+    {
+        if (target.code.length == 0) return true;
+        uint256 g = gasleft();
+        if (g < GAS_FOR_CALL_EXACT_CHECK) revert InsufficientGasForCallback(gasAmount);
+        g -= GAS_FOR_CALL_EXACT_CHECK;
+        if (g - g / 64 <= gasAmount) revert InsufficientGasForCallback(gasAmount);
+        assembly ("memory-safe") {
+            success := call(gasAmount, target, 0, add(data, 0x20), mload(data), 0, 0)
+        }
+    }
+
+    function _recover(bytes32 digest, bytes calldata signature) private pure returns (address signer) {
+        if (signature.length != 65) revert InvalidSignature();
+        bytes32 r;
+        bytes32 s;
+        uint8 v;
+        assembly ("memory-safe") {
+            r := calldataload(signature.offset)
+            s := calldataload(add(signature.offset, 0x20))
+            v := byte(0, calldataload(add(signature.offset, 0x40)))
+        }
+        if (uint256(s) > SECP256K1N_HALF || (v != 27 && v != 28)) revert InvalidSignature();
+        signer = ecrecover(digest, v, r, s);
+        if (signer == address(0)) revert InvalidSignature();
+    }
+
+    function _buildDomainSeparator() private view returns (bytes32) {
+        return keccak256(abi.encode(DOMAIN_TYPEHASH, NAME_HASH, VERSION_HASH, block.chainid, address(this)));
+    }
+}
