@@ -223,3 +223,9 @@ def test_op_ezkl_cannot_prove_is_refused_and_leaves_nothing(home, tmp_path):
     assert "Det" in one_line_error(proc)
     assert list((home / "packages").iterdir()) == []
     assert not (home / "names").exists()
+
+
+def test_demo_runs_end_to_end(prover_home, iris_package):
+    proc = run_cli("demo", home=prover_home)
+    assert proc.returncode == 0, proc.stderr
+    assert "the proof verifies, the float model agrees: True" in proc.stderr

@@ -1,0 +1,55 @@
+"""SRS handling: ceremony files are checked against their published hash; the
+development SRS is generated once per logrows and cached."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from prover import srs
+from verifier.errors import InputError
+
+
+def test_ceremony_srs_with_matching_hash_is_accepted(tmp_path):
+    f = tmp_path / "kzg12.srs"
+    f.write_bytes(b"ceremony bytes")
+    digest = hashlib.sha256(b"ceremony bytes").hexdigest()
+    got = srs.ceremony_srs(f, 12, digest.upper())
+    assert got.sha256 == digest and got.source == "ceremony" and not got.insecure
+
+
+def test_ceremony_srs_with_other_hash_is_refused(tmp_path):
+    f = tmp_path / "kzg12.srs"
+    f.write_bytes(b"tampered bytes")
+    with pytest.raises(InputError, match="not the published hash"):
+        srs.ceremony_srs(f, 12, hashlib.sha256(b"ceremony bytes").hexdigest())
+
+
+def test_ceremony_srs_without_a_published_hash_is_refused(tmp_path):
+    f = tmp_path / "kzg12.srs"
+    f.write_bytes(b"x")
+    with pytest.raises(InputError, match="--srs-sha256"):
+        srs.ceremony_srs(f, 12)
+
+
+class CountingBackend:
+    name, version = "fake-for-cache-test", "0"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def make_dev_srs(self, path: Path, logrows: int) -> None:
+        self.calls += 1
+        path.write_bytes(bytes([logrows]) * 64)
+
+
+def test_dev_srs_is_generated_once_per_logrows_and_marked_insecure(tmp_path):
+    backend = CountingBackend()
+    a = srs.dev_srs(tmp_path, 10, backend)
+    b = srs.dev_srs(tmp_path, 10, backend)
+    c = srs.dev_srs(tmp_path, 11, backend)
+    assert backend.calls == 2 and a == b and a.insecure and c.logrows == 11
+    assert a.sha256 == hashlib.sha256(bytes([10]) * 64).hexdigest()
+    assert not list(tmp_path.glob("*.tmp"))
