@@ -67,6 +67,7 @@ def run_anvil():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stderr.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,114 @@
+"""The proof path with a real EZKL proof (iris_mlp circuit built in the session).
+
+On anvil: accepted, forged/altered rejected, another input rejected, double fulfilment
+rejected, the eth_call verify client. On the embedded chain: one real proof accepted (its
+pairing precompile is pure Python, so one is enough).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts import deploy
+from contracts.deploy import VerifierArtifact
+from verifier.errors import InputError, ProofInvalid
+from verifier.fixedpoint import int_to_felt
+from verifier.onchain import verify_onchain
+from world import make_world, reverts
+
+pytestmark = [pytest.mark.chain, pytest.mark.ezkl]
+
+M_IRIS = b"\x1a" * 32
+
+
+def _deploy_iris(w, iris_proofs, policy="either"):
+    address, _ = deploy.deploy_verifier(
+        w.chain, VerifierArtifact.from_compiled(iris_proofs.circuit.verifier))
+    deploy.register_model(w.chain, w.oracle, model_id=M_IRIS, verifier=address,
+                          input_length=4, input_scale=iris_proofs.circuit.input_scale,
+                          policy=policy, signer=w.signer.address)
+    return address
+
+
+@pytest.fixture(scope="module")
+def aw(anvil_chain, iris_proofs):
+    """One anvil world with the iris verifier (proofs are the slow part; share it)."""
+    w = make_world(anvil_chain)
+    w.iris_verifier = _deploy_iris(w, iris_proofs)
+    return w
+
+
+def test_circuit_public_input_is_our_quantization(iris_proofs):
+    for p in (iris_proofs.a, iris_proofs.b):
+        assert p.instances[:4] == [int_to_felt(x) for x in p.quantized]
+        assert p.instances[-1] in (0, 1, 2)
+    assert iris_proofs.a.instances[-1] != iris_proofs.b.instances[-1]  # setosa vs virginica
+
+
+def test_real_proof_fulfils_request(aw, iris_proofs):
+    p = iris_proofs.a
+    rid, _ = aw.request(q=p.quantized, model_id=M_IRIS, fee=10**15)
+    receipt = aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, p.proof, p.instances),
+                                sender=aw.relayer)
+    (ev,) = aw.events(receipt, "ClassificationFulfilled")
+    assert ev["label"] == p.instances[-1] and ev["byProof"] is True
+    assert aw.consumer(M_IRIS).functions.answers(rid).call() == [True, p.instances[-1]]
+    with reverts("AlreadyFulfilled", rid):  # double fulfilment / replay
+        aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, p.proof, p.instances))
+
+
+def test_forged_proof_rejected(aw, iris_proofs):
+    p = iris_proofs.a
+    rid, _ = aw.request(q=p.quantized, model_id=M_IRIS)
+    for i in (100, len(p.proof) // 2, len(p.proof) - 1):
+        forged = bytearray(p.proof)
+        forged[i] ^= 0x01
+        with reverts("ProofRejected", rid):
+            aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, bytes(forged),
+                                                                   p.instances))
+    other_label = list(p.instances)
+    other_label[-1] = (p.instances[-1] + 1) % 3  # claim another class
+    with reverts("ProofRejected", rid):
+        aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, p.proof, other_label))
+    with reverts("ProofRejected", rid):  # a proof cut short
+        aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, p.proof[:-32], p.instances))
+    assert aw.oracle.functions.requests(rid).call()[3] == 1  # still open
+
+
+def test_proof_for_another_input_rejected(aw, iris_proofs):
+    rid, _ = aw.request(q=iris_proofs.a.quantized, model_id=M_IRIS)
+    b = iris_proofs.b  # a valid proof, of another input
+    with reverts("InputMismatch", rid):
+        aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, b.proof, b.instances))
+
+
+def test_proof_refused_where_policy_is_signature_only(aw, iris_proofs):
+    from world import M_SIG
+
+    p = iris_proofs.a
+    rid, _ = aw.request(q=p.quantized, model_id=M_SIG)
+    with reverts("ProofPathDisabled", M_SIG):
+        aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, p.proof, p.instances))
+
+
+def test_verify_onchain_client(aw, anvil_url, iris_proofs):
+    p = iris_proofs.a
+    verify_onchain(anvil_url, aw.iris_verifier, p.proof, p.instances)
+    forged = bytearray(p.proof)
+    forged[200] ^= 0x01
+    with pytest.raises(ProofInvalid):
+        verify_onchain(anvil_url, aw.iris_verifier, bytes(forged), p.instances)
+    with pytest.raises(InputError):
+        verify_onchain(anvil_url, "0x" + "00" * 19 + "01", p.proof, p.instances)
+    with pytest.raises(InputError):
+        verify_onchain(anvil_url, "not-an-address", p.proof, p.instances)
+
+
+def test_real_proof_on_embedded_chain(embedded_chain, iris_proofs):
+    w = make_world(embedded_chain)
+    _deploy_iris(w, iris_proofs, policy="proof")
+    p = iris_proofs.b
+    rid, _ = w.request(q=p.quantized, model_id=M_IRIS)
+    w.chain.transact(w.oracle.functions.fulfillWithProof(rid, p.proof, p.instances),
+                     gas=2_000_000)
+    assert w.consumer(M_IRIS).functions.answers(rid).call() == [True, p.instances[-1]]
