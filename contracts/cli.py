@@ -1,0 +1,101 @@
+"""Subcommands owned by contracts: ``chain deploy``.
+
+Registration imports nothing heavy: web3 and solc are loaded only when a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    chain = sub.add_parser("chain", help="deploy and use the on-chain contracts")
+    csub = chain.add_subparsers(dest="chain_command", metavar="ACTION")
+    csub.required = True
+
+    dep = csub.add_parser(
+        "deploy", help="deploy the oracle and the models' verifiers; register the models",
+        description="Compile (pinned solcjs) and deploy VerinferOracle, deploy one EZKL "
+        "verifier per --package and register each model with the oracle; write the "
+        "deployment file. With no --rpc, deploys to an embedded py-evm chain that ends with "
+        "this process (a dry run that measures gas).")
+    dep.add_argument("--rpc", metavar="URL", help="JSON-RPC node (default: embedded py-evm)")
+    dep.add_argument("--key-file", type=Path, metavar="FILE",
+                     help="deployer private key (hex, file mode 0600); default "
+                     "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account")
+    dep.add_argument("--package", action="append", default=[], metavar="DIR|NAME",
+                     help="circuit package folder or registered model name (repeatable)")
+    dep.add_argument("--policy", choices=["proof", "signature", "either"], default="proof",
+                     help="how the models' requests may be answered (default: proof)")
+    dep.add_argument("--signer", metavar="ADDRESS",
+                     help="authorised EIP-712 signer (needed for signature/either)")
+    dep.add_argument("--request-timeout", type=int, default=3600, metavar="SECONDS",
+                     help="seconds before a requester may cancel (default: 3600)")
+    dep.add_argument("--out", type=Path, metavar="FILE",
+                     help="deployment file (default: <home>/deployments/<chain id>.json)")
+    dep.add_argument("--json", action="store_true", help="print the deployment as JSON")
+    dep.set_defaults(handler=_deploy)
+
+
+_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+
+
+def _resolve_package(ref: str) -> Path:
+    """A folder with manifest.json, or a model name registered in the data directory."""
+    from verifier.config import Settings
+    from verifier.errors import NotFound
+
+    p = Path(ref)
+    if (p / "manifest.json").is_file():
+        return p
+    settings = Settings()
+    name_file = settings.names_dir / ref
+    if name_file.is_file():
+        folder = settings.packages_dir / name_file.read_text().strip()
+        if folder.is_dir():
+            return folder
+    if (settings.packages_dir / ref / "manifest.json").is_file():
+        return settings.packages_dir / ref
+    raise NotFound(f"no circuit package {ref!r} (not a folder with manifest.json, nor a "
+                   "registered model name)")
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from contracts.chain import connect, key_file_from_env
+    from contracts.deploy import deploy_all
+    from verifier.errors import InputError
+
+    if args.signer and not _ADDRESS.match(args.signer):
+        raise InputError(f"--signer is not an address: {args.signer!r}")
+    if args.request_timeout < 0:
+        raise InputError("--request-timeout must be >= 0")
+    packages = [_resolve_package(r) for r in args.package]
+    key_file = args.key_file or (key_file_from_env() if args.rpc else None)
+    chain = connect(args.rpc, key_file=key_file)
+    print(f"deploying to {'the embedded chain' if chain.embedded else args.rpc} "
+          f"(chain id {chain.chain_id}) from {chain.sender}", file=sys.stderr)
+    record = deploy_all(chain, packages, policy=args.policy, signer=args.signer,
+                        request_timeout=args.request_timeout)
+    out = args.out
+    if out is None:
+        from verifier.config import Settings
+
+        out = Settings().home / "deployments" / f"{record['chain_id']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"OK: oracle {record['oracle']['address']} (gas {record['oracle']['gas_used']})",
+          file=sys.stderr)
+    for m in record["models"]:
+        print(f"OK: {m['name']} verifier {m['verifier']} (gas {m['verifier_gas_used']}, "
+              f"{m['verifier_runtime_bytes']} bytes), model id {m['model_id']}", file=sys.stderr)
+    if chain.embedded:
+        print("note: the embedded chain ends with this command; the file is a record only",
+              file=sys.stderr)
+    print(f"wrote {out}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    return 0

@@ -1,0 +1,102 @@
+"""``verinfer chain deploy`` on the embedded chain and on anvil; the deployment file it writes;
+the eth_call verify client against the verifier it deployed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from verifier.cli import main
+from verifier.manifest import SRSInfo, TensorSpec
+
+pytestmark = pytest.mark.chain
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_deploy_embedded_writes_record(home, capsys, tmp_path):
+    out = tmp_path / "dep.json"
+    code, stdout, err = _run(capsys, "chain", "deploy", "--out", str(out), "--json")
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert json.loads(stdout) == record
+    assert record["format"] == "verinfer.deployment/v1" and record["embedded"] is True
+    assert record["oracle"]["address"].startswith("0x") and record["models"] == []
+    assert record["solc"]["evm_version"] == "cancun"
+    assert "OK: oracle" in err
+    assert "0x" + "ab" * 32 not in err  # nothing key-like printed (no keys exist here anyway)
+
+
+def test_deploy_default_path_is_under_home(home, capsys):
+    code, _, err = _run(capsys, "chain", "deploy")
+    assert code == 0, err
+    assert len(list((home / "deployments").glob("*.json"))) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--package", "/nonexistent"], "no circuit package"),
+    (["--policy", "either"], "needs --signer"),
+    (["--signer", "0x1234"], "not an address"),
+    (["--rpc", "http://127.0.0.1:9"], "cannot reach"),
+])
+def test_deploy_usage_errors_exit_2(home, capsys, argv, message):
+    code, _, err = _run(capsys, "chain", "deploy", *argv)
+    assert code == 2 and message in err, err
+
+
+@pytest.fixture(scope="session")
+def iris_package(iris_proofs, tmp_path_factory):
+    """A folder shaped like the prover's circuit package, holding what `chain deploy` reads
+    (manifest.json and Verifier.json) for the session's iris circuit."""
+    from verifier.manifest import Manifest
+
+    c = iris_proofs.circuit
+    folder = tmp_path_factory.mktemp("pkg")
+    onnx = (c.workdir / "model.onnx").read_bytes()
+    manifest = Manifest(
+        name="iris_mlp", model_sha256=hashlib.sha256(onnx).hexdigest(), ezkl_version="23.0.5",
+        solc_version="0.8.37", input_visibility="public",
+        input=TensorSpec(name="input", datatype="FP32", shape=(1, 4), scale=c.input_scale),
+        outputs=(TensorSpec(name="logits", datatype="FP32", shape=(1, 3), scale=c.input_scale),
+                 TensorSpec(name="label", datatype="INT64", shape=(1,), scale=0)),
+        label_output=1, srs=SRSInfo(logrows=c.logrows, sha256="00" * 32, source="development",
+                                    insecure=True),
+        artifacts={}, calibration={}, preflight={})
+    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
+    v = c.verifier
+    (folder / "Verifier.json").write_text(json.dumps(
+        {"abi": v.abi, "bytecode": v.bytecode, "deployed_bytecode": v.deployed_bytecode}))
+    return folder
+
+
+@pytest.mark.ezkl
+def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_package,
+                                      iris_proofs):
+    from contracts.chain import connect
+    from contracts.deploy import oracle_abi
+    from verifier.onchain import verify_onchain
+
+    out = tmp_path / "dep.json"
+    signer = "0x" + "12" * 20
+    code, _, err = _run(capsys, "chain", "deploy", "--rpc", anvil_url, "--package",
+                        str(iris_package), "--policy", "either", "--signer", signer,
+                        "--out", str(out))
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert record["chain_id"] == 31337 and record["embedded"] is False
+    (m,) = record["models"]
+    assert m["input_length"] == 4 and m["input_scale"] == iris_proofs.circuit.input_scale
+    chain = connect(anvil_url)
+    oracle = chain.contract(record["oracle"]["address"], oracle_abi())
+    signer_, length, scale, policy, verifier = oracle.functions.models(
+        bytes.fromhex(m["model_id"][2:])).call()
+    assert (signer_.lower(), length, scale, policy, verifier) == (signer, 4, m["input_scale"],
+                                                                 3, m["verifier"])
+    p = iris_proofs.a
+    verify_onchain(anvil_url, m["verifier"], p.proof, p.instances)
