@@ -35,8 +35,11 @@ RunBatch = Callable[[list[Item]], list[Any]]
 
 
 class DynamicBatcher:
-    def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy) -> None:
+    def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy, *, threaded: bool = True) -> None:
         self.name = name
+        # threaded: batches run in a worker thread (the event loop keeps parsing requests);
+        # else inline in the loop, which avoids GIL hand-offs for tiny CPU models.
+        self.threaded = threaded
         self.run_batch = run_batch
         self.max_batch = policy.max_batch_size
         self.delay = policy.max_queue_delay_ms / 1000.0
@@ -104,7 +107,11 @@ class DynamicBatcher:
             self.batches += 1
             self.samples += rows
             try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, batch)
+                if self.threaded:
+                    results = await loop.run_in_executor(self._executor, self.run_batch, batch)
+                else:
+                    results = self.run_batch(batch)
+                    await asyncio.sleep(0)  # let the requests that came meanwhile queue up
             except Exception as exc:  # the whole batch failed
                 results = [exc] * len(batch)
             for item, res in zip(batch, results):

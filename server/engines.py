@@ -83,7 +83,9 @@ class OnnxEngine:
 class TorchEngine:
     platform = "pytorch"
 
-    def __init__(self, name: str, output_names: list[str], device: str | None = None) -> None:
+    def __init__(
+        self, name: str, output_names: list[str], device: str | None = None, threads: int = 1
+    ) -> None:
         import torch
 
         from models import load_torch_model
@@ -97,6 +99,9 @@ class TorchEngine:
             self.device = f"{dev} ({torch.cuda.get_device_name(dev)})"
         else:
             self.device = "cpu"
+            # one intra-op thread: these models are far too small to split, and OpenMP
+            # spin-waits cost tens of ms when the cores are shared with other work
+            torch.set_num_threads(threads)
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self.torch

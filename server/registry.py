@@ -85,7 +85,7 @@ def _build(settings, name, onnx_path: Path, engine_kind: str) -> ServedModel:
     names = [o.name for o in outputs]
     sha = sha256_file(onnx_path)
     if engine_kind == "torch":
-        engine: Engine = TorchEngine(name, names, settings.device)
+        engine: Engine = TorchEngine(name, names, settings.device, settings.torch_threads)
     else:
         engine = OnnxEngine(onnx_path, names)
     label = "label" if "label" in names else None

@@ -51,7 +51,9 @@ class InferenceService:
         self.store = store
         self.signer = ReceiptSigner(keys, settings) if settings.signing and keys else None
         self.batchers = {
-            name: DynamicBatcher(name, partial(self._run_batch, m), settings.policy_for(name))
+            name: DynamicBatcher(
+                name, partial(self._run_batch, m), settings.policy_for(name), threaded=_threaded(settings, m)
+            )
             for name, m in models.items()
         }
         self.ready = False
@@ -139,6 +141,14 @@ class InferenceService:
         if rows and self.store is not None:
             self.store.put_many(rows)
         return results
+
+
+def _threaded(settings: ServerSettings, m: ServedModel) -> bool:
+    """Run batches in a worker thread on CUDA (the loop parses while the GPU works), inline
+    in the event loop on CPU: there the GIL hand-offs between threads cost more than a batch."""
+    if settings.batch_thread is not None:
+        return settings.batch_thread
+    return m.engine.device != "cpu"
 
 
 def _np_dtype(datatype: str):

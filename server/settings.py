@@ -43,11 +43,15 @@ class ServerSettings(Settings):
     device: str | None = Field(
         None, description="Torch device ('cpu', 'cuda', 'cuda:1'); default: CUDA when available."
     )
+    torch_threads: int = Field(1, ge=1, description="Torch intra-op threads on CPU (small models: 1).")
     batching: BatchPolicy = Field(
         default_factory=BatchPolicy, description="Default dynamic batching policy for every model."
     )
     model_batching: dict[str, BatchPolicy] = Field(
         default_factory=dict, description="Per-model batching policy overriding `batching`."
+    )
+    batch_thread: bool | None = Field(
+        None, description="Run batches in a worker thread (default: on CUDA yes, on CPU no)."
     )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above it)."

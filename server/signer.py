@@ -36,6 +36,9 @@ class ReceiptSigner:
         self.ttl = settings.answer_ttl_s
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract)
         self._separator = domain_separator(self.domain)
+        from eth_keys import keys as eth_keys
+
+        self._eth = eth_keys.PrivateKey(keys.eth_key)  # made once: deriving the public key costs
 
     def sign(
         self,
@@ -54,7 +57,7 @@ class ReceiptSigner:
     ) -> Receipt:
         # the digest covers the tensor as sent; the commitment, the values the model saw
         commitment = "0x" + input_commitment(quantize(x_model, scale)).hex()
-        inp = InputRef(
+        inp = InputRef.model_construct(
             name=input_name,
             datatype=datatype,
             shape=x_sent.shape,
@@ -63,12 +66,12 @@ class ReceiptSigner:
             commitment=commitment,
         )
         outs = tuple(
-            OutputTensor(
+            OutputTensor.model_construct(
                 name=n, datatype=dt, shape=a.shape, digest=tensor_digest(a, dt), data=a.ravel().tolist()
             )
             for n, dt, a in outputs
         )
-        predicate = Predicate(
+        predicate = Predicate.model_construct(
             requestId=request_id,
             clientRequestId=client_request_id,
             model=model,
@@ -95,6 +98,6 @@ class ReceiptSigner:
                 domain=self.domain,
                 message=answer,
                 signer=self.keys.eth_address,
-                signature=sign_digest(digest, self.keys.eth_key),
+                signature=sign_digest(digest, self._eth),
             )
         return Receipt(id=request_id, envelope=envelope, eip712=eip)

@@ -94,18 +94,14 @@ def domain_separator(domain: Domain) -> bytes:
 
 
 def struct_hash(answer: Classification) -> bytes:
+    # abi.encode of static 32-byte words is their concatenation (uint256 big-endian)
     return keccak(
-        abi_encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "bytes32", "uint256"],
-            [
-                CLASSIFICATION_TYPEHASH,
-                _b32(answer.modelId),
-                _b32(answer.inputCommitment),
-                answer.label,
-                _b32(answer.requestId),
-                answer.deadline,
-            ],
-        )
+        CLASSIFICATION_TYPEHASH
+        + _b32(answer.modelId)
+        + _b32(answer.inputCommitment)
+        + answer.label.to_bytes(32, "big")
+        + _b32(answer.requestId)
+        + answer.deadline.to_bytes(32, "big")
     )
 
 
@@ -138,9 +134,11 @@ def typed_data(domain: Domain, answer: Classification) -> dict[str, Any]:
     }
 
 
-def sign_digest(digest: bytes, private_key: bytes) -> str:
-    """``0x`` + r || s || v (v in {27, 28}) over a 32-byte digest."""
-    sig = eth_keys.PrivateKey(private_key).sign_msg_hash(digest)
+def sign_digest(digest: bytes, private_key: bytes | eth_keys.PrivateKey) -> str:
+    """``0x`` + r || s || v (v in {27, 28}) over a 32-byte digest (low ``s``)."""
+    if not isinstance(private_key, eth_keys.PrivateKey):
+        private_key = eth_keys.PrivateKey(private_key)
+    sig = private_key.sign_msg_hash(digest)
     r, s, v = sig.r, sig.s, sig.v
     return "0x" + (r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])).hex()
 

@@ -1,0 +1,91 @@
+"""The app in process (no server process): ONNX-only models, error mapping, settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from models import get_reference_model
+from server.app import create_app
+from server.errors import HTTP_STATUS, PayloadTooLarge, status_for
+from server.settings import ServerSettings
+from verifier.errors import InputError, NotFound, SignatureInvalid, VerinferError
+
+IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2]]}]}
+
+
+@pytest.fixture
+def client(tmp_path):
+    settings = ServerSettings(
+        home=tmp_path,
+        models=("iris_mlp",),
+        onnx_models={"digits_onnx": get_reference_model("digits_cnn").onnx_path},
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_onnx_only_model_served_by_onnxruntime(client):
+    meta = client.get("/v2/models/digits_onnx").json()
+    assert meta["platform"] == "onnxruntime"
+    body = {"inputs": [{"name": "input", "shape": [2, 1, 8, 8], "datatype": "FP64", "data": [0.0] * 128}]}
+    r = client.post("/v2/models/digits_onnx/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert out["logits"]["shape"] == [2, 10] and out["label"]["shape"] == [2]
+    receipt = json.loads(r.json()["parameters"]["receipt"])
+    assert receipt["eip712"] is None  # two samples
+
+
+def test_nested_data_and_int_datatype(client):
+    r = client.post("/v2/models/iris_mlp/infer", json=IRIS)
+    assert r.status_code == 200 and r.json()["parameters"]["label"] == 0
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "INT32", "data": [6, 3, 5, 2]}],
+            "outputs": [{"name": "label"}]}
+    r = client.post("/v2/models/iris_mlp/versions/1/infer", json=body)
+    assert r.status_code == 200
+    assert [o["name"] for o in r.json()["outputs"]] == ["label"]
+
+
+def test_receipt_store_round_trip(client):
+    r = client.post("/v2/models/iris_mlp/infer", json=IRIS).json()
+    rid = r["parameters"]["receipt_id"]
+    assert client.get(f"/v1/receipts/{rid}").json() == json.loads(r["parameters"]["receipt"])
+
+
+def test_framework_errors_are_error_bodies(client):
+    r = client.get("/no/such/route")
+    assert r.status_code == 404 and set(r.json()) == {"error"}
+    r = client.put("/v2/health/live")
+    assert r.status_code == 405 and set(r.json()) == {"error"}
+
+
+def test_docs(client):
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
+    assert body["content"]["application/json"]["schema"]["required"] == ["inputs"]
+
+
+def test_error_table():
+    assert status_for(NotFound("x")) == 404
+    assert status_for(PayloadTooLarge("x")) == 413
+    assert status_for(InputError("x")) == 400
+    assert status_for(SignatureInvalid("x")) == 400
+    assert status_for(VerinferError("x")) == 500
+    assert status_for(RuntimeError("x")) == 500
+    kinds = [k for k, _ in HTTP_STATUS]
+    for i, k in enumerate(kinds):  # no entry is shadowed by a base class listed before it
+        assert not any(issubclass(k, base) for base in kinds[:i])
+
+
+def test_settings_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("VERINFER_HOME", str(tmp_path))
+    monkeypatch.setenv("VERINFER_MODEL_BATCHING", '{"digits_cnn": {"max_batch_size": 4, "max_queue_delay_ms": 1}}')
+    monkeypatch.setenv("VERINFER_ETH_KEY", "0x" + "11" * 32)
+    s = ServerSettings()
+    assert s.policy_for("digits_cnn").max_batch_size == 4
+    assert s.policy_for("iris_mlp").max_batch_size == 64
+    assert "11" * 32 not in repr(s) and "11" * 32 not in str(s.model_dump())  # secrets do not show
