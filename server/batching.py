@@ -3,7 +3,8 @@
 Requests queue per model; one collector task takes the first waiting request,
 then more until ``max_batch_size`` samples or ``max_queue_delay_ms`` has passed,
 and hands the batch to a single worker thread. While a batch runs, the next one
-gathers. Each request's future gets exactly its own slice of the answer.
+gathers. The delay is only spent while requests keep coming (the last batch
+held more than one), so a lone request is never held back. Each request's future gets exactly its own slice of the answer.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[Item] | None = None
         self._task: asyncio.Task | None = None
         self._carry: Item | None = None
+        self._last_len = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self.batches = 0  # counters, for metrics and tests
         self.samples = 0
@@ -91,7 +93,10 @@ class DynamicBatcher:
             first = await self._next(None)
             assert first is not None
             batch, rows = [first], first.rows
-            deadline = loop.time() + self.delay
+            # Wait for the batch to fill only under load (the last batch held several
+            # requests); a lone request runs at once instead of paying the delay.
+            wait = self.delay if self._last_len > 1 else 0.0
+            deadline = loop.time() + wait
             while rows < self.max_batch:
                 item = await self._next(deadline - loop.time())
                 if item is None:
@@ -104,6 +109,7 @@ class DynamicBatcher:
             batch = [i for i in batch if not i.future.cancelled()]
             if not batch:
                 continue
+            self._last_len = len(batch)
             self.batches += 1
             self.samples += rows
             try:
