@@ -1,4 +1,5 @@
-"""Subcommands owned by the verifier: ``verify`` (one proof bundle)."""
+"""Subcommands owned by the verifier: ``verify`` (one proof bundle) and ``audit`` (many
+receipts and bundles). Both run offline; handlers import what they need lazily."""
 
 from __future__ import annotations
 
@@ -12,22 +13,72 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify = sub.add_parser(
         "verify", help="check a proof bundle offline",
         description="Check a proof bundle against its circuit package: artifact hashes, the "
-        "links between input, label and proof, and the proof itself (EZKL, offline). "
+        "links between input, label and proof, and the proof itself (EZKL, offline). A bundle "
+        "that carries a signed receipt needs --keys. "
         "Exit 0 valid, 1 invalid, 2 unreadable input.")
     verify.add_argument("bundle", type=Path, help="bundle folder or bundle.json")
     verify.add_argument("--package", metavar="DIR|NAME",
                         help="circuit package folder, model name or id (default: the package "
                         "the bundle names, in the data dir)")
+    _trust_options(verify)
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=_verify)
+
+    audit = sub.add_parser(
+        "audit", help="check many receipts and proof bundles offline",
+        description="Audit receipts (*.json, one per line in *.jsonl) and proof bundles "
+        "(bundle.json, or folders holding them) found under PATHs, with no network: receipt "
+        "signatures against --keys, bundles against the circuit packages in --models, and the "
+        "links between them. Prints OK/FAIL/ERROR lines and a summary table on stderr; "
+        "--json prints the report on stdout. Exit 0 all passed, 1 any failed verification, "
+        "2 usage error or (with no failure) an unreadable item.")
+    audit.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                       help="files or folders to audit")
+    _trust_options(audit)
+    audit.add_argument("--models", type=Path, metavar="DIR",
+                       help="circuit packages: a package folder, a data dir or a folder of "
+                       "packages (default: the data dir's packages). Given explicitly, every "
+                       "receipt must also be for one of these models")
+    audit.add_argument("--jobs", "-j", type=int, metavar="N",
+                       help="worker processes (default: one per core)")
+    audit.add_argument("--quiet", "-q", action="store_true",
+                       help="print only FAIL/ERROR lines and the summary")
+    audit.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    audit.set_defaults(handler=_audit)
+
+
+def _trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keys", type=Path, metavar="JWKS",
+                   help="trusted Ed25519 keys: a JWK Set (as served at /.well-known/jwks.json), "
+                   "one pinned JWK, or a PEM public key")
+    p.add_argument("--eth-signer", action="append", metavar="ADDRESS",
+                   help="trusted EIP-712 signer address (repeatable); without it an EIP-712 "
+                   "signature must only recover to the signer it names")
+
+
+def _trust(args: argparse.Namespace):
+    from verifier.audit import load_trusted_keys
+    from verifier.errors import InputError
+
+    jwks = load_trusted_keys(args.keys) if args.keys else None
+    signers = None
+    if args.eth_signer:
+        import re
+
+        for a in args.eth_signer:
+            if not re.fullmatch(r"0x[0-9a-fA-F]{40}", a):
+                raise InputError(f"--eth-signer {a!r} is not an address")
+        signers = set(args.eth_signer)
+    return jwks, signers
 
 
 def _verify(args: argparse.Namespace) -> int:
     from verifier.bundle import ProofBundle
     from verifier.config import Settings
     from verifier.errors import NotFound, VerificationError
-    from verifier.proofs import verify_bundle
+    from verifier.proofs import verify_signed_bundle
 
+    jwks, signers = _trust(args)
     bundle = ProofBundle.load(args.bundle)
     settings = Settings()
     if args.package:
@@ -43,17 +94,69 @@ def _verify(args: argparse.Namespace) -> int:
             raise NotFound(f"circuit package {bundle.model.package_id[:16]}… is not in "
                            f"{settings.packages_dir}; pass --package DIR")
     try:
-        manifest = verify_bundle(bundle, folder)
+        manifest, statement = verify_signed_bundle(bundle, folder, jwks,
+                                                   trusted_eth_signers=signers)
     except VerificationError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": type(exc).__name__, "reason": str(exc)}))
         raise
     print(f"OK: {args.bundle}: {manifest.name} label {bundle.outputs.label} is proven"
+          + (" and signed" if statement is not None else "")
           + ("" if bundle.agreement.agree else
              f" (float model said {bundle.agreement.float_label}: DISAGREES)"), file=sys.stderr)
     if manifest.srs.insecure:
         print("WARNING: the package uses a development SRS (insecure)", file=sys.stderr)
     if args.json:
         print(json.dumps({"ok": True, "model": manifest.name, "label": bundle.outputs.label,
-                          "agree": bundle.agreement.agree}))
+                          "agree": bundle.agreement.agree, "signed": statement is not None}))
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import time
+
+    from verifier.audit import (
+        Auditor,
+        Progress,
+        collect,
+        find_packages,
+        report_json,
+        run_audit,
+        summarize,
+    )
+    from verifier.config import Settings
+    from verifier.errors import InputError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    jwks, signers = _trust(args)
+    if args.models is not None:
+        packages = find_packages(args.models)
+    else:
+        home_packages = Settings().packages_dir
+        packages = find_packages(home_packages) if home_packages.is_dir() else {}
+    items = collect(args.paths)
+    if not items:
+        raise InputError("nothing to audit: no receipts or bundles under the given paths")
+    auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
+                      require_known_model=args.models is not None)
+
+    def err(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    progress = Progress(len(items), err)
+
+    def on_result(r) -> None:
+        if r.outcome != "ok" or not args.quiet:
+            err(r.line())
+        progress.tick()
+
+    start = time.perf_counter()
+    results = run_audit(items, auditor, jobs=args.jobs, on_result=on_result)
+    summary = summarize(results, time.perf_counter() - start)
+    err(summary.table())
+    if any(r.dev_srs for r in results):
+        err("WARNING: some bundles were proven with a development SRS (insecure)")
+    if args.json:
+        print(json.dumps(report_json(results, summary)))
+    return summary.exit_code

@@ -3,8 +3,16 @@
 ``verify_bundle`` checks, in order: the package's files hash as its manifest
 says; the bundle names this package; the proof's public instances are the
 bundle's instances; the public input is the bundle's input quantized at the
-circuit's scale; the public label output is the bundle's label; and finally
-that EZKL accepts the proof under the package's vk, settings and SRS.
+circuit's scale (``public`` inputs) or the Poseidon hash of those field
+elements (``hashed`` inputs); the public outputs are the bundle's logits and
+label; and finally that EZKL accepts the proof under the package's vk,
+settings and SRS.
+
+``verify_receipt_link`` binds a signed receipt (already checked with
+:func:`verifier.receipts.verify_receipt`) to a bundle and its manifest: same
+model digest, same input (commitment at the circuit's scale, and the tensor
+digest where the datatypes agree), same label. ``verify_signed_bundle`` runs
+the whole chain for a bundle that carries a receipt.
 
 This is the only module of ``verifier`` that talks to EZKL.
 """
@@ -15,10 +23,21 @@ import json
 import tempfile
 from pathlib import Path
 
+from typing import Any
+
 from verifier.bundle import ProofBundle
-from verifier.errors import DigestMismatch, LinkBroken, PackageError, ProofInvalid
-from verifier.fixedpoint import felt_to_int, int_to_felt, quantize
+from verifier.errors import (
+    DigestMismatch,
+    InputError,
+    KeyUnknown,
+    LinkBroken,
+    PackageError,
+    ProofInvalid,
+)
+from verifier.fixedpoint import felt_to_int, input_commitment, int_to_felt, quantize
 from verifier.manifest import MANIFEST_FILE, Manifest
+from verifier.receipts import Receipt, Statement, verify_receipt
+from verifier.tensors import tensor_digest
 
 VERIFY_ARTIFACTS = ["settings.json", "vk.key", "kzg.srs"]
 
@@ -57,32 +76,17 @@ def load_manifest_checked(package_dir: Path, names: list[str] = VERIFY_ARTIFACTS
     return manifest
 
 
-def verify_bundle(bundle: ProofBundle, package_dir: Path) -> Manifest:
-    """Check ``bundle`` against the circuit package in ``package_dir``; returns its manifest."""
+def verify_bundle(bundle: ProofBundle, package_dir: Path, *,
+                  manifest: Manifest | None = None) -> Manifest:
+    """Check ``bundle`` against the circuit package in ``package_dir``; returns its manifest.
+
+    ``manifest``: one already loaded with :func:`load_manifest_checked` for this
+    folder (a batch audit hashes each package once, not once per bundle).
+    """
     package_dir = Path(package_dir)
-    manifest = load_manifest_checked(package_dir)
-    if bundle.model.package_id != manifest.package_id:
-        raise LinkBroken(
-            f"bundle is for package {bundle.model.package_id[:16]}…, "
-            f"not {manifest.package_id[:16]}… ({manifest.name})"
-        )
-    if bundle.model.model_sha256 != manifest.model_sha256:
-        raise LinkBroken("bundle's model digest differs from the package's")
-    proof_instances = tuple(tuple(row) for row in bundle.proof["instances"])
-    if proof_instances != bundle.instances:
-        raise LinkBroken("bundle's instances differ from the proof's")
-    flat = [felt for row in bundle.instances for felt in row]
-    n_in = 1
-    for d in manifest.input.shape:
-        n_in *= d
-    if manifest.input_visibility == "public":
-        want = [int_to_felt_hex(q) for q in quantize(bundle.input.array(), manifest.input.scale)]
-        if flat[:n_in] != want:
-            raise LinkBroken("proof's public input is not the bundle's input")
-    if not flat or felt_hex_to_int(flat[-1]) != bundle.outputs.label:
-        raise LinkBroken("proof's public label is not the bundle's label")
-    if bundle.agreement.circuit_label != bundle.outputs.label:
-        raise LinkBroken("agreement section's circuit label is not the proven label")
+    if manifest is None:
+        manifest = load_manifest_checked(package_dir)
+    check_bundle_links(bundle, manifest)
     ezkl_verify(
         bundle.proof,
         package_dir / "settings.json",
@@ -90,6 +94,127 @@ def verify_bundle(bundle: ProofBundle, package_dir: Path) -> Manifest:
         package_dir / "kzg.srs",
     )
     return manifest
+
+
+def check_bundle_links(bundle: ProofBundle, manifest: Manifest) -> None:
+    """The bundle's own links: package, model, instances, input, outputs (no EZKL)."""
+    if bundle.model.package_id != manifest.package_id:
+        raise LinkBroken(
+            f"bundle is for package {bundle.model.package_id[:16]}…, "
+            f"not {manifest.package_id[:16]}… ({manifest.name})"
+        )
+    if bundle.model.model_sha256 != manifest.model_sha256:
+        raise LinkBroken("bundle's model digest differs from the package's")
+    try:
+        proof_instances = tuple(tuple(row) for row in bundle.proof["instances"])
+    except TypeError:
+        raise LinkBroken("proof's instances are not a list of rows") from None
+    if proof_instances != bundle.instances:
+        raise LinkBroken("bundle's instances differ from the proof's")
+    if tuple(bundle.input.shape) != tuple(manifest.input.shape):
+        raise LinkBroken(f"bundle's input shape {list(bundle.input.shape)} is not the "
+                         f"circuit's {list(manifest.input.shape)}")
+    try:
+        x = bundle.input.array()
+    except (ValueError, InputError) as exc:
+        raise LinkBroken(f"bundle's input does not fit its shape/datatype: {exc}") from None
+    flat = [felt for row in bundle.instances for felt in row]
+    felts = [int_to_felt_hex(q) for q in quantize(x, manifest.input.scale)]
+    if manifest.input_visibility == "public":
+        if flat[: len(felts)] != felts:
+            raise LinkBroken("proof's public input is not the bundle's input")
+        rest = flat[len(felts):]
+    else:  # hashed: the first instance is Poseidon(input felts)
+        if not flat or flat[0] != poseidon_felt_hex(felts):
+            raise LinkBroken("proof's input hash is not the Poseidon hash of the bundle's input")
+        rest = flat[1:]
+    _check_outputs(bundle, manifest, rest)
+    if tensor_digest(x, bundle.input.datatype) != bundle.input.digest:
+        raise DigestMismatch("bundle's input does not hash to its recorded digest")
+    if bundle.agreement.circuit_label != bundle.outputs.label:
+        raise LinkBroken("agreement section's circuit label is not the proven label")
+
+
+def _check_outputs(bundle: ProofBundle, manifest: Manifest, felts: list[str]) -> None:
+    """Public outputs, in the manifest's order: the logits and the label."""
+    sizes = [_numel(o.shape) for o in manifest.outputs]
+    if len(felts) != sum(sizes):
+        raise LinkBroken(f"proof has {len(felts)} public outputs, the circuit {sum(sizes)}")
+    at = 0
+    for i, (spec, n) in enumerate(zip(manifest.outputs, sizes)):
+        values = [felt_hex_to_int(f) for f in felts[at:at + n]]
+        at += n
+        if i == manifest.label_output:
+            if values != [bundle.outputs.label]:
+                raise LinkBroken("proof's public label is not the bundle's label")
+        elif bundle.outputs.logits and len(bundle.outputs.logits) == n:
+            step = 2.0 ** -(spec.scale or 0)
+            if any(abs(v * step - f) > step / 2 for v, f in zip(values, bundle.outputs.logits)):
+                raise LinkBroken(f"proof's public {spec.name} are not the bundle's")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def poseidon_felt_hex(felts_hex: list[str]) -> str:
+    """EZKL's Poseidon hash of field elements (hex, little-endian), as EZKL writes it."""
+    import ezkl
+
+    try:
+        out = ezkl.poseidon_hash(felts_hex)
+    except Exception as exc:
+        raise LinkBroken(f"cannot hash the input: {_first_line(exc)}") from None
+    return out[0] if isinstance(out, list) else str(out)
+
+
+def verify_receipt_link(statement: Statement, bundle: ProofBundle, manifest: Manifest) -> None:
+    """A checked receipt's statement describes this bundle's model, input and label."""
+    p = statement.predicate
+    if p.model.sha256 != manifest.model_sha256:
+        raise DigestMismatch(f"receipt is for model {p.model.sha256[:16]}…, the circuit "
+                             f"package's model is {manifest.model_sha256[:16]}…")
+    if p.input.scale != manifest.input.scale:
+        raise LinkBroken(f"receipt commits to the input at scale {p.input.scale}, the circuit "
+                         f"uses {manifest.input.scale}")
+    q = quantize(bundle.input.array(), manifest.input.scale)
+    if "0x" + input_commitment(q).hex() != p.input.commitment:
+        raise LinkBroken("bundle's input is not the receipt's input (commitments differ)")
+    if p.input.datatype == bundle.input.datatype and p.input.digest != bundle.input.digest:
+        raise LinkBroken("bundle's input is not the receipt's input (tensor digests differ)")
+    if p.label != bundle.outputs.label:
+        raise LinkBroken(f"receipt's signed label {p.label} is not the proven label "
+                         f"{bundle.outputs.label}")
+
+
+def verify_signed_bundle(
+    bundle: ProofBundle,
+    package_dir: Path,
+    jwks: dict[str, Any] | None,
+    *,
+    trusted_eth_signers: set[str] | None = None,
+    manifest: Manifest | None = None,
+) -> tuple[Manifest, Statement | None]:
+    """The whole chain for one bundle: its receipt, if any (signature against ``jwks``,
+    then the links receipt -> bundle), then the proof. Fails closed: a bundle with a
+    receipt and no trusted keys raises :class:`KeyUnknown`.
+    """
+    package_dir = Path(package_dir)
+    if manifest is None:
+        manifest = load_manifest_checked(package_dir)
+    statement = None
+    if bundle.receipt is not None:
+        if jwks is None:
+            raise KeyUnknown("bundle carries a receipt but no trusted keys were given (--keys)")
+        receipt = Receipt.parse(bundle.receipt)
+        statement = verify_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers)
+        check_bundle_links(bundle, manifest)
+        verify_receipt_link(statement, bundle, manifest)
+    verify_bundle(bundle, package_dir, manifest=manifest)
+    return manifest, statement
 
 
 def _first_line(exc: BaseException) -> str:

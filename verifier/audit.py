@@ -1,0 +1,417 @@
+"""Offline audit of many receipts and proof bundles: the core behind ``verinfer audit``.
+
+No network, no server: everything is checked from files. An audit is
+
+1. **collect** (:func:`collect`): walk the given paths into items. A bundle is a
+   ``bundle.json`` (or a folder holding one, or any ``*.json`` whose ``format``
+   is the bundle format); a receipt is a ``*.json`` holding one receipt (or a
+   list of them), or one line of a ``*.jsonl`` file. Inside folders, JSON
+   files of other known kinds (a JWK Set, a circuit manifest, a corpus index)
+   are skipped; a file given by name is always an item.
+2. **check** (:class:`Auditor`): each item, fail closed, into a :class:`Result`
+   with outcome ``ok``, ``fail`` (a :class:`VerificationError`, by kind) or
+   ``error`` (unreadable or malformed: an :class:`InputError`).
+3. **run** (:func:`run_audit`): in a process pool (EZKL's verify is CPU-bound;
+   receipts go in batches, since one signature check costs ~0.1 ms), results
+   as they come, in the items' order at the end.
+
+Receipts are checked against trusted Ed25519 keys (a JWK Set, one JWK, or a
+PEM public key: :func:`load_trusted_keys`); bundles against the circuit
+packages found under ``--models`` (by package id: the manifest's hash, not the
+folder name). Each worker hashes a package's artifacts once, not per bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
+from verifier.errors import InputError, KeyUnknown, DigestMismatch, LinkBroken, VerificationError
+from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
+from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
+from verifier.receipts import RECEIPT_FORMAT, Receipt, verify_receipt
+
+ItemKind = Literal["receipt", "bundle", "unreadable"]
+Outcome = Literal["ok", "fail", "error"]
+
+# JSON files with these "format"s (or a JWK Set) are not audit items when met inside a folder.
+SKIP_FORMATS = {MANIFEST_FORMAT, "verinfer.corpus/v1"}
+RECEIPT_BATCH = 512  # receipts per task: signature checks are cheap, IPC is not
+BUNDLE_BATCH = 2  # bundles per task: one EZKL verify is 10-30 ms
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to audit. ``data`` is the receipt's JSON text, or a bundle file's path."""
+
+    name: str
+    kind: ItemKind
+    data: str = ""
+    problem: str = ""  # for kind "unreadable": why
+
+
+@dataclass(frozen=True)
+class Result:
+    item: str
+    kind: ItemKind
+    outcome: Outcome
+    error: str | None = None  # the error class, e.g. "SignatureInvalid"
+    reason: str | None = None
+    model: str | None = None
+    label: int | list[int] | None = None
+    dev_srs: bool | None = None  # bundles: the package uses an insecure development SRS
+
+    def line(self) -> str:
+        if self.outcome == "ok":
+            what = f" ({self.kind}" + (f", {self.model}" if self.model else "") + (
+                f", label {self.label}" if self.label is not None else "") + ")"
+            return f"OK: {self.item}{what}"
+        tag = "FAIL" if self.outcome == "fail" else "ERROR"
+        return f"{tag}: {self.item}: {self.error}: {self.reason}"
+
+
+# --- trusted keys and packages -----------------------------------------------------
+
+
+def load_trusted_keys(path: Path) -> dict[str, Any]:
+    """A JWK Set from a JWKS file, a single (pinned) JWK, or a PEM Ed25519 public key.
+
+    Every key must be an OKP/Ed25519 key whose ``kid``, if present, is its RFC 7638
+    thumbprint; a bare JWK or PEM key gets its thumbprint as ``kid``.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read keys: {exc.strerror}") from None
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            key = load_pem_public_key(raw)
+        except ValueError as exc:
+            raise InputError(f"{path}: not a PEM public key ({exc})") from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise InputError(f"{path}: not an Ed25519 public key")
+        return {"keys": [ed25519_jwk(key)]}
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise InputError(f"{path}: keys file is neither JSON nor PEM: {exc}") from None
+    jwks = doc if isinstance(doc, dict) and "keys" in doc else {"keys": [doc]}
+    keys = jwks.get("keys")
+    if not isinstance(keys, list) or not keys:
+        raise InputError(f"{path}: no keys in the JWK Set")
+    out = []
+    for jwk in keys:
+        if not isinstance(jwk, dict):
+            raise InputError(f"{path}: a JWK is not a JSON object")
+        public_key_from_jwk(jwk)  # InputError unless OKP/Ed25519 with a 32-byte x
+        kid = jwk_thumbprint(jwk)
+        if jwk.get("kid", kid) != kid:
+            raise InputError(f"{path}: JWK kid {jwk['kid']!r} is not its RFC 7638 thumbprint")
+        if "d" in jwk:
+            raise InputError(f"{path}: holds a private key; give the public JWK Set")
+        out.append({**jwk, "kid": kid})
+    return {"keys": out}
+
+
+def find_packages(models: Path) -> dict[str, Path]:
+    """Circuit packages under ``models``: a package folder, a data dir (``packages/``
+    inside), or a folder of packages. Keyed by package id (the manifest's hash)."""
+    models = Path(models)
+    if not models.is_dir():
+        raise InputError(f"{models}: no such models folder")
+    if (models / MANIFEST_FILE).is_file():
+        candidates = [models]
+    else:
+        base = models / "packages" if (models / "packages").is_dir() else models
+        candidates = sorted(p for p in base.iterdir() if (p / MANIFEST_FILE).is_file())
+    found: dict[str, Path] = {}
+    for folder in candidates:
+        found[Manifest.load(folder / MANIFEST_FILE).package_id] = folder
+    return found
+
+
+# --- collecting items ------------------------------------------------------------------
+
+
+def collect(paths: Iterable[Path]) -> list[Item]:
+    """Items from files and folders (see the module doc). A path that does not exist
+    raises :class:`InputError`; a file that cannot be parsed becomes an ``unreadable`` item."""
+    items: list[Item] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            if (path / BUNDLE_FILE).is_file():
+                items.append(Item(str(path), "bundle", str(path / BUNDLE_FILE)))
+                continue
+            for f in sorted(_walk(path)):
+                items.extend(_items_of_file(f, explicit=False))
+        elif path.is_file():
+            items.extend(_items_of_file(path, explicit=True))
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    return items
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(folder):
+        if MANIFEST_FILE in files:  # a circuit package: not audit items
+            dirs.clear()
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith((".json", ".jsonl")) and not name.startswith("."):
+                yield Path(root) / name
+
+
+def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return [Item(name, "unreadable", problem=f"cannot read: {exc}")]
+    if path.suffix == ".jsonl":
+        return [Item(f"{name}:{n}", "receipt", line)
+                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if path.name == BUNDLE_FILE:
+        return [Item(name, "bundle", name)]
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        return [Item(name, "unreadable", problem=f"not JSON: {exc}")]
+    if isinstance(doc, list):
+        return [Item(f"{name}[{i}]", "receipt", json.dumps(r)) for i, r in enumerate(doc)]
+    fmt = doc.get("format") if isinstance(doc, dict) else None
+    if fmt == BUNDLE_FORMAT:
+        return [Item(name, "bundle", name)]
+    if fmt == RECEIPT_FORMAT:
+        return [Item(name, "receipt", text)]
+    if not explicit and (fmt in SKIP_FORMATS or (isinstance(doc, dict) and "keys" in doc)):
+        return []
+    return [Item(name, "unreadable",
+                 problem=f"neither a receipt ({RECEIPT_FORMAT}) nor a proof bundle "
+                         f"({BUNDLE_FORMAT})")]
+
+
+# --- checking items --------------------------------------------------------------------
+
+
+@dataclass
+class Auditor:
+    """Checks items; holds the trusted keys and packages, and per-process caches."""
+
+    jwks: dict[str, Any] | None = None
+    packages: dict[str, Path] = field(default_factory=dict)
+    trusted_eth_signers: set[str] | None = None
+    # receipts must be for one of ``packages``' models (when --models was given)
+    require_known_model: bool = False
+    _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
+    _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
+
+    def check(self, item: Item) -> Result:
+        try:
+            if item.kind == "unreadable":
+                raise InputError(item.problem)
+            model, label, dev = (self._bundle if item.kind == "bundle" else self._receipt)(item)
+        except VerificationError as exc:
+            return Result(item.name, item.kind, "fail", type(exc).__name__, str(exc))
+        except InputError as exc:
+            return Result(item.name, item.kind, "error", type(exc).__name__, str(exc))
+        except Exception as exc:  # a bug, or a library refusing odd input: never an OK
+            return Result(item.name, item.kind, "error", "InternalError",
+                          f"{type(exc).__name__}: {str(exc)[:300]}")
+        return Result(item.name, item.kind, "ok", model=model, label=label, dev_srs=dev)
+
+    def manifest(self, package_id: str) -> Manifest:
+        if package_id not in self._manifests:
+            from verifier.proofs import load_manifest_checked
+
+            self._manifests[package_id] = load_manifest_checked(self.packages[package_id])
+        return self._manifests[package_id]
+
+    def _receipt(self, item: Item) -> tuple[str, Any, None]:
+        receipt = Receipt.parse(item.data)
+        if self.jwks is None:
+            raise KeyUnknown("no trusted keys given (--keys JWKS)")
+        st = verify_receipt(receipt, self.jwks, trusted_eth_signers=self.trusted_eth_signers)
+        p = st.predicate
+        if self.require_known_model:
+            if self._by_model is None:
+                self._by_model = {}
+                for pid in self.packages:
+                    self._by_model.setdefault(self.manifest(pid).model_sha256, []).append(pid)
+            pids = self._by_model.get(p.model.sha256)
+            if not pids:
+                raise DigestMismatch(f"receipt's model digest {p.model.sha256[:16]}… is not "
+                                     f"the digest of any audited model")
+            if all(self.manifest(pid).input.scale != p.input.scale for pid in pids):
+                raise LinkBroken(f"receipt commits to the input at scale {p.input.scale}, "
+                                 f"not the circuit's")
+        return p.model.name, p.label, None
+
+    def _bundle(self, item: Item) -> tuple[str, Any, bool]:
+        from verifier.proofs import verify_signed_bundle
+
+        bundle = ProofBundle.load(Path(item.data))
+        pid = bundle.model.package_id
+        if pid not in self.packages:
+            raise InputError(f"circuit package {pid[:16]}… ({bundle.model.name}) is not among "
+                             f"the audited models (--models DIR)")
+        manifest, _ = verify_signed_bundle(
+            bundle, self.packages[pid], self.jwks,
+            trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid))
+        return manifest.name, bundle.outputs.label, manifest.srs.insecure
+
+
+# --- running ---------------------------------------------------------------------------
+
+_WORKER: Auditor | None = None
+
+
+def _init_worker(auditor: Auditor) -> None:
+    global _WORKER
+    _WORKER = auditor
+
+
+def _check_batch(items: list[Item]) -> list[Result]:
+    assert _WORKER is not None
+    return [_WORKER.check(i) for i in items]
+
+
+def batches(items: list[Item]) -> list[list[Item]]:
+    """Receipts in batches of RECEIPT_BATCH, bundles in batches of BUNDLE_BATCH, in order."""
+    out: list[list[Item]] = []
+    for kind, size in (("bundle", BUNDLE_BATCH), ("receipt", RECEIPT_BATCH), ("unreadable", 512)):
+        these = [i for i in items if i.kind == kind]
+        out.extend(these[n:n + size] for n in range(0, len(these), size))
+    return out
+
+
+def run_audit(
+    items: list[Item],
+    auditor: Auditor,
+    *,
+    jobs: int | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """Check every item; ``jobs`` worker processes (default: one per core; 1 runs here,
+    and so does an audit too small to pay for starting workers). Results come back
+    in the items' order; ``on_result`` sees each as it is done."""
+    jobs = jobs or os.cpu_count() or 1
+    chunks = batches(items)
+    done: dict[str, list[Result]] = {}
+    emit = on_result or (lambda r: None)
+    n_bundles = sum(i.kind == "bundle" for i in items)
+    small = n_bundles < 4 and len(items) - n_bundles < 4 * RECEIPT_BATCH
+    if jobs <= 1 or len(chunks) <= 1 or small:
+        for chunk in chunks:
+            for item in chunk:
+                r = auditor.check(item)
+                done.setdefault(item.name, []).append(r)
+                emit(r)
+    else:
+        import multiprocessing
+
+        # spawn, not fork: the parent may hold EZKL's (rayon) threads, which fork would break
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(auditor,)) as pool:
+            pending = {pool.submit(_check_batch, c) for c in chunks}
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    for r in fut.result():
+                        done.setdefault(r.item, []).append(r)
+                        emit(r)
+    return [done[i.name].pop(0) for i in items]
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    counts: dict[str, int]  # outcome -> count
+    failures_by_kind: dict[str, int]  # error class -> count (fail and error outcomes)
+    by_item_kind: dict[str, dict[str, int]]  # receipt/bundle -> outcome -> count
+    elapsed_s: float
+
+    @property
+    def exit_code(self) -> int:
+        """0 all passed; 1 any item failed verification; else 2 if any was unreadable."""
+        if self.counts.get("fail"):
+            return 1
+        if self.counts.get("error"):
+            return 2
+        return 0
+
+    def table(self) -> str:
+        rows = [f"audit: {self.total} item(s) in {self.elapsed_s:.2f} s",
+                f"  {'':10} {'ok':>7} {'fail':>7} {'error':>7}"]
+        for kind in ("receipt", "bundle", "unreadable"):
+            c = self.by_item_kind.get(kind)
+            if c:
+                rows.append(f"  {kind:10} {c.get('ok', 0):7} {c.get('fail', 0):7} "
+                            f"{c.get('error', 0):7}")
+        rows.append(f"  {'total':10} {self.counts.get('ok', 0):7} {self.counts.get('fail', 0):7} "
+                    f"{self.counts.get('error', 0):7}")
+        if self.failures_by_kind:
+            rows.append("  failures by kind:")
+            for kind, n in sorted(self.failures_by_kind.items(), key=lambda kv: (-kv[1], kv[0])):
+                rows.append(f"    {kind:22} {n:6}")
+        return "\n".join(rows)
+
+
+def summarize(results: list[Result], elapsed_s: float) -> Summary:
+    by_kind: dict[str, Counter] = {}
+    for r in results:
+        by_kind.setdefault(r.kind, Counter())[r.outcome] += 1
+    return Summary(
+        total=len(results),
+        counts=dict(Counter(r.outcome for r in results)),
+        failures_by_kind=dict(Counter(r.error for r in results if r.outcome != "ok")),
+        by_item_kind={k: dict(v) for k, v in by_kind.items()},
+        elapsed_s=round(elapsed_s, 3),
+    )
+
+
+def report_json(results: list[Result], summary: Summary) -> dict[str, Any]:
+    return {
+        "ok": summary.exit_code == 0,
+        "exit_code": summary.exit_code,
+        "total": summary.total,
+        "counts": {k: summary.counts.get(k, 0) for k in ("ok", "fail", "error")},
+        "failures_by_kind": summary.failures_by_kind,
+        "by_item_kind": summary.by_item_kind,
+        "elapsed_s": summary.elapsed_s,
+        "items": [{k: v for k, v in asdict(r).items() if v is not None} for r in results],
+    }
+
+
+class Progress:
+    """``audited i/n`` on stderr every ``every`` seconds, once an audit has run that long."""
+
+    def __init__(self, total: int, write: Callable[[str], None], every: float = 2.0) -> None:
+        self.total, self.write, self.every = total, write, every
+        self.n = 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.n += 1
+        now = time.monotonic()
+        if now - self.last >= self.every and self.n < self.total:
+            self.last = now
+            rate = self.n / (now - self.start)
+            self.write(f"progress: {self.n}/{self.total} items ({rate:,.0f}/s, "
+                       f"~{(self.total - self.n) / rate:.0f} s left)")
