@@ -50,7 +50,8 @@ def _run(fn, *args):
 
 
 def build_circuit(onnx_path: Path, workdir: Path, calibration: list[list[float]],
-                  *, reusable: bool = False, srs_path: Path | None = None) -> Circuit:
+                  *, reusable: bool = False, srs_path: Path | None = None,
+                  target: str = "accuracy") -> Circuit:
     import ezkl
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def build_circuit(onnx_path: Path, workdir: Path, calibration: list[list[float]]
     args.param_visibility = "fixed"
     args.variables = [("batch", 1)]
     assert ezkl.gen_settings(str(model), str(settings_p), py_run_args=args)
-    assert _run(ezkl.calibrate_settings, str(cal), str(model), str(settings_p), "accuracy")
+    assert _run(ezkl.calibrate_settings, str(cal), str(model), str(settings_p), target)
     settings = json.loads(settings_p.read_text())
     logrows = settings["run_args"]["logrows"]
     srs = srs_path or workdir / f"kzg{logrows}.srs"
