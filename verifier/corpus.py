@@ -250,7 +250,10 @@ def bundle_variants(bundles: list[ProofBundle], manifest: Manifest, signer: Sign
         v["model"] = {"name": other_package.name, "package_id": other_package.package_id,
                       "model_sha256": other_package.model_sha256}
         v["receipt"] = sign_receipt(a, other_package, signer).model_dump(mode="json")
-        out["swapped-package"] = (v, "ProofInvalid")
+        # another circuit: its vk rejects the proof; with another input visibility
+        # (public vs hashed) the instances already disagree with its layout
+        same_layout = other_package.input_visibility == manifest.input_visibility
+        out["swapped-package"] = (v, "ProofInvalid" if same_layout else "LinkBroken")
 
     if len(bundles) > 1:
         b = next((b for b in bundles[1:] if b.input.data != a.input.data), None)
