@@ -101,7 +101,8 @@ class Chain:
             tx_hash = w3.eth.send_transaction(tx)
         receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
         if receipt["status"] != 1:
-            # Re-run as a call at the receipt's block's parent to recover the reason.
+            # Only reached with an explicit gas limit (estimation would have raised the
+            # decoded error); the receipt carries no reason.
             raise ChainError(f"transaction {tx_hash.hex()} reverted (gas used {receipt['gasUsed']})")
         return receipt
 
