@@ -2,8 +2,9 @@
 
     python -m bench.prove [--models iris_mlp digits_cnn] [--repeat 5]
 
-For each reference model: registers it (``verinfer models add``), then times,
-each in a fresh subprocess so peak memory (max RSS) is per variant:
+For each reference model: registers it (``verinfer models add``), then times
+raw and pipeline runs alternately, each in a fresh subprocess (so peak memory,
+max RSS, is per variant and both see the same machine load):
 
 - setup:  raw ``ezkl.setup`` vs the pipeline's backend setup, same circuit and SRS;
 - prove:  raw ``ezkl.gen_witness`` + ``ezkl.prove`` vs ``Prover.prove`` (witness, proof,
@@ -28,7 +29,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _worker(kind: str, package: Path, repeat: int) -> dict:
+def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     """Runs in a child process; prints one JSON line of timings."""
     import numpy as np
 
@@ -42,10 +43,10 @@ def _worker(kind: str, package: Path, repeat: int) -> dict:
     times: list[float] = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     log = work / "ezkl.log"
-    samples = [x_test[i % len(x_test)] for i in range(repeat)]
+    samples = [x_test[(seed + i) % len(x_test)] for i in range(repeat)]
     p = lambda n: str(package / n)  # noqa: E731
     if kind == "raw-setup":
-        for _ in range(max(1, repeat // 2)):
+        for _ in range(repeat):
             t0 = time.perf_counter()
             with captured_output(log):
                 ezkl.setup(p("model.compiled"), str(work / "vk"), str(work / "pk"), p("kzg.srs"))
@@ -58,7 +59,7 @@ def _worker(kind: str, package: Path, repeat: int) -> dict:
         for name in ("model.compiled", "kzg.srs", "settings.json"):
             shutil.copy(package / name, work / name)
         backend = EZKLBackend()
-        for _ in range(max(1, repeat // 2)):
+        for _ in range(repeat):
             t0 = time.perf_counter()
             with captured_output(log):
                 backend.setup(work)
@@ -83,25 +84,29 @@ def _worker(kind: str, package: Path, repeat: int) -> dict:
             bundle = prover.prove(np.asarray(x, np.float32).reshape(shape), log=log)
             times.append(time.perf_counter() - t0)
         bundle.write(work)
-    elif kind == "raw-verify":
+    elif kind == "make-bundle":
         from prover.proving import Prover
 
-        bundle = Prover(CircuitPackage.open(package, check=[])).prove(
-            np.asarray(samples[0], np.float32).reshape(
-                json.loads((package / "manifest.json").read_text())["input"]["shape"]), log=log)
+        shape = json.loads((package / "manifest.json").read_text())["input"]["shape"]
+        Prover(CircuitPackage.open(package, check=[])).prove(
+            np.asarray(samples[0], np.float32).reshape(shape), log=log).write(package.parent /
+                                                                              "bench-bundle")
+        times.append(0.0)
+    elif kind == "raw-verify":
+        from verifier.bundle import ProofBundle
+
+        bundle = ProofBundle.load(package.parent / "bench-bundle")
         (work / "proof.json").write_text(json.dumps(bundle.proof))
-        for _ in range(repeat * 4):
+        for _ in range(repeat):
             t0 = time.perf_counter()
             ezkl.verify(str(work / "proof.json"), p("settings.json"), p("vk.key"), p("kzg.srs"))
             times.append(time.perf_counter() - t0)
     elif kind == "pipeline-verify":
-        from prover.proving import Prover
+        from verifier.bundle import ProofBundle
         from verifier.proofs import verify_bundle
 
-        bundle = Prover(CircuitPackage.open(package, check=[])).prove(
-            np.asarray(samples[0], np.float32).reshape(
-                json.loads((package / "manifest.json").read_text())["input"]["shape"]), log=log)
-        for _ in range(repeat * 4):
+        bundle = ProofBundle.load(package.parent / "bench-bundle")
+        for _ in range(repeat):
             t0 = time.perf_counter()
             verify_bundle(bundle, package)
             times.append(time.perf_counter() - t0)
@@ -112,9 +117,10 @@ def _worker(kind: str, package: Path, repeat: int) -> dict:
     return {}
 
 
-def _measure(kind: str, package: Path, repeat: int) -> dict:
+def _measure(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "bench.prove", "--worker", kind,
-                             "--package", str(package), "--repeat", str(repeat)],
+                             "--package", str(package), "--repeat", str(repeat),
+                             "--seed", str(seed)],
                             stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -138,11 +144,20 @@ def bench_model(name: str, home: Path, repeat: int) -> dict:
     row = {"model": name, "logrows": pre["logrows"], "pk_bytes": pre["pk_bytes"],
            "verifier_runtime_bytes": pre["verifier_runtime_bytes"],
            "agreement_percent": pre["agreement"]["percent"], "add_total_s": round(add_s, 2)}
+    _measure("make-bundle", pkg.dir, 1)
+    # Raw and pipeline alternate, one fresh process each, so both see the same
+    # machine (load from other work shifts both alike). Per-stage inner loops:
+    inner = {"setup": 1, "prove": 1, "verify": 20}
     for stage in ("setup", "prove", "verify"):
-        raw = _measure(f"raw-{stage}", pkg.dir, repeat)
-        pipe = _measure(f"pipeline-{stage}", pkg.dir, repeat)
-        row[stage] = {"raw": raw, "pipeline": pipe,
-                      "ratio": round(pipe["median_s"] / raw["median_s"], 4)}
+        runs: dict[str, list[dict]] = {"raw": [], "pipeline": []}
+        for i in range(repeat):
+            for variant in ("raw", "pipeline"):
+                runs[variant].append(_measure(f"{variant}-{stage}", pkg.dir, inner[stage], i))
+        summary = {v: {"median_s": statistics.median(r["median_s"] for r in rs),
+                       "peak_rss_mb": max(r["peak_rss_mb"] for r in rs), "runs": len(rs)}
+                   for v, rs in runs.items()}
+        summary["ratio"] = round(summary["pipeline"]["median_s"] / summary["raw"]["median_s"], 4)
+        row[stage] = summary
     return row
 
 
@@ -152,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--package", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=RESULTS / "prove.json")
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.worker, args.package, args.repeat)
+        _worker(args.worker, args.package, args.repeat, args.seed)
         return 0
     with tempfile.TemporaryDirectory(prefix="bench-home-") as home:
         rows = [bench_model(m, Path(home), args.repeat) for m in args.models]

@@ -31,16 +31,15 @@ class Prover:
         self.package = package
         self.backend = backend or EZKLBackend()
         package.check(PROVE_ARTIFACTS)  # hash pk, compiled circuit, ... once
-        self._session = None
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(str(package.path(files.MODEL)), opts,
+                                             providers=["CPUExecutionProvider"])
 
     def float_label(self, x: np.ndarray) -> int:
-        if self._session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            self._session = ort.InferenceSession(str(self.package.path(files.MODEL)), opts,
-                                                 providers=["CPUExecutionProvider"])
+        """The float model's label for ``x`` (what a signed answer would say)."""
         m = self.package.manifest
         out = m.outputs[m.label_output].name
         return int(np.ravel(self._session.run([out], {m.input.name: x})[0])[0])

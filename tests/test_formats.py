@@ -43,3 +43,12 @@ def test_commitment_vector():
 def test_quantize_rejects_nan():
     with pytest.raises(InputError):
         quantize(np.array([np.nan]), 13)
+
+
+def test_hand_written_abi_encoding_equals_eth_abi():
+    from eth_abi import encode
+
+    from verifier.fixedpoint import abi_encode_int256_array
+
+    for values in ([], [0], [1, -1, 2**200, -(2**255), 2**255 - 1], list(range(-40, 40, 3))):
+        assert abi_encode_int256_array(values) == encode(["int256[]"], [values])
