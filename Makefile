@@ -35,8 +35,12 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m 'not ezkl and not chain and not e2e' $(PYTEST_ARGS)
 
+# Benchmarks print figures and write bench/results/*.json (minutes; never run by CI).
 bench: setup
 	$(BIN)/python -m bench.prove
+	$(BIN)/python -m bench.http_load
+	$(BIN)/python -m bench.gas
+	$(BIN)/python -m bench.audit
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache
