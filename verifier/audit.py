@@ -46,6 +46,9 @@ Outcome = Literal["ok", "fail", "error"]
 SKIP_FORMATS = {MANIFEST_FORMAT, "verinfer.corpus/v1"}
 RECEIPT_BATCH = 512  # receipts per task: signature checks are cheap, IPC is not
 BUNDLE_BATCH = 2  # bundles per task: one EZKL verify is 10-30 ms
+# Starting a spawned worker (Python + EZKL imports) costs ~1 s: use the pool only when
+# the audit would take longer than POOL_WORTH_S in one process (rough per-item costs).
+SERIAL_S_PER_BUNDLE, SERIAL_S_PER_RECEIPT, POOL_WORTH_S = 0.015, 0.0005, 3.0
 
 
 @dataclass(frozen=True)
@@ -305,34 +308,40 @@ def run_audit(
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Check every item; ``jobs`` worker processes (default: one per core; 1 runs here,
-    and so does an audit too small to pay for starting workers). Results come back
-    in the items' order; ``on_result`` sees each as it is done."""
+    and so does an audit too small to pay for starting workers, ~3 s of work). Results
+    come back in the items' order; ``on_result`` sees each as it is done."""
     jobs = jobs or os.cpu_count() or 1
     chunks = batches(items)
     done: dict[str, list[Result]] = {}
     emit = on_result or (lambda r: None)
+
+    def record(results: list[Result]) -> None:
+        for r in results:
+            done.setdefault(r.item, []).append(r)
+            emit(r)
+
     n_bundles = sum(i.kind == "bundle" for i in items)
-    small = n_bundles < 4 and len(items) - n_bundles < 4 * RECEIPT_BATCH
-    if jobs <= 1 or len(chunks) <= 1 or small:
-        for chunk in chunks:
-            for item in chunk:
-                r = auditor.check(item)
-                done.setdefault(item.name, []).append(r)
-                emit(r)
-    else:
+    serial_s = n_bundles * SERIAL_S_PER_BUNDLE + (len(items) - n_bundles) * SERIAL_S_PER_RECEIPT
+    left = list(chunks)
+    if jobs > 1 and len(chunks) > 1 and serial_s > POOL_WORTH_S:
         import multiprocessing
+        from concurrent.futures.process import BrokenProcessPool
 
         # spawn, not fork: the parent may hold EZKL's (rayon) threads, which fork would break
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(auditor,)) as pool:
-            pending = {pool.submit(_check_batch, c) for c in chunks}
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    for r in fut.result():
-                        done.setdefault(r.item, []).append(r)
-                        emit(r)
+        try:
+            with ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=ctx,
+                                     initializer=_init_worker, initargs=(auditor,)) as pool:
+                pending = {pool.submit(_check_batch, c): c for c in chunks}
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        record(fut.result())
+                        left.remove(pending.pop(fut))
+        except BrokenProcessPool:  # a worker died (e.g. killed for memory): finish here
+            pass
+    for chunk in left:
+        record([auditor.check(item) for item in chunk])
     return [done[i.name].pop(0) for i in items]
 
 

@@ -56,7 +56,7 @@ def ezkl_verify(proof: dict, settings: Path, vk: Path, srs: Path) -> None:
     import ezkl
 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
-        json.dump(proof, f)
+        f.write(json.dumps(proof))  # one C-encoded write: json.dump streams in tiny pieces
         f.flush()
         try:
             ok = ezkl.verify(f.name, str(settings), str(vk), str(srs))

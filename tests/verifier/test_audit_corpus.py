@@ -47,12 +47,15 @@ def test_valid_items_alone_exit_0(corpus):
     assert proc.returncode == 0, proc.stderr
 
 
-def test_parallel_audit_equals_serial(corpus):
+def test_parallel_audit_equals_serial(corpus, monkeypatch):
+    import verifier.audit
+
+    monkeypatch.setattr(verifier.audit, "POOL_WORTH_S", 0.0)  # always use the pool here
     root, index, packages = corpus
     items = collect([root])
     lines = (root / "receipts" / "valid.jsonl").read_text().splitlines()
     many = root.parent / "many.jsonl"
-    many.write_text("\n".join(lines * 700) + "\n")  # > 4 batches: runs in the pool
+    many.write_text("\n".join(lines * 700) + "\n")  # several batches
     items += collect([many])
     auditor = Auditor(jwks=load_trusted_keys(root / "jwks.json"),
                       packages=find_packages(packages), require_known_model=True)
