@@ -113,8 +113,18 @@ def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     else:
         raise SystemExit(f"unknown worker {kind}")
     print(json.dumps({"median_s": statistics.median(times), "runs": len(times),
-                      "min_s": min(times), "max_s": max(times)}))
+                      "min_s": min(times), "max_s": max(times), "peak_rss_mb": _vm_hwm_mb()}))
     return {}
+
+
+def _vm_hwm_mb() -> float:
+    """This process's own peak RSS. (Not getrusage/wait4: on Linux their maxrss
+    keeps the parent's high-water mark across fork+exec, so every child would
+    report the orchestrator's memory.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
 
 
 def _measure(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
@@ -123,12 +133,9 @@ def _measure(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
                              "--seed", str(seed)],
                             stdout=subprocess.PIPE, text=True)
     out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
+    if proc.wait() != 0:
         raise SystemExit(f"worker {kind} failed")
-    result = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
-    return result
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def bench_model(name: str, home: Path, repeat: int) -> dict:
