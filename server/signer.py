@@ -10,7 +10,15 @@ import numpy as np
 
 from server.keys import KeyRing
 from server.settings import ServerSettings
-from verifier.eip712 import Classification, Domain, EIP712Attestation, domain_separator, sign_digest, signing_digest
+from verifier.eip712 import (
+    Classification,
+    Domain,
+    EIP712Attestation,
+    domain_separator,
+    sign_digest,
+    signing_digest,
+    signing_key,
+)
 from verifier.fixedpoint import input_commitment, quantize
 from verifier.receipts import (
     InputRef,
@@ -36,9 +44,7 @@ class ReceiptSigner:
         self.ttl = settings.answer_ttl_s
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract)
         self._separator = domain_separator(self.domain)
-        from eth_keys import keys as eth_keys
-
-        self._eth = eth_keys.PrivateKey(keys.eth_key)  # made once: deriving the public key costs
+        self._eth = signing_key(keys.eth_key)  # made once: deriving the public key costs
 
     def sign(
         self,

@@ -50,5 +50,6 @@ def test_hand_written_abi_encoding_equals_eth_abi():
 
     from verifier.fixedpoint import abi_encode_int256_array
 
-    for values in ([], [0], [1, -1, 2**200, -(2**255), 2**255 - 1], list(range(-40, 40, 3))):
+    for values in ([], [0], [1, -1, 2**200, -(2**255), 2**255 - 1], list(range(-40, 40, 3)),
+                   [-(2**63), 2**63 - 1, -1, 0, 41779, -64717]):
         assert abi_encode_int256_array(values) == encode(["int256[]"], [values])

@@ -21,6 +21,7 @@ signature is 65 bytes ``r || s || v`` with ``v`` in {27, 28} and low ``s``.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated, Any
 
 from eth_abi import encode as abi_encode
@@ -30,6 +31,13 @@ from eth_utils import keccak, to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from verifier.errors import KeyUnknown, SignatureInvalid
+
+try:  # libsecp256k1 bindings: ~20x faster than eth_keys' pure-Python fallback
+    import coincurve
+except ImportError:  # pragma: no cover - the light install may lack it
+    coincurve = None
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
 DOMAIN_NAME = "verinfer"
 DOMAIN_VERSION = "1"
@@ -78,6 +86,7 @@ def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str[2:])
 
 
+@lru_cache(maxsize=64)  # Domain is frozen (hashable); one per chain and contract
 def domain_separator(domain: Domain) -> bytes:
     return keccak(
         abi_encode(
@@ -134,8 +143,20 @@ def typed_data(domain: Domain, answer: Classification) -> dict[str, Any]:
     }
 
 
-def sign_digest(digest: bytes, private_key: bytes | eth_keys.PrivateKey) -> str:
-    """``0x`` + r || s || v (v in {27, 28}) over a 32-byte digest (low ``s``)."""
+def signing_key(secret: bytes):
+    """The fastest signing-key object for ``secret`` (build once, sign many)."""
+    return coincurve.PrivateKey(secret) if coincurve else eth_keys.PrivateKey(secret)
+
+
+def sign_digest(digest: bytes, private_key) -> str:
+    """``0x`` + r || s || v (v in {27, 28}) over a 32-byte digest (low ``s``).
+
+    ``private_key``: raw 32 bytes, an ``eth_keys`` key, or :func:`signing_key`'s result.
+    """
+    if coincurve is not None and isinstance(private_key, coincurve.PrivateKey):
+        # libsecp256k1 normalises s to the lower half; last byte is the recovery id
+        raw = private_key.sign_recoverable(digest, hasher=None)
+        return "0x" + (raw[:64] + bytes([raw[64] + 27])).hex()
     if not isinstance(private_key, eth_keys.PrivateKey):
         private_key = eth_keys.PrivateKey(private_key)
     sig = private_key.sign_msg_hash(digest)
@@ -148,9 +169,20 @@ def recover_signer(domain: Domain, answer: Classification, signature: str) -> st
     raw = bytes.fromhex(signature.removeprefix("0x"))
     if len(raw) != 65 or raw[64] not in (27, 28):
         raise SignatureInvalid("EIP-712 signature must be 65 bytes with v in {27, 28}")
+    digest = signing_digest(domain, answer)
+    if coincurve is not None:
+        r, s = int.from_bytes(raw[:32]), int.from_bytes(raw[32:64])
+        if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
+            raise SignatureInvalid("EIP-712 signature does not recover: r or s out of range")
+        try:
+            pub = coincurve.PublicKey.from_signature_and_message(
+                raw[:64] + bytes([raw[64] - 27]), digest, hasher=None)
+        except Exception as exc:  # coincurve raises ValueError/Exception on no recovery
+            raise SignatureInvalid(f"EIP-712 signature does not recover: {exc}") from None
+        return to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
     try:
         sig = eth_keys.Signature(vrs=(raw[64] - 27, int.from_bytes(raw[:32]), int.from_bytes(raw[32:64])))
-        pub = sig.recover_public_key_from_msg_hash(signing_digest(domain, answer))
+        pub = sig.recover_public_key_from_msg_hash(digest)
     except (BadSignature, EthKeysValidationError, ValueError) as exc:
         raise SignatureInvalid(f"EIP-712 signature does not recover: {exc}") from None
     return to_checksum_address(pub.to_canonical_address())
