@@ -92,9 +92,16 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
+        from server.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
+
+        relayer = start_in_server(settings, keys)
         try:
             yield
         finally:
+            if relayer is not None:
+                import asyncio
+
+                await asyncio.to_thread(relayer.stop)
             await service.stop()
             if store is not None:
                 store.close()

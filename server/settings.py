@@ -84,6 +84,23 @@ class ServerSettings(Settings):
         None, description="SQLite file of receipts; default: <home>/receipts.sqlite3."
     )
 
+    # --- on-chain relayer (server/relayer.py; docs/server.md "Relayer") ----------
+    relay_rpc: str | None = Field(
+        None, description="JSON-RPC node whose VerinferOracle requests this server answers "
+        "(with relay_oracle); default: no relayer."
+    )
+    relay_oracle: str | None = Field(
+        None, pattern=r"^0x[0-9a-fA-F]{40}$", description="VerinferOracle address the relayer follows."
+    )
+    relay_key_file: Path | None = Field(
+        None, description="Key (hex, mode 0600) that pays for fulfilments; default: "
+        "VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account."
+    )
+    relay_answer: Literal["auto", "proof", "signature"] = Field(
+        "auto", description="auto: a proof where the model's policy allows, else a signature."
+    )
+    relay_poll_interval_s: float = Field(2.0, gt=0, description="Seconds between relayer polls.")
+
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"

@@ -21,7 +21,8 @@ from verifier.errors import InputError, VerificationError, VerinferError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Modules with ``register(subparsers)``; each handler imports what it needs lazily.
-SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contracts.cli")
+SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contracts.cli",
+                      "server.relay_cli")
 
 
 class _Parser(argparse.ArgumentParser):

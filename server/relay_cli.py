@@ -1,0 +1,95 @@
+"""``verinfer relay``: answer an oracle's on-chain requests. Heavy imports happen in the handler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "relay", help="answer a VerinferOracle's on-chain classification requests",
+        description="Follow the oracle's ClassificationRequested events from a durable cursor "
+        "(<home>/relayer.sqlite3), run each input through the registered circuit package's "
+        "model and fulfil it with a zk proof or, where the model's on-chain policy allows and "
+        "the model's signer is this server's EIP-712 key, a signature. After a restart it "
+        "misses no request and fulfils none twice; a request it cannot serve is recorded as "
+        "skipped, never retried. Exit 0 ok, 2 bad input or unreachable node.")
+    p.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC node")
+    p.add_argument("--oracle", required=True, metavar="ADDRESS", help="VerinferOracle address")
+    p.add_argument("--key-file", type=Path, metavar="FILE",
+                   help="private key (hex, mode 0600) that pays for the fulfilments (default: "
+                   "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account)")
+    p.add_argument("--answer", choices=["auto", "proof", "signature"], default="auto",
+                   help="auto (default): a proof where the policy allows one, else a "
+                   "signature; proof / signature: only that path (others are skipped)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="answer only for these registered models (repeatable; default: all "
+                   "circuit packages in the data dir)")
+    p.add_argument("--from-block", type=int, default=0, metavar="N",
+                   help="where a fresh cursor starts (default 0)")
+    p.add_argument("--confirmations", type=int, default=0, metavar="N",
+                   help="follow the head less N blocks (reorg safety on public chains)")
+    p.add_argument("--poll-interval", type=float, default=2.0, metavar="S",
+                   help="seconds between polls (default 2)")
+    p.add_argument("--once", action="store_true",
+                   help="handle every request up to the head, then exit")
+    p.add_argument("--json", action="store_true",
+                   help="with --once: print what was done as JSON on stdout")
+    p.set_defaults(handler=relay)
+
+
+def relay(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from contracts.chain import key_file_from_env
+    from server.relayer import load_local_models, make_relayer, run_forever
+    from server.settings import ServerSettings
+    from verifier.errors import InputError
+
+    if args.poll_interval <= 0:
+        raise InputError("--poll-interval must be positive")
+    if args.from_block < 0 or args.confirmations < 0:
+        raise InputError("--from-block and --confirmations must not be negative")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    settings = ServerSettings()
+    models = load_local_models(settings, args.model)
+    eth_key = None
+    if args.answer != "proof":
+        from server.keys import load_keys
+
+        eth_key = load_keys(settings).eth_key  # the server's EIP-712 key (0600 enforced)
+    relayer = make_relayer(rpc=args.rpc, oracle=args.oracle, home=settings.home,
+                           key_file=args.key_file or key_file_from_env(), models=models,
+                           eth_key=eth_key, answer=args.answer, from_block=args.from_block,
+                           confirmations=args.confirmations, answer_ttl_s=settings.answer_ttl_s)
+    names = ", ".join(sorted(m.name for m in models.values()))
+    print(f"verinfer: relaying for {relayer.oracle.address} on chain {relayer.chain.chain_id} "
+          f"({names}; fulfilments from {relayer.chain.sender}"
+          + (f", EIP-712 signer {relayer.signer_address}" if relayer.signer_address else "")
+          + ")", file=sys.stderr)
+    try:
+        if args.once:
+            res = relayer.poll()
+            print(f"OK: {res.events} request(s) up to block {res.latest_block}: "
+                  f"{len(res.fulfilled)} fulfilled, {len(res.elsewhere)} answered elsewhere or "
+                  f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed",
+                  file=sys.stderr)
+            if args.json:
+                print(json.dumps({"events": res.events, "latest_block": res.latest_block,
+                                  "fulfilled": res.fulfilled, "elsewhere": res.elsewhere,
+                                  "skipped": res.skipped, "failed": res.failed}))
+            return 0
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            run_forever(relayer, args.poll_interval, stop)
+        except KeyboardInterrupt:
+            pass
+        return 0
+    finally:
+        relayer.store.close()

@@ -1,0 +1,713 @@
+"""The relayer: answers the oracle's on-chain classification requests.
+
+It follows ``VerinferOracle``'s ``ClassificationRequested`` events from a durable cursor,
+runs each requested input through the model locally and, per the model's on-chain policy,
+fulfils it with a zk proof (``fulfillWithProof``) or an EIP-712 signature of the server's
+key (``fulfillWithSignature``).
+
+Durability (``<home>/relayer.sqlite3``, WAL, one row per request, one cursor per chain and
+oracle):
+
+* The cursor is the (block, log index) of the last event handled to the end; it moves
+  only after a request is *terminal* (fulfilled by us or someone else, cancelled, skipped or
+  failed). A relayer killed at any point starts again at the first request it had not
+  finished: it misses none.
+* Before sending, the request's on-chain status is read: a request that is no longer open is
+  never answered again. With a local key (``--key-file``) the transaction is signed here and
+  its hash recorded (state ``sending``) *before* it is broadcast; after a restart a recorded
+  transaction is looked up first (mined: done; still pending: waited for; unknown to the
+  node: sent again). The oracle itself refuses a second fulfilment (``AlreadyFulfilled``),
+  and a refused transaction is caught by gas estimation before it is sent: it fulfils none
+  twice and pays for no duplicate.
+* A request it cannot serve (model not registered or not served here, wrong input length,
+  an input that is not representable, a path the policy or our key does not allow) is
+  recorded as ``skipped`` with the reason, logged, and passed; a fulfilment the oracle
+  refuses (e.g. ``ProofRejected``) is recorded as ``failed``. Neither is retried. Errors of
+  the node or the network are retried at the next poll, from the same event.
+
+Core logic only: no argparse, no printing (``server.relay_cli`` is the CLI; the server runs
+:class:`RelayerThread` from its lifespan when ``relay_rpc``/``relay_oracle`` are set).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from verifier.errors import InputError, VerinferError
+from verifier.fixedpoint import felt_to_int, input_commitment, quantize
+
+log = logging.getLogger("verinfer.relayer")
+
+# VerinferOracle.Policy and .Status (the Solidity enums' order).
+POLICY_PROOF, POLICY_SIGNATURE, POLICY_EITHER = 1, 2, 3
+STATUS_NONE, STATUS_OPEN, STATUS_FULFILLED, STATUS_CANCELLED = 0, 1, 2, 3
+ANSWER_MODES = ("auto", "proof", "signature")
+
+# Request states in the store. Terminal: every one but "pending" and "sending".
+TERMINAL = {"fulfilled", "answered_elsewhere", "cancelled", "skipped", "failed"}
+
+LOG_CHUNK = 2_000  # blocks per eth_getLogs
+
+
+class RelayError(VerinferError):
+    """The relayer cannot go on (bad oracle address, no models, ...)."""
+
+
+# -- models served here -------------------------------------------------------------
+
+
+@dataclass
+class LocalModel:
+    """A model the relayer can answer for: its ONNX session and fixed-point layout."""
+
+    name: str
+    model_id: bytes  # sha256 of model.onnx = the oracle's modelId
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_dtype: Any  # numpy dtype
+    scale: int
+    label_output: str
+    session: Any  # onnxruntime.InferenceSession
+    package: Any = None  # prover.package.CircuitPackage, when there is one (proof path)
+
+    @property
+    def input_length(self) -> int:
+        return math.prod(self.input_shape)
+
+    def dequantize(self, q: list[int]) -> np.ndarray:
+        """The float input whose fixed-point form is exactly ``q`` (x = q / 2**scale), or
+        :class:`InputError` when the input dtype cannot hold it exactly."""
+        x = (np.asarray(q, dtype=np.float64) / float(2**self.scale)).astype(self.input_dtype)
+        x = x.reshape(self.input_shape)
+        if quantize(x, self.scale) != list(q):
+            raise InputError(f"input is not representable in {np.dtype(self.input_dtype).name} "
+                             f"at scale {self.scale}")
+        return x
+
+    def label(self, x: np.ndarray) -> int:
+        out = self.session.run([self.label_output], {self.input_name: x})[0]
+        return int(np.ravel(out)[0])
+
+    @classmethod
+    def from_package(cls, package) -> "LocalModel":
+        m = package.manifest
+        if m.input.scale is None:
+            raise InputError(f"package {m.name}: manifest has no input scale")
+        return cls(
+            name=m.name,
+            model_id=bytes.fromhex(m.model_sha256),
+            input_name=m.input.name,
+            input_shape=tuple(m.input.shape),
+            input_dtype=np.float32 if m.input.datatype == "FP32" else np.float64,
+            scale=int(m.input.scale),
+            label_output=m.outputs[m.label_output].name,
+            session=_session(package.path("model.onnx")),
+            package=package,
+        )
+
+    @classmethod
+    def from_onnx(cls, name: str, onnx_path: Path, scale: int) -> "LocalModel":
+        """A model with no circuit package: signature path only."""
+        from verifier.digests import sha256_file
+
+        sess = _session(onnx_path)
+        inp = sess.get_inputs()[0]
+        outs = [o.name for o in sess.get_outputs()]
+        if "label" not in outs:
+            raise InputError(f"{onnx_path}: no 'label' output")
+        shape = tuple(1 if not isinstance(d, int) or d <= 0 else d for d in inp.shape)
+        dtype = np.float64 if inp.type == "tensor(double)" else np.float32
+        return cls(name, bytes.fromhex(sha256_file(onnx_path)), inp.name, shape, dtype, scale,
+                   "label", sess)
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def load_local_models(settings, names: list[str] | None = None) -> dict[bytes, LocalModel]:
+    """The circuit packages registered in the data dir (``verinfer models add``), by model id.
+    A package that does not open (other EZKL version, altered files) is logged and left out."""
+    from prover.package import find_package, list_names
+
+    wanted = names if names is not None else list(list_names(settings))
+    out: dict[bytes, LocalModel] = {}
+    for name in wanted:
+        try:
+            pkg = find_package(settings, name, check=["model.onnx"])
+            lm = LocalModel.from_package(pkg)
+        except VerinferError as exc:
+            if names is not None:
+                raise
+            log.warning("relayer: package %s left out: %s", name, exc)
+            continue
+        out[lm.model_id] = lm
+    return out
+
+
+# -- proofs ----------------------------------------------------------------------------
+
+
+class ProofSource(Protocol):
+    """Where proofs come from: in this process, or the server's proof job queue."""
+
+    def prove(self, model: LocalModel, x: np.ndarray):  # -> verifier.bundle.ProofBundle
+        ...
+
+
+class InProcessProofs:
+    """Proves in this process with :class:`prover.proving.Prover` (one per package, kept)."""
+
+    def __init__(self) -> None:
+        self._provers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def prove(self, model: LocalModel, x: np.ndarray):
+        if model.package is None:
+            raise InputError(f"model {model.name} has no circuit package: no proof path here")
+        with self._lock:
+            prover = self._provers.get(model.package.id)
+            if prover is None:
+                from prover.proving import Prover
+
+                prover = self._provers[model.package.id] = Prover(model.package)
+            return prover.prove(x)
+
+
+# -- the durable record ----------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cursor (
+    chain_id INTEGER NOT NULL, oracle TEXT NOT NULL,
+    block INTEGER NOT NULL, log_index INTEGER NOT NULL,
+    PRIMARY KEY (chain_id, oracle));
+CREATE TABLE IF NOT EXISTS requests (
+    chain_id INTEGER NOT NULL, oracle TEXT NOT NULL, request_id TEXT NOT NULL,
+    model_id TEXT NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
+    state TEXT NOT NULL, method TEXT, label INTEGER, tx_hash TEXT, reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
+    PRIMARY KEY (chain_id, oracle, request_id));
+"""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    request_id: str
+    model_id: str
+    block: int
+    log_index: int
+    state: str
+    method: str | None
+    label: int | None
+    tx_hash: str | None
+    reason: str | None
+    attempts: int
+
+
+class RelayStore:
+    """SQLite record of the cursor and of every request seen (``<home>/relayer.sqlite3``).
+    Writes are committed at once (WAL, synchronous=FULL): a state is on disk before the next
+    step that depends on it."""
+
+    def __init__(self, path: Path, chain_id: int, oracle: str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.chain_id, self.oracle = chain_id, oracle.lower()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def cursor(self) -> tuple[int, int] | None:
+        row = self._db.execute("SELECT block, log_index FROM cursor WHERE chain_id=? AND oracle=?",
+                               (self.chain_id, self.oracle)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_cursor(self, block: int, log_index: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO cursor VALUES (?,?,?,?) ON CONFLICT(chain_id, oracle) DO UPDATE "
+                "SET block=excluded.block, log_index=excluded.log_index",
+                (self.chain_id, self.oracle, block, log_index))
+
+    def get(self, request_id: str) -> RequestRecord | None:
+        row = self._db.execute(
+            "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
+            " attempts FROM requests WHERE chain_id=? AND oracle=? AND request_id=?",
+            (self.chain_id, self.oracle, request_id)).fetchone()
+        return RequestRecord(*row) if row else None
+
+    def upsert(self, request_id: str, model_id: str, block: int, log_index: int, state: str,
+               **fields: Any) -> None:
+        cols = ("method", "label", "tx_hash", "reason")
+        unknown = set(fields) - set(cols) - {"attempts"}
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO requests (chain_id, oracle, request_id, model_id, block, log_index,"
+                " state, updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(chain_id, oracle,"
+                " request_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+                (self.chain_id, self.oracle, request_id, model_id, block, log_index, state,
+                 time.time()))
+            for k, v in fields.items():
+                self._db.execute(f"UPDATE requests SET {k}=? WHERE chain_id=? AND oracle=? AND "
+                                 "request_id=?", (v, self.chain_id, self.oracle, request_id))
+
+    def records(self) -> list[RequestRecord]:
+        rows = self._db.execute(
+            "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
+            " attempts FROM requests WHERE chain_id=? AND oracle=? ORDER BY block, log_index",
+            (self.chain_id, self.oracle)).fetchall()
+        return [RequestRecord(*r) for r in rows]
+
+
+# -- the relayer -----------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    request_id: bytes
+    model_id: bytes
+    requester: str
+    input: list[int]
+    input_commitment: bytes
+    fee: int
+    callback_gas_limit: int
+    block: int
+    log_index: int
+
+    @property
+    def rid(self) -> str:
+        return "0x" + self.request_id.hex()
+
+
+@dataclass
+class PassResult:
+    """What one :meth:`Relayer.poll` did."""
+
+    events: int = 0
+    fulfilled: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)
+    latest_block: int = 0
+
+
+class Relayer:
+    """Follows one oracle on one chain; :meth:`poll` handles every new request once."""
+
+    def __init__(self, chain, oracle: str, models: dict[bytes, LocalModel], store: RelayStore,
+                 *, proofs: ProofSource | None = None, eth_key: bytes | None = None,
+                 answer: str = "auto", from_block: int = 0, confirmations: int = 0,
+                 answer_ttl_s: int = 3600,
+                 hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
+        from contracts.deploy import oracle_abi
+
+        if answer not in ANSWER_MODES:
+            raise InputError(f"answer must be one of {ANSWER_MODES}, not {answer!r}")
+        self.chain = chain
+        self.w3 = chain.w3
+        self.oracle = chain.contract(oracle, oracle_abi())
+        if not self.w3.eth.get_code(self.oracle.address):
+            raise RelayError(f"no contract at {oracle}")
+        self.models = models
+        self.store = store
+        self.proofs = proofs or InProcessProofs()
+        self.answer = answer
+        self.from_block = from_block
+        self.confirmations = confirmations
+        self.answer_ttl_s = answer_ttl_s
+        self.hooks = hooks or {}  # test seams: "after_send" runs after broadcast, before record
+        self._eth = None
+        self.signer_address = None
+        if eth_key is not None:
+            from eth_keys import keys as eth_keys
+
+            self._eth = eth_keys.PrivateKey(eth_key)
+            self.signer_address = self._eth.public_key.to_checksum_address()
+        self._event = self.oracle.events.ClassificationRequested()
+        self._topic = "0x" + self._event_topic().hex()
+
+    def _event_topic(self) -> bytes:
+        from eth_utils import keccak
+
+        return keccak(text="ClassificationRequested(bytes32,bytes32,address,int256[],bytes32,"
+                           "uint256,uint32)")
+
+    # -- following events ------------------------------------------------------------
+
+    def poll(self) -> PassResult:
+        """Handle every request event from the cursor up to the chain head (less
+        ``confirmations``). Node errors propagate; the cursor stays on the event that hit
+        them."""
+        res = PassResult()
+        head = self.w3.eth.block_number - self.confirmations
+        res.latest_block = head
+        cur = self.store.cursor()
+        start = self.from_block if cur is None else cur[0]
+        if head < start:
+            return res
+        for lo in range(start, head + 1, LOG_CHUNK):
+            hi = min(head, lo + LOG_CHUNK - 1)
+            logs = self.w3.eth.get_logs({"address": self.oracle.address, "fromBlock": lo,
+                                         "toBlock": hi, "topics": [self._topic]})
+            for raw in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
+                pos = (raw["blockNumber"], raw["logIndex"])
+                if cur is not None and pos <= cur:
+                    continue
+                ev = self._decode(raw)
+                res.events += 1
+                outcome = self.handle(ev)
+                {"fulfilled": res.fulfilled, "skipped": res.skipped, "failed": res.failed}.get(
+                    outcome, res.elsewhere).append(ev.rid)
+                self.store.set_cursor(*pos)
+                cur = pos
+        return res
+
+    def _decode(self, raw) -> Event:
+        a = self._event.process_log(raw)["args"]
+        return Event(bytes(a["requestId"]), bytes(a["modelId"]), a["requester"],
+                     list(a["input"]), bytes(a["inputCommitment"]), a["fee"],
+                     a["callbackGasLimit"], raw["blockNumber"], raw["logIndex"])
+
+    # -- one request -----------------------------------------------------------------
+
+    def handle(self, ev: Event) -> str:
+        """Take one request to a terminal state; return it."""
+        rec = self.store.get(ev.rid)
+        if rec is not None and rec.state in TERMINAL:
+            return rec.state
+        mid = "0x" + ev.model_id.hex()
+        if rec is None:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending")
+        elif rec.state == "sending" and rec.tx_hash:
+            done = self._resume_sent(ev, rec)
+            if done is not None:
+                return done
+
+        status = self._status(ev.request_id)
+        if status != STATUS_OPEN:
+            state = {STATUS_FULFILLED: "answered_elsewhere", STATUS_CANCELLED: "cancelled"}.get(
+                status, "skipped")
+            reason = None if status != STATUS_NONE else "the oracle does not know this request"
+            if rec is not None and rec.state == "sending" and status == STATUS_FULFILLED:
+                # we were stopped between broadcasting and recording: the answer is ours
+                state, reason = "fulfilled", "found fulfilled on chain after a restart"
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state, reason=reason)
+            log.info("relayer: request %s is %s on chain; nothing to send", ev.rid, state)
+            return state
+
+        try:
+            method, call, label = self._prepare(ev)
+        except _Skip as s:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", reason=str(s))
+            log.warning("relayer: skipped request %s: %s", ev.rid, s)
+            return "skipped"
+        return self._send(ev, method, call, label)
+
+    def _status(self, request_id: bytes) -> int:
+        return int(self.oracle.functions.requests(request_id).call()[3])
+
+    def _prepare(self, ev: Event):
+        """Check that we can serve it, run the model, build the fulfilment call."""
+        model = self.models.get(ev.model_id)
+        if model is None:
+            raise _Skip(f"model 0x{ev.model_id.hex()} is not served by this relayer")
+        signer, n, scale, policy, verifier = self.oracle.functions.models(ev.model_id).call()
+        if policy == 0:
+            raise _Skip(f"model {model.name} is not registered in the oracle")
+        if n != model.input_length or len(ev.input) != model.input_length:
+            raise _Skip(f"input length {len(ev.input)}, oracle says {n}, model {model.name} "
+                        f"takes {model.input_length}")
+        if scale != model.scale:
+            raise _Skip(f"model {model.name}: oracle input scale {scale}, package {model.scale}")
+        if input_commitment(ev.input) != ev.input_commitment:
+            raise _Skip("the event's input does not match its commitment")
+        try:
+            x = model.dequantize(ev.input)
+        except InputError as exc:
+            raise _Skip(str(exc)) from None
+        float_label = model.label(x)
+
+        method = self._method(model, policy, signer)
+        if method == "signature":
+            now = self.w3.eth.get_block("latest")["timestamp"]
+            deadline = int(now) + self.answer_ttl_s
+            sig = self._sign(ev, float_label, deadline)
+            call = self.oracle.functions.fulfillWithSignature(ev.request_id, float_label,
+                                                              deadline, sig)
+            return method, call, float_label
+
+        from verifier.onchain import proof_parts
+
+        bundle = self.proofs.prove(model, x)
+        proof, instances = proof_parts(bundle.proof)
+        if [felt_to_int(f) for f in instances[: model.input_length]] != list(ev.input):
+            raise _Skip("the proof's public inputs are not the requested input")
+        label = instances[-1]
+        if label != float_label:
+            log.warning("relayer: request %s: circuit label %d, float model %d; sending the "
+                        "proven one", ev.rid, label, float_label)
+        call = self.oracle.functions.fulfillWithProof(ev.request_id, proof, instances)
+        return method, call, int(label)
+
+    def _method(self, model: LocalModel, policy: int, signer: str) -> str:
+        proof_ok = policy in (POLICY_PROOF, POLICY_EITHER)
+        sig_ok = policy in (POLICY_SIGNATURE, POLICY_EITHER)
+        can_prove = model.package is not None
+        can_sign = self._eth is not None and signer.lower() == (self.signer_address or "").lower()
+        wants = {"auto": ("proof", "signature"), "proof": ("proof",),
+                 "signature": ("signature",)}[self.answer]
+        for m in wants:
+            if m == "proof" and proof_ok and can_prove:
+                return "proof"
+            if m == "signature" and sig_ok and can_sign:
+                return "signature"
+        policy_name = {POLICY_PROOF: "ProofOnly", POLICY_SIGNATURE: "SignatureOnly",
+                       POLICY_EITHER: "ProofOrSignature"}.get(policy, str(policy))
+        why = []
+        if "proof" in wants:
+            why.append("policy has no proof path" if not proof_ok else
+                       "no circuit package here" if not can_prove else "")
+        if "signature" in wants:
+            why.append("policy has no signature path" if not sig_ok else
+                       "no EIP-712 key" if self._eth is None else
+                       f"the model's signer is {signer}, ours is {self.signer_address}")
+        raise _Skip(f"cannot answer {model.name} (policy {policy_name}, answer mode "
+                    f"{self.answer}): " + "; ".join(w for w in why if w))
+
+    def _sign(self, ev: Event, label: int, deadline: int) -> bytes:
+        from verifier.eip712 import Classification, Domain, sign_digest, signing_digest
+
+        domain = Domain(chainId=self.chain.chain_id, verifyingContract=self.oracle.address)
+        msg = Classification(modelId="0x" + ev.model_id.hex(),
+                             inputCommitment="0x" + ev.input_commitment.hex(), label=label,
+                             requestId=ev.rid, deadline=deadline)
+        return bytes.fromhex(sign_digest(signing_digest(domain, msg), self._eth)[2:])
+
+    # -- sending ---------------------------------------------------------------------
+
+    def _send(self, ev: Event, method: str, call, label: int) -> str:
+        from contracts.chain import ContractRevert, decode_revert
+
+        mid = "0x" + ev.model_id.hex()
+        abi = self.oracle.abi
+        tx: dict = {"from": self.chain.sender, "value": 0}
+        try:
+            tx["gas"] = int(call.estimate_gas(tx) * 1.2) + 20_000
+            tx = call.build_transaction(tx)
+        except Exception as exc:
+            err = decode_revert(exc, abi)
+            if not isinstance(err, ContractRevert):
+                raise err from None  # the node: retry at the next poll
+            if err.error == "AlreadyFulfilled":
+                state = "answered_elsewhere"
+            elif err.error == "RequestIsCancelled":
+                state = "cancelled"
+            else:
+                state = "failed"
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state, method=method,
+                              label=label, reason=str(err))
+            log.warning("relayer: request %s: %s refused: %s", ev.rid, method, err)
+            return state
+
+        rec = self.store.get(ev.rid)
+        attempts = (rec.attempts if rec else 0) + 1
+        account = getattr(self.chain, "_account", None)
+        after_send = self.hooks.get("after_send")
+        if account is not None and not self.chain.embedded:
+            tx["nonce"] = self.w3.eth.get_transaction_count(account.address, "pending")
+            tx.setdefault("chainId", self.chain.chain_id)
+            signed = account.sign_transaction(tx)
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            # on disk before it is broadcast: a restart looks it up instead of guessing
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
+                              label=label, tx_hash=tx_hash, attempts=attempts)
+            self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            if after_send is not None:
+                after_send(ev)
+        else:
+            # an unlocked node account: the hash is known only once sent; a restart in
+            # between finds the request fulfilled on chain (or still open) and acts on that
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
+                              label=label, tx_hash=None, attempts=attempts)
+            tx_hash = "0x" + bytes(self.w3.eth.send_transaction(tx)).hex()
+            if after_send is not None:
+                after_send(ev)
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", tx_hash=tx_hash)
+        return self._await(ev, tx_hash, method, label)
+
+    def _await(self, ev: Event, tx_hash: str, method: str, label: int | None) -> str:
+        mid = "0x" + ev.model_id.hex()
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
+        if receipt["status"] == 1:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "fulfilled", reason=None)
+            log.info("relayer: fulfilled %s by %s (label %s, gas %d, tx %s)", ev.rid, method,
+                     label, receipt["gasUsed"], tx_hash)
+            return "fulfilled"
+        # reverted when mined: someone else fulfilled first, or it was cancelled meanwhile
+        status = self._status(ev.request_id)
+        state = {STATUS_FULFILLED: "answered_elsewhere", STATUS_CANCELLED: "cancelled"}.get(
+            status, "failed")
+        self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state,
+                          reason=f"transaction {tx_hash} reverted")
+        return state
+
+    def _resume_sent(self, ev: Event, rec: RequestRecord) -> str | None:
+        """A transaction recorded before a restart: done if mined, waited for if pending,
+        ``None`` (send again) if the node does not know it."""
+        from web3.exceptions import TransactionNotFound
+
+        try:
+            self.w3.eth.get_transaction(rec.tx_hash)
+        except TransactionNotFound:
+            log.info("relayer: request %s: recorded tx %s is unknown to the node; resending",
+                     ev.rid, rec.tx_hash)
+            return None
+        return self._await(ev, rec.tx_hash, rec.method or "?", rec.label)
+
+
+class _Skip(Exception):
+    """The request cannot be served here: record, log, pass."""
+
+
+# -- running it -----------------------------------------------------------------------
+
+
+def default_store_path(home: Path) -> Path:
+    return Path(home) / "relayer.sqlite3"
+
+
+def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = None,
+                 models: dict[bytes, LocalModel] | None = None, proofs: ProofSource | None = None,
+                 eth_key: bytes | None = None, answer: str = "auto", from_block: int = 0,
+                 confirmations: int = 0, answer_ttl_s: int = 3600,
+                 store_path: Path | None = None) -> Relayer:
+    """Connect to ``rpc``, open the store and the data dir's packages; a ready Relayer."""
+    import re
+
+    from contracts.chain import connect
+    from verifier.config import Settings
+
+    if not re.fullmatch(r"0x[0-9a-fA-F]{40}", oracle or ""):
+        raise InputError(f"--oracle {oracle!r} is not an address")
+    chain = connect(rpc, key_file=key_file)
+    if models is None:
+        models = load_local_models(Settings(home=home))
+    if not models:
+        raise RelayError(f"no circuit packages in {home} to answer with "
+                         "(register one with 'verinfer models add NAME')")
+    store = RelayStore(store_path or default_store_path(home), chain.chain_id,
+                       chain.w3.to_checksum_address(oracle))
+    return Relayer(chain, oracle, models, store, proofs=proofs, eth_key=eth_key, answer=answer,
+                   from_block=from_block, confirmations=confirmations,
+                   answer_ttl_s=answer_ttl_s)
+
+
+def run_forever(relayer: Relayer, interval_s: float, stop: threading.Event,
+                on_pass: Callable[[PassResult], None] | None = None) -> None:
+    """Poll until ``stop`` is set; node errors are logged and retried after ``interval_s``."""
+    while not stop.is_set():
+        try:
+            res = relayer.poll()
+            if on_pass is not None:
+                on_pass(res)
+        except Exception as exc:  # keep following: the cursor has not moved past the error
+            log.warning("relayer: poll failed (%s: %s); retrying", type(exc).__name__,
+                        str(exc)[:300])
+        stop.wait(interval_s)
+
+
+class RelayerThread:
+    """The relayer in a background thread (``verinfer serve`` with ``relay_rpc``)."""
+
+    def __init__(self, factory: Callable[[], Relayer], interval_s: float) -> None:
+        self._factory = factory
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="verinfer-relayer", daemon=True)
+        self.relayer: Relayer | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.relayer is None:
+            try:
+                self.relayer = self._factory()
+            except Exception as exc:
+                log.warning("relayer: cannot start (%s); retrying", exc)
+                self._stop.wait(self._interval)
+        if self.relayer is not None:
+            run_forever(self.relayer, self._interval, self._stop)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self.relayer is not None:
+            self.relayer.store.close()
+
+
+def start_in_server(settings, keys) -> RelayerThread | None:
+    """The relayer ``verinfer serve`` runs when ``relay_rpc`` and ``relay_oracle`` are set:
+    in a background thread, with the server's data dir, EIP-712 key and settings."""
+    if not settings.relay_rpc or not settings.relay_oracle:
+        return None
+    from contracts.chain import key_file_from_env
+
+    def factory() -> Relayer:
+        models = load_local_models(settings)
+        models.update({k: v for k, v in _reference_models(settings).items() if k not in models})
+        return make_relayer(rpc=settings.relay_rpc, oracle=settings.relay_oracle,
+                            home=settings.home, models=models,
+                            key_file=settings.relay_key_file or key_file_from_env(),
+                            eth_key=keys.eth_key if keys is not None else None,
+                            answer=settings.relay_answer, answer_ttl_s=settings.answer_ttl_s)
+
+    t = RelayerThread(factory, settings.relay_poll_interval_s)
+    t.start()
+    log.info("relayer: following %s on %s", settings.relay_oracle, settings.relay_rpc)
+    return t
+
+
+def _reference_models(settings) -> dict[bytes, LocalModel]:
+    """The reference models the server serves, for the signature path where they have no
+    circuit package (input scale as the server's receipts use it)."""
+    try:
+        from models import REFERENCE_MODELS, get_reference_model
+        from server.registry import input_scale
+        from verifier.digests import sha256_file
+    except ImportError:
+        return {}
+    out = {}
+    for name in settings.models if settings.models is not None else REFERENCE_MODELS:
+        try:
+            path = get_reference_model(name).onnx_path
+            lm = LocalModel.from_onnx(name, path,
+                                      input_scale(settings, name, sha256_file(path)))
+        except Exception as exc:  # noqa: BLE001 - a model we cannot load is left out
+            log.warning("relayer: reference model %s left out: %s", name, exc)
+            continue
+        out[lm.model_id] = lm
+    return out

@@ -1,0 +1,243 @@
+"""The relayer on a real chain (embedded py-evm and anvil), without EZKL: the signature path
+allowed and refused by policy, unservable requests, restarts in each crash window, and the
+relayer inside ``verinfer serve``. The proof path is in test_relayer_e2e.py."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from relay_world import IRIS_ONNX, answer, consumer, fulfilled_events, funded_key_file, \
+    held_out, onnx_label, quantized, request
+
+from contracts import deploy
+from contracts.chain import ContractRevert
+from server.relayer import LocalModel, Relayer, RelayStore
+
+pytestmark = pytest.mark.chain
+
+SCALE = 13
+
+
+class _Crash(Exception):
+    """Stands for the process dying at a hook."""
+
+
+@pytest.fixture(scope="module")
+def iris_model() -> LocalModel:
+    return LocalModel.from_onnx("iris_mlp", IRIS_ONNX, SCALE)
+
+
+def _mock_verifier(chain) -> str:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contracts"))
+    from world import helpers
+
+    h = helpers()["MockVerifier"]
+    address, _ = chain.deploy(h.abi, h.bytecode)
+    return address
+
+
+def _setup(chain, model: LocalModel, policy: str, signer: str | None, *, model_id=None,
+           input_length=None):
+    oracle, _ = deploy.deploy_oracle(chain, 600)
+    verifier = _mock_verifier(chain) if policy != "signature" else None
+    mid = model_id or model.model_id
+    deploy.register_model(chain, oracle, model_id=mid, verifier=verifier,
+                          input_length=input_length or model.input_length, input_scale=SCALE,
+                          policy=policy, signer=signer)
+    return oracle, consumer(chain, oracle.address, mid)
+
+
+def _relayer(chain, oracle, model, tmp_path, key, **kw) -> Relayer:
+    store = RelayStore(tmp_path / "relayer.sqlite3", chain.chain_id, oracle.address)
+    return Relayer(chain, oracle.address, {model.model_id: model}, store, eth_key=key, **kw)
+
+
+def _key() -> tuple[bytes, str]:
+    from eth_keys import keys
+
+    k = os.urandom(32)
+    return k, keys.PrivateKey(k).public_key.to_checksum_address()
+
+
+def _samples(n=3):
+    return [quantized(x, SCALE) for x in held_out("iris_mlp", n)]
+
+
+@pytest.mark.parametrize("policy,mode", [("either", "signature"), ("signature", "auto"),
+                                         ("either", "auto")])
+def test_signature_path_where_policy_allows(chain, iris_model, tmp_path, policy, mode):
+    key, addr = _key()
+    oracle, cons = _setup(chain, iris_model, policy, addr)
+    qs = _samples(3)
+    rids = [request(chain, cons, q) for q in qs]
+    # "auto" on a ProofOrSignature model would prove; this model has no circuit package here,
+    # so the relayer falls back to its signature
+    r = _relayer(chain, oracle, iris_model, tmp_path, key, answer=mode)
+    res = r.poll()
+    assert res.fulfilled == ["0x" + x.hex() for x in rids]
+    for rid, q in zip(rids, qs):
+        assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))
+    evs = fulfilled_events(chain, oracle.address)
+    assert [e["byProof"] for e in evs] == [False] * 3
+    assert {rec.state for rec in r.store.records()} == {"fulfilled"}
+    assert {rec.method for rec in r.store.records()} == {"signature"}
+    assert r.poll().events == 0  # nothing twice
+
+
+def test_signature_path_refused_where_policy_does_not(chain, iris_model, tmp_path):
+    key, addr = _key()
+    oracle, cons = _setup(chain, iris_model, "proof", None)
+    rid = request(chain, cons, _samples(1)[0])
+    r = _relayer(chain, oracle, iris_model, tmp_path, key, answer="signature")
+    res = r.poll()
+    assert res.skipped == ["0x" + rid.hex()] and not res.fulfilled
+    rec = r.store.get("0x" + rid.hex())
+    assert rec.state == "skipped" and "policy has no signature path" in rec.reason
+    assert answer(cons, rid) == (False, 0)
+    # and the oracle itself refuses a signature for a ProofOnly model
+    deadline = chain.w3.eth.get_block("latest")["timestamp"] + 600
+    ev = r._decode(chain.w3.eth.get_logs({"address": oracle.address, "fromBlock": 0,
+                                          "topics": [r._topic]})[0])
+    sig = r._sign(ev, 0, deadline)
+    with pytest.raises(ContractRevert) as info:
+        chain.transact(oracle.functions.fulfillWithSignature(rid, 0, deadline, sig))
+    assert info.value.error == "SignaturePathDisabled"
+    # "auto" with no circuit package: no path either, skipped with the reason
+    r2 = _relayer(chain, oracle, iris_model, tmp_path / "b", key, answer="auto")
+    (tmp_path / "b").mkdir(exist_ok=True)
+    assert r2.poll().skipped and "no circuit package" in r2.store.get("0x" + rid.hex()).reason
+
+
+def test_wrong_signer_is_skipped(chain, iris_model, tmp_path):
+    key, _ = _key()
+    _, other = _key()
+    oracle, cons = _setup(chain, iris_model, "signature", other)
+    rid = request(chain, cons, _samples(1)[0])
+    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    assert r.poll().skipped == ["0x" + rid.hex()]
+    assert f"the model's signer is {other}" in r.store.get("0x" + rid.hex()).reason
+
+
+def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
+    key, addr = _key()
+    oracle, cons = _setup(chain, iris_model, "signature", addr)
+    # a model the oracle knows but this relayer does not serve
+    unknown = b"\x07" * 32
+    deploy.register_model(chain, oracle, model_id=unknown, verifier=None, input_length=4,
+                          input_scale=SCALE, policy="signature", signer=addr)
+    c_unknown = consumer(chain, oracle.address, unknown)
+    # our model id under another oracle registration with the wrong input length
+    oracle2, c_len = _setup(chain, iris_model, "signature", addr, input_length=5)
+    q = _samples(1)[0]
+    r_unknown = request(chain, c_unknown, q)
+    r_good = request(chain, cons, q)
+    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    res = r.poll()
+    assert res.skipped == ["0x" + r_unknown.hex()] and res.fulfilled == ["0x" + r_good.hex()]
+    assert "not served by this relayer" in r.store.get("0x" + r_unknown.hex()).reason
+    assert r.poll().events == 0  # not retried
+
+    r_len = request(chain, c_len, q + [0])
+    (tmp_path / "2").mkdir()
+    r2 = _relayer(chain, oracle2, iris_model, tmp_path / "2", key)
+    res = r2.poll()
+    assert res.skipped == ["0x" + r_len.hex()]
+    assert "input length 5" in r2.store.get("0x" + r_len.hex()).reason
+    assert r2.poll().events == 0 and r2.store.cursor() is not None
+
+
+def test_restart_between_send_and_record(chain, iris_model, tmp_path):
+    """Killed after the fulfilment was broadcast, before it was recorded: the restart finds
+    the request fulfilled on chain and sends nothing again."""
+    key, addr = _key()
+    oracle, cons = _setup(chain, iris_model, "signature", addr)
+    rids = [request(chain, cons, q) for q in _samples(2)]
+
+    def crash(ev):
+        raise _Crash
+
+    r = _relayer(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash})
+    with pytest.raises(_Crash):
+        r.poll()
+    r.store.close()
+    nonce = chain.w3.eth.get_transaction_count(chain.sender)
+    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    res = r.poll()
+    assert res.fulfilled == ["0x" + x.hex() for x in rids]
+    # one new transaction: the second request's; the first was not sent again
+    assert chain.w3.eth.get_transaction_count(chain.sender) == nonce + 1
+    assert sorted(bytes(e["requestId"]) for e in fulfilled_events(chain, oracle.address)) \
+        == sorted(rids)
+    assert all(answer(cons, x)[0] for x in rids)
+
+
+def test_restart_with_a_recorded_transaction(anvil_chain, iris_model, tmp_path):
+    """With a local key the transaction hash is on disk before the broadcast. After a
+    restart: a mined one is found (not resent); one the node never saw is sent again."""
+    from contracts.chain import connect
+
+    chain0 = anvil_chain
+    key, addr = _key()
+    oracle, cons = _setup(chain0, iris_model, "signature", addr)
+    account, key_file = funded_key_file(chain0, tmp_path)
+    chain = connect(chain0.rpc, key_file=key_file)
+    rids = [request(chain0, cons, q) for q in _samples(2)]
+
+    def crash(ev):
+        raise _Crash
+
+    r = _relayer(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash})
+    with pytest.raises(_Crash):
+        r.poll()
+    first = r.store.get("0x" + rids[0].hex())
+    assert first.state == "sending" and first.tx_hash
+    # the second request: pretend we were killed after recording a transaction that was
+    # never broadcast
+    r.store.upsert("0x" + rids[1].hex(), "0x" + iris_model.model_id.hex(), 0, 0, "sending",
+                   method="signature", tx_hash="0x" + "ab" * 32)
+    r.store.close()
+    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    res = r.poll()
+    assert res.fulfilled == ["0x" + x.hex() for x in rids]
+    assert chain.w3.eth.get_transaction_count(account) == 2  # one transaction per request
+    assert r.store.get("0x" + rids[0].hex()).tx_hash == first.tx_hash
+    assert len(fulfilled_events(chain, oracle.address)) == 2
+
+
+def test_relayer_inside_serve(anvil_chain, relay_anvil_url, tmp_path):
+    """``verinfer serve`` with relay_rpc/relay_oracle answers on-chain requests with the
+    server's own EIP-712 key (reference model, no circuit package: signature path)."""
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.keys import load_keys
+    from server.registry import input_scale
+    from server.settings import ServerSettings
+    from verifier.digests import sha256_file
+
+    chain = anvil_chain
+    oracle, _ = deploy.deploy_oracle(chain, 600)
+    base = dict(home=tmp_path / "home", models=("iris_mlp",), engine="onnx")
+    keys = load_keys(ServerSettings(**base))
+    sha = sha256_file(IRIS_ONNX)
+    scale = input_scale(ServerSettings(**base), "iris_mlp", sha)
+    mid = bytes.fromhex(sha)
+    deploy.register_model(chain, oracle, model_id=mid, verifier=None, input_length=4,
+                          input_scale=scale, policy="signature", signer=keys.eth_address)
+    cons = consumer(chain, oracle.address, mid)
+    q = quantized(held_out("iris_mlp", 1)[0], scale)
+    rid = request(chain, cons, q)
+    settings = ServerSettings(**base, relay_rpc=relay_anvil_url, relay_oracle=oracle.address,
+                              relay_poll_interval_s=0.2, chain_id=chain.chain_id,
+                              verifying_contract=oracle.address)
+    with TestClient(create_app(settings)):
+        end = time.monotonic() + 30
+        while not answer(cons, rid)[0] and time.monotonic() < end:
+            time.sleep(0.2)
+    assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, scale, (1, 4)))
+    assert (tmp_path / "home" / "relayer.sqlite3").is_file()
