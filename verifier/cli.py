@@ -25,6 +25,14 @@ SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contract
                       "server.relay_cli")
 
 
+# Top-level modules of the optional extras -> the extra that brings them.
+OPTIONAL_DEPENDENCIES = {
+    "torch": "prove", "onnx": "prove", "onnxruntime": "prove", "sklearn": "prove",
+    "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "httpx": "serve",
+    "coincurve": "serve", "web3": "chain", "eth_tester": "chain",
+}
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -59,6 +67,14 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
     except (InputError, VerinferError) as exc:
         fail(str(exc))
         return EXIT_USAGE
+    except ModuleNotFoundError as exc:
+        # A command of an optional part run on a light install (e.g. the auditor's).
+        if exc.name and exc.name.split(".")[0] in OPTIONAL_DEPENDENCIES:
+            extra = OPTIONAL_DEPENDENCIES[exc.name.split(".")[0]]
+            fail(f"'{getattr(args, 'command', 'this command')}' needs {exc.name}, which is not "
+                 f"installed: pip install 'verinfer[{extra}]'")
+            return EXIT_USAGE
+        raise
     except KeyboardInterrupt:
         fail("interrupted")
         return 130
