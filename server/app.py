@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import PayloadTooLarge, status_for
+from server.errors import Conflict, PayloadTooLarge, status_for
 from server.keys import KeyRing, load_keys
 from server.registry import ServedModel, load_models
 from server.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
@@ -59,7 +59,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerinferError)
     async def _verinfer(request: Request, exc: VerinferError) -> Response:
-        return _error(status_for(exc), str(exc))
+        response = _error(status_for(exc), str(exc))
+        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -88,10 +90,17 @@ def create_app(
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
     service = InferenceService(settings, models, keys, store)
+    jobs = None
+    if store is not None:  # proofs link to receipts: no receipts, no proof jobs
+        from server.jobs import ProofJobs
+
+        jobs = ProofJobs(settings, service, store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
+        if jobs is not None:
+            jobs.start()
         from server.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
 
         relayer = start_in_server(settings, keys)
@@ -102,6 +111,8 @@ def create_app(
                 import asyncio
 
                 await asyncio.to_thread(relayer.stop)
+            if jobs is not None:
+                jobs.stop()
             await service.stop()
             if store is not None:
                 store.close()
@@ -114,6 +125,7 @@ def create_app(
     )
     app.state.service = service
     app.state.keys = keys
+    app.state.jobs = jobs
     _install_error_handlers(app)
 
     @app.get("/v2/health/live", tags=["health"])
@@ -147,6 +159,13 @@ def create_app(
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         service.model(name, version)  # 404 before reading a body
         body = await read_body(request, settings.max_body_bytes)
+        from server.proofs_api import infer_with_proof, proof_parameters
+
+        mode, callback, req = proof_parameters(body)
+        if mode is not None:
+            if jobs is None:
+                raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
+            return _json(await infer_with_proof(jobs, service, name, version, body, mode, callback, req))
         return _json(await service.infer(name, version, body))
 
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
@@ -185,6 +204,11 @@ def create_app(
         if store is None:
             raise InputError("this server does not sign or store receipts")
         return Response(store.get(receipt_id), media_type="application/json")
+
+    if jobs is not None:
+        from server.proofs_api import install as install_proof_routes
+
+        install_proof_routes(app, jobs, service, settings)
 
     @app.get("/.well-known/jwks.json", tags=["keys"])
     async def jwks() -> Response:

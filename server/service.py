@@ -108,7 +108,7 @@ class InferenceService:
     def _run_batch(self, m: ServedModel, items: list[Item]) -> list[Any]:
         xs = [i.x for i in items]
         outs = m.engine.run(np.concatenate(xs) if len(xs) > 1 else xs[0])
-        results, rows, start = [], [], 0
+        results, rows, inputs, start = [], [], [], 0
         now = time.time()
         ref = ModelRef(name=m.name, version=m.version, sha256=m.sha256)
         for item in items:
@@ -137,9 +137,12 @@ class InferenceService:
                 )
                 receipt_json = receipt.model_dump_json()
                 rows.append((ctx.request_id, m.name, now, receipt_json))
+                if n == 1 and self.settings.store_inputs:  # a proof can be asked for later
+                    inputs.append((ctx.request_id, m.input.datatype, _shape_json(item.x),
+                                   np.ascontiguousarray(item.x, item.x.dtype.newbyteorder("<")).tobytes()))
             results.append(Answer(mine, label, receipt_json))
         if rows and self.store is not None:
-            self.store.put_many(rows)
+            self.store.put_many(rows, inputs)
         return results
 
 
@@ -149,6 +152,10 @@ def _threaded(settings: ServerSettings, m: ServedModel) -> bool:
     if settings.batch_thread is not None:
         return settings.batch_thread
     return m.engine.device != "cpu"
+
+
+def _shape_json(x: np.ndarray) -> str:
+    return "[" + ",".join(str(d) for d in x.shape) + "]"
 
 
 def _np_dtype(datatype: str):

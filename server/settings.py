@@ -101,6 +101,49 @@ class ServerSettings(Settings):
     )
     relay_poll_interval_s: float = Field(2.0, gt=0, description="Seconds between relayer polls.")
 
+    # --- proof jobs (server/jobs.py) ---------------------------------------------
+    store_inputs: bool = Field(
+        True, description="Keep each one-sample answer's input with its receipt, so a proof "
+        "can be asked for later by receipt id (POST /v1/proofs)."
+    )
+    proof_workers: int = Field(
+        1, ge=0, description="Prover worker processes (0: jobs queue but nothing proves them)."
+    )
+    max_queued_proofs: int = Field(
+        64, ge=1, description="Most proof jobs queued or running at once; past it 429 + Retry-After."
+    )
+    proof_retry_after_s: int = Field(
+        10, ge=1, description="Retry-After (seconds) sent with a 429 when the proof queue is full."
+    )
+    proof_timeout_s: float = Field(
+        600, gt=0, description="Longest one proof attempt may run; then its worker is killed "
+        "and the attempt counts as failed."
+    )
+    proof_attempts: int = Field(
+        3, ge=1, description="Attempts per proof job (worker deaths, timeouts, errors) before "
+        "it ends as failed with the reason."
+    )
+    proof_lease_s: float = Field(
+        15, gt=0, description="A running job's lease: its worker renews it every third of this; "
+        "a job whose lease runs out (worker gone) is queued again."
+    )
+    proof_memory_mb: int | None = Field(
+        None, ge=64, description="Address-space limit of each prover worker (RLIMIT_AS), MiB; "
+        "default: none."
+    )
+    sync_proof_timeout_s: float = Field(
+        300, gt=0, description="Longest an infer request with parameters.proof='sync' waits "
+        "for its proof; then it answers with the job still running."
+    )
+    callback_hosts: tuple[str, ...] = Field(
+        (), description="Hosts a proof job's callback_url may name besides loopback "
+        "(127.0.0.0/8, ::1, localhost)."
+    )
+    callback_attempts: int = Field(5, ge=1, description="Tries to deliver one callback.")
+    callback_backoff_s: float = Field(
+        0.5, ge=0, description="First delay between callback tries; doubles each time."
+    )
+
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"

@@ -14,8 +14,17 @@ CREATE TABLE IF NOT EXISTS receipts (
     model TEXT NOT NULL,
     created REAL NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS receipt_inputs (
+    id TEXT PRIMARY KEY,
+    datatype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL
 )
 """
+
+# (receipt id, OIP datatype, shape as JSON, little-endian row-major bytes)
+InputRow = tuple[str, str, str, bytes]
 
 
 class ReceiptStore:
@@ -30,14 +39,18 @@ class ReceiptStore:
         # NORMAL in WAL mode: a committed receipt survives a crash of the server
         # process; only an OS crash/power loss can lose the last transactions.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
 
-    def put_many(self, rows: list[tuple[str, str, float, str]]) -> None:
-        """``rows``: (id, model, created unix time, receipt JSON)."""
+    def put_many(self, rows: list[tuple[str, str, float, str]],
+                 inputs: list[InputRow] | None = None) -> None:
+        """``rows``: (id, model, created unix time, receipt JSON); ``inputs``: the
+        input each one-sample answer ran on, kept so a proof can be asked for later."""
         with self._lock:
             self._db.execute("BEGIN")
             try:
                 self._db.executemany("INSERT INTO receipts VALUES (?, ?, ?, ?)", rows)
+                if inputs:
+                    self._db.executemany("INSERT INTO receipt_inputs VALUES (?, ?, ?, ?)", inputs)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -49,6 +62,14 @@ class ReceiptStore:
         if row is None:
             raise NotFound(f"no receipt with id {receipt_id!r}")
         return row[0]
+
+    def get_input(self, receipt_id: str) -> InputRow | None:
+        """The stored input of a one-sample answer, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, datatype, shape, data FROM receipt_inputs WHERE id = ?", (receipt_id,)
+            ).fetchone()
+        return tuple(row) if row is not None else None
 
     def count(self) -> int:
         with self._lock:

@@ -77,6 +77,8 @@ class ProofBundle(_Frozen):
     outputs: CircuitOutputs
     agreement: Agreement
     receipt: dict[str, Any] | None = None  # DSSE envelope of the signed answer, if any
+    # the server's signed proof receipt (verifier.proof_receipts) binding receipt and proof
+    proof_receipt: dict[str, Any] | None = None
     created_at: str
 
     @field_validator("proof")

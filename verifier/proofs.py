@@ -198,14 +198,21 @@ def verify_signed_bundle(
     trusted_eth_signers: set[str] | None = None,
     manifest: Manifest | None = None,
 ) -> tuple[Manifest, Statement | None]:
-    """The whole chain for one bundle: its receipt, if any (signature against ``jwks``,
-    then the links receipt -> bundle), then the proof. Fails closed: a bundle with a
+    """The whole chain for one bundle: its proof receipt, if any (signature against
+    ``jwks``, binding the bundle's receipt and proof digests), its receipt, if any
+    (signature, then the links receipt -> bundle), then the proof. Fails closed: a bundle with a
     receipt and no trusted keys raises :class:`KeyUnknown`.
     """
     package_dir = Path(package_dir)
     if manifest is None:
         manifest = load_manifest_checked(package_dir)
     statement = None
+    if bundle.proof_receipt is not None:
+        if jwks is None:
+            raise KeyUnknown("bundle carries a proof receipt but no trusted keys were given (--keys)")
+        from verifier.proof_receipts import verify_proof_receipt
+
+        verify_proof_receipt(bundle.proof_receipt, bundle, jwks)
     if bundle.receipt is not None:
         if jwks is None:
             raise KeyUnknown("bundle carries a receipt but no trusted keys were given (--keys)")

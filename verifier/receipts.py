@@ -164,13 +164,9 @@ def _b64(text: str, what: str) -> bytes:
         raise SignatureInvalid(f"{what} is not valid base64") from None
 
 
-def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
-    """Check the envelope's signature against a JWK Set; return the signed statement.
-
-    Raises :class:`KeyUnknown` if no signature is by a listed key,
-    :class:`SignatureInvalid` if a signature or the payload is bad, and
-    :class:`DigestMismatch` if the statement's subjects contradict its predicate.
-    """
+def verify_dsse(envelope: Envelope, jwks: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """The DSSE layer alone: payloadType, and every signature by a JWKS key and valid.
+    Returns the payload bytes (not yet parsed) and the signers' kids."""
     if envelope.payloadType != PAYLOAD_TYPE:
         raise SignatureInvalid(f"unexpected payloadType {envelope.payloadType!r}")
     if not envelope.signatures:
@@ -186,6 +182,17 @@ def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
         except InvalidSignature:
             raise SignatureInvalid(f"Ed25519 signature by {s.keyid} does not verify") from None
         kids.append(s.keyid)
+    return payload, kids
+
+
+def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
+    """Check the envelope's signature against a JWK Set; return the signed statement.
+
+    Raises :class:`KeyUnknown` if no signature is by a listed key,
+    :class:`SignatureInvalid` if a signature or the payload is bad, and
+    :class:`DigestMismatch` if the statement's subjects contradict its predicate.
+    """
+    payload, kids = verify_dsse(envelope, jwks)
     try:
         statement = Statement.model_validate_json(payload)
     except ValidationError as exc:

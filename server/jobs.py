@@ -1,0 +1,347 @@
+"""Proof jobs in the server process: submit (idempotent, bounded), wait, supervise.
+
+The work itself happens in prover worker processes (:mod:`server.prove_worker`)
+that claim jobs from the SQLite job table (:mod:`server.jobs_store`). Here, a
+supervisor thread keeps ``proof_workers`` of them alive, queues again the jobs
+of a worker that died or whose lease ran out, kills a worker whose job passed
+``proof_timeout_s`` (the attempt counts), and delivers callbacks. No web
+framework here: the routes are in :mod:`server.proofs_api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.callbacks import check_callback_url, deliver
+from server.errors import Conflict, NoCircuitPackage, QueueFull
+from server.jobs_store import Job, JobStore
+from server.prove_worker import encode_input
+from server.settings import ServerSettings
+from server.store import ReceiptStore
+from verifier.errors import InputError, NotFound, VerinferError
+
+log = logging.getLogger("verinfer.server")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """What a proof for one served model needs to know about its package."""
+
+    package_id: str
+    model_sha256: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Slot:
+    index: int
+    proc: subprocess.Popen | None = None
+    worker_id: str | None = None
+    started: float = 0.0
+    fails: int = 0  # quick deaths in a row, for the restart backoff
+    next_start: float = 0.0
+
+
+class ProofJobs:
+    def __init__(self, settings: ServerSettings, service, receipts: ReceiptStore | None) -> None:
+        self.settings = settings
+        self.service = service
+        self.receipts = receipts
+        self.store = JobStore(settings.receipts_path)
+        self.slots = [_Slot(i) for i in range(settings.proof_workers)]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
+        self._in_flight: set[str] = set()
+        # workers start with the first job (an idle server runs no prover processes)
+        self._wanted = threading.Event()
+        self._lock = threading.Lock()
+        self._circuits: dict[str, tuple[str, Circuit]] = {}  # model -> (names-file text, circuit)
+        self.log_path = settings.home / "logs" / "prove-workers.log"
+
+    # --- life cycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        # A job left running by a previous server process has no worker any more (they
+        # die with their server): queue it again now, counting the attempt it used.
+        for job in self.store.running():
+            self.store.retry_or_fail(job.id, "the server stopped while it was proving",
+                                     self.settings.proof_attempts)
+        if self.store.counts().get("queued"):
+            self._wanted.set()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._supervise, name="verinfer-proof-supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for slot in self.slots:
+            self._end_worker(slot)
+        self._callbacks.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    # --- submitting -------------------------------------------------------------------
+
+    def circuit(self, model: str) -> Circuit:
+        """The registered circuit package for a served model, or :class:`NoCircuitPackage`."""
+        served = self.service.model(model)  # NotFound for an unknown model
+        hint = f"run 'verinfer models add {model}'"
+        name_file = self.settings.names_dir / model
+        try:
+            pointer = name_file.read_text().strip()
+        except OSError:
+            raise NoCircuitPackage(f"no circuit package for model {model}: {hint}") from None
+        cached = self._circuits.get(model)
+        if cached is not None and cached[0] == pointer:
+            c = cached[1]
+        else:
+            from verifier.manifest import MANIFEST_FILE, Manifest
+
+            try:
+                m = Manifest.load(self.settings.packages_dir / pointer / MANIFEST_FILE)
+            except (VerinferError, OSError) as exc:
+                raise NoCircuitPackage(f"circuit package for model {model} is unusable ({exc}): "
+                                       f"{hint}") from None
+            c = Circuit(m.package_id, m.model_sha256, m.input.datatype, tuple(m.input.shape))
+            self._circuits[model] = (pointer, c)
+        if c.model_sha256 != served.sha256:
+            raise NoCircuitPackage(f"the circuit package registered for {model} is for another "
+                                   f"model file than the one served: {hint}")
+        return c
+
+    def _require_receipts(self) -> ReceiptStore:
+        if self.receipts is None:
+            raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
+        return self.receipts
+
+    def _callback(self, url: Any) -> str | None:
+        if url is None:
+            return None
+        return check_callback_url(url, self.settings.callback_hosts)
+
+    def submit_receipt(self, receipt_id: str, callback_url: Any = None) -> tuple[Job, str]:
+        """A proof for a stored one-sample answer."""
+        receipts = self._require_receipts()
+        callback = self._callback(callback_url)
+        if not isinstance(receipt_id, str):
+            raise InputError("receipt_id must be a string")
+        body = json.loads(receipts.get(receipt_id))  # NotFound
+        model = body_model(body)
+        stored = receipts.get_input(receipt_id)
+        if stored is None:
+            raise Conflict(f"receipt {receipt_id} has no stored input (a batch, or the server "
+                           "keeps no inputs: VERINFER_STORE_INPUTS): send the model and input")
+        _, datatype, shape, data = stored
+        from verifier.tensors import numpy_dtype
+
+        x = np.frombuffer(data, dtype=np.dtype(numpy_dtype(datatype)).newbyteorder("<"))
+        x = x.reshape(json.loads(shape))
+        return self._submit(model, x, receipt_id, callback)
+
+    def submit_x(self, model: str, x: np.ndarray, receipt_id: str | None,
+                 callback: str | None) -> tuple[Job, str]:
+        return self._submit(model, x, receipt_id, callback)
+
+    def _submit(self, model: str, x: np.ndarray, receipt_id: str | None,
+                callback: str | None) -> tuple[Job, str]:
+        from verifier.tensors import numpy_dtype, tensor_digest
+
+        c = self.circuit(model)
+        x = np.asarray(x).astype(numpy_dtype(c.datatype), copy=False)
+        if tuple(x.shape) != c.shape:
+            raise InputError(f"a proof is for one sample: input shape {list(x.shape)}, the "
+                             f"circuit takes {list(c.shape)}")
+        job, how = self.store.submit(
+            model=model, package_id=c.package_id, model_sha256=c.model_sha256,
+            input_digest=tensor_digest(x, c.datatype), input_json=encode_input(x, c.datatype),
+            receipt_id=receipt_id, callback_url=callback,
+            max_active=self.settings.max_queued_proofs,
+        )
+        if job is None:
+            raise QueueFull(f"the proof queue is full ({self.settings.max_queued_proofs} jobs "
+                            "queued or running); retry later", self.settings.proof_retry_after_s)
+        if how in ("new", "requeued"):
+            self._wanted.set()
+            self._wake()
+        return job, how
+
+    def lookup(self, model: str, x: np.ndarray) -> Job | None:
+        """An existing job for (model's package, input), without submitting anything."""
+        from verifier.tensors import numpy_dtype, tensor_digest
+
+        c = self.circuit(model)
+        x = np.asarray(x).astype(numpy_dtype(c.datatype), copy=False)
+        if tuple(x.shape) != c.shape:
+            return None
+        return self.store._one("WHERE package_id = ? AND input_digest = ?",
+                               (c.package_id, tensor_digest(x, c.datatype)))
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no proof job with id {job_id!r}")
+        return job
+
+    def bundle(self, job_id: str) -> str:
+        job = self.get(job_id)
+        if job.status != "done":
+            extra = f": {job.error}" if job.status == "failed" else ""
+            raise Conflict(f"proof job {job_id} is {job.status}{extra}; no bundle")
+        return self.store.bundle(job_id)
+
+    async def wait(self, job_id: str, timeout_s: float) -> Job:
+        """Poll the store until the job is done or failed (or ``timeout_s`` passes)."""
+        end = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            job = self.get(job_id)
+            if job.status in ("done", "failed") or time.monotonic() >= end:
+                return job
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    # --- workers ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        for slot in self.slots:
+            p = slot.proc
+            if p is None or p.stdin is None or p.poll() is not None:
+                continue
+            try:
+                os.write(p.stdin.fileno(), b"\n")
+            except (BlockingIOError, BrokenPipeError, OSError):
+                pass  # busy (pipe full) or dying: it will look for work anyway
+
+    def _spawn(self, slot: _Slot) -> None:
+        worker_id = f"{os.getpid()}.{slot.index}.{os.urandom(3).hex()}"
+        s = self.settings
+        cmd = [sys.executable, "-m", "server.prove_worker", "--db", str(s.receipts_path),
+               "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
+               "--lease-s", str(s.proof_lease_s), "--max-attempts", str(s.proof_attempts)]
+        if s.proof_memory_mb:
+            cmd += ["--memory-mb", str(s.proof_memory_mb)]
+        env = {**os.environ, "VERINFER_HOME": str(s.home),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                           os.environ.get("PYTHONPATH")]))}
+        env.setdefault("OMP_NUM_THREADS", "1")  # onnxruntime for the float label: tiny models
+        with open(self.log_path, "ab") as logf:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
+                                    cwd=REPO_ROOT, env=env)
+        os.set_blocking(proc.stdin.fileno(), False)
+        slot.proc, slot.worker_id, slot.started = proc, worker_id, time.monotonic()
+        log.info("prover worker %s started (pid %d)", worker_id, proc.pid)
+
+    def _end_worker(self, slot: _Slot) -> None:
+        p = slot.proc
+        if p is None:
+            return
+        try:
+            if p.stdin:
+                p.stdin.close()
+        except OSError:
+            pass
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        slot.proc = None
+
+    def worker_pids(self) -> list[int]:
+        return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # the supervisor must outlive any one problem
+                log.exception("proof supervisor")
+            self._stop.wait(0.2)
+
+    def _tick(self) -> None:
+        s = self.settings
+        now_m = time.monotonic()
+        for slot in self.slots:
+            p = slot.proc
+            if p is not None and p.poll() is not None:
+                code = p.returncode
+                why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                log.warning("prover worker %s died (%s)", slot.worker_id, why)
+                for job in self.store.running():
+                    if job.worker == slot.worker_id:
+                        self.store.retry_or_fail(job.id, f"prover worker died ({why})",
+                                                 s.proof_attempts, expect_worker=slot.worker_id)
+                        self._wake()
+                quick = now_m - slot.started < 5
+                slot.fails = slot.fails + 1 if quick else 0
+                slot.next_start = now_m + (min(2 ** slot.fails, 30) if quick else 0)
+                slot.proc = None
+            if slot.proc is None and now_m >= slot.next_start and self._wanted.is_set():
+                self._spawn(slot)
+        now = time.time()
+        by_worker = {slot.worker_id: slot for slot in self.slots if slot.proc is not None}
+        for job in self.store.running():
+            slot = by_worker.get(job.worker)
+            if slot is not None and job.started and now - job.started > s.proof_timeout_s:
+                log.warning("proof job %s passed %.0fs: killing worker %s", job.id,
+                            s.proof_timeout_s, job.worker)
+                slot.proc.kill()
+                slot.proc.wait()
+                self.store.retry_or_fail(job.id, f"timed out after {s.proof_timeout_s:g}s",
+                                         s.proof_attempts, expect_worker=job.worker)
+                slot.proc = None
+                self._wake()
+        for job in self.store.expired(now):
+            if self.store.retry_or_fail(job.id, "lease expired (worker stopped responding)",
+                                        s.proof_attempts, expect_worker=job.worker):
+                self._wake()
+        for job in self.store.callbacks_due():
+            with self._lock:
+                if job.id in self._in_flight:
+                    continue
+                self._in_flight.add(job.id)
+            self._callbacks.submit(self._send_callback, job)
+
+    def _send_callback(self, job: Job) -> None:
+        try:
+            ok = deliver(job.callback_url, job.public(), attempts=self.settings.callback_attempts,
+                         backoff_s=self.settings.callback_backoff_s, stop=self._stop)
+            if not self._stop.is_set() or ok:
+                self.store.set_callback_state(job.id, "delivered" if ok else "failed")
+        except Exception:
+            log.exception("callback for job %s", job.id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(job.id)
+
+
+def body_model(receipt: dict) -> str:
+    """The model name a stored receipt's statement names."""
+    import base64
+
+    try:
+        st = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
+        return st["predicate"]["model"]["name"]
+    except (KeyError, ValueError, TypeError):
+        raise InputError("stored receipt is unreadable") from None

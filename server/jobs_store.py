@@ -1,0 +1,320 @@
+"""Durable proof jobs: one table in the server's SQLite file (WAL), shared by the
+server process and its prover worker processes (each opens its own connection).
+
+A job's life::
+
+    queued --claim (attempts+1, lease)--> running --finish--> done (outcome proven|mismatch)
+       ^                                     |
+       +---- lease ran out / timeout / error-+--(attempts used up, or a permanent error)--> failed
+
+The idempotency key is (circuit package id, tensor digest of the input as the
+circuit sees it): submitting the same pair again returns the same job; a done
+one is a cache hit. A failed job submitted again is queued again with fresh
+attempts. Every change is one short transaction, so a crash of any process
+loses nothing that was acknowledged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS proof_jobs (
+    id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    package_id TEXT NOT NULL,
+    model_sha256 TEXT NOT NULL,
+    input_digest TEXT NOT NULL,
+    input TEXT NOT NULL,
+    receipt_id TEXT,
+    status TEXT NOT NULL,
+    stage TEXT,
+    outcome TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_until REAL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    bundle TEXT,
+    callback_url TEXT,
+    callback_state TEXT,
+    UNIQUE (package_id, input_digest)
+);
+CREATE INDEX IF NOT EXISTS proof_jobs_status ON proof_jobs (status, created);
+"""
+
+ACTIVE = ("queued", "running")
+COLUMNS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
+           "stage", "outcome", "attempts", "worker", "lease_until", "created", "started",
+           "finished", "error", "callback_url", "callback_state")
+
+
+def new_job_id() -> str:
+    return "job_" + os.urandom(12).hex()
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    model: str
+    package_id: str
+    model_sha256: str
+    input_digest: str
+    receipt_id: str | None
+    status: str
+    stage: str | None
+    outcome: str | None
+    attempts: int
+    worker: str | None
+    lease_until: float | None
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    callback_url: str | None
+    callback_state: str | None
+
+    def public(self, now: float | None = None) -> dict[str, Any]:
+        """The job as ``GET /v1/proofs/{id}`` shows it."""
+        now = now or time.time()
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "model": self.model,
+            "package_id": self.package_id,
+            "model_sha256": self.model_sha256,
+            "input_digest": self.input_digest,
+            "receipt_id": self.receipt_id,
+            "attempts": self.attempts,
+            "created": self.created,
+        }
+        if self.status == "running":
+            out["stage"] = self.stage
+            out["elapsed_s"] = round(now - (self.started or now), 3)
+            out["worker"] = self.worker
+        if self.status == "done":
+            out["outcome"] = self.outcome
+            out["proof_s"] = round((self.finished or 0) - (self.started or 0), 3)
+            out["bundle_url"] = f"/v1/proofs/{self.id}/bundle"
+        if self.status == "failed":
+            out["reason"] = self.error
+        if self.status in ("done", "failed"):
+            out["finished"] = self.finished
+        if self.callback_url:
+            out["callback"] = {"url": self.callback_url, "state": self.callback_state}
+        return out
+
+
+def _job(row: sqlite3.Row | tuple) -> Job:
+    return Job(*row)
+
+
+class JobStore:
+    """Thin, process-local access to the job table; safe from several threads."""
+
+    def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
+        import threading
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False,
+                                   isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _tx(self, fn):
+        """Run ``fn(db)`` in one IMMEDIATE transaction (writers queue on SQLite's lock)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(self._db)
+                self._db.execute("COMMIT")
+                return out
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _one(self, sql: str, args: tuple) -> Job | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs {sql}", args).fetchone()
+        return _job(row) if row else None
+
+    # --- server side ----------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        return self._one("WHERE id = ?", (job_id,))
+
+    def bundle(self, job_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT bundle FROM proof_jobs WHERE id = ?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def submit(self, *, model: str, package_id: str, model_sha256: str, input_digest: str,
+               input_json: str, receipt_id: str | None, callback_url: str | None,
+               max_active: int) -> tuple[Job, str]:
+        """The job for (package, input): ``(job, how)`` with how one of ``cached`` (done),
+        ``existing`` (queued or running), ``requeued`` (had failed), ``new``; or None for
+        ``job`` when the queue is full (``how`` = ``full``)."""
+
+        def run(db: sqlite3.Connection):
+            row = db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
+                (package_id, input_digest),
+            ).fetchone()
+            now = time.time()
+            if row is not None:
+                job = _job(row)
+                if job.status in ("done", *ACTIVE):
+                    if callback_url and not job.callback_url and job.status != "done":
+                        db.execute("UPDATE proof_jobs SET callback_url = ?, callback_state = "
+                                   "'pending' WHERE id = ?", (callback_url, job.id))
+                        job = _job(db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs "
+                                              "WHERE id = ?", (job.id,)).fetchone())
+                    return job, "cached" if job.status == "done" else "existing"
+            active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
+                                "'running')").fetchone()[0]
+            if active >= max_active:
+                return None, "full"
+            if row is not None:  # failed before: queue it again, fresh attempts
+                db.execute(
+                    "UPDATE proof_jobs SET status = 'queued', stage = NULL, attempts = 0, "
+                    "error = NULL, worker = NULL, lease_until = NULL, started = NULL, "
+                    "finished = NULL, created = ?, callback_url = COALESCE(?, callback_url), "
+                    "callback_state = CASE WHEN COALESCE(?, callback_url) IS NULL THEN NULL "
+                    "ELSE 'pending' END WHERE id = ?",
+                    (now, callback_url, callback_url, row[0]),
+                )
+                job_id, how = row[0], "requeued"
+            else:
+                job_id, how = new_job_id(), "new"
+                db.execute(
+                    "INSERT INTO proof_jobs (id, model, package_id, model_sha256, input_digest, "
+                    "input, receipt_id, status, attempts, created, callback_url, callback_state) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
+                    (job_id, model, package_id, model_sha256, input_digest, input_json,
+                     receipt_id, now, callback_url, "pending" if callback_url else None),
+                )
+            return _job(db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE id = ?",
+                                   (job_id,)).fetchone()), how
+
+        return self._tx(run)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM proof_jobs GROUP BY status").fetchall()
+        return {s: n for s, n in rows}
+
+    def running(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE status = 'running'").fetchall()
+        return [_job(r) for r in rows]
+
+    def retry_or_fail(self, job_id: str, reason: str, max_attempts: int,
+                      expect_worker: str | None = None) -> str | None:
+        """A running attempt ended badly: queue the job again, or fail it when its attempts
+        are used up. Returns the new status (None if the job was not in that state)."""
+
+        def run(db):
+            row = db.execute("SELECT status, attempts, worker FROM proof_jobs WHERE id = ?",
+                             (job_id,)).fetchone()
+            if row is None or row[0] != "running" or (expect_worker and row[2] != expect_worker):
+                return None
+            if row[1] >= max_attempts:
+                db.execute("UPDATE proof_jobs SET status = 'failed', finished = ?, error = ?, "
+                           "worker = NULL, lease_until = NULL WHERE id = ?",
+                           (time.time(), f"{reason} (attempt {row[1]} of {max_attempts})", job_id))
+                return "failed"
+            db.execute("UPDATE proof_jobs SET status = 'queued', stage = NULL, worker = NULL, "
+                       "lease_until = NULL, error = ? WHERE id = ?", (reason, job_id))
+            return "queued"
+
+        return self._tx(run)
+
+    def expired(self, now: float) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE status = 'running' "
+                "AND lease_until < ?", (now,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def callbacks_due(self) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE callback_state = 'pending' "
+                "AND status IN ('done', 'failed')").fetchall()
+        return [_job(r) for r in rows]
+
+    def set_callback_state(self, job_id: str, state: str) -> None:
+        self._tx(lambda db: db.execute("UPDATE proof_jobs SET callback_state = ? WHERE id = ?",
+                                       (state, job_id)))
+
+    # --- worker side ----------------------------------------------------------------
+
+    def claim(self, worker: str, lease_s: float) -> tuple[Job, dict] | None:
+        """Atomically take the oldest queued job: running, attempts+1, leased to ``worker``."""
+
+        def run(db):
+            now = time.time()
+            row = db.execute(
+                "UPDATE proof_jobs SET status = 'running', stage = 'starting', worker = ?, "
+                "lease_until = ?, attempts = attempts + 1, started = ? WHERE id = (SELECT id "
+                "FROM proof_jobs WHERE status = 'queued' ORDER BY created LIMIT 1) "
+                f"RETURNING {', '.join(COLUMNS)}, input",
+                (worker, now + lease_s, now),
+            ).fetchone()
+            return row
+
+        row = self._tx(run)
+        if row is None:
+            return None
+        return _job(row[:-1]), json.loads(row[-1])
+
+    def heartbeat(self, job_id: str, worker: str, lease_s: float, stage: str | None = None) -> bool:
+        """Renew the lease (and set the stage); False if the job is no longer ours."""
+
+        def run(db):
+            if stage is None:
+                cur = db.execute("UPDATE proof_jobs SET lease_until = ? WHERE id = ? AND "
+                                 "worker = ? AND status = 'running'",
+                                 (time.time() + lease_s, job_id, worker))
+            else:
+                cur = db.execute("UPDATE proof_jobs SET lease_until = ?, stage = ? WHERE id = ? "
+                                 "AND worker = ? AND status = 'running'",
+                                 (time.time() + lease_s, stage, job_id, worker))
+            return cur.rowcount == 1
+
+        return self._tx(run)
+
+    def finish(self, job_id: str, outcome: str, bundle_json: str) -> bool:
+        """Store a verified bundle and mark the job done (unless it already is)."""
+
+        def run(db):
+            cur = db.execute(
+                "UPDATE proof_jobs SET status = 'done', stage = NULL, outcome = ?, bundle = ?, "
+                "finished = ?, error = NULL, lease_until = NULL WHERE id = ? AND status != 'done'",
+                (outcome, bundle_json, time.time(), job_id))
+            return cur.rowcount == 1
+
+        return self._tx(run)
+
+    def fail_now(self, job_id: str, reason: str) -> None:
+        """A permanent error (bad input for this circuit): no retry."""
+        self._tx(lambda db: db.execute(
+            "UPDATE proof_jobs SET status = 'failed', error = ?, finished = ?, lease_until = NULL "
+            "WHERE id = ? AND status = 'running'", (reason, time.time(), job_id)))

@@ -1,0 +1,263 @@
+"""Proof jobs through the real server process, real EZKL, iris_mlp: async, sync, cache,
+idempotency, callbacks, a worker killed mid-proof, bad requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from jobs_support import REPO_ROOT, iris_input, package_dir, tensor
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
+
+
+@pytest.fixture(scope="module")
+def server(iris_home, tmp_path_factory):
+    import shutil
+
+    from jobs_support import Server
+
+    home = tmp_path_factory.mktemp("jobs-main-home")
+    for part in ("packages", "names", "srs"):
+        shutil.copytree(iris_home / part, home / part, dirs_exist_ok=True)
+    s = Server(home, {"VERINFER_PROOF_WORKERS": "1", "VERINFER_CALLBACK_BACKOFF_S": "0.2",
+                      "VERINFER_PROOF_LEASE_S": "5"})
+    try:
+        yield s.wait_ready()
+    finally:
+        s.stop()
+
+
+def infer(server, values, **params) -> dict:
+    body = {"inputs": tensor(values)}
+    if params:
+        body["parameters"] = params
+    status, resp, _ = server.request("POST", "/v2/models/iris_mlp/infer", body)
+    assert status == 200, resp
+    return resp
+
+
+def ezkl_verify_directly(bundle: dict, pkg: Path) -> bool:
+    """EZKL's own verify on the bundle's proof, in a fresh interpreter: no project code."""
+    with tempfile.TemporaryDirectory() as d:
+        proof = Path(d) / "proof.json"
+        proof.write_text(json.dumps(bundle["proof"]))
+        code = ("import ezkl, sys; print(ezkl.verify(sys.argv[1], sys.argv[2], sys.argv[3], "
+                "sys.argv[4]))")
+        out = subprocess.run([sys.executable, "-c", code, str(proof), str(pkg / "settings.json"),
+                              str(pkg / "vk.key"), str(pkg / "kzg.srs")],
+                             capture_output=True, text=True, cwd=d)
+    return out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_async_proof_done_and_verifies_with_ezkl(server, tmp_path):
+    values = iris_input(0)
+    status, job = server.submit(values)
+    assert status == 202, job
+    assert job["status"] in ("queued", "running", "done") and job["id"].startswith("job_")
+    assert job["receipt_id"].startswith("0x")
+    done = server.wait_job(job["id"])
+    assert done["status"] == "done", done
+    assert done["outcome"] == "proven" and done["attempts"] == 1
+    status, bundle, _ = server.request("GET", f"/v1/proofs/{job['id']}/bundle")
+    assert status == 200
+    pkg = package_dir(server.home)
+    assert ezkl_verify_directly(bundle, pkg)
+    # the bundle links receipt and proof
+    assert bundle["model"]["package_id"] == pkg.name
+    assert bundle["receipt"]["id"] == job["receipt_id"]
+    assert bundle["agreement"]["agree"] is True
+    assert bundle["proof_receipt"]["id"] == job["id"]
+    # and a proof with another input's instances is not this one
+    bad = json.loads(json.dumps(bundle))
+    bad["proof"]["instances"][0][0] = bad["proof"]["instances"][0][1]
+    assert not ezkl_verify_directly(bad, pkg)
+    # self-contained for an offline audit with the circuit package (project CLI too)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(bundle))
+    jwks = server.request("GET", "/.well-known/jwks.json")[1]
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "b"),
+                            "--keys", str(tmp_path / "jwks.json"), "--models",
+                            str(server.home / "packages")],
+                           capture_output=True, text=True, cwd=REPO_ROOT,
+                           env={**os.environ, "VERINFER_HOME": str(tmp_path)})
+    assert audit.returncode == 0, audit.stderr
+
+
+def test_proof_receipt_tamper_fails_closed(server):
+    from verifier.bundle import ProofBundle
+    from verifier.errors import DigestMismatch, KeyUnknown, SignatureInvalid
+    from verifier.proofs import verify_signed_bundle
+
+    status, job = server.submit(iris_input(0))
+    assert status == 200 and job["cached"] is True  # done above: a cache hit
+    bundle = server.request("GET", f"/v1/proofs/{job['id']}/bundle")[1]
+    jwks = server.request("GET", "/.well-known/jwks.json")[1]
+    pkg = package_dir(server.home)
+    verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, jwks)
+    with pytest.raises(KeyUnknown):
+        verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, None)
+    other = json.loads(json.dumps(bundle))
+    other["receipt"]["eip712"] = None  # another receipt than the signed one
+    with pytest.raises(DigestMismatch):
+        verify_signed_bundle(ProofBundle.model_validate(other), pkg, jwks)
+    forged = json.loads(json.dumps(bundle))
+    sig = forged["proof_receipt"]["envelope"]["signatures"][0]
+    sig["sig"] = sig["sig"][:10] + ("A" if sig["sig"][10] != "A" else "B") + sig["sig"][11:]
+    with pytest.raises(SignatureInvalid):
+        verify_signed_bundle(ProofBundle.model_validate(forged), pkg, jwks)
+
+
+def test_sync_proof_on_infer(server):
+    from verifier.bundle import ProofBundle
+    from verifier.proofs import verify_signed_bundle
+
+    resp = infer(server, iris_input(1), proof="sync")
+    p = resp["parameters"]
+    assert p["proof_status"] == "done" and p["proof_outcome"] == "proven"
+    bundle = ProofBundle.model_validate_json(p["proof_bundle"])
+    assert bundle.receipt["id"] == p["receipt_id"]
+    jwks = server.request("GET", "/.well-known/jwks.json")[1]
+    _, statement = verify_signed_bundle(bundle, package_dir(server.home), jwks)
+    assert statement.predicate.label == p["label"] == bundle.outputs.label
+
+
+def test_async_param_on_infer_and_by_receipt_id(server):
+    resp = infer(server, iris_input(2), proof="async")
+    p = resp["parameters"]
+    assert p["proof_status"] in ("queued", "running", "done") and "proof_bundle" not in p
+    done = server.wait_job(p["proof_job_id"])
+    assert done["status"] == "done" and done["receipt_id"] == p["receipt_id"]
+    # the same receipt again: the same job, a cache hit
+    status, again, _ = server.request("POST", "/v1/proofs", {"receipt_id": p["receipt_id"]})
+    assert status == 200 and again["id"] == p["proof_job_id"] and again["cached"] is True
+    # an answer without a proof, proven later by its receipt id
+    plain = infer(server, iris_input(3))["parameters"]
+    status, job, headers = server.request("POST", "/v1/proofs", {"receipt_id": plain["receipt_id"]})
+    assert status == 202 and headers["Location"] == f"/v1/proofs/{job['id']}"
+    assert server.wait_job(job["id"])["status"] == "done"
+    bundle = server.request("GET", f"/v1/proofs/{job['id']}/bundle")[1]
+    assert bundle["receipt"]["id"] == plain["receipt_id"]
+
+
+def test_idempotent_resubmission_and_cache_hit(server):
+    values = iris_input(4)
+    s1, j1 = server.submit(values)
+    s2, j2 = server.submit(values)  # while queued or running: the same job, no new proof
+    assert s1 == 202 and j1["id"] == j2["id"] and j2["cached"] is False
+    # another receipt for the same input: still the same job
+    other = infer(server, values)["parameters"]
+    s3, j3, _ = server.request("POST", "/v1/proofs", {"receipt_id": other["receipt_id"]})
+    assert j3["id"] == j1["id"]
+    done = server.wait_job(j1["id"])
+    assert done["status"] == "done" and done["attempts"] == 1
+    t = time.perf_counter()
+    s4, j4 = server.submit(values)
+    hit_s = time.perf_counter() - t
+    assert s4 == 200 and j4["cached"] is True and j4["status"] == "done" and j4["id"] == j1["id"]
+    print(f"cache hit answered in {hit_s * 1000:.1f} ms")
+    # infer with proof=sync on a proven input answers from the cache
+    p = infer(server, values, proof="sync")["parameters"]
+    assert p["proof_job_id"] == j1["id"] and p["proof_status"] == "done"
+
+
+class _Hook(BaseHTTPRequestHandler):
+    got: list = []
+    fail_first = True
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if _Hook.fail_first:
+            _Hook.fail_first = False
+            self.send_response(503)  # the server must retry
+        else:
+            _Hook.got.append(body)
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_callback_delivered_with_retry(server):
+    hook = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{hook.server_port}/done"
+        status, job = server.submit(iris_input(5), callback_url=url)
+        assert status == 202
+        server.wait_job(job["id"])
+        end = time.monotonic() + 30
+        while not _Hook.got and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _Hook.got, server.output()
+        note = _Hook.got[0]
+        assert note["id"] == job["id"] and note["status"] == "done" and note["outcome"] == "proven"
+        end = time.monotonic() + 10
+        while server.job(job["id"])["callback"]["state"] != "delivered" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert server.job(job["id"])["callback"]["state"] == "delivered"
+    finally:
+        hook.shutdown()
+    # never to an arbitrary host
+    for url in ("http://example.com/hook", "http://10.0.0.1/x", "file:///etc/passwd",
+                "http://user:pw@127.0.0.1/"):
+        status, body = server.submit(iris_input(6), callback_url=url)
+        assert status == 400, (url, body)
+        assert "callback_url" in body["error"]
+
+
+def test_worker_killed_mid_proof_is_retried(server):
+    for attempt in range(5):  # an iris proof takes ~1 s: catch one while it runs
+        status, job = server.submit(iris_input(20 + attempt))
+        assert status == 202
+        running = server.wait_running(job["id"])
+        pids = server.worker_pids()
+        if running["status"] != "running" or not pids:
+            continue
+        os.kill(pids[0], signal.SIGKILL)
+        done = server.wait_job(job["id"])
+        if done["attempts"] < 2:
+            continue  # the proof finished before the kill landed
+        assert done["status"] == "done", done
+        assert done["attempts"] == 2 and done["outcome"] == "proven"
+        end = time.monotonic() + 20
+        while (not server.worker_pids() or server.worker_pids()[0] == pids[0]) \
+                and time.monotonic() < end:
+            time.sleep(0.1)
+        assert server.worker_pids() and server.worker_pids()[0] != pids[0]  # a new worker
+        return
+    pytest.fail("never caught a proof while it was running")
+
+
+def test_bad_requests(server):
+    assert server.request("GET", "/v1/proofs/job_nope")[0] == 404
+    assert server.request("GET", "/v1/proofs/job_nope/bundle")[0] == 404
+    status, body, _ = server.request("POST", "/v1/proofs", {"model": "digits_cnn", "inputs": [
+        {"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}]})
+    assert status == 409 and "verinfer models add digits_cnn" in body["error"]
+    assert server.request("POST", "/v1/proofs", {"model": "nope", "inputs": []})[0] == 404
+    assert server.request("POST", "/v1/proofs", {"receipt_id": "0x" + "00" * 32})[0] == 404
+    assert server.request("POST", "/v1/proofs", {"whatever": 1})[0] == 400
+    status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer", {
+        "inputs": tensor(iris_input(0)), "parameters": {"proof": "later"}})
+    assert status == 400 and "parameters.proof" in body["error"]
+    status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer", {
+        "inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [5.0] * 8}],
+        "parameters": {"proof": "async"}})
+    assert status == 400 and "one sample" in body["error"]
+    status, body, _ = server.request("POST", "/v2/models/digits_cnn/infer", {
+        "inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.0] * 64}],
+        "parameters": {"proof": "sync"}})
+    assert status == 409
