@@ -9,7 +9,9 @@ max RSS, is per variant and both see the same machine load):
 - setup:  raw ``ezkl.setup`` vs the pipeline's backend setup, same circuit and SRS;
 - prove:  raw ``ezkl.gen_witness`` + ``ezkl.prove`` vs ``Prover.prove`` (witness, proof,
           float label, re-verification by the trust root, bundle), same input;
-- verify: raw ``ezkl.verify`` vs ``verify_bundle`` (links + hashes + EZKL).
+- verify: raw ``ezkl.verify`` vs ``verify_bundle`` (links + hashes + EZKL);
+- prove*: both prove variants alternating in one long-lived, warmed-up process
+          (how the server's proof workers run), same inputs.
 
 Prints a table and writes ``bench/results/prove.json``. Medians over --repeat runs.
 """
@@ -66,14 +68,30 @@ def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
             times.append(time.perf_counter() - t0)
     elif kind == "raw-prove":
         for x in samples:
-            data = work / "input.json"
             t0 = time.perf_counter()
-            data.write_text(json.dumps({"input_data": [np.asarray(x, np.float64).ravel().tolist()]}))
-            with captured_output(log):
-                ezkl.gen_witness(str(data), p("model.compiled"), str(work / "w.json"))
-                ezkl.prove(str(work / "w.json"), p("model.compiled"), p("pk.key"),
-                           str(work / "proof.json"), p("kzg.srs"))
+            _raw_prove(x, package, work, log)
             times.append(time.perf_counter() - t0)
+    elif kind == "prove-steady":
+        # A long-lived prover (what the server's workers are): one process, both
+        # variants warmed up, then alternating on the same inputs.
+        from prover.proving import Prover
+
+        prover = Prover(CircuitPackage.open(package, check=[]))
+        shape = prover.package.manifest.input.shape
+        raw_t, pipe_t = [], []
+        for i, x in enumerate([samples[0], *samples]):
+            t0 = time.perf_counter()
+            _raw_prove(x, package, work, log)
+            t1 = time.perf_counter()
+            prover.prove(np.asarray(x, np.float32).reshape(shape), log=log)
+            t2 = time.perf_counter()
+            if i:  # the first pair is the warm-up
+                raw_t.append(t1 - t0)
+                pipe_t.append(t2 - t1)
+        print(json.dumps({"raw_median_s": statistics.median(raw_t),
+                          "pipeline_median_s": statistics.median(pipe_t), "runs": len(raw_t),
+                          "ratio": statistics.median(pipe_t) / statistics.median(raw_t)}))
+        return {}
     elif kind == "pipeline-prove":
         from prover.proving import Prover
 
@@ -115,6 +133,21 @@ def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     print(json.dumps({"median_s": statistics.median(times), "runs": len(times),
                       "min_s": min(times), "max_s": max(times), "peak_rss_mb": _vm_hwm_mb()}))
     return {}
+
+
+def _raw_prove(x, package: Path, work: Path, log: Path) -> None:
+    """EZKL's own calls, as a user would make them: input JSON, witness, prove."""
+    import numpy as np
+
+    import ezkl
+    from prover.progress import captured_output
+
+    data = work / "input.json"
+    data.write_text(json.dumps({"input_data": [np.asarray(x, np.float64).ravel().tolist()]}))
+    with captured_output(log):
+        ezkl.gen_witness(str(data), str(package / "model.compiled"), str(work / "w.json"))
+        ezkl.prove(str(work / "w.json"), str(package / "model.compiled"),
+                   str(package / "pk.key"), str(work / "proof.json"), str(package / "kzg.srs"))
 
 
 def _vm_hwm_mb() -> float:
@@ -165,6 +198,10 @@ def bench_model(name: str, home: Path, repeat: int) -> dict:
                    for v, rs in runs.items()}
         summary["ratio"] = round(summary["pipeline"]["median_s"] / summary["raw"]["median_s"], 4)
         row[stage] = summary
+    steady = subprocess.run([sys.executable, "-m", "bench.prove", "--worker", "prove-steady",
+                             "--package", str(pkg.dir), "--repeat", str(max(repeat, 5))],
+                            capture_output=True, text=True, check=True)
+    row["prove_steady"] = json.loads(steady.stdout.strip().splitlines()[-1])
     return row
 
 
@@ -190,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['model']:<11} {stage:<7} {s['raw']['median_s']:>8.3f} "
                   f"{s['pipeline']['median_s']:>11.3f} {s['ratio']:>7.3f} "
                   f"{s['raw']['peak_rss_mb']:>11.0f} {s['pipeline']['peak_rss_mb']:>16.0f}")
+        st = r["prove_steady"]
+        print(f"{r['model']:<11} {'prove*':<7} {st['raw_median_s']:>8.3f} "
+              f"{st['pipeline_median_s']:>11.3f} {st['ratio']:>7.3f}   (* one long-lived process)")
         print(f"{r['model']:<11} logrows {r['logrows']}, pk {r['pk_bytes'] / 1e6:.0f} MB, "
               f"verifier {r['verifier_runtime_bytes']} B, agreement {r['agreement_percent']}%, "
               f"models add {r['add_total_s']} s")
