@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="circuit package folder, model name or id (default: the package "
                         "the bundle names, in the data dir)")
     _trust_options(verify)
+    verify.add_argument("--rpc", metavar="URL",
+                        help="also check the proof on chain: eth_call the deployed verifier "
+                        "(needs --verifier)")
+    verify.add_argument("--verifier", metavar="ADDRESS",
+                        help="the model's deployed Halo2Verifier (with --rpc)")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=_verify)
 
@@ -78,6 +83,10 @@ def _verify(args: argparse.Namespace) -> int:
     from verifier.errors import NotFound, VerificationError
     from verifier.proofs import verify_signed_bundle
 
+    if (args.rpc is None) != (args.verifier is None):
+        from verifier.errors import InputError
+
+        raise InputError("--rpc and --verifier go together")
     jwks, signers = _trust(args)
     bundle = ProofBundle.load(args.bundle)
     settings = Settings()
@@ -96,19 +105,25 @@ def _verify(args: argparse.Namespace) -> int:
     try:
         manifest, statement = verify_signed_bundle(bundle, folder, jwks,
                                                    trusted_eth_signers=signers)
+        if args.rpc is not None:  # the same proof and instances, checked by the chain
+            from verifier.onchain import proof_parts, verify_onchain
+
+            verify_onchain(args.rpc, args.verifier, *proof_parts(bundle.proof))
     except VerificationError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": type(exc).__name__, "reason": str(exc)}))
         raise
     print(f"OK: {args.bundle}: {manifest.name} label {bundle.outputs.label} is proven"
           + (" and signed" if statement is not None else "")
+          + (f", accepted on chain by {args.verifier}" if args.rpc is not None else "")
           + ("" if bundle.agreement.agree else
              f" (float model said {bundle.agreement.float_label}: DISAGREES)"), file=sys.stderr)
     if manifest.srs.insecure:
         print("WARNING: the package uses a development SRS (insecure)", file=sys.stderr)
     if args.json:
         print(json.dumps({"ok": True, "model": manifest.name, "label": bundle.outputs.label,
-                          "agree": bundle.agreement.agree, "signed": statement is not None}))
+                          "agree": bundle.agreement.agree, "signed": statement is not None,
+                          "onchain": args.verifier if args.rpc is not None else None}))
     return 0
 
 

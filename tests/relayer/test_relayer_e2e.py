@@ -1,0 +1,126 @@
+"""End to end on anvil with the real circuit packages and the real ``verinfer`` command:
+an ExampleConsumer asks for classifications of held-out iris_mlp and digits_cnn samples,
+``verinfer relay`` proves them with EZKL and fulfils them; the consumer's stored label is the
+model's. Killing the relayer mid-stream and restarting it loses and duplicates nothing.
+``verinfer verify BUNDLE --rpc --verifier`` checks a bundle with the deployed verifier."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prover_support import run_cli
+from relay_world import answer, consumer, fulfilled_events, funded_key_file, held_out, \
+    onnx_label, quantized, request
+
+from contracts import deploy
+
+pytestmark = [pytest.mark.chain, pytest.mark.ezkl, pytest.mark.e2e]
+
+
+def _model(record: dict, name: str) -> dict:
+    return next(m for m in record["models"] if m["name"] == name)
+
+
+def _requests(chain, record, name, n, start=0):
+    m = _model(record, name)
+    cons = consumer(chain, record["oracle"]["address"], bytes.fromhex(m["model_id"][2:]))
+    shape = (1, 4) if name == "iris_mlp" else (1, 1, 8, 8)
+    out = []
+    for x in held_out(name, start + n)[start:]:
+        q = quantized(x, m["input_scale"])
+        out.append((request(chain, cons, q), q))
+    onnx = Path(m["package"]) / "model.onnx"
+    return cons, out, lambda q: onnx_label(onnx, q, m["input_scale"], shape)
+
+
+def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, packages_home,
+                                                 iris_package, digits_package):
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package, digits_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    iris_c, iris_reqs, iris_label = _requests(chain, record, "iris_mlp", 2)
+    dig_c, dig_reqs, dig_label = _requests(chain, record, "digits_cnn", 1)
+
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+                   home=packages_home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    rids = ["0x" + r.hex() for r, _ in iris_reqs + dig_reqs]
+    assert out["fulfilled"] == rids and not out["skipped"] and not out["failed"]
+    for cons, reqs, label in ((iris_c, iris_reqs, iris_label), (dig_c, dig_reqs, dig_label)):
+        for rid, q in reqs:
+            assert answer(cons, rid) == (True, label(q))
+    evs = fulfilled_events(chain, oracle)
+    assert len(evs) == 3 and all(e["byProof"] for e in evs)
+
+    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+                    home=packages_home)
+    assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0
+
+
+def test_verify_bundle_on_chain(anvil_chain, relay_anvil_url, packages_home, iris_package,
+                                digits_package, tmp_path):
+    from prover.package import CircuitPackage
+    from prover.proving import Prover
+
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package, digits_package], policy="proof")
+    x = held_out("iris_mlp", 1)[0].reshape(1, 4).astype("float32")
+    bundle = Prover(CircuitPackage.open(iris_package, check=[])).prove(x)
+    path = bundle.write(tmp_path / "bundle")
+    iris_v, digits_v = (_model(record, n)["verifier"] for n in ("iris_mlp", "digits_cnn"))
+    ok = run_cli("verify", path, "--package", iris_package, "--rpc", relay_anvil_url,
+                 "--verifier", iris_v, "--json", home=packages_home)
+    assert ok.returncode == 0, ok.stderr
+    assert "accepted on chain" in ok.stderr and json.loads(ok.stdout)["onchain"] == iris_v
+    bad = run_cli("verify", path, "--package", iris_package, "--rpc", relay_anvil_url,
+                  "--verifier", digits_v, home=packages_home)
+    assert bad.returncode == 1 and "FAIL" in bad.stderr
+    usage = run_cli("verify", path, "--rpc", relay_anvil_url, home=packages_home)
+    assert usage.returncode == 2 and "--verifier" in usage.stderr
+
+
+def test_kill_and_restart_loses_and_duplicates_nothing(anvil_chain, relay_anvil_url,
+                                                       packages_home, iris_package, tmp_path):
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    account, key_file = funded_key_file(chain, tmp_path)
+    cons, reqs, label = _requests(chain, record, "iris_mlp", 6, start=5)
+    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file]
+
+    env = {**os.environ, "VERINFER_HOME": str(packages_home)}
+    log = open(tmp_path / "relay.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "verifier.cli", *map(str, args),
+                             "--poll-interval", "0.2"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        end = time.monotonic() + 180
+        while not fulfilled_events(chain, oracle):
+            assert proc.poll() is None, (tmp_path / "relay.log").read_text()
+            assert time.monotonic() < end, "the relayer fulfilled nothing in 180 s"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        log.close()
+    done_before = len(fulfilled_events(chain, oracle))
+    assert 1 <= done_before < len(reqs), "the relayer was not stopped mid-stream"
+
+    again = run_cli(*args, "--once", "--json", home=packages_home)
+    assert again.returncode == 0, again.stderr
+    assert len(json.loads(again.stdout)["fulfilled"]) >= len(reqs) - done_before
+
+    evs = fulfilled_events(chain, oracle)
+    assert sorted(bytes(e["requestId"]) for e in evs) == sorted(r for r, _ in reqs)  # once each
+    for rid, q in reqs:
+        assert answer(cons, rid) == (True, label(q))
+    # one transaction per request: nothing was sent twice (not even a reverted duplicate)
+    assert chain.w3.eth.get_transaction_count(account) == len(reqs)
