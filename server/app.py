@@ -103,7 +103,7 @@ def create_app(
             jobs.start()
         from server.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
 
-        relayer = start_in_server(settings, keys)
+        relayer = start_in_server(settings, keys, getattr(app.state, "jobs", None))
         try:
             yield
         finally:

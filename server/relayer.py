@@ -188,6 +188,48 @@ class InProcessProofs:
             return prover.prove(x)
 
 
+class QueueProofs:
+    """Proves through the server's durable proof job queue (:class:`server.jobs.ProofJobs`:
+    ``submit_x``/``get``/``bundle``), so the relayer inside ``verinfer serve`` shares the
+    server's prover workers, their limits and their job records; a job for the same input is
+    reused (idempotent). Models the queue cannot prove (no package for the served model file)
+    are proven in this process instead."""
+
+    def __init__(self, jobs, timeout_s: float | None = None,
+                 fallback: ProofSource | None = None) -> None:
+        self.jobs = jobs
+        s = getattr(jobs, "settings", None)
+        self.timeout_s = timeout_s or (
+            float(s.proof_timeout_s) * int(s.proof_attempts) + 60 if s is not None else 1800.0)
+        self.fallback = fallback or InProcessProofs()
+
+    def prove(self, model: LocalModel, x: np.ndarray):
+        from verifier.bundle import ProofBundle
+
+        try:
+            job, _ = self.jobs.submit_x(model.name, x, None, None)
+        except VerinferError as exc:
+            if type(exc).__name__ in ("NoCircuitPackage", "NotFound"):
+                return self.fallback.prove(model, x)
+            raise  # e.g. QueueFull: retried at the next poll
+        end = time.monotonic() + self.timeout_s
+        delay = 0.05
+        while True:
+            job = self.jobs.get(job.id)
+            if job.status == "done":
+                bundle = ProofBundle.model_validate_json(self.jobs.bundle(job.id))
+                if bundle.model.model_sha256 != model.model_id.hex():
+                    raise ProofUnavailable(f"proof job {job.id} proved another model file")
+                return bundle
+            if job.status == "failed":
+                raise ProofUnavailable(f"proof job {job.id} failed: {job.error}")
+            if time.monotonic() > end:
+                raise TimeoutError(f"proof job {job.id} still {job.status} after "
+                                   f"{self.timeout_s:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+
 # -- the durable record ----------------------------------------------------------------
 
 _SCHEMA = """
@@ -338,6 +380,7 @@ class Relayer:
         self.from_block = from_block
         self.confirmations = confirmations
         self.answer_ttl_s = answer_ttl_s
+        self.max_attempts = 3  # tries of a request whose preparation (e.g. proving) fails
         self.hooks = hooks or {}  # test seams: "after_send" runs after broadcast, before record
         self._eth = None
         self.signer_address = None
@@ -424,6 +467,23 @@ class Relayer:
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", reason=str(s))
             log.warning("relayer: skipped request %s: %s", ev.rid, s)
             return "skipped"
+        except ProofUnavailable as exc:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "failed", reason=str(exc))
+            log.warning("relayer: request %s failed: %s", ev.rid, exc)
+            return "failed"
+        except Exception as exc:
+            # the node, the network or the prover: retried at the next poll, a few times
+            tries = (self.store.get(ev.rid).attempts or 0) + 1
+            if tries >= self.max_attempts and not _is_node_error(exc):
+                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "failed", attempts=tries,
+                                  reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+                log.warning("relayer: request %s failed %d times, giving up: %s", ev.rid,
+                            tries, exc)
+                return "failed"
+            if not _is_node_error(exc):
+                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending",
+                                  attempts=tries)
+            raise
         return self._send(ev, method, call, label)
 
     def _status(self, request_id: bytes) -> int:
@@ -592,6 +652,20 @@ class _Skip(Exception):
     """The request cannot be served here: record, log, pass."""
 
 
+class ProofUnavailable(VerinferError):
+    """A proof source gave up on this input for good (e.g. a job that failed every attempt)."""
+
+
+def _is_node_error(exc: BaseException) -> bool:
+    """Errors of the node or the network: retried for as long as it takes."""
+    import requests  # web3's HTTP transport
+
+    from contracts.chain import ChainError
+
+    return isinstance(exc, (ChainError, ConnectionError, TimeoutError, OSError,
+                            requests.RequestException))
+
+
 # -- running it -----------------------------------------------------------------------
 
 
@@ -669,9 +743,10 @@ class RelayerThread:
             self.relayer.store.close()
 
 
-def start_in_server(settings, keys) -> RelayerThread | None:
+def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
     """The relayer ``verinfer serve`` runs when ``relay_rpc`` and ``relay_oracle`` are set:
-    in a background thread, with the server's data dir, EIP-712 key and settings."""
+    in a background thread, with the server's data dir, EIP-712 key and settings, proving
+    through the server's proof job queue (``jobs``) when it has one."""
     if not settings.relay_rpc or not settings.relay_oracle:
         return None
     from contracts.chain import key_file_from_env
@@ -683,7 +758,8 @@ def start_in_server(settings, keys) -> RelayerThread | None:
                             home=settings.home, models=models,
                             key_file=settings.relay_key_file or key_file_from_env(),
                             eth_key=keys.eth_key if keys is not None else None,
-                            answer=settings.relay_answer, answer_ttl_s=settings.answer_ttl_s)
+                            answer=settings.relay_answer, answer_ttl_s=settings.answer_ttl_s,
+                            proofs=QueueProofs(jobs) if jobs is not None else None)
 
     t = RelayerThread(factory, settings.relay_poll_interval_s)
     t.start()

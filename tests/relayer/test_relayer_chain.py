@@ -241,3 +241,67 @@ def test_relayer_inside_serve(anvil_chain, relay_anvil_url, tmp_path):
             time.sleep(0.2)
     assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, scale, (1, 4)))
     assert (tmp_path / "home" / "relayer.sqlite3").is_file()
+
+
+class _FailingProofs:
+    def __init__(self):
+        self.calls = 0
+
+    def prove(self, model, x):
+        self.calls += 1
+        raise RuntimeError("prover crashed")
+
+
+def test_a_request_that_keeps_failing_is_given_up(embedded_chain, iris_model, tmp_path):
+    """A proof that fails every time is tried max_attempts times, then recorded as failed;
+    the requests after it are not held up for ever."""
+    import dataclasses
+
+    chain = embedded_chain
+    oracle, cons = _setup(chain, iris_model, "proof", None)
+    model = dataclasses.replace(iris_model, package=object())  # "has a circuit package"
+    rid = request(chain, cons, _samples(1)[0])
+    proofs = _FailingProofs()
+    store = RelayStore(tmp_path / "r.sqlite3", chain.chain_id, oracle.address)
+    r = Relayer(chain, oracle.address, {model.model_id: model}, store, proofs=proofs)
+    for _ in range(r.max_attempts - 1):
+        with pytest.raises(RuntimeError):
+            r.poll()
+        assert store.get("0x" + rid.hex()).state == "pending"
+    assert r.poll().failed == ["0x" + rid.hex()]
+    rec = store.get("0x" + rid.hex())
+    assert rec.state == "failed" and "prover crashed" in rec.reason
+    assert proofs.calls == r.max_attempts and r.poll().events == 0
+
+
+class _FakeJobs:
+    """server.jobs.ProofJobs' surface the relayer uses."""
+
+    def __init__(self, status, bundle=None):
+        from types import SimpleNamespace
+
+        self.job = SimpleNamespace(id="j1", status=status, error="worker died 3 times")
+        self._bundle = bundle
+        self.submitted = []
+
+    def submit_x(self, model, x, receipt_id, callback):
+        self.submitted.append((model, x.shape))
+        return self.job, "new"
+
+    def get(self, job_id):
+        return self.job
+
+    def bundle(self, job_id):
+        return self._bundle
+
+
+def test_queue_proof_source(iris_model):
+    import numpy as np
+
+    from server.relayer import ProofUnavailable, QueueProofs
+
+    x = np.zeros((1, 4), np.float32)
+    q = QueueProofs(_FakeJobs("failed"), timeout_s=5)
+    with pytest.raises(ProofUnavailable, match="worker died"):
+        q.prove(iris_model, x)
+    assert q.jobs.submitted == [("iris_mlp", (1, 4))]
