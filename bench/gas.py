@@ -1,14 +1,17 @@
 """Gas table for the contracts, measured on a real anvil node (from node_modules).
 
-Per model (iris_mlp, digits_cnn): the EZKL per-model verifier's deploy gas and runtime size,
-verifyProof gas (a transaction), and the oracle's requestClassification /
-fulfillWithProof / fulfillWithSignature gas (ExampleConsumer as the requester, storing the
-label in its callback; a fee escrowed and paid out). Optionally EZKL's reusable verifier.
+Per model (iris_mlp, digits_cnn), on the project's real circuit packages (``verinfer models
+add``, built in ``--home`` when missing): the EZKL per-model verifier's deploy gas and runtime
+size, verifyProof gas (a transaction) for a held-out sample's proof, and the oracle's
+requestClassification / fulfillWithProof / fulfillWithSignature gas (ExampleConsumer as the
+requester, storing the label in its callback; a fee escrowed and paid out). With
+``--reusable``: EZKL's reusable verifier + the model's VK artifact (deploy, registerVka,
+verifyProof).
 
-    .venv/bin/python -m bench.gas [--models iris_mlp digits_cnn] [--reusable]
+    .venv/bin/python -m bench.gas [--models iris_mlp digits_cnn] [--reusable] [--home DIR]
 
-Prints a table; writes bench/results/gas.json. Circuits are built with a local, insecure
-development SRS (gas does not depend on the SRS). Numbers are figures, never asserted.
+Prints a table; writes bench/results/gas.json. Packages use a local, insecure development SRS
+(gas does not depend on the SRS). Numbers are figures, never asserted.
 """
 
 from __future__ import annotations
@@ -29,87 +32,157 @@ TARGETS = {"fulfillWithSignature": 80_000,
            "fulfillWithProof": {"iris_mlp": 700_000, "digits_cnn": 1_000_000}}
 
 
-def _samples(name: str):
+def _sample(name: str):
     from models import load_split
 
-    x_train, x_test, _, _ = load_split(name)
-    cal = [x.reshape(-1).tolist() for x in x_train[:8]]
-    return cal, x_test[0].reshape(-1).tolist()
+    _, x_test, _, _ = load_split(name)
+    return x_test[0]
 
 
-def measure_model(name: str, chain, work: Path, reusable: bool) -> dict:
-    import ezkl_circuit
+def ensure_package(home: Path, name: str):
+    """The data dir's circuit package for ``name``, built (``verinfer models add``) if absent."""
+    from prover.package import find_package, list_names
+    from verifier.config import Settings
+
+    settings = Settings(home=home)
+    if name in list_names(settings):
+        return find_package(settings, name)
+    from prover.build import build_package, reference_source
+
+    print(f"building the {name} circuit package in {home} ...", file=sys.stderr)
+    return build_package(settings, reference_source(name))
+
+
+def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> dict:
     from world import make_world
 
     from contracts import deploy
-    from contracts.deploy import VerifierArtifact
+    from prover.proving import Prover
+    from verifier.fixedpoint import felt_to_int
+    from verifier.onchain import proof_parts
 
-    cal, sample = _samples(name)
-    onnx = REPO / "models" / "artifacts" / name / "model.onnx"
+    pkg = ensure_package(home, name)
+    m = pkg.manifest
+    settings = json.loads(pkg.path("settings.json").read_text())
+    ra = settings["run_args"]
+    x = _sample(name).reshape(m.input.shape).astype("float32")
     t0 = time.perf_counter()
-    circuit = ezkl_circuit.build_circuit(onnx, work / name, cal)
-    proof = ezkl_circuit.prove(circuit, sample, "bench")
-    build_s = time.perf_counter() - t0
-    row: dict = {"model": name, "logrows": circuit.logrows, "input_length": len(sample),
-                 "instances": len(proof.instances), "proof_bytes": len(proof.proof),
-                 "build_and_prove_s": round(build_s, 1)}
+    bundle = Prover(pkg).prove(x)
+    prove_s = time.perf_counter() - t0
+    proof, instances = proof_parts(bundle.proof)
+    n = deploy.load_package(pkg.dir).input_length
+    q = [felt_to_int(f) for f in instances[:n]]
+    row: dict = {"model": name, "package_id": pkg.id, "logrows": m.srs.logrows,
+                 "input_length": n, "instances": len(instances), "proof_bytes": len(proof),
+                 "circuit": {k: ra.get(k) for k in ("num_inner_cols", "decomp_base", "decomp_legs",
+                                                     "lookup_range", "input_scale", "param_scale",
+                                                     "disable_freivalds", "check_mode")},
+                 "num_rows": settings.get("num_rows"), "prove_s": round(prove_s, 2)}
 
     w = make_world(chain)
-    art = VerifierArtifact.from_compiled(circuit.verifier)
+    art = deploy.load_package(pkg.dir).verifier
     address, vrec = chain.deploy(art.abi, art.bytecode)
     row["verifier_deploy_gas"] = vrec["gasUsed"]
     row["verifier_runtime_bytes"] = art.runtime_size
     v = chain.contract(address, art.abi)
-    r = chain.transact(v.functions.verifyProof(proof.proof, proof.instances))
+    r = chain.transact(v.functions.verifyProof(proof, instances))
     row["verifyProof_gas"] = r["gasUsed"]
+    row["proof_calldata_gas"] = _calldata_gas(v.functions.verifyProof(proof, instances))
 
-    model_id = bytes(31) + bytes([len(name)])
+    model_id = bytes.fromhex(m.model_sha256)
     deploy.register_model(chain, w.oracle, model_id=model_id, verifier=address,
-                          input_length=len(sample), input_scale=circuit.input_scale,
+                          input_length=n, input_scale=m.input.scale,
                           policy="either", signer=w.signer.address)
     fee = 10**15
-    rid, rrec = w.request(q=proof.quantized, model_id=model_id, fee=fee)
+    rid, rrec = w.request(q=q, model_id=model_id, fee=fee)
     row["requestClassification_gas"] = rrec["gasUsed"]
-    r = chain.transact(w.oracle.functions.fulfillWithProof(rid, proof.proof, proof.instances),
+    r = chain.transact(w.oracle.functions.fulfillWithProof(rid, proof, instances),
                        sender=w.relayer)
     assert not w.events(r, "CallbackFailed")
     row["fulfillWithProof_gas"] = r["gasUsed"]
     row["fulfillWithProof_overhead_gas"] = r["gasUsed"] - row["verifyProof_gas"]
-    rid2, _ = w.request(q=proof.quantized, model_id=model_id, fee=fee)
-    deadline, sig = w.sign(rid2, proof.instances[-1], q=proof.quantized, model_id=model_id)
-    r = w.fulfil_sig(rid2, proof.instances[-1], deadline, sig)
+    label = instances[-1]
+    rid2, _ = w.request(q=q, model_id=model_id, fee=fee)
+    deadline, sig = w.sign(rid2, label, q=q, model_id=model_id)
+    r = w.fulfil_sig(rid2, label, deadline, sig)
     assert not w.events(r, "CallbackFailed")
     row["fulfillWithSignature_gas"] = r["gasUsed"]
-    rid3, _ = w.request(q=proof.quantized, model_id=model_id, fee=0)
-    deadline, sig = w.sign(rid3, proof.instances[-1], q=proof.quantized, model_id=model_id)
-    r = w.fulfil_sig(rid3, proof.instances[-1], deadline, sig)
+    rid3, _ = w.request(q=q, model_id=model_id, fee=0)
+    deadline, sig = w.sign(rid3, label, q=q, model_id=model_id)
+    r = w.fulfil_sig(rid3, label, deadline, sig)
     row["fulfillWithSignature_nofee_gas"] = r["gasUsed"]
 
     if reusable:
-        row["reusable"] = measure_reusable(name, chain, work, cal, proof)
+        row["reusable"] = measure_reusable(pkg, chain, work / f"{name}-reusable", proof,
+                                           instances)
     return row
 
 
-def measure_reusable(name: str, chain, work: Path, cal, proof) -> dict:
-    """EZKL's reusable verifier: one contract for all circuits, plus a per-model VK artifact."""
-    import ezkl_circuit
+def _calldata_gas(fn) -> int:
+    data = bytes.fromhex(fn._encode_transaction_data()[2:])
+    return sum(16 if b else 4 for b in data)
 
+
+def _ezkl(fn, *args):
+    import asyncio
+    import inspect
+
+    async def go():
+        r = fn(*args)
+        return await r if inspect.isawaitable(r) else r
+
+    return asyncio.run(go())
+
+
+def read_vka(path: Path) -> list[bytes]:
+    """EZKL's VK artifact file: a little-endian u64 word count, then the bytes32 words."""
+    raw = path.read_bytes()
+    count = int.from_bytes(raw[:8], "little")
+    words = [raw[8 + 32 * i: 8 + 32 * (i + 1)] for i in range(count)]
+    if len(raw) != 8 + 32 * count:
+        raise ValueError(f"{path}: {len(raw)} bytes, expected 8 + 32 x {count}")
+    return words
+
+
+def measure_reusable(pkg, chain, work: Path, proof: bytes, instances: list[int]) -> dict:
+    """EZKL's reusable verifier (one contract for every circuit) + this model's VK artifact
+    (registered once with registerVka, sent with every verifyProof)."""
+    import ezkl
+
+    from contracts.deploy import VerifierArtifact
+    from contracts.solc import compile_sources
+
+    work.mkdir(parents=True, exist_ok=True)
+    sol, abi, vka = work / "Reusable.sol", work / "Reusable.abi", work / "vka.bytes"
+    args = (str(pkg.path("vk.key")), str(pkg.path("settings.json")))
+    try:  # writes the .sol, then fails downloading solc offline: expected
+        _ezkl(ezkl.create_evm_verifier, *args, str(sol), str(abi), str(pkg.path("kzg.srs")), True)
+    except Exception:
+        pass
     try:
-        c = ezkl_circuit.build_circuit(REPO / "models" / "artifacts" / name / "model.onnx",
-                                       work / f"{name}-reusable", cal, reusable=True)
-    except Exception as exc:  # keep the rest of the table
-        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    art = c.verifier
-    out = {"contracts": sorted(ezkl_circuit.compile_sources(
-        {"Verifier.sol": c.verifier_sol.read_text()})),
-        "runtime_bytes": art.runtime_size, "vka_bytes": len(c.vka) if c.vka else None}
-    try:
-        _, rec = chain.deploy(art.abi, art.bytecode)
-        out["deploy_gas"] = rec["gasUsed"]
-    except Exception as exc:
-        out["deploy_error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-    out["functions"] = [f"{i['name']}({','.join(x['type'] for x in i['inputs'])})"
-                        for i in art.abi if i.get("type") == "function"]
+        _ezkl(ezkl.create_evm_vka, *args, str(vka), str(pkg.path("kzg.srs")))
+    except Exception:
+        pass
+    if not sol.exists() or not vka.exists():
+        return {"error": "ezkl wrote no reusable verifier or VK artifact"}
+    c = compile_sources({"Reusable.sol": sol.read_text()})["Halo2VerifierReusable"]
+    art = VerifierArtifact.from_compiled(c)
+    words = read_vka(vka)
+    out: dict = {"runtime_bytes": art.runtime_size, "vka_words": len(words),
+                 "vka_bytes": 32 * len(words)}
+    address, rec = chain.deploy(art.abi, art.bytecode)
+    out["deploy_gas"] = rec["gasUsed"]
+    v = chain.contract(address, art.abi)
+    r = chain.transact(v.functions.registerVka(words))
+    out["registerVka_gas"] = r["gasUsed"]
+    fn = v.functions.verifyProof(proof, instances, words)
+    # its return data (the rescaled instances) does not decode as declared: read word 0
+    raw = chain.w3.eth.call({"from": chain.sender, "to": address,
+                             "data": fn._encode_transaction_data()})
+    out["accepts_proof"] = int.from_bytes(bytes(raw[:32]), "big") == 1
+    r = chain.transact(fn)
+    out["verifyProof_gas"] = r["gasUsed"]
+    out["verifyProof_calldata_gas"] = _calldata_gas(fn)
     return out
 
 
@@ -118,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["iris_mlp", "digits_cnn"])
     parser.add_argument("--reusable", action="store_true",
                         help="also build EZKL's reusable verifier and report its size/gas")
+    parser.add_argument("--home", type=Path,
+                        help="data dir whose circuit packages to measure (built there with "
+                        "'verinfer models add' when missing; default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gas.json")
     args = parser.parse_args(argv)
 
@@ -129,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     with run_anvil() as url, tempfile.TemporaryDirectory() as tmp:
+        home = args.home or Path(tmp) / "home"
         chain = connect(url)
         _, orec = deploy_oracle(chain)
         oracle = {"deploy_gas": orec["gasUsed"],
@@ -136,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                   "example_consumer_runtime_bytes": compiled()["ExampleConsumer"].runtime_size}
         for name in args.models:
             print(f"measuring {name} ...", file=sys.stderr)
-            rows.append(measure_model(name, chain, Path(tmp), args.reusable))
+            rows.append(measure_model(name, chain, home, Path(tmp), args.reusable))
 
     result = {
         "chain": "anvil 1.7.1 (node_modules), EVM cancun",
@@ -155,9 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':32}" + "".join(f"{r['model']:>14}" for r in rows))
     for c in ["logrows", "input_length", "instances", "proof_bytes", *cols]:
         print(f"{c:32}" + "".join(f"{r[c]:>14,}" for r in rows))
-    for r in rows:
-        if "reusable" in r:
-            print(f"{r['model']} reusable verifier: {json.dumps(r['reusable'])}")
+    reus = [r.get("reusable") or {} for r in rows]
+    if any(reus):
+        print("EZKL reusable verifier + VK artifact:")
+        for c in ["runtime_bytes", "deploy_gas", "vka_bytes", "registerVka_gas",
+                  "verifyProof_gas", "verifyProof_calldata_gas"]:
+            print(f"{'  ' + c:32}" + "".join(f"{u.get(c, '-'):>14,}" if isinstance(
+                u.get(c), int) else f"{'-':>14}" for u in reus))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
