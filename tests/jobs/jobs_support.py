@@ -112,10 +112,14 @@ class Server:
     def worker_pids(self) -> list[int]:
         return self.request("GET", "/v1/proofs")[1]["worker_pids"]
 
-    def kill9(self) -> None:
-        """kill -9 the server's whole process group (server and prover workers)."""
+    def kill9(self, group: bool = False) -> None:
+        """kill -9 the server process (its workers must notice and exit on their own),
+        or its whole process group."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            if group:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                os.kill(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait()

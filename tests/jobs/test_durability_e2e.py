@@ -1,0 +1,90 @@
+"""Crash safety and back-pressure with the real server process: kill -9 of the server
+(and its workers) while proving, restart, nothing lost; the queue limit gives 429."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from jobs_support import iris_input
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_server_kill9_while_proving_then_restart_finishes(new_home, servers):
+    home = new_home()
+    env = {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_LEASE_S": "5"}
+    s1 = servers(home, env)
+    jobs = []
+    for i in range(4):  # one running, the rest queued behind it
+        status, job = s1.submit(iris_input(30 + i))
+        assert status == 202, job
+        jobs.append(job)
+    running = s1.wait_running(jobs[0]["id"])
+    workers = s1.worker_pids()
+    receipt = s1.request("GET", f"/v1/receipts/{jobs[0]['receipt_id']}")
+    assert receipt[0] == 200
+    s1.kill9()  # the server process alone: no orphan prover may keep running
+    assert running["status"] in ("running", "done")
+    end = time.monotonic() + 10  # the workers die with their server (PR_SET_PDEATHSIG)
+    while any(_alive(p) for p in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "a prover worker outlived its server"
+
+    s2 = servers(home, env)
+    for job in jobs:
+        done = s2.wait_job(job["id"], timeout=120)
+        assert done["status"] == "done" and done["outcome"] == "proven", done
+        assert s2.request("GET", f"/v1/proofs/{job['id']}/bundle")[0] == 200
+        assert s2.request("GET", f"/v1/receipts/{job['receipt_id']}")[0] == 200
+    before = s2.job(jobs[0]["id"])
+    print("first job before the kill:", running["status"], "attempts after:", before["attempts"])
+    if running["status"] == "running":  # it was cut off: that attempt counted, then redone
+        assert before["attempts"] == 2
+    # resubmitting after the restart finds the same jobs (nothing lost, nothing twice)
+    status, again = s2.submit(iris_input(30))
+    assert status == 200 and again["id"] == jobs[0]["id"] and again["cached"] is True
+
+
+def test_queue_limit_gives_429(new_home, servers):
+    home = new_home()
+    s = servers(home, {"VERINFER_PROOF_WORKERS": "0", "VERINFER_MAX_QUEUED_PROOFS": "2",
+                       "VERINFER_PROOF_RETRY_AFTER_S": "7"})
+    a = s.submit(iris_input(40))
+    b = s.submit(iris_input(41))
+    assert a[0] == 202 and b[0] == 202
+    status, body, headers = s.request("POST", "/v1/proofs", {"model": "iris_mlp", "inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(42)}]})
+    assert status == 429 and "queue is full" in body["error"]
+    assert headers["Retry-After"] == "7"
+    # the same input again is the same job, not a new one: no 429
+    again = s.submit(iris_input(40))
+    assert again[0] == 202 and again[1]["id"] == a[1]["id"]
+    status, body, headers = s.request("POST", "/v2/models/iris_mlp/infer", {
+        "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(43)}],
+        "parameters": {"proof": "async"}})
+    assert status == 429 and headers["Retry-After"] == "7"
+    assert s.request("GET", "/v1/proofs")[1]["jobs"] == {"queued": 2}
+
+
+def test_job_timeout_kills_worker_and_fails_with_reason(new_home, servers):
+    # a 0.3 s limit no iris proof meets: each attempt's worker is killed; two attempts, failed
+    s = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_TIMEOUT_S": "0.3",
+                             "VERINFER_PROOF_ATTEMPTS": "2"})
+    status, job = s.submit(iris_input(50))
+    assert status == 202
+    done = s.wait_job(job["id"], timeout=120)
+    assert done["status"] == "failed" and done["attempts"] == 2, done
+    assert "timed out after 0.3s" in done["reason"] and "attempt 2 of 2" in done["reason"]
+    status, body, _ = s.request("GET", f"/v1/proofs/{job['id']}/bundle")
+    assert status == 409 and "failed" in body["error"]
