@@ -94,8 +94,12 @@ class ProofJobs:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        ours = {slot.worker_id for slot in self.slots if slot.proc is not None}
         for slot in self.slots:
             self._end_worker(slot)
+        for job in self.store.running():  # stopped on purpose: not the job's fault
+            if job.worker in ours:
+                self.store.release(job.id, job.worker)
         self._callbacks.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
@@ -217,7 +221,7 @@ class ProofJobs:
             if job.status in ("done", "failed") or time.monotonic() >= end:
                 return job
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.02)
 
     # --- workers ------------------------------------------------------------------------
 

@@ -196,8 +196,8 @@ class JobStore:
                     "error = NULL, worker = NULL, lease_until = NULL, started = NULL, "
                     "finished = NULL, created = ?, callback_url = COALESCE(?, callback_url), "
                     "callback_state = CASE WHEN COALESCE(?, callback_url) IS NULL THEN NULL "
-                    "ELSE 'pending' END WHERE id = ?",
-                    (now, callback_url, callback_url, row[0]),
+                    "ELSE 'pending' END, receipt_id = COALESCE(?, receipt_id) WHERE id = ?",
+                    (now, callback_url, callback_url, receipt_id, row[0]),
                 )
                 job_id, how = row[0], "requeued"
             else:
@@ -245,6 +245,14 @@ class JobStore:
             return "queued"
 
         return self._tx(run)
+
+    def release(self, job_id: str, worker: str) -> bool:
+        """Give a running job back to the queue without counting the attempt (the server
+        is stopping on purpose)."""
+        return self._tx(lambda db: db.execute(
+            "UPDATE proof_jobs SET status = 'queued', stage = NULL, worker = NULL, "
+            "lease_until = NULL, attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? "
+            "AND status = 'running'", (job_id, worker)).rowcount == 1)
 
     def expired(self, now: float) -> list[Job]:
         with self._lock:
