@@ -121,9 +121,11 @@ def _verify(args: argparse.Namespace) -> int:
     if manifest.srs.insecure:
         print("WARNING: the package uses a development SRS (insecure)", file=sys.stderr)
     if args.json:
-        print(json.dumps({"ok": True, "model": manifest.name, "label": bundle.outputs.label,
-                          "agree": bundle.agreement.agree, "signed": statement is not None,
-                          "onchain": args.verifier if args.rpc is not None else None}))
+        out = {"ok": True, "model": manifest.name, "label": bundle.outputs.label,
+               "agree": bundle.agreement.agree, "signed": statement is not None}
+        if args.rpc is not None:
+            out["onchain"] = args.verifier
+        print(json.dumps(out))
     return 0
 
 
