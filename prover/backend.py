@@ -33,6 +33,7 @@ class CircuitShape:
     param_scale: int
     output_scales: tuple[int, ...]
     num_rows: int
+    inner_cols: int
     report: dict
 
 
@@ -53,7 +54,7 @@ class ProofSystem(Protocol):
 
     def calibrate(
         self, folder: Path, calibration_inputs: np.ndarray, visibility: Visibility,
-        batch_symbols: tuple[str, ...] = (),
+        batch_symbols: tuple[str, ...] = (), inner_cols: int = 2,
     ) -> CircuitShape:
         """From ``folder/model.onnx`` make ``settings.json`` and ``model.compiled``."""
 

@@ -59,7 +59,7 @@ class EZKLBackend:
     # -- circuit -----------------------------------------------------------
     def calibrate(
         self, folder: Path, calibration_inputs: np.ndarray, visibility: Visibility,
-        batch_symbols: tuple[str, ...] = (),
+        batch_symbols: tuple[str, ...] = (), inner_cols: int = 2,
     ) -> CircuitShape:
         ezkl = self._ezkl
         args = ezkl.PyRunArgs()
@@ -74,6 +74,7 @@ class EZKLBackend:
         # 9.5 s -> 0.75 s, pk 350 MB -> 22 MB; digits_cnn stays at logrows 15.
         args.decomp_base = DECOMP_BASE
         args.decomp_legs = DECOMP_LEGS
+        args.num_inner_cols = inner_cols
         data = folder / "calibration.json"
         flat = np.asarray(calibration_inputs, dtype=np.float64).reshape(-1)
         data.write_text(json.dumps({"input_data": [flat.tolist()]}))
@@ -97,7 +98,9 @@ class EZKLBackend:
             param_scale=ra["param_scale"],
             output_scales=tuple(s["model_output_scales"]),
             num_rows=s["num_rows"],
+            inner_cols=ra["num_inner_cols"],
             report={
+                "num_inner_cols": ra["num_inner_cols"],
                 "input_scale": ra["input_scale"],
                 "param_scale": ra["param_scale"],
                 "scale_rebase_multiplier": ra["scale_rebase_multiplier"],

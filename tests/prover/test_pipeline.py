@@ -43,6 +43,8 @@ def test_package_is_complete_and_content_addressed(iris_package):
     verifier = json.loads((iris_package / "Verifier.json").read_text())
     assert verifier["bytecode"].startswith("0x60") and verifier["abi"]
     assert manifest.preflight["verifier_fits"]
+    # small circuit: one inner column (cheaper on-chain verification, see prover/build.py)
+    assert manifest.calibration["num_inner_cols"] == 1 and manifest.preflight["logrows"] <= 12
     # The label must survive quantisation on the whole held-out split.
     agreement = manifest.preflight["agreement"]
     assert agreement["samples"] == 45 and agreement["percent"] == 100.0
