@@ -45,7 +45,10 @@ class Prover:
         return int(np.ravel(self._session.run([out], {m.input.name: x})[0])[0])
 
     def prove(self, x: np.ndarray, *, receipt: dict | None = None,
+              float_label: int | None = None,
               progress: Progress = SILENT, log: Path | None = None) -> ProofBundle:
+        """Prove ``x``. ``float_label``: the float model's label when the caller already
+        has it (a signed answer's label); else it is computed here with onnxruntime."""
         m = self.package.manifest
         if tuple(x.shape) != m.input.shape:
             raise InputError(f"input shape {list(x.shape)}, the model takes {list(m.input.shape)}")
@@ -57,7 +60,8 @@ class Prover:
                 proof = self.backend.prove(self.package.dir, wit.path, tmp / "proof.json")
         label = int(round(wit.outputs[m.label_output][0]))
         logits_index = next((i for i in range(len(m.outputs)) if i != m.label_output), None)
-        float_label = self.float_label(x)
+        if float_label is None:
+            float_label = self.float_label(x)
         bundle = ProofBundle(
             model=ModelRef(name=m.name, package_id=m.package_id, model_sha256=m.model_sha256),
             input=InputTensor.of(m.input.name, x, m.input.datatype),

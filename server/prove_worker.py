@@ -191,7 +191,9 @@ class Worker:
             statement = verify_receipt(Receipt.parse(receipt), self.keys.jwks)
             if not isinstance(statement.predicate.label, int):
                 raise InputError("the receipt is for a batch; proofs are for one sample")
-        bundle = prover.prove(x, receipt=receipt, progress=progress)  # re-verified inside
+        signed_label = statement.predicate.label if statement is not None else None
+        bundle = prover.prove(x, receipt=receipt, float_label=signed_label,
+                              progress=progress)  # re-verified inside
         progress.on_stage("signing")
         circuit = bundle.outputs.label
         signed = statement.predicate.label if statement is not None else None
