@@ -1,4 +1,4 @@
-"""Relayer fixtures: anvil from node_modules (the contracts tier's ``run_anvil``), the embedded
+"""Relayer fixtures: anvil from node_modules (``tests/chain_support.py``), the embedded
 py-evm chain, and real circuit packages (iris_mlp, digits_cnn) built once per session.
 
 Transactions come from anvil's unlocked dev accounts, or from a key made by the test, funded
@@ -7,7 +7,6 @@ by the test and written to a 0600 file in the test's tmp dir (never committed).
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,21 +15,12 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # relay_world
 
-
-def _contracts_conftest():
-    name = "_verinfer_contracts_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, HERE.parent / "contracts" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+from chain_support import chain, embedded_chain, run_anvil  # noqa: E402,F401 (fixtures)
 
 
 @pytest.fixture(scope="session")
 def relay_anvil_url():
-    with _contracts_conftest().run_anvil() as url:
+    with run_anvil() as url:
         yield url
 
 
@@ -39,19 +29,6 @@ def anvil_chain(relay_anvil_url):
     from contracts.chain import connect
 
     return connect(relay_anvil_url)
-
-
-@pytest.fixture(scope="session")
-def embedded_chain():
-    from contracts.chain import connect
-
-    return connect(None)
-
-
-@pytest.fixture(params=["embedded", "anvil"])
-def chain(request):
-    """Tests that take ``chain`` run on both chains."""
-    return request.getfixturevalue(f"{request.param}_chain")
 
 
 @pytest.fixture(scope="session")
