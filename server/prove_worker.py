@@ -26,7 +26,6 @@ import select
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -32,18 +32,28 @@ Core logic only: no argparse, no printing (``server.relay_cli`` is the CLI; the 
 from __future__ import annotations
 
 import logging
-import math
-import sqlite3
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
 
-import numpy as np
-
+from server.relayer_models import (  # noqa: F401 (re-exported: the relayer's public names)
+    InProcessProofs,
+    LocalModel,
+    ProofSource,
+    ProofUnavailable,
+    QueueProofs,
+    _reference_models,
+    load_local_models,
+)
+from server.relayer_store import (  # noqa: F401 (re-exported)
+    TERMINAL,
+    RelayStore,
+    RequestRecord,
+    default_store_path,
+)
 from verifier.errors import InputError, VerinferError
-from verifier.fixedpoint import felt_to_int, input_commitment, quantize
+from verifier.fixedpoint import felt_to_int, input_commitment
 
 log = logging.getLogger("verinfer.relayer")
 
@@ -52,276 +62,12 @@ POLICY_PROOF, POLICY_SIGNATURE, POLICY_EITHER = 1, 2, 3
 STATUS_NONE, STATUS_OPEN, STATUS_FULFILLED, STATUS_CANCELLED = 0, 1, 2, 3
 ANSWER_MODES = ("auto", "proof", "signature")
 
-# Request states in the store. Terminal: every one but "pending" and "sending".
-TERMINAL = {"fulfilled", "answered_elsewhere", "cancelled", "skipped", "failed"}
 
 LOG_CHUNK = 2_000  # blocks per eth_getLogs
 
 
 class RelayError(VerinferError):
     """The relayer cannot go on (bad oracle address, no models, ...)."""
-
-
-# -- models served here -------------------------------------------------------------
-
-
-@dataclass
-class LocalModel:
-    """A model the relayer can answer for: its ONNX session and fixed-point layout."""
-
-    name: str
-    model_id: bytes  # sha256 of model.onnx = the oracle's modelId
-    input_name: str
-    input_shape: tuple[int, ...]
-    input_dtype: Any  # numpy dtype
-    scale: int
-    label_output: str
-    session: Any  # onnxruntime.InferenceSession
-    package: Any = None  # prover.package.CircuitPackage, when there is one (proof path)
-
-    @property
-    def input_length(self) -> int:
-        return math.prod(self.input_shape)
-
-    def dequantize(self, q: list[int]) -> np.ndarray:
-        """The float input whose fixed-point form is exactly ``q`` (x = q / 2**scale), or
-        :class:`InputError` when the input dtype cannot hold it exactly."""
-        x = (np.asarray(q, dtype=np.float64) / float(2**self.scale)).astype(self.input_dtype)
-        x = x.reshape(self.input_shape)
-        if quantize(x, self.scale) != list(q):
-            raise InputError(f"input is not representable in {np.dtype(self.input_dtype).name} "
-                             f"at scale {self.scale}")
-        return x
-
-    def label(self, x: np.ndarray) -> int:
-        out = self.session.run([self.label_output], {self.input_name: x})[0]
-        return int(np.ravel(out)[0])
-
-    @classmethod
-    def from_package(cls, package) -> "LocalModel":
-        m = package.manifest
-        if m.input.scale is None:
-            raise InputError(f"package {m.name}: manifest has no input scale")
-        return cls(
-            name=m.name,
-            model_id=bytes.fromhex(m.model_sha256),
-            input_name=m.input.name,
-            input_shape=tuple(m.input.shape),
-            input_dtype=np.float32 if m.input.datatype == "FP32" else np.float64,
-            scale=int(m.input.scale),
-            label_output=m.outputs[m.label_output].name,
-            session=_session(package.path("model.onnx")),
-            package=package,
-        )
-
-    @classmethod
-    def from_onnx(cls, name: str, onnx_path: Path, scale: int) -> "LocalModel":
-        """A model with no circuit package: signature path only."""
-        from verifier.digests import sha256_file
-
-        sess = _session(onnx_path)
-        inp = sess.get_inputs()[0]
-        outs = [o.name for o in sess.get_outputs()]
-        if "label" not in outs:
-            raise InputError(f"{onnx_path}: no 'label' output")
-        shape = tuple(1 if not isinstance(d, int) or d <= 0 else d for d in inp.shape)
-        dtype = np.float64 if inp.type == "tensor(double)" else np.float32
-        return cls(name, bytes.fromhex(sha256_file(onnx_path)), inp.name, shape, dtype, scale,
-                   "label", sess)
-
-
-def _session(path: Path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def load_local_models(settings, names: list[str] | None = None) -> dict[bytes, LocalModel]:
-    """The circuit packages registered in the data dir (``verinfer models add``), by model id.
-    A package that does not open (other EZKL version, altered files) is logged and left out."""
-    from prover.package import find_package, list_names
-
-    wanted = names if names is not None else list(list_names(settings))
-    out: dict[bytes, LocalModel] = {}
-    for name in wanted:
-        try:
-            pkg = find_package(settings, name, check=["model.onnx"])
-            lm = LocalModel.from_package(pkg)
-        except VerinferError as exc:
-            if names is not None:
-                raise
-            log.warning("relayer: package %s left out: %s", name, exc)
-            continue
-        out[lm.model_id] = lm
-    return out
-
-
-# -- proofs ----------------------------------------------------------------------------
-
-
-class ProofSource(Protocol):
-    """Where proofs come from: in this process, or the server's proof job queue."""
-
-    def prove(self, model: LocalModel, x: np.ndarray):  # -> verifier.bundle.ProofBundle
-        ...
-
-
-class InProcessProofs:
-    """Proves in this process with :class:`prover.proving.Prover` (one per package, kept)."""
-
-    def __init__(self) -> None:
-        self._provers: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def prove(self, model: LocalModel, x: np.ndarray):
-        if model.package is None:
-            raise InputError(f"model {model.name} has no circuit package: no proof path here")
-        with self._lock:
-            prover = self._provers.get(model.package.id)
-            if prover is None:
-                from prover.proving import Prover
-
-                prover = self._provers[model.package.id] = Prover(model.package)
-            return prover.prove(x)
-
-
-class QueueProofs:
-    """Proves through the server's durable proof job queue (:class:`server.jobs.ProofJobs`:
-    ``submit_x``/``get``/``bundle``), so the relayer inside ``verinfer serve`` shares the
-    server's prover workers, their limits and their job records; a job for the same input is
-    reused (idempotent). Models the queue cannot prove (no package for the served model file)
-    are proven in this process instead."""
-
-    def __init__(self, jobs, timeout_s: float | None = None,
-                 fallback: ProofSource | None = None) -> None:
-        self.jobs = jobs
-        s = getattr(jobs, "settings", None)
-        self.timeout_s = timeout_s or (
-            float(s.proof_timeout_s) * int(s.proof_attempts) + 60 if s is not None else 1800.0)
-        self.fallback = fallback or InProcessProofs()
-
-    def prove(self, model: LocalModel, x: np.ndarray):
-        from verifier.bundle import ProofBundle
-
-        try:
-            job, _ = self.jobs.submit_x(model.name, x, None, None)
-        except VerinferError as exc:
-            if type(exc).__name__ in ("NoCircuitPackage", "NotFound"):
-                return self.fallback.prove(model, x)
-            raise  # e.g. QueueFull: retried at the next poll
-        end = time.monotonic() + self.timeout_s
-        delay = 0.05
-        while True:
-            job = self.jobs.get(job.id)
-            if job.status == "done":
-                bundle = ProofBundle.model_validate_json(self.jobs.bundle(job.id))
-                if bundle.model.model_sha256 != model.model_id.hex():
-                    raise ProofUnavailable(f"proof job {job.id} proved another model file")
-                return bundle
-            if job.status == "failed":
-                raise ProofUnavailable(f"proof job {job.id} failed: {job.error}")
-            if time.monotonic() > end:
-                raise TimeoutError(f"proof job {job.id} still {job.status} after "
-                                   f"{self.timeout_s:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
-
-
-# -- the durable record ----------------------------------------------------------------
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cursor (
-    chain_id INTEGER NOT NULL, oracle TEXT NOT NULL,
-    block INTEGER NOT NULL, log_index INTEGER NOT NULL,
-    PRIMARY KEY (chain_id, oracle));
-CREATE TABLE IF NOT EXISTS requests (
-    chain_id INTEGER NOT NULL, oracle TEXT NOT NULL, request_id TEXT NOT NULL,
-    model_id TEXT NOT NULL, block INTEGER NOT NULL, log_index INTEGER NOT NULL,
-    state TEXT NOT NULL, method TEXT, label INTEGER, tx_hash TEXT, reason TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
-    PRIMARY KEY (chain_id, oracle, request_id));
-"""
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    request_id: str
-    model_id: str
-    block: int
-    log_index: int
-    state: str
-    method: str | None
-    label: int | None
-    tx_hash: str | None
-    reason: str | None
-    attempts: int
-
-
-class RelayStore:
-    """SQLite record of the cursor and of every request seen (``<home>/relayer.sqlite3``).
-    Writes are committed at once (WAL, synchronous=FULL): a state is on disk before the next
-    step that depends on it."""
-
-    def __init__(self, path: Path, chain_id: int, oracle: str) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.chain_id, self.oracle = chain_id, oracle.lower()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
-
-    def close(self) -> None:
-        self._db.close()
-
-    def cursor(self) -> tuple[int, int] | None:
-        row = self._db.execute("SELECT block, log_index FROM cursor WHERE chain_id=? AND oracle=?",
-                               (self.chain_id, self.oracle)).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def set_cursor(self, block: int, log_index: int) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO cursor VALUES (?,?,?,?) ON CONFLICT(chain_id, oracle) DO UPDATE "
-                "SET block=excluded.block, log_index=excluded.log_index",
-                (self.chain_id, self.oracle, block, log_index))
-
-    def get(self, request_id: str) -> RequestRecord | None:
-        row = self._db.execute(
-            "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
-            " attempts FROM requests WHERE chain_id=? AND oracle=? AND request_id=?",
-            (self.chain_id, self.oracle, request_id)).fetchone()
-        return RequestRecord(*row) if row else None
-
-    def upsert(self, request_id: str, model_id: str, block: int, log_index: int, state: str,
-               **fields: Any) -> None:
-        cols = ("method", "label", "tx_hash", "reason")
-        unknown = set(fields) - set(cols) - {"attempts"}
-        if unknown:
-            raise ValueError(f"unknown fields {unknown}")
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO requests (chain_id, oracle, request_id, model_id, block, log_index,"
-                " state, updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(chain_id, oracle,"
-                " request_id) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-                (self.chain_id, self.oracle, request_id, model_id, block, log_index, state,
-                 time.time()))
-            for k, v in fields.items():
-                self._db.execute(f"UPDATE requests SET {k}=? WHERE chain_id=? AND oracle=? AND "
-                                 "request_id=?", (v, self.chain_id, self.oracle, request_id))
-
-    def records(self) -> list[RequestRecord]:
-        rows = self._db.execute(
-            "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
-            " attempts FROM requests WHERE chain_id=? AND oracle=? ORDER BY block, log_index",
-            (self.chain_id, self.oracle)).fetchall()
-        return [RequestRecord(*r) for r in rows]
 
 
 # -- the relayer -----------------------------------------------------------------------
@@ -652,10 +398,6 @@ class _Skip(Exception):
     """The request cannot be served here: record, log, pass."""
 
 
-class ProofUnavailable(VerinferError):
-    """A proof source gave up on this input for good (e.g. a job that failed every attempt)."""
-
-
 def _is_node_error(exc: BaseException) -> bool:
     """Errors of the node or the network: retried for as long as it takes."""
     import requests  # web3's HTTP transport
@@ -667,10 +409,6 @@ def _is_node_error(exc: BaseException) -> bool:
 
 
 # -- running it -----------------------------------------------------------------------
-
-
-def default_store_path(home: Path) -> Path:
-    return Path(home) / "relayer.sqlite3"
 
 
 def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = None,
@@ -765,25 +503,3 @@ def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
     t.start()
     log.info("relayer: following %s on %s", settings.relay_oracle, settings.relay_rpc)
     return t
-
-
-def _reference_models(settings) -> dict[bytes, LocalModel]:
-    """The reference models the server serves, for the signature path where they have no
-    circuit package (input scale as the server's receipts use it)."""
-    try:
-        from models import REFERENCE_MODELS, get_reference_model
-        from server.registry import input_scale
-        from verifier.digests import sha256_file
-    except ImportError:
-        return {}
-    out = {}
-    for name in settings.models if settings.models is not None else REFERENCE_MODELS:
-        try:
-            path = get_reference_model(name).onnx_path
-            lm = LocalModel.from_onnx(name, path,
-                                      input_scale(settings, name, sha256_file(path)))
-        except Exception as exc:  # noqa: BLE001 - a model we cannot load is left out
-            log.warning("relayer: reference model %s left out: %s", name, exc)
-            continue
-        out[lm.model_id] = lm
-    return out
