@@ -86,6 +86,8 @@ def bench(home: Path, n_bundles: int, n_receipts: int, repeat: int) -> dict:
     try:
         info = make_corpus(home, work, n_bundles, n_receipts)
         pkg = info["package"]
+        manifest = json.loads((pkg / "manifest.json").read_text())
+        logrows, visibility = manifest["preflight"]["logrows"], manifest["input_visibility"]
         jwks = load_trusted_keys(work / "jwks.json")
         packages = find_packages(home)
         cores = os.cpu_count() or 1
@@ -148,7 +150,7 @@ def bench(home: Path, n_bundles: int, n_receipts: int, repeat: int) -> dict:
     return {
         "machine": f"{platform.machine()}, {cores} cores",
         "ezkl": ezkl.__version__,
-        "model": "iris_mlp (logrows 11, public input)",
+        "model": f"iris_mlp (logrows {logrows}, {visibility} input)",
         "proofs": {
             "n": nb,
             "ezkl_verify_loop_per_s": round(nb / t_loop, 1),
@@ -181,7 +183,7 @@ def bench(home: Path, n_bundles: int, n_receipts: int, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--home", type=Path, help="data dir with iris_mlp registered")
-    ap.add_argument("--bundles", type=int, default=40)
+    ap.add_argument("--bundles", type=int, default=400)  # enough work (~3 s) to start the worker pool
     ap.add_argument("--receipts", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()

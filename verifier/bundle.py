@@ -111,12 +111,13 @@ class ProofBundle(_Frozen):
         except OSError as exc:
             raise InputError(f"{path}: cannot read bundle: {exc.strerror}") from None
         try:
-            json.loads(raw)
-        except ValueError as exc:
-            raise InputError(f"{path}: not JSON: {exc}") from None
-        try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
+            if first["type"] == "json_invalid":  # say where, in json's words
+                try:
+                    json.loads(raw)
+                except ValueError as bad:
+                    raise InputError(f"{path}: not JSON: {bad}") from None
             where = ".".join(str(p) for p in first["loc"]) or "bundle"
             raise InputError(f"{path}: invalid proof bundle: {where}: {first['msg']}") from None

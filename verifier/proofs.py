@@ -77,7 +77,7 @@ def load_manifest_checked(package_dir: Path, names: list[str] = VERIFY_ARTIFACTS
 
 
 def verify_bundle(bundle: ProofBundle, package_dir: Path, *,
-                  manifest: Manifest | None = None) -> Manifest:
+                  manifest: Manifest | None = None, links_checked: bool = False) -> Manifest:
     """Check ``bundle`` against the circuit package in ``package_dir``; returns its manifest.
 
     ``manifest``: one already loaded with :func:`load_manifest_checked` for this
@@ -86,7 +86,8 @@ def verify_bundle(bundle: ProofBundle, package_dir: Path, *,
     package_dir = Path(package_dir)
     if manifest is None:
         manifest = load_manifest_checked(package_dir)
-    check_bundle_links(bundle, manifest)
+    if not links_checked:
+        check_bundle_links(bundle, manifest)
     ezkl_verify(
         bundle.proof,
         package_dir / "settings.json",
@@ -207,6 +208,7 @@ def verify_signed_bundle(
     if manifest is None:
         manifest = load_manifest_checked(package_dir)
     statement = None
+    links_checked = False
     if bundle.proof_receipt is not None:
         if jwks is None:
             raise KeyUnknown("bundle carries a proof receipt but no trusted keys were given (--keys)")
@@ -218,9 +220,10 @@ def verify_signed_bundle(
             raise KeyUnknown("bundle carries a receipt but no trusted keys were given (--keys)")
         receipt = Receipt.parse(bundle.receipt)
         statement = verify_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers)
-        check_bundle_links(bundle, manifest)
+        check_bundle_links(bundle, manifest)  # the bundle's own links before the receipt's
+        links_checked = True
         verify_receipt_link(statement, bundle, manifest)
-    verify_bundle(bundle, package_dir, manifest=manifest)
+    verify_bundle(bundle, package_dir, manifest=manifest, links_checked=links_checked)
     return manifest, statement
 
 
