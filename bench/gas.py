@@ -26,7 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "contracts"))
+sys.path.insert(0, str(REPO / "tests"))  # chain_support: anvil from node_modules
+sys.path.insert(0, str(REPO / "tests" / "contracts"))  # world: test contracts and helpers
 
 TARGETS = {"fulfillWithSignature": 80_000,
            "fulfillWithProof": {"iris_mlp": 700_000, "digits_cnn": 1_000_000}}
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gas.json")
     args = parser.parse_args(argv)
 
-    from conftest import run_anvil
+    from chain_support import run_anvil
 
     from contracts.chain import connect
     from contracts.deploy import compiled, deploy_oracle
