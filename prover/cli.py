@@ -85,13 +85,15 @@ def _add(args: argparse.Namespace) -> int:
             raise InputError(f"{path}: no such file")
         source = file_source(args.name or path.stem, path, args.calibration_data)
     elif args.model in REFERENCE_MODELS:
+        from dataclasses import replace
+
+        from prover.build import load_samples
+
         source = reference_source(args.model)
         if args.name:
-            source = source.__class__(**{**source.__dict__, "name": args.name})
+            source = replace(source, name=args.name)
         if args.calibration_data:
-            from prover.build import load_samples
-            source = source.__class__(**{**source.__dict__,
-                                         "calibration": load_samples(args.calibration_data)})
+            source = replace(source, calibration=load_samples(args.calibration_data))
     else:
         raise InputError(f"{args.model}: neither an ONNX file nor a reference model "
                          f"({', '.join(REFERENCE_MODELS)})")
