@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs_support
 
 from jobs_support import REPO_ROOT, VERINFER, Server  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -43,10 +44,11 @@ def new_home(iris_home, tmp_path_factory):
 
 @pytest.fixture
 def servers():
-    """``servers(home, env)`` -> a ready :class:`Server`; all stopped at the end."""
-    started: list[Server] = []
+    """``servers(home, env)`` -> a ready :class:`ServerProcess` in its own process group;
+    all stopped at the end."""
+    started: list[ServerProcess] = []
 
-    def start(home: Path, env: dict | None = None) -> Server:
+    def start(home: Path, env: dict | None = None) -> ServerProcess:
         s = Server(home, env)
         started.append(s)
         return s.wait_ready()
