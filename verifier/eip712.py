@@ -27,9 +27,10 @@ from typing import Annotated, Any
 from eth_abi import encode as abi_encode
 from eth_keys import keys as eth_keys
 from eth_keys.exceptions import BadSignature, ValidationError as EthKeysValidationError
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from verifier.digests import keccak
 from verifier.errors import KeyUnknown, SignatureInvalid
 
 try:  # libsecp256k1 bindings: ~20x faster than eth_keys' pure-Python fallback
