@@ -2,15 +2,33 @@
 
 Requests queue per model; one collector task takes the first waiting request,
 then more until ``max_batch_size`` samples or ``max_queue_delay_ms`` has passed,
-and hands the batch to a single worker thread. While a batch runs, the next one
-gathers. The delay is only spent while requests keep coming (the last batch
-held more than one), so a lone request is never held back. Each request's future gets exactly its own slice of the answer.
+and runs it (inline on CPU, in a worker thread on CUDA). While a batch runs, the
+next one gathers. The delay is only spent while requests keep coming (the last
+batch held more than one), so a lone request is never held back. Each request's
+future gets exactly its own slice of the answer.
+
+An optional async ``finish`` stage (signing receipts, in another process) runs
+as its own tasks, so the next batch is collected and run meanwhile. A batch is
+finished in chunks (``finish_chunk`` requests, or a quarter of a bigger batch),
+each answered as soon as it is
+done: the first callers of a big batch get their answers (and send their next
+requests) while the rest is being signed, so the stages overlap even when every
+client is in the same batch. At most ``max_finishing`` chunks are in the stage at
+once; that is the back-pressure: when finishing falls behind, requests wait in
+the queue and the next batch is bigger.
+
+With ``finish_inline`` (the same work, done in the event loop), a batch that
+arrives while the stage is empty finishes its last chunk inline, in parallel
+with the other chunks in the stage: under light load the loop has time to spare
+and a hand-off to another process would only add its wake-up latency (at
+concurrency 1 that is most of a receipt's cost). Under load the stage is never
+empty and everything is handed off.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,15 +51,26 @@ class Item:
 
 # run_batch(items) -> one result (or an Exception instance) per item; runs in the worker thread.
 RunBatch = Callable[[list[Item]], list[Any]]
+# finish(items, results) -> the final result (or Exception) per item; runs in the event loop.
+Finish = Callable[[list[Item], list[Any]], Awaitable[list[Any]]]
+FinishInline = Callable[[list[Item], list[Any]], list[Any]]
 
 
 class DynamicBatcher:
-    def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy, *, threaded: bool = True) -> None:
+    def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy, *, threaded: bool = True,
+                 finish: Finish | None = None, finish_inline: FinishInline | None = None,
+                 finish_chunk: int = 8, max_finishing: int = 16) -> None:
         self.name = name
         # threaded: batches run in a worker thread (the event loop keeps parsing requests);
         # else inline in the loop, which avoids GIL hand-offs for tiny CPU models.
         self.threaded = threaded
         self.run_batch = run_batch
+        self.finish = finish
+        self.finish_inline = finish_inline
+        self.finish_chunk = finish_chunk
+        self._max_finishing = max_finishing
+        self._finishing: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task] = set()
         self.max_batch = policy.max_batch_size
         self.delay = policy.max_queue_delay_ms / 1000.0
         self._queue: asyncio.Queue[Item] | None = None
@@ -54,6 +83,7 @@ class DynamicBatcher:
 
     def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._finishing = asyncio.Semaphore(self._max_finishing)
         self._task = asyncio.get_running_loop().create_task(self._collect(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
@@ -63,6 +93,8 @@ class DynamicBatcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        if self._tasks:  # batches being finished: let them answer
+            await asyncio.wait(self._tasks, timeout=30)
         self._executor.shutdown(wait=True)
 
     async def submit(self, x: np.ndarray, ctx: Any) -> Any:
@@ -119,11 +151,45 @@ class DynamicBatcher:
                     results = self.run_batch(batch)
                     await asyncio.sleep(0)  # let the requests that came meanwhile queue up
             except Exception as exc:  # the whole batch failed
-                results = [exc] * len(batch)
-            for item, res in zip(batch, results):
-                if item.future.done():
-                    continue
-                if isinstance(res, BaseException):
-                    item.future.set_exception(res)
-                else:
-                    item.future.set_result(res)
+                _deliver(batch, [exc] * len(batch))
+                continue
+            if self.finish is None:
+                _deliver(batch, results)
+            else:
+                # chunks of finish_chunk, fewer and larger in big batches (less per-chunk cost)
+                size = self.finish_chunk
+                starts = range(0, len(batch), size)
+                inline = starts[-1] if self.finish_inline is not None and not self._tasks else None
+                for k in starts:
+                    end = k + size
+                    if k == inline:
+                        await asyncio.sleep(0)  # the other chunks' tasks hand off first
+                        try:
+                            done = self.finish_inline(batch[k:end], results[k:end])
+                        except Exception as exc:
+                            done = [exc] * len(batch[k:end])
+                        _deliver(batch[k:end], done)
+                        continue
+                    await self._finishing.acquire()
+                    task = loop.create_task(self._finish(batch[k:end], results[k:end]))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, batch: list[Item], results: list[Any]) -> None:
+        try:
+            results = await self.finish(batch, results)
+        except Exception as exc:  # the whole batch failed to finish
+            results = [exc] * len(batch)
+        finally:
+            self._finishing.release()
+        _deliver(batch, results)
+
+
+def _deliver(batch: list[Item], results: list[Any]) -> None:
+    for item, res in zip(batch, results):
+        if item.future.done():
+            continue
+        if isinstance(res, BaseException):
+            item.future.set_exception(res)
+        else:
+            item.future.set_result(res)

@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, help="dynamic batching: most samples per forward pass")
     p.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for a batch")
     p.add_argument("--engine", choices=["torch", "onnx"], help="engine for the reference models")
+    p.add_argument("--receipt-workers", type=int, help="processes that sign and store receipts (default 1)")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(handler=serve)
 
@@ -62,6 +63,7 @@ def serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
         engine=args.engine,
+        receipt_workers=args.receipt_workers,
     )
     import uvicorn
 

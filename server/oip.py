@@ -117,3 +117,17 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
 
 def render_output(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
+
+
+def response_body(model_name: str, model_version: str, outputs: list[dict[str, Any]], client_id: str | None,
+                  label: int | None, receipt_id: str | None = None, receipt_literal: str | None = None) -> bytes:
+    """An infer response, encoded. ``receipt_literal`` is the receipt JSON text already as a
+    JSON string literal (the receipt worker makes it), spliced in rather than encoded again."""
+    head: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+    if client_id is not None:
+        head["id"] = client_id
+    params = "" if label is None else f'"label":{label}'
+    if receipt_literal is not None:
+        params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{receipt_literal}'
+    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
+    return (f'{text[:-1]},"parameters":{{{params}}}}}' if params else text).encode()

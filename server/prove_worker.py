@@ -102,7 +102,7 @@ class Worker:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.jobs = JobStore(db)
-        self.receipts = ReceiptStore(db)
+        self.receipts = ReceiptStore(db)  # read only
         self.keys = load_keys(settings, create=False)
         self.provers: dict[str, object] = {}
 

@@ -1,7 +1,13 @@
-"""The inference data plane: validate, batch, run, sign, store. No web framework here."""
+"""The inference data plane: validate, batch, run, sign, store. No web framework here.
+
+A request is parsed in the event loop, queued to its model's dynamic batcher, run in a
+batch, and its batch is then signed and stored by the receipt worker process
+(:mod:`server.receipt_worker`) while the next batch runs.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -13,13 +19,14 @@ import numpy as np
 from server.batching import DynamicBatcher, Item
 from server.errors import NotReady
 from server.keys import KeyRing
-from server.oip import parse_infer_request, render_output
+from server.oip import parse_infer_request, response_body
+from server.receipt_worker import ReceiptPool, make_receipts, render_outputs
 from server.registry import ServedModel
 from server.settings import ServerSettings
-from server.signer import ReceiptSigner, new_request_id
+from server.signer import BatchJob, ModelInfo, ReceiptSigner, new_request_id
 from server.store import ReceiptStore
+from verifier.eip712 import Domain
 from verifier.errors import NotFound
-from verifier.receipts import ModelRef
 
 log = logging.getLogger("verinfer.server")
 
@@ -29,13 +36,14 @@ class Ctx:
     request_id: str
     client_id: str | None
     datatype: str  # as sent
+    wanted: list[str] | None  # output names asked for, None: all
 
 
 @dataclass(frozen=True)
 class Answer:
     outputs: dict[str, np.ndarray]
     label: int | list[int] | None
-    receipt_json: str | None
+    body: bytes | None = None  # the whole response, made with the receipt (signing on)
 
 
 class InferenceService:
@@ -44,21 +52,31 @@ class InferenceService:
         settings: ServerSettings,
         models: dict[str, ServedModel],
         keys: KeyRing | None,
-        store: ReceiptStore | None,
+        store: ReceiptStore | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
-        self.store = store
-        self.signer = ReceiptSigner(keys, settings) if settings.signing and keys else None
+        self._infos = {n: model_info(m) for n, m in models.items()}
+        signing = settings.signing and keys is not None and store is not None
+        # receipts are made by the worker process(es); under light load, also here (batching.py)
+        self._signer = ReceiptSigner(keys, settings) if signing else None
+        self._store = store
+        # the EIP-712 domain answers are signed in (GET /v1/keys)
+        self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract) if signing else None
+        self.receipts = ReceiptPool(settings, self._infos, keys.kid, settings.receipt_workers) if signing else None
         self.batchers = {
             name: DynamicBatcher(
-                name, partial(self._run_batch, m), settings.policy_for(name), threaded=_threaded(settings, m)
+                name, partial(self._run_batch, m), settings.policy_for(name), threaded=_threaded(settings, m),
+                finish=partial(self._sign_batch, m) if signing else None,
+                finish_inline=partial(self._sign_batch_here, m) if signing else None,
             )
             for name, m in models.items()
         }
         self.ready = False
 
     async def start(self) -> None:
+        if self.receipts is not None:
+            await self.receipts.start()
         for b in self.batchers.values():
             b.start()
         self.ready = True
@@ -67,6 +85,8 @@ class InferenceService:
         self.ready = False
         for b in self.batchers.values():
             await b.stop()
+        if self.receipts is not None:
+            await self.receipts.stop()
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         m = self.models.get(name)
@@ -77,40 +97,31 @@ class InferenceService:
         return m
 
     async def infer(self, name: str, version: str | None, body: bytes) -> dict[str, Any]:
+        """The OIP v2 response as a dict (``parameters.receipt``: the receipt JSON text)."""
+        return json.loads(await self.infer_json(name, version, body))
+
+    async def infer_json(self, name: str, version: str | None, body: bytes) -> bytes:
+        """The OIP v2 response, encoded. With signing on, the receipt stage makes it (in the
+        receipt worker, off the event loop); here only without receipts."""
         m = self.model(name, version)
         if not self.ready:
             raise NotReady("server is not ready")
         req = parse_infer_request(body, m.input, [o.name for o in m.outputs])
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
-        ctx = Ctx(new_request_id(), req.id, req.datatype)
+        ctx = Ctx(new_request_id(), req.id, req.datatype, req.outputs)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
-        dtypes = {o.name: o.datatype for o in m.outputs}
-        wanted = req.outputs or list(answer.outputs)
-        resp: dict[str, Any] = {
-            "model_name": m.name,
-            "model_version": m.version,
-            "outputs": [render_output(n, dtypes[n], answer.outputs[n]) for n in wanted],
-        }
-        if req.id is not None:
-            resp["id"] = req.id
-        params: dict[str, Any] = {}
-        if answer.receipt_json is not None:
-            params["receipt_id"] = ctx.request_id
-            params["receipt"] = answer.receipt_json
-        if answer.label is not None and isinstance(answer.label, int):
-            params["label"] = answer.label
-        if params:
-            resp["parameters"] = params
-        return resp
+        if answer.body is not None:
+            return answer.body
+        info = self._infos[m.name]
+        label = answer.label if isinstance(answer.label, int) else None
+        return response_body(m.name, m.version, render_outputs(info, answer.outputs, req.outputs), req.id, label)
 
-    # --- runs in the model's batch worker thread -------------------------------
+    # --- runs in the model's batch worker thread (CUDA) or inline (CPU) ------------------
 
-    def _run_batch(self, m: ServedModel, items: list[Item]) -> list[Any]:
+    def _run_batch(self, m: ServedModel, items: list[Item]) -> list[Answer]:
         xs = [i.x for i in items]
         outs = m.engine.run(np.concatenate(xs) if len(xs) > 1 else xs[0])
-        results, rows, inputs, start = [], [], [], 0
-        now = time.time()
-        ref = ModelRef(name=m.name, version=m.version, sha256=m.sha256)
+        results, start = [], 0
         for item in items:
             n = item.rows
             mine = {k: v[start : start + n] for k, v in outs.items()}
@@ -119,31 +130,48 @@ class InferenceService:
             if m.label_output is not None:
                 labels = mine[m.label_output].reshape(-1).tolist()
                 label = labels[0] if n == 1 else labels
-            receipt_json = None
-            if self.signer is not None:
-                ctx, sent = item.ctx
-                receipt = self.signer.sign(
-                    request_id=ctx.request_id,
-                    client_request_id=ctx.client_id,
-                    model=ref,
-                    input_name=m.input.name,
-                    datatype=ctx.datatype,
-                    x_sent=sent,
-                    x_model=item.x,
-                    scale=m.scale,
-                    outputs=[(o.name, o.datatype, mine[o.name]) for o in m.outputs],
-                    label=label if label is not None else [],
-                    device=m.engine.device,
-                )
-                receipt_json = receipt.model_dump_json()
-                rows.append((ctx.request_id, m.name, now, receipt_json))
-                if n == 1 and self.settings.store_inputs:  # a proof can be asked for later
-                    inputs.append((ctx.request_id, m.input.datatype, _shape_json(item.x),
-                                   np.ascontiguousarray(item.x, item.x.dtype.newbyteorder("<")).tobytes()))
-            results.append(Answer(mine, label, receipt_json))
-        if rows and self.store is not None:
-            self.store.put_many(rows, inputs)
+            results.append(Answer(mine, label))
         return results
+
+    # --- then, in the event loop, while the next batch runs --------------------------------
+
+    async def _sign_batch(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
+        """Receipts for a batch, made and stored by a receipt worker process."""
+        bodies = await self.receipts.sign(_job(m, items, answers))
+        return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
+
+    def _sign_batch_here(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
+        """The same, in the event loop (the batcher calls it only when the workers are idle)."""
+        bodies = make_receipts(self._signer, self._store, self._infos[m.name], _job(m, items, answers),
+                               self.settings.store_inputs)
+        return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
+
+
+def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
+    ctxs = [i.ctx[0] for i in items]
+    return BatchJob(
+        model=m.name,
+        request_ids=[c.request_id for c in ctxs],
+        client_ids=[c.client_id for c in ctxs],
+        wanted=[c.wanted for c in ctxs],
+        datatypes=[c.datatype for c in ctxs],
+        x_sent=[None if i.ctx[1] is i.x else i.ctx[1] for i in items],  # None: as the model saw it
+        x_model=_rows(i.x for i in items),
+        outputs={o.name: _rows(a.outputs[o.name] for a in answers) for o in m.outputs},
+        rows=[i.rows for i in items],
+        labels=[a.label if a.label is not None else [] for a in answers],
+        time=time.time(),
+    )
+
+
+def model_info(m: ServedModel) -> ModelInfo:
+    return ModelInfo(m.name, m.version, m.sha256, m.input.name, m.input.datatype, m.scale,
+                     tuple((o.name, o.datatype) for o in m.outputs), m.engine.device)
+
+
+def _rows(parts) -> np.ndarray:
+    parts = list(parts)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _threaded(settings: ServerSettings, m: ServedModel) -> bool:
@@ -152,10 +180,6 @@ def _threaded(settings: ServerSettings, m: ServedModel) -> bool:
     if settings.batch_thread is not None:
         return settings.batch_thread
     return m.engine.device != "cpu"
-
-
-def _shape_json(x: np.ndarray) -> str:
-    return "[" + ",".join(str(d) for d in x.shape) + "]"
 
 
 def _np_dtype(datatype: str):

@@ -106,6 +106,9 @@ class ServerSettings(Settings):
         True, description="Keep each one-sample answer's input with its receipt, so a proof "
         "can be asked for later by receipt id (POST /v1/proofs)."
     )
+    receipt_workers: int = Field(
+        1, ge=1, description="Processes that sign and store answers' receipts (more: for many cores).",
+    )
     proof_workers: int = Field(
         1, ge=0, description="Prover worker processes (0: jobs queue but nothing proves them)."
     )

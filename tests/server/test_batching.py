@@ -92,3 +92,80 @@ def test_errors_reach_every_caller_and_batcher_survives():
 
     ok, bad = run(main())
     assert ok == "ok" and isinstance(bad, ValueError)
+
+
+# --- the finish stage (receipts: handed off to a worker process, or done inline) ---------------
+
+
+def _echo(items):
+    return [i.ctx for i in items]
+
+
+def test_finish_stage_chunks_hand_off_and_inline_when_idle():
+    """A batch is finished in chunks; with the stage empty its last chunk runs inline, the
+    others are handed off; every caller gets its own finished result."""
+    handed, inline = [], []
+
+    async def finish(items, results):
+        handed.append([i.ctx for i in items])
+        await asyncio.sleep(0.01)  # another process at work
+        return [("off", r) for r in results]
+
+    def finish_inline(items, results):
+        inline.append([i.ctx for i in items])
+        return [("in", r) for r in results]
+
+    async def main():
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=32, max_queue_delay_ms=50), threaded=False,
+                           finish=finish, finish_inline=finish_inline, finish_chunk=4)
+        b.start()
+        try:
+            first = await b.submit(np.zeros((1, 1)), "warm")  # the batcher now waits for batches to fill
+            res = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in range(10)))
+        finally:
+            await b.stop()
+        return first, res
+
+    first, res = run(main())
+    assert first == ("in", "warm")  # alone and idle: inline, no hand-off
+    assert [r for _, r in res] == list(range(10))
+    # 10 requests in one batch: chunks [0-3], [4-7] handed off, [8, 9] inline
+    assert handed == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert inline == [["warm"], [8, 9]]
+    assert [how for how, _ in res] == ["off"] * 8 + ["in"] * 2
+
+
+def test_finish_stage_busy_hands_off_everything_and_failures_stay_in_their_chunk():
+    release = asyncio.Event
+
+    async def main():
+        gate = release()
+        inline = []
+
+        async def finish(items, results):
+            if any(i.ctx == 2 for i in items):
+                raise RuntimeError("worker died")
+            await gate.wait()
+            return results
+
+        def finish_inline(items, results):
+            inline.append([i.ctx for i in items])
+            return results
+
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0), threaded=False,
+                           finish=finish, finish_inline=finish_inline, finish_chunk=1)
+        b.start()
+        try:
+            tasks = [asyncio.create_task(b.submit(np.zeros((1, 1)), k)) for k in range(6)]
+            await asyncio.sleep(0.05)
+            gate.set()
+            res = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await b.stop()
+        return res, inline
+
+    res, inline = run(main())
+    assert isinstance(res[2], RuntimeError) and "worker died" in str(res[2])
+    assert [r for k, r in enumerate(res) if k != 2] == [0, 1, 3, 4, 5]
+    # only the first batch found the stage empty; later ones were handed off while it was busy
+    assert inline == [[1]]

@@ -1,0 +1,276 @@
+"""Receipts are made off the event loop, in a child process that signs and stores them.
+
+Why a process: a receipt costs ~0.1 ms of CPU (two signatures, the canonical statement,
+digests, one SQLite write), the same order as everything else the event loop does for a
+request. In a thread it would hold the GIL for most of that. In a child process it runs on
+another core, overlapped with the loop parsing the next requests and the model running
+the next batch (bench/http_load.py: receipts vs signing off). The child also holds the
+only copy of the signing keys that answers use, and is the only writer of the receipt
+store: a receipt is committed before its answer is returned.
+
+Protocol, over one ``multiprocessing`` pipe: the parent sends ``(seq, BatchJob)``; the
+child signs the job's answers, commits them to the store in one transaction, and answers
+``(seq, [response body, ...], None)`` (each answer's whole OIP response, receipt included) or ``(seq, None, error message)``. Jobs are chunks of
+a batch (server.batching: ``finish_chunk``). ``None`` asks it to stop. The child
+uses a plain blocking ``Connection``; the parent speaks the same framing (a 4-byte
+big-endian length, then the pickle) through asyncio streams on the same socket, so its
+event loop never blocks on the child and always reads the child's replies: no deadlock
+on full socket buffers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import socket
+import struct
+from typing import Any
+
+import numpy as np
+
+from server.errors import NotReady
+from server.oip import render_output, response_body
+from server.settings import ServerSettings
+from server.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.store import ReceiptStore
+
+log = logging.getLogger("verinfer.server")
+
+START_TIMEOUT_S = 60.0
+# The event loop is the server's bottleneck; when the cores are contended it should win.
+# The worker needs only part of a core and catches up when the loop waits on the network.
+NICENESS = 5
+
+
+def _shape_json(x: np.ndarray) -> str:
+    return "[" + ",".join(str(d) for d in x.shape) + "]"
+
+
+def render_outputs(info: ModelInfo, outputs: dict[str, np.ndarray], wanted: list[str] | None) -> list[dict]:
+    """The response's outputs: those asked for, in the order asked, else all."""
+    datatypes = dict(info.outputs)
+    return [render_output(name, datatypes[name], outputs[name]) for name in wanted or datatypes]
+
+
+def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, job: BatchJob,
+                  keep_inputs: bool) -> list[bytes]:
+    """Sign a job's answers and commit their receipts (and one-sample inputs, so that a proof
+    can be asked for later) in one transaction; then render each answer's whole response,
+    receipt included (all of it off the event loop, in the worker)."""
+    receipts = signer.sign_batch(info, job)
+    rows, inputs, bodies, start = [], [], [], 0
+    for i, receipt in enumerate(receipts):
+        rid, n = job.request_ids[i], job.rows[i]
+        rows.append((rid, job.model, job.time, receipt))
+        if keep_inputs and n == 1:
+            x = job.x_model[start : start + 1]
+            inputs.append((rid, info.input_datatype, _shape_json(x),
+                           np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
+        outputs = render_outputs(info, {k: v[start : start + n] for k, v in job.outputs.items()}, job.wanted[i])
+        label = job.labels[i] if isinstance(job.labels[i], int) else None
+        bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid,
+                                    json.dumps(receipt)))
+        start += n
+    store.put_many(rows, inputs)  # committed before the answer goes out
+    return bodies
+
+
+def _child(conn, settings: ServerSettings, models: dict[str, ModelInfo]) -> None:
+    """The child's main loop (runs in a fresh interpreter: spawn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.nice(NICENESS)
+    from server.keys import load_keys
+
+    try:
+        signer = ReceiptSigner(load_keys(settings, create=False), settings)
+        store = ReceiptStore(settings.receipts_path, checkpoints=True)
+    except Exception as exc:  # e.g. an unreadable key: the parent reports it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", signer.kid))
+    keep_inputs = settings.store_inputs
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            break
+        if msg is None:
+            break
+        seq, job = msg
+        try:
+            reply = (seq, make_receipts(signer, store, models[job.model], job, keep_inputs), None)
+        except Exception as exc:  # a bad batch fails alone
+            log.exception("receipt batch failed")
+            reply = (seq, None, f"could not sign or store the receipt: {type(exc).__name__}: {exc}")
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone
+            break
+    store.close()
+
+
+class ReceiptWorker:
+    """The parent's handle: :meth:`sign` a batch from the event loop, await its receipts."""
+
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str) -> None:
+        self.settings = settings
+        self.kid = kid  # the child loads the keys itself; it must find this one active
+        self.models = models
+        self._ctx = multiprocessing.get_context("spawn")  # no fork after torch/uvloop threads
+        self._proc = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reading: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, asyncio.Future] = {}
+        self._seq = 0
+        self._restarting: asyncio.Task | None = None
+        self._stopping = False
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def _spawn(self) -> tuple[Any, socket.socket]:
+        """Start a child and wait for its ready message (blocking: run in a thread)."""
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_child, args=(child, self.settings, self.models),
+                                 name="verinfer-receipts", daemon=True)
+        proc.start()
+        child.close()
+        try:
+            if not parent.poll(START_TIMEOUT_S):
+                proc.kill()
+                raise NotReady("the receipt signer did not start")
+            try:
+                kind, detail = parent.recv()
+            except EOFError:
+                proc.join(5)
+                raise NotReady(f"the receipt signer exited at start (code {proc.exitcode})") from None
+            if kind != "ready":
+                proc.join(5)
+                raise NotReady(f"the receipt signer could not start: {detail}")
+            if detail != self.kid:  # e.g. `verinfer keys rotate` ran in between
+                proc.kill()
+                raise NotReady(f"the receipt signer loaded key {detail}, not the server's {self.kid};"
+                               " restart the server")
+            return proc, socket.socket(fileno=os.dup(parent.fileno()))
+        finally:
+            parent.close()
+
+    async def _connect(self) -> None:
+        self._proc, sock = await asyncio.to_thread(self._spawn)
+        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        self._reading = self._loop.create_task(self._read(reader), name="receipt-replies")
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._connect()
+
+    async def stop(self) -> None:
+        """Answer what is in flight, then stop the child."""
+        self._stopping = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+        writer = self._writer
+        if writer is not None:
+            try:
+                writer.write(_frame(None))
+                await asyncio.wait_for(asyncio.shield(self._reading), 10)
+            except (OSError, TimeoutError):
+                pass
+            writer.close()
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.join, 10)
+            if self._proc.is_alive():
+                self._proc.kill()
+        self._fail_pending("the server is stopping")
+
+    # --- signing ------------------------------------------------------------------------
+
+    async def sign(self, job: BatchJob) -> list[str]:
+        if self._stopping:
+            raise NotReady("the server is stopping")
+        if self._writer is None and self._restarting is None:  # an earlier restart failed
+            self._restarting = self._loop.create_task(self._restart())
+        if self._restarting is not None:
+            await asyncio.shield(self._restarting)
+        self._seq += 1
+        seq = self._seq
+        fut = self._loop.create_future()
+        self._pending[seq] = fut
+        self._writer.write(_frame((seq, job)))  # buffered: never blocks the loop
+        return await fut
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                (size,) = struct.unpack("!i", await reader.readexactly(4))
+                seq, receipts, error = pickle.loads(await reader.readexactly(size))
+                fut = self._pending.pop(seq, None)
+                if fut is None or fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(NotReady(error))
+                else:
+                    fut.set_result(receipts)
+        except (asyncio.IncompleteReadError, OSError):  # the child exited
+            pass
+        self._on_exit()
+
+    def _fail_pending(self, why: str) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(NotReady(why))
+
+    def _on_exit(self) -> None:
+        """The child exited: asked to (stop), or killed; then fail what it held and restart it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._stopping:
+            return
+        code = self._proc.exitcode if self._proc is not None else None
+        log.error("receipt signer exited (code %s); restarting it", code)
+        self._fail_pending("the receipt signer stopped; the answer was not signed")
+        self._restarting = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            if self._proc is not None:
+                await asyncio.to_thread(self._proc.join, 5)
+                if self._proc.is_alive():
+                    self._proc.kill()
+            await self._connect()
+        finally:
+            self._restarting = None
+
+
+class ReceiptPool:
+    """``n`` receipt workers; a job goes to the one with the least in flight. One is right
+    on two cores (the event loop has the other): two there lost ~30% at concurrency 64 to
+    contention. More pay off when there are cores to spare."""
+
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int) -> None:
+        self.workers = [ReceiptWorker(settings, models, kid) for _ in range(n)]
+
+    async def start(self) -> None:
+        await asyncio.gather(*(w.start() for w in self.workers))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers))
+
+    async def sign(self, job: BatchJob) -> list[str]:
+        return await min(self.workers, key=lambda w: len(w._pending)).sign(job)
+
+    def in_flight(self) -> int:
+        return sum(len(w._pending) for w in self.workers)
+
+
+def _frame(obj: Any) -> bytes:
+    """``multiprocessing.Connection``'s framing, for the child's ``recv``."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return struct.pack("!i", len(data)) + data

@@ -1,0 +1,142 @@
+"""The receipt worker process (server/receipt_worker.py), with the real server process.
+
+Receipts are signed and stored off the event loop; these tests check that every answer
+still carries a valid receipt that was stored before the answer was sent, and that a
+killed worker fails only what it held (503, never a hang or a 5xx traceback) and is
+replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from verifier.receipts import Receipt, verify_receipt
+
+pytestmark = pytest.mark.e2e
+
+DIGITS = [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}]
+
+
+def _post(base: str, k: int) -> tuple[int, dict]:
+    body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
+    req = urllib.request.Request(base + "/v2/models/digits_cnn/infer", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _concurrently(base: str, n: int) -> list[tuple[int, dict]]:
+    out: list = [None] * n
+
+    def one(k: int) -> None:
+        out[k] = _post(base, k)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(o is not None for o in out), "a request hung"
+    return out
+
+
+def _receipt_worker_pids(server_pid: int) -> list[int]:
+    """Children of the server started by multiprocessing's spawn (not its resource tracker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if ppid == server_pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            pids.append(int(entry))
+    return pids
+
+
+def _check(server, status: int, resp: dict, jwks: dict) -> None:
+    assert status == 200, resp
+    receipt = Receipt.parse(resp["parameters"]["receipt"])
+    st = verify_receipt(receipt, jwks)
+    assert st.predicate.clientRequestId == resp["id"]
+    assert resp["parameters"]["receipt_id"] == receipt.id
+    assert st.predicate.label == resp["parameters"]["label"]
+
+
+@pytest.fixture
+def worker_server(tmp_path, start_server):
+    # no prover workers: the server's only spawned child is the receipt worker
+    return start_server(tmp_path / "home", "--max-batch-size", "16", env={"VERINFER_PROOF_WORKERS": "0"})
+
+
+def test_every_answer_is_signed_and_stored_before_it_is_sent(worker_server):
+    s = worker_server
+    jwks = s.get("/.well-known/jwks.json")
+    for status, resp in [_post(s.base, 0)] + _concurrently(s.base, 48):  # inline, then handed off
+        _check(s, status, resp, jwks)
+        stored = s.get(f"/v1/receipts/{resp['parameters']['receipt_id']}")  # no wait: already committed
+        assert stored == json.loads(resp["parameters"]["receipt"])
+
+
+def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_server):
+    s = worker_server
+    jwks = s.get("/.well-known/jwks.json")
+    (worker,) = _receipt_worker_pids(s.proc.pid)
+    results: list = []
+
+    async def client(k: int, stop: float) -> None:  # keep-alive HTTP/1.1, as fast as it answers
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
+        request = (b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        while time.monotonic() < stop:
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            results.append((int(head[9:12]), json.loads(await reader.readexactly(length))))
+        writer.close()
+
+    async def load_and_kill() -> None:  # keeps requests in flight through the kill
+        stop = time.monotonic() + 2.0
+        clients = [asyncio.create_task(client(k, stop)) for k in range(64)]
+        await asyncio.sleep(0.7)
+        os.kill(worker, signal.SIGKILL)
+        await asyncio.wait_for(asyncio.gather(*clients), 90)  # none hangs
+
+    asyncio.run(load_and_kill())
+    refused = [resp for status, resp in results if status != 200]
+    assert refused, "no request was in flight at the kill: the test did not test it"
+    for status, resp in results:  # each one either answered with a receipt or refused cleanly
+        if status == 200:
+            _check(s, status, resp, jwks)
+        else:
+            assert status == 503 and "receipt signer" in resp["error"], (status, resp)
+
+    end = time.monotonic() + 60
+    while True:  # a new worker comes up and answers are signed again
+        status, resp = _post(s.base, 999)
+        if status == 200 or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    _check(s, status, resp, jwks)
+    for status, resp in _concurrently(s.base, 32):
+        _check(s, status, resp, jwks)
+    (replacement,) = _receipt_worker_pids(s.proc.pid)
+    assert replacement != worker
+    assert "receipt signer exited" in s.output()

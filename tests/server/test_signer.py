@@ -1,0 +1,111 @@
+"""The server's fast receipt builder against the format's definition (verifier.receipts).
+
+The signer writes the statement's canonical JSON from a template; these tests hold it to
+the pydantic model's bytes, byte for byte, over awkward values, and verify every receipt
+with the verifier (Ed25519, EIP-712, digests and the input commitment).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import numpy as np
+import pytest
+
+from verifier.fixedpoint import input_commitment, quantize
+from verifier.receipts import Receipt, Statement, verify_receipt
+from verifier.tensors import tensor_digest
+
+
+@pytest.fixture
+def signer(tmp_path, monkeypatch):
+    monkeypatch.setenv("VERINFER_HOME", str(tmp_path))
+    from server.keys import load_keys
+    from server.settings import ServerSettings
+    from server.signer import ReceiptSigner
+
+    keys = load_keys(ServerSettings())
+    return ReceiptSigner(keys, ServerSettings()), keys
+
+
+def _info(name="digits_cnn", version="1", input_name="input", device="cpu"):
+    from server.signer import ModelInfo
+
+    return ModelInfo(name, version, "ab" * 32, input_name, "FP32", 13,
+                     (("logits", "FP32"), ("label", "INT64")), device)
+
+
+def _job(info, xs_sent: list[np.ndarray], client_ids, datatypes):
+    from server.signer import BatchJob, new_request_id
+
+    x_model = np.concatenate([x.astype(np.float32) for x in xs_sent])
+    rows = [len(x) for x in xs_sent]
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(sum(rows), 3)).astype(np.float32)
+    labels_all = logits.argmax(1).astype(np.int64)
+    labels, start = [], 0
+    for n in rows:
+        part = labels_all[start:start + n].tolist()
+        labels.append(part[0] if n == 1 else part)
+        start += n
+    return BatchJob(model=info.name, request_ids=[new_request_id() for _ in rows], client_ids=client_ids,
+                    wanted=[None] * len(rows), datatypes=datatypes,
+                    x_sent=[x if x.dtype != np.float32 else None for x in xs_sent], x_model=x_model,
+                    outputs={"logits": logits, "label": labels_all}, rows=rows, labels=labels, time=time.time())
+
+
+CASES = {
+    "plain": (_info(), [None, "c1"], ["FP32", "FP32"]),
+    "non-ASCII and quotes": (_info(name='net "ü" ✓', version="v\\1", input_name="x\n"),
+                             ['id "ünï" \\ ✓', None], ["FP32", "FP64"]),
+    "cuda device name": (_info(device="cuda:0 (NVIDIA H200)"), ["a", "b"], ["FP64", "FP32"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_statement_bytes_equal_the_model_and_verify(signer, case):
+    sign, keys = signer
+    info, client_ids, datatypes = CASES[case]
+    rng = np.random.default_rng(0)
+    dtypes = {"FP32": np.float32, "FP64": np.float64}
+    # one single-sample answer and one of three samples
+    xs = [rng.normal(size=(1, 1, 8, 8)).astype(dtypes[datatypes[0]]),
+          rng.normal(size=(3, 1, 8, 8)).astype(dtypes[datatypes[1]])]
+    job = _job(info, xs, client_ids, datatypes)
+    bodies = sign.sign_batch(info, job)
+    assert len(bodies) == 2
+    for i, body in enumerate(bodies):
+        receipt = Receipt.parse(body)
+        payload = base64.b64decode(receipt.envelope.payload)
+        st = Statement.model_validate_json(payload)
+        assert st.canonical_bytes() == payload  # the template is the canonical form
+        trusted = {keys.eth_address} if i == 0 else None  # a batch answer has no EIP-712 part
+        checked = verify_receipt(receipt, keys.jwks, trusted_eth_signers=trusted,
+                                 input_array=xs[i], model_sha256=info.sha256)
+        p = checked.predicate
+        assert p.requestId == job.request_ids[i] and p.clientRequestId == client_ids[i]
+        assert p.model.name == info.name and p.input.name == info.input_name and p.device == info.device
+        assert p.input.datatype == datatypes[i] and p.input.digest == tensor_digest(xs[i], datatypes[i])
+        x_model = xs[i].astype(np.float32)
+        assert p.input.commitment == "0x" + input_commitment(quantize(x_model, 13)).hex()
+        assert p.label == job.labels[i]
+        assert (receipt.eip712 is not None) == (i == 0)  # contracts get single-sample answers
+        assert json.loads(body) == json.loads(receipt.model_dump_json(by_alias=True))
+
+
+def test_libsodium_and_openssl_sign_the_same_bytes(signer):
+    """Ed25519 is deterministic: the PyNaCl fast path makes OpenSSL's signature exactly."""
+    sign, keys = signer
+    message = b"DSSEv1 28 application/vnd.in-toto+json 5 hello"
+    assert sign._ed(message) == keys.ed25519.sign(message)
+
+
+def test_request_id_must_be_ours(signer):
+    sign, _ = signer
+    info = _info()
+    job = _job(info, [np.zeros((1, 1, 8, 8), np.float32)], [None], ["FP32"])
+    job.request_ids[0] = '0x"},"eip712":null}'
+    with pytest.raises(ValueError, match="bad request id"):
+        sign.sign_batch(info, job)
