@@ -17,12 +17,12 @@ client is in the same batch. At most ``max_finishing`` chunks are in the stage a
 once; that is the back-pressure: when finishing falls behind, requests wait in
 the queue and the next batch is bigger.
 
-With ``finish_inline`` (the same work, done in the event loop), a batch that
-arrives while the stage is empty finishes its last chunk inline, in parallel
-with the other chunks in the stage: under light load the loop has time to spare
-and a hand-off to another process would only add its wake-up latency (at
-concurrency 1 that is most of a receipt's cost). Under load the stage is never
-empty and everything is handed off.
+With ``finish_inline`` (the same work, done in the event loop), when the loop
+has nothing else to do (no chunk in the stage, no request waiting) a batch's
+last chunk finishes inline, in parallel with its other chunks in the stage: then
+a hand-off to another process would only add its wake-up latency (at
+concurrency 1 that is most of a receipt's cost). Under load, everything is
+handed off.
 """
 
 from __future__ import annotations
@@ -159,7 +159,9 @@ class DynamicBatcher:
                 # chunks of finish_chunk, fewer and larger in big batches (less per-chunk cost)
                 size = self.finish_chunk
                 starts = range(0, len(batch), size)
-                inline = starts[-1] if self.finish_inline is not None and not self._tasks else None
+                # inline only with nothing else to do: no chunk in the stage, no request waiting
+                idle = not self._tasks and self._carry is None and self._queue.empty()
+                inline = starts[-1] if self.finish_inline is not None and idle else None
                 for k in starts:
                     end = k + size
                     if k == inline:

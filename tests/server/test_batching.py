@@ -135,7 +135,7 @@ def test_finish_stage_chunks_hand_off_and_inline_when_idle():
     assert [how for how, _ in res] == ["off"] * 8 + ["in"] * 2
 
 
-def test_finish_stage_busy_hands_off_everything_and_failures_stay_in_their_chunk():
+def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their_chunk():
     release = asyncio.Event
 
     async def main():
@@ -167,5 +167,5 @@ def test_finish_stage_busy_hands_off_everything_and_failures_stay_in_their_chunk
     res, inline = run(main())
     assert isinstance(res[2], RuntimeError) and "worker died" in str(res[2])
     assert [r for k, r in enumerate(res) if k != 2] == [0, 1, 3, 4, 5]
-    # only the first batch found the stage empty; later ones were handed off while it was busy
-    assert inline == [[1]]
+    # requests were always waiting (or chunks in the stage): nothing ran inline
+    assert inline == []
