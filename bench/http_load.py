@@ -8,10 +8,15 @@ Compares, at concurrency 1, 16 and 64 (one keep-alive connection per client):
 * ``minimal``       a minimal FastAPI endpoint that only runs the model (bench/minimal_app.py)
 
 Each server runs in its own process (uvicorn, one worker); the load generator
-is a small asyncio HTTP/1.1 client in this process. Figures go to stdout and to
-``bench/results/http_load-<device>.json``.
+is a small asyncio HTTP/1.1 client in this process. All servers start first and
+are measured in turns: ``--rounds`` rounds, each measuring every configuration at
+every concurrency, in a rotated order. This machine's speed drifts by ±20% over
+minutes, so a ratio is taken between measurements of the same round (seconds
+apart) and the median over rounds is reported, with its range. Also recorded: the
+CPU time per request of the server process and of its children (the receipt worker).
+Figures go to stdout and to ``bench/results/http_load-<device>.json``.
 
-    python -m bench.http_load [--duration 5] [--concurrency 1 16 64] [--only receipts ...]
+    python -m bench.http_load [--rounds 5] [--duration 3] [--concurrency 1 16 64] [--only receipts ...]
 """
 
 from __future__ import annotations
@@ -118,8 +123,33 @@ async def _load(port: int, concurrency: int, warmup: float, duration: float, req
     return lat, sum(errors)
 
 
-def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: list[bytes]) -> dict:
-    lat, errors = asyncio.run(_load(port, concurrency, warmup, duration, reqs))
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU time (utime + stime) of ``pid`` and of its live children, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = children = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds = (int(fields[11]) + int(fields[12])) / tick
+        if int(entry) == pid:
+            own += seconds
+        elif int(fields[1]) == pid:  # fields[1]: ppid, e.g. the receipt worker
+            children += seconds
+    return own, children
+
+
+def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: list[bytes],
+            pid: int | None = None) -> dict:
+    if warmup:
+        asyncio.run(_load(port, concurrency, 0.0, warmup, reqs))
+    cpu0, t0 = (_cpu_seconds(pid) if pid else (0.0, 0.0)), time.perf_counter()
+    lat, errors = asyncio.run(_load(port, concurrency, 0.0, duration, reqs))
+    cpu1, t1 = (_cpu_seconds(pid) if pid else (0.0, 0.0)), time.perf_counter()
     ms = np.array(lat) * 1e3
     return {
         "concurrency": concurrency,
@@ -130,6 +160,11 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: l
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
+        # the server process (event loop, model) and its children (the receipt worker)
+        "server_cpu_cores": round((cpu1[0] - cpu0[0]) / (t1 - t0), 2) if pid else None,
+        "worker_cpu_cores": round((cpu1[1] - cpu0[1]) / (t1 - t0), 2) if pid else None,
+        "server_cpu_us_per_request": round((cpu1[0] - cpu0[0]) / max(1, len(lat)) * 1e6) if pid else None,
+        "worker_cpu_us_per_request": round((cpu1[1] - cpu0[1]) / max(1, len(lat)) * 1e6) if pid else None,
     }
 
 
@@ -144,50 +179,73 @@ def device() -> str:
     return "cpu"
 
 
+# (numerator, denominator): the targets first
+RATIOS = {
+    "receipts_vs_no_signing": ("receipts", "no_signing"),  # target >= 0.85
+    "batching_vs_no_batching": ("receipts", "no_batching"),  # target >= 2 at c=64
+    "batching_vs_no_batching_unsigned": ("no_signing", "no_batching_no_signing"),
+    "receipts_vs_minimal": ("receipts", "minimal"),
+}
+
+
+def _median_point(points: list[dict]) -> dict:
+    """The round with the median throughput (its latencies stay consistent with it)."""
+    ordered = sorted(points, key=lambda r: r["throughput_rps"])
+    return {**ordered[len(ordered) // 2], "throughput_rps_rounds": [r["throughput_rps"] for r in points]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
-    ap.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each point")
+    ap.add_argument("--rounds", type=int, default=5, help="measurements of each point, interleaved")
+    ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per point and round")
+    ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--out", type=Path, help="JSON output file")
     args = ap.parse_args(argv)
 
     payload = bodies()
-    results: dict[str, list[dict]] = {}
+    reqs = [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payload]
+    points: dict[str, dict[int, list[dict]]] = {c: {k: [] for k in args.concurrency} for c in args.only}
     with tempfile.TemporaryDirectory() as tmp:
-        for config in args.only:
-            port = free_port()
-            proc = start(config, Path(tmp) / config, port)
-            reqs = [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payload]
-            try:
-                results[config] = []
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
+        try:
+            for config in args.only:
+                port = free_port()
+                servers[config] = (start(config, Path(tmp) / config, port), port)
+            for rnd in range(args.rounds):
+                order = args.only[rnd % len(args.only):] + args.only[: rnd % len(args.only)]
                 for c in args.concurrency:
-                    r = measure(port, c, args.warmup, args.duration, reqs)
-                    results[config].append(r)
-                    print(f"{config:24s} c={c:3d}  {r['throughput_rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms"
-                          f"  p95 {r['p95_ms']:7.2f}  p99 {r['p99_ms']:7.2f}  errors {r['errors']}", flush=True)
-            finally:
+                    for config in order:
+                        proc, port = servers[config]
+                        r = measure(port, c, args.warmup, args.duration, reqs, proc.pid)
+                        points[config][c].append(r)
+                        print(f"round {rnd + 1}/{args.rounds}  {config:24s} c={c:3d}  {r['throughput_rps']:8.1f} req/s"
+                              f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  cpu us/req: server "
+                              f"{r['server_cpu_us_per_request']}, worker {r['worker_cpu_us_per_request']}"
+                              f"  errors {r['errors']}", flush=True)
+        finally:
+            for proc, _ in servers.values():
                 proc.terminate()
+            for proc, _ in servers.values():
                 proc.wait(timeout=30)
 
-    ratios = {}
-    for i, c in enumerate(args.concurrency):
-        def rps(name: str) -> float | None:
-            return results[name][i]["throughput_rps"] if name in results else None
-
+    results = {config: [_median_point(points[config][c]) for c in args.concurrency] for config in args.only}
+    ratios: dict[str, dict] = {}
+    for c in args.concurrency:
         row = {}
-        if rps("receipts") and rps("no_signing"):
-            row["receipts_vs_no_signing"] = round(rps("receipts") / rps("no_signing"), 3)
-        if rps("receipts") and rps("no_batching"):
-            row["batching_vs_no_batching"] = round(rps("receipts") / rps("no_batching"), 3)
-        if rps("no_signing") and rps("no_batching_no_signing"):
-            row["batching_vs_no_batching_unsigned"] = round(rps("no_signing") / rps("no_batching_no_signing"), 3)
-        if rps("receipts") and rps("minimal"):
-            row["receipts_vs_minimal"] = round(rps("receipts") / rps("minimal"), 3)
+        for name, (num, den) in RATIOS.items():
+            if num in points and den in points:
+                per_round = sorted(a["throughput_rps"] / b["throughput_rps"]
+                                   for a, b in zip(points[num][c], points[den][c]))
+                row[name] = {"median": round(statistics.median(per_round), 3),
+                             "min": round(per_round[0], 3), "max": round(per_round[-1], 3)}
         ratios[str(c)] = row
-    print(json.dumps(ratios, indent=1))
+    print("throughput ratios (median of rounds, [min, max]):")
+    for c, row in ratios.items():
+        for name, r in row.items():
+            print(f"  c={c:>3s}  {name:34s} {r['median']:.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
     dev = device()
     out = {
         "benchmark": "http_load",
@@ -195,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": dev,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        "rounds": args.rounds,
         "duration_s": args.duration,
         "results": results,
         "throughput_ratios": ratios,
