@@ -8,7 +8,11 @@ the next batch (bench/http_load.py: receipts vs signing off). The child also hol
 only copy of the signing keys that answers use, and is the only writer of the receipt
 store: a receipt is committed before its answer is returned.
 
-Protocol, over one ``multiprocessing`` pipe: the parent sends ``(seq, BatchJob)``; the
+The child is ``python -m server.receipt_worker FD`` (a plain subprocess, not multiprocessing's
+spawn, which re-imports the parent's ``__main__``: a user's script serving ``create_app``
+without a ``__main__`` guard would start a second server). Protocol, over one Unix socket
+pair in ``multiprocessing.Connection``'s framing: first ``(settings, models)``, the child
+answers ``("ready", kid)`` or ``("error", message)``; then the parent sends ``(seq, BatchJob)``; the
 child signs the job's answers, commits them to the store in one transaction, and answers
 ``(seq, [response body, ...], None)`` (each answer's whole OIP response, receipt included) or ``(seq, None, error message)``. Jobs are chunks of
 a batch (server.batching: ``finish_chunk``). ``None`` asks it to stop. The child
@@ -23,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
 import socket
 import struct
+import subprocess
+import sys
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -80,13 +86,14 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
     return bodies
 
 
-def _child(conn, settings: ServerSettings, models: dict[str, ModelInfo]) -> None:
-    """The child's main loop (runs in a fresh interpreter: spawn)."""
+def _child(conn: Connection) -> None:
+    """The child's main loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.nice(NICENESS)
     from server.keys import load_keys
 
     try:
+        settings, models = conn.recv()
         signer = ReceiptSigner(load_keys(settings, create=False), settings)
         store = ReceiptStore(settings.receipts_path, checkpoints=True)
     except Exception as exc:  # e.g. an unreadable key: the parent reports it
@@ -121,8 +128,7 @@ class ReceiptWorker:
         self.settings = settings
         self.kid = kid  # the child loads the keys itself; it must find this one active
         self.models = models
-        self._ctx = multiprocessing.get_context("spawn")  # no fork after torch/uvloop threads
-        self._proc = None
+        self._proc: subprocess.Popen | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,32 +139,35 @@ class ReceiptWorker:
 
     # --- lifecycle ----------------------------------------------------------------
 
-    def _spawn(self) -> tuple[Any, socket.socket]:
+    def _spawn(self) -> tuple[subprocess.Popen, socket.socket]:
         """Start a child and wait for its ready message (blocking: run in a thread)."""
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_child, args=(child, self.settings, self.models),
-                                 name="verinfer-receipts", daemon=True)
-        proc.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        proc = subprocess.Popen([sys.executable, "-m", "server.receipt_worker", str(theirs.fileno())],
+                                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        conn = Connection(os.dup(ours.fileno()))
         try:
-            if not parent.poll(START_TIMEOUT_S):
+            conn.send((self.settings, self.models))
+            if not conn.poll(START_TIMEOUT_S):
                 proc.kill()
                 raise NotReady("the receipt signer did not start")
             try:
-                kind, detail = parent.recv()
+                kind, detail = conn.recv()
             except EOFError:
-                proc.join(5)
-                raise NotReady(f"the receipt signer exited at start (code {proc.exitcode})") from None
+                raise NotReady(f"the receipt signer exited at start (code {proc.wait(5)})") from None
             if kind != "ready":
-                proc.join(5)
+                proc.wait(5)
                 raise NotReady(f"the receipt signer could not start: {detail}")
             if detail != self.kid:  # e.g. `verinfer keys rotate` ran in between
                 proc.kill()
                 raise NotReady(f"the receipt signer loaded key {detail}, not the server's {self.kid};"
                                " restart the server")
-            return proc, socket.socket(fileno=os.dup(parent.fileno()))
+            return proc, ours
+        except BaseException:
+            ours.close()
+            raise
         finally:
-            parent.close()
+            conn.close()
 
     async def _connect(self) -> None:
         self._proc, sock = await asyncio.to_thread(self._spawn)
@@ -183,9 +192,7 @@ class ReceiptWorker:
                 pass
             writer.close()
         if self._proc is not None:
-            await asyncio.to_thread(self._proc.join, 10)
-            if self._proc.is_alive():
-                self._proc.kill()
+            await asyncio.to_thread(_reap, self._proc, 10)
         self._fail_pending("the server is stopping")
 
     # --- signing ------------------------------------------------------------------------
@@ -233,7 +240,7 @@ class ReceiptWorker:
             self._writer = None
         if self._stopping:
             return
-        code = self._proc.exitcode if self._proc is not None else None
+        code = self._proc.poll() if self._proc is not None else None
         log.error("receipt signer exited (code %s); restarting it", code)
         self._fail_pending("the receipt signer stopped; the answer was not signed")
         self._restarting = self._loop.create_task(self._restart())
@@ -241,9 +248,7 @@ class ReceiptWorker:
     async def _restart(self) -> None:
         try:
             if self._proc is not None:
-                await asyncio.to_thread(self._proc.join, 5)
-                if self._proc.is_alive():
-                    self._proc.kill()
+                await asyncio.to_thread(_reap, self._proc, 5)
             await self._connect()
         finally:
             self._restarting = None
@@ -270,7 +275,19 @@ class ReceiptPool:
         return sum(len(w._pending) for w in self.workers)
 
 
+def _reap(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _frame(obj: Any) -> bytes:
     """``multiprocessing.Connection``'s framing, for the child's ``recv``."""
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return struct.pack("!i", len(data)) + data
+
+
+if __name__ == "__main__":  # python -m server.receipt_worker FD (started by ReceiptWorker)
+    _child(Connection(int(sys.argv[1])))

@@ -52,7 +52,7 @@ def _concurrently(base: str, n: int) -> list[tuple[int, dict]]:
 
 
 def _receipt_worker_pids(server_pid: int) -> list[int]:
-    """Children of the server started by multiprocessing's spawn (not its resource tracker)."""
+    """The server's receipt worker processes."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -64,7 +64,7 @@ def _receipt_worker_pids(server_pid: int) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if ppid == server_pid and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+        if ppid == server_pid and b"server.receipt_worker" in cmd:
             pids.append(int(entry))
     return pids
 
@@ -80,8 +80,7 @@ def _check(server, status: int, resp: dict, jwks: dict) -> None:
 
 @pytest.fixture
 def worker_server(tmp_path, start_server):
-    # no prover workers: the server's only spawned child is the receipt worker
-    return start_server(tmp_path / "home", "--max-batch-size", "16", env={"VERINFER_PROOF_WORKERS": "0"})
+    return start_server(tmp_path / "home", "--max-batch-size", "16")
 
 
 def test_every_answer_is_signed_and_stored_before_it_is_sent(worker_server):
@@ -140,3 +139,27 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
     (replacement,) = _receipt_worker_pids(s.proc.pid)
     assert replacement != worker
     assert "receipt signer exited" in s.output()
+
+
+def test_a_script_without_a_main_guard_serves_once(tmp_path):
+    """The worker is `python -m server.receipt_worker`, not multiprocessing's spawn, which would
+    re-run an importing script's top level (and so start a second app) in the child."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "embed.py"
+    script.write_text(
+        "import json\n"
+        "from fastapi.testclient import TestClient\n"
+        "from server.app import create_app\n"
+        "from server.settings import ServerSettings\n"
+        "print('top level ran', flush=True)\n"
+        "with TestClient(create_app(ServerSettings(models=('iris_mlp',)))) as client:\n"
+        "    r = client.post('/v2/models/iris_mlp/infer', json={'inputs': [{'name': 'input', 'shape': [1, 4],\n"
+        "        'datatype': 'FP32', 'data': [6.7, 3.0, 5.2, 2.3]}]})\n"
+        "    print(r.status_code, 'receipt' in r.json()['parameters'], flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "VERINFER_HOME": str(tmp_path / "home")}, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["top level ran", "200 True"], r.stdout
