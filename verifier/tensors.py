@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from functools import lru_cache
 
 import numpy as np
 
@@ -56,16 +57,28 @@ def datatype_of(array: np.ndarray) -> str:
         raise InputError(f"no OIP v2 datatype for numpy dtype {array.dtype}") from None
 
 
+@lru_cache(maxsize=256)
+def _header(datatype: str, shape: tuple[int, ...]) -> bytes:
+    header = TENSOR_DIGEST_DOMAIN + datatype.encode("ascii") + b"\x00"
+    return header + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
+
+
+def _canonical(array: np.ndarray, datatype: str | None) -> tuple[bytes, np.ndarray]:
+    datatype = datatype or datatype_of(array)
+    arr = np.ascontiguousarray(array, dtype=numpy_dtype(datatype))
+    return _header(datatype, arr.shape), arr
+
+
 def canonical_tensor_bytes(array: np.ndarray, datatype: str | None = None) -> bytes:
     """The one byte form a tensor digest is computed over (see module doc)."""
-    datatype = datatype or datatype_of(array)
-    dt = numpy_dtype(datatype)
-    arr = np.ascontiguousarray(array, dtype=dt)
-    header = TENSOR_DIGEST_DOMAIN + datatype.encode("ascii") + b"\x00"
-    header += struct.pack("<I", arr.ndim) + b"".join(struct.pack("<Q", d) for d in arr.shape)
+    header, arr = _canonical(array, datatype)
     return header + arr.tobytes(order="C")
 
 
 def tensor_digest(array: np.ndarray, datatype: str | None = None) -> str:
-    """Hex SHA-256 of :func:`canonical_tensor_bytes`."""
-    return hashlib.sha256(canonical_tensor_bytes(array, datatype)).hexdigest()
+    """Hex SHA-256 of :func:`canonical_tensor_bytes` (hashed without building it: on every
+    answer's path, three times)."""
+    header, arr = _canonical(array, datatype)
+    h = hashlib.sha256(header)
+    h.update(arr.reshape(-1).view(np.uint8))  # C-contiguous: the same bytes as tobytes()
+    return h.hexdigest()
