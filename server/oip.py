@@ -119,6 +119,9 @@ def render_output(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call
+
+
 def response_body(model_name: str, model_version: str, outputs: list[dict[str, Any]], client_id: str | None,
                   label: int | None, receipt_id: str | None = None, receipt_literal: str | None = None) -> bytes:
     """An infer response, encoded. ``receipt_literal`` is the receipt JSON text already as a
@@ -129,5 +132,5 @@ def response_body(model_name: str, model_version: str, outputs: list[dict[str, A
     params = "" if label is None else f'"label":{label}'
     if receipt_literal is not None:
         params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{receipt_literal}'
-    text = json.dumps(head, separators=(",", ":"), ensure_ascii=False)
+    text = _encode(head)
     return (f'{text[:-1]},"parameters":{{{params}}}}}' if params else text).encode()
