@@ -197,6 +197,11 @@ class ReceiptWorker:
 
     # --- signing ------------------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Jobs sent and not answered yet."""
+        return len(self._pending)
+
     async def sign(self, job: BatchJob) -> list[str]:
         if self._stopping:
             raise NotReady("the server is stopping")
@@ -269,10 +274,7 @@ class ReceiptPool:
         await asyncio.gather(*(w.stop() for w in self.workers))
 
     async def sign(self, job: BatchJob) -> list[str]:
-        return await min(self.workers, key=lambda w: len(w._pending)).sign(job)
-
-    def in_flight(self) -> int:
-        return sum(len(w._pending) for w in self.workers)
+        return await min(self.workers, key=lambda w: w.in_flight).sign(job)
 
 
 def _reap(proc: subprocess.Popen, timeout: float) -> None:

@@ -112,10 +112,12 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
         writer.close()
 
     async def load_and_kill() -> None:  # keeps requests in flight through the kill
-        stop = time.monotonic() + 2.0
+        stop = time.monotonic() + 2.5
         clients = [asyncio.create_task(client(k, stop)) for k in range(64)]
-        await asyncio.sleep(0.7)
-        os.kill(worker, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        os.kill(worker, signal.SIGSTOP)  # freeze it with chunks in flight (they wait)...
+        await asyncio.sleep(0.5)
+        os.kill(worker, signal.SIGKILL)  # ...then kill it: those chunks must fail, not hang
         await asyncio.wait_for(asyncio.gather(*clients), 90)  # none hangs
 
     asyncio.run(load_and_kill())
