@@ -119,6 +119,14 @@ def render_output(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
 
 
+def render_outputs(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
+                   wanted: list[str] | None) -> list[dict[str, Any]]:
+    """A response's outputs (``meta``: the model's (name, datatype) pairs): those asked for,
+    in the order asked, else all."""
+    datatypes = dict(meta)
+    return [render_output(name, datatypes[name], outputs[name]) for name in wanted or datatypes]
+
+
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import NotReady
-from server.oip import render_output, response_body
+from server.oip import render_outputs, response_body
 from server.settings import ServerSettings
 from server.signer import BatchJob, ModelInfo, ReceiptSigner
 from server.store import ReceiptStore
@@ -57,12 +57,6 @@ def _shape_json(x: np.ndarray) -> str:
     return "[" + ",".join(str(d) for d in x.shape) + "]"
 
 
-def render_outputs(info: ModelInfo, outputs: dict[str, np.ndarray], wanted: list[str] | None) -> list[dict]:
-    """The response's outputs: those asked for, in the order asked, else all."""
-    datatypes = dict(info.outputs)
-    return [render_output(name, datatypes[name], outputs[name]) for name in wanted or datatypes]
-
-
 def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, job: BatchJob,
                   keep_inputs: bool) -> list[bytes]:
     """Sign a job's answers and commit their receipts (and one-sample inputs, so that a proof
@@ -77,7 +71,8 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
             x = job.x_model[start : start + 1]
             inputs.append((rid, info.input_datatype, _shape_json(x),
                            np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
-        outputs = render_outputs(info, {k: v[start : start + n] for k, v in job.outputs.items()}, job.wanted[i])
+        outputs = render_outputs(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
+                                 job.wanted[i])
         label = job.labels[i] if isinstance(job.labels[i], int) else None
         bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid,
                                     json.dumps(receipt)))
