@@ -1,25 +1,26 @@
-"""Receipts are made off the event loop, in a child process that signs and stores them.
+"""Receipts are made off the event loop, in a child process that signs, stores and renders.
 
-Why a process: a receipt costs ~0.1 ms of CPU (two signatures, the canonical statement,
-digests, one SQLite write), the same order as everything else the event loop does for a
-request. In a thread it would hold the GIL for most of that. In a child process it runs on
-another core, overlapped with the loop parsing the next requests and the model running
-the next batch (bench/http_load.py: receipts vs signing off). The child also holds the
-only copy of the signing keys that answers use, and is the only writer of the receipt
-store: a receipt is committed before its answer is returned.
+Why a process: a receipt costs ~0.15 ms of CPU (two signatures, the canonical statement,
+digests, one SQLite write, the response), the same order as everything else the event loop
+does for a request. In a thread it would hold the GIL for most of that; in a child process
+it runs on another core, overlapped with the loop parsing the next requests and the model
+running the next batch (bench/http_load.py, docs/server.md). Under light load the event
+loop makes some receipts itself with the same :func:`make_receipts` (server/batching.py
+says when), so both processes hold the keys and write the store; a receipt is committed
+before its answer is returned either way.
 
-The child is ``python -m server.receipt_worker FD`` (a plain subprocess, not multiprocessing's
-spawn, which re-imports the parent's ``__main__``: a user's script serving ``create_app``
-without a ``__main__`` guard would start a second server). Protocol, over one Unix socket
-pair in ``multiprocessing.Connection``'s framing: first ``(settings, models)``, the child
-answers ``("ready", kid)`` or ``("error", message)``; then the parent sends ``(seq, BatchJob)``; the
-child signs the job's answers, commits them to the store in one transaction, and answers
-``(seq, [response body, ...], None)`` (each answer's whole OIP response, receipt included) or ``(seq, None, error message)``. Jobs are chunks of
-a batch (server.batching: ``finish_chunk``). ``None`` asks it to stop. The child
-uses a plain blocking ``Connection``; the parent speaks the same framing (a 4-byte
-big-endian length, then the pickle) through asyncio streams on the same socket, so its
-event loop never blocks on the child and always reads the child's replies: no deadlock
-on full socket buffers.
+The child is ``python -m server.receipt_worker FD``: a plain subprocess, not
+multiprocessing's spawn, which re-imports the parent's ``__main__`` (a user's script
+serving ``create_app`` without a ``__main__`` guard would start a second app).
+
+Protocol, over one Unix socket pair in ``multiprocessing.Connection``'s framing (a 4-byte
+big-endian length, then a pickle): first ``(settings, models)``, and the child answers
+``("ready", kid)`` or ``("error", message)``. Then each ``(seq, BatchJob)`` (a chunk of a
+batch) is answered ``(seq, [response body, ...], None)``, each answer's whole OIP response
+with its receipt, or ``(seq, None, error message)``; ``None`` asks the child to stop. The
+child uses a blocking ``Connection``; the parent speaks the same framing through asyncio
+streams, so its event loop never blocks on the child and always reads its replies: no
+deadlock on full socket buffers.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Make receipts: an in-toto statement in a DSSE envelope (Ed25519) plus an EIP-712 signature.
 
 The format is defined, and checked, by :mod:`verifier.receipts` and :mod:`verifier.eip712`;
-this module only produces it, on every answer's path, so it builds the statement as plain
-dicts and ``verifier.digests.canonical_json`` rather than pydantic models (~3x faster; the
-tests check the bytes against the pydantic models). The tensor digest, the fixed-point
-commitment and the EIP-712 digest are the verifier's own functions: one definition to
-sign and to verify.
+this module only produces it, on every answer's path, so it writes the statement's canonical
+JSON from a template instead of building pydantic models (~114 µs per receipt instead of
+~370; ``tests/server/test_signer.py`` checks the bytes against the pydantic models). The
+tensor digest, the fixed-point commitment and the EIP-712 struct are the verifier's own
+definitions: one definition to sign and to verify.
 """
 
 from __future__ import annotations
