@@ -43,7 +43,7 @@ import numpy as np
 from server.errors import NotReady
 from server.oip import render_outputs, response_body
 from server.settings import ServerSettings
-from server.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.signer import BatchJob, ModelInfo, ReceiptSigner, shape_json
 from server.store import ReceiptStore
 
 log = logging.getLogger("verinfer.server")
@@ -54,10 +54,6 @@ START_TIMEOUT_S = 60.0
 # Measured at c=64 on 2 cores (bench/http_load.py): 5 beat both 0 (~5% fewer req/s) and 15
 # (~10% fewer: the loop then waited on receipts).
 NICENESS = 5
-
-
-def _shape_json(x: np.ndarray) -> str:
-    return "[" + ",".join(str(d) for d in x.shape) + "]"
 
 
 def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, job: BatchJob,
@@ -72,7 +68,7 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
         rows.append((rid, job.model, job.time, receipt))
         if keep_inputs and n == 1:
             x = job.x_model[start : start + 1]
-            inputs.append((rid, info.input_datatype, _shape_json(x),
+            inputs.append((rid, info.input_datatype, shape_json(x.shape),
                            np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
         outputs = render_outputs(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
                                  job.wanted[i])

@@ -26,7 +26,7 @@ from verifier.digests import keccak
 from verifier.eip712 import CLASSIFICATION_TYPEHASH, Domain, domain_separator, sign_digest, signing_key
 from verifier.fixedpoint import input_commitment, quantize_array
 from verifier.receipts import PAYLOAD_TYPE, PREDICATE_TYPE, RECEIPT_FORMAT, STATEMENT_TYPE, ModelRef, Receipt, pae
-from verifier.tensors import tensor_digest
+from verifier.tensors import datatype_of, tensor_digest
 
 
 
@@ -78,7 +78,8 @@ class BatchJob:
 _j = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _ints(shape: tuple[int, ...]) -> str:
+def shape_json(shape: tuple[int, ...]) -> str:
+    """A shape as compact JSON, e.g. ``[1,4]``."""
     return "[" + ",".join(map(str, shape)) + "]"
 
 
@@ -157,14 +158,14 @@ class ReceiptSigner:
                 a = job.outputs[name][start : start + n]
                 digest = tensor_digest(a, dt)
                 outputs.append(f'{{"data":{_j(a.ravel().tolist())},"datatype":{dt_j},"digest":"{digest}",'
-                               f'"name":{name_j},"shape":{_ints(a.shape)}}}')
+                               f'"name":{name_j},"shape":{shape_json(a.shape)}}}')
                 subjects.append(f'{{"digest":{{"sha256":"{digest}"}},"name":{subject_j}}}')
             start += n
             client = job.client_ids[i]
             payload = (
                 f'{{"_type":"{STATEMENT_TYPE}","predicate":{{"clientRequestId":{"null" if client is None else _j(client)},"device":{device},'
                 f'"input":{{"commitment":"{commitment}","datatype":{_j(datatype)},"digest":"{input_digest}",'
-                f'"name":{input_name},"scale":{model.scale},"shape":{_ints(x_sent.shape)}}},"keyId":{kid},'
+                f'"name":{input_name},"scale":{model.scale},"shape":{shape_json(x_sent.shape)}}},"keyId":{kid},'
                 f'"label":{label if isinstance(label, int) else _j(label)},"model":{model_json},"outputs":[{",".join(outputs)}],'
                 f'"requestId":"{rid}","time":{now}}},"predicateType":"{PREDICATE_TYPE}","subject":['
                 f'{model_subject},{{"digest":{{"sha256":"{input_digest}"}},"name":{input_subject}}},'
@@ -203,7 +204,7 @@ class ReceiptSigner:
         device: str,
     ) -> Receipt:
         """One answer's receipt, parsed (for tools and tests; the server uses :meth:`sign_batch`)."""
-        info = ModelInfo(model.name, model.version, model.sha256, input_name, str(x_model.dtype), scale,
+        info = ModelInfo(model.name, model.version, model.sha256, input_name, datatype_of(x_model), scale,
                          tuple((n, dt) for n, dt, _ in outputs), device)
         job = BatchJob(model.name, [request_id], [client_request_id], [None], [datatype], [x_sent], x_model,
                        {n: a for n, _, a in outputs}, [int(x_sent.shape[0]) if x_sent.ndim else 1], [label])
