@@ -9,8 +9,7 @@ future gets exactly its own slice of the answer.
 
 An optional async ``finish`` stage (signing receipts, in another process) runs
 as its own tasks, so the next batch is collected and run meanwhile. A batch is
-finished in chunks (``finish_chunk`` requests, or a quarter of a bigger batch),
-each answered as soon as it is
+finished in chunks of ``finish_chunk`` requests, each answered as soon as it is
 done: the first callers of a big batch get their answers (and send their next
 requests) while the rest is being signed, so the stages overlap even when every
 client is in the same batch. At most ``max_finishing`` chunks are in the stage at
@@ -156,7 +155,6 @@ class DynamicBatcher:
             if self.finish is None:
                 _deliver(batch, results)
             else:
-                # chunks of finish_chunk, fewer and larger in big batches (less per-chunk cost)
                 size = self.finish_chunk
                 starts = range(0, len(batch), size)
                 # inline only with nothing else to do: no chunk in the stage, no request waiting
