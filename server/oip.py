@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from server.engines import TensorMeta
+from verifier.digests import numbers_json, shape_json
 from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype
 
@@ -115,30 +116,38 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
     return InferRequest(rid, x, datatype, outputs)
 
 
-def render_output(name: str, datatype: str, array: np.ndarray) -> dict[str, Any]:
-    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": array.ravel().tolist()}
-
-
-def render_outputs(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
-                   wanted: list[str] | None) -> list[dict[str, Any]]:
-    """A response's outputs (``meta``: the model's (name, datatype) pairs): those asked for,
-    in the order asked, else all."""
+def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
+                 wanted: list[str] | None) -> str:
+    """A response's ``outputs`` as JSON text (``meta``: the model's (name, datatype) pairs):
+    those asked for, in the order asked, else all."""
     datatypes = dict(meta)
-    return [render_output(name, datatypes[name], outputs[name]) for name in wanted or datatypes]
+    return "[" + ",".join(
+        f'{{"name":{_encode(name)},"datatype":"{datatypes[name]}","shape":{shape_json(outputs[name].shape)},'
+        f'"data":{numbers_json(outputs[name])}}}'
+        for name in wanted or datatypes
+    ) + "]"
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call
 
 
-def response_body(model_name: str, model_version: str, outputs: list[dict[str, Any]], client_id: str | None,
-                  label: int | None, receipt_id: str | None = None, receipt_literal: str | None = None) -> bytes:
-    """An infer response, encoded. ``receipt_literal`` is the receipt JSON text already as a
-    JSON string literal (the receipt worker makes it), spliced in rather than encoded again."""
-    head: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
+def json_text_literal(text: str) -> str:
+    """A JSON text (the receipt) as a JSON string literal. Valid JSON holds no raw control
+    characters, so only backslashes and quotes need escaping: two ``replace`` calls, ~3x
+    faster than the encoder on every answer's path."""
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def response_body(model_name: str, model_version: str, outputs: str, client_id: str | None,
+                  label: int | None, receipt_id: str | None = None, receipt: str | None = None) -> bytes:
+    """An infer response, encoded; ``outputs``: :func:`outputs_json`'s text; ``receipt``:
+    the receipt JSON text, sent as a string (``parameters.receipt``)."""
+    text = f'{{"model_name":{_encode(model_name)},"model_version":{_encode(model_version)},"outputs":{outputs}'
     if client_id is not None:
-        head["id"] = client_id
+        text += f',"id":{_encode(client_id)}'
     params = "" if label is None else f'"label":{label}'
-    if receipt_literal is not None:
-        params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{receipt_literal}'
-    text = _encode(head)
-    return (f'{text[:-1]},"parameters":{{{params}}}}}' if params else text).encode()
+    if receipt is not None:
+        params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{json_text_literal(receipt)}'
+    return (f'{text},"parameters":{{{params}}}}}' if params else text + "}").encode()

@@ -26,7 +26,6 @@ deadlock on full socket buffers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import pickle
@@ -41,9 +40,10 @@ from typing import Any
 import numpy as np
 
 from server.errors import NotReady
-from server.oip import render_outputs, response_body
+from server.oip import outputs_json, response_body
 from server.settings import ServerSettings
-from server.signer import BatchJob, ModelInfo, ReceiptSigner, shape_json
+from server.signer import BatchJob, ModelInfo, ReceiptSigner
+from verifier.digests import shape_json
 from server.store import ReceiptStore
 
 log = logging.getLogger("verinfer.server")
@@ -70,11 +70,10 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
             x = job.x_model[start : start + 1]
             inputs.append((rid, info.input_datatype, shape_json(x.shape),
                            np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
-        outputs = render_outputs(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
-                                 job.wanted[i])
+        outputs = outputs_json(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
+                               job.wanted[i])
         label = job.labels[i] if isinstance(job.labels[i], int) else None
-        bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid,
-                                    json.dumps(receipt)))
+        bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, receipt))
         start += n
     store.put_many(rows, inputs)  # committed before the answer goes out
     return bodies

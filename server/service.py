@@ -19,7 +19,7 @@ import numpy as np
 from server.batching import DynamicBatcher, Item
 from server.errors import NotReady
 from server.keys import KeyRing
-from server.oip import parse_infer_request, render_outputs, response_body
+from server.oip import outputs_json, parse_infer_request, response_body
 from server.receipt_worker import ReceiptPool, make_receipts
 from server.registry import ServedModel
 from server.settings import ServerSettings
@@ -114,7 +114,7 @@ class InferenceService:
             return answer.body
         info = self._infos[m.name]
         label = answer.label if isinstance(answer.label, int) else None
-        return response_body(m.name, m.version, render_outputs(info.outputs, answer.outputs, req.outputs), req.id, label)
+        return response_body(m.name, m.version, outputs_json(info.outputs, answer.outputs, req.outputs), req.id, label)
 
     # --- runs in the model's batch worker thread (CUDA) or inline (CPU) ------------------
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from server.keys import KeyRing
 from server.settings import ServerSettings
-from verifier.digests import keccak
+from verifier.digests import keccak, numbers_json, shape_json
 from verifier.eip712 import CLASSIFICATION_TYPEHASH, Domain, domain_separator, sign_digest, signing_key
-from verifier.fixedpoint import input_commitment, quantize_array
+from verifier.fixedpoint import input_commitments
 from verifier.receipts import PAYLOAD_TYPE, PREDICATE_TYPE, RECEIPT_FORMAT, STATEMENT_TYPE, ModelRef, Receipt, pae
 from verifier.tensors import datatype_of, tensor_digest
 
@@ -76,11 +76,6 @@ class BatchJob:
 # One value in canonical JSON, as ``verifier.digests.canonical_json`` writes it (one encoder,
 # made once: json.dumps with arguments builds a new one per call).
 _j = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-
-
-def shape_json(shape: tuple[int, ...]) -> str:
-    """A shape as compact JSON, e.g. ``[1,4]``."""
-    return "[" + ",".join(map(str, shape)) + "]"
 
 
 def _ed25519_signer(keys: KeyRing):
@@ -142,6 +137,8 @@ class ReceiptSigner:
         deadline_word = deadline.to_bytes(32, "big")
         model_json, model_subject, input_name, input_subject, output_names, device, kid = self._model_parts(model)
         model_id = bytes.fromhex(model.sha256)
+        # the commitments cover the values the model saw; quantized once for the whole job
+        commitments = input_commitments(job.x_model, model.scale, job.rows)
         out, start = [], 0
         for i, n in enumerate(job.rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
@@ -150,14 +147,15 @@ class ReceiptSigner:
             x_model = job.x_model[start : start + n]
             x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model
             label = job.labels[i]
-            # the digest covers the tensor as sent; the commitment, the values the model saw
-            commitment = "0x" + (commitment_raw := input_commitment(quantize_array(x_model, model.scale))).hex()
+            # the digest covers the tensor as sent
+            commitment_raw = commitments[i]
+            commitment = "0x" + commitment_raw.hex()
             input_digest = tensor_digest(x_sent, datatype)
             outputs, subjects = [], []
             for (name_j, dt_j, subject_j), (name, dt) in zip(output_names, model.outputs):
                 a = job.outputs[name][start : start + n]
                 digest = tensor_digest(a, dt)
-                outputs.append(f'{{"data":{_j(a.ravel().tolist())},"datatype":{dt_j},"digest":"{digest}",'
+                outputs.append(f'{{"data":{numbers_json(a)},"datatype":{dt_j},"digest":"{digest}",'
                                f'"name":{name_j},"shape":{shape_json(a.shape)}}}')
                 subjects.append(f'{{"digest":{{"sha256":"{digest}"}},"name":{subject_j}}}')
             start += n

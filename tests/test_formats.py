@@ -53,3 +53,32 @@ def test_hand_written_abi_encoding_equals_eth_abi():
     for values in ([], [0], [1, -1, 2**200, -(2**255), 2**255 - 1], list(range(-40, 40, 3)),
                    [-(2**63), 2**63 - 1, -1, 0, 41779, -64717]):
         assert abi_encode_int256_array(values) == encode(["int256[]"], [values])
+
+
+def test_batch_commitments_equal_one_by_one():
+    """The server's per-batch fast path gives each answer's own commitment, also for
+    answers of several rows and negative values."""
+    from verifier.fixedpoint import input_commitments
+
+    x = np.random.default_rng(3).normal(scale=4, size=(6, 1, 2, 3)).astype(np.float32)
+    rows = [1, 3, 1, 1]
+    got, start = input_commitments(x, 13, rows), 0
+    for n, commitment in zip(rows, got, strict=True):
+        assert commitment == input_commitment(quantize(x[start : start + n], 13))
+        start += n
+    assert input_commitments(VECTOR_INPUT, 13, [1])[0].hex().startswith("9761e28b")
+
+
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(4).normal(size=(3, 10)).astype(np.float32),
+    np.array([1e-5, 1e16, -0.0, 0.1, 123456789.0], dtype=np.float64),
+    np.array([[1, -2], [3, 2**40]], dtype=np.int64),
+    np.array([0, 255], dtype=np.uint8),
+    np.array([np.nan, np.inf, -np.inf, 1.0]),
+    np.array([True, False]),
+    np.zeros((0,), dtype=np.float32),
+])
+def test_numbers_json_is_canonical_json(array):
+    from verifier.digests import canonical_json, numbers_json
+
+    assert numbers_json(array) == canonical_json(array.ravel().tolist()).decode()

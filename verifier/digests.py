@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 CHUNK = 1 << 20
 
 try:  # safe-pysha3 (the `serve` extra): C, ~1 µs for a short input
@@ -34,3 +36,27 @@ def sha256_bytes(data: bytes) -> str:
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the one byte form a JSON object is hashed in."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def numbers_json(array: np.ndarray) -> str:
+    """``array.ravel().tolist()`` as compact JSON, the same text :func:`canonical_json` writes
+    for it, ~5x faster for int and float arrays (on every answer's path, for each output
+    in the receipt and in the response). ``json`` writes a finite float as its ``repr``
+    and an int as its ``repr``; anything else (NaN, infinity, booleans) goes through it."""
+    values = array.ravel().tolist()
+    kind = array.dtype.kind
+    if kind == "f":
+        text = ",".join(map(float.__repr__, values))
+        if "n" not in text:  # repr gives "nan" / "inf" where JSON wants NaN / Infinity
+            return f"[{text}]"
+    elif kind in "iu":
+        return f"[{','.join(map(int.__repr__, values))}]"
+    return _compact(values)
+
+
+def shape_json(shape: tuple[int, ...]) -> str:
+    """A shape as compact JSON, e.g. ``[1,4]``."""
+    return "[" + ",".join(map(str, shape)) + "]"

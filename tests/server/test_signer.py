@@ -109,3 +109,23 @@ def test_request_id_must_be_ours(signer):
     job.request_ids[0] = '0x"},"eip712":null}'
     with pytest.raises(ValueError, match="bad request id"):
         sign.sign_batch(info, job)
+
+
+def test_response_body_parses_and_embeds_the_receipt_text():
+    """The hand-written response JSON: valid, the outputs asked for in order, and the
+    receipt text carried exactly, also with backslashes and quotes in it."""
+    from server.oip import outputs_json, response_body
+
+    meta = (("logits", "FP32"), ("label", "INT64"))
+    outs = {"logits": np.array([[0.25, -1.5]], dtype=np.float32), "label": np.array([0])}
+    receipt = json.dumps({"a": 'quote " and backslash \\ and é', "n": [1, 2]}, separators=(",", ":"), ensure_ascii=False)
+    body = json.loads(response_body('m "x"', "1", outputs_json(meta, outs, ["label", "logits"]), "c\\1", 0,
+                                    "0x" + "ab" * 32, receipt))
+    assert body == {
+        "model_name": 'm "x"', "model_version": "1", "id": "c\\1",
+        "outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": [0]},
+                    {"name": "logits", "datatype": "FP32", "shape": [1, 2], "data": [0.25, -1.5]}],
+        "parameters": {"label": 0, "receipt_id": "0x" + "ab" * 32, "receipt": receipt},
+    }
+    plain = json.loads(response_body("m", "1", outputs_json(meta, outs, None), None, None))
+    assert "parameters" not in plain and "id" not in plain and [o["name"] for o in plain["outputs"]] == ["logits", "label"]
