@@ -27,6 +27,7 @@ from server.signer import BatchJob, ModelInfo, ReceiptSigner, new_request_id
 from server.store import ReceiptStore
 from verifier.eip712 import Domain
 from verifier.errors import NotFound
+from verifier.fixedpoint import check_range
 
 log = logging.getLogger("verinfer.server")
 
@@ -108,6 +109,8 @@ class InferenceService:
             raise NotReady("server is not ready")
         req = parse_infer_request(body, m.input, [o.name for o in m.outputs])
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
+        if self._signer is not None:  # the receipt commits to x in fixed point
+            check_range(x, m.scale)
         ctx = Ctx(new_request_id(), req.id, req.datatype, req.outputs)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
         if answer.body is not None:

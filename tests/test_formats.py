@@ -69,6 +69,20 @@ def test_batch_commitments_equal_one_by_one():
     assert input_commitments(VECTOR_INPUT, 13, [1])[0].hex().startswith("9761e28b")
 
 
+def test_check_range_matches_quantize():
+    from verifier.fixedpoint import check_range
+
+    limit = 2.0 ** (62 - 13)
+    ok = np.array([limit * 0.999, -limit * 0.999, 0.0])
+    check_range(ok, 13)
+    quantize(ok, 13)
+    for bad in (np.array([1.0, limit]), np.array([-1e30])):
+        with pytest.raises(InputError, match="too large for the fixed-point"):
+            check_range(bad, 13)
+        with pytest.raises(InputError):
+            quantize(bad, 13)
+
+
 @pytest.mark.parametrize("array", [
     np.random.default_rng(4).normal(size=(3, 10)).astype(np.float32),
     np.array([1e-5, 1e16, -0.0, 0.1, 123456789.0], dtype=np.float64),

@@ -37,6 +37,16 @@ def quantize_array(values: np.ndarray, scale: int) -> np.ndarray:
     return np.copysign(q, scaled).astype(np.int64)
 
 
+def check_range(values: np.ndarray, scale: int) -> None:
+    """Raise :class:`InputError` unless every (finite) value fits the fixed point at ``scale``,
+    as :func:`quantize_array` needs: ``|x| * 2**scale < 2**62``. Cheap (one reduction), so a
+    server can refuse such an input alone, before it is batched with others."""
+    limit = 2.0 ** (62 - scale)
+    if values.size and not float(np.abs(values).max()) < limit:
+        raise InputError(f"input value too large for the fixed-point commitment at scale {scale}"
+                         f" (|x| must be below {limit:.6g})")
+
+
 def _int256_words(q: np.ndarray) -> np.ndarray:
     """int64 values as int256 words: 4 big-endian 64-bit limbs each, sign-extended."""
     words = np.empty((len(q), 4), dtype=">i8")

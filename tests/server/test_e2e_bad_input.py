@@ -50,6 +50,7 @@ CASES = [
     ("fractional INT", IRIS, with_input(datatype="INT32", data=[1.5, 2, 3, 4]), 400, "must be integers"),
     ("INT8 overflow", IRIS, with_input(datatype="INT8", data=[300, 2, 3, 4]), 400, "out of range"),
     ("FP32 overflow", IRIS, with_input(data=[1e300, 2, 3, 4]), 400, "out of range for FP32"),
+    ("too large to commit to", IRIS, with_input(data=[1e30, 2, 3, 4]), 400, "too large for the fixed-point"),
     ("NaN", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[NaN,1,2,3]}]}', 400, "NaN or infinity"),
     ("Infinity", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[1,Infinity,2,3]}]}', 400, "NaN or infinity"),
     ("-Infinity", IRIS, b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP64","data":[1,-Infinity,2,3]}]}', 400, "NaN or infinity"),
@@ -95,6 +96,18 @@ def test_chunked_body_over_limit_is_413(server):
     r = conn.getresponse()
     assert r.status == 413 and "over the limit" in json.loads(r.read())["error"]
     conn.close()
+
+
+def test_bad_input_does_not_fail_its_batch(server):
+    """An input the receipt cannot commit to is refused alone, before batching: the
+    requests batched with it still get their receipts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [with_input(data=[1e30, 2, 3, 4]) if k == 5 else json.dumps(GOOD).encode() for k in range(16)]
+    with ThreadPoolExecutor(16) as pool:
+        replies = list(pool.map(lambda body: post(server, IRIS, body), bodies))
+    assert [status for status, _ in replies] == [400 if k == 5 else 200 for k in range(16)], replies
+    assert all("receipt" in reply["parameters"] for status, reply in replies if status == 200)
 
 
 def test_server_keeps_serving_after_bad_input(server):
