@@ -88,7 +88,7 @@ def _child(conn: Connection) -> None:
     try:
         settings, models = conn.recv()
         signer = ReceiptSigner(load_keys(settings, create=False), settings)
-        store = ReceiptStore(settings.receipts_path, checkpoints=True)
+        store = ReceiptStore(settings.receipts_path)
     except Exception as exc:  # e.g. an unreadable key: the parent reports it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -111,6 +111,8 @@ def _child(conn: Connection) -> None:
             conn.send(reply)
         except OSError:  # the parent is gone
             break
+        if store.checkpoint_due:  # the answers are out; see ReceiptStore
+            store.checkpoint()
     store.close()
 
 

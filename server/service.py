@@ -7,6 +7,7 @@ batch, and its batch is then signed and stored by the receipt worker process
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -147,6 +148,8 @@ class InferenceService:
         """The same, in the event loop (the batcher calls it only when the workers are idle)."""
         bodies = make_receipts(self._signer, self._store, self._infos[m.name], _job(m, items, answers),
                                self.settings.store_inputs)
+        if self._store.checkpoint_due:  # in a thread: the loop answers meanwhile (ReceiptStore)
+            asyncio.get_running_loop().run_in_executor(None, self._store.checkpoint)
         return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
 
 

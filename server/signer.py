@@ -34,8 +34,11 @@ _REQUEST_ID = re.compile(r"0x[0-9a-f]{64}")
 
 
 def new_request_id() -> str:
-    """A receipt id: 32 random bytes as 0x-hex (also the EIP-712 ``requestId``)."""
-    return "0x" + os.urandom(32).hex()
+    """A receipt id, also the EIP-712 ``requestId``: 32 bytes as 0x-hex, the time in
+    nanoseconds (8 bytes, big-endian) then 24 random bytes. Unique by its random part;
+    ordered by time, so the receipt store's id indexes grow at their end: random ids
+    dirtied ~2x the pages per commit, and the store cost ~2x the CPU (docs/server.md)."""
+    return "0x" + time.time_ns().to_bytes(8, "big").hex() + os.urandom(24).hex()
 
 
 @dataclass(frozen=True)

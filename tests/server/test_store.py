@@ -1,0 +1,50 @@
+"""The receipt store's WAL stays bounded under sustained writes (ReceiptStore docs)."""
+
+from __future__ import annotations
+
+import os
+
+from server.signer import new_request_id
+from server.store import CHECKPOINT_EVERY, ReceiptStore
+
+BODY = "r" * 2600  # about a receipt's size
+INPUT = b"x" * 256
+
+
+def _write(store: ReceiptStore, chunks: int, *, checkpoint: bool) -> None:
+    for _ in range(chunks):
+        ids = [new_request_id() for _ in range(8)]
+        store.put_many([(i, "m", 1.0, BODY) for i in ids], [(i, "FP32", "[1,1,8,8]", INPUT) for i in ids])
+        if checkpoint and store.checkpoint_due:  # as the receipt worker does after a reply
+            store.checkpoint()
+
+
+def test_writer_checkpoints_keep_the_wal_bounded(tmp_path):
+    store = ReceiptStore(tmp_path / "r.db")
+    reader = ReceiptStore(tmp_path / "r.db")  # another connection, as the event loop's
+    _write(store, 12 * CHECKPOINT_EVERY // 8, checkpoint=True)  # ~6,000 receipts, ~35 MB
+    assert store.count() == 12 * CHECKPOINT_EVERY
+    wal = os.path.getsize(tmp_path / "r.db-wal")
+    assert wal < 12 << 20, f"WAL is {wal / 1e6:.1f} MB"
+    some = new_request_id()
+    store.put_many([(some, "m", 1.0, BODY)])
+    assert reader.get(some) == BODY
+    store.close()
+    reader.close()
+
+
+def test_without_checkpoints_the_wal_grows(tmp_path):
+    """The bound above comes from the checkpoints (the control for the test above)."""
+    store = ReceiptStore(tmp_path / "r.db")
+    _write(store, 12 * CHECKPOINT_EVERY // 8, checkpoint=False)
+    assert os.path.getsize(tmp_path / "r.db-wal") > 24 << 20
+    store.close()
+
+
+def test_request_ids_are_unique_and_ordered_by_time():
+    import re
+
+    ids = [new_request_id() for _ in range(2000)]
+    assert all(re.fullmatch(r"0x[0-9a-f]{64}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+    assert [i[:18] for i in ids] == sorted(i[:18] for i in ids)  # the 8-byte time prefix
