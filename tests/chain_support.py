@@ -13,15 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
+from server_process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -29,7 +24,7 @@ def run_anvil():
     """Start anvil on 127.0.0.1:<free port>; yield its URL; stop it."""
     if not ANVIL.is_file():
         pytest.skip(f"anvil not installed at {ANVIL} (run make setup)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent",
          "--disable-code-size-limit", "--gas-limit", "100000000"],

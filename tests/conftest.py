@@ -6,7 +6,6 @@ their own ``conftest.py``. Nothing here starts a server or a prover.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,3 @@ def home(tmp_path, monkeypatch) -> Path:
     d.mkdir()
     monkeypatch.setenv("VERINFER_HOME", str(d))
     return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
