@@ -101,9 +101,9 @@ def _echo(items):
     return [i.ctx for i in items]
 
 
-def test_finish_stage_chunks_hand_off_and_inline_when_idle():
-    """A batch is finished in chunks; with the stage empty its last chunk runs inline, the
-    others are handed off; every caller gets its own finished result."""
+def test_finish_stage_inline_only_for_a_lone_request_when_idle():
+    """A lone request with the stage empty finishes inline; a batch of several is finished
+    in chunks, all handed off, even with the stage empty; every caller gets its own result."""
     handed, inline = [], []
 
     async def finish(items, results):
@@ -122,17 +122,18 @@ def test_finish_stage_chunks_hand_off_and_inline_when_idle():
         try:
             first = await b.submit(np.zeros((1, 1)), "warm")  # the batcher now waits for batches to fill
             res = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in range(10)))
+            last = await b.submit(np.zeros((1, 1)), "alone")  # alone again: no wait, inline
         finally:
             await b.stop()
-        return first, res
+        return first, res, last
 
-    first, res = run(main())
-    assert first == ("in", "warm")  # alone and idle: inline, no hand-off
+    first, res, last = run(main())
+    assert first == ("in", "warm") and last == ("in", "alone")  # alone and idle: no hand-off
     assert [r for _, r in res] == list(range(10))
-    # 10 requests in one batch: chunks [0-3], [4-7] handed off, [8, 9] inline
-    assert handed == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert inline == [["warm"], [8, 9]]
-    assert [how for how, _ in res] == ["off"] * 8 + ["in"] * 2
+    # 10 requests in one batch: chunks [0-3], [4-7], [8, 9], all handed off
+    assert handed == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert inline == [["warm"], ["alone"]]
+    assert [how for how, _ in res] == ["off"] * 10
 
 
 def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their_chunk():
