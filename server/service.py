@@ -24,7 +24,7 @@ from server.oip import outputs_json, parse_infer_request, response_body
 from server.receipt_worker import ReceiptPool, make_receipts
 from server.registry import ServedModel
 from server.settings import ServerSettings
-from server.signer import BatchJob, ModelInfo, ReceiptSigner, new_request_id
+from server.signer import BatchJob, ModelInfo, ReceiptSigner
 from server.store import ReceiptStore
 from verifier.eip712 import Domain
 from verifier.errors import NotFound
@@ -35,7 +35,6 @@ log = logging.getLogger("verinfer.server")
 
 @dataclass(frozen=True)
 class Ctx:
-    request_id: str
     client_id: str | None
     datatype: str  # as sent
     wanted: list[str] | None  # output names asked for, None: all
@@ -46,6 +45,9 @@ class Answer:
     outputs: dict[str, np.ndarray]
     label: int | list[int] | None
     body: bytes | None = None  # the whole response, made with the receipt (signing on)
+    # (the batch's input, the batch's outputs, this answer's first row): a chunk of answers,
+    # consecutive in their batch, is signed from slices of these, not from re-joined pieces
+    batch: tuple[np.ndarray, dict[str, np.ndarray], int] | None = None
 
 
 class InferenceService:
@@ -112,7 +114,7 @@ class InferenceService:
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
         if self._signer is not None:  # the receipt commits to x in fixed point
             check_range(x, m.scale)
-        ctx = Ctx(new_request_id(), req.id, req.datatype, req.outputs)
+        ctx = Ctx(req.id, req.datatype, req.outputs)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
         if answer.body is not None:
             return answer.body
@@ -124,17 +126,18 @@ class InferenceService:
 
     def _run_batch(self, m: ServedModel, items: list[Item]) -> list[Answer]:
         xs = [i.x for i in items]
-        outs = m.engine.run(np.concatenate(xs) if len(xs) > 1 else xs[0])
+        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        outs = m.engine.run(x)
         results, start = [], 0
         for item in items:
             n = item.rows
             mine = {k: v[start : start + n] for k, v in outs.items()}
-            start += n
+            first, start = start, start + n
             label = None
             if m.label_output is not None:
                 labels = mine[m.label_output].reshape(-1).tolist()
                 label = labels[0] if n == 1 else labels
-            results.append(Answer(mine, label))
+            results.append(Answer(mine, label, None, (x, outs, first)))
         return results
 
     # --- then, in the event loop, while the next batch runs --------------------------------
@@ -145,7 +148,7 @@ class InferenceService:
         return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
 
     def _sign_batch_here(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
-        """The same, in the event loop (the batcher calls it only when the workers are idle)."""
+        """The same, in the event loop (the batcher calls it for a lone request, the worker idle)."""
         bodies = make_receipts(self._signer, self._store, self._infos[m.name], _job(m, items, answers),
                                self.settings.store_inputs)
         if self._store.checkpoint_due:  # in a thread: the loop answers meanwhile (ReceiptStore)
@@ -154,16 +157,19 @@ class InferenceService:
 
 
 def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
+    """The receipts job for ``items``, consecutive requests of one batch."""
     ctxs = [i.ctx[0] for i in items]
+    x, outs, start = answers[0].batch
+    end = answers[-1].batch[2] + items[-1].rows
     return BatchJob(
         model=m.name,
-        request_ids=[c.request_id for c in ctxs],
+        request_ids=None,  # made by the signer, off the event loop
         client_ids=[c.client_id for c in ctxs],
         wanted=[c.wanted for c in ctxs],
         datatypes=[c.datatype for c in ctxs],
         x_sent=[None if i.ctx[1] is i.x else i.ctx[1] for i in items],  # None: as the model saw it
-        x_model=_rows(i.x for i in items),
-        outputs={o.name: _rows(a.outputs[o.name] for a in answers) for o in m.outputs},
+        x_model=x[start:end],
+        outputs={o.name: outs[o.name][start:end] for o in m.outputs},
         rows=[i.rows for i in items],
         labels=[a.label if a.label is not None else [] for a in answers],
         time=time.time(),
@@ -173,11 +179,6 @@ def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
 def model_info(m: ServedModel) -> ModelInfo:
     return ModelInfo(m.name, m.version, m.sha256, m.input.name, m.input.datatype, m.scale,
                      tuple((o.name, o.datatype) for o in m.outputs), m.engine.device)
-
-
-def _rows(parts) -> np.ndarray:
-    parts = list(parts)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _threaded(settings: ServerSettings, m: ServedModel) -> bool:

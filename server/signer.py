@@ -41,6 +41,13 @@ def new_request_id() -> str:
     return "0x" + time.time_ns().to_bytes(8, "big").hex() + os.urandom(24).hex()
 
 
+def new_request_ids(n: int) -> list[str]:
+    """``n`` of :func:`new_request_id`'s ids at once (one clock read, one ``urandom``)."""
+    now = "0x" + time.time_ns().to_bytes(8, "big").hex()
+    rnd = os.urandom(24 * n).hex()
+    return [now + rnd[48 * i : 48 * i + 48] for i in range(n)]
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What a receipt says about the model (picklable: sent once to the receipt worker)."""
@@ -64,7 +71,7 @@ class BatchJob:
     """One batch's answers to sign. Row ``rows[i]`` samples of the outputs belong to answer i."""
 
     model: str
-    request_ids: list[str]
+    request_ids: list[str] | None  # None: the signer makes them (new_request_ids)
     client_ids: list[str | None]
     wanted: list[list[str] | None]  # the outputs each request asked for (None: all)
     datatypes: list[str]  # each request's input datatype as sent
@@ -134,6 +141,8 @@ class ReceiptSigner:
 
     def sign_batch(self, model: ModelInfo, job: BatchJob) -> list[str]:
         """One receipt (JSON text, as stored) per answer of ``job``."""
+        if job.request_ids is None:
+            job.request_ids = new_request_ids(len(job.rows))
         now = datetime.fromtimestamp(job.time, timezone.utc).isoformat(timespec="milliseconds")
         now = _j(now.replace("+00:00", "Z"))
         deadline = int(job.time) + self.ttl
