@@ -94,6 +94,29 @@ def test_errors_reach_every_caller_and_batcher_survives():
     assert ok == "ok" and isinstance(bad, ValueError)
 
 
+def test_batch_waits_no_longer_than_for_as_many_requests_as_last_time():
+    """Two closed-loop clients: once both are in, the batch runs; it does not wait out the
+    delay (10 s here) for requests that cannot come."""
+    async def main():
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=10_000), threaded=False)
+        b.start()
+
+        async def client(k):
+            for i in range(5):
+                assert await b.submit(np.zeros((1, 1)), (k, i)) == (k, i)
+
+        try:
+            # the first batch runs alone (nothing to wait for yet), then in pairs
+            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=5)
+            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=5)
+        finally:
+            await b.stop()
+        return b.batches, b.samples
+
+    batches, samples = run(main())
+    assert samples == 20 and batches <= 12
+
+
 # --- the finish stage (receipts: handed off to a worker process, or done inline) ---------------
 
 
@@ -101,9 +124,10 @@ def _echo(items):
     return [i.ctx for i in items]
 
 
-def test_finish_stage_inline_only_for_a_lone_request_when_idle():
-    """A lone request with the stage empty finishes inline; a batch of several is finished
-    in chunks, all handed off, even with the stage empty; every caller gets its own result."""
+def test_finish_stage_inline_only_for_a_one_chunk_batch_when_idle():
+    """A batch of one chunk with the stage empty finishes inline; a batch of several chunks
+    is finished in chunks, all handed off, even with the stage empty; every caller gets its
+    own result."""
     handed, inline = [], []
 
     async def finish(items, results):
@@ -122,18 +146,19 @@ def test_finish_stage_inline_only_for_a_lone_request_when_idle():
         try:
             first = await b.submit(np.zeros((1, 1)), "warm")  # the batcher now waits for batches to fill
             res = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in range(10)))
-            last = await b.submit(np.zeros((1, 1)), "alone")  # alone again: no wait, inline
+            three = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in "abc"))
         finally:
             await b.stop()
-        return first, res, last
+        return first, res, three
 
-    first, res, last = run(main())
-    assert first == ("in", "warm") and last == ("in", "alone")  # alone and idle: no hand-off
+    first, res, three = run(main())
+    assert first == ("in", "warm")  # alone and idle: no hand-off
     assert [r for _, r in res] == list(range(10))
     # 10 requests in one batch: chunks [0-3], [4-7], [8, 9], all handed off
     assert handed == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert inline == [["warm"], ["alone"]]
     assert [how for how, _ in res] == ["off"] * 10
+    # 3 requests, one chunk, the stage empty: inline
+    assert three == [("in", k) for k in "abc"] and inline == [["warm"], ["a", "b", "c"]]
 
 
 def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their_chunk():
