@@ -117,6 +117,36 @@ def test_batch_waits_no_longer_than_for_as_many_requests_as_last_time():
     assert samples == 20 and batches <= 12
 
 
+def test_batch_does_not_wait_for_requests_still_in_the_finish_stage():
+    """A request whose answer is still being finished cannot be sent again yet: the next
+    batch runs without it instead of waiting (the delay is 10 s here)."""
+    done = []
+
+    async def finish(items, results):
+        if items[0].ctx[0] == "slow":
+            await asyncio.sleep(0.3)
+        return results
+
+    async def main():
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=10_000), threaded=False,
+                           finish=finish, finish_chunk=1)
+        b.start()
+
+        async def client(name, n):
+            for i in range(n):
+                await b.submit(np.zeros((1, 1)), (name, i))
+                done.append(name)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(client("fast", 6), client("slow", 2)), timeout=5)
+        finally:
+            await b.stop()
+
+    run(main())
+    # both start in one batch; "fast" goes on alone while "slow"'s answer is in the stage
+    assert done == ["fast"] * 6 + ["slow"] * 2
+
+
 # --- the finish stage (receipts: handed off to a worker process, or done inline) ---------------
 
 
