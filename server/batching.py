@@ -3,9 +3,10 @@
 Requests queue per model; one collector task takes the first waiting request,
 then more until ``max_batch_size`` samples or ``max_queue_delay_ms`` has passed,
 and runs it (inline on CPU, in a worker thread on CUDA). While a batch runs, the
-next one gathers. The delay is only spent while requests keep coming (the last
-batch held more than one), so a lone request is never held back. Each request's
-future gets exactly its own slice of the answer.
+next one gathers. The delay is spent only waiting for requests that can come:
+until the batch is as big as the last one, less the requests still in the finish
+stage; after that, what is queued joins without waiting, and a lone request is
+never held back. Each request's future gets exactly its own slice of the answer.
 
 An optional async ``finish`` stage (signing receipts, in another process) runs
 as its own tasks, so the next batch is collected and run meanwhile. A batch is
