@@ -15,7 +15,7 @@ second implementation. Each variant is named after what was done to it, and
 ``corpus.json`` gives the error class an audit must report (``ok`` for the
 valid ones; ``InputError`` for unreadable items, exit code 2).
 
-Used by ``tests/assets/make_corpus.py`` (the golden set in ``tests/assets/audit``),
+Used by ``tests/golden_corpus.py`` (the golden set, built once per test session),
 the tests (the full corpus) and ``bench/audit.py``.
 """
 

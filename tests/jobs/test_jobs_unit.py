@@ -6,17 +6,16 @@ from __future__ import annotations
 import base64
 import json
 import time
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from golden_corpus import golden
 
 from server.callbacks import check_callback_url
 from server.jobs_store import JobStore
 from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, SignatureInvalid
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = REPO_ROOT / "tests" / "assets" / "audit" / "bundles" / "valid-signed" / "bundle.json"
+GOLDEN = golden() / "bundles" / "valid-signed" / "bundle.json"  # tests/golden_corpus.py
 
 
 def _submit(store: JobStore, digest: str, **kw):

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from golden_corpus import golden
+
 REPO = Path(__file__).resolve().parents[2]
-GOLDEN = REPO / "tests" / "assets" / "audit"
+GOLDEN = golden()  # built once per test session (tests/golden_corpus.py)
 
 # Runs the verinfer CLI with the heavy and non-verifier parts of the project made
 # unimportable (an auditor's light install) and every network call raising.

@@ -1,6 +1,6 @@
-"""The golden corpus (tests/assets/audit): every valid item passes, every tampered one
-fails with its error kind, malformed input exits 2 — with torch & co. unimportable and
-the network raising. No proving here: EZKL only verifies (milliseconds per proof)."""
+"""The golden corpus (tests/golden_corpus.py, built once per session): every valid item
+passes, every tampered one fails with its error kind, malformed input exits 2 — with torch
+& co. unimportable and the network raising. The audit only verifies (milliseconds per proof)."""
 
 from __future__ import annotations
 
