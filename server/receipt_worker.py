@@ -43,8 +43,8 @@ from server.errors import NotReady
 from server.oip import outputs_json, response_body
 from server.settings import ServerSettings
 from server.signer import BatchJob, ModelInfo, ReceiptSigner
-from verifier.digests import shape_json
 from server.store import ReceiptStore
+from verifier.digests import shape_json
 
 log = logging.getLogger("verinfer.server")
 

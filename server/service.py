@@ -148,7 +148,7 @@ class InferenceService:
         return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
 
     def _sign_batch_here(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
-        """The same, in the event loop (the batcher calls it for a lone request, the worker idle)."""
+        """The same, in the event loop (the batcher calls it for a one-chunk batch when idle)."""
         bodies = make_receipts(self._signer, self._store, self._infos[m.name], _job(m, items, answers),
                                self.settings.store_inputs)
         if self._store.checkpoint_due:  # in a thread: the loop answers meanwhile (ReceiptStore)

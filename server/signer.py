@@ -38,7 +38,7 @@ def new_request_id() -> str:
     nanoseconds (8 bytes, big-endian) then 24 random bytes. Unique by its random part;
     ordered by time, so the receipt store's id indexes grow at their end: random ids
     dirtied ~2x the pages per commit, and the store cost ~2x the CPU (docs/server.md)."""
-    return "0x" + time.time_ns().to_bytes(8, "big").hex() + os.urandom(24).hex()
+    return new_request_ids(1)[0]
 
 
 def new_request_ids(n: int) -> list[str]:

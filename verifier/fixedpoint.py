@@ -16,6 +16,8 @@ import numpy as np
 from verifier.digests import keccak
 from verifier.errors import InputError
 
+# A quantized value's magnitude stays below 2**MAX_BITS (int64, with headroom).
+MAX_BITS = 62
 # Field modulus of BN254's scalar field: EZKL's public instances live in it.
 BN254_R = 21888242871839275222246405745257275088548364400416034343698204186575808495617
 
@@ -30,7 +32,7 @@ def quantize_array(values: np.ndarray, scale: int) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64).ravel(order="C")
     scaled = x * float(2**scale)
     q = np.floor(np.abs(scaled) + 0.5)
-    if not q.max(initial=0.0) < 2**62:  # also false for NaN: one check on the hot path
+    if not q.max(initial=0.0) < 2**MAX_BITS:  # also false for NaN: one check on the hot path
         if not np.isfinite(x).all():
             raise InputError("input contains NaN or infinity")
         raise InputError(f"input value too large for fixed point at scale {scale}")
@@ -39,9 +41,9 @@ def quantize_array(values: np.ndarray, scale: int) -> np.ndarray:
 
 def check_range(values: np.ndarray, scale: int) -> None:
     """Raise :class:`InputError` unless every (finite) value fits the fixed point at ``scale``,
-    as :func:`quantize_array` needs: ``|x| * 2**scale < 2**62``. Cheap (one reduction), so a
-    server can refuse such an input alone, before it is batched with others."""
-    limit = 2.0 ** (62 - scale)
+    as :func:`quantize_array` needs: ``|x| * 2**scale < 2**MAX_BITS``. Cheap (one reduction),
+    so a server can refuse such an input alone, before it is batched with others."""
+    limit = 2.0 ** (MAX_BITS - scale)
     if values.size and not float(np.abs(values).max()) < limit:
         raise InputError(f"input value too large for the fixed-point commitment at scale {scale}"
                          f" (|x| must be below {limit:.6g})")
