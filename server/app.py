@@ -17,7 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import Conflict, PayloadTooLarge, status_for
+from server.errors import Conflict, status_for
+from server.infer_route import InferRoute, read_body
 from server.keys import KeyRing, load_keys
 from server.registry import ServedModel, load_models
 from server.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
@@ -36,25 +37,6 @@ def _json(body: Any, status: int = 200) -> Response:
 
 def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise InputError("invalid Content-Length header") from None
-        if size > limit:
-            raise PayloadTooLarge(f"request body of {size} bytes is over the limit of {limit} bytes")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -85,8 +67,12 @@ def create_app(
     *,
     models: dict[str, ServedModel] | None = None,
     keys: KeyRing | None = None,
+    infer_route: bool = True,
 ) -> FastAPI:
-    """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving."""
+    """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving.
+
+    ``infer_route=False`` leaves the infer endpoint to FastAPI's routing instead of
+    :class:`server.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks)."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
@@ -162,17 +148,27 @@ def create_app(
         service.model(name, version)
         return _json({"name": name, "ready": service.ready}, 200 if service.ready else 503)
 
-    async def _infer(request: Request, name: str, version: str | None) -> Response:
-        service.model(name, version)  # 404 before reading a body
-        body = await read_body(request, settings.max_body_bytes)
-        from server.proofs_api import infer_with_proof, proof_parameters
+    from server.proofs_api import infer_with_proof, proof_parameters
 
+    async def infer_answer(name: str, version: str | None, receive, content_length) -> bytes:
+        """The infer endpoint's JSON answer (server.infer_route serves it in front of FastAPI)."""
+        service.model(name, version)  # 404 before reading a body
+        body = await read_body(receive, content_length, settings.max_body_bytes)
         mode, callback, req = proof_parameters(body)
         if mode is not None:
             if jobs is None:
                 raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
-            return _json(await infer_with_proof(jobs, service, name, version, body, mode, callback, req))
-        return Response(await service.infer_json(name, version, body), media_type="application/json")
+            answer = await infer_with_proof(jobs, service, name, version, body, mode, callback, req)
+            return json.dumps(answer, separators=(",", ":")).encode()
+        return await service.infer_json(name, version, body)
+
+    if infer_route:
+        app.add_middleware(InferRoute, handler=infer_answer)
+
+    async def _infer(request: Request, name: str, version: str | None) -> Response:
+        # reached only with infer_route=False; declared for the OpenAPI docs either way
+        body = await infer_answer(name, version, request.receive, request.headers.get("content-length"))
+        return Response(body, media_type="application/json")
 
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
 

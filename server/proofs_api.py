@@ -85,11 +85,12 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
 
 
 def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
-    from server.app import read_body
+    from server.infer_route import read_body
 
     @app.post("/v1/proofs", tags=["proofs"], status_code=202)
     async def submit_proof(request: Request) -> Response:
-        body = await read_body(request, settings.max_body_bytes)
+        body = await read_body(request.receive, request.headers.get("content-length"),
+                               settings.max_body_bytes)
         try:
             req = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
