@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.verinfer-setup
 # the range in pyproject.toml is already met and no CUDA build is pulled.
 TORCH   := torch==2.13.0
 
-.PHONY: setup serve demo test test-fast bench clean
+.PHONY: setup serve demo lint test test-fast bench clean
 
 setup: $(STAMP) node_modules/.package-lock.json
 
@@ -28,7 +28,11 @@ serve: setup
 demo: setup
 	$(BIN)/verinfer demo
 
-test: setup
+# Rules in pyproject.toml ([tool.ruff.lint]); `$(BIN)/ruff check --fix .` fixes import order.
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Unit and in-process tests only (no EZKL, chain or server process).

@@ -67,7 +67,7 @@ def batcher_throughput(engine, shape, max_batch: int, seconds: float = 3.0) -> d
 
     try:
         return asyncio.run(main())
-    except Exception as exc:  # report, do not hide: the engine figures stand on their own
+    except Exception as exc:  # report, do not hide: the engine figures stand on their own  # noqa: BLE001
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 

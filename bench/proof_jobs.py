@@ -57,7 +57,7 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "VERINFER_HOME": str(home), "VERINFER_PROOF_WORKERS": str(workers),
                "VERINFER_MAX_QUEUED_PROOFS": "1000"}
-        self.log = open(home / f"bench-server-{self.port}.log", "ab")
+        self.log = open(home / f"bench-server-{self.port}.log", "ab")  # noqa: SIM115 - the server's, until stop()
         self.proc = subprocess.Popen([*VERINFER, "serve", "--port", str(self.port)], cwd=REPO,
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         end = time.monotonic() + 120

@@ -33,9 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     """Runs in a child process; prints one JSON line of timings."""
+    import ezkl
     import numpy as np
 
-    import ezkl
     from models import load_split
     from prover.package import CircuitPackage
     from prover.progress import captured_output
@@ -46,7 +46,10 @@ def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     log = work / "ezkl.log"
     samples = [x_test[(seed + i) % len(x_test)] for i in range(repeat)]
-    p = lambda n: str(package / n)  # noqa: E731
+
+    def p(n: str) -> str:
+        return str(package / n)
+
     if kind == "raw-setup":
         for _ in range(repeat):
             t0 = time.perf_counter()
@@ -137,9 +140,9 @@ def _worker(kind: str, package: Path, repeat: int, seed: int = 0) -> dict:
 
 def _raw_prove(x, package: Path, work: Path, log: Path) -> None:
     """EZKL's own calls, as a user would make them: input JSON, witness, prove."""
+    import ezkl
     import numpy as np
 
-    import ezkl
     from prover.progress import captured_output
 
     data = work / "input.json"

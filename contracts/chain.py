@@ -63,7 +63,7 @@ class Chain:
             else:
                 tx["gas"] = gas
             tx = fn.build_transaction(tx)
-        except Exception as exc:  # estimate_gas runs the call: reverts show up here
+        except Exception as exc:  # estimate_gas runs the call: reverts show up here  # noqa: BLE001
             raise decode_revert(exc, abi) from None
         return self._send(tx, abi)
 
@@ -75,7 +75,7 @@ class Chain:
         try:
             tx["gas"] = int(ctor.estimate_gas(tx) * 1.2) + 50_000
             tx = ctor.build_transaction(tx)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise decode_revert(exc, abi) from None
         receipt = self._send(tx, abi)
         return receipt["contractAddress"], receipt
@@ -84,7 +84,7 @@ class Chain:
         """``eth_call``; reverts raise :class:`ContractRevert`."""
         try:
             return fn.call({"from": sender or self.sender})
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             raise decode_revert(exc, abi if abi is not None else fn.contract_abi) from None
 
     def contract(self, address: str, abi: list):
@@ -134,8 +134,8 @@ def connect(rpc: str | None = None, *, key_file: Path | None = None) -> Chain:
 
     w3 = Web3(Web3.HTTPProvider(rpc, request_kwargs={"timeout": 60}))
     try:
-        w3.eth.chain_id
-    except Exception as exc:
+        _ = w3.eth.chain_id  # reading it asks the node
+    except Exception as exc:  # noqa: BLE001
         raise ChainError(f"cannot reach the node at {rpc}: {type(exc).__name__}") from None
     if key_file is not None:
         account = load_account(key_file)
@@ -160,7 +160,7 @@ def load_account(path: Path):
     text = path.read_text().strip()
     try:
         return Account.from_key(text)
-    except Exception:
+    except Exception:  # noqa: BLE001
         raise InputError(f"{path}: not a hex private key") from None  # never echo the key
 
 
@@ -247,12 +247,12 @@ def decode_revert(exc: BaseException, abi: list) -> VerinferError:
         try:
             args = tuple(to_checksum_address(a) if t == "address" else a
                          for t, a in zip(types, decode(types, data[4:])))
-        except Exception:
+        except Exception:  # noqa: BLE001
             args = ()
         return ContractRevert(name, args, data)
     if sel == bytes.fromhex("08c379a0"):  # Error(string)
         try:
             return ContractRevert("Error", tuple(decode(["string"], data[4:])), data)
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
     return ContractRevert(None, (), data)

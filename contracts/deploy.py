@@ -48,7 +48,7 @@ class VerifierArtifact:
         return (len(self.deployed_bytecode) - 2) // 2
 
     @classmethod
-    def from_compiled(cls, c: CompiledContract) -> "VerifierArtifact":
+    def from_compiled(cls, c: CompiledContract) -> VerifierArtifact:
         return cls(c.abi, c.bytecode, c.deployed_bytecode)
 
 

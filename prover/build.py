@@ -207,7 +207,7 @@ def build_package(
                         source=srs_info.source, insecure=srs_info.insecure),
             artifacts={n: Artifact(sha256=sha256_file(work / n), bytes=(work / n).stat().st_size)
                        for n in artifact_names},
-            calibration={"target": "accuracy", "samples": int(len(calibration.reshape(-1, n_in))),
+            calibration={"target": "accuracy", "samples": len(calibration.reshape(-1, n_in)),
                          **shape.report},
             preflight=preflight,
         )
@@ -229,7 +229,7 @@ def _agreement(backend, folder, info, onnx_bytes, x, truth) -> dict:
     circuit = np.array([int(round(backend.witness(folder, s, folder / "witness.json")
                                   .outputs[info.label_output][0])) for s in x])
     agree = int((floats == circuit).sum())
-    report = {"samples": int(len(x)), "agree": agree,
+    report = {"samples": len(x), "agree": agree,
               "percent": round(100.0 * agree / len(x), 3),
               "disagreeing_indices": [int(i) for i in np.flatnonzero(floats != circuit)][:20]}
     if truth is not None:

@@ -30,7 +30,6 @@ from prover.backend import (
 )
 from verifier.errors import UnsupportedModel, VerinferError
 
-
 DECOMP_BASE = 512
 DECOMP_LEGS = 4
 

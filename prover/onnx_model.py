@@ -57,7 +57,7 @@ def load(path: Path):
         onnx.checker.check_model(model)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except Exception as exc:  # onnx raises DecodeError, ValidationError, ...
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, ...  # noqa: BLE001
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         raise InputError(f"{path}: not a valid ONNX model: {first}") from None
     return model

@@ -62,7 +62,7 @@ class CircuitPackage:
         self._checked.update(todo)
 
     @classmethod
-    def open(cls, folder: Path, check: list[str] | None = None) -> "CircuitPackage":
+    def open(cls, folder: Path, check: list[str] | None = None) -> CircuitPackage:
         folder = Path(folder)
         manifest = Manifest.load(folder / MANIFEST_FILE)
         installed = installed_ezkl_version()

@@ -72,7 +72,7 @@ class Prover:
             agreement=Agreement(float_label=float_label, circuit_label=label,
                                 agree=float_label == label),
             receipt=receipt,
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         with progress.step("Re-verifying the proof"):
             verify_bundle(bundle, self.package.dir)

@@ -160,7 +160,7 @@ class DynamicBatcher:
                 else:
                     results = self.run_batch(batch)
                     await asyncio.sleep(0)  # let the requests that came meanwhile queue up
-            except Exception as exc:  # the whole batch failed
+            except Exception as exc:  # the whole batch failed  # noqa: BLE001
                 _deliver(batch, [exc] * len(batch))
                 continue
             if self.finish is None:
@@ -181,7 +181,7 @@ class DynamicBatcher:
                         await asyncio.sleep(0)  # the other chunks' tasks hand off first
                         try:
                             done = self.finish_inline(batch[k:end], results[k:end])
-                        except Exception as exc:
+                        except Exception as exc:  # noqa: BLE001
                             done = [exc] * len(batch[k:end])
                         _deliver(batch[k:end], done)
                         continue
@@ -194,7 +194,7 @@ class DynamicBatcher:
     async def _finish(self, batch: list[Item], results: list[Any]) -> None:
         try:
             results = await self.finish(batch, results)
-        except Exception as exc:  # the whole batch failed to finish
+        except Exception as exc:  # the whole batch failed to finish  # noqa: BLE001
             results = [exc] * len(batch)
         finally:
             self._finishing.release()

@@ -70,7 +70,7 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
     receipt_id = params.get("receipt_id")
     if receipt_id is None:
         raise InputError("this answer has no receipt; proofs need one")
-    job, how = jobs.submit_receipt(receipt_id, cb)
+    job, _how = jobs.submit_receipt(receipt_id, cb)
     if mode == "sync" and job.status not in ("done", "failed"):
         job = await jobs.wait(job.id, jobs.settings.sync_proof_timeout_s)
     params["proof_job_id"] = job.id

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 
 import numpy as np
@@ -122,12 +123,12 @@ class Worker:
 
         try:
             ids = set(list_names(self.settings).values())
-        except Exception:
+        except Exception:  # noqa: BLE001
             return
         for pid in sorted(ids):
             try:
                 self.prover(pid)
-            except Exception as exc:  # a broken package fails its jobs, not the worker
+            except Exception as exc:  # a broken package fails its jobs, not the worker  # noqa: BLE001
                 log.warning("cannot open package %s: %s", pid[:16], exc)
 
     def run_one(self) -> bool:
@@ -142,7 +143,7 @@ class Worker:
             while not stop.wait(self.lease_s / 3):
                 try:
                     self.jobs.heartbeat(job.id, self.id, self.lease_s)
-                except Exception as exc:  # keep proving; the supervisor decides
+                except Exception as exc:  # keep proving; the supervisor decides  # noqa: BLE001
                     log.warning("heartbeat for %s failed: %s", job.id, exc)
 
         def on_stage(name: str) -> None:
@@ -154,7 +155,7 @@ class Worker:
         try:
             outcome, bundle_json = self.prove(job, spec, _StageProgress(on_stage))
             self.jobs.finish(job.id, outcome, bundle_json)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             from verifier.errors import InputError, PackageError
 
             reason = f"{stage['now']}: {_first_line(exc)}"
@@ -230,9 +231,9 @@ class Worker:
 
 
 def _now() -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _first_line(exc: BaseException) -> str:

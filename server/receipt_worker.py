@@ -89,7 +89,7 @@ def _child(conn: Connection) -> None:
         settings, models = conn.recv()
         signer = ReceiptSigner(load_keys(settings, create=False), settings)
         store = ReceiptStore(settings.receipts_path)
-    except Exception as exc:  # e.g. an unreadable key: the parent reports it
+    except Exception as exc:  # e.g. an unreadable key: the parent reports it  # noqa: BLE001
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     conn.send(("ready", signer.kid))

@@ -51,7 +51,7 @@ def _package(settings: ServerSettings, name: str):
         return find_package(settings, name, check=["model.onnx"])
     except VerinferError:
         return None
-    except Exception as exc:  # a broken package must not stop the server
+    except Exception as exc:  # a broken package must not stop the server  # noqa: BLE001
         log.warning("circuit package %s unusable: %s", name, exc)
         return None
 
@@ -63,7 +63,7 @@ def _registered_names(settings: ServerSettings) -> list[str]:
         return []
     try:
         return list(list_names(settings))
-    except Exception:
+    except Exception:  # noqa: BLE001
         return []
 
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from server.relayer_models import (  # noqa: F401 (re-exported: the relayer's public names)
+from server.relayer_models import (
     InProcessProofs,
     LocalModel,
     ProofSource,
@@ -46,7 +46,7 @@ from server.relayer_models import (  # noqa: F401 (re-exported: the relayer's pu
     _reference_models,
     load_local_models,
 )
-from server.relayer_store import (  # noqa: F401 (re-exported)
+from server.relayer_store import (
     TERMINAL,
     RelayStore,
     RequestRecord,
@@ -240,7 +240,7 @@ class Relayer:
         model = self.models.get(ev.model_id)
         if model is None:
             raise _Skip(f"model 0x{ev.model_id.hex()} is not served by this relayer")
-        signer, n, scale, policy, verifier = self.oracle.functions.models(ev.model_id).call()
+        signer, n, scale, policy, _verifier = self.oracle.functions.models(ev.model_id).call()
         if policy == 0:
             raise _Skip(f"model {model.name} is not registered in the oracle")
         if n != model.input_length or len(ev.input) != model.input_length:
@@ -323,7 +323,7 @@ class Relayer:
         try:
             tx["gas"] = int(call.estimate_gas(tx) * 1.2) + 20_000
             tx = call.build_transaction(tx)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             err = decode_revert(exc, abi)
             if not isinstance(err, ContractRevert):
                 raise err from None  # the node: retry at the next poll
@@ -445,7 +445,7 @@ def run_forever(relayer: Relayer, interval_s: float, stop: threading.Event,
             res = relayer.poll()
             if on_pass is not None:
                 on_pass(res)
-        except Exception as exc:  # keep following: the cursor has not moved past the error
+        except Exception as exc:  # keep following: the cursor has not moved past the error  # noqa: BLE001
             log.warning("relayer: poll failed (%s: %s); retrying", type(exc).__name__,
                         str(exc)[:300])
         stop.wait(interval_s)
@@ -468,7 +468,7 @@ class RelayerThread:
         while not self._stop.is_set() and self.relayer is None:
             try:
                 self.relayer = self._factory()
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001
                 log.warning("relayer: cannot start (%s); retrying", exc)
                 self._stop.wait(self._interval)
         if self.relayer is not None:

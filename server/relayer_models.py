@@ -59,7 +59,7 @@ class LocalModel:
         return int(np.ravel(out)[0])
 
     @classmethod
-    def from_package(cls, package) -> "LocalModel":
+    def from_package(cls, package) -> LocalModel:
         m = package.manifest
         if m.input.scale is None:
             raise InputError(f"package {m.name}: manifest has no input scale")
@@ -76,7 +76,7 @@ class LocalModel:
         )
 
     @classmethod
-    def from_onnx(cls, name: str, onnx_path: Path, scale: int) -> "LocalModel":
+    def from_onnx(cls, name: str, onnx_path: Path, scale: int) -> LocalModel:
         """A model with no circuit package: signature path only."""
         from verifier.digests import sha256_file
 

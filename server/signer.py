@@ -16,19 +16,31 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 from server.keys import KeyRing
 from server.settings import ServerSettings
 from verifier.digests import keccak, numbers_json, shape_json
-from verifier.eip712 import CLASSIFICATION_TYPEHASH, Domain, domain_separator, sign_digest, signing_key
+from verifier.eip712 import (
+    CLASSIFICATION_TYPEHASH,
+    Domain,
+    domain_separator,
+    sign_digest,
+    signing_key,
+)
 from verifier.fixedpoint import input_commitments
-from verifier.receipts import PAYLOAD_TYPE, PREDICATE_TYPE, RECEIPT_FORMAT, STATEMENT_TYPE, ModelRef, Receipt, pae
+from verifier.receipts import (
+    PAYLOAD_TYPE,
+    PREDICATE_TYPE,
+    RECEIPT_FORMAT,
+    STATEMENT_TYPE,
+    ModelRef,
+    Receipt,
+    pae,
+)
 from verifier.tensors import datatype_of, tensor_digest
-
-
 
 _REQUEST_ID = re.compile(r"0x[0-9a-f]{64}")
 
@@ -143,7 +155,7 @@ class ReceiptSigner:
         """One receipt (JSON text, as stored) per answer of ``job``."""
         if job.request_ids is None:
             job.request_ids = new_request_ids(len(job.rows))
-        now = datetime.fromtimestamp(job.time, timezone.utc).isoformat(timespec="milliseconds")
+        now = datetime.fromtimestamp(job.time, UTC).isoformat(timespec="milliseconds")
         now = _j(now.replace("+00:00", "Z"))
         deadline = int(job.time) + self.ttl
         deadline_word = deadline.to_bytes(32, "big")

@@ -46,7 +46,7 @@ class ServerProcess:
         self.base = f"http://{self.url}"
         home.mkdir(parents=True, exist_ok=True)
         self.log = home / f"server-{self.port}.log"
-        self._log = open(self.log, "ab")
+        self._log = open(self.log, "ab")  # noqa: SIM115 - the server's, until stop()
         full_env = {**os.environ, "VERINFER_HOME": str(home), **self.env}
         self.proc = subprocess.Popen(
             [*VERINFER, "serve", "--port", str(self.port), *args],
@@ -56,7 +56,7 @@ class ServerProcess:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def wait_ready(self, timeout: float = 120) -> "ServerProcess":
+    def wait_ready(self, timeout: float = 120) -> ServerProcess:
         """Poll ``/v2/health/ready`` until 200; raise (with the log) if it exits or times out."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:

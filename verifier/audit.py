@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
-from verifier.errors import InputError, KeyUnknown, DigestMismatch, LinkBroken, VerificationError
+from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, VerificationError
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
 from verifier.receipts import RECEIPT_FORMAT, Receipt, verify_receipt
@@ -230,7 +230,7 @@ class Auditor:
             return Result(item.name, item.kind, "fail", type(exc).__name__, str(exc))
         except InputError as exc:
             return Result(item.name, item.kind, "error", type(exc).__name__, str(exc))
-        except Exception as exc:  # a bug, or a library refusing odd input: never an OK
+        except Exception as exc:  # a bug, or a library refusing odd input: never an OK  # noqa: BLE001
             return Result(item.name, item.kind, "error", "InternalError",
                           f"{type(exc).__name__}: {str(exc)[:300]}")
         return Result(item.name, item.kind, "ok", model=model, label=label, dev_srs=dev)

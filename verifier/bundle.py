@@ -45,7 +45,7 @@ class InputTensor(_Frozen):
         return np.asarray(self.data, dtype=numpy_dtype(self.datatype)).reshape(self.shape)
 
     @classmethod
-    def of(cls, name: str, array: np.ndarray, datatype: str) -> "InputTensor":
+    def of(cls, name: str, array: np.ndarray, datatype: str) -> InputTensor:
         return cls(
             name=name,
             datatype=datatype,
@@ -99,7 +99,7 @@ class ProofBundle(_Frozen):
         return path
 
     @classmethod
-    def load(cls, path: Path) -> "ProofBundle":
+    def load(cls, path: Path) -> ProofBundle:
         """Read a bundle from its JSON file or from a directory holding ``bundle.json``."""
         path = Path(path)
         if path.is_dir():

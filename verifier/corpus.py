@@ -26,7 +26,7 @@ import copy
 import json
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def sign_receipt(
     kid = kid or signer.kid
     predicate = Predicate(
         requestId=request_id, model=model, input=inp, outputs=outs, label=label,
-        time=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         device="cpu", keyId=kid)
     statement = Statement(subject=make_subjects(model, inp, outs), predicate=predicate)
     envelope = sign_envelope(statement, kid, signer.ed25519.sign)

@@ -26,7 +26,8 @@ from typing import Annotated, Any
 
 from eth_abi import encode as abi_encode
 from eth_keys import keys as eth_keys
-from eth_keys.exceptions import BadSignature, ValidationError as EthKeysValidationError
+from eth_keys.exceptions import BadSignature
+from eth_keys.exceptions import ValidationError as EthKeysValidationError
 from eth_utils import to_checksum_address
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -178,7 +179,7 @@ def recover_signer(domain: Domain, answer: Classification, signature: str) -> st
         try:
             pub = coincurve.PublicKey.from_signature_and_message(
                 raw[:64] + bytes([raw[64] - 27]), digest, hasher=None)
-        except Exception as exc:  # coincurve raises ValueError/Exception on no recovery
+        except Exception as exc:  # coincurve raises ValueError/Exception on no recovery  # noqa: BLE001
             raise SignatureInvalid(f"EIP-712 signature does not recover: {exc}") from None
         return to_checksum_address(keccak(pub.format(compressed=False)[1:])[-20:])
     try:

@@ -71,7 +71,7 @@ class Manifest(Frozen):
         return sha256_bytes(self.canonical_bytes())
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:

@@ -27,7 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from verifier.digests import canonical_json
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
-from verifier.receipts import PAYLOAD_TYPE, STATEMENT_TYPE, Envelope, Sha256Hex, Subject, verify_dsse
+from verifier.receipts import (
+    PAYLOAD_TYPE,
+    STATEMENT_TYPE,
+    Envelope,
+    Sha256Hex,
+    Subject,
+    verify_dsse,
+)
 
 PROOF_RECEIPT_FORMAT = "verinfer.proof-receipt/v1"
 PROOF_PREDICATE_TYPE = "https://verinfer.dev/proof-receipt/v1"
@@ -68,7 +75,7 @@ class ProofReceipt(_Frozen):
     envelope: Envelope
 
     @classmethod
-    def parse(cls, raw: str | bytes | dict) -> "ProofReceipt":
+    def parse(cls, raw: str | bytes | dict) -> ProofReceipt:
         try:
             if isinstance(raw, dict):
                 return cls.model_validate(raw)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-
 from typing import Any
 
 from verifier.bundle import ProofBundle
@@ -60,7 +59,7 @@ def ezkl_verify(proof: dict, settings: Path, vk: Path, srs: Path) -> None:
         f.flush()
         try:
             ok = ezkl.verify(f.name, str(settings), str(vk), str(srs))
-        except Exception as exc:  # EZKL raises on malformed proofs and wrong keys
+        except Exception as exc:  # EZKL raises on malformed proofs and wrong keys  # noqa: BLE001
             raise ProofInvalid(f"EZKL rejected the proof: {_first_line(exc)}") from None
     if ok is not True:
         raise ProofInvalid("EZKL rejected the proof")
@@ -167,7 +166,7 @@ def poseidon_felt_hex(felts_hex: list[str]) -> str:
 
     try:
         out = ezkl.poseidon_hash(felts_hex)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise LinkBroken(f"cannot hash the input: {_first_line(exc)}") from None
     return out[0] if isinstance(out, list) else str(out)
 

@@ -118,7 +118,7 @@ class Receipt(_Frozen):
     eip712: EIP712Attestation | None = None
 
     @classmethod
-    def parse(cls, raw: str | bytes | dict) -> "Receipt":
+    def parse(cls, raw: str | bytes | dict) -> Receipt:
         try:
             if isinstance(raw, dict):
                 return cls.model_validate(raw)

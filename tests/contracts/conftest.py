@@ -22,7 +22,7 @@ IRIS_C = [5.9, 3.0, 4.2, 1.5]
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ezkl_circuit
 
-from chain_support import chain, embedded_chain, run_anvil  # noqa: E402,F401 (fixtures)
+from chain_support import chain, embedded_chain, run_anvil  # noqa: E402, F401 (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def build_circuit(onnx_path: Path, workdir: Path, calibration: list[list[float]]
     try:
         _run(ezkl.create_evm_verifier, str(vk), str(settings_p), str(sol), str(abi), str(srs),
              reusable)
-    except Exception:  # writes the .sol, then fails downloading solc: expected offline
+    except Exception:  # writes the .sol, then fails downloading solc: expected offline  # noqa: BLE001, S110
         pass
     if not sol.exists():
         raise RuntimeError("ezkl did not write the Solidity verifier")
@@ -97,7 +97,7 @@ def build_circuit(onnx_path: Path, workdir: Path, calibration: list[list[float]]
         vka_p = workdir / "vka.bytes"
         try:
             _run(ezkl.create_evm_vka, str(vk), str(settings_p), str(vka_p), str(srs))
-        except Exception:
+        except Exception:  # noqa: BLE001, S110
             pass
         if vka_p.exists():
             vka = vka_p.read_bytes()
@@ -118,7 +118,8 @@ def prove(circuit: Circuit, values: list[float], tag: str) -> Proof:
     p = json.loads(proof_p.read_text())
     proof = bytes.fromhex(p["hex_proof"].removeprefix("0x"))
     instances = [int.from_bytes(bytes.fromhex(f), "little") for f in p["instances"][0]]
-    from verifier.fixedpoint import quantize
     import numpy as np
+
+    from verifier.fixedpoint import quantize
     q = quantize(np.asarray(values, dtype=np.float32), circuit.input_scale)
     return Proof(list(values), q, proof, instances)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 from eth_utils import keccak
+from world import M_EITHER, M_PROOF, M_SIG, TIMEOUT, Q, helpers, make_world, reverts
 
 from contracts import deploy
 from contracts.chain import ContractRevert
 from verifier import eip712
 from verifier.fixedpoint import BN254_R, input_commitment, int_to_felt
-from world import M_EITHER, M_PROOF, M_SIG, Q, TIMEOUT, helpers, make_world, reverts
 
 pytestmark = pytest.mark.chain
 
@@ -44,7 +44,7 @@ def test_eip712_matches_python_and_docs(w):
              "bytes32 requestId,uint256 deadline)")
     domain = eip712.Domain(chainId=w.chain.chain_id, verifyingContract=w.oracle.address)
     assert o.domainSeparator().call() == eip712.domain_separator(domain)
-    fields, name, version, chain_id, contract, _, _ = o.eip712Domain().call()
+    _fields, name, version, chain_id, contract, _, _ = o.eip712Domain().call()
     assert (name, version, chain_id, contract) == ("verinfer", "1", w.chain.chain_id,
                                                    w.oracle.address)
     msg = eip712.Classification(modelId="0x" + "11" * 32, inputCommitment="0x" + input_commitment(Q).hex(),
@@ -305,7 +305,7 @@ def _call_with_gas(w, fn, gas):
 
     try:
         fn.call({"from": w.relayer, "gas": gas})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         raise decode_revert(exc, w.oracle.abi) from None
 
 

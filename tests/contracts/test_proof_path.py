@@ -8,13 +8,13 @@ pairing precompile is pure Python, so one is enough).
 from __future__ import annotations
 
 import pytest
+from world import make_world, reverts
 
 from contracts import deploy
 from contracts.deploy import VerifierArtifact
 from verifier.errors import InputError, ProofInvalid
 from verifier.fixedpoint import int_to_felt
 from verifier.onchain import verify_onchain
-from world import make_world, reverts
 
 pytestmark = [pytest.mark.chain, pytest.mark.ezkl]
 

@@ -13,8 +13,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs_support
 
-from jobs_support import REPO_ROOT, VERINFER, Server  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
+from jobs_support import REPO_ROOT, VERINFER, Server
+from server_process import ServerProcess
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from jobs_support import iris_input
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]

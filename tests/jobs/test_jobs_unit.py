@@ -81,7 +81,12 @@ def test_callback_url_policy():
 
 
 def _signed_proof_receipt(bundle, key, kid, **overrides):
-    from verifier.proof_receipts import ProofPredicate, ProofReceipt, make_proof_statement, sha256_json
+    from verifier.proof_receipts import (
+        ProofPredicate,
+        ProofReceipt,
+        make_proof_statement,
+        sha256_json,
+    )
     from verifier.receipts import sign_envelope
 
     fields = dict(

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-
 from jobs_support import REPO_ROOT, iris_input, package_dir, tensor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
@@ -154,11 +153,11 @@ def test_async_param_on_infer_and_by_receipt_id(server):
 def test_idempotent_resubmission_and_cache_hit(server):
     values = iris_input(4)
     s1, j1 = server.submit(values)
-    s2, j2 = server.submit(values)  # while queued or running: the same job, no new proof
+    _s2, j2 = server.submit(values)  # while queued or running: the same job, no new proof
     assert s1 == 202 and j1["id"] == j2["id"] and j2["cached"] is False
     # another receipt for the same input: still the same job
     other = infer(server, values)["parameters"]
-    s3, j3, _ = server.request("POST", "/v1/proofs", {"receipt_id": other["receipt_id"]})
+    _s3, j3, _ = server.request("POST", "/v1/proofs", {"receipt_id": other["receipt_id"]})
     assert j3["id"] == j1["id"]
     done = server.wait_job(j1["id"])
     assert done["status"] == "done" and done["attempts"] == 1
@@ -176,7 +175,7 @@ class _Hook(BaseHTTPRequestHandler):
     got: list = []
     fail_first = True
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if _Hook.fail_first:
             _Hook.fail_first = False

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prover_support import oip_request, run_cli
 
 from models import load_split
-from prover_support import oip_request, run_cli
+
 
 @pytest.fixture(scope="session")
 def prover_home(tmp_path_factory) -> Path:

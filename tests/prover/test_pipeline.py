@@ -62,7 +62,7 @@ def test_show_prints_preflight(prover_home, iris_package):
 
 def test_prove_then_verify(prover_home, iris_bundle):
     bundle = ProofBundle.load(iris_bundle)
-    _, x_test, _, y_test = load_split("iris_mlp")
+    _, _x_test, _, y_test = load_split("iris_mlp")
     assert bundle.outputs.label == y_test[0]
     assert bundle.agreement.agree and bundle.agreement.float_label == bundle.outputs.label
     proc = run_cli("verify", iris_bundle.parent, home=prover_home)

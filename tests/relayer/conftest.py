@@ -15,7 +15,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # relay_world
 
-from chain_support import chain, embedded_chain, run_anvil  # noqa: E402,F401 (fixtures)
+from chain_support import chain, embedded_chain, run_anvil  # noqa: E402, F401 (fixtures)
 
 
 @pytest.fixture(scope="session")

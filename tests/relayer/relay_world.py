@@ -61,7 +61,7 @@ def fulfilled_events(chain: Chain, oracle_address: str) -> list[dict]:
     for lg in logs:
         try:
             out.append(dict(ev.process_log(lg)["args"]))
-        except Exception:
+        except Exception:  # noqa: BLE001, S112
             continue
     return out
 

@@ -8,8 +8,17 @@ import os
 import time
 
 import pytest
-from relay_world import IRIS_ONNX, answer, consumer, fulfilled_events, funded_key_file, \
-    held_out, onnx_label, quantized, request
+from relay_world import (
+    IRIS_ONNX,
+    answer,
+    consumer,
+    fulfilled_events,
+    funded_key_file,
+    held_out,
+    onnx_label,
+    quantized,
+    request,
+)
 
 from contracts import deploy
 from contracts.chain import ContractRevert
@@ -90,7 +99,7 @@ def test_signature_path_where_policy_allows(chain, iris_model, tmp_path, policy,
 
 
 def test_signature_path_refused_where_policy_does_not(chain, iris_model, tmp_path):
-    key, addr = _key()
+    key, _addr = _key()
     oracle, cons = _setup(chain, iris_model, "proof", None)
     rid = request(chain, cons, _samples(1)[0])
     r = _relayer(chain, oracle, iris_model, tmp_path, key, answer="signature")

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import pytest
 from prover_support import run_cli
-from relay_world import answer, consumer, fulfilled_events, funded_key_file, held_out, \
-    onnx_label, quantized, request
+from relay_world import (
+    answer,
+    consumer,
+    fulfilled_events,
+    funded_key_file,
+    held_out,
+    onnx_label,
+    quantized,
+    request,
+)
 
 from contracts import deploy
 
@@ -97,7 +105,7 @@ def test_kill_and_restart_loses_and_duplicates_nothing(anvil_chain, relay_anvil_
     args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file]
 
     env = {**os.environ, "VERINFER_HOME": str(packages_home)}
-    log = open(tmp_path / "relay.log", "wb")
+    log = open(tmp_path / "relay.log", "wb")  # noqa: SIM115 - the relayer's, closed below
     proc = subprocess.Popen([sys.executable, "-m", "verifier.cli", *map(str, args),
                              "--poll-interval", "0.2"], env=env, stdout=log,
                             stderr=subprocess.STDOUT)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_health_and_metadata(client):
 
 
 def test_infer_matches_torch_and_receipt_verifies(client, server):
-    x, y = digits(8)
+    x, _y = digits(8)
     torch_logits, torch_label = (t.detach().numpy() for t in load_torch_model("digits_cnn")(__import__("torch").from_numpy(x)))
     jwks = server.get("/.well-known/jwks.json")
     for i in range(len(x)):
@@ -113,7 +114,7 @@ def test_infer_matches_torch_and_receipt_verifies(client, server):
         assert subjects["input/input"] == tensor_digest(x[i : i + 1], "FP32")
         assert subjects["output/logits"] == tensor_digest(res.as_numpy("logits"), "FP32")
         assert subjects["output/label"] == tensor_digest(res.as_numpy("label"), "INT64")
-        model_sha = hashlib.sha256(open(__import__("models").get_reference_model("digits_cnn").onnx_path, "rb").read()).hexdigest()
+        model_sha = hashlib.sha256(Path(__import__("models").get_reference_model("digits_cnn").onnx_path).read_bytes()).hexdigest()
         assert subjects["model/digits_cnn"] == model_sha
         # the stored copy is the same receipt
         assert server.get(f"/v1/receipts/{receipt['id']}") == receipt

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # audit_support
 
-from prover_support import run_cli  # noqa: E402
+from prover_support import run_cli
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from audit_support import corpus_args, outcomes, verinfer
+
 from verifier.audit import Auditor, collect, find_packages, load_trusted_keys, run_audit
 from verifier.bundle import ProofBundle
 from verifier.corpus import Signer, sign_receipt, write_corpus
@@ -51,7 +51,7 @@ def test_parallel_audit_equals_serial(corpus, monkeypatch):
     import verifier.audit
 
     monkeypatch.setattr(verifier.audit, "POOL_WORTH_S", 0.0)  # always use the pool here
-    root, index, packages = corpus
+    root, _index, packages = corpus
     items = collect([root])
     lines = (root / "receipts" / "valid.jsonl").read_text().splitlines()
     many = root.parent / "many.jsonl"

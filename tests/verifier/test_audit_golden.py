@@ -9,7 +9,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from audit_support import GOLDEN, corpus_args, outcomes, verinfer
 
 INDEX = json.loads((GOLDEN / "corpus.json").read_text())

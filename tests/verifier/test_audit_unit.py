@@ -6,10 +6,10 @@ import json
 import shutil
 
 import pytest
+from audit_support import GOLDEN, corpus_args, verinfer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from audit_support import GOLDEN, corpus_args, verinfer
 from verifier.audit import Result, collect, load_trusted_keys, summarize
 from verifier.errors import InputError
 from verifier.keys import ed25519_jwk

@@ -9,7 +9,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from audit_support import GOLDEN, corpus_args, outcomes
 
 REPO = Path(__file__).resolve().parents[2]
