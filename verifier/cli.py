@@ -28,7 +28,7 @@ SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contract
 # Top-level modules of the optional extras -> the extra that brings them.
 OPTIONAL_DEPENDENCIES = {
     "torch": "prove", "onnx": "prove", "onnxruntime": "prove", "sklearn": "prove",
-    "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "httpx": "serve",
+    "fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
     "coincurve": "serve", "web3": "chain", "eth_tester": "chain",
 }
 

@@ -19,7 +19,7 @@ IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data"
 
 
 def _requests() -> list[tuple[str, str, dict]]:
-    """(method, path, httpx keyword arguments): answers and every kind of refusal."""
+    """(method, path, TestClient keyword arguments): answers and every kind of refusal."""
     two = {"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP64", "data": [[5.1, 3.5, 1.4, 0.2]] * 2}],
            "outputs": [{"name": "label"}], "id": "client-7"}
     return [
