@@ -117,13 +117,14 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
 
 
 def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
-                 wanted: list[str] | None) -> str:
+                 wanted: list[str] | None, data_json: dict[str, str] | None = None) -> str:
     """A response's ``outputs`` as JSON text (``meta``: the model's (name, datatype) pairs):
-    those asked for, in the order asked, else all."""
+    those asked for, in the order asked, else all. ``data_json``: each output's data already
+    written as JSON (by the receipt signer), else written here."""
     datatypes = dict(meta)
     return "[" + ",".join(
         f'{{"name":{_encode(name)},"datatype":"{datatypes[name]}","shape":{shape_json(outputs[name].shape)},'
-        f'"data":{numbers_json(outputs[name])}}}'
+        f'"data":{data_json[name] if data_json is not None else numbers_json(outputs[name])}}}'
         for name in wanted or datatypes
     ) + "]"
 

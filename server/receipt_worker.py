@@ -61,7 +61,8 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
     """Sign a job's answers and commit their receipts (and one-sample inputs, so that a proof
     can be asked for later) in one transaction; then render each answer's whole response,
     receipt included (all of it off the event loop, in the worker)."""
-    receipts = signer.sign_batch(info, job)
+    data_json: list[dict[str, str]] = []
+    receipts = signer.sign_batch(info, job, data_json)
     rows, inputs, bodies, start = [], [], [], 0
     for i, receipt in enumerate(receipts):
         rid, n = job.request_ids[i], job.rows[i]
@@ -71,7 +72,7 @@ def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, j
             inputs.append((rid, info.input_datatype, shape_json(x.shape),
                            np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
         outputs = outputs_json(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
-                               job.wanted[i])
+                               job.wanted[i], data_json[i])
         label = job.labels[i] if isinstance(job.labels[i], int) else None
         bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, receipt))
         start += n

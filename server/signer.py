@@ -151,8 +151,11 @@ class ReceiptSigner:
             self._models[model] = parts
         return parts
 
-    def sign_batch(self, model: ModelInfo, job: BatchJob) -> list[str]:
-        """One receipt (JSON text, as stored) per answer of ``job``."""
+    def sign_batch(self, model: ModelInfo, job: BatchJob,
+                   data_json: list[dict[str, str]] | None = None) -> list[str]:
+        """One receipt (JSON text, as stored) per answer of ``job``. Given ``data_json``, also
+        appends each answer's ``{output name: its data as JSON}``, as the statement has it: the
+        response shows the same numbers, written once (``outputs_json(..., data_json=...)``)."""
         if job.request_ids is None:
             job.request_ids = new_request_ids(len(job.rows))
         now = datetime.fromtimestamp(job.time, UTC).isoformat(timespec="milliseconds")
@@ -175,14 +178,17 @@ class ReceiptSigner:
             commitment_raw = commitments[i]
             commitment = "0x" + commitment_raw.hex()
             input_digest = tensor_digest(x_sent, datatype)
-            outputs, subjects = [], []
+            outputs, subjects, texts = [], [], {}
             for (name_j, dt_j, subject_j), (name, dt) in zip(output_names, model.outputs):
                 a = job.outputs[name][start : start + n]
                 digest = tensor_digest(a, dt)
-                outputs.append(f'{{"data":{numbers_json(a)},"datatype":{dt_j},"digest":"{digest}",'
+                texts[name] = data = numbers_json(a)
+                outputs.append(f'{{"data":{data},"datatype":{dt_j},"digest":"{digest}",'
                                f'"name":{name_j},"shape":{shape_json(a.shape)}}}')
                 subjects.append(f'{{"digest":{{"sha256":"{digest}"}},"name":{subject_j}}}')
             start += n
+            if data_json is not None:
+                data_json.append(texts)
             client = job.client_ids[i]
             payload = (
                 f'{{"_type":"{STATEMENT_TYPE}","predicate":{{"clientRequestId":{"null" if client is None else _j(client)},"device":{device},'

@@ -129,3 +129,34 @@ def test_response_body_parses_and_embeds_the_receipt_text():
     }
     plain = json.loads(response_body("m", "1", outputs_json(meta, outs, None), None, None))
     assert "parameters" not in plain and "id" not in plain and [o["name"] for o in plain["outputs"]] == ["logits", "label"]
+
+
+def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path):
+    """The worker's whole answers: each response's outputs (the numbers written once, for the
+    statement and the response) are its own rows of the batch, as its signed statement has them,
+    in the order asked for; each receipt is stored and carried in its response."""
+    from server.receipt_worker import make_receipts
+    from server.store import ReceiptStore
+
+    sign, _ = signer
+    info = _info()
+    rng = np.random.default_rng(2)
+    xs = [rng.normal(size=(n, 1, 8, 8)).astype(np.float32) for n in (1, 3, 1)]
+    job = _job(info, xs, [None, "c", None], ["FP32"] * 3)
+    job.wanted = [None, ["label", "logits"], ["label"]]
+    store = ReceiptStore(tmp_path / "receipts.sqlite3")
+    bodies = make_receipts(sign, store, info, job, keep_inputs=True)
+    start = 0
+    for i, (body, n) in enumerate(zip(bodies, job.rows)):
+        resp = json.loads(body)
+        receipt = resp["parameters"]["receipt"]
+        assert json.loads(store.get(resp["parameters"]["receipt_id"])) == json.loads(receipt)
+        statement = json.loads(base64.b64decode(json.loads(receipt)["envelope"]["payload"]))
+        signed = {o["name"]: o["data"] for o in statement["predicate"]["outputs"]}
+        assert [o["name"] for o in resp["outputs"]] == (job.wanted[i] or ["logits", "label"])
+        for o in resp["outputs"]:
+            mine = job.outputs[o["name"]][start : start + n]
+            assert o["data"] == signed[o["name"]] == mine.ravel().tolist()
+            assert o["shape"] == list(mine.shape)
+        start += n
+    store.close()
