@@ -7,8 +7,9 @@ Why: on CPU the event loop is the server's bottleneck, and on this route FastAPI
 per-request machinery (its middleware stack, routing, dependency solving, the Request and
 Response objects) took ~45% of the loop's time at concurrency 64, more than parsing,
 batching and the model together (py-spy; docs/server.md, "Where the time goes"). The route's
-work is one call, :func:`InferHandler`'s, which FastAPI's declared routes also make: they stay,
-so that ``/docs`` and ``/openapi.json`` describe the endpoint, and answer exactly as this does.
+work is one call to the app's handler (``create_app``'s ``infer_answer``), which FastAPI's
+declared routes also make: they stay, so that ``/docs`` and ``/openapi.json`` describe the
+endpoint, and answer exactly as this does (``tests/server/test_infer_route.py``).
 Errors are the same ``{"error": ...}`` bodies as the app's exception handlers give.
 """
 
