@@ -35,7 +35,7 @@ def batcher_throughput(engine, shape, max_batch: int, seconds: float = 3.0) -> d
     try:
         import asyncio
 
-        from server.batching import DynamicBatcher
+        from server.inference.batching import DynamicBatcher
         from server.settings import BatchPolicy
     except ImportError as exc:
         return {"skipped": f"server batcher not importable here: {exc}"}
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     import torch
 
     from models import get_reference_model
-    from server.engines import TorchEngine
+    from server.inference.engines import TorchEngine
 
     engine = TorchEngine(args.model, ["logits", "label"])
     shape = get_reference_model(args.model).input_shape

@@ -1,5 +1,5 @@
 """The verinfer inference server: OIP v2 REST API, dynamic batching, signed receipts.
 
 Nothing here does work at import time; build the app with
-:func:`server.app.create_app` and serve it with ``verinfer serve``.
+:func:`server.http.app.create_app` and serve it with ``verinfer serve``.
 """

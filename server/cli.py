@@ -67,7 +67,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
-    from server.app import create_app
+    from server.http.app import create_app
 
     app = create_app(settings)  # refuses unsafe key files before listening
     keys = app.state.keys
@@ -81,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def keys_rotate(args: argparse.Namespace) -> int:
-    from server.keys import load_keys, new_ed25519
+    from server.receipts.keys import load_keys, new_ed25519
 
     settings = _settings()
     fresh = not (settings.keys_dir / "ed25519" / "active").exists()
@@ -97,7 +97,7 @@ def keys_rotate(args: argparse.Namespace) -> int:
 
 
 def keys_list(args: argparse.Namespace) -> int:
-    from server.keys import load_keys
+    from server.receipts.keys import load_keys
 
     keys = load_keys(_settings(), create=False)
     if args.json:

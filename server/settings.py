@@ -84,7 +84,7 @@ class ServerSettings(Settings):
         None, description="SQLite file of receipts; default: <home>/receipts.sqlite3."
     )
 
-    # --- on-chain relayer (server/relayer.py; docs/server.md "Relayer") ----------
+    # --- on-chain relayer (server/relayer/relayer.py; docs/server.md "Relayer") ----------
     relay_rpc: str | None = Field(
         None, description="JSON-RPC node whose VerinferOracle requests this server answers "
         "(with relay_oracle); default: no relayer."
@@ -101,7 +101,7 @@ class ServerSettings(Settings):
     )
     relay_poll_interval_s: float = Field(2.0, gt=0, description="Seconds between relayer polls.")
 
-    # --- proof jobs (server/jobs.py) ---------------------------------------------
+    # --- proof jobs (server/proofs/jobs.py) ---------------------------------------------
     store_inputs: bool = Field(
         True, description="Keep each one-sample answer's input with its receipt, so a proof "
         "can be asked for later by receipt id (POST /v1/proofs)."

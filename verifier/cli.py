@@ -22,7 +22,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 # Modules with ``register(subparsers)``; each handler imports what it needs lazily.
 SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contracts.cli",
-                      "server.relay_cli")
+                      "server.relayer.cli")
 
 
 # Top-level modules of the optional extras -> the extra that brings them.

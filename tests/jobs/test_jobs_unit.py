@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from golden_corpus import golden
 
-from server.callbacks import check_callback_url
-from server.jobs_store import JobStore
+from server.proofs.callbacks import check_callback_url
+from server.proofs.store import JobStore
 from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, SignatureInvalid
 
 GOLDEN = golden() / "bundles" / "valid-signed" / "bundle.json"  # tests/golden_corpus.py
@@ -144,7 +144,7 @@ def test_proof_receipt_sign_verify_and_tamper():
 def test_proof_routes_in_process_without_package(home, monkeypatch):
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
+    from server.http.app import create_app
     from server.settings import ServerSettings
 
     settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0)

@@ -22,7 +22,7 @@ from relay_world import (
 
 from contracts import deploy
 from contracts.chain import ContractRevert
-from server.relayer import LocalModel, Relayer, RelayStore
+from server.relayer.relayer import LocalModel, Relayer, RelayStore
 
 pytestmark = pytest.mark.chain
 
@@ -223,9 +223,9 @@ def test_relayer_inside_serve(anvil_chain, relay_anvil_url, tmp_path):
     server's own EIP-712 key (reference model, no circuit package: signature path)."""
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
-    from server.keys import load_keys
-    from server.registry import input_scale
+    from server.http.app import create_app
+    from server.inference.registry import input_scale
+    from server.receipts.keys import load_keys
     from server.settings import ServerSettings
     from verifier.digests import sha256_file
 
@@ -284,7 +284,7 @@ def test_a_request_that_keeps_failing_is_given_up(embedded_chain, iris_model, tm
 
 
 class _FakeJobs:
-    """server.jobs.ProofJobs' surface the relayer uses."""
+    """server.proofs.jobs.ProofJobs' surface the relayer uses."""
 
     def __init__(self, status, bundle=None):
         from types import SimpleNamespace
@@ -307,7 +307,7 @@ class _FakeJobs:
 def test_queue_proof_source(iris_model):
     import numpy as np
 
-    from server.relayer import ProofUnavailable, QueueProofs
+    from server.relayer.relayer import ProofUnavailable, QueueProofs
 
     x = np.zeros((1, 4), np.float32)
     q = QueueProofs(_FakeJobs("failed"), timeout_s=5)

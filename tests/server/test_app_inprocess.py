@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from models import get_reference_model
-from server.app import create_app
 from server.errors import HTTP_STATUS, PayloadTooLarge, status_for
+from server.http.app import create_app
 from server.settings import ServerSettings
 from verifier.errors import InputError, NotFound, SignatureInvalid, VerinferError
 

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.batching import DynamicBatcher
+from server.inference.batching import DynamicBatcher
 from server.settings import BatchPolicy
 
 

@@ -1,4 +1,4 @@
-"""The receipt worker process (server/receipt_worker.py), with the real server process.
+"""The receipt worker process (server/receipts/worker.py), with the real server process.
 
 Receipts are signed and stored off the event loop; these tests check that every answer
 still carries a valid receipt that was stored before the answer was sent, and that a
@@ -64,7 +64,7 @@ def _receipt_worker_pids(server_pid: int) -> list[int]:
                 cmd = f.read()
         except OSError:
             continue
-        if ppid == server_pid and b"server.receipt_worker" in cmd:
+        if ppid == server_pid and b"server.receipts.worker" in cmd:
             pids.append(int(entry))
     return pids
 
@@ -144,7 +144,7 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
 
 
 def test_a_script_without_a_main_guard_serves_once(tmp_path):
-    """The worker is `python -m server.receipt_worker`, not multiprocessing's spawn, which would
+    """The worker is `python -m server.receipts.worker`, not multiprocessing's spawn, which would
     re-run an importing script's top level (and so start a second app) in the child."""
     import subprocess
     import sys
@@ -153,7 +153,7 @@ def test_a_script_without_a_main_guard_serves_once(tmp_path):
     script.write_text(
         "import json\n"
         "from fastapi.testclient import TestClient\n"
-        "from server.app import create_app\n"
+        "from server.http.app import create_app\n"
         "from server.settings import ServerSettings\n"
         "print('top level ran', flush=True)\n"
         "with TestClient(create_app(ServerSettings(models=('iris_mlp',)))) as client:\n"

@@ -1,4 +1,4 @@
-"""The infer endpoint served in front of FastAPI (server/infer_route.py): it answers exactly as
+"""The infer endpoint served in front of FastAPI (server/http/infer_route.py): it answers exactly as
 FastAPI's declared route does, good input and bad, and leaves every other request to FastAPI."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from server.app import create_app
 from server.errors import QueueFull
-from server.infer_route import ClientGone, InferRoute, read_body
+from server.http.app import create_app
+from server.http.infer_route import ClientGone, InferRoute, read_body
 from server.settings import ServerSettings
 from verifier.errors import InputError
 

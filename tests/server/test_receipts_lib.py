@@ -75,9 +75,9 @@ def test_pae_vector():
 def signed(tmp_path, monkeypatch):
     """A real receipt from the server's signer, its JWKS and its input."""
     monkeypatch.setenv("VERINFER_HOME", str(tmp_path))
-    from server.keys import load_keys
+    from server.receipts.keys import load_keys
+    from server.receipts.signer import ReceiptSigner, new_request_id
     from server.settings import ServerSettings
-    from server.signer import ReceiptSigner, new_request_id
     from verifier.receipts import ModelRef
 
     settings = ServerSettings()

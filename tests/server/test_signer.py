@@ -22,23 +22,23 @@ from verifier.tensors import tensor_digest
 @pytest.fixture
 def signer(tmp_path, monkeypatch):
     monkeypatch.setenv("VERINFER_HOME", str(tmp_path))
-    from server.keys import load_keys
+    from server.receipts.keys import load_keys
+    from server.receipts.signer import ReceiptSigner
     from server.settings import ServerSettings
-    from server.signer import ReceiptSigner
 
     keys = load_keys(ServerSettings())
     return ReceiptSigner(keys, ServerSettings()), keys
 
 
 def _info(name="digits_cnn", version="1", input_name="input", device="cpu"):
-    from server.signer import ModelInfo
+    from server.receipts.signer import ModelInfo
 
     return ModelInfo(name, version, "ab" * 32, input_name, "FP32", 13,
                      (("logits", "FP32"), ("label", "INT64")), device)
 
 
 def _job(info, xs_sent: list[np.ndarray], client_ids, datatypes):
-    from server.signer import BatchJob, new_request_id
+    from server.receipts.signer import BatchJob, new_request_id
 
     x_model = np.concatenate([x.astype(np.float32) for x in xs_sent])
     rows = [len(x) for x in xs_sent]
@@ -114,7 +114,7 @@ def test_request_id_must_be_ours(signer):
 def test_response_body_parses_and_embeds_the_receipt_text():
     """The hand-written response JSON: valid, the outputs asked for in order, and the
     receipt text carried exactly, also with backslashes and quotes in it."""
-    from server.oip import outputs_json, response_body
+    from server.inference.oip import outputs_json, response_body
 
     meta = (("logits", "FP32"), ("label", "INT64"))
     outs = {"logits": np.array([[0.25, -1.5]], dtype=np.float32), "label": np.array([0])}
@@ -135,8 +135,8 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
     """The worker's whole answers: each response's outputs (the numbers written once, for the
     statement and the response) are its own rows of the batch, as its signed statement has them,
     in the order asked for; each receipt is stored and carried in its response."""
-    from server.receipt_worker import make_receipts
-    from server.store import ReceiptStore
+    from server.receipts.store import ReceiptStore
+    from server.receipts.worker import make_receipts
 
     sign, _ = signer
     info = _info()

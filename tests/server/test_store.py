@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from server.signer import new_request_id
-from server.store import CHECKPOINT_EVERY, ReceiptStore
+from server.receipts.signer import new_request_id
+from server.receipts.store import CHECKPOINT_EVERY, ReceiptStore
 
 BODY = "r" * 2600  # about a receipt's size
 INPUT = b"x" * 256
@@ -44,7 +44,7 @@ def test_without_checkpoints_the_wal_grows(tmp_path):
 def test_request_ids_are_unique_and_ordered_by_time():
     import re
 
-    from server.signer import new_request_ids
+    from server.receipts.signer import new_request_ids
 
     ids = [new_request_id() for _ in range(1000)] + [i for _ in range(125) for i in new_request_ids(8)]
     assert all(re.fullmatch(r"0x[0-9a-f]{64}", i) for i in ids)

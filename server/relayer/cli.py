@@ -47,7 +47,7 @@ def relay(args: argparse.Namespace) -> int:
     import threading
 
     from contracts.chain import key_file_from_env
-    from server.relayer import load_local_models, make_relayer, run_forever
+    from server.relayer.relayer import load_local_models, make_relayer, run_forever
     from server.settings import ServerSettings
     from verifier.errors import InputError
 
@@ -60,7 +60,7 @@ def relay(args: argparse.Namespace) -> int:
     models = load_local_models(settings, args.model)
     eth_key = None
     if args.answer != "proof":
-        from server.keys import load_keys
+        from server.receipts.keys import load_keys
 
         eth_key = load_keys(settings).eth_key  # the server's EIP-712 key (0600 enforced)
     relayer = make_relayer(rpc=args.rpc, oracle=args.oracle, home=settings.home,

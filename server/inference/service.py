@@ -2,7 +2,7 @@
 
 A request is parsed in the event loop, queued to its model's dynamic batcher, run in a
 batch, and its batch is then signed and stored by the receipt worker process
-(:mod:`server.receipt_worker`) while the next batch runs.
+(:mod:`server.receipts.worker`) while the next batch runs.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from server.batching import DynamicBatcher, Item
 from server.errors import NotReady
-from server.keys import KeyRing
-from server.oip import outputs_json, parse_infer_request, response_body
-from server.receipt_worker import ReceiptPool, make_receipts
-from server.registry import ServedModel
+from server.inference.batching import DynamicBatcher, Item
+from server.inference.oip import outputs_json, parse_infer_request, response_body
+from server.inference.registry import ServedModel
+from server.receipts.keys import KeyRing
+from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.receipts.store import ReceiptStore
+from server.receipts.worker import ReceiptPool, make_receipts
 from server.settings import ServerSettings
-from server.signer import BatchJob, ModelInfo, ReceiptSigner
-from server.store import ReceiptStore
 from verifier.eip712 import Domain
 from verifier.errors import NotFound
 from verifier.fixedpoint import check_range

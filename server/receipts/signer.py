@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from server.keys import KeyRing
+from server.receipts.keys import KeyRing
 from server.settings import ServerSettings
 from verifier.digests import keccak, numbers_json, shape_json
 from verifier.eip712 import (

@@ -1,4 +1,4 @@
-"""The FastAPI app: thin HTTP handlers over :class:`server.service.InferenceService`.
+"""The FastAPI app: thin HTTP handlers over :class:`server.inference.service.InferenceService`.
 
 ``create_app(settings)`` loads keys (refusing unsafe key files), the receipt store
 and the models; batchers start with the app's lifespan. Nothing runs at import.
@@ -18,13 +18,13 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import Conflict, status_for
-from server.infer_route import InferRoute, read_body
-from server.keys import KeyRing, load_keys
-from server.registry import ServedModel, load_models
-from server.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
-from server.service import InferenceService
+from server.http.infer_route import InferRoute, read_body
+from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
+from server.inference.registry import ServedModel, load_models
+from server.inference.service import InferenceService
+from server.receipts.keys import KeyRing, load_keys
+from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
-from server.store import ReceiptStore
 from verifier.errors import InputError, VerinferError
 
 log = logging.getLogger("verinfer.server")
@@ -72,14 +72,14 @@ def create_app(
     """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving.
 
     ``infer_route=False`` leaves the infer endpoint to FastAPI's routing instead of
-    :class:`server.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks)."""
+    :class:`server.http.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks)."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
     service = InferenceService(settings, models, keys, store)
     jobs = None
     if store is not None:  # proofs link to receipts: no receipts, no proof jobs
-        from server.jobs import ProofJobs
+        from server.proofs.jobs import ProofJobs
 
         jobs = ProofJobs(settings, service, store)
 
@@ -88,7 +88,7 @@ def create_app(
         await service.start()
         if jobs is not None:
             jobs.start()
-        from server.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
+        from server.relayer.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
 
         relayer = start_in_server(settings, keys, getattr(app.state, "jobs", None))
         # Everything loaded so far (torch, the models, the app) lives as long as the server:
@@ -148,10 +148,10 @@ def create_app(
         service.model(name, version)
         return _json({"name": name, "ready": service.ready}, 200 if service.ready else 503)
 
-    from server.proofs_api import infer_with_proof, proof_parameters
+    from server.http.proofs_api import infer_with_proof, proof_parameters
 
     async def infer_answer(name: str, version: str | None, receive, content_length) -> bytes:
-        """The infer endpoint's JSON answer (server.infer_route serves it in front of FastAPI)."""
+        """The infer endpoint's JSON answer (server.http.infer_route serves it in front of FastAPI)."""
         service.model(name, version)  # 404 before reading a body
         body = await read_body(receive, content_length, settings.max_body_bytes)
         mode, callback, req = proof_parameters(body)
@@ -208,7 +208,7 @@ def create_app(
         return Response(store.get(receipt_id), media_type="application/json")
 
     if jobs is not None:
-        from server.proofs_api import install as install_proof_routes
+        from server.http.proofs_api import install as install_proof_routes
 
         install_proof_routes(app, jobs, service, settings)
 

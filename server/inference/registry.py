@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.engines import Engine, OnnxEngine, TensorMeta, TorchEngine, onnx_signature
+from server.inference.engines import Engine, OnnxEngine, TensorMeta, TorchEngine, onnx_signature
 from server.settings import DEFAULT_INPUT_SCALE, ServerSettings
 from verifier.digests import sha256_file
 from verifier.errors import InputError, VerinferError

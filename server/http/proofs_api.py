@@ -1,4 +1,4 @@
-"""HTTP routes of proof jobs (thin: the logic is in :mod:`server.jobs`).
+"""HTTP routes of proof jobs (thin: the logic is in :mod:`server.proofs.jobs`).
 
 * ``POST /v1/proofs`` ``{"receipt_id": ...}`` or ``{"model": ..., "inputs": [<OIP tensor>]}``,
   optional ``"callback_url"``: ``202`` + the job (``200`` when a finished proof for the same
@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from server.jobs import ProofJobs
-from server.oip import parse_infer_request
+from server.inference.oip import parse_infer_request
+from server.proofs.jobs import ProofJobs
 from verifier.errors import InputError
 
 PROOF_MODES = ("sync", "async")
@@ -85,7 +85,7 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
 
 
 def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
-    from server.infer_route import read_body
+    from server.http.infer_route import read_body
 
     @app.post("/v1/proofs", tags=["proofs"], status_code=202)
     async def submit_proof(request: Request) -> Response:

@@ -1,11 +1,11 @@
 """Proof jobs in the server process: submit (idempotent, bounded), wait, supervise.
 
-The work itself happens in prover worker processes (:mod:`server.prove_worker`)
-that claim jobs from the SQLite job table (:mod:`server.jobs_store`). Here, a
+The work itself happens in prover worker processes (:mod:`server.proofs.worker`)
+that claim jobs from the SQLite job table (:mod:`server.proofs.store`). Here, a
 supervisor thread keeps ``proof_workers`` of them alive, queues again the jobs
 of a worker that died or whose lease ran out, kills a worker whose job passed
 ``proof_timeout_s`` (the attempt counts), and delivers callbacks. No web
-framework here: the routes are in :mod:`server.proofs_api`.
+framework here: the routes are in :mod:`server.http.proofs_api`.
 """
 
 from __future__ import annotations
@@ -21,21 +21,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from server.callbacks import check_callback_url, deliver
 from server.errors import Conflict, NoCircuitPackage, QueueFull
-from server.jobs_store import Job, JobStore
-from server.prove_worker import encode_input
+from server.proofs.callbacks import check_callback_url, deliver
+from server.proofs.store import Job, JobStore
+from server.proofs.worker import encode_input
+from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
-from server.store import ReceiptStore
 from verifier.errors import InputError, NotFound, VerinferError
 
 log = logging.getLogger("verinfer.server")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -238,18 +236,16 @@ class ProofJobs:
     def _spawn(self, slot: _Slot) -> None:
         worker_id = f"{os.getpid()}.{slot.index}.{os.urandom(3).hex()}"
         s = self.settings
-        cmd = [sys.executable, "-m", "server.prove_worker", "--db", str(s.receipts_path),
+        cmd = [sys.executable, "-m", "server.proofs.worker", "--db", str(s.receipts_path),
                "--worker-id", worker_id, "--parent-pid", str(os.getpid()),
                "--lease-s", str(s.proof_lease_s), "--max-attempts", str(s.proof_attempts)]
         if s.proof_memory_mb:
             cmd += ["--memory-mb", str(s.proof_memory_mb)]
-        env = {**os.environ, "VERINFER_HOME": str(s.home),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
-                                                           os.environ.get("PYTHONPATH")]))}
+        # the installed package, found as any import is (no repository path or working folder)
+        env = {**os.environ, "VERINFER_HOME": str(s.home)}
         env.setdefault("OMP_NUM_THREADS", "1")  # onnxruntime for the float label: tiny models
         with open(self.log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT,
-                                    cwd=REPO_ROOT, env=env)
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env)
         os.set_blocking(proc.stdin.fileno(), False)
         slot.proc, slot.worker_id, slot.started = proc, worker_id, time.monotonic()
         log.info("prover worker %s started (pid %d)", worker_id, proc.pid)

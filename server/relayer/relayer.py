@@ -25,7 +25,7 @@ oracle):
   refuses (e.g. ``ProofRejected``) is recorded as ``failed``. Neither is retried. Errors of
   the node or the network are retried at the next poll, from the same event.
 
-Core logic only: no argparse, no printing (``server.relay_cli`` is the CLI; the server runs
+Core logic only: no argparse, no printing (``server.relayer.cli`` is the CLI; the server runs
 :class:`RelayerThread` from its lifespan when ``relay_rpc``/``relay_oracle`` are set).
 """
 
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.relayer_models import (
+from server.relayer.models import (
     InProcessProofs,
     LocalModel,
     ProofSource,
@@ -46,7 +46,7 @@ from server.relayer_models import (
     _reference_models,
     load_local_models,
 )
-from server.relayer_store import (
+from server.relayer.store import (
     TERMINAL,
     RelayStore,
     RequestRecord,

@@ -1,4 +1,4 @@
-"""OIP v2 shapes for the OpenAPI docs (the handlers parse bodies in ``server.oip``)."""
+"""OIP v2 shapes for the OpenAPI docs (the handlers parse bodies in ``server.inference.oip``)."""
 
 from __future__ import annotations
 

@@ -5,11 +5,11 @@ digests, one SQLite write, the response), the same order as everything else the 
 does for a request. In a thread it would hold the GIL for most of that; in a child process
 it runs on another core, overlapped with the loop parsing the next requests and the model
 running the next batch (bench/http_load.py, docs/server.md). Under light load the event
-loop makes some receipts itself with the same :func:`make_receipts` (server/batching.py
+loop makes some receipts itself with the same :func:`make_receipts` (server/inference/batching.py
 says when), so both processes hold the keys and write the store; a receipt is committed
 before its answer is returned either way.
 
-The child is ``python -m server.receipt_worker FD``: a plain subprocess, not
+The child is ``python -m server.receipts.worker FD``: a plain subprocess, not
 multiprocessing's spawn, which re-imports the parent's ``__main__`` (a user's script
 serving ``create_app`` without a ``__main__`` guard would start a second app).
 
@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from server.errors import NotReady
-from server.oip import outputs_json, response_body
+from server.inference.oip import outputs_json, response_body
+from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
-from server.signer import BatchJob, ModelInfo, ReceiptSigner
-from server.store import ReceiptStore
 from verifier.digests import shape_json
 
 log = logging.getLogger("verinfer.server")
@@ -84,7 +84,7 @@ def _child(conn: Connection) -> None:
     """The child's main loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.nice(NICENESS)
-    from server.keys import load_keys
+    from server.receipts.keys import load_keys
 
     try:
         settings, models = conn.recv()
@@ -138,7 +138,7 @@ class ReceiptWorker:
     def _spawn(self) -> tuple[subprocess.Popen, socket.socket]:
         """Start a child and wait for its ready message (blocking: run in a thread)."""
         ours, theirs = socket.socketpair()
-        proc = subprocess.Popen([sys.executable, "-m", "server.receipt_worker", str(theirs.fileno())],
+        proc = subprocess.Popen([sys.executable, "-m", "server.receipts.worker", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
         conn = Connection(os.dup(ours.fileno()))
@@ -287,5 +287,5 @@ def _frame(obj: Any) -> bytes:
     return struct.pack("!i", len(data)) + data
 
 
-if __name__ == "__main__":  # python -m server.receipt_worker FD (started by ReceiptWorker)
+if __name__ == "__main__":  # python -m server.receipts.worker FD (started by ReceiptWorker)
     _child(Connection(int(sys.argv[1])))

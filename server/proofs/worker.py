@@ -1,6 +1,6 @@
-"""A prover worker process: ``python -m server.prove_worker --db FILE --worker-id ID --parent-pid PID``.
+"""A prover worker process: ``python -m server.proofs.worker --db FILE --worker-id ID --parent-pid PID``.
 
-Started and supervised by the server (:mod:`server.jobs`); one per
+Started and supervised by the server (:mod:`server.proofs.jobs`); one per
 ``proof_workers``. It claims queued jobs from the SQLite job table (an atomic
 claim that takes a lease and counts an attempt), renews the lease while it
 proves, and stores the verified, signed bundle. Proving is CPU- and
@@ -94,9 +94,9 @@ class _StageProgress:
 
 class Worker:
     def __init__(self, settings, db: Path, worker_id: str, lease_s: float, max_attempts: int) -> None:
-        from server.jobs_store import JobStore
-        from server.keys import load_keys
-        from server.store import ReceiptStore
+        from server.proofs.store import JobStore
+        from server.receipts.keys import load_keys
+        from server.receipts.store import ReceiptStore
 
         self.settings = settings
         self.id = worker_id
@@ -256,7 +256,7 @@ def _wait_for_wake(timeout: float) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m server.prove_worker")
+    ap = argparse.ArgumentParser(prog="python -m server.proofs.worker")
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--worker-id", required=True)
     ap.add_argument("--parent-pid", type=int, required=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from server.engines import TensorMeta
+from server.inference.engines import TensorMeta
 from verifier.digests import numbers_json, shape_json
 from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype

@@ -150,7 +150,7 @@ class InProcessProofs:
 
 
 class QueueProofs:
-    """Proves through the server's durable proof job queue (:class:`server.jobs.ProofJobs`:
+    """Proves through the server's durable proof job queue (:class:`server.proofs.jobs.ProofJobs`:
     ``submit_x``/``get``/``bundle``), so the relayer inside ``verinfer serve`` shares the
     server's prover workers, their limits and their job records; a job for the same input is
     reused (idempotent). Models the queue cannot prove (no package for the served model file)
@@ -196,7 +196,7 @@ def _reference_models(settings) -> dict[bytes, LocalModel]:
     circuit package (input scale as the server's receipts use it)."""
     try:
         from models import REFERENCE_MODELS, get_reference_model
-        from server.registry import input_scale
+        from server.inference.registry import input_scale
         from verifier.digests import sha256_file
     except ImportError:
         return {}

@@ -1,0 +1,1 @@
+"""HTTP: the app factory, the fast infer route, the proofs API, schemas."""

@@ -1,0 +1,1 @@
+"""Inference: the service, dynamic batching, engines, the model registry, OIP parsing."""

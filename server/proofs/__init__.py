@@ -1,0 +1,1 @@
+"""Proof jobs: the supervisor, the job store, the prover worker process, callbacks."""

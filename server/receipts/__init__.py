@@ -1,0 +1,1 @@
+"""Receipts: the signer, the receipt worker process, the receipt store, the keys."""

@@ -1,0 +1,1 @@
+"""The on-chain relayer: the core loop, answer sources, its durable store, its CLI."""
