@@ -18,8 +18,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.errors import Conflict, status_for
-from server.http.infer_route import InferRoute, read_body
+from server.http.infer_route import InferRoute, read_body, response_headers
 from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
+from server.inference.oip import split_body
 from server.inference.registry import ServedModel, load_models
 from server.inference.service import InferenceService
 from server.receipts.keys import KeyRing, load_keys
@@ -150,25 +151,29 @@ def create_app(
 
     from server.http.proofs_api import infer_with_proof, proof_parameters
 
-    async def infer_answer(name: str, version: str | None, receive, content_length) -> bytes:
-        """The infer endpoint's JSON answer (server.http.infer_route serves it in front of FastAPI)."""
+    async def infer_answer(name: str, version: str | None, receive, content_length,
+                           header_length=None) -> tuple[bytes, int | None]:
+        """The infer endpoint's answer and, when binary output data follows its JSON header,
+        that header's length (server.http.infer_route serves it in front of FastAPI)."""
         service.model(name, version)  # 404 before reading a body
         body = await read_body(receive, content_length, settings.max_body_bytes)
-        mode, callback, req = proof_parameters(body)
+        mode, callback, req = proof_parameters(split_body(body, header_length)[0])
         if mode is not None:
             if jobs is None:
                 raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
-            answer = await infer_with_proof(jobs, service, name, version, body, mode, callback, req)
-            return json.dumps(answer, separators=(",", ":")).encode()
-        return await service.infer_json(name, version, body)
+            return await infer_with_proof(jobs, service, name, version, body, header_length, mode,
+                                          callback, req)
+        return await service.infer_body(name, version, body, header_length)
 
     if infer_route:
         app.add_middleware(InferRoute, handler=infer_answer)
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         # reached only with infer_route=False; declared for the OpenAPI docs either way
-        body = await infer_answer(name, version, request.receive, request.headers.get("content-length"))
-        return Response(body, media_type="application/json")
+        body, json_length = await infer_answer(name, version, request.receive,
+                                               request.headers.get("content-length"),
+                                               request.headers.get("inference-header-content-length"))
+        return Response(body, headers=response_headers(json_length))
 
     infer_doc = {"requestBody": {"required": True, "content": {"application/json": {"schema": INFER_REQUEST_SCHEMA}}}}
 

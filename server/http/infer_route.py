@@ -29,8 +29,9 @@ log = logging.getLogger("verinfer.server")
 # Starlette's {param} matches one path segment: [^/]+ (the path is already percent-decoded)
 _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
-# async (model name, version or None, ASGI receive, the Content-Length header or None) -> JSON body
-InferHandler = Callable[..., Awaitable[bytes]]
+# async (model name, version or None, ASGI receive, the Content-Length header or None,
+# the Inference-Header-Content-Length header or None) -> (body, JSON header length or None)
+InferHandler = Callable[..., Awaitable[tuple[bytes, int | None]]]
 
 
 class ClientGone(Exception):
@@ -62,6 +63,15 @@ async def read_body(receive: Callable[[], Awaitable[dict]], content_length: byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+def response_headers(json_length: int | None) -> dict[str, str]:
+    """An infer answer's headers: JSON, or a JSON header of ``json_length`` bytes followed by
+    binary output data (the binary data extension)."""
+    if json_length is None:
+        return {"content-type": "application/json"}
+    return {"content-type": "application/octet-stream",
+            "inference-header-content-length": str(json_length)}
+
+
 def error_body(message: str) -> bytes:
     return json.dumps({"error": message}, separators=(",", ":")).encode()
 
@@ -79,27 +89,30 @@ class InferRoute:
         match = _INFER_PATH.fullmatch(scope["path"])
         if match is None:
             return await self.app(scope, receive, send)
-        content_length = None
+        content_length = header_length = None
         for key, value in scope["headers"]:
             if key == b"content-length":
                 content_length = value
-                break
-        headers: dict[str, str] = {}
+            elif key == b"inference-header-content-length":
+                header_length = value
         try:
-            body = await self.handler(match[1], match[2], receive, content_length)
-            status = 200
+            body, json_length = await self.handler(match[1], match[2], receive, content_length,
+                                                   header_length)
+            status, headers = 200, response_headers(json_length)
         except ClientGone:
             return
         except VerinferError as exc:
             status, body = status_for(exc), error_body(str(exc))
-            headers = getattr(exc, "headers", None) or {}  # e.g. Retry-After
+            # e.g. Retry-After
+            headers = {"content-type": "application/json", **(getattr(exc, "headers", None) or {})}
         except Exception:
             log.exception("internal error on POST %s", scope["path"])
             status, body = 500, error_body("internal server error")
+            headers = {"content-type": "application/json"}
         await send({
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json"),
+            "headers": [(b"content-length", b"%d" % len(body)),
                         *((k.lower().encode(), v.encode()) for k, v in headers.items())],
         })
         await send({"type": "http.response.body", "body": body})

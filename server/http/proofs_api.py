@@ -51,9 +51,11 @@ def proof_parameters(body: bytes) -> tuple[str | None, str | None, dict | None]:
     return mode, params.get("callback_url"), req
 
 
-async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | None,
-                           body: bytes, mode: str, callback: Any, req: dict) -> dict:
-    """Answer, then queue (``async``) or wait for (``sync``) the proof of that answer.
+async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | None, body: bytes,
+                           header_length, mode: str, callback: Any, req: dict) -> tuple[bytes, int | None]:
+    """Answer, then queue (``async``) or wait for (``sync``) the proof of that answer: the
+    encoded response and its JSON header's length when binary outputs follow (as
+    :meth:`InferenceService.infer_body`).
 
     The checks that can refuse the proof (a circuit package, one sample, the callback
     host) run before the inference, so a refused request costs no receipt."""
@@ -65,7 +67,9 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
         shape = inputs[0].get("shape")
         if isinstance(shape, list) and shape and shape[0] != 1:
             raise InputError("a proof is for one sample: send a batch of 1")
-    resp = await service.infer(name, version, body)
+    answer, json_length = await service.infer_body(name, version, body, header_length)
+    head, binary = (answer, b"") if json_length is None else (answer[:json_length], answer[json_length:])
+    resp = json.loads(head)
     params = resp.setdefault("parameters", {})
     receipt_id = params.get("receipt_id")
     if receipt_id is None:
@@ -81,7 +85,8 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
             params["proof_bundle"] = jobs.store.bundle(job.id)
     elif job.status == "failed":
         params["proof_error"] = job.error or "failed"
-    return resp
+    head = json.dumps(resp, separators=(",", ":")).encode()
+    return head + binary, (None if json_length is None else len(head))
 
 
 def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:

@@ -1,4 +1,10 @@
-"""Open Inference Protocol v2 JSON tensors: parse a request, render a response.
+"""Open Inference Protocol v2 tensors: parse a request, render a response.
+
+Tensors come as JSON numbers or, with the binary data extension (Triton/KServe), as raw
+little-endian bytes after a JSON header whose length the ``Inference-Header-Content-Length``
+HTTP header gives (``parameters.binary_data_size`` on an input; ``binary_data`` on an
+output, ``binary_data_output`` on the request). Either way the model and the receipt see the
+same numpy array, so digests do not depend on the encoding.
 
 Core logic, no web framework: takes the raw body bytes, returns numpy arrays,
 raises :class:`verifier.errors.InputError` naming the problem.
@@ -22,11 +28,20 @@ NUMERIC = {k for k in DATATYPES if k != "BOOL"}
 
 
 @dataclass(frozen=True)
+class OutputChoice:
+    """Which outputs a request asked for, and which of them go back as binary data."""
+
+    names: tuple[str, ...] | None  # in the order asked for; None: all, in the model's order
+    binary: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class InferRequest:
     id: str | None
     x: np.ndarray  # as sent, in the sent datatype
     datatype: str  # the sent OIP datatype
-    outputs: list[str] | None  # names asked for, None = all
+    outputs: OutputChoice | None  # None: all outputs, as JSON
+    parameters: dict  # the request's parameters object ({} when absent)
 
 
 def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -68,13 +83,60 @@ def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str) -> np
     return x.reshape(shape)
 
 
-def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list[str]) -> InferRequest:
+def split_body(body: bytes, header_length: bytes | str | int | None) -> tuple[bytes, bytes]:
+    """(JSON header, binary section) of a request body; ``header_length``: the
+    ``Inference-Header-Content-Length`` header, None when the whole body is JSON."""
+    if header_length is None:
+        return body, b""
     try:
-        req = json.loads(body)
+        n = int(header_length)
+    except ValueError:
+        raise InputError("Inference-Header-Content-Length is not an integer") from None
+    if not 0 < n <= len(body):
+        raise InputError(f"Inference-Header-Content-Length {n} does not fit the body of "
+                         f"{len(body)} bytes")
+    return body[:n], body[n:]
+
+
+def load_header(header: bytes) -> dict:
+    """The request's JSON object (the whole body, or its JSON header)."""
+    try:
+        req = json.loads(header)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None
     if not isinstance(req, dict):
         raise InputError("request body must be a JSON object")
+    return req
+
+
+def _binary_tensor(raw: bytes, shape: tuple[int, ...], datatype: str, where: str) -> np.ndarray:
+    dt = numpy_dtype(datatype)  # little-endian, as the extension sends
+    n = math.prod(shape)
+    if len(raw) != n * dt.itemsize:
+        raise InputError(f"{where}: binary_data_size is {len(raw)} bytes but shape {list(shape)} "
+                         f"of {datatype} needs {n * dt.itemsize}")
+    x = np.frombuffer(raw, dtype=dt).reshape(shape)
+    if dt.kind == "f" and not np.all(np.isfinite(x)):
+        raise InputError(f"{where}: data contains NaN or infinity")
+    return x
+
+
+def _flag(params: dict, key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{where}: parameters.{key} must be true or false")
+    return value
+
+
+def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list[str],
+                        header_length: bytes | str | int | None = None) -> InferRequest:
+    header, binary = split_body(body, header_length)
+    req = load_header(header)
+    params = req.get("parameters", {})
+    if not isinstance(params, dict):
+        raise InputError("field 'parameters' must be an object")
     rid = req.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InputError("field 'id' must be a string")
@@ -102,31 +164,86 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
         raise InputError(f"{where}: shape {shape} does not match the model's {shown}")
     if shape and shape[0] < 1:
         raise InputError(f"{where}: batch size must be at least 1")
-    data = _field(inp, "data", list, where)
-    x = _tensor(data, tuple(shape), datatype, where)
-    outputs = None
-    if "outputs" in req:
-        outs = req["outputs"]
-        if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
-            raise InputError("field 'outputs' must be a list of objects")
-        outputs = [_field(o, "name", str, f"outputs[{i}]") for i, o in enumerate(outs)]
-        for o in outputs:
-            if o not in output_names:
-                raise InputError(f"unknown output {o!r}; the model's outputs are {output_names}")
-    return InferRequest(rid, x, datatype, outputs)
+    in_params = inp.get("parameters", {})
+    if not isinstance(in_params, dict):
+        raise InputError(f"{where}: field 'parameters' must be an object")
+    size = in_params.get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InputError(f"{where}: the body has {len(binary)} bytes of binary data but no "
+                             f"input declares parameters.binary_data_size")
+        x = _tensor(_field(inp, "data", list, where), tuple(shape), datatype, where)
+    else:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InputError(f"{where}: parameters.binary_data_size must be a non-negative integer")
+        if "data" in inp:
+            raise InputError(f"{where}: send either data or parameters.binary_data_size, not both")
+        if header_length is None:
+            raise InputError(f"{where}: binary data needs the Inference-Header-Content-Length header")
+        if size != len(binary):
+            raise InputError(f"{where}: binary_data_size is {size} but the body holds "
+                             f"{len(binary)} bytes after the JSON header")
+        x = _binary_tensor(binary, tuple(shape), datatype, where)
+    return InferRequest(rid, x, datatype, _output_choice(req, params, output_names), params)
+
+
+def _output_choice(req: dict, params: dict, output_names: list[str]) -> OutputChoice | None:
+    all_binary = _flag(params, "binary_data_output", "request") or False
+    if "outputs" not in req:
+        return OutputChoice(None, frozenset(output_names)) if all_binary else None
+    outs = req["outputs"]
+    if not isinstance(outs, list) or not all(isinstance(o, dict) for o in outs):
+        raise InputError("field 'outputs' must be a list of objects")
+    names, binary = [], set()
+    for i, o in enumerate(outs):
+        where = f"outputs[{i}]"
+        name = _field(o, "name", str, where)
+        if name not in output_names:
+            raise InputError(f"unknown output {name!r}; the model's outputs are {output_names}")
+        o_params = o.get("parameters", {})
+        if not isinstance(o_params, dict):
+            raise InputError(f"{where}: field 'parameters' must be an object")
+        flag = _flag(o_params, "binary_data", where)
+        if flag or (flag is None and all_binary):
+            binary.add(name)
+        names.append(name)
+    return OutputChoice(tuple(names), frozenset(binary))
+
+
+def _names(meta: tuple[tuple[str, str], ...], wanted: OutputChoice | None) -> tuple[str, ...]:
+    if wanted is None or wanted.names is None:
+        return tuple(name for name, _ in meta)
+    return wanted.names
 
 
 def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
-                 wanted: list[str] | None, data_json: dict[str, str] | None = None) -> str:
+                 wanted: OutputChoice | None, data_json: dict[str, str] | None = None) -> str:
     """A response's ``outputs`` as JSON text (``meta``: the model's (name, datatype) pairs):
-    those asked for, in the order asked, else all. ``data_json``: each output's data already
-    written as JSON (by the receipt signer), else written here."""
+    those asked for, in the order asked, else all; a binary one with its
+    ``binary_data_size`` instead of data. ``data_json``: each output's data already written as
+    JSON (by the receipt signer), else written here."""
     datatypes = dict(meta)
-    return "[" + ",".join(
-        f'{{"name":{_encode(name)},"datatype":"{datatypes[name]}","shape":{shape_json(outputs[name].shape)},'
-        f'"data":{data_json[name] if data_json is not None else numbers_json(outputs[name])}}}'
-        for name in wanted or datatypes
-    ) + "]"
+    binary = wanted.binary if wanted is not None else frozenset()
+    parts = []
+    for name in _names(meta, wanted):
+        head = f'{{"name":{_encode(name)},"datatype":"{datatypes[name]}","shape":{shape_json(outputs[name].shape)},'
+        if name in binary:
+            parts.append(f'{head}"parameters":{{"binary_data_size":{outputs[name].nbytes}}}}}')
+        else:
+            parts.append(f'{head}"data":{data_json[name] if data_json is not None else numbers_json(outputs[name])}}}')
+    return "[" + ",".join(parts) + "]"
+
+
+def binary_section(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
+                   wanted: OutputChoice | None) -> bytes:
+    """The bytes that follow the JSON header of a response: each binary output's data,
+    little-endian, in the order :func:`outputs_json` lists them."""
+    if wanted is None or not wanted.binary:
+        return b""
+    return b"".join(
+        np.ascontiguousarray(outputs[name], outputs[name].dtype.newbyteorder("<")).tobytes()
+        for name in _names(meta, wanted) if name in wanted.binary
+    )
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call

@@ -19,7 +19,13 @@ import numpy as np
 
 from server.errors import NotReady
 from server.inference.batching import DynamicBatcher, Item
-from server.inference.oip import outputs_json, parse_infer_request, response_body
+from server.inference.oip import (
+    OutputChoice,
+    binary_section,
+    outputs_json,
+    parse_infer_request,
+    response_body,
+)
 from server.inference.registry import ServedModel
 from server.receipts.keys import KeyRing
 from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
@@ -37,7 +43,7 @@ log = logging.getLogger("verinfer.server")
 class Ctx:
     client_id: str | None
     datatype: str  # as sent
-    wanted: list[str] | None  # output names asked for, None: all
+    wanted: OutputChoice | None  # outputs asked for (None: all, as JSON)
 
 
 @dataclass(frozen=True)
@@ -101,26 +107,35 @@ class InferenceService:
         return m
 
     async def infer(self, name: str, version: str | None, body: bytes) -> dict[str, Any]:
-        """The OIP v2 response as a dict (``parameters.receipt``: the receipt JSON text)."""
-        return json.loads(await self.infer_json(name, version, body))
+        """The OIP v2 response of a JSON request as a dict (``parameters.receipt``: the
+        receipt JSON text)."""
+        return json.loads((await self.infer_body(name, version, body))[0])
 
-    async def infer_json(self, name: str, version: str | None, body: bytes) -> bytes:
-        """The OIP v2 response, encoded. With signing on, the receipt stage makes it (in the
-        receipt worker, off the event loop); here only without receipts."""
+    async def infer_body(self, name: str, version: str | None, body: bytes,
+                         header_length: bytes | str | int | None = None) -> tuple[bytes, int | None]:
+        """The OIP v2 response, encoded, and the length of its JSON header when binary output
+        data follows it (None: the whole response is JSON). ``header_length``: the request's
+        ``Inference-Header-Content-Length``. With signing on, the receipt stage makes the JSON
+        (in the receipt worker, off the event loop); here only without receipts."""
         m = self.model(name, version)
         if not self.ready:
             raise NotReady("server is not ready")
-        req = parse_infer_request(body, m.input, [o.name for o in m.outputs])
+        req = parse_infer_request(body, m.input, [o.name for o in m.outputs], header_length)
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
         if self._signer is not None:  # the receipt commits to x in fixed point
             check_range(x, m.scale)
         ctx = Ctx(req.id, req.datatype, req.outputs)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
-        if answer.body is not None:
-            return answer.body
         info = self._infos[m.name]
-        label = answer.label if isinstance(answer.label, int) else None
-        return response_body(m.name, m.version, outputs_json(info.outputs, answer.outputs, req.outputs), req.id, label)
+        if answer.body is not None:
+            head = answer.body
+        else:
+            label = answer.label if isinstance(answer.label, int) else None
+            head = response_body(m.name, m.version, outputs_json(info.outputs, answer.outputs, req.outputs),
+                                 req.id, label)
+        if req.outputs is None or not req.outputs.binary:
+            return head, None
+        return head + binary_section(info.outputs, answer.outputs, req.outputs), len(head)
 
     # --- runs in the model's batch worker thread (CUDA) or inline (CPU) ------------------
 

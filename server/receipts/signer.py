@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,6 +42,9 @@ from verifier.receipts import (
     pae,
 )
 from verifier.tensors import datatype_of, tensor_digest
+
+if TYPE_CHECKING:
+    from server.inference.oip import OutputChoice
 
 _REQUEST_ID = re.compile(r"0x[0-9a-f]{64}")
 
@@ -85,7 +89,7 @@ class BatchJob:
     model: str
     request_ids: list[str] | None  # None: the signer makes them (new_request_ids)
     client_ids: list[str | None]
-    wanted: list[list[str] | None]  # the outputs each request asked for (None: all)
+    wanted: list[OutputChoice | None]  # the outputs each request asked for (None: all, as JSON)
     datatypes: list[str]  # each request's input datatype as sent
     x_sent: list[np.ndarray | None]  # as sent, what the input digest covers (None: = x_model's rows)
     x_model: np.ndarray  # the batch's input as the model saw it: what the commitments cover

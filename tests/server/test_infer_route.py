@@ -119,15 +119,35 @@ def test_errors_are_error_bodies_with_their_headers(caplog):
 def test_handler_gets_the_path_and_content_length():
     got = []
 
-    async def handler(name, version, receive, content_length):
-        got.append((name, version, content_length, await read_body(receive, content_length, 100)))
-        return b"{}"
+    async def handler(name, version, receive, content_length, header_length):
+        got.append((name, version, content_length, header_length,
+                    await read_body(receive, content_length, 100)))
+        return b"{}", None
 
     route = InferRoute(None, handler)
     body = [{"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.request", "body": b"c"}]
     sent = _call(route, "POST", "/v2/models/m/versions/v 1/infer", body, [(b"content-length", b"3")])
-    assert got == [("m", "v 1", b"3", b"abc")]
+    assert got == [("m", "v 1", b"3", None, b"abc")]
     assert sent[0]["status"] == 200 and (b"content-length", b"2") in sent[0]["headers"]
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
+
+
+def test_binary_answers_say_where_their_json_header_ends():
+    """The binary data extension: the request's Inference-Header-Content-Length reaches the
+    handler; an answer with binary outputs is octet-stream with its JSON header's length."""
+    got = []
+
+    async def handler(name, version, receive, content_length, header_length):
+        got.append(header_length)
+        return b'{"outputs":[]}' + b"\x00" * 8, 14
+
+    sent = _call(InferRoute(None, handler), "POST", "/v2/models/m/infer",
+                 [{"type": "http.request", "body": b"{}"}], [(b"inference-header-content-length", b"2")])
+    assert got == [b"2"]
+    assert sent[0]["status"] == 200
+    assert (b"inference-header-content-length", b"14") in sent[0]["headers"]
+    assert (b"content-type", b"application/octet-stream") in sent[0]["headers"]
+    assert sent[1]["body"] == b'{"outputs":[]}' + b"\x00" * 8
 
 
 def _read(messages: list[dict], content_length=None, limit: int = 10) -> bytes:

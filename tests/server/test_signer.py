@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from server.inference.oip import OutputChoice
 from verifier.fixedpoint import input_commitment, quantize
 from verifier.receipts import Receipt, Statement, verify_receipt
 from verifier.tensors import tensor_digest
@@ -119,7 +120,7 @@ def test_response_body_parses_and_embeds_the_receipt_text():
     meta = (("logits", "FP32"), ("label", "INT64"))
     outs = {"logits": np.array([[0.25, -1.5]], dtype=np.float32), "label": np.array([0])}
     receipt = json.dumps({"a": 'quote " and backslash \\ and é', "n": [1, 2]}, separators=(",", ":"), ensure_ascii=False)
-    body = json.loads(response_body('m "x"', "1", outputs_json(meta, outs, ["label", "logits"]), "c\\1", 0,
+    body = json.loads(response_body('m "x"', "1", outputs_json(meta, outs, OutputChoice(("label", "logits"))), "c\\1", 0,
                                     "0x" + "ab" * 32, receipt))
     assert body == {
         "model_name": 'm "x"', "model_version": "1", "id": "c\\1",
@@ -143,7 +144,7 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
     rng = np.random.default_rng(2)
     xs = [rng.normal(size=(n, 1, 8, 8)).astype(np.float32) for n in (1, 3, 1)]
     job = _job(info, xs, [None, "c", None], ["FP32"] * 3)
-    job.wanted = [None, ["label", "logits"], ["label"]]
+    job.wanted = [None, OutputChoice(("label", "logits")), OutputChoice(("label",))]
     store = ReceiptStore(tmp_path / "receipts.sqlite3")
     bodies = make_receipts(sign, store, info, job, keep_inputs=True)
     start = 0
@@ -153,7 +154,7 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
         assert json.loads(store.get(resp["parameters"]["receipt_id"])) == json.loads(receipt)
         statement = json.loads(base64.b64decode(json.loads(receipt)["envelope"]["payload"]))
         signed = {o["name"]: o["data"] for o in statement["predicate"]["outputs"]}
-        assert [o["name"] for o in resp["outputs"]] == (job.wanted[i] or ["logits", "label"])
+        assert [o["name"] for o in resp["outputs"]] == list(job.wanted[i].names if job.wanted[i] else ["logits", "label"])
         for o in resp["outputs"]:
             mine = job.outputs[o["name"]][start : start + n]
             assert o["data"] == signed[o["name"]] == mine.ravel().tolist()
