@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import Conflict, status_for
+from server.errors import Conflict, error_body, error_response
 from server.http.infer_route import InferRoute, read_body
 from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
 from server.inference.registry import ServedModel, load_models
@@ -36,15 +36,18 @@ def _json(body: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+    return Response(error_body(message), status, media_type="application/json")
+
+
+def _error_response(exc: BaseException) -> Response:
+    status, body, headers = error_response(exc)  # headers: e.g. Retry-After
+    return Response(body, status, headers=headers, media_type="application/json")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerinferError)
     async def _verinfer(request: Request, exc: VerinferError) -> Response:
-        response = _error(status_for(exc), str(exc))
-        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After
-        return response
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -59,7 +62,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, "internal server error")
+        return _error_response(exc)
 
 
 def create_app(

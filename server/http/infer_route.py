@@ -15,13 +15,12 @@ Errors are the same ``{"error": ...}`` bodies as the app's exception handlers gi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from server.errors import PayloadTooLarge, status_for
+from server.errors import ClientGone, PayloadTooLarge, error_response
 from verifier.errors import InputError, VerinferError
 
 log = logging.getLogger("verinfer.server")
@@ -31,10 +30,6 @@ _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
 # async (model name, version or None, ASGI receive, the Content-Length header or None) -> JSON body
 InferHandler = Callable[..., Awaitable[bytes]]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
 
 
 async def read_body(receive: Callable[[], Awaitable[dict]], content_length: bytes | str | None,
@@ -62,10 +57,6 @@ async def read_body(receive: Callable[[], Awaitable[dict]], content_length: byte
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
-
-
 class InferRoute:
     """ASGI middleware: the infer endpoint's requests to ``handler``, the rest to ``app``."""
 
@@ -90,12 +81,10 @@ class InferRoute:
             status = 200
         except ClientGone:
             return
-        except VerinferError as exc:
-            status, body = status_for(exc), error_body(str(exc))
-            headers = getattr(exc, "headers", None) or {}  # e.g. Retry-After
-        except Exception:
-            log.exception("internal error on POST %s", scope["path"])
-            status, body = 500, error_body("internal server error")
+        except Exception as exc:
+            status, body, headers = error_response(exc)
+            if not isinstance(exc, VerinferError):
+                log.exception("internal error on POST %s", scope["path"])
         await send({
             "type": "http.response.start",
             "status": status,

@@ -30,6 +30,7 @@ from verifier.eip712 import (
     sign_digest,
     signing_key,
 )
+from verifier.errors import InputError
 from verifier.fixedpoint import input_commitments
 from verifier.receipts import (
     PAYLOAD_TYPE,
@@ -170,7 +171,7 @@ class ReceiptSigner:
         for i, n in enumerate(job.rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
             if not _REQUEST_ID.fullmatch(rid):  # it goes into the JSON unescaped
-                raise ValueError(f"bad request id {rid!r}")
+                raise InputError(f"bad request id {rid!r}")
             x_model = job.x_model[start : start + n]
             x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model
             label = job.labels[i]

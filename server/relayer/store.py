@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.errors import StoreError
+
 # Request states in the store. Terminal: every one but "pending" and "sending".
 TERMINAL = {"fulfilled", "answered_elsewhere", "cancelled", "skipped", "failed"}
 
@@ -91,7 +93,7 @@ class RelayStore:
         cols = ("method", "label", "tx_hash", "reason")
         unknown = set(fields) - set(cols) - {"attempts"}
         if unknown:
-            raise ValueError(f"unknown fields {unknown}")
+            raise StoreError(f"relayer store: unknown fields {unknown}")
         with self._lock:
             self._db.execute(
                 "INSERT INTO requests (chain_id, oracle, request_id, model_id, block, log_index,"
