@@ -7,8 +7,7 @@ same whichever path served it. No framework imports here.
 
 from __future__ import annotations
 
-import json
-
+from verifier.digests import compact_json
 from verifier.errors import InputError, NotFound, VerificationError, VerinferError
 
 
@@ -73,7 +72,7 @@ INTERNAL = "internal server error"
 
 def error_body(message: str) -> bytes:
     """The ``{"error": message}`` body, as bytes."""
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
+    return compact_json({"error": message})
 
 
 def error_response(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:

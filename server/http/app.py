@@ -7,7 +7,6 @@ and the models; batchers start with the app's lifespan. Nothing runs at import.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,6 +24,7 @@ from server.inference.service import InferenceService
 from server.receipts.keys import KeyRing, load_keys
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
+from verifier.digests import compact_json
 from verifier.errors import InputError, VerinferError
 
 log = logging.getLogger("verinfer.server")
@@ -32,7 +32,7 @@ VERSION = "0.1.0"
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
+    return Response(compact_json(body), status, media_type="application/json")
 
 
 def _error(status: int, message: str) -> Response:
@@ -162,7 +162,7 @@ def create_app(
             if jobs is None:
                 raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
             answer = await infer_with_proof(jobs, service, name, version, body, mode, callback, req)
-            return json.dumps(answer, separators=(",", ":")).encode()
+            return compact_json(answer)
         return await service.infer_json(name, version, body)
 
     if infer_route:

@@ -17,13 +17,14 @@ from fastapi.responses import Response
 
 from server.inference.oip import parse_infer_request
 from server.proofs.jobs import ProofJobs
+from verifier.digests import compact_json
 from verifier.errors import InputError
 
 PROOF_MODES = ("sync", "async")
 
 
 def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status,
+    return Response(compact_json(body), status,
                     media_type="application/json", headers=headers)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from server.inference.engines import TensorMeta
-from verifier.digests import numbers_json, shape_json
+from verifier.digests import compact_text, numbers_json, shape_json
 from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype
 
@@ -129,7 +129,7 @@ def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarra
     ) + "]"
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call
+_encode = compact_text
 
 
 def json_text_literal(text: str) -> str:
