@@ -3,14 +3,11 @@
 ``POST /v2/models/{name}/infer`` and ``POST /v2/models/{name}/versions/{version}/infer`` are
 answered here; every other request, and any other method on these paths, goes on to FastAPI.
 
-Why: on CPU the event loop is the server's bottleneck, and on this route FastAPI's own
-per-request machinery (its middleware stack, routing, dependency solving, the Request and
-Response objects) took ~45% of the loop's time at concurrency 64, more than parsing,
-batching and the model together (py-spy; docs/server.md, "Where the time goes"). The route's
-work is one call to the app's handler (``create_app``'s ``infer_answer``), which FastAPI's
-declared routes also make: they stay, so that ``/docs`` and ``/openapi.json`` describe the
-endpoint, and answer exactly as this does (``tests/server/test_infer_route.py``).
-Errors are the same ``{"error": ...}`` bodies as the app's exception handlers give.
+Why: on CPU the event loop is the bottleneck, and FastAPI's per-request machinery cost it more
+than parsing, batching and the model together (docs/server.md, "Execution"). The route makes
+one call to the app's handler (``create_app``'s ``infer_answer``), as FastAPI's declared routes
+do: those stay, for ``/docs``, and answer exactly as this does, errors included
+(:func:`server.errors.error_response`; ``tests/server/test_infer_route.py``).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The format is defined, and checked, by :mod:`verifier.receipts` and :mod:`verifier.eip712`;
 this module only produces it, on every answer's path, so it writes the statement's canonical
-JSON from a template instead of building pydantic models (~114 µs per receipt instead of
-~370; ``tests/server/test_signer.py`` checks the bytes against the pydantic models). The
+JSON from a template instead of building pydantic models (about 3x cheaper, docs/server.md;
+``tests/server/test_signer.py`` checks the bytes against the pydantic models). The
 tensor digest, the fixed-point commitment and the EIP-712 struct are the verifier's own
 definitions: one definition to sign and to verify.
 """

@@ -41,12 +41,9 @@ class ReceiptStore:
 
     Checkpoints: never inside a commit that an answer waits for (``wal_autocheckpoint=0``).
     The writer runs :meth:`checkpoint` itself, after its answers are out, once
-    :attr:`checkpoint_due` says so: the receipt worker after a reply, the event loop after
-    a batch it signed itself. It must be the writer: a checkpoint from another connection
-    (a background thread did that before) never catches up with a writer that keeps writing,
-    the WAL never restarts, and it grew by ~18 KB per receipt without end (776 MB after
-    42,000 receipts). A checkpoint by the writer copies every frame, and the next commit
-    starts the WAL over.
+    :attr:`checkpoint_due` says so (the receipt worker after a reply, the event loop after a
+    batch it signed itself). It must be the writer: another connection's checkpoints never
+    catch up with a writer that keeps writing, and the WAL grows without end (docs/server.md).
     """
 
     def __init__(self, path: Path) -> None:
