@@ -47,8 +47,8 @@ def make_corpus(home: Path, work: Path, n_bundles: int, n_receipts: int) -> dict
     from models import load_split
     from prover.package import find_package
     from prover.proving import Prover
+    from testkit.corpus import Signer, sign_receipt
     from verifier.config import Settings
-    from verifier.corpus import Signer, sign_receipt
 
     pkg = find_package(Settings(home=home), "iris_mlp")
     prover = Prover(pkg)

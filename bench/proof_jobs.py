@@ -32,57 +32,24 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
+
+from testkit.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 VERINFER = [sys.executable, "-m", "verifier.cli"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _server(home: Path, workers: int) -> ServerProcess:
+    env = {"VERINFER_PROOF_WORKERS": str(workers), "VERINFER_MAX_QUEUED_PROOFS": "1000"}
+    return ServerProcess(home, env=env).wait_ready()
 
 
-class Server:
-    def __init__(self, home: Path, workers: int) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "VERINFER_HOME": str(home), "VERINFER_PROOF_WORKERS": str(workers),
-               "VERINFER_MAX_QUEUED_PROOFS": "1000"}
-        self.log = open(home / f"bench-server-{self.port}.log", "ab")  # noqa: SIM115 - the server's, until stop()
-        self.proc = subprocess.Popen([*VERINFER, "serve", "--port", str(self.port)], cwd=REPO,
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + 120
-        while time.monotonic() < end:
-            try:
-                if self.call("GET", "/v2/health/ready")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=600) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self.log.close()
+def _call(s: ServerProcess, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    return s.request(method, path, body, timeout=600)[:2]
 
 
 def _tensor(x: np.ndarray) -> list[dict]:
@@ -128,12 +95,12 @@ class RawProver:
         return time.perf_counter() - t
 
 
-def _wait_all(s: Server, ids: list[str], timeout: float = 1800) -> None:
+def _wait_all(s: ServerProcess, ids: list[str], timeout: float = 1800) -> None:
     end = time.monotonic() + timeout
     pending = set(ids)
     while pending and time.monotonic() < end:
         for j in list(pending):
-            st = s.call("GET", f"/v1/proofs/{j}")[1]
+            st = _call(s, "GET", f"/v1/proofs/{j}")[1]
             if st["status"] in ("done", "failed"):
                 if st["status"] == "failed":
                     raise RuntimeError(f"job failed: {st}")
@@ -163,37 +130,37 @@ def bench_model(name: str, src_home: Path, repeat: int, n_jobs: int) -> dict:
         xs = _inputs(name, repeat + 1, 0)
         raw = RawProver(pkg, xs[0], tmp)
         raw.prove()  # warm-up (keys read, caches)
-        s = Server(home, workers=1)
+        s = _server(home, workers=1)
         try:
-            warm = s.call("POST", f"/v2/models/{name}/infer",
+            warm = _call(s, "POST", f"/v2/models/{name}/infer",
                           {"inputs": _tensor(xs[0]), "parameters": {"proof": "sync"}})
             assert warm[0] == 200 and warm[1]["parameters"]["proof_status"] == "done", warm
             raws, e2es, worker_s = [], [], []
             for x in xs[1:]:
                 raws.append(raw.prove())
                 t = time.perf_counter()
-                status, resp = s.call("POST", f"/v2/models/{name}/infer",
+                status, resp = _call(s, "POST", f"/v2/models/{name}/infer",
                                       {"inputs": _tensor(x), "parameters": {"proof": "sync"}})
                 e2es.append(time.perf_counter() - t)
                 p = resp["parameters"]
                 assert status == 200 and p["proof_status"] == "done", resp
-                worker_s.append(s.call("GET", f"/v1/proofs/{p['proof_job_id']}")[1]["proof_s"])
+                worker_s.append(_call(s, "GET", f"/v1/proofs/{p['proof_job_id']}")[1]["proof_s"])
             hits = []
             body = {"model": name, "inputs": _tensor(xs[1])}
             for _ in range(50):
                 t = time.perf_counter()
-                status, job = s.call("POST", "/v1/proofs", body)
+                status, job = _call(s, "POST", "/v1/proofs", body)
                 hits.append(time.perf_counter() - t)
                 assert status == 200 and job["cached"], job
             bundle_t = []
             for _ in range(20):
                 t = time.perf_counter()
-                s.call("GET", f"/v1/proofs/{job['id']}/bundle")
+                _call(s, "GET", f"/v1/proofs/{job['id']}/bundle")
                 bundle_t.append(time.perf_counter() - t)
             tput1 = _throughput(s, name, _inputs(name, n_jobs, 1000))
         finally:
             s.stop()
-        s2 = Server(home, workers=2)
+        s2 = _server(home, workers=2)
         try:
             # warm both workers up (each opens the package once)
             _throughput(s2, name, _inputs(name, 2, 3000))
@@ -217,11 +184,11 @@ def bench_model(name: str, src_home: Path, repeat: int, n_jobs: int) -> dict:
     return row
 
 
-def _throughput(s: Server, name: str, xs: list[np.ndarray]) -> float:
+def _throughput(s: ServerProcess, name: str, xs: list[np.ndarray]) -> float:
     t = time.perf_counter()
     ids = []
     for x in xs:
-        status, job = s.call("POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
+        status, job = _call(s, "POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
         assert status in (200, 202), job
         ids.append(job["id"])
     _wait_all(s, ids)

@@ -238,7 +238,7 @@ def decode_revert(exc: BaseException, abi: list) -> VerinferError:
     known = error_selectors(abi)
     sel = data[:4]
     if sel not in known:  # bubbled up from another of our contracts (e.g. consumer -> oracle)
-        from contracts.deploy import compiled
+        from contracts.solc import compiled
 
         for c in compiled().values():
             known = {**error_selectors(c.abi), **known}

@@ -6,29 +6,21 @@ call these functions.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.chain import Chain
-from contracts.solc import EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compile_files
+from contracts.solc import EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compiled
 from verifier.errors import InputError, PackageError
 
-SRC = Path(__file__).resolve().parent / "src"
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
 DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
 
 # Oracle.Policy, by name (the Solidity enum's order).
 POLICIES = {"proof": 1, "signature": 2, "either": 3}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
-
-
-@functools.cache
-def compiled() -> dict[str, CompiledContract]:
-    """VerinferOracle, ExampleConsumer and the interfaces, compiled with the pinned solcjs."""
-    return compile_files(sorted(SRC.glob("*.sol")))
 
 
 def oracle_abi() -> list:

@@ -14,6 +14,7 @@ Pinned compiler settings, and why:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from verifier.errors import InputError
 EVM_VERSION = "cancun"
 OPTIMIZER_RUNS = 200
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SRC = Path(__file__).resolve().parent / "src"  # verinfer's own contracts
 
 
 class CompileError(InputError):
@@ -119,3 +121,11 @@ def _node(script: str, *args: str) -> str:
     if proc.returncode != 0:
         raise CompileError(f"solcjs failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
+
+
+@functools.cache
+def compiled() -> dict[str, CompiledContract]:
+    """VerinferOracle, ExampleConsumer and the interfaces, compiled with the pinned solcjs
+    (here, not in :mod:`contracts.deploy`, so that :mod:`contracts.chain` can read their
+    errors without importing the module that imports it)."""
+    return compile_files(sorted(SRC.glob("*.sol")))

@@ -40,6 +40,7 @@ def _settings(**overrides):
     from pydantic import ValidationError
 
     from server.settings import BatchPolicy, ServerSettings
+    from verifier.base import first_error
     from verifier.errors import InputError
 
     try:
@@ -50,9 +51,7 @@ def _settings(**overrides):
             values["batching"] = BatchPolicy(**{**base.batching.model_dump(), **batch})
         return ServerSettings(**values) if values else base
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid setting {where}: {first['msg']}") from None
+        raise InputError(f"invalid setting {first_error(exc, 'settings')}") from None
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -1,7 +1,13 @@
-"""verinfer's errors as HTTP statuses: the one table (bodies are ``{"error": "..."}``)."""
+"""verinfer's errors as HTTP answers: the one table and the one function that applies it.
+
+Both the FastAPI exception handlers (``server/http/app.py``) and the bare infer route
+(``server/http/infer_route.py``) answer through :func:`error_response`, so an error looks the
+same whichever path served it. No framework imports here.
+"""
 
 from __future__ import annotations
 
+from verifier.digests import compact_json
 from verifier.errors import InputError, NotFound, VerificationError, VerinferError
 
 
@@ -29,6 +35,17 @@ class Conflict(InputError):
     """The request is valid but cannot be done in this state (e.g. no receipts kept)."""
 
 
+class ClientGone(VerinferError):
+    """The client disconnected before its request body was complete: there is no one to answer."""
+
+    def __init__(self, message: str = "the client disconnected before its request body was complete") -> None:
+        super().__init__(message)
+
+
+class StoreError(VerinferError):
+    """A store file cannot be used: made by a newer or unknown version, or used wrongly by our code."""
+
+
 # First match wins: subclasses before their bases.
 HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, 404),
@@ -48,3 +65,19 @@ def status_for(exc: BaseException) -> int:
         if isinstance(exc, kind):
             return status
     return 500
+
+
+INTERNAL = "internal server error"
+
+
+def error_body(message: str) -> bytes:
+    """The ``{"error": message}`` body, as bytes."""
+    return compact_json({"error": message})
+
+
+def error_response(exc: BaseException) -> tuple[int, bytes, dict[str, str]]:
+    """``exc`` as (HTTP status, body, extra headers such as Retry-After). An exception that is not
+    one of ours is a 500 whose body says nothing of it (the caller logs it)."""
+    if not isinstance(exc, VerinferError):
+        return 500, error_body(INTERNAL), {}
+    return status_for(exc), error_body(str(exc)), dict(getattr(exc, "headers", None) or {})

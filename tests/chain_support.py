@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from server_process import free_port
+
+from testkit.server_process import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"

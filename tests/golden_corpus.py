@@ -2,7 +2,7 @@
 
 It registers iris_mlp in a temporary data dir, proves two held-out samples, signs receipts
 with throwaway keys (only public keys are written) and writes the valid items and their
-tampered variants with :func:`verifier.corpus.write_corpus`, plus a verify-only copy of the
+tampered variants with :func:`testkit.corpus.write_corpus`, plus a verify-only copy of the
 circuit package (manifest, settings, vk, SRS: no pk). Built, not committed: no key of any
 kind lives in the repo. ~20 s, once per pytest process, on first import.
 
@@ -46,7 +46,7 @@ def _prove(home: Path, n: int):
 
 def write(out: Path, home: Path | None = None, *, full: bool = False) -> Path:
     """Write a corpus to ``out`` (iris_mlp registered in ``home``, else in a temporary dir)."""
-    from verifier.corpus import write_corpus
+    from testkit.corpus import write_corpus
 
     with tempfile.TemporaryDirectory(prefix="verinfer-corpus-") as tmp:
         if home is None:

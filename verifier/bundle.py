@@ -15,17 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError, field_validator
 
+from verifier.base import Frozen as _Frozen
+from verifier.base import first_error
 from verifier.errors import InputError
 from verifier.tensors import numpy_dtype, tensor_digest
 
 BUNDLE_FORMAT = "verinfer.proof-bundle/v1"
 BUNDLE_FILE = "bundle.json"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class ModelRef(_Frozen):
@@ -119,5 +117,4 @@ class ProofBundle(_Frozen):
                     json.loads(raw)
                 except ValueError as bad:
                     raise InputError(f"{path}: not JSON: {bad}") from None
-            where = ".".join(str(p) for p in first["loc"]) or "bundle"
-            raise InputError(f"{path}: invalid proof bundle: {where}: {first['msg']}") from None
+            raise InputError(f"{path}: invalid proof bundle: {first_error(exc, 'bundle')}") from None

@@ -33,12 +33,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The project's JSON forms, each written by one encoder made once (``json.dumps`` with
+# arguments builds a new encoder per call).
+# canonical: sorted keys, no whitespace, non-ASCII as is; what is hashed and signed
+canonical_text = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+# compact: keys in their order, no whitespace, non-ASCII as is; parts of an answer written by hand
+compact_text = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_compact_ascii = json.JSONEncoder(separators=(",", ":")).encode
+_compact_ascii_sorted = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def canonical_json(obj: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the one byte form a JSON object is hashed in."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_text(obj).encode()
 
 
-_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+def compact_json(obj: Any, *, sort_keys: bool = False) -> bytes:
+    """No whitespace, non-ASCII escaped (``\\uXXXX``, so any str encodes): HTTP bodies, callbacks."""
+    return (_compact_ascii_sorted if sort_keys else _compact_ascii)(obj).encode()
 
 
 def numbers_json(array: np.ndarray) -> str:
@@ -54,7 +66,7 @@ def numbers_json(array: np.ndarray) -> str:
             return f"[{text}]"
     elif kind in "iu":
         return f"[{','.join(map(int.__repr__, values))}]"
-    return _compact(values)
+    return compact_text(values)
 
 
 def shape_json(shape: tuple[int, ...]) -> str:

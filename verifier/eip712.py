@@ -29,8 +29,9 @@ from eth_keys import keys as eth_keys
 from eth_keys.exceptions import BadSignature
 from eth_keys.exceptions import ValidationError as EthKeysValidationError
 from eth_utils import to_checksum_address
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
+from verifier.base import Frozen as _Frozen
 from verifier.digests import keccak
 from verifier.errors import KeyUnknown, SignatureInvalid
 
@@ -54,10 +55,6 @@ CLASSIFICATION_TYPEHASH = keccak(CLASSIFICATION_TYPE.encode())
 Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 AddressHex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
 Uint256 = Annotated[int, Field(ge=0, lt=2**256)]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Domain(_Frozen):
@@ -104,21 +101,27 @@ def domain_separator(domain: Domain) -> bytes:
     )
 
 
+def classification_hash(model_id: bytes, input_commitment: bytes, label: int, request_id: bytes,
+                        deadline: int) -> bytes:
+    """hashStruct(Classification) from its raw 32-byte words (the signer's hot path calls this
+    directly). abi.encode of static 32-byte words is their concatenation (uint256 big-endian)."""
+    return keccak(CLASSIFICATION_TYPEHASH + model_id + input_commitment + label.to_bytes(32, "big")
+                  + request_id + deadline.to_bytes(32, "big"))
+
+
 def struct_hash(answer: Classification) -> bytes:
-    # abi.encode of static 32-byte words is their concatenation (uint256 big-endian)
-    return keccak(
-        CLASSIFICATION_TYPEHASH
-        + _b32(answer.modelId)
-        + _b32(answer.inputCommitment)
-        + answer.label.to_bytes(32, "big")
-        + _b32(answer.requestId)
-        + answer.deadline.to_bytes(32, "big")
-    )
+    return classification_hash(_b32(answer.modelId), _b32(answer.inputCommitment), answer.label,
+                               _b32(answer.requestId), answer.deadline)
+
+
+def typed_digest(separator: bytes, struct: bytes) -> bytes:
+    """EIP-712's signed 32 bytes: keccak256(0x1901 || domain separator || struct hash)."""
+    return keccak(b"\x19\x01" + separator + struct)
 
 
 def signing_digest(domain: Domain, answer: Classification, *, separator: bytes | None = None) -> bytes:
     """The 32 bytes that are signed (``separator`` may be precomputed for speed)."""
-    return keccak(b"\x19\x01" + (separator or domain_separator(domain)) + struct_hash(answer))
+    return typed_digest(separator or domain_separator(domain), struct_hash(answer))
 
 
 def typed_data(domain: Domain, answer: Classification) -> dict[str, Any]:

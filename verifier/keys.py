@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from verifier.digests import compact_json
 from verifier.errors import InputError, KeyUnknown
 
 
@@ -43,7 +43,7 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     if jwk.get("kty") != "OKP":
         raise InputError(f"unsupported JWK kty {jwk.get('kty')!r} (only OKP)")
     members = {k: jwk[k] for k in ("crv", "kty", "x")}
-    canon = json.dumps(members, sort_keys=True, separators=(",", ":")).encode()
+    canon = compact_json(members, sort_keys=True)
     return b64url(hashlib.sha256(canon).digest())
 
 

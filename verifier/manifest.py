@@ -12,17 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from verifier.base import Frozen, parse_as
 from verifier.digests import canonical_json, sha256_bytes, sha256_file
 from verifier.errors import PackageError
 
 MANIFEST_FORMAT = "verinfer.circuit-package/v1"
 MANIFEST_FILE = "manifest.json"
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Artifact(Frozen):
@@ -76,12 +71,7 @@ class Manifest(Frozen):
             raw = path.read_bytes()
         except FileNotFoundError:
             raise PackageError(f"{path}: no manifest.json (not a circuit package)") from None
-        try:
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "manifest"
-            raise PackageError(f"{path}: invalid manifest: {where}: {first['msg']}") from None
+        return parse_as(cls, raw, f"{path}: invalid manifest", "manifest", PackageError)
 
     def check_artifacts(self, folder: Path, names: list[str] | None = None) -> None:
         """Raise :class:`PackageError` unless each artifact's bytes hash as recorded."""

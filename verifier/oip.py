@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from verifier.base import first_error
 from verifier.errors import InputError
 from verifier.manifest import TensorSpec
 from verifier.tensors import numpy_dtype
@@ -43,9 +44,7 @@ def parse_request(raw: bytes | str | dict, where: str = "request") -> InferReque
     try:
         return InferRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InputError(f"{where}: {loc}: {first['msg']}") from None
+        raise InputError(f"{where}: {first_error(exc, 'body')}") from None
 
 
 def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:

@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
+from verifier.base import Frozen as _Frozen
+from verifier.base import parse_as
 from verifier.digests import canonical_json
-from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
+from verifier.errors import DigestMismatch, LinkBroken, SignatureInvalid
 from verifier.receipts import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
@@ -38,10 +40,6 @@ from verifier.receipts import (
 
 PROOF_RECEIPT_FORMAT = "verinfer.proof-receipt/v1"
 PROOF_PREDICATE_TYPE = "https://verinfer.dev/proof-receipt/v1"
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 class ProofPredicate(_Frozen):
@@ -76,14 +74,7 @@ class ProofReceipt(_Frozen):
 
     @classmethod
     def parse(cls, raw: str | bytes | dict) -> ProofReceipt:
-        try:
-            if isinstance(raw, dict):
-                return cls.model_validate(raw)
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "proof receipt"
-            raise InputError(f"invalid proof receipt: {where}: {first['msg']}") from None
+        return parse_as(cls, raw, "invalid proof receipt", "proof receipt")
 
 
 def sha256_json(obj: Any) -> str:
@@ -106,12 +97,8 @@ def make_proof_statement(predicate: ProofPredicate) -> ProofStatement:
 def verify_proof_receipt_envelope(receipt: ProofReceipt, jwks: dict[str, Any]) -> ProofStatement:
     """Signature (against ``jwks``) and shape of a proof receipt; returns its statement."""
     payload, kids = verify_dsse(receipt.envelope, jwks)
-    try:
-        st = ProofStatement.model_validate_json(payload)
-    except ValidationError as exc:
-        raise SignatureInvalid(
-            f"signed payload is not a verinfer proof statement: {exc.errors()[0]['msg']}"
-        ) from None
+    st = parse_as(ProofStatement, payload, "signed payload is not a verinfer proof statement", "statement",
+                  SignatureInvalid)
     if st.predicate.keyId not in kids:
         raise LinkBroken("proof receipt's keyId is not the key that signed it")
     if tuple(st.subject) != proof_subjects(st.predicate):

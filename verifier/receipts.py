@@ -23,8 +23,10 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 
+from verifier.base import Frozen as _Frozen
+from verifier.base import parse_as
 from verifier.digests import canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
@@ -38,10 +40,6 @@ PREDICATE_TYPE = "https://verinfer.dev/receipt/v1"
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
 # --- the signed statement ------------------------------------------------------
@@ -119,14 +117,7 @@ class Receipt(_Frozen):
 
     @classmethod
     def parse(cls, raw: str | bytes | dict) -> Receipt:
-        try:
-            if isinstance(raw, dict):
-                return cls.model_validate(raw)
-            return cls.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "receipt"
-            raise InputError(f"invalid receipt: {where}: {first['msg']}") from None
+        return parse_as(cls, raw, "invalid receipt", "receipt")
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -193,10 +184,8 @@ def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
     :class:`DigestMismatch` if the statement's subjects contradict its predicate.
     """
     payload, kids = verify_dsse(envelope, jwks)
-    try:
-        statement = Statement.model_validate_json(payload)
-    except ValidationError as exc:
-        raise SignatureInvalid(f"signed payload is not a verinfer statement: {exc.errors()[0]['msg']}") from None
+    statement = parse_as(Statement, payload, "signed payload is not a verinfer statement", "statement",
+                         SignatureInvalid)
     if statement.predicate.keyId not in kids:
         raise LinkBroken("predicate keyId is not the key that signed the envelope")
     _check_subjects(statement)

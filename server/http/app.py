@@ -7,7 +7,6 @@ and the models; batchers start with the app's lifespan. Nothing runs at import.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import Conflict, status_for
+from server.errors import Conflict, error_body, error_response
 from server.http.infer_route import InferRoute, read_body, response_headers
 from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
 from server.inference.oip import split_body
@@ -26,6 +25,7 @@ from server.inference.service import InferenceService
 from server.receipts.keys import KeyRing, load_keys
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
+from verifier.digests import compact_json
 from verifier.errors import InputError, VerinferError
 
 log = logging.getLogger("verinfer.server")
@@ -33,19 +33,22 @@ VERSION = "0.1.0"
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status, media_type="application/json")
+    return Response(compact_json(body), status, media_type="application/json")
 
 
 def _error(status: int, message: str) -> Response:
-    return _json({"error": message}, status)
+    return Response(error_body(message), status, media_type="application/json")
+
+
+def _error_response(exc: BaseException) -> Response:
+    status, body, headers = error_response(exc)  # headers: e.g. Retry-After
+    return Response(body, status, headers=headers, media_type="application/json")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(VerinferError)
     async def _verinfer(request: Request, exc: VerinferError) -> Response:
-        response = _error(status_for(exc), str(exc))
-        response.headers.update(getattr(exc, "headers", None) or {})  # e.g. Retry-After
-        return response
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -60,7 +63,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return _error(500, "internal server error")
+        return _error_response(exc)
 
 
 def create_app(

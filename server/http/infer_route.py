@@ -3,25 +3,21 @@
 ``POST /v2/models/{name}/infer`` and ``POST /v2/models/{name}/versions/{version}/infer`` are
 answered here; every other request, and any other method on these paths, goes on to FastAPI.
 
-Why: on CPU the event loop is the server's bottleneck, and on this route FastAPI's own
-per-request machinery (its middleware stack, routing, dependency solving, the Request and
-Response objects) took ~45% of the loop's time at concurrency 64, more than parsing,
-batching and the model together (py-spy; docs/server.md, "Where the time goes"). The route's
-work is one call to the app's handler (``create_app``'s ``infer_answer``), which FastAPI's
-declared routes also make: they stay, so that ``/docs`` and ``/openapi.json`` describe the
-endpoint, and answer exactly as this does (``tests/server/test_infer_route.py``).
-Errors are the same ``{"error": ...}`` bodies as the app's exception handlers give.
+Why: on CPU the event loop is the bottleneck, and FastAPI's per-request machinery cost it more
+than parsing, batching and the model together (docs/server.md, "Execution"). The route makes
+one call to the app's handler (``create_app``'s ``infer_answer``), as FastAPI's declared routes
+do: those stay, for ``/docs``, and answer exactly as this does, errors included
+(:func:`server.errors.error_response`; ``tests/server/test_infer_route.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from server.errors import PayloadTooLarge, status_for
+from server.errors import ClientGone, PayloadTooLarge, error_response
 from verifier.errors import InputError, VerinferError
 
 log = logging.getLogger("verinfer.server")
@@ -32,10 +28,6 @@ _INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 # async (model name, version or None, ASGI receive, the Content-Length header or None,
 # the Inference-Header-Content-Length header or None) -> (body, JSON header length or None)
 InferHandler = Callable[..., Awaitable[tuple[bytes, int | None]]]
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
 
 
 async def read_body(receive: Callable[[], Awaitable[dict]], content_length: bytes | str | None,
@@ -72,10 +64,6 @@ def response_headers(json_length: int | None) -> dict[str, str]:
             "inference-header-content-length": str(json_length)}
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
-
-
 class InferRoute:
     """ASGI middleware: the infer endpoint's requests to ``handler``, the rest to ``app``."""
 
@@ -101,14 +89,11 @@ class InferRoute:
             status, headers = 200, response_headers(json_length)
         except ClientGone:
             return
-        except VerinferError as exc:
-            status, body = status_for(exc), error_body(str(exc))
-            # e.g. Retry-After
-            headers = {"content-type": "application/json", **(getattr(exc, "headers", None) or {})}
-        except Exception:
-            log.exception("internal error on POST %s", scope["path"])
-            status, body = 500, error_body("internal server error")
-            headers = {"content-type": "application/json"}
+        except Exception as exc:
+            status, body, extra = error_response(exc)
+            headers = {"content-type": "application/json", **extra}  # e.g. Retry-After
+            if not isinstance(exc, VerinferError):
+                log.exception("internal error on POST %s", scope["path"])
         await send({
             "type": "http.response.start",
             "status": status,

@@ -17,13 +17,14 @@ from fastapi.responses import Response
 
 from server.inference.oip import parse_infer_request
 from server.proofs.jobs import ProofJobs
+from verifier.digests import compact_json
 from verifier.errors import InputError
 
 PROOF_MODES = ("sync", "async")
 
 
 def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")).encode(), status,
+    return Response(compact_json(body), status,
                     media_type="application/json", headers=headers)
 
 
@@ -85,7 +86,7 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
             params["proof_bundle"] = jobs.store.bundle(job.id)
     elif job.status == "failed":
         params["proof_error"] = job.error or "failed"
-    head = json.dumps(resp, separators=(",", ":")).encode()
+    head = compact_json(resp)
     return head + binary, (None if json_length is None else len(head))
 
 

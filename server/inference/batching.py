@@ -1,30 +1,13 @@
 """Dynamic batching: concurrent requests to one model share a forward pass.
 
-Requests queue per model; one collector task takes the first waiting request,
-then more until ``max_batch_size`` samples or ``max_queue_delay_ms`` has passed,
-and runs it (inline on CPU, in a worker thread on CUDA). While a batch runs, the
-next one gathers. The delay is spent only waiting for requests that can come:
-until the batch is as big as the last one, less the requests still in the finish
-stage; after that, what is queued joins without waiting, and a lone request is
-never held back. Each request's future gets exactly its own slice of the answer.
-
-An optional async ``finish`` stage (signing receipts, in another process) runs
-as its own tasks, so the next batch is collected and run meanwhile. A batch is
-finished in chunks of ``finish_chunk`` requests, each answered as soon as it is
-done: the first callers of a big batch get their answers (and send their next
-requests) while the rest is being signed, so the stages overlap even when every
-client is in the same batch. At most ``max_finishing`` chunks are in the stage at
-once; that is the back-pressure: when finishing falls behind, requests wait in
-the queue and the next batch is bigger.
-
-With ``finish_inline`` (the same work, done in the event loop), a batch of one
-chunk finishes inline when the loop has nothing else to do (no chunk in the
-stage, no request waiting): then a hand-off to another process would only add its
-wake-up latency (at concurrency 1, signing in the loop gives 0.53 of the unsigned
-throughput, handing off 0.36; at 4 and 8, 0.79 against 0.69 and 0.65). A batch of
-several chunks is handed off whole: when the loop also signed the last chunk of
-those, it kept the loop (the bottleneck under load) from answering the chunks
-the worker had finished, ~13% fewer requests/s at concurrency 64.
+Per model, one collector task gathers queued requests until ``max_batch_size`` samples or
+``max_queue_delay_ms`` (waiting only for requests that can still come; a lone request never
+waits), runs the batch, and gives each caller its own rows. An optional async ``finish`` stage
+(signing receipts in another process) answers each chunk of ``finish_chunk`` requests as soon
+as it is done, while the next batch runs; ``max_finishing`` chunks in the stage is the
+back-pressure. With ``finish_inline``, a one-chunk batch is finished in the event loop when it
+has nothing else to do. Why, with the measurements behind each choice: docs/server.md
+("Execution" and "Where the time goes").
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from server.inference.engines import TensorMeta
-from verifier.digests import numbers_json, shape_json
+from verifier.digests import compact_text, numbers_json, shape_json
 from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype
 
@@ -246,7 +246,7 @@ def binary_section(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndar
     )
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode  # made once, not per call
+_encode = compact_text
 
 
 def json_text_literal(text: str) -> str:

@@ -9,13 +9,13 @@ exponential backoff; a 2xx answer counts as delivered.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
+from verifier.digests import compact_json
 from verifier.errors import InputError
 
 log = logging.getLogger("verinfer.server")
@@ -59,7 +59,7 @@ _OPENER = urllib.request.build_opener(_NoRedirect)
 def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
             timeout_s: float = 5.0, stop=None) -> bool:
     """POST ``payload`` as JSON until a 2xx answer; False when every try failed."""
-    body = json.dumps(payload, separators=(",", ":")).encode()
+    body = compact_json(payload)
     delay = backoff_s
     for i in range(attempts):
         req = urllib.request.Request(url, data=body, method="POST",

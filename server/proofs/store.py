@@ -19,12 +19,16 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from server.sqlite import Schema, connect, transaction
+
+# version 1: the table as it was before stores carried a version, now stamped
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS proof_jobs (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS proof_jobs (
 );
 CREATE INDEX IF NOT EXISTS proof_jobs_status ON proof_jobs (status, created);
 """
+SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1,))
 
 ACTIVE = ("queued", "running")
 COLUMNS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
@@ -121,17 +126,9 @@ class JobStore:
     """Thin, process-local access to the job table; safe from several threads."""
 
     def __init__(self, path: Path, timeout_s: float = 30.0) -> None:
-        import threading
-
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), timeout=timeout_s, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(SCHEMA)
+        self._db = connect(path, SCHEMA, ("journal_mode=WAL", "synchronous=NORMAL"), timeout_s)
 
     def close(self) -> None:
         with self._lock:
@@ -139,15 +136,8 @@ class JobStore:
 
     def _tx(self, fn):
         """Run ``fn(db)`` in one IMMEDIATE transaction (writers queue on SQLite's lock)."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(self._db)
-                self._db.execute("COMMIT")
-                return out
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock, "IMMEDIATE") as db:
+            return fn(db)
 
     def _one(self, sql: str, args: tuple) -> Job | None:
         with self._lock:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from pathlib import Path
 
+from server.sqlite import Schema, connect, transaction
 from verifier.errors import NotFound
 
-SCHEMA = """
+# version 1: the tables as they were before stores carried a version, now stamped
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS receipts (
     id TEXT PRIMARY KEY,
     model TEXT NOT NULL,
@@ -22,6 +23,7 @@ CREATE TABLE IF NOT EXISTS receipt_inputs (
     data BLOB NOT NULL
 )
 """
+SCHEMA = Schema("receipt store", slot=0, steps=(SCHEMA_V1,))
 
 # (receipt id, OIP datatype, shape as JSON, little-endian row-major bytes)
 InputRow = tuple[str, str, str, bytes]
@@ -39,29 +41,25 @@ class ReceiptStore:
 
     Checkpoints: never inside a commit that an answer waits for (``wal_autocheckpoint=0``).
     The writer runs :meth:`checkpoint` itself, after its answers are out, once
-    :attr:`checkpoint_due` says so: the receipt worker after a reply, the event loop after
-    a batch it signed itself. It must be the writer: a checkpoint from another connection
-    (a background thread did that before) never catches up with a writer that keeps writing,
-    the WAL never restarts, and it grew by ~18 KB per receipt without end (776 MB after
-    42,000 receipts). A checkpoint by the writer copies every frame, and the next commit
-    starts the WAL over.
+    :attr:`checkpoint_due` says so (the receipt worker after a reply, the event loop after a
+    batch it signed itself). It must be the writer: another connection's checkpoints never
+    catch up with a writer that keeps writing, and the WAL grows without end (docs/server.md).
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        # 8 KiB pages hold three ~2.6 KB receipts where 4 KiB pages held one (3.3 instead of
-        # 4.7 KB per receipt on disk); only a new database takes it
-        self._db.execute("PRAGMA page_size=8192")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a committed receipt survives a crash of the server
-        # process; only an OS crash/power loss can lose the last transactions.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
+        self._db = connect(path, SCHEMA, pragmas=(
+            # 8 KiB pages hold three ~2.6 KB receipts where 4 KiB pages held one (3.3 instead of
+            # 4.7 KB per receipt on disk); only a new database takes it
+            "page_size=8192",
+            "journal_mode=WAL",
+            # NORMAL in WAL mode: a committed receipt survives a crash of the server
+            # process; only an OS crash/power loss can lose the last transactions.
+            "synchronous=NORMAL",
+            "wal_autocheckpoint=0",  # the writer checkpoints (class docstring)
+            f"journal_size_limit={WAL_SIZE_LIMIT}",
+        ))
         self._written = 0  # receipts committed since the last checkpoint
 
     @property
@@ -78,17 +76,11 @@ class ReceiptStore:
                  inputs: list[InputRow] | None = None) -> None:
         """``rows``: (id, model, created unix time, receipt JSON); ``inputs``: the
         input each one-sample answer ran on, kept so a proof can be asked for later."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany("INSERT INTO receipts VALUES (?, ?, ?, ?)", rows)
-                if inputs:
-                    self._db.executemany("INSERT INTO receipt_inputs VALUES (?, ?, ?, ?)", inputs)
-                self._db.execute("COMMIT")
-                self._written += len(rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with transaction(self._db, self._lock) as db:
+            db.executemany("INSERT INTO receipts VALUES (?, ?, ?, ?)", rows)
+            if inputs:
+                db.executemany("INSERT INTO receipt_inputs VALUES (?, ?, ?, ?)", inputs)
+            self._written += len(rows)
 
     def get(self, receipt_id: str) -> str:
         with self._lock:

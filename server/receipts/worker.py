@@ -1,26 +1,17 @@
 """Receipts are made off the event loop, in a child process that signs, stores and renders.
 
-Why a process: a receipt costs ~0.15 ms of CPU (two signatures, the canonical statement,
-digests, one SQLite write, the response), the same order as everything else the event loop
-does for a request. In a thread it would hold the GIL for most of that; in a child process
-it runs on another core, overlapped with the loop parsing the next requests and the model
-running the next batch (bench/http_load.py, docs/server.md). Under light load the event
-loop makes some receipts itself with the same :func:`make_receipts` (server/inference/batching.py
-says when), so both processes hold the keys and write the store; a receipt is committed
-before its answer is returned either way.
+Why: a receipt costs about as much CPU as everything else the loop does for a request; in a
+thread it would hold the GIL, in a process it runs on another core (docs/server.md,
+"Execution"). When idle the loop makes some receipts itself with the same :func:`make_receipts`;
+either way a receipt is committed before its answer goes out. The child is
+``python -m server.receipts.worker FD``, not multiprocessing's spawn (which re-imports the
+parent's ``__main__``).
 
-The child is ``python -m server.receipts.worker FD``: a plain subprocess, not
-multiprocessing's spawn, which re-imports the parent's ``__main__`` (a user's script
-serving ``create_app`` without a ``__main__`` guard would start a second app).
-
-Protocol, over one Unix socket pair in ``multiprocessing.Connection``'s framing (a 4-byte
-big-endian length, then a pickle): first ``(settings, models)``, and the child answers
-``("ready", kid)`` or ``("error", message)``. Then each ``(seq, BatchJob)`` (a chunk of a
-batch) is answered ``(seq, [response body, ...], None)``, each answer's whole OIP response
-with its receipt, or ``(seq, None, error message)``; ``None`` asks the child to stop. The
-child uses a blocking ``Connection``; the parent speaks the same framing through asyncio
-streams, so its event loop never blocks on the child and always reads its replies: no
-deadlock on full socket buffers.
+Protocol, over a Unix socket pair in ``multiprocessing.Connection``'s framing (4-byte length,
+pickle): ``(settings, models)`` -> ``("ready", kid)`` | ``("error", message)``; then each
+``(seq, BatchJob)`` -> ``(seq, [response body, ...], None)`` | ``(seq, None, message)``;
+``None`` stops the child. The parent reads through asyncio streams: it never blocks on the
+child, so full socket buffers cannot deadlock.
 """
 
 from __future__ import annotations
@@ -51,8 +42,7 @@ log = logging.getLogger("verinfer.server")
 START_TIMEOUT_S = 60.0
 # The event loop is the server's bottleneck; when the cores are contended it should win.
 # The worker needs only part of a core and catches up when the loop waits on the network.
-# Measured at c=64 on 2 cores (bench/http_load.py): 5 beat both 0 (~5% fewer req/s) and 15
-# (~10% fewer: the loop then waited on receipts).
+# 5 beat both 0 and 15 (docs/server.md, "Tried and measured").
 NICENESS = 5
 
 
@@ -257,8 +247,8 @@ class ReceiptWorker:
 
 class ReceiptPool:
     """``n`` receipt workers; a job goes to the one with the least in flight. One is right
-    on two cores (the event loop has the other): two there lost ~30% at concurrency 64 to
-    contention. More pay off when there are cores to spare."""
+    on two cores (the event loop has the other; docs/server.md); more pay off when there are
+    cores to spare."""
 
     def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int) -> None:
         self.workers = [ReceiptWorker(settings, models, kid) for _ in range(n)]

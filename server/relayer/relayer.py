@@ -3,27 +3,9 @@
 It follows ``VerinferOracle``'s ``ClassificationRequested`` events from a durable cursor,
 runs each requested input through the model locally and, per the model's on-chain policy,
 fulfils it with a zk proof (``fulfillWithProof``) or an EIP-712 signature of the server's
-key (``fulfillWithSignature``).
-
-Durability (``<home>/relayer.sqlite3``, WAL, one row per request, one cursor per chain and
-oracle):
-
-* The cursor is the (block, log index) of the last event handled to the end; it moves
-  only after a request is *terminal* (fulfilled by us or someone else, cancelled, skipped or
-  failed). A relayer killed at any point starts again at the first request it had not
-  finished: it misses none.
-* Before sending, the request's on-chain status is read: a request that is no longer open is
-  never answered again. With a local key (``--key-file``) the transaction is signed here and
-  its hash recorded (state ``sending``) *before* it is broadcast; after a restart a recorded
-  transaction is looked up first (mined: done; still pending: waited for; unknown to the
-  node: sent again). The oracle itself refuses a second fulfilment (``AlreadyFulfilled``),
-  and a refused transaction is caught by gas estimation before it is sent: it fulfils none
-  twice and pays for no duplicate.
-* A request it cannot serve (model not registered or not served here, wrong input length,
-  an input that is not representable, a path the policy or our key does not allow) is
-  recorded as ``skipped`` with the reason, logged, and passed; a fulfilment the oracle
-  refuses (e.g. ``ProofRejected``) is recorded as ``failed``. Neither is retried. Errors of
-  the node or the network are retried at the next poll, from the same event.
+key (``fulfillWithSignature``). The cursor moves only past terminal requests, and a
+transaction's hash is recorded before it is broadcast, so a relayer killed at any point
+misses no request and fulfils none twice; the rules are in docs/server.md ("Relayer").
 
 Core logic only: no argparse, no printing (``server.relayer.cli`` is the CLI; the server runs
 :class:`RelayerThread` from its lifespan when ``relay_rpc``/``relay_oracle`` are set).

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from server.errors import StoreError
+from server.sqlite import Schema, connect
 
 # Request states in the store. Terminal: every one but "pending" and "sending".
 TERMINAL = {"fulfilled", "answered_elsewhere", "cancelled", "skipped", "failed"}
@@ -19,7 +21,8 @@ def default_store_path(home: Path) -> Path:
 
 # -- the durable record ----------------------------------------------------------------
 
-_SCHEMA = """
+# version 1: the tables as they were before stores carried a version, now stamped
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS cursor (
     chain_id INTEGER NOT NULL, oracle TEXT NOT NULL,
     block INTEGER NOT NULL, log_index INTEGER NOT NULL,
@@ -31,6 +34,7 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
     PRIMARY KEY (chain_id, oracle, request_id));
 """
+SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1,))
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,9 @@ class RelayStore:
 
     def __init__(self, path: Path, chain_id: int, oracle: str) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.chain_id, self.oracle = chain_id, oracle.lower()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(path, SCHEMA, ("journal_mode=WAL", "synchronous=FULL"), timeout=30)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -91,7 +90,7 @@ class RelayStore:
         cols = ("method", "label", "tx_hash", "reason")
         unknown = set(fields) - set(cols) - {"attempts"}
         if unknown:
-            raise ValueError(f"unknown fields {unknown}")
+            raise StoreError(f"relayer store: unknown fields {unknown}")
         with self._lock:
             self._db.execute(
                 "INSERT INTO requests (chain_id, oracle, request_id, model_id, block, log_index,"

@@ -13,7 +13,7 @@ from eth_account.messages import encode_typed_data
 
 from contracts import deploy
 from contracts.chain import Chain, ContractRevert
-from contracts.solc import compile_files
+from contracts.solc import SRC, compile_files
 from verifier import eip712
 from verifier.fixedpoint import input_commitment
 
@@ -29,7 +29,7 @@ Q = [41779, 28672, 11469, 1638]  # the docs/formats.md vector (iris sample at sc
 
 @functools.cache
 def helpers():
-    return compile_files(sorted(deploy.SRC.glob("*.sol")) + [HELPERS])
+    return compile_files(sorted(SRC.glob("*.sol")) + [HELPERS])
 
 
 @contextlib.contextmanager

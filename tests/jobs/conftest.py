@@ -14,7 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # jobs_support
 
 from jobs_support import REPO_ROOT, VERINFER, Server
-from server_process import ServerProcess
+
+from testkit.server_process import ServerProcess
 
 
 @pytest.fixture(scope="session")

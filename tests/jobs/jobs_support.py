@@ -1,4 +1,4 @@
-"""Helpers of the proof-job tier: a real server process (:class:`server_process.ServerProcess`
+"""Helpers of the proof-job tier: a real server process (:class:`testkit.server_process.ServerProcess`
 in its own process group, so a test can kill -9 it with its workers), real EZKL, iris_mlp
 registered once per session with the real ``verinfer models add``; each server gets a copy of
 that home."""
@@ -8,7 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from server_process import REPO_ROOT, VERINFER, ServerProcess  # noqa: F401  (re-exported)
+
+from testkit.server_process import REPO_ROOT, VERINFER, ServerProcess  # noqa: F401  (re-exported)
 
 
 def iris_input(i: int) -> list[float]:

@@ -1,5 +1,5 @@
 """Server tier: start the real server process on a free port (``e2e`` tests); the process
-helper itself is :class:`server_process.ServerProcess`, shared with the proof-job tier."""
+helper itself is :class:`testkit.server_process.ServerProcess`, shared with the proof-job tier."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from server_process import REPO_ROOT, VERINFER, ServerProcess
+
+from testkit.server_process import REPO_ROOT, VERINFER, ServerProcess
 
 
 def verinfer(home: Path, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -7,13 +7,14 @@ import asyncio
 import json
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.errors import QueueFull
-from server.http.app import create_app
-from server.http.infer_route import ClientGone, InferRoute, read_body
+from server.errors import HTTP_STATUS, ClientGone, QueueFull
+from server.http.app import _install_error_handlers, create_app
+from server.http.infer_route import InferRoute, read_body
 from server.settings import ServerSettings
-from verifier.errors import InputError
+from verifier.errors import InputError, SignatureInvalid, VerinferError
 
 IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 
@@ -114,6 +115,57 @@ def test_errors_are_error_bodies_with_their_headers(caplog):
     sent = _call(InferRoute(None, bug), "POST", "/v2/models/m/versions/2/infer", [])
     assert sent[0]["status"] == 500 and json.loads(sent[1]["body"]) == {"error": "internal server error"}
     assert "internal error on POST /v2/models/m/versions/2/infer" in caplog.text
+
+
+def _each_error() -> list[BaseException]:
+    """One of every kind in the HTTP table, a subclass it reaches through a base, and two not ours."""
+    out = [QueueFull("queue is full", retry_after=3) if kind is QueueFull else kind(f"a {kind.__name__}")
+           for kind, _ in HTTP_STATUS]
+    return [*out, SignatureInvalid("bad sig"), KeyError("secret detail"), RuntimeError("another")]
+
+
+def _through_fastapi(exc: BaseException) -> tuple[int, bytes, list]:
+    app = FastAPI()
+    _install_error_handlers(app)
+
+    @app.post("/raise")
+    async def _raise():
+        raise exc
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/raise")
+    return r.status_code, r.content, sorted((k.lower(), v) for k, v in r.headers.items())
+
+
+def _through_infer_route(exc: BaseException) -> tuple[int, bytes, list]:
+    async def handler(*args):
+        raise exc
+
+    start, body = _call(InferRoute(None, handler), "POST", "/v2/models/m/infer", [])
+    return start["status"], body["body"], sorted((k.decode(), v.decode()) for k, v in start["headers"])
+
+
+def test_each_error_kind_answers_the_same_on_both_paths():
+    """The FastAPI handlers and the bare infer route answer every error with the same bytes."""
+    seen = set()
+    for exc in _each_error():
+        fast, routed = _through_infer_route(exc), _through_fastapi(exc)
+        assert fast == routed, type(exc).__name__
+        status, body, headers = fast
+        seen.add(status)
+        assert json.loads(body) == {"error": "internal server error" if status == 500 and not
+                                    isinstance(exc, VerinferError) else str(exc)}
+        assert ("retry-after", "3") in headers if isinstance(exc, QueueFull) else \
+            all(k != "retry-after" for k, _ in headers)
+    assert seen == {404, 413, 409, 429, 400, 503, 500}
+
+
+def test_client_gone_is_ours_and_gets_no_answer():
+    async def gone(*args):
+        raise ClientGone
+
+    assert issubclass(ClientGone, VerinferError)
+    assert _call(InferRoute(None, gone), "POST", "/v2/models/m/infer", []) == []
 
 
 def test_handler_gets_the_path_and_content_length():

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from server.inference.oip import OutputChoice
+from verifier.errors import InputError
 from verifier.fixedpoint import input_commitment, quantize
 from verifier.receipts import Receipt, Statement, verify_receipt
 from verifier.tensors import tensor_digest
@@ -108,7 +109,7 @@ def test_request_id_must_be_ours(signer):
     info = _info()
     job = _job(info, [np.zeros((1, 1, 8, 8), np.float32)], [None], ["FP32"])
     job.request_ids[0] = '0x"},"eip712":null}'
-    with pytest.raises(ValueError, match="bad request id"):
+    with pytest.raises(InputError, match="bad request id"):
         sign.sign_batch(info, job)
 
 

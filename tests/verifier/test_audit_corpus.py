@@ -7,9 +7,9 @@ import json
 import pytest
 from audit_support import corpus_args, outcomes, verinfer
 
+from testkit.corpus import Signer, sign_receipt, write_corpus
 from verifier.audit import Auditor, collect, find_packages, load_trusted_keys, run_audit
 from verifier.bundle import ProofBundle
-from verifier.corpus import Signer, sign_receipt, write_corpus
 from verifier.errors import KeyUnknown, LinkBroken
 from verifier.proofs import verify_bundle, verify_signed_bundle
 

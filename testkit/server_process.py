@@ -1,9 +1,8 @@
-"""The one test helper that starts a real ``verinfer serve`` process on a free loopback port and
+"""The one helper that starts a real ``verinfer serve`` process on a free loopback port and
 waits until ``/v2/health/ready`` answers.
 
-The server tier (``tests/server/conftest.py``) and the proof-job tier (``tests/jobs/jobs_support.py``)
-both import it from here, so how a test server is started, logged, polled and stopped is
-written once. ``new_session=True`` starts it in its own session (process group), for the
+The server and proof-job test tiers and ``bench/proof_jobs.py`` import it from here, so how a
+server is started, logged, polled and stopped is written once. ``new_session=True`` starts it in its own session (process group), for the
 kill -9 durability tests that kill the server together with its prover workers.
 """
 

@@ -16,7 +16,7 @@ second implementation. Each variant is named after what was done to it, and
 valid ones; ``InputError`` for unreadable items, exit code 2).
 
 Used by ``tests/golden_corpus.py`` (the golden set, built once per test session),
-the tests (the full corpus) and ``bench/audit.py``.
+the tests (the full corpus) and ``bench/audit.py``; not part of the trust root.
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""How verinfer's SQLite stores open: connection, PRAGMAs, transactions, schema versions.
+
+Each store (receipts, proof jobs, relayer) declares a :class:`Schema`: the SQL steps from
+version 0 (its tables as they were before stores carried a version) to the current one.
+:func:`connect` runs the steps a file lacks in one IMMEDIATE transaction, so processes that
+open one file at once migrate it once, and refuses with one line (:class:`StoreError`) a file
+made by a newer verinfer or one that is not a verinfer store.
+
+The receipts and the proof jobs share one file, so ``PRAGMA user_version`` holds one byte per
+store kind (``Schema.slot``); ``PRAGMA application_id`` marks the file as verinfer's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.errors import StoreError
+
+APPLICATION_ID = 0x76657269  # "veri"
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str  # for messages: "receipt store"
+    slot: int  # which byte of user_version holds this store's version (0..3)
+    steps: tuple[str, ...]  # steps[v] takes version v to v + 1; version 0 is "no version stamped"
+
+    @property
+    def version(self) -> int:
+        return len(self.steps)
+
+
+def version_of(db: sqlite3.Connection, schema: Schema) -> int:
+    """The version of ``schema``'s tables stamped in the open file (0: none stamped)."""
+    return (db.execute("PRAGMA user_version").fetchone()[0] >> (8 * schema.slot)) & 0xFF
+
+
+def connect(path: Path, schema: Schema, pragmas: tuple[str, ...] = ("journal_mode=WAL",),
+            timeout: float = 5.0) -> sqlite3.Connection:
+    """Open (creating) the store at ``path``: ``pragmas`` first (in order: ``page_size`` must come
+    before the file's first table, ``journal_mode`` outside a transaction), then migrated to
+    ``schema.version``. Autocommit mode: writes go through :func:`transaction`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
+    try:
+        for pragma in pragmas:
+            db.execute(f"PRAGMA {pragma}")
+        _migrate(db, schema, path)
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if isinstance(exc, sqlite3.OperationalError):  # locked, disk full, ...: not the file's kind
+            raise
+        raise StoreError(f"{path}: not an SQLite database ({exc})") from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _check(db: sqlite3.Connection, schema: Schema, path: Path) -> int:
+    app = db.execute("PRAGMA application_id").fetchone()[0]
+    stamped = db.execute("PRAGMA user_version").fetchone()[0]
+    if app not in (0, APPLICATION_ID) or (app == 0 and stamped != 0):
+        raise StoreError(f"{path}: not a verinfer store (application_id {app:#x}, user_version {stamped})")
+    have = version_of(db, schema)
+    if have > schema.version:
+        raise StoreError(f"{path}: {schema.name} schema version {have} is newer than this verinfer's "
+                         f"({schema.version}); open it with the verinfer that wrote it")
+    return have
+
+
+def _migrate(db: sqlite3.Connection, schema: Schema, path: Path) -> None:
+    if _check(db, schema, path) == schema.version:
+        return
+    db.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then find it done
+    try:
+        have = _check(db, schema, path)
+        for step in schema.steps[have:]:
+            for statement in _statements(step):
+                db.execute(statement)
+        others = db.execute("PRAGMA user_version").fetchone()[0] & ~(0xFF << (8 * schema.slot))
+        db.execute(f"PRAGMA user_version = {others | schema.version << (8 * schema.slot)}")
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> Iterator[str]:
+    """``script``'s statements one by one (``executescript`` would commit the open transaction)."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \n\t;"):
+        yield pending
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection, lock: threading.Lock, kind: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
+    """``with transaction(db, lock):`` one transaction (``kind``: DEFERRED or IMMEDIATE, where
+    writers should queue on SQLite's lock from the start), committed, or rolled back on error."""
+    with lock:
+        db.execute(f"BEGIN {kind}")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise

@@ -1,0 +1,37 @@
+"""The base of verinfer's pydantic types, and how a validation error becomes one line.
+
+Types are frozen and refuse unknown fields (design.md, "Conventions"); a document that does not
+validate is refused with one line naming the first bad field, never pydantic's multi-line report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from verifier.errors import InputError, VerinferError
+
+
+class Frozen(BaseModel):
+    """Immutable, no unknown fields; fields with an alias also take their Python name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def first_error(exc: ValidationError, where: str) -> str:
+    """``exc``'s first error as ``field.path: why`` (``where`` for the path of the whole document)."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or where}: {first['msg']}"
+
+
+def parse_as(cls: type[M], raw: str | bytes | dict[str, Any], what: str, where: str,
+             error: type[VerinferError] = InputError) -> M:
+    """``cls`` from JSON text or a dict; if it does not validate, ``error("{what}: {field}: {why}")``."""
+    try:
+        return cls.model_validate(raw) if isinstance(raw, dict) else cls.model_validate_json(raw)
+    except ValidationError as exc:
+        raise error(f"{what}: {first_error(exc, where)}") from None
