@@ -138,9 +138,11 @@ class ServerSettings(Settings):
         300, gt=0, description="Longest an infer request with parameters.proof='sync' waits "
         "for its proof; then it answers with the job still running."
     )
-    callback_hosts: tuple[str, ...] = Field(
-        (), description="Hosts a proof job's callback_url may name besides loopback "
-        "(127.0.0.0/8, ::1, localhost)."
+    callback_allow: tuple[str, ...] = Field(
+        (), description="URLs a proof job's callback_url may name whatever their host resolves to "
+        "(scheme://host[:port][/path-prefix], e.g. http://127.0.0.1:9000/hooks/). Any other "
+        "callback must resolve to public addresses only: loopback and private networks are "
+        "refused unless listed here."
     )
     callback_attempts: int = Field(5, ge=1, description="Tries to deliver one callback.")
     callback_backoff_s: float = Field(

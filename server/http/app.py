@@ -85,7 +85,8 @@ def create_app(
     if store is not None:  # proofs link to receipts: no receipts, no proof jobs
         from server.proofs.jobs import ProofJobs
 
-        jobs = ProofJobs(settings, service, store)
+        jobs = ProofJobs(settings, service, store,
+                         sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

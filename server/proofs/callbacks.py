@@ -1,81 +1,191 @@
-"""Proof-job callbacks: POST the job's status to a ``callback_url`` when it ends.
+"""Proof-job callbacks: POST the job's status to a ``callback_url`` when it ends, without
+letting a client aim the server at something it should not reach (SSRF).
 
-Only to loopback (127.0.0.0/8, ::1, ``localhost``) or to a host named in the
-``callback_hosts`` setting: the server never posts to an arbitrary host (no
-SSRF), and never follows a redirect. Tries ``callback_attempts`` times with
-exponential backoff; a 2xx answer counts as delivered.
+* A URL that matches an entry of the ``callback_allow`` setting (scheme, host and port, and
+  the entry's path as a prefix) may be posted to, whatever its host resolves to. That is how
+  an operator allows a hook on loopback or on the private network.
+* Any other URL must name a host whose addresses are all public: loopback, private,
+  link-local, shared, reserved and multicast addresses are refused (an IP literal at once,
+  with a 400; a name when it is resolved).
+* The host is resolved once, checked, and the connection goes to that checked address (no
+  second lookup that DNS rebinding could answer differently); no proxy from the environment,
+  no redirects, no credentials in the URL.
+* Each body is signed with the server's Ed25519 receipt key (header ``Verinfer-Signature``,
+  docs/server.md "Callbacks"), so the receiver can check it against the published JWKS.
+
+Tries ``callback_attempts`` times with exponential backoff; a 2xx answer counts as delivered.
 """
 
 from __future__ import annotations
 
+import base64
+import http.client
 import ipaddress
 import logging
+import socket
+import ssl
 import time
-import urllib.error
-import urllib.request
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from urllib.parse import SplitResult, urlsplit
 
 from verifier.digests import compact_json
 from verifier.errors import InputError
 
 log = logging.getLogger("verinfer.server")
 
+SIGNATURE_CONTEXT = b"verinfer-callback/v1\n"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
-def check_callback_url(url: str, allowed_hosts: tuple[str, ...] | list[str]) -> str:
-    """``url`` if the server may post to it; else :class:`InputError`."""
+# (bytes to sign) -> (key id, Ed25519 signature)
+CallbackSigner = Callable[[bytes], tuple[str, bytes]]
+
+
+class CallbackRefused(InputError):
+    """A callback URL the server will not post to."""
+
+
+def _parse(url: object) -> SplitResult:
     if not isinstance(url, str) or len(url) > 2048:
-        raise InputError("callback_url must be a URL string")
+        raise CallbackRefused("callback_url must be a URL string")
     try:
         parts = urlsplit(url)
-        host = parts.hostname
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError:
-        raise InputError(f"callback_url {url!r} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise InputError("callback_url must be an http(s) URL with a host")
+        raise CallbackRefused(f"callback_url {url!r} is not a valid URL") from None
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+        raise CallbackRefused("callback_url must be an http(s) URL with a host")
     if parts.username or parts.password:
-        raise InputError("callback_url must not carry credentials")
-    if host.lower() in {h.lower() for h in allowed_hosts}:
+        raise CallbackRefused("callback_url must not carry credentials")
+    return parts
+
+
+def _port(parts: SplitResult) -> int:
+    return parts.port or DEFAULT_PORTS[parts.scheme]
+
+
+def allowed(url: str, allow: tuple[str, ...] | list[str]) -> bool:
+    """Whether ``url`` matches an allow-list entry: same scheme, host and port, and the
+    entry's path (if any) as a prefix of the URL's path. Compared parsed, not as strings,
+    so ``http://127.0.0.1:9000@evil/`` does not pass as ``http://127.0.0.1:9000``."""
+    parts = _parse(url)
+    for entry in allow:
+        e = urlsplit(entry)
+        if (e.scheme == parts.scheme and (e.hostname or "") == parts.hostname
+                and (e.port or DEFAULT_PORTS.get(e.scheme)) == _port(parts)
+                and parts.path.startswith(e.path)):
+            return True
+    return False
+
+
+def public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_callback_url(url: object, allow: tuple[str, ...] | list[str]) -> str:
+    """``url`` if the server may post to it as far as can be told without a lookup; else
+    :class:`CallbackRefused` (a 400). Names are checked again when resolved."""
+    parts = _parse(url)
+    if allowed(url, allow):
         return url
-    if host.lower() == "localhost":
-        return url
+    host = parts.hostname
     try:
-        if ipaddress.ip_address(host).is_loopback:
+        literal = public_address(host)
+    except ValueError:  # a name, resolved and checked at delivery
+        if host == "localhost" or host.endswith(".localhost"):
+            literal = False
+        else:
             return url
-    except ValueError:
-        pass
-    raise InputError(f"callback_url host {host!r} is not loopback or in the server's "
-                     f"callback_hosts allow-list")
+    if not literal:
+        raise CallbackRefused(f"callback_url host {host!r} is not a public address and not in "
+                              f"the server's callback_allow list")
+    return url
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # never follow a redirect elsewhere
-        return None
+def resolve_checked(url: str, allow: tuple[str, ...] | list[str]) -> str:
+    """The one address the callback will connect to: the host resolved once; unless the URL
+    is allow-listed, every address it resolves to must be public."""
+    parts = _parse(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, _port(parts), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CallbackRefused(f"callback host {parts.hostname!r} does not resolve: {exc}") from None
+    addresses = [info[4][0] for info in infos]
+    if not allowed(url, allow):
+        bad = [a for a in addresses if not public_address(a)]
+        if bad:
+            raise CallbackRefused(f"callback host {parts.hostname!r} resolves to a non-public "
+                                  f"address ({bad[0]}) and is not in callback_allow")
+    return addresses[0]
 
 
-_OPENER = urllib.request.build_opener(_NoRedirect)
+class _PinnedHTTP(http.client.HTTPConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:  # to the checked address, never a second lookup
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:  # the certificate is checked against the URL's host name
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def signature_headers(body: bytes, timestamp: int, sign: CallbackSigner | None) -> dict[str, str]:
+    if sign is None:
+        return {}
+    kid, sig = sign(SIGNATURE_CONTEXT + str(timestamp).encode() + b"\n" + body)
+    return {"Verinfer-Timestamp": str(timestamp), "Verinfer-Key-Id": kid,
+            "Verinfer-Signature": base64.b64encode(sig).decode()}
+
+
+def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, ...] | list[str],
+              timeout_s: float) -> int:
+    """One POST to the checked address; the HTTP status (redirects are not followed)."""
+    parts = _parse(url)
+    address = resolve_checked(url, allow)
+    kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
+    conn = kind(parts.hostname, _port(parts), address, timeout_s)
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(65536)
+        return response.status
+    finally:
+        conn.close()
 
 
 def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
+            allow: tuple[str, ...] | list[str] = (), sign: CallbackSigner | None = None,
             timeout_s: float = 5.0, stop=None) -> bool:
-    """POST ``payload`` as JSON until a 2xx answer; False when every try failed."""
+    """POST ``payload`` as signed JSON until a 2xx answer; False when every try failed or
+    the URL is refused."""
     body = compact_json(payload)
     delay = backoff_s
     for i in range(attempts):
-        req = urllib.request.Request(url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "verinfer-callback/1"})
+        headers = {"Content-Type": "application/json", "User-Agent": "verinfer-callback/1",
+                   **signature_headers(body, int(time.time()), sign)}
         try:
-            with _OPENER.open(req, timeout=timeout_s) as r:
-                if 200 <= r.status < 300:
-                    return True
-                why = f"HTTP {r.status}"
-        except urllib.error.HTTPError as exc:
-            why = f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:
+            status = post_once(url, body, headers, allow, timeout_s)
+            if 200 <= status < 300:
+                return True
+            why = f"HTTP {status}"
+        except CallbackRefused as exc:
+            log.warning("callback for job %s refused: %s", payload.get("id"), exc)
+            return False
+        except (OSError, http.client.HTTPException, ValueError) as exc:
             why = str(exc) or type(exc).__name__
-        log.warning("callback %s for job %s, try %d of %d: %s", url, payload.get("id"), i + 1,
-                    attempts, why)
+        log.warning("callback for job %s, try %d of %d: %s", payload.get("id"), i + 1, attempts, why)
         if i + 1 < attempts:
             if stop is not None:
                 if stop.wait(delay):

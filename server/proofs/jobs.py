@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from server.errors import Conflict, NoCircuitPackage, QueueFull
-from server.proofs.callbacks import check_callback_url, deliver
+from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
 from server.receipts.store import ReceiptStore
@@ -57,8 +57,10 @@ class _Slot:
 
 
 class ProofJobs:
-    def __init__(self, settings: ServerSettings, service, receipts: ReceiptStore | None) -> None:
+    def __init__(self, settings: ServerSettings, service, receipts: ReceiptStore | None,
+                 sign_callback: CallbackSigner | None = None) -> None:
         self.settings = settings
+        self.sign_callback = sign_callback  # callbacks carry the server's Ed25519 signature
         self.service = service
         self.receipts = receipts
         self.store = JobStore(settings.receipts_path)
@@ -138,7 +140,7 @@ class ProofJobs:
     def _callback(self, url: Any) -> str | None:
         if url is None:
             return None
-        return check_callback_url(url, self.settings.callback_hosts)
+        return check_callback_url(url, self.settings.callback_allow)
 
     def submit_receipt(self, receipt_id: str, callback_url: Any = None) -> tuple[Job, str]:
         """A proof for a stored one-sample answer."""
@@ -326,7 +328,9 @@ class ProofJobs:
     def _send_callback(self, job: Job) -> None:
         try:
             ok = deliver(job.callback_url, job.public(), attempts=self.settings.callback_attempts,
-                         backoff_s=self.settings.callback_backoff_s, stop=self._stop)
+                         backoff_s=self.settings.callback_backoff_s,
+                         allow=self.settings.callback_allow, sign=self.sign_callback,
+                         stop=self._stop)
             if not self._stop.is_set() or ok:
                 self.store.set_callback_state(job.id, "delivered" if ok else "failed")
         except Exception:

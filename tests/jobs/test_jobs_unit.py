@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from golden_corpus import golden
 
-from server.proofs.callbacks import check_callback_url
+from server.proofs import callbacks
+from server.proofs.callbacks import check_callback_url, deliver
 from server.proofs.store import JobStore
 from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, SignatureInvalid
 
@@ -69,15 +73,95 @@ def test_job_store_lifecycle(tmp_path):
 
 
 def test_callback_url_policy():
-    for ok in ("http://127.0.0.1:9/x", "http://localhost/x", "https://[::1]:8443/cb",
-               "http://127.5.6.7/x"):
-        assert check_callback_url(ok, ()) == ok
-    assert check_callback_url("https://hooks.example.org/p", ("hooks.example.org",))
-    for bad in ("http://example.com/x", "http://10.1.2.3/", "ftp://127.0.0.1/", "127.0.0.1:80",
-                "http://u:p@localhost/", "http://0.0.0.0/", "http://169.254.169.254/latest",
-                "http://localhost.example.com/", 5):
+    allow = ("http://127.0.0.1:9000/hooks/", "https://hooks.internal.example")
+    for ok in ("https://hooks.example.org/p", "http://93.184.216.34/x", "https://[2606:4700::1]/cb",
+               "http://127.0.0.1:9000/hooks/job", "https://hooks.internal.example/any/path"):
+        assert check_callback_url(ok, allow) == ok
+    for bad in ("http://127.0.0.1:9/x", "http://localhost/x", "https://[::1]:8443/cb",
+                "http://10.1.2.3/", "http://192.168.1.1/", "http://100.64.0.1/", "ftp://127.0.0.1/",
+                "127.0.0.1:80", "http://u:p@localhost/", "http://0.0.0.0/",
+                "http://169.254.169.254/latest", "http://[::ffff:127.0.0.1]/", "http://224.0.0.1/",
+                "http://127.0.0.1:9000/other", "http://127.0.0.1:9001/hooks/",
+                "https://127.0.0.1:9000/hooks/", "http://127.0.0.1:9000@10.0.0.1/hooks/",
+                "http://a.localhost/", 5):
         with pytest.raises(InputError):
-            check_callback_url(bad, ("hooks.example.org",))
+            check_callback_url(bad, allow)
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: list = []
+
+    def do_POST(self):
+        self.seen.append((self.headers["Host"], self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def recorder():
+    _Recorder.seen = []
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_unless_listed(recorder, monkeypatch):
+    """Names pass the submit-time check; the lookup at delivery is what refuses them. The
+    host is looked up once and the connection goes to the address that was checked."""
+    port = recorder.server_port
+    lookups, real_dns = [], socket.getaddrinfo
+
+    def fake_dns(host, *args, **kwargs):  # hook.test -> 127.0.0.1 (no DNS on this machine)
+        if host == "127.0.0.1":  # the connection to the checked address: not a lookup
+            return real_dns(host, *args, **kwargs)
+        lookups.append(host)
+        return real_dns("127.0.0.1", *args, **kwargs)
+
+    url = f"http://hook.test:{port}/cb"
+    assert check_callback_url(url, ()) == url
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", fake_dns)
+    assert not deliver(url, {"id": "j1"}, attempts=2, backoff_s=0)
+    assert _Recorder.seen == [] and lookups == ["hook.test"]  # refused, never retried
+    lookups.clear()
+    assert deliver(url, {"id": "j2"}, attempts=2, backoff_s=0, allow=(f"http://hook.test:{port}",))
+    assert lookups == ["hook.test"]
+    assert _Recorder.seen == [(f"hook.test:{port}", b'{"id":"j2"}')]
+
+
+def test_callbacks_are_signed_and_never_follow_redirects(recorder):
+    key = Ed25519PrivateKey.generate()
+    url = f"http://127.0.0.1:{recorder.server_port}/cb"
+
+    def sign(data: bytes) -> tuple[str, bytes]:
+        return "k1", key.sign(data)
+
+    headers = callbacks.signature_headers(b'{"id":"j"}', 1700000000, sign)
+    assert headers["Verinfer-Key-Id"] == "k1" and headers["Verinfer-Timestamp"] == "1700000000"
+    key.public_key().verify(base64.b64decode(headers["Verinfer-Signature"]),
+                            b'verinfer-callback/v1\n1700000000\n{"id":"j"}')
+    assert deliver(url, {"id": "j"}, attempts=1, backoff_s=0, allow=(url,), sign=sign)
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(307)
+            self.send_header("Location", url)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    redirector = HTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        there = f"http://127.0.0.1:{redirector.server_port}/"
+        assert not deliver(there, {"id": "r"}, attempts=1, backoff_s=0, allow=(there, url))
+    finally:
+        redirector.shutdown()
+    assert [body for _, body in _Recorder.seen] == [b'{"id":"j"}']  # the redirect was not followed
 
 
 def _signed_proof_receipt(bundle, key, kid, **overrides):

@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
 
 
 @pytest.fixture(scope="module")
-def server(iris_home, tmp_path_factory):
+def server(iris_home, tmp_path_factory, hook):
     import shutil
 
     from jobs_support import Server
@@ -29,8 +29,10 @@ def server(iris_home, tmp_path_factory):
     home = tmp_path_factory.mktemp("jobs-main-home")
     for part in ("packages", "names", "srs"):
         shutil.copytree(iris_home / part, home / part, dirs_exist_ok=True)
+    # the hook's URL is allow-listed: loopback callbacks are refused otherwise
+    allow = json.dumps([f"http://127.0.0.1:{hook.server_port}/done"])
     s = Server(home, {"VERINFER_PROOF_WORKERS": "1", "VERINFER_CALLBACK_BACKOFF_S": "0.2",
-                      "VERINFER_PROOF_LEASE_S": "5"})
+                      "VERINFER_PROOF_LEASE_S": "5", "VERINFER_CALLBACK_ALLOW": allow})
     try:
         yield s.wait_ready()
     finally:
@@ -172,16 +174,16 @@ def test_idempotent_resubmission_and_cache_hit(server):
 
 
 class _Hook(BaseHTTPRequestHandler):
-    got: list = []
+    got: list = []  # (headers, raw body) of each delivered callback
     fail_first = True
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
         if _Hook.fail_first:
             _Hook.fail_first = False
             self.send_response(503)  # the server must retry
         else:
-            _Hook.got.append(body)
+            _Hook.got.append((dict(self.headers), raw))
             self.send_response(204)
         self.end_headers()
 
@@ -189,31 +191,48 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
-def test_callback_delivered_with_retry(server):
-    hook = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{hook.server_port}/done"
-        status, job = server.submit(iris_input(5), callback_url=url)
-        assert status == 202
-        server.wait_job(job["id"])
-        end = time.monotonic() + 30
-        while not _Hook.got and time.monotonic() < end:
-            time.sleep(0.05)
-        assert _Hook.got, server.output()
-        note = _Hook.got[0]
-        assert note["id"] == job["id"] and note["status"] == "done" and note["outcome"] == "proven"
-        end = time.monotonic() + 10
-        while server.job(job["id"])["callback"]["state"] != "delivered" and time.monotonic() < end:
-            time.sleep(0.05)
-        assert server.job(job["id"])["callback"]["state"] == "delivered"
-    finally:
-        hook.shutdown()
-    # never to an arbitrary host
-    for url in ("http://example.com/hook", "http://10.0.0.1/x", "file:///etc/passwd",
-                "http://user:pw@127.0.0.1/"):
-        status, body = server.submit(iris_input(6), callback_url=url)
-        assert status == 400, (url, body)
+@pytest.fixture(scope="module")
+def hook():
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_callback_delivered_with_retry_and_signed(server, hook):
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    url = f"http://127.0.0.1:{hook.server_port}/done"
+    status, job = server.submit(iris_input(5), callback_url=url)
+    assert status == 202
+    server.wait_job(job["id"])
+    end = time.monotonic() + 30
+    while not _Hook.got and time.monotonic() < end:
+        time.sleep(0.05)
+    assert _Hook.got, server.output()
+    headers, raw = _Hook.got[0]
+    note = json.loads(raw)
+    assert note["id"] == job["id"] and note["status"] == "done" and note["outcome"] == "proven"
+    # the body is signed by the server's key, checked here against the published JWKS only
+    (jwk,) = [k for k in server.get("/.well-known/jwks.json")["keys"]
+              if k["kid"] == headers["Verinfer-Key-Id"]]
+    key = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(jwk["x"] + "=="))
+    signed = b"verinfer-callback/v1\n" + headers["Verinfer-Timestamp"].encode() + b"\n" + raw
+    key.verify(base64.b64decode(headers["Verinfer-Signature"]), signed)  # raises if forged
+    with pytest.raises(Exception, match="Invalid"):
+        key.verify(base64.b64decode(headers["Verinfer-Signature"]), signed.replace(b"done", b"dome"))
+    end = time.monotonic() + 10
+    while server.job(job["id"])["callback"]["state"] != "delivered" and time.monotonic() < end:
+        time.sleep(0.05)
+    assert server.job(job["id"])["callback"]["state"] == "delivered"
+    # never to an arbitrary host, nor to loopback or private addresses that are not listed
+    for bad in ("http://10.0.0.1/x", "file:///etc/passwd", "http://user:pw@127.0.0.1/",
+                f"http://127.0.0.1:{hook.server_port}/elsewhere", "http://localhost/x",
+                f"http://127.0.0.1:{hook.server_port + 1}/done", "http://169.254.169.254/latest"):
+        status, body = server.submit(iris_input(6), callback_url=bad)
+        assert status == 400, (bad, body)
         assert "callback_url" in body["error"]
 
 
