@@ -34,6 +34,77 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer address")
     ls.add_argument("--json", action="store_true", help="print the JWKS as JSON on stdout")
     ls.set_defaults(handler=keys_list)
+    register_apikeys(sub)
+
+
+def register_apikeys(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("apikeys", help="API keys for the server (access control)",
+                       description="API keys, stored hashed in <home>/apikeys.sqlite3. A key is "
+                       "shown once, when it is made. The server asks for them on any bind but "
+                       "loopback (setting VERINFER_AUTH=auto|on|off).")
+    asub = a.add_subparsers(dest="apikeys_command", metavar="ACTION")
+    asub.required = True
+    c = asub.add_parser("create", help="make a key of a tier; prints the key once")
+    c.add_argument("--tier", default="basic", help="tier name from the settings (default basic)")
+    c.add_argument("--name", default="", help="a note saying whose key it is")
+    c.add_argument("--json", action="store_true", help="print the key and its record as JSON")
+    c.set_defaults(handler=apikeys_create)
+    ls = asub.add_parser("list", help="list keys (never the secrets)")
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
+    ls.set_defaults(handler=apikeys_list)
+    r = asub.add_parser("revoke", help="revoke a key by id: its requests get 403 from now on")
+    r.add_argument("key_id", help="the key's id (from 'apikeys list')")
+    r.set_defaults(handler=apikeys_revoke)
+
+
+def _apikeys():
+    from server.auth import ApiKeyStore
+
+    settings = _settings()
+    return settings, ApiKeyStore(settings.apikeys_path)
+
+
+def apikeys_create(args: argparse.Namespace) -> int:
+    from verifier.errors import InputError
+
+    settings, store = _apikeys()
+    try:
+        if args.tier not in settings.tiers:
+            raise InputError(f"unknown tier {args.tier!r} (tiers: {', '.join(sorted(settings.tiers))})")
+        key, token = store.create(args.tier, args.name)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({**key.public(), "key": token}))
+    else:
+        print(token)
+    print(f"OK: API key {key.id} ({key.tier}) made; it is shown only now", file=sys.stderr)
+    return 0
+
+
+def apikeys_list(args: argparse.Namespace) -> int:
+    _, store = _apikeys()
+    try:
+        keys = store.list()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({"keys": [k.public() for k in keys]}))
+    else:
+        for k in keys:
+            state = "revoked" if k.revoked is not None else "active"
+            print(f"{k.id}  {k.tier:10}  {state:8}  {k.name}", file=sys.stderr)
+    return 0
+
+
+def apikeys_revoke(args: argparse.Namespace) -> int:
+    _, store = _apikeys()
+    try:
+        key = store.revoke(args.key_id)
+    finally:
+        store.close()
+    print(f"OK: API key {key.id} revoked", file=sys.stderr)
+    return 0
 
 
 def _settings(**overrides):

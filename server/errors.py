@@ -31,6 +31,24 @@ class QueueFull(VerinferError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class Unauthenticated(InputError):
+    """No API key, or one the server does not know (``WWW-Authenticate`` says how to send one)."""
+
+    headers = {"WWW-Authenticate": 'Bearer realm="verinfer"'}
+
+
+class Forbidden(InputError):
+    """A known API key that may not do this: revoked, or past its tier (proofs, rows)."""
+
+
+class RateLimited(InputError):
+    """An API key over its tier's request rate; ``retry_after`` seconds is a fair wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Conflict(InputError):
     """The request is valid but cannot be done in this state (e.g. no receipts kept)."""
 
@@ -49,6 +67,9 @@ class StoreError(VerinferError):
 # First match wins: subclasses before their bases.
 HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (NotFound, 404),
+    (Unauthenticated, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (PayloadTooLarge, 413),
     (NoCircuitPackage, 409),
     (Conflict, 409),

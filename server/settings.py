@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from server.auth import DEFAULT_TIERS, Tier
 from verifier.config import Settings
 
 # Fixed-point input scale used for the EIP-712 input commitment of a model that
@@ -55,6 +56,17 @@ class ServerSettings(Settings):
     )
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above it)."
+    )
+    max_rows_per_request: int = Field(
+        4096, ge=1, description="Most rows (samples) one infer request may carry (400 above it)."
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="API keys required (docs/server.md 'Access control'): auto = off on a "
+        "loopback bind (embedded local use), on on any other."
+    )
+    tiers: dict[str, Tier] = Field(
+        default_factory=lambda: dict(DEFAULT_TIERS),
+        description="API key tiers by name: rate, burst, whether proofs may be asked, most rows.",
     )
     signing: bool = Field(
         True, description="Sign and store a receipt for every answer (off only for benchmarks)."
@@ -148,6 +160,16 @@ class ServerSettings(Settings):
     callback_backoff_s: float = Field(
         0.5, ge=0, description="First delay between callback tries; doubles each time."
     )
+
+    @property
+    def auth_enabled(self) -> bool:
+        if self.auth != "auto":
+            return self.auth == "on"
+        return self.host not in ("127.0.0.1", "::1", "localhost") and not self.host.startswith("127.")
+
+    @property
+    def apikeys_path(self) -> Path:
+        return self.home / "apikeys.sqlite3"
 
     @property
     def keys_dir(self) -> Path:

@@ -16,7 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import Conflict, error_body, error_response
+from server.auth import CURRENT_TIER, ApiKeyStore, check_proofs_allowed
+from server.errors import Conflict, Forbidden, error_body, error_response
+from server.http.auth import AuthGate
 from server.http.infer_route import InferRoute, read_body, response_headers
 from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
 from server.inference.oip import split_body
@@ -113,6 +115,8 @@ def create_app(
             await service.stop()
             if store is not None:
                 store.close()
+            if app.state.apikeys is not None:
+                app.state.apikeys.close()
 
     app = FastAPI(
         title="verinfer",
@@ -163,14 +167,27 @@ def create_app(
         body = await read_body(receive, content_length, settings.max_body_bytes)
         mode, callback, req = proof_parameters(split_body(body, header_length)[0])
         if mode is not None:
+            check_proofs_allowed()
             if jobs is None:
                 raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
             return await infer_with_proof(jobs, service, name, version, body, header_length, mode,
                                           callback, req)
-        return await service.infer_body(name, version, body, header_length)
+        return await service.infer_body(name, version, body, header_length, row_limit())
+
+    def row_limit() -> tuple[int, type[Exception]]:
+        """The global row limit (400), or the API key tier's when it is lower (403)."""
+        tier = CURRENT_TIER.get()
+        if tier is not None and tier.max_rows < settings.max_rows_per_request:
+            return tier.max_rows, Forbidden
+        return settings.max_rows_per_request, InputError
 
     if infer_route:
         app.add_middleware(InferRoute, handler=infer_answer)
+    apikeys = None
+    if settings.auth_enabled:  # outermost: every request is checked before anything else
+        apikeys = ApiKeyStore(settings.apikeys_path)
+        app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers)
+    app.state.apikeys = apikeys
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         # reached only with infer_route=False; declared for the OpenAPI docs either way

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from server.auth import check_proofs_allowed
 from server.inference.oip import parse_infer_request
 from server.proofs.jobs import ProofJobs
 from verifier.digests import compact_json
@@ -95,6 +96,7 @@ def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
 
     @app.post("/v1/proofs", tags=["proofs"], status_code=202)
     async def submit_proof(request: Request) -> Response:
+        check_proofs_allowed()
         body = await read_body(request.receive, request.headers.get("content-length"),
                                settings.max_body_bytes)
         try:

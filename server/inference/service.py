@@ -33,7 +33,7 @@ from server.receipts.store import ReceiptStore
 from server.receipts.worker import ReceiptPool, make_receipts
 from server.settings import ServerSettings
 from verifier.eip712 import Domain
-from verifier.errors import NotFound
+from verifier.errors import InputError, NotFound
 from verifier.fixedpoint import check_range
 
 log = logging.getLogger("verinfer.server")
@@ -112,15 +112,21 @@ class InferenceService:
         return json.loads((await self.infer_body(name, version, body))[0])
 
     async def infer_body(self, name: str, version: str | None, body: bytes,
-                         header_length: bytes | str | int | None = None) -> tuple[bytes, int | None]:
+                         header_length: bytes | str | int | None = None,
+                         row_limit: tuple[int, type[Exception]] | None = None) -> tuple[bytes, int | None]:
         """The OIP v2 response, encoded, and the length of its JSON header when binary output
         data follows it (None: the whole response is JSON). ``header_length``: the request's
         ``Inference-Header-Content-Length``. With signing on, the receipt stage makes the JSON
-        (in the receipt worker, off the event loop); here only without receipts."""
+        (in the receipt worker, off the event loop); here only without receipts.
+        ``row_limit``: (most rows, the error past it), default the server's
+        ``max_rows_per_request`` and a 400."""
         m = self.model(name, version)
         if not self.ready:
             raise NotReady("server is not ready")
         req = parse_infer_request(body, m.input, [o.name for o in m.outputs], header_length)
+        most, error = row_limit or (self.settings.max_rows_per_request, InputError)
+        if req.x.ndim and req.x.shape[0] > most:
+            raise error(f"{req.x.shape[0]} rows in one request; at most {most} are allowed")
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
         if self._signer is not None:  # the receipt commits to x in fixed point
             check_range(x, m.scale)

@@ -1,0 +1,158 @@
+"""API keys and their tiers: the core of access control (no web framework here).
+
+A key is shown once, when it is created (``verinfer apikeys create``): ``vk_<id>_<secret>``,
+the secret 32 random bytes. The store (``<home>/apikeys.sqlite3``) keeps the id, the tier, a
+name and the SHA-256 of the whole key: a 256-bit random secret needs no slow hash, and a
+leaked store reveals no usable key. Each key has a tier (settings ``tiers``): a request rate
+(token bucket, per server process), whether it may ask for proofs, and the most rows one
+request may carry. The HTTP gate is :mod:`server.http.auth`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+
+from server.errors import Forbidden, RateLimited, Unauthenticated
+from server.sqlite import Schema, connect, transaction
+from verifier.base import Frozen
+from verifier.errors import InputError, NotFound
+
+
+class Tier(Frozen):
+    """What one API key may do."""
+
+    rate_per_s: float = Field(20.0, gt=0, description="Sustained requests per second.")
+    burst: int = Field(40, ge=1, description="Requests allowed at once above the rate.")
+    proofs: bool = Field(False, description="May ask for proofs (parameters.proof, POST /v1/proofs).")
+    max_rows: int = Field(256, ge=1, description="Most rows (samples) in one infer request.")
+
+
+DEFAULT_TIERS = {
+    "basic": Tier(),
+    "prover": Tier(rate_per_s=50, burst=100, proofs=True, max_rows=1024),
+    "unlimited": Tier(rate_per_s=1e9, burst=10**9, proofs=True, max_rows=10**9),
+}
+
+SCHEMA = Schema("API key store", slot=3, steps=("""
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        revoked REAL
+    );
+""",))
+
+_TOKEN = re.compile(r"vk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    tier: str
+    name: str
+    created: float
+    revoked: float | None
+
+    def public(self) -> dict:
+        return {"id": self.id, "tier": self.tier, "name": self.name, "created": self.created,
+                "revoked": self.revoked}
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class ApiKeyStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.db = connect(self.path, SCHEMA, ("journal_mode=WAL", "synchronous=FULL"))
+        self.path.chmod(0o600)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def create(self, tier: str, name: str = "") -> tuple[ApiKey, str]:
+        """A new key: its record and the token, which is not stored and cannot be shown again."""
+        key_id = secrets.token_hex(8)
+        token = f"vk_{key_id}_{secrets.token_urlsafe(32)}"
+        now = time.time()
+        with transaction(self.db, self._lock):
+            self.db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, NULL)",
+                            (key_id, _digest(token), tier, name, now))
+        return ApiKey(key_id, tier, name, now, None), token
+
+    def list(self) -> list[ApiKey]:
+        rows = self.db.execute("SELECT id, tier, name, created, revoked FROM api_keys ORDER BY created")
+        return [ApiKey(*r) for r in rows]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with transaction(self.db, self._lock):
+            n = self.db.execute("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
+                                (time.time(), key_id)).rowcount
+        found = [k for k in self.list() if k.id == key_id]
+        if not found:
+            raise NotFound(f"no API key {key_id!r} (see 'verinfer apikeys list')")
+        if n == 0:
+            raise InputError(f"API key {key_id} was already revoked")
+        return found[0]
+
+    def authenticate(self, token: str) -> ApiKey:
+        """The key a token is, or :class:`Unauthenticated` / :class:`Forbidden` (revoked)."""
+        m = _TOKEN.fullmatch(token)
+        if m is None:
+            raise Unauthenticated("invalid API key")
+        row = self.db.execute("SELECT id, tier, name, created, revoked, sha256 FROM api_keys "
+                              "WHERE id = ?", (m[1],)).fetchone()
+        if row is None or not hmac.compare_digest(row[5], _digest(token)):
+            raise Unauthenticated("invalid API key")
+        key = ApiKey(*row[:5])
+        if key.revoked is not None:
+            raise Forbidden("this API key has been revoked")
+        return key
+
+
+class RateLimiter:
+    """One token bucket per key id (in this process)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # id -> (tokens, last time)
+
+    def take(self, key_id: str, tier: Tier, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.get(key_id, (float(tier.burst), now))
+        tokens = min(float(tier.burst), tokens + (now - last) * tier.rate_per_s)
+        if tokens < 1.0:
+            self._buckets[key_id] = (tokens, now)
+            wait = max(1, int((1.0 - tokens) / tier.rate_per_s + 0.999))
+            raise RateLimited(f"rate limit of this API key's tier exceeded ({tier.rate_per_s:g}/s)",
+                              retry_after=wait)
+        self._buckets[key_id] = (tokens - 1.0, now)
+
+
+# The tier of the request being served (set by the HTTP gate; None: access control is off).
+CURRENT_TIER: contextvars.ContextVar[Tier | None] = contextvars.ContextVar("verinfer_tier",
+                                                                           default=None)
+
+
+def check_proofs_allowed() -> None:
+    tier = CURRENT_TIER.get()
+    if tier is not None and not tier.proofs:
+        raise Forbidden("this API key's tier may not request proofs")
+
+
+def max_rows(global_limit: int) -> int:
+    tier = CURRENT_TIER.get()
+    return global_limit if tier is None else min(global_limit, tier.max_rows)
