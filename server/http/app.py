@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,13 +18,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.auth import CURRENT_TIER, ApiKeyStore, check_proofs_allowed
-from server.errors import Conflict, Forbidden, error_body, error_response
+from server.errors import Conflict, Forbidden, error_body, error_response, status_for
 from server.http.auth import AuthGate
 from server.http.infer_route import InferRoute, read_body, response_headers
 from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
 from server.inference.oip import split_body
 from server.inference.registry import ServedModel, load_models
 from server.inference.service import InferenceService
+from server.metrics import CONTENT_TYPE_LATEST, Metrics
 from server.receipts.keys import KeyRing, load_keys
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
@@ -82,13 +84,15 @@ def create_app(
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
-    service = InferenceService(settings, models, keys, store)
+    metrics = Metrics()
+    service = InferenceService(settings, models, keys, store, metrics)
     jobs = None
     if store is not None:  # proofs link to receipts: no receipts, no proof jobs
         from server.proofs.jobs import ProofJobs
 
         jobs = ProofJobs(settings, service, store,
                          sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)))
+        metrics.watch_proofs(jobs.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,7 +166,20 @@ def create_app(
     async def infer_answer(name: str, version: str | None, receive, content_length,
                            header_length=None) -> tuple[bytes, int | None]:
         """The infer endpoint's answer and, when binary output data follows its JSON header,
-        that header's length (server.http.infer_route serves it in front of FastAPI)."""
+        that header's length (server.http.infer_route serves it in front of FastAPI); counted
+        in the metrics by model and status."""
+        start, status = time.perf_counter(), 200
+        try:
+            return await _answer(name, version, receive, content_length, header_length)
+        except Exception as exc:
+            status = status_for(exc)
+            raise
+        finally:  # unknown names share one label: clients cannot grow the metrics
+            metrics.answered(name if name in service.models else "(unknown)", status,
+                             time.perf_counter() - start)
+
+    async def _answer(name: str, version: str | None, receive, content_length,
+                      header_length) -> tuple[bytes, int | None]:
         service.model(name, version)  # 404 before reading a body
         body = await read_body(receive, content_length, settings.max_body_bytes)
         mode, callback, req = proof_parameters(split_body(body, header_length)[0])
@@ -237,6 +254,10 @@ def create_app(
         from server.http.proofs_api import install as install_proof_routes
 
         install_proof_routes(app, jobs, service, settings)
+
+    @app.get("/metrics", tags=["metrics"])
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/.well-known/jwks.json", tags=["keys"])
     async def jwks() -> Response:

@@ -27,6 +27,7 @@ from server.inference.oip import (
     response_body,
 )
 from server.inference.registry import ServedModel
+from server.metrics import Metrics
 from server.receipts.keys import KeyRing
 from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
 from server.receipts.store import ReceiptStore
@@ -63,8 +64,10 @@ class InferenceService:
         models: dict[str, ServedModel],
         keys: KeyRing | None,
         store: ReceiptStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.models = models
         self._infos = {n: model_info(m) for n, m in models.items()}
         signing = settings.signing and keys is not None and store is not None
@@ -148,7 +151,10 @@ class InferenceService:
     def _run_batch(self, m: ServedModel, items: list[Item]) -> list[Answer]:
         xs = [i.x for i in items]
         x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        start = time.perf_counter()
         outs = m.engine.run(x)
+        if self.metrics is not None:
+            self.metrics.batch(m.name, len(x), time.perf_counter() - start)
         results, start = [], 0
         for item in items:
             n = item.rows

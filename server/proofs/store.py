@@ -209,6 +209,26 @@ class JobStore:
             rows = self._db.execute("SELECT status, COUNT(*) FROM proof_jobs GROUP BY status").fetchall()
         return {s: n for s, n in rows}
 
+    def metrics_summary(self) -> dict:
+        """Jobs by status; ended jobs by (model, outcome), failed ones as outcome "failed";
+        prover wall seconds of finished jobs by model (for ``GET /metrics``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT model, status, outcome, COUNT(*), SUM(CASE WHEN status = 'done' "
+                "THEN finished - started END) FROM proof_jobs GROUP BY model, status, outcome"
+            ).fetchall()
+        by_status: dict[str, int] = {}
+        by_outcome: dict[tuple[str, str], int] = {}
+        seconds: dict[str, float] = {}
+        for model, status, outcome, n, s in rows:
+            by_status[status] = by_status.get(status, 0) + n
+            if status in ("done", "failed"):
+                key = (model, outcome if status == "done" else "failed")
+                by_outcome[key] = by_outcome.get(key, 0) + n
+            if s is not None:
+                seconds[model] = seconds.get(model, 0.0) + s
+        return {"by_status": by_status, "by_outcome": by_outcome, "prover_seconds": seconds}
+
     def running(self) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
