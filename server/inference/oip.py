@@ -25,6 +25,7 @@ from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype
 
 NUMERIC = {k for k in DATATYPES if k != "BOOL"}
+MAX_ID_CHARS = 256  # a client's request id, echoed in the answer and signed in the receipt
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,13 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
 def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str) -> np.ndarray:
     dt = numpy_dtype(datatype)
     try:
-        f64 = np.array(data, dtype=np.float64)
+        parsed = np.asarray(data)  # numbers as strings, booleans, ragged lists: refused below
+        if parsed.dtype.kind == "O":  # integers past int64 (their range is checked below)
+            if not all(type(v) in (int, float) for v in parsed.ravel()):
+                raise TypeError("found values that are not numbers")
+        elif parsed.dtype.kind not in "iuf" and parsed.size:
+            raise TypeError("found values that are not numbers")
+        f64 = parsed.astype(np.float64)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"{where}: data is not a (nested) list of numbers ({exc})") from None
     n = math.prod(shape)
@@ -102,8 +109,8 @@ def load_header(header: bytes) -> dict:
     """The request's JSON object (the whole body, or its JSON header)."""
     try:
         req = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"malformed JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # incl. integers past int's digit limit
+        raise InputError(f"malformed JSON: {str(exc)[:200]}") from None
     except RecursionError:
         raise InputError("malformed JSON: nested too deeply") from None
     if not isinstance(req, dict):
@@ -138,8 +145,13 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
     if not isinstance(params, dict):
         raise InputError("field 'parameters' must be an object")
     rid = req.get("id")
-    if rid is not None and not isinstance(rid, str):
-        raise InputError("field 'id' must be a string")
+    if rid is not None:
+        if not isinstance(rid, str) or len(rid) > MAX_ID_CHARS:
+            raise InputError(f"field 'id' must be a string of at most {MAX_ID_CHARS} characters")
+        try:
+            rid.encode()
+        except UnicodeEncodeError:
+            raise InputError("field 'id' is not valid Unicode (a lone surrogate)") from None
     inputs = _field(req, "inputs", list, "request")
     if len(inputs) != 1:
         raise InputError(f"expected exactly 1 input ({model_input.name!r}), got {len(inputs)}")

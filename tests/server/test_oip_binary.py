@@ -4,6 +4,7 @@ little-endian tensors after a JSON header, on inputs and outputs."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -126,3 +127,29 @@ def test_malformed_binary_requests_are_input_errors(case, message):
         body, header_length = binary_request(x, extra={"parameters": {"binary_data_output": "yes"}})
     with pytest.raises(InputError, match=message):
         parse_infer_request(body, INPUT, OUTPUTS, header_length)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[' + b"1" * 5000
+     + b',1,1,1]}]}', "malformed JSON"),                                      # a huge integer
+    (b"[" * 100000 + b"]" * 100000, "malformed JSON"),                        # deep nesting
+    (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":["1","2","3","4"]}]}',
+     "not a (nested) list of numbers"),                                        # numbers as strings
+    (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[true,false,true,true]}]}',
+     "not a (nested) list of numbers"),
+    (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[[1,2],[3]]}]}',
+     "not a (nested) list of numbers"),                                        # ragged
+    (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"INT64","data":[' + b"9" * 30
+     + b',1,1,1]}]}', "out of range"),
+    (b'{"id":"' + b"x" * 257 + b'","inputs":[]}', "at most 256 characters"),
+    (b'{"id":"\\ud800","inputs":[]}', "lone surrogate"),
+])
+def test_hostile_json_is_an_input_error(body, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        parse_infer_request(body, INPUT, OUTPUTS)
+
+
+def test_a_256_character_id_is_fine():
+    body = json.dumps({"id": "é" * 256, "inputs": [{"name": "input", "shape": [1, 4],
+                                                   "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    assert parse_infer_request(body.encode(), INPUT, OUTPUTS).id == "é" * 256
