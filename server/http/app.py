@@ -16,12 +16,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from server.auth import CURRENT_TIER, ApiKeyStore, check_proofs_allowed
 from server.errors import Conflict, Forbidden, error_body, error_response, status_for
 from server.http.auth import AuthGate
 from server.http.infer_route import InferRoute, read_body, response_headers
-from server.http.schemas import INFER_REQUEST_SCHEMA, InferResponse, ModelMetadata, ServerMetadata
+from server.http.schemas import (
+    INFER_REQUEST_SCHEMA,
+    ErrorBody,
+    InferResponse,
+    ModelMetadata,
+    ServerMetadata,
+)
 from server.inference.oip import split_body
 from server.inference.registry import ServedModel, load_models
 from server.inference.service import InferenceService
@@ -62,7 +69,15 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        return _error(exc.status_code, str(exc.detail))
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Allow: every method of every route at this path
+            methods = set()
+            for route in request.app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    methods |= getattr(route, "methods", None) or set()
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> Response:
@@ -127,6 +142,9 @@ def create_app(
         version=VERSION,
         description="Open Inference Protocol v2 inference with signed receipts.",
         lifespan=lifespan,
+        # every route may answer an error body (the one table in server/errors.py)
+        responses={"4XX": {"model": ErrorBody, "description": "the request cannot be served"},
+                   "5XX": {"model": ErrorBody, "description": "not ready, or an internal error"}},
     )
     app.state.service = service
     app.state.keys = keys
@@ -255,7 +273,9 @@ def create_app(
 
         install_proof_routes(app, jobs, service, settings)
 
-    @app.get("/metrics", tags=["metrics"])
+    @app.get("/metrics", tags=["metrics"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format"}})
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from server.auth import check_proofs_allowed
+from server.http.schemas import PROOF_REQUEST_SCHEMA
 from server.inference.oip import parse_infer_request
 from server.proofs.jobs import ProofJobs
 from verifier.digests import compact_json
@@ -94,7 +95,9 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
 def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
     from server.http.infer_route import read_body
 
-    @app.post("/v1/proofs", tags=["proofs"], status_code=202)
+    @app.post("/v1/proofs", tags=["proofs"], status_code=202, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": PROOF_REQUEST_SCHEMA}}}},
+        responses={200: {"description": "a finished proof for the same input (cache hit)"}})
     async def submit_proof(request: Request) -> Response:
         check_proofs_allowed()
         body = await read_body(request.receive, request.headers.get("content-length"),

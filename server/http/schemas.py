@@ -58,10 +58,35 @@ class ServerMetadata(BaseModel):
 
 
 class OutputTensor(BaseModel):
+    """``data``, or with the binary data extension ``parameters.binary_data_size`` (the bytes
+    follow the JSON header)."""
+
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any]
+    data: list[Any] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line saying what is wrong."""
+
+    error: str
+
+
+_CALLBACK = {"type": "string", "format": "uri"}
+PROOF_REQUEST_SCHEMA: dict[str, Any] = {
+    "title": "ProofRequest",
+    "description": "either receipt_id, or model and inputs (one sample)",
+    "oneOf": [
+        {"type": "object", "required": ["receipt_id"], "additionalProperties": False,
+         "properties": {"receipt_id": {"type": "string"}, "callback_url": _CALLBACK}},
+        {"type": "object", "required": ["model", "inputs"], "additionalProperties": False,
+         "properties": {"model": {"type": "string", "example": "iris_mlp"},
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},
+                        "callback_url": _CALLBACK}},
+    ],
+}
 
 
 class InferResponse(BaseModel):
