@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="register and inspect models (circuit packages)")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=_list)
 
+
+def register_prove(sub: argparse._SubParsersAction) -> None:
     prove = sub.add_parser("prove", help="prove one input; writes a proof bundle",
                            description="Prove the model's answer for one input (an Open "
                            "Inference Protocol v2 request body) and write DIR/bundle.json.")
@@ -57,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     prove.add_argument("--json", action="store_true", help="print a summary as JSON to stdout")
     prove.set_defaults(handler=_prove)
 
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="register iris_mlp, prove a held-out sample, verify it")
     demo.set_defaults(handler=_demo)
 

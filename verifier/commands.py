@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register_verify(sub: argparse._SubParsersAction) -> None:
     verify = sub.add_parser(
         "verify", help="check a proof bundle offline",
         description="Check a proof bundle against its circuit package: artifact hashes, the "
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=_verify)
 
+
+def register_audit(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
         "audit", help="check many receipts and proof bundles offline",
         description="Audit receipts (*.json, one per line in *.jsonl) and proof bundles "
