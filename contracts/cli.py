@@ -45,23 +45,11 @@ _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 def _resolve_package(ref: str) -> Path:
-    """A folder with manifest.json, or a model name registered in the data directory."""
+    """A folder with manifest.json, a model name registered in the data dir, or a package id."""
     from verifier.config import Settings
-    from verifier.errors import NotFound
+    from verifier.packages import resolve
 
-    p = Path(ref)
-    if (p / "manifest.json").is_file():
-        return p
-    settings = Settings()
-    name_file = settings.names_dir / ref
-    if name_file.is_file():
-        folder = settings.packages_dir / name_file.read_text().strip()
-        if folder.is_dir():
-            return folder
-    if (settings.packages_dir / ref / "manifest.json").is_file():
-        return settings.packages_dir / ref
-    raise NotFound(f"no circuit package {ref!r} (not a folder with manifest.json, nor a "
-                   "registered model name)")
+    return resolve(Settings(), ref)  # a folder without a manifest is refused when read
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -66,10 +66,10 @@ class PackageModel:
 
 def load_package(folder: Path) -> PackageModel:
     """Read a circuit package's manifest and compiled verifier (``Verifier.json``)."""
-    from verifier.manifest import MANIFEST_FILE, Manifest
+    from verifier.packages import read_manifest
 
     folder = Path(folder)
-    m = Manifest.load(folder / MANIFEST_FILE)
+    m = read_manifest(folder)
     if m.input_visibility != "public":
         raise PackageError(f"{folder}: the oracle needs a circuit with public input "
                            f"(this one is {m.input_visibility!r})")

@@ -20,12 +20,13 @@ import numpy as np
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import ProofSystem, Visibility
-from prover.package import CircuitPackage, check_name, point_name
+from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
 from verifier.digests import sha256_file
 from verifier.errors import InputError
 from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, SRSInfo, TensorSpec
+from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
 
 EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum
@@ -212,7 +213,7 @@ def build_package(
             preflight=preflight,
         )
         (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
-        final = settings.packages_dir / manifest.package_id
+        final = package_dir(settings, manifest.package_id)
         if final.exists():
             shutil.rmtree(work)
         else:

@@ -113,21 +113,19 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from prover.package import resolve
     from prover.report import render
-    from verifier.manifest import MANIFEST_FILE, Manifest
+    from verifier.packages import find
 
-    folder = resolve(_settings(), args.name)
-    manifest = Manifest.load(folder / MANIFEST_FILE)
+    pkg = find(_settings(), args.name)
     if args.json:
-        print(manifest.model_dump_json(indent=2))
+        print(pkg.manifest.model_dump_json(indent=2))
     else:
-        print(render(manifest, folder), file=sys.stderr)
+        print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from prover.package import list_names
+    from verifier.packages import list_names
 
     names = list_names(_settings())
     if args.json:
