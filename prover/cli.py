@@ -66,9 +66,12 @@ def register_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _settings():
+    from prover.ezkl_backend import use_ezkl_dir
     from verifier.config import Settings
 
-    return Settings()
+    settings = Settings()
+    use_ezkl_dir(settings)
+    return settings
 
 
 def _progress():

@@ -69,7 +69,10 @@ def serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
+    from prover.ezkl_backend import use_ezkl_dir
     from server.http.app import create_app
+
+    use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
 
     app = create_app(settings)  # refuses unsafe key files before listening
     keys = app.state.keys

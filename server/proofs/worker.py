@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     from server.settings import ServerSettings
 
     settings = ServerSettings()  # VERINFER_HOME and key settings come from the server's env
+    from prover.ezkl_backend import use_ezkl_dir
+
+    use_ezkl_dir(settings)
     worker = Worker(settings, args.db, args.worker_id, args.lease_s, args.max_attempts)
     worker.warm_up()
     print(f"ready {args.worker_id}", flush=True)
