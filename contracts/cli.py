@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     dep = csub.add_parser(
         "deploy", help="deploy the oracle and the models' verifiers; register the models",
         description="Compile (pinned solcjs) and deploy VerinferOracle, deploy one EZKL "
-        "verifier per --package and register each model with the oracle; write the "
+        "verifier per --package (default: every model registered in the data dir whose "
+        "circuit takes a public input) and register each model with the oracle; write the "
         "deployment file. With no --rpc, deploys to an embedded py-evm chain that ends with "
         "this process (a dry run that measures gas).")
     dep.add_argument("--rpc", metavar="URL", help="JSON-RPC node (default: embedded py-evm)")
@@ -28,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="deployer private key (hex, file mode 0600); default "
                      "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account")
     dep.add_argument("--package", action="append", default=[], metavar="DIR|NAME",
-                     help="circuit package folder or registered model name (repeatable)")
+                     help="circuit package folder or registered model name (repeatable; "
+                     "default: the registered models)")
     dep.add_argument("--policy", choices=["proof", "signature", "either"], default="proof",
                      help="how the models' requests may be answered (default: proof)")
     dep.add_argument("--signer", metavar="ADDRESS",
@@ -45,23 +47,42 @@ _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
 
 def _resolve_package(ref: str) -> Path:
-    """A folder with manifest.json, or a model name registered in the data directory."""
+    """A folder with manifest.json, a model name registered in the data dir, or a package id."""
     from verifier.config import Settings
-    from verifier.errors import NotFound
+    from verifier.packages import resolve
 
-    p = Path(ref)
-    if (p / "manifest.json").is_file():
-        return p
+    return resolve(Settings(), ref)  # a folder without a manifest is refused when read
+
+
+def _registered_packages() -> list[Path]:
+    """The packages of the models registered in the data dir that the oracle can take (public
+    input); says on stderr which are left out, or that there are none."""
+    from verifier.config import Settings
+    from verifier.errors import VerinferError
+    from verifier.packages import find, list_names
+
     settings = Settings()
-    name_file = settings.names_dir / ref
-    if name_file.is_file():
-        folder = settings.packages_dir / name_file.read_text().strip()
-        if folder.is_dir():
-            return folder
-    if (settings.packages_dir / ref / "manifest.json").is_file():
-        return settings.packages_dir / ref
-    raise NotFound(f"no circuit package {ref!r} (not a folder with manifest.json, nor a "
-                   "registered model name)")
+    names = list_names(settings)
+    out: dict[str, Path] = {}  # model sha256 -> package: the oracle takes each model once
+    for name in names:
+        try:
+            pkg = find(settings, name)
+        except VerinferError as exc:
+            print(f"note: {name} left out: {exc}", file=sys.stderr)
+            continue
+        if pkg.manifest.input_visibility != "public":
+            print(f"note: {name} left out: its circuit hashes its input (the oracle needs a "
+                  "public input)", file=sys.stderr)
+            continue
+        first = out.setdefault(pkg.manifest.model_sha256, pkg.dir)
+        if first != pkg.dir:
+            print(f"note: {name} left out: the same model as package {first.name[:16]}…",
+                  file=sys.stderr)
+    if not names:
+        print(f"note: no models are registered in {settings.home} ('verinfer models add "
+              "NAME', or name packages with --package): deploying the oracle only",
+              file=sys.stderr)
+    return list(out.values())
 
 
 def _deploy(args: argparse.Namespace) -> int:
@@ -73,7 +94,8 @@ def _deploy(args: argparse.Namespace) -> int:
         raise InputError(f"--signer is not an address: {args.signer!r}")
     if args.request_timeout < 0:
         raise InputError("--request-timeout must be >= 0")
-    packages = [_resolve_package(r) for r in args.package]
+    packages = ([_resolve_package(r) for r in args.package] if args.package
+                else _registered_packages())
     key_file = args.key_file or (key_file_from_env() if args.rpc else None)
     chain = connect(args.rpc, key_file=key_file)
     print(f"deploying to {'the embedded chain' if chain.embedded else args.rpc} "

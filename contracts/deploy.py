@@ -58,10 +58,10 @@ class PackageModel:
 
 def load_package(folder: Path) -> PackageModel:
     """Read a circuit package's manifest and compiled verifier (``Verifier.json``)."""
-    from verifier.manifest import MANIFEST_FILE, Manifest
+    from verifier.packages import read_manifest
 
     folder = Path(folder)
-    m = Manifest.load(folder / MANIFEST_FILE)
+    m = read_manifest(folder)
     if m.input_visibility != "public":
         raise PackageError(f"{folder}: the oracle needs a circuit with public input "
                            f"(this one is {m.input_visibility!r})")
@@ -118,6 +118,12 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
     return chain.transact(fn)
 
 
+def tx_hex(tx_hash) -> str:
+    """A transaction hash as ``0x`` + 64 hex digits, as the relayer's log and store write it
+    (HexBytes.hex() drops the ``0x`` since hexbytes 1.0)."""
+    return "0x" + bytes(tx_hash).hex()
+
+
 def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
                request_timeout: int = DEFAULT_REQUEST_TIMEOUT) -> dict:
@@ -142,7 +148,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                  "optimizer_runs": OPTIMIZER_RUNS},
         "oracle": {
             "address": oracle.address,
-            "tx": oracle_receipt["transactionHash"].hex(),
+            "tx": tx_hex(oracle_receipt["transactionHash"]),
             "gas_used": oracle_receipt["gasUsed"],
             "request_timeout": request_timeout,
         },
@@ -164,6 +170,6 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "input_scale": m.input_scale,
             "policy": policy,
             "signer": signer,
-            "register_tx": rrec["transactionHash"].hex(),
+            "register_tx": tx_hex(rrec["transactionHash"]),
         })
     return record

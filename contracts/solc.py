@@ -49,14 +49,25 @@ class CompiledContract:
 
 
 def solcjs_path() -> Path:
-    """The solc npm package: ``$VERINFER_SOLCJS``, else ``node_modules/solc`` of the checkout."""
+    """The solc npm package: ``$VERINFER_SOLCJS``, else ``node_modules/solc`` in the current
+    directory or the nearest folder above it (as node looks), else in this checkout (an
+    installed verinfer has no checkout: run from where ``npm ci`` put node_modules, or set
+    ``VERINFER_SOLCJS``)."""
     env = os.environ.get("VERINFER_SOLCJS")
-    path = Path(env) if env else REPO_ROOT / "node_modules" / "solc"
-    if not (path / "package.json").is_file():
-        raise CompileError(
-            f"solcjs not found at {path}: run 'make setup' (npm ci) or set VERINFER_SOLCJS"
-        )
-    return path
+    if env:
+        candidates = [Path(env)]
+    else:
+        cwd = Path.cwd()
+        candidates = [d / "node_modules" / "solc" for d in (cwd, *cwd.parents)]
+        candidates.append(REPO_ROOT / "node_modules" / "solc")
+    for path in candidates:
+        if (path / "package.json").is_file():
+            return path
+    where = (f"VERINFER_SOLCJS={env}" if env else
+             f"node_modules/solc in {Path.cwd()} or a folder above it, nor in {REPO_ROOT}")
+    raise CompileError(f"solcjs not found ({where}): run 'npm ci' where verinfer's "
+                       "package.json is (or 'make setup'), or set VERINFER_SOLCJS to the solc "
+                       "package folder")
 
 
 def solc_version() -> str:

@@ -20,12 +20,13 @@ import numpy as np
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import ProofSystem, Visibility
-from prover.package import CircuitPackage, check_name, point_name
+from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
 from verifier.digests import sha256_file
 from verifier.errors import InputError
 from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, SRSInfo, TensorSpec
+from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
 
 EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum
@@ -62,25 +63,48 @@ def reference_source(name: str) -> ModelSource:
 
 
 def load_samples(path: Path) -> np.ndarray:
-    """Calibration samples from ``.npy`` or JSON (a list of samples, or EZKL's
-    ``{"input_data": [[flat values]]}``)."""
+    """Calibration samples, shaped (samples, ...), from ``.npy`` or JSON: an OIP v2 request
+    body (one input tensor; its first axis counts the samples, as every other command takes
+    inputs), EZKL's ``{"input_data": [[flat values]]}``, or a list of samples."""
+    path = Path(path)
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False).astype(np.float32)
-        raw = json.loads(path.read_text())
+            raw = np.load(path, allow_pickle=False)
+        else:
+            raw = _json_samples(json.loads(path.read_text()), path)
+        arr = np.asarray(raw, dtype=np.float32)
     except FileNotFoundError:
         raise InputError(f"{path}: no such calibration file") from None
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path}: cannot read calibration data: {exc}") from None
-    if isinstance(raw, dict) and "input_data" in raw:
-        raw = raw["input_data"][0]
-    try:
-        arr = np.asarray(raw, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: calibration data must be numbers") from None
+    except (ValueError, TypeError, OSError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: cannot read calibration data: {why}") from None
     if arr.size == 0 or not np.all(np.isfinite(arr)):
         raise InputError(f"{path}: calibration data is empty or has NaN/infinity")
     return arr
+
+
+def _json_samples(raw, path: Path):
+    if isinstance(raw, dict) and "inputs" in raw:  # an OIP v2 request body
+        from verifier.oip import parse_request
+
+        req = parse_request(raw, str(path))
+        if len(req.inputs) != 1:
+            raise InputError(f"{path}: calibration data must be one input tensor, not "
+                             f"{len(req.inputs)}")
+        t = req.inputs[0]
+        arr = np.asarray(t.data, dtype=np.float64)
+        if arr.size != int(np.prod(t.shape)):
+            raise InputError(f"{path}: input {t.name!r}: {arr.size} values for shape {t.shape}")
+        return arr.reshape(t.shape)
+    if isinstance(raw, dict) and "input_data" in raw:  # EZKL's input file
+        data = raw["input_data"]
+        if not isinstance(data, list) or len(data) != 1:
+            raise InputError(f"{path}: input_data must hold one input (a list of values)")
+        return data[0]
+    if isinstance(raw, dict):
+        raise InputError(f"{path}: a JSON object that is neither an OIP v2 request body "
+                         f"(\"inputs\") nor EZKL's input (\"input_data\")")
+    return raw
 
 
 def file_source(name: str, onnx_path: Path, calibration_file: Path | None) -> ModelSource:
@@ -115,9 +139,10 @@ def build_package(
     progress: Progress = SILENT,
 ) -> CircuitPackage:
     from contracts.solc import compile_sources, solc_version
-    from prover.ezkl_backend import EZKLBackend
+    from prover.ezkl_backend import EZKLBackend, use_ezkl_dir
 
     check_name(source.name)
+    use_ezkl_dir(settings)
     backend = backend or EZKLBackend()
     model = onnx_model.load(source.onnx_path)
     label_added = onnx_model.ensure_label_output(model)
@@ -212,7 +237,7 @@ def build_package(
             preflight=preflight,
         )
         (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
-        final = settings.packages_dir / manifest.package_id
+        final = package_dir(settings, manifest.package_id)
         if final.exists():
             shutil.rmtree(work)
         else:

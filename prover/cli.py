@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register_models(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="register and inspect models (circuit packages)")
     msub = models.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(handler=_list)
 
+
+def register_prove(sub: argparse._SubParsersAction) -> None:
     prove = sub.add_parser("prove", help="prove one input; writes a proof bundle",
                            description="Prove the model's answer for one input (an Open "
                            "Inference Protocol v2 request body) and write DIR/bundle.json.")
@@ -57,14 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     prove.add_argument("--json", action="store_true", help="print a summary as JSON to stdout")
     prove.set_defaults(handler=_prove)
 
+
+def register_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="register iris_mlp, prove a held-out sample, verify it")
     demo.set_defaults(handler=_demo)
 
 
 def _settings():
+    from prover.ezkl_backend import use_ezkl_dir
     from verifier.config import Settings
 
-    return Settings()
+    settings = Settings()
+    use_ezkl_dir(settings)
+    return settings
 
 
 def _progress():
@@ -109,21 +116,19 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from prover.package import resolve
     from prover.report import render
-    from verifier.manifest import MANIFEST_FILE, Manifest
+    from verifier.packages import find
 
-    folder = resolve(_settings(), args.name)
-    manifest = Manifest.load(folder / MANIFEST_FILE)
+    pkg = find(_settings(), args.name)
     if args.json:
-        print(manifest.model_dump_json(indent=2))
+        print(pkg.manifest.model_dump_json(indent=2))
     else:
-        print(render(manifest, folder), file=sys.stderr)
+        print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
-    from prover.package import list_names
+    from verifier.packages import list_names
 
     names = list_names(_settings())
     if args.json:

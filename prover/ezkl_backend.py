@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,13 @@ class ProverError(VerinferError):
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip() or type(exc).__name__).splitlines()[0][:400]
+
+
+def use_ezkl_dir(settings) -> None:
+    """Point EZKL's own cache into the data dir (``settings.ezkl_dir``) instead of ``~/.ezkl``.
+    EZKL reads ``EZKL_REPO_PATH`` once, at its first use: call this before; an
+    ``EZKL_REPO_PATH`` already set is kept (prover workers inherit the server's)."""
+    os.environ.setdefault("EZKL_REPO_PATH", str(settings.ezkl_dir))
 
 
 class EZKLBackend:

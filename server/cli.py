@@ -7,7 +7,7 @@ import json
 import sys
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve the models over the Open Inference Protocol v2, with signed receipts",
@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(handler=serve)
 
+
+def register_keys(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="the server's signing keys")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
@@ -137,7 +139,10 @@ def serve(args: argparse.Namespace) -> int:
     )
     import uvicorn
 
+    from prover.ezkl_backend import use_ezkl_dir
     from server.http.app import create_app
+
+    use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
 
     app = create_app(settings)  # refuses unsafe key files before listening
     keys = app.state.keys

@@ -33,10 +33,13 @@ def free_port() -> int:
 class ServerProcess:
     """``verinfer serve --port <free port> *args`` with ``VERINFER_HOME=home`` (plus ``env``),
     output appended to ``home/server-<port>.log``; call :meth:`wait_ready`, then :meth:`stop`
-    (or :meth:`kill9`). ``new_session=True``: its own session / process group."""
+    (or :meth:`kill9`). ``new_session=True``: its own session / process group. ``command`` and
+    ``cwd``: another ``verinfer`` (e.g. an installed one) and working folder than this
+    checkout's."""
 
     def __init__(self, home: Path, *args: str, env: dict | None = None,
-                 new_session: bool = False) -> None:
+                 new_session: bool = False, command: list[str] | None = None,
+                 cwd: Path | None = None) -> None:
         self.home = home
         self.env = env or {}
         self.new_session = new_session
@@ -48,8 +51,8 @@ class ServerProcess:
         self._log = open(self.log, "ab")  # noqa: SIM115 - the server's, until stop()
         full_env = {**os.environ, "VERINFER_HOME": str(home), **self.env}
         self.proc = subprocess.Popen(
-            [*VERINFER, "serve", "--port", str(self.port), *args],
-            cwd=REPO_ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            [*(command or VERINFER), "serve", "--port", str(self.port), *args],
+            cwd=cwd or REPO_ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=new_session,
         )
 

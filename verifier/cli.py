@@ -1,9 +1,12 @@
 """The ``verinfer`` console command.
 
-One command, many subcommands; each package owns its own. This root lives in
-``verifier`` (the base install) and picks up the other packages' subcommands
-when they and their dependencies are installed, so an auditor's light install
-still has ``verify`` and ``audit``.
+One command, many subcommands; each package owns its own and declares them as entry points
+(group ``verinfer.commands`` in ``pyproject.toml``): ``name = "module:register [extra]"``,
+where ``register(subparsers)`` adds the subcommand cheaply (handlers import what they need
+when run) and the optional ``[extra]`` names the install extra the command needs. This root
+lives in ``verifier`` (the base install) and names no module above it, so an auditor's light
+install still has ``verify`` and ``audit``, and a command whose dependencies are missing
+says which extra brings them.
 
 Exit codes: 0 all good, 1 something failed verification, 2 usage or input
 error. Human lines go to stderr, ``--json`` output to stdout.
@@ -12,25 +15,15 @@ error. Human lines go to stderr, ``--json`` output to stdout.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 from verifier.errors import InputError, VerificationError, VerinferError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-# Modules with ``register(subparsers)``; each handler imports what it needs lazily.
-SUBCOMMAND_MODULES = ("verifier.commands", "prover.cli", "server.cli", "contracts.cli",
-                      "server.relayer.cli")
-
-
-# Top-level modules of the optional extras -> the extra that brings them.
-OPTIONAL_DEPENDENCIES = {
-    "torch": "prove", "onnx": "prove", "onnxruntime": "prove", "sklearn": "prove",
-    "fastapi": "serve", "uvicorn": "serve", "starlette": "serve",
-    "coincurve": "serve", "web3": "chain", "eth_tester": "chain",
-}
+COMMANDS_GROUP = "verinfer.commands"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,26 +31,68 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def commands() -> dict[str, EntryPoint]:
+    """The installed subcommands, by name (the first distribution to declare a name wins)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=COMMANDS_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def install_hint(ep: EntryPoint) -> str:
+    """``pip install 'dist[extra,...]'`` for a command's declared extras."""
+    dist = ep.dist.name if ep.dist is not None else "verinfer"
+    return f"pip install '{dist}[{','.join(ep.extras)}]'"
+
+
+def _is_ours(module: str, cmds: dict[str, EntryPoint]) -> bool:
+    """Whether a missing module belongs to a package that declares commands (a bug, not a
+    missing extra)."""
+    top = module.split(".")[0]
+    return top == __name__.split(".")[0] or any(ep.module.split(".")[0] == top
+                                                for ep in cmds.values())
+
+
+def build_parser(cmds: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
+    cmds = commands() if cmds is None else cmds
     parser = _Parser(prog="verinfer", description="Verifiable inference: serve, prove, verify.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for name in SUBCOMMAND_MODULES:
+    for name, ep in cmds.items():
         try:
-            module = importlib.import_module(name)
-        except ImportError as exc:  # an optional part that is not installed
-            if exc.name and exc.name.split(".")[0] == name.split(".")[0]:
-                continue
-            raise
-        module.register(sub)
+            register = ep.load()
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing.split(".")[0] == ep.module.split(".")[0]:
+                continue  # the package that owns the command is not installed here
+            if not ep.extras or not missing or _is_ours(missing, cmds):
+                raise
+            _unavailable(sub, name, ep, missing)  # it needs a dependency not installed
+            continue
+        register(sub)
     return parser
+
+
+def _unavailable(sub, name: str, ep: EntryPoint, missing: str) -> None:
+    """A placeholder for a command that cannot load here: listed, and says what to install."""
+    hint = install_hint(ep)
+    # prefix_chars: take every argument as a plain word, so any command line reaches the hint
+    p = sub.add_parser(name, help=f"(not installed: {hint})", add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs="*")
+
+    def handler(args: argparse.Namespace) -> int:
+        fail(f"'{name}' needs {missing}, which is not installed: {hint}")
+        return EXIT_USAGE
+
+    p.set_defaults(handler=handler)
 
 
 def fail(message: str) -> None:
     print(f"verinfer: error: {message}", file=sys.stderr)
 
 
-def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
+        cmds: dict[str, EntryPoint] | None = None) -> int:
     """Run a handler; map verinfer's errors to exit codes, one line each."""
     try:
         return handler(args) or EXIT_OK
@@ -69,10 +104,10 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
         # A command of an optional part run on a light install (e.g. the auditor's).
-        if exc.name and exc.name.split(".")[0] in OPTIONAL_DEPENDENCIES:
-            extra = OPTIONAL_DEPENDENCIES[exc.name.split(".")[0]]
-            fail(f"'{getattr(args, 'command', 'this command')}' needs {exc.name}, which is not "
-                 f"installed: pip install 'verinfer[{extra}]'")
+        cmds = commands() if cmds is None else cmds
+        ep = cmds.get(getattr(args, "command", None) or "")
+        if ep is not None and ep.extras and exc.name and not _is_ours(exc.name, cmds):
+            fail(f"'{ep.name}' needs {exc.name}, which is not installed: {install_hint(ep)}")
             return EXIT_USAGE
         raise
     except KeyboardInterrupt:
@@ -81,8 +116,9 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args.handler, args)
+    cmds = commands()
+    args = build_parser(cmds).parse_args(argv)
+    return run(args.handler, args, cmds)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register_verify(sub: argparse._SubParsersAction) -> None:
     verify = sub.add_parser(
         "verify", help="check a proof bundle offline",
         description="Check a proof bundle against its circuit package: artifact hashes, the "
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(handler=_verify)
 
+
+def register_audit(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
         "audit", help="check many receipts and proof bundles offline",
         description="Audit receipts (*.json, one per line in *.jsonl) and proof bundles "
@@ -81,6 +83,7 @@ def _verify(args: argparse.Namespace) -> int:
     from verifier.bundle import ProofBundle
     from verifier.config import Settings
     from verifier.errors import NotFound, VerificationError
+    from verifier.packages import package_dir, resolve
     from verifier.proofs import verify_signed_bundle
 
     if (args.rpc is None) != (args.verifier is None):
@@ -91,14 +94,9 @@ def _verify(args: argparse.Namespace) -> int:
     bundle = ProofBundle.load(args.bundle)
     settings = Settings()
     if args.package:
-        folder = Path(args.package)
-        if not folder.is_dir():
-            folder = settings.names_dir / args.package
-            if not folder.is_file():
-                raise NotFound(f"no circuit package {args.package!r}")
-            folder = settings.packages_dir / folder.read_text().strip()
+        folder = resolve(settings, args.package)
     else:
-        folder = settings.packages_dir / bundle.model.package_id
+        folder = package_dir(settings, bundle.model.package_id)
         if not folder.is_dir():
             raise NotFound(f"circuit package {bundle.model.package_id[:16]}… is not in "
                            f"{settings.packages_dir}; pass --package DIR")

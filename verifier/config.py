@@ -43,3 +43,8 @@ class Settings(BaseSettings):
     def srs_dir(self) -> Path:
         """Cached SRS files (development SRS are generated here, per logrows)."""
         return self.home / "srs"
+
+    @property
+    def ezkl_dir(self) -> Path:
+        """EZKL's own cache (lookup tables), instead of its default ``~/.ezkl``."""
+        return self.home / "ezkl"

@@ -3,12 +3,13 @@
 * every reference model (``models.REFERENCE_MODELS``, or ``settings.models``),
   run by PyTorch (or onnxruntime with ``engine="onnx"``);
 * every ONNX file named in ``settings.onnx_models``, run by onnxruntime;
-* every circuit package registered in the data dir (``prover.package``) whose
+* every circuit package registered in the data dir (``verifier.packages``) whose
   name is not a reference model, run by onnxruntime from the package's model.onnx.
 
 The fixed-point input scale for the EIP-712 input commitment is the registered
 circuit package's ``manifest.input.scale`` when one exists for the same model
-file, else ``DEFAULT_INPUT_SCALE`` (13).
+file, else ``DEFAULT_INPUT_SCALE`` (13). Each registered package is opened once, and
+opening one reads its manifest without importing EZKL.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ class ServedModel:
 
 
 def _package(settings: ServerSettings, name: str):
-    """The registered circuit package for ``name``, or None (prover not installed / none)."""
+    """The registered circuit package for ``name`` (made by the installed EZKL, its
+    model.onnx hash-checked), or None."""
+    from prover.package import CircuitPackage
+    from verifier.packages import find
+
     try:
-        from prover.package import find_package
-    except ImportError:
-        return None
-    try:
-        return find_package(settings, name, check=["model.onnx"])
+        return CircuitPackage.of(find(settings, name), check=["model.onnx"])
     except VerinferError:
         return None
     except Exception as exc:  # a broken package must not stop the server  # noqa: BLE001
@@ -56,19 +57,22 @@ def _package(settings: ServerSettings, name: str):
         return None
 
 
-def _registered_names(settings: ServerSettings) -> list[str]:
+def registered_packages(settings: ServerSettings) -> dict:
+    """Every registered name whose package opens, each opened once."""
+    from verifier.packages import list_names
+
     try:
-        from prover.package import list_names
-    except ImportError:
-        return []
-    try:
-        return list(list_names(settings))
-    except Exception:  # noqa: BLE001
-        return []
+        names = list(list_names(settings))
+    except OSError:
+        return {}
+    return {name: pkg for name in names if (pkg := _package(settings, name)) is not None}
 
 
-def input_scale(settings: ServerSettings, name: str, model_sha256: str) -> int:
-    pkg = _package(settings, name)
+def input_scale(settings: ServerSettings, name: str, model_sha256: str,
+                packages: dict | None = None) -> int:
+    """The input scale of ``name``'s registered package for this model file, else the
+    default. ``packages``: those already opened (:func:`registered_packages`)."""
+    pkg = packages.get(name) if packages is not None else _package(settings, name)
     if pkg is not None and pkg.manifest.model_sha256 == model_sha256:
         scale = pkg.manifest.input.scale
         if scale is not None:
@@ -76,7 +80,7 @@ def input_scale(settings: ServerSettings, name: str, model_sha256: str) -> int:
     return DEFAULT_INPUT_SCALE
 
 
-def _build(settings, name, onnx_path: Path, engine_kind: str) -> ServedModel:
+def _build(settings, name, onnx_path: Path, engine_kind: str, packages: dict) -> ServedModel:
     if not onnx_path.is_file():
         raise InputError(f"model {name}: no ONNX file at {onnx_path}")
     inputs, outputs = onnx_signature(onnx_path)
@@ -89,25 +93,25 @@ def _build(settings, name, onnx_path: Path, engine_kind: str) -> ServedModel:
     else:
         engine = OnnxEngine(onnx_path, names)
     label = "label" if "label" in names else None
-    return ServedModel(name, "1", sha, inputs[0], outputs, input_scale(settings, name, sha), engine, label)
+    return ServedModel(name, "1", sha, inputs[0], outputs,
+                       input_scale(settings, name, sha, packages), engine, label)
 
 
 def load_models(settings: ServerSettings) -> dict[str, ServedModel]:
     from models import REFERENCE_MODELS, get_reference_model
 
+    packages = registered_packages(settings)
     served: dict[str, ServedModel] = {}
     for name in settings.models if settings.models is not None else REFERENCE_MODELS:
         try:
             ref = get_reference_model(name)
         except KeyError as exc:
             raise InputError(str(exc.args[0])) from None
-        served[name] = _build(settings, name, ref.onnx_path, settings.engine)
+        served[name] = _build(settings, name, ref.onnx_path, settings.engine, packages)
     for name, path in settings.onnx_models.items():
-        served[name] = _build(settings, name, Path(path), "onnx")
-    for name in _registered_names(settings):
+        served[name] = _build(settings, name, Path(path), "onnx", packages)
+    for name, pkg in packages.items():
         if name in served or name in REFERENCE_MODELS:
             continue
-        pkg = _package(settings, name)
-        if pkg is not None:
-            served[name] = _build(settings, name, pkg.path("model.onnx"), "onnx")
+        served[name] = _build(settings, name, pkg.path("model.onnx"), "onnx", packages)
     return served

@@ -32,6 +32,7 @@ from server.proofs.worker import encode_input
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
 from verifier.errors import InputError, NotFound, VerinferError
+from verifier.packages import name_target, package_dir, read_manifest
 
 log = logging.getLogger("verinfer.server")
 
@@ -109,19 +110,15 @@ class ProofJobs:
         """The registered circuit package for a served model, or :class:`NoCircuitPackage`."""
         served = self.service.model(model)  # NotFound for an unknown model
         hint = f"run 'verinfer models add {model}'"
-        name_file = self.settings.names_dir / model
-        try:
-            pointer = name_file.read_text().strip()
-        except OSError:
-            raise NoCircuitPackage(f"no circuit package for model {model}: {hint}") from None
+        pointer = name_target(self.settings, model)
+        if pointer is None:
+            raise NoCircuitPackage(f"no circuit package for model {model}: {hint}")
         cached = self._circuits.get(model)
         if cached is not None and cached[0] == pointer:
             c = cached[1]
         else:
-            from verifier.manifest import MANIFEST_FILE, Manifest
-
             try:
-                m = Manifest.load(self.settings.packages_dir / pointer / MANIFEST_FILE)
+                m = read_manifest(package_dir(self.settings, pointer))
             except (VerinferError, OSError) as exc:
                 raise NoCircuitPackage(f"circuit package for model {model} is unusable ({exc}): "
                                        f"{hint}") from None

@@ -112,14 +112,15 @@ class Worker:
         if p is None:
             from prover.package import CircuitPackage
             from prover.proving import Prover
+            from verifier.packages import package_dir
 
-            pkg = CircuitPackage.open(self.settings.packages_dir / package_id, check=["model.onnx"])
+            pkg = CircuitPackage.open(package_dir(self.settings, package_id), check=["model.onnx"])
             p = self.provers[package_id] = Prover(pkg)
         return p
 
     def warm_up(self) -> None:
         """Open every registered package now, so the first proof does not pay for it."""
-        from prover.package import list_names
+        from verifier.packages import list_names
 
         try:
             ids = set(list_names(self.settings).values())
@@ -274,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     from server.settings import ServerSettings
 
     settings = ServerSettings()  # VERINFER_HOME and key settings come from the server's env
+    from prover.ezkl_backend import use_ezkl_dir
+
+    use_ezkl_dir(settings)
     worker = Worker(settings, args.db, args.worker_id, args.lease_s, args.max_attempts)
     worker.warm_up()
     print(f"ready {args.worker_id}", flush=True)

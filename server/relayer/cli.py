@@ -57,6 +57,9 @@ def relay(args: argparse.Namespace) -> int:
         raise InputError("--from-block and --confirmations must not be negative")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     settings = ServerSettings()
+    from prover.ezkl_backend import use_ezkl_dir
+
+    use_ezkl_dir(settings)
     models = load_local_models(settings, args.model)
     eth_key = None
     if args.answer != "proof":

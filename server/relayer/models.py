@@ -102,14 +102,16 @@ def _session(path: Path):
 
 def load_local_models(settings, names: list[str] | None = None) -> dict[bytes, LocalModel]:
     """The circuit packages registered in the data dir (``verinfer models add``), by model id.
-    A package that does not open (other EZKL version, altered files) is logged and left out."""
-    from prover.package import find_package, list_names
+    A package that does not open (other EZKL version, altered files) is logged and left out.
+    Each package's manifest is read once, and EZKL is not imported here."""
+    from prover.package import CircuitPackage
+    from verifier.packages import find, list_names
 
     wanted = names if names is not None else list(list_names(settings))
     out: dict[bytes, LocalModel] = {}
     for name in wanted:
         try:
-            pkg = find_package(settings, name, check=["model.onnx"])
+            pkg = CircuitPackage.of(find(settings, name), check=["model.onnx"])
             lm = LocalModel.from_package(pkg)
         except VerinferError as exc:
             if names is not None:

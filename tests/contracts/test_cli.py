@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 
 import pytest
 
@@ -29,7 +31,9 @@ def test_deploy_embedded_writes_record(home, capsys, tmp_path):
     assert record["format"] == "verinfer.deployment/v1" and record["embedded"] is True
     assert record["oracle"]["address"].startswith("0x") and record["models"] == []
     assert record["solc"]["evm_version"] == "cancun"
+    assert re.fullmatch(r"0x[0-9a-f]{64}", record["oracle"]["tx"])  # as the relayer writes them
     assert "OK: oracle" in err
+    assert "no models are registered" in err and "deploying the oracle only" in err
     assert "0x" + "ab" * 32 not in err  # nothing key-like printed (no keys exist here anyway)
 
 
@@ -73,6 +77,35 @@ def iris_package(iris_proofs, tmp_path_factory):
     (folder / "Verifier.json").write_text(json.dumps(
         {"abi": v.abi, "bytecode": v.bytecode, "deployed_bytecode": v.deployed_bytecode}))
     return folder
+
+
+@pytest.mark.ezkl
+def test_deploy_with_no_package_deploys_the_registered_models(home, capsys, tmp_path,
+                                                              iris_package):
+    """No --package: every registered model whose circuit takes a public input is deployed
+    and registered; a hashed-input one is left out with a note."""
+    from verifier.config import Settings
+    from verifier.manifest import Manifest
+    from verifier.packages import package_dir, point_name
+
+    settings = Settings()
+    manifest = Manifest.load(iris_package / "manifest.json")
+    shutil.copytree(iris_package, package_dir(settings, manifest.package_id))
+    point_name(settings, "iris_mlp", manifest.package_id)
+    hashed = manifest.model_copy(update={"name": "iris_hashed", "input_visibility": "hashed"})
+    package_dir(settings, hashed.package_id).mkdir()
+    (package_dir(settings, hashed.package_id) / "manifest.json").write_bytes(
+        hashed.canonical_bytes())
+    point_name(settings, "iris_hashed", hashed.package_id)
+
+    out = tmp_path / "dep.json"
+    code, _, err = _run(capsys, "chain", "deploy", "--out", str(out))
+    assert code == 0, err
+    (m,) = json.loads(out.read_text())["models"]
+    assert m["name"] == "iris_mlp" and m["model_id"] == "0x" + manifest.model_sha256
+    assert m["package"] == str(package_dir(settings, manifest.package_id))
+    assert re.fullmatch(r"0x[0-9a-f]{64}", m["register_tx"])
+    assert "note: iris_hashed left out: its circuit hashes its input" in err
 
 
 @pytest.mark.ezkl

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from prover_support import oip_request, run_cli
 
@@ -32,7 +31,8 @@ def iris_package(prover_home) -> Path:
 @pytest.fixture(scope="session")
 def other_package(prover_home, tmp_path_factory) -> Path:
     """Another model: iris_mlp's architecture with other weights, added from an ONNX file
-    with its own calibration data (the non-reference path of ``models add``)."""
+    with its own calibration data, an OIP v2 request body of 20 samples (the non-reference
+    path of ``models add``)."""
     import torch
 
     from models.nets import IrisMLP
@@ -43,9 +43,9 @@ def other_package(prover_home, tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("other-model")
     x_train, _, _, _ = load_split("iris_mlp")
     export_onnx(net, d / "other.onnx", torch.from_numpy(x_train[:1]))
-    np.save(d / "calibration.npy", x_train[:20])
+    (d / "calibration.json").write_text(oip_request(x_train[:20]))
     run_cli("models", "add", d / "other.onnx", "--name", "other",
-            "--calibration-data", d / "calibration.npy", home=prover_home, check=True)
+            "--calibration-data", d / "calibration.json", home=prover_home, check=True)
     return prover_home / "packages" / (prover_home / "names" / "other").read_text().strip()
 
 

@@ -51,6 +51,12 @@ def test_package_is_complete_and_content_addressed(iris_package):
     assert not list((iris_package.parent).glob(".tmp-*"))
 
 
+def test_ezkl_cache_is_in_the_data_dir(prover_home, iris_package):
+    """EZKL's own cache goes under VERINFER_HOME (EZKL_REPO_PATH), not ~/.ezkl."""
+    assert (prover_home / "ezkl" / "cache").is_dir()
+    assert any((prover_home / "ezkl" / "cache").iterdir())
+
+
 def test_show_prints_preflight(prover_home, iris_package):
     proc = run_cli("models", "show", "iris_mlp", "--json", home=prover_home, check=True)
     shown = json.loads(proc.stdout)

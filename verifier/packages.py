@@ -1,0 +1,133 @@
+"""Where circuit packages live in the data directory, and how model names point at them.
+
+Layout under ``<home>`` (``Settings.packages_dir`` and ``Settings.names_dir``)::
+
+    packages/<package_id>/   manifest.json and the artifacts it lists (model.onnx,
+                             settings.json, model.compiled, vk.key, pk.key, kzg.srs,
+                             Verifier.sol, Verifier.json)
+    names/<name>             the package id a model name points to (one line)
+
+The one owner of this layout: the commands, the server, the relayer and the deployer all
+find packages here. Opening a package reads its manifest only (no EZKL); the prover
+(:mod:`prover.package`) adds the EZKL-version check it needs before proving.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from verifier.config import Settings
+from verifier.errors import InputError, NotFound, PackageError
+from verifier.manifest import MANIFEST_FILE, Manifest
+
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid model name, else :class:`InputError`."""
+    if not name or len(name) > 64 or not set(name) <= NAME_CHARS or name[0] in ".-":
+        raise InputError(f"invalid model name {name!r}: use 1-64 of a-z 0-9 _ - . "
+                         f"(not starting with . or -)")
+    return name
+
+
+@dataclass
+class Package:
+    """An opened circuit package: its folder and its manifest (read once)."""
+
+    dir: Path
+    manifest: Manifest
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def id(self) -> str:
+        return self.manifest.package_id
+
+    def path(self, artifact: str) -> Path:
+        return self.dir / artifact
+
+    def check(self, artifacts: list[str] | None = None) -> None:
+        """:class:`PackageError` unless the named artifacts (default: all) hash as recorded."""
+        self.manifest.check_artifacts(self.dir, artifacts)
+
+
+def package_dir(settings: Settings, package_id: str) -> Path:
+    """The folder of the package with this (full) id in the data dir."""
+    return settings.packages_dir / package_id
+
+
+def name_target(settings: Settings, name: str) -> str | None:
+    """The package id ``name`` points to, or None when no such name is registered."""
+    if not name or not set(name) <= NAME_CHARS or name[0] == ".":
+        return None
+    try:
+        return (settings.names_dir / name).read_text().strip()
+    except OSError:
+        return None
+
+
+def list_names(settings: Settings) -> dict[str, str]:
+    """Registered model names and the package id each points to."""
+    if not settings.names_dir.is_dir():
+        return {}
+    return {p.name: p.read_text().strip() for p in sorted(settings.names_dir.iterdir())
+            if not p.name.startswith(".")}
+
+
+def point_name(settings: Settings, name: str, package_id: str) -> None:
+    """Atomically make ``name`` refer to ``package_id``."""
+    check_name(name)
+    settings.names_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.names_dir / f".{name}.tmp"
+    tmp.write_text(package_id + "\n")
+    os.replace(tmp, settings.names_dir / name)
+
+
+def resolve(settings: Settings, ref: str | Path) -> Path:
+    """A package folder from a path (a folder with a manifest), a registered model name, or a
+    package id (a prefix of 8 or more hex digits will do)."""
+    as_path = Path(ref)
+    if (as_path / MANIFEST_FILE).is_file():
+        return as_path
+    ref = str(ref)
+    pid = name_target(settings, ref)
+    if pid is not None:
+        folder = package_dir(settings, pid)
+        if not folder.is_dir():
+            raise PackageError(f"model {ref!r} points to package {pid[:16]}… which is missing")
+        return folder
+    if len(ref) >= 8 and set(ref) <= _HEX and settings.packages_dir.is_dir():
+        hits = [p for p in settings.packages_dir.iterdir() if p.name.startswith(ref)]
+        if len(hits) == 1:
+            return hits[0]
+    if as_path.is_dir():  # a folder that is no package: say so when it is opened
+        return as_path
+    raise NotFound(f"no circuit package {ref!r}: not a package folder, a registered model "
+                   f"name or a package id (see 'verinfer models list')")
+
+
+def read_manifest(folder: Path) -> Manifest:
+    """A package folder's manifest; in a data dir, refused unless it hashes to the folder's
+    name (the package id)."""
+    folder = Path(folder)
+    manifest = Manifest.load(folder / MANIFEST_FILE)
+    if folder.parent.name == "packages" and manifest.package_id != folder.name:
+        raise PackageError(f"{folder}: manifest.json was altered (its hash is not the "
+                           f"package id)")
+    return manifest
+
+
+def open_package(folder: Path) -> Package:
+    folder = Path(folder)
+    return Package(folder, read_manifest(folder))
+
+
+def find(settings: Settings, ref: str | Path) -> Package:
+    """Open a package by model name, package id (or prefix) or folder."""
+    return open_package(resolve(settings, ref))
