@@ -36,7 +36,6 @@ def register_keys(sub: argparse._SubParsersAction) -> None:
     ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer address")
     ls.add_argument("--json", action="store_true", help="print the JWKS as JSON on stdout")
     ls.set_defaults(handler=keys_list)
-    register_apikeys(sub)
 
 
 def register_apikeys(sub: argparse._SubParsersAction) -> None:

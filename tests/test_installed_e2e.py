@@ -18,7 +18,8 @@ import venv
 from pathlib import Path
 
 import pytest
-from server_process import REPO_ROOT, ServerProcess
+
+from testkit.server_process import REPO_ROOT, ServerProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
 
