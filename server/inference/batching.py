@@ -143,13 +143,20 @@ class DynamicBatcher:
                 else:
                     results = self.run_batch(batch)
                     await asyncio.sleep(0)  # let the requests that came meanwhile queue up
-            except Exception as exc:  # the whole batch failed  # noqa: BLE001
-                _deliver(batch, [exc] * len(batch))
-                continue
+            except Exception as exc:  # noqa: BLE001
+                if len(batch) == 1:
+                    _deliver(batch, [exc])
+                    continue
+                # one bad request fails alone: run each on its own (and finish each on its
+                # own below: the finish stage takes consecutive rows of one run)
+                results = [self._run_alone(item) for item in batch]
+                alone = True
+            else:
+                alone = False
             if self.finish is None:
                 _deliver(batch, results)
             else:
-                size = self.finish_chunk
+                size = 1 if alone else self.finish_chunk
                 starts = range(0, len(batch), size)
                 # inline only a batch of one chunk, with nothing else to do: no chunk in the
                 # stage, no request waiting. A batch of several chunks goes to the worker whole:
@@ -162,10 +169,7 @@ class DynamicBatcher:
                     end = k + size
                     if k == inline:
                         await asyncio.sleep(0)  # the other chunks' tasks hand off first
-                        try:
-                            done = self.finish_inline(batch[k:end], results[k:end])
-                        except Exception as exc:  # noqa: BLE001
-                            done = [exc] * len(batch[k:end])
+                        done = _each_alone(self.finish_inline, batch[k:end], results[k:end])
                         _deliver(batch[k:end], done)
                         continue
                     await self._finishing.acquire()
@@ -174,15 +178,47 @@ class DynamicBatcher:
                     self._in_stage += len(batch[k:end])
                     task.add_done_callback(self._tasks.discard)
 
+    def _run_alone(self, item: Item) -> Any:
+        try:
+            return self.run_batch([item])[0]
+        except Exception as exc:  # noqa: BLE001  (this request's own error)
+            return exc
+
     async def _finish(self, batch: list[Item], results: list[Any]) -> None:
         try:
-            results = await self.finish(batch, results)
-        except Exception as exc:  # the whole batch failed to finish  # noqa: BLE001
-            results = [exc] * len(batch)
+            if not any(isinstance(r, BaseException) for r in results):  # (a failed run: alone)
+                results = await self.finish(batch, results)
+        except Exception:  # noqa: BLE001  (one bad request fails alone: finish each on its own)
+            results = [await self._finish_alone(i, r) for i, r in zip(batch, results)]
         finally:
             self._finishing.release()
             self._in_stage -= len(batch)
         _deliver(batch, results)
+
+
+    async def _finish_alone(self, item: Item, result: Any) -> Any:
+        if isinstance(result, BaseException):
+            return result
+        try:
+            return (await self.finish([item], [result]))[0]
+        except Exception as exc:  # noqa: BLE001
+            return exc
+
+
+def _each_alone(finish: FinishInline, batch: list[Item], results: list[Any]) -> list[Any]:
+    """``finish`` on a chunk; if it fails, on each request alone (one bad request fails alone)."""
+    if any(isinstance(r, BaseException) for r in results):  # a failed run: chunks of one
+        return results
+    try:
+        return finish(batch, results)
+    except Exception:  # noqa: BLE001
+        out = []
+        for item, result in zip(batch, results):
+            try:
+                out.append(finish([item], [result])[0])
+            except Exception as exc:  # noqa: BLE001
+                out.append(exc)
+        return out
 
 
 def _deliver(batch: list[Item], results: list[Any]) -> None:

@@ -225,3 +225,50 @@ def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their
     assert [r for k, r in enumerate(res) if k != 2] == [0, 1, 3, 4, 5]
     # requests were always waiting (or chunks in the stage): nothing ran inline
     assert inline == []
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+@pytest.mark.parametrize("stage", ["run", "finish", "finish_inline"])
+def test_one_bad_request_fails_alone(threaded, stage):
+    """A request that cannot be run or finished (signed) fails on its own; the others of its
+    batch and chunk are answered. A request is bad here when its input holds -1."""
+
+    def bad(items):
+        return any((i.x == -1).any() for i in items)
+
+    def run_batch(items):
+        if stage == "run" and bad(items):
+            raise ValueError("cannot run this input")
+        return [i.x * 2 for i in items]
+
+    async def finish(items, results):
+        if stage == "finish" and bad(items):
+            raise ValueError("cannot sign this input")
+        return [("signed", r) for r in results]
+
+    def finish_inline(items, results):
+        if stage == "finish_inline" and bad(items):
+            raise ValueError("cannot sign this input")
+        return [("signed", r) for r in results]
+
+    async def main():
+        b = DynamicBatcher("m", run_batch, BatchPolicy(max_batch_size=64, max_queue_delay_ms=50),
+                           threaded=threaded, finish=finish,
+                           finish_inline=finish_inline if stage == "finish_inline" else None,
+                           finish_chunk=8)
+        b.start()
+        try:
+            xs = [np.full((1, 2), -1 if k == 3 else k, np.float32) for k in range(6)]
+            # one request first (a lone batch), so the next batch waits for the others to join
+            await b.submit(np.zeros((1, 2), np.float32), None)
+            await b.submit(np.zeros((1, 2), np.float32), None)
+            return await asyncio.gather(*(b.submit(x, k) for k, x in enumerate(xs)),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    res = run(main())
+    assert isinstance(res[3], ValueError)
+    for k in (0, 1, 2, 4, 5):
+        assert res[k][0] == "signed", res[k]
+        np.testing.assert_array_equal(res[k][1], np.full((1, 2), 2 * k, np.float32))
