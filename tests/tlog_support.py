@@ -58,3 +58,42 @@ class MemLog:
         return ReceiptV2(id=st.predicate.requestId, statement=base64.b64encode(data).decode(), index=index,
                          proof=tuple(base64.b64encode(h).decode() for h in self.tree.inclusion(index)),
                          checkpoint=self.checkpoint())
+
+
+def doc_block(tag: str) -> str:
+    """The fenced block of docs/formats.md whose info string ends with ``tag``."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    lines = text.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("```") and line.endswith(tag))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] == "```")
+    return "\n".join(lines[start + 1 : end]) + "\n"
+
+
+def doc_recipe():
+    """``check_receipt`` from the standalone recipe in docs/formats.md."""
+    scope: dict = {}
+    exec(compile(doc_block("recipe"), "docs/formats.md#recipe", "exec"), scope)
+    return scope["check_receipt"]
+
+
+def check_history(get, jwks: dict, receipts: list) -> int:
+    """Every receipt verifies and every checkpoint it carries is consistent with the server's
+    latest (``get(path)``: the server's JSON or text); returns how many checkpoints were checked."""
+    from verifier.receipts_v2 import ReceiptV2, note_verifiers, verify_receipt_v2
+    from verifier.tlog import verify_checkpoint, verify_consistency
+
+    latest_note = get("/v1/log/checkpoint")
+    origin = latest_note.split("\n", 1)[0]
+    latest = verify_checkpoint(latest_note, note_verifiers(jwks, origin), origin)
+    notes = set()
+    for r in receipts:
+        r = ReceiptV2.parse(r)
+        verify_receipt_v2(r, jwks, origin=origin)
+        notes.add(r.checkpoint)
+    for note in notes:
+        cp = verify_checkpoint(note, note_verifiers(jwks, origin), origin)
+        proof = get(f"/v1/log/proof/consistency?from={cp.size}&to={latest.size}")["proof"]
+        verify_consistency(cp.size, latest.size, cp.root, latest.root, [base64.b64decode(h) for h in proof])
+    return len(notes)

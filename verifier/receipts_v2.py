@@ -40,14 +40,7 @@ from verifier.errors import (
     SignatureInvalid,
 )
 from verifier.keys import public_key_from_jwk
-from verifier.receipts import (
-    STATEMENT_TYPE,
-    InputRef,
-    ModelRef,
-    OutputTensor,
-    Subject,
-    _check_subjects,
-)
+from verifier.receipts import STATEMENT_TYPE, InputRef, ModelRef, OutputTensor, Subject
 from verifier.tensors import tensor_digest
 from verifier.tlog import Checkpoint, NoteVerifier, leaf_hash, verify_checkpoint, verify_inclusion
 
@@ -154,6 +147,25 @@ def checked_checkpoint(note: str, trusted: TrustedLogKeys, origin: str | None,
     return cp
 
 
+def _check_subjects_fast(st: StatementV2) -> None:
+    """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
+    subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
+    p = st.predicate
+    want = [(f"model/{p.model.name}", p.model.sha256), (f"input/{p.input.name}", p.input.digest),
+            *((f"output/{o.name}", o.digest) for o in p.outputs)]
+    got = [(s.name, s.digest.get("sha256")) for s in st.subject]
+    if got != want or any(len(s.digest) != 1 for s in st.subject):
+        raise DigestMismatch("statement subjects do not match the predicate's digests")
+    for out in p.outputs:
+        try:
+            arr = np.asarray(out.data).reshape(out.shape)
+            digest = tensor_digest(arr, out.datatype)
+        except (ValueError, TypeError, InputError):
+            raise DigestMismatch(f"output {out.name}: data does not fit its shape/datatype") from None
+        if digest != out.digest:
+            raise DigestMismatch(f"output {out.name}: data does not hash to its digest")
+
+
 def _proof_hashes(proof: Sequence[str]) -> list[bytes]:
     return [base64.b64decode(p) for p in proof]  # shape checked by the B64Hash pattern
 
@@ -185,7 +197,7 @@ def verify_receipt_v2(
     p = st.predicate
     if receipt.id != p.requestId:
         raise LinkBroken("receipt id is not the logged request id")
-    _check_subjects(st)
+    _check_subjects_fast(st)
     if receipt.eip712 is not None:
         if p.eip712 is None:
             raise LinkBroken("receipt carries an EIP-712 signature its statement does not name")
@@ -213,6 +225,8 @@ def parse_any_receipt(raw: str | bytes | dict):
 
     if isinstance(raw, dict):
         fmt = raw.get("format")
+    elif RECEIPT_V2_FORMAT in (raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+        return ReceiptV2.parse(raw)  # validated as it is parsed: no second pass over the JSON
     else:
         import json
 

@@ -60,6 +60,18 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+def stored_index(level: int, n: int) -> int:
+    """Where a log stores the hash of subtree ``n`` at ``level``: Go ``sumdb/tlog``'s
+    ``StoredHashIndex`` (a leaf's hash, then the subtrees it completes; appends add at the end)."""
+    for _ in range(level):
+        n = 2 * n + 1
+    i = 0
+    while n > 0:
+        i += n
+        n >>= 1
+    return i + level
+
+
 # Complete, aligned subtree hash: get(level, index) covers leaves [index << level, (index + 1) << level).
 NodeGetter = Callable[[int, int], bytes]
 

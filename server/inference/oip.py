@@ -27,6 +27,7 @@ class InferRequest:
     x: np.ndarray  # as sent, in the sent datatype
     datatype: str  # the sent OIP datatype
     outputs: list[str] | None  # names asked for, None = all
+    eip712: bool = False  # parameters.eip712: attach an EIP-712 signature to the receipt
 
 
 def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -113,7 +114,13 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
         for o in outputs:
             if o not in output_names:
                 raise InputError(f"unknown output {o!r}; the model's outputs are {output_names}")
-    return InferRequest(rid, x, datatype, outputs)
+    eip712 = False
+    params = req.get("parameters")
+    if isinstance(params, dict) and "eip712" in params:
+        eip712 = params["eip712"]
+        if not isinstance(eip712, bool):
+            raise InputError("parameters.eip712 must be true or false")
+    return InferRequest(rid, x, datatype, outputs, eip712)
 
 
 def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
