@@ -3,7 +3,7 @@
 The format is defined, and checked, by :mod:`verifier.receipts_v2` and :mod:`verifier.tlog`;
 this module produces it on every answer's path, so it writes each statement's RFC 8785 bytes
 from a template (keys in sorted order, values by :mod:`server.receipts.jcs`) instead of
-building pydantic models; ``tests/server/test_logged.py`` checks the bytes against
+building pydantic models; ``tests/server/test_log_inprocess.py`` checks the bytes against
 ``StatementV2(...).canonical_bytes()`` (the ``rfc8785`` package). The only signatures are one
 Ed25519 checkpoint signature per batch and, when a request asks (``parameters.eip712``), that
 answer's EIP-712 signature.

@@ -86,6 +86,21 @@ def test_eip712_only_on_request_and_named_in_the_statement(client):
     assert r.status_code == 400 and "eip712" in r.json()["error"]
 
 
+def test_statement_bytes_are_rfc8785(client):
+    """The server's fast writer gives the bytes rfc8785 gives, odd client ids and batches included."""
+    import rfc8785
+
+    from verifier.receipts_v2 import StatementV2
+
+    batch = {"inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP64",
+                         "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 1e-7, -0.0, 3.0, 2.5e-5]}]}
+    for body in ({**IRIS, "id": 'ünï"c\\ode\n\u2028 ☃'}, {**batch, "id": "b"}, {**IRIS, "parameters": {"eip712": True}}):
+        r = client.post("/v2/models/iris_mlp/infer", json=body).json()
+        data = ReceiptV2.parse(r["parameters"]["receipt"]).statement_bytes()
+        assert rfc8785.dumps(json.loads(data)) == data
+        assert StatementV2.model_validate_json(data).canonical_bytes() == data
+
+
 def test_log_api_bad_input(client):
     client.post("/v2/models/iris_mlp/infer", json=IRIS)
     size = int(client.get("/v1/log/checkpoint").text.split("\n")[1])
