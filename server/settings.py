@@ -86,6 +86,11 @@ class ServerSettings(Settings):
     log_db: Path | None = Field(
         None, description="SQLite file of the receipt transparency log; default: <home>/log.sqlite3."
     )
+    log_fsync: bool = Field(
+        False, description="fsync each receipt-log append before its checkpoint is signed (survives "
+        "power loss; costs one fsync of latency per group of batches). Off: an append survives a "
+        "crash of the server process (WAL, synchronous=NORMAL), as the receipt store does."
+    )
     log_origin: str | None = Field(
         None, description="The receipt log's origin (first line of its checkpoints; the note key's "
         "name), fixed when the log is created; default: verinfer.local/log/<random>."

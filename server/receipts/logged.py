@@ -59,7 +59,7 @@ class LogReceipts:
         self._eth = signing_key(keys.eth_key)
         ed = _ed25519_signer(keys)
         self.log = LogWriter(settings.log_path, settings.log_origin,
-                             lambda name, body: signature_line(name, keys.ed25519, body, ed))
+                             lambda name, body: signature_line(name, keys.ed25519, body, ed), fsync=settings.log_fsync)
         self.note_key = note_verifier_key(self.log.origin, keys.ed25519.public_key())
         self._models: dict[ModelInfo, tuple] = {}
 

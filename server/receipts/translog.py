@@ -5,8 +5,9 @@ index (a leaf's hash, then the subtrees it completes: appends only ever add rows
 end); ``checkpoints`` every signed checkpoint handed out; ``meta`` the origin and size.
 
 One :class:`LogWriter` (the receipt worker process) appends a batch's leaf hashes in one
-transaction with ``synchronous=FULL`` (the batch is on disk when the commit returns), and
-only then signs the checkpoint of the new size (:mod:`verifier.tlog`'s format) and stores
+committed transaction (with ``fsync``: ``synchronous=FULL``, on disk when the commit returns;
+else WAL ``NORMAL``: safe from a crash of the process, not from power loss), and only then
+signs the checkpoint of the new size (:mod:`verifier.tlog`'s format) and stores
 it. A crash between the two leaves leaves that no checkpoint covers and no client has seen;
 the next batch's checkpoint covers them: the tree is never rewritten. :class:`LogReader`
 (the HTTP process) serves checkpoints and proofs for checkpointed sizes.
@@ -124,16 +125,20 @@ class LogWriter:
     is the log's origin). Not thread-safe: one process, one thread appends."""
 
     def __init__(self, path: Path, origin: str | None, sign_line: Callable[[str, bytes], bytes],
-                 lock_timeout_s: float = 30.0) -> None:
+                 lock_timeout_s: float = 30.0, fsync: bool = False) -> None:
         self._lock_file = _writer_lock(path, lock_timeout_s)
         self._db = _connect(path)
-        self._db.execute("PRAGMA synchronous=FULL")  # a checkpoint only over leaves on disk
+        # NORMAL (WAL): a committed append survives the process (kill -9), not an OS crash or
+        # power loss; FULL fsyncs each append before its checkpoint is signed (docs/server.md)
+        self._fsync = fsync
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._sign_line = sign_line
         row = self._db.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
         if row is None:
             origin = origin or f"verinfer.local/log/{os.urandom(8).hex()}"
             self._db.execute("INSERT INTO meta VALUES ('origin', ?), ('size', '0')", (origin,))
         elif origin is not None and origin != row[0]:
+            self.close()
             raise InputError(f"the receipt log at {path} has origin {row[0]!r}, not {origin!r}"
                              " (a log's origin never changes; use another file for another log)")
         self.origin = row[0] if row is not None else origin
@@ -196,7 +201,11 @@ class LogWriter:
     def _checkpoint(self, root: bytes) -> str:
         body = checkpoint_body(self.origin, self.size, root)
         note = (body + b"\n" + self._sign_line(self.origin, body)).decode()
+        if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
+            self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
+        if self._fsync:
+            self._db.execute("PRAGMA synchronous=FULL")
         self.note = note
         return note
 
