@@ -167,7 +167,8 @@ def _check_subjects_fast(st: StatementV2) -> None:
 
 
 def _proof_hashes(proof: Sequence[str]) -> list[bytes]:
-    return [base64.b64decode(p) for p in proof]  # shape checked by the B64Hash pattern
+    a2b = binascii.a2b_base64  # the B64Hash pattern already checked each one's shape
+    return [a2b(p) for p in proof]
 
 
 def verify_receipt_v2(
