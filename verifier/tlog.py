@@ -76,14 +76,21 @@ def stored_index(level: int, n: int) -> int:
 NodeGetter = Callable[[int, int], bytes]
 
 
-def subtree_hash(lo: int, hi: int, get: NodeGetter) -> bytes:
-    """MTH of leaves ``[lo, hi)``, where ``lo`` is aligned as in RFC 9162's recursion."""
+def subtree_hash(lo: int, hi: int, get: NodeGetter, memo: dict | None = None) -> bytes:
+    """MTH of leaves ``[lo, hi)``, where ``lo`` is aligned as in RFC 9162's recursion.
+    ``memo`` keeps the incomplete (right-edge) subtrees computed, for many proofs in one tree."""
     n = hi - lo
     if n == 0:
         return EMPTY_ROOT
     if n & (n - 1) == 0:  # complete subtree: stored
         level = n.bit_length() - 1
         return get(level, lo >> level)
+    if memo is not None:
+        h = memo.get((lo, hi))
+        if h is None:
+            k = _split(n)
+            h = memo[(lo, hi)] = node_hash(get(k.bit_length() - 1, lo // k), subtree_hash(lo + k, hi, get, memo))
+        return h
     k = _split(n)
     return node_hash(get(k.bit_length() - 1, lo // k), subtree_hash(lo + k, hi, get))
 
@@ -92,8 +99,9 @@ def root_hash(size: int, get: NodeGetter) -> bytes:
     return subtree_hash(0, size, get)
 
 
-def inclusion_proof(index: int, size: int, get: NodeGetter) -> list[bytes]:
-    """PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf side first."""
+def inclusion_proof(index: int, size: int, get: NodeGetter, memo: dict | None = None) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf side first (``memo``: as for
+    :func:`subtree_hash`, one dict for the proofs of one tree)."""
     if not 0 <= index < size:
         raise InputError(f"leaf index {index} is not in a tree of size {size}")
     path: list[bytes] = []
@@ -101,10 +109,10 @@ def inclusion_proof(index: int, size: int, get: NodeGetter) -> list[bytes]:
     while hi - lo > 1:
         k = _split(hi - lo)
         if index < lo + k:
-            path.append(subtree_hash(lo + k, hi, get))
+            path.append(subtree_hash(lo + k, hi, get, memo))
             hi = lo + k
         else:
-            path.append(subtree_hash(lo, lo + k, get))
+            path.append(subtree_hash(lo, lo + k, get, memo))
             lo += k
     path.reverse()
     return path

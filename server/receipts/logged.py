@@ -138,9 +138,14 @@ class LogReceipts:
         note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
         note_j = jcs_string(note)
         b64 = base64.b64encode
+        texts: dict[bytes, str] = {}  # a batch's proofs share most of their hashes
         out = []
         for j, (rid, s, eip) in enumerate(zip(request_ids, stmts, eips)):
-            path = ",".join(f'"{b64(h).decode()}"' for h in proof(first + j))
+            hashes = proof(first + j)
+            for h in hashes:
+                if h not in texts:
+                    texts[h] = f'"{b64(h).decode()}"'
+            path = ",".join([texts[h] for h in hashes])
             # Every value here is hex, base64, a number or JSON we made: no escaping needed.
             out.append(f'{{"format":"{RECEIPT_V2_FORMAT}","id":"{rid}","statement":"{b64(s).decode()}",'
                        f'"index":{first + j},"proof":[{path}],"checkpoint":{note_j},"eip712":{eip}}}')

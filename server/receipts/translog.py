@@ -34,6 +34,7 @@ from verifier.tlog import (
     node_hash,
     root_hash,
     stored_index,
+    subtree_hash,
 )
 
 SCHEMA = """
@@ -195,8 +196,9 @@ class LogWriter:
             raise
         self.size = size
         self._edge = [get(lvl, (size >> lvl) - 1) if size >> lvl else None for lvl in range(64)]
-        note = self._checkpoint(root_hash(size, get))
-        return note, lambda index: inclusion_proof(index, size, get)
+        memo: dict = {}  # the right edge's incomplete subtrees, shared by the batch's proofs
+        note = self._checkpoint(subtree_hash(0, size, get, memo))
+        return note, lambda index: inclusion_proof(index, size, get, memo)
 
     def _checkpoint(self, root: bytes) -> str:
         body = checkpoint_body(self.origin, self.size, root)
