@@ -95,6 +95,18 @@ class ServerSettings(Settings):
     receipts_db: Path | None = Field(
         None, description="SQLite file of receipts; default: <home>/receipts.sqlite3."
     )
+    log_db: Path | None = Field(
+        None, description="SQLite file of the receipt transparency log; default: <home>/log.sqlite3."
+    )
+    log_fsync: bool = Field(
+        False, description="fsync each receipt-log append before its checkpoint is signed (survives "
+        "power loss; costs one fsync of latency per group of batches). Off: an append survives a "
+        "crash of the server process (WAL, synchronous=NORMAL), as the receipt store does."
+    )
+    log_origin: str | None = Field(
+        None, description="The receipt log's origin (first line of its checkpoints; the note key's "
+        "name), fixed when the log is created; default: verinfer.local/log/<random>."
+    )
 
     # --- on-chain relayer (server/relayer/relayer.py; docs/server.md "Relayer") ----------
     relay_rpc: str | None = Field(
@@ -178,6 +190,10 @@ class ServerSettings(Settings):
     @property
     def receipts_path(self) -> Path:
         return self.receipts_db or self.home / "receipts.sqlite3"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_db or self.home / "log.sqlite3"
 
     def policy_for(self, model: str) -> BatchPolicy:
         return self.model_batching.get(model, self.batching)

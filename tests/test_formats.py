@@ -96,3 +96,50 @@ def test_numbers_json_is_canonical_json(array):
     from verifier.digests import canonical_json, numbers_json
 
     assert numbers_json(array) == canonical_json(array.ravel().tolist()).decode()
+
+
+# --- receipt v2 and the receipt log (docs/formats.md) -----------------------------------------
+
+DOC_ORIGIN = "example.com/verinfer/log"
+DOC_NOTE_KEY = "example.com/verinfer/log+58a0695e+AUBKwP9djnvpI1WkzSnZ1cQWeHTGZhgm8HDhrOmKqUo1"
+
+
+def test_doc_checkpoint_vector():
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from tests.tlog_support import doc_block
+    from verifier.tlog import (
+        MemoryTree,
+        NoteVerifier,
+        checkpoint_body,
+        note_verifier_key,
+        sign_note,
+        verify_checkpoint,
+    )
+
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"verinfer test vector key").digest())
+    assert note_verifier_key(DOC_ORIGIN, key.public_key()) == DOC_NOTE_KEY
+    leaves = [bytes.fromhex(h) for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+                                         "606162636465666768696a6b6c6d6e6f")]
+    note = sign_note(checkpoint_body(DOC_ORIGIN, 8, MemoryTree(leaves).root()), DOC_ORIGIN, key).decode()
+    text = (__import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "formats.md").read_text()
+    assert "```\n" + note + "```" in text
+    verify_checkpoint(note, [NoteVerifier.parse(DOC_NOTE_KEY)], DOC_ORIGIN)
+    assert doc_block("v2-receipt-vector")  # present
+
+
+def test_doc_receipt_vector_verifies_with_verifier_and_recipe():
+    import json
+
+    from tests.tlog_support import doc_block, doc_recipe
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+    from verifier.tlog import NoteVerifier
+
+    receipt = json.loads(doc_block("v2-receipt-vector"))
+    st = verify_receipt_v2(ReceiptV2.parse(receipt), [NoteVerifier.parse(DOC_NOTE_KEY)], origin=DOC_ORIGIN)
+    assert doc_recipe()(receipt, DOC_NOTE_KEY) == st.model_dump(mode="json", by_alias=True)
+    tampered = dict(receipt, index=receipt["index"] - 1)
+    with pytest.raises(ValueError):
+        doc_recipe()(tampered, DOC_NOTE_KEY)

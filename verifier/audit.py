@@ -37,9 +37,10 @@ from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
 from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, VerificationError
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
-from verifier.receipts import RECEIPT_FORMAT, Receipt, verify_receipt
+from verifier.receipts import RECEIPT_FORMAT
+from verifier.receipts_v2 import RECEIPT_V2_FORMAT, ReceiptV2, parse_any_receipt, verify_any_receipt
 
-ItemKind = Literal["receipt", "bundle", "unreadable"]
+ItemKind = Literal["receipt", "bundle", "unreadable", "log"]
 Outcome = Literal["ok", "fail", "error"]
 
 # JSON files with these "format"s (or a JWK Set) are not audit items when met inside a folder.
@@ -71,6 +72,7 @@ class Result:
     model: str | None = None
     label: int | list[int] | None = None
     dev_srs: bool | None = None  # bundles: the package uses an insecure development SRS
+    checkpoint: str | None = None  # v2 receipts: the log checkpoint it carries (for --log)
 
     def line(self) -> str:
         if self.outcome == "ok":
@@ -197,12 +199,12 @@ def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt == BUNDLE_FORMAT:
         return [Item(name, "bundle", name)]
-    if fmt == RECEIPT_FORMAT:
+    if fmt in (RECEIPT_FORMAT, RECEIPT_V2_FORMAT):
         return [Item(name, "receipt", text)]
     if not explicit and (fmt in SKIP_FORMATS or (isinstance(doc, dict) and "keys" in doc)):
         return []
     return [Item(name, "unreadable",
-                 problem=f"neither a receipt ({RECEIPT_FORMAT}) nor a proof bundle "
+                 problem=f"neither a receipt ({RECEIPT_FORMAT}, {RECEIPT_V2_FORMAT}) nor a proof bundle "
                          f"({BUNDLE_FORMAT})")]
 
 
@@ -218,6 +220,8 @@ class Auditor:
     trusted_eth_signers: set[str] | None = None
     # receipts must be for one of ``packages``' models (when --models was given)
     require_known_model: bool = False
+    origin: str | None = None  # v2 receipts must be of this log (else: any log a trusted key signs)
+    _checkpoints: dict = field(default_factory=dict, repr=False)  # notes already checked
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
     _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
 
@@ -225,7 +229,7 @@ class Auditor:
         try:
             if item.kind == "unreadable":
                 raise InputError(item.problem)
-            model, label, dev = (self._bundle if item.kind == "bundle" else self._receipt)(item)
+            model, label, dev, *cp = (self._bundle if item.kind == "bundle" else self._receipt)(item)
         except VerificationError as exc:
             return Result(item.name, item.kind, "fail", type(exc).__name__, str(exc))
         except InputError as exc:
@@ -233,7 +237,8 @@ class Auditor:
         except Exception as exc:  # a bug, or a library refusing odd input: never an OK  # noqa: BLE001
             return Result(item.name, item.kind, "error", "InternalError",
                           f"{type(exc).__name__}: {str(exc)[:300]}")
-        return Result(item.name, item.kind, "ok", model=model, label=label, dev_srs=dev)
+        return Result(item.name, item.kind, "ok", model=model, label=label, dev_srs=dev,
+                      checkpoint=cp[0] if cp else None)
 
     def manifest(self, package_id: str) -> Manifest:
         if package_id not in self._manifests:
@@ -242,11 +247,12 @@ class Auditor:
             self._manifests[package_id] = load_manifest_checked(self.packages[package_id])
         return self._manifests[package_id]
 
-    def _receipt(self, item: Item) -> tuple[str, Any, None]:
-        receipt = Receipt.parse(item.data)
+    def _receipt(self, item: Item) -> tuple[str, Any, None, str | None]:
+        receipt = parse_any_receipt(item.data)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
-        st = verify_receipt(receipt, self.jwks, trusted_eth_signers=self.trusted_eth_signers)
+        st = verify_any_receipt(receipt, self.jwks, origin=self.origin, trusted_eth_signers=self.trusted_eth_signers,
+                                checkpoints=self._checkpoints)
         p = st.predicate
         if self.require_known_model:
             if self._by_model is None:
@@ -260,7 +266,7 @@ class Auditor:
             if all(self.manifest(pid).input.scale != p.input.scale for pid in pids):
                 raise LinkBroken(f"receipt commits to the input at scale {p.input.scale}, "
                                  f"not the circuit's")
-        return p.model.name, p.label, None
+        return p.model.name, p.label, None, receipt.checkpoint if isinstance(receipt, ReceiptV2) else None
 
     def _bundle(self, item: Item) -> tuple[str, Any, bool]:
         from verifier.proofs import verify_signed_bundle
@@ -345,6 +351,28 @@ def run_audit(
     return [done[i.name].pop(0) for i in items]
 
 
+def check_log(results: list[Result], auditor: Auditor, log: str | None) -> list[Result]:
+    """The append-only check over every checkpoint the audited receipts carry (and, with a
+    ``log`` URL or folder, against that log: :mod:`verifier.logcheck`); a fork is a failed
+    ``log`` item naming both checkpoints."""
+    from verifier.logcheck import check_history, open_log
+
+    seen: dict[str, str] = {}
+    for r in results:
+        if r.checkpoint is not None:
+            seen.setdefault(r.checkpoint, r.item)
+    if not seen and log is None:
+        return []
+    if auditor.jwks is None:
+        raise KeyUnknown("no trusted keys given (--keys JWKS)")
+    source = open_log(log) if log is not None else None
+    problems = check_history(seen, auditor.jwks, source)
+    out = [Result(p.where, "log", "fail", p.error, p.reason) for p in problems]
+    if source is not None and not problems:
+        out.append(Result(f"log {source}", "log", "ok", reason=f"{len(seen)} checkpoint(s) seen, one history"))
+    return out
+
+
 # --- the report ------------------------------------------------------------------------
 
 
@@ -368,7 +396,7 @@ class Summary:
     def table(self) -> str:
         rows = [f"audit: {self.total} item(s) in {self.elapsed_s:.2f} s",
                 f"  {'':10} {'ok':>7} {'fail':>7} {'error':>7}"]
-        for kind in ("receipt", "bundle", "unreadable"):
+        for kind in ("receipt", "bundle", "unreadable", "log"):
             c = self.by_item_kind.get(kind)
             if c:
                 rows.append(f"  {kind:10} {c.get('ok', 0):7} {c.get('fail', 0):7} "
@@ -404,7 +432,7 @@ def report_json(results: list[Result], summary: Summary) -> dict[str, Any]:
         "failures_by_kind": summary.failures_by_kind,
         "by_item_kind": summary.by_item_kind,
         "elapsed_s": summary.elapsed_s,
-        "items": [{k: v for k, v in asdict(r).items() if v is not None} for r in results],
+        "items": [{k: v for k, v in asdict(r).items() if v is not None and k != "checkpoint"} for r in results],
     }
 
 

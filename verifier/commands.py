@@ -51,6 +51,11 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--quiet", "-q", action="store_true",
                        help="print only FAIL/ERROR lines and the summary")
     audit.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    audit.add_argument("--log", metavar="URL|DIR",
+                       help="the receipt log (a server URL, or a data dir / log.sqlite3): check that every "
+                            "checkpoint seen is one append-only history with it (a fork fails, exit 1)")
+    audit.add_argument("--origin", metavar="ORIGIN",
+                       help="v2 receipts must be of the log with this origin")
     audit.set_defaults(handler=_audit)
 
 
@@ -133,6 +138,7 @@ def _audit(args: argparse.Namespace) -> int:
     from verifier.audit import (
         Auditor,
         Progress,
+        check_log,
         collect,
         find_packages,
         report_json,
@@ -154,7 +160,7 @@ def _audit(args: argparse.Namespace) -> int:
     if not items:
         raise InputError("nothing to audit: no receipts or bundles under the given paths")
     auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
-                      require_known_model=args.models is not None)
+                      require_known_model=args.models is not None, origin=args.origin)
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -168,6 +174,10 @@ def _audit(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     results = run_audit(items, auditor, jobs=args.jobs, on_result=on_result)
+    for r in check_log(results, auditor, args.log):  # the log's history, after the items
+        if r.outcome != "ok" or not args.quiet:
+            err(r.line())
+        results.append(r)
     summary = summarize(results, time.perf_counter() - start)
     err(summary.table())
     if any(r.dev_srs for r in results):

@@ -57,3 +57,15 @@ class DigestMismatch(VerificationError):
 
 class LinkBroken(VerificationError):
     """Two items that should describe the same thing do not (e.g. labels differ)."""
+
+
+class InclusionInvalid(VerificationError):
+    """A transparency-log inclusion proof does not show the entry in the signed tree."""
+
+
+class ConsistencyInvalid(VerificationError):
+    """Two checkpoints of one log are not one append-only history (a fork, or a rewrite)."""
+
+
+class OriginMismatch(LinkBroken):
+    """A checkpoint is from another log than the one expected."""

@@ -35,7 +35,7 @@ from verifier.errors import (
 )
 from verifier.fixedpoint import felt_to_int, input_commitment, int_to_felt, quantize
 from verifier.manifest import MANIFEST_FILE, Manifest
-from verifier.receipts import Receipt, Statement, verify_receipt
+from verifier.receipts import Statement
 from verifier.tensors import tensor_digest
 
 VERIFY_ARTIFACTS = ["settings.json", "vk.key", "kzg.srs"]
@@ -217,8 +217,10 @@ def verify_signed_bundle(
     if bundle.receipt is not None:
         if jwks is None:
             raise KeyUnknown("bundle carries a receipt but no trusted keys were given (--keys)")
-        receipt = Receipt.parse(bundle.receipt)
-        statement = verify_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers)
+        from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
+
+        receipt = parse_any_receipt(bundle.receipt)  # v1 (DSSE) or v2 (receipt log)
+        statement = verify_any_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers)
         check_bundle_links(bundle, manifest)  # the bundle's own links before the receipt's
         links_checked = True
         verify_receipt_link(statement, bundle, manifest)

@@ -6,13 +6,15 @@ and the models; batchers start with the app's lifespan. Nothing runs at import.
 
 from __future__ import annotations
 
+import base64
 import gc
+import json
 import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,9 +37,13 @@ from server.inference.service import InferenceService
 from server.metrics import CONTENT_TYPE_LATEST, Metrics
 from server.receipts.keys import KeyRing, load_keys
 from server.receipts.store import ReceiptStore
+from server.receipts.translog import LogReader
 from server.settings import ServerSettings
 from verifier.digests import compact_json
 from verifier.errors import InputError, VerinferError
+from verifier.keys import public_key_from_jwk
+from verifier.receipts_v2 import RECEIPT_V2_FORMAT
+from verifier.tlog import note_verifier_key
 
 log = logging.getLogger("verinfer.server")
 VERSION = "0.1.0"
@@ -98,6 +104,7 @@ def create_app(
     :class:`server.http.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks)."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
+    log_reader = LogReader(settings.log_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
     metrics = Metrics()
     service = InferenceService(settings, models, keys, store, metrics)
@@ -136,6 +143,8 @@ def create_app(
                 store.close()
             if app.state.apikeys is not None:
                 app.state.apikeys.close()
+            if log_reader is not None:
+                log_reader.close()
 
     app = FastAPI(
         title="verinfer",
@@ -262,11 +271,60 @@ def create_app(
     async def infer_version(request: Request, name: str, version: str) -> Response:
         return await _infer(request, name, version)
 
+    def _log() -> LogReader:
+        if log_reader is None:
+            raise InputError("this server does not sign or log receipts")
+        return log_reader
+
     @app.get("/v1/receipts/{receipt_id}", tags=["receipts"])
-    async def get_receipt(receipt_id: str) -> Response:
+    async def get_receipt(receipt_id: str, fresh: bool = False) -> Response:
+        """The receipt as handed out; ``?fresh=1``: with an inclusion proof to the latest checkpoint."""
         if store is None:
             raise InputError("this server does not sign or store receipts")
-        return Response(store.get(receipt_id), media_type="application/json")
+        body = store.get(receipt_id)
+        if not fresh:
+            return Response(body, media_type="application/json")
+        receipt = json.loads(body)
+        if receipt.get("format") != RECEIPT_V2_FORMAT:
+            raise InputError("this receipt predates the receipt log (v1): it has no inclusion proof")
+        size, note = _log().latest()
+        proof = _log().inclusion(receipt["index"], size)
+        receipt.update(proof=[base64.b64encode(h).decode() for h in proof], checkpoint=note)
+        return _json(receipt)
+
+    @app.get("/v1/log/checkpoint", tags=["log"], response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "C2SP tlog-checkpoint signed note"}})
+    async def log_checkpoint() -> Response:
+        """The latest signed checkpoint (C2SP tlog-checkpoint signed note), as text."""
+        return Response(_log().latest()[1], media_type="text/plain; charset=utf-8")
+
+    @app.get("/v1/log/proof/inclusion", tags=["log"])
+    async def log_inclusion(index: int, size: int | None = None) -> Response:
+        """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves (default: the latest checkpoint)."""
+        log_ = _log()
+        size = log_.latest()[0] if size is None else size
+        proof = log_.inclusion(index, size)
+        return _json({"index": index, "size": size, "proof": [base64.b64encode(h).decode() for h in proof]})
+
+    @app.get("/v1/log/proof/consistency", tags=["log"])
+    async def log_consistency(old: int = Query(alias="from"), to: int | None = None) -> Response:
+        """Consistency proof from the tree of ``from`` leaves to that of ``to`` (default: the latest)."""
+        log_ = _log()
+        to = log_.latest()[0] if to is None else to
+        proof = log_.consistency(old, to)
+        return _json({"from": old, "to": to, "proof": [base64.b64encode(h).decode() for h in proof]})
+
+    def _log_keys() -> dict[str, Any]:
+        origin = log_reader.origin() if log_reader is not None else None
+        note_keys = [] if origin is None else [
+            note_verifier_key(origin, public_key_from_jwk(jwk)) for jwk in keys.jwks["keys"]]
+        return {"origin": origin, "note_keys": note_keys}
+
+    @app.get("/.well-known/verinfer-log.json", tags=["keys"])
+    async def log_keys() -> Response:
+        """The receipt log's origin and note verifier keys (active first), next to the JWKS."""
+        return _json(_log_keys())
 
     if jobs is not None:
         from server.http.proofs_api import install as install_proof_routes
@@ -289,6 +347,7 @@ def create_app(
             {
                 "jwks": keys.jwks,
                 "active_kid": keys.kid,
+                "log": _log_keys(),
                 "eip712": {
                     "signer": keys.eth_address,
                     "domain": service.domain.model_dump() if service.domain else None,

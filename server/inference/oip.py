@@ -43,6 +43,7 @@ class InferRequest:
     datatype: str  # the sent OIP datatype
     outputs: OutputChoice | None  # None: all outputs, as JSON
     parameters: dict  # the request's parameters object ({} when absent)
+    eip712: bool = False  # parameters.eip712: attach an EIP-712 signature to the receipt
 
 
 def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
@@ -196,7 +197,10 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
             raise InputError(f"{where}: binary_data_size is {size} but the body holds "
                              f"{len(binary)} bytes after the JSON header")
         x = _binary_tensor(binary, tuple(shape), datatype, where)
-    return InferRequest(rid, x, datatype, _output_choice(req, params, output_names), params)
+    eip712 = params.get("eip712", False)
+    if not isinstance(eip712, bool):
+        raise InputError("parameters.eip712 must be true or false")
+    return InferRequest(rid, x, datatype, _output_choice(req, params, output_names), params, eip712)
 
 
 def _output_choice(req: dict, params: dict, output_names: list[str]) -> OutputChoice | None:

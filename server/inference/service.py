@@ -2,12 +2,11 @@
 
 A request is parsed in the event loop, queued to its model's dynamic batcher, run in a
 batch, and its batch is then signed and stored by the receipt worker process
-(:mod:`server.receipts.worker`) while the next batch runs.
+(:mod:`server.receipts.worker`, the receipt log's writer) while the next batch runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -29,9 +28,9 @@ from server.inference.oip import (
 from server.inference.registry import ServedModel
 from server.metrics import Metrics
 from server.receipts.keys import KeyRing
-from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.receipts.signer import BatchJob, ModelInfo
 from server.receipts.store import ReceiptStore
-from server.receipts.worker import ReceiptPool, make_receipts
+from server.receipts.worker import ReceiptPool
 from server.settings import ServerSettings
 from verifier.eip712 import Domain
 from verifier.errors import InputError, NotFound
@@ -45,6 +44,7 @@ class Ctx:
     client_id: str | None
     datatype: str  # as sent
     wanted: OutputChoice | None  # outputs asked for (None: all, as JSON)
+    eip712: bool = False  # an EIP-712 signature was asked for
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,16 @@ class InferenceService:
         self.models = models
         self._infos = {n: model_info(m) for n, m in models.items()}
         signing = settings.signing and keys is not None and store is not None
-        # receipts are made by the worker process(es); under light load, also here (batching.py)
-        self._signer = ReceiptSigner(keys, settings) if signing else None
+        self._signing = signing
         self._store = store
-        # the EIP-712 domain answers are signed in (GET /v1/keys)
+        # the EIP-712 domain answers are signed in when asked (GET /v1/keys)
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract) if signing else None
-        self.receipts = ReceiptPool(settings, self._infos, keys.kid, settings.receipt_workers) if signing else None
+        # receipts are made by one worker process: the receipt log's one writer
+        self.receipts = ReceiptPool(settings, self._infos, keys.kid, 1) if signing else None
         self.batchers = {
             name: DynamicBatcher(
                 name, partial(self._run_batch, m), settings.policy_for(name), threaded=_threaded(settings, m),
                 finish=partial(self._sign_batch, m) if signing else None,
-                finish_inline=partial(self._sign_batch_here, m) if signing else None,
             )
             for name, m in models.items()
         }
@@ -131,9 +130,9 @@ class InferenceService:
         if req.x.ndim and req.x.shape[0] > most:
             raise error(f"{req.x.shape[0]} rows in one request; at most {most} are allowed")
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
-        if self._signer is not None:  # the receipt commits to x in fixed point
+        if self._signing:  # the receipt commits to x in fixed point
             check_range(x, m.scale)
-        ctx = Ctx(req.id, req.datatype, req.outputs)
+        ctx = Ctx(req.id, req.datatype, req.outputs, req.eip712)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
         info = self._infos[m.name]
         if answer.body is not None:
@@ -174,14 +173,6 @@ class InferenceService:
         bodies = await self.receipts.sign(_job(m, items, answers))
         return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
 
-    def _sign_batch_here(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
-        """The same, in the event loop (the batcher calls it for a one-chunk batch when idle)."""
-        bodies = make_receipts(self._signer, self._store, self._infos[m.name], _job(m, items, answers),
-                               self.settings.store_inputs)
-        if self._store.checkpoint_due:  # in a thread: the loop answers meanwhile (ReceiptStore)
-            asyncio.get_running_loop().run_in_executor(None, self._store.checkpoint)
-        return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
-
 
 def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
     """The receipts job for ``items``, consecutive requests of one batch."""
@@ -200,6 +191,7 @@ def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
         rows=[i.rows for i in items],
         labels=[a.label if a.label is not None else [] for a in answers],
         time=time.time(),
+        eip712=[c.eip712 for c in ctxs] if any(c.eip712 for c in ctxs) else None,
     )
 
 

@@ -342,7 +342,9 @@ def body_model(receipt: dict) -> str:
     import base64
 
     try:
-        st = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
+        # v2: the logged statement; v1: the DSSE payload
+        st = json.loads(base64.b64decode(receipt["statement"] if "statement" in receipt
+                                         else receipt["envelope"]["payload"]))
         return st["predicate"]["model"]["name"]
     except (KeyError, ValueError, TypeError):
         raise InputError("stored receipt is unreadable") from None

@@ -180,7 +180,8 @@ class Worker:
             verify_proof_receipt,
         )
         from verifier.proofs import check_bundle_links, verify_receipt_link
-        from verifier.receipts import Receipt, sign_envelope, verify_receipt
+        from verifier.receipts import sign_envelope
+        from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
         from verifier.tensors import numpy_dtype
 
         prover = self.prover(job.package_id)
@@ -189,7 +190,7 @@ class Worker:
         receipt = statement = None
         if job.receipt_id is not None:
             receipt = json.loads(self.receipts.get(job.receipt_id))
-            statement = verify_receipt(Receipt.parse(receipt), self.keys.jwks)
+            statement = verify_any_receipt(parse_any_receipt(receipt), self.keys.jwks)
             if not isinstance(statement.predicate.label, int):
                 raise InputError("the receipt is for a batch; proofs are for one sample")
         signed_label = statement.predicate.label if statement is not None else None

@@ -98,6 +98,7 @@ class BatchJob:
     rows: list[int]
     labels: list[int | list[int]]
     time: float = field(default_factory=time.time)
+    eip712: list[bool] | None = None  # per answer: attach an EIP-712 signature (v2 receipts)
 
 
 # One value in canonical JSON, as ``verifier.digests.canonical_json`` writes it

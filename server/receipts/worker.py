@@ -1,11 +1,13 @@
-"""Receipts are made off the event loop, in a child process that signs, stores and renders.
+"""Receipts are made off the event loop, in a child process that logs, signs, stores and renders.
 
-Why: a receipt costs about as much CPU as everything else the loop does for a request; in a
-thread it would hold the GIL, in a process it runs on another core (docs/server.md,
-"Execution"). When idle the loop makes some receipts itself with the same :func:`make_receipts`;
-either way a receipt is committed before its answer goes out. The child is
-``python -m server.receipts.worker FD``, not multiprocessing's spawn (which re-imports the
-parent's ``__main__``).
+The child is the receipt log's one writer (:mod:`server.receipts.translog`): it writes each
+answer's statement (:mod:`server.receipts.logged`), appends a group of batches' statements
+to the log durably, signs one checkpoint for the group, stores the receipts and renders the
+responses. Jobs that wait on its socket while it works join the next group, so under load
+one checkpoint signature and one fsync cover many batches. In a child process this runs on
+another core, overlapped with the event loop parsing the next requests and the model
+running the next batch (bench/http_load.py, docs/server.md). A receipt is committed, and
+its leaf is in the log on disk, before its answer is returned.
 
 Protocol, over a Unix socket pair in ``multiprocessing.Connection``'s framing (4-byte length,
 pickle): ``(settings, models)`` -> ``("ready", kid)`` | ``("error", message)``; then each
@@ -32,7 +34,8 @@ import numpy as np
 
 from server.errors import NotReady
 from server.inference.oip import outputs_json, response_body
-from server.receipts.signer import BatchJob, ModelInfo, ReceiptSigner
+from server.receipts.logged import LogReceipts
+from server.receipts.signer import BatchJob, ModelInfo
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
 from verifier.digests import shape_json
@@ -46,65 +49,99 @@ START_TIMEOUT_S = 60.0
 NICENESS = 5
 
 
-def make_receipts(signer: ReceiptSigner, store: ReceiptStore, info: ModelInfo, job: BatchJob,
-                  keep_inputs: bool) -> list[bytes]:
-    """Sign a job's answers and commit their receipts (and one-sample inputs, so that a proof
-    can be asked for later) in one transaction; then render each answer's whole response,
-    receipt included (all of it off the event loop, in the worker)."""
-    data_json: list[dict[str, str]] = []
-    receipts = signer.sign_batch(info, job, data_json)
-    rows, inputs, bodies, start = [], [], [], 0
-    for i, receipt in enumerate(receipts):
-        rid, n = job.request_ids[i], job.rows[i]
-        rows.append((rid, job.model, job.time, receipt))
-        if keep_inputs and n == 1:
-            x = job.x_model[start : start + 1]
-            inputs.append((rid, info.input_datatype, shape_json(x.shape),
-                           np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
-        outputs = outputs_json(info.outputs, {k: v[start : start + n] for k, v in job.outputs.items()},
-                               job.wanted[i], data_json[i])
-        label = job.labels[i] if isinstance(job.labels[i], int) else None
-        bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, receipt))
-        start += n
-    store.put_many(rows, inputs)  # committed before the answer goes out
-    return bodies
+# Jobs the child takes from its socket at once (one log append, one checkpoint for all).
+MAX_GROUP = 64
+
+
+def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, ModelInfo], jobs: list[BatchJob],
+                  keep_inputs: bool) -> list[list[bytes] | str]:
+    """Log the jobs' answers (one append, one checkpoint), commit their receipts (and one-sample
+    inputs, so that a proof can be asked for later) in one transaction; then render each
+    answer's whole response, receipt included (all of it off the event loop, in the worker).
+    Per job: its responses, or why it could not be signed (a bad job fails alone)."""
+    parts, rids, stmts, eips = [], [], [], []
+    for job in jobs:
+        try:
+            s, texts, e = maker.statements(infos[job.model], job)
+        except Exception as exc:
+            log.exception("receipt statement failed")
+            parts.append(f"could not sign the receipt: {type(exc).__name__}: {exc}")
+            continue
+        parts.append(texts)
+        rids.extend(job.request_ids)
+        stmts.extend(s)
+        eips.extend(e)
+    receipts = maker.log_batch(rids, stmts, eips) if stmts else []  # durable in the log, checkpoint signed
+    rows, inputs, out, k = [], [], [], 0
+    for job, data_json in zip(jobs, parts):
+        if isinstance(data_json, str):
+            out.append(data_json)
+            continue
+        info, bodies, start = infos[job.model], [], 0
+        for i, n in enumerate(job.rows):
+            rid, receipt = job.request_ids[i], receipts[k]
+            k += 1
+            rows.append((rid, job.model, job.time, receipt))
+            if keep_inputs and n == 1:
+                x = job.x_model[start : start + 1]
+                inputs.append((rid, info.input_datatype, shape_json(x.shape),
+                               np.ascontiguousarray(x, x.dtype.newbyteorder("<")).tobytes()))
+            outputs = outputs_json(info.outputs, {k2: v[start : start + n] for k2, v in job.outputs.items()},
+                                   job.wanted[i], data_json[i])
+            label = job.labels[i] if isinstance(job.labels[i], int) else None
+            bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, receipt))
+            start += n
+        out.append(bodies)
+    store.put_many(rows, inputs)  # committed before the answers go out
+    return out
 
 
 def _child(conn: Connection) -> None:
-    """The child's main loop."""
+    """The child's main loop: the receipt log's one writer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     os.nice(NICENESS)
     from server.receipts.keys import load_keys
 
     try:
         settings, models = conn.recv()
-        signer = ReceiptSigner(load_keys(settings, create=False), settings)
+        maker = LogReceipts(load_keys(settings, create=False), settings)
         store = ReceiptStore(settings.receipts_path)
     except Exception as exc:  # e.g. an unreadable key: the parent reports it  # noqa: BLE001
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", signer.kid))
+    conn.send(("ready", maker.keys.kid))
     keep_inputs = settings.store_inputs
-    while True:
+    stop = False
+    while not stop:
         try:
-            msg = conn.recv()
+            msgs = [conn.recv()]
+            # what else is waiting joins this group: one log append and one checkpoint for all
+            while msgs[-1] is not None and len(msgs) < MAX_GROUP and conn.poll(0):
+                msgs.append(conn.recv())
         except (EOFError, OSError):  # the parent is gone
             break
-        if msg is None:
+        if msgs[-1] is None:
+            stop = True
+            msgs.pop()
+        if not msgs:
             break
-        seq, job = msg
+        seqs, jobs = [m[0] for m in msgs], [m[1] for m in msgs]
         try:
-            reply = (seq, make_receipts(signer, store, models[job.model], job, keep_inputs), None)
-        except Exception as exc:  # a bad batch fails alone
+            replies = [(seq, None, r) if isinstance(r, str) else (seq, r, None) for seq, r in
+                       zip(seqs, make_receipts(maker, store, models, jobs, keep_inputs))]
+        except Exception as exc:  # the log or the store failed: the group fails
             log.exception("receipt batch failed")
-            reply = (seq, None, f"could not sign or store the receipt: {type(exc).__name__}: {exc}")
+            why = f"could not log or store the receipt: {type(exc).__name__}: {exc}"
+            replies = [(seq, None, why) for seq in seqs]
         try:
-            conn.send(reply)
+            for reply in replies:
+                conn.send(reply)
         except OSError:  # the parent is gone
             break
         if store.checkpoint_due:  # the answers are out; see ReceiptStore
             store.checkpoint()
     store.close()
+    maker.log.close()
 
 
 class ReceiptWorker:
@@ -246,9 +283,9 @@ class ReceiptWorker:
 
 
 class ReceiptPool:
-    """``n`` receipt workers; a job goes to the one with the least in flight. One is right
-    on two cores (the event loop has the other; docs/server.md); more pay off when there are
-    cores to spare."""
+    """``n`` receipt workers; a job goes to the one with the least in flight. With the receipt
+    log there is one (its one writer); the pool stays for the next step, several processes
+    feeding one log writer."""
 
     def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int) -> None:
         self.workers = [ReceiptWorker(settings, models, kid) for _ in range(n)]

@@ -9,7 +9,9 @@ import urllib.request
 
 import pytest
 
-from verifier.receipts import Receipt, verify_receipt
+from verifier.keys import ed25519_jwk
+from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+from verifier.tlog import parse_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -18,8 +20,9 @@ IRIS = json.dumps(
 ).encode()
 
 
-def infer(server) -> dict:
-    req = urllib.request.Request(server.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST")
+def infer(server, eip712: bool = False) -> dict:
+    body = IRIS if not eip712 else IRIS[:-1] + b', "parameters": {"eip712": true}}'
+    req = urllib.request.Request(server.base + "/v2/models/iris_mlp/infer", data=body, method="POST")
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(json.loads(r.read())["parameters"]["receipt"])
 
@@ -31,7 +34,7 @@ def test_rotate_keeps_old_receipts_verifiable(tmp_path, start_server, cli):
         if f.is_file() and f.name != "active":
             assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     old = infer(s1)
-    old_kid = old["envelope"]["signatures"][0]["keyid"]
+    old_kid = s1.get("/v1/keys")["active_kid"]
     s1.stop()
 
     r = cli(home, "keys", "rotate", "--json")
@@ -43,13 +46,16 @@ def test_rotate_keeps_old_receipts_verifiable(tmp_path, start_server, cli):
     jwks = s2.get("/.well-known/jwks.json")
     assert [k["kid"] for k in jwks["keys"]] == [new_kid, old_kid]
     new = infer(s2)
-    assert new["envelope"]["signatures"][0]["keyid"] == new_kid
+    assert s2.get("/v1/keys")["log"]["note_keys"][0].split("+")[1] == parse_checkpoint(new["checkpoint"])[2][0][1].hex()
     # the old receipt, fetched from the store, still verifies with the old key from the JWKS
     stored = s2.get(f"/v1/receipts/{old['id']}")
     assert stored == old
-    st = verify_receipt(Receipt.parse(stored), jwks)
-    assert st.predicate.keyId == old_kid
-    verify_receipt(Receipt.parse(new), jwks)
+    verify_receipt_v2(ReceiptV2.parse(stored), jwks)
+    verify_receipt_v2(ReceiptV2.parse(new), jwks)
+    with pytest.raises(Exception, match="no trusted note key"):  # the old key alone does not sign the new
+        verify_receipt_v2(ReceiptV2.parse(new), {"keys": jwks["keys"][1:]})
+    # and the old receipt, refreshed, is proven in the tree the new key signed
+    verify_receipt_v2(ReceiptV2.parse(s2.get(f"/v1/receipts/{old['id']}?fresh=1")), {"keys": jwks["keys"][:1]})
 
     listed = cli(home, "keys", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["active"] == new_kid
@@ -76,10 +82,8 @@ def test_key_from_path(tmp_path, start_server, cli):
     os.chmod(path, 0o600)
     eth = "0x" + "42" * 32
     s = start_server(tmp_path / "home", env={"VERINFER_SIGNING_KEY_PATH": str(path), "VERINFER_ETH_KEY": eth})
-    receipt = infer(s)
-    from verifier.keys import ed25519_jwk
-
-    assert receipt["envelope"]["signatures"][0]["keyid"] == ed25519_jwk(key.public_key())["kid"]
+    receipt = infer(s, eip712=True)
+    verify_receipt_v2(ReceiptV2.parse(receipt), {"keys": [ed25519_jwk(key.public_key())]})
     from eth_account import Account
 
     assert receipt["eip712"]["signer"] == Account.from_key(eth).address

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
 from models import load_split, load_torch_model
+from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
 
 pytestmark = pytest.mark.e2e
 
@@ -32,21 +32,12 @@ def b64url_decode(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-def verify_dsse_with_jwks(receipt: dict, jwks: dict) -> dict:
-    """DSSE PAE + Ed25519 with the JWK whose kid matches; returns the in-toto statement."""
-    env = receipt["envelope"]
-    payload = base64.b64decode(env["payload"])
-    t = env["payloadType"].encode()
-    pae = b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
-    (sig,) = env["signatures"]
-    (jwk,) = [k for k in jwks["keys"] if k["kid"] == sig["keyid"]]
-    # the kid is the RFC 7638 thumbprint of the key
-    members = json.dumps({"crv": jwk["crv"], "kty": jwk["kty"], "x": jwk["x"]}, separators=(",", ":"))
-    thumb = base64.urlsafe_b64encode(hashlib.sha256(members.encode()).digest()).rstrip(b"=").decode()
-    assert thumb == jwk["kid"]
-    key = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
-    key.verify(base64.b64decode(sig["sig"]), pae)  # raises InvalidSignature
-    return json.loads(payload)
+def check_receipt(receipt: dict, server) -> dict:
+    """The standalone recipe of docs/formats.md (hashlib + cryptography only) with the
+    server's active note key; returns the logged statement."""
+    from tests.tlog_support import doc_recipe
+
+    return doc_recipe()(receipt, server.get("/v1/keys")["log"]["note_keys"][0])
 
 
 def tensor_digest(arr: np.ndarray, datatype: str) -> str:
@@ -103,7 +94,8 @@ def test_infer_matches_torch_and_receipt_verifies(client, server):
         resp = res.get_response()
         assert resp["id"] == f"req-{i}"
         receipt = json.loads(resp["parameters"]["receipt"])
-        st = verify_dsse_with_jwks(receipt, jwks)
+        st = check_receipt(receipt, server)
+        assert ReceiptV2.parse(receipt) and verify_receipt_v2(ReceiptV2.parse(receipt), jwks)
         assert st["_type"] == "https://in-toto.io/Statement/v1"
         p = st["predicate"]
         assert p["requestId"] == receipt["id"] == resp["parameters"]["receipt_id"]
@@ -122,8 +114,10 @@ def test_infer_matches_torch_and_receipt_verifies(client, server):
 
 def test_eip712_signer_recovers_with_eth_account(client, server):
     x, _ = digits(1)
-    res = triton_infer(client, "digits_cnn", x)
+    assert json.loads(triton_infer(client, "digits_cnn", x).get_response()["parameters"]["receipt"])["eip712"] is None
+    res = triton_infer(client, "digits_cnn", x, parameters={"eip712": True})  # asked for
     receipt = json.loads(res.get_response()["parameters"]["receipt"])
+    assert check_receipt(receipt, server)["predicate"]["eip712"]["signer"] == receipt["eip712"]["signer"]
     eip = receipt["eip712"]
     typed = {
         "types": {
@@ -155,8 +149,6 @@ def test_eip712_signer_recovers_with_eth_account(client, server):
 def test_concurrent_requests_get_their_own_answers(server):
     x, _ = digits(48)
     expected = load_torch_model("digits_cnn")(__import__("torch").from_numpy(x))[0].detach().numpy()
-    jwks = server.get("/.well-known/jwks.json")
-
     def one(i: int):
         c = httpclient.InferenceServerClient(url=server.url)
         try:
@@ -168,7 +160,7 @@ def test_concurrent_requests_get_their_own_answers(server):
         results = list(pool.map(one, range(len(x))))
     for i, res in results:
         np.testing.assert_allclose(res.as_numpy("logits")[0], expected[i], rtol=1e-5, atol=1e-5)
-        st = verify_dsse_with_jwks(json.loads(res.get_response()["parameters"]["receipt"]), jwks)
+        st = check_receipt(json.loads(res.get_response()["parameters"]["receipt"]), server)
         digests = {s["name"]: s["digest"]["sha256"] for s in st["subject"]}
         assert digests["input/input"] == tensor_digest(x[i : i + 1], "FP32")
 

@@ -19,7 +19,8 @@ import urllib.request
 
 import pytest
 
-from verifier.receipts import Receipt, verify_receipt
+from tests.tlog_support import check_history
+from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
 
 pytestmark = pytest.mark.e2e
 
@@ -71,11 +72,20 @@ def _receipt_worker_pids(server_pid: int) -> list[int]:
 
 def _check(server, status: int, resp: dict, jwks: dict) -> None:
     assert status == 200, resp
-    receipt = Receipt.parse(resp["parameters"]["receipt"])
-    st = verify_receipt(receipt, jwks)
+    receipt = ReceiptV2.parse(resp["parameters"]["receipt"])
+    st = verify_receipt_v2(receipt, jwks)
     assert st.predicate.clientRequestId == resp["id"]
     assert resp["parameters"]["receipt_id"] == receipt.id
     assert st.predicate.label == resp["parameters"]["label"]
+
+
+def _get(s):
+    """GET a server path: JSON, or the text of a text/plain answer (a checkpoint)."""
+    def get(path: str):
+        with urllib.request.urlopen(s.base + path, timeout=30) as r:
+            body = r.read().decode()
+            return body if r.headers.get_content_type() == "text/plain" else json.loads(body)
+    return get
 
 
 @pytest.fixture
@@ -86,7 +96,7 @@ def worker_server(tmp_path, start_server):
 def test_every_answer_is_signed_and_stored_before_it_is_sent(worker_server):
     s = worker_server
     jwks = s.get("/.well-known/jwks.json")
-    for status, resp in [_post(s.base, 0)] + _concurrently(s.base, 48):  # inline, then handed off
+    for status, resp in [_post(s.base, 0)] + _concurrently(s.base, 48):  # alone, then in batches
         _check(s, status, resp, jwks)
         stored = s.get(f"/v1/receipts/{resp['parameters']['receipt_id']}")  # no wait: already committed
         assert stored == json.loads(resp["parameters"]["receipt"])
@@ -128,6 +138,8 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
             _check(s, status, resp, jwks)
         else:
             assert status == 503 and "receipt signer" in resp["error"], (status, resp)
+    # the replacement writer carries on the same log: every receipt handed out still verifies
+    # against the log's latest checkpoint, and each of its checkpoints is consistent with it
 
     end = time.monotonic() + 60
     while True:  # a new worker comes up and answers are signed again
@@ -139,6 +151,8 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
     for status, resp in _concurrently(s.base, 32):
         _check(s, status, resp, jwks)
     (replacement,) = _receipt_worker_pids(s.proc.pid)
+    answered = [resp["parameters"]["receipt"] for status, resp in results if status == 200]
+    assert check_history(_get(s), jwks, answered) > 1
     assert replacement != worker
     assert "receipt signer exited" in s.output()
 

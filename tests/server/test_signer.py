@@ -134,31 +134,46 @@ def test_response_body_parses_and_embeds_the_receipt_text():
 
 
 def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path):
-    """The worker's whole answers: each response's outputs (the numbers written once, for the
-    statement and the response) are its own rows of the batch, as its signed statement has them,
-    in the order asked for; each receipt is stored and carried in its response."""
+    """The worker's whole answers (v2: one log append and one checkpoint for a group of jobs):
+    each response's outputs (the numbers written once, for the statement and the response) are
+    its own rows of the batch, as its logged statement has them, in the order asked for; each
+    receipt verifies, is stored and carried in its response; a job that cannot be signed (NaN
+    output) fails alone."""
+    from server.receipts.logged import LogReceipts
     from server.receipts.store import ReceiptStore
     from server.receipts.worker import make_receipts
+    from server.settings import ServerSettings
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
 
-    sign, _ = signer
+    _, keys = signer
+    maker = LogReceipts(keys, ServerSettings(home=tmp_path))
     info = _info()
     rng = np.random.default_rng(2)
     xs = [rng.normal(size=(n, 1, 8, 8)).astype(np.float32) for n in (1, 3, 1)]
     job = _job(info, xs, [None, "c", None], ["FP32"] * 3)
     job.wanted = [None, OutputChoice(("label", "logits")), OutputChoice(("label",))]
+    bad = _job(info, xs[:1], [None], ["FP32"])
+    bad.outputs["logits"][0, 0] = np.nan
+    other = _job(info, xs[1:], ["d", None], ["FP32"] * 2)
     store = ReceiptStore(tmp_path / "receipts.sqlite3")
-    bodies = make_receipts(sign, store, info, job, keep_inputs=True)
-    start = 0
+    bodies, failed, more = make_receipts(maker, store, {info.name: info}, [job, bad, other], keep_inputs=True)
+    assert isinstance(failed, str) and "could not sign" in failed
+    assert len(more) == 2
+    start, notes = 0, set()
     for i, (body, n) in enumerate(zip(bodies, job.rows)):
         resp = json.loads(body)
         receipt = resp["parameters"]["receipt"]
         assert json.loads(store.get(resp["parameters"]["receipt_id"])) == json.loads(receipt)
-        statement = json.loads(base64.b64decode(json.loads(receipt)["envelope"]["payload"]))
-        signed = {o["name"]: o["data"] for o in statement["predicate"]["outputs"]}
+        st = verify_receipt_v2(ReceiptV2.parse(receipt), keys.jwks)
+        notes.add(json.loads(receipt)["checkpoint"])
+        signed = {o.name: o.data for o in st.predicate.outputs}
         assert [o["name"] for o in resp["outputs"]] == list(job.wanted[i].names if job.wanted[i] else ["logits", "label"])
         for o in resp["outputs"]:
             mine = job.outputs[o["name"]][start : start + n]
             assert o["data"] == signed[o["name"]] == mine.ravel().tolist()
             assert o["shape"] == list(mine.shape)
         start += n
+    for body in more:
+        notes.add(json.loads(json.loads(body)["parameters"]["receipt"])["checkpoint"])
+    assert len(notes) == 1  # one checkpoint for the group
     store.close()

@@ -1,0 +1,152 @@
+"""Make v2 receipts: each answer's statement a leaf of the receipt log, one checkpoint per batch.
+
+The format is defined, and checked, by :mod:`verifier.receipts_v2` and :mod:`verifier.tlog`;
+this module produces it on every answer's path, so it writes each statement's RFC 8785 bytes
+from a template (keys in sorted order, values by :mod:`server.receipts.jcs`) instead of
+building pydantic models; ``tests/server/test_log_inprocess.py`` checks the bytes against
+``StatementV2(...).canonical_bytes()`` (the ``rfc8785`` package). The only signatures are one
+Ed25519 checkpoint signature per batch and, when a request asks (``parameters.eip712``), that
+answer's EIP-712 signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from datetime import UTC, datetime
+
+from server.receipts.jcs import jcs_numbers, jcs_string
+from server.receipts.keys import KeyRing
+from server.receipts.signer import (
+    _REQUEST_ID,
+    BatchJob,
+    ModelInfo,
+    _ed25519_signer,
+    new_request_ids,
+)
+from server.receipts.translog import LogWriter
+from server.settings import ServerSettings
+from verifier.digests import keccak, shape_json
+from verifier.eip712 import (
+    CLASSIFICATION_TYPEHASH,
+    Domain,
+    domain_separator,
+    sign_digest,
+    signing_key,
+)
+from verifier.fixedpoint import input_commitments
+from verifier.receipts import STATEMENT_TYPE
+from verifier.receipts_v2 import PREDICATE_V2_TYPE, RECEIPT_V2_FORMAT
+from verifier.tensors import tensor_digest
+from verifier.tlog import note_verifier_key, signature_line
+
+_sha256 = hashlib.sha256
+
+
+class LogReceipts:
+    """Holds the keys and the log writer; turns batches of answers into v2 receipt texts."""
+
+    def __init__(self, keys: KeyRing, settings: ServerSettings) -> None:
+        self.keys = keys
+        self.ttl = settings.answer_ttl_s
+        self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract)
+        d = self.domain
+        self._eip712_ref = (f'{{"domain":{{"chainId":{d.chainId},"name":{jcs_string(d.name)},'
+                            f'"verifyingContract":{jcs_string(d.verifyingContract)},"version":{jcs_string(d.version)}}},'
+                            f'"signer":{jcs_string(keys.eth_address)}}}')
+        self._domain_json = self.domain.model_dump_json()
+        self._prefix = b"\x19\x01" + domain_separator(self.domain)
+        self._eth = signing_key(keys.eth_key)
+        ed = _ed25519_signer(keys)
+        self.log = LogWriter(settings.log_path, settings.log_origin,
+                             lambda name, body: signature_line(name, keys.ed25519, body, ed), fsync=settings.log_fsync)
+        self.note_key = note_verifier_key(self.log.origin, keys.ed25519.public_key())
+        self._models: dict[ModelInfo, tuple] = {}
+
+    def _model_parts(self, model: ModelInfo) -> tuple:
+        parts = self._models.get(model)
+        if parts is None:
+            parts = (
+                f'{{"name":{jcs_string(model.name)},"sha256":"{model.sha256}","version":{jcs_string(model.version)}}}',
+                f'{{"digest":{{"sha256":"{model.sha256}"}},"name":{jcs_string("model/" + model.name)}}}',
+                jcs_string(model.input_name),
+                jcs_string("input/" + model.input_name),
+                [(jcs_string(n), jcs_string(dt), jcs_string("output/" + n)) for n, dt in model.outputs],
+                jcs_string(model.device),
+            )
+            self._models[model] = parts
+        return parts
+
+    def statements(self, model: ModelInfo, job: BatchJob) -> tuple[list[bytes], list[dict[str, str]], list[str]]:
+        """Each answer's statement bytes, its outputs' data as JSON (for the response) and its
+        EIP-712 attestation JSON (``null`` unless asked for and one sample)."""
+        if job.request_ids is None:
+            job.request_ids = new_request_ids(len(job.rows))
+        now = datetime.fromtimestamp(job.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        deadline = int(job.time) + self.ttl
+        model_json, model_subject, input_name, input_subject, output_names, device = self._model_parts(model)
+        commitments = input_commitments(job.x_model, model.scale, job.rows)
+        eip_asked = job.eip712 or [False] * len(job.rows)
+        stmts, texts_all, eips, start = [], [], [], 0
+        for i, n in enumerate(job.rows):
+            rid, datatype = job.request_ids[i], job.datatypes[i]
+            if not _REQUEST_ID.fullmatch(rid):
+                raise ValueError(f"bad request id {rid!r}")
+            x_model = job.x_model[start : start + n]
+            x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model
+            label = job.labels[i]
+            commitment_raw = commitments[i]
+            commitment = "0x" + commitment_raw.hex()
+            input_digest = tensor_digest(x_sent, datatype)
+            outputs, subjects, texts = [], [], {}
+            for (name_j, dt_j, subject_j), (name, dt) in zip(output_names, model.outputs):
+                a = job.outputs[name][start : start + n]
+                digest = tensor_digest(a, dt)
+                texts[name] = data = jcs_numbers(a)
+                outputs.append(f'{{"data":{data},"datatype":{dt_j},"digest":"{digest}",'
+                               f'"name":{name_j},"shape":{shape_json(a.shape)}}}')
+                subjects.append(f'{{"digest":{{"sha256":"{digest}"}},"name":{subject_j}}}')
+            start += n
+            texts_all.append(texts)
+            client = job.client_ids[i]
+            one = isinstance(label, int)
+            eip = "null"
+            if eip_asked[i] and one:  # one sample: something a contract can check
+                struct = keccak(CLASSIFICATION_TYPEHASH + bytes.fromhex(model.sha256) + commitment_raw
+                                + label.to_bytes(32, "big") + bytes.fromhex(rid[2:]) + deadline.to_bytes(32, "big"))
+                signature = sign_digest(keccak(self._prefix + struct), self._eth)
+                eip = (f'{{"domain":{self._domain_json},"message":{{"modelId":"0x{model.sha256}",'
+                       f'"inputCommitment":"{commitment}","label":{label},"requestId":"{rid}",'
+                       f'"deadline":{deadline}}},"signer":"{self.keys.eth_address}","signature":"{signature}"}}')
+            eips.append(eip)
+            label_j = str(label) if one else "[" + ",".join(map(str, label)) + "]"
+            stmts.append((
+                f'{{"_type":"{STATEMENT_TYPE}","predicate":{{"clientRequestId":{"null" if client is None else jcs_string(client)},'
+                f'"device":{device},"eip712":{self._eip712_ref if eip != "null" else "null"},'
+                f'"input":{{"commitment":"{commitment}","datatype":{jcs_string(datatype)},"digest":"{input_digest}",'
+                f'"name":{input_name},"scale":{model.scale},"shape":{shape_json(x_sent.shape)}}},'
+                f'"label":{label_j},"model":{model_json},"outputs":[{",".join(outputs)}],'
+                f'"requestId":"{rid}","time":"{now}"}},"predicateType":"{PREDICATE_V2_TYPE}","subject":['
+                f'{model_subject},{{"digest":{{"sha256":"{input_digest}"}},"name":{input_subject}}},'
+                f'{",".join(subjects)}]}}'
+            ).encode())
+        return stmts, texts_all, eips
+
+    def log_batch(self, request_ids: list[str], stmts: list[bytes], eips: list[str]) -> list[str]:
+        """Append the statements to the log (durably), sign one checkpoint; the receipt texts."""
+        first = self.log.size
+        note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
+        note_j = jcs_string(note)
+        b64 = base64.b64encode
+        texts: dict[bytes, str] = {}  # a batch's proofs share most of their hashes
+        out = []
+        for j, (rid, s, eip) in enumerate(zip(request_ids, stmts, eips)):
+            hashes = proof(first + j)
+            for h in hashes:
+                if h not in texts:
+                    texts[h] = f'"{b64(h).decode()}"'
+            path = ",".join([texts[h] for h in hashes])
+            # Every value here is hex, base64, a number or JSON we made: no escaping needed.
+            out.append(f'{{"format":"{RECEIPT_V2_FORMAT}","id":"{rid}","statement":"{b64(s).decode()}",'
+                       f'"index":{first + j},"proof":[{path}],"checkpoint":{note_j},"eip712":{eip}}}')
+        return out

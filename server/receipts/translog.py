@@ -1,0 +1,238 @@
+"""The receipt log's storage: an append-only Merkle tree (RFC 9162) in one SQLite file (WAL).
+
+Tables: ``nodes`` holds every complete subtree hash, keyed by Go ``sumdb/tlog``'s stored hash
+index (a leaf's hash, then the subtrees it completes: appends only ever add rows at the
+end); ``checkpoints`` every signed checkpoint handed out; ``meta`` the origin and size.
+
+One :class:`LogWriter` (the receipt worker process) appends a batch's leaf hashes in one
+committed transaction (with ``fsync``: ``synchronous=FULL``, on disk when the commit returns;
+else WAL ``NORMAL``: safe from a crash of the process, not from power loss), and only then
+signs the checkpoint of the new size (:mod:`verifier.tlog`'s format) and stores
+it. A crash between the two leaves leaves that no checkpoint covers and no client has seen;
+the next batch's checkpoint covers them: the tree is never rewritten. :class:`LogReader`
+(the HTTP process) serves checkpoints and proofs for checkpointed sizes.
+
+Proofs for a batch's own leaves need only the batch's new subtrees and, per level, the last
+complete subtree of the tree before it (the "edge", kept in memory): no reads on that path.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from verifier.errors import InputError, NotFound
+from verifier.tlog import (
+    checkpoint_body,
+    consistency_proof,
+    inclusion_proof,
+    node_hash,
+    root_hash,
+    stored_index,
+    subtree_hash,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (i INTEGER PRIMARY KEY, h BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL, created REAL NOT NULL)
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(SCHEMA)
+    return db
+
+
+class _Nodes:
+    """Reads stored hashes (for proofs at any checkpointed size)."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def get(self, level: int, n: int) -> bytes:
+        row = self._db.execute("SELECT h FROM nodes WHERE i = ?", (stored_index(level, n),)).fetchone()
+        if row is None:
+            raise NotFound(f"log has no node ({level}, {n})")
+        return row[0]
+
+
+class LogReader:
+    """Checkpoints and proofs, for the HTTP API (any process; WAL readers never block the writer)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _connect(path)
+        self._lock = threading.Lock()
+        self._nodes = _Nodes(self._db, self._lock)
+
+    def origin(self) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
+        return row[0] if row else None
+
+    def latest(self) -> tuple[int, str]:
+        """(size, signed note) of the newest checkpoint."""
+        with self._lock:
+            row = self._db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if row is None:
+            raise NotFound("the log has no checkpoint yet")
+        return row[0], row[1]
+
+    def checkpoint(self, size: int) -> str:
+        with self._lock:
+            row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        if row is None:
+            raise NotFound(f"no checkpoint of size {size}")
+        return row[0]
+
+    def _checked_size(self, size: int, what: str) -> None:
+        latest, _ = self.latest()
+        if not 0 <= size <= latest:
+            raise InputError(f"{what} {size} is not a size the log has signed (latest: {latest})")
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        self._checked_size(size, "size")
+        if not 0 <= index < size:
+            raise InputError(f"index {index} is not in a tree of size {size}")
+        with self._lock:
+            return inclusion_proof(index, size, self._nodes.get)
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        self._checked_size(new, "to")
+        if not 0 <= old <= new:
+            raise InputError(f"from {old} must be between 0 and to {new}")
+        with self._lock:
+            return consistency_proof(old, new, self._nodes.get)
+
+    def root(self, size: int) -> bytes:
+        with self._lock:
+            return root_hash(size, self._nodes.get)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class LogWriter:
+    """The one writer. ``sign(text) -> signature line`` signs a checkpoint note (the key's name
+    is the log's origin). Not thread-safe: one process, one thread appends."""
+
+    def __init__(self, path: Path, origin: str | None, sign_line: Callable[[str, bytes], bytes],
+                 lock_timeout_s: float = 30.0, fsync: bool = False) -> None:
+        self._lock_file = _writer_lock(path, lock_timeout_s)
+        self._db = _connect(path)
+        # NORMAL (WAL): a committed append survives the process (kill -9), not an OS crash or
+        # power loss; FULL fsyncs each append before its checkpoint is signed (docs/server.md)
+        self._fsync = fsync
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        self._sign_line = sign_line
+        row = self._db.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
+        if row is None:
+            origin = origin or f"verinfer.local/log/{os.urandom(8).hex()}"
+            self._db.execute("INSERT INTO meta VALUES ('origin', ?), ('size', '0')", (origin,))
+        elif origin is not None and origin != row[0]:
+            self.close()
+            raise InputError(f"the receipt log at {path} has origin {row[0]!r}, not {origin!r}"
+                             " (a log's origin never changes; use another file for another log)")
+        self.origin = row[0] if row is not None else origin
+        self.size = int(self._db.execute("SELECT v FROM meta WHERE k = 'size'").fetchone()[0])
+        nodes = _Nodes(self._db, threading.Lock())
+        # per level: the hash of the last complete subtree (None where there is none)
+        self._edge = [nodes.get(lvl, (self.size >> lvl) - 1) if self.size >> lvl else None
+                      for lvl in range(64)]
+        latest = self._db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
+        self.note = None
+        if latest != self.size:  # first start, or a crash after an append: sign the tree as it is
+            self.note = self._checkpoint(self.root())
+        else:
+            self.note = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (latest,)).fetchone()[0]
+
+    def root(self) -> bytes:
+        size, edge = self.size, self._edge
+        return root_hash(size, lambda lvl, n: edge[lvl] if n == (size >> lvl) - 1 else _missing(lvl, n))
+
+    def append(self, leaves: list[bytes]) -> tuple[str, Callable[[int], list[bytes]]]:
+        """Append leaf hashes durably, then sign the new tree's checkpoint. Returns the signed
+        note and ``proof(index)``: the inclusion proof of one of these leaves in that tree."""
+        old, edge = self.size, self._edge
+        new: dict[tuple[int, int], bytes] = {}
+        rows = []
+        for j, h in enumerate(leaves):
+            i = old + j
+            level, k = 0, i
+            new[(0, i)] = h
+            rows.append((stored_index(0, i), h))
+            while k & 1:  # i completes the subtree on its left: the left half is new or the edge
+                left = new.get((level, k - 1)) or edge[level]
+                h = node_hash(left, h)
+                level, k = level + 1, k >> 1
+                new[(level, k)] = h
+                rows.append((stored_index(level, k), h))
+        size = old + len(leaves)
+
+        def get(level: int, n: int) -> bytes:
+            h = new.get((level, n))
+            if h is None:
+                if n != (old >> level) - 1:
+                    _missing(level, n)
+                h = edge[level]
+            return h
+
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT INTO nodes VALUES (?, ?)", rows)
+            self._db.execute("UPDATE meta SET v = ? WHERE k = 'size'", (str(size),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self.size = size
+        self._edge = [get(lvl, (size >> lvl) - 1) if size >> lvl else None for lvl in range(64)]
+        memo: dict = {}  # the right edge's incomplete subtrees, shared by the batch's proofs
+        note = self._checkpoint(subtree_hash(0, size, get, memo))
+        return note, lambda index: inclusion_proof(index, size, get, memo)
+
+    def _checkpoint(self, root: bytes) -> str:
+        body = checkpoint_body(self.origin, self.size, root)
+        note = (body + b"\n" + self._sign_line(self.origin, body)).decode()
+        if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
+        if self._fsync:
+            self._db.execute("PRAGMA synchronous=FULL")
+        self.note = note
+        return note
+
+    def close(self) -> None:
+        self._db.close()
+        self._lock_file.close()  # releases the writer lock
+
+
+def _writer_lock(path: Path, timeout_s: float):
+    """An exclusive ``flock`` on ``<log>.writer``, held while the writer lives (the kernel drops
+    it when the process dies): a restarted server's writer waits for a dying one to finish its
+    last append, so two writers never hold the tree at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path.with_name(path.name + ".writer"), "a+b")  # noqa: SIM115 - held until close()
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.monotonic() > end:
+                f.close()
+                raise InputError(f"another process writes the receipt log {path}") from None
+            time.sleep(0.05)
+
+
+def _missing(level: int, n: int) -> bytes:
+    raise AssertionError(f"subtree ({level}, {n}) is neither new nor on the edge")

@@ -1,0 +1,156 @@
+"""The append-only check behind ``verinfer audit --log URL|DIR``.
+
+Every checkpoint the audit has seen (those carried by v2 receipts, and for a DIR the ones the
+log stored) must be one history with the log's latest checkpoint: each is joined to it by a
+consistency proof (RFC 9162 2.1.4) the log gives. Two checkpoints that no proof joins are a
+fork: the operator showed different histories, or rewrote one. Two checkpoints of one size
+with different roots are a fork even without a log to ask.
+
+A log is read from a server (``GET /v1/log/checkpoint``, ``/v1/log/proof/consistency``) or
+from a folder: a server's data dir, or a copy of its ``log.sqlite3`` (read only; the tree's
+stored hashes are what the server writes, :func:`verifier.tlog.stored_index`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from verifier.errors import ConsistencyInvalid, InputError, VerificationError
+from verifier.receipts_v2 import TrustedLogKeys, checked_checkpoint
+from verifier.tlog import Checkpoint, consistency_proof, stored_index, verify_consistency
+
+
+class HttpLog:
+    def __init__(self, url: str, timeout: float = 30) -> None:
+        self.base = url.rstrip("/")
+        self.timeout = timeout
+
+    def _get(self, path: str) -> bytes:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=self.timeout) as r:
+                return r.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                why = json.loads(exc.read()).get("error", "")
+            except ValueError:
+                why = ""
+            raise ConsistencyInvalid(f"the log at {self.base} refused {path}: HTTP {exc.code} {why}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise InputError(f"cannot reach the log at {self.base}: {exc}") from None
+
+    def latest(self) -> str:
+        return self._get("/v1/log/checkpoint").decode()
+
+    def stored(self) -> list[str]:
+        return []
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        doc = json.loads(self._get(f"/v1/log/proof/consistency?{urllib.parse.urlencode({'from': old, 'to': new})}"))
+        return [base64.b64decode(h) for h in doc["proof"]]
+
+    def __str__(self) -> str:
+        return self.base
+
+
+class DirLog:
+    def __init__(self, path: Path) -> None:
+        path = Path(path)
+        file = path / "log.sqlite3" if path.is_dir() else path
+        if not file.is_file():
+            raise InputError(f"{path}: no receipt log here (a server data dir or its log.sqlite3)")
+        self.file = file
+        try:
+            self._db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+            self._db.execute("SELECT 1 FROM checkpoints LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise InputError(f"{file}: not a receipt log ({exc})") from None
+
+    def latest(self) -> str:
+        row = self._db.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        if row is None:
+            raise InputError(f"{self.file}: the log has no checkpoint")
+        return row[0]
+
+    def stored(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT note FROM checkpoints ORDER BY size")]
+
+    def _node(self, level: int, n: int) -> bytes:
+        row = self._db.execute("SELECT h FROM nodes WHERE i = ?", (stored_index(level, n),)).fetchone()
+        if row is None:
+            raise ConsistencyInvalid(f"{self.file}: the log lacks the hash of subtree ({level}, {n})")
+        return row[0]
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        return consistency_proof(old, new, self._node)
+
+    def __str__(self) -> str:
+        return str(self.file)
+
+
+def open_log(where: str) -> HttpLog | DirLog:
+    if where.startswith(("http://", "https://")):
+        return HttpLog(where)
+    return DirLog(Path(where))
+
+
+@dataclass(frozen=True)
+class LogProblem:
+    """A failed check of the log's history: ``where`` names both checkpoints."""
+
+    where: str
+    error: str
+    reason: str
+
+
+def _name(cp: Checkpoint, seen_in: str) -> str:
+    return f"checkpoint {cp.origin} size {cp.size} root {base64.b64encode(cp.root).decode()} ({seen_in})"
+
+
+def check_history(seen: dict[str, str], trusted: TrustedLogKeys, log: HttpLog | DirLog | None) -> list[LogProblem]:
+    """``seen``: checkpoint note -> where it was seen (an item name). Returns the forks found
+    (empty: one append-only history). Raises :class:`InputError` if the log cannot be read."""
+    problems: list[LogProblem] = []
+    cache: dict[str, Checkpoint] = {}
+    checked: list[tuple[Checkpoint, str]] = []
+    notes = dict(seen)
+    if log is not None:
+        for note in log.stored():
+            notes.setdefault(note, f"stored in {log}")
+    for note, where in notes.items():
+        try:
+            checked.append((checked_checkpoint(note, trusted, None, cache), where))
+        except VerificationError as exc:
+            problems.append(LogProblem(where, type(exc).__name__, f"checkpoint: {exc}"))
+    by_size: dict[tuple[str, int], tuple[Checkpoint, str]] = {}
+    for cp, where in checked:
+        other = by_size.setdefault((cp.origin, cp.size), (cp, where))
+        if other[0].root != cp.root:
+            problems.append(LogProblem(f"{other[1]} / {where}", "ConsistencyInvalid",
+                                       f"fork: {_name(other[0], other[1])} and {_name(cp, where)} have the same "
+                                       "size and different roots"))
+    if log is None:
+        return problems
+    try:
+        latest = checked_checkpoint(log.latest(), trusted, None, cache)
+    except VerificationError as exc:
+        return [*problems, LogProblem(str(log), type(exc).__name__, f"the log's latest checkpoint: {exc}")]
+    here = f"latest of {log}"
+    for cp, where in checked:
+        if cp.origin != latest.origin:
+            continue  # another log's receipt: nothing to compare with
+        try:
+            if cp.size > latest.size:
+                raise ConsistencyInvalid("the log's latest is smaller than a checkpoint it signed before")
+            verify_consistency(cp.size, latest.size, cp.root, latest.root, log.consistency(cp.size, latest.size))
+        except ConsistencyInvalid as exc:
+            problems.append(LogProblem(f"{where} / {here}", "ConsistencyInvalid",
+                                       f"fork: no consistency proof joins {_name(cp, where)} and "
+                                       f"{_name(latest, here)}: {exc}"))
+    return problems

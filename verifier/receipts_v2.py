@@ -1,0 +1,252 @@
+"""Receipts v2: each answer's statement is a leaf of the server's transparency log.
+
+A v2 receipt is self-contained::
+
+    {"format": "verinfer.receipt/v2", "id": <request id>,
+     "statement": <base64 of the statement's RFC 8785 (JCS) bytes>,
+     "index": <leaf index>, "proof": [<base64 hash>, ...],   # inclusion, leaf side first
+     "checkpoint": <the signed C2SP tlog-checkpoint note covering the leaf>,
+     "eip712": {domain, message, signer, signature} | null}
+
+The leaf is ``SHA-256(0x00 || statement bytes)`` (RFC 9162); the checkpoint is signed by an
+Ed25519 key of the server, the same keys its JWK Set lists, as a note key whose name is the
+log's origin (:mod:`verifier.tlog`). One signature covers every answer of a batch.
+
+The statement is an in-toto Statement v1 like v1's, with predicate type
+``https://verinfer.dev/receipt/v2``: no ``keyId`` (the checkpoint names its key), and
+``eip712``: ``{"signer", "domain"}`` whenever an EIP-712 signature is attached, so that the
+logged statement fixes which signer and domain may sign it (nobody can swap them).
+Verification (:func:`verify_receipt_v2`) is fail closed: checkpoint signature (trusted keys),
+origin, inclusion, then the statement checks of v1. See ``docs/formats.md``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from verifier.eip712 import AddressHex, Domain, EIP712Attestation, verify_eip712
+from verifier.errors import (
+    DigestMismatch,
+    InclusionInvalid,
+    InputError,
+    LinkBroken,
+    OriginMismatch,
+    SignatureInvalid,
+)
+from verifier.keys import public_key_from_jwk
+from verifier.receipts import STATEMENT_TYPE, InputRef, ModelRef, OutputTensor, Subject
+from verifier.tensors import tensor_digest
+from verifier.tlog import Checkpoint, NoteVerifier, leaf_hash, verify_checkpoint, verify_inclusion
+
+RECEIPT_V2_FORMAT = "verinfer.receipt/v2"
+PREDICATE_V2_TYPE = "https://verinfer.dev/receipt/v2"
+
+Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+B64Hash = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class EIP712Ref(_Frozen):
+    """Who may attach an EIP-712 signature to this answer, and in which domain."""
+
+    signer: AddressHex
+    domain: Domain
+
+
+class PredicateV2(_Frozen):
+    requestId: Bytes32Hex
+    clientRequestId: str | None = None
+    model: ModelRef
+    input: InputRef
+    outputs: tuple[OutputTensor, ...]
+    label: int | list[int]
+    time: str
+    device: str
+    eip712: EIP712Ref | None = None
+
+
+class StatementV2(_Frozen):
+    type_: Literal["https://in-toto.io/Statement/v1"] = Field(STATEMENT_TYPE, alias="_type")
+    subject: tuple[Subject, ...]
+    predicateType: Literal["https://verinfer.dev/receipt/v2"] = PREDICATE_V2_TYPE
+    predicate: PredicateV2
+
+    def canonical_bytes(self) -> bytes:
+        """RFC 8785 (JCS) bytes: the leaf data."""
+        import rfc8785
+
+        return rfc8785.dumps(self.model_dump(mode="json", by_alias=True))
+
+
+class ReceiptV2(_Frozen):
+    format: Literal["verinfer.receipt/v2"] = RECEIPT_V2_FORMAT
+    id: Bytes32Hex
+    statement: str  # standard base64 of the statement's JCS bytes
+    index: int = Field(ge=0)
+    proof: tuple[B64Hash, ...]
+    checkpoint: str
+    eip712: EIP712Attestation | None = None
+
+    @classmethod
+    def parse(cls, raw: str | bytes | dict) -> ReceiptV2:
+        try:
+            if isinstance(raw, dict):
+                return cls.model_validate(raw)
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "receipt"
+            raise InputError(f"invalid receipt: {where}: {first['msg']}") from None
+
+    def statement_bytes(self) -> bytes:
+        try:
+            return base64.b64decode(self.statement, validate=True)
+        except (binascii.Error, ValueError):
+            raise InclusionInvalid("receipt statement is not valid base64") from None
+
+
+TrustedLogKeys = dict[str, Any] | Sequence[NoteVerifier]
+
+
+def note_verifiers(trusted: TrustedLogKeys, origin: str) -> list[NoteVerifier]:
+    """Note verifiers for a checkpoint of ``origin``: given as such, or every Ed25519 key
+    of a JWK Set under the name ``origin`` (the server signs checkpoints with its JWKS keys)."""
+    if isinstance(trusted, dict):
+        out = []
+        for jwk in trusted.get("keys", []):
+            try:
+                out.append(NoteVerifier.from_key(origin, public_key_from_jwk(jwk)))
+            except InputError:
+                continue
+        return out
+    return list(trusted)
+
+
+def checked_checkpoint(note: str, trusted: TrustedLogKeys, origin: str | None,
+                       cache: dict[str, Checkpoint] | None = None) -> Checkpoint:
+    """:func:`verifier.tlog.verify_checkpoint` with the keys of ``trusted``; ``cache`` keeps
+    checkpoints already checked (receipts of one batch share one: one signature check)."""
+    if cache is not None and note in cache:
+        cp = cache[note]
+    else:
+        first_line = note.split("\n", 1)[0]
+        cp = verify_checkpoint(note, note_verifiers(trusted, first_line))
+        if cache is not None:
+            cache[note] = cp
+    if origin is not None and cp.origin != origin:
+        raise OriginMismatch(f"checkpoint is for log {cp.origin!r}, not {origin!r}")
+    return cp
+
+
+def _check_subjects_fast(st: StatementV2) -> None:
+    """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
+    subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
+    p = st.predicate
+    want = [(f"model/{p.model.name}", p.model.sha256), (f"input/{p.input.name}", p.input.digest),
+            *((f"output/{o.name}", o.digest) for o in p.outputs)]
+    got = [(s.name, s.digest.get("sha256")) for s in st.subject]
+    if got != want or any(len(s.digest) != 1 for s in st.subject):
+        raise DigestMismatch("statement subjects do not match the predicate's digests")
+    for out in p.outputs:
+        try:
+            arr = np.asarray(out.data).reshape(out.shape)
+            digest = tensor_digest(arr, out.datatype)
+        except (ValueError, TypeError, InputError):
+            raise DigestMismatch(f"output {out.name}: data does not fit its shape/datatype") from None
+        if digest != out.digest:
+            raise DigestMismatch(f"output {out.name}: data does not hash to its digest")
+
+
+def _proof_hashes(proof: Sequence[str]) -> list[bytes]:
+    a2b = binascii.a2b_base64  # the B64Hash pattern already checked each one's shape
+    return [a2b(p) for p in proof]
+
+
+def verify_receipt_v2(
+    receipt: ReceiptV2,
+    trusted: TrustedLogKeys,
+    *,
+    origin: str | None = None,
+    trusted_eth_signers: set[str] | None = None,
+    input_array: np.ndarray | None = None,
+    model_sha256: str | None = None,
+    checkpoints: dict[str, Checkpoint] | None = None,
+) -> StatementV2:
+    """Fail-closed check of a v2 receipt; returns its statement.
+
+    ``trusted``: a JWK Set (its Ed25519 keys, named by the checkpoint's origin) or note
+    verifiers. Raises :class:`KeyUnknown` (checkpoint by no trusted key),
+    :class:`SignatureInvalid`, :class:`OriginMismatch` (``origin`` given and another log's),
+    :class:`InclusionInvalid` (statement, index or proof not in the signed tree), then the
+    statement checks of v1 (:class:`DigestMismatch`, :class:`LinkBroken`)."""
+    cp = checked_checkpoint(receipt.checkpoint, trusted, origin, checkpoints)
+    data = receipt.statement_bytes()
+    verify_inclusion(receipt.index, cp.size, leaf_hash(data), _proof_hashes(receipt.proof), cp.root)
+    try:
+        st = StatementV2.model_validate_json(data)
+    except ValidationError as exc:
+        raise SignatureInvalid(f"logged statement is not a verinfer v2 statement: {exc.errors()[0]['msg']}") from None
+    p = st.predicate
+    if receipt.id != p.requestId:
+        raise LinkBroken("receipt id is not the logged request id")
+    _check_subjects_fast(st)
+    if receipt.eip712 is not None:
+        if p.eip712 is None:
+            raise LinkBroken("receipt carries an EIP-712 signature its statement does not name")
+        att = receipt.eip712
+        if att.signer.lower() != p.eip712.signer.lower() or att.domain != p.eip712.domain:
+            raise LinkBroken("EIP-712 signature is by another signer or domain than the statement names")
+        verify_eip712(att, trusted_eth_signers)
+        m = att.message
+        if m.modelId[2:] != p.model.sha256 or m.inputCommitment != p.input.commitment:
+            raise LinkBroken("EIP-712 message signs another model or input than the statement")
+        if m.requestId != p.requestId or p.label != m.label:
+            raise LinkBroken("EIP-712 message signs another request or label than the statement")
+    elif trusted_eth_signers is not None:
+        raise SignatureInvalid("receipt has no EIP-712 signature")
+    if model_sha256 is not None and model_sha256 != p.model.sha256:
+        raise DigestMismatch(f"receipt is for model {p.model.sha256}, not {model_sha256}")
+    if input_array is not None and tensor_digest(input_array, p.input.datatype) != p.input.digest:
+        raise DigestMismatch("input does not hash to the logged input digest")
+    return st
+
+
+def parse_any_receipt(raw: str | bytes | dict):
+    """A v1 :class:`verifier.receipts.Receipt` or a :class:`ReceiptV2`, by its ``format``."""
+    from verifier.receipts import Receipt
+
+    if isinstance(raw, dict):
+        fmt = raw.get("format")
+    elif RECEIPT_V2_FORMAT in (raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
+        return ReceiptV2.parse(raw)  # validated as it is parsed: no second pass over the JSON
+    else:
+        import json
+
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise InputError(f"invalid receipt: not JSON: {exc}") from None
+        fmt = doc.get("format") if isinstance(doc, dict) else None
+        raw = doc
+    return ReceiptV2.parse(raw) if fmt == RECEIPT_V2_FORMAT else Receipt.parse(raw)
+
+
+def verify_any_receipt(receipt, jwks: dict[str, Any], *, origin: str | None = None,
+                       trusted_eth_signers: set[str] | None = None,
+                       checkpoints: dict[str, Checkpoint] | None = None, **kw):
+    """v1 (DSSE against ``jwks``) or v2 (checkpoint by a ``jwks`` key); the statement."""
+    if isinstance(receipt, ReceiptV2):
+        return verify_receipt_v2(receipt, jwks, origin=origin, trusted_eth_signers=trusted_eth_signers,
+                                 checkpoints=checkpoints, **kw)
+    from verifier.receipts import verify_receipt
+
+    return verify_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers, **kw)

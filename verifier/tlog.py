@@ -1,0 +1,407 @@
+"""Transparency log primitives: RFC 9162 Merkle trees and C2SP signed-note checkpoints.
+
+Hashing (RFC 9162 section 2.1.1): a leaf is ``SHA-256(0x00 || data)``, an inner node
+``SHA-256(0x01 || left || right)``; a tree of ``n`` leaves splits at the largest power of
+two below ``n``. Inclusion and consistency proofs are verified with the iterative
+algorithms of RFC 9162 sections 2.1.3.2 and 2.1.4.2, and generated (for the server) from a
+``get(level, index)`` function that returns the hash of the complete, aligned subtree of
+``2**level`` leaves starting at leaf ``index * 2**level``: the only hashes a proof needs,
+and the ones a log stores (Go's ``sumdb/tlog`` "stored hashes").
+
+Checkpoints are C2SP ``tlog-checkpoint`` bodies (origin line, tree size, base64 root hash,
+each ending in a newline) inside a C2SP ``signed-note``: the body, a blank line, then one
+line per signature, ``— <key name> <base64(4-byte key id || Ed25519 signature)>``. The key
+id is ``SHA-256(name || 0x0A || 0x01 || public key)[:4]``; a verifier key is written
+``<name>+<key id hex>+<base64(0x01 || public key)>`` (as Go's ``sumdb/note``).
+No imports of ours beyond the error root: the recipe in docs/formats.md mirrors this file.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from verifier.errors import (
+    ConsistencyInvalid,
+    InclusionInvalid,
+    InputError,
+    KeyUnknown,
+    OriginMismatch,
+    SignatureInvalid,
+)
+
+_sha256 = hashlib.sha256
+EMPTY_ROOT = _sha256(b"").digest()
+ALG_ED25519 = 0x01
+MAX_PROOF = 64  # hashes; a tree of 2**63 leaves needs at most 63
+SIG_PREFIX = "\u2014 "  # em dash, space: how a signed-note signature line starts
+
+
+# --- hashing ----------------------------------------------------------------------
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return _sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two strictly below ``n`` (``n >= 2``)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def stored_index(level: int, n: int) -> int:
+    """Where a log stores the hash of subtree ``n`` at ``level``: Go ``sumdb/tlog``'s
+    ``StoredHashIndex`` (a leaf's hash, then the subtrees it completes; appends add at the end)."""
+    for _ in range(level):
+        n = 2 * n + 1
+    i = 0
+    while n > 0:
+        i += n
+        n >>= 1
+    return i + level
+
+
+# Complete, aligned subtree hash: get(level, index) covers leaves [index << level, (index + 1) << level).
+NodeGetter = Callable[[int, int], bytes]
+
+
+def subtree_hash(lo: int, hi: int, get: NodeGetter, memo: dict | None = None) -> bytes:
+    """MTH of leaves ``[lo, hi)``, where ``lo`` is aligned as in RFC 9162's recursion.
+    ``memo`` keeps the incomplete (right-edge) subtrees computed, for many proofs in one tree."""
+    n = hi - lo
+    if n == 0:
+        return EMPTY_ROOT
+    if n & (n - 1) == 0:  # complete subtree: stored
+        level = n.bit_length() - 1
+        return get(level, lo >> level)
+    if memo is not None:
+        h = memo.get((lo, hi))
+        if h is None:
+            k = _split(n)
+            h = memo[(lo, hi)] = node_hash(get(k.bit_length() - 1, lo // k), subtree_hash(lo + k, hi, get, memo))
+        return h
+    k = _split(n)
+    return node_hash(get(k.bit_length() - 1, lo // k), subtree_hash(lo + k, hi, get))
+
+
+def root_hash(size: int, get: NodeGetter) -> bytes:
+    return subtree_hash(0, size, get)
+
+
+def inclusion_proof(index: int, size: int, get: NodeGetter, memo: dict | None = None) -> list[bytes]:
+    """PATH(index, D[0:size]) of RFC 9162 section 2.1.3.1, leaf side first (``memo``: as for
+    :func:`subtree_hash`, one dict for the proofs of one tree)."""
+    if not 0 <= index < size:
+        raise InputError(f"leaf index {index} is not in a tree of size {size}")
+    path: list[bytes] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if index < lo + k:
+            path.append(subtree_hash(lo + k, hi, get, memo))
+            hi = lo + k
+        else:
+            path.append(subtree_hash(lo, lo + k, get, memo))
+            lo += k
+    path.reverse()
+    return path
+
+
+def consistency_proof(old: int, new: int, get: NodeGetter) -> list[bytes]:
+    """PROOF(old, D[0:new]) of RFC 9162 section 2.1.4.1 (empty when ``old`` is 0 or ``new``)."""
+    if not 0 <= old <= new:
+        raise InputError(f"no consistency proof from size {old} to size {new}")
+    if old == 0 or old == new:
+        return []
+    path: list[bytes] = []
+    lo, hi, whole = 0, new, True  # SUBPROOF(m, D[lo:hi], whole)
+    m = old
+    while True:
+        n = hi - lo
+        if m == n:
+            if not whole:
+                path.append(subtree_hash(lo, hi, get))
+            break
+        k = _split(n)
+        if m <= k:
+            path.append(subtree_hash(lo + k, hi, get))
+            hi = lo + k
+        else:
+            path.append(subtree_hash(lo, lo + k, get))
+            lo, m, whole = lo + k, m - k, False
+    path.reverse()
+    return path
+
+
+class MemoryTree:
+    """All leaf hashes in memory: for tests, tools and docs (the server stores its nodes)."""
+
+    def __init__(self, leaves: Sequence[bytes] = ()) -> None:
+        self.levels: list[list[bytes]] = [[]]
+        for data in leaves:
+            self.append(data)
+
+    def append_hash(self, h: bytes) -> int:
+        index = len(self.levels[0])
+        self.levels[0].append(h)
+        level, i = 0, index
+        while i & 1:  # completes the subtree on the left
+            if len(self.levels) <= level + 1:
+                self.levels.append([])
+            h = node_hash(self.levels[level][i - 1], h)
+            self.levels[level + 1].append(h)
+            level, i = level + 1, i >> 1
+        return index
+
+    def append(self, data: bytes) -> int:
+        return self.append_hash(leaf_hash(data))
+
+    @property
+    def size(self) -> int:
+        return len(self.levels[0])
+
+    def get(self, level: int, index: int) -> bytes:
+        return self.levels[level][index]
+
+    def root(self, size: int | None = None) -> bytes:
+        return root_hash(self.size if size is None else size, self.get)
+
+    def inclusion(self, index: int, size: int | None = None) -> list[bytes]:
+        return inclusion_proof(index, self.size if size is None else size, self.get)
+
+    def consistency(self, old: int, new: int | None = None) -> list[bytes]:
+        return consistency_proof(old, self.size if new is None else new, self.get)
+
+
+# --- proof verification (RFC 9162 2.1.3.2 and 2.1.4.2), fail closed -----------------------
+
+
+def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root that ``proof`` leads to from ``leaf`` at ``index``; raises if the path's
+    shape does not fit a tree of ``size`` leaves."""
+    if not 0 <= index < size:
+        raise InclusionInvalid(f"leaf index {index} is not in a tree of size {size}")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if len(p) != 32:
+            raise InclusionInvalid("inclusion proof holds a hash that is not 32 bytes")
+        if sn == 0:
+            raise InclusionInvalid(f"inclusion proof is too long for leaf {index} of {size}")
+        if fn & 1 or fn == sn:
+            r = _sha256(b"\x01" + p + r).digest()
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = _sha256(b"\x01" + r + p).digest()
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise InclusionInvalid(f"inclusion proof is too short for leaf {index} of {size}")
+    return r
+
+
+def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root: bytes) -> None:
+    """Raises :class:`InclusionInvalid` unless ``leaf`` is leaf ``index`` of the tree with ``root``."""
+    if root_from_inclusion(index, size, leaf, proof) != root:
+        raise InclusionInvalid(f"inclusion proof for leaf {index} does not lead to the root of size {size}")
+
+
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:
+    """Raises :class:`ConsistencyInvalid` unless the tree ``new_root`` (``new`` leaves)
+    extends the tree ``old_root`` (``old`` leaves): an append-only history."""
+    if not 0 <= old <= new:
+        raise ConsistencyInvalid(f"tree size went from {old} down to {new}")
+    if any(len(p) != 32 for p in proof):
+        raise ConsistencyInvalid("consistency proof holds a hash that is not 32 bytes")
+    if old == new:
+        if proof:
+            raise ConsistencyInvalid("consistency proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ConsistencyInvalid(f"two different roots for tree size {old}")
+        return
+    if old == 0:
+        if proof:
+            raise ConsistencyInvalid("consistency proof from the empty tree must be empty")
+        return
+    path = list(proof)
+    if old & (old - 1) == 0:  # a power of two: the old root is itself a node of the path
+        path.insert(0, old_root)
+    if not path:
+        raise ConsistencyInvalid("consistency proof is empty")
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ConsistencyInvalid(f"consistency proof from {old} to {new} is too long")
+        if fn & 1 or fn == sn:
+            fr = _sha256(b"\x01" + c + fr).digest()
+            sr = _sha256(b"\x01" + c + sr).digest()
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = _sha256(b"\x01" + sr + c).digest()
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ConsistencyInvalid(f"consistency proof from {old} to {new} is too short")
+    if fr != old_root or sr != new_root:
+        raise ConsistencyInvalid(f"tree of size {new} does not extend the tree of size {old}")
+
+
+# --- signed notes and checkpoints --------------------------------------------------------
+
+
+def key_id(name: str, public_key: bytes) -> bytes:
+    """The 4-byte key id of an Ed25519 note key (C2SP signed-note)."""
+    return _sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+
+
+@dataclass(frozen=True)
+class NoteVerifier:
+    name: str
+    key_id: bytes  # 4 bytes
+    key: Ed25519PublicKey
+
+    @classmethod
+    def parse(cls, vkey: str) -> NoteVerifier:
+        """A verifier key string ``<name>+<key id hex>+<base64(0x01 || key)>``."""
+        parts = vkey.strip().split("+", 2)
+        if len(parts) != 3 or not _valid_name(parts[0]) or len(parts[1]) != 8:
+            raise InputError(f"not a note verifier key: {vkey!r}")
+        name, hash_hex, key_b64 = parts
+        try:
+            kid = bytes.fromhex(hash_hex)
+            raw = base64.b64decode(key_b64, validate=True)
+        except (ValueError, binascii.Error):
+            raise InputError(f"not a note verifier key: {vkey!r}") from None
+        if len(raw) != 33 or raw[0] != ALG_ED25519:
+            raise InputError(f"note verifier key {name}: not an Ed25519 key")
+        if key_id(name, raw[1:]) != kid:
+            raise InputError(f"note verifier key {name}: key id {hash_hex} is not the key's")
+        return cls(name, kid, Ed25519PublicKey.from_public_bytes(raw[1:]))
+
+    @classmethod
+    def from_key(cls, name: str, key: Ed25519PublicKey) -> NoteVerifier:
+        return cls(name, key_id(name, key.public_bytes(Encoding.Raw, PublicFormat.Raw)), key)
+
+    def encode(self) -> str:
+        raw = self.key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return f"{self.name}+{self.key_id.hex()}+{base64.b64encode(bytes([ALG_ED25519]) + raw).decode()}"
+
+
+def note_verifier_key(name: str, key: Ed25519PublicKey) -> str:
+    """The verifier key string a log publishes for its checkpoint key."""
+    return NoteVerifier.from_key(name, key).encode()
+
+
+def signature_line(name: str, key: Ed25519PrivateKey, text: bytes, sign: Callable[[bytes], bytes] | None = None) -> bytes:
+    """One signed-note signature line over ``text`` (``sign``: a faster signer of the same key)."""
+    kid = key_id(name, key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    sig = (sign or key.sign)(text)
+    return f"{SIG_PREFIX}{name} {base64.b64encode(kid + sig).decode()}\n".encode()
+
+
+def sign_note(text: bytes, name: str, key: Ed25519PrivateKey) -> bytes:
+    """A signed note: ``text`` (ending in a newline), a blank line, one signature."""
+    if not text.endswith(b"\n"):
+        raise InputError("note text must end with a newline")
+    return text + b"\n" + signature_line(name, key, text)
+
+
+def checkpoint_body(origin: str, size: int, root: bytes) -> bytes:
+    return f"{origin}\n{size}\n{base64.b64encode(root).decode()}\n".encode()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    origin: str
+    size: int
+    root: bytes
+    note: bytes  # the whole signed note as received
+
+
+def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[str, bytes, bytes]]]:
+    """Split a signed checkpoint: (checkpoint, signed text, [(name, key id, signature)]).
+    Structure only; :func:`verify_checkpoint` checks the signatures."""
+    raw = note.encode() if isinstance(note, str) else bytes(note)
+    try:
+        text_str = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SignatureInvalid("checkpoint is not UTF-8") from None
+    if any(ord(c) < 0x20 and c != "\n" for c in text_str):
+        raise SignatureInvalid("checkpoint holds control characters")
+    cut = raw.rfind(b"\n\n")
+    if cut < 0 or not raw.endswith(b"\n"):
+        raise SignatureInvalid("checkpoint is not a signed note (no blank line before the signatures)")
+    text, sig_block = raw[: cut + 1], raw[cut + 2 :]
+    sigs = []
+    for line in sig_block.decode().split("\n")[:-1]:
+        if not line.startswith(SIG_PREFIX):
+            raise SignatureInvalid("checkpoint signature line does not start with an em dash")
+        name, _, b64 = line[len(SIG_PREFIX) :].partition(" ")
+        try:
+            blob = base64.b64decode(b64, validate=True)
+        except (ValueError, binascii.Error):
+            raise SignatureInvalid("checkpoint signature is not base64") from None
+        if not _valid_name(name) or len(blob) < 5:
+            raise SignatureInvalid("malformed checkpoint signature line")
+        sigs.append((name, blob[:4], blob[4:]))
+    if not sigs:
+        raise SignatureInvalid("checkpoint has no signatures")
+    lines = text.decode().split("\n")
+    if len(lines) < 4 or not lines[0] or not lines[1].isdigit() or (lines[1] != "0" and lines[1].startswith("0")):
+        raise SignatureInvalid("checkpoint body is not origin, tree size, root hash")
+    try:
+        root = base64.b64decode(lines[2], validate=True)
+    except (ValueError, binascii.Error):
+        raise SignatureInvalid("checkpoint root hash is not base64") from None
+    if len(root) != 32:
+        raise SignatureInvalid("checkpoint root hash is not 32 bytes")
+    return Checkpoint(lines[0], int(lines[1]), root, raw), text, sigs
+
+
+def verify_checkpoint(note: bytes | str, verifiers: Sequence[NoteVerifier], origin: str | None = None) -> Checkpoint:
+    """Parse a signed checkpoint and check it: signed by one of ``verifiers`` (signatures by
+    other keys are ignored, as in C2SP signed-note), and for ``origin`` when given.
+
+    Raises :class:`KeyUnknown` when no signature is by a trusted key, :class:`SignatureInvalid`
+    when a trusted key's signature does not verify or the note is malformed, and
+    :class:`OriginMismatch` (a :class:`LinkBroken`) for another log's checkpoint."""
+    cp, text, sigs = parse_checkpoint(note)
+    trusted = {(v.name, v.key_id): v for v in verifiers}
+    good = False
+    for name, kid, sig in sigs:
+        v = trusted.get((name, kid))
+        if v is None:
+            continue
+        try:
+            v.key.verify(sig, text)
+        except InvalidSignature:
+            raise SignatureInvalid(f"checkpoint signature by {name} ({kid.hex()}) does not verify") from None
+        good = True
+    if not good:
+        names = ", ".join(f"{n} ({k.hex()})" for n, k, _ in sigs)
+        raise KeyUnknown(f"checkpoint is signed by no trusted note key (signed by: {names})")
+    if origin is not None and cp.origin != origin:
+        raise OriginMismatch(f"checkpoint is for log {cp.origin!r}, not {origin!r}")
+    return cp
