@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.errors import HTTP_STATUS, ClientGone, QueueFull
+from server.errors import HTTP_STATUS, ClientGone, QueueFull, RateLimited
 from server.http.app import _install_error_handlers, create_app
 from server.http.infer_route import InferRoute, read_body
 from server.settings import ServerSettings
@@ -119,8 +119,8 @@ def test_errors_are_error_bodies_with_their_headers(caplog):
 
 def _each_error() -> list[BaseException]:
     """One of every kind in the HTTP table, a subclass it reaches through a base, and two not ours."""
-    out = [QueueFull("queue is full", retry_after=3) if kind is QueueFull else kind(f"a {kind.__name__}")
-           for kind, _ in HTTP_STATUS]
+    out = [kind("over a limit", retry_after=3) if kind in (QueueFull, RateLimited)
+           else kind(f"a {kind.__name__}") for kind, _ in HTTP_STATUS]
     return [*out, SignatureInvalid("bad sig"), KeyError("secret detail"), RuntimeError("another")]
 
 
