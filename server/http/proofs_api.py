@@ -17,7 +17,7 @@ from fastapi.responses import Response
 
 from server.auth import check_proofs_allowed
 from server.http.schemas import PROOF_REQUEST_SCHEMA
-from server.inference.oip import parse_infer_request
+from server.inference.oip import load_header, parse_infer_request
 from server.proofs.jobs import ProofJobs
 from verifier.digests import compact_json
 from verifier.errors import InputError
@@ -42,8 +42,8 @@ def proof_parameters(body: bytes) -> tuple[str | None, str | None, dict | None]:
     if b'"proof"' not in body:
         return None, None, None
     try:
-        req = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        req = load_header(body)
+    except InputError:
         return None, None, None  # the infer path reports the malformed JSON
     params = req.get("parameters") if isinstance(req, dict) else None
     if not isinstance(params, dict) or "proof" not in params:
@@ -102,12 +102,7 @@ def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
         check_proofs_allowed()
         body = await read_body(request.receive, request.headers.get("content-length"),
                                settings.max_body_bytes)
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"malformed JSON: {exc}") from None
-        if not isinstance(req, dict):
-            raise InputError("request body must be a JSON object")
+        req = load_header(body)
         unknown = set(req) - {"receipt_id", "model", "inputs", "callback_url"}
         if unknown:
             raise InputError(f"unknown field(s) {sorted(unknown)}")

@@ -106,8 +106,24 @@ def split_body(body: bytes, header_length: bytes | str | int | None) -> tuple[by
     return body[:n], body[n:]
 
 
+MAX_DEPTH = 64  # JSON nesting a request may have (a tensor's data nests once per axis)
+
+
+def _too_deep(body: bytes) -> bool:
+    """Whether brackets nest past MAX_DEPTH (brackets inside strings count too: that can only
+    refuse, never let through). The C JSON parser recurses per level: a body nested 100,000 deep
+    can overflow the C stack and kill the process instead of raising."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    b = np.frombuffer(body, np.uint8)
+    step = ((b == 0x5B) | (b == 0x7B)).astype(np.int32) - ((b == 0x5D) | (b == 0x7D))
+    return int(np.cumsum(step).max()) > MAX_DEPTH
+
+
 def load_header(header: bytes) -> dict:
     """The request's JSON object (the whole body, or its JSON header)."""
+    if _too_deep(header):
+        raise InputError(f"malformed JSON: nested more than {MAX_DEPTH} levels deep")
     try:
         req = json.loads(header)
     except (ValueError, UnicodeDecodeError) as exc:  # incl. integers past int's digit limit

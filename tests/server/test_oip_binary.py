@@ -132,7 +132,8 @@ def test_malformed_binary_requests_are_input_errors(case, message):
 @pytest.mark.parametrize(("body", "message"), [
     (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[' + b"1" * 5000
      + b',1,1,1]}]}', "malformed JSON"),                                      # a huge integer
-    (b"[" * 100000 + b"]" * 100000, "malformed JSON"),                        # deep nesting
+    (b"[" * 100000 + b"]" * 100000, "nested more than 64 levels"),            # deep nesting
+    (b'{"inputs":' + b"[" * 65 + b"]" * 65 + b"}", "nested more than 64 levels"),
     (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":["1","2","3","4"]}]}',
      "not a (nested) list of numbers"),                                        # numbers as strings
     (b'{"inputs":[{"name":"input","shape":[1,4],"datatype":"FP32","data":[true,false,true,true]}]}',
