@@ -73,3 +73,7 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
     jwks = s.request("GET", "/.well-known/jwks.json")[1]
     kid = json.loads(json.dumps(bundle))["proof_receipt"]["envelope"]["signatures"][0]["keyid"]
     assert kid in {k["kid"] for k in jwks["keys"]}
+    # Ray's C++ core must not take SIGTERM over from the server (it prints "SIGTERM received"
+    # and dies at once, with no graceful stop that gives running jobs back to the queue)
+    s.stop()
+    assert "SIGTERM received" not in s.output()

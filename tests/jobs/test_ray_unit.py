@@ -71,7 +71,14 @@ def test_packages_by_content_address_checked_before_use(iris_home, tmp_path):
     shared, cache = tmp_path / "shared", tmp_path / "cache"
     # on the shared path: used there, checked
     shutil.copytree(src, shared / pid)
-    assert open_package(pid, shared, cache).dir == shared / pid
+    pkg = open_package(pid, shared, cache)
+    assert pkg.dir == shared / pid
+    # models add measured what a proof adds to a process's memory; the reservation uses it
+    growth = pkg.manifest.preflight["prove_rss_growth_bytes"]
+    assert isinstance(growth, int) and growth > 0
+    pk = pkg.manifest.artifacts["pk.key"].bytes
+    assert proof_resources(pkg.manifest, 1, None)["memory"] == PROCESS_BASE_BYTES + max(growth,
+                                                                                       2 * pk)
     # a shared copy whose pk was altered is refused, never used
     pk = shared / pid / "pk.key"
     data = bytearray(pk.read_bytes())
