@@ -190,9 +190,11 @@ def build_package(
         with progress.step("Timing one proof"), captured_output(log):
             sample = eval_x[0]
             wit = backend.witness(work, sample, work / "witness.json")
+            rss_before = _rss_bytes()
             t0 = time.perf_counter()
             proof = backend.prove(work, wit.path, work / "proof.json")
             prove_s = time.perf_counter() - t0
+            rss_growth = max(0, _peak_rss_bytes() - rss_before) if rss_before else None
             t0 = time.perf_counter()
             ezkl_verify(proof, work / files.SETTINGS, work / files.VK, work / files.SRS)
             verify_s = time.perf_counter() - t0
@@ -209,6 +211,7 @@ def build_package(
             "setup_seconds": round(setup_s, 3),
             "prove_seconds": round(prove_s, 3),
             "verify_seconds": round(verify_s, 4),
+            "prove_rss_growth_bytes": rss_growth,
             "verifier_runtime_bytes": compiled.runtime_size,
             "verifier_size_limit": EIP170_LIMIT,
             "verifier_fits": compiled.runtime_size <= EIP170_LIMIT,
@@ -247,6 +250,24 @@ def build_package(
         raise
     point_name(settings, source.name, manifest.package_id)
     return CircuitPackage.open(final, check=[])
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory so far. Its excess over the RSS before a proof
+    bounds from above what proving added (exact when the proof set the peak): what a
+    prover node must hold beyond a warm process (server/proofs/ray_executor.py)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def _agreement(backend, folder, info, onnx_bytes, x, truth) -> dict:

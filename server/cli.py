@@ -22,6 +22,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for a batch")
     p.add_argument("--engine", choices=["torch", "onnx"], help="engine for the reference models")
     p.add_argument("--receipt-workers", type=int, help="processes that sign and store receipts (default 1)")
+    p.add_argument("--prover-executor", choices=["local", "ray"],
+                   help="where proof jobs run: local worker processes (default) or a Ray cluster")
+    p.add_argument("--ray-address", help="Ray cluster to prove on (HOST:PORT of its head, or 'auto')")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     p.set_defaults(handler=serve)
 
@@ -135,6 +138,8 @@ def serve(args: argparse.Namespace) -> int:
         max_queue_delay_ms=args.max_queue_delay_ms,
         engine=args.engine,
         receipt_workers=args.receipt_workers,
+        prover_executor=args.prover_executor,
+        ray_address=args.ray_address,
     )
     import uvicorn
 

@@ -173,6 +173,40 @@ class ServerSettings(Settings):
         0.5, ge=0, description="First delay between callback tries; doubles each time."
     )
 
+    # --- proving on Ray (server/proofs/ray_executor.py; docs/ray.md) ---------------------
+    prover_executor: Literal["local", "ray"] = Field(
+        "local", description="Where proof jobs run: 'local' worker processes beside the server "
+        "(proof_workers of them), or a Ray cluster (ray_address)."
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join as a driver ('HOST:PORT' of the head, or 'auto'); "
+        "default: start a Ray instance on this machine."
+    )
+    ray_cpus_per_proof: float = Field(
+        1, gt=0, description="CPUs each proof reserves on a Ray node (EZKL's thread count, "
+        "rounded up)."
+    )
+    ray_memory_mb: int | None = Field(
+        None, ge=64, description="Memory each proof reserves on a Ray node, MiB; default: from "
+        "the circuit package's preflight (proving peak, pk size)."
+    )
+    ray_max_in_flight: int = Field(
+        0, ge=0, description="Most proofs handed to Ray at once; 0: the cluster's CPUs divided "
+        "by ray_cpus_per_proof."
+    )
+    ray_actors: bool = Field(
+        True, description="Keep one prover actor per package per node, with the package open "
+        "(measured faster than a task per proof that opens it each time: docs/ray.md)."
+    )
+    ray_packages_dir: Path | None = Field(
+        None, description="Where Ray nodes find circuit packages by id (a shared path); "
+        "default: the server's packages folder."
+    )
+    ray_ship_packages: bool = Field(
+        False, description="Also send a package's files through Ray's object store to nodes "
+        "that do not have it under ray_packages_dir (checked against the manifest's hashes)."
+    )
+
     @property
     def auth_enabled(self) -> bool:
         if self.auth != "auto":

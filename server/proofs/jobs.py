@@ -66,6 +66,12 @@ class ProofJobs:
         self.receipts = receipts
         self.store = JobStore(settings.receipts_path)
         self.slots = [_Slot(i) for i in range(settings.proof_workers)]
+        self.ray = None  # the Ray executor, when proofs run on a Ray cluster
+        if settings.prover_executor == "ray":
+            from server.proofs.ray_executor import RayExecutor
+
+            self.ray = RayExecutor(settings, self.store, receipts)
+            self.slots = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
@@ -90,6 +96,8 @@ class ProofJobs:
         self._thread = threading.Thread(target=self._supervise, name="verinfer-proof-supervisor",
                                         daemon=True)
         self._thread.start()
+        if self.ray is not None:
+            self.ray.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -101,6 +109,8 @@ class ProofJobs:
         for job in self.store.running():  # stopped on purpose: not the job's fault
             if job.worker in ours:
                 self.store.release(job.id, job.worker)
+        if self.ray is not None:
+            self.ray.stop()
         self._callbacks.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
@@ -223,6 +233,8 @@ class ProofJobs:
     # --- workers ------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        if self.ray is not None:
+            self.ray.wake()
         for slot in self.slots:
             p = slot.proc
             if p is None or p.stdin is None or p.poll() is not None:

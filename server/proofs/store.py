@@ -336,3 +336,21 @@ class JobStore:
         self._tx(lambda db: db.execute(
             "UPDATE proof_jobs SET status = 'failed', error = ?, finished = ?, lease_until = NULL "
             "WHERE id = ? AND status = 'running'", (reason, time.time(), job_id)))
+
+    # --- remote executors (server/proofs/ray_executor.py) -------------------------------
+
+    def reassign(self, job_id: str, worker: str, new_worker: str) -> bool:
+        """Name the place a running job went to (a Ray node's actor); False if not ours."""
+        return self._tx(lambda db: db.execute(
+            "UPDATE proof_jobs SET worker = ? WHERE id = ? AND worker = ? AND status = 'running'",
+            (new_worker, job_id, worker)).rowcount == 1)
+
+    def finish_as(self, job_id: str, worker: str, outcome: str, bundle_json: str) -> bool:
+        """Store a bundle only if the job is still running under ``worker``: a result that
+        comes back after its attempt was given up on (and the job dispatched again) is
+        dropped, so a job never ends with two different bundles."""
+        return self._tx(lambda db: db.execute(
+            "UPDATE proof_jobs SET status = 'done', stage = NULL, outcome = ?, bundle = ?, "
+            "finished = ?, error = NULL, lease_until = NULL WHERE id = ? AND worker = ? "
+            "AND status = 'running'",
+            (outcome, bundle_json, time.time(), job_id, worker)).rowcount == 1)

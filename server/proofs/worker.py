@@ -170,66 +170,81 @@ class Worker:
         return True
 
     def prove(self, job, spec: dict, progress) -> tuple[str, str]:
-        from verifier.bundle import Agreement, ProofBundle
-        from verifier.errors import InputError
-        from verifier.proof_receipts import (
-            ProofPredicate,
-            ProofReceipt,
-            make_proof_statement,
-            sha256_json,
-            verify_proof_receipt,
-        )
-        from verifier.proofs import check_bundle_links, verify_receipt_link
-        from verifier.receipts import sign_envelope
-        from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
         from verifier.tensors import numpy_dtype
 
         prover = self.prover(job.package_id)
         m = prover.package.manifest
         x = decode_input(spec).astype(numpy_dtype(m.input.datatype), copy=False)
-        receipt = statement = None
-        if job.receipt_id is not None:
-            receipt = json.loads(self.receipts.get(job.receipt_id))
-            statement = verify_any_receipt(parse_any_receipt(receipt), self.keys.jwks)
-            if not isinstance(statement.predicate.label, int):
-                raise InputError("the receipt is for a batch; proofs are for one sample")
+        receipt, statement = load_receipt(self.receipts, self.keys, job.receipt_id)
         signed_label = statement.predicate.label if statement is not None else None
         bundle = prover.prove(x, receipt=receipt, float_label=signed_label,
                               progress=progress)  # re-verified inside
         progress.on_stage("signing")
-        circuit = bundle.outputs.label
-        signed = statement.predicate.label if statement is not None else None
-        agree = signed is not None and signed == circuit
-        kid = self.keys.kid
-        predicate = ProofPredicate(
-            jobId=job.id,
-            receiptId=job.receipt_id,
-            receiptSha256=sha256_json(receipt) if receipt is not None else None,
-            proofSha256=sha256_json(bundle.proof),
-            packageId=m.package_id,
-            modelSha256=m.model_sha256,
-            inputDigest=bundle.input.digest,
-            circuitLabel=circuit,
-            signedLabel=signed,
-            status="proven" if agree else "mismatch",
-            time=_now(),
-            keyId=kid,
-        )
-        envelope = sign_envelope(make_proof_statement(predicate), kid, self.keys.ed25519.sign)
-        proof_receipt = ProofReceipt(id=job.id, envelope=envelope).model_dump(mode="json")
-        fields = bundle.model_dump(mode="json")
-        if signed is not None:  # the agreement the issue asks for: signed label vs circuit's
-            fields["agreement"] = Agreement(float_label=signed, circuit_label=circuit,
-                                            agree=agree).model_dump()
-        fields["proof_receipt"] = proof_receipt
-        final = ProofBundle.model_validate(fields)
-        # the links once more, on the final object (the proof itself was verified by EZKL
-        # inside prove(); its bytes are unchanged)
-        check_bundle_links(final, m)
-        verify_proof_receipt(final.proof_receipt, final, self.keys.jwks)
-        if statement is not None and agree:
-            verify_receipt_link(statement, final, m)
-        return predicate.status, final.model_dump_json()
+        return sign_bundle(job, m, bundle, receipt, statement, self.keys)
+
+
+def load_receipt(receipts, keys, receipt_id: str | None) -> tuple[dict | None, object]:
+    """The stored receipt a job links to and its verified statement (None, None without one)."""
+    from verifier.errors import InputError
+    from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
+
+    if receipt_id is None:
+        return None, None
+    receipt = json.loads(receipts.get(receipt_id))
+    statement = verify_any_receipt(parse_any_receipt(receipt), keys.jwks)
+    if not isinstance(statement.predicate.label, int):
+        raise InputError("the receipt is for a batch; proofs are for one sample")
+    return receipt, statement
+
+
+def sign_bundle(job, m, bundle, receipt: dict | None, statement, keys) -> tuple[str, str]:
+    """A verified proof bundle -> ``(outcome, final bundle JSON)`` with the signed proof receipt
+    and the agreement of the signed label with the circuit's. Used by the local worker and by
+    the server for bundles proven on a Ray node (so no signing key leaves the server)."""
+    from verifier.bundle import Agreement, ProofBundle
+    from verifier.proof_receipts import (
+        ProofPredicate,
+        ProofReceipt,
+        make_proof_statement,
+        sha256_json,
+        verify_proof_receipt,
+    )
+    from verifier.proofs import check_bundle_links, verify_receipt_link
+    from verifier.receipts import sign_envelope
+
+    circuit = bundle.outputs.label
+    signed = statement.predicate.label if statement is not None else None
+    agree = signed is not None and signed == circuit
+    kid = keys.kid
+    predicate = ProofPredicate(
+        jobId=job.id,
+        receiptId=job.receipt_id,
+        receiptSha256=sha256_json(receipt) if receipt is not None else None,
+        proofSha256=sha256_json(bundle.proof),
+        packageId=m.package_id,
+        modelSha256=m.model_sha256,
+        inputDigest=bundle.input.digest,
+        circuitLabel=circuit,
+        signedLabel=signed,
+        status="proven" if agree else "mismatch",
+        time=_now(),
+        keyId=kid,
+    )
+    envelope = sign_envelope(make_proof_statement(predicate), kid, keys.ed25519.sign)
+    proof_receipt = ProofReceipt(id=job.id, envelope=envelope).model_dump(mode="json")
+    fields = bundle.model_dump(mode="json")
+    if signed is not None:  # the agreement the issue asks for: signed label vs circuit's
+        fields["agreement"] = Agreement(float_label=signed, circuit_label=circuit,
+                                        agree=agree).model_dump()
+    fields["proof_receipt"] = proof_receipt
+    final = ProofBundle.model_validate(fields)
+    # the links once more, on the final object (the proof itself was verified by EZKL
+    # inside prove(), or by the server for a Ray node's bundle; its bytes are unchanged)
+    check_bundle_links(final, m)
+    verify_proof_receipt(final.proof_receipt, final, keys.jwks)
+    if statement is not None and agree:
+        verify_receipt_link(statement, final, m)
+    return predicate.status, final.model_dump_json()
 
 
 def _now() -> str:

@@ -1,0 +1,79 @@
+"""Proof jobs on a real local Ray cluster (a head and one worker node, 1 CPU each) through the
+real server process and real EZKL: proven end to end; a worker node killed -9 mid-proof and
+its job is dispatched again and done on the other node, with one bundle."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from jobs_support import iris_input, package_dir
+from ray_support import RayCluster
+from test_proof_jobs_e2e import ezkl_verify_directly
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ezkl, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+def cluster():
+    c = RayCluster(head_cpus=1)
+    try:
+        c.wait_nodes(1)  # a node started before its head is up times out
+        c.add_node("node2", cpus=1)
+        c.wait_nodes(2)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
+    home = new_home()
+    s = servers(home, {"VERINFER_PROVER_EXECUTOR": "ray", "VERINFER_RAY_ADDRESS": cluster.address,
+                       "VERINFER_PROOF_LEASE_S": "5", "VERINFER_PROOF_ATTEMPTS": "3"})
+    jobs = []
+    for i in range(2):  # one per node: each node has room for one prover actor
+        status, job = s.submit(iris_input(60 + i))
+        assert status == 202, job
+        jobs.append(job)
+    # wait until a job is proving on node2, then kill that node at once
+    victim = None
+    end = time.monotonic() + 240
+    while victim is None and time.monotonic() < end:
+        for job in jobs:
+            now = s.job(job["id"])
+            if now["status"] == "running" and str(now.get("worker", "")).endswith("@node2"):
+                cluster.kill9("node2")
+                victim = now
+                break
+            assert now["status"] != "failed", now
+        time.sleep(0.02)
+    assert victim is not None, f"no job reached node2: {[s.job(j['id']) for j in jobs]}\n" \
+                               f"{s.output()}\n{cluster.logs()}"
+    pkg = package_dir(home)
+    for job in jobs:
+        done = s.wait_job(job["id"], timeout=300)
+        assert done["status"] == "done" and done["outcome"] == "proven", (done, s.output())
+        status, bundle, _ = s.request("GET", f"/v1/proofs/{job['id']}/bundle")
+        assert status == 200
+        assert ezkl_verify_directly(bundle, pkg)
+        assert bundle["proof_receipt"]["id"] == job["id"]
+        assert bundle["receipt"]["id"] == job["receipt_id"]
+        assert bundle["agreement"]["agree"] is True
+        if job["id"] == victim["id"]:
+            # the attempt on node2 was lost with it and counted; the second one proved it
+            assert done["attempts"] == 2, done
+            assert victim["attempts"] == 1
+    # one job per input, one bundle per job: submitting again is a cache hit on the same job
+    for i, job in enumerate(jobs):
+        status, again = s.submit(iris_input(60 + i))
+        assert status == 200 and again["id"] == job["id"] and again["cached"] is True
+    assert s.request("GET", "/v1/proofs")[1]["jobs"] == {"done": 2}
+    # the bundles were signed by the server (its JWKS), not by a node
+    jwks = s.request("GET", "/.well-known/jwks.json")[1]
+    kid = json.loads(json.dumps(bundle))["proof_receipt"]["envelope"]["signatures"][0]["keyid"]
+    assert kid in {k["kid"] for k in jwks["keys"]}
+    # Ray's C++ core must not take SIGTERM over from the server (it prints "SIGTERM received"
+    # and dies at once, with no graceful stop that gives running jobs back to the queue)
+    s.stop()
+    assert "SIGTERM received" not in s.output()
