@@ -19,7 +19,8 @@ import numpy as np
 
 from prover import backend as files
 from prover import onnx_model, srs
-from prover.backend import ProofSystem, Visibility
+from prover.backend import CircuitOptions, ProofSystem, Visibility
+from prover.costs import circuit_costs
 from prover.package import CircuitPackage, check_name, point_name
 from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
@@ -113,7 +114,11 @@ def build_package(
     srs_sha256: str | None = None,
     backend: ProofSystem | None = None,
     progress: Progress = SILENT,
+    options: CircuitOptions | None = None,
+    tuning: dict | None = None,
 ) -> CircuitPackage:
+    """``options``: circuit settings instead of the defaults (``verinfer models tune``);
+    ``tuning``: the search that chose them, recorded in the manifest."""
     from contracts.solc import compile_sources, solc_version
     from prover.ezkl_backend import EZKLBackend
 
@@ -138,9 +143,7 @@ def build_package(
         (work / files.MODEL).write_bytes(onnx_bytes)
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):
             samples = calibration.reshape(-1, n_in)
-            shape = backend.calibrate(work, samples, visibility, info.batch_symbols, 2)
-            if shape.logrows < SINGLE_COLUMN_MAX_LOGROWS:  # one column: ~2x rows, fits
-                shape = backend.calibrate(work, samples, visibility, info.batch_symbols, 1)
+            shape = calibrate(backend, work, samples, visibility, info.batch_symbols, options)
         if srs_file is not None:
             srs_info = srs.ceremony_srs(Path(srs_file), shape.logrows, srs_sha256)
         else:
@@ -189,6 +192,7 @@ def build_package(
             "verifier_fits": compiled.runtime_size <= EIP170_LIMIT,
             "agreement": agreement,
             "machine": {"cpus": os.cpu_count()},
+            "costs": circuit_costs(json.loads((work / files.SETTINGS).read_text())),
         }
         artifact_names = [files.MODEL, files.SETTINGS, files.COMPILED, files.VK, files.PK,
                           files.SRS, files.SOLIDITY, "Verifier.json"]
@@ -210,6 +214,7 @@ def build_package(
             calibration={"target": "accuracy", "samples": len(calibration.reshape(-1, n_in)),
                          **shape.report},
             preflight=preflight,
+            tuning=tuning,
         )
         (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
         final = settings.packages_dir / manifest.package_id
@@ -222,6 +227,19 @@ def build_package(
         raise
     point_name(settings, source.name, manifest.package_id)
     return CircuitPackage.open(final, check=[])
+
+
+def calibrate(backend: ProofSystem, work: Path, samples: np.ndarray, visibility: Visibility,
+              batch_symbols: tuple[str, ...], options: CircuitOptions | None = None):
+    """Settings and compiled circuit in ``work``; the default column rule unless
+    ``options.inner_cols`` is set."""
+    if options is not None and options.inner_cols is not None:
+        return backend.calibrate(work, samples, visibility, batch_symbols, options.inner_cols,
+                                 options)
+    shape = backend.calibrate(work, samples, visibility, batch_symbols, 2, options)
+    if shape.logrows < SINGLE_COLUMN_MAX_LOGROWS:  # one column: ~2x rows, fits
+        shape = backend.calibrate(work, samples, visibility, batch_symbols, 1, options)
+    return shape
 
 
 def _agreement(backend, folder, info, onnx_bytes, x, truth) -> dict:
