@@ -79,10 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _tune_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--objective", choices=["prove", "pk", "gas"], default="prove",
+    # No defaults here: 'models add' refuses them without --tune (see _add).
+    p.add_argument("--objective", choices=["prove", "pk", "gas"],
                    help="what the registered candidate minimises: proving time, proving key "
                    "size or verifyProof gas (default: prove)")
-    p.add_argument("--budget", type=float, default=10.0, metavar="MINUTES",
+    p.add_argument("--budget", type=float, metavar="MINUTES",
                    help="time for the search, in minutes (default: 10), after measuring "
                    "the defaults; registering the chosen candidate comes after")
 
@@ -127,6 +128,8 @@ def _add(args: argparse.Namespace) -> int:
     progress = _progress()
     if args.tune:
         return _tune(args, settings, source, progress)
+    if args.objective is not None or args.budget is not None:
+        raise InputError("--objective and --budget go with --tune (or 'models tune')")
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
                         srs_sha256=args.srs_sha256, progress=progress)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
@@ -140,13 +143,15 @@ def _tune(args, settings, source, progress) -> int:
     from prover.report import render
     from prover.tune import table, tune_and_register
 
+    objective = args.objective or "prove"
     result, pkg = tune_and_register(
-        settings, source, objective=args.objective, budget_minutes=args.budget,
+        settings, source, objective=objective,
+        budget_minutes=10.0 if args.budget is None else args.budget,
         progress=progress, visibility=args.input_visibility, srs_file=args.srs,
         srs_sha256=args.srs_sha256)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(table(result), file=sys.stderr if args.json else sys.stdout)
-    print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {args.objective})",
+    print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {objective})",
           file=sys.stderr)
     if args.json:
         print(json.dumps({"name": pkg.name, "package_id": pkg.id, "package_dir": str(pkg.dir),

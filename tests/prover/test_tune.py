@@ -187,3 +187,15 @@ def test_manifest_without_tuning_keeps_its_id(iris_package):
     assert m.tuning is None and m.package_id == iris_package.name
     with_tuning = Manifest.model_validate(raw | {"tuning": {"objective": "prove"}})
     assert with_tuning.package_id != m.package_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["models", "add", "iris_mlp", "--budget", "3"], "go with --tune"),
+    (["models", "tune", "iris_mlp", "--budget", "0"], "positive number of minutes"),
+])
+def test_bad_tune_flags_are_refused_in_one_line(home, args, message):
+    proc = run_cli(*args, home=home)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert message in lines[-1] and "Traceback" not in proc.stderr
+    assert not (home / "names").exists()
