@@ -25,6 +25,34 @@ SOLIDITY = "Verifier.sol"
 
 
 @dataclass(frozen=True)
+class CircuitOptions:
+    """Circuit settings chosen by hand or by ``verinfer models tune`` instead of the defaults.
+
+    ``scale``: input and parameter scale (2^scale), None = EZKL's calibration picks;
+    ``decomp_base``/``decomp_legs``: range checks as legs digits of base;
+    ``inner_cols``: None = the default rule (prover/build.py); ``max_logrows``: a cap
+    that calibration lays the circuit out under (wider, not taller)."""
+
+    scale: int | None = None
+    decomp_base: int = 512
+    decomp_legs: int = 4
+    inner_cols: int | None = None
+    max_logrows: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"scale": self.scale, "decomp_base": self.decomp_base,
+                "decomp_legs": self.decomp_legs, "inner_cols": self.inner_cols,
+                "max_logrows": self.max_logrows}
+
+    @property
+    def label(self) -> str:
+        return (f"scale {'auto' if self.scale is None else self.scale}, decomp "
+                f"{self.decomp_base}x{self.decomp_legs}, cols "
+                f"{'auto' if self.inner_cols is None else self.inner_cols}"
+                + (f", logrows<={self.max_logrows}" if self.max_logrows else ""))
+
+
+@dataclass(frozen=True)
 class CircuitShape:
     """What calibration settled on."""
 
@@ -55,8 +83,10 @@ class ProofSystem(Protocol):
     def calibrate(
         self, folder: Path, calibration_inputs: np.ndarray, visibility: Visibility,
         batch_symbols: tuple[str, ...] = (), inner_cols: int = 2,
+        options: CircuitOptions | None = None,
     ) -> CircuitShape:
-        """From ``folder/model.onnx`` make ``settings.json`` and ``model.compiled``."""
+        """From ``folder/model.onnx`` make ``settings.json`` and ``model.compiled``
+        (``options``: scale, decomposition and logrows cap; default: EZKL calibrates)."""
 
     def setup(self, folder: Path) -> None:
         """Make ``vk.key`` and ``pk.key`` with ``folder/kzg.srs``."""

@@ -19,7 +19,8 @@ import numpy as np
 
 from prover import backend as files
 from prover import onnx_model, srs
-from prover.backend import ProofSystem, Visibility
+from prover.backend import CircuitOptions, ProofSystem, Visibility
+from prover.costs import circuit_costs
 from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
@@ -137,7 +138,11 @@ def build_package(
     srs_sha256: str | None = None,
     backend: ProofSystem | None = None,
     progress: Progress = SILENT,
+    options: CircuitOptions | None = None,
+    tuning: dict | None = None,
 ) -> CircuitPackage:
+    """``options``: circuit settings instead of the defaults (``verinfer models tune``);
+    ``tuning``: the search that chose them, recorded in the manifest."""
     from contracts.solc import compile_sources, solc_version
     from prover.ezkl_backend import EZKLBackend, use_ezkl_dir
 
@@ -163,9 +168,7 @@ def build_package(
         (work / files.MODEL).write_bytes(onnx_bytes)
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):
             samples = calibration.reshape(-1, n_in)
-            shape = backend.calibrate(work, samples, visibility, info.batch_symbols, 2)
-            if shape.logrows < SINGLE_COLUMN_MAX_LOGROWS:  # one column: ~2x rows, fits
-                shape = backend.calibrate(work, samples, visibility, info.batch_symbols, 1)
+            shape = calibrate(backend, work, samples, visibility, info.batch_symbols, options)
         if srs_file is not None:
             srs_info = srs.ceremony_srs(Path(srs_file), shape.logrows, srs_sha256)
         else:
@@ -217,6 +220,7 @@ def build_package(
             "verifier_fits": compiled.runtime_size <= EIP170_LIMIT,
             "agreement": agreement,
             "machine": {"cpus": os.cpu_count()},
+            "costs": circuit_costs(json.loads((work / files.SETTINGS).read_text())),
         }
         artifact_names = [files.MODEL, files.SETTINGS, files.COMPILED, files.VK, files.PK,
                           files.SRS, files.SOLIDITY, "Verifier.json"]
@@ -238,6 +242,7 @@ def build_package(
             calibration={"target": "accuracy", "samples": len(calibration.reshape(-1, n_in)),
                          **shape.report},
             preflight=preflight,
+            tuning=tuning,
         )
         (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
         final = package_dir(settings, manifest.package_id)
@@ -268,6 +273,19 @@ def _peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def calibrate(backend: ProofSystem, work: Path, samples: np.ndarray, visibility: Visibility,
+              batch_symbols: tuple[str, ...], options: CircuitOptions | None = None):
+    """Settings and compiled circuit in ``work``; the default column rule unless
+    ``options.inner_cols`` is set."""
+    if options is not None and options.inner_cols is not None:
+        return backend.calibrate(work, samples, visibility, batch_symbols, options.inner_cols,
+                                 options)
+    shape = backend.calibrate(work, samples, visibility, batch_symbols, 2, options)
+    if shape.logrows < SINGLE_COLUMN_MAX_LOGROWS:  # one column: ~2x rows, fits
+        shape = backend.calibrate(work, samples, visibility, batch_symbols, 1, options)
+    return shape
 
 
 def _agreement(backend, folder, info, onnx_bytes, x, truth) -> dict:

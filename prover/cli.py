@@ -35,7 +35,24 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--srs-sha256", metavar="HEX",
                      help="published SHA-256 of the --srs file, where none is pinned")
     add.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
+    add.add_argument("--tune", action="store_true",
+                     help="search the circuit settings first (as 'models tune') and register "
+                     "the best candidate")
+    _tune_flags(add)
     add.set_defaults(handler=_add)
+
+    tune = msub.add_parser(
+        "tune", help="search circuit settings for a cheaper circuit with the same labels",
+        description="Search EZKL's settings (scale, range-check decomposition, inner columns, "
+        "logrows) for a smaller, faster or cheaper-to-verify circuit; a candidate that changes "
+        "any label (held-out split of a reference model, else the calibration samples) is out. "
+        "Prints the Pareto front and registers the best candidate for the objective as a "
+        "package whose manifest records the search.")
+    for a in add._actions:  # the same model, source and SRS options as 'models add'
+        if a.dest not in ("help", "tune", "objective", "budget"):
+            tune._add_action(a)
+    _tune_flags(tune)
+    tune.set_defaults(handler=_add, tune=True)
 
     show = msub.add_parser("show", help="print a registered model's preflight report")
     show.add_argument("name")
@@ -63,6 +80,16 @@ def register_prove(sub: argparse._SubParsersAction) -> None:
 def register_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="register iris_mlp, prove a held-out sample, verify it")
     demo.set_defaults(handler=_demo)
+
+
+def _tune_flags(p: argparse.ArgumentParser) -> None:
+    # No defaults here: 'models add' refuses them without --tune (see _add).
+    p.add_argument("--objective", choices=["prove", "pk", "gas"],
+                   help="what the registered candidate minimises: proving time, proving key "
+                   "size or verifyProof gas (default: prove)")
+    p.add_argument("--budget", type=float, metavar="MINUTES",
+                   help="time for the search, in minutes (default: 10), after measuring "
+                   "the defaults; registering the chosen candidate comes after")
 
 
 def _settings():
@@ -106,12 +133,36 @@ def _add(args: argparse.Namespace) -> int:
                          f"({', '.join(REFERENCE_MODELS)})")
     settings = _settings()
     progress = _progress()
+    if args.tune:
+        return _tune(args, settings, source, progress)
+    if args.objective is not None or args.budget is not None:
+        raise InputError("--objective and --budget go with --tune (or 'models tune')")
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
                         srs_sha256=args.srs_sha256, progress=progress)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(f"OK: registered {pkg.name} as package {pkg.id}", file=sys.stderr)
     if args.json:
         print(pkg.manifest.model_dump_json(indent=2))
+    return 0
+
+
+def _tune(args, settings, source, progress) -> int:
+    from prover.report import render
+    from prover.tune import table, tune_and_register
+
+    objective = args.objective or "prove"
+    result, pkg = tune_and_register(
+        settings, source, objective=objective,
+        budget_minutes=10.0 if args.budget is None else args.budget,
+        progress=progress, visibility=args.input_visibility, srs_file=args.srs,
+        srs_sha256=args.srs_sha256)
+    print(render(pkg.manifest, pkg.dir), file=sys.stderr)
+    print(table(result), file=sys.stderr if args.json else sys.stdout)
+    print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {objective})",
+          file=sys.stderr)
+    if args.json:
+        print(json.dumps({"name": pkg.name, "package_id": pkg.id, "package_dir": str(pkg.dir),
+                          "tuning": pkg.manifest.tuning}, indent=2))
     return 0
 
 

@@ -25,6 +25,7 @@ from prover.backend import (
     SOLIDITY,
     SRS,
     VK,
+    CircuitOptions,
     CircuitShape,
     Visibility,
     Witness,
@@ -67,8 +68,10 @@ class EZKLBackend:
     def calibrate(
         self, folder: Path, calibration_inputs: np.ndarray, visibility: Visibility,
         batch_symbols: tuple[str, ...] = (), inner_cols: int = 2,
+        options: CircuitOptions | None = None,
     ) -> CircuitShape:
         ezkl = self._ezkl
+        opts = options or CircuitOptions()
         args = ezkl.PyRunArgs()
         args.input_visibility = visibility
         args.output_visibility = "public"
@@ -79,9 +82,15 @@ class EZKLBackend:
         # forces logrows >= 15; 4 legs of 2^9 cover a wider range (2^36 vs 2^28)
         # with a 2^9-row table. Measured on iris_mlp: logrows 15 -> 11, prove
         # 9.5 s -> 0.75 s, pk 350 MB -> 22 MB; digits_cnn stays at logrows 15.
-        args.decomp_base = DECOMP_BASE
-        args.decomp_legs = DECOMP_LEGS
+        args.decomp_base = opts.decomp_base
+        args.decomp_legs = opts.decomp_legs
         args.num_inner_cols = inner_cols
+        # A fixed scale: calibration tries only it, with no rebase multiplier (EZKL's
+        # search would otherwise pick multipliers that blow lookup tables up ~2^10-fold).
+        fixed = {} if opts.scale is None else {"scales": [opts.scale],
+                                               "scale_rebase_multiplier": [1]}
+        if opts.max_logrows is not None:
+            fixed["max_logrows"] = opts.max_logrows
         data = folder / "calibration.json"
         flat = np.asarray(calibration_inputs, dtype=np.float64).reshape(-1)
         data.write_text(json.dumps({"input_data": [flat.tolist()]}))
@@ -92,7 +101,7 @@ class EZKLBackend:
             raise UnsupportedModel(f"EZKL cannot turn this model into a circuit: "
                                    f"{_first_line(exc)}") from None
         try:
-            ezkl.calibrate_settings(str(data), model, settings, "accuracy")
+            ezkl.calibrate_settings(str(data), model, settings, "accuracy", **fixed)
             ezkl.compile_circuit(model, str(folder / COMPILED), settings)
         except RuntimeError as exc:
             raise UnsupportedModel(f"EZKL could not calibrate this model: "
@@ -108,6 +117,8 @@ class EZKLBackend:
             inner_cols=ra["num_inner_cols"],
             report={
                 "num_inner_cols": ra["num_inner_cols"],
+                "decomp_base": ra["decomp_base"],
+                "decomp_legs": ra["decomp_legs"],
                 "input_scale": ra["input_scale"],
                 "param_scale": ra["param_scale"],
                 "scale_rebase_multiplier": ra["scale_rebase_multiplier"],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from prover.costs import circuit_costs, describe
 from verifier.manifest import Manifest
 
 
@@ -35,7 +39,27 @@ def render(manifest: Manifest, package_dir) -> str:
         f"SRS         logrows {manifest.srs.logrows}, {manifest.srs.source}, "
         f"sha256:{manifest.srs.sha256[:16]}…",
     ]
+    costs = p.get("costs") or _costs_from_settings(package_dir)
+    if costs:
+        lines.append(f"biggest     {describe(costs)}")
+    if manifest.tuning:
+        t = manifest.tuning
+        measured = sum(c["status"] == "ok" for c in t["candidates"])
+        lines.append(f"tuned       for {t['objective']}: {t['chosen']['label']} "
+                     f"({measured} of {len(t['candidates'])} candidates measured, "
+                     f"{t['elapsed_s']:.0f}s; 'models show --json' has them all)")
+    elif costs and costs.get("suggest_tune"):
+        lines.append(f"suggest     verinfer models tune {manifest.name}: "
+                     f"{costs['suggest_tune']}")
     if manifest.srs.insecure:
         lines.append("WARNING     development SRS generated on this machine: INSECURE, "
                      "for development only (anyone holding its secret can forge proofs)")
     return "\n".join(lines)
+
+
+def _costs_from_settings(package_dir) -> dict | None:
+    """For packages made before the preflight recorded its costs."""
+    try:
+        return circuit_costs(json.loads((Path(package_dir) / "settings.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

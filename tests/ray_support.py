@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from server_process import free_port
+from testkit.server_process import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # fast failure detection: a killed node is declared dead in ~3 s, not ~30 s

@@ -57,9 +57,15 @@ class Manifest(Frozen):
     artifacts: dict[str, Artifact]  # file name in the package -> hash and size
     calibration: dict  # target, samples, chosen scales, numerical report
     preflight: dict  # ops, logrows, sizes, timings, float-vs-circuit agreement
+    # The settings search that chose this circuit (``verinfer models tune``): objective,
+    # baseline, candidates and their figures. Absent from packages made without one.
+    tuning: dict | None = None
 
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        data = self.model_dump(mode="json")
+        if data["tuning"] is None:  # manifests from before the field hash as they did
+            del data["tuning"]
+        return canonical_json(data)
 
     @property
     def package_id(self) -> str:

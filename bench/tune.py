@@ -1,0 +1,153 @@
+"""Settings search (``verinfer models tune``) against today's default settings, same machine,
+same run.
+
+    nice -n 10 .venv/bin/python -m bench.tune [--models digits_cnn sigmoid6x4] [--budget 15]
+
+Per model, one search (prover.tune.search, objective ``prove``) whose first candidate is the
+defaults; every candidate kept every label (digits_cnn: the 540 held-out samples; the Sigmoid
+model: its 40 calibration samples). Reports, as ratios against the defaults measured in the
+same search: the fastest candidate's prove time, the smallest candidate's logrows, the
+cheapest candidate's verifyProof gas (anvil). ``sigmoid6x4`` is made here: Linear(6, 4) +
+BatchNorm1d + Sigmoid, random weights (seed 0), 40 standard-normal samples (seed 0).
+
+Writes bench/results/tune.json and a Pareto plot per model (bench/results/tune-<model>.png:
+prove time against verifyProof gas, marker area ~ pk size). Figures, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+def sigmoid_source(work: Path):
+    """The 6->4 BatchNorm + Sigmoid model (not one of ours), random weights, fixed seed."""
+    import numpy as np
+    import torch
+
+    from prover.build import ModelSource
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4),
+                              torch.nn.Sigmoid()).eval()
+    with torch.no_grad():  # a trained-looking BatchNorm, not the identity
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    path = work / "sigmoid6x4.onnx"
+    torch.onnx.export(net, torch.randn(1, 6), path, input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"},
+                                                             "output": {0: "batch"}},
+                      dynamo=False)
+    samples = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    return ModelSource("sigmoid6x4", path, samples, samples, None, "calibration samples")
+
+
+def run_model(name: str, home: Path, work: Path, budget: float) -> dict:
+    from prover.build import reference_source
+    from prover.progress import Progress
+    from prover.tune import choose, search, table
+    from verifier.config import Settings
+
+    source = sigmoid_source(work) if name == "sigmoid6x4" else reference_source(name)
+    result = search(Settings(home=home), source, objective="prove", budget_minutes=budget,
+                    progress=Progress())
+    print(table(result))
+    base = result.baseline
+    fast = result.chosen
+    small = min((m for m in result.measurements if m.measured
+                 and m.agreement["percent"] == 100.0), key=lambda m: (m.logrows, m.pk_bytes))
+    cheap = choose(result.measurements, "gas")
+    # also counting circuits whose verifier is over EIP-170 (provable and verifiable offline,
+    # or on chain through EZKL's reusable verifier; never chosen by 'models tune')
+    offline = min((m for m in result.measurements if m.prove_s is not None and m.agreement
+                   and m.agreement["percent"] == 100.0), key=lambda m: m.prove_s)
+    row = {
+        "model": name, "eval_set": result.eval_set, "budget_min": budget,
+        "elapsed_s": round(result.elapsed_s, 1), "gas_measured_on": result.chain,
+        "baseline": base.as_dict(),
+        "fastest": fast.as_dict(), "smallest": small.as_dict(), "cheapest_gas": cheap.as_dict(),
+        "fastest_incl_over_eip170": offline.as_dict() | {"status": offline.status},
+        "prove_ratio": round(fast.prove_s / base.prove_s, 3),
+        "prove_ratio_incl_over_eip170": round(offline.prove_s / base.prove_s, 3),
+        "logrows_smaller_by": base.logrows - small.logrows,
+        "pk_ratio_smallest": round(small.pk_bytes / base.pk_bytes, 3),
+        "gas_ratio_cheapest": round(cheap.verify_gas / base.verify_gas, 3),
+        "front": [m.as_dict() for m in result.front],
+        "candidates": [m.as_dict() for m in result.measurements],
+    }
+    row["plot"] = plot(name, result)
+    return row
+
+
+def plot(name: str, result) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    ms = [m for m in result.measurements if m.measured]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for m in ms:
+        on_front = m in result.front
+        ax.scatter(m.prove_s, m.verify_gas / 1e3, s=20 + m.pk_bytes / 2e6,
+                   c="tab:red" if m.baseline else ("tab:blue" if on_front else "lightgray"),
+                   edgecolors="k" if m is result.chosen else "none", zorder=3 if on_front else 2)
+    front = sorted(result.front, key=lambda m: m.prove_s)
+    ax.plot([m.prove_s for m in front], [m.verify_gas / 1e3 for m in front], "b--", lw=0.8)
+    base = result.baseline
+    ax.annotate("defaults", (base.prove_s, base.verify_gas / 1e3), fontsize=8)
+    ax.annotate("chosen (prove)", (result.chosen.prove_s, result.chosen.verify_gas / 1e3),
+                fontsize=8)
+    ax.set_xscale("log")  # the defaults can be 100x slower than the front
+    ax.set_xlabel(f"prove time, s, log scale ({os.cpu_count()} CPUs, shared machine)")
+    ax.set_ylabel("verifyProof gas, thousands")
+    ax.set_title(f"{name}: settings that keep every label (area ~ pk size)")
+    out = RESULTS / f"tune-{name}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return str(out.relative_to(REPO))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["sigmoid6x4", "digits_cnn"])
+    ap.add_argument("--budget", type=float, default=15.0, help="minutes per model")
+    ap.add_argument("--home", type=Path, help="data dir (its SRS cache is reused)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "tune.json")
+    args = ap.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+        home = args.home or Path(tmp) / "home"
+        for name in args.models:
+            print(f"== {name}", file=sys.stderr)
+            rows.append(run_model(name, home, Path(tmp), args.budget))
+            write(args.out, rows)  # each model's figures as soon as they are in
+    print(f"\n{'model':<12} {'prove x':>8} {'logrows':>10} {'pk x':>6} {'gas x':>6}  agreement")
+    for r in rows:
+        b, s = r["baseline"], r["smallest"]
+        print(f"{r['model']:<12} {r['prove_ratio']:>8.3f} {b['logrows']:>4} -> {s['logrows']:<3} "
+              f"{r['pk_ratio_smallest']:>6.3f} {r['gas_ratio_cheapest']:>6.3f}  "
+              f"100% of {r['eval_set']} (every candidate kept)")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def write(out: Path, rows: list[dict]) -> None:
+    out.write_text(json.dumps({"machine": {"cpus": os.cpu_count(), "shared": True},
+                               "ezkl": __import__("ezkl").__version__, "results": rows},
+                              indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

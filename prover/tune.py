@@ -1,0 +1,513 @@
+"""``verinfer models tune``: a search over EZKL's circuit settings that keeps every label.
+
+Each candidate (scale, range-check decomposition, inner columns, a logrows cap) is
+calibrated on the model's calibration samples, which is cheap and gives its
+logrows and rows. Candidates with more logrows than today's defaults are pruned
+there, before any key is made. The rest run every evaluation sample through the
+circuit (the held-out split for reference models, the calibration samples for
+others); one label different from the float model's and the candidate is out.
+Survivors are measured: key setup, pk size, one proof (time), its verification
+(time), and ``verifyProof`` gas of the compiled Solidity verifier on the
+embedded chain (py-evm). The Pareto front over prove time, pk size and gas is
+reported; the best candidate for the objective is what ``models tune`` registers.
+
+The circuit's arithmetic (so its labels) depends only on the scales and lookup
+range that calibration settles on; columns and decomposition change the layout,
+not the values. Agreement is computed once per distinct arithmetic and shared.
+
+Order of the search (bounded by the budget): today's defaults (the baseline);
+lower scales with the baseline's layout, downwards until one changes a label;
+then the layouts (decomposition x columns, and a logrows cap) for the lowest
+scale that kept every label and for the baseline's scale; then full measurements,
+most promising first by their calibrated logrows and columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from prover import backend as files
+from prover import onnx_model, srs
+from prover.backend import CircuitOptions, ProofSystem
+from prover.build import ModelSource, calibrate, float_labels
+from prover.progress import SILENT, Progress, captured_output
+from verifier.config import Settings
+from verifier.errors import InputError, VerinferError
+
+OBJECTIVES = ("prove", "pk", "gas")
+METRIC = {"prove": "prove_s", "pk": "pk_bytes", "gas": "verify_gas"}
+FRONT_METRICS = ("prove_s", "pk_bytes", "verify_gas")
+SCALES = (8, 6, 5, 4, 3)  # tried downwards from the first
+FALLBACK_SCALE = 10  # when the first step down already changes a label
+DECOMPS = ((512, 4), (4096, 2), (1024, 3), (2048, 2), (512, 3))
+COLUMNS = (1, 2, 4, 8)
+EIP170_LIMIT = 24_576
+# A proof that took less than this is timed twice (the faster run counts): one short
+# timing on a busy machine says little.
+PROVE_REPEAT_UNDER_S = 20.0
+
+
+@dataclass
+class Measurement:
+    """One candidate and what was found for it."""
+
+    options: CircuitOptions
+    # ok | labels-changed | verifier-too-large | pruned | failed | not-reached
+    status: str = "planned"
+    reason: str = ""
+    baseline: bool = False
+    logrows: int | None = None
+    num_rows: int | None = None
+    inner_cols: int | None = None
+    input_scale: int | None = None
+    arithmetic: tuple | None = None  # what the labels depend on (see module doc)
+    agreement: dict | None = None
+    pk_bytes: int | None = None
+    setup_s: float | None = None
+    prove_s: float | None = None
+    verify_s: float | None = None
+    verify_gas: int | None = None
+    verifier_runtime_bytes: int | None = None
+    folder: Path | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return "defaults" if self.baseline else self.options.label
+
+    @property
+    def measured(self) -> bool:
+        return self.status == "ok" and all(getattr(self, m) is not None for m in FRONT_METRICS)
+
+    def estimate(self, objective: str) -> float:
+        """Cost guess from calibration alone, to order the expensive measurements."""
+        cols = self.inner_cols or 2
+        if objective == "gas":
+            return cols * 64 + (self.logrows or 30)
+        return 2.0 ** (self.logrows or 30) * (cols + 2)
+
+    def as_dict(self) -> dict:
+        return {"options": self.options.as_dict(), "label": self.label, "baseline": self.baseline,
+                "status": self.status, "reason": self.reason, "logrows": self.logrows,
+                "num_rows": self.num_rows, "inner_cols": self.inner_cols,
+                "input_scale": self.input_scale, "agreement": self.agreement,
+                "pk_bytes": self.pk_bytes, "setup_s": self.setup_s, "prove_s": self.prove_s,
+                "verify_s": self.verify_s, "verify_gas": self.verify_gas,
+                "verifier_runtime_bytes": self.verifier_runtime_bytes}
+
+
+@dataclass
+class TuneResult:
+    objective: str
+    budget_s: float
+    elapsed_s: float
+    eval_set: str
+    baseline: Measurement
+    measurements: list[Measurement]
+    front: list[Measurement]
+    chosen: Measurement
+    chain: str | None = None  # where verifyProof gas was measured
+
+    def record(self) -> dict:
+        """What the manifest keeps of the search."""
+        base = self.baseline
+
+        def ratio(m: Measurement, key: str) -> float | None:
+            a, b = getattr(m, key), getattr(base, key)
+            return round(a / b, 4) if a is not None and b else None
+
+        return {
+            "objective": self.objective, "budget_s": round(self.budget_s, 1),
+            "elapsed_s": round(self.elapsed_s, 1), "eval_set": self.eval_set,
+            "gas_measured_on": self.chain,
+            "baseline": base.as_dict(),
+            "chosen": self.chosen.as_dict()
+            | {"vs_baseline": {k: ratio(self.chosen, k) for k in FRONT_METRICS}},
+            "front": [m.label for m in self.front],
+            "candidates": [m.as_dict() for m in self.measurements],
+        }
+
+
+def pareto_front(ms: list[Measurement]) -> list[Measurement]:
+    """Fully measured candidates that no other beats on every figure."""
+    ok = [m for m in ms if m.measured]
+
+    def dominates(a: Measurement, b: Measurement) -> bool:
+        av = [getattr(a, k) for k in FRONT_METRICS]
+        bv = [getattr(b, k) for k in FRONT_METRICS]
+        return all(x <= y for x, y in zip(av, bv)) and av != bv
+
+    return sorted((m for m in ok if not any(dominates(o, m) for o in ok)),
+                  key=lambda m: getattr(m, METRIC["prove"]))
+
+
+def choose(ms: list[Measurement], objective: str) -> Measurement:
+    """The best fully measured candidate for ``objective``; only candidates whose labels
+    all agree with the float model's are eligible (``status == "ok"``)."""
+    key = METRIC[objective]
+    eligible = [m for m in ms if m.measured and m.agreement and m.agreement["percent"] == 100.0
+                and (m.verifier_runtime_bytes or 0) <= EIP170_LIMIT]
+    if not eligible:
+        raise SearchFailed("no candidate kept every label (not even the defaults)")
+    others = [k for k in FRONT_METRICS if k != key]
+    return min(eligible, key=lambda m: (getattr(m, key), *(getattr(m, k) for k in others)))
+
+
+class SearchFailed(VerinferError):
+    """The search found nothing it may register."""
+
+
+class _Search:
+    def __init__(self, settings: Settings, source: ModelSource, objective: str,
+                 budget_s: float, progress: Progress, backend: ProofSystem,
+                 visibility: str) -> None:
+        self.settings, self.source, self.objective = settings, source, objective
+        self.budget_s, self.progress, self.backend = budget_s, progress, backend
+        self.visibility = visibility
+        self.t0 = time.perf_counter()
+        model = onnx_model.load(source.onnx_path)
+        added = onnx_model.ensure_label_output(model)
+        self.info = onnx_model.describe(model, added)
+        self.onnx_bytes = model.SerializeToString() if added else source.onnx_path.read_bytes()
+        n_in = int(np.prod(self.info.input.shape))
+        self.samples = np.asarray(source.calibration, np.float32).reshape(-1, n_in)
+        self.eval_x = np.asarray(source.eval_inputs, np.float32).reshape(-1, n_in)
+        self.floats = float_labels(self.onnx_bytes, self.info, self.eval_x)
+        # Closest calls first: a label that flips is found after a few witnesses.
+        self.order = _by_margin(self.onnx_bytes, self.info, self.eval_x)
+        self.root = Path(tempfile.mkdtemp(prefix="verinfer-tune-"))
+        self.log = self.root / "ezkl.log"
+        self.agreements: dict[tuple, dict] = {}
+        self.chain = None
+        self.chain_name = None
+        self.baseline_s = 0.0
+        self._stack = contextlib.ExitStack()
+        self.ms: list[Measurement] = []
+
+    # -- steps -------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over_budget(self) -> bool:
+        return self.elapsed() > self.budget_s
+
+    def note(self, m: Measurement, text: str) -> None:
+        self.progress.note(f"  [{self.elapsed():5.0f}s] {m.label}: {text}")
+
+    def calibrate(self, m: Measurement) -> bool:
+        folder = self.root / f"c{len(self.ms)}"
+        folder.mkdir()
+        (folder / files.MODEL).write_bytes(self.onnx_bytes)
+        m.folder = folder
+        self.ms.append(m)
+        try:
+            with captured_output(self.log):
+                shape = calibrate(self.backend, folder, self.samples, self.visibility,
+                                  self.info.batch_symbols, m.options)
+        except VerinferError as exc:
+            m.status, m.reason = "failed", str(exc)[:200]
+            self.note(m, f"calibration failed ({m.reason[:80]})")
+            return False
+        s = json.loads((folder / files.SETTINGS).read_text())
+        ra = s["run_args"]
+        m.logrows, m.num_rows, m.inner_cols = shape.logrows, shape.num_rows, shape.inner_cols
+        m.input_scale = shape.input_scale
+        m.arithmetic = (ra["input_scale"], ra["param_scale"], ra["scale_rebase_multiplier"],
+                        tuple(ra["lookup_range"]), ra["input_visibility"])
+        return True
+
+    def agree(self, m: Measurement) -> bool:
+        if m.arithmetic not in self.agreements:
+            self.agreements[m.arithmetic] = self._agreement(m.folder)
+        m.agreement = self.agreements[m.arithmetic]
+        if m.agreement["percent"] != 100.0:
+            m.status = "labels-changed"
+            m.reason = (f"label differs from the float model's on {self.source.eval_set} "
+                        f"sample {m.agreement['disagreeing_indices'][0]}")
+            self.note(m, f"logrows {m.logrows}: OUT, {m.reason}")
+            return False
+        return True
+
+    def _agreement(self, folder: Path) -> dict:
+        out = self.info.label_output
+        wit = self.root / "witness.json"
+        checked = 0
+        with captured_output(self.log):
+            for i in self.order:
+                label = int(round(self.backend.witness(folder, self.eval_x[i], wit)
+                                  .outputs[out][0]))
+                checked += 1
+                if label != self.floats[i]:  # one changed label is enough to reject
+                    return {"samples": len(self.eval_x), "checked": checked, "agree": checked - 1,
+                            "percent": round(100.0 * (checked - 1) / checked, 3),
+                            "disagreeing_indices": [int(i)],
+                            "float_label": int(self.floats[i]), "circuit_label": label}
+        return {"samples": len(self.eval_x), "checked": checked, "agree": checked,
+                "percent": 100.0, "disagreeing_indices": []}
+
+    def measure(self, m: Measurement) -> None:
+        """Keys, one timed proof and its verification, the verifier's gas."""
+        from contracts.solc import compile_sources
+        from verifier.onchain import proof_parts
+        from verifier.proofs import ezkl_verify
+
+        folder = m.folder
+        try:
+            with captured_output(self.log):
+                info = srs.dev_srs(self.settings.srs_dir, m.logrows, self.backend)
+                srs.place(info, folder / files.SRS)
+                t0 = time.perf_counter()
+                self.backend.setup(folder)
+                m.setup_s = round(time.perf_counter() - t0, 3)
+                m.pk_bytes = (folder / files.PK).stat().st_size
+                wit = self.backend.witness(folder, self.eval_x[0], folder / "witness.json")
+                times = []
+                while len(times) < 2 and sum(times) < PROVE_REPEAT_UNDER_S:
+                    t0 = time.perf_counter()
+                    proof = self.backend.prove(folder, wit.path, folder / "proof.json")
+                    times.append(time.perf_counter() - t0)
+                m.prove_s = round(min(times), 3)
+                t0 = time.perf_counter()
+                ezkl_verify(proof, folder / files.SETTINGS, folder / files.VK, folder / files.SRS)
+                m.verify_s = round(time.perf_counter() - t0, 4)
+                sol = self.backend.solidity_verifier(folder)
+                compiled = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"]
+            m.verifier_runtime_bytes = compiled.runtime_size
+            if compiled.runtime_size > EIP170_LIMIT:  # no chain would deploy its verifier
+                m.status = "verifier-too-large"
+                m.reason = f"verifier {compiled.runtime_size:,} bytes, over EIP-170's 24,576"
+                self.note(m, f"logrows {m.logrows}, prove {m.prove_s:.2f}s: OUT, {m.reason}")
+                return
+            m.verify_gas = self._gas(compiled, *proof_parts(proof))
+        except VerinferError as exc:
+            m.status, m.reason = "failed", str(exc)[:200]
+            self.note(m, f"measurement failed ({m.reason[:80]})")
+            return
+        finally:
+            (folder / files.PK).unlink(missing_ok=True)  # hundreds of MB each
+        m.status = "ok"
+        self.note(m, f"logrows {m.logrows}, {m.num_rows:,} rows, pk {m.pk_bytes / 1e6:.0f} MB, "
+                  f"prove {m.prove_s:.2f}s, verify {m.verify_s * 1000:.0f} ms, "
+                  f"verifyProof {m.verify_gas:,} gas")
+
+    def _gas(self, compiled, proof: bytes, instances: list[int]) -> int:
+        """``verifyProof`` as a transaction: on a local anvil when installed, else on the
+        embedded py-evm chain (its pure-Python pairing takes ~45 s per call)."""
+        from contracts.anvil import anvil_path, local_anvil
+        from contracts.chain import connect
+
+        if self.chain is None:
+            binary = anvil_path()
+            if binary is not None:
+                self.chain = connect(self._stack.enter_context(local_anvil(binary)))
+                self.chain_name = "anvil"
+            else:
+                self.chain, self.chain_name = connect(), "embedded py-evm"
+        address, _ = self.chain.deploy(compiled.abi, compiled.bytecode)
+        v = self.chain.contract(address, compiled.abi)
+        # a fixed gas limit: no estimate, so the verifier runs once
+        receipt = self.chain.transact(v.functions.verifyProof(proof, instances), gas=8_000_000)
+        return int(receipt["gasUsed"])
+
+    # -- the search --------------------------------------------------------
+    def run(self, candidates: list[CircuitOptions] | None) -> TuneResult:
+        p = self.progress
+        p.note(f"Tuning {self.source.name} for {self.objective} (budget "
+               f"{self.budget_s / 60:.1f} min; labels checked on {len(self.eval_x)} "
+               f"{self.source.eval_set})")
+        base = Measurement(CircuitOptions(), baseline=True)
+        if not self.calibrate(base):
+            raise SearchFailed(f"the default settings do not calibrate: {base.reason}")
+        self.agree(base)
+        self.measure(base)
+        # The budget bounds the search, not the reference it is measured against.
+        self.t0, self.baseline_s = time.perf_counter(), self.elapsed()
+        if candidates is not None:
+            self._run_list(base, candidates)
+        else:
+            self._run_plan(base)
+        for m in self.ms:
+            if m.status in ("calibrated", "planned"):
+                m.status, m.reason = "not-reached", "budget spent"
+        front = pareto_front(self.ms)
+        chosen = choose(self.ms, self.objective)
+        return TuneResult(self.objective, self.budget_s, self.baseline_s + self.elapsed(),
+                          self.source.eval_set,
+                          base, self.ms, front, chosen, self.chain_name)
+
+    def _run_list(self, base: Measurement, candidates: list[CircuitOptions]) -> None:
+        for opts in candidates:
+            if self.over_budget():
+                self.ms.append(Measurement(opts, status="not-reached", reason="budget spent"))
+                continue
+            m = Measurement(opts)
+            if self.calibrate(m) and self._worth(m, base) and self.agree(m):
+                self.measure(m)
+
+    def _worth(self, m: Measurement, base: Measurement) -> bool:
+        """Prune by logrows before any key is made; skip exact duplicates."""
+        if base.logrows is not None and m.logrows > base.logrows:
+            m.status, m.reason = "pruned", f"logrows {m.logrows} > defaults' {base.logrows}"
+            self.note(m, m.reason)
+            return False
+        for o in self.ms:
+            if o is not m and o.status == "ok" and (o.logrows, o.num_rows, o.inner_cols,
+                                                    o.arithmetic) == (
+                    m.logrows, m.num_rows, m.inner_cols, m.arithmetic):
+                m.status, m.reason = "pruned", f"same circuit as {o.label}"
+                self.note(m, m.reason)
+                return False
+        return True
+
+    def _run_plan(self, base: Measurement) -> None:
+        layout = dict(decomp_base=512, decomp_legs=4, inner_cols=base.inner_cols)
+        kept: list[int] = []
+        # 1. lower scales, baseline layout, downwards until one changes a label
+        # (each kept scale costs a pass over every evaluation sample; a change is
+        # usually found in a few, closest calls first)
+        top = base.input_scale or 14
+        for s in [s for s in SCALES if s < top]:
+            if self.over_budget():
+                break
+            m = Measurement(CircuitOptions(scale=s, **layout))
+            if not self.calibrate(m):
+                continue
+            if not self.agree(m):
+                break  # lower still would be worse; none kept: FALLBACK_SCALE below
+            kept.append(s)
+            self.note(m, f"logrows {m.logrows}, {m.num_rows:,} rows: labels kept")
+            m.status = "calibrated"
+        if not kept and FALLBACK_SCALE < top and not self.over_budget():
+            m = Measurement(CircuitOptions(scale=FALLBACK_SCALE, **layout))
+            if self.calibrate(m) and self.agree(m):
+                kept.append(FALLBACK_SCALE)
+                m.status = "calibrated"
+        # 2. layouts for the lowest scale kept and the defaults' scale
+        scales = sorted(kept)[:1] + [base.input_scale]
+        cols = sorted(COLUMNS, key=lambda c: c if self.objective == "gas" else abs(c - 4))
+        for s in scales:
+            for base_, legs in DECOMPS:
+                for c in cols:
+                    if self.over_budget() or self.elapsed() > 0.5 * self.budget_s:
+                        break
+                    opts = CircuitOptions(scale=s, decomp_base=base_, decomp_legs=legs,
+                                          inner_cols=c)
+                    if any(o.options == opts for o in self.ms):
+                        continue
+                    m = Measurement(opts)
+                    if self.calibrate(m):
+                        m.status = "calibrated"
+        # 3. a logrows cap one below for the most promising circuits found
+        # (calibration then lays the circuit out wider, not taller)
+        calibrated = sorted((m for m in self.ms if m.status == "calibrated"),
+                            key=lambda m: m.estimate(self.objective))
+        for m in calibrated[:2]:
+            if self.over_budget() or self.elapsed() > 0.5 * self.budget_s or m.logrows <= 10:
+                break
+            capped = Measurement(replace(m.options, max_logrows=m.logrows - 1))
+            if self.calibrate(capped):
+                capped.status = "calibrated"
+        # 4. full measurements, most promising first
+        todo = [m for m in self.ms if m.status == "calibrated"]
+        for m in sorted(todo, key=lambda m: m.estimate(self.objective)):
+            if self.over_budget():
+                break
+            if self._worth(m, base) and self.agree(m):
+                self.measure(m)
+
+    def close(self) -> None:
+        self._stack.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _by_margin(onnx_bytes: bytes, info, x: np.ndarray) -> list[int]:
+    """Sample indices, smallest gap between the top two logits first."""
+    import onnxruntime as ort
+
+    logits_i = next((i for i in range(len(info.outputs)) if i != info.label_output), None)
+    if logits_i is None:
+        return list(range(len(x)))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
+    dtype = np.float32 if info.input.datatype == "FP32" else np.float64
+    gaps = []
+    for s in x:
+        out = np.ravel(sess.run([info.outputs[logits_i].name],
+                                {info.input.name: s.reshape(info.input.shape).astype(dtype)})[0])
+        top = np.sort(out)[-2:] if out.size > 1 else np.array([0.0, out[0]])
+        gaps.append(float(top[1] - top[0]))
+    return [int(i) for i in np.argsort(gaps, kind="stable")]
+
+
+def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
+           budget_minutes: float = 10.0, progress: Progress = SILENT,
+           candidates: list[CircuitOptions] | None = None, backend: ProofSystem | None = None,
+           visibility: str = "public") -> TuneResult:
+    """Run the search (``candidates``: these instead of the built-in plan)."""
+    from prover.ezkl_backend import EZKLBackend
+
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}")
+    if not budget_minutes > 0:
+        raise InputError("--budget must be a positive number of minutes")
+    s = _Search(settings, source, objective, budget_minutes * 60.0, progress,
+                backend or EZKLBackend(), visibility)
+    try:
+        return s.run(candidates)
+    finally:
+        s.close()
+
+
+def tune_and_register(settings: Settings, source: ModelSource, *, objective: str = "prove",
+                      budget_minutes: float = 10.0, progress: Progress = SILENT,
+                      candidates: list[CircuitOptions] | None = None,
+                      visibility: str = "public", **build_kw):
+    """Search, then register the chosen candidate as a normal package recording the search."""
+    from prover.build import build_package
+
+    result = search(settings, source, objective=objective, budget_minutes=budget_minutes,
+                    progress=progress, candidates=candidates, visibility=visibility)
+    chosen = result.chosen
+    # The chosen circuit, exactly: its columns too (the default rule could pick others).
+    options = replace(chosen.options, inner_cols=chosen.inner_cols)
+    progress.note(f"Registering the best for {objective}: {chosen.label}")
+    pkg = build_package(settings, source, visibility=visibility, progress=progress,
+                        options=options, tuning=result.record(), **build_kw)
+    return result, pkg
+
+
+def table(result: TuneResult) -> str:
+    """The Pareto front (and the baseline) as text."""
+    base = result.baseline
+    rows = [("", "candidate", "logrows", "rows", "pk MB", "prove s", "verify ms",
+             "verifyProof gas", "labels")]
+    shown = list(result.front)
+    if base not in shown:
+        shown.append(base)
+    for m in shown:
+        mark = ("*" if m is result.chosen else " ") + ("b" if m.baseline else " ")
+        a = m.agreement or {}
+        rows.append((mark, m.label, str(m.logrows), f"{m.num_rows:,}",
+                     f"{m.pk_bytes / 1e6:.1f}" if m.pk_bytes else "-",
+                     f"{m.prove_s:.2f}" if m.prove_s is not None else "-",
+                     f"{m.verify_s * 1000:.0f}" if m.verify_s is not None else "-",
+                     f"{m.verify_gas:,}" if m.verify_gas else "-",
+                     f"{a.get('agree', '-')}/{a.get('checked', '-')}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))) for r in rows]
+    counts: dict[str, int] = {}
+    for m in result.measurements:
+        counts[m.status] = counts.get(m.status, 0) + 1
+    lines.append(f"* chosen for {result.objective}; b the defaults. Candidates: "
+                 + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+                 + f"; {result.elapsed_s:.0f}s")
+    return "\n".join(lines)

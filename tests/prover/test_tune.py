@@ -1,0 +1,201 @@
+"""``verinfer models tune``: real EZKL, real solc, real anvil; a tiny budget.
+
+The search registers a package whose proofs verify offline and on chain with every
+held-out label kept; a setting known to change a label (iris_mlp at input scale 2^0,
+whose circuit is also the smallest) is measured, rejected and never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from chain_support import run_anvil
+from prover_support import oip_request, run_cli
+
+from models import load_split
+from prover.backend import CircuitOptions
+from prover.costs import circuit_costs
+from prover.tune import Measurement, SearchFailed, choose, pareto_front
+from verifier.errors import ProofInvalid
+from verifier.manifest import Manifest
+from verifier.onchain import proof_parts, verify_onchain
+
+pytestmark = pytest.mark.ezkl
+
+
+@pytest.fixture(scope="module")
+def tuned(prover_home):
+    """``verinfer models tune iris_mlp`` with a 1-minute budget (the defaults are always
+    measured; whatever else fits is too)."""
+    proc = run_cli("models", "tune", "iris_mlp", "--name", "iris_tuned", "--budget", "1",
+                   "--json", home=prover_home, check=True)
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_tune_registers_a_package_that_keeps_every_label(tuned, prover_home):
+    out, stderr = tuned
+    pkg = prover_home / "packages" / out["package_id"]
+    manifest = Manifest.load(pkg / "manifest.json")
+    assert manifest.package_id == out["package_id"]
+    manifest.check_artifacts(pkg)
+    assert (prover_home / "names" / "iris_tuned").read_text().strip() == out["package_id"]
+    # every held-out label as the float model's, in the package's own preflight
+    agreement = manifest.preflight["agreement"]
+    assert agreement["samples"] == 45 and agreement["percent"] == 100.0
+    t = manifest.tuning
+    assert t == out["tuning"] and t["objective"] == "prove"
+    assert t["eval_set"] == "held-out split"
+    assert t["baseline"]["baseline"] and t["baseline"]["status"] == "ok"
+    assert t["chosen"]["agreement"]["percent"] == 100.0
+    assert t["chosen"]["logrows"] == manifest.preflight["logrows"]
+    # the chosen candidate is the one with the least proving time among those measured
+    ok = [c for c in t["candidates"] if c["status"] == "ok"]
+    assert t["chosen"]["prove_s"] == min(c["prove_s"] for c in ok)
+    assert all(c["agreement"]["percent"] == 100.0 for c in ok)
+    assert all(c["verify_gas"] > 100_000 for c in ok)
+    # the front was printed, with the defaults, and progress went to stderr
+    assert "chosen for prove" in stderr and "defaults" in stderr
+    assert "Tuning iris_tuned for prove" in stderr
+
+
+def test_tuned_package_proves_and_verifies_offline_and_on_chain(tuned, prover_home, tmp_path):
+    _, x_test, _, y_test = load_split("iris_mlp")
+    bundles = []
+    for i in (0, 7):
+        req = tmp_path / f"req{i}.json"
+        req.write_text(oip_request(x_test[i].reshape(1, 4)))
+        run_cli("prove", "iris_tuned", "--input", req, "--out", tmp_path / f"b{i}",
+                home=prover_home, check=True)
+        proc = run_cli("verify", tmp_path / f"b{i}", home=prover_home)
+        assert proc.returncode == 0, proc.stderr
+        bundle = json.loads((tmp_path / f"b{i}" / "bundle.json").read_text())
+        assert bundle["outputs"]["label"] == y_test[i] and bundle["agreement"]["agree"]
+        bundles.append(tmp_path / f"b{i}")
+    with run_anvil() as url:
+        record = tmp_path / "deployment.json"
+        run_cli("chain", "deploy", "--rpc", url, "--package", "iris_tuned", "--out", record,
+                home=prover_home, check=True)
+        verifier = json.loads(record.read_text())["models"][0]["verifier"]
+        for b in bundles:
+            proc = run_cli("verify", b, "--rpc", url, "--verifier", verifier, home=prover_home)
+            assert proc.returncode == 0, proc.stderr
+        # and the same deployed verifier refuses a bit-flipped proof and altered instances
+        proof, instances = proof_parts(json.loads((bundles[0] / "bundle.json").read_text())
+                                       ["proof"])
+        verify_onchain(url, verifier, proof, instances)
+        flipped = bytearray(proof)
+        flipped[50] ^= 0x01
+        with pytest.raises(ProofInvalid):
+            verify_onchain(url, verifier, bytes(flipped), instances)
+        with pytest.raises(ProofInvalid):
+            verify_onchain(url, verifier, proof, [*instances[:-1], (instances[-1] + 1)])
+
+
+def test_a_candidate_that_flips_a_label_is_never_chosen(prover_home):
+    """Input scale 2^0 gives iris_mlp's smallest circuit (logrows 10 against 12) and changes
+    a held-out label; scale 2^4 keeps them all. The search measures both (real EZKL)."""
+    from prover.build import reference_source
+    from prover.tune import search
+    from verifier.config import Settings
+
+    flip = CircuitOptions(scale=0, inner_cols=1)
+    keep = CircuitOptions(scale=4, inner_cols=1)
+    result = search(Settings(home=prover_home), reference_source("iris_mlp"),
+                    objective="pk", budget_minutes=30, candidates=[flip, keep])
+    by = {m.options: m for m in result.measurements}
+    flipped, kept = by[flip], by[keep]
+    assert flipped.status == "labels-changed"
+    a = flipped.agreement
+    assert a["percent"] < 100.0 and a["float_label"] != a["circuit_label"]
+    assert "label differs" in flipped.reason
+    assert flipped.logrows < kept.logrows  # it would have been the smallest circuit
+    assert kept.status == "ok" and kept.agreement["percent"] == 100.0
+    assert result.chosen is not flipped
+    assert result.chosen.agreement["percent"] == 100.0
+    assert flipped not in result.front
+    record = result.record()
+    assert {c["status"] for c in record["candidates"]} >= {"ok", "labels-changed"}
+
+
+def _m(label: str, *, pct: float, prove: float, pk: int, gas: int) -> Measurement:
+    m = Measurement(CircuitOptions(scale=len(label)), status="ok" if pct == 100 else
+                    "labels-changed", logrows=10, num_rows=100, inner_cols=1)
+    m.agreement = {"percent": pct, "samples": 10}
+    m.prove_s, m.pk_bytes, m.verify_gas, m.verifier_runtime_bytes = prove, pk, gas, 1000
+    m.verify_s = 0.01
+    return m
+
+
+def test_choose_skips_label_changes_even_when_they_are_best():
+    flipped = _m("a", pct=90.0, prove=0.1, pk=1, gas=1)  # best on every figure
+    fast = _m("bb", pct=100.0, prove=1.0, pk=30, gas=600_000)
+    small = _m("ccc", pct=100.0, prove=2.0, pk=10, gas=500_000)
+    ms = [flipped, fast, small]
+    assert choose(ms, "prove") is fast
+    assert choose(ms, "pk") is small and choose(ms, "gas") is small
+    assert pareto_front(ms) == [fast, small]
+    with pytest.raises(SearchFailed):
+        choose([flipped], "prove")
+
+
+def test_costs_name_the_sigmoid_lookup_and_suggest_tune(tmp_path):
+    """A 6->4 Linear+BatchNorm+Sigmoid model at EZKL's calibrated scale: the Sigmoid lookup
+    table, not the layout, sets logrows; the report says so and suggests tune."""
+    import torch
+
+    from prover import onnx_model
+    from prover.build import calibrate
+    from prover.ezkl_backend import EZKLBackend
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4),
+                              torch.nn.Sigmoid()).eval()
+    torch.onnx.export(net, torch.randn(1, 6), tmp_path / "m.onnx", input_names=["input"],
+                      output_names=["output"], dynamic_axes={"input": {0: "batch"}},
+                      dynamo=False)
+    model = onnx_model.load(tmp_path / "m.onnx")
+    onnx_model.ensure_label_output(model)
+    info = onnx_model.describe(model, True)
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    samples = np.random.default_rng(0).standard_normal((20, 6)).astype(np.float32)
+    calibrate(EZKLBackend(), tmp_path, samples, "public", info.batch_symbols)
+    costs = circuit_costs(json.loads((tmp_path / "settings.json").read_text()))
+    assert costs["biggest"]["what"] == "Sigmoid lookup table"
+    assert costs["biggest"]["rows"] > 10 * costs["parts"][0]["rows"]
+    assert costs["suggest_tune"] and "scale" in costs["suggest_tune"]
+    # and at a low scale the table shrinks below the old logrows
+    low = tmp_path / "low"
+    low.mkdir()
+    (low / "model.onnx").write_bytes(model.SerializeToString())
+    shape = calibrate(EZKLBackend(), low, samples, "public", info.batch_symbols,
+                      CircuitOptions(scale=6))
+    assert shape.logrows <= costs["logrows"] - 2
+
+
+def test_show_names_the_biggest_cost(prover_home, iris_package):
+    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stderr
+    line = next(ln for ln in text.splitlines() if ln.startswith("biggest"))
+    assert "layout" in line and "rows" in line and "%" in line
+
+
+def test_manifest_without_tuning_keeps_its_id(iris_package):
+    raw = json.loads((iris_package / "manifest.json").read_text())
+    assert "tuning" not in raw  # made by 'models add': no search recorded
+    m = Manifest.model_validate(raw)
+    assert m.tuning is None and m.package_id == iris_package.name
+    with_tuning = Manifest.model_validate(raw | {"tuning": {"objective": "prove"}})
+    assert with_tuning.package_id != m.package_id
+
+
+@pytest.mark.parametrize("args, message", [
+    (["models", "add", "iris_mlp", "--budget", "3"], "go with --tune"),
+    (["models", "tune", "iris_mlp", "--budget", "0"], "positive number of minutes"),
+])
+def test_bad_tune_flags_are_refused_in_one_line(home, args, message):
+    proc = run_cli(*args, home=home)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert message in lines[-1] and "Traceback" not in proc.stderr
+    assert not (home / "names").exists()
