@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="authorised EIP-712 signer (needed for signature/either)")
     dep.add_argument("--request-timeout", type=int, default=3600, metavar="SECONDS",
                      help="seconds before a requester may cancel (default: 3600)")
+    dep.add_argument("--allow-dev-srs", action="store_true",
+                     help="deploy verifiers of packages with a development SRS to a chain "
+                     "other than a local one (31337, 1337): their proofs could be forged")
     dep.add_argument("--out", type=Path, metavar="FILE",
                      help="deployment file (default: <home>/deployments/<chain id>.json)")
     dep.add_argument("--json", action="store_true", help="print the deployment as JSON")
@@ -79,7 +82,8 @@ def _deploy(args: argparse.Namespace) -> int:
     print(f"deploying to {'the embedded chain' if chain.embedded else args.rpc} "
           f"(chain id {chain.chain_id}) from {chain.sender}", file=sys.stderr)
     record = deploy_all(chain, packages, policy=args.policy, signer=args.signer,
-                        request_timeout=args.request_timeout)
+                        request_timeout=args.request_timeout,
+                        allow_dev_srs=args.allow_dev_srs)
     out = args.out
     if out is None:
         from verifier.config import Settings

@@ -20,6 +20,10 @@ SRC = Path(__file__).resolve().parent / "src"
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
 DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
 
+# Chains where a development SRS may back a verifier without --allow-dev-srs: anvil/hardhat
+# (31337) and ganache/geth --dev (1337); the embedded chain ends with its process.
+DEV_CHAIN_IDS = frozenset({31337, 1337})
+
 # Oracle.Policy, by name (the Solidity enum's order).
 POLICIES = {"proof": 1, "signature": 2, "either": 3}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
@@ -62,11 +66,14 @@ class PackageModel:
     input_scale: int
     verifier: VerifierArtifact
     package_dir: Path
+    dev_srs: bool = True  # the SRS is not the pinned public ceremony file (verifier.srs)
 
 
 def load_package(folder: Path) -> PackageModel:
-    """Read a circuit package's manifest and compiled verifier (``Verifier.json``)."""
+    """Read a circuit package's manifest and compiled verifier (``Verifier.json``), which
+    must hash as the manifest records: the bytecode deployed is the package's."""
     from verifier.manifest import MANIFEST_FILE, Manifest
+    from verifier.srs import is_ceremony_srs
 
     folder = Path(folder)
     m = Manifest.load(folder / MANIFEST_FILE)
@@ -74,6 +81,9 @@ def load_package(folder: Path) -> PackageModel:
         raise PackageError(f"{folder}: the oracle needs a circuit with public input "
                            f"(this one is {m.input_visibility!r})")
     vj = folder / "Verifier.json"
+    if "Verifier.json" not in m.artifacts:
+        raise PackageError(f"{folder}: the manifest records no Verifier.json hash")
+    m.check_artifacts(folder, ["Verifier.json"])
     try:
         v = json.loads(vj.read_text())
         art = VerifierArtifact(v["abi"], v["bytecode"], v["deployed_bytecode"])
@@ -88,6 +98,7 @@ def load_package(folder: Path) -> PackageModel:
         input_scale=m.input.scale,
         verifier=art,
         package_dir=folder,
+        dev_srs=not is_ceremony_srs(m),
     )
 
 
@@ -128,9 +139,12 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
 
 def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
-               request_timeout: int = DEFAULT_REQUEST_TIMEOUT) -> dict:
+               request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
+               allow_dev_srs: bool = False) -> dict:
     """Deploy the oracle, one verifier per package, register each model; return the
-    deployment record (what ``verinfer chain deploy`` writes)."""
+    deployment record (what ``verinfer chain deploy`` writes). A package with a development
+    SRS is refused on any chain but the embedded one and :data:`DEV_CHAIN_IDS`, unless
+    ``allow_dev_srs``: whoever made that SRS could forge proofs its verifier accepts."""
     from contracts.solc import solc_version
 
     models = [load_package(p) for p in packages]  # fail on a bad package before spending gas
@@ -139,6 +153,12 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         raise InputError("two packages are the same model (same model sha256)")
     if policy != "proof" and not signer:
         raise InputError(f"policy {policy!r} needs --signer ADDRESS")
+    insecure = [m.name for m in models if m.dev_srs]
+    if insecure and not allow_dev_srs and not chain.embedded \
+            and chain.chain_id not in DEV_CHAIN_IDS:
+        raise InputError(f"{', '.join(insecure)}: development SRS (proofs could be forged); "
+                         f"refusing to deploy to chain id {chain.chain_id} without "
+                         f"--allow-dev-srs")
     oracle, oracle_receipt = deploy_oracle(chain, request_timeout)
     record = {
         "format": DEPLOYMENT_FORMAT,

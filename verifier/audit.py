@@ -70,7 +70,7 @@ class Result:
     reason: str | None = None
     model: str | None = None
     label: int | list[int] | None = None
-    dev_srs: bool | None = None  # bundles: the package uses an insecure development SRS
+    dev_srs: bool | None = None  # bundles: passed with a non-ceremony SRS (--allow-dev-srs)
 
     def line(self) -> str:
         if self.outcome == "ok":
@@ -218,6 +218,8 @@ class Auditor:
     trusted_eth_signers: set[str] | None = None
     # receipts must be for one of ``packages``' models (when --models was given)
     require_known_model: bool = False
+    # accept bundles whose package has a development (insecure) SRS
+    allow_dev_srs: bool = False
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
     _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
 
@@ -272,8 +274,11 @@ class Auditor:
                              f"the audited models (--models DIR)")
         manifest, _ = verify_signed_bundle(
             bundle, self.packages[pid], self.jwks,
-            trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid))
-        return manifest.name, bundle.outputs.label, manifest.srs.insecure
+            trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid),
+            allow_dev_srs=self.allow_dev_srs)
+        from verifier.srs import is_ceremony_srs
+
+        return manifest.name, bundle.outputs.label, not is_ceremony_srs(manifest)
 
 
 # --- running ---------------------------------------------------------------------------

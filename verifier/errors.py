@@ -57,3 +57,7 @@ class DigestMismatch(VerificationError):
 
 class LinkBroken(VerificationError):
     """Two items that should describe the same thing do not (e.g. labels differ)."""
+
+
+class InsecureSRS(VerificationError):
+    """A circuit package's SRS is not the public ceremony's: its proofs could be forged."""

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from verifier.cli import main
-from verifier.manifest import SRSInfo, TensorSpec
+from verifier.manifest import Artifact, SRSInfo, TensorSpec
 
 pytestmark = pytest.mark.chain
 
@@ -68,10 +68,13 @@ def iris_package(iris_proofs, tmp_path_factory):
         label_output=1, srs=SRSInfo(logrows=c.logrows, sha256="00" * 32, source="development",
                                     insecure=True),
         artifacts={}, calibration={}, preflight={})
-    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
     v = c.verifier
-    (folder / "Verifier.json").write_text(json.dumps(
+    vj = folder / "Verifier.json"
+    vj.write_text(json.dumps(
         {"abi": v.abi, "bytecode": v.bytecode, "deployed_bytecode": v.deployed_bytecode}))
+    manifest = manifest.model_copy(update={"artifacts": {"Verifier.json": Artifact(
+        sha256=hashlib.sha256(vj.read_bytes()).hexdigest(), bytes=vj.stat().st_size)}})
+    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
     return folder
 
 
