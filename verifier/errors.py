@@ -61,3 +61,7 @@ class LinkBroken(VerificationError):
 
 class InsecureSRS(VerificationError):
     """A circuit package's SRS is not the public ceremony's: its proofs could be forged."""
+
+
+class KeyRevoked(VerificationError):
+    """The signing key was revoked before the time the item says it was signed."""

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from verifier.digests import canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
-from verifier.keys import find_key
+from verifier.keys import check_not_revoked, find_key
 from verifier.tensors import tensor_digest
 
 RECEIPT_FORMAT = "verinfer.receipt/v1"
@@ -199,6 +199,7 @@ def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
         raise SignatureInvalid(f"signed payload is not a verinfer statement: {exc.errors()[0]['msg']}") from None
     if statement.predicate.keyId not in kids:
         raise LinkBroken("predicate keyId is not the key that signed the envelope")
+    check_not_revoked(jwks, statement.predicate.keyId, statement.predicate.time)
     _check_subjects(statement)
     return statement
 
