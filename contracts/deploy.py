@@ -19,6 +19,7 @@ from verifier.errors import InputError, PackageError
 SRC = Path(__file__).resolve().parent / "src"
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
 DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
+DEFAULT_UPDATE_DELAY = 86_400  # seconds between announcing a model update and its effect
 
 # Chains where a development SRS may back a verifier without --allow-dev-srs: anvil/hardhat
 # (31337) and ganache/geth --dev (1337); the embedded chain ends with its process.
@@ -102,10 +103,11 @@ def load_package(folder: Path) -> PackageModel:
     )
 
 
-def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT):
+def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
+                  update_delay: int = DEFAULT_UPDATE_DELAY):
     """Deploy VerinferOracle; return (web3 contract, receipt)."""
     c = compiled()["VerinferOracle"]
-    address, receipt = chain.deploy(c.abi, c.bytecode, request_timeout)
+    address, receipt = chain.deploy(c.abi, c.bytecode, request_timeout, update_delay)
     return chain.contract(address, c.abi), receipt
 
 
@@ -140,7 +142,7 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
 def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
                request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
-               allow_dev_srs: bool = False) -> dict:
+               allow_dev_srs: bool = False, update_delay: int = DEFAULT_UPDATE_DELAY) -> dict:
     """Deploy the oracle, one verifier per package, register each model; return the
     deployment record (what ``verinfer chain deploy`` writes). A package with a development
     SRS is refused on any chain but the embedded one and :data:`DEV_CHAIN_IDS`, unless
@@ -159,7 +161,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         raise InputError(f"{', '.join(insecure)}: development SRS (proofs could be forged); "
                          f"refusing to deploy to chain id {chain.chain_id} without "
                          f"--allow-dev-srs")
-    oracle, oracle_receipt = deploy_oracle(chain, request_timeout)
+    oracle, oracle_receipt = deploy_oracle(chain, request_timeout, update_delay)
     record = {
         "format": DEPLOYMENT_FORMAT,
         "chain_id": chain.chain_id,
@@ -173,6 +175,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "tx": oracle_receipt["transactionHash"].hex(),
             "gas_used": oracle_receipt["gasUsed"],
             "request_timeout": request_timeout,
+            "update_delay": update_delay,
         },
         "models": [],
     }

@@ -85,8 +85,17 @@ def test_owner_only_and_model_config_errors(w):
         c.transact(o.updateModel(b"\x09" * 32, w.mock.address, 1, ZERO))
     with reverts("ZeroAddress"):
         c.transact(o.transferOwnership(ZERO))
-    c.transact(o.transferOwnership(other))
-    assert o.owner().call() == other
+    owner = o.owner().call()
+    c.transact(o.transferOwnership(other))  # two steps: nothing moves until accepted
+    assert o.owner().call() == owner and o.pendingOwner().call() == other
+    with reverts("NotPendingOwner", w.relayer):
+        c.transact(o.acceptOwnership(), sender=w.relayer)
+    receipt = c.transact(o.acceptOwnership(), sender=other)
+    (ev,) = w.events(receipt, "OwnershipTransferred")
+    assert (ev["previousOwner"], ev["newOwner"]) == (owner, other)
+    assert o.owner().call() == other and o.pendingOwner().call() == ZERO
+    with reverts("NotOwner", owner):
+        c.transact(o.transferOwnership(owner))
 
 
 # -- requests ------------------------------------------------------------------------
