@@ -25,6 +25,8 @@ DEFAULT_UPDATE_DELAY = 86_400  # seconds between announcing a model update and i
 # (31337) and ganache/geth --dev (1337); the embedded chain ends with its process.
 DEV_CHAIN_IDS = frozenset({31337, 1337})
 
+MAX_INPUT_BOUND = 2**128 - 1  # the oracle's largest maxAbsInput (uint128)
+
 # Oracle.Policy, by name (the Solidity enum's order).
 POLICIES = {"proof": 1, "signature": 2, "either": 3}
 POLICY_NAMES = {v: k for k, v in POLICIES.items()}
@@ -67,6 +69,8 @@ class PackageModel:
     input_scale: int
     verifier: VerifierArtifact
     package_dir: Path
+    num_instances: int  # public instances: the input, the outputs (logits, label)
+    max_abs_input: int  # largest |q| the circuit's range checks represent
     dev_srs: bool = True  # the SRS is not the pinned public ceremony file (verifier.srs)
 
 
@@ -92,6 +96,11 @@ def load_package(folder: Path) -> PackageModel:
         raise PackageError(f"{vj}: no usable compiled verifier ({type(exc).__name__})") from None
     if m.input.scale is None:
         raise PackageError(f"{folder}: manifest has no input scale")
+    m.check_artifacts(folder, ["settings.json"])
+    ra = json.loads((folder / "settings.json").read_text())["run_args"]
+    # EZKL range-checks values by decomposing them into decomp_legs digits of decomp_base: it
+    # represents |q| < base**legs / 2 and no more (an input beyond cannot even be witnessed).
+    max_abs = int(ra["decomp_base"]) ** int(ra["decomp_legs"]) // 2 - 1
     return PackageModel(
         name=m.name,
         model_id=bytes.fromhex(m.model_sha256),
@@ -99,6 +108,8 @@ def load_package(folder: Path) -> PackageModel:
         input_scale=m.input.scale,
         verifier=art,
         package_dir=folder,
+        num_instances=math.prod(m.input.shape) + sum(math.prod(o.shape) for o in m.outputs),
+        max_abs_input=min(max_abs, MAX_INPUT_BOUND),
         dev_srs=not is_ceremony_srs(m),
     )
 
@@ -129,12 +140,14 @@ def deploy_consumer(chain: Chain, oracle_address: str, model_id: bytes,
 
 def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | None,
                    input_length: int, input_scale: int, policy: str,
-                   signer: str | None) -> dict:
+                   signer: str | None, num_instances: int,
+                   max_abs_input: int = MAX_INPUT_BOUND, min_fee: int = 0) -> dict:
     if policy not in POLICIES:
         raise InputError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
     zero = "0x" + "00" * 20
     fn = oracle.functions.registerModel(
-        model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero
+        model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero,
+        num_instances, max_abs_input, min_fee,
     )
     return chain.transact(fn)
 
@@ -142,7 +155,8 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
 def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
                request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
-               allow_dev_srs: bool = False, update_delay: int = DEFAULT_UPDATE_DELAY) -> dict:
+               allow_dev_srs: bool = False, update_delay: int = DEFAULT_UPDATE_DELAY,
+               min_fee: int = 0) -> dict:
     """Deploy the oracle, one verifier per package, register each model; return the
     deployment record (what ``verinfer chain deploy`` writes). A package with a development
     SRS is refused on any chain but the embedded one and :data:`DEV_CHAIN_IDS`, unless
@@ -183,7 +197,8 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         address, vrec = deploy_verifier(chain, m.verifier)
         rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
                               input_length=m.input_length, input_scale=m.input_scale,
-                              policy=policy, signer=signer)
+                              policy=policy, signer=signer, num_instances=m.num_instances,
+                              max_abs_input=m.max_abs_input, min_fee=min_fee)
         record["models"].append({
             "name": m.name,
             "model_id": "0x" + m.model_id.hex(),
@@ -193,6 +208,9 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "verifier_runtime_bytes": m.verifier.runtime_size,
             "input_length": m.input_length,
             "input_scale": m.input_scale,
+            "num_instances": m.num_instances,
+            "max_abs_input": m.max_abs_input,
+            "min_fee": min_fee,
             "policy": policy,
             "signer": signer,
             "register_tx": rrec["transactionHash"].hex(),

@@ -46,6 +46,9 @@ contract VerinferOracle {
         uint8 inputScale; // fixed-point scale: q = round(x * 2**inputScale); for clients
         Policy policy;
         address verifier; // EZKL Halo2Verifier for this model (zero if the policy has no proof path)
+        uint32 numInstances; // public instances of a proof: inputs, outputs, the label last
+        uint96 minFee; // wei a request must bring at least
+        uint128 maxAbsInput; // |input[i]| <= this: what the circuit's range checks represent
     }
 
     struct Request {
@@ -122,8 +125,12 @@ contract VerinferOracle {
         uint32 inputLength,
         uint8 inputScale,
         Policy policy,
-        address signer
+        address signer,
+        uint32 numInstances,
+        uint128 maxAbsInput,
+        uint96 minFee
     );
+    event MinFeeSet(bytes32 indexed modelId, uint96 minFee);
     /// @notice An update is announced: requesters see it `updateDelay` seconds before it applies.
     event ModelUpdateScheduled(
         bytes32 indexed modelId, address verifier, Policy policy, address signer, uint256 effectiveAt
@@ -182,13 +189,20 @@ contract VerinferOracle {
     error InvalidPolicy();
     /// @notice registerModel: a model needs at least one input.
     error InvalidInputLength();
+    /// @notice registerModel: numInstances < inputLength + 1 (inputs and a label at least).
+    error InvalidInstanceCount(uint256 numInstances, uint256 minimum);
+    /// @notice registerModel: maxAbsInput is zero.
+    error InvalidInputBound();
+    /// @notice requestClassification: msg.value is below the model's minimum fee.
+    error FeeTooLow(uint256 sent, uint256 minimum);
     /// @notice registerModel, updateModel: the policy has a proof path but `verifier` has no code.
     error VerifierHasNoCode(address verifier);
     /// @notice registerModel, updateModel: the policy has a signature path but no signer.
     error ZeroSigner();
     /// @notice requestClassification: the input has the wrong number of elements.
     error InputLengthMismatch(uint256 expected, uint256 actual);
-    /// @notice requestClassification: |input[index]| >= MAX_ABS_INPUT.
+    /// @notice requestClassification: |input[index]| > the model's maxAbsInput (the circuit
+    ///         cannot represent it: no proof could ever answer).
     error InputOutOfRange(uint256 index, int256 value);
     /// @notice requestClassification: callbackGasLimit > MAX_CALLBACK_GAS_LIMIT.
     error CallbackGasLimitTooHigh(uint256 requested, uint256 max);
@@ -204,8 +218,8 @@ contract VerinferOracle {
     error ProofPathDisabled(bytes32 modelId);
     /// @notice fulfillWithSignature: the request's policy is ProofOnly.
     error SignaturePathDisabled(bytes32 modelId);
-    /// @notice fulfillWithProof, verifyInference: fewer instances than the inputs plus a label.
-    error InstancesTooShort(uint256 minimum, uint256 actual);
+    /// @notice fulfillWithProof, verifyInference: not the model's number of public instances.
+    error InstanceCountMismatch(uint256 expected, uint256 actual);
     /// @notice fulfillWithProof, verifyInference: instance `index` is not a field element.
     error InstanceNotInField(uint256 index);
     /// @notice fulfillWithProof: the proof's public inputs are not the requested input (a proof
@@ -275,26 +289,48 @@ contract VerinferOracle {
         pendingOwner = address(0);
     }
 
-    /// @notice Register a model. Its id, input length and scale never change afterwards.
+    /// @notice Register a model. Its id, input length, scale, instance count and input bound
+    ///         never change afterwards (a verifier update must keep the circuit's shape).
     /// @param modelId    the model's id (verinfer uses the sha256 of the ONNX file)
     /// @param verifier   its EZKL Halo2Verifier (may be zero for SignatureOnly)
     /// @param inputLength number of inputs = the circuit's public inputs, before its outputs
     /// @param inputScale fixed-point scale of the inputs
     /// @param policy     ProofOnly, SignatureOnly or ProofOrSignature
     /// @param signer     authorised EIP-712 signer (may be zero for ProofOnly)
+    /// @param numInstances the circuit's public instances (inputs, outputs, label)
+    /// @param maxAbsInput  largest |input| the circuit represents (its range checks)
+    /// @param minFee     least fee (wei) a request must bring
     function registerModel(
         bytes32 modelId,
         address verifier,
         uint32 inputLength,
         uint8 inputScale,
         Policy policy,
-        address signer
+        address signer,
+        uint32 numInstances,
+        uint128 maxAbsInput,
+        uint96 minFee
     ) external onlyOwner {
         if (models[modelId].policy != Policy.Unregistered) revert ModelAlreadyRegistered(modelId);
         if (inputLength == 0) revert InvalidInputLength();
+        if (numInstances < uint256(inputLength) + 1) {
+            revert InvalidInstanceCount(numInstances, uint256(inputLength) + 1);
+        }
+        if (maxAbsInput == 0) revert InvalidInputBound();
         _checkPaths(verifier, policy, signer);
-        models[modelId] = Model(signer, inputLength, inputScale, policy, verifier);
-        emit ModelRegistered(modelId, verifier, inputLength, inputScale, policy, signer);
+        models[modelId] =
+            Model(signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput);
+        emit ModelRegistered(
+            modelId, verifier, inputLength, inputScale, policy, signer, numInstances, maxAbsInput, minFee
+        );
+    }
+
+    /// @notice Change a model's minimum fee; applies to requests made afterwards.
+    function setMinFee(bytes32 modelId, uint96 minFee) external onlyOwner {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        m.minFee = minFee;
+        emit MinFeeSet(modelId, minFee);
     }
 
     /// @notice Announce a change of a model's verifier, policy or signer (e.g. key rotation). It
@@ -350,9 +386,11 @@ contract VerinferOracle {
         if (callbackGasLimit > MAX_CALLBACK_GAS_LIMIT) {
             revert CallbackGasLimitTooHigh(callbackGasLimit, MAX_CALLBACK_GAS_LIMIT);
         }
+        if (msg.value < m.minFee) revert FeeTooLow(msg.value, m.minFee);
+        int256 bound = int256(uint256(m.maxAbsInput));
         for (uint256 i; i < input.length; ++i) {
             int256 x = input[i];
-            if (x >= int256(MAX_ABS_INPUT) || x <= -int256(MAX_ABS_INPUT)) revert InputOutOfRange(i, x);
+            if (x > bound || x < -bound) revert InputOutOfRange(i, x);
         }
         bytes32 commitment = keccak256(abi.encode(input));
         requestId = keccak256(abi.encode(block.chainid, address(this), ++requestCount));
@@ -384,8 +422,9 @@ contract VerinferOracle {
         _requireOpen(r, requestId);
         bytes32 modelId = r.modelId;
         if (r.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
+        Model storage m = models[modelId];
         uint256 label =
-            _checkProof(r.verifier, models[modelId].inputLength, r.inputCommitment, proof, instances, requestId);
+            _checkProof(r.verifier, m.inputLength, m.numInstances, r.inputCommitment, proof, instances, requestId);
         _fulfil(r, requestId, modelId, label, true);
     }
 
@@ -446,7 +485,8 @@ contract VerinferOracle {
         if (m.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
         if (output.length != 32) revert MalformedInference();
         (bytes memory proofBytes, uint256[] memory instances) = abi.decode(proof, (bytes, uint256[]));
-        uint256 label = _checkProof(m.verifier, m.inputLength, inputCommitment, proofBytes, instances, bytes32(0));
+        uint256 label =
+            _checkProof(m.verifier, m.inputLength, m.numInstances, inputCommitment, proofBytes, instances, bytes32(0));
         if (label != abi.decode(output, (uint256))) revert OutputMismatch();
         emit InferenceVerified(modelId, inputCommitment, keccak256(output), msg.sender);
         return true;
@@ -512,17 +552,18 @@ contract VerinferOracle {
         revert RequestIsCancelled(requestId);
     }
 
-    /// @dev The checks of a proof answer: instance count, input commitment, label range, then
+    /// @dev The checks of a proof answer: instance count (numInstances >= n + 1), input commitment, label range, then
     ///      the verifier. Returns the label (the last instance).
     function _checkProof(
         address verifier,
         uint256 n,
+        uint256 numInstances,
         bytes32 commitment,
         bytes memory proof,
         uint256[] memory instances,
         bytes32 requestId
     ) private returns (uint256 label) {
-        if (instances.length < n + 1) revert InstancesTooShort(n + 1, instances.length);
+        if (instances.length != numInstances) revert InstanceCountMismatch(numInstances, instances.length);
         if (_commitInstances(instances, n) != commitment) revert InputMismatch(requestId);
         label = instances[instances.length - 1];
         if (label > MAX_LABEL) revert LabelOutOfRange(label);

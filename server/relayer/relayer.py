@@ -240,7 +240,7 @@ class Relayer:
         model = self.models.get(ev.model_id)
         if model is None:
             raise _Skip(f"model 0x{ev.model_id.hex()} is not served by this relayer")
-        _signer, n, scale, policy, _verifier = self.oracle.functions.models(ev.model_id).call()
+        _signer, n, scale, policy, *_ = self.oracle.functions.models(ev.model_id).call()
         if policy == 0:
             raise _Skip(f"model {model.name} is not registered in the oracle")
         if n != model.input_length or len(ev.input) != model.input_length:

@@ -21,7 +21,7 @@ def w(chain):
 
 
 def _instances(q, label=1):
-    return [int_to_felt(x) for x in q] + [5, 7, label]
+    return [int_to_felt(x) for x in q] + [5, 7, 9, label]  # 4 inputs, 3 logits, the label
 
 
 def _mock(w, mode: int):
@@ -129,7 +129,7 @@ def test_verify_inference_errors_with_stand_in_verifier(w):
         c.call(o.verifyInference(M_PROOF, input_commitment([1, 2, 3, 4]), label2, proof))
     with reverts("MalformedInference"):
         c.call(o.verifyInference(M_PROOF, com, label2 + b"\x00", proof))
-    with reverts("InstancesTooShort", 5, 3):
+    with reverts("InstanceCountMismatch", 8, 3):
         c.call(o.verifyInference(M_PROOF, com, label2,
                                  encode(["bytes", "uint256[]"], [b"p", [1, 2, 3]])))
     with reverts("UnknownModel", b"\x09" * 32):

@@ -26,7 +26,8 @@ def _deploy_iris(w, iris_proofs, policy="either"):
         w.chain, VerifierArtifact.from_compiled(iris_proofs.circuit.verifier))
     deploy.register_model(w.chain, w.oracle, model_id=M_IRIS, verifier=address,
                           input_length=4, input_scale=iris_proofs.circuit.input_scale,
-                          policy=policy, signer=w.signer.address)
+                          policy=policy, signer=w.signer.address,
+                          num_instances=len(iris_proofs.a.instances))
     return address
 
 

@@ -49,7 +49,7 @@ def test_verifier_json_that_is_not_the_manifests_is_refused(iris_package, tmp_pa
                                                             embedded_chain):
     pkg = tmp_path / "pkg"
     pkg.mkdir()
-    for name in ("manifest.json", "Verifier.json"):
+    for name in ("manifest.json", "Verifier.json", "settings.json"):
         shutil.copyfile(iris_package / name, pkg / name)
     deploy.load_package(pkg)  # the copy is intact
     v = json.loads((pkg / "Verifier.json").read_text())
@@ -59,3 +59,26 @@ def test_verifier_json_that_is_not_the_manifests_is_refused(iris_package, tmp_pa
         deploy.load_package(pkg)
     with pytest.raises(PackageError):
         deploy.deploy_all(embedded_chain, [pkg])
+
+
+def test_registered_input_bound_refuses_an_unprovable_input_at_request_time(anvil_chain,
+                                                                           iris_package):
+    """The issue's input: [2^36, 0, 0, 0] for iris_mlp cannot be witnessed by EZKL (range checks
+    of 4 legs of 2^9); the oracle refuses it when requested, so no fee is locked for it."""
+    from relay_world import consumer
+
+    from contracts.chain import ContractRevert
+
+    record = deploy.deploy_all(anvil_chain, [iris_package], min_fee=10)
+    (m,) = record["models"]
+    settings = json.loads((iris_package / "settings.json").read_text())["run_args"]
+    assert (settings["decomp_base"], settings["decomp_legs"]) == (512, 4)
+    assert m["max_abs_input"] == 2**35 - 1 and m["num_instances"] == 4 + 3 + 1
+    cons = consumer(anvil_chain, record["oracle"]["address"], bytes.fromhex(m["model_id"][2:]))
+    with pytest.raises(ContractRevert) as info:
+        anvil_chain.transact(cons.functions.classify([2**36, 0, 0, 0]), value=10)
+    assert info.value.error == "InputOutOfRange" and info.value.error_args == (0, 2**36)
+    with pytest.raises(ContractRevert) as info:
+        anvil_chain.transact(cons.functions.classify([1, 0, 0, 0]), value=9)
+    assert info.value.error == "FeeTooLow" and info.value.error_args == (9, 10)
+    anvil_chain.transact(cons.functions.classify([1, 0, 0, 0]), value=10)
