@@ -93,7 +93,8 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> d
     model_id = bytes.fromhex(m.model_sha256)
     deploy.register_model(chain, w.oracle, model_id=model_id, verifier=address,
                           input_length=n, input_scale=m.input.scale,
-                          policy="either", signer=w.signer.address)
+                          policy="either", signer=w.signer.address,
+                          num_instances=len(instances))
     fee = 10**15
     rid, rrec = w.request(q=q, model_id=model_id, fee=fee)
     row["requestClassification_gas"] = rrec["gasUsed"]

@@ -37,6 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="authorised EIP-712 signer (needed for signature/either)")
     dep.add_argument("--request-timeout", type=int, default=3600, metavar="SECONDS",
                      help="seconds before a requester may cancel (default: 3600)")
+    dep.add_argument("--min-fee", type=int, default=0, metavar="WEI",
+                     help="least fee a request for these models must bring (default: 0)")
+    dep.add_argument("--update-delay", type=int, default=86_400, metavar="SECONDS",
+                     help="seconds between announcing a model update (updateModel) and its "
+                     "taking effect, so requesters see it coming (default: 86400)")
+    dep.add_argument("--allow-dev-srs", action="store_true",
+                     help="deploy verifiers of packages with a development SRS to a chain "
+                     "other than a local one (31337, 1337): their proofs could be forged")
     dep.add_argument("--out", type=Path, metavar="FILE",
                      help="deployment file (default: <home>/deployments/<chain id>.json)")
     dep.add_argument("--json", action="store_true", help="print the deployment as JSON")
@@ -94,6 +102,10 @@ def _deploy(args: argparse.Namespace) -> int:
         raise InputError(f"--signer is not an address: {args.signer!r}")
     if args.request_timeout < 0:
         raise InputError("--request-timeout must be >= 0")
+    if not 0 <= args.min_fee < 2**96:
+        raise InputError("--min-fee must be between 0 and 2**96 - 1 wei")
+    if args.update_delay < 0:
+        raise InputError("--update-delay must be >= 0")
     packages = ([_resolve_package(r) for r in args.package] if args.package
                 else _registered_packages())
     key_file = args.key_file or (key_file_from_env() if args.rpc else None)
@@ -101,7 +113,9 @@ def _deploy(args: argparse.Namespace) -> int:
     print(f"deploying to {'the embedded chain' if chain.embedded else args.rpc} "
           f"(chain id {chain.chain_id}) from {chain.sender}", file=sys.stderr)
     record = deploy_all(chain, packages, policy=args.policy, signer=args.signer,
-                        request_timeout=args.request_timeout)
+                        request_timeout=args.request_timeout,
+                        allow_dev_srs=args.allow_dev_srs, update_delay=args.update_delay,
+                        min_fee=args.min_fee)
     out = args.out
     if out is None:
         from verifier.config import Settings

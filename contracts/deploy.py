@@ -17,6 +17,13 @@ from verifier.errors import InputError, PackageError
 
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
 DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
+DEFAULT_UPDATE_DELAY = 86_400  # seconds between announcing a model update and its effect
+
+# Chains where a development SRS may back a verifier without --allow-dev-srs: anvil/hardhat
+# (31337) and ganache/geth --dev (1337); the embedded chain ends with its process.
+DEV_CHAIN_IDS = frozenset({31337, 1337})
+
+MAX_INPUT_BOUND = 2**128 - 1  # the oracle's largest maxAbsInput (uint128)
 
 # Oracle.Policy, by name (the Solidity enum's order).
 POLICIES = {"proof": 1, "signature": 2, "either": 3}
@@ -54,11 +61,16 @@ class PackageModel:
     input_scale: int
     verifier: VerifierArtifact
     package_dir: Path
+    num_instances: int  # public instances: the input, the outputs (logits, label)
+    max_abs_input: int  # largest |q| the circuit's range checks represent
+    dev_srs: bool = True  # the SRS is not the pinned public ceremony file (verifier.srs)
 
 
 def load_package(folder: Path) -> PackageModel:
-    """Read a circuit package's manifest and compiled verifier (``Verifier.json``)."""
+    """Read a circuit package's manifest and compiled verifier (``Verifier.json``), which
+    must hash as the manifest records: the bytecode deployed is the package's."""
     from verifier.packages import read_manifest
+    from verifier.srs import is_ceremony_srs
 
     folder = Path(folder)
     m = read_manifest(folder)
@@ -66,6 +78,9 @@ def load_package(folder: Path) -> PackageModel:
         raise PackageError(f"{folder}: the oracle needs a circuit with public input "
                            f"(this one is {m.input_visibility!r})")
     vj = folder / "Verifier.json"
+    if "Verifier.json" not in m.artifacts:
+        raise PackageError(f"{folder}: the manifest records no Verifier.json hash")
+    m.check_artifacts(folder, ["Verifier.json"])
     try:
         v = json.loads(vj.read_text())
         art = VerifierArtifact(v["abi"], v["bytecode"], v["deployed_bytecode"])
@@ -73,6 +88,11 @@ def load_package(folder: Path) -> PackageModel:
         raise PackageError(f"{vj}: no usable compiled verifier ({type(exc).__name__})") from None
     if m.input.scale is None:
         raise PackageError(f"{folder}: manifest has no input scale")
+    m.check_artifacts(folder, ["settings.json"])
+    ra = json.loads((folder / "settings.json").read_text())["run_args"]
+    # EZKL range-checks values by decomposing them into decomp_legs digits of decomp_base: it
+    # represents |q| < base**legs / 2 and no more (an input beyond cannot even be witnessed).
+    max_abs = int(ra["decomp_base"]) ** int(ra["decomp_legs"]) // 2 - 1
     return PackageModel(
         name=m.name,
         model_id=bytes.fromhex(m.model_sha256),
@@ -80,13 +100,17 @@ def load_package(folder: Path) -> PackageModel:
         input_scale=m.input.scale,
         verifier=art,
         package_dir=folder,
+        num_instances=math.prod(m.input.shape) + sum(math.prod(o.shape) for o in m.outputs),
+        max_abs_input=min(max_abs, MAX_INPUT_BOUND),
+        dev_srs=not is_ceremony_srs(m),
     )
 
 
-def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT):
+def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
+                  update_delay: int = DEFAULT_UPDATE_DELAY):
     """Deploy VerinferOracle; return (web3 contract, receipt)."""
     c = compiled()["VerinferOracle"]
-    address, receipt = chain.deploy(c.abi, c.bytecode, request_timeout)
+    address, receipt = chain.deploy(c.abi, c.bytecode, request_timeout, update_delay)
     return chain.contract(address, c.abi), receipt
 
 
@@ -108,12 +132,14 @@ def deploy_consumer(chain: Chain, oracle_address: str, model_id: bytes,
 
 def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | None,
                    input_length: int, input_scale: int, policy: str,
-                   signer: str | None) -> dict:
+                   signer: str | None, num_instances: int,
+                   max_abs_input: int = MAX_INPUT_BOUND, min_fee: int = 0) -> dict:
     if policy not in POLICIES:
         raise InputError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
     zero = "0x" + "00" * 20
     fn = oracle.functions.registerModel(
-        model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero
+        model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero,
+        num_instances, max_abs_input, min_fee,
     )
     return chain.transact(fn)
 
@@ -126,9 +152,13 @@ def tx_hex(tx_hash) -> str:
 
 def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
-               request_timeout: int = DEFAULT_REQUEST_TIMEOUT) -> dict:
+               request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
+               allow_dev_srs: bool = False, update_delay: int = DEFAULT_UPDATE_DELAY,
+               min_fee: int = 0) -> dict:
     """Deploy the oracle, one verifier per package, register each model; return the
-    deployment record (what ``verinfer chain deploy`` writes)."""
+    deployment record (what ``verinfer chain deploy`` writes). A package with a development
+    SRS is refused on any chain but the embedded one and :data:`DEV_CHAIN_IDS`, unless
+    ``allow_dev_srs``: whoever made that SRS could forge proofs its verifier accepts."""
     from contracts.solc import solc_version
 
     models = [load_package(p) for p in packages]  # fail on a bad package before spending gas
@@ -137,7 +167,13 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         raise InputError("two packages are the same model (same model sha256)")
     if policy != "proof" and not signer:
         raise InputError(f"policy {policy!r} needs --signer ADDRESS")
-    oracle, oracle_receipt = deploy_oracle(chain, request_timeout)
+    insecure = [m.name for m in models if m.dev_srs]
+    if insecure and not allow_dev_srs and not chain.embedded \
+            and chain.chain_id not in DEV_CHAIN_IDS:
+        raise InputError(f"{', '.join(insecure)}: development SRS (proofs could be forged); "
+                         f"refusing to deploy to chain id {chain.chain_id} without "
+                         f"--allow-dev-srs")
+    oracle, oracle_receipt = deploy_oracle(chain, request_timeout, update_delay)
     record = {
         "format": DEPLOYMENT_FORMAT,
         "chain_id": chain.chain_id,
@@ -151,6 +187,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "tx": tx_hex(oracle_receipt["transactionHash"]),
             "gas_used": oracle_receipt["gasUsed"],
             "request_timeout": request_timeout,
+            "update_delay": update_delay,
         },
         "models": [],
     }
@@ -158,7 +195,8 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         address, vrec = deploy_verifier(chain, m.verifier)
         rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
                               input_length=m.input_length, input_scale=m.input_scale,
-                              policy=policy, signer=signer)
+                              policy=policy, signer=signer, num_instances=m.num_instances,
+                              max_abs_input=m.max_abs_input, min_fee=min_fee)
         record["models"].append({
             "name": m.name,
             "model_id": "0x" + m.model_id.hex(),
@@ -168,6 +206,9 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "verifier_runtime_bytes": m.verifier.runtime_size,
             "input_length": m.input_length,
             "input_scale": m.input_scale,
+            "num_instances": m.num_instances,
+            "max_abs_input": m.max_abs_input,
+            "min_fee": min_fee,
             "policy": policy,
             "signer": signer,
             "register_tx": tx_hex(rrec["transactionHash"]),

@@ -7,9 +7,10 @@ every command that uses them says so.
 
 Ceremony SRS: a file the user brings (``--srs FILE``), checked against the
 SHA-256 published for that logrows before use. Hashes are pinned in
-``prover/srs_ceremony.json``; see the ``source`` field there for where they
-come from. A logrows without a pinned hash needs ``--srs-sha256`` (the hash
-the user took from the ceremony's publication); a mismatch is refused.
+``verifier/srs_ceremony.json`` (the verifier checks packages against the same
+table; its ``source`` field cites where they come from). A logrows without a
+pinned hash needs ``--srs-sha256``; where one is pinned it always wins, and a
+mismatch is refused.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from pathlib import Path
 from prover.backend import ProofSystem
 from verifier.digests import sha256_file
 from verifier.errors import InputError
-
-CEREMONY_HASHES = Path(__file__).with_name("srs_ceremony.json")
+from verifier.srs import pinned_ceremony_hash
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,17 @@ def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
     return SRSFile(path=path, logrows=logrows, sha256=recorded["sha256"], source="development")
 
 
-def pinned_ceremony_hash(logrows: int) -> str | None:
-    table = json.loads(CEREMONY_HASHES.read_text())
-    return table.get("sha256_by_logrows", {}).get(str(logrows))
-
-
 def ceremony_srs(path: Path, logrows: int, expected_sha256: str | None = None) -> SRSFile:
     """Check a user's ceremony SRS file against the published hash for ``logrows``."""
     if not path.is_file():
         raise InputError(f"{path}: no such SRS file")
-    expected = expected_sha256 or pinned_ceremony_hash(logrows)
+    pinned = pinned_ceremony_hash(logrows)
+    if pinned is not None and expected_sha256 and expected_sha256.lower() != pinned:
+        raise InputError(
+            f"--srs-sha256 {expected_sha256.lower()} is not the pinned ceremony hash for "
+            f"logrows={logrows} ({pinned}); refusing this SRS"
+        )
+    expected = pinned or expected_sha256
     if expected is None:
         raise InputError(
             f"no published SHA-256 is pinned for a logrows={logrows} SRS: pass the ceremony's "

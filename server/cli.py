@@ -1,4 +1,4 @@
-"""``verinfer serve`` and ``verinfer keys {rotate,list}``. Heavy imports happen in handlers."""
+"""``verinfer serve`` and ``verinfer keys {rotate,revoke,list}``. Heavy imports happen in handlers."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ def register_keys(sub: argparse._SubParsersAction) -> None:
     r = ksub.add_parser("rotate", help="make a new Ed25519 signing key active; old public keys stay in the JWKS")
     r.add_argument("--json", action="store_true", help="print the new key id as JSON on stdout")
     r.set_defaults(handler=keys_rotate)
+    rv = ksub.add_parser("revoke", help="revoke a signing key: it stays in the JWKS marked revoked "
+                         "(receipts it signs from now on fail), its private key file is deleted")
+    rv.add_argument("kid", metavar="KID", help="the key id (see `keys list`)")
+    rv.add_argument("--json", action="store_true", help="print the revocation as JSON on stdout")
+    rv.set_defaults(handler=keys_revoke)
     ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer address")
     ls.add_argument("--json", action="store_true", help="print the JWKS as JSON on stdout")
     ls.set_defaults(handler=keys_list)
@@ -175,6 +180,20 @@ def keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_revoke(args: argparse.Namespace) -> int:
+    from server.receipts.keys import load_keys, revoke_ed25519
+
+    settings = _settings()
+    load_keys(settings, create=False)  # the data dir's keys exist and are safe first
+    done = revoke_ed25519(settings, args.kid)
+    if args.json:
+        print(json.dumps(done))
+    print(f"OK: key {done['kid']} revoked at {done['revoked_at']} (its private key file is "
+          f"deleted; it stays in the JWKS marked revoked); active key: {done['active']}",
+          file=sys.stderr)
+    return 0
+
+
 def keys_list(args: argparse.Namespace) -> int:
     from server.receipts.keys import load_keys
 
@@ -183,7 +202,8 @@ def keys_list(args: argparse.Namespace) -> int:
         print(json.dumps({**keys.jwks, "active": keys.kid, "eip712_signer": keys.eth_address}))
     else:
         for jwk in keys.jwks["keys"]:
-            mark = " (active)" if jwk["kid"] == keys.kid else ""
+            mark = " (active)" if jwk["kid"] == keys.kid else (
+                f" (revoked at {jwk['revoked_at']})" if "revoked_at" in jwk else "")
             print(f"{jwk['kid']}  Ed25519{mark}", file=sys.stderr)
         print(f"EIP-712 signer: {keys.eth_address}", file=sys.stderr)
     return 0

@@ -21,14 +21,15 @@ ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin"
 
 
 @contextlib.contextmanager
-def run_anvil():
-    """Start anvil on 127.0.0.1:<free port>; yield its URL; stop it."""
+def run_anvil(*extra: str):
+    """Start anvil on 127.0.0.1:<free port> (``extra``: more anvil options); yield its URL;
+    stop it."""
     if not ANVIL.is_file():
         pytest.skip(f"anvil not installed at {ANVIL} (run make setup)")
     port = free_port()
     proc = subprocess.Popen(
         [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent",
-         "--disable-code-size-limit", "--gas-limit", "100000000"],
+         "--disable-code-size-limit", "--gas-limit", "100000000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"

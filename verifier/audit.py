@@ -71,7 +71,7 @@ class Result:
     reason: str | None = None
     model: str | None = None
     label: int | list[int] | None = None
-    dev_srs: bool | None = None  # bundles: the package uses an insecure development SRS
+    dev_srs: bool | None = None  # bundles: passed with a non-ceremony SRS (--allow-dev-srs)
     checkpoint: str | None = None  # v2 receipts: the log checkpoint it carries (for --log)
 
     def line(self) -> str:
@@ -222,6 +222,8 @@ class Auditor:
     require_known_model: bool = False
     origin: str | None = None  # v2 receipts must be of this log (else: any log a trusted key signs)
     _checkpoints: dict = field(default_factory=dict, repr=False)  # notes already checked
+    # accept bundles whose package has a development (insecure) SRS
+    allow_dev_srs: bool = False
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
     _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
 
@@ -278,8 +280,11 @@ class Auditor:
                              f"the audited models (--models DIR)")
         manifest, _ = verify_signed_bundle(
             bundle, self.packages[pid], self.jwks,
-            trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid))
-        return manifest.name, bundle.outputs.label, manifest.srs.insecure
+            trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid),
+            allow_dev_srs=self.allow_dev_srs)
+        from verifier.srs import is_ceremony_srs
+
+        return manifest.name, bundle.outputs.label, not is_ceremony_srs(manifest)
 
 
 # --- running ---------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def _trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eth-signer", action="append", metavar="ADDRESS",
                    help="trusted EIP-712 signer address (repeatable); without it an EIP-712 "
                    "signature must only recover to the signer it names")
+    p.add_argument("--allow-dev-srs", action="store_true",
+                   help="accept circuit packages whose SRS is not the public ceremony's "
+                   "(development only: whoever generated such an SRS can forge proofs)")
 
 
 def _trust(args: argparse.Namespace):
@@ -107,25 +110,31 @@ def _verify(args: argparse.Namespace) -> int:
                            f"{settings.packages_dir}; pass --package DIR")
     try:
         manifest, statement = verify_signed_bundle(bundle, folder, jwks,
-                                                   trusted_eth_signers=signers)
+                                                   trusted_eth_signers=signers,
+                                                   allow_dev_srs=args.allow_dev_srs)
         if args.rpc is not None:  # the same proof and instances, checked by the chain
             from verifier.onchain import proof_parts, verify_onchain
 
             verify_onchain(args.rpc, args.verifier, *proof_parts(bundle.proof))
     except VerificationError as exc:
         if args.json:
-            print(json.dumps({"ok": False, "error": type(exc).__name__, "reason": str(exc)}))
+            print(json.dumps({"ok": False, "error": type(exc).__name__, "reason": str(exc),
+                              "dev_srs": type(exc).__name__ == "InsecureSRS"}))
         raise
     print(f"OK: {args.bundle}: {manifest.name} label {bundle.outputs.label} is proven"
           + (" and signed" if statement is not None else "")
           + (f", accepted on chain by {args.verifier}" if args.rpc is not None else "")
           + ("" if bundle.agreement.agree else
              f" (float model said {bundle.agreement.float_label}: DISAGREES)"), file=sys.stderr)
-    if manifest.srs.insecure:
+    from verifier.srs import is_ceremony_srs
+
+    dev_srs = not is_ceremony_srs(manifest)
+    if dev_srs:
         print("WARNING: the package uses a development SRS (insecure)", file=sys.stderr)
     if args.json:
         out = {"ok": True, "model": manifest.name, "label": bundle.outputs.label,
-               "agree": bundle.agreement.agree, "signed": statement is not None}
+               "agree": bundle.agreement.agree, "signed": statement is not None,
+               "dev_srs": dev_srs}
         if args.rpc is not None:
             out["onchain"] = args.verifier
         print(json.dumps(out))
@@ -160,7 +169,8 @@ def _audit(args: argparse.Namespace) -> int:
     if not items:
         raise InputError("nothing to audit: no receipts or bundles under the given paths")
     auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
-                      require_known_model=args.models is not None, origin=args.origin)
+                      require_known_model=args.models is not None, origin=args.origin,
+                      allow_dev_srs=args.allow_dev_srs)
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -181,7 +191,7 @@ def _audit(args: argparse.Namespace) -> int:
     summary = summarize(results, time.perf_counter() - start)
     err(summary.table())
     if any(r.dev_srs for r in results):
-        err("WARNING: some bundles were proven with a development SRS (insecure)")
+        err("WARNING: some bundles passed with a development SRS (--allow-dev-srs: insecure)")
     if args.json:
         print(json.dumps(report_json(results, summary)))
     return summary.exit_code

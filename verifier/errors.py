@@ -69,3 +69,11 @@ class ConsistencyInvalid(VerificationError):
 
 class OriginMismatch(LinkBroken):
     """A checkpoint is from another log than the one expected."""
+
+
+class InsecureSRS(VerificationError):
+    """A circuit package's SRS is not the public ceremony's: its proofs could be forged."""
+
+
+class KeyRevoked(VerificationError):
+    """The signing key was revoked before the time the item says it was signed."""

@@ -1,7 +1,8 @@
 """Public keys as JWKs (RFC 7517/8037) and their stable ids (RFC 7638 thumbprints).
 
 Receipts are signed with Ed25519; the public keys are published as a JWK Set of
-``{"kty": "OKP", "crv": "Ed25519", "x": <base64url>, "kid": <thumbprint>}``.
+``{"kty": "OKP", "crv": "Ed25519", "x": <base64url>, "kid": <thumbprint>}``; a revoked
+key stays listed with ``"revoked_at": <RFC 3339 time>`` (``verinfer keys revoke``).
 The ``kid`` is the RFC 7638 thumbprint: base64url (no padding) of the SHA-256
 of ``{"crv":"Ed25519","kty":"OKP","x":"..."}`` (required members only, sorted,
 no whitespace), so the same key always has the same id.
@@ -11,13 +12,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from verifier.digests import compact_json
-from verifier.errors import InputError, KeyUnknown
+from verifier.errors import InputError, KeyRevoked, KeyUnknown
 
 
 def b64url(data: bytes) -> str:
@@ -67,3 +69,26 @@ def find_key(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey:
                 raise KeyUnknown(f"JWK {kid!r}: kid is not the key's RFC 7638 thumbprint")
             return public_key_from_jwk(jwk)
     raise KeyUnknown(f"signing key {kid!r} is not in the trusted JWK Set")
+
+
+def _instant(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def check_not_revoked(jwks: dict[str, Any], kid: str, signed_at: str) -> None:
+    """Raise :class:`KeyRevoked` if ``kid`` is marked revoked in ``jwks`` at or before
+    ``signed_at`` (the signed statement's RFC 3339 time). Fails closed: a revoked key with a
+    time that does not parse is revoked. Someone holding the stolen key can backdate a
+    statement, so a revocation time bounds honest signing, not a thief."""
+    for jwk in jwks.get("keys", []):
+        if isinstance(jwk, dict) and jwk.get("kid") == kid and "revoked_at" in jwk:
+            try:
+                revoked = _instant(str(jwk["revoked_at"]))
+                when = _instant(signed_at)
+            except (ValueError, TypeError):
+                raise KeyRevoked(f"key {kid} is revoked ({jwk['revoked_at']}); the item's "
+                                 f"signing time {signed_at!r} cannot be read") from None
+            if when >= revoked:
+                raise KeyRevoked(f"key {kid} was revoked at {jwk['revoked_at']}; this was "
+                                 f"signed at {signed_at}")

@@ -29,6 +29,7 @@ from verifier.base import Frozen as _Frozen
 from verifier.base import parse_as
 from verifier.digests import canonical_json
 from verifier.errors import DigestMismatch, LinkBroken, SignatureInvalid
+from verifier.keys import check_not_revoked
 from verifier.receipts import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
@@ -101,6 +102,7 @@ def verify_proof_receipt_envelope(receipt: ProofReceipt, jwks: dict[str, Any]) -
                   SignatureInvalid)
     if st.predicate.keyId not in kids:
         raise LinkBroken("proof receipt's keyId is not the key that signed it")
+    check_not_revoked(jwks, st.predicate.keyId, st.predicate.time)
     if tuple(st.subject) != proof_subjects(st.predicate):
         raise DigestMismatch("proof receipt's subjects do not match its predicate")
     if st.predicate.jobId != receipt.id:

@@ -197,12 +197,16 @@ def verify_signed_bundle(
     *,
     trusted_eth_signers: set[str] | None = None,
     manifest: Manifest | None = None,
+    allow_dev_srs: bool = False,
 ) -> tuple[Manifest, Statement | None]:
     """The whole chain for one bundle: its proof receipt, if any (signature against
     ``jwks``, binding the bundle's receipt and proof digests), its receipt, if any
     (signature, then the links receipt -> bundle), then the proof. Fails closed: a bundle with a
-    receipt and no trusted keys raises :class:`KeyUnknown`.
+    receipt and no trusted keys raises :class:`KeyUnknown`; a package whose SRS is not the
+    public ceremony's raises :class:`InsecureSRS` unless ``allow_dev_srs``.
     """
+    from verifier.srs import check_package_srs
+
     package_dir = Path(package_dir)
     if manifest is None:
         manifest = load_manifest_checked(package_dir)
@@ -224,6 +228,8 @@ def verify_signed_bundle(
         check_bundle_links(bundle, manifest)  # the bundle's own links before the receipt's
         links_checked = True
         verify_receipt_link(statement, bundle, manifest)
+    # last of the cheap checks: a tampered item reports what was tampered with
+    check_package_srs(manifest, allow_dev_srs=allow_dev_srs)
     verify_bundle(bundle, package_dir, manifest=manifest, links_checked=links_checked)
     return manifest, statement
 

@@ -30,7 +30,7 @@ from verifier.base import parse_as
 from verifier.digests import canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
-from verifier.keys import find_key
+from verifier.keys import check_not_revoked, find_key
 from verifier.tensors import tensor_digest
 
 RECEIPT_FORMAT = "verinfer.receipt/v1"
@@ -188,6 +188,7 @@ def verify_envelope(envelope: Envelope, jwks: dict[str, Any]) -> Statement:
                          SignatureInvalid)
     if statement.predicate.keyId not in kids:
         raise LinkBroken("predicate keyId is not the key that signed the envelope")
+    check_not_revoked(jwks, statement.predicate.keyId, statement.predicate.time)
     _check_subjects(statement)
     return statement
 

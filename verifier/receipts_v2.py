@@ -39,10 +39,17 @@ from verifier.errors import (
     OriginMismatch,
     SignatureInvalid,
 )
-from verifier.keys import public_key_from_jwk
+from verifier.keys import check_not_revoked, public_key_from_jwk
 from verifier.receipts import STATEMENT_TYPE, InputRef, ModelRef, OutputTensor, Subject
 from verifier.tensors import tensor_digest
-from verifier.tlog import Checkpoint, NoteVerifier, leaf_hash, verify_checkpoint, verify_inclusion
+from verifier.tlog import (
+    Checkpoint,
+    NoteVerifier,
+    leaf_hash,
+    parse_checkpoint,
+    verify_checkpoint,
+    verify_inclusion,
+)
 
 RECEIPT_V2_FORMAT = "verinfer.receipt/v2"
 PREDICATE_V2_TYPE = "https://verinfer.dev/receipt/v2"
@@ -147,6 +154,24 @@ def checked_checkpoint(note: str, trusted: TrustedLogKeys, origin: str | None,
     return cp
 
 
+def _check_not_revoked(note: str, trusted: TrustedLogKeys, signed_at: str) -> None:
+    """:class:`KeyRevoked` when a JWK that signed the checkpoint was revoked at or before the
+    statement's time (as v1 receipts are checked; ``verinfer keys revoke``)."""
+    if not isinstance(trusted, dict) or not any("revoked_at" in k for k in trusted.get("keys", [])):
+        return
+    cp, _text, sigs = parse_checkpoint(note)
+    signed_by = {(name, kid) for name, kid, _sig in sigs}
+    for jwk in trusted["keys"]:
+        if "revoked_at" not in jwk:
+            continue
+        try:
+            v = NoteVerifier.from_key(cp.origin, public_key_from_jwk(jwk))
+        except InputError:
+            continue
+        if (v.name, v.key_id) in signed_by:
+            check_not_revoked(trusted, jwk["kid"], signed_at)
+
+
 def _check_subjects_fast(st: StatementV2) -> None:
     """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
     subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
@@ -198,6 +223,7 @@ def verify_receipt_v2(
     p = st.predicate
     if receipt.id != p.requestId:
         raise LinkBroken("receipt id is not the logged request id")
+    _check_not_revoked(receipt.checkpoint, trusted, p.time)
     _check_subjects_fast(st)
     if receipt.eip712 is not None:
         if p.eip712 is None:

@@ -17,6 +17,9 @@ import {IHalo2Verifier} from "./IHalo2Verifier.sol";
 ///      flattened row-major (docs/formats.md). A request stores only their commitment
 ///      `keccak256(abi.encode(int256[]))`; the input itself is in the request's event.
 ///      Every failure is a custom error, listed below with who throws it.
+///      Owner powers are bounded: a request is checked against the verifier, signer and policy
+///      recorded when it was made; a model update takes effect only `updateDelay` seconds after
+///      it is announced (`pendingUpdates`), and ownership moves in two steps.
 contract VerinferOracle {
     // ---------------------------------------------------------------- types
 
@@ -43,6 +46,9 @@ contract VerinferOracle {
         uint8 inputScale; // fixed-point scale: q = round(x * 2**inputScale); for clients
         Policy policy;
         address verifier; // EZKL Halo2Verifier for this model (zero if the policy has no proof path)
+        uint32 numInstances; // public instances of a proof: inputs, outputs, the label last
+        uint96 minFee; // wei a request must bring at least
+        uint128 maxAbsInput; // |input[i]| <= this: what the circuit's range checks represent
     }
 
     struct Request {
@@ -52,7 +58,18 @@ contract VerinferOracle {
         Status status;
         bytes32 modelId;
         bytes32 inputCommitment; // keccak256(abi.encode(int256[] input))
-        uint256 fee; // wei held in escrow: paid to the fulfiller, or refunded on cancel
+        uint96 fee; // wei held in escrow: paid to the fulfiller, or refunded on cancel
+        address verifier; // the model's verifier when the request was made: the one that checks it
+        address signer; // the model's signer when the request was made
+        Policy policy; // the model's policy when the request was made
+    }
+
+    /// @notice A model update announced by the owner; anyone applies it from `effectiveAt`.
+    struct ModelUpdate {
+        address verifier;
+        Policy policy;
+        uint40 effectiveAt; // zero: nothing pending
+        address signer;
     }
 
     // ------------------------------------------------------------ constants
@@ -84,11 +101,16 @@ contract VerinferOracle {
     // ---------------------------------------------------------------- state
 
     address public owner;
+    /// @notice The address `transferOwnership` named; it becomes owner by `acceptOwnership`.
+    address public pendingOwner;
     /// @notice Seconds after a request's creation before its requester may cancel it.
     uint256 public immutable requestTimeout;
+    /// @notice Seconds between `updateModel` (announced) and the update taking effect.
+    uint256 public immutable updateDelay;
     uint256 public requestCount;
     mapping(bytes32 => Model) public models;
     mapping(bytes32 => Request) public requests;
+    mapping(bytes32 => ModelUpdate) public pendingUpdates;
 
     uint256 private immutable _cachedChainId;
     bytes32 private immutable _cachedDomainSeparator;
@@ -96,15 +118,29 @@ contract VerinferOracle {
     // --------------------------------------------------------------- events
 
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     event ModelRegistered(
         bytes32 indexed modelId,
         address verifier,
         uint32 inputLength,
         uint8 inputScale,
         Policy policy,
-        address signer
+        address signer,
+        uint32 numInstances,
+        uint128 maxAbsInput,
+        uint96 minFee
     );
+    event MinFeeSet(bytes32 indexed modelId, uint96 minFee);
+    /// @notice An update is announced: requesters see it `updateDelay` seconds before it applies.
+    event ModelUpdateScheduled(
+        bytes32 indexed modelId, address verifier, Policy policy, address signer, uint256 effectiveAt
+    );
+    event ModelUpdateCancelled(bytes32 indexed modelId);
     event ModelUpdated(bytes32 indexed modelId, address verifier, Policy policy, address signer);
+    /// @notice verifyInference accepted a proof (ERC-7992 shape): `output` is abi.encode(label).
+    event InferenceVerified(
+        bytes32 indexed modelId, bytes32 indexed inputCommitment, bytes32 indexed outputHash, address caller
+    );
     /// @notice A new request: relayers watch for this. `input` is what a proof must carry as its
     ///         public inputs and what a signer must have classified.
     event ClassificationRequested(
@@ -134,21 +170,39 @@ contract VerinferOracle {
     error NotOwner(address caller);
     /// @notice transferOwnership: the new owner is the zero address.
     error ZeroAddress();
+    /// @notice acceptOwnership: the caller is not the pending owner.
+    error NotPendingOwner(address caller);
+    /// @notice applyModelUpdate, cancelModelUpdate: no update is pending for this model.
+    error NoPendingUpdate(bytes32 modelId);
+    /// @notice applyModelUpdate: the update's delay has not passed yet.
+    error UpdateNotReady(uint256 effectiveAt);
+    /// @notice verifyInference: `output` is not abi.encode(uint256 label), or `proof` is not
+    ///         abi.encode(bytes proofBytes, uint256[] instances).
+    error MalformedInference();
+    /// @notice verifyInference: the proof's label (last instance) is not `output`'s.
+    error OutputMismatch();
     /// @notice registerModel: the model id is already registered.
     error ModelAlreadyRegistered(bytes32 modelId);
-    /// @notice requestClassification, updateModel: no model has this id.
+    /// @notice requestClassification, updateModel, verifyInference: no model has this id.
     error UnknownModel(bytes32 modelId);
     /// @notice registerModel, updateModel: policy `Unregistered` is not a policy.
     error InvalidPolicy();
     /// @notice registerModel: a model needs at least one input.
     error InvalidInputLength();
+    /// @notice registerModel: numInstances < inputLength + 1 (inputs and a label at least).
+    error InvalidInstanceCount(uint256 numInstances, uint256 minimum);
+    /// @notice registerModel: maxAbsInput is zero.
+    error InvalidInputBound();
+    /// @notice requestClassification: msg.value is below the model's minimum fee.
+    error FeeTooLow(uint256 sent, uint256 minimum);
     /// @notice registerModel, updateModel: the policy has a proof path but `verifier` has no code.
     error VerifierHasNoCode(address verifier);
     /// @notice registerModel, updateModel: the policy has a signature path but no signer.
     error ZeroSigner();
     /// @notice requestClassification: the input has the wrong number of elements.
     error InputLengthMismatch(uint256 expected, uint256 actual);
-    /// @notice requestClassification: |input[index]| >= MAX_ABS_INPUT.
+    /// @notice requestClassification: |input[index]| > the model's maxAbsInput (the circuit
+    ///         cannot represent it: no proof could ever answer).
     error InputOutOfRange(uint256 index, int256 value);
     /// @notice requestClassification: callbackGasLimit > MAX_CALLBACK_GAS_LIMIT.
     error CallbackGasLimitTooHigh(uint256 requested, uint256 max);
@@ -159,27 +213,32 @@ contract VerinferOracle {
     error AlreadyFulfilled(bytes32 requestId);
     /// @notice fulfill*, cancelRequest: the request was cancelled.
     error RequestIsCancelled(bytes32 requestId);
-    /// @notice fulfillWithProof: the model's policy is SignatureOnly.
+    /// @notice fulfillWithProof: the request's policy is SignatureOnly; verifyInference: the
+    ///         model's policy is SignatureOnly.
     error ProofPathDisabled(bytes32 modelId);
-    /// @notice fulfillWithSignature: the model's policy is ProofOnly.
+    /// @notice fulfillWithSignature: the request's policy is ProofOnly.
     error SignaturePathDisabled(bytes32 modelId);
-    /// @notice fulfillWithProof: fewer instances than the inputs plus a label.
-    error InstancesTooShort(uint256 minimum, uint256 actual);
-    /// @notice fulfillWithProof: instance `index` is not a field element (>= BN254_R).
+    /// @notice fulfillWithProof, verifyInference: not the model's number of public instances.
+    error InstanceCountMismatch(uint256 expected, uint256 actual);
+    /// @notice fulfillWithProof, verifyInference: instance `index` is not a field element.
     error InstanceNotInField(uint256 index);
     /// @notice fulfillWithProof: the proof's public inputs are not the requested input (a proof
-    ///         for another input, or another model's input layout).
+    ///         for another input, or another model's input layout); verifyInference: they are
+    ///         not the input `inputCommitment` commits to. The arg is the request id (zero from
+    ///         verifyInference).
     error InputMismatch(bytes32 requestId);
-    /// @notice fulfill*: the label is above MAX_LABEL (in a proof: the last instance).
+    /// @notice fulfill*, verifyInference: the label is above MAX_LABEL (in a proof: the last
+    ///         instance).
     error LabelOutOfRange(uint256 label);
-    /// @notice fulfillWithProof: the model's verifier rejected the proof (forged or altered
-    ///         proof, or a proof made for another circuit).
+    /// @notice fulfillWithProof: the verifier recorded with the request rejected the proof;
+    ///         verifyInference: the model's verifier did (forged or altered proof, or a proof made
+    ///         for another circuit). The arg is the request id (zero from verifyInference).
     error ProofRejected(bytes32 requestId);
     /// @notice fulfillWithSignature: block.timestamp > deadline.
     error SignatureExpired(uint256 deadline, uint256 nowTimestamp);
     /// @notice fulfillWithSignature: not 65 bytes, v not 27/28, high s, or no signer recovered.
     error InvalidSignature();
-    /// @notice fulfillWithSignature: the signature is valid but not by the model's signer (this
+    /// @notice fulfillWithSignature: the signature is valid but not by the request's signer (this
     ///         includes a signature replayed from another request, model, input or label).
     error WrongSigner(address recovered, address expected);
     /// @notice fulfill*: too little gas left to give the callback its full callbackGasLimit
@@ -197,9 +256,11 @@ contract VerinferOracle {
     // ---------------------------------------------------------- constructor
 
     /// @param requestTimeout_ seconds after which a requester may cancel an unanswered request
-    constructor(uint256 requestTimeout_) {
+    /// @param updateDelay_ seconds between announcing a model update and its taking effect
+    constructor(uint256 requestTimeout_, uint256 updateDelay_) {
         owner = msg.sender;
         requestTimeout = requestTimeout_;
+        updateDelay = updateDelay_;
         _cachedChainId = block.chainid;
         _cachedDomainSeparator = _buildDomainSeparator();
         emit OwnershipTransferred(address(0), msg.sender);
@@ -212,45 +273,98 @@ contract VerinferOracle {
 
     // ---------------------------------------------------------------- owner
 
+    /// @notice Step one of two: name the next owner. Ownership moves only when it accepts, so a
+    ///         mistyped address cannot take (or lose) the oracle. Naming another replaces it.
     function transferOwnership(address newOwner) external onlyOwner {
         if (newOwner == address(0)) revert ZeroAddress();
-        emit OwnershipTransferred(owner, newOwner);
-        owner = newOwner;
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(owner, newOwner);
     }
 
-    /// @notice Register a model. Its id, input length and scale never change afterwards.
+    /// @notice Step two: the pending owner takes ownership.
+    function acceptOwnership() external {
+        if (msg.sender != pendingOwner) revert NotPendingOwner(msg.sender);
+        emit OwnershipTransferred(owner, msg.sender);
+        owner = msg.sender;
+        pendingOwner = address(0);
+    }
+
+    /// @notice Register a model. Its id, input length, scale, instance count and input bound
+    ///         never change afterwards (a verifier update must keep the circuit's shape).
     /// @param modelId    the model's id (verinfer uses the sha256 of the ONNX file)
     /// @param verifier   its EZKL Halo2Verifier (may be zero for SignatureOnly)
     /// @param inputLength number of inputs = the circuit's public inputs, before its outputs
     /// @param inputScale fixed-point scale of the inputs
     /// @param policy     ProofOnly, SignatureOnly or ProofOrSignature
     /// @param signer     authorised EIP-712 signer (may be zero for ProofOnly)
+    /// @param numInstances the circuit's public instances (inputs, outputs, label)
+    /// @param maxAbsInput  largest |input| the circuit represents (its range checks)
+    /// @param minFee     least fee (wei) a request must bring
     function registerModel(
         bytes32 modelId,
         address verifier,
         uint32 inputLength,
         uint8 inputScale,
         Policy policy,
-        address signer
+        address signer,
+        uint32 numInstances,
+        uint128 maxAbsInput,
+        uint96 minFee
     ) external onlyOwner {
         if (models[modelId].policy != Policy.Unregistered) revert ModelAlreadyRegistered(modelId);
         if (inputLength == 0) revert InvalidInputLength();
+        if (numInstances < uint256(inputLength) + 1) {
+            revert InvalidInstanceCount(numInstances, uint256(inputLength) + 1);
+        }
+        if (maxAbsInput == 0) revert InvalidInputBound();
         _checkPaths(verifier, policy, signer);
-        models[modelId] = Model(signer, inputLength, inputScale, policy, verifier);
-        emit ModelRegistered(modelId, verifier, inputLength, inputScale, policy, signer);
+        models[modelId] =
+            Model(signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput);
+        emit ModelRegistered(
+            modelId, verifier, inputLength, inputScale, policy, signer, numInstances, maxAbsInput, minFee
+        );
     }
 
-    /// @notice Change a model's verifier, policy or signer (e.g. key rotation). Applies to open
-    ///         requests too: they are checked against the model as it is when fulfilled.
+    /// @notice Change a model's minimum fee; applies to requests made afterwards.
+    function setMinFee(bytes32 modelId, uint96 minFee) external onlyOwner {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        m.minFee = minFee;
+        emit MinFeeSet(modelId, minFee);
+    }
+
+    /// @notice Announce a change of a model's verifier, policy or signer (e.g. key rotation). It
+    ///         takes effect when applied, `updateDelay` seconds from now at the earliest, and only
+    ///         for requests made after that: open requests keep the verifier, signer and policy
+    ///         they were made under. Announcing again replaces a pending update (and restarts
+    ///         the delay).
     function updateModel(bytes32 modelId, address verifier, Policy policy, address signer)
         external
         onlyOwner
     {
-        Model storage m = models[modelId];
-        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        if (models[modelId].policy == Policy.Unregistered) revert UnknownModel(modelId);
         _checkPaths(verifier, policy, signer);
-        (m.verifier, m.policy, m.signer) = (verifier, policy, signer);
-        emit ModelUpdated(modelId, verifier, policy, signer);
+        uint256 effectiveAt = block.timestamp + updateDelay;
+        pendingUpdates[modelId] = ModelUpdate(verifier, policy, uint40(effectiveAt), signer);
+        emit ModelUpdateScheduled(modelId, verifier, policy, signer, effectiveAt);
+    }
+
+    /// @notice Withdraw a pending update.
+    function cancelModelUpdate(bytes32 modelId) external onlyOwner {
+        if (pendingUpdates[modelId].effectiveAt == 0) revert NoPendingUpdate(modelId);
+        delete pendingUpdates[modelId];
+        emit ModelUpdateCancelled(modelId);
+    }
+
+    /// @notice Apply a model's pending update once its delay has passed. Anyone may call it.
+    function applyModelUpdate(bytes32 modelId) external {
+        ModelUpdate memory u = pendingUpdates[modelId];
+        if (u.effectiveAt == 0) revert NoPendingUpdate(modelId);
+        if (block.timestamp < u.effectiveAt) revert UpdateNotReady(u.effectiveAt);
+        delete pendingUpdates[modelId];
+        Model storage m = models[modelId];
+        (m.verifier, m.policy, m.signer) = (u.verifier, u.policy, u.signer);
+        emit ModelUpdated(modelId, u.verifier, u.policy, u.signer);
     }
 
     // ------------------------------------------------------------- requests
@@ -272,9 +386,11 @@ contract VerinferOracle {
         if (callbackGasLimit > MAX_CALLBACK_GAS_LIMIT) {
             revert CallbackGasLimitTooHigh(callbackGasLimit, MAX_CALLBACK_GAS_LIMIT);
         }
+        if (msg.value < m.minFee) revert FeeTooLow(msg.value, m.minFee);
+        int256 bound = int256(uint256(m.maxAbsInput));
         for (uint256 i; i < input.length; ++i) {
             int256 x = input[i];
-            if (x >= int256(MAX_ABS_INPUT) || x <= -int256(MAX_ABS_INPUT)) revert InputOutOfRange(i, x);
+            if (x > bound || x < -bound) revert InputOutOfRange(i, x);
         }
         bytes32 commitment = keccak256(abi.encode(input));
         requestId = keccak256(abi.encode(block.chainid, address(this), ++requestCount));
@@ -285,7 +401,10 @@ contract VerinferOracle {
             status: Status.Open,
             modelId: modelId,
             inputCommitment: commitment,
-            fee: msg.value
+            fee: uint96(msg.value), // 2^96 wei is ~8e10 ether: more than exists
+            verifier: m.verifier,
+            signer: m.signer,
+            policy: m.policy
         });
         emit ClassificationRequested(
             requestId, modelId, msg.sender, input, commitment, msg.value, callbackGasLimit
@@ -302,20 +421,10 @@ contract VerinferOracle {
         Request storage r = requests[requestId];
         _requireOpen(r, requestId);
         bytes32 modelId = r.modelId;
+        if (r.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
         Model storage m = models[modelId];
-        if (m.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
-
-        uint256 n = m.inputLength;
-        if (instances.length < n + 1) revert InstancesTooShort(n + 1, instances.length);
-        if (_commitInstances(instances, n) != r.inputCommitment) revert InputMismatch(requestId);
-        uint256 label = instances[instances.length - 1];
-        if (label > MAX_LABEL) revert LabelOutOfRange(label);
-
-        try IHalo2Verifier(m.verifier).verifyProof(proof, instances) returns (bool ok) {
-            if (!ok) revert ProofRejected(requestId);
-        } catch {
-            revert ProofRejected(requestId);
-        }
+        uint256 label =
+            _checkProof(r.verifier, m.inputLength, m.numInstances, r.inputCommitment, proof, instances, requestId);
         _fulfil(r, requestId, modelId, label, true);
     }
 
@@ -332,14 +441,13 @@ contract VerinferOracle {
         Request storage r = requests[requestId];
         _requireOpen(r, requestId);
         bytes32 modelId = r.modelId;
-        Model storage m = models[modelId];
-        if (m.policy == Policy.ProofOnly) revert SignaturePathDisabled(modelId);
+        if (r.policy == Policy.ProofOnly) revert SignaturePathDisabled(modelId);
         if (block.timestamp > deadline) revert SignatureExpired(deadline, block.timestamp);
         if (label > MAX_LABEL) revert LabelOutOfRange(label);
 
         bytes32 digest = classificationDigest(modelId, r.inputCommitment, label, requestId, deadline);
         address recovered = _recover(digest, signature);
-        if (recovered != m.signer) revert WrongSigner(recovered, m.signer);
+        if (recovered != r.signer) revert WrongSigner(recovered, r.signer);
         _fulfil(r, requestId, modelId, label, false);
     }
 
@@ -358,6 +466,30 @@ contract VerinferOracle {
             (bool ok,) = msg.sender.call{value: refund}("");
             if (!ok) revert RefundFailed();
         }
+    }
+
+    /// @notice ERC-7992-shaped check (draft standard): is `output` proven for the input that
+    ///         `inputCommitment` commits to, under the model's current verifier? Reverts on any
+    ///         failure (custom errors above); on success emits InferenceVerified and returns true.
+    ///         No request, no fee, no callback.
+    /// @param inputCommitment keccak256(abi.encode(int256[] input)), as requests use
+    /// @param output abi.encode(uint256 label)
+    /// @param proof abi.encode(bytes proofBytes, uint256[] instances): EZKL's proof and its
+    ///        public instances (input first, label last), as for fulfillWithProof
+    function verifyInference(bytes32 modelId, bytes32 inputCommitment, bytes calldata output, bytes calldata proof)
+        external
+        returns (bool)
+    {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        if (m.policy == Policy.SignatureOnly) revert ProofPathDisabled(modelId);
+        if (output.length != 32) revert MalformedInference();
+        (bytes memory proofBytes, uint256[] memory instances) = abi.decode(proof, (bytes, uint256[]));
+        uint256 label =
+            _checkProof(m.verifier, m.inputLength, m.numInstances, inputCommitment, proofBytes, instances, bytes32(0));
+        if (label != abi.decode(output, (uint256))) revert OutputMismatch();
+        emit InferenceVerified(modelId, inputCommitment, keccak256(output), msg.sender);
+        return true;
     }
 
     // ---------------------------------------------------------------- views
@@ -420,10 +552,32 @@ contract VerinferOracle {
         revert RequestIsCancelled(requestId);
     }
 
+    /// @dev The checks of a proof answer: instance count (numInstances >= n + 1), input commitment, label range, then
+    ///      the verifier. Returns the label (the last instance).
+    function _checkProof(
+        address verifier,
+        uint256 n,
+        uint256 numInstances,
+        bytes32 commitment,
+        bytes memory proof,
+        uint256[] memory instances,
+        bytes32 requestId
+    ) private returns (uint256 label) {
+        if (instances.length != numInstances) revert InstanceCountMismatch(numInstances, instances.length);
+        if (_commitInstances(instances, n) != commitment) revert InputMismatch(requestId);
+        label = instances[instances.length - 1];
+        if (label > MAX_LABEL) revert LabelOutOfRange(label);
+        try IHalo2Verifier(verifier).verifyProof(proof, instances) returns (bool ok) {
+            if (!ok) revert ProofRejected(requestId);
+        } catch {
+            revert ProofRejected(requestId);
+        }
+    }
+
     /// @dev keccak256(abi.encode(int256[])) of the first n instances read as signed integers
     ///      (a field element above r/2 is negative). One-to-one on requested inputs, which are
     ///      bounded by MAX_ABS_INPUT.
-    function _commitInstances(uint256[] calldata instances, uint256 n) private pure returns (bytes32) {
+    function _commitInstances(uint256[] memory instances, uint256 n) private pure returns (bytes32) {
         int256[] memory q = new int256[](n);
         for (uint256 i; i < n; ++i) {
             uint256 f = instances[i];

@@ -4,25 +4,29 @@ Layout under ``<home>/keys/`` (directory 0700, files 0600)::
 
     ed25519/<kid>.pem   PKCS#8 PEM private keys, one per key ever made here
     ed25519/active      the kid that signs now (``verinfer keys rotate`` changes it)
+    ed25519/revoked.json  public JWKs of revoked keys with ``revoked_at`` (``keys revoke``)
     eth.key             secp256k1 private key (hex) for EIP-712 signatures
 
 Key ids are RFC 7638 thumbprints (``verifier.keys``). Old keys stay in
-``ed25519/`` so their public halves stay in the JWKS after a rotation.
+``ed25519/`` so their public halves stay in the JWKS after a rotation. A revoked
+key's private file is deleted; its public JWK stays in the JWKS, marked ``revoked_at``.
 A private key file that group or others may read is refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from server.settings import ServerSettings
-from verifier.errors import InputError
+from verifier.errors import InputError, NotFound
 from verifier.keys import ed25519_jwk
 
 
@@ -95,6 +99,45 @@ def stored_keys(settings: ServerSettings) -> dict[str, Ed25519PrivateKey]:
     return out
 
 
+def revoked_keys(settings: ServerSettings) -> dict[str, dict]:
+    """kid -> public JWK with ``revoked_at``, for every key revoked here."""
+    path = _ed_dir(settings) / "revoked.json"
+    if not path.is_file():
+        return {}
+    return {jwk["kid"]: jwk for jwk in json.loads(path.read_text())["keys"]}
+
+
+def revoke_ed25519(settings: ServerSettings, kid: str, now: datetime | None = None) -> dict:
+    """Revoke a key of the data dir: its public JWK is recorded with the time (it stays in
+    the JWKS, so receipts it signed before then still verify), then its private key file is
+    overwritten and deleted. Revoking the active key first makes a new one active. Returns
+    ``{"kid", "revoked_at", "active"}``."""
+    d = _ed_dir(settings)
+    revoked = revoked_keys(settings)
+    if kid in revoked:
+        raise InputError(f"key {kid} is already revoked (at {revoked[kid]['revoked_at']})")
+    keys = stored_keys(settings)
+    if kid not in keys:
+        raise NotFound(f"no signing key {kid!r} in {d}")
+    active_file = d / "active"
+    active = active_file.read_text().strip() if active_file.exists() else None
+    if active == kid:
+        active = new_ed25519(settings)
+    when = (now or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    revoked[kid] = {**ed25519_jwk(keys[kid].public_key()), "revoked_at": when}
+    tmp = d / "revoked.json.tmp"
+    tmp.write_text(json.dumps({"keys": list(revoked.values())}, indent=2) + "\n")
+    os.replace(tmp, d / "revoked.json")  # recorded before the key goes: a crash keeps it revoked
+    pem = d / f"{kid}.pem"
+    size = pem.stat().st_size
+    with open(pem, "r+b") as f:
+        f.write(b"\0" * size)
+        f.flush()
+        os.fsync(f.fileno())
+    pem.unlink()
+    return {"kid": kid, "revoked_at": when, "active": active}
+
+
 def _eth_key(settings: ServerSettings, create: bool) -> bytes:
     if settings.eth_key is not None:
         text, where = settings.eth_key.get_secret_value(), "VERINFER_ETH_KEY"
@@ -137,11 +180,15 @@ def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
             raise InputError(f"{active_file} names key {kid!r}, which is not in {_ed_dir(settings)}")
         active = keys[kid]
     active_jwk = ed25519_jwk(active.public_key())
+    revoked = revoked_keys(settings)
+    if active_jwk["kid"] in revoked:
+        raise InputError(f"the signing key {active_jwk['kid']} was revoked at "
+                         f"{revoked[active_jwk['kid']]['revoked_at']}; refusing to sign with it")
     jwks = [active_jwk] + [
         ed25519_jwk(k.public_key())
         for kid, k in stored_keys(settings).items()
-        if kid != active_jwk["kid"]
-    ]
+        if kid != active_jwk["kid"] and kid not in revoked
+    ] + list(revoked.values())
     eth = _eth_key(settings, create)
     from eth_keys import keys as eth_keys
 

@@ -222,7 +222,7 @@ class Relayer:
         model = self.models.get(ev.model_id)
         if model is None:
             raise _Skip(f"model 0x{ev.model_id.hex()} is not served by this relayer")
-        signer, n, scale, policy, _verifier = self.oracle.functions.models(ev.model_id).call()
+        _signer, n, scale, policy, *_ = self.oracle.functions.models(ev.model_id).call()
         if policy == 0:
             raise _Skip(f"model {model.name} is not registered in the oracle")
         if n != model.input_length or len(ev.input) != model.input_length:
@@ -238,6 +238,8 @@ class Relayer:
             raise _Skip(str(exc)) from None
         float_label = model.label(x)
 
+        # answered under the signer and policy recorded with the request, not the model's now
+        *_, signer, policy = self.oracle.functions.requests(ev.request_id).call()
         method = self._method(model, policy, signer)
         if method == "signature":
             now = self.w3.eth.get_block("latest")["timestamp"]

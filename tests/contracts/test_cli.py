@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from verifier.cli import main
-from verifier.manifest import SRSInfo, TensorSpec
+from verifier.manifest import Artifact, SRSInfo, TensorSpec
 
 pytestmark = pytest.mark.chain
 
@@ -72,10 +72,15 @@ def iris_package(iris_proofs, tmp_path_factory):
         label_output=1, srs=SRSInfo(logrows=c.logrows, sha256="00" * 32, source="development",
                                     insecure=True),
         artifacts={}, calibration={}, preflight={})
-    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
     v = c.verifier
-    (folder / "Verifier.json").write_text(json.dumps(
+    vj = folder / "Verifier.json"
+    vj.write_text(json.dumps(
         {"abi": v.abi, "bytecode": v.bytecode, "deployed_bytecode": v.deployed_bytecode}))
+    (folder / "settings.json").write_bytes((c.workdir / "settings.json").read_bytes())
+    manifest = manifest.model_copy(update={"artifacts": {n: Artifact(
+        sha256=hashlib.sha256((folder / n).read_bytes()).hexdigest(),
+        bytes=(folder / n).stat().st_size) for n in ("Verifier.json", "settings.json")}})
+    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
     return folder
 
 
@@ -127,9 +132,13 @@ def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_pa
     assert m["input_length"] == 4 and m["input_scale"] == iris_proofs.circuit.input_scale
     chain = connect(anvil_url)
     oracle = chain.contract(record["oracle"]["address"], oracle_abi())
-    signer_, length, scale, policy, verifier = oracle.functions.models(
+    signer_, length, scale, policy, verifier, n_inst, min_fee, max_abs = oracle.functions.models(
         bytes.fromhex(m["model_id"][2:])).call()
     assert (signer_.lower(), length, scale, policy, verifier) == (signer, 4, m["input_scale"],
                                                                  3, m["verifier"])
+    # 4 inputs, 3 logits, the label; EZKL's default range checks: 2 legs of 2^14
+    ra = iris_proofs.circuit.settings["run_args"]
+    assert (n_inst, min_fee) == (8, 0) == (m["num_instances"], m["min_fee"])
+    assert max_abs == ra["decomp_base"] ** ra["decomp_legs"] // 2 - 1 == m["max_abs_input"]
     p = iris_proofs.a
     verify_onchain(anvil_url, m["verifier"], p.proof, p.instances)

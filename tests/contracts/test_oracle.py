@@ -19,6 +19,7 @@ from verifier.fixedpoint import BN254_R, input_commitment, int_to_felt
 pytestmark = pytest.mark.chain
 
 ZERO = "0x" + "00" * 20
+MAXQ = 2**128 - 1  # the widest input bound (deploy.MAX_INPUT_BOUND)
 
 
 @pytest.fixture
@@ -66,27 +67,44 @@ def test_owner_only_and_model_config_errors(w):
     o, c = w.oracle.functions, w.chain
     other = w.w3.eth.accounts[2]
     with reverts("NotOwner"):
-        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 1, ZERO), sender=other)
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 1, ZERO, 8, MAXQ, 0), sender=other)
     with reverts("NotOwner"):
         c.transact(o.updateModel(M_PROOF, w.mock.address, 1, ZERO), sender=other)
     with reverts("NotOwner"):
         c.transact(o.transferOwnership(other), sender=other)
     with reverts("ModelAlreadyRegistered", M_PROOF):
-        c.transact(o.registerModel(M_PROOF, w.mock.address, 4, 13, 1, ZERO))
+        c.transact(o.registerModel(M_PROOF, w.mock.address, 4, 13, 1, ZERO, 8, MAXQ, 0))
     with reverts("InvalidInputLength"):
-        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 0, 13, 1, ZERO))
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 0, 13, 1, ZERO, 8, MAXQ, 0))
+    with reverts("InvalidInstanceCount", 4, 5):
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 1, ZERO, 4, MAXQ, 0))
+    with reverts("InvalidInputBound"):
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 1, ZERO, 8, 0, 0))
+    with reverts("NotOwner"):
+        c.transact(o.setMinFee(M_PROOF, 1), sender=other)
+    with reverts("UnknownModel"):
+        c.transact(o.setMinFee(b"\x09" * 32, 1))
     with reverts("InvalidPolicy"):
-        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 0, ZERO))
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 0, ZERO, 8, MAXQ, 0))
     with reverts("VerifierHasNoCode"):
-        c.transact(o.registerModel(b"\x09" * 32, other, 4, 13, 1, ZERO))
+        c.transact(o.registerModel(b"\x09" * 32, other, 4, 13, 1, ZERO, 8, MAXQ, 0))
     with reverts("ZeroSigner"):
-        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 3, ZERO))
+        c.transact(o.registerModel(b"\x09" * 32, w.mock.address, 4, 13, 3, ZERO, 8, MAXQ, 0))
     with reverts("UnknownModel"):
         c.transact(o.updateModel(b"\x09" * 32, w.mock.address, 1, ZERO))
     with reverts("ZeroAddress"):
         c.transact(o.transferOwnership(ZERO))
-    c.transact(o.transferOwnership(other))
-    assert o.owner().call() == other
+    owner = o.owner().call()
+    c.transact(o.transferOwnership(other))  # two steps: nothing moves until accepted
+    assert o.owner().call() == owner and o.pendingOwner().call() == other
+    with reverts("NotPendingOwner", w.relayer):
+        c.transact(o.acceptOwnership(), sender=w.relayer)
+    receipt = c.transact(o.acceptOwnership(), sender=other)
+    (ev,) = w.events(receipt, "OwnershipTransferred")
+    assert (ev["previousOwner"], ev["newOwner"]) == (owner, other)
+    assert o.owner().call() == other and o.pendingOwner().call() == ZERO
+    with reverts("NotOwner", owner):
+        c.transact(o.transferOwnership(owner))
 
 
 # -- requests ------------------------------------------------------------------------
@@ -230,8 +248,10 @@ def test_proof_path_checks_with_stand_in_verifier(w):
     o, c = w.oracle.functions, w.chain
     q = [-41779, 28672, -1, 0]  # negatives travel as r - |x|
     rid, _ = w.request(q=q, model_id=M_PROOF)
-    with reverts("InstancesTooShort", 5, 4):
+    with reverts("InstanceCountMismatch", 8, 4):
         c.transact(o.fulfillWithProof(rid, b"p", _instances(q)[:4]))
+    with reverts("InstanceCountMismatch", 8, 9):  # one instance too many: another circuit
+        c.transact(o.fulfillWithProof(rid, b"p", _instances(q) + [0]))
     bad = _instances(q)
     bad[2] = BN254_R  # not a field element
     with reverts("InstanceNotInField", 2):
@@ -375,3 +395,24 @@ def test_revert_error_is_decoded(w):
         w.chain.call(w.oracle.functions.cancelRequest(b"\x05" * 32))
     assert "UnknownRequest" in str(info.value)
     assert deploy.POLICIES == {"proof": 1, "signature": 2, "either": 3}
+
+
+# -- per-model minimum fee and input bound ------------------------------------------
+
+
+def test_minimum_fee_and_input_bound_are_checked_at_request_time(w):
+    o, c = w.oracle.functions, w.chain
+    mid = b"\x0b" * 32
+    c.transact(o.registerModel(mid, w.mock.address, 4, 13, 1, ZERO, 8, 2**35 - 1, 1000))
+    assert o.models(mid).call()[5:] == [8, 1000, 2**35 - 1]
+    with reverts("FeeTooLow", 999, 1000):
+        w.request(model_id=mid, fee=999)
+    with reverts("InputOutOfRange", 0, 2**36):  # the unprovable iris input
+        w.request(q=[2**36, 0, 0, 0], model_id=mid, fee=1000)
+    with reverts("InputOutOfRange", 3, -(2**35)):
+        w.request(q=[0, 0, 0, -(2**35)], model_id=mid, fee=1000)
+    rid, _ = w.request(q=[2**35 - 1, -(2**35 - 1), 0, 1], model_id=mid, fee=1000)
+    assert o.requests(rid).call()[6] == 1000
+    receipt = c.transact(o.setMinFee(mid, 5))
+    assert w.events(receipt, "MinFeeSet")[0]["minFee"] == 5
+    w.request(model_id=mid, fee=5)

@@ -26,7 +26,8 @@ def _deploy_iris(w, iris_proofs, policy="either"):
         w.chain, VerifierArtifact.from_compiled(iris_proofs.circuit.verifier))
     deploy.register_model(w.chain, w.oracle, model_id=M_IRIS, verifier=address,
                           input_length=4, input_scale=iris_proofs.circuit.input_scale,
-                          policy=policy, signer=w.signer.address)
+                          policy=policy, signer=w.signer.address,
+                          num_instances=len(iris_proofs.a.instances))
     return address
 
 
@@ -112,3 +113,34 @@ def test_real_proof_on_embedded_chain(embedded_chain, iris_proofs):
     w.chain.transact(w.oracle.functions.fulfillWithProof(rid, p.proof, p.instances),
                      gas=2_000_000)
     assert w.consumer(M_IRIS).functions.answers(rid).call() == [True, p.instances[-1]]
+
+
+def test_verify_inference_accepts_a_real_proof_and_rejects_a_tampered_one(aw, iris_proofs):
+    """ERC-7992-shaped verifyInference: no request; reverts on failure; gas printed (the
+    figure in docs/contracts.md)."""
+    from eth_abi import encode
+
+    from verifier.fixedpoint import input_commitment
+
+    p = iris_proofs.a
+    o, c = aw.oracle.functions, aw.chain
+    com = input_commitment(p.quantized)
+    label = encode(["uint256"], [p.instances[-1]])
+    proof = encode(["bytes", "uint256[]"], [p.proof, p.instances])
+    assert c.call(o.verifyInference(M_IRIS, com, label, proof)) is True
+    receipt = c.transact(o.verifyInference(M_IRIS, com, label, proof), sender=aw.relayer)
+    (ev,) = aw.events(receipt, "InferenceVerified")
+    assert ev["modelId"] == M_IRIS and ev["inputCommitment"] == com
+    print(f"verifyInference gas (iris_mlp, real proof): {receipt['gasUsed']}")
+    forged = bytearray(p.proof)
+    forged[100] ^= 0x01
+    with reverts("ProofRejected", b"\x00" * 32):
+        c.transact(o.verifyInference(M_IRIS, com, label,
+                                     encode(["bytes", "uint256[]"], [bytes(forged), p.instances])))
+    with reverts("OutputMismatch"):
+        c.call(o.verifyInference(M_IRIS, com, encode(["uint256"], [(p.instances[-1] + 1) % 3]),
+                                 proof))
+    b = iris_proofs.b  # a valid proof of another input
+    with reverts("InputMismatch", b"\x00" * 32):
+        c.call(o.verifyInference(M_IRIS, com, encode(["uint256"], [b.instances[-1]]),
+                                 encode(["bytes", "uint256[]"], [b.proof, b.instances])))

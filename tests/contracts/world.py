@@ -102,9 +102,11 @@ def make_world(chain: Chain) -> World:
     w = World(chain, oracle, signer, chain.contract(mock_addr, h.abi))
     w.relayer = chain.w3.eth.accounts[1]
     deploy.register_model(chain, oracle, model_id=M_PROOF, verifier=mock_addr, input_length=4,
-                          input_scale=13, policy="proof", signer=None)
+                          input_scale=13, policy="proof", signer=None, num_instances=8)
     deploy.register_model(chain, oracle, model_id=M_SIG, verifier=None, input_length=4,
-                          input_scale=13, policy="signature", signer=signer.address)
+                          input_scale=13, policy="signature", signer=signer.address,
+                          num_instances=8)
     deploy.register_model(chain, oracle, model_id=M_EITHER, verifier=mock_addr, input_length=4,
-                          input_scale=13, policy="either", signer=signer.address)
+                          input_scale=13, policy="either", signer=signer.address,
+                          num_instances=8)
     return w

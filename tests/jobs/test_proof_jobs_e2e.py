@@ -90,7 +90,7 @@ def test_async_proof_done_and_verifies_with_ezkl(server, tmp_path):
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
     audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "b"),
                             "--keys", str(tmp_path / "jwks.json"), "--models",
-                            str(server.home / "packages")],
+                            str(server.home / "packages"), "--allow-dev-srs"],
                            capture_output=True, text=True, cwd=REPO_ROOT,
                            env={**os.environ, "VERINFER_HOME": str(tmp_path)})
     assert audit.returncode == 0, audit.stderr
@@ -106,18 +106,18 @@ def test_proof_receipt_tamper_fails_closed(server):
     bundle = server.request("GET", f"/v1/proofs/{job['id']}/bundle")[1]
     jwks = server.request("GET", "/.well-known/jwks.json")[1]
     pkg = package_dir(server.home)
-    verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, jwks)
+    verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, jwks, allow_dev_srs=True)
     with pytest.raises(KeyUnknown):
-        verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, None)
+        verify_signed_bundle(ProofBundle.model_validate(bundle), pkg, None, allow_dev_srs=True)
     other = json.loads(json.dumps(bundle))
     other["receipt"]["index"] += 1  # another receipt than the signed one
     with pytest.raises(DigestMismatch):
-        verify_signed_bundle(ProofBundle.model_validate(other), pkg, jwks)
+        verify_signed_bundle(ProofBundle.model_validate(other), pkg, jwks, allow_dev_srs=True)
     forged = json.loads(json.dumps(bundle))
     sig = forged["proof_receipt"]["envelope"]["signatures"][0]
     sig["sig"] = sig["sig"][:10] + ("A" if sig["sig"][10] != "A" else "B") + sig["sig"][11:]
     with pytest.raises(SignatureInvalid):
-        verify_signed_bundle(ProofBundle.model_validate(forged), pkg, jwks)
+        verify_signed_bundle(ProofBundle.model_validate(forged), pkg, jwks, allow_dev_srs=True)
 
 
 def test_sync_proof_on_infer(server):
@@ -130,7 +130,7 @@ def test_sync_proof_on_infer(server):
     bundle = ProofBundle.model_validate_json(p["proof_bundle"])
     assert bundle.receipt["id"] == p["receipt_id"]
     jwks = server.request("GET", "/.well-known/jwks.json")[1]
-    _, statement = verify_signed_bundle(bundle, package_dir(server.home), jwks)
+    _, statement = verify_signed_bundle(bundle, package_dir(server.home), jwks, allow_dev_srs=True)
     assert statement.predicate.label == p["label"] == bundle.outputs.label
 
 

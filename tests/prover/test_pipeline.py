@@ -71,7 +71,7 @@ def test_prove_then_verify(prover_home, iris_bundle):
     _, _x_test, _, y_test = load_split("iris_mlp")
     assert bundle.outputs.label == y_test[0]
     assert bundle.agreement.agree and bundle.agreement.float_label == bundle.outputs.label
-    proc = run_cli("verify", iris_bundle.parent, home=prover_home)
+    proc = run_cli("verify", iris_bundle.parent, "--allow-dev-srs", home=prover_home)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.startswith("OK:")
 
@@ -104,7 +104,8 @@ def test_bit_flipped_proof_is_rejected(prover_home, iris_bundle, tmp_path):
         raw["proof"]["hex_proof"] = hex_proof[:84] + format(int(hex_proof[84:86], 16) ^ 1, "02x") \
             + hex_proof[86:]
 
-    proc = run_cli("verify", _tampered(iris_bundle, tmp_path, flip), home=prover_home)
+    proc = run_cli("verify", _tampered(iris_bundle, tmp_path, flip), "--allow-dev-srs",
+                   home=prover_home)
     assert proc.returncode == 1
     assert one_line_error(proc).startswith("FAIL:")
 
@@ -132,7 +133,8 @@ def test_proof_against_another_models_vk_is_rejected(prover_home, iris_bundle, o
     # The bundle names its package: checking it against another is a broken link ...
     with pytest.raises(LinkBroken):
         verify_bundle(bundle, other_package)
-    proc = run_cli("verify", iris_bundle.parent, "--package", other_package, home=prover_home)
+    proc = run_cli("verify", iris_bundle.parent, "--package", other_package, "--allow-dev-srs",
+                   home=prover_home)
     assert proc.returncode == 1
     # ... and the proof itself does not verify under the other model's vk.
     with pytest.raises(ProofInvalid):

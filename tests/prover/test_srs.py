@@ -11,27 +11,41 @@ import pytest
 from prover import srs
 from verifier.errors import InputError
 
+UNPINNED = 30  # past EZKL's largest public SRS (26): no hash is pinned for it
+
 
 def test_ceremony_srs_with_matching_hash_is_accepted(tmp_path):
-    f = tmp_path / "kzg12.srs"
+    f = tmp_path / "kzg30.srs"
     f.write_bytes(b"ceremony bytes")
     digest = hashlib.sha256(b"ceremony bytes").hexdigest()
-    got = srs.ceremony_srs(f, 12, digest.upper())
+    got = srs.ceremony_srs(f, UNPINNED, digest.upper())
     assert got.sha256 == digest and got.source == "ceremony" and not got.insecure
 
 
 def test_ceremony_srs_with_other_hash_is_refused(tmp_path):
-    f = tmp_path / "kzg12.srs"
+    f = tmp_path / "kzg30.srs"
     f.write_bytes(b"tampered bytes")
     with pytest.raises(InputError, match="not the published hash"):
-        srs.ceremony_srs(f, 12, hashlib.sha256(b"ceremony bytes").hexdigest())
+        srs.ceremony_srs(f, UNPINNED, hashlib.sha256(b"ceremony bytes").hexdigest())
 
 
 def test_ceremony_srs_without_a_published_hash_is_refused(tmp_path):
-    f = tmp_path / "kzg12.srs"
+    f = tmp_path / "kzg30.srs"
     f.write_bytes(b"x")
     with pytest.raises(InputError, match="--srs-sha256"):
-        srs.ceremony_srs(f, 12)
+        srs.ceremony_srs(f, UNPINNED)
+
+
+@pytest.mark.parametrize("logrows", [12, 15])  # the project's circuits
+def test_file_that_is_not_the_pinned_ceremony_srs_is_refused(tmp_path, logrows):
+    f = tmp_path / f"kzg{logrows}.srs"
+    f.write_bytes(b"a locally generated SRS, not the ceremony's")
+    with pytest.raises(InputError, match=f"not the published hash for logrows={logrows}"):
+        srs.ceremony_srs(f, logrows)
+    # --srs-sha256 cannot replace a pinned hash with the file's own
+    own = hashlib.sha256(f.read_bytes()).hexdigest()
+    with pytest.raises(InputError, match="not the pinned ceremony hash"):
+        srs.ceremony_srs(f, logrows, own)
 
 
 class CountingBackend:

@@ -57,7 +57,8 @@ def _setup(chain, model: LocalModel, policy: str, signer: str | None, *, model_i
     mid = model_id or model.model_id
     deploy.register_model(chain, oracle, model_id=mid, verifier=verifier,
                           input_length=input_length or model.input_length, input_scale=SCALE,
-                          policy=policy, signer=signer)
+                          policy=policy, signer=signer,
+                          num_instances=(input_length or model.input_length) + 4)
     return oracle, consumer(chain, oracle.address, mid)
 
 
@@ -138,7 +139,7 @@ def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
     # a model the oracle knows but this relayer does not serve
     unknown = b"\x07" * 32
     deploy.register_model(chain, oracle, model_id=unknown, verifier=None, input_length=4,
-                          input_scale=SCALE, policy="signature", signer=addr)
+                          input_scale=SCALE, policy="signature", signer=addr, num_instances=8)
     c_unknown = consumer(chain, oracle.address, unknown)
     # our model id under another oracle registration with the wrong input length
     oracle2, c_len = _setup(chain, iris_model, "signature", addr, input_length=5)
@@ -237,7 +238,8 @@ def test_relayer_inside_serve(anvil_chain, relay_anvil_url, tmp_path):
     scale = input_scale(ServerSettings(**base), "iris_mlp", sha)
     mid = bytes.fromhex(sha)
     deploy.register_model(chain, oracle, model_id=mid, verifier=None, input_length=4,
-                          input_scale=scale, policy="signature", signer=keys.eth_address)
+                          input_scale=scale, policy="signature", signer=keys.eth_address,
+                          num_instances=8)
     cons = consumer(chain, oracle.address, mid)
     q = quantized(held_out("iris_mlp", 1)[0], scale)
     rid = request(chain, cons, q)

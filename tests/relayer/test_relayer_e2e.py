@@ -85,11 +85,11 @@ def test_verify_bundle_on_chain(anvil_chain, relay_anvil_url, packages_home, iri
     path = bundle.write(tmp_path / "bundle")
     iris_v, digits_v = (_model(record, n)["verifier"] for n in ("iris_mlp", "digits_cnn"))
     ok = run_cli("verify", path, "--package", iris_package, "--rpc", relay_anvil_url,
-                 "--verifier", iris_v, "--json", home=packages_home)
+                 "--verifier", iris_v, "--json", "--allow-dev-srs", home=packages_home)
     assert ok.returncode == 0, ok.stderr
     assert "accepted on chain" in ok.stderr and json.loads(ok.stdout)["onchain"] == iris_v
     bad = run_cli("verify", path, "--package", iris_package, "--rpc", relay_anvil_url,
-                  "--verifier", digits_v, home=packages_home)
+                  "--verifier", digits_v, "--allow-dev-srs", home=packages_home)
     assert bad.returncode == 1 and "FAIL" in bad.stderr
     usage = run_cli("verify", path, "--rpc", relay_anvil_url, home=packages_home)
     assert usage.returncode == 2 and "--verifier" in usage.stderr

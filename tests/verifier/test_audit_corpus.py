@@ -43,7 +43,7 @@ def test_valid_items_alone_exit_0(corpus):
     root, index, packages = corpus
     valid = [root / i.split(":")[0] for i, k in index["items"].items() if k == "ok"]
     proc = verinfer("audit", *sorted(set(valid)), "--keys", root / "jwks.json",
-                    "--models", packages, "--eth-signer", index["eth_signer"])
+                    "--models", packages, "--eth-signer", index["eth_signer"], "--allow-dev-srs")
     assert proc.returncode == 0, proc.stderr
 
 
@@ -58,7 +58,8 @@ def test_parallel_audit_equals_serial(corpus, monkeypatch):
     many.write_text("\n".join(lines * 700) + "\n")  # several batches
     items += collect([many])
     auditor = Auditor(jwks=load_trusted_keys(root / "jwks.json"),
-                      packages=find_packages(packages), require_known_model=True)
+                      packages=find_packages(packages), require_known_model=True,
+                      allow_dev_srs=True)
     seen = []
     parallel = run_audit(items, auditor, jobs=2, on_result=seen.append)
     serial = run_audit(items, auditor, jobs=1)
@@ -75,7 +76,7 @@ def test_hashed_input_bundle_and_its_poseidon_link(hashed_proven, iris_proven):
     jwks = {"keys": [signer.jwk]}
     signed = bundle.model_copy(update={"receipt": sign_receipt(bundle, pkg.manifest, signer)
                                        .model_dump(mode="json")})
-    verify_signed_bundle(signed, pkg.dir, jwks)
+    verify_signed_bundle(signed, pkg.dir, jwks, allow_dev_srs=True)
     with pytest.raises(KeyUnknown):
         verify_signed_bundle(signed, pkg.dir, None)
     # another input, consistently restated (digest too): only the hash link catches it
@@ -96,8 +97,10 @@ def test_verify_cli_with_package_by_home(audit_home, iris_proven, tmp_path):
     signed = bundles[0].model_copy(update={"receipt": sign_receipt(
         bundles[0], pkg.manifest, signer).model_dump(mode="json")})
     path = signed.write(tmp_path / "b")
-    ok = verinfer("verify", path, "--keys", tmp_path / "jwks.json", home=audit_home)
+    ok = verinfer("verify", path, "--keys", tmp_path / "jwks.json", "--allow-dev-srs",
+                  home=audit_home)
     assert ok.returncode == 0, ok.stderr
     # audit with the data dir's packages as the default --models
-    ok = verinfer("audit", tmp_path / "b", "--keys", tmp_path / "jwks.json", home=audit_home)
+    ok = verinfer("audit", tmp_path / "b", "--keys", tmp_path / "jwks.json", "--allow-dev-srs",
+                  home=audit_home)
     assert ok.returncode == 0, ok.stderr

@@ -51,15 +51,17 @@ def test_each_golden_item_alone_gives_its_exit_code(item):
 def test_verify_command_on_golden_bundles(tmp_path):
     keys = ["--keys", GOLDEN / "jwks.json"]
     pkg = next((GOLDEN / "packages").iterdir())
-    ok = verinfer("verify", GOLDEN / "bundles" / "valid-signed", "--package", pkg, *keys, "--json")
+    ok = verinfer("verify", GOLDEN / "bundles" / "valid-signed", "--package", pkg, *keys, "--json",
+                  "--allow-dev-srs")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == {"ok": True, "model": "iris_mlp", "label": 2, "agree": True,
-                                     "signed": True}
+                                     "signed": True, "dev_srs": True}
     # a receipt and no trusted keys: fails closed
     nokeys = verinfer("verify", GOLDEN / "bundles" / "valid-signed", "--package", pkg)
     assert nokeys.returncode == 1 and "KeyUnknown" not in nokeys.stderr.split(":")[0]
     assert "no trusted keys" in nokeys.stderr
-    bad = verinfer("verify", GOLDEN / "bundles" / "label-differs", "--package", pkg, *keys)
+    bad = verinfer("verify", GOLDEN / "bundles" / "label-differs", "--package", pkg, *keys,
+                   "--allow-dev-srs")
     assert bad.returncode == 1 and bad.stderr.startswith("FAIL:")
     trunc = verinfer("verify", GOLDEN / "bundles" / "truncated", "--package", pkg, *keys)
     assert trunc.returncode == 2 and len(trunc.stderr.strip().splitlines()) == 1

@@ -56,10 +56,10 @@ def test_audit_and_verify_run_in_the_light_install(light_venv, tmp_path):
     assert outcomes(json.loads(proc.stdout), GOLDEN) == INDEX["items"]
     pkg = next((GOLDEN / "packages").iterdir())
     ok = subprocess.run([exe, "verify", str(GOLDEN / "bundles" / "valid-signed"), "--package",
-                         str(pkg), "--keys", str(GOLDEN / "jwks.json")],
+                         str(pkg), "--keys", str(GOLDEN / "jwks.json"), "--allow-dev-srs"],
                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
     bad = subprocess.run([exe, "verify", str(GOLDEN / "bundles" / "proof-bitflip"), "--package",
-                          str(pkg), "--keys", str(GOLDEN / "jwks.json")],
+                          str(pkg), "--keys", str(GOLDEN / "jwks.json"), "--allow-dev-srs"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("FAIL:"), bad.stderr

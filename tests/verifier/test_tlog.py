@@ -238,3 +238,21 @@ def test_v2_statement_checks_still_apply(v2):
     good = log.add(statement())
     with pytest.raises(LinkBroken):
         verify_receipt_v2(_with(good, id="0x" + "00" * 32), log.jwks)
+
+
+def test_v2_receipt_by_a_revoked_key(v2):
+    """A checkpoint key revoked before the statement's time fails with KeyRevoked; revoked
+    after it, the receipt still verifies (``verinfer keys revoke``, as for v1 receipts)."""
+    from datetime import datetime, timedelta
+
+    from verifier.errors import KeyRevoked
+
+    log, st, receipt = v2
+    signed_at = datetime.fromisoformat(st.predicate.time.replace("Z", "+00:00"))
+
+    def revoked(at: datetime) -> dict:
+        return {"keys": [{**k, "revoked_at": at.isoformat()} for k in log.jwks["keys"]]}
+
+    assert verify_receipt_v2(receipt, revoked(signed_at + timedelta(seconds=1))) == st
+    with pytest.raises(KeyRevoked):
+        verify_receipt_v2(receipt, revoked(signed_at - timedelta(seconds=1)))

@@ -1,0 +1,94 @@
+"""``verinfer keys revoke KID``: the key stays in the JWKS marked revoked (with the time),
+receipts it signs after that time fail verification, its private key file is gone."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from verifier.errors import KeyRevoked
+from verifier.keys import check_not_revoked, ed25519_jwk
+from verifier.receipts import Receipt, Statement, sign_envelope, verify_receipt
+
+IRIS = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                               "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
+
+
+def _resign(receipt: dict, key, when: datetime) -> Receipt:
+    """The receipt's statement with another time, signed again by ``key`` (a thief's receipt)."""
+    r = Receipt.parse(receipt)
+    raw = json.loads(base64.b64decode(r.envelope.payload))
+    raw["predicate"]["time"] = when.isoformat(timespec="milliseconds")
+    st = Statement.model_validate(raw)
+    kid = ed25519_jwk(key.public_key())["kid"]
+    return r.model_copy(update={"envelope": sign_envelope(st, kid, key.sign)})
+
+
+def test_revocation_time_bounds_the_key(tmp_path):
+    from server.receipts.keys import load_keys, new_ed25519, revoke_ed25519
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path / "home")
+    first = load_keys(settings).kid
+    second = new_ed25519(settings)
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    done = revoke_ed25519(settings, first, now=at)
+    assert done == {"kid": first, "revoked_at": "2026-01-02T03:04:05.000+00:00", "active": second}
+    assert not (settings.keys_dir / "ed25519" / f"{first}.pem").exists()
+    jwks = load_keys(settings, create=False).jwks
+    assert [k["kid"] for k in jwks["keys"]] == [second, first]
+    assert jwks["keys"][1]["revoked_at"] == done["revoked_at"] and "d" not in jwks["keys"][1]
+    check_not_revoked(jwks, first, "2026-01-02T03:04:04.999Z")  # before: fine
+    check_not_revoked(jwks, second, "2030-01-01T00:00:00Z")  # another key: fine
+    for late in ("2026-01-02T03:04:05Z", "2026-01-02T03:34:05+00:30", "2027-01-01T00:00:00Z"):
+        with pytest.raises(KeyRevoked):
+            check_not_revoked(jwks, first, late)
+    with pytest.raises(KeyRevoked, match="cannot be read"):
+        check_not_revoked(jwks, first, "yesterday")
+    # revoking the active key makes a new one active
+    third = revoke_ed25519(settings, second)["active"]
+    assert third not in (first, second) and load_keys(settings, create=False).kid == third
+
+
+@pytest.mark.e2e
+def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
+    home = tmp_path / "home"
+    s1 = start_server(home)
+    req = urllib.request.Request(s1.base + "/v2/models/iris_mlp/infer", data=IRIS,
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        before = json.loads(json.loads(r.read())["parameters"]["receipt"])
+    s1.stop()
+    kid = before["envelope"]["signatures"][0]["keyid"]
+    pem = home / "keys" / "ed25519" / f"{kid}.pem"
+    stolen = load_pem_private_key(pem.read_bytes(), None)  # a copy someone kept
+
+    unknown = cli(home, "keys", "revoke", "nosuchkid")
+    assert unknown.returncode == 2 and "no signing key" in unknown.stderr
+    r = cli(home, "keys", "revoke", kid, "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout)
+    assert done["kid"] == kid and done["active"] != kid and not pem.exists()
+    assert cli(home, "keys", "revoke", kid).returncode == 2  # already revoked
+
+    s2 = start_server(home)
+    jwks = s2.get("/.well-known/jwks.json")
+    (listed,) = [k for k in jwks["keys"] if k["kid"] == kid]
+    assert listed["revoked_at"] == done["revoked_at"]
+    # signed before the revocation: still verifies
+    verify_receipt(Receipt.parse(before), jwks)
+    # signed by the revoked key after it: fails, whoever holds the key
+    later = datetime.fromisoformat(done["revoked_at"]) + timedelta(seconds=1)
+    with pytest.raises(KeyRevoked):
+        verify_receipt(_resign(before, stolen, later), jwks)
+    # new answers are signed by the new active key and verify
+    with urllib.request.urlopen(urllib.request.Request(
+            s2.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST"), timeout=30) as r:
+        after = json.loads(json.loads(r.read())["parameters"]["receipt"])
+    assert after["envelope"]["signatures"][0]["keyid"] == done["active"]
+    verify_receipt(Receipt.parse(after), jwks)
