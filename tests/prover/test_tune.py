@@ -68,7 +68,7 @@ def test_tuned_package_proves_and_verifies_offline_and_on_chain(tuned, prover_ho
         req.write_text(oip_request(x_test[i].reshape(1, 4)))
         run_cli("prove", "iris_tuned", "--input", req, "--out", tmp_path / f"b{i}",
                 home=prover_home, check=True)
-        proc = run_cli("verify", tmp_path / f"b{i}", home=prover_home)
+        proc = run_cli("verify", tmp_path / f"b{i}", "--allow-dev-srs", home=prover_home)
         assert proc.returncode == 0, proc.stderr
         bundle = json.loads((tmp_path / f"b{i}" / "bundle.json").read_text())
         assert bundle["outputs"]["label"] == y_test[i] and bundle["agreement"]["agree"]
@@ -79,7 +79,7 @@ def test_tuned_package_proves_and_verifies_offline_and_on_chain(tuned, prover_ho
                 home=prover_home, check=True)
         verifier = json.loads(record.read_text())["models"][0]["verifier"]
         for b in bundles:
-            proc = run_cli("verify", b, "--rpc", url, "--verifier", verifier, home=prover_home)
+            proc = run_cli("verify", b, "--allow-dev-srs", "--rpc", url, "--verifier", verifier, home=prover_home)
             assert proc.returncode == 0, proc.stderr
         # and the same deployed verifier refuses a bit-flipped proof and altered instances
         proof, instances = proof_parts(json.loads((bundles[0] / "bundle.json").read_text())
