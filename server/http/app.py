@@ -300,7 +300,7 @@ def create_app(
         return Response(_log().latest()[1], media_type="text/plain; charset=utf-8")
 
     @app.get("/v1/log/proof/inclusion", tags=["log"])
-    async def log_inclusion(index: int, size: int | None = None) -> Response:
+    async def log_inclusion(index: int = Query(ge=0), size: int | None = Query(None, ge=0)) -> Response:
         """Inclusion proof of leaf ``index`` in the tree of ``size`` leaves (default: the latest checkpoint)."""
         log_ = _log()
         size = log_.latest()[0] if size is None else size
@@ -308,7 +308,8 @@ def create_app(
         return _json({"index": index, "size": size, "proof": [base64.b64encode(h).decode() for h in proof]})
 
     @app.get("/v1/log/proof/consistency", tags=["log"])
-    async def log_consistency(old: int = Query(alias="from"), to: int | None = None) -> Response:
+    async def log_consistency(old: int = Query(alias="from", ge=0),
+                              to: int | None = Query(None, ge=0)) -> Response:
         """Consistency proof from the tree of ``from`` leaves to that of ``to`` (default: the latest)."""
         log_ = _log()
         to = log_.latest()[0] if to is None else to

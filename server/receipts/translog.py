@@ -95,20 +95,26 @@ class LogReader:
 
     def _checked_size(self, size: int, what: str) -> None:
         latest, _ = self.latest()
-        if not 0 <= size <= latest:
-            raise InputError(f"{what} {size} is not a size the log has signed (latest: {latest})")
+        if size < 0:
+            raise InputError(f"{what} must not be negative")
+        if size > latest:  # a size the log may reach later: not there (yet)
+            raise NotFound(f"{what} {size} is not a size the log has signed (latest: {latest})")
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
         self._checked_size(size, "size")
-        if not 0 <= index < size:
-            raise InputError(f"index {index} is not in a tree of size {size}")
+        if index < 0:
+            raise InputError("index must not be negative")
+        if index >= size:
+            raise NotFound(f"index {index} is not in a tree of size {size}")
         with self._lock:
             return inclusion_proof(index, size, self._nodes.get)
 
     def consistency(self, old: int, new: int) -> list[bytes]:
         self._checked_size(new, "to")
-        if not 0 <= old <= new:
-            raise InputError(f"from {old} must be between 0 and to {new}")
+        if old < 0:
+            raise InputError("from must not be negative")
+        if old > new:
+            raise NotFound(f"no consistency proof from size {old} to the smaller size {new}")
         with self._lock:
             return consistency_proof(old, new, self._nodes.get)
 

@@ -30,11 +30,11 @@ def held_out(model: str, n: int) -> np.ndarray:
 
 
 def subjects(res) -> dict[str, str]:
-    """The receipt's subject digests (the statement inside the receipt's DSSE envelope)."""
+    """The receipt's subject digests (the logged statement a v2 receipt carries)."""
     import base64
 
     receipt = json.loads(res.get_response()["parameters"]["receipt"])
-    statement = json.loads(base64.b64decode(receipt["envelope"]["payload"]))
+    statement = json.loads(base64.b64decode(receipt["statement"]))
     return {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
 
 
