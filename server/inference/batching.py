@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from server.errors import NotReady
 from server.settings import BatchPolicy
 
 
@@ -188,6 +189,8 @@ class DynamicBatcher:
         try:
             if not any(isinstance(r, BaseException) for r in results):  # (a failed run: alone)
                 results = await self.finish(batch, results)
+        except NotReady as exc:  # the stage itself is down (a receipt worker died): all fail
+            results = [exc] * len(batch)
         except Exception:  # noqa: BLE001  (one bad request fails alone: finish each on its own)
             results = [await self._finish_alone(i, r) for i, r in zip(batch, results)]
         finally:
@@ -211,6 +214,8 @@ def _each_alone(finish: FinishInline, batch: list[Item], results: list[Any]) -> 
         return results
     try:
         return finish(batch, results)
+    except NotReady as exc:
+        return [exc] * len(batch)
     except Exception:  # noqa: BLE001
         out = []
         for item, result in zip(batch, results):

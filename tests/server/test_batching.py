@@ -272,3 +272,32 @@ def test_one_bad_request_fails_alone(threaded, stage):
     for k in (0, 1, 2, 4, 5):
         assert res[k][0] == "signed", res[k]
         np.testing.assert_array_equal(res[k][1], np.full((1, 2), 2 * k, np.float32))
+
+
+def test_a_finish_stage_that_is_down_fails_its_chunk_once():
+    """NotReady (the receipt worker died) is the stage's failure, not a request's: the chunk
+    fails as a whole, with no retry request by request."""
+    from server.errors import NotReady
+
+    calls = []
+
+    async def finish(items, results):
+        calls.append(len(items))
+        raise NotReady("the receipt signer died")
+
+    async def main():
+        b = DynamicBatcher("m", lambda items: [i.x for i in items],
+                           BatchPolicy(max_batch_size=64, max_queue_delay_ms=50), threaded=False,
+                           finish=finish, finish_chunk=8)
+        b.start()
+        try:
+            await asyncio.gather(b.submit(np.zeros((1, 2), np.float32), None),
+                                 return_exceptions=True)
+            return await asyncio.gather(*(b.submit(np.ones((1, 2), np.float32), k) for k in range(5)),
+                                        return_exceptions=True)
+        finally:
+            await b.stop()
+
+    res = run(main())
+    assert all(isinstance(r, NotReady) for r in res)
+    assert sum(calls) == 6 and all(n >= 1 for n in calls)  # each request went to finish once
