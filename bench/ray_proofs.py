@@ -37,20 +37,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the real-cluster helper the tests use
 
-from bench.proof_jobs import RESULTS, Server, _ensure_package, _inputs, _tensor  # noqa: E402
+from bench.proof_jobs import RESULTS, _call, _ensure_package, _inputs, _tensor  # noqa: E402
+from testkit.server_process import ServerProcess  # noqa: E402
 
 
-def _run(server: Server, name: str, xs, warm) -> dict:
+def _run(server: ServerProcess, name: str, xs, warm) -> dict:
     ids = []
     for x in warm:  # start every worker / actor and open the package first
-        status, job = server.call("POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
+        status, job = _call(server, "POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
         assert status in (200, 202), job
         ids.append(job["id"])
     _wait(server, ids)
     t = time.perf_counter()
     ids = []
     for x in xs:
-        status, job = server.call("POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
+        status, job = _call(server, "POST", "/v1/proofs", {"model": name, "inputs": _tensor(x)})
         assert status in (200, 202), job
         ids.append(job["id"])
     jobs = _wait(server, ids)
@@ -62,7 +63,7 @@ def _run(server: Server, name: str, xs, warm) -> dict:
             "attempts": sum(j["attempts"] for j in jobs), "first_job": ids[0]}
 
 
-def _wait(server: Server, ids: list[str], timeout: float = 3600) -> list[dict]:
+def _wait(server: ServerProcess, ids: list[str], timeout: float = 3600) -> list[dict]:
     end = time.monotonic() + timeout
     done: dict[str, dict] = {}
     while len(done) < len(ids):
@@ -70,7 +71,7 @@ def _wait(server: Server, ids: list[str], timeout: float = 3600) -> list[dict]:
             raise RuntimeError(f"jobs not done in {timeout}s")
         for j in ids:
             if j not in done:
-                st = server.call("GET", f"/v1/proofs/{j}")[1]
+                st = _call(server, "GET", f"/v1/proofs/{j}")[1]
                 if st["status"] == "failed":
                     raise RuntimeError(f"job failed: {st}")
                 if st["status"] == "done":
@@ -79,14 +80,8 @@ def _wait(server: Server, ids: list[str], timeout: float = 3600) -> list[dict]:
     return [done[j] for j in ids]
 
 
-def _server(home: Path, env: dict) -> Server:
-    old = dict(os.environ)
-    os.environ.update(env)  # bench.proof_jobs.Server takes its settings from the environment
-    try:
-        return Server(home, int(env.get("VERINFER_PROOF_WORKERS", "1")))
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+def _server(home: Path, env: dict) -> ServerProcess:
+    return ServerProcess(home, env={"VERINFER_MAX_QUEUED_PROOFS": "1000", **env}).wait_ready()
 
 
 def _server_cost(pkg: Path, bundle: dict, home: Path, repeat: int = 5) -> float:
@@ -185,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                "RAYON_NUM_THREADS": str(args.local_threads)})
             try:
                 row["local"] = _run(s, name, xs, xs_warm["local"])
-                bundle = s.call("GET", f"/v1/proofs/{row['local'].pop('first_job')}/bundle")[1]
+                bundle = _call(s, "GET", f"/v1/proofs/{row['local'].pop('first_job')}/bundle")[1]
             finally:
                 s.stop()
             print(f"{name} local: {row['local']}", file=sys.stderr)
