@@ -33,12 +33,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_anvil(binary: Path) -> Iterator[str]:
-    """Start anvil on 127.0.0.1 at a free port; yield its URL; stop it."""
+def local_anvil(binary: Path, *extra: str) -> Iterator[str]:
+    """Start anvil on 127.0.0.1 at a free port (``extra``: more anvil options); yield its URL;
+    stop it."""
     port = _free_port()
     proc = subprocess.Popen(
         [str(binary), "--host", "127.0.0.1", "--port", str(port), "--silent",
-         "--gas-limit", "100000000"],
+         "--gas-limit", "100000000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30

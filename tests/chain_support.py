@@ -7,14 +7,11 @@ Dev accounts: anvil's default unlocked accounts are used in tests only.
 from __future__ import annotations
 
 import contextlib
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from testkit.server_process import free_port
+from contracts.anvil import local_anvil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
@@ -26,34 +23,8 @@ def run_anvil(*extra: str):
     stop it."""
     if not ANVIL.is_file():
         pytest.skip(f"anvil not installed at {ANVIL} (run make setup)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(ANVIL), "--host", "127.0.0.1", "--port", str(port), "--silent",
-         "--disable-code-size-limit", "--gas-limit", "100000000", *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"anvil exited: {proc.stderr.read().decode()[:500]}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("anvil did not start in 30 s") from None
-                time.sleep(0.05)
+    with local_anvil(ANVIL, "--disable-code-size-limit", *extra) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
 
 
 @pytest.fixture(scope="session")
