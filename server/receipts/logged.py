@@ -34,6 +34,7 @@ from verifier.eip712 import (
     sign_digest,
     signing_key,
 )
+from verifier.errors import InputError
 from verifier.fixedpoint import input_commitments
 from verifier.receipts import STATEMENT_TYPE
 from verifier.receipts_v2 import PREDICATE_V2_TYPE, RECEIPT_V2_FORMAT
@@ -91,7 +92,7 @@ class LogReceipts:
         for i, n in enumerate(job.rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
             if not _REQUEST_ID.fullmatch(rid):
-                raise ValueError(f"bad request id {rid!r}")
+                raise InputError(f"bad request id {rid!r}")  # it goes into the JSON unescaped
             x_model = job.x_model[start : start + n]
             x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model
             label = job.labels[i]
