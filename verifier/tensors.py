@@ -82,3 +82,19 @@ def tensor_digest(array: np.ndarray, datatype: str | None = None) -> str:
     h = hashlib.sha256(header)
     h.update(arr.reshape(-1).view(np.uint8))  # C-contiguous: the same bytes as tobytes()
     return h.hexdigest()
+
+
+def tensor_digests(array: np.ndarray, datatype: str, rows: list[int]) -> list[str]:
+    """:func:`tensor_digest` of each of a batch's answers: ``array`` holds them one after
+    another on axis 0, ``rows[i]`` rows for answer i (one conversion for the whole batch)."""
+    _, arr = _canonical(array, datatype)
+    tail = arr.shape[1:]
+    per = arr[:1].nbytes
+    data = arr.reshape(-1).view(np.uint8).data
+    out, start = [], 0
+    for n in rows:
+        h = hashlib.sha256(_header(datatype, (n, *tail)))
+        h.update(data[start * per : (start + n) * per])
+        out.append(h.hexdigest())
+        start += n
+    return out

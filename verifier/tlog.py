@@ -63,13 +63,8 @@ def _split(n: int) -> int:
 def stored_index(level: int, n: int) -> int:
     """Where a log stores the hash of subtree ``n`` at ``level``: Go ``sumdb/tlog``'s
     ``StoredHashIndex`` (a leaf's hash, then the subtrees it completes; appends add at the end)."""
-    for _ in range(level):
-        n = 2 * n + 1
-    i = 0
-    while n > 0:
-        i += n
-        n >>= 1
-    return i + level
+    n = ((n + 1) << level) - 1  # the subtree's last leaf's index, in Go's loop, before summing
+    return 2 * n - n.bit_count() + level  # sum of n >> j over j >= 0, in closed form
 
 
 # Complete, aligned subtree hash: get(level, index) covers leaves [index << level, (index + 1) << level).

@@ -62,3 +62,17 @@ def jcs_numbers(array: np.ndarray) -> str:
     if kind == "b":
         return "[" + ",".join("true" if v else "false" for v in values) + "]"
     raise ValueError(f"no JCS form for dtype {array.dtype}")
+
+
+def jcs_number_rows(array: np.ndarray, rows: list[int]) -> list[str]:
+    """:func:`jcs_numbers` of each of a batch's answers (``rows[i]`` rows of ``array`` on axis 0
+    for answer i), written as one text and cut at its commas (no number holds a comma)."""
+    if len(rows) == 1:
+        return [jcs_numbers(array)]
+    per = array[:1].size
+    tokens = jcs_numbers(array)[1:-1].split(",") if array.size else []
+    out, start = [], 0
+    for n in rows:
+        out.append("[" + ",".join(tokens[start * per : (start + n) * per]) + "]")
+        start += n
+    return out

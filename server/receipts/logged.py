@@ -15,7 +15,7 @@ import base64
 import hashlib
 from datetime import UTC, datetime
 
-from server.receipts.jcs import jcs_numbers, jcs_string
+from server.receipts.jcs import jcs_number_rows, jcs_string
 from server.receipts.keys import KeyRing
 from server.receipts.signer import (
     _REQUEST_ID,
@@ -38,7 +38,7 @@ from verifier.errors import InputError
 from verifier.fixedpoint import input_commitments
 from verifier.receipts import STATEMENT_TYPE
 from verifier.receipts_v2 import PREDICATE_V2_TYPE, RECEIPT_V2_FORMAT
-from verifier.tensors import tensor_digest
+from verifier.tensors import tensor_digest, tensor_digests
 from verifier.tlog import note_verifier_key, signature_line
 
 _sha256 = hashlib.sha256
@@ -86,26 +86,36 @@ class LogReceipts:
         now = datetime.fromtimestamp(job.time, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         deadline = int(job.time) + self.ttl
         model_json, model_subject, input_name, input_subject, output_names, device = self._model_parts(model)
-        commitments = input_commitments(job.x_model, model.scale, job.rows)
-        eip_asked = job.eip712 or [False] * len(job.rows)
+        rows = job.rows
+        commitments = input_commitments(job.x_model, model.scale, rows)
+        # whole-batch digests and JSON, cut per answer: one conversion, not one per answer
+        if all(x is None for x in job.x_sent) and len(set(job.datatypes)) == 1:
+            input_digests = tensor_digests(job.x_model, job.datatypes[0], rows)
+        else:  # some request sent another datatype than the model's: digest what it sent
+            input_digests, start = [], 0
+            for n, x, dt in zip(rows, job.x_sent, job.datatypes):
+                input_digests.append(tensor_digest(job.x_model[start : start + n] if x is None else x, dt))
+                start += n
+        per_output = [(name_j, dt_j, subject_j, tensor_digests(a, dt, rows), jcs_number_rows(a, rows), a.shape[1:])
+                      for (name_j, dt_j, subject_j), (name, dt) in zip(output_names, model.outputs)
+                      for a in (job.outputs[name],)]
+        eip_asked = job.eip712 or [False] * len(rows)
         stmts, texts_all, eips, start = [], [], [], 0
-        for i, n in enumerate(job.rows):
+        for i, n in enumerate(rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
             if not _REQUEST_ID.fullmatch(rid):
                 raise InputError(f"bad request id {rid!r}")  # it goes into the JSON unescaped
-            x_model = job.x_model[start : start + n]
-            x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model
+            x_sent = job.x_sent[i]
+            in_shape = shape_json(x_sent.shape) if x_sent is not None else shape_json((n, *job.x_model.shape[1:]))
             label = job.labels[i]
             commitment_raw = commitments[i]
             commitment = "0x" + commitment_raw.hex()
-            input_digest = tensor_digest(x_sent, datatype)
+            input_digest = input_digests[i]
             outputs, subjects, texts = [], [], {}
-            for (name_j, dt_j, subject_j), (name, dt) in zip(output_names, model.outputs):
-                a = job.outputs[name][start : start + n]
-                digest = tensor_digest(a, dt)
-                texts[name] = data = jcs_numbers(a)
-                outputs.append(f'{{"data":{data},"datatype":{dt_j},"digest":"{digest}",'
-                               f'"name":{name_j},"shape":{shape_json(a.shape)}}}')
+            for (name_j, dt_j, subject_j, digests, datas, tail), (name, _) in zip(per_output, model.outputs):
+                digest, texts[name] = digests[i], datas[i]
+                outputs.append(f'{{"data":{datas[i]},"datatype":{dt_j},"digest":"{digest}",'
+                               f'"name":{name_j},"shape":{shape_json((n, *tail))}}}')
                 subjects.append(f'{{"digest":{{"sha256":"{digest}"}},"name":{subject_j}}}')
             start += n
             texts_all.append(texts)
@@ -125,7 +135,7 @@ class LogReceipts:
                 f'{{"_type":"{STATEMENT_TYPE}","predicate":{{"clientRequestId":{"null" if client is None else jcs_string(client)},'
                 f'"device":{device},"eip712":{self._eip712_ref if eip != "null" else "null"},'
                 f'"input":{{"commitment":"{commitment}","datatype":{jcs_string(datatype)},"digest":"{input_digest}",'
-                f'"name":{input_name},"scale":{model.scale},"shape":{shape_json(x_sent.shape)}}},'
+                f'"name":{input_name},"scale":{model.scale},"shape":{in_shape}}},'
                 f'"label":{label_j},"model":{model_json},"outputs":[{",".join(outputs)}],'
                 f'"requestId":"{rid}","time":"{now}"}},"predicateType":"{PREDICATE_V2_TYPE}","subject":['
                 f'{model_subject},{{"digest":{{"sha256":"{input_digest}"}},"name":{input_subject}}},'

@@ -34,7 +34,6 @@ from verifier.tlog import (
     node_hash,
     root_hash,
     stored_index,
-    subtree_hash,
 )
 
 SCHEMA = """
@@ -168,30 +167,8 @@ class LogWriter:
     def append(self, leaves: list[bytes]) -> tuple[str, Callable[[int], list[bytes]]]:
         """Append leaf hashes durably, then sign the new tree's checkpoint. Returns the signed
         note and ``proof(index)``: the inclusion proof of one of these leaves in that tree."""
-        old, edge = self.size, self._edge
-        new: dict[tuple[int, int], bytes] = {}
-        rows = []
-        for j, h in enumerate(leaves):
-            i = old + j
-            level, k = 0, i
-            new[(0, i)] = h
-            rows.append((stored_index(0, i), h))
-            while k & 1:  # i completes the subtree on its left: the left half is new or the edge
-                left = new.get((level, k - 1)) or edge[level]
-                h = node_hash(left, h)
-                level, k = level + 1, k >> 1
-                new[(level, k)] = h
-                rows.append((stored_index(level, k), h))
-        size = old + len(leaves)
-
-        def get(level: int, n: int) -> bytes:
-            h = new.get((level, n))
-            if h is None:
-                if n != (old >> level) - 1:
-                    _missing(level, n)
-                h = edge[level]
-            return h
-
+        old, size, edge = self.size, self.size + len(leaves), self._edge
+        levels, rows = _levels(old, size, leaves, edge)
         self._db.execute("BEGIN")
         try:
             self._db.executemany("INSERT INTO nodes VALUES (?, ?)", rows)
@@ -201,10 +178,22 @@ class LogWriter:
             self._db.execute("ROLLBACK")
             raise
         self.size = size
-        self._edge = [get(lvl, (size >> lvl) - 1) if size >> lvl else None for lvl in range(64)]
-        memo: dict = {}  # the right edge's incomplete subtrees, shared by the batch's proofs
-        note = self._checkpoint(subtree_hash(0, size, get, memo))
-        return note, lambda index: inclusion_proof(index, size, get, memo)
+        self._edge = [levels[lvl][(size >> lvl) - 1] if size >> lvl else None for lvl in range(64)]
+        note = self._checkpoint(levels[-1][0])
+
+        def proof(index: int) -> list[bytes]:
+            """The siblings on the way up, leaf side first (RFC 9162's PATH: a level's last
+            node without a sibling moves up unchanged and adds nothing)."""
+            path, count = [], size
+            for level in levels[:-1]:
+                sibling = index ^ 1
+                if sibling < count:
+                    path.append(level[sibling])
+                index >>= 1
+                count = (count + 1) >> 1
+            return path
+
+        return note, proof
 
     def _checkpoint(self, root: bytes) -> str:
         body = checkpoint_body(self.origin, self.size, root)
@@ -220,6 +209,34 @@ class LogWriter:
     def close(self) -> None:
         self._db.close()
         self._lock_file.close()  # releases the writer lock
+
+
+def _levels(old: int, size: int, leaves: list[bytes], edge: list[bytes | None]
+            ) -> tuple[list[dict[int, bytes]], list[tuple[int, bytes]]]:
+    """The nodes an append of ``leaves`` to a tree of ``old`` leaves makes, level by level up to
+    the root: per level, the nodes over any new leaf, the one to their left (the edge: a
+    complete subtree of the old tree; every proof's left siblings outside the batch are
+    edges) and, on the right, a last node over fewer than ``2**level`` leaves, which is its
+    left child when it has one child (RFC 9162's split: the same hashes as its recursion).
+    Also the new complete subtrees, as ``(stored index, hash)`` rows to store."""
+    levels: list[dict[int, bytes]] = []
+    nodes = {old + j: h for j, h in enumerate(leaves)}
+    rows = [(stored_index(0, i), h) for i, h in nodes.items()]
+    count, level = size, 0
+    while True:
+        first = old >> level
+        if first:
+            nodes[first - 1] = edge[level]
+        levels.append(nodes)
+        if count == 1:
+            return levels, rows
+        up, level, count = {}, level + 1, (count + 1) >> 1
+        for k in range(old >> level, count):
+            left, right = nodes[2 * k], nodes.get(2 * k + 1)
+            up[k] = h = left if right is None else node_hash(left, right)
+            if (k + 1) << level <= size:  # complete: a stored subtree
+                rows.append((stored_index(level, k), h))
+        nodes = up
 
 
 def _writer_lock(path: Path, timeout_s: float):

@@ -50,3 +50,20 @@ def test_ints_strings_and_refusals():
         jcs_numbers(np.asarray([1.0, float("nan")], dtype=np.float32))
     with pytest.raises(ValueError):
         jcs_numbers(np.asarray([2**60], dtype=np.int64))
+
+
+def test_batch_rows_match_one_answer_at_a_time():
+    """jcs_number_rows and tensor_digests cut a batch as jcs_numbers / tensor_digest see each answer."""
+    from server.receipts.jcs import jcs_number_rows
+    from verifier.tensors import tensor_digest, tensor_digests
+
+    rng = np.random.default_rng(5)
+    for dtype, datatype in ((np.float32, "FP32"), (np.float64, "FP64"), (np.int64, "INT64")):
+        for rows in ([1], [3], [1, 1, 1, 1], [2, 1, 3], [1, 4, 1, 2]):
+            a = (rng.standard_normal((sum(rows), 3, 2)) * 1e3).astype(dtype)
+            if dtype is np.float32:
+                a.flat[::7] = [1e-7, -0.0, 1e21, 2.0][: len(a.flat[::7])] + [0.5] * max(0, len(a.flat[::7]) - 4)
+            starts = np.cumsum([0, *rows])
+            parts = [a[s:e] for s, e in zip(starts, starts[1:])]
+            assert jcs_number_rows(a, rows) == [jcs_numbers(p) for p in parts]
+            assert tensor_digests(a, datatype, rows) == [tensor_digest(p, datatype) for p in parts]

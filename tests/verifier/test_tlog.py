@@ -27,6 +27,7 @@ from verifier.tlog import (
     leaf_hash,
     node_hash,
     sign_note,
+    stored_index,
     verify_checkpoint,
     verify_consistency,
     verify_inclusion,
@@ -256,3 +257,21 @@ def test_v2_receipt_by_a_revoked_key(v2):
     assert verify_receipt_v2(receipt, revoked(signed_at + timedelta(seconds=1))) == st
     with pytest.raises(KeyRevoked):
         verify_receipt_v2(receipt, revoked(signed_at - timedelta(seconds=1)))
+
+
+def test_stored_index_is_go_sumdb_order():
+    """Go's ``tlog.StoredHashIndex`` (a loop) and the closed form agree; the first few by hand."""
+    def go(level: int, n: int) -> int:
+        for _ in range(level):
+            n = 2 * n + 1
+        i = 0
+        while n > 0:
+            i += n
+            n >>= 1
+        return i + level
+
+    assert [stored_index(0, 0), stored_index(0, 1), stored_index(1, 0), stored_index(0, 2),
+            stored_index(0, 3), stored_index(1, 1), stored_index(2, 0)] == list(range(7))
+    for level in range(40):
+        for n in [*range(70), 2**40 + 5, 2**50 - 1]:
+            assert stored_index(level, n) == go(level, n)
