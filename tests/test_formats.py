@@ -143,3 +143,34 @@ def test_doc_receipt_vector_verifies_with_verifier_and_recipe():
     tampered = dict(receipt, index=receipt["index"] - 1)
     with pytest.raises(ValueError):
         doc_recipe()(tampered, DOC_NOTE_KEY)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy casting out-of-range values
+def test_list_digest_is_the_numpy_digest_of_the_list():
+    """verifier.tensors.list_digest (an audit's output digests, packed with struct) hashes the
+    bytes tensor_digest(np.asarray(data).reshape(shape)) hashes, for every datatype and the
+    values where struct and numpy could part: large ints in float outputs, -0, subnormals,
+    out-of-range values, bools, floats in int outputs."""
+    import numpy as np
+
+    from verifier.tensors import DATATYPES, list_digest, tensor_digest
+
+    rng = np.random.default_rng(3)
+    f32 = np.finfo(np.float32)
+    lists = [
+        [0.0, -0.0, 1.0, -2.5, 1e-45, float(f32.max), 3.4e38, 1e39, -1e39, 2.0**60, 0.1],
+        [0, 1, -1, 2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, 2**31, 255, -129],
+        [True, False, True, 0, 1, 0, 1, 1, 0, 1, 0],
+        [float(v) for v in rng.standard_normal(11) * 1e5],
+        [int(v) for v in rng.integers(-(2**40), 2**40, 11)],
+    ]
+    for data in lists:
+        for datatype in DATATYPES:
+            for shape in ((len(data),), (1, len(data)), (len(data) + 1,)):
+                try:
+                    want = tensor_digest(np.asarray(data).reshape(shape), datatype)
+                except Exception as exc:  # noqa: BLE001 - the list digest must refuse it too
+                    with pytest.raises(type(exc)):
+                        list_digest(data, shape, datatype)
+                    continue
+                assert list_digest(data, shape, datatype) == want, (data, shape, datatype)

@@ -222,6 +222,7 @@ class Auditor:
     require_known_model: bool = False
     origin: str | None = None  # v2 receipts must be of this log (else: any log a trusted key signs)
     _checkpoints: dict = field(default_factory=dict, repr=False)  # notes already checked
+    _proven: dict = field(default_factory=dict, repr=False)  # per checkpoint: nodes proven so far
     # accept bundles whose package has a development (insecure) SRS
     allow_dev_srs: bool = False
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
@@ -254,7 +255,7 @@ class Auditor:
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
         st = verify_any_receipt(receipt, self.jwks, origin=self.origin, trusted_eth_signers=self.trusted_eth_signers,
-                                checkpoints=self._checkpoints)
+                                checkpoints=self._checkpoints, proven=self._proven)
         p = st.predicate
         if self.require_known_model:
             if self._by_model is None:

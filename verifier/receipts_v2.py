@@ -41,10 +41,11 @@ from verifier.errors import (
 )
 from verifier.keys import check_not_revoked, public_key_from_jwk
 from verifier.receipts import STATEMENT_TYPE, InputRef, ModelRef, OutputTensor, Subject
-from verifier.tensors import tensor_digest
+from verifier.tensors import list_digest, tensor_digest
 from verifier.tlog import (
     Checkpoint,
     NoteVerifier,
+    ProvenNodes,
     leaf_hash,
     parse_checkpoint,
     verify_checkpoint,
@@ -122,6 +123,8 @@ class ReceiptV2(_Frozen):
 
 
 TrustedLogKeys = dict[str, Any] | Sequence[NoteVerifier]
+# Trees whose proven nodes an audit keeps at once (a batch's receipts are audited together)
+MAX_PROVEN_TREES = 64
 
 
 def note_verifiers(trusted: TrustedLogKeys, origin: str) -> list[NoteVerifier]:
@@ -183,8 +186,7 @@ def _check_subjects_fast(st: StatementV2) -> None:
         raise DigestMismatch("statement subjects do not match the predicate's digests")
     for out in p.outputs:
         try:
-            arr = np.asarray(out.data).reshape(out.shape)
-            digest = tensor_digest(arr, out.datatype)
+            digest = list_digest(out.data, out.shape, out.datatype)
         except (ValueError, TypeError, InputError):
             raise DigestMismatch(f"output {out.name}: data does not fit its shape/datatype") from None
         if digest != out.digest:
@@ -205,6 +207,7 @@ def verify_receipt_v2(
     input_array: np.ndarray | None = None,
     model_sha256: str | None = None,
     checkpoints: dict[str, Checkpoint] | None = None,
+    proven: dict[str, ProvenNodes] | None = None,
 ) -> StatementV2:
     """Fail-closed check of a v2 receipt; returns its statement.
 
@@ -212,10 +215,19 @@ def verify_receipt_v2(
     verifiers. Raises :class:`KeyUnknown` (checkpoint by no trusted key),
     :class:`SignatureInvalid`, :class:`OriginMismatch` (``origin`` given and another log's),
     :class:`InclusionInvalid` (statement, index or proof not in the signed tree), then the
-    statement checks of v1 (:class:`DigestMismatch`, :class:`LinkBroken`)."""
+    statement checks of v1 (:class:`DigestMismatch`, :class:`LinkBroken`). ``checkpoints`` and
+    ``proven``: caches kept across calls (an audit) of checked checkpoints and proven nodes."""
     cp = checked_checkpoint(receipt.checkpoint, trusted, origin, checkpoints)
     data = receipt.statement_bytes()
-    verify_inclusion(receipt.index, cp.size, leaf_hash(data), _proof_hashes(receipt.proof), cp.root)
+    if proven is None:
+        verify_inclusion(receipt.index, cp.size, leaf_hash(data), _proof_hashes(receipt.proof), cp.root)
+    else:  # many receipts of one checkpoint: hash each proof only up to a node already proven
+        nodes = proven.get(receipt.checkpoint)
+        if nodes is None:
+            if len(proven) >= MAX_PROVEN_TREES:
+                proven.clear()
+            nodes = proven[receipt.checkpoint] = ProvenNodes(cp.size, cp.root)
+        nodes.verify(receipt.index, leaf_hash(data), _proof_hashes(receipt.proof))
     try:
         st = StatementV2.model_validate_json(data)
     except ValidationError as exc:
@@ -268,11 +280,12 @@ def parse_any_receipt(raw: str | bytes | dict):
 
 def verify_any_receipt(receipt, jwks: dict[str, Any], *, origin: str | None = None,
                        trusted_eth_signers: set[str] | None = None,
-                       checkpoints: dict[str, Checkpoint] | None = None, **kw):
+                       checkpoints: dict[str, Checkpoint] | None = None,
+                       proven: dict[str, ProvenNodes] | None = None, **kw):
     """v1 (DSSE against ``jwks``) or v2 (checkpoint by a ``jwks`` key); the statement."""
     if isinstance(receipt, ReceiptV2):
         return verify_receipt_v2(receipt, jwks, origin=origin, trusted_eth_signers=trusted_eth_signers,
-                                 checkpoints=checkpoints, **kw)
+                                 checkpoints=checkpoints, proven=proven, **kw)
     from verifier.receipts import verify_receipt
 
     return verify_receipt(receipt, jwks, trusted_eth_signers=trusted_eth_signers, **kw)

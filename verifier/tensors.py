@@ -84,6 +84,38 @@ def tensor_digest(array: np.ndarray, datatype: str | None = None) -> str:
     return h.hexdigest()
 
 
+# struct codes of the datatypes a digest of a JSON list can pack without numpy
+_PACK = {"FP32": "f", "FP64": "d", "INT8": "b", "INT16": "h", "INT32": "i", "INT64": "q",
+         "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q"}
+_EXACT = 2**53  # an int up to this converts to a double exactly (then to FP32 with one rounding)
+
+
+def list_digest(data: list, shape: tuple[int, ...], datatype: str) -> str:
+    """``tensor_digest(np.asarray(data).reshape(shape), datatype)`` of a flat JSON list (an
+    answer's output, in an audit), packed with ``struct`` where that gives the same bytes:
+    plain floats and ints for float types, ints for int types; else through numpy. Raises
+    ``ValueError``/``TypeError`` (or :class:`InputError`) where the data does not fit."""
+    code = _PACK.get(datatype)
+    n = 1
+    for d in shape:
+        n *= d
+    if code is not None and len(data) == n:
+        if code in "fd":
+            plain = all(type(v) is float or (type(v) is int and -_EXACT <= v <= _EXACT) for v in data)
+        else:
+            plain = all(type(v) is int for v in data)
+        if plain:
+            try:
+                body = struct.pack(f"<{n}{code}", *data)
+            except (struct.error, OverflowError):  # out of the type's range: numpy decides
+                pass
+            else:
+                h = hashlib.sha256(_header(datatype, tuple(shape)))
+                h.update(body)
+                return h.hexdigest()
+    return tensor_digest(np.asarray(data).reshape(shape), datatype)
+
+
 def tensor_digests(array: np.ndarray, datatype: str, rows: list[int]) -> list[str]:
     """:func:`tensor_digest` of each of a batch's answers: ``array`` holds them one after
     another on axis 0, ``rows[i]`` rows for answer i (one conversion for the whole batch)."""

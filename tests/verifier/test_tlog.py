@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,6 +23,7 @@ from verifier.receipts_v2 import ReceiptV2, parse_any_receipt, verify_receipt_v2
 from verifier.tlog import (
     MemoryTree,
     NoteVerifier,
+    ProvenNodes,
     checkpoint_body,
     key_id,
     leaf_hash,
@@ -275,3 +277,46 @@ def test_stored_index_is_go_sumdb_order():
     for level in range(40):
         for n in [*range(70), 2**40 + 5, 2**50 - 1]:
             assert stored_index(level, n) == go(level, n)
+
+
+def _tampered(proof: list[bytes], rng: random.Random) -> list[list[bytes]]:
+    """Every way a proof is broken in the corpus: each hash flipped, cut short, made longer."""
+    out = []
+    for j in range(len(proof)):
+        bad = list(proof)
+        bad[j] = bytes([bad[j][0] ^ (1 << rng.randrange(8))]) + bad[j][1:]
+        out.append(bad)
+    if proof:
+        out += [proof[:-1], proof[1:]]
+    out.append([*proof, proof[0] if proof else b"\1" * 32])
+    return out
+
+
+def test_proven_nodes_give_verify_inclusions_verdicts():
+    """ProvenNodes (an audit's many receipts of one checkpoint) accepts exactly what
+    verify_inclusion accepts, whatever came before: tampered proofs interleaved with good
+    ones, in any order, never pass and never spoil later checks."""
+    rng = random.Random(11)
+    for n in [*range(1, 34), 64, 65, 100]:
+        tree = MemoryTree([os.urandom(4) for _ in range(n)])
+        root, proven = tree.root(), ProvenNodes(n, tree.root())
+        order = list(range(n)) * 2
+        rng.shuffle(order)
+        for m in order:
+            leaf, proof = tree.levels[0][m], tree.inclusion(m)
+            for bad in _tampered(proof, rng):
+                with pytest.raises(InclusionInvalid):
+                    verify_inclusion(m, n, leaf, bad, root)
+                with pytest.raises(InclusionInvalid):
+                    proven.verify(m, leaf, bad)
+            with pytest.raises(InclusionInvalid):
+                proven.verify(m, leaf_hash(b"other"), proof)
+            if n > 1:
+                with pytest.raises(InclusionInvalid):
+                    proven.verify((m + 1) % n, leaf, proof)  # another leaf index
+            with pytest.raises(InclusionInvalid):
+                proven.verify(n, leaf, proof)
+            proven.verify(m, leaf, proof)
+        other = MemoryTree([os.urandom(4) for _ in range(n)])  # another tree of this size
+        with pytest.raises(InclusionInvalid):
+            proven.verify(0, other.levels[0][0], other.inclusion(0))
