@@ -52,9 +52,26 @@ SCHEMA = Schema("API key store", slot=3, steps=("""
         created REAL NOT NULL,
         revoked REAL
     );
-""",))
+""", """
+    CREATE TABLE wallets (
+        address TEXT PRIMARY KEY,
+        tier TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        revoked REAL
+    );
+    CREATE TABLE siwe_nonces (nonce TEXT PRIMARY KEY, created REAL NOT NULL, used REAL);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        address TEXT NOT NULL,
+        expires REAL NOT NULL
+    );
+"""))
 
 _TOKEN = re.compile(r"vk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+_SESSION = re.compile(r"vs_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+_WALLET = re.compile(r"0x[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,18 @@ class ApiKeyStore:
         return [ApiKey(*r) for r in rows]
 
     def revoke(self, key_id: str) -> ApiKey:
+        if key_id.lower().startswith(("0x", "wallet:")):  # a wallet: it and its sessions
+            address = key_id.lower().removeprefix("wallet:")
+            with transaction(self.db, self._lock):
+                n = self.db.execute("UPDATE wallets SET revoked = ? WHERE address = ? AND revoked IS NULL",
+                                    (time.time(), address)).rowcount
+                self.db.execute("DELETE FROM sessions WHERE address = ?", (address,))
+            wallet = self.wallet(address)
+            if wallet is None:
+                raise NotFound(f"no wallet {address!r} (see 'verinfer apikeys list')")
+            if n == 0:
+                raise InputError(f"wallet {address} was already revoked")
+            return wallet
         with transaction(self.db, self._lock):
             n = self.db.execute("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
                                 (time.time(), key_id)).rowcount
@@ -109,8 +138,80 @@ class ApiKeyStore:
             raise InputError(f"API key {key_id} was already revoked")
         return found[0]
 
+    # --- wallets and Sign-In with Ethereum sessions (server/siwe.py) -----------------------
+
+    def add_wallet(self, address: str, tier: str, name: str = "") -> ApiKey:
+        """Register (or re-tier, or un-revoke) a wallet that may sign in; its id is ``wallet:<address>``."""
+        address = address.lower()
+        if not _WALLET.fullmatch(address):
+            raise InputError(f"not an Ethereum address: {address!r}")
+        now = time.time()
+        with transaction(self.db, self._lock):
+            self.db.execute("INSERT INTO wallets VALUES (?, ?, ?, ?, NULL) ON CONFLICT (address) DO UPDATE "
+                            "SET tier = excluded.tier, name = excluded.name, revoked = NULL",
+                            (address, tier, name, now))
+        return ApiKey(f"wallet:{address}", tier, name, now, None)
+
+    def wallets(self) -> list[ApiKey]:
+        rows = self.db.execute("SELECT address, tier, name, created, revoked FROM wallets ORDER BY created")
+        return [ApiKey(f"wallet:{a}", *rest) for a, *rest in rows]
+
+    def wallet(self, address: str) -> ApiKey | None:
+        row = self.db.execute("SELECT address, tier, name, created, revoked FROM wallets WHERE address = ?",
+                              (address.lower(),)).fetchone()
+        return ApiKey(f"wallet:{row[0]}", *row[1:]) if row else None
+
+    def new_nonce(self, ttl_s: float) -> str:
+        """A single-use sign-in nonce (nonces older than ``ttl_s`` are forgotten as new ones are made)."""
+        nonce = secrets.token_hex(12)
+        now = time.time()
+        with transaction(self.db, self._lock):
+            self.db.execute("DELETE FROM siwe_nonces WHERE created < ?", (now - ttl_s,))
+            self.db.execute("INSERT INTO siwe_nonces VALUES (?, ?, NULL)", (nonce, now))
+        return nonce
+
+    def spend_nonce(self, nonce: str, ttl_s: float) -> None:
+        """Use a nonce once: :class:`Unauthenticated` if this server did not issue it, it
+        expired, or it was used (a replayed sign-in). Checked and spent in one transaction."""
+        now = time.time()
+        with transaction(self.db, self._lock, "IMMEDIATE"):
+            row = self.db.execute("SELECT created, used FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone()
+            if row is None:
+                raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
+            if row[1] is not None:
+                raise Unauthenticated("SIWE nonce was already used: sign in again with a new nonce")
+            if row[0] < now - ttl_s:
+                raise Unauthenticated("SIWE nonce has expired: ask for a new one")
+            self.db.execute("UPDATE siwe_nonces SET used = ? WHERE nonce = ?", (now, nonce))
+
+    def start_session(self, address: str, expires: float) -> str:
+        """A session token for a signed-in wallet, valid until ``expires`` (Unix time)."""
+        session_id = secrets.token_hex(8)
+        token = f"vs_{session_id}_{secrets.token_urlsafe(32)}"
+        with transaction(self.db, self._lock):
+            self.db.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
+            self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                            (session_id, _digest(token), address.lower(), expires))
+        return token
+
+    def _session(self, token: str) -> ApiKey:
+        m = _SESSION.fullmatch(token)
+        row = m and self.db.execute("SELECT sha256, address, expires FROM sessions WHERE id = ?",
+                                    (m[1],)).fetchone()
+        if not row or not hmac.compare_digest(row[0], _digest(token)):
+            raise Unauthenticated("invalid session token")
+        if row[2] < time.time():
+            raise Unauthenticated("session expired: sign in again")
+        wallet = self.wallet(row[1])
+        if wallet is None or wallet.revoked is not None:
+            raise Forbidden("this wallet's access has been revoked")
+        return wallet
+
     def authenticate(self, token: str) -> ApiKey:
-        """The key a token is, or :class:`Unauthenticated` / :class:`Forbidden` (revoked)."""
+        """The key (or signed-in wallet) a token is, or :class:`Unauthenticated` /
+        :class:`Forbidden` (revoked)."""
+        if token.startswith("vs_"):
+            return self._session(token)
         m = _TOKEN.fullmatch(token)
         if m is None:
             raise Unauthenticated("invalid API key")

@@ -61,8 +61,15 @@ def register_apikeys(sub: argparse._SubParsersAction) -> None:
     ls = asub.add_parser("list", help="list keys (never the secrets)")
     ls.add_argument("--json", action="store_true", help="print the list as JSON")
     ls.set_defaults(handler=apikeys_list)
-    r = asub.add_parser("revoke", help="revoke a key by id: its requests get 403 from now on")
-    r.add_argument("key_id", help="the key's id (from 'apikeys list')")
+    w = asub.add_parser("wallet", help="let an Ethereum wallet sign in (Sign-In with Ethereum) with a tier",
+                        description="Register a wallet (or change its tier): it may then sign in with an "
+                        "EIP-4361 message (POST /v1/auth/siwe) and get a short-lived session token of the tier.")
+    w.add_argument("address", help="the wallet's 0x address")
+    w.add_argument("--tier", default="basic", help="tier name from the settings (default basic)")
+    w.add_argument("--name", default="", help="a note saying whose wallet it is")
+    w.set_defaults(handler=apikeys_wallet)
+    r = asub.add_parser("revoke", help="revoke a key by id, or a wallet by address: 403 from now on")
+    r.add_argument("key_id", help="the key's id or the wallet's 0x address (from 'apikeys list')")
     r.set_defaults(handler=apikeys_revoke)
 
 
@@ -91,10 +98,24 @@ def apikeys_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def apikeys_wallet(args: argparse.Namespace) -> int:
+    from verifier.errors import InputError
+
+    settings, store = _apikeys()
+    try:
+        if args.tier not in settings.tiers:
+            raise InputError(f"unknown tier {args.tier!r} (tiers: {', '.join(sorted(settings.tiers))})")
+        wallet = store.add_wallet(args.address, args.tier, args.name)
+    finally:
+        store.close()
+    print(f"OK: {wallet.id} may sign in ({wallet.tier})", file=sys.stderr)
+    return 0
+
+
 def apikeys_list(args: argparse.Namespace) -> int:
     _, store = _apikeys()
     try:
-        keys = store.list()
+        keys = store.list() + store.wallets()
     finally:
         store.close()
     if args.json:
@@ -112,7 +133,7 @@ def apikeys_revoke(args: argparse.Namespace) -> int:
         key = store.revoke(args.key_id)
     finally:
         store.close()
-    print(f"OK: API key {key.id} revoked", file=sys.stderr)
+    print(f"OK: {'API key ' if not key.id.startswith('wallet:') else ''}{key.id} revoked", file=sys.stderr)
     return 0
 
 

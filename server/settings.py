@@ -68,6 +68,14 @@ class ServerSettings(Settings):
         default_factory=lambda: dict(DEFAULT_TIERS),
         description="API key tiers by name: rate, burst, whether proofs may be asked, most rows.",
     )
+    siwe_domain: str | None = Field(
+        None, description="Sign-In with Ethereum: the domain (host[:port]) messages must name; "
+        "default: the sign-in request's Host header."
+    )
+    siwe_nonce_ttl_s: float = Field(600, gt=0, description="How long a sign-in nonce may be used.")
+    siwe_session_ttl_s: float = Field(
+        3600, gt=0, description="Longest life of a sign-in session token (shorter when the message expires sooner)."
+    )
     signing: bool = Field(
         True, description="Sign and store a receipt for every answer (off only for benchmarks)."
     )

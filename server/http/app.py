@@ -327,6 +327,10 @@ def create_app(
         """The receipt log's origin and note verifier keys (active first), next to the JWKS."""
         return _json(_log_keys())
 
+    from server.http.siwe_api import install as install_siwe_routes
+
+    install_siwe_routes(app, settings)
+
     if jobs is not None:
         from server.http.proofs_api import install as install_proof_routes
 

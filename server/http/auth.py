@@ -1,7 +1,7 @@
 """The access-control gate in front of every route (ASGI middleware).
 
 Public: health, server and model metadata, the JWKS and key info, the log's checkpoints and
-proofs, receipts by id, the docs. Everything else needs an API key (``Authorization: Bearer``
+proofs, receipts by id, the docs, and Sign-In with Ethereum (a nonce, the sign-in itself). Everything else needs an API key (``Authorization: Bearer``
 or ``X-API-Key``): none or an unknown one -> 401, a revoked one -> 403, over the tier's rate ->
 429 with ``Retry-After``. The key's tier is then the request's (``server.auth.CURRENT_TIER``),
 which the infer and proof routes check for proofs and rows (403).
@@ -22,7 +22,9 @@ log = logging.getLogger("verinfer.server")
 PUBLIC_GET = re.compile(
     r"/|/v2|/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?(/ready)?"
     r"|/\.well-known/[^/]+|/v1/keys|/v1/log(/.*)?|/v1/receipts/[^/]+|/docs(/.*)?|/openapi\.json"
+    r"|/v1/auth/nonce"
 )
+PUBLIC_POST = frozenset({"/v1/auth/siwe"})  # signing in: the client has no key yet
 
 
 def _token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -45,7 +47,8 @@ class AuthGate:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD")
-                                       and PUBLIC_GET.fullmatch(scope["path"])):
+                                       and PUBLIC_GET.fullmatch(scope["path"])) or (
+                scope["method"] == "POST" and scope["path"] in PUBLIC_POST):
             return await self.app(scope, receive, send)
         try:
             token = _token(scope["headers"])

@@ -1,0 +1,153 @@
+"""Sign-In with Ethereum (EIP-4361, server/siwe.py, server/http/siwe_api.py): a wallet made in
+the test signs in through the real app and gets a session token of its tier; replays, other
+domains, chains, expired or foreign nonces and forged signatures are refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from fastapi.testclient import TestClient
+
+from server.auth import ApiKeyStore, Tier
+from server.http.app import create_app
+from server.settings import ServerSettings
+from server.siwe import make_message, parse_message
+from verifier.errors import InputError
+
+IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+TIERS = {"small": Tier(rate_per_s=0.01, burst=2, proofs=False, max_rows=2),
+         "big": Tier(rate_per_s=1000, burst=1000, proofs=True, max_rows=100)}
+HOST = "testserver"  # TestClient's Host header: the default SIWE domain
+
+
+@pytest.fixture
+def world(tmp_path):
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0)
+    wallet = Account.create()  # made by the test, never printed
+    store = ApiKeyStore(settings.apikeys_path)
+    store.add_wallet(wallet.address, "small", "alice")
+    with TestClient(create_app(settings)) as client:
+        yield client, store, wallet
+    store.close()
+
+
+def sign_in_body(client, wallet, *, domain=HOST, chain_id=31337, nonce=None, issued=None, expires=None,
+                 signer=None, uri=None):
+    if nonce is None:
+        got = client.get("/v1/auth/nonce").json()
+        assert got["domain"] == HOST and got["chain_id"] == 31337
+        nonce = got["nonce"]
+    now = datetime.now(UTC)
+    text = make_message(domain, wallet.address, uri or f"http://{domain}/", chain_id, nonce, issued or now,
+                        statement="Sign in to verinfer.", expiration_time=expires or now + timedelta(minutes=5))
+    sig = (signer or wallet).sign_message(encode_defunct(text=text)).signature.hex()
+    return {"message": text, "signature": "0x" + sig.removeprefix("0x")}
+
+
+def test_full_sign_in_gives_a_session_of_the_wallets_tier_and_replay_is_refused(world):
+    client, store, wallet = world
+    assert client.post("/v2/models/iris_mlp/infer", json=IRIS).status_code == 401
+    body = sign_in_body(client, wallet)
+    r = client.post("/v1/auth/siwe", json=body)
+    assert r.status_code == 200, r.text
+    session = r.json()
+    assert session["address"] == wallet.address.lower() and session["tier"] == "small"
+    token = session["token"]
+    assert token.startswith("vs_") and token.encode() not in store.path.read_bytes()  # stored hashed
+    head = {"Authorization": f"Bearer {token}"}
+    assert client.post("/v2/models/iris_mlp/infer", json=IRIS, headers=head).status_code == 200
+    # the wallet's tier applies: no proofs, two rows at most, its rate
+    r = client.post("/v2/models/iris_mlp/infer", json={**IRIS, "parameters": {"proof": "async"}}, headers=head)
+    assert r.status_code == 403
+    assert client.post("/v2/models/iris_mlp/infer", json=IRIS, headers=head).status_code == 429
+    # the same message and signature again: the nonce is spent
+    again = client.post("/v1/auth/siwe", json=body)
+    assert again.status_code == 401 and "already used" in again.json()["error"]
+    # a revoked wallet's session ends at once
+    store.revoke(wallet.address)
+    r = client.post("/v2/models/iris_mlp/infer", json=IRIS, headers=head)
+    assert r.status_code in (401, 403)
+    assert client.post("/v1/auth/siwe", json=sign_in_body(client, wallet)).status_code == 403
+
+
+@pytest.mark.parametrize("change, status, words", [
+    ({"domain": "evil.example"}, 401, "domain"),
+    ({"uri": "http://evil.example/"}, 401, "URI"),
+    ({"chain_id": 1}, 401, "chain 1"),
+    ({"nonce": "abcdef0123456789"}, 401, "not issued"),
+    ({"expires": datetime(2020, 1, 1, tzinfo=UTC)}, 401, "expired"),
+    ({"issued": datetime.now(UTC) + timedelta(hours=1)}, 401, "future"),
+    ({"signer": Account.create()}, 401, "not by the message's address"),
+])
+def test_refused_sign_ins(world, change, status, words):
+    client, _store, wallet = world
+    r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet, **change))
+    assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_unregistered_wallet_bad_signature_and_malformed_message(world):
+    client, _store, _wallet = world
+    stranger = Account.create()
+    r = client.post("/v1/auth/siwe", json=sign_in_body(client, stranger))
+    assert r.status_code == 403 and "not registered" in r.json()["error"]
+    body = sign_in_body(client, _wallet)
+    r = client.post("/v1/auth/siwe", json={**body, "signature": "0x1234"})
+    assert r.status_code == 401 and "not a valid Ethereum signature" in r.json()["error"]
+    # a failed try does not burn the nonce: the right signature still signs in
+    assert client.post("/v1/auth/siwe", json=body).status_code == 200
+    r = client.post("/v1/auth/siwe", json={"message": "hello", "signature": "0x00"})
+    assert r.status_code == 400 and "SIWE message" in r.json()["error"]
+    r = client.post("/v1/auth/siwe", json={"message": body["message"]})  # no signature: a schema error
+    assert r.status_code == 422 and "signature" in r.json()["error"]
+
+
+def test_session_tokens_are_checked_like_keys(world):
+    client, _store, _wallet = world
+    for bad in ("vs_0123456789abcdef_" + "A" * 43, "vs_short"):
+        r = client.post("/v2/models/iris_mlp/infer", json=IRIS, headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401 and r.json() == {"error": "invalid session token"}
+
+
+def test_message_grammar():
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    for statement in (None, "I accept."):
+        text = make_message("a.example:8080", "0x" + "ab" * 20, "https://a.example:8080/login", 5, "n0nce1234", now,
+                            statement=statement, expiration_time=now + timedelta(hours=1))
+        m = parse_message(text)
+        assert (m.domain, m.statement, m.chain_id, m.nonce, m.issued_at) == ("a.example:8080", statement, 5,
+                                                                             "n0nce1234", now)
+        assert m.expiration_time == now + timedelta(hours=1)
+        for broken in (text.replace("Version: 1", "Versio: 1"), text + "\nextra", text.replace("n0nce1234", "n0!"),
+                       text.replace("Chain ID: 5", "Chain ID: five"), text.replace("2026-12-01T12:00:00Z", "noon")):
+            with pytest.raises(InputError):
+                parse_message(broken)
+    m = parse_message(make_message("h", "0x" + "cd" * 20, "http://h/", 1, "abcdefgh", now) + "\nResources:\n- ipfs://x")
+    assert m.resources == ("ipfs://x",)
+
+
+def test_an_api_key_store_of_version_1_migrates_and_keeps_its_keys(tmp_path):
+    """Wallets and sessions came in version 2 of the API key store: a version-1 file gains them
+    and its keys still work."""
+    from server import auth
+    from server.sqlite import Schema, connect, version_of
+
+    path = tmp_path / "apikeys.sqlite3"
+    v1 = Schema(auth.SCHEMA.name, auth.SCHEMA.slot, auth.SCHEMA.steps[:1])
+    old = auth.SCHEMA
+    try:
+        auth.SCHEMA = v1
+        store = ApiKeyStore(path)
+        key, token = store.create("big", "old key")
+        store.close()
+    finally:
+        auth.SCHEMA = old
+    store = ApiKeyStore(path)
+    assert version_of(store.db, auth.SCHEMA) == 2 == auth.SCHEMA.version
+    assert store.authenticate(token).id == key.id
+    store.add_wallet("0x" + "ab" * 20, "small")
+    assert [w.id for w in store.wallets()] == ["wallet:0x" + "ab" * 20]
+    store.close()
+    assert version_of(connect(path, auth.SCHEMA), auth.SCHEMA) == 2
