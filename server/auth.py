@@ -35,12 +35,13 @@ class Tier(Frozen):
     burst: int = Field(40, ge=1, description="Requests allowed at once above the rate.")
     proofs: bool = Field(False, description="May ask for proofs (parameters.proof, POST /v1/proofs).")
     max_rows: int = Field(256, ge=1, description="Most rows (samples) in one infer request.")
+    max_queued_proofs: int = Field(8, ge=1, description="Most proof jobs this key may have queued or running.")
 
 
 DEFAULT_TIERS = {
     "basic": Tier(),
-    "prover": Tier(rate_per_s=50, burst=100, proofs=True, max_rows=1024),
-    "unlimited": Tier(rate_per_s=1e9, burst=10**9, proofs=True, max_rows=10**9),
+    "prover": Tier(rate_per_s=50, burst=100, proofs=True, max_rows=1024, max_queued_proofs=16),
+    "unlimited": Tier(rate_per_s=1e9, burst=10**9, proofs=True, max_rows=10**9, max_queued_proofs=10**9),
 }
 
 SCHEMA = Schema("API key store", slot=3, steps=("""
@@ -246,6 +247,8 @@ class RateLimiter:
 # The tier of the request being served (set by the HTTP gate; None: access control is off).
 CURRENT_TIER: contextvars.ContextVar[Tier | None] = contextvars.ContextVar("verinfer_tier",
                                                                            default=None)
+# Who is asking: the API key's id or "wallet:<address>" ("" with access control off: one client).
+CURRENT_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("verinfer_client", default="")
 
 
 def check_proofs_allowed() -> None:

@@ -147,6 +147,14 @@ class ServerSettings(Settings):
     max_queued_proofs: int = Field(
         64, ge=1, description="Most proof jobs queued or running at once; past it 429 + Retry-After."
     )
+    relayer_reserved_share: float = Field(
+        0.25, ge=0, lt=1, description="Share of max_queued_proofs (rounded down) that only the relayer's "
+        "on-chain requests may use: HTTP clients cannot fill the queue and make on-chain requests wait."
+    )
+    max_sync_proof_waiters: int = Field(
+        32, ge=0, description="Most infer requests waiting at once for their proof "
+        "(parameters.proof='sync'); past it 429 + Retry-After (use 'async')."
+    )
     proof_retry_after_s: int = Field(
         10, ge=1, description="Retry-After (seconds) sent with a 429 when the proof queue is full."
     )
@@ -220,6 +228,11 @@ class ServerSettings(Settings):
         if self.auth != "auto":
             return self.auth == "on"
         return self.host not in ("127.0.0.1", "::1", "localhost") and not self.host.startswith("127.")
+
+    @property
+    def public_proof_queue(self) -> int:
+        """How many proof jobs HTTP clients may have queued or running (the rest is the relayer's)."""
+        return max(1, self.max_queued_proofs - int(self.max_queued_proofs * self.relayer_reserved_share))
 
     @property
     def apikeys_path(self) -> Path:

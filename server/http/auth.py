@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from server.auth import CURRENT_TIER, ApiKeyStore, RateLimiter, Tier
+from server.auth import CURRENT_CLIENT, CURRENT_TIER, ApiKeyStore, RateLimiter, Tier
 from server.errors import Unauthenticated, error_response
 
 log = logging.getLogger("verinfer.server")
@@ -70,8 +70,9 @@ class AuthGate:
                                     *((k.lower().encode(), v.encode()) for k, v in extra.items())]})
             await send({"type": "http.response.body", "body": body})
             return
-        reset = CURRENT_TIER.set(tier)
+        reset, reset_client = CURRENT_TIER.set(tier), CURRENT_CLIENT.set(key.id)
         try:
             await self.app(scope, receive, send)
         finally:
             CURRENT_TIER.reset(reset)
+            CURRENT_CLIENT.reset(reset_client)

@@ -85,7 +85,7 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
     if job.status == "done":
         params["proof_outcome"] = job.outcome
         if mode == "sync":
-            params["proof_bundle"] = jobs.store.bundle(job.id)
+            params["proof_bundle"] = jobs.bundle(job.id)
     elif job.status == "failed":
         params["proof_error"] = job.error or "failed"
     head = compact_json(resp)
@@ -120,11 +120,12 @@ def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
         cb = jobs._callback(callback)
         infer_body = json.dumps({"inputs": req["inputs"]}).encode()
         x = parse_infer_request(infer_body, m.input, [o.name for o in m.outputs]).x
-        existing = jobs.lookup(model, x)
-        if existing is not None and existing.status != "failed":
-            job, how = jobs.submit_x(model, x, existing.receipt_id, cb)  # same job; maybe callback
+        existing = jobs.lookup(model, x)  # this client's own request first
+        if existing is not None and existing.status != "failed" and jobs.is_mine(existing):
+            job, how = jobs.submit_x(model, x, existing.receipt_id, cb)  # same request; maybe callback
             return _job_response(job, how)
-        # sign an answer for this input first: every proof links to a receipt
+        # sign an answer for this input first: every proof links to a receipt, and a client
+        # asking for a proof another client asked for gets its own receipt, not the other's
         jobs._require_receipts()
         if tuple(x.shape)[:1] != (1,):
             raise InputError("a proof is for one sample: send a batch of 1")

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from server.auth import CURRENT_CLIENT, CURRENT_TIER
 from server.errors import Conflict, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
 from server.proofs.store import Job, JobStore
@@ -57,6 +58,10 @@ class _Slot:
     next_start: float = 0.0
 
 
+# The client name of the relayer's on-chain requests: they may use the reserved share of the queue.
+RELAYER = "relayer"
+
+
 class ProofJobs:
     def __init__(self, settings: ServerSettings, service, receipts: ReceiptStore | None,
                  sign_callback: CallbackSigner | None = None) -> None:
@@ -76,6 +81,8 @@ class ProofJobs:
         self._thread: threading.Thread | None = None
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
         self._in_flight: set[str] = set()
+        self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
+        self._ended_mark = 0.0  # the newest finish time the waiters were told about
         # workers start with the first job (an idle server runs no prover processes)
         self._wanted = threading.Event()
         self._lock = threading.Lock()
@@ -169,11 +176,14 @@ class ProofJobs:
         return self._submit(model, x, receipt_id, callback)
 
     def submit_x(self, model: str, x: np.ndarray, receipt_id: str | None,
-                 callback: str | None) -> tuple[Job, str]:
-        return self._submit(model, x, receipt_id, callback)
+                 callback: str | None, client: str | None = None) -> tuple[Job, str]:
+        """``client``: :data:`RELAYER` for the relayer's on-chain requests (the reserved share
+        of the queue); default: whoever the HTTP request is (its API key, or one local client)."""
+        return self._submit(model, x, receipt_id, callback, client)
 
     def _submit(self, model: str, x: np.ndarray, receipt_id: str | None,
-                callback: str | None) -> tuple[Job, str]:
+                callback: str | None, client: str | None = None) -> tuple[Job, str]:
+        client = CURRENT_CLIENT.get() if client is None else client
         from verifier.tensors import numpy_dtype, tensor_digest
 
         c = self.circuit(model)
@@ -181,15 +191,23 @@ class ProofJobs:
         if tuple(x.shape) != c.shape:
             raise InputError(f"a proof is for one sample: input shape {list(x.shape)}, the "
                              f"circuit takes {list(c.shape)}")
+        s = self.settings
+        relayer = client == RELAYER
+        tier = None if relayer else CURRENT_TIER.get()
         job, how = self.store.submit(
             model=model, package_id=c.package_id, model_sha256=c.model_sha256,
             input_digest=tensor_digest(x, c.datatype), input_json=encode_input(x, c.datatype),
             receipt_id=receipt_id, callback_url=callback,
-            max_active=self.settings.max_queued_proofs,
+            max_active=s.max_queued_proofs if relayer else s.public_proof_queue,
+            client=client, client_max_active=tier.max_queued_proofs if tier is not None else None,
         )
+        if how == "quota":
+            raise QueueFull(f"this API key has {tier.max_queued_proofs} proof jobs queued or running, its "
+                            "tier's limit; retry when one ends", s.proof_retry_after_s)
         if job is None:
-            raise QueueFull(f"the proof queue is full ({self.settings.max_queued_proofs} jobs "
-                            "queued or running); retry later", self.settings.proof_retry_after_s)
+            limit = s.max_queued_proofs if relayer else s.public_proof_queue
+            raise QueueFull(f"the proof queue is full ({limit} jobs queued or running); retry later",
+                            s.proof_retry_after_s)
         if how in ("new", "requeued"):
             self._wanted.set()
             self._wake()
@@ -203,32 +221,65 @@ class ProofJobs:
         x = np.asarray(x).astype(numpy_dtype(c.datatype), copy=False)
         if tuple(x.shape) != c.shape:
             return None
-        return self.store._one("WHERE package_id = ? AND input_digest = ?",
-                               (c.package_id, tensor_digest(x, c.datatype)))
-
-    def get(self, job_id: str) -> Job:
-        job = self.store.get(job_id)
+        job = self.store._one("WHERE package_id = ? AND input_digest = ?",
+                              (c.package_id, tensor_digest(x, c.datatype)))
         if job is None:
-            raise NotFound(f"no proof job with id {job_id!r}")
+            return None
+        mine = self.store.request_of(job.id, CURRENT_CLIENT.get())
+        return mine if mine is not None else job
+
+    def is_mine(self, view: Job) -> bool:
+        """Whether a request (from :meth:`lookup`) is the asking client's own."""
+        return self.store.client_of(view.id) == CURRENT_CLIENT.get()
+
+    def get(self, request_id: str) -> Job:
+        """A proof request (the id a client was given) as its client sees the job."""
+        job = self.store.request(request_id)
+        if job is None:
+            raise NotFound(f"no proof job with id {request_id!r}")
         return job
 
-    def bundle(self, job_id: str) -> str:
-        job = self.get(job_id)
+    def bundle(self, request_id: str) -> str:
+        job = self.get(request_id)
         if job.status != "done":
             extra = f": {job.error}" if job.status == "failed" else ""
-            raise Conflict(f"proof job {job_id} is {job.status}{extra}; no bundle")
-        return self.store.bundle(job_id)
+            raise Conflict(f"proof job {request_id} is {job.status}{extra}; no bundle")
+        return self.store.bundle(self.store.job_of(request_id))
 
-    async def wait(self, job_id: str, timeout_s: float) -> Job:
-        """Poll the store until the job is done or failed (or ``timeout_s`` passes)."""
-        end = time.monotonic() + timeout_s
-        delay = 0.01
-        while True:
-            job = self.get(job_id)
-            if job.status in ("done", "failed") or time.monotonic() >= end:
-                return job
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.02)
+    async def wait(self, request_id: str, timeout_s: float) -> Job:
+        """Wait until the job ends (or ``timeout_s`` passes), woken by the supervisor when a job
+        ends (one store query per tick for every waiter, not a poll per waiter on the event
+        loop). At most ``max_sync_proof_waiters`` wait at once: past it :class:`QueueFull`."""
+        job = self.get(request_id)
+        if job.status in ("done", "failed"):
+            return job
+        if len(self._waiters) >= self.settings.max_sync_proof_waiters:
+            raise QueueFull(f"{self.settings.max_sync_proof_waiters} requests already wait for their proofs; "
+                            "ask with parameters.proof='async' and poll the job", self.settings.proof_retry_after_s)
+        loop = asyncio.get_running_loop()
+        ended = asyncio.Event()
+        waiter = (loop, ended)
+        self._waiters.add(waiter)
+        try:
+            end = time.monotonic() + timeout_s
+            while job.status not in ("done", "failed"):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(ended.wait(), left)
+                except TimeoutError:
+                    pass
+                ended.clear()
+                job = self.get(request_id)
+            return job
+        finally:
+            self._waiters.discard(waiter)
+
+    def _notify_waiters(self) -> None:
+        """Some job ended: wake every waiter (each checks its own job once)."""
+        for loop, ended in list(self._waiters):
+            loop.call_soon_threadsafe(ended.set)
 
     # --- workers ------------------------------------------------------------------------
 
@@ -327,6 +378,11 @@ class ProofJobs:
             if self.store.retry_or_fail(job.id, "lease expired (worker stopped responding)",
                                         s.proof_attempts, expect_worker=job.worker):
                 self._wake()
+        if self._waiters:  # requests waiting for their proofs: did a job end since we looked?
+            ended = self.store.last_finished()
+            if ended > self._ended_mark:
+                self._ended_mark = ended
+                self._notify_waiters()
         for job in self.store.callbacks_due():
             with self._lock:
                 if job.id in self._in_flight:

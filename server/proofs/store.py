@@ -54,7 +54,30 @@ CREATE TABLE IF NOT EXISTS proof_jobs (
 );
 CREATE INDEX IF NOT EXISTS proof_jobs_status ON proof_jobs (status, created);
 """
-SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1,))
+# version 2: each client's request for a job is its own handle (id, receipt, callback): a second
+# client asking for the same proof shares the job, not the first client's receipt or callback
+SCHEMA_V2 = """
+CREATE TABLE proof_requests (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    receipt_id TEXT,
+    callback_url TEXT,
+    callback_state TEXT,
+    created REAL NOT NULL,
+    UNIQUE (job_id, client)
+);
+CREATE INDEX proof_requests_client ON proof_requests (client);
+CREATE INDEX proof_requests_callbacks ON proof_requests (callback_state);
+INSERT INTO proof_requests SELECT id, id, '', receipt_id, callback_url, callback_state, created FROM proof_jobs;
+"""
+SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2))
+# A request's view of its job: the job's columns, with the request's id, receipt and callback.
+_VIEW = ", ".join(f"r.{c}" if c in ("id", "receipt_id", "callback_url", "callback_state") else f"j.{c}"
+                  for c in ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
+                            "stage", "outcome", "attempts", "worker", "lease_until", "created", "started",
+                            "finished", "error", "callback_url", "callback_state"))
+_JOINED = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
 
 ACTIVE = ("queued", "running")
 COLUMNS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
@@ -156,53 +179,109 @@ class JobStore:
 
     def submit(self, *, model: str, package_id: str, model_sha256: str, input_digest: str,
                input_json: str, receipt_id: str | None, callback_url: str | None,
-               max_active: int) -> tuple[Job, str]:
-        """The job for (package, input): ``(job, how)`` with how one of ``cached`` (done),
-        ``existing`` (queued or running), ``requeued`` (had failed), ``new``; or None for
-        ``job`` when the queue is full (``how`` = ``full``)."""
+               max_active: int, client: str = "", client_max_active: int | None = None) -> tuple[Job | None, str]:
+        """``client``'s request for the job of (package, input): ``(view, how)``, the view being
+        the job as this client sees it (its request's id, receipt and callback), how one of
+        ``cached`` (done), ``existing`` (queued or running), ``requeued`` (had failed), ``new``.
+        None for the view when the queue holds ``max_active`` active jobs (``full``), or the
+        client has ``client_max_active`` active requests (``quota``). The first client's
+        request id is the job's id; the same client asking again gets its request back."""
 
         def run(db: sqlite3.Connection):
             row = db.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
                 (package_id, input_digest),
             ).fetchone()
+            job = _job(row) if row is not None else None
+            mine = None if job is None else db.execute(
+                "SELECT id FROM proof_requests WHERE job_id = ? AND client = ?", (job.id, client)).fetchone()
             now = time.time()
-            if row is not None:
-                job = _job(row)
-                if job.status in ("done", *ACTIVE):
-                    if callback_url and not job.callback_url and job.status != "done":
-                        db.execute("UPDATE proof_jobs SET callback_url = ?, callback_state = "
-                                   "'pending' WHERE id = ?", (callback_url, job.id))
-                        job = _job(db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs "
-                                              "WHERE id = ?", (job.id,)).fetchone())
-                    return job, "cached" if job.status == "done" else "existing"
+            if job is not None and job.status in ("done", *ACTIVE):
+                if mine is None:
+                    if job.status != "done" and self._over_quota(db, client, client_max_active):
+                        return None, "quota"
+                    mine = (new_job_id(),)
+                    db.execute("INSERT INTO proof_requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (mine[0], job.id, client, receipt_id, callback_url,
+                                "pending" if callback_url else None, now))
+                elif callback_url and job.status != "done":  # a callback added while it waits
+                    db.execute("UPDATE proof_requests SET callback_url = ?, callback_state = 'pending' "
+                               "WHERE id = ? AND callback_url IS NULL", (callback_url, mine[0]))
+                return self._view(db, mine[0]), "cached" if job.status == "done" else "existing"
             active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
                                 "'running')").fetchone()[0]
             if active >= max_active:
                 return None, "full"
-            if row is not None:  # failed before: queue it again, fresh attempts
+            if self._over_quota(db, client, client_max_active):
+                return None, "quota"
+            if job is not None:  # failed before: queue it again, fresh attempts
                 db.execute(
                     "UPDATE proof_jobs SET status = 'queued', stage = NULL, attempts = 0, "
                     "error = NULL, worker = NULL, lease_until = NULL, started = NULL, "
-                    "finished = NULL, created = ?, callback_url = COALESCE(?, callback_url), "
-                    "callback_state = CASE WHEN COALESCE(?, callback_url) IS NULL THEN NULL "
-                    "ELSE 'pending' END, receipt_id = COALESCE(?, receipt_id) WHERE id = ?",
-                    (now, callback_url, callback_url, receipt_id, row[0]),
-                )
-                job_id, how = row[0], "requeued"
+                    "finished = NULL, created = ? WHERE id = ?", (now, job.id))
+                job_id, how = job.id, "requeued"
             else:
                 job_id, how = new_job_id(), "new"
                 db.execute(
                     "INSERT INTO proof_jobs (id, model, package_id, model_sha256, input_digest, "
-                    "input, receipt_id, status, attempts, created, callback_url, callback_state) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)",
-                    (job_id, model, package_id, model_sha256, input_digest, input_json,
-                     receipt_id, now, callback_url, "pending" if callback_url else None),
+                    "input, receipt_id, status, attempts, created) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+                    (job_id, model, package_id, model_sha256, input_digest, input_json, receipt_id, now),
                 )
-            return _job(db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE id = ?",
-                                   (job_id,)).fetchone()), how
+            if mine is None:
+                mine = (job_id if how == "new" else new_job_id(),)
+                db.execute("INSERT INTO proof_requests VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (mine[0], job_id, client, receipt_id, callback_url,
+                            "pending" if callback_url else None, now))
+            else:  # this client's request of the failed job: its new callback, if any, is due again
+                db.execute("UPDATE proof_requests SET callback_url = COALESCE(?, callback_url), "
+                           "callback_state = CASE WHEN COALESCE(?, callback_url) IS NULL THEN NULL "
+                           "ELSE 'pending' END, receipt_id = COALESCE(?, receipt_id) WHERE id = ?",
+                           (callback_url, callback_url, receipt_id, mine[0]))
+            return self._view(db, mine[0]), how
 
         return self._tx(run)
+
+    @staticmethod
+    def _over_quota(db: sqlite3.Connection, client: str, limit: int | None) -> bool:
+        if limit is None:
+            return False
+        n = db.execute(f"SELECT COUNT(*) FROM {_JOINED} WHERE r.client = ? AND j.status IN ('queued', 'running')",
+                       (client,)).fetchone()[0]
+        return n >= limit
+
+    @staticmethod
+    def _view(db: sqlite3.Connection, request_id: str) -> Job | None:
+        row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ?", (request_id,)).fetchone()
+        return _job(row) if row else None
+
+    def request(self, request_id: str) -> Job | None:
+        """A client's handle (a request id; the first client's is the job id) as that client
+        sees the job."""
+        with self._lock:
+            return self._view(self._db, request_id)
+
+    def request_of(self, job_id: str, client: str) -> Job | None:
+        """``client``'s request for a job, as it sees it (None if it has not asked)."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM proof_requests WHERE job_id = ? AND client = ?",
+                                   (job_id, client)).fetchone()
+            return self._view(self._db, row[0]) if row else None
+
+    def last_finished(self) -> float:
+        """When the newest ended job ended (0 if none): waiters compare it with what they saw."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(finished) FROM proof_jobs").fetchone()
+        return row[0] or 0.0
+
+    def client_of(self, request_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT client FROM proof_requests WHERE id = ?", (request_id,)).fetchone()
+        return row[0] if row else None
+
+    def job_of(self, request_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT job_id FROM proof_requests WHERE id = ?", (request_id,)).fetchone()
+        return row[0] if row else None
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -272,15 +351,16 @@ class JobStore:
         return [_job(r) for r in rows]
 
     def callbacks_due(self) -> list[Job]:
+        """Requests whose job ended and whose callback is not sent yet, each as its client sees it."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE callback_state = 'pending' "
-                "AND status IN ('done', 'failed')").fetchall()
+                f"SELECT {_VIEW} FROM {_JOINED} WHERE r.callback_state = 'pending' "
+                "AND j.status IN ('done', 'failed')").fetchall()
         return [_job(r) for r in rows]
 
-    def set_callback_state(self, job_id: str, state: str) -> None:
-        self._tx(lambda db: db.execute("UPDATE proof_jobs SET callback_state = ? WHERE id = ?",
-                                       (state, job_id)))
+    def set_callback_state(self, request_id: str, state: str) -> None:
+        self._tx(lambda db: db.execute("UPDATE proof_requests SET callback_state = ? WHERE id = ?",
+                                       (state, request_id)))
 
     # --- worker side ----------------------------------------------------------------
 

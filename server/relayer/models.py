@@ -170,7 +170,7 @@ class QueueProofs:
         from verifier.bundle import ProofBundle
 
         try:
-            job, _ = self.jobs.submit_x(model.name, x, None, None)
+            job, _ = self.jobs.submit_x(model.name, x, None, None, client="relayer")  # the reserved share
         except VerinferError as exc:
             if type(exc).__name__ in ("NoCircuitPackage", "NotFound"):
                 return self.fallback.prove(model, x)

@@ -78,13 +78,15 @@ def test_the_servers_file_from_before_versions_migrates_and_keeps_its_rows(tmp_p
     assert _stamps(path) == (APPLICATION_ID, 1)  # receipts v1; the jobs' byte not yet stamped
     jobs = JobStore(path)
     assert jobs.get("job_1").outcome == "proven" and jobs.bundle("job_1") == '{"b": 1}'
-    assert _stamps(path) == (APPLICATION_ID, 1 | 1 << 8)
+    # proof job store v2: each job's first client's request, under the job's own id
+    assert jobs.request("job_1").receipt_id == "rid" and jobs.job_of("job_1") == "job_1"
+    assert _stamps(path) == (APPLICATION_ID, 1 | 2 << 8)
     receipts.put_many([("rid2", "iris_mlp", 4.0, "BODY2")])  # and they still take writes
     assert receipts.count() == 2
     receipts.close()
     jobs.close()
     again = ReceiptStore(path)  # a stamped file opens as it is
-    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 1 << 8)
+    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 2 << 8)
     again.close()
 
 
@@ -108,10 +110,13 @@ def test_a_store_from_a_newer_verinfer_is_refused_in_one_line(tmp_path, open_sto
     path = tmp_path / "s.sqlite3"
     open_store(path).close()
     _, stamped = _stamps(path)
+    shift = (stamped & -stamped).bit_length() - 1
+    shift -= shift % 8  # this store's byte
+    have = stamped >> shift
     db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {stamped * 2}")  # this store's byte says version 2
+    db.execute(f"PRAGMA user_version = {(have + 1) << shift}")  # this store's byte says: one version newer
     db.close()
-    with pytest.raises(StoreError, match=r"schema version 2 is newer than this verinfer's \(1\)") as info:
+    with pytest.raises(StoreError, match=rf"schema version {have + 1} is newer than this verinfer's \({have}\)") as info:
         open_store(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
 

@@ -1,0 +1,96 @@
+"""Proof requests per client (proof job store v2), in process with the real iris_mlp package and
+access control on: a second client asking for the same proof gets its own handle, receipt and
+callback; per-key quotas; the relayer's reserved share of the queue; a bound on sync waiters.
+No prover runs (proof_workers=0): jobs stay queued, or are finished by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from server.auth import ApiKeyStore, Tier
+from server.http.app import create_app
+from server.proofs.jobs import RELAYER
+from server.settings import ServerSettings
+
+pytestmark = [pytest.mark.ezkl]
+
+TIERS = {"p": Tier(rate_per_s=1000, burst=1000, proofs=True, max_queued_proofs=2)}
+HOOK = "http://127.0.0.1:9/hooks/"  # allow-listed; never called here (no job ends by a worker)
+
+
+def body(x: list[float], callback: str | None = None) -> dict:
+    b = {"model": "iris_mlp", "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x}]}
+    return {**b, "callback_url": callback} if callback else b
+
+
+A, B, C, D = ([5.1, 3.5, 1.4, 0.2], [6.2, 2.9, 4.3, 1.3], [7.7, 3.0, 6.1, 2.3], [5.0, 3.4, 1.5, 0.2])
+
+
+@pytest.fixture
+def world(new_home):
+    home = new_home()
+    settings = ServerSettings(home=home, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0,
+                              max_queued_proofs=4, callback_allow=(HOOK,), max_sync_proof_waiters=0)
+    assert settings.public_proof_queue == 3  # one of four kept for the relayer
+    store = ApiKeyStore(settings.apikeys_path)
+    keys = {name: {"Authorization": f"Bearer {store.create('p', name)[1]}"} for name in ("alice", "bob", "carol")}
+    with TestClient(create_app(settings)) as client:
+        yield client, keys, client.app.state.jobs
+    store.close()
+
+
+def test_a_second_client_gets_its_own_handle_receipt_and_callback(world):
+    client, keys, jobs = world
+    a = client.post("/v1/proofs", json=body(A, HOOK + "alice"), headers=keys["alice"])
+    b = client.post("/v1/proofs", json=body(A, HOOK + "bob"), headers=keys["bob"])
+    assert a.status_code == b.status_code == 202
+    a, b = a.json(), b.json()
+    assert a["id"] != b["id"] and a["input_digest"] == b["input_digest"]  # one proof, two handles
+    assert a["receipt_id"] != b["receipt_id"]  # each its own answer and receipt
+    assert a["callback"]["url"].endswith("alice") and b["callback"]["url"].endswith("bob")
+    seen_by_bob = client.get(f"/v1/proofs/{b['id']}", headers=keys["bob"]).json()
+    assert a["receipt_id"] not in str(seen_by_bob) and "alice" not in str(seen_by_bob)
+    assert jobs.store.job_of(a["id"]) == jobs.store.job_of(b["id"]) == a["id"]  # the first handle is the job
+    assert client.get("/v1/proofs", headers=keys["bob"]).json()["jobs"] == {"queued": 1}
+    again = client.post("/v1/proofs", json=body(A), headers=keys["alice"]).json()
+    assert again["id"] == a["id"] and again["receipt_id"] == a["receipt_id"]  # alice's own, no new receipt
+    # the job ends: each request's callback is due, with what that client may see
+    jobs.store.claim("w", 30)
+    assert jobs.store.finish(a["id"], "proven", '{"bundle": 1}')
+    due = {v.id: v for v in jobs.store.callbacks_due()}
+    assert set(due) == {a["id"], b["id"]}
+    assert due[b["id"]].receipt_id == b["receipt_id"] and due[b["id"]].callback_url.endswith("bob")
+    assert due[b["id"]].public()["bundle_url"] == f"/v1/proofs/{b['id']}/bundle"
+    assert client.get(f"/v1/proofs/{b['id']}/bundle", headers=keys["bob"]).json() == {"bundle": 1}
+
+
+def test_per_key_quota_public_share_and_the_relayers_reserve(world):
+    client, keys, jobs = world
+    for x in (A, B):
+        assert client.post("/v1/proofs", json=body(x), headers=keys["alice"]).status_code == 202
+    r = client.post("/v1/proofs", json=body(C), headers=keys["alice"])
+    assert r.status_code == 429 and "its tier's limit" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
+    assert client.post("/v1/proofs", json=body(C), headers=keys["bob"]).status_code == 202  # bob's own quota
+    r = client.post("/v1/proofs", json=body(D), headers=keys["carol"])  # three active: the public share
+    assert r.status_code == 429 and "queue is full (3 jobs" in r.json()["error"]
+    # the relayer's on-chain request still finds room (the reserved fourth)
+    view, how = jobs.submit_x("iris_mlp", np.asarray([D], dtype=np.float32), None, None, client=RELAYER)
+    assert how == "new" and view.status == "queued"
+    assert client.get("/v1/proofs", headers=keys["bob"]).json()["jobs"] == {"queued": 4}
+    # joining a job already queued takes no place in the queue, only in the client's quota
+    assert client.post("/v1/proofs", json=body(A), headers=keys["bob"]).status_code == 202  # bob: C and A
+    assert client.post("/v1/proofs", json=body(B), headers=keys["bob"]).status_code == 429  # a third: over
+    # once jobs end, their clients may queue others (A and B end: alice's two, one public place)
+    for _ in range(2):
+        job, _spec = jobs.store.claim("w", 30)
+        jobs.store.finish(job.id, "proven", "{}")
+    assert client.post("/v1/proofs", json=body([4.9, 3.0, 1.4, 0.2]), headers=keys["alice"]).status_code == 202
+
+
+def test_sync_waiters_are_bounded(world):
+    client, keys, _jobs = world
+    r = client.post("/v2/models/iris_mlp/infer", json={"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}},
+                    headers=keys["alice"])
+    assert r.status_code == 429 and "already wait" in r.json()["error"]
