@@ -56,7 +56,7 @@ def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, p
     iris_c, iris_reqs, iris_label = _requests(chain, record, "iris_mlp", 2)
     dig_c, dig_reqs, dig_label = _requests(chain, record, "digits_cnn", 1)
 
-    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "0", "--once", "--json",
                    home=packages_home)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -68,7 +68,7 @@ def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, p
     evs = fulfilled_events(chain, oracle)
     assert len(evs) == 3 and all(e["byProof"] for e in evs)
 
-    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "0", "--once", "--json",
                     home=packages_home)
     assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0
 
@@ -102,7 +102,8 @@ def test_kill_and_restart_loses_and_duplicates_nothing(anvil_chain, relay_anvil_
     oracle = record["oracle"]["address"]
     account, key_file = funded_key_file(chain, tmp_path)
     cons, reqs, label = _requests(chain, record, "iris_mlp", 6, start=5)
-    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file]
+    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file,
+            "--fee-margin", "0"]
 
     env = {**os.environ, "VERINFER_HOME": str(packages_home)}
     log = open(tmp_path / "relay.log", "wb")  # noqa: SIM115 - the relayer's, closed below
