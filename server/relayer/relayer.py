@@ -176,8 +176,8 @@ class Relayer:
                 if cur is None or (raw["blockNumber"], raw["logIndex"]) > cur:
                     events.append(self._decode(raw))
         # the hashes of the blocks read, before handling: a reorg meanwhile shows next time
-        self.store.remember_blocks({b: self._block_hash(b)
-                                    for b in {ev.block for ev in events} | {head}})
+        hashes = {b: self._block_hash(b) for b in {ev.block for ev in events} | {head}}
+        self.store.remember_blocks({b: h for b, h in hashes.items() if h is not None})
         outcomes = self._handle_all(events)
         new_cursor, error = (head, CURSOR_END), None
         for ev, out in zip(events, outcomes):
