@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="seconds before a requester may cancel (default: 3600)")
     dep.add_argument("--min-fee", type=int, default=0, metavar="WEI",
                      help="least fee a request for these models must bring (default: 0)")
+    dep.add_argument("--payee", metavar="ADDRESS",
+                     help="who receives the fees of these models' fulfilments, e.g. the "
+                     "relayer's account (default: the deployer; never the transaction's sender)")
     dep.add_argument("--update-delay", type=int, default=86_400, metavar="SECONDS",
                      help="seconds between announcing a model update (updateModel) and its "
                      "taking effect, so requesters see it coming (default: 86400)")
@@ -100,6 +103,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
     if args.signer and not _ADDRESS.match(args.signer):
         raise InputError(f"--signer is not an address: {args.signer!r}")
+    if args.payee and not _ADDRESS.match(args.payee):
+        raise InputError(f"--payee is not an address: {args.payee!r}")
     if args.request_timeout < 0:
         raise InputError("--request-timeout must be >= 0")
     if not 0 <= args.min_fee < 2**96:
@@ -115,7 +120,7 @@ def _deploy(args: argparse.Namespace) -> int:
     record = deploy_all(chain, packages, policy=args.policy, signer=args.signer,
                         request_timeout=args.request_timeout,
                         allow_dev_srs=args.allow_dev_srs, update_delay=args.update_delay,
-                        min_fee=args.min_fee)
+                        min_fee=args.min_fee, payee=args.payee)
     out = args.out
     if out is None:
         from verifier.config import Settings

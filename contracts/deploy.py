@@ -133,7 +133,10 @@ def deploy_consumer(chain: Chain, oracle_address: str, model_id: bytes,
 def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | None,
                    input_length: int, input_scale: int, policy: str,
                    signer: str | None, num_instances: int,
-                   max_abs_input: int = MAX_INPUT_BOUND, min_fee: int = 0) -> dict:
+                   max_abs_input: int = MAX_INPUT_BOUND, min_fee: int = 0,
+                   payee: str | None = None) -> dict:
+    """Register a model; its fees go to ``payee`` (default: the oracle's owner, who
+    registers). Returns the registration's receipt."""
     if policy not in POLICIES:
         raise InputError(f"policy must be one of {sorted(POLICIES)}, not {policy!r}")
     zero = "0x" + "00" * 20
@@ -141,7 +144,10 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
         model_id, verifier or zero, input_length, input_scale, POLICIES[policy], signer or zero,
         num_instances, max_abs_input, min_fee,
     )
-    return chain.transact(fn)
+    receipt = chain.transact(fn)
+    if payee is not None and payee.lower() != chain.sender.lower():
+        chain.transact(oracle.functions.setPayee(model_id, payee))
+    return receipt
 
 
 def tx_hex(tx_hash) -> str:
@@ -154,7 +160,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
                signer: str | None = None,
                request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
                allow_dev_srs: bool = False, update_delay: int = DEFAULT_UPDATE_DELAY,
-               min_fee: int = 0) -> dict:
+               min_fee: int = 0, payee: str | None = None) -> dict:
     """Deploy the oracle, one verifier per package, register each model; return the
     deployment record (what ``verinfer chain deploy`` writes). A package with a development
     SRS is refused on any chain but the embedded one and :data:`DEV_CHAIN_IDS`, unless
@@ -196,7 +202,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
                               input_length=m.input_length, input_scale=m.input_scale,
                               policy=policy, signer=signer, num_instances=m.num_instances,
-                              max_abs_input=m.max_abs_input, min_fee=min_fee)
+                              max_abs_input=m.max_abs_input, min_fee=min_fee, payee=payee)
         record["models"].append({
             "name": m.name,
             "model_id": "0x" + m.model_id.hex(),
@@ -209,6 +215,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "num_instances": m.num_instances,
             "max_abs_input": m.max_abs_input,
             "min_fee": min_fee,
+            "payee": payee or chain.sender,
             "policy": policy,
             "signer": signer,
             "register_tx": tx_hex(rrec["transactionHash"]),

@@ -132,6 +132,17 @@ class ServerSettings(Settings):
         "auto", description="auto: a proof where the model's policy allows, else a signature."
     )
     relay_poll_interval_s: float = Field(2.0, gt=0, description="Seconds between relayer polls.")
+    relay_confirmations: int = Field(
+        0, ge=0, description="Blocks a request must be deep before the relayer answers it.")
+    relay_fee_margin: float = Field(
+        1.0, ge=0, description="Skip a request whose fee is below its gas cost x this (0: "
+        "answer unpaid requests too).")
+    relay_max_callback_gas: int = Field(
+        1_000_000, ge=0, description="Skip requests asking more gas than this for their callback.")
+    relay_workers: int = Field(4, ge=1, description="Requests the relayer handles at once.")
+    relay_tx_timeout_s: float = Field(
+        120.0, gt=0, description="A fulfilment not mined in this time is replaced (same nonce, "
+        "higher fee).")
 
     # --- proof jobs (server/proofs/jobs.py) ---------------------------------------------
     store_inputs: bool = Field(

@@ -49,6 +49,7 @@ contract VerinferOracle {
         uint32 numInstances; // public instances of a proof: inputs, outputs, the label last
         uint96 minFee; // wei a request must bring at least
         uint128 maxAbsInput; // |input[i]| <= this: what the circuit's range checks represent
+        address payee; // receives the fees of this model's requests (never msg.sender)
     }
 
     struct Request {
@@ -58,7 +59,7 @@ contract VerinferOracle {
         Status status;
         bytes32 modelId;
         bytes32 inputCommitment; // keccak256(abi.encode(int256[] input))
-        uint96 fee; // wei held in escrow: paid to the fulfiller, or refunded on cancel
+        uint96 fee; // wei held in escrow: paid to the model's payee, or refunded on cancel
         address verifier; // the model's verifier when the request was made: the one that checks it
         address signer; // the model's signer when the request was made
         Policy policy; // the model's policy when the request was made
@@ -131,6 +132,8 @@ contract VerinferOracle {
         uint96 minFee
     );
     event MinFeeSet(bytes32 indexed modelId, uint96 minFee);
+    /// @notice Fees of the model's fulfilments go to `payee` from now on.
+    event PayeeSet(bytes32 indexed modelId, address payee);
     /// @notice An update is announced: requesters see it `updateDelay` seconds before it applies.
     event ModelUpdateScheduled(
         bytes32 indexed modelId, address verifier, Policy policy, address signer, uint256 effectiveAt
@@ -244,8 +247,12 @@ contract VerinferOracle {
     /// @notice fulfill*: too little gas left to give the callback its full callbackGasLimit
     ///         (stops a fulfiller from starving the callback on purpose).
     error InsufficientGasForCallback(uint256 callbackGasLimit);
-    /// @notice fulfill*: the escrowed fee could not be paid to the fulfiller (msg.sender).
+    /// @notice fulfill*: the escrowed fee could not be paid to the model's payee.
     error FeeTransferFailed();
+    /// @notice fulfillWithProof, verifyInference: the verifier ran out of gas (the transaction
+    ///         was sent with too little gas); says nothing about the proof. The arg is the
+    ///         request id (zero from verifyInference).
+    error VerifierOutOfGas(bytes32 requestId);
     /// @notice cancelRequest: the caller is not the requester.
     error NotRequester(address caller, address requester);
     /// @notice cancelRequest: the timeout has not passed yet.
@@ -318,8 +325,9 @@ contract VerinferOracle {
         }
         if (maxAbsInput == 0) revert InvalidInputBound();
         _checkPaths(verifier, policy, signer);
-        models[modelId] =
-            Model(signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput);
+        models[modelId] = Model(
+            signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput, msg.sender
+        );
         emit ModelRegistered(
             modelId, verifier, inputLength, inputScale, policy, signer, numInstances, maxAbsInput, minFee
         );
@@ -331,6 +339,18 @@ contract VerinferOracle {
         if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
         m.minFee = minFee;
         emit MinFeeSet(modelId, minFee);
+    }
+
+    /// @notice Set who receives the fees of the model's fulfilments (registration makes it the
+    ///         owner). Fees never go to msg.sender, so a fulfilment copied from the mempool and
+    ///         sent first by another account earns that account nothing. Applies to fulfilments
+    ///         from now on, open requests included. The payee must accept ETH.
+    function setPayee(bytes32 modelId, address payee) external onlyOwner {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        if (payee == address(0)) revert ZeroAddress();
+        m.payee = payee;
+        emit PayeeSet(modelId, payee);
     }
 
     /// @notice Announce a change of a model's verifier, policy or signer (e.g. key rotation). It
@@ -370,7 +390,7 @@ contract VerinferOracle {
     // ------------------------------------------------------------- requests
 
     /// @notice Ask for a classification of `input` by `modelId`. Any ETH sent is the fee, held in
-    ///         escrow for the fulfiller (or refunded by cancelRequest after the timeout).
+    ///         escrow for the model's payee (or refunded by cancelRequest after the timeout).
     /// @param input fixed-point integers at the model's input scale, row-major
     /// @param callbackGasLimit gas for `onClassification` on msg.sender (at most
     ///        MAX_CALLBACK_GAS_LIMIT)
@@ -567,9 +587,13 @@ contract VerinferOracle {
         if (_commitInstances(instances, n) != commitment) revert InputMismatch(requestId);
         label = instances[instances.length - 1];
         if (label > MAX_LABEL) revert LabelOutOfRange(label);
+        uint256 gasBefore = gasleft();
         try IHalo2Verifier(verifier).verifyProof(proof, instances) returns (bool ok) {
             if (!ok) revert ProofRejected(requestId);
         } catch {
+            // EIP-150: the verifier got 63/64 of the gas; if it used (nearly) all of it, it ran
+            // out of gas: the transaction's gas limit, not the proof, is at fault
+            if (gasleft() <= gasBefore / 63) revert VerifierOutOfGas(requestId);
             revert ProofRejected(requestId);
         }
     }
@@ -599,7 +623,7 @@ contract VerinferOracle {
 
         uint256 fee = r.fee;
         if (fee > 0) {
-            (bool ok,) = msg.sender.call{value: fee}("");
+            (bool ok,) = models[modelId].payee.call{value: fee}("");
             if (!ok) revert FeeTransferFailed();
         }
     }

@@ -15,8 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(<home>/relayer.sqlite3), run each input through the registered circuit package's "
         "model and fulfil it with a zk proof or, where the model's on-chain policy allows and "
         "the model's signer is this server's EIP-712 key, a signature. After a restart it "
-        "misses no request and fulfils none twice; a request it cannot serve is recorded as "
-        "skipped, never retried. Exit 0 ok, 2 bad input or unreachable node.")
+        "misses no request and fulfils none twice; a request it cannot serve (or whose fee "
+        "does not pay for it) is recorded as skipped, never retried; one that cannot be "
+        "proven fails alone; a full proof queue only delays. Exit 0 ok, 2 bad input or unreachable node.")
     p.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC node")
     p.add_argument("--oracle", required=True, metavar="ADDRESS", help="VerinferOracle address")
     p.add_argument("--key-file", type=Path, metavar="FILE",
@@ -32,6 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where a fresh cursor starts (default 0)")
     p.add_argument("--confirmations", type=int, default=0, metavar="N",
                    help="follow the head less N blocks (reorg safety on public chains)")
+    p.add_argument("--fee-margin", type=float, default=1.0, metavar="X",
+                   help="skip a request whose fee is below its estimated gas cost (gas limit x "
+                   "fee per gas) times X (default 1; 0 answers unpaid requests too)")
+    p.add_argument("--max-callback-gas", type=int, default=1_000_000, metavar="GAS",
+                   help="skip requests asking more gas for their callback (default 1000000)")
+    p.add_argument("--workers", type=int, default=4, metavar="N",
+                   help="requests handled at once (default 4)")
+    p.add_argument("--tx-timeout", type=float, default=120.0, metavar="S",
+                   help="replace a fulfilment not mined in S seconds at the same nonce with a "
+                   "higher fee (local --key-file only; default 120)")
     p.add_argument("--poll-interval", type=float, default=2.0, metavar="S",
                    help="seconds between polls (default 2)")
     p.add_argument("--once", action="store_true",
@@ -55,6 +66,10 @@ def relay(args: argparse.Namespace) -> int:
         raise InputError("--poll-interval must be positive")
     if args.from_block < 0 or args.confirmations < 0:
         raise InputError("--from-block and --confirmations must not be negative")
+    if args.fee_margin < 0 or args.max_callback_gas < 0 or args.workers < 1 \
+            or args.tx_timeout <= 0:
+        raise InputError("--fee-margin and --max-callback-gas must not be negative, --workers "
+                         "must be >= 1, --tx-timeout positive")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     settings = ServerSettings()
     from prover.ezkl_backend import use_ezkl_dir
@@ -69,7 +84,9 @@ def relay(args: argparse.Namespace) -> int:
     relayer = make_relayer(rpc=args.rpc, oracle=args.oracle, home=settings.home,
                            key_file=args.key_file or key_file_from_env(), models=models,
                            eth_key=eth_key, answer=args.answer, from_block=args.from_block,
-                           confirmations=args.confirmations, answer_ttl_s=settings.answer_ttl_s)
+                           confirmations=args.confirmations, answer_ttl_s=settings.answer_ttl_s,
+                           fee_margin=args.fee_margin, max_callback_gas=args.max_callback_gas,
+                           workers=args.workers, tx_timeout_s=args.tx_timeout)
     names = ", ".join(sorted(m.name for m in models.values()))
     print(f"verinfer: relaying for {relayer.oracle.address} on chain {relayer.chain.chain_id} "
           f"({names}; fulfilments from {relayer.chain.sender}"
@@ -80,12 +97,14 @@ def relay(args: argparse.Namespace) -> int:
             res = relayer.poll()
             print(f"OK: {res.events} request(s) up to block {res.latest_block}: "
                   f"{len(res.fulfilled)} fulfilled, {len(res.elsewhere)} answered elsewhere or "
-                  f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed",
+                  f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed, "
+                  f"{len(res.delayed)} delayed",
                   file=sys.stderr)
             if args.json:
                 print(json.dumps({"events": res.events, "latest_block": res.latest_block,
                                   "fulfilled": res.fulfilled, "elsewhere": res.elsewhere,
-                                  "skipped": res.skipped, "failed": res.failed}))
+                                  "skipped": res.skipped, "failed": res.failed,
+                                  "delayed": res.delayed}))
             return 0
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -23,6 +23,11 @@ class ProofUnavailable(VerinferError):
     """A proof source gave up on this input for good (e.g. a job that failed every attempt)."""
 
 
+class ProofPending(Exception):
+    """Not now: the prover's queue is full or the proof is not ready; ask again later (the
+    request is delayed, never failed for it)."""
+
+
 # -- models served here -------------------------------------------------------------
 
 
@@ -174,7 +179,9 @@ class QueueProofs:
         except VerinferError as exc:
             if type(exc).__name__ in ("NoCircuitPackage", "NotFound"):
                 return self.fallback.prove(model, x)
-            raise  # e.g. QueueFull: retried at the next poll
+            if type(exc).__name__ == "QueueFull":
+                raise ProofPending(str(exc)) from None
+            raise
         end = time.monotonic() + self.timeout_s
         delay = 0.05
         while True:
@@ -186,8 +193,8 @@ class QueueProofs:
                 return bundle
             if job.status == "failed":
                 raise ProofUnavailable(f"proof job {job.id} failed: {job.error}")
-            if time.monotonic() > end:
-                raise TimeoutError(f"proof job {job.id} still {job.status} after "
+            if time.monotonic() > end:  # the job goes on: the next poll finds it again
+                raise ProofPending(f"proof job {job.id} still {job.status} after "
                                    f"{self.timeout_s:.0f} s")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)

@@ -3,9 +3,12 @@
 It follows ``VerinferOracle``'s ``ClassificationRequested`` events from a durable cursor,
 runs each requested input through the model locally and, per the model's on-chain policy,
 fulfils it with a zk proof (``fulfillWithProof``) or an EIP-712 signature of the server's
-key (``fulfillWithSignature``). The cursor moves only past terminal requests, and a
-transaction's hash is recorded before it is broadcast, so a relayer killed at any point
-misses no request and fulfils none twice; the rules are in docs/server.md ("Relayer").
+key (``fulfillWithSignature``), several requests at once. The cursor moves only past
+terminal requests (and back on a reorg), and a transaction's hash is recorded before it is
+broadcast, so a relayer killed at any point misses no request and fulfils none twice; unpaid
+requests are skipped, temporary answers of the prover delay a request, an input that cannot be
+proven fails alone. The rules are in docs/server.md ("Relayer"); sending is in
+:mod:`server.relayer.sender`.
 
 Core logic only: no argparse, no printing (``server.relayer.cli`` is the CLI; the server runs
 :class:`RelayerThread` from its lifespan when ``relay_rpc``/``relay_oracle`` are set).
@@ -22,16 +25,18 @@ from pathlib import Path
 from server.relayer.models import (
     InProcessProofs,
     LocalModel,
+    ProofPending,
     ProofSource,
-    ProofUnavailable,
+    ProofUnavailable,  # noqa: F401 - re-exported for callers
     QueueProofs,
     _reference_models,
     load_local_models,
 )
+from server.relayer.sender import Sender, Unpaid
 from server.relayer.store import (
+    CURSOR_END,
     TERMINAL,
     RelayStore,
-    RequestRecord,
     default_store_path,
 )
 from verifier.errors import InputError, VerinferError
@@ -46,6 +51,9 @@ ANSWER_MODES = ("auto", "proof", "signature")
 
 
 LOG_CHUNK = 2_000  # blocks per eth_getLogs
+DEFAULT_FEE_MARGIN = 1.0  # a request's fee must cover its gas cost x this (0: serve unpaid)
+DEFAULT_MAX_CALLBACK_GAS = 1_000_000  # requests asking more gas for their callback: skipped
+MIN_FULFIL_GAS = 50_000  # the least a fulfilment costs besides its callback (fee pre-check)
 
 
 class RelayError(VerinferError):
@@ -81,21 +89,33 @@ class PassResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     elsewhere: list[str] = field(default_factory=list)
+    delayed: list[str] = field(default_factory=list)  # not answered yet: read again next poll
     latest_block: int = 0
 
 
 class Relayer:
-    """Follows one oracle on one chain; :meth:`poll` handles every new request once."""
+    """Follows one oracle on one chain; :meth:`poll` handles every new request once.
+
+    Settings (docs/server.md "Relayer"): ``confirmations`` (follow the head less N blocks),
+    ``fee_margin`` (skip a request whose fee does not cover margin x its gas cost; 0 serves
+    unpaid requests), ``max_callback_gas`` (skip requests asking more for their callback),
+    ``workers`` (requests handled at once), ``tx_timeout_s`` (replace a transaction not mined
+    in that time)."""
 
     def __init__(self, chain, oracle: str, models: dict[bytes, LocalModel], store: RelayStore,
                  *, proofs: ProofSource | None = None, eth_key: bytes | None = None,
                  answer: str = "auto", from_block: int = 0, confirmations: int = 0,
-                 answer_ttl_s: int = 3600,
+                 answer_ttl_s: int = 3600, fee_margin: float = DEFAULT_FEE_MARGIN,
+                 max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS, workers: int = 4,
+                 tx_timeout_s: float = 120.0,
                  hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
         from contracts.deploy import oracle_abi
 
         if answer not in ANSWER_MODES:
             raise InputError(f"answer must be one of {ANSWER_MODES}, not {answer!r}")
+        if fee_margin < 0 or max_callback_gas < 0 or workers < 1 or tx_timeout_s <= 0:
+            raise InputError("fee_margin and max_callback_gas must not be negative, workers "
+                             "must be >= 1, tx_timeout_s > 0")
         self.chain = chain
         self.w3 = chain.w3
         self.oracle = chain.contract(oracle, oracle_abi())
@@ -108,8 +128,13 @@ class Relayer:
         self.from_block = from_block
         self.confirmations = confirmations
         self.answer_ttl_s = answer_ttl_s
-        self.max_attempts = 3  # tries of a request whose preparation (e.g. proving) fails
+        self.max_callback_gas = max_callback_gas
+        # the embedded chain (py-evm in this process) is not thread-safe: one at a time there
+        self.workers = 1 if chain.embedded else workers
+        self.max_attempts = 3  # tries of a request whose preparation fails unexpectedly
         self.hooks = hooks or {}  # test seams: "after_send" runs after broadcast, before record
+        self.sender = Sender(chain, self.oracle, store, fee_margin=fee_margin,
+                             tx_timeout_s=tx_timeout_s, status=self._status, hooks=self.hooks)
         self._eth = None
         self.signer_address = None
         if eth_key is not None:
@@ -130,31 +155,81 @@ class Relayer:
 
     def poll(self) -> PassResult:
         """Handle every request event from the cursor up to the chain head (less
-        ``confirmations``). Node errors propagate; the cursor stays on the event that hit
-        them."""
+        ``confirmations``), ``workers`` at a time. The cursor moves up to the first request
+        that is not terminal (delayed: retried at the next poll); a reorg below the cursor
+        rewinds it first. Node errors propagate, after every other request of the pass was
+        handled."""
         res = PassResult()
+        self._check_reorg()
         head = self.w3.eth.block_number - self.confirmations
         res.latest_block = head
         cur = self.store.cursor()
         start = self.from_block if cur is None else cur[0]
         if head < start:
             return res
+        events: list[Event] = []
         for lo in range(start, head + 1, LOG_CHUNK):
             hi = min(head, lo + LOG_CHUNK - 1)
             logs = self.w3.eth.get_logs({"address": self.oracle.address, "fromBlock": lo,
                                          "toBlock": hi, "topics": [self._topic]})
             for raw in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
-                pos = (raw["blockNumber"], raw["logIndex"])
-                if cur is not None and pos <= cur:
-                    continue
-                ev = self._decode(raw)
-                res.events += 1
-                outcome = self.handle(ev)
-                {"fulfilled": res.fulfilled, "skipped": res.skipped, "failed": res.failed}.get(
-                    outcome, res.elsewhere).append(ev.rid)
-                self.store.set_cursor(*pos)
-                cur = pos
+                if cur is None or (raw["blockNumber"], raw["logIndex"]) > cur:
+                    events.append(self._decode(raw))
+        # the hashes of the blocks read, before handling: a reorg meanwhile shows next time
+        hashes = {b: self._block_hash(b) for b in {ev.block for ev in events} | {head}}
+        self.store.remember_blocks({b: h for b, h in hashes.items() if h is not None})
+        outcomes = self._handle_all(events)
+        new_cursor, error = (head, CURSOR_END), None
+        for ev, out in zip(events, outcomes):
+            res.events += 1
+            if isinstance(out, BaseException):
+                error = error or out
+                out = "pending"
+            {"fulfilled": res.fulfilled, "skipped": res.skipped, "failed": res.failed,
+             "pending": res.delayed}.get(out, res.elsewhere).append(ev.rid)
+            if out not in TERMINAL and new_cursor == (head, CURSOR_END):
+                new_cursor = (ev.block, ev.log_index - 1)  # this one is read again
+        if cur is None or new_cursor > cur:
+            self.store.set_cursor(*new_cursor)
+        if error is not None:
+            raise error
         return res
+
+    def _handle_all(self, events: list[Event]) -> list:
+        """:meth:`handle` for each event, ``workers`` at a time; outcomes in event order (an
+        exception where one was raised)."""
+        def one(ev: Event):
+            try:
+                return self.handle(ev)
+            except Exception as exc:  # noqa: BLE001 - reported by poll after the others
+                return exc
+
+        if self.workers == 1 or len(events) <= 1:
+            return [one(ev) for ev in events]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="verinfer-relay") as pool:
+            return list(pool.map(one, events))
+
+    def _block_hash(self, number: int) -> str | None:
+        from web3.exceptions import BlockNotFound
+
+        try:
+            return "0x" + bytes(self.w3.eth.get_block(number)["hash"]).hex()
+        except BlockNotFound:
+            return None
+
+    def _check_reorg(self) -> None:
+        """Compare the recorded block hashes with the chain's; on a difference, rewind the
+        cursor and the request records to the newest block that is still the same."""
+        known = self.store.known_blocks()
+        if not known or self._block_hash(known[0][0]) == known[0][1]:
+            return
+        keep = next((n for n, h in known[1:] if self._block_hash(n) == h), None)
+        gone = self.store.rewind(keep)
+        log.warning("relayer: reorg: block %d changed; rewound to %s (%d request records "
+                    "forgotten, read again)", known[0][0],
+                    "the start" if keep is None else f"block {keep}", gone)
 
     def _decode(self, raw) -> Event:
         a = self._event.process_log(raw)["args"]
@@ -165,7 +240,8 @@ class Relayer:
     # -- one request -----------------------------------------------------------------
 
     def handle(self, ev: Event) -> str:
-        """Take one request to a terminal state; return it."""
+        """Take one request to a terminal state and return it, or return "pending" (a
+        temporary answer: the prover's queue is full, the proof is not ready, the node)."""
         rec = self.store.get(ev.rid)
         if rec is not None and rec.state in TERMINAL:
             return rec.state
@@ -173,7 +249,7 @@ class Relayer:
         if rec is None:
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending")
         elif rec.state == "sending" and rec.tx_hash:
-            done = self._resume_sent(ev, rec)
+            done = self.sender.resume(ev, rec)
             if done is not None:
                 return done
 
@@ -189,29 +265,33 @@ class Relayer:
             log.info("relayer: request %s is %s on chain; nothing to send", ev.rid, state)
             return state
 
+        def final(state: str, reason: str, **fields) -> str:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state, reason=reason,
+                              **fields)
+            log.warning("relayer: request %s %s: %s", ev.rid, state, reason)
+            return state
+
         try:
             method, call, label = self._prepare(ev)
-        except _Skip as s:
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", reason=str(s))
-            log.warning("relayer: skipped request %s: %s", ev.rid, s)
-            return "skipped"
-        except ProofUnavailable as exc:
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "failed", reason=str(exc))
-            log.warning("relayer: request %s failed: %s", ev.rid, exc)
-            return "failed"
+        except (_Skip, Unpaid) as s:
+            return final("skipped", str(s))
+        except ProofPending as exc:
+            log.info("relayer: request %s delayed: %s", ev.rid, exc)
+            return "pending"
         except Exception as exc:
-            # the node, the network or the prover: retried at the next poll, a few times
+            if _is_node_error(exc):
+                raise  # the node or the network: retried at the next poll, not counted
+            if isinstance(exc, VerinferError):
+                # this input cannot be answered (e.g. EZKL cannot witness it): fail it, alone
+                return final("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
             tries = (self.store.get(ev.rid).attempts or 0) + 1
-            if tries >= self.max_attempts and not _is_node_error(exc):
-                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "failed", attempts=tries,
-                                  reason=f"{type(exc).__name__}: {str(exc)[:300]}")
-                log.warning("relayer: request %s failed %d times, giving up: %s", ev.rid,
-                            tries, exc)
-                return "failed"
-            if not _is_node_error(exc):
-                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending",
-                                  attempts=tries)
-            raise
+            if tries >= self.max_attempts:
+                return final("failed", f"{type(exc).__name__}: {str(exc)[:300]} ({tries} "
+                             "tries)", attempts=tries)
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending", attempts=tries)
+            log.warning("relayer: request %s: try %d failed (%s: %s); retried at the next "
+                        "poll", ev.rid, tries, type(exc).__name__, str(exc)[:300])
+            return "pending"
         return self._send(ev, method, call, label)
 
     def _status(self, request_id: bytes) -> int:
@@ -232,6 +312,11 @@ class Relayer:
             raise _Skip(f"model {model.name}: oracle input scale {scale}, package {model.scale}")
         if input_commitment(ev.input) != ev.input_commitment:
             raise _Skip("the event's input does not match its commitment")
+        if ev.callback_gas_limit > self.max_callback_gas:
+            raise _Skip(f"callback gas {ev.callback_gas_limit} is over this relayer's cap "
+                        f"{self.max_callback_gas}")
+        # before any work: the callback's gas alone, at today's price, must be paid for
+        self.sender.check_fee(ev, ev.callback_gas_limit + MIN_FULFIL_GAS, self.w3.eth.gas_price)
         try:
             x = model.dequantize(ev.input)
         except InputError as exc:
@@ -302,13 +387,15 @@ class Relayer:
         from contracts.chain import ContractRevert, decode_revert
 
         mid = "0x" + ev.model_id.hex()
-        abi = self.oracle.abi
-        tx: dict = {"from": self.chain.sender, "value": 0}
         try:
-            tx["gas"] = int(call.estimate_gas(tx) * 1.2) + 20_000
-            tx = call.build_transaction(tx)
+            tx = self.sender.build(ev, call)
+        except Unpaid as exc:
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", method=method,
+                              label=label, reason=str(exc))
+            log.warning("relayer: skipped request %s: %s", ev.rid, exc)
+            return "skipped"
         except Exception as exc:  # noqa: BLE001
-            err = decode_revert(exc, abi)
+            err = decode_revert(exc, self.oracle.abi)
             if not isinstance(err, ContractRevert):
                 raise err from None  # the node: retry at the next poll
             if err.error == "AlreadyFulfilled":
@@ -321,61 +408,7 @@ class Relayer:
                               label=label, reason=str(err))
             log.warning("relayer: request %s: %s refused: %s", ev.rid, method, err)
             return state
-
-        rec = self.store.get(ev.rid)
-        attempts = (rec.attempts if rec else 0) + 1
-        account = getattr(self.chain, "_account", None)
-        after_send = self.hooks.get("after_send")
-        if account is not None and not self.chain.embedded:
-            tx["nonce"] = self.w3.eth.get_transaction_count(account.address, "pending")
-            tx.setdefault("chainId", self.chain.chain_id)
-            signed = account.sign_transaction(tx)
-            tx_hash = "0x" + bytes(signed.hash).hex()
-            # on disk before it is broadcast: a restart looks it up instead of guessing
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
-                              label=label, tx_hash=tx_hash, attempts=attempts)
-            self.w3.eth.send_raw_transaction(signed.raw_transaction)
-            if after_send is not None:
-                after_send(ev)
-        else:
-            # an unlocked node account: the hash is known only once sent; a restart in
-            # between finds the request fulfilled on chain (or still open) and acts on that
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
-                              label=label, tx_hash=None, attempts=attempts)
-            tx_hash = "0x" + bytes(self.w3.eth.send_transaction(tx)).hex()
-            if after_send is not None:
-                after_send(ev)
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", tx_hash=tx_hash)
-        return self._await(ev, tx_hash, method, label)
-
-    def _await(self, ev: Event, tx_hash: str, method: str, label: int | None) -> str:
-        mid = "0x" + ev.model_id.hex()
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=300)
-        if receipt["status"] == 1:
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "fulfilled", reason=None)
-            log.info("relayer: fulfilled %s by %s (label %s, gas %d, tx %s)", ev.rid, method,
-                     label, receipt["gasUsed"], tx_hash)
-            return "fulfilled"
-        # reverted when mined: someone else fulfilled first, or it was cancelled meanwhile
-        status = self._status(ev.request_id)
-        state = {STATUS_FULFILLED: "answered_elsewhere", STATUS_CANCELLED: "cancelled"}.get(
-            status, "failed")
-        self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state,
-                          reason=f"transaction {tx_hash} reverted")
-        return state
-
-    def _resume_sent(self, ev: Event, rec: RequestRecord) -> str | None:
-        """A transaction recorded before a restart: done if mined, waited for if pending,
-        ``None`` (send again) if the node does not know it."""
-        from web3.exceptions import TransactionNotFound
-
-        try:
-            self.w3.eth.get_transaction(rec.tx_hash)
-        except TransactionNotFound:
-            log.info("relayer: request %s: recorded tx %s is unknown to the node; resending",
-                     ev.rid, rec.tx_hash)
-            return None
-        return self._await(ev, rec.tx_hash, rec.method or "?", rec.label)
+        return self.sender.send(ev, tx, method, label)
 
 
 class _Skip(Exception):
@@ -399,7 +432,7 @@ def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = N
                  models: dict[bytes, LocalModel] | None = None, proofs: ProofSource | None = None,
                  eth_key: bytes | None = None, answer: str = "auto", from_block: int = 0,
                  confirmations: int = 0, answer_ttl_s: int = 3600,
-                 store_path: Path | None = None) -> Relayer:
+                 store_path: Path | None = None, **options) -> Relayer:
     """Connect to ``rpc``, open the store and the data dir's packages; a ready Relayer."""
     import re
 
@@ -418,7 +451,7 @@ def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = N
                        chain.w3.to_checksum_address(oracle))
     return Relayer(chain, oracle, models, store, proofs=proofs, eth_key=eth_key, answer=answer,
                    from_block=from_block, confirmations=confirmations,
-                   answer_ttl_s=answer_ttl_s)
+                   answer_ttl_s=answer_ttl_s, **options)
 
 
 def run_forever(relayer: Relayer, interval_s: float, stop: threading.Event,
@@ -481,6 +514,11 @@ def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
                             key_file=settings.relay_key_file or key_file_from_env(),
                             eth_key=keys.eth_key if keys is not None else None,
                             answer=settings.relay_answer, answer_ttl_s=settings.answer_ttl_s,
+                            confirmations=settings.relay_confirmations,
+                            fee_margin=settings.relay_fee_margin,
+                            max_callback_gas=settings.relay_max_callback_gas,
+                            workers=settings.relay_workers,
+                            tx_timeout_s=settings.relay_tx_timeout_s,
                             proofs=QueueProofs(jobs) if jobs is not None else None)
 
     t = RelayerThread(factory, settings.relay_poll_interval_s)

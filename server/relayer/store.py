@@ -1,4 +1,5 @@
-"""The relayer's durable record: its cursor and every request it saw (SQLite, WAL)."""
+"""The relayer's durable record: its cursor, the hashes of the blocks it read, and every
+request it saw (SQLite, WAL)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from server.sqlite import Schema, connect
 
 # Request states in the store. Terminal: every one but "pending" and "sending".
 TERMINAL = {"fulfilled", "answered_elsewhere", "cancelled", "skipped", "failed"}
+CURSOR_END = 2**31 - 1  # a cursor (block, CURSOR_END): every event of that block was seen
 
 
 def default_store_path(home: Path) -> Path:
@@ -34,7 +36,14 @@ CREATE TABLE IF NOT EXISTS requests (
     attempts INTEGER NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
     PRIMARY KEY (chain_id, oracle, request_id));
 """
-SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1,))
+# version 2: the hashes of the blocks the relayer read, to see a reorg (and rewind)
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS blocks (
+    chain_id INTEGER NOT NULL, oracle TEXT NOT NULL, number INTEGER NOT NULL,
+    hash TEXT NOT NULL, PRIMARY KEY (chain_id, oracle, number));
+"""
+SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1, _SCHEMA_V2))
+KEEP_BLOCKS = 512  # block hashes kept: a reorg deeper than this rewinds to the start
 
 
 @dataclass(frozen=True)
@@ -66,10 +75,14 @@ class RelayStore:
     def close(self) -> None:
         self._db.close()
 
+    def _all(self, sql: str, args: tuple) -> list:
+        with self._lock:  # one connection, shared by the relayer's worker threads
+            return self._db.execute(sql, args).fetchall()
+
     def cursor(self) -> tuple[int, int] | None:
-        row = self._db.execute("SELECT block, log_index FROM cursor WHERE chain_id=? AND oracle=?",
-                               (self.chain_id, self.oracle)).fetchone()
-        return (row[0], row[1]) if row else None
+        rows = self._all("SELECT block, log_index FROM cursor WHERE chain_id=? AND oracle=?",
+                         (self.chain_id, self.oracle))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def set_cursor(self, block: int, log_index: int) -> None:
         with self._lock:
@@ -78,12 +91,50 @@ class RelayStore:
                 "SET block=excluded.block, log_index=excluded.log_index",
                 (self.chain_id, self.oracle, block, log_index))
 
+    def remember_blocks(self, hashes: dict[int, str]) -> None:
+        """Record the hashes of blocks read (number -> 0x hash); keep the newest KEEP_BLOCKS."""
+        with self._lock:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?)",
+                [(self.chain_id, self.oracle, n, h) for n, h in hashes.items()])
+            self._db.execute(
+                "DELETE FROM blocks WHERE chain_id=? AND oracle=? AND number <= (SELECT "
+                "MAX(number) FROM blocks WHERE chain_id=? AND oracle=?) - ?",
+                (self.chain_id, self.oracle, self.chain_id, self.oracle, KEEP_BLOCKS))
+
+    def known_blocks(self) -> list[tuple[int, str]]:
+        """The recorded (number, hash) pairs, newest first."""
+        return [tuple(r) for r in self._all(
+            "SELECT number, hash FROM blocks WHERE chain_id=? AND oracle=? ORDER BY number DESC",
+            (self.chain_id, self.oracle))]
+
+    def rewind(self, block: int | None) -> int:
+        """Forget everything after ``block`` (a reorg replaced the blocks after it; ``None``:
+        forget all): the cursor goes back to its end, the block hashes and the records of
+        requests made after it go; records with a transaction in flight ("sending") stay, so
+        a restart still finds that transaction. Returns how many records went."""
+        last = -1 if block is None else block
+        with self._lock:
+            self._db.execute("DELETE FROM blocks WHERE chain_id=? AND oracle=? AND number > ?",
+                             (self.chain_id, self.oracle, last))
+            n = self._db.execute(
+                "DELETE FROM requests WHERE chain_id=? AND oracle=? AND block > ? AND "
+                "state != 'sending'", (self.chain_id, self.oracle, last)).rowcount
+            if block is None:
+                self._db.execute("DELETE FROM cursor WHERE chain_id=? AND oracle=?",
+                                 (self.chain_id, self.oracle))
+            else:
+                self._db.execute("UPDATE cursor SET block=?, log_index=? WHERE chain_id=? AND "
+                                 "oracle=? AND block > ?", (block, CURSOR_END, self.chain_id,
+                                                            self.oracle, block))
+        return n
+
     def get(self, request_id: str) -> RequestRecord | None:
-        row = self._db.execute(
+        rows = self._all(
             "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
             " attempts FROM requests WHERE chain_id=? AND oracle=? AND request_id=?",
-            (self.chain_id, self.oracle, request_id)).fetchone()
-        return RequestRecord(*row) if row else None
+            (self.chain_id, self.oracle, request_id))
+        return RequestRecord(*rows[0]) if rows else None
 
     def upsert(self, request_id: str, model_id: str, block: int, log_index: int, state: str,
                **fields: Any) -> None:
@@ -103,8 +154,8 @@ class RelayStore:
                                  "request_id=?", (v, self.chain_id, self.oracle, request_id))
 
     def records(self) -> list[RequestRecord]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
             " attempts FROM requests WHERE chain_id=? AND oracle=? ORDER BY block, log_index",
-            (self.chain_id, self.oracle)).fetchall()
+            (self.chain_id, self.oracle))
         return [RequestRecord(*r) for r in rows]

@@ -148,13 +148,16 @@ def test_unknown_request(w):
 
 @pytest.mark.parametrize("model_id", [M_SIG, M_EITHER])
 def test_signature_path_fulfils_and_pays_fee(w, model_id):
+    """The fee goes to the model's payee (the owner by default), not to the fulfiller."""
     fee = 10**15
     rid, _ = w.request(model_id=model_id, fee=fee)
     deadline, sig = w.sign(rid, 2, model_id=model_id)
-    before = w.w3.eth.get_balance(w.relayer)
+    assert w.oracle.functions.models(model_id).call()[8] == w.chain.sender  # the payee
+    before, payee_before = w.w3.eth.get_balance(w.relayer), w.w3.eth.get_balance(w.chain.sender)
     receipt = w.fulfil_sig(rid, 2, deadline, sig)
     spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
-    assert w.w3.eth.get_balance(w.relayer) == before + fee - spent
+    assert w.w3.eth.get_balance(w.relayer) == before - spent
+    assert w.w3.eth.get_balance(w.chain.sender) == payee_before + fee
     (ev,) = w.events(receipt, "ClassificationFulfilled")
     assert (ev["requestId"], ev["label"], ev["byProof"], ev["fulfiller"]) == (rid, 2, False,
                                                                               w.relayer)
@@ -359,6 +362,33 @@ def test_cancel_after_timeout_refunds_fee(w):
         "effectiveGasPrice"]
 
 
+def test_copied_fulfilment_cannot_take_the_fee(w):
+    """Another account sends the relayer's fulfilment (same calldata) first: the fee still
+    goes to the model's payee, the copier only pays gas; the relayer's own send then finds the
+    request fulfilled."""
+    fee = 10**16
+    o, c = w.oracle.functions, w.chain
+    with reverts("NotOwner"):
+        c.transact(o.setPayee(M_EITHER, w.relayer), sender=w.relayer)
+    with reverts("ZeroAddress"):
+        c.transact(o.setPayee(M_EITHER, ZERO))
+    with reverts("UnknownModel"):
+        c.transact(o.setPayee(b"\x09" * 32, w.relayer))
+    receipt = c.transact(o.setPayee(M_EITHER, w.relayer))
+    assert w.events(receipt, "PayeeSet")[0]["payee"] == w.relayer
+    rid, _ = w.request(model_id=M_EITHER, fee=fee)
+    deadline, sig = w.sign(rid, 2)
+    copier = w.w3.eth.accounts[2]
+    payee0, copier0 = w.w3.eth.get_balance(w.relayer), w.w3.eth.get_balance(copier)
+    receipt = w.fulfil_sig(rid, 2, deadline, sig, sender=copier)  # the copy, mined first
+    spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert w.events(receipt, "ClassificationFulfilled")[0]["fulfiller"] == copier
+    assert w.w3.eth.get_balance(copier) == copier0 - spent  # gained nothing
+    assert w.w3.eth.get_balance(w.relayer) == payee0 + fee  # the payee has the fee
+    with reverts("AlreadyFulfilled", rid):
+        w.fulfil_sig(rid, 2, deadline, sig)
+
+
 def test_cannot_cancel_a_fulfilled_request(w):
     rid, _ = w.request()
     deadline, sig = w.sign(rid, 1)
@@ -379,9 +409,14 @@ def test_refund_and_fee_transfer_failures(w):
     addr, _ = w.chain.deploy(h.abi, h.bytecode)
     f = w.chain.contract(addr, h.abi)
     deadline, sig = w.sign(rid, 1)
+    # the fulfiller need not take ETH (the fee is not its), the payee must
+    w.chain.transact(w.oracle.functions.setPayee(M_EITHER, addr))  # no receive()
     with reverts("FeeTransferFailed"):
         w.chain.transact(f.functions.fulfil(w.oracle.address, rid, 1, deadline, sig),
                          abi=w.oracle.abi)
+    w.chain.transact(w.oracle.functions.setPayee(M_EITHER, w.chain.sender))
+    w.chain.transact(f.functions.fulfil(w.oracle.address, rid, 1, deadline, sig),
+                     abi=w.oracle.abi)
 
 
 def test_example_consumer_rejects_callbacks_not_from_oracle(w):
@@ -404,7 +439,7 @@ def test_minimum_fee_and_input_bound_are_checked_at_request_time(w):
     o, c = w.oracle.functions, w.chain
     mid = b"\x0b" * 32
     c.transact(o.registerModel(mid, w.mock.address, 4, 13, 1, ZERO, 8, 2**35 - 1, 1000))
-    assert o.models(mid).call()[5:] == [8, 1000, 2**35 - 1]
+    assert o.models(mid).call()[5:] == [8, 1000, 2**35 - 1, w.chain.sender]
     with reverts("FeeTooLow", 999, 1000):
         w.request(model_id=mid, fee=999)
     with reverts("InputOutOfRange", 0, 2**36):  # the issue's unprovable iris input

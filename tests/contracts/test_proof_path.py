@@ -83,6 +83,25 @@ def test_proof_for_another_input_rejected(aw, iris_proofs):
         aw.chain.transact(aw.oracle.functions.fulfillWithProof(rid, b.proof, b.instances))
 
 
+def test_too_little_gas_reports_out_of_gas_not_proof_rejected(aw, iris_proofs):
+    """A valid proof sent with too little gas for the verifier: VerifierOutOfGas (the
+    sender's fault), never ProofRejected; with enough gas the same proof is accepted."""
+    from contracts.chain import decode_revert
+
+    p = iris_proofs.a
+    rid, _ = aw.request(q=p.quantized, model_id=M_IRIS)
+    fn = aw.oracle.functions.fulfillWithProof(rid, p.proof, p.instances)
+    need = fn.estimate_gas({"from": aw.relayer})
+    for gas in (need // 2, need * 3 // 4):
+        with reverts("VerifierOutOfGas", rid):
+            try:
+                fn.call({"from": aw.relayer, "gas": gas})
+            except Exception as exc:  # noqa: BLE001
+                raise decode_revert(exc, aw.oracle.abi) from None
+    aw.chain.transact(fn, sender=aw.relayer)
+    assert aw.oracle.functions.requests(rid).call()[3] == 2  # fulfilled
+
+
 def test_proof_refused_where_policy_is_signature_only(aw, iris_proofs):
     from world import M_SIG
 

@@ -59,3 +59,13 @@ def iris_package(packages_home) -> Path:
 def digits_package(packages_home) -> Path:
     """digits_cnn's real circuit package (logrows 15, ~60 s to build)."""
     return _build(packages_home, "digits_cnn")
+
+
+@pytest.fixture(scope="session")
+def iris_model():
+    """iris_mlp as a LocalModel without a circuit package (signature path), scale 13."""
+    from relay_world import IRIS_ONNX, SCALE
+
+    from server.relayer.relayer import LocalModel
+
+    return LocalModel.from_onnx("iris_mlp", IRIS_ONNX, SCALE)

@@ -11,6 +11,7 @@ from contracts import deploy
 from contracts.chain import Chain
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+SCALE = 13  # iris_mlp's input scale in the chain tests without a circuit package
 IRIS_ONNX = REPO_ROOT / "models" / "artifacts" / "iris_mlp" / "model.onnx"
 
 
@@ -79,3 +80,50 @@ def funded_key_file(chain: Chain, folder: Path, eth: int = 10) -> tuple[str, Pat
                                         "value": eth * 10**18})
     chain.w3.eth.wait_for_transaction_receipt(tx)
     return acct.address, path
+
+
+# -- an oracle with a stand-in verifier, for the tests without EZKL -----------------
+
+
+def mock_verifier(chain) -> str:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contracts"))
+    from world import helpers
+
+    h = helpers()["MockVerifier"]
+    address, _ = chain.deploy(h.abi, h.bytecode)
+    return address
+
+
+def setup_oracle(chain, model, policy: str, signer: str | None, *, model_id=None,
+           input_length=None):
+    oracle, _ = deploy.deploy_oracle(chain, 600)
+    verifier = mock_verifier(chain) if policy != "signature" else None
+    mid = model_id or model.model_id
+    deploy.register_model(chain, oracle, model_id=mid, verifier=verifier,
+                          input_length=input_length or model.input_length, input_scale=SCALE,
+                          policy=policy, signer=signer,
+                          num_instances=(input_length or model.input_length) + 4)
+    return oracle, consumer(chain, oracle.address, mid)
+
+
+def relayer_for(chain, oracle, model, tmp_path, key, **kw):
+    """A relayer answering unpaid requests (fee_margin 0) unless told otherwise."""
+    from server.relayer.relayer import Relayer, RelayStore
+
+    store = RelayStore(tmp_path / "relayer.sqlite3", chain.chain_id, oracle.address)
+    kw.setdefault("fee_margin", 0)
+    return Relayer(chain, oracle.address, {model.model_id: model}, store, eth_key=key, **kw)
+
+
+def new_key() -> tuple[bytes, str]:
+    from eth_keys import keys
+
+    k = os.urandom(32)
+    return k, keys.PrivateKey(k).public_key.to_checksum_address()
+
+
+def samples(n=3):
+    return [quantized(x, SCALE) for x in held_out("iris_mlp", n)]

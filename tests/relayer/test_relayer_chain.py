@@ -4,90 +4,47 @@ relayer inside ``verinfer serve``. The proof path is in test_relayer_e2e.py."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from relay_world import (
     IRIS_ONNX,
+    SCALE,
     answer,
     consumer,
     fulfilled_events,
     funded_key_file,
     held_out,
+    new_key,
     onnx_label,
     quantized,
+    relayer_for,
     request,
+    samples,
+    setup_oracle,
 )
 
 from contracts import deploy
 from contracts.chain import ContractRevert
-from server.relayer.relayer import LocalModel, Relayer, RelayStore
+from server.relayer.relayer import Relayer, RelayStore
 
 pytestmark = pytest.mark.chain
 
-SCALE = 13
-
-
-class _Crash(Exception):
-    """Stands for the process dying at a hook."""
-
-
-@pytest.fixture(scope="module")
-def iris_model() -> LocalModel:
-    return LocalModel.from_onnx("iris_mlp", IRIS_ONNX, SCALE)
-
-
-def _mock_verifier(chain) -> str:
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contracts"))
-    from world import helpers
-
-    h = helpers()["MockVerifier"]
-    address, _ = chain.deploy(h.abi, h.bytecode)
-    return address
-
-
-def _setup(chain, model: LocalModel, policy: str, signer: str | None, *, model_id=None,
-           input_length=None):
-    oracle, _ = deploy.deploy_oracle(chain, 600)
-    verifier = _mock_verifier(chain) if policy != "signature" else None
-    mid = model_id or model.model_id
-    deploy.register_model(chain, oracle, model_id=mid, verifier=verifier,
-                          input_length=input_length or model.input_length, input_scale=SCALE,
-                          policy=policy, signer=signer,
-                          num_instances=(input_length or model.input_length) + 4)
-    return oracle, consumer(chain, oracle.address, mid)
-
-
-def _relayer(chain, oracle, model, tmp_path, key, **kw) -> Relayer:
-    store = RelayStore(tmp_path / "relayer.sqlite3", chain.chain_id, oracle.address)
-    return Relayer(chain, oracle.address, {model.model_id: model}, store, eth_key=key, **kw)
-
-
-def _key() -> tuple[bytes, str]:
-    from eth_keys import keys
-
-    k = os.urandom(32)
-    return k, keys.PrivateKey(k).public_key.to_checksum_address()
-
-
-def _samples(n=3):
-    return [quantized(x, SCALE) for x in held_out("iris_mlp", n)]
+class _Crash(BaseException):
+    """Stands for the process dying at a hook (a BaseException, as SystemExit: the relayer
+    does not catch it)."""
 
 
 @pytest.mark.parametrize("policy,mode", [("either", "signature"), ("signature", "auto"),
                                          ("either", "auto")])
 def test_signature_path_where_policy_allows(chain, iris_model, tmp_path, policy, mode):
-    key, addr = _key()
-    oracle, cons = _setup(chain, iris_model, policy, addr)
-    qs = _samples(3)
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, policy, addr)
+    qs = samples(3)
     rids = [request(chain, cons, q) for q in qs]
     # "auto" on a ProofOrSignature model would prove; this model has no circuit package here,
     # so the relayer falls back to its signature
-    r = _relayer(chain, oracle, iris_model, tmp_path, key, answer=mode)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, answer=mode)
     res = r.poll()
     assert res.fulfilled == ["0x" + x.hex() for x in rids]
     for rid, q in zip(rids, qs):
@@ -100,10 +57,10 @@ def test_signature_path_where_policy_allows(chain, iris_model, tmp_path, policy,
 
 
 def test_signature_path_refused_where_policy_does_not(chain, iris_model, tmp_path):
-    key, _addr = _key()
-    oracle, cons = _setup(chain, iris_model, "proof", None)
-    rid = request(chain, cons, _samples(1)[0])
-    r = _relayer(chain, oracle, iris_model, tmp_path, key, answer="signature")
+    key, _addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "proof", None)
+    rid = request(chain, cons, samples(1)[0])
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, answer="signature")
     res = r.poll()
     assert res.skipped == ["0x" + rid.hex()] and not res.fulfilled
     rec = r.store.get("0x" + rid.hex())
@@ -118,35 +75,35 @@ def test_signature_path_refused_where_policy_does_not(chain, iris_model, tmp_pat
         chain.transact(oracle.functions.fulfillWithSignature(rid, 0, deadline, sig))
     assert info.value.error == "SignaturePathDisabled"
     # "auto" with no circuit package: no path either, skipped with the reason
-    r2 = _relayer(chain, oracle, iris_model, tmp_path / "b", key, answer="auto")
+    r2 = relayer_for(chain, oracle, iris_model, tmp_path / "b", key, answer="auto")
     (tmp_path / "b").mkdir(exist_ok=True)
     assert r2.poll().skipped and "no circuit package" in r2.store.get("0x" + rid.hex()).reason
 
 
 def test_wrong_signer_is_skipped(chain, iris_model, tmp_path):
-    key, _ = _key()
-    _, other = _key()
-    oracle, cons = _setup(chain, iris_model, "signature", other)
-    rid = request(chain, cons, _samples(1)[0])
-    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    key, _ = new_key()
+    _, other = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", other)
+    rid = request(chain, cons, samples(1)[0])
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     assert r.poll().skipped == ["0x" + rid.hex()]
     assert f"the model's signer is {other}" in r.store.get("0x" + rid.hex()).reason
 
 
 def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
-    key, addr = _key()
-    oracle, cons = _setup(chain, iris_model, "signature", addr)
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
     # a model the oracle knows but this relayer does not serve
     unknown = b"\x07" * 32
     deploy.register_model(chain, oracle, model_id=unknown, verifier=None, input_length=4,
                           input_scale=SCALE, policy="signature", signer=addr, num_instances=8)
     c_unknown = consumer(chain, oracle.address, unknown)
     # our model id under another oracle registration with the wrong input length
-    oracle2, c_len = _setup(chain, iris_model, "signature", addr, input_length=5)
-    q = _samples(1)[0]
+    oracle2, c_len = setup_oracle(chain, iris_model, "signature", addr, input_length=5)
+    q = samples(1)[0]
     r_unknown = request(chain, c_unknown, q)
     r_good = request(chain, cons, q)
-    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     res = r.poll()
     assert res.skipped == ["0x" + r_unknown.hex()] and res.fulfilled == ["0x" + r_good.hex()]
     assert "not served by this relayer" in r.store.get("0x" + r_unknown.hex()).reason
@@ -154,7 +111,7 @@ def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
 
     r_len = request(chain, c_len, q + [0])
     (tmp_path / "2").mkdir()
-    r2 = _relayer(chain, oracle2, iris_model, tmp_path / "2", key)
+    r2 = relayer_for(chain, oracle2, iris_model, tmp_path / "2", key)
     res = r2.poll()
     assert res.skipped == ["0x" + r_len.hex()]
     assert "input length 5" in r2.store.get("0x" + r_len.hex()).reason
@@ -164,19 +121,21 @@ def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
 def test_restart_between_send_and_record(chain, iris_model, tmp_path):
     """Killed after the fulfilment was broadcast, before it was recorded: the restart finds
     the request fulfilled on chain and sends nothing again."""
-    key, addr = _key()
-    oracle, cons = _setup(chain, iris_model, "signature", addr)
-    rids = [request(chain, cons, q) for q in _samples(2)]
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    rids = [request(chain, cons, q) for q in samples(2)]
 
     def crash(ev):
         raise _Crash
 
-    r = _relayer(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash})
+    # one at a time: the process dies right after the first broadcast
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash},
+                 workers=1)
     with pytest.raises(_Crash):
         r.poll()
     r.store.close()
     nonce = chain.w3.eth.get_transaction_count(chain.sender)
-    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     res = r.poll()
     assert res.fulfilled == ["0x" + x.hex() for x in rids]
     # one new transaction: the second request's; the first was not sent again
@@ -192,16 +151,16 @@ def test_restart_with_a_recorded_transaction(anvil_chain, iris_model, tmp_path):
     from contracts.chain import connect
 
     chain0 = anvil_chain
-    key, addr = _key()
-    oracle, cons = _setup(chain0, iris_model, "signature", addr)
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain0, iris_model, "signature", addr)
     account, key_file = funded_key_file(chain0, tmp_path)
     chain = connect(chain0.rpc, key_file=key_file)
-    rids = [request(chain0, cons, q) for q in _samples(2)]
+    rids = [request(chain0, cons, q) for q in samples(2)]
 
     def crash(ev):
         raise _Crash
 
-    r = _relayer(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash})
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": crash})
     with pytest.raises(_Crash):
         r.poll()
     first = r.store.get("0x" + rids[0].hex())
@@ -211,7 +170,7 @@ def test_restart_with_a_recorded_transaction(anvil_chain, iris_model, tmp_path):
     r.store.upsert("0x" + rids[1].hex(), "0x" + iris_model.model_id.hex(), 0, 0, "sending",
                    method="signature", tx_hash="0x" + "ab" * 32)
     r.store.close()
-    r = _relayer(chain, oracle, iris_model, tmp_path, key)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     res = r.poll()
     assert res.fulfilled == ["0x" + x.hex() for x in rids]
     assert chain.w3.eth.get_transaction_count(account) == 2  # one transaction per request
@@ -244,7 +203,8 @@ def test_relayer_inside_serve(anvil_chain, relay_anvil_url, tmp_path):
     q = quantized(held_out("iris_mlp", 1)[0], scale)
     rid = request(chain, cons, q)
     settings = ServerSettings(**base, relay_rpc=relay_anvil_url, relay_oracle=oracle.address,
-                              relay_poll_interval_s=0.2, chain_id=chain.chain_id,
+                              relay_poll_interval_s=0.2, relay_fee_margin=0,
+                              chain_id=chain.chain_id,
                               verifying_contract=oracle.address)
     with TestClient(create_app(settings)):
         end = time.monotonic() + 30
@@ -264,20 +224,21 @@ class _FailingProofs:
 
 
 def test_a_request_that_keeps_failing_is_given_up(embedded_chain, iris_model, tmp_path):
-    """A proof that fails every time is tried max_attempts times, then recorded as failed;
-    the requests after it are not held up for ever."""
+    """A proof that fails every time (an unexpected error, not the input's) is tried
+    max_attempts times, one per poll, then recorded as failed; each poll reports it delayed
+    and raises nothing, so the requests after it are not held up."""
     import dataclasses
 
     chain = embedded_chain
-    oracle, cons = _setup(chain, iris_model, "proof", None)
+    oracle, cons = setup_oracle(chain, iris_model, "proof", None)
     model = dataclasses.replace(iris_model, package=object())  # "has a circuit package"
-    rid = request(chain, cons, _samples(1)[0])
+    rid = request(chain, cons, samples(1)[0])
     proofs = _FailingProofs()
     store = RelayStore(tmp_path / "r.sqlite3", chain.chain_id, oracle.address)
-    r = Relayer(chain, oracle.address, {model.model_id: model}, store, proofs=proofs)
+    r = Relayer(chain, oracle.address, {model.model_id: model}, store, proofs=proofs,
+                fee_margin=0)
     for _ in range(r.max_attempts - 1):
-        with pytest.raises(RuntimeError):
-            r.poll()
+        assert r.poll().delayed == ["0x" + rid.hex()]
         assert store.get("0x" + rid.hex()).state == "pending"
     assert r.poll().failed == ["0x" + rid.hex()]
     rec = store.get("0x" + rid.hex())

@@ -56,7 +56,7 @@ def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, p
     iris_c, iris_reqs, iris_label = _requests(chain, record, "iris_mlp", 2)
     dig_c, dig_reqs, dig_label = _requests(chain, record, "digits_cnn", 1)
 
-    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "0", "--once", "--json",
                    home=packages_home)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
@@ -68,7 +68,7 @@ def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, p
     evs = fulfilled_events(chain, oracle)
     assert len(evs) == 3 and all(e["byProof"] for e in evs)
 
-    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--once", "--json",
+    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "0", "--once", "--json",
                     home=packages_home)
     assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0
 
@@ -102,7 +102,8 @@ def test_kill_and_restart_loses_and_duplicates_nothing(anvil_chain, relay_anvil_
     oracle = record["oracle"]["address"]
     account, key_file = funded_key_file(chain, tmp_path)
     cons, reqs, label = _requests(chain, record, "iris_mlp", 6, start=5)
-    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file]
+    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file,
+            "--fee-margin", "0"]
 
     env = {**os.environ, "VERINFER_HOME": str(packages_home)}
     log = open(tmp_path / "relay.log", "wb")  # noqa: SIM115 - the relayer's, closed below
@@ -132,3 +133,35 @@ def test_kill_and_restart_loses_and_duplicates_nothing(anvil_chain, relay_anvil_
         assert answer(cons, rid) == (True, label(q))
     # one transaction per request: nothing was sent twice (not even a reverted duplicate)
     assert chain.w3.eth.get_transaction_count(account) == len(reqs)
+
+
+def test_an_unprovable_input_fails_alone(anvil_chain, relay_anvil_url, packages_home,
+                                         iris_package):
+    """iris_mlp registered without its input bound (the widest): the oracle takes
+    [2^36, 0, 0, 0], which EZKL cannot witness. That request fails, logged; the valid one
+    after it is proven and fulfilled in the same ``relay --once`` run, which exits 0."""
+    chain = anvil_chain
+    pm = deploy.load_package(iris_package)
+    oracle, _ = deploy.deploy_oracle(chain)
+    verifier, _ = deploy.deploy_verifier(chain, pm.verifier)
+    deploy.register_model(chain, oracle, model_id=pm.model_id, verifier=verifier,
+                          input_length=4, input_scale=pm.input_scale, policy="proof",
+                          signer=None, num_instances=pm.num_instances)  # no input bound
+    cons = consumer(chain, oracle.address, pm.model_id)
+    bad = request(chain, cons, [2**36, 0, 0, 0])
+    q = quantized(held_out("iris_mlp", 1)[0], pm.input_scale)
+    good = request(chain, cons, q)
+
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle.address,
+                   "--fee-margin", "0", "--model", "iris_mlp", "--once", "--json",
+                   home=packages_home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["failed"] == ["0x" + bad.hex()] and out["fulfilled"] == ["0x" + good.hex()]
+    assert f"request 0x{bad.hex()} failed: ProverError" in proc.stderr
+    label = onnx_label(Path(iris_package) / "model.onnx", q, pm.input_scale, (1, 4))
+    assert answer(cons, good) == (True, label) and answer(cons, bad) == (False, 0)
+    again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle.address,
+                    "--fee-margin", "0", "--model", "iris_mlp", "--once", "--json",
+                    home=packages_home)
+    assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0  # final

@@ -1,0 +1,255 @@
+"""A relayer that cannot be drained or stalled (issue 16), on a real anvil chain, without
+EZKL: unpaid and greedy requests skipped, a full proof queue only delays, a slow proof does
+not hold up the others, a stuck transaction replaced, confirmations, a reorg rewound.
+An unprovable input with the real EZKL prover: test_relayer_e2e.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from types import SimpleNamespace
+
+import pytest
+from relay_world import (
+    IRIS_ONNX,
+    SCALE,
+    answer,
+    consumer,
+    fulfilled_events,
+    funded_key_file,
+    held_out,
+    mock_verifier,
+    new_key,
+    onnx_label,
+    quantized,
+    relayer_for,
+    request,
+    samples,
+    setup_oracle,
+)
+
+from contracts import deploy
+from server.relayer.relayer import LocalModel, Relayer, RelayStore
+
+pytestmark = pytest.mark.chain
+
+
+def _rpc(chain, method: str, *params):
+    return chain.w3.provider.make_request(method, list(params))["result"]
+
+
+def _paid_request(chain, cons, q, fee: int) -> bytes:
+    chain.transact(cons.functions.classify(list(q)), value=fee)
+    return bytes(cons.functions.lastRequestId().call())
+
+
+def test_unpaid_and_greedy_requests_are_skipped_and_logged(anvil_chain, iris_model, tmp_path,
+                                                          caplog):
+    """Zero fee with a 2.5M-gas callback: skipped (over the callback cap; and, with the cap
+    raised, unpaid). Zero fee with a small callback: skipped (unpaid). Enough fee: served, in
+    the same pass. Skipped requests are final: not read again."""
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, small = setup_oracle(chain, iris_model, "signature", addr)
+    greedy = consumer(chain, oracle.address, iris_model.model_id, gas=2_500_000)
+    q = samples(1)[0]
+    r_greedy = request(chain, greedy, q)
+    r_unpaid = request(chain, small, q)
+    r_paid = _paid_request(chain, small, q, 10**16)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, fee_margin=1.0)
+    with caplog.at_level(logging.WARNING, logger="verinfer.relayer"):
+        res = r.poll()
+    hexes = ["0x" + x.hex() for x in (r_greedy, r_unpaid, r_paid)]
+    assert res.skipped == hexes[:2] and res.fulfilled == hexes[2:]
+    assert "callback gas 2500000 is over this relayer's cap 1000000" in r.store.get(
+        hexes[0]).reason
+    assert "fee 0 wei does not cover" in r.store.get(hexes[1]).reason
+    assert all(f"{h} skipped" in caplog.text for h in hexes[:2])
+    assert answer(small, r_paid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))
+    assert answer(greedy, r_greedy) == (False, 0) and answer(small, r_unpaid) == (False, 0)
+    assert r.poll().events == 0  # skipped is final
+
+    # a relayer that would serve 2.5M-gas callbacks still refuses to pay for one
+    (tmp_path / "b").mkdir()
+    r2 = relayer_for(chain, oracle, iris_model, tmp_path / "b", key, fee_margin=1.0,
+                  max_callback_gas=2_500_000)
+    res = r2.poll()
+    assert hexes[0] in res.skipped and "fee 0 wei does not cover" in r2.store.get(
+        hexes[0]).reason
+    assert len(fulfilled_events(chain, oracle.address)) == 1
+
+
+def _fake_bundle(model: LocalModel, q: list[int]):
+    """A bundle whose instances carry ``q`` and the float model's label: what a
+    MockVerifier-backed oracle accepts (the proof bytes are not checked)."""
+    from verifier.fixedpoint import int_to_felt
+
+    label = model.label(model.dequantize(q))
+    felts = [int_to_felt(x) for x in q] + [0, 0, 0, label]
+    return SimpleNamespace(proof={"hex_proof": "0x00",
+                                  "instances": [[f.to_bytes(32, "little").hex() for f in felts]]})
+
+
+class _QueueFullOnce:
+    """server.proofs.jobs.ProofJobs' surface: the first submit answers the real QueueFull;
+    the next says it has no package for the model, so QueueProofs proves with its fallback
+    (here a MockVerifier-grade bundle)."""
+
+    def __init__(self):
+        self.submits = 0
+
+    def submit_x(self, model, x, receipt_id, callback):
+        from server.errors import NoCircuitPackage, QueueFull
+
+        self.submits += 1
+        if self.submits == 1:
+            raise QueueFull("the proof queue is full (1 jobs queued or running); retry later", 1)
+        raise NoCircuitPackage(f"no circuit package for {model}")
+
+
+def test_a_full_proof_queue_delays_but_does_not_fail(anvil_chain, iris_model, tmp_path):
+    from server.relayer.models import QueueProofs
+
+    chain = anvil_chain
+    oracle, cons = setup_oracle(chain, iris_model, "proof", None)
+    model = dataclasses.replace(iris_model, package=object())  # "has a circuit package"
+    q = samples(1)[0]
+    rid = request(chain, cons, q)
+    jobs = _QueueFullOnce()
+    fallback = SimpleNamespace(prove=lambda m, x: _fake_bundle(model, q))
+    r = relayer_for(chain, oracle, model, tmp_path, None,
+                 proofs=QueueProofs(jobs, timeout_s=5, fallback=fallback))
+    first = r.poll()
+    assert first.delayed == ["0x" + rid.hex()] and not first.failed
+    rec = r.store.get("0x" + rid.hex())
+    assert rec.state == "pending" and rec.attempts == 0  # not counted as a failure
+    assert answer(cons, rid) == (False, 0)
+    second = r.poll()
+    assert second.fulfilled == ["0x" + rid.hex()] and jobs.submits == 2
+    assert answer(cons, rid)[0]
+
+
+class _SlowProofs:
+    """A proof that is not done until the signature request (handled after it, in event
+    order) is answered on chain; gives up after 60 s, which fails the test."""
+
+    def __init__(self, model, q, sig_consumer, sig_rid):
+        self._bundle = _fake_bundle(model, q)
+        self.cons, self.rid = sig_consumer, sig_rid
+        self.saw_signature_answer = False
+
+    def prove(self, model, x):
+        import time
+
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            if answer(self.cons, self.rid)[0]:
+                self.saw_signature_answer = True
+                break
+            time.sleep(0.05)
+        return self._bundle
+
+
+def test_a_slow_proof_does_not_hold_up_signature_requests(anvil_chain, iris_model, tmp_path):
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, sig_cons = setup_oracle(chain, iris_model, "signature", addr)
+    proof_model = dataclasses.replace(iris_model, model_id=b"\x0a" * 32, package=object())
+    deploy.register_model(chain, oracle, model_id=proof_model.model_id,
+                          verifier=mock_verifier(chain), input_length=4, input_scale=SCALE,
+                          policy="proof", signer=None, num_instances=8)
+    proof_cons = consumer(chain, oracle.address, proof_model.model_id)
+    q = samples(1)[0]
+    r_proof = request(chain, proof_cons, q)  # first in event order
+    r_sig = request(chain, sig_cons, q)
+    proofs = _SlowProofs(proof_model, q, sig_cons, r_sig)
+    store = RelayStore(tmp_path / "r.sqlite3", chain.chain_id, oracle.address)
+    r = Relayer(chain, oracle.address, {iris_model.model_id: iris_model,
+                                        proof_model.model_id: proof_model}, store,
+                eth_key=key, proofs=proofs, fee_margin=0, workers=2)
+    res = r.poll()
+    assert res.fulfilled == ["0x" + r_proof.hex(), "0x" + r_sig.hex()]
+    assert proofs.saw_signature_answer  # answered while the proof was still running
+
+
+def test_a_stuck_transaction_is_replaced(anvil_chain, iris_model, tmp_path):
+    """Automine off: the fulfilment is not mined within tx_timeout_s, so the relayer sends it
+    again at the same nonce with a higher fee; the block then mined holds the replacement,
+    and the request ends fulfilled once."""
+    from web3.exceptions import TransactionNotFound
+
+    from contracts.chain import connect
+
+    chain0 = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain0, iris_model, "signature", addr)
+    account, key_file = funded_key_file(chain0, tmp_path)
+    chain = connect(chain0.rpc, key_file=key_file)
+    rid = request(chain0, cons, samples(1)[0])
+    first, replaced, out = [], threading.Event(), {}
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, tx_timeout_s=0.5, hooks={
+        "after_send": lambda ev: first.append(r.store.get(ev.rid).tx_hash),
+        "after_replace": lambda ev: replaced.set()})
+
+    def run():
+        try:
+            out["res"] = r.poll()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            out["exc"] = exc
+
+    _rpc(chain0, "evm_setAutomine", False)
+    try:
+        t = threading.Thread(target=run)
+        t.start()
+        assert replaced.wait(60), "the relayer did not replace its stuck transaction"
+        _rpc(chain0, "evm_mine")
+        t.join(60)
+    finally:
+        _rpc(chain0, "evm_setAutomine", True)
+    assert "exc" not in out, out.get("exc")
+    assert out["res"].fulfilled == ["0x" + rid.hex()]
+    rec = r.store.get("0x" + rid.hex())
+    assert rec.tx_hash != first[0]  # the replacement was mined ...
+    with pytest.raises(TransactionNotFound):  # ... the first never was
+        chain.w3.eth.get_transaction_receipt(first[0])
+    assert chain.w3.eth.get_transaction_count(account) == 1
+    assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle.address)] == [rid]
+
+
+def test_confirmations_wait_for_depth(anvil_chain, iris_model, tmp_path):
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    rid = request(chain, cons, samples(1)[0])
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, confirmations=2)
+    assert r.poll().events == 0  # one block deep
+    _rpc(chain, "evm_mine")
+    assert r.poll().events == 0  # two
+    _rpc(chain, "evm_mine")
+    assert r.poll().fulfilled == ["0x" + rid.hex()]
+
+
+def test_a_reorg_of_the_requests_block_is_rewound(anvil_chain, iris_model, tmp_path):
+    """A request is fulfilled, then a reorg (anvil: revert to a snapshot) replaces its block
+    with one holding another request under the same id. The relayer sees the block hash
+    change, rewinds, and answers the new request with its own label."""
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    xs = held_out("iris_mlp", 30)
+    labels = [onnx_label(IRIS_ONNX, quantized(x, SCALE), SCALE, (1, 4)) for x in xs]
+    q1 = quantized(xs[0], SCALE)
+    q2 = quantized(xs[next(i for i, lb in enumerate(labels) if lb != labels[0])], SCALE)
+    snap = _rpc(chain, "evm_snapshot")
+    rid1 = request(chain, cons, q1)
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
+    assert r.poll().fulfilled == ["0x" + rid1.hex()]
+    assert _rpc(chain, "evm_revert", snap) is True
+    rid2 = request(chain, cons, q2)
+    assert rid2 == rid1  # the same id, another input: only the block hash tells them apart
+    assert answer(cons, rid2) == (False, 0)
+    res = r.poll()
+    assert res.fulfilled == ["0x" + rid2.hex()]
+    assert answer(cons, rid2) == (True, onnx_label(IRIS_ONNX, q2, SCALE, (1, 4)))
+    assert r.poll().events == 0
