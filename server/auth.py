@@ -249,6 +249,8 @@ CURRENT_TIER: contextvars.ContextVar[Tier | None] = contextvars.ContextVar("veri
                                                                            default=None)
 # Who is asking: the API key's id or "wallet:<address>" ("" with access control off: one client).
 CURRENT_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("verinfer_client", default="")
+# The client name of the relayer's on-chain requests: they may use the reserved share of the proof queue.
+RELAYER = "relayer"
 
 
 def check_proofs_allowed() -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from server.auth import CURRENT_CLIENT, CURRENT_TIER
+from server.auth import CURRENT_CLIENT, CURRENT_TIER, RELAYER
 from server.errors import Conflict, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
 from server.proofs.store import Job, JobStore
@@ -56,10 +56,6 @@ class _Slot:
     started: float = 0.0
     fails: int = 0  # quick deaths in a row, for the restart backoff
     next_start: float = 0.0
-
-
-# The client name of the relayer's on-chain requests: they may use the reserved share of the queue.
-RELAYER = "relayer"
 
 
 class ProofJobs:

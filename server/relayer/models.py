@@ -172,10 +172,11 @@ class QueueProofs:
         self.fallback = fallback or InProcessProofs()
 
     def prove(self, model: LocalModel, x: np.ndarray):
+        from server.auth import RELAYER
         from verifier.bundle import ProofBundle
 
         try:
-            job, _ = self.jobs.submit_x(model.name, x, None, None, client="relayer")  # the reserved share
+            job, _ = self.jobs.submit_x(model.name, x, None, None, client=RELAYER)  # the reserved share
         except VerinferError as exc:
             if type(exc).__name__ in ("NoCircuitPackage", "NotFound"):
                 return self.fallback.prove(model, x)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from server.auth import ApiKeyStore, Tier
+from server.auth import RELAYER, ApiKeyStore, Tier
 from server.http.app import create_app
-from server.proofs.jobs import RELAYER
 from server.settings import ServerSettings
 
 pytestmark = [pytest.mark.ezkl]

@@ -256,8 +256,8 @@ class _FakeJobs:
         self._bundle = bundle
         self.submitted = []
 
-    def submit_x(self, model, x, receipt_id, callback):
-        self.submitted.append((model, x.shape))
+    def submit_x(self, model, x, receipt_id, callback, client=None):
+        self.submitted.append((model, x.shape, client))
         return self.job, "new"
 
     def get(self, job_id):
@@ -270,10 +270,11 @@ class _FakeJobs:
 def test_queue_proof_source(iris_model):
     import numpy as np
 
+    from server.auth import RELAYER
     from server.relayer.relayer import ProofUnavailable, QueueProofs
 
     x = np.zeros((1, 4), np.float32)
     q = QueueProofs(_FakeJobs("failed"), timeout_s=5)
     with pytest.raises(ProofUnavailable, match="worker died"):
         q.prove(iris_model, x)
-    assert q.jobs.submitted == [("iris_mlp", (1, 4))]
+    assert q.jobs.submitted == [("iris_mlp", (1, 4), RELAYER)]  # the queue's reserved share
