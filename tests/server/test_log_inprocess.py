@@ -114,3 +114,24 @@ def test_log_api_bad_input(client):
         assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}, (url, r.text)
     assert client.get("/v1/receipts/0x" + "00" * 32).status_code == 404
     assert json.loads(client.get("/v1/log/proof/consistency?from=0").text)["proof"] == []
+
+
+def test_swapped_eip712_parts_are_refused(client):
+    """Issue 16: an answer's Ed25519-logged statement and another answer's EIP-712 signature do not
+    combine: each EIP-712 part must sign this statement's request, model, input and label, by the
+    signer and domain the statement names; nor can one be added to a statement that names none."""
+    from verifier.errors import LinkBroken
+
+    keys = client.get("/v1/keys").json()
+    signer = {keys["eip712"]["signer"]}
+    other = {**IRIS, "inputs": [{**IRIS["inputs"][0], "data": [[6.7, 3.0, 5.2, 2.3]]}]}
+    first, second = (json.loads(client.post("/v2/models/iris_mlp/infer", json={**b, "parameters": {"eip712": True}})
+                                .json()["parameters"]["receipt"]) for b in (IRIS, other))
+    plain = json.loads(client.post("/v2/models/iris_mlp/infer", json=IRIS).json()["parameters"]["receipt"])
+    for doc in (first, second):
+        verify_receipt_v2(ReceiptV2.parse(doc), keys["jwks"], trusted_eth_signers=signer)
+    for target, part in ((first, second["eip712"]), (second, first["eip712"]), (plain, first["eip712"])):
+        with pytest.raises(LinkBroken):
+            verify_receipt_v2(ReceiptV2.parse({**target, "eip712": part}), keys["jwks"], trusted_eth_signers=signer)
+    with pytest.raises(SignatureInvalid):  # and a statement with its EIP-712 part removed lacks it
+        verify_receipt_v2(ReceiptV2.parse({**first, "eip712": None}), keys["jwks"], trusted_eth_signers=signer)
