@@ -19,6 +19,14 @@ class NotReady(VerinferError):
     """The server is starting or stopping."""
 
 
+class Overloaded(VerinferError):
+    """A model's queue of requests waiting for a batch is full: try again in ``retry_after`` s."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class NoCircuitPackage(InputError):
     """A proof was asked for a model with no (matching) registered circuit package."""
 
@@ -77,6 +85,7 @@ HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (InputError, 400),
     (VerificationError, 400),
     (NotReady, 503),
+    (Overloaded, 503),
     (VerinferError, 500),
 )
 

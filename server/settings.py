@@ -24,6 +24,10 @@ class BatchPolicy(BaseModel):
     max_queue_delay_ms: float = Field(
         2.0, ge=0, description="Longest a request waits for others to join its batch."
     )
+    max_queued_requests: int = Field(
+        2048, ge=1, description="Most requests waiting for a batch; past it 503 + Retry-After "
+        "(bounded memory under overload)."
+    )
 
 
 class ServerSettings(Settings):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import NotReady
+from server.errors import NotReady, Overloaded
 from server.settings import BatchPolicy
 
 
@@ -59,6 +59,7 @@ class DynamicBatcher:
         self._tasks: set[asyncio.Task] = set()
         self.max_batch = policy.max_batch_size
         self.delay = policy.max_queue_delay_ms / 1000.0
+        self.max_queued = policy.max_queued_requests
         self._queue: asyncio.Queue[Item] | None = None
         self._task: asyncio.Task | None = None
         self._carry: Item | None = None
@@ -87,6 +88,8 @@ class DynamicBatcher:
     async def submit(self, x: np.ndarray, ctx: Any) -> Any:
         """Queue one request; returns its result (or raises its exception)."""
         assert self._queue is not None, "batcher not started"
+        if self._queue.qsize() >= self.max_queued:  # overload: refuse now rather than grow without end
+            raise Overloaded(f"model {self.name} has {self.max_queued} requests waiting; retry shortly")
         fut = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Item(x, ctx, fut))
         return await fut

@@ -301,3 +301,28 @@ def test_a_finish_stage_that_is_down_fails_its_chunk_once():
     res = run(main())
     assert all(isinstance(r, NotReady) for r in res)
     assert sum(calls) == 6 and all(n >= 1 for n in calls)  # each request went to finish once
+
+
+def test_a_full_queue_refuses_with_503_and_answers_the_rest():
+    """Requests beyond max_queued_requests waiting for a batch are refused at once (Overloaded:
+    503 + Retry-After), not queued without end; those queued are answered."""
+    from server.errors import Overloaded, status_for
+
+    async def main():
+        b = DynamicBatcher("m", lambda items: [i.ctx for i in items],
+                           BatchPolicy(max_batch_size=1, max_queue_delay_ms=0, max_queued_requests=3), threaded=False)
+        b.start()
+        first = asyncio.ensure_future(b.submit(np.zeros((1, 1)), "first"))
+        await asyncio.sleep(0)
+        # the collector is busy with "first" until the loop runs again: queue three more, then a fifth
+        waiting = [asyncio.ensure_future(b.submit(np.zeros((1, 1)), k)) for k in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await b.submit(np.zeros((1, 1)), "over")
+        got = await asyncio.gather(first, *waiting)
+        await b.stop()
+        return got, info.value
+
+    got, exc = run(main())
+    assert got == ["first", 0, 1, 2]
+    assert status_for(exc) == 503 and exc.headers["Retry-After"] == "1"

@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from server.errors import HTTP_STATUS, ClientGone, QueueFull, RateLimited
+from server.errors import HTTP_STATUS, ClientGone, Overloaded, QueueFull, RateLimited
 from server.http.app import _install_error_handlers, create_app
 from server.http.infer_route import InferRoute, read_body
 from server.settings import ServerSettings
@@ -119,7 +119,7 @@ def test_errors_are_error_bodies_with_their_headers(caplog):
 
 def _each_error() -> list[BaseException]:
     """One of every kind in the HTTP table, a subclass it reaches through a base, and two not ours."""
-    out = [kind("over a limit", retry_after=3) if kind in (QueueFull, RateLimited)
+    out = [kind("over a limit", retry_after=3) if kind in (QueueFull, RateLimited, Overloaded)
            else kind(f"a {kind.__name__}") for kind, _ in HTTP_STATUS]
     return [*out, SignatureInvalid("bad sig"), KeyError("secret detail"), RuntimeError("another")]
 
@@ -155,7 +155,7 @@ def test_each_error_kind_answers_the_same_on_both_paths():
         seen.add(status)
         assert json.loads(body) == {"error": "internal server error" if status == 500 and not
                                     isinstance(exc, VerinferError) else str(exc)}
-        assert ("retry-after", "3") in headers if isinstance(exc, (QueueFull, RateLimited)) else \
+        assert ("retry-after", "3") in headers if isinstance(exc, (QueueFull, RateLimited, Overloaded)) else \
             all(k != "retry-after" for k, _ in headers)
     assert seen == {404, 401, 403, 413, 409, 429, 400, 503, 500}
 
