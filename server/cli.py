@@ -46,6 +46,42 @@ def register_keys(sub: argparse._SubParsersAction) -> None:
     ls.set_defaults(handler=keys_list)
 
 
+def register_receipts(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("receipts", help="the server's stored receipts (retention)",
+                       description="Stored receipts and inputs in <home>/receipts.sqlite3. The receipt log "
+                       "keeps what makes every receipt verifiable by its inclusion proof.")
+    rsub = r.add_subparsers(dest="receipts_command", metavar="ACTION")
+    rsub.required = True
+    p = rsub.add_parser("prune", help="forget stored receipts and inputs by age or count",
+                        description="Delete stored receipts older than --older-than and/or all but the "
+                        "newest --keep (a running server's receipt worker does the same with the "
+                        "receipt_retention_s / receipt_retention_max settings).")
+    p.add_argument("--older-than", type=float, metavar="SECONDS", help="forget receipts older than this")
+    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N receipts")
+    p.set_defaults(handler=receipts_prune)
+
+
+def receipts_prune(args: argparse.Namespace) -> int:
+    import time
+
+    from server.receipts.store import ReceiptStore
+    from verifier.errors import InputError
+
+    if args.older_than is None and args.keep is None:
+        raise InputError("say what to prune: --older-than SECONDS and/or --keep N")
+    if (args.older_than is not None and args.older_than < 0) or (args.keep is not None and args.keep < 0):
+        raise InputError("--older-than and --keep must not be negative")
+    settings = _settings()
+    store = ReceiptStore(settings.receipts_path)
+    try:
+        gone = store.prune(time.time() - args.older_than if args.older_than is not None else None, args.keep)
+        left = store.count()
+    finally:
+        store.close()
+    print(f"OK: {gone} stored receipts pruned, {left} kept", file=sys.stderr)
+    return 0
+
+
 def register_apikeys(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser("apikeys", help="API keys for the server (access control)",
                        description="API keys, stored hashed in <home>/apikeys.sqlite3. A key is "

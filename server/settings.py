@@ -148,6 +148,17 @@ class ServerSettings(Settings):
         120.0, gt=0, description="A fulfilment not mined in this time is replaced (same nonce, "
         "higher fee).")
 
+    receipt_retention_s: float | None = Field(
+        None, gt=0, description="Forget stored receipts and inputs older than this (seconds; "
+        "default: keep). The log keeps what makes kept receipts verifiable."
+    )
+    receipt_retention_max: int | None = Field(
+        None, ge=0, description="Keep at most this many stored receipts (the newest; default: all)."
+    )
+    receipt_prune_interval_s: float = Field(
+        60.0, ge=0, description="How often the receipt writer applies the retention settings."
+    )
+
     # --- proof jobs (server/proofs/jobs.py) ---------------------------------------------
     store_inputs: bool = Field(
         True, description="Keep each one-sample answer's input with its receipt, so a proof "

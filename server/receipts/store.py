@@ -82,6 +82,22 @@ class ReceiptStore:
                 db.executemany("INSERT INTO receipt_inputs VALUES (?, ?, ?, ?)", inputs)
             self._written += len(rows)
 
+    def prune(self, before: float | None = None, keep: int | None = None) -> int:
+        """Forget receipts made before ``before`` (Unix time) and all but the newest ``keep``,
+        with their stored inputs; how many went. What the log holds stays (its tree and
+        checkpoints), so a receipt a client kept still verifies by its inclusion proof; it is
+        only no longer served by id, and can no longer be named for a proof."""
+        with transaction(self._db, self._lock) as db:
+            gone = 0
+            if before is not None:
+                gone += db.execute("DELETE FROM receipts WHERE created < ?", (before,)).rowcount
+            if keep is not None:
+                gone += db.execute("DELETE FROM receipts WHERE id IN (SELECT id FROM receipts "
+                                   "ORDER BY created DESC, id DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount
+            if gone:
+                db.execute("DELETE FROM receipt_inputs WHERE id NOT IN (SELECT id FROM receipts)")
+        return gone
+
     def get(self, receipt_id: str) -> str:
         with self._lock:
             row = self._db.execute("SELECT body FROM receipts WHERE id = ?", (receipt_id,)).fetchone()

@@ -27,6 +27,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -111,6 +112,8 @@ def _child(conn: Connection) -> None:
         return
     conn.send(("ready", maker.keys.kid))
     keep_inputs = settings.store_inputs
+    retention = settings.receipt_retention_s is not None or settings.receipt_retention_max is not None
+    next_prune = time.monotonic()
     stop = False
     while not stop:
         try:
@@ -140,8 +143,22 @@ def _child(conn: Connection) -> None:
             break
         if store.checkpoint_due:  # the answers are out; see ReceiptStore
             store.checkpoint()
+        if retention and time.monotonic() >= next_prune:  # the answers are out: prune now and then
+            next_prune = time.monotonic() + settings.receipt_prune_interval_s
+            _prune(store, settings)
     store.close()
     maker.log.close()
+
+
+def _prune(store: ReceiptStore, settings: ServerSettings) -> None:
+    """The retention settings applied (the writer prunes: never inside a commit an answer waits for)."""
+    try:
+        before = time.time() - settings.receipt_retention_s if settings.receipt_retention_s else None
+        gone = store.prune(before, settings.receipt_retention_max)
+        if gone:
+            log.info("pruned %d stored receipts (retention)", gone)
+    except Exception:  # a failed prune must not stop the signer
+        log.exception("receipt pruning failed")
 
 
 class ReceiptWorker:

@@ -1,0 +1,71 @@
+"""Retention (issue 15): stored receipts and inputs are pruned by age or count, by the receipt
+writer and by `verinfer receipts prune`; a pruned receipt a client kept still verifies against
+the log (its inclusion proof, and a fresh one from the log API)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+
+from fastapi.testclient import TestClient
+
+from server.http.app import create_app
+from server.receipts.store import ReceiptStore
+from server.settings import ServerSettings
+from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+from verifier.tlog import NoteVerifier, leaf_hash, verify_checkpoint, verify_inclusion
+
+IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+
+
+def test_prune_by_age_and_count_takes_the_inputs_along(tmp_path):
+    store = ReceiptStore(tmp_path / "r.sqlite3")
+    rows = [(f"0x{i:064x}", "m", float(i), "BODY") for i in range(10)]
+    store.put_many(rows, [(rid, "FP32", "[1,4]", b"x") for rid, *_ in rows])
+    assert store.prune(before=3.0) == 3 and store.count() == 7
+    assert store.get_input(rows[2][0]) is None and store.get_input(rows[3][0]) is not None
+    assert store.prune(keep=2) == 5 and store.count() == 2
+    assert [store.get(rid) for rid, *_ in rows[8:]] == ["BODY", "BODY"]
+    assert store.get_input(rows[7][0]) is None and store.get_input(rows[9][0]) is not None
+    assert store.prune(before=0.0, keep=5) == 0
+    store.close()
+
+
+def _answer(client) -> tuple[str, dict]:
+    params = client.post("/v2/models/iris_mlp/infer", json=IRIS).json()["parameters"]
+    return params["receipt_id"], json.loads(params["receipt"])
+
+
+def test_pruned_receipts_still_verify_against_the_log(tmp_path):
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), receipt_retention_max=1,
+                              receipt_prune_interval_s=0, log_origin="test.verinfer/log")
+    with TestClient(create_app(settings)) as client:
+        kept = [_answer(client) for _ in range(3)]
+        keys = client.get("/v1/keys").json()
+        note_keys = client.get("/.well-known/verinfer-log.json").json()["note_keys"]
+        # the writer keeps the newest only (pruning right after its answers go out): the older
+        # two are no longer served by id
+        end = time.monotonic() + 20
+        while (codes := [client.get(f"/v1/receipts/{rid}").status_code for rid, _ in kept]) != [404, 404, 200]:
+            assert time.monotonic() < end, codes
+            time.sleep(0.05)
+        r = client.post("/v1/proofs", json={"receipt_id": kept[0][0]})
+        assert r.status_code in (404, 409)  # no stored receipt (or no package) to prove from
+        latest = client.get("/v1/log/checkpoint").text
+        for _rid, doc in kept:  # what the clients kept verifies, now and against the latest tree
+            receipt = ReceiptV2.parse(doc)
+            verify_receipt_v2(receipt, keys["jwks"], origin="test.verinfer/log")
+            cp = verify_checkpoint(latest, [NoteVerifier.parse(k) for k in note_keys])
+            fresh = client.get("/v1/log/proof/inclusion", params={"index": receipt.index, "size": cp.size}).json()
+            verify_inclusion(receipt.index, cp.size, leaf_hash(base64.b64decode(receipt.statement)),
+                             [base64.b64decode(h) for h in fresh["proof"]], cp.root)
+    env = {**os.environ, "VERINFER_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "verifier.cli", "receipts", "prune"]
+    done = subprocess.run([*cli, "--older-than", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "1 stored receipts pruned, 0 kept" in done.stderr, done.stderr
+    bad = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--older-than" in bad.stderr
