@@ -217,7 +217,11 @@ def serve(args: argparse.Namespace) -> int:
         f"http://{settings.host}:{settings.port} (key {keys.kid}, EIP-712 signer {keys.eth_address})",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    from server.logs import configure
+
+    log_config = configure(settings.log_format, args.log_level)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                **({"log_config": log_config} if log_config is not None else {}))
     return 0
 
 

@@ -80,6 +80,9 @@ class ServerSettings(Settings):
     siwe_session_ttl_s: float = Field(
         3600, gt=0, description="Longest life of a sign-in session token (shorter when the message expires sooner)."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Server log lines: text, or one JSON object per line with the request id."
+    )
     signing: bool = Field(
         True, description="Sign and store a receipt for every answer (off only for benchmarks)."
     )

@@ -232,6 +232,9 @@ def create_app(
         apikeys = ApiKeyStore(settings.apikeys_path)
         app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers)
     app.state.apikeys = apikeys
+    from server.http.request_ids import RequestIds
+
+    app.add_middleware(RequestIds)  # outermost: the id is set for everything below, the gate included
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         # reached only with infer_route=False; declared for the OpenAPI docs either way

@@ -105,6 +105,10 @@ def _child(conn: Connection) -> None:
 
     try:
         settings, models = conn.recv()
+        if settings.log_format == "json":  # the same log lines as the server's
+            from server.logs import configure
+
+            configure("json", "warning")
         maker = LogReceipts(load_keys(settings, create=False), settings)
         store = ReceiptStore(settings.receipts_path)
     except Exception as exc:  # e.g. an unreadable key: the parent reports it  # noqa: BLE001

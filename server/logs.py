@@ -1,0 +1,51 @@
+"""Structured logs: one JSON object per line when ``log_format`` is ``json``.
+
+Fields: ``time`` (RFC 3339, UTC), ``level``, ``logger``, ``message``, ``request_id`` (the HTTP
+request being served, see :class:`server.http.request_ids.RequestIds`; absent outside one) and
+``error`` (the traceback) when an exception is logged. Messages say what happened and carry ids,
+never keys, inputs or outputs: log calls pass those nowhere, and the error bodies and log lines
+of a served request are checked for its input in ``tests/server/test_logs.py``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+
+# The id of the HTTP request being served (the client's X-Request-Id, or one made for it).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("verinfer_request_id", default=None)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id is not None:
+            out["request_id"] = request_id
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure(fmt: str, level: str) -> dict | None:
+    """Set up the root logger in ``fmt`` (``text`` or ``json``) at ``level``; the log config
+    to hand uvicorn (None: uvicorn's own text config)."""
+    if fmt != "json":
+        logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return None
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's loggers (errors, access) go through the root's JSON handler too
+    return {"version": 1, "disable_existing_loggers": False,
+            "loggers": {name: {"handlers": [], "propagate": True, "level": level.upper()}
+                        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}}
