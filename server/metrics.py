@@ -45,6 +45,22 @@ class _ProofJobs:
         yield seconds
 
 
+class _Log:
+    """The receipt log's size and checkpoints signed (rate: ``rate(..._total[1m])``), at scrape time."""
+
+    def __init__(self, reader) -> None:
+        self.reader = reader
+
+    def collect(self):
+        size, count = self.reader.stats()
+        g = GaugeMetricFamily("verinfer_log_size_leaves", "Leaves (answers) in the receipt log's latest checkpoint")
+        g.add_metric([], size)
+        c = CounterMetricFamily("verinfer_log_checkpoints", "Checkpoints the receipt log has signed")
+        c.add_metric([], count)
+        yield g
+        yield c
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -64,18 +80,47 @@ class Metrics:
                                        "(per answer: divide by verinfer_rows_total)", ["model"],
                                        registry=r)
 
+        self.queue_seconds = Histogram("verinfer_queue_duration_seconds", "Time a request waits for "
+                                       "its batch to start", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.signing_seconds = Histogram("verinfer_signing_duration_seconds", "Time a chunk of answers "
+                                         "spends in the receipt stage (statements, log append, checkpoint, "
+                                         "store)", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self._children: dict[tuple, tuple] = {}  # labelled children, made once (on every answer's path)
+
     def watch_proofs(self, store) -> None:
         self.registry.register(_ProofJobs(store))
 
-    def batch(self, model: str, rows: int, seconds: float) -> None:
-        self.inference_seconds.labels(model).observe(seconds)
-        self.batch_rows.labels(model).observe(rows)
-        self.rows.labels(model).inc(rows)
-        self.compute_seconds.labels(model).inc(seconds)
+    def watch_log(self, reader) -> None:
+        self.registry.register(_Log(reader))
+
+    def _of(self, model: str) -> tuple:
+        c = self._children.get(model)
+        if c is None:
+            c = self._children[model] = (
+                self.inference_seconds.labels(model), self.batch_rows.labels(model), self.rows.labels(model),
+                self.compute_seconds.labels(model), self.request_seconds.labels(model),
+                self.queue_seconds.labels(model), self.signing_seconds.labels(model))
+        return c
+
+    def batch(self, model: str, rows: int, seconds: float, waits: list[float] = ()) -> None:
+        inference, batch_rows, rows_, compute, _, queue, _ = self._of(model)
+        inference.observe(seconds)
+        batch_rows.observe(rows)
+        rows_.inc(rows)
+        compute.inc(seconds)
+        for w in waits:
+            queue.observe(w)
+
+    def signed(self, model: str, seconds: float) -> None:
+        self._of(model)[6].observe(seconds)
 
     def answered(self, model: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.request_seconds.labels(model).observe(seconds)
+        key = (model, status)
+        counter = self._children.get(key)
+        if counter is None:
+            counter = self._children[key] = self.requests.labels(model, str(status))
+        counter.inc()
+        self._of(model)[4].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

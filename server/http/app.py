@@ -107,6 +107,8 @@ def create_app(
     log_reader = LogReader(settings.log_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
     metrics = Metrics()
+    if log_reader is not None:
+        metrics.watch_log(log_reader)
     service = InferenceService(settings, models, keys, store, metrics)
     jobs = None
     if store is not None:  # proofs link to receipts: no receipts, no proof jobs

@@ -13,6 +13,7 @@ has nothing else to do. Why, with the measurements behind each choice: docs/serv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Item:
     x: np.ndarray  # this request's input, batch on axis 0
     ctx: Any  # whatever the post-processor needs (request id, ...)
     future: asyncio.Future = field(repr=False)
+    queued: float = field(default_factory=time.perf_counter)  # when it was submitted (queue-time metrics)
 
     @property
     def rows(self) -> int:

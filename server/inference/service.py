@@ -153,7 +153,7 @@ class InferenceService:
         start = time.perf_counter()
         outs = m.engine.run(x)
         if self.metrics is not None:
-            self.metrics.batch(m.name, len(x), time.perf_counter() - start)
+            self.metrics.batch(m.name, len(x), time.perf_counter() - start, [start - i.queued for i in items])
         results, start = [], 0
         for item in items:
             n = item.rows
@@ -170,7 +170,10 @@ class InferenceService:
 
     async def _sign_batch(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
         """Receipts for a batch, made and stored by a receipt worker process."""
+        start = time.perf_counter()
         bodies = await self.receipts.sign(_job(m, items, answers))
+        if self.metrics is not None:
+            self.metrics.signed(m.name, time.perf_counter() - start)
         return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
 
 

@@ -85,6 +85,13 @@ class LogReader:
             raise NotFound("the log has no checkpoint yet")
         return row[0], row[1]
 
+    def stats(self) -> tuple[int, int]:
+        """(size of the latest checkpoint, checkpoints signed), for metrics."""
+        with self._lock:
+            size = self._db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0] or 0
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'checkpoints'").fetchone()
+        return size, int(row[0]) if row else 0
+
     def checkpoint(self, size: int) -> str:
         with self._lock:
             row = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
@@ -153,6 +160,8 @@ class LogWriter:
         # per level: the hash of the last complete subtree (None where there is none)
         self._edge = [nodes.get(lvl, (self.size >> lvl) - 1) if self.size >> lvl else None
                       for lvl in range(64)]
+        if self._db.execute("SELECT 1 FROM meta WHERE k = 'checkpoints'").fetchone() is None:  # a log from before
+            self._db.execute("INSERT INTO meta VALUES ('checkpoints', (SELECT COUNT(*) FROM checkpoints))")
         latest = self._db.execute("SELECT MAX(size) FROM checkpoints").fetchone()[0]
         self.note = None
         if latest != self.size:  # first start, or a crash after an append: sign the tree as it is
@@ -201,6 +210,7 @@ class LogWriter:
         if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
+        self._db.execute("UPDATE meta SET v = v + 1 WHERE k = 'checkpoints'")
         if self._fsync:
             self._db.execute("PRAGMA synchronous=FULL")
         self.note = note

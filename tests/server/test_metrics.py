@@ -53,6 +53,14 @@ def test_metrics_move_as_requests_are_served(client):
     assert value(after, "verinfer_batch_rows_sum", model="iris_mlp") == 4
     assert value(after, "verinfer_compute_seconds_total", model="iris_mlp") > 0
     assert value(after, "verinfer_inference_duration_seconds_count", model="iris_mlp") == 2
+    # each request's wait for its batch, each chunk's time in the receipt stage
+    assert value(after, "verinfer_queue_duration_seconds_count", model="iris_mlp") == 2
+    assert value(after, "verinfer_signing_duration_seconds_count", model="iris_mlp") == 2
+    assert value(after, "verinfer_signing_duration_seconds_sum", model="iris_mlp") > 0
+    # the receipt log: a leaf per answer, a checkpoint per append
+    assert value(before, "verinfer_log_size_leaves") == 0
+    assert value(after, "verinfer_log_size_leaves") == 2  # one leaf per answer (request), not per row
+    assert value(after, "verinfer_log_checkpoints_total") >= value(before, "verinfer_log_checkpoints_total") + 2
     # the proof queue is there, empty
     assert after[("verinfer_proof_jobs", (("status", "queued"),))] == 0
 
