@@ -33,7 +33,12 @@ class _ProofJobs:
         seconds = CounterMetricFamily("verinfer_prover_seconds", "Wall seconds provers spent on "
                                       "finished jobs, by model (per proof: divide by "
                                       "verinfer_proofs_total)", labels=["model"])
+        stages = CounterMetricFamily("verinfer_proof_stage_seconds", "Seconds finished proofs spent in "
+                                     "each stage (starting, witness, proving, verifying, signing), by model",
+                                     labels=["model", "stage"])
         summary = self.store.metrics_summary()
+        for (model, stage), s in summary["stage_seconds"].items():
+            stages.add_metric([model, stage], s)
         for status, n in summary["by_status"].items():
             depth.add_metric([status], n)
         for (model, outcome), n in summary["by_outcome"].items():
@@ -43,6 +48,7 @@ class _ProofJobs:
         yield depth
         yield outcomes
         yield seconds
+        yield stages
 
 
 class _Log:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,9 +50,10 @@ def connect(path: Path, schema: Schema, pragmas: tuple[str, ...] = ("journal_mod
     path.parent.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
     try:
+        end = time.monotonic() + timeout
         for pragma in pragmas:
-            db.execute(f"PRAGMA {pragma}")
-        _migrate(db, schema, path)
+            _retry_locked(lambda p=pragma: db.execute(f"PRAGMA {p}"), end)
+        _retry_locked(lambda: _migrate(db, schema, path), end)
     except sqlite3.DatabaseError as exc:
         db.close()
         if isinstance(exc, sqlite3.OperationalError):  # locked, disk full, ...: not the file's kind
@@ -61,6 +63,21 @@ def connect(path: Path, schema: Schema, pragmas: tuple[str, ...] = ("journal_mod
         db.close()
         raise
     return db
+
+
+def _retry_locked(fn, end: float):
+    """``fn()``, again while SQLite says the file is locked (until ``end``, monotonic time): some
+    lock waits skip the busy timeout, e.g. switching a brand-new file to WAL while other processes
+    open it too, or a reader that would have to upgrade while another connection migrates."""
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= end:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
 
 def _check(db: sqlite3.Connection, schema: Schema, path: Path) -> int:

@@ -71,7 +71,12 @@ CREATE INDEX proof_requests_client ON proof_requests (client);
 CREATE INDEX proof_requests_callbacks ON proof_requests (callback_state);
 INSERT INTO proof_requests SELECT id, id, '', receipt_id, callback_url, callback_state, created FROM proof_jobs;
 """
-SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2))
+# version 3: the seconds each stage of a job's successful attempt took (metrics by stage)
+SCHEMA_V3 = """
+ALTER TABLE proof_jobs ADD COLUMN stage_started REAL;
+ALTER TABLE proof_jobs ADD COLUMN stages TEXT;
+"""
+SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2, SCHEMA_V3))
 # A request's view of its job: the job's columns, with the request's id, receipt and callback.
 _VIEW = ", ".join(f"r.{c}" if c in ("id", "receipt_id", "callback_url", "callback_state") else f"j.{c}"
                   for c in ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
@@ -139,6 +144,16 @@ class Job:
         if self.callback_url:
             out["callback"] = {"url": self.callback_url, "state": self.callback_state}
         return out
+
+
+def _stages_with(row: tuple, now: float) -> dict[str, float]:
+    """This attempt's stage seconds (a claim starts them afresh) with its current stage ended at
+    ``now`` (``row``: stage, stage_started, stages JSON)."""
+    stage, started, text = row
+    stages = json.loads(text) if text else {}
+    if stage is not None and started is not None:
+        stages[stage] = round(stages.get(stage, 0.0) + max(0.0, now - started), 6)
+    return stages
 
 
 def _job(row: sqlite3.Row | tuple) -> Job:
@@ -306,7 +321,15 @@ class JobStore:
                 by_outcome[key] = by_outcome.get(key, 0) + n
             if s is not None:
                 seconds[model] = seconds.get(model, 0.0) + s
-        return {"by_status": by_status, "by_outcome": by_outcome, "prover_seconds": seconds}
+        with self._lock:
+            staged = self._db.execute("SELECT model, stages FROM proof_jobs WHERE status = 'done' "
+                                      "AND stages IS NOT NULL").fetchall()
+        by_stage: dict[tuple[str, str], float] = {}
+        for model, text in staged:
+            for stage, s in json.loads(text).items():
+                by_stage[(model, stage)] = by_stage.get((model, stage), 0.0) + s
+        return {"by_status": by_status, "by_outcome": by_outcome, "prover_seconds": seconds,
+                "stage_seconds": by_stage}
 
     def running(self) -> list[Job]:
         with self._lock:
@@ -371,10 +394,11 @@ class JobStore:
             now = time.time()
             row = db.execute(
                 "UPDATE proof_jobs SET status = 'running', stage = 'starting', worker = ?, "
-                "lease_until = ?, attempts = attempts + 1, started = ? WHERE id = (SELECT id "
+                "lease_until = ?, attempts = attempts + 1, started = ?, stage_started = ?, "
+                "stages = NULL WHERE id = (SELECT id "
                 "FROM proof_jobs WHERE status = 'queued' ORDER BY created LIMIT 1) "
                 f"RETURNING {', '.join(COLUMNS)}, input",
-                (worker, now + lease_s, now),
+                (worker, now + lease_s, now, now),
             ).fetchone()
             return row
 
@@ -391,10 +415,16 @@ class JobStore:
                 cur = db.execute("UPDATE proof_jobs SET lease_until = ? WHERE id = ? AND "
                                  "worker = ? AND status = 'running'",
                                  (time.time() + lease_s, job_id, worker))
-            else:
-                cur = db.execute("UPDATE proof_jobs SET lease_until = ?, stage = ? WHERE id = ? "
-                                 "AND worker = ? AND status = 'running'",
-                                 (time.time() + lease_s, stage, job_id, worker))
+            else:  # a new stage: the one before it ends now
+                now = time.time()
+                row = db.execute("SELECT stage, stage_started, stages FROM proof_jobs WHERE id = ? AND "
+                                 "worker = ? AND status = 'running'", (job_id, worker)).fetchone()
+                if row is None:
+                    return False
+                stages = _stages_with(row, now)
+                cur = db.execute("UPDATE proof_jobs SET lease_until = ?, stage = ?, stage_started = ?, "
+                                 "stages = ? WHERE id = ? AND worker = ? AND status = 'running'",
+                                 (now + lease_s, stage, now, json.dumps(stages), job_id, worker))
             return cur.rowcount == 1
 
         return self._tx(run)
@@ -403,10 +433,13 @@ class JobStore:
         """Store a verified bundle and mark the job done (unless it already is)."""
 
         def run(db):
+            now = time.time()
+            row = db.execute("SELECT stage, stage_started, stages FROM proof_jobs WHERE id = ?", (job_id,)).fetchone()
+            stages = json.dumps(_stages_with(row, now)) if row is not None else None
             cur = db.execute(
                 "UPDATE proof_jobs SET status = 'done', stage = NULL, outcome = ?, bundle = ?, "
-                "finished = ?, error = NULL, lease_until = NULL WHERE id = ? AND status != 'done'",
-                (outcome, bundle_json, time.time(), job_id))
+                "finished = ?, error = NULL, lease_until = NULL, stages = ? WHERE id = ? AND status != 'done'",
+                (outcome, bundle_json, now, stages, job_id))
             return cur.rowcount == 1
 
         return self._tx(run)

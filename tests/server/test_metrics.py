@@ -72,6 +72,8 @@ def test_proof_figures_come_from_the_job_store(tmp_path):
     for d in "abcd":
         store.submit(input_digest=d * 64, **args)
     done, _ = store.claim("w", lease_s=60)
+    for stage in ("witness", "proving", "verifying", "proving"):  # a stage seen twice adds up
+        assert store.heartbeat(done.id, "w", 60, stage=stage)
     store.finish(done.id, "proven", "{}")
     mismatch, _ = store.claim("w", lease_s=60)
     store.finish(mismatch.id, "mismatch", "{}")
@@ -82,4 +84,9 @@ def test_proof_figures_come_from_the_job_store(tmp_path):
     assert summary["by_outcome"] == {("iris_mlp", "proven"): 1, ("iris_mlp", "mismatch"): 1,
                                      ("iris_mlp", "failed"): 1}
     assert summary["prover_seconds"]["iris_mlp"] >= 0
+    stages = summary["stage_seconds"]  # the finished attempts' stages, the job's last one closed at finish
+    assert {s for _, s in stages} == {"starting", "witness", "proving", "verifying"}
+    assert all(v >= 0 for v in stages.values())
+    walls = sum(store.get(j.id).finished - store.get(j.id).started for j in (done, mismatch))
+    assert sum(stages.values()) == pytest.approx(walls, abs=1e-3)  # the stages cover each attempt's time
     store.close()

@@ -78,15 +78,15 @@ def test_the_servers_file_from_before_versions_migrates_and_keeps_its_rows(tmp_p
     assert _stamps(path) == (APPLICATION_ID, 1)  # receipts v1; the jobs' byte not yet stamped
     jobs = JobStore(path)
     assert jobs.get("job_1").outcome == "proven" and jobs.bundle("job_1") == '{"b": 1}'
-    # proof job store v2: each job's first client's request, under the job's own id
+    # proof job store v3: each job's first client's request under the job's own id (v2), stage times (v3)
     assert jobs.request("job_1").receipt_id == "rid" and jobs.job_of("job_1") == "job_1"
-    assert _stamps(path) == (APPLICATION_ID, 1 | 2 << 8)
+    assert _stamps(path) == (APPLICATION_ID, 1 | 3 << 8)
     receipts.put_many([("rid2", "iris_mlp", 4.0, "BODY2")])  # and they still take writes
     assert receipts.count() == 2
     receipts.close()
     jobs.close()
     again = ReceiptStore(path)  # a stamped file opens as it is
-    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 2 << 8)
+    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 3 << 8)
     again.close()
 
 
