@@ -1,0 +1,162 @@
+"""The status page at ``/`` with a real server process, in headless Chromium (Debian's
+``chromium``, driven by Playwright with the system browser: no browser download).
+
+The receipt check runs in the page's JavaScript (WebCrypto Ed25519 and SHA-256): a real
+answer's receipt is shown valid, the same receipt with one statement byte or one proof hash
+flipped is shown invalid. A screenshot goes to the test's tmp dir, and to
+``docs/status-page.png`` when ``VERINFER_STATUS_SCREENSHOT=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from testkit.server_process import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+IRIS = [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
+
+
+def _flip_statement_byte(receipt: dict) -> dict:
+    data = bytearray(base64.b64decode(receipt["statement"]))
+    data[len(data) // 2] ^= 0x01
+    return {**receipt, "statement": base64.b64encode(bytes(data)).decode()}
+
+
+def _flip_proof_hash(receipt: dict) -> dict:
+    first = bytearray(base64.b64decode(receipt["proof"][0]))
+    first[0] ^= 0x80
+    return {**receipt, "proof": [base64.b64encode(bytes(first)).decode(), *receipt["proof"][1:]]}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (make setup installs it with apt-get)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (make setup)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _answer(server) -> dict:
+    """Several answers (so the log has a tree with a non-empty proof), the last one's receipt."""
+    for _ in range(3):
+        status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer", {"inputs": IRIS})
+        assert status == 200, body
+    return json.loads(body["parameters"]["receipt"])
+
+
+def _verdict(page, receipt: dict | str) -> tuple[str, str]:
+    page.fill("#receipt-input", receipt if isinstance(receipt, str) else json.dumps(receipt))
+    page.click("#verify")
+    page.wait_for_function("document.getElementById('verdict').dataset.state !== 'checking'")
+    v = page.locator("#verdict")
+    return v.get_attribute("data-state"), v.inner_text()
+
+
+def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_path):
+    server = start_server(tmp_path / "home")
+    receipt = _answer(server)
+    assert receipt["format"] == "verinfer.receipt/v2" and receipt["proof"], receipt
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base + "/")
+    # the status snapshot: the served models, the log's size, the recent receipts
+    page.wait_for_selector("#receipts-body tr")
+    models = page.locator("#models-body").inner_text()
+    assert "iris_mlp" in models and "digits_cnn" in models
+    assert page.locator("#logsize").inner_text().startswith("log: ")
+    assert receipt["id"][:14] in page.locator("#receipts-body").inner_text()
+    assert page.locator("#chart-status svg rect").count() >= 1  # 200s drawn
+
+    state, text = _verdict(page, receipt)
+    assert state == "valid", text
+    steps = page.locator("#steps").inner_text()
+    assert "checkpoint signed (Ed25519)" in steps and "inclusion proof" in steps, steps
+    page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
+    if os.environ.get("VERINFER_STATUS_SCREENSHOT"):
+        shutil.copy(tmp_path / "status-page.png", REPO_ROOT / "docs" / "status-page.png")
+
+    state, text = _verdict(page, _flip_statement_byte(receipt))
+    assert state == "invalid" and "not in the signed tree" in text, text
+    state, text = _verdict(page, _flip_proof_hash(receipt))
+    assert state == "invalid" and "not in the signed tree" in text, text
+    state, text = _verdict(page, {**receipt, "id": "0x" + "11" * 32})
+    assert state == "invalid" and "request id" in text, text
+    note = receipt["checkpoint"]  # a signature byte changed: Ed25519 fails in WebCrypto
+    sig_at = note.rindex(" ") + 12
+    bad_sig = note[:sig_at] + ("A" if note[sig_at] != "A" else "B") + note[sig_at + 1:]
+    state, text = _verdict(page, {**receipt, "checkpoint": bad_sig})
+    assert state == "invalid" and "signature" in text, text
+    page.screenshot(path=str(tmp_path / "status-page-invalid.png"), full_page=True)
+
+    # the whole answer pasted also works, and the page's own "check" button (fetch + local check)
+    state, text = _verdict(page, json.dumps({"parameters": {"receipt": json.dumps(receipt)}}))
+    assert state == "valid", text
+    page.locator("#receipts-body button").first.click()
+    page.wait_for_function("['valid', 'invalid'].includes(document.getElementById('verdict').dataset.state)")
+    assert page.locator("#verdict").get_attribute("data-state") == "valid"
+    assert errors == []
+
+
+def test_status_json_and_static_files(start_server, tmp_path):
+    server = start_server(tmp_path / "home")
+    _answer(server)
+    status = server.get("/v1/status")
+    assert {m["name"] for m in status["models"]} >= {"iris_mlp", "digits_cnn"}
+    assert status["log"]["size"] >= 1 and status["recent_receipts"][0]["model"] == "iris_mlp"
+    assert status["metrics"]["requests_by_status"]["200"] >= 3
+    assert status["metrics"]["verinfer_request_duration_seconds"]["p50"] is not None
+    assert status["proof_queue"]["jobs"]["queued"] == 0
+    for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"),
+                       ("/static/status.css", "text/css")):
+        s, _, headers = _raw(server, path)
+        assert s == 200 and headers["content-type"].startswith(kind)
+    assert _raw(server, "/static/nope.js")[0] == 404
+
+
+def _raw(server, path: str):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.base + path, timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def test_page_is_public_and_its_data_needs_a_key_under_auth(tmp_path):
+    """In process, auth on: ``/`` and ``/static/*`` answer without a key, ``/v1/status``
+    (recent receipt ids) only with one."""
+    from fastapi.testclient import TestClient
+
+    from server.auth import ApiKeyStore
+    from server.http.app import create_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", proof_workers=0)
+    store = ApiKeyStore(settings.apikeys_path)
+    _, token = store.create("basic", "alice")
+    try:
+        with TestClient(create_app(settings)) as client:
+            for path in ("/", "/static/status.js", "/static/status.css"):
+                assert client.get(path).status_code == 200, path
+            assert client.get("/v1/status").status_code == 401
+            r = client.get("/v1/status", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and r.json()["models"][0]["name"] == "iris_mlp"
+            assert r.json()["recent_receipts"] == [] and r.json()["log"]["size"] == 0
+    finally:
+        store.close()
