@@ -38,6 +38,11 @@ CIRCUIT_FIGURES = ("logrows", "num_rows", "pk_bytes", "vk_bytes", "prove_seconds
                    "verify_seconds", "verifier_runtime_bytes", "verifier_fits")
 
 
+# the page loads only its own script and style, and talks only to this server
+PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'"}
+
+
 def static_file(name: str) -> bytes:
     return resources.files("server.http").joinpath("static", name).read_bytes()
 
@@ -170,14 +175,13 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
 
     @app.get("/", include_in_schema=False)
     async def status_page() -> Response:
-        return Response(page, media_type="text/html; charset=utf-8",
-                        headers={"Cache-Control": "no-cache"})
+        return Response(page, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     for name, media_type in STATIC.items():
         body = static_file(name)
 
         async def serve(body: bytes = body, media_type: str = media_type) -> Response:
-            return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
+            return Response(body, media_type=media_type, headers=PAGE_HEADERS)
 
         app.add_api_route(f"/static/{name}", serve, methods=["GET"], include_in_schema=False)
 

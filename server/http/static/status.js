@@ -360,6 +360,7 @@ function circuitText(c) {
 function checkButton(id) {
   const b = el("button", { type: "button" }, "check");
   b.addEventListener("click", async () => {  // fetches the receipt; the check itself stays here
+    $("verdict").dataset.state = "checking"; $("verdict").textContent = "fetching…";
     const r = await fetch(`/v1/receipts/${encodeURIComponent(id)}?fresh=1`);
     $("receipt-input").value = await r.text();
     $("check").scrollIntoView();
