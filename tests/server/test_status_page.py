@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 
 from testkit.server_process import REPO_ROOT
+from tests.tlog_support import doc_block
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+DOC_NOTE_KEY = "example.com/verinfer/log+58a0695e+AUBKwP9djnvpI1WkzSnZ1cQWeHTGZhgm8HDhrOmKqUo1"
 IRIS = [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
 
 
@@ -114,6 +116,14 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     # the whole answer pasted also works
     state, text = _verdict(page, json.dumps({"parameters": {"receipt": json.dumps(receipt)}}))
     assert state == "valid", text
+    # docs/formats.md's v2 vector, under its test note key typed in (not this server's keys)
+    page.check("#own-keys")
+    page.fill("#note-keys", DOC_NOTE_KEY)
+    state, text = _verdict(page, doc_block("v2-receipt-vector"))
+    assert state == "valid", text
+    assert "1 output digest(s) recomputed" in page.locator("#steps").inner_text()
+    state, text = _verdict(page, receipt)  # this server's receipt is not the test key's log
+    assert state == "invalid" and "another log" in text, text
     assert errors == []
 
 
