@@ -69,7 +69,7 @@ def _verdict(page, receipt: dict | str) -> tuple[str, str]:
 
 def _wait_verdict(page) -> None:
     """Until the check has ended (selectors, not page JavaScript: the page's CSP forbids eval)."""
-    page.locator("#verdict[data-state=valid], #verdict[data-state=invalid]").wait_for()
+    page.locator("#verdict:not([data-state=checking]):not([data-state=none])").wait_for()
 
 
 def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_path):
@@ -124,6 +124,11 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     assert "1 output digest(s) recomputed" in page.locator("#steps").inner_text()
     state, text = _verdict(page, receipt)  # this server's receipt is not the test key's log
     assert state == "invalid" and "another log" in text, text
+    # no keys to check against: neither valid nor invalid
+    page.uncheck("#own-keys")
+    page.route("**/.well-known/verinfer-log.json", lambda route: route.fulfill(status=503, body="{}"))
+    state, text = _verdict(page, receipt)
+    assert state == "error" and "CANNOT CHECK" in text and "HTTP 503" in text, text
     assert errors == []
 
 

@@ -9,7 +9,7 @@ const dec = new TextDecoder("utf-8", { fatal: true });
 
 function b64decode(s, what) {
   if (typeof s !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) {
-    throw new Error(`${what} is not standard base64`);
+    throw new Invalid(`${what} is not standard base64`);
   }
   const bin = atob(s);
   const out = new Uint8Array(bin.length);
@@ -30,6 +30,7 @@ const sha256 = async (...parts) => new Uint8Array(await crypto.subtle.digest("SH
 
 // ---------------------------------------------------------------- the receipt check
 class Invalid extends Error {}
+class CannotCheck extends Error {}  // this browser or the key fetch, not the receipt
 
 function parseNoteKey(vkey) {
   const a = vkey.indexOf("+"), b = vkey.indexOf("+", a + 1);  // base64 may hold "+" too
@@ -183,7 +184,7 @@ async function verifyReceipt(text, noteKeys, steps) {
 
 async function publishedNoteKeys() {
   const r = await fetch("/.well-known/verinfer-log.json");
-  if (!r.ok) throw new Error(`the log keys could not be fetched (HTTP ${r.status})`);
+  if (!r.ok) throw new CannotCheck(`the log keys could not be fetched (HTTP ${r.status})`);
   const body = await r.json();
   return body.note_keys || [];
 }
@@ -194,16 +195,25 @@ async function onVerify() {
   verdict.dataset.state = "checking"; verdict.textContent = "checking…"; list.replaceChildren();
   let state, message;
   try {
+    if (!window.crypto?.subtle) {  // plain http to another host than localhost
+      throw new CannotCheck("this browser offers no WebCrypto here: open the page over HTTPS or on localhost");
+    }
     const own = $("own-keys").checked;
     const noteKeys = own ? $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean) : await publishedNoteKeys();
     steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
     await verifyReceipt($("receipt-input").value.trim(), noteKeys, steps);
     state = "valid"; message = "VALID: checked in this browser";
   } catch (e) {
-    state = "invalid"; message = `INVALID: ${e instanceof Invalid ? e.message : `${e.name}: ${e.message}`}`;
+    if (e instanceof CannotCheck || e.name === "NotSupportedError") {
+      state = "error";
+      message = `CANNOT CHECK: ${e instanceof CannotCheck ? e.message
+        : "this browser's WebCrypto has no Ed25519 (Chrome 137+, Firefox 129+, Safari 17+ have it)"}`;
+    } else {  // fail closed: anything else wrong with the receipt makes it invalid
+      state = "invalid"; message = `INVALID: ${e instanceof Invalid ? e.message : `${e.name}: ${e.message}`}`;
+    }
   }
   for (const s of steps) list.append(el("li", { class: "ok" }, s));
-  if (state === "invalid") list.append(el("li", { class: "bad" }, message.slice(9)));
+  if (state !== "valid") list.append(el("li", { class: "bad" }, message.slice(message.indexOf(": ") + 2)));
   verdict.dataset.state = state; verdict.textContent = message;
 }
 
