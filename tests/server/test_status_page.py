@@ -27,6 +27,29 @@ DOC_NOTE_KEY = "example.com/verinfer/log+58a0695e+AUBKwP9djnvpI1WkzSnZ1cQWeHTGZh
 IRIS = [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
 
 
+def _flip_b64(text: str, at: int = 0) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[at] ^= 0x80
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _v1_receipt(home: Path, v2: dict) -> dict:
+    """The v2 receipt's statement as a v1 receipt (a DSSE envelope), signed with the server's
+    active key (in the test's data dir), checked by the Python verifier first."""
+    from server.receipts.keys import load_keys
+    from server.settings import ServerSettings
+    from verifier.receipts import Receipt, Statement, sign_envelope, verify_receipt
+
+    keys = load_keys(ServerSettings(home=home), create=False)
+    st = json.loads(base64.b64decode(v2["statement"]))
+    pred = {k: v for k, v in st["predicate"].items() if k != "eip712"}
+    statement = Statement.model_validate({**st, "predicateType": "https://verinfer.dev/receipt/v1",
+                                          "predicate": {**pred, "keyId": keys.kid}})
+    receipt = Receipt(id=v2["id"], envelope=sign_envelope(statement, keys.kid, keys.ed25519.sign))
+    verify_receipt(receipt, keys.jwks)
+    return receipt.model_dump(mode="json")
+
+
 def _flip_statement_byte(receipt: dict) -> dict:
     data = bytearray(base64.b64decode(receipt["statement"]))
     data[len(data) // 2] ^= 0x01
@@ -34,9 +57,7 @@ def _flip_statement_byte(receipt: dict) -> dict:
 
 
 def _flip_proof_hash(receipt: dict) -> dict:
-    first = bytearray(base64.b64decode(receipt["proof"][0]))
-    first[0] ^= 0x80
-    return {**receipt, "proof": [base64.b64encode(bytes(first)).decode(), *receipt["proof"][1:]]}
+    return {**receipt, "proof": [_flip_b64(receipt["proof"][0]), *receipt["proof"][1:]]}
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +145,16 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     assert "1 output digest(s) recomputed" in page.locator("#steps").inner_text()
     state, text = _verdict(page, receipt)  # this server's receipt is not the test key's log
     assert state == "invalid" and "another log" in text, text
-    # no keys to check against: neither valid nor invalid
     page.uncheck("#own-keys")
+    # a v1 receipt (DSSE, before the log), signed with this server's key: checked against its JWKS
+    v1 = _v1_receipt(server.home, receipt)
+    state, text = _verdict(page, v1)
+    assert state == "valid" and "DSSE envelope signed" in page.locator("#steps").inner_text(), text
+    sig = v1["envelope"]["signatures"][0]
+    bad = {**sig, "sig": _flip_b64(sig["sig"])}
+    state, text = _verdict(page, {**v1, "envelope": {**v1["envelope"], "signatures": [bad]}})
+    assert state == "invalid" and "does not verify" in text, text
+    # no keys to check against: neither valid nor invalid
     page.route("**/.well-known/verinfer-log.json", lambda route: route.fulfill(status=503, body="{}"))
     state, text = _verdict(page, receipt)
     assert state == "error" and "CANNOT CHECK" in text and "HTTP 503" in text, text

@@ -1,4 +1,4 @@
-// verinfer status page: draws GET /v1/status, and checks a pasted v2 receipt in the browser
+// verinfer status page: draws GET /v1/status, and checks a pasted receipt (v2, or v1) in the browser
 // (WebCrypto Ed25519 and SHA-256; docs/formats.md "Receipt v2"), never asking the server for
 // a verdict. No dependencies, no build step.
 "use strict";
@@ -132,10 +132,10 @@ async function tensorDigest(datatype, shape, data) {
     new Uint8Array(head.buffer), new Uint8Array(body.buffer)));
 }
 
-async function checkStatement(receipt, statement, steps) {
+async function checkStatement(receipt, statement, version, steps) {
   const p = statement.predicate || {};
-  if (statement.predicateType !== "https://verinfer.dev/receipt/v2") throw new Invalid("the statement is not a v2 receipt statement");
-  if (p.requestId !== receipt.id) throw new Invalid("the receipt id is not the logged request id");
+  if (statement.predicateType !== `https://verinfer.dev/receipt/${version}`) throw new Invalid(`the statement is not a ${version} receipt statement`);
+  if (p.requestId !== receipt.id) throw new Invalid("the receipt id is not the signed request id");
   steps.push(`receipt id = the statement's requestId (${receipt.id.slice(0, 18)}…)`);
   const want = new Map([[`model/${p.model?.name}`, p.model?.sha256], [`input/${p.input?.name}`, p.input?.digest]]);
   for (const o of p.outputs || []) want.set(`output/${o.name}`, o.digest);
@@ -156,19 +156,20 @@ async function checkStatement(receipt, statement, steps) {
   steps.push(`model ${p.model?.name} v${p.model?.version} (sha256 ${String(p.model?.sha256).slice(0, 16)}…), answered ${p.time}, label ${JSON.stringify(p.label)}`);
 }
 
+const FORMATS = ["verinfer.receipt/v2", "verinfer.receipt/v1"];
+
 function receiptFromText(text) {
   let obj;
   try { obj = JSON.parse(text); } catch { throw new Invalid("not JSON"); }
   if (obj && typeof obj.parameters?.receipt === "string") obj = JSON.parse(obj.parameters.receipt);  // a whole answer
   if (!obj || typeof obj !== "object") throw new Invalid("not a receipt object");
-  if (obj.format !== "verinfer.receipt/v2") throw new Invalid(`format ${JSON.stringify(obj.format)}: this page checks v2 receipts`);
+  if (!FORMATS.includes(obj.format)) throw new Invalid(`format ${JSON.stringify(obj.format)}: not a verinfer receipt`);
   if (typeof obj.id !== "string" || !/^0x[0-9a-f]{64}$/.test(obj.id)) throw new Invalid("the receipt id is malformed");
   return obj;
 }
 
-// Throws Invalid (or another Error) unless `text` is a v2 receipt logged under one of `noteKeys`.
-async function verifyReceipt(text, noteKeys, steps) {
-  const receipt = receiptFromText(text);
+// Throws Invalid (or another Error) unless `receipt` (v2) is logged under one of `noteKeys`.
+async function verifyReceiptV2(receipt, noteKeys, steps) {
   const keys = [];
   for (const vkey of noteKeys) keys.push(await checkNoteKey(parseNoteKey(vkey)));
   const cp = await checkCheckpoint(receipt.checkpoint, keys, steps);
@@ -178,16 +179,48 @@ async function verifyReceipt(text, noteKeys, steps) {
   steps.push(`statement (${data.length} bytes) is leaf ${receipt.index}: inclusion proof of ${receipt.proof.length} hash(es) leads to the signed root`);
   let statement;
   try { statement = JSON.parse(dec.decode(data)); } catch { throw new Invalid("the logged statement is not JSON"); }
-  await checkStatement(receipt, statement, steps);
+  await checkStatement(receipt, statement, "v2", steps);
   return statement;
 }
 
-async function publishedNoteKeys() {
-  const r = await fetch("/.well-known/verinfer-log.json");
-  if (!r.ok) throw new CannotCheck(`the log keys could not be fetched (HTTP ${r.status})`);
-  const body = await r.json();
-  return body.note_keys || [];
+// v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
+// (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
+async function verifyReceiptV1(receipt, jwks, steps) {
+  const env = receipt.envelope || {};
+  const type = "application/vnd.in-toto+json";
+  if (env.payloadType !== type) throw new Invalid("unexpected DSSE payloadType");
+  if (!Array.isArray(env.signatures) || !env.signatures.length) throw new Invalid("the envelope has no signatures");
+  const payload = b64decode(env.payload, "payload");
+  const pae = concat(enc.encode(`DSSEv1 ${type.length} ${type} ${payload.length} `), payload);
+  const signers = new Map();
+  for (const s of env.signatures) {
+    const jwk = (jwks.keys || []).find((k) => k.kid === s.keyid && k.kty === "OKP" && k.crv === "Ed25519");
+    if (!jwk) throw new Invalid(`signed by ${s.keyid}, a key not in the server's JWKS`);
+    const pub = await crypto.subtle.importKey("jwk", { kty: "OKP", crv: "Ed25519", x: jwk.x }, { name: "Ed25519" }, false, ["verify"]);
+    if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, b64decode(s.sig, "signature"), pae))) {
+      throw new Invalid(`the Ed25519 signature by ${s.keyid} does not verify`);
+    }
+    signers.set(s.keyid, jwk);
+  }
+  steps.push(`DSSE envelope signed (Ed25519) by ${[...signers.keys()].join(", ")}`);
+  let statement;
+  try { statement = JSON.parse(dec.decode(payload)); } catch { throw new Invalid("the signed payload is not JSON"); }
+  const p = statement.predicate || {};
+  const jwk = signers.get(p.keyId);
+  if (!jwk) throw new Invalid("the statement's keyId is not the key that signed it");
+  if (jwk.revoked_at && !(Date.parse(p.time) < Date.parse(jwk.revoked_at))) {
+    throw new Invalid(`signed at ${p.time}, when its key was revoked (${jwk.revoked_at})`);
+  }
+  await checkStatement(receipt, statement, "v1", steps);
+  return statement;
 }
+
+async function fetchJson(path, what) {
+  const r = await fetch(path);
+  if (!r.ok) throw new CannotCheck(`${what} could not be fetched (HTTP ${r.status})`);
+  return r.json();
+}
+
 
 async function onVerify() {
   const verdict = $("verdict"), list = $("steps");
@@ -198,10 +231,20 @@ async function onVerify() {
     if (!window.crypto?.subtle) {  // plain http to another host than localhost
       throw new CannotCheck("this browser offers no WebCrypto here: open the page over HTTPS or on localhost");
     }
+    const receipt = receiptFromText($("receipt-input").value.trim());
     const own = $("own-keys").checked;
-    const noteKeys = own ? $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean) : await publishedNoteKeys();
-    steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
-    await verifyReceipt($("receipt-input").value.trim(), noteKeys, steps);
+    if (receipt.format === "verinfer.receipt/v1") {
+      if (own) throw new CannotCheck("a v1 receipt is checked against the server's JWKS, not note keys");
+      const jwks = await fetchJson("/.well-known/jwks.json", "the JWKS");
+      steps.push(`v1 receipt; ${jwks.keys?.length || 0} key(s) from /.well-known/jwks.json`);
+      await verifyReceiptV1(receipt, jwks, steps);
+    } else {
+      const noteKeys = own ? $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean)
+        : (await fetchJson("/.well-known/verinfer-log.json", "the log keys")).note_keys || [];
+      steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
+      await verifyReceiptV2(receipt, noteKeys, steps);
+    }
+    if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
     state = "valid"; message = "VALID: checked in this browser";
   } catch (e) {
     if (e instanceof CannotCheck || e.name === "NotSupportedError") {
@@ -352,7 +395,7 @@ function draw(s) {
     el("td", { class: "mono", title: r.id }, shortId(r.id)), el("td", {}, r.model), el("td", {}, when(r.created)),
     el("td", {}, r.index ?? "–"), el("td", {}, r.status),
     el("td", {}, r.proof ? `${r.proof.status}${r.proof.outcome ? ` (${r.proof.outcome})` : ""}` : "–"),
-    el("td", {}, r.format === "verinfer.receipt/v2" ? checkButton(r.id) : ""))));
+    el("td", {}, checkButton(r.id, r.format === "verinfer.receipt/v2")))));
   $("proofs-body").replaceChildren(...s.recent_proofs.map((j) => el("tr", {},
     el("td", { class: "mono", title: j.id }, shortId(j.id)), el("td", {}, j.model), el("td", {}, j.status),
     el("td", {}, j.outcome || j.stage || j.error || "–"), el("td", {}, String(j.attempts)), el("td", {}, when(j.created)),
@@ -367,11 +410,11 @@ function circuitText(c) {
     `${c.for_served_model ? "" : " (for another model file)"}`;
 }
 
-function checkButton(id) {
+function checkButton(id, logged) {
   const b = el("button", { type: "button" }, "check");
   b.addEventListener("click", async () => {  // fetches the receipt; the check itself stays here
     $("verdict").dataset.state = "checking"; $("verdict").textContent = "fetching…";
-    const r = await fetch(`/v1/receipts/${encodeURIComponent(id)}?fresh=1`);
+    const r = await fetch(`/v1/receipts/${encodeURIComponent(id)}${logged ? "?fresh=1" : ""}`);
     $("receipt-input").value = await r.text();
     $("check").scrollIntoView();
     await onVerify();
