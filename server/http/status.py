@@ -30,6 +30,8 @@ from verifier.errors import VerinferError
 from verifier.packages import name_target, package_dir, read_manifest
 
 RECENT = 12
+# a client's proof request and the (maybe shared) job that proves it (server/proofs/store.py)
+REQUESTS = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
 STATIC = {  # file name -> media type: the only files served under /static/
     "status.js": "text/javascript; charset=utf-8",
     "status.css": "text/css; charset=utf-8",
@@ -66,8 +68,8 @@ def recent_receipts(path: Path, log_size: int | None) -> list[dict[str, Any]]:
     rows = _rows(path, "SELECT id, model, created, body FROM receipts ORDER BY rowid DESC LIMIT ?",
                  (RECENT,))
     jobs = {r["receipt_id"]: r for r in _rows(
-        path, "SELECT id, receipt_id, status, outcome FROM proof_jobs WHERE receipt_id IN "
-              f"({','.join('?' * len(rows))})", tuple(r["id"] for r in rows))} if rows else {}
+        path, f"SELECT r.id, r.receipt_id, j.status, j.outcome FROM {REQUESTS} WHERE r.receipt_id "
+              f"IN ({','.join('?' * len(rows))})", tuple(r["id"] for r in rows))} if rows else {}
     out = []
     for r in rows:
         try:
@@ -87,9 +89,10 @@ def recent_receipts(path: Path, log_size: int | None) -> list[dict[str, Any]]:
 
 
 def recent_proofs(path: Path) -> list[dict[str, Any]]:
-    rows = _rows(path, "SELECT id, model, receipt_id, status, stage, outcome, attempts, created, "
-                       "started, finished, error FROM proof_jobs ORDER BY created DESC LIMIT ?",
-                 (RECENT,))
+    """The latest proof requests (the handles clients hold), each with its job's state."""
+    rows = _rows(path, "SELECT r.id, r.job_id, j.model, r.receipt_id, j.status, j.stage, j.outcome, "
+                       f"j.attempts, r.created, j.started, j.finished, j.error FROM {REQUESTS} "
+                       "ORDER BY r.created DESC LIMIT ?", (RECENT,))
     return [dict(r) for r in rows]
 
 

@@ -211,3 +211,41 @@ def test_page_is_public_and_its_data_needs_a_key_under_auth(tmp_path):
             assert r.json()["recent_receipts"] == [] and r.json()["log"]["size"] == 0
     finally:
         store.close()
+
+
+def test_recent_receipts_and_proof_requests_from_the_real_stores(tmp_path):
+    """The status page's read-only queries against the receipt and proof-job stores' own
+    schema: a second client's request for the same proof is listed with its own id and
+    receipt, and each receipt shows its own request's job state."""
+    from server.http.status import recent_proofs, recent_receipts
+    from server.proofs.store import JobStore
+    from server.receipts.store import ReceiptStore
+
+    path = tmp_path / "receipts.sqlite3"
+    receipts, jobs = ReceiptStore(path), JobStore(path)
+    try:
+        bodies = [json.dumps({"format": "verinfer.receipt/v2", "id": f"0x{i:064x}", "index": i})
+                  for i in range(3)]
+        receipts.put_many([(f"0x{i:064x}", "iris_mlp", 1000.0 + i, b) for i, b in enumerate(bodies)])
+        args = dict(model="iris_mlp", package_id="p" * 64, model_sha256="m" * 64, input_digest="d" * 64,
+                    input_json="{}", callback_url=None, max_active=10)
+        first, _ = jobs.submit(**args, receipt_id=f"0x{0:064x}", client="alice")
+        second, how = jobs.submit(**args, receipt_id=f"0x{1:064x}", client="bob")
+        assert how == "existing" and second.id != first.id
+        claimed = jobs.claim("w1", 60)
+        assert claimed is not None
+        jobs.finish(claimed[0].id, "proven", "{}")
+
+        listed = recent_receipts(path, log_size=2)
+        assert [r["index"] for r in listed] == [2, 1, 0]  # newest first
+        assert [r["status"] for r in listed] == ["logged", "in a checkpoint", "in a checkpoint"]
+        by_id = {r["id"]: r["proof"] for r in listed}
+        assert by_id[f"0x{0:064x}"] == {"id": first.id, "status": "done", "outcome": "proven"}
+        assert by_id[f"0x{1:064x}"]["id"] == second.id and by_id[f"0x{2:064x}"] is None
+        proofs = recent_proofs(path)
+        assert {p["id"] for p in proofs} == {first.id, second.id}
+        assert {p["job_id"] for p in proofs} == {first.id} and {p["outcome"] for p in proofs} == {"proven"}
+        assert recent_proofs(tmp_path / "absent.sqlite3") == []
+    finally:
+        jobs.close()
+        receipts.close()
