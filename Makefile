@@ -8,9 +8,9 @@ STAMP   := $(VENV)/.verinfer-setup
 # the range in pyproject.toml is already met and no CUDA build is pulled.
 TORCH   := torch==2.13.0
 
-.PHONY: setup serve demo lint test test-fast bench clean
+.PHONY: setup chromium serve demo lint test test-fast bench clean
 
-setup: $(STAMP) node_modules/.package-lock.json
+setup: $(STAMP) node_modules/.package-lock.json chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
+
+# Debian's chromium, for the status page's browser test (tests/server/test_status_page.py drives
+# it with Playwright; no browser download). Only when absent; apt-get update when the lists are
+# stale. Without apt-get (not Debian) it says so and that test skips.
+APT := DEBIAN_FRONTEND=noninteractive $(shell [ "$$(id -u)" = 0 ] || echo sudo -E) apt-get
+chromium:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null \
+		|| { echo "no chromium and no apt-get: tests/server/test_status_page.py will skip"; exit 0; }; \
+		$(APT) install -y --no-install-recommends chromium \
+		|| { $(APT) update && $(APT) install -y --no-install-recommends chromium; }; }
 
 serve: setup
 	$(BIN)/verinfer serve

@@ -347,6 +347,10 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    from server.http.status import install as install_status_page  # GET /, /v1/status
+
+    install_status_page(app, settings, service, metrics, log_reader, jobs)
+
     @app.get("/.well-known/jwks.json", tags=["keys"])
     async def jwks() -> Response:
         return _json(keys.jwks)

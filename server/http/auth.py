@@ -1,7 +1,9 @@
 """The access-control gate in front of every route (ASGI middleware).
 
 Public: health, server and model metadata, the JWKS and key info, the log's checkpoints and
-proofs, receipts by id, the docs, and Sign-In with Ethereum (a nonce, the sign-in itself). Everything else needs an API key (``Authorization: Bearer``
+proofs, receipts by id, the docs, Sign-In with Ethereum (a nonce, the sign-in itself), and the
+status page (``/`` and ``/static/*``; its data, ``/v1/status``, is not public). Everything else
+needs an API key (``Authorization: Bearer``
 or ``X-API-Key``): none or an unknown one -> 401, a revoked one -> 403, over the tier's rate ->
 429 with ``Retry-After``. The key's tier is then the request's (``server.auth.CURRENT_TIER``),
 which the infer and proof routes check for proofs and rows (403).
@@ -23,6 +25,7 @@ PUBLIC_GET = re.compile(
     r"/|/v2|/v2/health/(live|ready)|/v2/models/[^/]+(/versions/[^/]+)?(/ready)?"
     r"|/\.well-known/[^/]+|/v1/keys|/v1/log(/.*)?|/v1/receipts/[^/]+|/docs(/.*)?|/openapi\.json"
     r"|/v1/auth/nonce"
+    r"|/static/[^/]+"  # the status page's script and style (the page itself is "/")
 )
 PUBLIC_POST = frozenset({"/v1/auth/siwe"})  # signing in: the client has no key yet
 

@@ -1,0 +1,433 @@
+// verinfer status page: draws GET /v1/status, and checks a pasted receipt (v2, or v1) in the browser
+// (WebCrypto Ed25519 and SHA-256; docs/formats.md "Receipt v2"), never asking the server for
+// a verdict. No dependencies, no build step.
+"use strict";
+
+// ---------------------------------------------------------------- bytes and hashes
+const enc = new TextEncoder();
+const dec = new TextDecoder("utf-8", { fatal: true });
+
+function b64decode(s, what) {
+  if (typeof s !== "string" || !/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) {
+    throw new Invalid(`${what} is not standard base64`);
+  }
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function concat(...parts) {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+}
+
+const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+const equal = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+const sha256 = async (...parts) => new Uint8Array(await crypto.subtle.digest("SHA-256", concat(...parts)));
+
+// ---------------------------------------------------------------- the receipt check
+class Invalid extends Error {}
+class CannotCheck extends Error {}  // this browser or the key fetch, not the receipt
+
+function parseNoteKey(vkey) {
+  const a = vkey.indexOf("+"), b = vkey.indexOf("+", a + 1);  // base64 may hold "+" too
+  if (a < 0 || b < 0) throw new Invalid(`not a note verifier key: ${vkey}`);
+  const [origin, keyHex, keyB64] = [vkey.slice(0, a), vkey.slice(a + 1, b), vkey.slice(b + 1)];
+  return { origin, keyHex, raw: b64decode(keyB64, "note key") };
+}
+
+async function checkNoteKey(k) {
+  const id = (await sha256(enc.encode(k.origin + "\n"), k.raw)).slice(0, 4);
+  if (k.raw.length !== 33 || k.raw[0] !== 1 || hex(id) !== k.keyHex) {
+    throw new Invalid("not an Ed25519 note verifier key");
+  }
+  k.id = id;
+  return k;
+}
+
+// The checkpoint: "<origin>\n<size>\n<base64 root>\n" + "\n" + "— <name> <base64(key id || sig)>\n" lines.
+async function checkCheckpoint(note, keys, steps) {
+  if (typeof note !== "string") throw new Invalid("the receipt has no checkpoint");
+  const cut = note.lastIndexOf("\n\n");
+  if (cut < 0) throw new Invalid("the checkpoint is not a signed note");
+  const body = note.slice(0, cut) + "\n";
+  const lines = body.split("\n");
+  if (lines.length !== 4 || !/^[1-9][0-9]*$/.test(lines[1])) throw new Invalid("the checkpoint body is malformed");
+  const origin = lines[0];
+  const usable = keys.filter((k) => k.origin === origin);
+  if (!usable.length) throw new Invalid(`checkpoint of another log: "${origin}"`);
+  let signedBy = null;
+  for (const line of note.slice(cut + 2).split("\n")) {
+    if (!line) continue;
+    if (!line.startsWith("\u2014 ")) throw new Invalid("malformed signature line in the checkpoint");
+    const [name, sigB64] = line.slice(2).split(" ");
+    const sig = b64decode(sigB64 || "", "checkpoint signature");
+    for (const k of usable) {
+      if (name !== k.origin || sig.length !== 68 || !equal(sig.slice(0, 4), k.id)) continue;
+      const pub = await crypto.subtle.importKey("raw", k.raw.slice(1), { name: "Ed25519" }, false, ["verify"]);
+      if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, sig.slice(4), enc.encode(body)))) {
+        throw new Invalid("the checkpoint's Ed25519 signature does not verify");
+      }
+      signedBy = k;
+    }
+  }
+  if (!signedBy) throw new Invalid("the checkpoint is not signed by a published note key");
+  const root = b64decode(lines[2], "checkpoint root");
+  if (root.length !== 32) throw new Invalid("the checkpoint root is not a SHA-256 hash");
+  steps.push(`checkpoint signed (Ed25519) by ${origin}+${signedBy.keyHex}: tree of ${lines[1]} leaves`);
+  return { origin, size: Number(lines[1]), root };
+}
+
+// RFC 9162 2.1.3.2: the root that `proof` leads to from leaf `index` of a tree of `size`.
+async function walkInclusion(index, size, leaf, proof) {
+  if (!Number.isSafeInteger(index) || index < 0) throw new Invalid("the receipt's index is not a leaf index");
+  if (!Array.isArray(proof)) throw new Invalid("the receipt's proof is not a list");
+  let fn = index, sn = size - 1, h = leaf;
+  if (fn > sn) throw new Invalid("the index is outside the signed tree");
+  for (const [i, p64] of proof.entries()) {
+    const p = b64decode(p64, `proof hash ${i}`);
+    if (p.length !== 32) throw new Invalid(`proof hash ${i} is not 32 bytes`);
+    if (sn === 0) throw new Invalid("the inclusion proof is too long");
+    if (fn % 2 === 1 || fn === sn) {
+      h = await sha256(Uint8Array.of(1), p, h);
+      while (fn !== 0 && fn % 2 === 0) { fn = Math.floor(fn / 2); sn = Math.floor(sn / 2); }
+    } else {
+      h = await sha256(Uint8Array.of(1), h, p);
+    }
+    fn = Math.floor(fn / 2); sn = Math.floor(sn / 2);
+  }
+  if (sn !== 0) throw new Invalid("the inclusion proof is too short");
+  return h;
+}
+
+const WIDTH = { BOOL: 1, UINT8: 1, INT8: 1, UINT16: 2, INT16: 2, UINT32: 4, INT32: 4, FP32: 4, UINT64: 8, INT64: 8, FP64: 8 };
+
+// docs/formats.md "Tensor digest": SHA-256 of the domain, datatype, shape and little-endian data.
+async function tensorDigest(datatype, shape, data) {
+  const w = WIDTH[datatype];
+  if (!w) return null;
+  const head = new DataView(new ArrayBuffer(4 + 8 * shape.length));
+  head.setUint32(0, shape.length, true);
+  shape.forEach((d, i) => head.setBigUint64(4 + 8 * i, BigInt(d), true));
+  const body = new DataView(new ArrayBuffer(w * data.length));
+  data.forEach((x, i) => {
+    const at = i * w;
+    switch (datatype) {
+      case "FP32": body.setFloat32(at, x, true); break;
+      case "FP64": body.setFloat64(at, x, true); break;
+      case "INT64": body.setBigInt64(at, BigInt(x), true); break;
+      case "UINT64": body.setBigUint64(at, BigInt(x), true); break;
+      case "INT32": body.setInt32(at, x, true); break;
+      case "UINT32": body.setUint32(at, x, true); break;
+      case "INT16": body.setInt16(at, x, true); break;
+      case "UINT16": body.setUint16(at, x, true); break;
+      case "INT8": body.setInt8(at, x); break;
+      default: body.setUint8(at, x ? 1 : 0);  // BOOL, UINT8
+    }
+  });
+  return hex(await sha256(enc.encode("verinfer.tensor.v1\0" + datatype + "\0"),
+    new Uint8Array(head.buffer), new Uint8Array(body.buffer)));
+}
+
+async function checkStatement(receipt, statement, version, steps) {
+  const p = statement.predicate || {};
+  if (statement.predicateType !== `https://verinfer.dev/receipt/${version}`) throw new Invalid(`the statement is not a ${version} receipt statement`);
+  if (p.requestId !== receipt.id) throw new Invalid("the receipt id is not the signed request id");
+  steps.push(`receipt id = the statement's requestId (${receipt.id.slice(0, 18)}…)`);
+  const want = new Map([[`model/${p.model?.name}`, p.model?.sha256], [`input/${p.input?.name}`, p.input?.digest]]);
+  for (const o of p.outputs || []) want.set(`output/${o.name}`, o.digest);
+  const subjects = statement.subject || [];
+  if (subjects.length !== want.size || subjects.some((s) => want.get(s.name) !== s.digest?.sha256)) {
+    throw new Invalid("the statement's subjects are not its model, input and output digests");
+  }
+  let recomputed = 0;
+  for (const o of p.outputs || []) {
+    const n = (o.shape || []).reduce((a, b) => a * b, 1);
+    if (!Array.isArray(o.data) || o.data.length !== n) throw new Invalid(`output ${o.name}: data does not fit its shape`);
+    const d = await tensorDigest(o.datatype, o.shape, o.data);
+    if (d === null) continue;
+    if (d !== o.digest) throw new Invalid(`output ${o.name}: its data does not hash to its digest`);
+    recomputed++;
+  }
+  steps.push(`subjects match the model, input and ${p.outputs?.length || 0} output digest(s); ${recomputed} output digest(s) recomputed from the data`);
+  steps.push(`model ${p.model?.name} v${p.model?.version} (sha256 ${String(p.model?.sha256).slice(0, 16)}…), answered ${p.time}, label ${JSON.stringify(p.label)}`);
+}
+
+const FORMATS = ["verinfer.receipt/v2", "verinfer.receipt/v1"];
+
+function receiptFromText(text) {
+  let obj;
+  try { obj = JSON.parse(text); } catch { throw new Invalid("not JSON"); }
+  if (obj && typeof obj.parameters?.receipt === "string") obj = JSON.parse(obj.parameters.receipt);  // a whole answer
+  if (!obj || typeof obj !== "object") throw new Invalid("not a receipt object");
+  if (!FORMATS.includes(obj.format)) throw new Invalid(`format ${JSON.stringify(obj.format)}: not a verinfer receipt`);
+  if (typeof obj.id !== "string" || !/^0x[0-9a-f]{64}$/.test(obj.id)) throw new Invalid("the receipt id is malformed");
+  return obj;
+}
+
+// Throws Invalid (or another Error) unless `receipt` (v2) is logged under one of `noteKeys`.
+async function verifyReceiptV2(receipt, noteKeys, steps) {
+  const keys = [];
+  for (const vkey of noteKeys) keys.push(await checkNoteKey(parseNoteKey(vkey)));
+  const cp = await checkCheckpoint(receipt.checkpoint, keys, steps);
+  const data = b64decode(receipt.statement, "statement");
+  const root = await walkInclusion(receipt.index, cp.size, await sha256(Uint8Array.of(0), data), receipt.proof);
+  if (!equal(root, cp.root)) throw new Invalid("the statement is not in the signed tree (inclusion proof does not lead to the checkpoint root)");
+  steps.push(`statement (${data.length} bytes) is leaf ${receipt.index}: inclusion proof of ${receipt.proof.length} hash(es) leads to the signed root`);
+  let statement;
+  try { statement = JSON.parse(dec.decode(data)); } catch { throw new Invalid("the logged statement is not JSON"); }
+  await checkStatement(receipt, statement, "v2", steps);
+  return statement;
+}
+
+// v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
+// (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
+async function verifyReceiptV1(receipt, jwks, steps) {
+  const env = receipt.envelope || {};
+  const type = "application/vnd.in-toto+json";
+  if (env.payloadType !== type) throw new Invalid("unexpected DSSE payloadType");
+  if (!Array.isArray(env.signatures) || !env.signatures.length) throw new Invalid("the envelope has no signatures");
+  const payload = b64decode(env.payload, "payload");
+  const pae = concat(enc.encode(`DSSEv1 ${type.length} ${type} ${payload.length} `), payload);
+  const signers = new Map();
+  for (const s of env.signatures) {
+    const jwk = (jwks.keys || []).find((k) => k.kid === s.keyid && k.kty === "OKP" && k.crv === "Ed25519");
+    if (!jwk) throw new Invalid(`signed by ${s.keyid}, a key not in the server's JWKS`);
+    const pub = await crypto.subtle.importKey("jwk", { kty: "OKP", crv: "Ed25519", x: jwk.x }, { name: "Ed25519" }, false, ["verify"]);
+    if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, b64decode(s.sig, "signature"), pae))) {
+      throw new Invalid(`the Ed25519 signature by ${s.keyid} does not verify`);
+    }
+    signers.set(s.keyid, jwk);
+  }
+  steps.push(`DSSE envelope signed (Ed25519) by ${[...signers.keys()].join(", ")}`);
+  let statement;
+  try { statement = JSON.parse(dec.decode(payload)); } catch { throw new Invalid("the signed payload is not JSON"); }
+  const p = statement.predicate || {};
+  const jwk = signers.get(p.keyId);
+  if (!jwk) throw new Invalid("the statement's keyId is not the key that signed it");
+  if (jwk.revoked_at && !(Date.parse(p.time) < Date.parse(jwk.revoked_at))) {
+    throw new Invalid(`signed at ${p.time}, when its key was revoked (${jwk.revoked_at})`);
+  }
+  await checkStatement(receipt, statement, "v1", steps);
+  return statement;
+}
+
+async function fetchJson(path, what) {
+  const r = await fetch(path);
+  if (!r.ok) throw new CannotCheck(`${what} could not be fetched (HTTP ${r.status})`);
+  return r.json();
+}
+
+
+async function onVerify() {
+  const verdict = $("verdict"), list = $("steps");
+  const steps = [];
+  verdict.dataset.state = "checking"; verdict.textContent = "checking…"; list.replaceChildren();
+  let state, message;
+  try {
+    if (!window.crypto?.subtle) {  // plain http to another host than localhost
+      throw new CannotCheck("this browser offers no WebCrypto here: open the page over HTTPS or on localhost");
+    }
+    const receipt = receiptFromText($("receipt-input").value.trim());
+    const own = $("own-keys").checked;
+    if (receipt.format === "verinfer.receipt/v1") {
+      if (own) throw new CannotCheck("a v1 receipt is checked against the server's JWKS, not note keys");
+      const jwks = await fetchJson("/.well-known/jwks.json", "the JWKS");
+      steps.push(`v1 receipt; ${jwks.keys?.length || 0} key(s) from /.well-known/jwks.json`);
+      await verifyReceiptV1(receipt, jwks, steps);
+    } else {
+      const noteKeys = own ? $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean)
+        : (await fetchJson("/.well-known/verinfer-log.json", "the log keys")).note_keys || [];
+      steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
+      await verifyReceiptV2(receipt, noteKeys, steps);
+    }
+    if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
+    state = "valid"; message = "VALID: checked in this browser";
+  } catch (e) {
+    if (e instanceof CannotCheck || e.name === "NotSupportedError") {
+      state = "error";
+      message = `CANNOT CHECK: ${e instanceof CannotCheck ? e.message
+        : "this browser's WebCrypto has no Ed25519 (Chrome 137+, Firefox 129+, Safari 17+ have it)"}`;
+    } else {  // fail closed: anything else wrong with the receipt makes it invalid
+      state = "invalid"; message = `INVALID: ${e instanceof Invalid ? e.message : `${e.name}: ${e.message}`}`;
+    }
+  }
+  for (const s of steps) list.append(el("li", { class: "ok" }, s));
+  if (state !== "valid") list.append(el("li", { class: "bad" }, message.slice(message.indexOf(": ") + 2)));
+  verdict.dataset.state = state; verdict.textContent = message;
+}
+
+// ---------------------------------------------------------------- drawing
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  e.append(...children.filter((c) => c !== null && c !== undefined));
+  return e;
+}
+
+function svg(tag, attrs = {}, text) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+const W = 340, H = 140, PAD = 24;
+
+function barChart(target, items) {
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const max = Math.max(1, ...items.map((i) => i.value));
+  const bw = (W - PAD) / Math.max(1, items.length);
+  items.forEach((it, i) => {
+    const h = ((H - 2 * PAD) * it.value) / max;
+    const x = PAD + i * bw;
+    root.append(svg("rect", { x: x + 2, y: H - PAD - h, width: Math.max(1, bw - 4), height: h, fill: it.color || "#2b6cb0" }));
+    root.append(svg("text", { x: x + bw / 2, y: H - PAD + 12, "text-anchor": "middle" }, it.label));
+    root.append(svg("text", { x: x + bw / 2, y: H - PAD - h - 3, "text-anchor": "middle" }, fmt(it.value)));
+  });
+  if (!items.length) root.append(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle" }, "no data yet"));
+  target.replaceChildren(root);
+}
+
+function lineChart(target, points) {
+  const root = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const max = Math.max(1e-9, ...points.map((p) => p[1]));
+  const t0 = points.length ? points[0][0] : 0, t1 = points.length ? points[points.length - 1][0] : 1;
+  const x = (t) => PAD + ((W - 2 * PAD) * (t - t0)) / Math.max(1, t1 - t0);
+  const y = (v) => H - PAD - ((H - 2 * PAD) * v) / max;
+  root.append(svg("line", { x1: PAD, y1: H - PAD, x2: W - PAD, y2: H - PAD, stroke: "#d9dee4" }));
+  if (points.length > 1) {
+    root.append(svg("polyline", { fill: "none", stroke: "#2b6cb0", "stroke-width": 2,
+      points: points.map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ") }));
+  }
+  if (points.length) root.append(svg("text", { x: PAD, y: PAD - 8 }, `max ${fmt(max)}`));
+  root.append(svg("text", { x: W - PAD, y: H - PAD + 12, "text-anchor": "end" },
+    points.length ? `now: ${fmt(points[points.length - 1][1])}` : "no data yet"));
+  target.replaceChildren(root);
+}
+
+function fmt(v) {
+  if (v === null || v === undefined) return "–";
+  if (Number.isInteger(v)) return String(v);
+  return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(2);
+}
+
+const shortId = (s) => (s ? `${s.slice(0, 14)}…` : "–");
+const when = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "–");
+
+// Cumulative Prometheus buckets -> one bar per bucket, empty buckets at both ends left out.
+function histogramBars(h) {
+  let prev = 0;
+  const bars = (h?.buckets || []).map(([le, n]) => {
+    const bar = { label: le === "+Inf" ? "inf" : `≤${fmt(le)}`, value: n - prev };
+    prev = n;
+    return bar;
+  });
+  const first = bars.findIndex((b) => b.value > 0);
+  if (first < 0) return [];
+  let last = bars.length - 1;
+  while (bars[last].value === 0) last--;
+  return bars.slice(first, last + 1);
+}
+
+// ---------------------------------------------------------------- the status snapshot
+const history = { rate: [], log: [] };
+let lastTotal = null;
+
+function authHeaders() {
+  const key = sessionStorage.getItem("verinfer-api-key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+async function refresh() {
+  let s;
+  try {
+    const r = await fetch("/v1/status", { headers: authHeaders() });
+    $("auth").hidden = !(r.status === 401 || r.status === 403);
+    if (!r.ok) throw new Error(`GET /v1/status: HTTP ${r.status}`);
+    s = await r.json();
+    $("status-error").hidden = true;
+  } catch (e) {
+    $("status-error").hidden = false; $("status-error").textContent = e.message;
+    return;
+  }
+  draw(s);
+}
+
+function draw(s) {
+  $("ready").textContent = s.ready ? "ready" : "not ready";
+  $("ready").className = `pill ${s.ready ? "ok" : "bad"}`;
+  $("logsize").textContent = s.log ? `log: ${s.log.size} leaves (${s.log.origin})` : "no receipt log";
+  const q = s.proof_queue;
+  $("queue").textContent = q ? `proof queue: ${q.jobs.queued || 0} queued, ${q.jobs.running || 0} running (max ${q.max_queued})` : "no proof jobs";
+
+  $("models-body").replaceChildren(...s.models.map((m) => el("tr", {},
+    el("td", {}, m.name), el("td", {}, m.version), el("td", {}, m.platform),
+    el("td", { class: "mono", title: m.sha256 }, shortId(m.sha256)),
+    el("td", {}, `${m.input.name} ${m.input.datatype} [${m.input.shape.join(", ")}]`),
+    el("td", {}, `≤ ${m.batching.max_batch_size} rows, ${m.batching.max_queue_delay_ms} ms`),
+    el("td", {}, circuitText(m.circuit)))));
+
+  const now = Date.now() / 1000;
+  const total = Object.values(s.metrics.requests_by_status).reduce((a, b) => a + b, 0);
+  if (lastTotal) history.rate.push([now, Math.max(0, (total - lastTotal[1]) / Math.max(1e-3, now - lastTotal[0]))]);
+  lastTotal = [now, total];
+  if (s.log) history.log.push([now, s.log.size]);
+  for (const k of Object.keys(history)) history[k] = history[k].slice(-90);
+  lineChart($("chart-rate"), history.rate);
+  lineChart($("chart-log"), history.log);
+  barChart($("chart-status"), Object.entries(s.metrics.requests_by_status).sort()
+    .map(([k, v]) => ({ label: k, value: v, color: k.startsWith("2") ? "#137333" : "#b3261e" })));
+  const lat = s.metrics.verinfer_request_duration_seconds;
+  $("latency-q").textContent = `p50 ${fmt(lat.p50)} · p95 ${fmt(lat.p95)} · p99 ${fmt(lat.p99)}`;
+  barChart($("chart-latency"), histogramBars(lat));
+  barChart($("chart-batch"), histogramBars(s.metrics.verinfer_batch_rows));
+  barChart($("chart-proofs"), ["queued", "running", "done", "failed"]
+    .map((k) => ({ label: k, value: s.metrics.proof_jobs[k] || 0 })));
+
+  $("receipts-body").replaceChildren(...s.recent_receipts.map((r) => el("tr", {},
+    el("td", { class: "mono", title: r.id }, shortId(r.id)), el("td", {}, r.model), el("td", {}, when(r.created)),
+    el("td", {}, r.index ?? "–"), el("td", {}, r.status),
+    el("td", {}, r.proof ? `${r.proof.status}${r.proof.outcome ? ` (${r.proof.outcome})` : ""}` : "–"),
+    el("td", {}, checkButton(r.id, r.format === "verinfer.receipt/v2")))));
+  $("proofs-body").replaceChildren(...s.recent_proofs.map((j) => el("tr", {},
+    el("td", { class: "mono", title: j.id }, shortId(j.id)), el("td", {}, j.model), el("td", {}, j.status),
+    el("td", {}, j.outcome || j.stage || j.error || "–"), el("td", {}, String(j.attempts)), el("td", {}, when(j.created)),
+    el("td", {}, j.finished && j.started ? fmt(j.finished - j.started) : "–"))));
+}
+
+function circuitText(c) {
+  if (!c) return "none registered";
+  if (c.error) return c.error;
+  return `${shortId(c.package_id)} logrows ${c.logrows}, ${c.num_rows ?? "?"} rows, ${c.ops} ops, input ${c.input_visibility}` +
+    `${c.prove_seconds ? `, prove ≈${fmt(c.prove_seconds)} s` : ""}${c.srs.insecure ? ", dev SRS (insecure)" : ""}` +
+    `${c.for_served_model ? "" : " (for another model file)"}`;
+}
+
+function checkButton(id, logged) {
+  const b = el("button", { type: "button" }, "check");
+  b.addEventListener("click", async () => {  // fetches the receipt; the check itself stays here
+    $("verdict").dataset.state = "checking"; $("verdict").textContent = "fetching…";
+    const r = await fetch(`/v1/receipts/${encodeURIComponent(id)}${logged ? "?fresh=1" : ""}`);
+    $("receipt-input").value = await r.text();
+    $("check").scrollIntoView();
+    await onVerify();
+  });
+  return b;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("verify").addEventListener("click", onVerify);
+  $("apikey-save").addEventListener("click", () => {
+    sessionStorage.setItem("verinfer-api-key", $("apikey").value.trim());
+    refresh();
+  });
+  refresh();
+  setInterval(refresh, 2000);
+});

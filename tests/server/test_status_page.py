@@ -1,0 +1,251 @@
+"""The status page at ``/`` with a real server process, in headless Chromium (Debian's
+``chromium``, driven by Playwright with the system browser: no browser download).
+
+The receipt check runs in the page's JavaScript (WebCrypto Ed25519 and SHA-256): a real
+answer's receipt is shown valid, the same receipt with one statement byte or one proof hash
+flipped is shown invalid. A screenshot goes to the test's tmp dir, and to
+``docs/status-page.png`` when ``VERINFER_STATUS_SCREENSHOT=1``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from testkit.server_process import REPO_ROOT
+from tests.tlog_support import doc_block
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+DOC_NOTE_KEY = "example.com/verinfer/log+58a0695e+AUBKwP9djnvpI1WkzSnZ1cQWeHTGZhgm8HDhrOmKqUo1"
+IRIS = [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]
+
+
+def _flip_b64(text: str, at: int = 0) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[at] ^= 0x80
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _v1_receipt(home: Path, v2: dict) -> dict:
+    """The v2 receipt's statement as a v1 receipt (a DSSE envelope), signed with the server's
+    active key (in the test's data dir), checked by the Python verifier first."""
+    from server.receipts.keys import load_keys
+    from server.settings import ServerSettings
+    from verifier.receipts import Receipt, Statement, sign_envelope, verify_receipt
+
+    keys = load_keys(ServerSettings(home=home), create=False)
+    st = json.loads(base64.b64decode(v2["statement"]))
+    pred = {k: v for k, v in st["predicate"].items() if k != "eip712"}
+    statement = Statement.model_validate({**st, "predicateType": "https://verinfer.dev/receipt/v1",
+                                          "predicate": {**pred, "keyId": keys.kid}})
+    receipt = Receipt(id=v2["id"], envelope=sign_envelope(statement, keys.kid, keys.ed25519.sign))
+    verify_receipt(receipt, keys.jwks)
+    return receipt.model_dump(mode="json")
+
+
+def _flip_statement_byte(receipt: dict) -> dict:
+    data = bytearray(base64.b64decode(receipt["statement"]))
+    data[len(data) // 2] ^= 0x01
+    return {**receipt, "statement": base64.b64encode(bytes(data)).decode()}
+
+
+def _flip_proof_hash(receipt: dict) -> dict:
+    return {**receipt, "proof": [_flip_b64(receipt["proof"][0]), *receipt["proof"][1:]]}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (make setup installs it with apt-get)")
+    from playwright.sync_api import sync_playwright  # the dev extra's: missing is a set-up error
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _answer(server) -> dict:
+    """Several answers (so the log has a tree with a non-empty proof), the last one's receipt."""
+    for _ in range(3):
+        status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer", {"inputs": IRIS})
+        assert status == 200, body
+    return json.loads(body["parameters"]["receipt"])
+
+
+def _verdict(page, receipt: dict | str) -> tuple[str, str]:
+    page.fill("#receipt-input", receipt if isinstance(receipt, str) else json.dumps(receipt))
+    page.click("#verify")
+    v = page.locator("#verdict")
+    _wait_verdict(page)
+    return v.get_attribute("data-state"), v.inner_text()
+
+
+def _wait_verdict(page) -> None:
+    """Until the check has ended (selectors, not page JavaScript: the page's CSP forbids eval)."""
+    page.locator("#verdict:not([data-state=checking]):not([data-state=none])").wait_for()
+
+
+def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_path):
+    server = start_server(tmp_path / "home")
+    receipt = _answer(server)
+    assert receipt["format"] == "verinfer.receipt/v2" and receipt["proof"], receipt
+
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base + "/")
+    # the status snapshot: the served models, the log's size, the recent receipts
+    page.wait_for_selector("#receipts-body tr")
+    models = page.locator("#models-body").inner_text()
+    assert "iris_mlp" in models and "digits_cnn" in models
+    assert page.locator("#logsize").inner_text().startswith("log: ")
+    assert receipt["id"][:14] in page.locator("#receipts-body").inner_text()
+    assert page.locator("#chart-status svg rect").count() >= 1  # 200s drawn
+
+    state, text = _verdict(page, receipt)
+    assert state == "valid", text
+    steps = page.locator("#steps").inner_text()
+    assert "checkpoint signed (Ed25519)" in steps and "inclusion proof" in steps, steps
+    page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
+    if os.environ.get("VERINFER_STATUS_SCREENSHOT"):
+        shutil.copy(tmp_path / "status-page.png", REPO_ROOT / "docs" / "status-page.png")
+
+    state, text = _verdict(page, _flip_statement_byte(receipt))
+    assert state == "invalid" and "not in the signed tree" in text, text
+    state, text = _verdict(page, _flip_proof_hash(receipt))
+    assert state == "invalid" and "not in the signed tree" in text, text
+    state, text = _verdict(page, {**receipt, "id": "0x" + "11" * 32})
+    assert state == "invalid" and "request id" in text, text
+    note = receipt["checkpoint"]  # a signature byte changed: Ed25519 fails in WebCrypto
+    sig_at = note.rindex(" ") + 12
+    bad_sig = note[:sig_at] + ("A" if note[sig_at] != "A" else "B") + note[sig_at + 1:]
+    state, text = _verdict(page, {**receipt, "checkpoint": bad_sig})
+    assert state == "invalid" and "signature" in text, text
+    page.screenshot(path=str(tmp_path / "status-page-invalid.png"), full_page=True)
+
+    # a recent receipt's "check" button (fetches its bytes, checks them here), after an invalid one
+    page.locator("#receipts-body button").first.click()
+    page.locator("#verdict[data-state=valid]").wait_for()
+    # the whole answer pasted also works
+    state, text = _verdict(page, json.dumps({"parameters": {"receipt": json.dumps(receipt)}}))
+    assert state == "valid", text
+    # docs/formats.md's v2 vector, under its test note key typed in (not this server's keys)
+    page.check("#own-keys")
+    page.fill("#note-keys", DOC_NOTE_KEY)
+    state, text = _verdict(page, doc_block("v2-receipt-vector"))
+    assert state == "valid", text
+    assert "1 output digest(s) recomputed" in page.locator("#steps").inner_text()
+    state, text = _verdict(page, receipt)  # this server's receipt is not the test key's log
+    assert state == "invalid" and "another log" in text, text
+    page.uncheck("#own-keys")
+    # a v1 receipt (DSSE, before the log), signed with this server's key: checked against its JWKS
+    v1 = _v1_receipt(server.home, receipt)
+    state, text = _verdict(page, v1)
+    assert state == "valid" and "DSSE envelope signed" in page.locator("#steps").inner_text(), text
+    sig = v1["envelope"]["signatures"][0]
+    bad = {**sig, "sig": _flip_b64(sig["sig"])}
+    state, text = _verdict(page, {**v1, "envelope": {**v1["envelope"], "signatures": [bad]}})
+    assert state == "invalid" and "does not verify" in text, text
+    # no keys to check against: neither valid nor invalid
+    page.route("**/.well-known/verinfer-log.json", lambda route: route.fulfill(status=503, body="{}"))
+    state, text = _verdict(page, receipt)
+    assert state == "error" and "CANNOT CHECK" in text and "HTTP 503" in text, text
+    assert errors == []
+
+
+def test_status_json_and_static_files(start_server, tmp_path):
+    server = start_server(tmp_path / "home")
+    _answer(server)
+    status = server.get("/v1/status")
+    assert {m["name"] for m in status["models"]} >= {"iris_mlp", "digits_cnn"}
+    assert status["log"]["size"] >= 1 and status["recent_receipts"][0]["model"] == "iris_mlp"
+    assert status["metrics"]["requests_by_status"]["200"] >= 3
+    assert status["metrics"]["verinfer_request_duration_seconds"]["p50"] is not None
+    assert status["proof_queue"]["jobs"]["queued"] == 0
+    for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"),
+                       ("/static/status.css", "text/css")):
+        s, _, headers = _raw(server, path)
+        assert s == 200 and headers["content-type"].startswith(kind)
+        assert headers["content-security-policy"].startswith("default-src 'self'")
+    assert _raw(server, "/static/nope.js")[0] == 404
+
+
+def _raw(server, path: str):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.base + path, timeout=30) as r:
+            return r.status, r.read(), r.headers
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers
+
+
+def test_page_is_public_and_its_data_needs_a_key_under_auth(tmp_path):
+    """In process, auth on: ``/`` and ``/static/*`` answer without a key, ``/v1/status``
+    (recent receipt ids) only with one."""
+    from fastapi.testclient import TestClient
+
+    from server.auth import ApiKeyStore
+    from server.http.app import create_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", proof_workers=0)
+    store = ApiKeyStore(settings.apikeys_path)
+    _, token = store.create("basic", "alice")
+    try:
+        with TestClient(create_app(settings)) as client:
+            for path in ("/", "/static/status.js", "/static/status.css"):
+                assert client.get(path).status_code == 200, path
+            assert client.get("/v1/status").status_code == 401
+            r = client.get("/v1/status", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and r.json()["models"][0]["name"] == "iris_mlp"
+            assert r.json()["recent_receipts"] == [] and r.json()["log"]["size"] == 0
+    finally:
+        store.close()
+
+
+def test_recent_receipts_and_proof_requests_from_the_real_stores(tmp_path):
+    """The status page's read-only queries against the receipt and proof-job stores' own
+    schema: a second client's request for the same proof is listed with its own id and
+    receipt, and each receipt shows its own request's job state."""
+    from server.http.status import recent_proofs, recent_receipts
+    from server.proofs.store import JobStore
+    from server.receipts.store import ReceiptStore
+
+    path = tmp_path / "receipts.sqlite3"
+    receipts, jobs = ReceiptStore(path), JobStore(path)
+    try:
+        bodies = [json.dumps({"format": "verinfer.receipt/v2", "id": f"0x{i:064x}", "index": i})
+                  for i in range(3)]
+        receipts.put_many([(f"0x{i:064x}", "iris_mlp", 1000.0 + i, b) for i, b in enumerate(bodies)])
+        args = dict(model="iris_mlp", package_id="p" * 64, model_sha256="m" * 64, input_digest="d" * 64,
+                    input_json="{}", callback_url=None, max_active=10)
+        first, _ = jobs.submit(**args, receipt_id=f"0x{0:064x}", client="alice")
+        second, how = jobs.submit(**args, receipt_id=f"0x{1:064x}", client="bob")
+        assert how == "existing" and second.id != first.id
+        claimed = jobs.claim("w1", 60)
+        assert claimed is not None
+        jobs.finish(claimed[0].id, "proven", "{}")
+
+        listed = recent_receipts(path, log_size=2)
+        assert [r["index"] for r in listed] == [2, 1, 0]  # newest first
+        assert [r["status"] for r in listed] == ["logged", "in a checkpoint", "in a checkpoint"]
+        by_id = {r["id"]: r["proof"] for r in listed}
+        assert by_id[f"0x{0:064x}"] == {"id": first.id, "status": "done", "outcome": "proven"}
+        assert by_id[f"0x{1:064x}"]["id"] == second.id and by_id[f"0x{2:064x}"] is None
+        proofs = recent_proofs(path)
+        assert {p["id"] for p in proofs} == {first.id, second.id}
+        assert {p["job_id"] for p in proofs} == {first.id} and {p["outcome"] for p in proofs} == {"proven"}
+        assert recent_proofs(tmp_path / "absent.sqlite3") == []
+    finally:
+        jobs.close()
+        receipts.close()
