@@ -10,7 +10,7 @@ TORCH   := torch==2.13.0
 
 .PHONY: setup chromium serve demo lint test test-fast bench clean
 
-setup: $(STAMP) node_modules/.package-lock.json chromium
+setup: $(STAMP) node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -42,7 +42,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup lint
+test: setup chromium lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Unit and in-process tests only (no EZKL, chain or server process).
