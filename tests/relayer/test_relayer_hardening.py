@@ -99,7 +99,7 @@ class _QueueFullOnce:
     def __init__(self):
         self.submits = 0
 
-    def submit_x(self, model, x, receipt_id, callback):
+    def submit_x(self, model, x, receipt_id, callback, client=None):
         from server.errors import NoCircuitPackage, QueueFull
 
         self.submits += 1
