@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -142,3 +143,45 @@ def test_a_killed_writer_fails_only_what_it_held_and_comes_back(two):
     for t in texts:
         verify_receipt_v2(ReceiptV2.parse(t), jwks)
     assert check_history(s.fetch, jwks, texts) > 1
+
+
+def _get_from_each(s: ServerProcess, path: str, tries: int = 200) -> dict[str, bytes]:
+    """GET ``path`` on new connections until both processes answered: ``{index: body}``."""
+    bodies: dict[str, bytes] = {}
+
+    def one(_: int) -> tuple[str, bytes]:
+        with urllib.request.urlopen(s.base + path, timeout=30) as r:
+            return r.headers["Verinfer-Worker"].split(".")[0], r.read()
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(tries // 8):
+            bodies.update(pool.map(one, range(8)))
+            if len(bodies) == 2:
+                break
+    return bodies
+
+
+def test_every_get_answers_the_same_from_either_process(two):
+    s = two
+    status, body, _ = _post(s.base, 1)
+    assert status == 200, body
+    rid = body["parameters"]["receipt_id"]
+    for path in ("/v2/health/ready", "/v2", "/v2/models/digits_cnn", "/.well-known/jwks.json",
+                 "/.well-known/verinfer-log.json", "/v1/keys", "/v1/log/checkpoint",
+                 f"/v1/receipts/{rid}", "/v1/log/proof/consistency?from=1"):
+        bodies = _get_from_each(s, path)
+        assert set(bodies) == {"0", "1"}, path
+        assert bodies["0"] == bodies["1"], path
+
+
+def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
+    from tests.server.conftest import verinfer
+
+    r = verinfer(tmp_path / "home", "serve", "--workers", "0")
+    assert r.returncode == 2 and "workers" in r.stderr, r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = verinfer(tmp_path / "home", "serve", "--workers", "2", "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
