@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from testkit.server_process import ServerProcess
+from testkit.server_process import REPO_ROOT, VERINFER, ServerProcess
 from tests.tlog_support import check_history
 from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
 
@@ -175,7 +176,9 @@ def test_every_get_answers_the_same_from_either_process(two):
 
 
 def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
-    from tests.server.conftest import verinfer
+    def verinfer(home, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*VERINFER, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "VERINFER_HOME": str(home)})
 
     r = verinfer(tmp_path / "home", "serve", "--workers", "0")
     assert r.returncode == 2 and "workers" in r.stderr, r.stderr
