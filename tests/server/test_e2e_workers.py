@@ -188,3 +188,42 @@ def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
         r = verinfer(tmp_path / "home", "serve", "--workers", "2", "--port", str(busy.getsockname()[1]))
     assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _gone(pids: list[int], timeout: float = 60) -> bool:
+    """Whether every pid has exited (waiting up to ``timeout``: a hang guard)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_stops_all_and_a_killed_supervisor_leaves_no_orphans(tmp_path):
+    for how in ("sigterm", "kill9"):
+        s = ServerProcess(tmp_path / how, "--workers", "2")
+        try:
+            s.wait_ready()
+            end = time.monotonic() + 120
+            while "with 2 server processes" not in s.output():
+                assert time.monotonic() < end and s.proc.poll() is None, s.output()
+                time.sleep(0.1)
+            children = s.children(b"server.")
+            assert len(children) == 3, children  # two server processes and the writer
+            if how == "sigterm":
+                s.stop()
+                assert s.proc.returncode == 0, s.output()
+            else:
+                s.kill9()  # the children see their socket pair close and stop on their own
+            assert _gone(children), (how, s.output())
+        finally:
+            s.stop()
