@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.verinfer-setup
 # the range in pyproject.toml is already met and no CUDA build is pulled.
 TORCH   := torch==2.13.0
 
-.PHONY: setup chromium serve demo lint test test-fast bench clean
+.PHONY: setup chromium wrk serve demo lint test test-fast bench clean
 
 setup: $(STAMP) node_modules/.package-lock.json
 
@@ -32,6 +32,14 @@ chromium:
 		$(APT) install -y --no-install-recommends chromium \
 		|| { $(APT) update && $(APT) install -y --no-install-recommends chromium; }; }
 
+# Debian's wrk, the load generator of `python -m bench.workers --client wrk` (bench only, not
+# tests); only when absent, as chromium above.
+wrk:
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null \
+		|| { echo "no wrk and no apt-get: bench.workers --client wrk cannot run"; exit 0; }; \
+		$(APT) install -y --no-install-recommends wrk \
+		|| { $(APT) update && $(APT) install -y --no-install-recommends wrk; }; }
+
 serve: setup
 	$(BIN)/verinfer serve
 
@@ -50,9 +58,10 @@ test-fast: setup
 	$(BIN)/python -m pytest -m 'not ezkl and not chain and not e2e' $(PYTEST_ARGS)
 
 # Benchmarks print figures and write bench/results/*.json (minutes; never run by CI).
-bench: setup
+bench: setup wrk
 	$(BIN)/python -m bench.prove
 	$(BIN)/python -m bench.http_load
+	$(BIN)/python -m bench.workers --client $$(command -v wrk >/dev/null && echo wrk || echo python)
 	$(BIN)/python -m bench.gas
 	$(BIN)/python -m bench.audit
 

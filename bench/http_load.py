@@ -57,9 +57,10 @@ CONFIGS = {
 }
 
 
-def start(config: str, home: Path, port: int) -> subprocess.Popen:
+def start(config: str, home: Path, port: int, args: list[str] | None = None) -> subprocess.Popen:
+    """A server of ``CONFIGS[config]`` (or the ``verinfer`` arguments ``args``), once ready."""
     env = {**os.environ, "VERINFER_HOME": str(home), "VERINFER_MODELS": json.dumps([MODEL])}
-    args = CONFIGS[config]
+    args = args if args is not None else CONFIGS[config]
     if args is None:
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_app:create_app",
                "--port", str(port), "--log-level", "warning"]
@@ -238,6 +239,20 @@ def _median_point(points: list[dict]) -> dict:
     return {**ordered[len(ordered) // 2], "throughput_rps_rounds": [r["throughput_rps"] for r in points]}
 
 
+def ratio_range(num: list[dict], den: list[dict]) -> dict:
+    """Throughput ratios of two configurations, round by round: median, min and max."""
+    per_round = sorted(a["throughput_rps"] / b["throughput_rps"] for a, b in zip(num, den))
+    return {"median": round(statistics.median(per_round), 3),
+            "min": round(per_round[0], 3), "max": round(per_round[-1], 3)}
+
+
+def print_ratios(ratios: dict[str, dict[str, dict]]) -> None:
+    print("throughput ratios (median of rounds, [min, max]):")
+    for c, row in ratios.items():
+        for name, r in row.items():
+            print(f"  c={c:>4s}  {name:34s} {r['median']:.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="measurements of each point, interleaved")
@@ -282,15 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {}
         for name, (num, den) in RATIOS.items():
             if num in points and den in points:
-                per_round = sorted(a["throughput_rps"] / b["throughput_rps"]
-                                   for a, b in zip(points[num][c], points[den][c]))
-                row[name] = {"median": round(statistics.median(per_round), 3),
-                             "min": round(per_round[0], 3), "max": round(per_round[-1], 3)}
+                row[name] = ratio_range(points[num][c], points[den][c])
         ratios[str(c)] = row
-    print("throughput ratios (median of rounds, [min, max]):")
-    for c, row in ratios.items():
-        for name, r in row.items():
-            print(f"  c={c:>3s}  {name:34s} {r['median']:.3f}  [{r['min']:.3f}, {r['max']:.3f}]")
+    print_ratios(ratios)
     dev = device()
     out = {
         "benchmark": "http_load",
@@ -305,11 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"receipts_vs_no_signing": ">= 0.85", "batching_vs_no_batching at c=64": ">= 2.0"},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = args.out or REPO / "bench" / "results" / f"http_load-{'cpu' if dev == 'cpu' else 'cuda'}-{os.cpu_count()}cpu.json"
+    write_results(out, args.out)
+    return 0
+
+
+def write_results(out: dict, path: Path | None) -> None:
+    """``out`` to ``path``, default ``bench/results/<benchmark>-<cpu|cuda>-<cpus>cpu.json``."""
+    kind = "cpu" if out["device"] == "cpu" else "cuda"
+    path = path or REPO / "bench" / "results" / f"{out['benchmark']}-{kind}-{os.cpu_count()}cpu.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, help="dynamic batching: most samples per forward pass")
     p.add_argument("--max-queue-delay-ms", type=float, help="dynamic batching: longest wait for a batch")
     p.add_argument("--engine", choices=["torch", "onnx"], help="engine for the reference models")
+    p.add_argument("--workers", type=int, help="server processes sharing the port, with one receipt log "
+                   "writer for all (default 1; on CPU about cores/2)")
     p.add_argument("--receipt-workers", type=int, help="processes that sign and store receipts (default 1)")
     p.add_argument("--prover-executor", choices=["local", "ray"],
                    help="where proof jobs run: local worker processes (default) or a Ray cluster")
@@ -199,10 +201,15 @@ def serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
         engine=args.engine,
+        workers=args.workers,
         receipt_workers=args.receipt_workers,
         prover_executor=args.prover_executor,
         ray_address=args.ray_address,
     )
+    if settings.workers > 1:  # several processes on one port, one receipt log writer
+        from server.supervisor import Supervisor
+
+        return Supervisor(settings, args.log_level).run()
     import uvicorn
 
     from prover.ezkl_backend import use_ezkl_dir

@@ -167,6 +167,10 @@ class ServerSettings(Settings):
         True, description="Keep each one-sample answer's input with its receipt, so a proof "
         "can be asked for later by receipt id (POST /v1/proofs)."
     )
+    workers: int = Field(
+        1, ge=1, description="Server processes sharing the port (serve --workers; one receipt log "
+        "writer for all). On CPU about cores/2; 1: one process, as before.",
+    )
     receipt_workers: int = Field(
         1, ge=1, description="Processes that sign and store answers' receipts (more: for many cores).",
     )

@@ -105,6 +105,23 @@ class ServerProcess:
         if not self._log.closed:
             self._log.close()
 
+    def children(self, marker: bytes) -> list[int]:
+        """The server process's children whose command line contains ``marker`` (from /proc)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if ppid == self.proc.pid and marker in cmd:
+                pids.append(int(entry))
+        return pids
+
     def output(self) -> str:
         """The server's log so far, plus the tail of the prover workers' log if there is one."""
         if not self._log.closed:
@@ -121,6 +138,12 @@ class ServerProcess:
         """GET ``path`` and return its JSON body (raises on a non-2xx answer)."""
         with urllib.request.urlopen(self.base + path, timeout=30) as r:
             return json.loads(r.read())
+
+    def fetch(self, path: str) -> dict | str:
+        """GET ``path``: its JSON body, or its text when the answer is ``text/plain`` (a checkpoint)."""
+        with urllib.request.urlopen(self.base + path, timeout=30) as r:
+            body = r.read().decode()
+            return body if r.headers.get_content_type() == "text/plain" else json.loads(body)
 
     def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120):
         """``(status, json body, headers)``; an HTTP error status is returned, not raised."""

@@ -97,11 +97,18 @@ def create_app(
     models: dict[str, ServedModel] | None = None,
     keys: KeyRing | None = None,
     infer_route: bool = True,
+    receipt_writer: str | None = None,
+    background: bool = True,
+    worker: str | None = None,
 ) -> FastAPI:
     """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving.
 
     ``infer_route=False`` leaves the infer endpoint to FastAPI's routing instead of
-    :class:`server.http.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks)."""
+    :class:`server.http.infer_route.InferRoute` (same answers, ~2x slower; for tests and benchmarks).
+    For one of several processes of ``serve --workers`` (:mod:`server.supervisor`):
+    ``receipt_writer``, the shared receipt log writer's socket; ``background=False``, another
+    process runs the proof-job supervisor and the relayer; ``worker``, sent in every answer's
+    ``Verinfer-Worker`` header."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     log_reader = LogReader(settings.log_path) if settings.signing else None
@@ -109,7 +116,7 @@ def create_app(
     metrics = Metrics()
     if log_reader is not None:
         metrics.watch_log(log_reader)
-    service = InferenceService(settings, models, keys, store, metrics)
+    service = InferenceService(settings, models, keys, store, metrics, receipt_writer)
     jobs = None
     if store is not None:  # proofs link to receipts: no receipts, no proof jobs
         from server.proofs.jobs import ProofJobs
@@ -122,10 +129,10 @@ def create_app(
     async def lifespan(app: FastAPI):
         await service.start()
         if jobs is not None:
-            jobs.start()
+            jobs.start(supervise=background, shared=receipt_writer is not None)
         from server.relayer.relayer import start_in_server  # on-chain relayer, if relay_rpc is set
 
-        relayer = start_in_server(settings, keys, getattr(app.state, "jobs", None))
+        relayer = start_in_server(settings, keys, getattr(app.state, "jobs", None)) if background else None
         # Everything loaded so far (torch, the models, the app) lives as long as the server:
         # keep it out of the cyclic GC's generations, so that collections only walk what
         # requests allocate (a full collection otherwise walks ~1M objects: a ~100 ms stall).
@@ -236,7 +243,7 @@ def create_app(
     app.state.apikeys = apikeys
     from server.http.request_ids import RequestIds
 
-    app.add_middleware(RequestIds)  # outermost: the id is set for everything below, the gate included
+    app.add_middleware(RequestIds, worker=worker)  # outermost: the id is set for everything below, the gate included
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         # reached only with infer_route=False; declared for the OpenAPI docs either way

@@ -81,13 +81,23 @@ class ProofJobs:
         self._ended_mark = 0.0  # the newest finish time the waiters were told about
         # workers start with the first job (an idle server runs no prover processes)
         self._wanted = threading.Event()
+        self._shared = False
+        self._supervising = False
         self._lock = threading.Lock()
         self._circuits: dict[str, tuple[str, Circuit]] = {}  # model -> (names-file text, circuit)
         self.log_path = settings.home / "logs" / "prove-workers.log"
 
     # --- life cycle -----------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, supervise: bool = True, shared: bool = False) -> None:
+        """``supervise=False``: another process of the same server (``serve --workers``) runs the
+        prover workers and callbacks; this one only submits, and wakes its waiters when a job
+        ends. ``shared``: jobs may be queued by other processes: look for them in the store."""
+        self._shared, self._supervising = shared, supervise
+        if not supervise:
+            self._thread = threading.Thread(target=self._watch, name="verinfer-proof-waiters", daemon=True)
+            self._thread.start()
+            return
         # A job left running by a previous server process has no worker any more (they
         # die with their server): queue it again now, counting the attempt it used.
         for job in self.store.running():
@@ -112,7 +122,7 @@ class ProofJobs:
         for job in self.store.running():  # stopped on purpose: not the job's fault
             if job.worker in ours:
                 self.store.release(job.id, job.worker)
-        if self.ray is not None:
+        if self.ray is not None and self._supervising:
             self.ray.stop()
         self._callbacks.shutdown(wait=False, cancel_futures=True)
         self.store.close()
@@ -337,9 +347,27 @@ class ProofJobs:
                 log.exception("proof supervisor")
             self._stop.wait(0.2)
 
+    def _watch(self) -> None:
+        """Not the supervising process: only wake the requests waiting for their proofs."""
+        while not self._stop.is_set():
+            try:
+                self._check_waiters()
+            except Exception:
+                log.exception("proof waiters")
+            self._stop.wait(0.2)
+
+    def _check_waiters(self) -> None:
+        if self._waiters:  # requests waiting for their proofs: did a job end since we looked?
+            ended = self.store.last_finished()
+            if ended > self._ended_mark:
+                self._ended_mark = ended
+                self._notify_waiters()
+
     def _tick(self) -> None:
         s = self.settings
         now_m = time.monotonic()
+        if self._shared and not self._wanted.is_set() and self.store.counts().get("queued"):
+            self._wanted.set()  # queued by another server process
         for slot in self.slots:
             p = slot.proc
             if p is not None and p.poll() is not None:
@@ -374,11 +402,7 @@ class ProofJobs:
             if self.store.retry_or_fail(job.id, "lease expired (worker stopped responding)",
                                         s.proof_attempts, expect_worker=job.worker):
                 self._wake()
-        if self._waiters:  # requests waiting for their proofs: did a job end since we looked?
-            ended = self.store.last_finished()
-            if ended > self._ended_mark:
-                self._ended_mark = ended
-                self._notify_waiters()
+        self._check_waiters()
         for job in self.store.callbacks_due():
             with self._lock:
                 if job.id in self._in_flight:

@@ -14,11 +14,19 @@ pickle): ``(settings, models)`` -> ``("ready", kid)`` | ``("error", message)``; 
 ``(seq, BatchJob)`` -> ``(seq, [response body, ...], None)`` | ``(seq, None, message)``;
 ``None`` stops the child. The parent reads through asyncio streams: it never blocks on the
 child, so full socket buffers cannot deadlock.
+
+With ``verinfer serve --workers N`` (:mod:`server.supervisor`) one writer serves every server
+process: started as ``python -m server.receipts.worker --shared``, it listens on a Unix socket
+(mode 0600) and speaks the same protocol with each client connection (a client's ``None``
+ends its connection only); jobs waiting on any connection join one group (:func:`_serve`,
+the one loop of both modes). A client whose writer goes away fails what it held and
+connects again, waiting for the supervisor to restart the writer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -28,7 +36,7 @@ import struct
 import subprocess
 import sys
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
@@ -50,8 +58,10 @@ START_TIMEOUT_S = 60.0
 NICENESS = 5
 
 
-# Jobs the child takes from its socket at once (one log append, one checkpoint for all).
+# Jobs the writer takes from its sockets at once (one log append, one checkpoint for all).
 MAX_GROUP = 64
+# A shared writer's client says hello at once; one that does not is dropped.
+HELLO_TIMEOUT_S = 10.0
 
 
 def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, ModelInfo], jobs: list[BatchJob],
@@ -97,61 +107,166 @@ def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, Mode
     return out
 
 
-def _child(conn: Connection) -> None:
-    """The child's main loop: the receipt log's one writer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    os.nice(NICENESS)
-    from server.receipts.keys import load_keys
+class _Writer:
+    """The receipt log's one writer: its log, store and settings, and one group's work."""
 
-    try:
-        settings, models = conn.recv()
+    def __init__(self, settings: ServerSettings) -> None:
+        from server.receipts.keys import load_keys
+
         if settings.log_format == "json":  # the same log lines as the server's
             from server.logs import configure
 
             configure("json", "warning")
-        maker = LogReceipts(load_keys(settings, create=False), settings)
-        store = ReceiptStore(settings.receipts_path)
-    except Exception as exc:  # e.g. an unreadable key: the parent reports it  # noqa: BLE001
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", maker.keys.kid))
-    keep_inputs = settings.store_inputs
-    retention = settings.receipt_retention_s is not None or settings.receipt_retention_max is not None
-    next_prune = time.monotonic()
-    stop = False
-    while not stop:
-        try:
-            msgs = [conn.recv()]
-            # what else is waiting joins this group: one log append and one checkpoint for all
-            while msgs[-1] is not None and len(msgs) < MAX_GROUP and conn.poll(0):
-                msgs.append(conn.recv())
-        except (EOFError, OSError):  # the parent is gone
-            break
-        if msgs[-1] is None:
-            stop = True
-            msgs.pop()
-        if not msgs:
-            break
+        self.settings = settings
+        self.maker = LogReceipts(load_keys(settings, create=False), settings)
+        self.store = ReceiptStore(settings.receipts_path)
+        self.infos: dict[str, ModelInfo] = {}  # every client's models (they serve the same ones)
+        self.retention = settings.receipt_retention_s is not None or settings.receipt_retention_max is not None
+        self.next_prune = time.monotonic()
+
+    def group(self, msgs: list[tuple[int, BatchJob]]) -> list[tuple[int, list[bytes] | None, str | None]]:
+        """One log append and one checkpoint for every job in ``msgs``; a reply per job."""
         seqs, jobs = [m[0] for m in msgs], [m[1] for m in msgs]
         try:
-            replies = [(seq, None, r) if isinstance(r, str) else (seq, r, None) for seq, r in
-                       zip(seqs, make_receipts(maker, store, models, jobs, keep_inputs))]
+            return [(seq, None, r) if isinstance(r, str) else (seq, r, None) for seq, r in
+                    zip(seqs, make_receipts(self.maker, self.store, self.infos, jobs, self.settings.store_inputs))]
         except Exception as exc:  # the log or the store failed: the group fails
             log.exception("receipt batch failed")
             why = f"could not log or store the receipt: {type(exc).__name__}: {exc}"
-            replies = [(seq, None, why) for seq in seqs]
-        try:
-            for reply in replies:
+            return [(seq, None, why) for seq in seqs]
+
+    def after_group(self) -> None:
+        """The answers are out: WAL checkpoint when due (see ReceiptStore), prune now and then."""
+        if self.store.checkpoint_due:
+            self.store.checkpoint()
+        if self.retention and time.monotonic() >= self.next_prune:
+            self.next_prune = time.monotonic() + self.settings.receipt_prune_interval_s
+            _prune(self.store, self.settings)
+
+    def close(self) -> None:
+        self.store.close()
+        self.maker.log.close()
+
+
+def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | None = None,
+           control: int | None = None) -> None:
+    """The writer's loop, shared by both modes: every job waiting on any client connection
+    (up to :data:`MAX_GROUP`) joins one group: one log append and one checkpoint for all.
+    ``listener``: accept more clients (each says hello first); ``control``: a pipe whose end
+    (EOF) stops the writer. Without a listener it stops when its last connection ends."""
+    while conns or listener is not None:
+        watch: list[Any] = [*conns, *(x for x in (listener, control) if x is not None)]
+        ready = watch if len(watch) == 1 else wait(watch)  # one connection: its recv blocks
+        if control is not None and control in ready and not os.read(control, 4096):
+            break  # the supervisor stopped or is gone
+        if listener is not None and listener in ready:
+            _accept(writer, listener, conns)
+        msgs: list[tuple[Connection, tuple[int, BatchJob]]] = []
+        for conn in ready:
+            if not isinstance(conn, Connection):
+                continue
+            try:
+                while len(msgs) < MAX_GROUP:
+                    m = conn.recv()
+                    if m is None:  # the client stops
+                        _drop(conn, conns)
+                        break
+                    msgs.append((conn, m))
+                    if not conn.poll(0):
+                        break
+            except (EOFError, OSError):  # the client is gone
+                _drop(conn, conns)
+        if not msgs:
+            continue
+        replies = writer.group([m for _, m in msgs])
+        for (conn, _), reply in zip(msgs, replies):
+            if conn.closed:
+                continue
+            try:
                 conn.send(reply)
-        except OSError:  # the parent is gone
-            break
-        if store.checkpoint_due:  # the answers are out; see ReceiptStore
-            store.checkpoint()
-        if retention and time.monotonic() >= next_prune:  # the answers are out: prune now and then
-            next_prune = time.monotonic() + settings.receipt_prune_interval_s
-            _prune(store, settings)
-    store.close()
-    maker.log.close()
+            except OSError:  # that client is gone; the others still get theirs
+                _drop(conn, conns)
+        writer.after_group()
+
+
+def _drop(conn: Connection, conns: list[Connection]) -> None:
+    if conn in conns:
+        conns.remove(conn)
+    conn.close()
+
+
+def _hello(writer: _Writer, conn: Connection) -> None:
+    """A client's first message: ``(settings, models)`` -> ``("ready", kid)``."""
+    _, models = conn.recv()
+    writer.infos.update(models)
+    conn.send(("ready", writer.maker.keys.kid))
+
+
+def _accept(writer: _Writer, listener: socket.socket, conns: list[Connection]) -> None:
+    try:
+        sock, _ = listener.accept()
+    except OSError:
+        return
+    sock.setblocking(True)
+    conn = Connection(sock.detach())
+    try:
+        if not conn.poll(HELLO_TIMEOUT_S):
+            raise EOFError("no hello")
+        _hello(writer, conn)
+    except (EOFError, OSError, pickle.UnpicklingError, TypeError, ValueError) as exc:
+        log.warning("receipt writer: a client left before its hello (%s)", exc)
+        conn.close()
+        return
+    conns.append(conn)
+
+
+def _child(conn: Connection) -> None:
+    """A server's own writer, on a socket pair (one server process)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    os.nice(NICENESS)
+    try:
+        settings, models = conn.recv()
+        writer = _Writer(settings)
+        writer.infos.update(models)
+    except Exception as exc:  # e.g. an unreadable key: the parent reports it  # noqa: BLE001
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", writer.maker.keys.kid))
+    _serve(writer, [conn])
+    writer.close()
+
+
+def listen(path: str) -> socket.socket:
+    """The writer's Unix socket at ``path``, mode 0600 (any client may send pickles: only this
+    user's processes may connect); a stale socket file is replaced."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return sock
+
+
+def _shared() -> None:
+    """The shared writer of ``verinfer serve --workers N`` (started by :mod:`server.supervisor`):
+    ``(settings, socket path)`` pickled on stdin, which then stays open; its end stops the writer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    control = Connection(os.dup(0))
+    settings, path = control.recv()
+    writer = _Writer(settings)
+    listener = listen(path)
+    try:
+        _serve(writer, [], listener, control.fileno())
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        writer.close()
 
 
 def _prune(store: ReceiptStore, settings: ServerSettings) -> None:
@@ -168,8 +283,10 @@ def _prune(store: ReceiptStore, settings: ServerSettings) -> None:
 class ReceiptWorker:
     """The parent's handle: :meth:`sign` a batch from the event loop, await its receipts."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str) -> None:
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str,
+                 address: str | None = None) -> None:
         self.settings = settings
+        self.address = address  # the shared writer's Unix socket (server.supervisor); None: a child of ours
         self.kid = kid  # the child loads the keys itself; it must find this one active
         self.models = models
         self._proc: subprocess.Popen | None = None
@@ -183,30 +300,54 @@ class ReceiptWorker:
 
     # --- lifecycle ----------------------------------------------------------------
 
-    def _spawn(self) -> tuple[subprocess.Popen, socket.socket]:
-        """Start a child and wait for its ready message (blocking: run in a thread)."""
+    def _spawn(self) -> tuple[subprocess.Popen | None, socket.socket]:
+        """Start a child (or, with ``address``, reach the shared writer) and wait for its
+        ready message (blocking: run in a thread)."""
+        if self.address is not None:
+            return None, self._hello(self._dial(), None)
         ours, theirs = socket.socketpair()
         proc = subprocess.Popen([sys.executable, "-m", "server.receipts.worker", str(theirs.fileno())],
                                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         theirs.close()
+        return proc, self._hello(ours, proc)
+
+    def _dial(self) -> socket.socket:
+        """Connect to the shared writer's socket; while it (re)starts, try again for a while."""
+        end = time.monotonic() + START_TIMEOUT_S
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(self.address)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > end:
+                    raise NotReady("the receipt writer is not running") from None
+                time.sleep(0.1)
+
+    def _hello(self, ours: socket.socket, proc: subprocess.Popen | None) -> socket.socket:
         conn = Connection(os.dup(ours.fileno()))
         try:
             conn.send((self.settings, self.models))
             if not conn.poll(START_TIMEOUT_S):
-                proc.kill()
+                if proc is not None:
+                    proc.kill()
                 raise NotReady("the receipt signer did not start")
             try:
                 kind, detail = conn.recv()
             except EOFError:
-                raise NotReady(f"the receipt signer exited at start (code {proc.wait(5)})") from None
+                code = proc.wait(5) if proc is not None else None
+                raise NotReady(f"the receipt signer exited at start (code {code})") from None
             if kind != "ready":
-                proc.wait(5)
+                if proc is not None:
+                    proc.wait(5)
                 raise NotReady(f"the receipt signer could not start: {detail}")
             if detail != self.kid:  # e.g. `verinfer keys rotate` ran in between
-                proc.kill()
+                if proc is not None:
+                    proc.kill()
                 raise NotReady(f"the receipt signer loaded key {detail}, not the server's {self.kid};"
                                " restart the server")
-            return proc, ours
+            return ours
         except BaseException:
             ours.close()
             raise
@@ -289,8 +430,10 @@ class ReceiptWorker:
             self._writer = None
         if self._stopping:
             return
-        code = self._proc.poll() if self._proc is not None else None
-        log.error("receipt signer exited (code %s); restarting it", code)
+        if self._proc is None:
+            log.error("receipt writer connection lost; connecting again")
+        else:
+            log.error("receipt signer exited (code %s); restarting it", self._proc.poll())
         self._fail_pending("the receipt signer stopped; the answer was not signed")
         self._restarting = self._loop.create_task(self._restart())
 
@@ -305,11 +448,12 @@ class ReceiptWorker:
 
 class ReceiptPool:
     """``n`` receipt workers; a job goes to the one with the least in flight. With the receipt
-    log there is one (its one writer); the pool stays for the next step, several processes
-    feeding one log writer."""
+    log there is one (its one writer): a child of this process, or with ``address`` the
+    connection to the writer that several server processes share (``serve --workers``)."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int) -> None:
-        self.workers = [ReceiptWorker(settings, models, kid) for _ in range(n)]
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int,
+                 address: str | None = None) -> None:
+        self.workers = [ReceiptWorker(settings, models, kid, address) for _ in range(n)]
 
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self.workers))
@@ -335,5 +479,8 @@ def _frame(obj: Any) -> bytes:
     return struct.pack("!i", len(data)) + data
 
 
-if __name__ == "__main__":  # python -m server.receipts.worker FD (started by ReceiptWorker)
-    _child(Connection(int(sys.argv[1])))
+if __name__ == "__main__":
+    if sys.argv[1] == "--shared":  # python -m server.receipts.worker --shared (server.supervisor)
+        _shared()
+    else:  # python -m server.receipts.worker FD (started by ReceiptWorker)
+        _child(Connection(int(sys.argv[1])))

@@ -52,24 +52,6 @@ def _concurrently(base: str, n: int) -> list[tuple[int, dict]]:
     return out
 
 
-def _receipt_worker_pids(server_pid: int) -> list[int]:
-    """The server's receipt worker processes."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if ppid == server_pid and b"server.receipts.worker" in cmd:
-            pids.append(int(entry))
-    return pids
-
-
 def _check(server, status: int, resp: dict, jwks: dict) -> None:
     assert status == 200, resp
     receipt = ReceiptV2.parse(resp["parameters"]["receipt"])
@@ -105,7 +87,7 @@ def test_every_answer_is_signed_and_stored_before_it_is_sent(worker_server):
 def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_server):
     s = worker_server
     jwks = s.get("/.well-known/jwks.json")
-    (worker,) = _receipt_worker_pids(s.proc.pid)
+    (worker,) = s.children(b"server.receipts.worker")
     results: list = []
 
     async def client(k: int, stop: float) -> None:  # keep-alive HTTP/1.1, as fast as it answers
@@ -150,7 +132,7 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
     _check(s, status, resp, jwks)
     for status, resp in _concurrently(s.base, 32):
         _check(s, status, resp, jwks)
-    (replacement,) = _receipt_worker_pids(s.proc.pid)
+    (replacement,) = s.children(b"server.receipts.worker")
     answered = [resp["parameters"]["receipt"] for status, resp in results if status == 200]
     assert check_history(_get(s), jwks, answered) > 1
     assert replacement != worker

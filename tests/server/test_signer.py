@@ -177,3 +177,42 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
         notes.add(json.loads(json.loads(body)["parameters"]["receipt"])["checkpoint"])
     assert len(notes) == 1  # one checkpoint for the group
     store.close()
+
+
+def test_the_shared_writer_groups_the_jobs_of_every_connection(signer, tmp_path):
+    """``serve --workers``: jobs waiting on several server processes' connections join one
+    group (one log append, one checkpoint); each connection gets its own answers."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from server.receipts.worker import _serve, _Writer
+    from server.settings import ServerSettings
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+
+    _, keys = signer
+    writer = _Writer(ServerSettings(home=tmp_path))
+    info = _info()
+    writer.infos[info.name] = info
+    rng = np.random.default_rng(3)
+    pairs = [socket.socketpair() for _ in range(2)]
+    clients = [Connection(a.detach()) for a, _ in pairs]
+    for k, c in enumerate(clients):  # both wait before the writer looks
+        c.send((k, _job(info, [rng.normal(size=(1, 1, 8, 8)).astype(np.float32)], [f"c{k}"], ["FP32"])))
+    loop = threading.Thread(target=_serve, args=(writer, [Connection(b.detach()) for _, b in pairs]))
+    loop.start()
+    replies = [c.recv() for c in clients]
+    for c in clients:  # the writer drops a client that is gone, and stops with the last one
+        c.close()
+    loop.join(30)
+    assert not loop.is_alive()
+    writer.close()
+    notes = set()
+    for k, (seq, bodies, error) in enumerate(replies):
+        assert seq == k and error is None
+        resp = json.loads(bodies[0])
+        assert resp["id"] == f"c{k}"
+        receipt = ReceiptV2.parse(resp["parameters"]["receipt"])
+        verify_receipt_v2(receipt, keys.jwks)
+        notes.add(receipt.checkpoint)
+    assert len(notes) == 1  # one group: one checkpoint for both connections' jobs

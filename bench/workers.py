@@ -1,0 +1,154 @@
+"""``verinfer serve --workers N``: requests/s of N server processes against one, with receipts
+and with signing off (``digits_cnn``, one sample per request, loopback).
+
+Every configuration (N in ``--workers``, receipts and ``--no-signing``) is started first, then
+measured in turns: ``--rounds`` rounds, each measuring every configuration at every concurrency
+in a rotated order; a ratio (N against 1, same mode) is taken within a round and the median
+over rounds reported with its range, as in ``bench/http_load.py`` (whose servers, client and
+CPU accounting this reuses). The load comes from that benchmark's Python client (one process,
+uvloop) or, with ``--client wrk``, from ``wrk`` (threads in C, ``bench/wrk_infer.lua``), so
+that on a big machine the client is not the bottleneck. Also recorded: the CPU cores the
+whole server (supervisor, server processes, receipt writer) used. Figures go to stdout and to
+``bench/results/workers-<device>-<cpus>cpu.json``.
+
+    python -m bench.workers [--workers 1 2] [--rounds 3] [--duration 3] [--concurrency 64]
+                            [--client python|wrk] [--wrk-threads 4]
+
+On the 16-core GPU machine, in under 5 minutes: ``python -m bench.workers --workers 1 2 4 8 14
+--rounds 2 --duration 3 --concurrency 256 --client wrk --wrk-threads 8 --only receipts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.http_load import (
+    PATH,
+    _cpu_seconds,
+    _median_point,
+    bodies,
+    device,
+    free_port,
+    measure,
+    print_ratios,
+    ratio_range,
+    start,
+    write_results,
+)
+
+MODES = {"receipts": [], "no_signing": ["--no-signing"]}
+LUA = Path(__file__).with_name("wrk_infer.lua")
+
+
+def _seconds(text: str) -> float:
+    """wrk's latency figure (``812.00us``, ``1.20ms``, ``2.01s``) in seconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def measure_wrk(port: int, concurrency: int, warmup: float, duration: float, body_file: Path,
+                threads: int, pid: int) -> dict:
+    """One point driven by ``wrk`` (the requests of ``body_file``, one JSON body a line, in turn)."""
+    cmd = ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency), "--latency",
+           "-s", str(LUA), f"http://127.0.0.1:{port}{PATH.decode()}"]
+    env = {**os.environ, "WRK_BODIES": str(body_file)}
+    if warmup:
+        subprocess.run([*cmd[:-1], "-d", f"{max(1, round(warmup))}s", cmd[-1]], env=env,
+                       capture_output=True, check=True)
+    cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+    out = subprocess.run([*cmd[:-1], "-d", f"{max(1, round(duration))}s", cmd[-1]], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    cpu1, t1 = _cpu_seconds(pid), time.perf_counter()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"concurrency": concurrency, "throughput_rps": round(rps, 1),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+            "p50_ms": round(_seconds(lat["50"]) * 1e3, 3), "p99_ms": round(_seconds(lat["99"]) * 1e3, 3),
+            "server_cpu_cores": round((sum(cpu1) - sum(cpu0)) / (t1 - t0), 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="N to compare (1 first)")
+    ap.add_argument("--only", nargs="+", choices=list(MODES), default=list(MODES))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per point and round")
+    ap.add_argument("--warmup", type=float, default=0.5)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64])
+    ap.add_argument("--client", choices=["python", "wrk"], default="python")
+    ap.add_argument("--wrk-threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, help="JSON output file")
+    args = ap.parse_args(argv)
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        print("no wrk: `make wrk` (Debian's wrk package) or --client python", file=sys.stderr)
+        return 2
+    configs = {f"{mode}_n{n}": ["serve", "--workers", str(n), *MODES[mode]]
+               for mode in args.only for n in args.workers}
+    payload = bodies()
+    reqs = [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payload]
+    points: dict[str, dict[int, list[dict]]] = {c: {k: [] for k in args.concurrency} for c in configs}
+    names = list(configs)
+    with tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "bodies.jsonl"
+        body_file.write_bytes(b"\n".join(payload) + b"\n")
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
+        try:
+            for name, cmd in configs.items():
+                port = free_port()
+                servers[name] = (start(name, Path(tmp) / name, port, cmd), port)
+            for rnd in range(args.rounds):
+                order = names[rnd % len(names):] + names[: rnd % len(names)]
+                for c in args.concurrency:
+                    for name in order:
+                        proc, port = servers[name]
+                        if args.client == "wrk":
+                            r = measure_wrk(port, c, args.warmup, args.duration, body_file,
+                                            args.wrk_threads, proc.pid)
+                        else:
+                            r = measure(port, c, args.warmup, args.duration, reqs, proc.pid)
+                            r["server_cpu_cores"] = round(r["server_cpu_cores"] + r.pop("worker_cpu_cores"), 2)
+                        points[name][c].append(r)
+                        print(f"round {rnd + 1}/{args.rounds}  {name:16s} c={c:4d}  {r['throughput_rps']:9.1f} req/s"
+                              f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  server cores "
+                              f"{r['server_cpu_cores']}  errors {r['errors']}", flush=True)
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+            for proc, _ in servers.values():
+                proc.wait(timeout=60)
+
+    results = {name: [_median_point(points[name][c]) for c in args.concurrency] for name in names}
+    ratios: dict[str, dict] = {}
+    base = args.workers[0]
+    for c in args.concurrency:
+        row = {}
+        for mode in args.only:
+            for n in args.workers[1:]:
+                row[f"{mode}_n{n}_vs_n{base}"] = ratio_range(points[f"{mode}_n{n}"][c], points[f"{mode}_n{base}"][c])
+        ratios[str(c)] = row
+    print_ratios(ratios)
+    dev = device()
+    out = {
+        "benchmark": "workers", "model": "digits_cnn", "device": dev, "cpus": os.cpu_count(),
+        "python": platform.python_version(), "client": args.client, "rounds": args.rounds,
+        "duration_s": args.duration, "results": results, "throughput_ratios": ratios,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_results(out, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

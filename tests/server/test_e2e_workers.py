@@ -1,0 +1,229 @@
+"""``verinfer serve --workers 2`` with the real processes (server/supervisor.py): two server
+processes on one port feeding one receipt log writer; a killed server process or writer is
+replaced while the rest keeps answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from testkit.server_process import REPO_ROOT, VERINFER, ServerProcess
+from tests.tlog_support import check_history
+from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+
+pytestmark = pytest.mark.e2e
+
+DIGITS = [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}]
+
+
+def _post(base: str, k: int) -> tuple[int, dict, str]:
+    """One infer request on a new connection: (status, body, Verinfer-Worker)."""
+    body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
+    req = urllib.request.Request(base + "/v2/models/digits_cnn/infer", data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read()), r.headers["Verinfer-Worker"]
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers["Verinfer-Worker"]
+
+
+def _concurrently(base: str, n: int) -> list[tuple[int, dict, str]]:
+    """``n`` requests at once, each on its own connection."""
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda k: _post(base, k), range(n), timeout=90))
+
+
+def _until_both(base: str, results: list, rounds: int = 50) -> dict[str, set[str]]:
+    """Concurrent requests until both server processes have answered; ``{index: {pids}}``."""
+    by_index: dict[str, set[str]] = {}
+    for _ in range(rounds):
+        for status, body, worker in _concurrently(base, 16):
+            results.append((status, body, worker))
+            index, pid = worker.split(".")
+            by_index.setdefault(index, set()).add(pid)
+        if len(by_index) == 2:
+            break
+    return by_index
+
+
+def _writer_pid(s: ServerProcess) -> int:
+    (pid,) = s.children(b"--shared")
+    return pid
+
+
+@pytest.fixture
+def two(tmp_path):
+    s = ServerProcess(tmp_path / "home", "--workers", "2", "--max-batch-size", "8").wait_ready()
+    end = time.monotonic() + 120
+    while "with 2 server processes" not in s.output():  # the supervisor says so once both serve
+        assert time.monotonic() < end and s.proc.poll() is None, s.output()
+        time.sleep(0.1)
+    yield s
+    s.stop()
+
+
+def test_two_processes_serve_one_consistent_log(two):
+    s = two
+    results: list = []
+    by_index = _until_both(s.base, results)
+    assert set(by_index) == {"0", "1"}, by_index
+    jwks = s.get("/.well-known/jwks.json")
+    receipts = {w.split(".")[0]: [] for _, _, w in results}
+    for status, body, worker in results:
+        assert status == 200, body
+        receipts[worker.split(".")[0]].append(body["parameters"]["receipt"])
+        verify_receipt_v2(ReceiptV2.parse(body["parameters"]["receipt"]), jwks)
+    assert receipts["0"] and receipts["1"]
+    every = receipts["0"] + receipts["1"]
+    # one log: distinct leaves, and every checkpoint either process handed out is consistent
+    # with the latest (consistency proofs from the log API)
+    indexes = [ReceiptV2.parse(t).index for t in every]
+    assert len(set(indexes)) == len(indexes)
+    assert check_history(s.fetch, jwks, every) > 1
+    # each process's receipts are stored where the other one reads them
+    for text in (receipts["0"][0], receipts["1"][0]):
+        r = ReceiptV2.parse(text)
+        for _ in range(8):  # new connections: both processes answer GETs
+            assert ReceiptV2.parse(s.fetch(f"/v1/receipts/{r.id}")) == r
+
+
+def test_a_killed_server_process_is_replaced_and_the_other_keeps_answering(two):
+    s = two
+    by_index = _until_both(s.base, [])
+    assert set(by_index) == {"0", "1"}, by_index
+    (victim,) = by_index["1"]
+    os.kill(int(victim), signal.SIGKILL)
+    jwks = s.get("/.well-known/jwks.json")
+    answered = []
+    for k in range(20):  # answered throughout (by the other, until the new one is up)
+        status, body, _ = _post(s.base, k)
+        assert status == 200, body
+        answered.append(body["parameters"]["receipt"])
+    end = time.monotonic() + 120
+    back: dict[str, set[str]] = {}
+    while time.monotonic() < end:  # a new process 1 comes up (another pid)
+        back = _until_both(s.base, [], rounds=1)
+        if back.get("1", set()) - {victim}:
+            break
+        time.sleep(0.5)
+    assert back.get("1", set()) - {victim}, (back, s.output())
+    assert "server process 1" in s.output() and "signal 9" in s.output()
+    assert check_history(s.fetch, jwks, answered) >= 1
+
+
+def test_a_killed_writer_fails_only_what_it_held_and_comes_back(two):
+    s = two
+    jwks = s.get("/.well-known/jwks.json")
+    before: list = []
+    _until_both(s.base, before)
+    writer = _writer_pid(s)
+    os.kill(writer, signal.SIGKILL)
+    after = _concurrently(s.base, 16)  # they wait for the new writer (or fail cleanly: 503)
+    for status, body, _ in after:
+        assert status == 200 or (status == 503 and "receipt signer" in body["error"]), (status, body)
+    end = time.monotonic() + 90
+    while True:
+        status, body, _ = _post(s.base, 999)
+        if status == 200 or time.monotonic() > end:
+            break
+        time.sleep(0.2)
+    assert status == 200, (body, s.output())
+    again = _until_both(s.base, after)
+    assert set(again) == {"0", "1"}
+    assert _writer_pid(s) != writer
+    texts = [b["parameters"]["receipt"] for st, b, _ in before + after if st == 200]
+    for t in texts:
+        verify_receipt_v2(ReceiptV2.parse(t), jwks)
+    assert check_history(s.fetch, jwks, texts) > 1
+
+
+def _get_from_each(s: ServerProcess, path: str, tries: int = 200) -> dict[str, bytes]:
+    """GET ``path`` on new connections until both processes answered: ``{index: body}``."""
+    bodies: dict[str, bytes] = {}
+
+    def one(_: int) -> tuple[str, bytes]:
+        with urllib.request.urlopen(s.base + path, timeout=30) as r:
+            return r.headers["Verinfer-Worker"].split(".")[0], r.read()
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(tries // 8):
+            bodies.update(pool.map(one, range(8)))
+            if len(bodies) == 2:
+                break
+    return bodies
+
+
+def test_every_get_answers_the_same_from_either_process(two):
+    s = two
+    status, body, _ = _post(s.base, 1)
+    assert status == 200, body
+    rid = body["parameters"]["receipt_id"]
+    for path in ("/v2/health/ready", "/v2", "/v2/models/digits_cnn", "/.well-known/jwks.json",
+                 "/.well-known/verinfer-log.json", "/v1/keys", "/v1/log/checkpoint",
+                 f"/v1/receipts/{rid}", "/v1/log/proof/consistency?from=1"):
+        bodies = _get_from_each(s, path)
+        assert set(bodies) == {"0", "1"}, path
+        assert bodies["0"] == bodies["1"], path
+
+
+def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
+    def verinfer(home, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*VERINFER, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "VERINFER_HOME": str(home)})
+
+    r = verinfer(tmp_path / "home", "serve", "--workers", "0")
+    assert r.returncode == 2 and "workers" in r.stderr, r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = verinfer(tmp_path / "home", "serve", "--workers", "2", "--port", str(busy.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _gone(pids: list[int], timeout: float = 60) -> bool:
+    """Whether every pid has exited (waiting up to ``timeout``: a hang guard)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_stops_all_and_a_killed_supervisor_leaves_no_orphans(tmp_path):
+    for how in ("sigterm", "kill9"):
+        s = ServerProcess(tmp_path / how, "--workers", "2")
+        try:
+            s.wait_ready()
+            end = time.monotonic() + 120
+            while "with 2 server processes" not in s.output():
+                assert time.monotonic() < end and s.proc.poll() is None, s.output()
+                time.sleep(0.1)
+            children = s.children(b"server.")
+            assert len(children) == 3, children  # two server processes and the writer
+            if how == "sigterm":
+                s.stop()
+                assert s.proc.returncode == 0, s.output()
+            else:
+                s.kill9()  # the children see their socket pair close and stop on their own
+            assert _gone(children), (how, s.output())
+        finally:
+            s.stop()
