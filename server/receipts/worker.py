@@ -355,8 +355,11 @@ class ReceiptWorker:
             conn.close()
 
     async def _connect(self) -> None:
-        self._proc, sock = await asyncio.to_thread(self._spawn)
-        reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            self._proc, sock = await asyncio.to_thread(self._spawn)
+            reader, self._writer = await asyncio.open_unix_connection(sock=sock)
+        except OSError as exc:  # e.g. the shared writer died between accepting and answering: a 503
+            raise NotReady(f"could not reach the receipt signer ({type(exc).__name__})") from None
         self._reading = self._loop.create_task(self._read(reader), name="receipt-replies")
 
     async def start(self) -> None:
@@ -398,7 +401,11 @@ class ReceiptWorker:
         seq = self._seq
         fut = self._loop.create_future()
         self._pending[seq] = fut
-        self._writer.write(_frame((seq, job)))  # buffered: never blocks the loop
+        try:
+            self._writer.write(_frame((seq, job)))  # buffered: never blocks the loop
+        except (RuntimeError, OSError):  # the signer just died; its reader has not noticed yet
+            self._pending.pop(seq, None)
+            raise NotReady("the receipt signer stopped; the answer was not signed") from None
         return await fut
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
