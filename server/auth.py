@@ -4,7 +4,7 @@ A key is shown once, when it is created (``verinfer apikeys create``): ``vk_<id>
 the secret 32 random bytes. The store (``<home>/apikeys.sqlite3``) keeps the id, the tier, a
 name and the SHA-256 of the whole key: a 256-bit random secret needs no slow hash, and a
 leaked store reveals no usable key. Each key has a tier (settings ``tiers``): a request rate
-(token bucket, per server process), whether it may ask for proofs, and the most rows one
+(token bucket, shared by the server's processes), whether it may ask for proofs, and the most rows one
 request may carry. The HTTP gate is :mod:`server.http.auth`.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from pydantic import Field
 
 from server.errors import Forbidden, RateLimited, Unauthenticated
+from server.shared import SharedBuckets
 from server.sqlite import Schema, connect, transaction
 from verifier.base import Frozen
 from verifier.errors import InputError, NotFound
@@ -226,22 +227,37 @@ class ApiKeyStore:
         return key
 
 
-class RateLimiter:
-    """One token bucket per key id (in this process)."""
+def _take(tokens: float | None, last: float | None, tier: Tier, now: float) -> tuple[float, float, int]:
+    """A token bucket asked for one token at ``now``: its new (tokens, last), and 0 when the
+    token was taken, else the seconds until there is one (``Retry-After``)."""
+    if tokens is None or last is None:
+        tokens, last = float(tier.burst), now
+    now = max(now, last)  # another process may have refilled it a moment later than our clock read
+    tokens = min(float(tier.burst), tokens + (now - last) * tier.rate_per_s)
+    if tokens < 1.0:
+        return tokens, now, max(1, int((1.0 - tokens) / tier.rate_per_s + 0.999))
+    return tokens - 1.0, now, 0
 
-    def __init__(self) -> None:
+
+class RateLimiter:
+    """One token bucket per key id: in this process, or, with ``shared`` (``serve --workers``),
+    in a file that every process of the server uses (:class:`server.shared.SharedBuckets`), so
+    that N processes allow a key its tier's rate, not N times it."""
+
+    def __init__(self, shared: SharedBuckets | None = None) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}  # id -> (tokens, last time)
+        self.shared = shared
 
     def take(self, key_id: str, tier: Tier, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.get(key_id, (float(tier.burst), now))
-        tokens = min(float(tier.burst), tokens + (now - last) * tier.rate_per_s)
-        if tokens < 1.0:
-            self._buckets[key_id] = (tokens, now)
-            wait = max(1, int((1.0 - tokens) / tier.rate_per_s + 0.999))
+        now = time.monotonic() if now is None else now  # one clock for every process (Linux)
+        if self.shared is None:
+            tokens, last, wait = _take(*self._buckets.get(key_id, (None, None)), tier, now)
+            self._buckets[key_id] = (tokens, last)
+        else:
+            wait = self.shared.update(key_id, lambda tokens, last: _take(tokens, last, tier, now))
+        if wait:
             raise RateLimited(f"rate limit of this API key's tier exceeded ({tier.rate_per_s:g}/s)",
                               retry_after=wait)
-        self._buckets[key_id] = (tokens - 1.0, now)
 
 
 # The tier of the request being served (set by the HTTP gate; None: access control is off).

@@ -1,14 +1,23 @@
 """Prometheus metrics of one server (prometheus-client; ``GET /metrics``).
 
 Names follow Prometheus conventions: base units in the name, ``_total`` on counters. Request
-and inference figures are counted as they happen, in this process; proof-job figures are read
-from the job store when scraped, so they survive restarts and count every worker's jobs.
+and inference figures are counted as they happen; proof-job and log figures are read from the
+job store and the log when scraped, so they survive restarts and count every process's work.
 Each app has its own registry (several apps in one test process do not collide).
+
+``serve --workers N`` (N > 1): the supervisor gives the server processes an empty
+``PROMETHEUS_MULTIPROC_DIR`` (``<home>/run/prometheus``), so prometheus-client keeps each
+process's counts in files there; ``/metrics`` of any process adds up every process's files
+(:class:`MultiProcessCollector`: counters and histograms summed, the dead processes' included;
+``verinfer_server_processes`` summed over live processes only, the supervisor removing a dead
+one's with ``mark_process_dead``). The scrape-time figures are read once, not once per process.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -67,9 +76,20 @@ class _Log:
         yield c
 
 
+def multiprocess_dir() -> str | None:
+    """prometheus-client's multi-process folder (set by ``serve --workers`` for its processes)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+
+
 class Metrics:
     def __init__(self) -> None:
+        # the registry scraped: this process's metrics, or (serve --workers) every process's files
         r = self.registry = CollectorRegistry()
+        if multiprocess_dir() is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            MultiProcessCollector(self.registry)
+            r = CollectorRegistry()  # the metrics below live in files; not collected again here
         self.requests = Counter("verinfer_requests", "Infer requests answered, by model and HTTP "
                                 "status", ["model", "status"], registry=r)
         self.request_seconds = Histogram("verinfer_request_duration_seconds", "Infer request time "
@@ -91,6 +111,9 @@ class Metrics:
         self.signing_seconds = Histogram("verinfer_signing_duration_seconds", "Time a chunk of answers "
                                          "spends in the receipt stage (statements, log append, checkpoint, "
                                          "store)", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.processes = Gauge("verinfer_server_processes", "Server processes serving this port "
+                               "(serve --workers)", registry=r, multiprocess_mode="livesum")
+        self.processes.set(1)
         self._children: dict[tuple, tuple] = {}  # labelled children, made once (on every answer's path)
 
     def watch_proofs(self, store) -> None:

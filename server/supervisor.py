@@ -8,6 +8,10 @@ and runs its own uvicorn, event loop, batchers and engines; the kernel hands eac
 connection to whichever process accepts it first. Process 0 also runs the proof-job
 supervisor (prover workers, callbacks) and the relayer; every process answers every route
 from the same SQLite files. Each answer names its process in ``Verinfer-Worker: <index>.<pid>``.
+What must hold for the whole server lives in ``<home>/run``, made anew at each start
+(:mod:`server.shared`): prometheus-client's multi-process files (``/metrics`` of any process adds
+up all; a dead process's live gauges are dropped), the API keys' rate-limit buckets and the
+count of requests waiting for their proofs.
 
 A process that exits is started again (after 1, 2, 4 … 30 s when it keeps dying within 5 s of
 its start); the others keep serving, and the connections waiting on the shared socket are
@@ -33,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from server.settings import ServerSettings
+from server.shared import Shared, prepare
 
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after its start is restarted later
 STOP_TIMEOUT_S = 30.0
@@ -51,11 +56,12 @@ class _Child:
     next_start: float = 0.0
 
 
-def _spawn(args: list[str], hello: tuple, pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen, Connection]:
+def _spawn(args: list[str], hello: tuple, pass_fds: tuple[int, ...] = (),
+           env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Connection]:
     """Start ``python -m args`` with one end of a socket pair as its stdin; send ``hello`` on it."""
     ours, theirs = socket.socketpair()
     try:
-        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=theirs, pass_fds=pass_fds)
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdin=theirs, pass_fds=pass_fds, env=env)
     finally:
         theirs.close()
     conn = Connection(ours.detach())
@@ -96,6 +102,8 @@ class Supervisor:
         self.writer_path: Path | None = None
         self.writer: _Child | None = None
         self.workers = [_Child(f"server process {i}", i) for i in range(self.n)]
+        self.run_dir = settings.home / "run"  # state the server processes share (server/shared.py)
+        self.prometheus: Path | None = None
 
     # --- children ---------------------------------------------------------------------------
 
@@ -106,8 +114,10 @@ class Supervisor:
         else:
             fd = self.listener.fileno()
             hello = (self.settings, child.index, str(self.writer_path) if self.writer_path else None,
-                     self.log_level, fd)
-            child.proc, child.conn = _spawn(["server.supervisor"], hello, (fd,))
+                     self.log_level, fd, Shared(self.run_dir, child.index, self.n))
+            # before prometheus-client is imported there: its counts go to files /metrics adds up
+            env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.prometheus)}
+            child.proc, child.conn = _spawn(["server.supervisor"], hello, (fd,), env)
         child.started, child.ready = time.monotonic(), child.index < 0
 
     def _end(self, child: _Child, timeout: float) -> None:
@@ -138,6 +148,10 @@ class Supervisor:
         if child.conn is not None:
             child.conn.close()
             child.conn = None
+        if child.index >= 0:  # its live gauges leave /metrics; its counts stay in the totals
+            from prometheus_client.multiprocess import mark_process_dead
+
+            mark_process_dead(child.proc.pid, str(self.prometheus))
         child.proc, child.ready = None, False
         return True
 
@@ -155,6 +169,8 @@ class Supervisor:
             ReceiptStore(s.receipts_path).close()
             JobStore(s.receipts_path).close()
         self.listener = bind(s)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.prometheus = prepare(self.run_dir)
         port = self.listener.getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
@@ -234,7 +250,7 @@ class Supervisor:
 
 def _server_process() -> None:
     """One of the N server processes: ``(settings, index, writer socket, log level, listening
-    fd)`` from the supervisor on stdin (a socket pair); uvicorn on the inherited socket."""
+    fd, shared state)`` from the supervisor on stdin (a socket pair); uvicorn on the inherited socket."""
     import uvicorn
 
     from prover.ezkl_backend import use_ezkl_dir
@@ -242,12 +258,12 @@ def _server_process() -> None:
     from server.logs import configure
 
     ctl = Connection(os.dup(0))
-    settings, index, writer_path, log_level, fd = ctl.recv()
+    settings, index, writer_path, log_level, fd, shared_state = ctl.recv()
     sock = socket.socket(fileno=fd)
     log_config = configure(settings.log_format, log_level)
     use_ezkl_dir(settings)
     app = create_app(settings, receipt_writer=writer_path, background=index == 0,
-                     worker=f"{index}.{os.getpid()}")
+                     worker=f"{index}.{os.getpid()}", shared=shared_state)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from server.auth import CURRENT_TIER, ApiKeyStore, check_proofs_allowed
+from server.auth import CURRENT_TIER, ApiKeyStore, RateLimiter, check_proofs_allowed
 from server.errors import Conflict, Forbidden, error_body, error_response, status_for
 from server.http.auth import AuthGate
 from server.http.infer_route import InferRoute, read_body, response_headers
@@ -39,6 +39,7 @@ from server.receipts.keys import KeyRing, load_keys
 from server.receipts.store import ReceiptStore
 from server.receipts.translog import LogReader
 from server.settings import ServerSettings
+from server.shared import Shared
 from verifier.digests import compact_json
 from verifier.errors import InputError, VerinferError
 from verifier.keys import public_key_from_jwk
@@ -100,6 +101,7 @@ def create_app(
     receipt_writer: str | None = None,
     background: bool = True,
     worker: str | None = None,
+    shared: Shared | None = None,
 ) -> FastAPI:
     """Build the app. Raises :class:`InputError` (e.g. an unsafe key file) before serving.
 
@@ -108,7 +110,8 @@ def create_app(
     For one of several processes of ``serve --workers`` (:mod:`server.supervisor`):
     ``receipt_writer``, the shared receipt log writer's socket; ``background=False``, another
     process runs the proof-job supervisor and the relayer; ``worker``, sent in every answer's
-    ``Verinfer-Worker`` header."""
+    ``Verinfer-Worker`` header; ``shared``, where the API keys' rate limits and the sync proof
+    waiters are counted for every process (:mod:`server.shared`)."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     log_reader = LogReader(settings.log_path) if settings.signing else None
@@ -124,6 +127,8 @@ def create_app(
         jobs = ProofJobs(settings, service, store,
                          sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)))
         metrics.watch_proofs(jobs.store)
+        if shared is not None:
+            jobs.waiter_counts = shared.waiters()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -239,7 +244,8 @@ def create_app(
     apikeys = None
     if settings.auth_enabled:  # outermost: every request is checked before anything else
         apikeys = ApiKeyStore(settings.apikeys_path)
-        app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers)
+        app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers,
+                           limiter=RateLimiter(shared.buckets() if shared is not None else None))
     app.state.apikeys = apikeys
     from server.http.request_ids import RequestIds
 

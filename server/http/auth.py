@@ -42,11 +42,12 @@ def _token(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 class AuthGate:
-    def __init__(self, app: Any, store: ApiKeyStore, tiers: dict[str, Tier]) -> None:
+    def __init__(self, app: Any, store: ApiKeyStore, tiers: dict[str, Tier],
+                 limiter: RateLimiter | None = None) -> None:
         self.app = app
         self.store = store
         self.tiers = tiers
-        self.limiter = RateLimiter()
+        self.limiter = limiter or RateLimiter()  # serve --workers: one shared by every process
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http" or (scope["method"] in ("GET", "HEAD")

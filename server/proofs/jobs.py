@@ -78,6 +78,7 @@ class ProofJobs:
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
         self._in_flight: set[str] = set()
         self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
+        self.waiter_counts = None  # serve --workers: every process's waiters (server.shared.ProcessCounts)
         self._ended_mark = 0.0  # the newest finish time the waiters were told about
         # workers start with the first job (an idle server runs no prover processes)
         self._wanted = threading.Event()
@@ -255,11 +256,13 @@ class ProofJobs:
     async def wait(self, request_id: str, timeout_s: float) -> Job:
         """Wait until the job ends (or ``timeout_s`` passes), woken by the supervisor when a job
         ends (one store query per tick for every waiter, not a poll per waiter on the event
-        loop). At most ``max_sync_proof_waiters`` wait at once: past it :class:`QueueFull`."""
+        loop). At most ``max_sync_proof_waiters`` wait at once (in the whole server, under
+        ``serve --workers``): past it :class:`QueueFull`."""
         job = self.get(request_id)
         if job.status in ("done", "failed"):
             return job
-        if len(self._waiters) >= self.settings.max_sync_proof_waiters:
+        limit, counts = self.settings.max_sync_proof_waiters, self.waiter_counts
+        if not (counts.enter(limit) if counts is not None else len(self._waiters) < limit):
             raise QueueFull(f"{self.settings.max_sync_proof_waiters} requests already wait for their proofs; "
                             "ask with parameters.proof='async' and poll the job", self.settings.proof_retry_after_s)
         loop = asyncio.get_running_loop()
@@ -281,6 +284,8 @@ class ProofJobs:
             return job
         finally:
             self._waiters.discard(waiter)
+            if counts is not None:
+                counts.leave()
 
     def _notify_waiters(self) -> None:
         """Some job ended: wake every waiter (each checks its own job once)."""

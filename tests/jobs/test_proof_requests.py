@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from server.auth import RELAYER, ApiKeyStore, Tier
 from server.http.app import create_app
 from server.settings import ServerSettings
+from server.shared import Shared
 
 pytestmark = [pytest.mark.ezkl]
 
@@ -93,3 +94,22 @@ def test_sync_waiters_are_bounded(world):
     r = client.post("/v2/models/iris_mlp/infer", json={"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}},
                     headers=keys["alice"])
     assert r.status_code == 429 and "already wait" in r.json()["error"]
+
+
+def test_sync_waiters_are_bounded_for_the_whole_server(new_home):
+    """serve --workers: a place taken by a request waiting in another process counts here too;
+    once it leaves, a request here may wait (and answers with its job when the proof is not ready)."""
+    home = new_home()
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, max_sync_proof_waiters=1,
+                              sync_proof_timeout_s=0.5)
+    (home / "run").mkdir()
+    other = Shared(home / "run", 1, 2).waiters()  # process 1 of 2
+    assert other.enter(1)  # a request there waits for its proof
+    sync = {"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}}
+    with TestClient(create_app(settings, shared=Shared(home / "run", 0, 2))) as client:
+        r = client.post("/v2/models/iris_mlp/infer", json=sync)
+        assert r.status_code == 429 and "already wait" in r.json()["error"]
+        other.leave()
+        r = client.post("/v2/models/iris_mlp/infer", json=sync)
+        assert r.status_code == 200 and r.json()["parameters"]["proof_job_id"], r.json()
+    assert other.total() == 0

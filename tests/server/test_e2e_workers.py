@@ -15,6 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.server_process import REPO_ROOT, VERINFER, ServerProcess
 from tests.tlog_support import check_history
@@ -25,10 +26,11 @@ pytestmark = pytest.mark.e2e
 DIGITS = [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": [0.25] * 64}]
 
 
-def _post(base: str, k: int) -> tuple[int, dict, str]:
-    """One infer request on a new connection: (status, body, Verinfer-Worker)."""
+def _post(base: str, k: int, key: str | None = None) -> tuple[int, dict, str]:
+    """One infer request on a new connection (with API ``key``): (status, body, Verinfer-Worker)."""
     body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
-    req = urllib.request.Request(base + "/v2/models/digits_cnn/infer", data=body, method="POST")
+    req = urllib.request.Request(base + "/v2/models/digits_cnn/infer", data=body, method="POST",
+                                 headers={"X-API-Key": key} if key else {})
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read()), r.headers["Verinfer-Worker"]
@@ -36,10 +38,10 @@ def _post(base: str, k: int) -> tuple[int, dict, str]:
         return e.code, json.loads(e.read()), e.headers["Verinfer-Worker"]
 
 
-def _concurrently(base: str, n: int) -> list[tuple[int, dict, str]]:
+def _concurrently(base: str, n: int, key: str | None = None) -> list[tuple[int, dict, str]]:
     """``n`` requests at once, each on its own connection."""
     with ThreadPoolExecutor(n) as pool:
-        return list(pool.map(lambda k: _post(base, k), range(n), timeout=90))
+        return list(pool.map(lambda k: _post(base, k, key), range(n), timeout=90))
 
 
 def _until_both(base: str, results: list, rounds: int = 50) -> dict[str, set[str]]:
@@ -60,13 +62,17 @@ def _writer_pid(s: ServerProcess) -> int:
     return pid
 
 
-@pytest.fixture
-def two(tmp_path):
-    s = ServerProcess(tmp_path / "home", "--workers", "2", "--max-batch-size", "8").wait_ready()
+def _serving(s: ServerProcess) -> ServerProcess:
     end = time.monotonic() + 120
     while "with 2 server processes" not in s.output():  # the supervisor says so once both serve
         assert time.monotonic() < end and s.proc.poll() is None, s.output()
         time.sleep(0.1)
+    return s
+
+
+@pytest.fixture
+def two(tmp_path):
+    s = _serving(ServerProcess(tmp_path / "home", "--workers", "2", "--max-batch-size", "8").wait_ready())
     yield s
     s.stop()
 
@@ -96,6 +102,18 @@ def test_two_processes_serve_one_consistent_log(two):
             assert ReceiptV2.parse(s.fetch(f"/v1/receipts/{r.id}")) == r
 
 
+def _replaced(s: ServerProcess, victim: str, results: list) -> None:
+    """Until a new process 1 (not ``victim``) answers; the answers added to ``results``."""
+    end = time.monotonic() + 120
+    back: dict[str, set[str]] = {}
+    while time.monotonic() < end:  # a new process 1 comes up (another pid)
+        back = _until_both(s.base, results, rounds=1)
+        if back.get("1", set()) - {victim}:
+            return
+        time.sleep(0.5)
+    raise AssertionError((back, s.output()))
+
+
 def test_a_killed_server_process_is_replaced_and_the_other_keeps_answering(two):
     s = two
     by_index = _until_both(s.base, [])
@@ -108,14 +126,7 @@ def test_a_killed_server_process_is_replaced_and_the_other_keeps_answering(two):
         status, body, _ = _post(s.base, k)
         assert status == 200, body
         answered.append(body["parameters"]["receipt"])
-    end = time.monotonic() + 120
-    back: dict[str, set[str]] = {}
-    while time.monotonic() < end:  # a new process 1 comes up (another pid)
-        back = _until_both(s.base, [], rounds=1)
-        if back.get("1", set()) - {victim}:
-            break
-        time.sleep(0.5)
-    assert back.get("1", set()) - {victim}, (back, s.output())
+    _replaced(s, victim, [])
     assert "server process 1" in s.output() and "signal 9" in s.output()
     assert check_history(s.fetch, jwks, answered) >= 1
 
@@ -227,3 +238,61 @@ def test_sigterm_stops_all_and_a_killed_supervisor_leaves_no_orphans(tmp_path):
             assert _gone(children), (how, s.output())
         finally:
             s.stop()
+
+
+def _figures(text: str) -> dict[tuple[str, tuple], float]:
+    return {(m.name, tuple(sorted(m.labels.items()))): m.value
+            for family in text_string_to_metric_families(text) for m in family.samples}
+
+
+def _check_counted(s: ServerProcess, answered: int) -> None:
+    """``/metrics`` and ``/v1/status`` of either process count the requests of both."""
+    for index, text in _get_from_each(s, "/metrics").items():
+        f = _figures(text.decode())
+        model = (("model", "digits_cnn"),)
+        assert f[("verinfer_requests_total", (*model, ("status", "200")))] == answered, index
+        assert f[("verinfer_request_duration_seconds_count", model)] == answered, index
+        assert f[("verinfer_rows_total", model)] == answered, index
+        assert f[("verinfer_server_processes", ())] == 2, index  # live ones: not the dead one
+    for index, body in _get_from_each(s, "/v1/status").items():
+        assert json.loads(body)["metrics"]["requests_by_status"] == {"200": answered}, index
+
+
+def test_metrics_count_every_process_and_a_restarted_one(two):
+    s = two
+    results: list = []
+    by_index = _until_both(s.base, results)
+    assert set(by_index) == {"0", "1"}, by_index
+    assert all(status == 200 for status, _, _ in results)
+    _check_counted(s, len(results))
+    (victim,) = by_index["1"]
+    os.kill(int(victim), signal.SIGKILL)  # its counts stay in the totals; its gauge leaves
+    _replaced(s, victim, results)
+    assert all(status == 200 for status, _, _ in results)
+    _check_counted(s, len(results))
+
+
+def test_a_keys_rate_limit_holds_for_the_whole_server(tmp_path):
+    home, rate, burst = tmp_path / "home", 0.1, 4
+    env = {"VERINFER_AUTH": "on", "VERINFER_TIERS": json.dumps({"small": {"rate_per_s": rate, "burst": burst}})}
+    made = subprocess.run([*VERINFER, "apikeys", "create", "--tier", "small", "--json"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "VERINFER_HOME": str(home), **env})
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)["key"]
+    s = _serving(ServerProcess(home, "--workers", "2", env=env).wait_ready())
+    try:
+        start, answers, asked = time.monotonic(), [], dict.fromkeys("01", 0)
+        for _ in range(20):  # until each process was asked more than the burst
+            for status, body, worker in _concurrently(s.base, 16, key):
+                assert status in (200, 429), (status, body)
+                answers.append(status)
+                asked[worker.split(".")[0]] += 1
+            if min(asked.values()) > burst:
+                break
+        elapsed = time.monotonic() - start
+        assert min(asked.values()) > burst, asked
+        # one bucket for the server: per-process buckets would pass at least 2 x burst
+        assert burst <= answers.count(200) <= burst + rate * elapsed, (answers.count(200), elapsed)
+    finally:
+        s.stop()
