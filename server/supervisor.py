@@ -24,6 +24,7 @@ processes stop first (answering what they hold), then the writer.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -104,6 +105,7 @@ class Supervisor:
         self.workers = [_Child(f"server process {i}", i) for i in range(self.n)]
         self.run_dir = settings.home / "run"  # state the server processes share (server/shared.py)
         self.prometheus: Path | None = None
+        self._home_lock = None  # held while this supervisor runs (see _lock_home)
 
     # --- children ---------------------------------------------------------------------------
 
@@ -161,6 +163,7 @@ class Supervisor:
         from server.receipts.keys import load_keys
 
         s = self.settings
+        self._lock_home()
         keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
         if s.signing:  # the stores' files and schemas, made once
             from server.proofs.store import JobStore
@@ -187,6 +190,23 @@ class Supervisor:
             return 0
         finally:
             self._shutdown()
+
+    def _lock_home(self) -> None:
+        """Refuse (exit 2) a second ``serve --workers`` on the same home: it would wipe the
+        shared state under ``run/`` (rate buckets, metrics files) of the one already serving.
+        The kernel drops the ``flock`` when this process dies, so a killed supervisor leaves
+        nothing to clean up."""
+        from verifier.errors import InputError
+
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        f = open(self.run_dir / "supervisor.lock", "a+b")  # noqa: SIM115 - held until exit
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise InputError(f"another verinfer server runs on {self.settings.home} (its run/supervisor.lock "
+                             "is held); give this one its own VERINFER_HOME") from None
+        self._home_lock = f
 
     def _on_signal(self, signum, frame) -> None:
         self._stop = True

@@ -201,6 +201,23 @@ def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_a_second_server_on_the_same_home_exits_2_and_the_first_keeps_serving(two):
+    """A second ``serve --workers`` on the home of one already serving would wipe its shared
+    state (rate buckets, metrics files) under ``run/``: it is refused."""
+    before = len(_concurrently(two.base, 4))
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    r = subprocess.run([*VERINFER, "serve", "--workers", "2", "--port", str(port)], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "VERINFER_HOME": str(two.home)})
+    assert r.returncode == 2 and "another verinfer server runs on" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert any((two.home / "run" / "prometheus").iterdir())  # its state was left alone
+    results = _concurrently(two.base, 8)
+    assert before == 4 and [s for s, _, _ in results] == [200] * 8
+    _check_counted(two, 12)  # no count was lost to a wiped metrics folder
+
+
 def _gone(pids: list[int], timeout: float = 60) -> bool:
     """Whether every pid has exited (waiting up to ``timeout``: a hang guard)."""
     end = time.monotonic() + timeout
