@@ -54,3 +54,29 @@ def test_a_note_key_of_another_origin_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"origin": "x\ny", "note_keys": doc["note_keys"]}))
     with pytest.raises(InputError, match="not a one-line string"):
         load_trusted_keys(tmp_path / "bad.json")
+
+
+def test_a_fork_in_one_origin_fails_that_origin_only(tmp_path):
+    from audit_support import verinfer
+    from test_audit_log import _log, _write
+
+    ka, kb = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    for name, key, origin in (("a", ka, "a.test/log"), ("b", kb, "b.test/log")):
+        (tmp_path / f"keys-{name}.json").write_text(json.dumps(
+            {"origin": origin, "note_keys": [note_verifier_key(origin, key.public_key())]}))
+    ours = _log(tmp_path / "a" / "log.sqlite3", ka, 2, origin="a.test/log")
+    theirs = _log(tmp_path / "b" / "log.sqlite3", kb, 2, origin="b.test/log")
+    forked = _log(tmp_path / "a2" / "log.sqlite3", ka, 2, tag=b"fork", origin="a.test/log")  # a's key, another history
+    items = _write(tmp_path / "r.jsonl", ours + theirs + forked[3:4])  # past a's latest
+    args = ["audit", items, "--keys", tmp_path / "keys-a.json", "--keys", tmp_path / "keys-b.json", "--json"]
+    r = verinfer(*args, "--log", tmp_path / "a", "--log", tmp_path / "b")
+    assert r.returncode == 1, r.stderr
+    report = json.loads(r.stdout)
+    assert report["by_item_kind"] == {"receipt": {"ok": 13}, "log": {"fail": 1, "ok": 1}}
+    (fork,) = [i for i in report["items"] if i["kind"] == "log" and i["outcome"] == "fail"]
+    assert fork["error"] == "ConsistencyInvalid" and fork["reason"].count("checkpoint a.test/log size") == 2
+    (ok,) = [i for i in report["items"] if i["kind"] == "log" and i["outcome"] == "ok"]
+    assert ok["reason"].startswith("origin b.test/log: 2 checkpoint(s) seen")
+    r = verinfer("audit", _write(tmp_path / "r2.jsonl", ours + theirs), *args[2:],
+                 "--log", tmp_path / "a", "--log", tmp_path / "b")  # without the forked receipt
+    assert r.returncode == 0, r.stderr
