@@ -57,11 +57,15 @@ CONFIGS = {
 }
 
 
-def start(config: str, home: Path, port: int, args: list[str] | None = None) -> subprocess.Popen:
-    """A server of ``CONFIGS[config]`` (or the ``verinfer`` arguments ``args``), once ready."""
-    env = {**os.environ, "VERINFER_HOME": str(home), "VERINFER_MODELS": json.dumps([MODEL])}
-    args = args if args is not None else CONFIGS[config]
-    if args is None:
+def start(config: str, home: Path, port: int, args: list[str] | None = None, *,
+          command: list[str] | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server of ``CONFIGS[config]`` (or the ``verinfer`` arguments ``args``, or the whole
+    ``command`` with ``env`` added), once ready."""
+    env = {**os.environ, "VERINFER_HOME": str(home), "VERINFER_MODELS": json.dumps([MODEL]), **(env or {})}
+    args = args if args is not None or command is not None else CONFIGS[config]
+    if command is not None:
+        cmd = command
+    elif args is None:
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "bench.minimal_app:create_app",
                "--port", str(port), "--log-level", "warning"]
     else:

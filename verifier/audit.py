@@ -34,11 +34,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
-from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, VerificationError
+from verifier.errors import (
+    DigestMismatch,
+    InputError,
+    KeyUnknown,
+    LinkBroken,
+    OriginMismatch,
+    VerificationError,
+)
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
 from verifier.receipts import RECEIPT_FORMAT
-from verifier.receipts_v2 import RECEIPT_V2_FORMAT, ReceiptV2, parse_any_receipt, verify_any_receipt
+from verifier.receipts_v2 import (
+    RECEIPT_V2_FORMAT,
+    OriginKeys,
+    ReceiptV2,
+    parse_any_receipt,
+    verify_any_receipt,
+)
+from verifier.tlog import NoteVerifier
 
 ItemKind = Literal["receipt", "bundle", "unreadable", "log"]
 Outcome = Literal["ok", "fail", "error"]
@@ -86,13 +100,31 @@ class Result:
 # --- trusted keys and packages -----------------------------------------------------
 
 
-def load_trusted_keys(path: Path) -> dict[str, Any]:
-    """A JWK Set from a JWKS file, a single (pinned) JWK, or a PEM Ed25519 public key.
+def load_trusted_keys(*paths: Path) -> dict[str, Any]:
+    """The trusted Ed25519 keys of one or more ``--keys`` files (a JWK Set per file, see
+    :func:`read_keys_file`). Keys given with their log's origin are bound to it: a
+    :class:`OriginKeys` (checkpoints of each origin only by that origin's keys); with no
+    origin anywhere, a plain JWK Set whose keys may sign any log's checkpoints."""
+    by_origin: dict[str, dict[str, Any]] = {}
+    unbound: list[dict] = []
+    for path in paths:
+        origin, jwks = read_keys_file(Path(path))
+        keys = unbound if origin is None else by_origin.setdefault(origin, {"keys": []})["keys"]
+        keys.extend(k for k in jwks["keys"] if k not in keys)
+    if not by_origin:
+        return {"keys": unbound}
+    return OriginKeys(by_origin, {"keys": unbound} if unbound else None)
+
+
+def read_keys_file(path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(origin or None, JWK Set) of one keys file: a JWK Set (``/.well-known/jwks.json``), a
+    single (pinned) JWK, a PEM Ed25519 public key (no origin), or a server's key document with
+    its log's origin: ``/v1/keys`` (``jwks`` and ``log.origin``) or
+    ``/.well-known/verinfer-log.json`` (``origin`` and ``note_keys``).
 
     Every key must be an OKP/Ed25519 key whose ``kid``, if present, is its RFC 7638
     thumbprint; a bare JWK or PEM key gets its thumbprint as ``kid``.
     """
-    path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -107,12 +139,37 @@ def load_trusted_keys(path: Path) -> dict[str, Any]:
             raise InputError(f"{path}: not a PEM public key ({exc})") from None
         if not isinstance(key, Ed25519PublicKey):
             raise InputError(f"{path}: not an Ed25519 public key")
-        return {"keys": [ed25519_jwk(key)]}
+        return None, {"keys": [ed25519_jwk(key)]}
     try:
         doc = json.loads(raw)
     except ValueError as exc:
         raise InputError(f"{path}: keys file is neither JSON nor PEM: {exc}") from None
-    jwks = doc if isinstance(doc, dict) and "keys" in doc else {"keys": [doc]}
+    if isinstance(doc, dict) and isinstance(doc.get("jwks"), dict) and isinstance(doc.get("log"), dict):
+        return _origin(path, doc["log"].get("origin")), _checked_jwks(path, doc["jwks"])
+    if isinstance(doc, dict) and "note_keys" in doc and "origin" in doc:
+        return _note_keys(path, _origin(path, doc["origin"]), doc["note_keys"])
+    return None, _checked_jwks(path, doc if isinstance(doc, dict) and "keys" in doc else {"keys": [doc]})
+
+
+def _origin(path: Path, origin: Any) -> str | None:
+    if origin is not None and (not isinstance(origin, str) or not origin or "\n" in origin):
+        raise InputError(f"{path}: the log origin is not a one-line string")
+    return origin
+
+
+def _note_keys(path: Path, origin: str | None, note_keys: Any) -> tuple[str | None, dict[str, Any]]:
+    if origin is None or not isinstance(note_keys, list) or not note_keys:
+        raise InputError(f"{path}: no log origin or no note keys")
+    keys = []
+    for vkey in note_keys:
+        v = NoteVerifier.parse(vkey) if isinstance(vkey, str) else None
+        if v is None or v.name != origin:
+            raise InputError(f"{path}: note key {vkey!r} is not a key of log {origin!r}")
+        keys.append(ed25519_jwk(v.key))
+    return origin, {"keys": keys}
+
+
+def _checked_jwks(path: Path, jwks: dict[str, Any]) -> dict[str, Any]:
     keys = jwks.get("keys")
     if not isinstance(keys, list) or not keys:
         raise InputError(f"{path}: no keys in the JWK Set")
@@ -220,7 +277,7 @@ class Auditor:
     trusted_eth_signers: set[str] | None = None
     # receipts must be for one of ``packages``' models (when --models was given)
     require_known_model: bool = False
-    origin: str | None = None  # v2 receipts must be of this log (else: any log a trusted key signs)
+    origins: frozenset[str] | None = None  # v2 receipts must be of these logs (else: any a trusted key signs)
     _checkpoints: dict = field(default_factory=dict, repr=False)  # notes already checked
     _proven: dict = field(default_factory=dict, repr=False)  # per checkpoint: nodes proven so far
     # accept bundles whose package has a development (insecure) SRS
@@ -254,7 +311,13 @@ class Auditor:
         receipt = parse_any_receipt(item.data)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
-        st = verify_any_receipt(receipt, self.jwks, origin=self.origin, trusted_eth_signers=self.trusted_eth_signers,
+        origin = None
+        if isinstance(receipt, ReceiptV2):
+            origin = receipt.checkpoint.split("\n", 1)[0]  # what the checkpoint is checked as
+            if self.origins is not None and origin not in self.origins:
+                raise OriginMismatch(f"checkpoint is for log {origin!r}, not "
+                                     f"{' or '.join(repr(o) for o in sorted(self.origins))}")
+        st = verify_any_receipt(receipt, self.jwks, origin=origin, trusted_eth_signers=self.trusted_eth_signers,
                                 checkpoints=self._checkpoints, proven=self._proven)
         p = st.predicate
         if self.require_known_model:
@@ -357,25 +420,30 @@ def run_audit(
     return [done[i.name].pop(0) for i in items]
 
 
-def check_log(results: list[Result], auditor: Auditor, log: str | None) -> list[Result]:
-    """The append-only check over every checkpoint the audited receipts carry (and, with a
-    ``log`` URL or folder, against that log: :mod:`verifier.logcheck`); a fork is a failed
-    ``log`` item naming both checkpoints."""
-    from verifier.logcheck import check_history, open_log
+def check_log(results: list[Result], auditor: Auditor, logs: Iterable[str] = ()) -> list[Result]:
+    """The append-only check over every checkpoint the audited receipts carry, per log origin
+    (and, with ``logs`` URLs or folders, against the log of each origin:
+    :mod:`verifier.logcheck`); a fork is a failed ``log`` item naming both checkpoints."""
+    from verifier.logcheck import check_histories, open_log
 
     seen: dict[str, str] = {}
     for r in results:
         if r.checkpoint is not None:
             seen.setdefault(r.checkpoint, r.item)
-    if not seen and log is None:
+    logs = list(logs)
+    if not seen and not logs:
         return []
     if auditor.jwks is None:
         raise KeyUnknown("no trusted keys given (--keys JWKS)")
-    source = open_log(log) if log is not None else None
-    problems = check_history(seen, auditor.jwks, source)
+    sources = [open_log(log) for log in logs]
+    problems, checked = check_histories(seen, auditor.jwks, sources, auditor.origins)
     out = [Result(p.where, "log", "fail", p.error, p.reason) for p in problems]
-    if source is not None and not problems:
-        out.append(Result(f"log {source}", "log", "ok", reason=f"{len(seen)} checkpoint(s) seen, one history"))
+    failed = {p.log for p in problems}
+    for source, origin in checked:
+        if str(source) not in failed:
+            n = sum(note.split("\n", 1)[0] == origin for note in seen)
+            out.append(Result(f"log {source}", "log", "ok",
+                              reason=f"origin {origin}: {n} checkpoint(s) seen, one history"))
     return out
 
 

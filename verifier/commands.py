@@ -51,18 +51,22 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--quiet", "-q", action="store_true",
                        help="print only FAIL/ERROR lines and the summary")
     audit.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-    audit.add_argument("--log", metavar="URL|DIR",
-                       help="the receipt log (a server URL, or a data dir / log.sqlite3): check that every "
-                            "checkpoint seen is one append-only history with it (a fork fails, exit 1)")
-    audit.add_argument("--origin", metavar="ORIGIN",
-                       help="v2 receipts must be of the log with this origin")
+    audit.add_argument("--log", metavar="URL|DIR", action="append", default=[],
+                       help="a receipt log (a server URL, or a data dir / log.sqlite3); repeatable, one "
+                            "per origin: every checkpoint seen must be one append-only history with the "
+                            "log of its origin (a fork, or a checkpoint of an origin no --log is of, "
+                            "fails: exit 1)")
+    audit.add_argument("--origin", metavar="ORIGIN", action="append",
+                       help="v2 receipts (and logs) must be of the log with this origin (repeatable)")
     audit.set_defaults(handler=_audit)
 
 
 def _trust_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", type=Path, metavar="JWKS",
+    p.add_argument("--keys", type=Path, metavar="JWKS", action="append",
                    help="trusted Ed25519 keys: a JWK Set (as served at /.well-known/jwks.json), "
-                   "one pinned JWK, or a PEM public key")
+                   "one pinned JWK, a PEM public key, or a server's /v1/keys or "
+                   "/.well-known/verinfer-log.json document (keys bound to its log's origin: "
+                   "checkpoints of that origin only by them); repeatable")
     p.add_argument("--eth-signer", action="append", metavar="ADDRESS",
                    help="trusted EIP-712 signer address (repeatable); without it an EIP-712 "
                    "signature must only recover to the signer it names")
@@ -75,7 +79,7 @@ def _trust(args: argparse.Namespace):
     from verifier.audit import load_trusted_keys
     from verifier.errors import InputError
 
-    jwks = load_trusted_keys(args.keys) if args.keys else None
+    jwks = load_trusted_keys(*args.keys) if args.keys else None
     signers = None
     if args.eth_signer:
         import re
@@ -169,7 +173,8 @@ def _audit(args: argparse.Namespace) -> int:
     if not items:
         raise InputError("nothing to audit: no receipts or bundles under the given paths")
     auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
-                      require_known_model=args.models is not None, origin=args.origin,
+                      require_known_model=args.models is not None,
+                      origins=frozenset(args.origin) if args.origin else None,
                       allow_dev_srs=args.allow_dev_srs)
 
     def err(line: str) -> None:

@@ -1,7 +1,7 @@
-"""The append-only check behind ``verinfer audit --log URL|DIR``.
+"""The append-only check behind ``verinfer audit --log URL|DIR`` (repeatable: one log per origin).
 
 Every checkpoint the audit has seen (those carried by v2 receipts, and for a DIR the ones the
-log stored) must be one history with the log's latest checkpoint: each is joined to it by a
+log stored) must be one history with the latest checkpoint of the log of its origin: each is joined to it by a
 consistency proof (RFC 9162 2.1.4) the log gives. Two checkpoints that no proof joins are a
 fork: the operator showed different histories, or rewrote one. Two checkpoints of one size
 with different roots are a fork even without a log to ask.
@@ -19,10 +19,11 @@ import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from verifier.errors import ConsistencyInvalid, InputError, VerificationError
+from verifier.errors import ConsistencyInvalid, InputError, OriginMismatch, VerificationError
 from verifier.receipts_v2 import TrustedLogKeys, checked_checkpoint
 from verifier.tlog import Checkpoint, consistency_proof, stored_index, verify_consistency
 
@@ -102,27 +103,51 @@ def open_log(where: str) -> HttpLog | DirLog:
 
 @dataclass(frozen=True)
 class LogProblem:
-    """A failed check of the log's history: ``where`` names both checkpoints."""
+    """A failed check of a log's history: ``where`` names both checkpoints; ``log``: the log
+    given whose check failed, if any."""
 
     where: str
     error: str
     reason: str
+    log: str | None = None
 
 
 def _name(cp: Checkpoint, seen_in: str) -> str:
     return f"checkpoint {cp.origin} size {cp.size} root {base64.b64encode(cp.root).decode()} ({seen_in})"
 
 
-def check_history(seen: dict[str, str], trusted: TrustedLogKeys, log: HttpLog | DirLog | None) -> list[LogProblem]:
-    """``seen``: checkpoint note -> where it was seen (an item name). Returns the forks found
-    (empty: one append-only history). Raises :class:`InputError` if the log cannot be read."""
+Log = HttpLog | DirLog
+
+
+def check_histories(seen: dict[str, str], trusted: TrustedLogKeys, logs: Sequence[Log],
+                    origins: Collection[str] | None = None) -> tuple[list[LogProblem], list[tuple[Log, str]]]:
+    """``seen``: checkpoint note -> where it was seen (an item name); ``logs``: at most one per
+    origin (each log's origin is its latest checkpoint's, signed by a key trusted for it).
+    Every checkpoint is checked against the log of its origin; with ``logs`` given, a
+    checkpoint of an origin none of them is fails (:class:`OriginMismatch`), as does a log not
+    of ``origins``. Returns the problems (forks, logs that fail) and the (log, origin) pairs
+    checked. Raises :class:`InputError` if a log cannot be read or two are of one origin."""
     problems: list[LogProblem] = []
     cache: dict[str, Checkpoint] = {}
-    checked: list[tuple[Checkpoint, str]] = []
+    latest_of: dict[str, tuple[Log, Checkpoint]] = {}  # origin -> its log and the log's latest
+    for log in logs:
+        try:
+            latest = checked_checkpoint(log.latest(), trusted, None, cache)
+            if origins is not None and latest.origin not in origins:
+                raise OriginMismatch(f"the log is of origin {latest.origin!r}, not "
+                                     f"{' or '.join(repr(o) for o in sorted(origins))} (--origin)")
+        except VerificationError as exc:
+            problems.append(LogProblem(str(log), type(exc).__name__, f"the log's latest checkpoint: {exc}", str(log)))
+            continue
+        if latest.origin in latest_of:
+            raise InputError(f"{latest_of[latest.origin][0]} and {log} are both logs of origin "
+                             f"{latest.origin!r}: give one log per origin")
+        latest_of[latest.origin] = (log, latest)
     notes = dict(seen)
-    if log is not None:
+    for log, _ in latest_of.values():
         for note in log.stored():
             notes.setdefault(note, f"stored in {log}")
+    checked: list[tuple[Checkpoint, str]] = []
     for note, where in notes.items():
         try:
             checked.append((checked_checkpoint(note, trusted, None, cache), where))
@@ -135,16 +160,18 @@ def check_history(seen: dict[str, str], trusted: TrustedLogKeys, log: HttpLog | 
             problems.append(LogProblem(f"{other[1]} / {where}", "ConsistencyInvalid",
                                        f"fork: {_name(other[0], other[1])} and {_name(cp, where)} have the same "
                                        "size and different roots"))
-    if log is None:
-        return problems
-    try:
-        latest = checked_checkpoint(log.latest(), trusted, None, cache)
-    except VerificationError as exc:
-        return [*problems, LogProblem(str(log), type(exc).__name__, f"the log's latest checkpoint: {exc}")]
-    here = f"latest of {log}"
+    unlogged: set[str] = set()
     for cp, where in checked:
-        if cp.origin != latest.origin:
-            continue  # another log's receipt: nothing to compare with
+        if cp.origin not in latest_of:
+            if logs and cp.origin not in unlogged:
+                unlogged.add(cp.origin)
+                given = ", ".join(f"{o!r} ({lg})" for o, (lg, _) in sorted(latest_of.items())) or "none readable"
+                problems.append(LogProblem(where, "OriginMismatch",
+                                           f"a checkpoint of log {cp.origin!r} and no --log of that origin "
+                                           f"(the logs given are of {given})"))
+            continue
+        log, latest = latest_of[cp.origin]
+        here = f"latest of {log}"
         try:
             if cp.size > latest.size:
                 raise ConsistencyInvalid("the log's latest is smaller than a checkpoint it signed before")
@@ -152,5 +179,5 @@ def check_history(seen: dict[str, str], trusted: TrustedLogKeys, log: HttpLog | 
         except ConsistencyInvalid as exc:
             problems.append(LogProblem(f"{where} / {here}", "ConsistencyInvalid",
                                        f"fork: no consistency proof joins {_name(cp, where)} and "
-                                       f"{_name(latest, here)}: {exc}"))
-    return problems
+                                       f"{_name(latest, here)}: {exc}", str(log)))
+    return problems, [(log, origin) for origin, (log, _) in latest_of.items()]

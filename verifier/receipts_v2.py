@@ -35,6 +35,7 @@ from verifier.errors import (
     DigestMismatch,
     InclusionInvalid,
     InputError,
+    KeyUnknown,
     LinkBroken,
     OriginMismatch,
     SignatureInvalid,
@@ -122,6 +123,35 @@ class ReceiptV2(_Frozen):
             raise InclusionInvalid("receipt statement is not valid base64") from None
 
 
+class OriginKeys(dict):
+    """Trusted keys for several receipt logs, each bound to its origin.
+
+    The dict itself is the union JWK Set (``{"keys": [...]}``), what v1 receipts, proof
+    receipts and bundles are checked against (DSSE signatures name no log). A checkpoint of
+    origin O is checked only with ``by_origin[O]`` (O's own JWK Set), so that one server's key
+    cannot vouch for another server's log; an origin not listed falls back to ``any_origin``
+    (keys given with no origin), else it is unknown (:class:`KeyUnknown`)."""
+
+    def __init__(self, by_origin: dict[str, dict[str, Any]], any_origin: dict[str, Any] | None = None) -> None:
+        keys: list[dict] = []
+        for jwks in [*by_origin.values(), *([any_origin] if any_origin else [])]:
+            keys.extend(k for k in jwks["keys"] if k not in keys)
+        super().__init__(keys=keys)
+        self.by_origin = by_origin
+        self.any_origin = any_origin
+
+    def for_origin(self, origin: str) -> dict[str, Any]:
+        jwks = self.by_origin.get(origin, self.any_origin)
+        if jwks is None:
+            known = ", ".join(repr(o) for o in sorted(self.by_origin))
+            raise KeyUnknown(f"checkpoint of log {origin!r}: no trusted key for that origin "
+                             f"(the keys given are for {known})")
+        return jwks
+
+    def __reduce__(self):  # pickled into audit workers with its origins
+        return OriginKeys, (self.by_origin, self.any_origin)
+
+
 TrustedLogKeys = dict[str, Any] | Sequence[NoteVerifier]
 # Trees whose proven nodes an audit keeps at once (a batch's receipts are audited together)
 MAX_PROVEN_TREES = 64
@@ -129,7 +159,10 @@ MAX_PROVEN_TREES = 64
 
 def note_verifiers(trusted: TrustedLogKeys, origin: str) -> list[NoteVerifier]:
     """Note verifiers for a checkpoint of ``origin``: given as such, or every Ed25519 key
-    of a JWK Set under the name ``origin`` (the server signs checkpoints with its JWKS keys)."""
+    of a JWK Set under the name ``origin`` (the server signs checkpoints with its JWKS keys);
+    for :class:`OriginKeys`, only the keys of that origin."""
+    if isinstance(trusted, OriginKeys):
+        trusted = trusted.for_origin(origin)
     if isinstance(trusted, dict):
         out = []
         for jwk in trusted.get("keys", []):

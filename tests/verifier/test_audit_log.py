@@ -17,9 +17,9 @@ from verifier.tlog import leaf_hash, signature_line
 ORIGIN = "audit.test/log"
 
 
-def _log(path, key, n_batches: int, tag: bytes = b"") -> list[dict]:
+def _log(path, key, n_batches: int, tag: bytes = b"", origin: str = ORIGIN) -> list[dict]:
     """A real log file (the server's writer) with v2 receipts for every leaf."""
-    writer = LogWriter(path, ORIGIN, lambda name, body: signature_line(name, key, body))
+    writer = LogWriter(path, origin, lambda name, body: signature_line(name, key, body))
     receipts = []
     for b in range(n_batches):
         stmts = [statement(logits=[0.5 * b, float(i), -1.0]) for i in range(3)]
