@@ -30,6 +30,10 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--input-visibility", choices=["public", "hashed"], default="public",
                      help="public: the input is a public instance; hashed: only its Poseidon "
                      "hash is (default: public)")
+    add.add_argument("--public-output", choices=["logits", "label"], default="logits",
+                     help="logits: every output (logits, label) is a public instance; label: "
+                     "the label alone is, the logits stay private (fewer instances, less gas "
+                     "on chain; model.onnx keeps only the label output) (default: logits)")
     add.add_argument("--srs", type=Path, metavar="FILE",
                      help="ceremony SRS file to use instead of a local development SRS")
     add.add_argument("--srs-sha256", metavar="HEX",
@@ -134,11 +138,14 @@ def _add(args: argparse.Namespace) -> int:
     settings = _settings()
     progress = _progress()
     if args.tune:
+        if args.public_output != "logits":
+            raise InputError("--public-output label does not go with --tune yet")
         return _tune(args, settings, source, progress)
     if args.objective is not None or args.budget is not None:
         raise InputError("--objective and --budget go with --tune (or 'models tune')")
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
-                        srs_sha256=args.srs_sha256, progress=progress)
+                        srs_sha256=args.srs_sha256, progress=progress,
+                        public_output=args.public_output)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(f"OK: registered {pkg.name} as package {pkg.id}", file=sys.stderr)
     if args.json:
