@@ -117,3 +117,28 @@ def test_tampered_or_misdirected_label_only_proof_is_refused(anvil_chain, iris_l
     chain.transact(o.functions.fulfillWithProof(rid_a, proof, instances))
     assert answer(cons, rid_a) == (True, bundle.outputs.label)
     assert answer(cons, rid_b) == (False, 0)
+
+
+def test_relayer_skips_a_model_registered_with_another_shape(anvil_chain, relay_anvil_url,
+                                                             packages_home, iris_label_package):
+    """The label-only package's model registered with the logits shape's instance count: the
+    relayer skips its requests, with the reason, before proving (the oracle would refuse the
+    proof with InstanceCountMismatch)."""
+    chain = anvil_chain
+    pm = deploy.load_package(iris_label_package)
+    oracle, _ = deploy.deploy_oracle(chain, 600)
+    verifier, _ = deploy.deploy_verifier(chain, pm.verifier)
+    deploy.register_model(chain, oracle, model_id=pm.model_id, verifier=verifier,
+                          input_length=pm.input_length, input_scale=pm.input_scale,
+                          policy="proof", signer=None, num_instances=pm.num_instances + 3)
+    cons = consumer(chain, oracle.address, pm.model_id)
+    rid = request(chain, cons, quantized(held_out("iris_mlp", 1)[0], pm.input_scale))
+
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle.address,
+                   "--fee-margin", "0", "--once", "--json", "--model", IRIS_LABEL,
+                   home=packages_home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["skipped"] == ["0x" + rid.hex()] and not out["fulfilled"] and not out["failed"]
+    assert "takes 8 public instances, this package's proofs have 5" in proc.stderr
+    assert answer(cons, rid) == (False, 0)
