@@ -103,7 +103,7 @@ def load_package(folder: Path) -> PackageModel:
         input_scale=m.input.scale,
         verifier=art,
         package_dir=folder,
-        num_instances=math.prod(m.input.shape) + sum(math.prod(o.shape) for o in m.outputs),
+        num_instances=m.num_instances,
         max_abs_input=min(max_abs, MAX_INPUT_BOUND),
         dev_srs=not is_ceremony_srs(m),
         public_output=m.public_output,

@@ -9,6 +9,7 @@ canonical form.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,13 @@ class Manifest(Frozen):
         if data["public_output"] == "logits":
             del data["public_output"]
         return canonical_json(data)
+
+    @property
+    def num_instances(self) -> int:
+        """Public instances of a proof: the input (one Poseidon hash when hashed), then the
+        public outputs (logits and label, or the label alone)."""
+        n_in = math.prod(self.input.shape) if self.input_visibility == "public" else 1
+        return n_in + sum(math.prod(o.shape) for o in self.outputs)
 
     @property
     def package_id(self) -> str:

@@ -81,7 +81,7 @@ class LocalModel:
             label_output=m.outputs[m.label_output].name,
             session=_session(package.path("model.onnx")),
             package=package,
-            num_instances=math.prod(m.input.shape) + sum(math.prod(o.shape) for o in m.outputs),
+            num_instances=m.num_instances,
         )
 
     @classmethod

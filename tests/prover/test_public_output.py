@@ -45,6 +45,8 @@ def test_label_only_is_recorded_and_changes_the_id():
     label = _manifest(public_output="label")
     assert json.loads(label.canonical_bytes())["public_output"] == "label"
     assert label.package_id != _manifest().package_id
+    assert label.num_instances == 4 + 1  # the inputs, the label
+    assert label.model_copy(update={"input_visibility": "hashed"}).num_instances == 1 + 1
 
 
 def test_a_label_only_manifest_with_logits_is_refused(tmp_path):
