@@ -15,7 +15,9 @@ Each model is measured in each variant ``SHAPE[:COLS]``: SHAPE is the public out
 add --public-output``: logits = the logits and the label are public instances, label = the
 label alone), COLS the inner columns (default: the build's rule; 1 = one inner column: more
 rows, fewer columns). A COLS variant that the default already is (iris_mlp has one column) is
-not built twice. ``--eval-samples N``: the packages' float-vs-circuit agreement on the first N
+not built twice. ``hashed-logits``/``hashed-label``: the input hashed (EZKL Poseidon, ``models
+add --input-visibility hashed``): verifier and verifyProof only, since the oracle takes no such
+circuit. ``--eval-samples N``: the packages' float-vs-circuit agreement on the first N
 held-out samples only (quicker builds; neither the shape nor the columns change the circuit's
 arithmetic, only which values are public and how rows are laid out).
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -52,23 +55,23 @@ def _sample(name: str):
     return x_test[0]
 
 
-def variant_name(name: str, public_output: str = "logits", inner_cols: str = "auto") -> str:
+def variant_name(name: str, shape: str = "logits", inner_cols: str = "auto") -> str:
     """The name a variant's package is registered under in the bench's data dir."""
-    return name + ("" if public_output == "logits" else f"-{public_output}") + (
+    return name + ("" if shape == "logits" else f"-{shape}") + (
         "" if inner_cols == "auto" else f"-cols{inner_cols}")
 
 
-def ensure_package(home: Path, name: str, public_output: str = "logits",
+def ensure_package(home: Path, name: str, shape: str = "logits",
                    inner_cols: str = "auto", eval_samples: int | None = None):
-    """The data dir's circuit package for ``name`` in this shape, built (``verinfer models
-    add``) if absent."""
+    """The data dir's circuit package for ``name`` in this shape (``[hashed-]logits|label``),
+    built (``verinfer models add``) if absent."""
     from dataclasses import replace
 
     from prover.package import find_package, list_names
     from verifier.config import Settings
 
     settings = Settings(home=home)
-    registered = variant_name(name, public_output, inner_cols)
+    registered = variant_name(name, shape, inner_cols)
     if registered in list_names(settings):
         return find_package(settings, registered)
     from prover.backend import CircuitOptions
@@ -81,11 +84,13 @@ def ensure_package(home: Path, name: str, public_output: str = "logits",
         source = replace(source, eval_inputs=source.eval_inputs[:eval_samples],
                          eval_labels=source.eval_labels[:eval_samples],
                          eval_set=f"first {eval_samples} of the held-out split")
-    return build_package(settings, source, public_output=public_output, options=options)
+    visibility = "hashed" if shape.startswith("hashed-") else "public"
+    return build_package(settings, source, public_output=shape.removeprefix("hashed-"),
+                         options=options, visibility=visibility)
 
 
 def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
-                  public_output: str = "logits", inner_cols: str = "auto",
+                  shape: str = "logits", inner_cols: str = "auto",
                   eval_samples: int | None = None) -> dict:
     from world import make_world
 
@@ -94,7 +99,7 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
     from verifier.fixedpoint import felt_to_int
     from verifier.onchain import proof_parts
 
-    pkg = ensure_package(home, name, public_output, inner_cols, eval_samples)
+    pkg = ensure_package(home, name, shape, inner_cols, eval_samples)
     m = pkg.manifest
     settings = json.loads(pkg.path("settings.json").read_text())
     ra = settings["run_args"]
@@ -103,10 +108,11 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
     bundle = Prover(pkg).prove(x)
     prove_s = time.perf_counter() - t0
     proof, instances = proof_parts(bundle.proof)
-    n = deploy.load_package(pkg.dir).input_length
+    n = math.prod(m.input.shape)
     q = [felt_to_int(f) for f in instances[:n]]
     row: dict = {"model": name, "public_output": m.public_output,
-                 "variant": variant_name(name, public_output, inner_cols),
+                 "input_visibility": m.input_visibility,
+                 "variant": variant_name(name, shape, inner_cols),
                  "package_id": pkg.id, "logrows": m.srs.logrows,
                  "input_length": n, "instances": len(instances), "proof_bytes": len(proof),
                  "circuit": {k: ra.get(k) for k in ("num_inner_cols", "decomp_base", "decomp_legs",
@@ -115,7 +121,8 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
                  "num_rows": settings.get("num_rows"), "prove_s": round(prove_s, 2)}
 
     w = make_world(chain)
-    art = deploy.load_package(pkg.dir).verifier
+    art = deploy.VerifierArtifact(**{k: json.loads(pkg.path("Verifier.json").read_text())[k]
+                                     for k in ("abi", "bytecode", "deployed_bytecode")})
     address, vrec = chain.deploy(art.abi, art.bytecode)
     row["verifier_deploy_gas"] = vrec["gasUsed"]
     row["verifier_runtime_bytes"] = art.runtime_size
@@ -123,6 +130,9 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
     r = chain.transact(v.functions.verifyProof(proof, instances))
     row["verifyProof_gas"] = r["gasUsed"]
     row["proof_calldata_gas"] = _calldata_gas(v.functions.verifyProof(proof, instances))
+    if m.input_visibility != "public":  # chain deploy refuses it: nothing binds the hash
+        row["oracle"] = "not registrable: the oracle checks a public input"
+        return row
 
     model_id = bytes.fromhex(m.model_sha256)
     deploy.register_model(chain, w.oracle, model_id=model_id, verifier=address,
@@ -224,8 +234,9 @@ def measure_reusable(pkg, chain, work: Path, proof: bytes, instances: list[int])
 
 def _variant(text: str) -> tuple[str, str]:
     shape, _, cols = text.partition(":")
-    if shape not in ("logits", "label") or cols not in ("", "1", "2"):
-        raise argparse.ArgumentTypeError(f"{text!r}: SHAPE[:COLS], SHAPE logits|label, COLS 1|2")
+    if shape.removeprefix("hashed-") not in ("logits", "label") or cols not in ("", "1", "2"):
+        raise argparse.ArgumentTypeError(f"{text!r}: SHAPE[:COLS], SHAPE [hashed-]logits|label, "
+                                         f"COLS 1|2")
     return shape, cols or "auto"
 
 
@@ -297,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             "fulfillWithSignature_gas", "fulfillWithSignature_nofee_gas"]
     print(f"{'':32}" + "".join(f"{r['variant']:>20}" for r in rows))
     for c in ["logrows", "input_length", "instances", "proof_bytes", *cols]:
-        print(f"{c:32}" + "".join(f"{r[c]:>20,}" for r in rows))
+        print(f"{c:32}" + "".join(f"{r[c]:>20,}" if c in r else f"{'-':>20}" for r in rows))
     reus = [r.get("reusable") or {} for r in rows]
     if any(reus):
         print("EZKL reusable verifier + VK artifact:")
