@@ -8,7 +8,18 @@ requester, storing the label in its callback; a fee escrowed and paid out). With
 ``--reusable``: EZKL's reusable verifier + the model's VK artifact (deploy, registerVka,
 verifyProof).
 
-    .venv/bin/python -m bench.gas [--models iris_mlp digits_cnn] [--reusable] [--home DIR]
+    .venv/bin/python -m bench.gas [--models iris_mlp digits_cnn] [--variants logits label label:1]
+                                  [--eval-samples N] [--reusable] [--home DIR]
+
+Each model is measured in each variant ``SHAPE[:COLS]``: SHAPE is the public output (``models
+add --public-output``: logits = the logits and the label are public instances, label = the
+label alone), COLS the inner columns (default: the build's rule; 1 = one inner column: more
+rows, fewer columns). A COLS variant that the default already is (iris_mlp has one column) is
+not built twice. ``hashed-logits``/``hashed-label``: the input hashed (EZKL Poseidon, ``models
+add --input-visibility hashed``): verifier and verifyProof only, since the oracle takes no such
+circuit. ``--eval-samples N``: the packages' float-vs-circuit agreement on the first N
+held-out samples only (quicker builds; neither the shape nor the columns change the circuit's
+arithmetic, only which values are public and how rows are laid out).
 
 Prints a table; writes bench/results/gas.json. Packages use a local, insecure development SRS
 (gas does not depend on the SRS). Numbers are figures, never asserted.
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import tempfile
@@ -30,7 +42,10 @@ sys.path.insert(0, str(REPO / "tests"))  # chain_support: anvil from node_module
 sys.path.insert(0, str(REPO / "tests" / "contracts"))  # world: test contracts and helpers
 
 TARGETS = {"fulfillWithSignature": 80_000,
-           "fulfillWithProof": {"iris_mlp": 700_000, "digits_cnn": 1_000_000}}
+           "fulfillWithProof": {"iris_mlp": 700_000, "digits_cnn": 1_000_000},
+           # issue 18: with the sound input check (the input instances public, compared with
+           # the request's input), in the best of the measured variants
+           "fulfillWithProof_best_variant": {"digits_cnn": 750_000}}
 
 
 def _sample(name: str):
@@ -40,21 +55,43 @@ def _sample(name: str):
     return x_test[0]
 
 
-def ensure_package(home: Path, name: str):
-    """The data dir's circuit package for ``name``, built (``verinfer models add``) if absent."""
+def variant_name(name: str, shape: str = "logits", inner_cols: str = "auto") -> str:
+    """The name a variant's package is registered under in the bench's data dir."""
+    return name + ("" if shape == "logits" else f"-{shape}") + (
+        "" if inner_cols == "auto" else f"-cols{inner_cols}")
+
+
+def ensure_package(home: Path, name: str, shape: str = "logits",
+                   inner_cols: str = "auto", eval_samples: int | None = None):
+    """The data dir's circuit package for ``name`` in this shape (``[hashed-]logits|label``),
+    built (``verinfer models add``) if absent."""
+    from dataclasses import replace
+
     from prover.package import find_package, list_names
     from verifier.config import Settings
 
     settings = Settings(home=home)
-    if name in list_names(settings):
-        return find_package(settings, name)
+    registered = variant_name(name, shape, inner_cols)
+    if registered in list_names(settings):
+        return find_package(settings, registered)
+    from prover.backend import CircuitOptions
     from prover.build import build_package, reference_source
 
-    print(f"building the {name} circuit package in {home} ...", file=sys.stderr)
-    return build_package(settings, reference_source(name))
+    print(f"building the {registered} circuit package in {home} ...", file=sys.stderr)
+    options = None if inner_cols == "auto" else CircuitOptions(inner_cols=int(inner_cols))
+    source = replace(reference_source(name), name=registered)
+    if eval_samples is not None:
+        source = replace(source, eval_inputs=source.eval_inputs[:eval_samples],
+                         eval_labels=source.eval_labels[:eval_samples],
+                         eval_set=f"first {eval_samples} of the held-out split")
+    visibility = "hashed" if shape.startswith("hashed-") else "public"
+    return build_package(settings, source, public_output=shape.removeprefix("hashed-"),
+                         options=options, visibility=visibility)
 
 
-def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> dict:
+def measure_model(name: str, chain, home: Path, work: Path, reusable: bool,
+                  shape: str = "logits", inner_cols: str = "auto",
+                  eval_samples: int | None = None) -> dict:
     from world import make_world
 
     from contracts import deploy
@@ -62,7 +99,7 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> d
     from verifier.fixedpoint import felt_to_int
     from verifier.onchain import proof_parts
 
-    pkg = ensure_package(home, name)
+    pkg = ensure_package(home, name, shape, inner_cols, eval_samples)
     m = pkg.manifest
     settings = json.loads(pkg.path("settings.json").read_text())
     ra = settings["run_args"]
@@ -71,9 +108,12 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> d
     bundle = Prover(pkg).prove(x)
     prove_s = time.perf_counter() - t0
     proof, instances = proof_parts(bundle.proof)
-    n = deploy.load_package(pkg.dir).input_length
+    n = math.prod(m.input.shape)
     q = [felt_to_int(f) for f in instances[:n]]
-    row: dict = {"model": name, "package_id": pkg.id, "logrows": m.srs.logrows,
+    row: dict = {"model": name, "public_output": m.public_output,
+                 "input_visibility": m.input_visibility,
+                 "variant": variant_name(name, shape, inner_cols),
+                 "package_id": pkg.id, "logrows": m.srs.logrows,
                  "input_length": n, "instances": len(instances), "proof_bytes": len(proof),
                  "circuit": {k: ra.get(k) for k in ("num_inner_cols", "decomp_base", "decomp_legs",
                                                      "lookup_range", "input_scale", "param_scale",
@@ -81,7 +121,8 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> d
                  "num_rows": settings.get("num_rows"), "prove_s": round(prove_s, 2)}
 
     w = make_world(chain)
-    art = deploy.load_package(pkg.dir).verifier
+    art = deploy.VerifierArtifact(**{k: json.loads(pkg.path("Verifier.json").read_text())[k]
+                                     for k in ("abi", "bytecode", "deployed_bytecode")})
     address, vrec = chain.deploy(art.abi, art.bytecode)
     row["verifier_deploy_gas"] = vrec["gasUsed"]
     row["verifier_runtime_bytes"] = art.runtime_size
@@ -89,6 +130,9 @@ def measure_model(name: str, chain, home: Path, work: Path, reusable: bool) -> d
     r = chain.transact(v.functions.verifyProof(proof, instances))
     row["verifyProof_gas"] = r["gasUsed"]
     row["proof_calldata_gas"] = _calldata_gas(v.functions.verifyProof(proof, instances))
+    if m.input_visibility != "public":  # chain deploy refuses it: nothing binds the hash
+        row["oracle"] = "not registrable: the oracle checks a public input"
+        return row
 
     model_id = bytes.fromhex(m.model_sha256)
     deploy.register_model(chain, w.oracle, model_id=model_id, verifier=address,
@@ -188,9 +232,34 @@ def measure_reusable(pkg, chain, work: Path, proof: bytes, instances: list[int])
     return out
 
 
+def _variant(text: str) -> tuple[str, str]:
+    shape, _, cols = text.partition(":")
+    if shape.removeprefix("hashed-") not in ("logits", "label") or cols not in ("", "1", "2"):
+        raise argparse.ArgumentTypeError(f"{text!r}: SHAPE[:COLS], SHAPE [hashed-]logits|label, "
+                                         f"COLS 1|2")
+    return shape, cols or "auto"
+
+
+def _default_cols(home: Path, name: str, shape: str) -> int | None:
+    """Inner columns of the default-layout package of this shape, when it is built."""
+    from prover.package import find_package, list_names
+    from verifier.config import Settings
+
+    settings = Settings(home=home)
+    if variant_name(name, shape) not in list_names(settings):
+        return None
+    pkg = find_package(settings, variant_name(name, shape))
+    return json.loads(pkg.path("settings.json").read_text())["run_args"]["num_inner_cols"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["iris_mlp", "digits_cnn"])
+    parser.add_argument("--variants", nargs="+", type=_variant, default=[("logits", "auto"),
+                        ("label", "auto")], metavar="SHAPE[:COLS]",
+                        help="public output (logits|label), optionally :inner columns (1|2)")
+    parser.add_argument("--eval-samples", type=int, metavar="N",
+                        help="agreement on the first N held-out samples (quicker builds)")
     parser.add_argument("--reusable", action="store_true",
                         help="also build EZKL's reusable verifier and report its size/gas")
     parser.add_argument("--home", type=Path,
@@ -214,8 +283,14 @@ def main(argv: list[str] | None = None) -> int:
                   "runtime_bytes": compiled()["VerinferOracle"].runtime_size,
                   "example_consumer_runtime_bytes": compiled()["ExampleConsumer"].runtime_size}
         for name in args.models:
-            print(f"measuring {name} ...", file=sys.stderr)
-            rows.append(measure_model(name, chain, home, Path(tmp), args.reusable))
+            for shape, cols in args.variants:
+                if cols != "auto" and _default_cols(home, name, shape) == int(cols):
+                    print(f"{variant_name(name, shape, cols)}: the default layout already",
+                          file=sys.stderr)
+                    continue
+                print(f"measuring {variant_name(name, shape, cols)} ...", file=sys.stderr)
+                rows.append(measure_model(name, chain, home, Path(tmp), args.reusable,
+                                          shape, cols, args.eval_samples))
 
     result = {
         "chain": "anvil 1.7.1 (node_modules), EVM cancun",
@@ -231,16 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["verifier_deploy_gas", "verifier_runtime_bytes", "verifyProof_gas",
             "requestClassification_gas", "fulfillWithProof_gas", "fulfillWithProof_overhead_gas",
             "fulfillWithSignature_gas", "fulfillWithSignature_nofee_gas"]
-    print(f"{'':32}" + "".join(f"{r['model']:>14}" for r in rows))
+    print(f"{'':32}" + "".join(f"{r['variant']:>20}" for r in rows))
     for c in ["logrows", "input_length", "instances", "proof_bytes", *cols]:
-        print(f"{c:32}" + "".join(f"{r[c]:>14,}" for r in rows))
+        print(f"{c:32}" + "".join(f"{r[c]:>20,}" if c in r else f"{'-':>20}" for r in rows))
     reus = [r.get("reusable") or {} for r in rows]
     if any(reus):
         print("EZKL reusable verifier + VK artifact:")
         for c in ["runtime_bytes", "deploy_gas", "vka_bytes", "registerVka_gas",
                   "verifyProof_gas", "verifyProof_calldata_gas"]:
-            print(f"{'  ' + c:32}" + "".join(f"{u.get(c, '-'):>14,}" if isinstance(
-                u.get(c), int) else f"{'-':>14}" for u in reus))
+            print(f"{'  ' + c:32}" + "".join(f"{u.get(c, '-'):>20,}" if isinstance(
+                u.get(c), int) else f"{'-':>20}" for u in reus))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -64,6 +64,9 @@ class PackageModel:
     num_instances: int  # public instances: the input, the outputs (logits, label)
     max_abs_input: int  # largest |q| the circuit's range checks represent
     dev_srs: bool = True  # the SRS is not the pinned public ceremony file (verifier.srs)
+    # "logits": the outputs are the logits then the label; "label": the label alone. The oracle
+    # records the shape as numInstances (inputLength + 1 for a label-only model)
+    public_output: str = "logits"
 
 
 def load_package(folder: Path) -> PackageModel:
@@ -100,9 +103,10 @@ def load_package(folder: Path) -> PackageModel:
         input_scale=m.input.scale,
         verifier=art,
         package_dir=folder,
-        num_instances=math.prod(m.input.shape) + sum(math.prod(o.shape) for o in m.outputs),
+        num_instances=m.num_instances,
         max_abs_input=min(max_abs, MAX_INPUT_BOUND),
         dev_srs=not is_ceremony_srs(m),
+        public_output=m.public_output,
     )
 
 
@@ -213,6 +217,7 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
             "input_length": m.input_length,
             "input_scale": m.input_scale,
             "num_instances": m.num_instances,
+            "public_output": m.public_output,
             "max_abs_input": m.max_abs_input,
             "min_fee": min_fee,
             "payee": payee or chain.sender,

@@ -26,7 +26,7 @@ from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
 from verifier.digests import sha256_file
 from verifier.errors import InputError
-from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, SRSInfo, TensorSpec
+from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, PublicOutput, SRSInfo, TensorSpec
 from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
 
@@ -140,9 +140,12 @@ def build_package(
     progress: Progress = SILENT,
     options: CircuitOptions | None = None,
     tuning: dict | None = None,
+    public_output: PublicOutput = "logits",
 ) -> CircuitPackage:
     """``options``: circuit settings instead of the defaults (``verinfer models tune``);
-    ``tuning``: the search that chose them, recorded in the manifest."""
+    ``tuning``: the search that chose them, recorded in the manifest; ``public_output``:
+    "logits" (every output public) or "label" (the label alone: the graph's other outputs are
+    dropped, so ``model.onnx`` and its sha256 differ from the user's file)."""
     from contracts.solc import compile_sources, solc_version
     from prover.ezkl_backend import EZKLBackend, use_ezkl_dir
 
@@ -151,6 +154,10 @@ def build_package(
     backend = backend or EZKLBackend()
     model = onnx_model.load(source.onnx_path)
     label_added = onnx_model.ensure_label_output(model)
+    if public_output == "label":
+        onnx_model.keep_label_only(model)
+    elif public_output != "logits":
+        raise InputError(f"public output {public_output!r}: 'logits' or 'label'")
     info = onnx_model.describe(model, label_added)
     progress.note(f"Registering {source.name} from {source.onnx_path}")
     n_in = int(np.prod(info.input.shape))
@@ -164,7 +171,8 @@ def build_package(
     try:
         # Keep the user's bytes when nothing was added: the model's sha256 is its
         # identity in receipts, and it must be the file the server runs.
-        onnx_bytes = model.SerializeToString() if label_added else source.onnx_path.read_bytes()
+        changed = label_added or public_output == "label"
+        onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
         (work / files.MODEL).write_bytes(onnx_bytes)
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):
             samples = calibration.reshape(-1, n_in)
@@ -235,6 +243,7 @@ def build_package(
             outputs=tuple(TensorSpec(name=o.name, datatype=o.datatype, shape=o.shape, scale=s)
                           for o, s in zip(info.outputs, shape.output_scales)),
             label_output=info.label_output,
+            public_output=public_output,
             srs=SRSInfo(logrows=srs_info.logrows, sha256=srs_info.sha256,
                         source=srs_info.source, insecure=srs_info.insecure),
             artifacts={n: Artifact(sha256=sha256_file(work / n), bytes=(work / n).stat().st_size)

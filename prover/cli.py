@@ -30,6 +30,14 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--input-visibility", choices=["public", "hashed"], default="public",
                      help="public: the input is a public instance; hashed: only its Poseidon "
                      "hash is (default: public)")
+    add.add_argument("--public-output", choices=["logits", "label"], default="logits",
+                     help="logits: every output (logits, label) is a public instance; label: "
+                     "the label alone is, the logits stay private (fewer instances, less gas "
+                     "on chain; model.onnx keeps only the label output) (default: logits)")
+    add.add_argument("--inner-cols", type=int, choices=[1, 2],
+                     help="inner columns of the circuit's layout (default: 1 when the circuit "
+                     "fits 2^12 rows, else 2); 1 doubles the rows (one more logrows, slower "
+                     "proofs) and cuts verifyProof gas by about a quarter")
     add.add_argument("--srs", type=Path, metavar="FILE",
                      help="ceremony SRS file to use instead of a local development SRS")
     add.add_argument("--srs-sha256", metavar="HEX",
@@ -109,6 +117,7 @@ def _progress():
 
 def _add(args: argparse.Namespace) -> int:
     from models import REFERENCE_MODELS
+    from prover.backend import CircuitOptions
     from prover.build import build_package, file_source, reference_source
     from prover.report import render
     from verifier.errors import InputError
@@ -134,11 +143,16 @@ def _add(args: argparse.Namespace) -> int:
     settings = _settings()
     progress = _progress()
     if args.tune:
+        if args.public_output != "logits" or args.inner_cols is not None:
+            raise InputError("--public-output label and --inner-cols do not go with --tune "
+                             "yet")
         return _tune(args, settings, source, progress)
     if args.objective is not None or args.budget is not None:
         raise InputError("--objective and --budget go with --tune (or 'models tune')")
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
-                        srs_sha256=args.srs_sha256, progress=progress)
+                        srs_sha256=args.srs_sha256, progress=progress,
+                        public_output=args.public_output, options=None if args.inner_cols
+                        is None else CircuitOptions(inner_cols=args.inner_cols))
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(f"OK: registered {pkg.name} as package {pkg.id}", file=sys.stderr)
     if args.json:

@@ -2,7 +2,9 @@
 
 The circuit needs the class index as a public output. A model whose outputs
 hold no integer tensor gets an ``ArgMax`` over the last axis of its first
-output appended, so users can register a plain logits model.
+output appended, so users can register a plain logits model. A label-only
+package (``--public-output label``) then drops every other output, so that the
+label is the circuit's one public output.
 """
 
 from __future__ import annotations
@@ -95,6 +97,18 @@ def ensure_label_output(model) -> bool:
     label = helper.make_tensor_value_info("label", TensorProto.INT64, [batch.dim_value or 1])
     model.graph.output.append(label)
     return True
+
+
+def keep_label_only(model) -> None:
+    """Make the label the graph's only output (``--public-output label``): the circuit proves
+    the label and keeps the logits private. Call after :func:`ensure_label_output`."""
+    graph = model.graph
+    labels = [o for o in graph.output if o.type.tensor_type.elem_type in _INTEGER_TYPES]
+    if not labels:
+        raise UnsupportedModel("the model has no integer (label) output to keep")
+    keep = labels[-1]
+    for o in [o for o in graph.output if o is not keep]:
+        graph.output.remove(o)
 
 
 def describe(model, label_added: bool = False) -> ModelInfo:

@@ -25,6 +25,8 @@ def render(manifest: Manifest, package_dir) -> str:
         f"ONNX ops    {ops}" + ("  + ArgMax label added" if p.get("label_output_added") else ""),
         f"input       {manifest.input.datatype}{list(manifest.input.shape)} at scale "
         f"2^{manifest.input.scale}, {manifest.input_visibility}",
+        "public out  " + ("the label only (logits private)" if manifest.public_output == "label"
+                           else ", ".join(o.name for o in manifest.outputs)),
         f"circuit     logrows {p['logrows']} ({p['num_rows']} rows used), EZKL "
         f"{manifest.ezkl_version}",
         f"keys        pk {_mb(p['pk_bytes'])}, vk {_mb(p['vk_bytes'])}; setup {p['setup_seconds']:.1f}s",

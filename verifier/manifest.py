@@ -9,8 +9,11 @@ canonical form.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
+
+from pydantic import model_validator
 
 from verifier.base import Frozen, parse_as
 from verifier.digests import canonical_json, sha256_bytes, sha256_file
@@ -18,6 +21,7 @@ from verifier.errors import PackageError
 
 MANIFEST_FORMAT = "verinfer.circuit-package/v1"
 MANIFEST_FILE = "manifest.json"
+PublicOutput = Literal["logits", "label"]
 
 
 class Artifact(Frozen):
@@ -53,6 +57,10 @@ class Manifest(Frozen):
     input: TensorSpec
     outputs: tuple[TensorSpec, ...]
     label_output: int  # index in ``outputs`` of the ArgMax label
+    # What the circuit makes public besides its input: "logits" = every output of the model
+    # (logits, then the label); "label" = the ArgMax label alone (the circuit still computes
+    # the logits, privately; fewer public instances, less gas on chain). Absent = "logits".
+    public_output: PublicOutput = "logits"
     srs: SRSInfo
     artifacts: dict[str, Artifact]  # file name in the package -> hash and size
     calibration: dict  # target, samples, chosen scales, numerical report
@@ -61,11 +69,28 @@ class Manifest(Frozen):
     # baseline, candidates and their figures. Absent from packages made without one.
     tuning: dict | None = None
 
+    @model_validator(mode="after")
+    def _label_only_has_one_output(self) -> Manifest:
+        if self.public_output == "label" and (len(self.outputs) != 1 or self.label_output != 0):
+            raise ValueError("a label-only manifest (public_output 'label') has the label as "
+                             "its one output")
+        return self
+
     def canonical_bytes(self) -> bytes:
         data = self.model_dump(mode="json")
-        if data["tuning"] is None:  # manifests from before the field hash as they did
+        # manifests from before these fields hash as they did
+        if data["tuning"] is None:
             del data["tuning"]
+        if data["public_output"] == "logits":
+            del data["public_output"]
         return canonical_json(data)
+
+    @property
+    def num_instances(self) -> int:
+        """Public instances of a proof: the input (one Poseidon hash when hashed), then the
+        public outputs (logits and label, or the label alone)."""
+        n_in = math.prod(self.input.shape) if self.input_visibility == "public" else 1
+        return n_in + sum(math.prod(o.shape) for o in self.outputs)
 
     @property
     def package_id(self) -> str:

@@ -44,6 +44,9 @@ class LocalModel:
     label_output: str
     session: Any  # onnxruntime.InferenceSession
     package: Any = None  # prover.package.CircuitPackage, when there is one (proof path)
+    # public instances of the package's proofs: the input, then the public outputs (logits and
+    # label, or the label alone: the manifest's public_output); None without a package
+    num_instances: int | None = None
 
     @property
     def input_length(self) -> int:
@@ -78,6 +81,7 @@ class LocalModel:
             label_output=m.outputs[m.label_output].name,
             session=_session(package.path("model.onnx")),
             package=package,
+            num_instances=m.num_instances,
         )
 
     @classmethod

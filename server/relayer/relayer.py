@@ -302,7 +302,8 @@ class Relayer:
         model = self.models.get(ev.model_id)
         if model is None:
             raise _Skip(f"model 0x{ev.model_id.hex()} is not served by this relayer")
-        _signer, n, scale, policy, *_ = self.oracle.functions.models(ev.model_id).call()
+        _signer, n, scale, policy, _verifier, num_instances, *_ = \
+            self.oracle.functions.models(ev.model_id).call()
         if policy == 0:
             raise _Skip(f"model {model.name} is not registered in the oracle")
         if n != model.input_length or len(ev.input) != model.input_length:
@@ -336,6 +337,10 @@ class Relayer:
 
         from verifier.onchain import proof_parts
 
+        if model.num_instances not in (None, num_instances):  # the oracle would refuse it
+            raise _Skip(f"model {model.name}: the oracle takes {num_instances} public instances, "
+                        f"this package's proofs have {model.num_instances} (another public "
+                        f"output shape)")
         bundle = self.proofs.prove(model, x)
         proof, instances = proof_parts(bundle.proof)
         if [felt_to_int(f) for f in instances[: model.input_length]] != list(ev.input):
