@@ -21,8 +21,8 @@ then the layouts (decomposition x columns, and a logrows cap) for the lowest
 scale that kept every label and for the baseline's scale; then full measurements,
 most promising first by their calibrated logrows and columns. Candidates whose
 verifier likely fits EIP-170 (guessed from the defaults' verifier and the number
-of columns) are calibrated and measured before wider ones; once a verifier of N
-columns is over the limit, no candidate with N or more columns is keyed.
+of columns, blocks included) are calibrated and measured before wider ones; once a
+verifier N columns wide is over the limit, no candidate as wide or wider is keyed.
 
 Separate input and parameter scales (``CircuitOptions.param_scale``) are measured
 when given as candidates; the built-in plan does not search them, because EZKL's
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -99,10 +100,20 @@ class Measurement:
     def measured(self) -> bool:
         return self.status == "ok" and all(getattr(self, m) is not None for m in FRONT_METRICS)
 
+    @property
+    def width(self) -> int:
+        """Advice columns per variable: the inner columns times EZKL's blocks (a circuit
+        whose rows do not fit under its logrows, as under a logrows cap, is laid out in
+        several blocks of columns side by side)."""
+        cols = self.inner_cols or 2
+        if not self.num_rows or not self.logrows:
+            return cols
+        return cols * max(1, math.ceil(self.num_rows / 2 ** self.logrows))
+
     def verifier_guess(self, base: Measurement) -> int:
         """Likely runtime size of this candidate's verifier, from the defaults' measured one."""
-        size, cols = base.verifier_runtime_bytes or 0, base.inner_cols or 2
-        return size + VERIFIER_BYTES_PER_COLUMN * ((self.inner_cols or cols) - cols)
+        return (base.verifier_runtime_bytes or 0) + VERIFIER_BYTES_PER_COLUMN * (
+            self.width - base.width)
 
     def estimate(self, objective: str) -> float:
         """Cost guess from calibration alone, to order the expensive measurements."""
@@ -206,7 +217,8 @@ class _Search:
         self.chain = None
         self.chain_name = None
         self.baseline_s = 0.0
-        # fewest inner columns seen with a verifier over EIP-170: wider ones are not keyed
+        # narrowest width (see Measurement.width) seen with a verifier over EIP-170: as wide
+        # or wider ones are not keyed
         self.too_wide = 1 << 30
         self._stack = contextlib.ExitStack()
         self.ms: list[Measurement] = []
@@ -301,7 +313,7 @@ class _Search:
                 compiled = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"]
             m.verifier_runtime_bytes = compiled.runtime_size
             if compiled.runtime_size > EIP170_LIMIT:  # no chain would deploy its verifier
-                self.too_wide = min(self.too_wide, m.inner_cols)
+                self.too_wide = min(self.too_wide, m.width)
                 m.status = "verifier-too-large"
                 m.reason = f"verifier {compiled.runtime_size:,} bytes, over EIP-170's 24,576"
                 self.note(m, f"logrows {m.logrows}, prove {m.prove_s:.2f}s: OUT, {m.reason}")
@@ -378,10 +390,10 @@ class _Search:
             m.status, m.reason = "pruned", f"logrows {m.logrows} > defaults' {base.logrows}"
             self.note(m, m.reason)
             return False
-        if m.inner_cols >= self.too_wide:
+        if m.width >= self.too_wide:
             m.status = "verifier-too-large"
-            m.reason = (f"{m.inner_cols} inner columns: the verifier of {self.too_wide} was "
-                        f"already over EIP-170's 24,576 bytes")
+            m.reason = (f"{m.width} columns wide: the verifier of a circuit {self.too_wide} "
+                        f"wide was already over EIP-170's 24,576 bytes")
             self.note(m, m.reason)
             return False
         for o in self.ms:

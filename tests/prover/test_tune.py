@@ -240,8 +240,8 @@ def test_separate_scales_are_recorded_and_used_by_the_package(prover_home, tmp_p
 
 
 def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_home):
-    """Candidates whose verifier likely fits EIP-170 are measured first; once N columns were
-    over the limit, N or more columns are not keyed (no EZKL: the plan's own rules)."""
+    """Candidates whose verifier likely fits EIP-170 are measured first; once a circuit N
+    columns wide was over the limit, none as wide is keyed (no EZKL: the plan's own rules)."""
     from prover.build import reference_source
     from prover.tune import EIP170_LIMIT, _Search
     from verifier.config import Settings
@@ -260,7 +260,15 @@ def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_
         assert s._worth(wide, base)
         s.too_wide = 3  # a 3-column verifier was over the limit
         assert not s._worth(wide, base) and wide.status == "verifier-too-large"
-        assert "verifier of 3" in wide.reason
+        assert "circuit 3 wide" in wide.reason
+        # under a logrows cap EZKL lays 3 inner columns out in 2 blocks: 6 wide
+        capped = Measurement(CircuitOptions(inner_cols=3, max_logrows=13), inner_cols=3,
+                             logrows=13, num_rows=14_768)
+        assert capped.width == 6 and capped.verifier_guess(base) > EIP170_LIMIT
+        s.too_wide = capped.width  # its verifier was over: 3 columns in one block still run
+        three = Measurement(CircuitOptions(inner_cols=3), inner_cols=3, logrows=14,
+                            num_rows=14_768)
+        assert three.width == 3 and s._worth(three, base)
         narrow = Measurement(CircuitOptions(inner_cols=2), inner_cols=2, logrows=15,
                              num_rows=21_047)
         assert s._worth(narrow, base)
