@@ -209,10 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {name}", file=sys.stderr)
             rows.append(run_model(name, home, Path(tmp), args.budget, args.reps))
             write(args.out, rows, args.keep)  # each model's figures as soon as they are in
-    print(f"\n{'model':<12} {'prove x':>8} {'logrows':>10} {'pk x':>6} {'gas x':>6}  agreement")
+    print(f"\n{'model':<12} {'prove x':>8} {'(turns)':>8} {'logrows':>10} {'pk x':>6} "
+          f"{'gas x':>6}  agreement")
     for r in rows:
         b, s = r["baseline"], r["smallest"]
-        print(f"{r['model']:<12} {r['prove_ratio']:>8.3f} {b['logrows']:>4} -> {s['logrows']:<3} "
+        turns = r.get("interleaved", {}).get("chosen_prove_ratio_median")
+        print(f"{r['model']:<12} {r['prove_ratio']:>8.3f} "
+              f"{'-' if turns is None else f'{turns:.3f}':>8} "
+              f"{b['logrows']:>4} -> {s['logrows']:<3} "
               f"{r['pk_ratio_smallest']:>6.3f} {r['gas_ratio_cheapest']:>6.3f}  "
               f"100% of {r['eval_set']} (every candidate kept)")
     print(f"wrote {args.out}", file=sys.stderr)
