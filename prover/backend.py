@@ -29,24 +29,31 @@ class CircuitOptions:
     """Circuit settings chosen by hand or by ``verinfer models tune`` instead of the defaults.
 
     ``scale``: input and parameter scale (2^scale), None = EZKL's calibration picks;
+    ``param_scale``: the parameters' scale when it differs from ``scale`` (which is then
+    the input scale; needs ``scale``);
     ``decomp_base``/``decomp_legs``: range checks as legs digits of base;
     ``inner_cols``: None = the default rule (prover/build.py); ``max_logrows``: a cap
     that calibration lays the circuit out under (wider, not taller)."""
 
     scale: int | None = None
+    param_scale: int | None = None
     decomp_base: int = 512
     decomp_legs: int = 4
     inner_cols: int | None = None
     max_logrows: int | None = None
 
     def as_dict(self) -> dict:
-        return {"scale": self.scale, "decomp_base": self.decomp_base,
+        return {"scale": self.scale, "param_scale": self.param_scale,
+                "decomp_base": self.decomp_base,
                 "decomp_legs": self.decomp_legs, "inner_cols": self.inner_cols,
                 "max_logrows": self.max_logrows}
 
     @property
     def label(self) -> str:
-        return (f"scale {'auto' if self.scale is None else self.scale}, decomp "
+        scale = "auto" if self.scale is None else str(self.scale)
+        if self.param_scale is not None and self.param_scale != self.scale:
+            scale += f"/params {self.param_scale}"
+        return (f"scale {scale}, decomp "
                 f"{self.decomp_base}x{self.decomp_legs}, cols "
                 f"{'auto' if self.inner_cols is None else self.inner_cols}"
                 + (f", logrows<={self.max_logrows}" if self.max_logrows else ""))

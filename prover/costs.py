@@ -46,9 +46,10 @@ def _suggest(biggest: dict, parts: list[dict], ra: dict, logrows: int) -> str | 
                 f"layout's rows; each step down from scale 2^{ra['input_scale']} halves it "
                 f"(~{steps} steps to the layout's size) if the labels survive")
     if logrows >= 14:
+        # (the layout's rows do not depend on the scale: digits_cnn at 2^0, 2^8, 2^13)
         return (f"{layout:,} rows in {ra['num_inner_cols']} inner columns at logrows "
-                f"{logrows}: more columns, fewer range-check legs or a lower scale may "
-                f"cut logrows (and proving time)")
+                f"{logrows}: more columns (while the verifier fits EIP-170) or fewer "
+                f"range-check legs may cut logrows (and proving time)")
     return None
 
 

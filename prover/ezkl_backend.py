@@ -87,8 +87,12 @@ class EZKLBackend:
         args.num_inner_cols = inner_cols
         # A fixed scale: calibration tries only it, with no rebase multiplier (EZKL's
         # search would otherwise pick multipliers that blow lookup tables up ~2^10-fold).
-        fixed = {} if opts.scale is None else {"scales": [opts.scale],
-                                               "scale_rebase_multiplier": [1]}
+        split = opts.scale is not None and opts.param_scale not in (None, opts.scale)
+        # EZKL's calibration gives inputs and parameters one scale: a split pair is
+        # calibrated at the higher one (its logrows, lookup range and decomposition check
+        # cover the lower one's smaller values), then laid out at the pair (below).
+        top = max(opts.scale, opts.param_scale) if split else opts.scale
+        fixed = {} if top is None else {"scales": [top], "scale_rebase_multiplier": [1]}
         if opts.max_logrows is not None:
             fixed["max_logrows"] = opts.max_logrows
         data = folder / "calibration.json"
@@ -102,6 +106,8 @@ class EZKLBackend:
                                    f"{_first_line(exc)}") from None
         try:
             ezkl.calibrate_settings(str(data), model, settings, "accuracy", **fixed)
+            if split:
+                _split_scales(ezkl, args, model, settings, opts.scale, opts.param_scale)
             ezkl.compile_circuit(model, str(folder / COMPILED), settings)
         except RuntimeError as exc:
             raise UnsupportedModel(f"EZKL could not calibrate this model: "
@@ -180,3 +186,15 @@ class EZKLBackend:
         if not sol.is_file() or sol.stat().st_size == 0:
             raise ProverError("EZKL did not write a Solidity verifier")
         return sol.read_text()
+
+
+def _split_scales(ezkl, args, model: str, settings: str, input_scale: int,
+                  param_scale: int) -> None:
+    """Settings at input scale ``input_scale`` and parameter scale ``param_scale``, with the
+    logrows and lookup range calibration found at the higher of the two."""
+    ra = json.loads(Path(settings).read_text())["run_args"]
+    args.input_scale, args.param_scale = input_scale, param_scale
+    args.scale_rebase_multiplier = 1
+    args.logrows, args.lookup_range = ra["logrows"], tuple(ra["lookup_range"])
+    ezkl.gen_settings(model, settings, py_run_args=args)
+

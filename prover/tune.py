@@ -19,13 +19,22 @@ Order of the search (bounded by the budget): today's defaults (the baseline);
 lower scales with the baseline's layout, downwards until one changes a label;
 then the layouts (decomposition x columns, and a logrows cap) for the lowest
 scale that kept every label and for the baseline's scale; then full measurements,
-most promising first by their calibrated logrows and columns.
+most promising first by their calibrated logrows and columns. Candidates whose
+verifier likely fits EIP-170 (guessed from the defaults' verifier and the number
+of columns, blocks included) are calibrated and measured before wider ones; once a
+verifier N columns wide is over the limit, no candidate as wide or wider is keyed.
+
+Separate input and parameter scales (``CircuitOptions.param_scale``) are measured
+when given as candidates; the built-in plan does not search them, because EZKL's
+rows do not depend on the scales and the pair is calibrated at the higher of the
+two (see prover/ezkl_backend.py), so a split pair is never smaller than that scale.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -47,9 +56,14 @@ METRIC = {"prove": "prove_s", "pk": "pk_bytes", "gas": "verify_gas"}
 FRONT_METRICS = ("prove_s", "pk_bytes", "verify_gas")
 SCALES = (8, 6, 5, 4, 3)  # tried downwards from the first
 FALLBACK_SCALE = 10  # when the first step down already changes a label
-DECOMPS = ((512, 4), (4096, 2), (1024, 3), (2048, 2), (512, 3))
-COLUMNS = (1, 2, 4, 8)
+DECOMPS = ((512, 4), (4096, 2), (2048, 2), (1024, 3), (512, 3))
+COLUMNS = (1, 2, 3, 4, 8)
 EIP170_LIMIT = 24_576
+# Runtime bytes a Solidity verifier grows by per inner column, at least (measured with
+# EZKL 23.0.5: digits_cnn 2 -> 3 columns +5.7 KB, 2 -> 8 +3.7 KB per column; the Sigmoid
+# bench model 1 -> 4 +6.4 KB per column). Used only to measure likely deployable
+# candidates first; the compiled size decides.
+VERIFIER_BYTES_PER_COLUMN = 3_000
 # A proof that took less than this is timed twice (the faster run counts): one short
 # timing on a busy machine says little.
 PROVE_REPEAT_UNDER_S = 20.0
@@ -85,6 +99,21 @@ class Measurement:
     @property
     def measured(self) -> bool:
         return self.status == "ok" and all(getattr(self, m) is not None for m in FRONT_METRICS)
+
+    @property
+    def width(self) -> int:
+        """Advice columns per variable: the inner columns times EZKL's blocks (a circuit
+        whose rows do not fit under its logrows, as under a logrows cap, is laid out in
+        several blocks of columns side by side)."""
+        cols = self.inner_cols or 2
+        if not self.num_rows or not self.logrows:
+            return cols
+        return cols * max(1, math.ceil(self.num_rows / 2 ** self.logrows))
+
+    def verifier_guess(self, base: Measurement) -> int:
+        """Likely runtime size of this candidate's verifier, from the defaults' measured one."""
+        return (base.verifier_runtime_bytes or 0) + VERIFIER_BYTES_PER_COLUMN * (
+            self.width - base.width)
 
     def estimate(self, objective: str) -> float:
         """Cost guess from calibration alone, to order the expensive measurements."""
@@ -188,6 +217,9 @@ class _Search:
         self.chain = None
         self.chain_name = None
         self.baseline_s = 0.0
+        # narrowest width (see Measurement.width) seen with a verifier over EIP-170: as wide
+        # or wider ones are not keyed
+        self.too_wide = 1 << 30
         self._stack = contextlib.ExitStack()
         self.ms: list[Measurement] = []
 
@@ -281,6 +313,7 @@ class _Search:
                 compiled = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"]
             m.verifier_runtime_bytes = compiled.runtime_size
             if compiled.runtime_size > EIP170_LIMIT:  # no chain would deploy its verifier
+                self.too_wide = min(self.too_wide, m.width)
                 m.status = "verifier-too-large"
                 m.reason = f"verifier {compiled.runtime_size:,} bytes, over EIP-170's 24,576"
                 self.note(m, f"logrows {m.logrows}, prove {m.prove_s:.2f}s: OUT, {m.reason}")
@@ -357,6 +390,12 @@ class _Search:
             m.status, m.reason = "pruned", f"logrows {m.logrows} > defaults' {base.logrows}"
             self.note(m, m.reason)
             return False
+        if m.width >= self.too_wide:
+            m.status = "verifier-too-large"
+            m.reason = (f"{m.width} columns wide: the verifier of a circuit {self.too_wide} "
+                        f"wide was already over EIP-170's 24,576 bytes")
+            self.note(m, m.reason)
+            return False
         for o in self.ms:
             if o is not m and o.status == "ok" and (o.logrows, o.num_rows, o.inner_cols,
                                                     o.arithmetic) == (
@@ -389,12 +428,18 @@ class _Search:
             if self.calibrate(m) and self.agree(m):
                 kept.append(FALLBACK_SCALE)
                 m.status = "calibrated"
-        # 2. layouts for the lowest scale kept and the defaults' scale
+        # 2. layouts for the lowest scale kept and the defaults' scale: the columns whose
+        # verifier likely fits EIP-170 first (widest first, or narrowest for gas), the
+        # decompositions with fewest legs (fewest rows) first
         scales = sorted(kept)[:1] + [base.input_scale]
-        cols = sorted(COLUMNS, key=lambda c: c if self.objective == "gas" else abs(c - 4))
+        guess = {c: Measurement(CircuitOptions(), inner_cols=c).verifier_guess(base)
+                 for c in COLUMNS}
+        cols = sorted(COLUMNS, key=lambda c: (guess[c] > EIP170_LIMIT,
+                                              c if self.objective == "gas" else -c))
+        decomps = sorted(DECOMPS, key=lambda d: d[1])
         for s in scales:
-            for base_, legs in DECOMPS:
-                for c in cols:
+            for c in cols:
+                for base_, legs in decomps:
                     if self.over_budget() or self.elapsed() > 0.5 * self.budget_s:
                         break
                     opts = CircuitOptions(scale=s, decomp_base=base_, decomp_legs=legs,
@@ -407,7 +452,8 @@ class _Search:
         # 3. a logrows cap one below for the most promising circuits found
         # (calibration then lays the circuit out wider, not taller)
         calibrated = sorted((m for m in self.ms if m.status == "calibrated"),
-                            key=lambda m: m.estimate(self.objective))
+                            key=lambda m: (m.verifier_guess(base) > EIP170_LIMIT,
+                                           m.estimate(self.objective)))
         for m in calibrated[:2]:
             if self.over_budget() or self.elapsed() > 0.5 * self.budget_s or m.logrows <= 10:
                 break
@@ -415,8 +461,10 @@ class _Search:
             if self.calibrate(capped):
                 capped.status = "calibrated"
         # 4. full measurements, most promising first
+        # (likely deployable ones first: a verifier over EIP-170 is out whatever its speed)
         todo = [m for m in self.ms if m.status == "calibrated"]
-        for m in sorted(todo, key=lambda m: m.estimate(self.objective)):
+        for m in sorted(todo, key=lambda m: (m.verifier_guess(base) > EIP170_LIMIT,
+                                             m.estimate(self.objective))):
             if self.over_budget():
                 break
             if self._worth(m, base) and self.agree(m):

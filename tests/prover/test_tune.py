@@ -17,6 +17,7 @@ from prover_support import oip_request, run_cli
 from models import load_split
 from prover.backend import CircuitOptions
 from prover.costs import circuit_costs
+from prover.progress import SILENT
 from prover.tune import Measurement, SearchFailed, choose, pareto_front
 from verifier.errors import ProofInvalid
 from verifier.manifest import Manifest
@@ -199,3 +200,77 @@ def test_bad_tune_flags_are_refused_in_one_line(home, args, message):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert message in lines[-1] and "Traceback" not in proc.stderr
     assert not (home / "names").exists()
+
+
+def test_separate_scales_are_recorded_and_used_by_the_package(prover_home, tmp_path):
+    """Input scale 2^4 with parameters at 2^8 (EZKL's calibration takes one scale for both):
+    the search measures the pair, and the package registered with it (as ``models tune``
+    registers its choice) runs its circuit at that pair, records it, and its proofs verify."""
+    from dataclasses import replace
+
+    from prover.build import build_package, reference_source
+    from prover.tune import search
+    from verifier.config import Settings
+
+    settings, source = Settings(home=prover_home), reference_source("iris_mlp")
+    split = CircuitOptions(scale=4, param_scale=8, inner_cols=1)
+    result = search(settings, source, objective="pk", budget_minutes=30, candidates=[split])
+    m = next(m for m in result.measurements if m.options == split)
+    assert m.status == "ok" and m.agreement["percent"] == 100.0
+    assert m.label == "scale 4/params 8, decomp 512x4, cols 1"
+    source = replace(source, name="iris_split")
+    pkg = build_package(settings, source, options=split, tuning=result.record()
+                        | {"chosen": m.as_dict()})
+    folder = pkg.dir
+    ra = json.loads((folder / "settings.json").read_text())["run_args"]
+    assert (ra["input_scale"], ra["param_scale"]) == (4, 8)
+    manifest = Manifest.load(folder / "manifest.json")
+    assert manifest.input.scale == 4
+    assert manifest.preflight["agreement"]["percent"] == 100.0
+    assert manifest.tuning["chosen"]["options"] == split.as_dict()
+    recorded = next(c for c in manifest.tuning["candidates"] if c["label"] == m.label)
+    assert recorded["options"]["param_scale"] == 8
+    _, x_test, _, _ = load_split("iris_mlp")
+    req = tmp_path / "req.json"
+    req.write_text(oip_request(x_test[3].reshape(1, 4)))
+    run_cli("prove", "iris_split", "--input", req, "--out", tmp_path / "b",
+            home=prover_home, check=True)
+    proc = run_cli("verify", tmp_path / "b", "--allow-dev-srs", home=prover_home)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_home):
+    """Candidates whose verifier likely fits EIP-170 are measured first; once a circuit N
+    columns wide was over the limit, none as wide is keyed (no EZKL: the plan's own rules)."""
+    from prover.build import reference_source
+    from prover.tune import EIP170_LIMIT, _Search
+    from verifier.config import Settings
+
+    base = Measurement(CircuitOptions(), baseline=True, inner_cols=2, logrows=15,
+                       num_rows=26_921)
+    base.verifier_runtime_bytes = 19_610  # digits_cnn's defaults, measured
+    assert Measurement(CircuitOptions(), inner_cols=2).verifier_guess(base) == 19_610
+    assert Measurement(CircuitOptions(), inner_cols=3).verifier_guess(base) <= EIP170_LIMIT
+    assert Measurement(CircuitOptions(), inner_cols=4).verifier_guess(base) > EIP170_LIMIT
+    s = _Search(Settings(home=prover_home), reference_source("iris_mlp"), "prove", 60.0,
+                SILENT, None, "public")
+    try:
+        wide = Measurement(CircuitOptions(inner_cols=4), inner_cols=4, logrows=14,
+                           num_rows=11_871)
+        assert s._worth(wide, base)
+        s.too_wide = 3  # a 3-column verifier was over the limit
+        assert not s._worth(wide, base) and wide.status == "verifier-too-large"
+        assert "circuit 3 wide" in wide.reason
+        # under a logrows cap EZKL lays 3 inner columns out in 2 blocks: 6 wide
+        capped = Measurement(CircuitOptions(inner_cols=3, max_logrows=13), inner_cols=3,
+                             logrows=13, num_rows=14_768)
+        assert capped.width == 6 and capped.verifier_guess(base) > EIP170_LIMIT
+        s.too_wide = capped.width  # its verifier was over: 3 columns in one block still run
+        three = Measurement(CircuitOptions(inner_cols=3), inner_cols=3, logrows=14,
+                            num_rows=14_768)
+        assert three.width == 3 and s._worth(three, base)
+        narrow = Measurement(CircuitOptions(inner_cols=2), inner_cols=2, logrows=15,
+                             num_rows=21_047)
+        assert s._worth(narrow, base)
+    finally:
+        s.close()
