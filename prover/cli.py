@@ -143,9 +143,8 @@ def _add(args: argparse.Namespace) -> int:
     settings = _settings()
     progress = _progress()
     if args.tune:
-        if args.public_output != "logits" or args.inner_cols is not None:
-            raise InputError("--public-output label and --inner-cols do not go with --tune "
-                             "yet")
+        if args.inner_cols is not None:
+            raise InputError("--inner-cols does not go with --tune: the search chooses the columns")
         return _tune(args, settings, source, progress)
     if args.objective is not None or args.budget is not None:
         raise InputError("--objective and --budget go with --tune (or 'models tune')")
@@ -168,8 +167,8 @@ def _tune(args, settings, source, progress) -> int:
     result, pkg = tune_and_register(
         settings, source, objective=objective,
         budget_minutes=10.0 if args.budget is None else args.budget,
-        progress=progress, visibility=args.input_visibility, srs_file=args.srs,
-        srs_sha256=args.srs_sha256)
+        progress=progress, visibility=args.input_visibility, public_output=args.public_output,
+        srs_file=args.srs, srs_sha256=args.srs_sha256)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(table(result), file=sys.stderr if args.json else sys.stdout)
     print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {objective})",

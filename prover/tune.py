@@ -143,6 +143,7 @@ class TuneResult:
     front: list[Measurement]
     chosen: Measurement
     chain: str | None = None  # where verifyProof gas was measured
+    public_output: str = "logits"  # the circuits' public output (models add --public-output)
 
     def record(self) -> dict:
         """What the manifest keeps of the search."""
@@ -155,7 +156,7 @@ class TuneResult:
         return {
             "objective": self.objective, "budget_s": round(self.budget_s, 1),
             "elapsed_s": round(self.elapsed_s, 1), "eval_set": self.eval_set,
-            "gas_measured_on": self.chain,
+            "gas_measured_on": self.chain, "public_output": self.public_output,
             "baseline": base.as_dict(),
             "chosen": self.chosen.as_dict()
             | {"vs_baseline": {k: ratio(self.chosen, k) for k in FRONT_METRICS}},
@@ -196,7 +197,7 @@ class SearchFailed(VerinferError):
 class _Search:
     def __init__(self, settings: Settings, source: ModelSource, objective: str,
                  budget_s: float, progress: Progress, backend: ProofSystem,
-                 visibility: str) -> None:
+                 visibility: str, public_output: str = "logits") -> None:
         self.settings, self.source, self.objective = settings, source, objective
         self.budget_s, self.progress, self.backend = budget_s, progress, backend
         self.visibility = visibility
@@ -211,6 +212,13 @@ class _Search:
         self.floats = float_labels(self.onnx_bytes, self.info, self.eval_x)
         # Closest calls first: a label that flips is found after a few witnesses.
         self.order = _by_margin(self.onnx_bytes, self.info, self.eval_x)
+        self.public_output = public_output
+        if public_output == "label":  # the circuit as build_package makes it: the label alone public
+            onnx_model.keep_label_only(model)
+            self.info = onnx_model.describe(model, added)
+            self.onnx_bytes = model.SerializeToString()
+        elif public_output != "logits":
+            raise InputError(f"public output {public_output!r}: 'logits' or 'label'")
         self.root = Path(tempfile.mkdtemp(prefix="verinfer-tune-"))
         self.log = self.root / "ezkl.log"
         self.agreements: dict[tuple, dict] = {}
@@ -373,7 +381,7 @@ class _Search:
         chosen = choose(self.ms, self.objective)
         return TuneResult(self.objective, self.budget_s, self.baseline_s + self.elapsed(),
                           self.source.eval_set,
-                          base, self.ms, front, chosen, self.chain_name)
+                          base, self.ms, front, chosen, self.chain_name, self.public_output)
 
     def _run_list(self, base: Measurement, candidates: list[CircuitOptions]) -> None:
         for opts in candidates:
@@ -498,7 +506,7 @@ def _by_margin(onnx_bytes: bytes, info, x: np.ndarray) -> list[int]:
 def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
            budget_minutes: float = 10.0, progress: Progress = SILENT,
            candidates: list[CircuitOptions] | None = None, backend: ProofSystem | None = None,
-           visibility: str = "public") -> TuneResult:
+           visibility: str = "public", public_output: str = "logits") -> TuneResult:
     """Run the search (``candidates``: these instead of the built-in plan)."""
     from prover.ezkl_backend import EZKLBackend
 
@@ -507,7 +515,7 @@ def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
     if not budget_minutes > 0:
         raise InputError("--budget must be a positive number of minutes")
     s = _Search(settings, source, objective, budget_minutes * 60.0, progress,
-                backend or EZKLBackend(), visibility)
+                backend or EZKLBackend(), visibility, public_output)
     try:
         return s.run(candidates)
     finally:
@@ -517,18 +525,22 @@ def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
 def tune_and_register(settings: Settings, source: ModelSource, *, objective: str = "prove",
                       budget_minutes: float = 10.0, progress: Progress = SILENT,
                       candidates: list[CircuitOptions] | None = None,
-                      visibility: str = "public", **build_kw):
-    """Search, then register the chosen candidate as a normal package recording the search."""
+                      visibility: str = "public", public_output: str = "logits", **build_kw):
+    """Search, then register the chosen candidate as a normal package recording the search.
+    ``public_output``: the package's public output (``models add --public-output``), searched
+    and registered with it."""
     from prover.build import build_package
 
     result = search(settings, source, objective=objective, budget_minutes=budget_minutes,
-                    progress=progress, candidates=candidates, visibility=visibility)
+                    progress=progress, candidates=candidates, visibility=visibility,
+                    public_output=public_output)
     chosen = result.chosen
     # The chosen circuit, exactly: its columns too (the default rule could pick others).
     options = replace(chosen.options, inner_cols=chosen.inner_cols)
     progress.note(f"Registering the best for {objective}: {chosen.label}")
     pkg = build_package(settings, source, visibility=visibility, progress=progress,
-                        options=options, tuning=result.record(), **build_kw)
+                        options=options, tuning=result.record(), public_output=public_output,
+                        **build_kw)
     return result, pkg
 
 

@@ -202,6 +202,16 @@ def test_bad_tune_flags_are_refused_in_one_line(home, args, message):
     assert not (home / "names").exists()
 
 
+def _proves_and_verifies(name: str, sample: int, home, tmp_path) -> None:
+    """``verinfer prove NAME`` on held-out iris sample ``sample``; ``verify`` accepts the bundle."""
+    _, x_test, _, _ = load_split("iris_mlp")
+    req = tmp_path / "req.json"
+    req.write_text(oip_request(x_test[sample].reshape(1, 4)))
+    run_cli("prove", name, "--input", req, "--out", tmp_path / "b", home=home, check=True)
+    proc = run_cli("verify", tmp_path / "b", "--allow-dev-srs", home=home)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_separate_scales_are_recorded_and_used_by_the_package(prover_home, tmp_path):
     """Input scale 2^4 with parameters at 2^8 (EZKL's calibration takes one scale for both):
     the search measures the pair, and the package registered with it (as ``models tune``
@@ -230,13 +240,30 @@ def test_separate_scales_are_recorded_and_used_by_the_package(prover_home, tmp_p
     assert manifest.tuning["chosen"]["options"] == split.as_dict()
     recorded = next(c for c in manifest.tuning["candidates"] if c["label"] == m.label)
     assert recorded["options"]["param_scale"] == 8
-    _, x_test, _, _ = load_split("iris_mlp")
-    req = tmp_path / "req.json"
-    req.write_text(oip_request(x_test[3].reshape(1, 4)))
-    run_cli("prove", "iris_split", "--input", req, "--out", tmp_path / "b",
-            home=prover_home, check=True)
-    proc = run_cli("verify", tmp_path / "b", "--allow-dev-srs", home=prover_home)
-    assert proc.returncode == 0, proc.stderr
+    _proves_and_verifies("iris_split", 3, prover_home, tmp_path)
+
+
+def test_tune_searches_and_registers_a_label_only_package(prover_home, tmp_path):
+    """``models tune --public-output label``: the candidates are the label-only circuit (one
+    public output), the labels are still checked against the float model's, and the package
+    registered is label-only and proves and verifies."""
+    from dataclasses import replace
+
+    from prover.build import reference_source
+    from prover.tune import tune_and_register
+    from verifier.config import Settings
+
+    settings = Settings(home=prover_home)
+    source = replace(reference_source("iris_mlp"), name="iris_label_tuned")
+    one = CircuitOptions(inner_cols=1)
+    result, pkg = tune_and_register(settings, source, objective="pk", budget_minutes=30,
+                                    candidates=[one], public_output="label")
+    assert all(m.agreement is None or m.agreement["percent"] == 100.0 for m in result.measurements)
+    manifest = Manifest.load(pkg.dir / "manifest.json")
+    assert manifest.public_output == "label" and [o.name for o in manifest.outputs] == ["label"]
+    assert manifest.tuning["chosen"]["agreement"]["percent"] == 100.0
+    assert manifest.tuning["public_output"] == "label"  # what the candidates were measured as
+    _proves_and_verifies("iris_label_tuned", 5, prover_home, tmp_path)
 
 
 def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_home):
