@@ -132,9 +132,9 @@ def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_pa
     assert m["input_length"] == 4 and m["input_scale"] == iris_proofs.circuit.input_scale
     chain = connect(anvil_url)
     oracle = chain.contract(record["oracle"]["address"], oracle_abi())
-    signer_, length, scale, policy, verifier, n_inst, min_fee, max_abs, payee = \
+    signer_, length, scale, policy, verifier, n_inst, min_fee, max_abs, payee, accrued = \
         oracle.functions.models(bytes.fromhex(m["model_id"][2:])).call()
-    assert payee == chain.sender == m["payee"]  # the deployer, by default
+    assert payee == chain.sender == m["payee"] and accrued == 0  # the deployer, by default
     assert (signer_.lower(), length, scale, policy, verifier) == (signer, 4, m["input_scale"],
                                                                  3, m["verifier"])
     # 4 inputs, 3 logits, the label; EZKL's default range checks: 2 legs of 2^14
