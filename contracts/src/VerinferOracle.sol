@@ -364,7 +364,7 @@ contract VerinferOracle {
             m.accruedFees = 0;
             (bool ok,) = old.call{value: amount}("");
             if (ok) emit FeesWithdrawn(modelId, old, amount);
-            else m.accruedFees = uint96(amount);
+            else m.accruedFees += uint96(amount); // refused: kept, for the new payee
         }
     }
 
