@@ -1,4 +1,4 @@
-"""Subcommands owned by contracts: ``chain deploy``.
+"""Subcommands owned by contracts: ``chain deploy``, ``chain withdraw-fees``.
 
 Registration imports nothing heavy: web3 and solc are loaded only when a handler runs.
 """
@@ -53,8 +53,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     dep.add_argument("--json", action="store_true", help="print the deployment as JSON")
     dep.set_defaults(handler=_deploy)
 
+    wd = csub.add_parser(
+        "withdraw-fees", help="pay models' accrued fees to their payees",
+        description="Fulfilment fees accrue per model in the oracle (pull payments: no "
+        "fulfilment transfers ETH). For each MODEL with fees accrued, send withdrawFees, which "
+        "pays them to the model's payee whoever sends it; a model with none is reported and "
+        "skipped. Every MODEL is checked before anything is sent.")
+    wd.add_argument("models", nargs="+", metavar="MODEL",
+                    help="model id (0x + 64 hex digits), registered model name or package folder")
+    wd.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC node")
+    wd.add_argument("--oracle", required=True, metavar="ADDRESS", help="VerinferOracle address")
+    wd.add_argument("--key-file", type=Path, metavar="FILE",
+                    help="private key (hex, file mode 0600) that pays the gas; default "
+                    "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account")
+    wd.set_defaults(handler=_withdraw_fees)
+
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
+_MODEL_ID = re.compile(r"^0x[0-9a-fA-F]{64}$")
 
 
 def _resolve_package(ref: str) -> Path:
@@ -139,4 +155,39 @@ def _deploy(args: argparse.Namespace) -> int:
     print(f"wrote {out}", file=sys.stderr)
     if args.json:
         print(json.dumps(record, indent=2))
+    return 0
+
+
+def _model_id(ref: str) -> bytes:
+    """A model id given as 0x + 64 hex digits, or the model sha256 of a package's manifest."""
+    if _MODEL_ID.match(ref):
+        return bytes.fromhex(ref[2:])
+    from verifier.packages import read_manifest
+
+    return bytes.fromhex(read_manifest(_resolve_package(ref)).model_sha256)
+
+
+def _withdraw_fees(args: argparse.Namespace) -> int:
+    from contracts.chain import connect, key_file_from_env
+    from contracts.deploy import model_fees, oracle_abi, withdraw_fees
+    from verifier.errors import InputError
+
+    if not _ADDRESS.match(args.oracle):
+        raise InputError(f"--oracle is not an address: {args.oracle!r}")
+    ids = [_model_id(ref) for ref in args.models]
+    chain = connect(args.rpc, key_file=args.key_file or key_file_from_env())
+    if not chain.w3.eth.get_code(chain.w3.to_checksum_address(args.oracle)):
+        raise InputError(f"no contract at {args.oracle} on chain {chain.chain_id}")
+    oracle = chain.contract(args.oracle, oracle_abi())
+    accounts = [model_fees(oracle, mid) for mid in ids]
+    for ref, fees in zip(args.models, accounts):
+        if not fees.registered:
+            raise InputError(f"{ref}: model not registered in the oracle {args.oracle}")
+    for ref, mid, fees in zip(args.models, ids, accounts):
+        if fees.accrued == 0:
+            print(f"note: {ref}: no fees accrued (payee {fees.payee})", file=sys.stderr)
+            continue
+        paid = withdraw_fees(chain, oracle, mid)
+        print(f"OK: {ref}: paid {paid['amount']} wei to {paid['payee']} (tx {paid['tx']})",
+              file=sys.stderr)
     return 0

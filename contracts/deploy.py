@@ -154,6 +154,32 @@ def register_model(chain: Chain, oracle, *, model_id: bytes, verifier: str | Non
     return receipt
 
 
+@dataclass(frozen=True)
+class ModelFees:
+    """A model's fee account in the oracle (``models(id)`` fields 3, 8, 9)."""
+
+    registered: bool
+    payee: str
+    accrued: int  # wei, paid to ``payee`` by withdrawFees
+
+
+def model_fees(oracle, model_id: bytes) -> ModelFees:
+    fields = oracle.functions.models(model_id).call()
+    return ModelFees(registered=fields[3] != 0, payee=fields[8], accrued=fields[9])
+
+
+def withdraw_fees(chain: Chain, oracle, model_id: bytes) -> dict:
+    """Send withdrawFees: the model's accrued fees go to its payee (whoever sends it).
+    Returns what the FeesWithdrawn event says was paid (payee, amount) and the tx hash;
+    reverts (NoFeesAccrued, FeeTransferFailed) raise ContractRevert."""
+    from web3.logs import DISCARD
+
+    receipt = chain.transact(oracle.functions.withdrawFees(model_id))
+    (ev,) = oracle.events.FeesWithdrawn().process_receipt(receipt, errors=DISCARD)
+    return {"payee": ev["args"]["payee"], "amount": ev["args"]["amount"],
+            "tx": tx_hex(receipt["transactionHash"])}
+
+
 def tx_hex(tx_hash) -> str:
     """A transaction hash as ``0x`` + 64 hex digits, as the relayer's log and store write it
     (HexBytes.hex() drops the ``0x`` since hexbytes 1.0)."""

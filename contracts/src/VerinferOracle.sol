@@ -49,7 +49,9 @@ contract VerinferOracle {
         uint32 numInstances; // public instances of a proof: inputs, outputs, the label last
         uint96 minFee; // wei a request must bring at least
         uint128 maxAbsInput; // |input[i]| <= this: what the circuit's range checks represent
-        address payee; // receives the fees of this model's requests (never msg.sender)
+        // One slot: a fulfilment's fee is one read and one write of it (pull payments).
+        address payee; // withdrawFees pays the model's accrued fees here (never to msg.sender)
+        uint96 accruedFees; // wei earned by fulfilments and not yet withdrawn to the payee
     }
 
     struct Request {
@@ -59,7 +61,7 @@ contract VerinferOracle {
         Status status;
         bytes32 modelId;
         bytes32 inputCommitment; // keccak256(abi.encode(int256[] input))
-        uint96 fee; // wei held in escrow: paid to the model's payee, or refunded on cancel
+        uint96 fee; // wei held in escrow: accrued to the model's payee, or refunded on cancel
         address verifier; // the model's verifier when the request was made: the one that checks it
         address signer; // the model's signer when the request was made
         Policy policy; // the model's policy when the request was made
@@ -132,8 +134,10 @@ contract VerinferOracle {
         uint96 minFee
     );
     event MinFeeSet(bytes32 indexed modelId, uint96 minFee);
-    /// @notice Fees of the model's fulfilments go to `payee` from now on.
+    /// @notice Fees of the model's fulfilments accrue to `payee` from now on.
     event PayeeSet(bytes32 indexed modelId, address payee);
+    /// @notice withdrawFees (or setPayee settling the old payee) paid `amount` wei to `payee`.
+    event FeesWithdrawn(bytes32 indexed modelId, address indexed payee, uint256 amount);
     /// @notice An update is announced: requesters see it `updateDelay` seconds before it applies.
     event ModelUpdateScheduled(
         bytes32 indexed modelId, address verifier, Policy policy, address signer, uint256 effectiveAt
@@ -247,8 +251,10 @@ contract VerinferOracle {
     /// @notice fulfill*: too little gas left to give the callback its full callbackGasLimit
     ///         (stops a fulfiller from starving the callback on purpose).
     error InsufficientGasForCallback(uint256 callbackGasLimit);
-    /// @notice fulfill*: the escrowed fee could not be paid to the model's payee.
-    error FeeTransferFailed();
+    /// @notice withdrawFees: the payee did not accept the accrued fees (they stay accrued).
+    error FeeTransferFailed(address payee);
+    /// @notice withdrawFees: the model has no accrued fees.
+    error NoFeesAccrued(bytes32 modelId);
     /// @notice fulfillWithProof, verifyInference: the verifier ran out of gas (the transaction
     ///         was sent with too little gas); says nothing about the proof. The arg is the
     ///         request id (zero from verifyInference).
@@ -326,7 +332,7 @@ contract VerinferOracle {
         if (maxAbsInput == 0) revert InvalidInputBound();
         _checkPaths(verifier, policy, signer);
         models[modelId] = Model(
-            signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput, msg.sender
+            signer, inputLength, inputScale, policy, verifier, numInstances, minFee, maxAbsInput, msg.sender, 0
         );
         emit ModelRegistered(
             modelId, verifier, inputLength, inputScale, policy, signer, numInstances, maxAbsInput, minFee
@@ -341,16 +347,38 @@ contract VerinferOracle {
         emit MinFeeSet(modelId, minFee);
     }
 
-    /// @notice Set who receives the fees of the model's fulfilments (registration makes it the
+    /// @notice Set who is paid the fees of the model's fulfilments (registration makes it the
     ///         owner). Fees never go to msg.sender, so a fulfilment copied from the mempool and
-    ///         sent first by another account earns that account nothing. Applies to fulfilments
-    ///         from now on, open requests included. The payee must accept ETH.
+    ///         sent first by another account earns that account nothing. Fees accrue from
+    ///         fulfilments from now on, open requests included. What accrued so far is paid to
+    ///         the old payee first; if it refuses ETH, it stays accrued and goes to the new
+    ///         payee (so a payee that cannot take ETH can always be replaced).
     function setPayee(bytes32 modelId, address payee) external onlyOwner {
         Model storage m = models[modelId];
         if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
         if (payee == address(0)) revert ZeroAddress();
+        (address old, uint256 amount) = (m.payee, m.accruedFees);
         m.payee = payee;
         emit PayeeSet(modelId, payee);
+        if (amount > 0) {
+            m.accruedFees = 0;
+            (bool ok,) = old.call{value: amount}("");
+            if (ok) emit FeesWithdrawn(modelId, old, amount);
+            else m.accruedFees += uint96(amount); // refused: kept, for the new payee
+        }
+    }
+
+    /// @notice Pay the model's accrued fees to its payee. Anyone may call it; the fees go to the
+    ///         payee whoever calls. The accrual is zeroed before the transfer.
+    function withdrawFees(bytes32 modelId) external {
+        Model storage m = models[modelId];
+        if (m.policy == Policy.Unregistered) revert UnknownModel(modelId);
+        (address payee, uint256 amount) = (m.payee, m.accruedFees);
+        if (amount == 0) revert NoFeesAccrued(modelId);
+        m.accruedFees = 0;
+        emit FeesWithdrawn(modelId, payee, amount);
+        (bool ok,) = payee.call{value: amount}("");
+        if (!ok) revert FeeTransferFailed(payee);
     }
 
     /// @notice Announce a change of a model's verifier, policy or signer (e.g. key rotation). It
@@ -390,7 +418,8 @@ contract VerinferOracle {
     // ------------------------------------------------------------- requests
 
     /// @notice Ask for a classification of `input` by `modelId`. Any ETH sent is the fee, held in
-    ///         escrow for the model's payee (or refunded by cancelRequest after the timeout).
+    ///         escrow until the request is fulfilled (then it accrues to the model's payee) or
+    ///         cancelled after the timeout (then it is refunded).
     /// @param input fixed-point integers at the model's input scale, row-major
     /// @param callbackGasLimit gas for `onClassification` on msg.sender (at most
     ///        MAX_CALLBACK_GAS_LIMIT)
@@ -621,11 +650,11 @@ contract VerinferOracle {
             abi.encodeCall(IClassificationConsumer.onClassification, (requestId, modelId, label));
         if (!_callWithExactGas(r.requester, r.callbackGasLimit, data)) emit CallbackFailed(requestId);
 
-        uint256 fee = r.fee;
-        if (fee > 0) {
-            (bool ok,) = models[modelId].payee.call{value: fee}("");
-            if (!ok) revert FeeTransferFailed();
-        }
+        // pull payment: the fee accrues to the model (its payee's slot); withdrawFees pays it.
+        // No transfer here, so a payee that refuses ETH cannot block fulfilments. The sum cannot
+        // overflow uint96: it is wei this contract holds (2^96 wei is more ether than exists).
+        uint96 fee = r.fee;
+        if (fee > 0) models[modelId].accruedFees += fee;
     }
 
     /// @dev Calls `target` with exactly `gasAmount` gas, or reverts if that much cannot be

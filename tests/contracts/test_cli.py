@@ -132,9 +132,9 @@ def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_pa
     assert m["input_length"] == 4 and m["input_scale"] == iris_proofs.circuit.input_scale
     chain = connect(anvil_url)
     oracle = chain.contract(record["oracle"]["address"], oracle_abi())
-    signer_, length, scale, policy, verifier, n_inst, min_fee, max_abs, payee = \
+    signer_, length, scale, policy, verifier, n_inst, min_fee, max_abs, payee, accrued = \
         oracle.functions.models(bytes.fromhex(m["model_id"][2:])).call()
-    assert payee == chain.sender == m["payee"]  # the deployer, by default
+    assert payee == chain.sender == m["payee"] and accrued == 0  # the deployer, by default
     assert (signer_.lower(), length, scale, policy, verifier) == (signer, 4, m["input_scale"],
                                                                  3, m["verifier"])
     # 4 inputs, 3 logits, the label; EZKL's default range checks: 2 legs of 2^14
@@ -143,3 +143,31 @@ def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_pa
     assert max_abs == ra["decomp_base"] ** ra["decomp_legs"] // 2 - 1 == m["max_abs_input"]
     p = iris_proofs.a
     verify_onchain(anvil_url, m["verifier"], p.proof, p.instances)
+
+
+def test_withdraw_fees_pays_the_payee_on_anvil(home, capsys, anvil_chain, anvil_url):
+    """`chain withdraw-fees`: the accrued fees of a model go to its payee (not the sender of
+    the command); nothing accrued is a note, not an error; bad input exits 2 before sending."""
+    from world import M_EITHER, M_SIG, make_world
+
+    w = make_world(anvil_chain)
+    payee = w.w3.eth.accounts[5]
+    w.chain.transact(w.oracle.functions.setPayee(M_EITHER, payee))
+    rid, _ = w.request(fee=7000)
+    w.fulfil_sig(rid, 1, *w.sign(rid, 1))
+    before, sender0 = w.w3.eth.get_balance(payee), w.w3.eth.get_balance(w.chain.sender)
+    either, sig = "0x" + M_EITHER.hex(), "0x" + M_SIG.hex()
+    base = ("chain", "withdraw-fees", "--rpc", anvil_url, "--oracle", w.oracle.address)
+    code, _, err = _run(capsys, *base, either, sig)
+    assert code == 0, err
+    assert f"OK: {either}: paid 7000 wei to {payee}" in err
+    assert f"note: {sig}: no fees accrued" in err
+    assert w.w3.eth.get_balance(payee) == before + 7000
+    assert w.w3.eth.get_balance(w.chain.sender) < sender0  # the sender paid gas, got no fee
+    code, _, err = _run(capsys, *base, either)
+    assert code == 0 and "no fees accrued" in err
+    for argv, message in [((*base, "0x" + "09" * 32), "not registered"),
+                          ((*base[:-1], "0x1234", either), "--oracle is not an address"),
+                          ((*base[:-1], w.w3.eth.accounts[6], either), "no contract at")]:
+        code, _, err = _run(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

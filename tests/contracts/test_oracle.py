@@ -148,16 +148,18 @@ def test_unknown_request(w):
 
 @pytest.mark.parametrize("model_id", [M_SIG, M_EITHER])
 def test_signature_path_fulfils_and_pays_fee(w, model_id):
-    """The fee goes to the model's payee (the owner by default), not to the fulfiller."""
+    """The fee accrues to the model, for its payee (the owner by default), not to the
+    fulfiller; no ETH moves until withdrawFees."""
     fee = 10**15
     rid, _ = w.request(model_id=model_id, fee=fee)
     deadline, sig = w.sign(rid, 2, model_id=model_id)
-    assert w.oracle.functions.models(model_id).call()[8] == w.chain.sender  # the payee
+    assert _fees(w, model_id) == (w.chain.sender, 0)  # the payee, nothing accrued
     before, payee_before = w.w3.eth.get_balance(w.relayer), w.w3.eth.get_balance(w.chain.sender)
     receipt = w.fulfil_sig(rid, 2, deadline, sig)
     spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
     assert w.w3.eth.get_balance(w.relayer) == before - spent
-    assert w.w3.eth.get_balance(w.chain.sender) == payee_before + fee
+    assert w.w3.eth.get_balance(w.chain.sender) == payee_before  # pull, not push
+    assert _fees(w, model_id) == (w.chain.sender, fee)
     (ev,) = w.events(receipt, "ClassificationFulfilled")
     assert (ev["requestId"], ev["label"], ev["byProof"], ev["fulfiller"]) == (rid, 2, False,
                                                                               w.relayer)
@@ -383,10 +385,13 @@ def test_copied_fulfilment_cannot_take_the_fee(w):
     receipt = w.fulfil_sig(rid, 2, deadline, sig, sender=copier)  # the copy, mined first
     spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
     assert w.events(receipt, "ClassificationFulfilled")[0]["fulfiller"] == copier
-    assert w.w3.eth.get_balance(copier) == copier0 - spent  # gained nothing
-    assert w.w3.eth.get_balance(w.relayer) == payee0 + fee  # the payee has the fee
+    assert _fees(w, M_EITHER) == (w.relayer, fee)  # accrued for the payee
     with reverts("AlreadyFulfilled", rid):
         w.fulfil_sig(rid, 2, deadline, sig)
+    receipt = c.transact(o.withdrawFees(M_EITHER), sender=copier)  # even the copier's withdraw
+    spent += receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert w.w3.eth.get_balance(copier) == copier0 - spent  # gained nothing
+    assert w.w3.eth.get_balance(w.relayer) == payee0 + fee  # the payee has the fee
 
 
 def test_cannot_cancel_a_fulfilled_request(w):
@@ -398,25 +403,80 @@ def test_cannot_cancel_a_fulfilled_request(w):
         w.chain.transact(w.consumer().functions.cancel(rid), abi=w.oracle.abi + w.consumer().abi)
 
 
-def test_refund_and_fee_transfer_failures(w):
+def test_refund_failure_reverts_the_cancel(w):
     bc = _bad_consumer(w, 2)  # no receive(): cannot take its refund
     w.chain.transact(bc.functions.classify(M_EITHER, Q, 50_000), value=1000)
     rid = bc.functions.lastRequestId().call()
     w.chain.advance_time(TIMEOUT + 1)
     with reverts("RefundFailed"):
         w.chain.transact(bc.functions.cancel(rid), abi=w.oracle.abi + bc.abi)
+
+
+def test_a_payee_that_refuses_eth_does_not_block_fulfilment(w):
+    """Pull payments: a payee without receive() cannot stop fulfilments (they accrue);
+    withdrawFees reverts for it and keeps the fees; setPayee away from it moves them on."""
+    o = w.oracle.functions
     h = helpers()["NonPayableFulfiller"]
     addr, _ = w.chain.deploy(h.abi, h.bytecode)
     f = w.chain.contract(addr, h.abi)
+    w.chain.transact(o.setPayee(M_EITHER, addr))  # no receive()
+    rid, _ = w.request(fee=1000)
     deadline, sig = w.sign(rid, 1)
-    # the fulfiller need not take ETH (the fee is not its), the payee must
-    w.chain.transact(w.oracle.functions.setPayee(M_EITHER, addr))  # no receive()
-    with reverts("FeeTransferFailed"):
-        w.chain.transact(f.functions.fulfil(w.oracle.address, rid, 1, deadline, sig),
-                         abi=w.oracle.abi)
-    w.chain.transact(w.oracle.functions.setPayee(M_EITHER, w.chain.sender))
+    # fulfilled through a contract that takes no ETH either: the fee is never the fulfiller's
     w.chain.transact(f.functions.fulfil(w.oracle.address, rid, 1, deadline, sig),
                      abi=w.oracle.abi)
+    assert o.requests(rid).call()[3] == 2  # Status.Fulfilled
+    assert _fees(w, M_EITHER) == (addr, 1000)
+    with reverts("FeeTransferFailed", addr):
+        w.chain.transact(o.withdrawFees(M_EITHER))
+    assert _fees(w, M_EITHER) == (addr, 1000)  # still accrued
+    receipt = w.chain.transact(o.setPayee(M_EITHER, w.relayer))  # old payee refuses: carried
+    assert not w.events(receipt, "FeesWithdrawn")
+    assert _fees(w, M_EITHER) == (w.relayer, 1000)
+    before = w.w3.eth.get_balance(w.relayer)
+    w.chain.transact(o.withdrawFees(M_EITHER), sender=w.w3.eth.accounts[3])
+    assert w.w3.eth.get_balance(w.relayer) == before + 1000
+
+
+def _fees(w, model_id: bytes) -> tuple[str, int]:
+    """(payee, accruedFees) of a model: models(id) fields 8 and 9."""
+    return tuple(w.oracle.functions.models(model_id).call()[8:10])
+
+
+def test_fees_accrue_per_model_and_are_withdrawn_to_the_payee(w):
+    """Each model accrues its own fees; withdrawFees by anyone pays the model's payee (never
+    the caller), once; setPayee pays what accrued to the old payee first."""
+    o, c = w.oracle.functions, w.chain
+    stranger, payee_b = w.w3.eth.accounts[4], w.w3.eth.accounts[5]
+    c.transact(o.setPayee(M_SIG, payee_b))
+    for model_id, fee in ((M_EITHER, 1000), (M_EITHER, 2000), (M_SIG, 5000)):
+        rid, _ = w.request(model_id=model_id, fee=fee)
+        w.fulfil_sig(rid, 1, *w.sign(rid, 1, model_id=model_id))
+    assert _fees(w, M_EITHER) == (w.chain.sender, 3000)
+    assert _fees(w, M_SIG) == (payee_b, 5000)
+    with reverts("NoFeesAccrued", M_PROOF):
+        c.transact(o.withdrawFees(M_PROOF))
+    with reverts("UnknownModel"):
+        c.transact(o.withdrawFees(b"\x09" * 32))
+    stranger0, payee_b0 = w.w3.eth.get_balance(stranger), w.w3.eth.get_balance(payee_b)
+    receipt = c.transact(o.withdrawFees(M_SIG), sender=stranger)
+    (ev,) = w.events(receipt, "FeesWithdrawn")
+    assert (ev["modelId"], ev["payee"], ev["amount"]) == (M_SIG, payee_b, 5000)
+    assert w.w3.eth.get_balance(payee_b) == payee_b0 + 5000
+    spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert w.w3.eth.get_balance(stranger) == stranger0 - spent
+    assert _fees(w, M_SIG) == (payee_b, 0)
+    with reverts("NoFeesAccrued", M_SIG):  # paid once
+        c.transact(o.withdrawFees(M_SIG), sender=stranger)
+    # setPayee settles: the 3000 accrued under the owner go to the owner, not the new payee
+    owner0 = w.w3.eth.get_balance(w.chain.sender)
+    receipt = c.transact(o.setPayee(M_EITHER, payee_b))
+    (ev,) = w.events(receipt, "FeesWithdrawn")
+    assert (ev["payee"], ev["amount"]) == (w.chain.sender, 3000)
+    spent = receipt["gasUsed"] * receipt["effectiveGasPrice"]
+    assert w.w3.eth.get_balance(w.chain.sender) == owner0 - spent + 3000
+    assert _fees(w, M_EITHER) == (payee_b, 0)
+    assert w.w3.eth.get_balance(w.oracle.address) == 0  # every fee paid out
 
 
 def test_example_consumer_rejects_callbacks_not_from_oracle(w):
@@ -439,7 +499,7 @@ def test_minimum_fee_and_input_bound_are_checked_at_request_time(w):
     o, c = w.oracle.functions, w.chain
     mid = b"\x0b" * 32
     c.transact(o.registerModel(mid, w.mock.address, 4, 13, 1, ZERO, 8, 2**35 - 1, 1000))
-    assert o.models(mid).call()[5:] == [8, 1000, 2**35 - 1, w.chain.sender]
+    assert o.models(mid).call()[5:] == [8, 1000, 2**35 - 1, w.chain.sender, 0]
     with reverts("FeeTooLow", 999, 1000):
         w.request(model_id=mid, fee=999)
     with reverts("InputOutOfRange", 0, 2**36):  # the issue's unprovable iris input
