@@ -154,10 +154,7 @@ def build_package(
     backend = backend or EZKLBackend()
     model = onnx_model.load(source.onnx_path)
     label_added = onnx_model.ensure_label_output(model)
-    if public_output == "label":
-        onnx_model.keep_label_only(model)
-    elif public_output != "logits":
-        raise InputError(f"public output {public_output!r}: 'logits' or 'label'")
+    changed = onnx_model.apply_public_output(model, public_output) or label_added
     info = onnx_model.describe(model, label_added)
     progress.note(f"Registering {source.name} from {source.onnx_path}")
     n_in = int(np.prod(info.input.shape))
@@ -171,7 +168,6 @@ def build_package(
     try:
         # Keep the user's bytes when nothing was added: the model's sha256 is its
         # identity in receipts, and it must be the file the server runs.
-        changed = label_added or public_output == "label"
         onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
         (work / files.MODEL).write_bytes(onnx_bytes)
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):

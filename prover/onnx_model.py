@@ -111,6 +111,17 @@ def keep_label_only(model) -> None:
         graph.output.remove(o)
 
 
+def apply_public_output(model, public_output: str) -> bool:
+    """The graph for a package's ``public_output`` ("logits": as it is; "label": the label
+    alone, :func:`keep_label_only`); whether the graph was changed."""
+    if public_output == "label":
+        keep_label_only(model)
+        return True
+    if public_output != "logits":
+        raise InputError(f"public output {public_output!r}: 'logits' or 'label'")
+    return False
+
+
 def describe(model, label_added: bool = False) -> ModelInfo:
     graph = model.graph
     initializers = {i.name for i in graph.initializer}

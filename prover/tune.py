@@ -213,12 +213,9 @@ class _Search:
         # Closest calls first: a label that flips is found after a few witnesses.
         self.order = _by_margin(self.onnx_bytes, self.info, self.eval_x)
         self.public_output = public_output
-        if public_output == "label":  # the circuit as build_package makes it: the label alone public
-            onnx_model.keep_label_only(model)
+        if onnx_model.apply_public_output(model, public_output):  # the circuit as build_package makes it
             self.info = onnx_model.describe(model, added)
             self.onnx_bytes = model.SerializeToString()
-        elif public_output != "logits":
-            raise InputError(f"public output {public_output!r}: 'logits' or 'label'")
         self.root = Path(tempfile.mkdtemp(prefix="verinfer-tune-"))
         self.log = self.root / "ezkl.log"
         self.agreements: dict[tuple, dict] = {}

@@ -172,7 +172,6 @@ class Supervisor:
             ReceiptStore(s.receipts_path).close()
             JobStore(s.receipts_path).close()
         self.listener = bind(s)
-        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.prometheus = prepare(self.run_dir)
         port = self.listener.getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
