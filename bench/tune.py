@@ -99,9 +99,29 @@ def run_model(name: str, home: Path, work: Path, budget: float, reps: int) -> di
 def interleaved(source, home: Path, work: Path, base, others: dict, reps: int) -> dict:
     """Build the defaults' and the others' circuits again and prove sample 0 with each in
     turns; per round, each one's time / the defaults' time in that round; the median."""
+    from dataclasses import replace
+
+    return interleaved_options(source, home, work, {
+        k: replace(m.options, inner_cols=m.inner_cols) for k, m in others.items()}, reps)
+
+
+def parse_circuit(spec: str):
+    """``COLSxBASExLEGS[@CAP]`` (e.g. ``8x4096x2``, ``3x4096x2@13``) at the default scale."""
+    from prover.backend import CircuitOptions
+
+    layout, _, cap = spec.partition("@")
+    try:
+        cols, base, legs = (int(v) for v in layout.split("x"))
+        return CircuitOptions(decomp_base=base, decomp_legs=legs, inner_cols=cols,
+                              max_logrows=int(cap) if cap else None)
+    except ValueError:
+        raise SystemExit(f"--compare: {spec!r} is not COLSxBASExLEGS[@LOGROWS_CAP]") from None
+
+
+def interleaved_options(source, home: Path, work: Path, others: dict, reps: int) -> dict:
+    """:func:`interleaved` for circuits given as ``{name: CircuitOptions}``."""
     import statistics
     import time
-    from dataclasses import replace
 
     import numpy as np
 
@@ -120,8 +140,7 @@ def interleaved(source, home: Path, work: Path, base, others: dict, reps: int) -
     n_in = int(np.prod(info.input.shape))
     samples = np.asarray(source.calibration, np.float32).reshape(-1, n_in)
     x0 = np.asarray(source.eval_inputs, np.float32).reshape(-1, n_in)[0]
-    circuits = {"defaults": CircuitOptions()} | {
-        k: replace(m.options, inner_cols=m.inner_cols) for k, m in others.items()}
+    circuits = {"defaults": CircuitOptions()} | others
     ready = {}
     log = work / "ezkl.log"
     for key, opts in circuits.items():
@@ -200,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep the other models' entries already in --out")
     ap.add_argument("--home", type=Path, help="data dir (its SRS cache is reused)")
     ap.add_argument("--out", type=Path, default=RESULTS / "tune.json")
+    ap.add_argument("--compare", nargs="+", metavar="COLSxBASExLEGS[@CAP]",
+                    help="no search: prove the defaults and these circuits of the first --models "
+                         "in turns (--reps rounds) and write bench/results/tune-compare-<model>.json")
     args = ap.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        return compare(args.models[0], [parse_circuit(c) for c in args.compare], args.compare,
+                       args.reps, args.home)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         home = args.home or Path(tmp) / "home"
@@ -220,6 +245,27 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['pk_ratio_smallest']:>6.3f} {r['gas_ratio_cheapest']:>6.3f}  "
               f"100% of {r['eval_set']} (every candidate kept)")
     print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def compare(name: str, circuits: list, specs: list[str], reps: int, home: Path | None) -> int:
+    """The defaults and ``circuits`` of one model, proved in turns on this machine, as it is."""
+    import time
+
+    from prover.build import reference_source
+
+    with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
+        source = sigmoid_source(Path(tmp)) if name == "sigmoid6x4" else reference_source(name)
+        out = interleaved_options(source, home or Path(tmp) / "home", Path(tmp) / "il",
+                                  dict(zip(specs, circuits)), reps)
+    out = {"model": name, "machine": {"cpus": os.cpu_count()}, "ezkl": __import__("ezkl").__version__,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)} | out
+    path = RESULTS / f"tune-compare-{name}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    for spec in specs:
+        print(f"{spec:>14}: logrows {out['circuits'][spec]['logrows']}, prove / defaults "
+              f"{out[f'{spec}_prove_ratio_median']:.3f} (rounds {out[f'{spec}_prove_ratios']})")
+    print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

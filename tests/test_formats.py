@@ -163,6 +163,8 @@ def test_list_digest_is_the_numpy_digest_of_the_list():
         [True, False, True, 0, 1, 0, 1, 1, 0, 1, 0],
         [float(v) for v in rng.standard_normal(11) * 1e5],
         [int(v) for v in rng.integers(-(2**40), 2**40, 11)],
+        [0.5, 2**53 + 1, -3, 1e-40, 7, -0.0, 2**24 + 1, 0.1, 3, 1.0, 2],  # floats and ints, one too big
+        [0.5, 3, -(2**52), 2**53, 1e-40, 7, 16777217, 0.25, -1, 1.0, 2],
     ]
     for data in lists:
         for datatype in DATATYPES:

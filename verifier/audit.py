@@ -76,7 +76,7 @@ class Item:
     problem: str = ""  # for kind "unreadable": why
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # (not frozen: a frozen dataclass's __init__ is a third of a microsecond per field)
 class Result:
     item: str
     kind: ItemKind

@@ -118,7 +118,9 @@ class ReceiptV2(_Frozen):
 
     def statement_bytes(self) -> bytes:
         try:
-            return base64.b64decode(self.statement, validate=True)
+            # strict: only the alphabet and final padding (as b64decode's validate=True, without
+            # its Python regex pass over the text: a fifth of an audit's time per receipt)
+            return binascii.a2b_base64(self.statement, strict_mode=True)
         except (binascii.Error, ValueError):
             raise InclusionInvalid("receipt statement is not valid base64") from None
 
@@ -212,10 +214,9 @@ def _check_subjects_fast(st: StatementV2) -> None:
     """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
     subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
     p = st.predicate
-    want = [(f"model/{p.model.name}", p.model.sha256), (f"input/{p.input.name}", p.input.digest),
-            *((f"output/{o.name}", o.digest) for o in p.outputs)]
-    got = [(s.name, s.digest.get("sha256")) for s in st.subject]
-    if got != want or any(len(s.digest) != 1 for s in st.subject):
+    want = [("model/" + p.model.name, {"sha256": p.model.sha256}), ("input/" + p.input.name, {"sha256": p.input.digest})]
+    want += [("output/" + o.name, {"sha256": o.digest}) for o in p.outputs]
+    if [(s.name, s.digest) for s in st.subject] != want:  # (a digest dict with another entry differs too)
         raise DigestMismatch("statement subjects do not match the predicate's digests")
     for out in p.outputs:
         try:

@@ -320,3 +320,26 @@ def test_proven_nodes_give_verify_inclusions_verdicts():
         other = MemoryTree([os.urandom(4) for _ in range(n)])  # another tree of this size
         with pytest.raises(InclusionInvalid):
             proven.verify(0, other.levels[0][0], other.inclusion(0))
+
+
+def test_v2_statement_that_is_not_strict_base64(v2):
+    """Only the alphabet with final padding: a newline, a space, a URL-safe character or
+    padding inside the text is refused before any hashing (the audit decodes strictly)."""
+    log, _, receipt = v2
+    text = receipt.statement
+    for bad in (text[:8] + "\n" + text[8:], text[:8] + " " + text[8:], "-" + text[1:],
+                text[:8] + "==" + text[8:], text[:-1], text + "=A"):
+        with pytest.raises(InclusionInvalid, match="not valid base64"):
+            verify_receipt_v2(_with(receipt, statement=bad), log.jwks)
+
+
+def test_v2_subject_with_a_second_digest_is_refused(v2):
+    """A subject naming the right SHA-256 and one more algorithm is not the predicate's subject."""
+    from verifier.errors import DigestMismatch
+
+    log, st, _ = v2
+    subject = [s.model_copy(update={"digest": {**s.digest, "sha3-256": "00" * 32}}) if i == 1 else s
+               for i, s in enumerate(st.subject)]
+    receipt = log.add(st.model_copy(update={"subject": tuple(subject)}))
+    with pytest.raises(DigestMismatch, match="subjects"):
+        verify_receipt_v2(receipt, log.jwks)
