@@ -22,7 +22,6 @@ origin, inclusion, then the statement checks of v1. See ``docs/formats.md``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
