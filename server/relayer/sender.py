@@ -112,9 +112,13 @@ class Sender:
             hashes.append(new_hash)
             replacements += 1
         mined = "0x" + bytes(receipt["transactionHash"]).hex()
+        # the block it is in: watched like the blocks read, so a reorg that drops it reopens
+        # the request (RelayStore.rewind)
+        block = int(receipt["blockNumber"])
+        self.store.remember_blocks({block: "0x" + bytes(receipt["blockHash"]).hex()})
         if receipt["status"] == 1:
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "fulfilled", reason=None,
-                              tx_hash=mined)
+                              tx_hash=mined, mined_block=block)
             log.info("relayer: fulfilled %s by %s (label %s, gas %d, tx %s)", ev.rid, method,
                      label, receipt["gasUsed"], mined)
             return "fulfilled"
@@ -123,7 +127,7 @@ class Sender:
         state = {STATUS_FULFILLED: "answered_elsewhere", STATUS_CANCELLED: "cancelled"}.get(
             status, "failed")
         self.store.upsert(ev.rid, mid, ev.block, ev.log_index, state,
-                          reason=f"transaction {mined} reverted")
+                          reason=f"transaction {mined} reverted", mined_block=block)
         return state
 
     def _mined(self, hashes: list[str], timeout_s: float):

@@ -42,7 +42,10 @@ CREATE TABLE IF NOT EXISTS blocks (
     chain_id INTEGER NOT NULL, oracle TEXT NOT NULL, number INTEGER NOT NULL,
     hash TEXT NOT NULL, PRIMARY KEY (chain_id, oracle, number));
 """
-SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1, _SCHEMA_V2))
+# version 3: the block our own transaction for a request was mined in, so that a reorg that
+# drops it (and not the request) sends that request again
+_SCHEMA_V3 = "ALTER TABLE requests ADD COLUMN mined_block INTEGER;"
+SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3))
 KEEP_BLOCKS = 512  # block hashes kept: a reorg deeper than this rewinds to the start
 
 
@@ -112,21 +115,34 @@ class RelayStore:
         """Forget everything after ``block`` (a reorg replaced the blocks after it; ``None``:
         forget all): the cursor goes back to its end, the block hashes and the records of
         requests made after it go; records with a transaction in flight ("sending") stay, so
-        a restart still finds that transaction. Returns how many records went."""
+        a restart still finds that transaction. A request made before ``block`` whose own
+        transaction was mined after it is "sending" again (that transaction may be gone with
+        its block: it is looked up, and sent again if the node does not know it) and is read
+        again. Returns how many records went or were reopened."""
         last = -1 if block is None else block
+        where = (self.chain_id, self.oracle, last)
         with self._lock:
             self._db.execute("DELETE FROM blocks WHERE chain_id=? AND oracle=? AND number > ?",
-                             (self.chain_id, self.oracle, last))
+                             where)
             n = self._db.execute(
                 "DELETE FROM requests WHERE chain_id=? AND oracle=? AND block > ? AND "
-                "state != 'sending'", (self.chain_id, self.oracle, last)).rowcount
+                "state != 'sending'", where).rowcount
+            reopened = self._db.execute(
+                "SELECT block, log_index FROM requests WHERE chain_id=? AND oracle=? AND "
+                "mined_block > ? ORDER BY block, log_index LIMIT 1", where).fetchall()
+            n += self._db.execute(
+                "UPDATE requests SET state='sending', mined_block=NULL WHERE chain_id=? AND "
+                "oracle=? AND mined_block > ?", where).rowcount
             if block is None:
                 self._db.execute("DELETE FROM cursor WHERE chain_id=? AND oracle=?",
                                  (self.chain_id, self.oracle))
-            else:
-                self._db.execute("UPDATE cursor SET block=?, log_index=? WHERE chain_id=? AND "
-                                 "oracle=? AND block > ?", (block, CURSOR_END, self.chain_id,
-                                                            self.oracle, block))
+                return n
+            back = (block, CURSOR_END)
+            if reopened:  # the first reopened request is read again
+                back = min(back, (reopened[0][0], reopened[0][1] - 1))
+            self._db.execute("UPDATE cursor SET block=?, log_index=? WHERE chain_id=? AND "
+                             "oracle=? AND (block > ? OR (block = ? AND log_index > ?))",
+                             (*back, self.chain_id, self.oracle, back[0], back[0], back[1]))
         return n
 
     def get(self, request_id: str) -> RequestRecord | None:
@@ -138,7 +154,7 @@ class RelayStore:
 
     def upsert(self, request_id: str, model_id: str, block: int, log_index: int, state: str,
                **fields: Any) -> None:
-        cols = ("method", "label", "tx_hash", "reason")
+        cols = ("method", "label", "tx_hash", "reason", "mined_block")
         unknown = set(fields) - set(cols) - {"attempts"}
         if unknown:
             raise StoreError(f"relayer store: unknown fields {unknown}")

@@ -230,6 +230,31 @@ def test_confirmations_wait_for_depth(anvil_chain, iris_model, tmp_path):
     assert r.poll().fulfilled == ["0x" + rid.hex()]
 
 
+def test_a_reorg_that_drops_only_the_fulfilment_sends_it_again(anvil_chain, iris_model, tmp_path):
+    """The request's block stays, the block with the relayer's own fulfilment goes (anvil:
+    revert to a snapshot taken between them), and the request is open on chain again. The
+    relayer sees the block of its transaction change, reopens that request and fulfils it
+    again (before, the request stayed "fulfilled" in its store and open on chain for good)."""
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    q = samples(1)[0]
+    rid = request(chain, cons, q)
+    snap = _rpc(chain, "evm_snapshot")
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key)
+    assert r.poll().fulfilled == ["0x" + rid.hex()]
+    label = answer(cons, rid)
+    assert label[0] is True
+    assert _rpc(chain, "evm_revert", snap) is True
+    for _ in range(2):  # the new chain grows past the dropped block's height
+        _rpc(chain, "evm_mine")
+    assert answer(cons, rid) == (False, 0)  # the answer went with its block
+    res = r.poll()
+    assert res.fulfilled == ["0x" + rid.hex()]
+    assert answer(cons, rid) == label
+    assert r.poll().events == 0  # and not again
+
+
 def test_a_reorg_of_the_requests_block_is_rewound(anvil_chain, iris_model, tmp_path):
     """A request is fulfilled, then a reorg (anvil: revert to a snapshot) replaces its block
     with one holding another request under the same id. The relayer sees the block hash
