@@ -101,6 +101,11 @@ def _registered_packages() -> list[Path]:
             print(f"note: {name} left out: its circuit hashes its input (the oracle needs a "
                   "public input)", file=sys.stderr)
             continue
+        if pkg.manifest.preflight.get("verifier_fits") is False:
+            size = pkg.manifest.preflight.get("verifier_runtime_bytes")
+            print(f"note: {name} left out: its verifier ({size:,} bytes) is over EIP-170's "
+                  "24,576, a package for proofs checked offline", file=sys.stderr)
+            continue
         first = out.setdefault(pkg.manifest.model_sha256, pkg.dir)
         if first != pkg.dir:
             print(f"note: {name} left out: the same model as package {first.name[:16]}…",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contracts.chain import Chain
-from contracts.solc import EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compiled
+from contracts.solc import EIP170_LIMIT, EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compiled
 from verifier.errors import InputError, PackageError
 
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
@@ -120,9 +120,10 @@ def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT,
 
 def deploy_verifier(chain: Chain, verifier: VerifierArtifact):
     """Deploy a Halo2Verifier; return (address, receipt)."""
-    if verifier.runtime_size > 24_576:
-        raise InputError(f"verifier runtime is {verifier.runtime_size} bytes, over EIP-170's "
-                         "24,576: use EZKL's reusable verifier for this model")
+    if verifier.runtime_size > EIP170_LIMIT:
+        raise InputError(f"verifier runtime is {verifier.runtime_size:,} bytes, over EIP-170's "
+                         f"{EIP170_LIMIT:,}: no chain deploys it (the package's proofs are checked "
+                         "offline)")
     return chain.deploy(verifier.abi, verifier.bytecode)
 
 
@@ -198,6 +199,12 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
     from contracts.solc import solc_version
 
     models = [load_package(p) for p in packages]  # fail on a bad package before spending gas
+    too_large = [m for m in models if m.verifier.runtime_size > EIP170_LIMIT]
+    if too_large:
+        raise InputError("; ".join(f"{m.name}: verifier {m.verifier.runtime_size:,} bytes, over "
+                                   f"EIP-170's {EIP170_LIMIT:,}" for m in too_large)
+                         + ": no chain deploys it; such a package's proofs are checked offline "
+                         "(register the model again without 'models tune --verifier offline')")
     ids = [m.model_id for m in models]
     if len(set(ids)) != len(ids):
         raise InputError("two packages are the same model (same model sha256)")

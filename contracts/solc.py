@@ -27,6 +27,7 @@ from verifier.errors import InputError
 
 EVM_VERSION = "cancun"
 OPTIMIZER_RUNS = 200
+EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum (EIP-170)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SRC = Path(__file__).resolve().parent / "src"  # verinfer's own contracts
 

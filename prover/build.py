@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.solc import EIP170_LIMIT
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem, Visibility
@@ -30,7 +31,6 @@ from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, PublicOutput, S
 from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
 
-EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum
 CALIBRATION_SAMPLES = 40
 # The EVM verifier's gas follows the circuit's columns, not its rows: one inner
 # column instead of EZKL's two doubles the rows (one more logrows) but cuts

@@ -57,7 +57,7 @@ def register_models(sub: argparse._SubParsersAction) -> None:
         "Prints the Pareto front and registers the best candidate for the objective as a "
         "package whose manifest records the search.")
     for a in add._actions:  # the same model, source and SRS options as 'models add'
-        if a.dest not in ("help", "tune", "objective", "budget"):
+        if a.dest not in ("help", "tune", "objective", "budget", "verifier"):
             tune._add_action(a)
     _tune_flags(tune)
     tune.set_defaults(handler=_add, tune=True)
@@ -98,6 +98,10 @@ def _tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, metavar="MINUTES",
                    help="time for the search, in minutes (default: 10), after measuring "
                    "the defaults; registering the chosen candidate comes after")
+    p.add_argument("--verifier", choices=["chain", "offline"],
+                   help="where the proofs are checked: chain (default) keeps only circuits whose "
+                   "Solidity verifier fits EIP-170; offline (verinfer verify/audit, HTTP "
+                   "clients) also wider, faster ones whose verifier no chain would deploy")
 
 
 def _settings():
@@ -146,8 +150,8 @@ def _add(args: argparse.Namespace) -> int:
         if args.inner_cols is not None:
             raise InputError("--inner-cols does not go with --tune: the search chooses the columns")
         return _tune(args, settings, source, progress)
-    if args.objective is not None or args.budget is not None:
-        raise InputError("--objective and --budget go with --tune (or 'models tune')")
+    if args.objective is not None or args.budget is not None or args.verifier is not None:
+        raise InputError("--objective, --budget and --verifier go with --tune (or 'models tune')")
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
                         srs_sha256=args.srs_sha256, progress=progress,
                         public_output=args.public_output, options=None if args.inner_cols
@@ -168,10 +172,12 @@ def _tune(args, settings, source, progress) -> int:
         settings, source, objective=objective,
         budget_minutes=10.0 if args.budget is None else args.budget,
         progress=progress, visibility=args.input_visibility, public_output=args.public_output,
-        srs_file=args.srs, srs_sha256=args.srs_sha256)
+        verifier=args.verifier or "chain", srs_file=args.srs, srs_sha256=args.srs_sha256)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(table(result), file=sys.stderr if args.json else sys.stdout)
-    print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {objective})",
+    where = " (verified offline only: its verifier contract is over EIP-170)" if (
+        result.chosen.offline_only) else ""
+    print(f"OK: registered {pkg.name} as package {pkg.id} (tuned for {objective}){where}",
           file=sys.stderr)
     if args.json:
         print(json.dumps({"name": pkg.name, "package_id": pkg.id, "package_dir": str(pkg.dir),
@@ -186,8 +192,8 @@ def _show(args: argparse.Namespace) -> int:
     pkg = find(_settings(), args.name)
     if args.json:
         print(pkg.manifest.model_dump_json(indent=2))
-    else:
-        print(render(pkg.manifest, pkg.dir), file=sys.stderr)
+    else:  # the report is what 'show' is for: stdout (add and tune print it on stderr)
+        print(render(pkg.manifest, pkg.dir))
     return 0
 
 

@@ -33,7 +33,9 @@ def render(manifest: Manifest, package_dir) -> str:
         f"proof       prove {p['prove_seconds']:.1f}s, verify {p['verify_seconds'] * 1000:.0f} ms "
         f"({p['machine']['cpus']} CPUs)",
         f"verifier    {p['verifier_runtime_bytes']:,} bytes of {p['verifier_size_limit']:,} "
-        f"allowed (EIP-170): " + ("fits" if p["verifier_fits"] else "TOO LARGE to deploy"),
+        f"allowed (EIP-170): " + ("fits" if p["verifier_fits"] else "TOO LARGE to deploy" + (
+            ", proofs checked offline (tuned with --verifier offline)"
+            if (manifest.tuning or {}).get("verifier") == "offline" else "")),
         f"agreement   {a['agree']}/{a['samples']} labels identical, float vs circuit "
         f"({a['percent']:.1f}%)"
         + (f"; accuracy float {a['float_accuracy']:.4f}, circuit {a['circuit_accuracy']:.4f}"
@@ -47,7 +49,9 @@ def render(manifest: Manifest, package_dir) -> str:
     if manifest.tuning:
         t = manifest.tuning
         measured = sum(c["status"] == "ok" for c in t["candidates"])
-        lines.append(f"tuned       for {t['objective']}: {t['chosen']['label']} "
+        lines.append(f"tuned       for {t['objective']}"
+                     f"{', verified offline' if t.get('verifier') == 'offline' else ''}: "
+                     f"{t['chosen']['label']} "
                      f"({measured} of {len(t['candidates'])} candidates measured, "
                      f"{t['elapsed_s']:.0f}s; 'models show --json' has them all)")
     elif costs and costs.get("suggest_tune"):

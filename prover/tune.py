@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.solc import EIP170_LIMIT
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem
@@ -54,11 +55,14 @@ from verifier.errors import InputError, VerinferError
 OBJECTIVES = ("prove", "pk", "gas")
 METRIC = {"prove": "prove_s", "pk": "pk_bytes", "gas": "verify_gas"}
 FRONT_METRICS = ("prove_s", "pk_bytes", "verify_gas")
+# --verifier offline: proofs checked off chain only (verinfer verify, audit, HTTP clients), so
+# a verifier contract over EIP-170 is no reason to leave a circuit out, and gas is no figure
+OFFLINE_METRICS = ("prove_s", "pk_bytes", "verify_s")
+VERIFIERS = ("chain", "offline")
 SCALES = (8, 6, 5, 4, 3)  # tried downwards from the first
 FALLBACK_SCALE = 10  # when the first step down already changes a label
 DECOMPS = ((512, 4), (4096, 2), (2048, 2), (1024, 3), (512, 3))
 COLUMNS = (1, 2, 3, 4, 8)
-EIP170_LIMIT = 24_576
 # Runtime bytes a Solidity verifier grows by per inner column, at least (measured with
 # EZKL 23.0.5: digits_cnn 2 -> 3 columns +5.7 KB, 2 -> 8 +3.7 KB per column; the Sigmoid
 # bench model 1 -> 4 +6.4 KB per column). Used only to measure likely deployable
@@ -90,6 +94,8 @@ class Measurement:
     verify_s: float | None = None
     verify_gas: int | None = None
     verifier_runtime_bytes: int | None = None
+    # measured in an offline search with a verifier contract over EIP-170: no gas figure
+    offline_only: bool = False
     folder: Path | None = field(default=None, repr=False)
 
     @property
@@ -98,7 +104,8 @@ class Measurement:
 
     @property
     def measured(self) -> bool:
-        return self.status == "ok" and all(getattr(self, m) is not None for m in FRONT_METRICS)
+        return self.status == "ok" and all(getattr(self, m) is not None for m in (
+            OFFLINE_METRICS if self.offline_only else FRONT_METRICS))
 
     @property
     def width(self) -> int:
@@ -129,7 +136,8 @@ class Measurement:
                 "input_scale": self.input_scale, "agreement": self.agreement,
                 "pk_bytes": self.pk_bytes, "setup_s": self.setup_s, "prove_s": self.prove_s,
                 "verify_s": self.verify_s, "verify_gas": self.verify_gas,
-                "verifier_runtime_bytes": self.verifier_runtime_bytes}
+                "verifier_runtime_bytes": self.verifier_runtime_bytes} | (
+                    {"offline_only": True} if self.offline_only else {})
 
 
 @dataclass
@@ -144,6 +152,7 @@ class TuneResult:
     chosen: Measurement
     chain: str | None = None  # where verifyProof gas was measured
     public_output: str = "logits"  # the circuits' public output (models add --public-output)
+    verifier: str = "chain"  # chain: only deployable verifiers; offline: any (--verifier)
 
     def record(self) -> dict:
         """What the manifest keeps of the search."""
@@ -157,6 +166,7 @@ class TuneResult:
             "objective": self.objective, "budget_s": round(self.budget_s, 1),
             "elapsed_s": round(self.elapsed_s, 1), "eval_set": self.eval_set,
             "gas_measured_on": self.chain, "public_output": self.public_output,
+            "verifier": self.verifier,
             "baseline": base.as_dict(),
             "chosen": self.chosen.as_dict()
             | {"vs_baseline": {k: ratio(self.chosen, k) for k in FRONT_METRICS}},
@@ -165,28 +175,32 @@ class TuneResult:
         }
 
 
-def pareto_front(ms: list[Measurement]) -> list[Measurement]:
-    """Fully measured candidates that no other beats on every figure."""
-    ok = [m for m in ms if m.measured]
+def pareto_front(ms: list[Measurement], verifier: str = "chain") -> list[Measurement]:
+    """Fully measured candidates that no other beats on every figure (prove time, pk size and
+    ``verifyProof`` gas; for ``verifier="offline"``, verification time instead of gas)."""
+    offline = verifier == "offline"
+    ok = [m for m in ms if m.measured and (offline or not m.offline_only)]
+    keys = OFFLINE_METRICS if offline else FRONT_METRICS
 
     def dominates(a: Measurement, b: Measurement) -> bool:
-        av = [getattr(a, k) for k in FRONT_METRICS]
-        bv = [getattr(b, k) for k in FRONT_METRICS]
+        av = [getattr(a, k) for k in keys]
+        bv = [getattr(b, k) for k in keys]
         return all(x <= y for x, y in zip(av, bv)) and av != bv
 
     return sorted((m for m in ok if not any(dominates(o, m) for o in ok)),
                   key=lambda m: getattr(m, METRIC["prove"]))
 
 
-def choose(ms: list[Measurement], objective: str) -> Measurement:
+def choose(ms: list[Measurement], objective: str, verifier: str = "chain") -> Measurement:
     """The best fully measured candidate for ``objective``; only candidates whose labels
-    all agree with the float model's are eligible (``status == "ok"``)."""
+    all agree with the float model's are eligible (``status == "ok"``), and for
+    ``verifier="chain"`` only those whose verifier contract fits EIP-170."""
     key = METRIC[objective]
     eligible = [m for m in ms if m.measured and m.agreement and m.agreement["percent"] == 100.0
-                and (m.verifier_runtime_bytes or 0) <= EIP170_LIMIT]
+                and (verifier == "offline" or (m.verifier_runtime_bytes or 0) <= EIP170_LIMIT)]
     if not eligible:
         raise SearchFailed("no candidate kept every label (not even the defaults)")
-    others = [k for k in FRONT_METRICS if k != key]
+    others = [k for k in (OFFLINE_METRICS if verifier == "offline" else FRONT_METRICS) if k != key]
     return min(eligible, key=lambda m: (getattr(m, key), *(getattr(m, k) for k in others)))
 
 
@@ -197,8 +211,10 @@ class SearchFailed(VerinferError):
 class _Search:
     def __init__(self, settings: Settings, source: ModelSource, objective: str,
                  budget_s: float, progress: Progress, backend: ProofSystem,
-                 visibility: str, public_output: str = "logits") -> None:
+                 visibility: str, public_output: str = "logits", verifier: str = "chain") -> None:
         self.settings, self.source, self.objective = settings, source, objective
+        self.offline = verifier == "offline"
+        self.verifier = verifier
         self.budget_s, self.progress, self.backend = budget_s, progress, backend
         self.visibility = visibility
         self.t0 = time.perf_counter()
@@ -317,13 +333,16 @@ class _Search:
                 sol = self.backend.solidity_verifier(folder)
                 compiled = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"]
             m.verifier_runtime_bytes = compiled.runtime_size
-            if compiled.runtime_size > EIP170_LIMIT:  # no chain would deploy its verifier
+            if compiled.runtime_size > EIP170_LIMIT and self.offline:  # checked off chain only
+                m.offline_only = True
+            elif compiled.runtime_size > EIP170_LIMIT:  # no chain would deploy its verifier
                 self.too_wide = min(self.too_wide, m.width)
                 m.status = "verifier-too-large"
                 m.reason = f"verifier {compiled.runtime_size:,} bytes, over EIP-170's 24,576"
                 self.note(m, f"logrows {m.logrows}, prove {m.prove_s:.2f}s: OUT, {m.reason}")
                 return
-            m.verify_gas = self._gas(compiled, *proof_parts(proof))
+            else:
+                m.verify_gas = self._gas(compiled, *proof_parts(proof))
         except VerinferError as exc:
             m.status, m.reason = "failed", str(exc)[:200]
             self.note(m, f"measurement failed ({m.reason[:80]})")
@@ -331,9 +350,10 @@ class _Search:
         finally:
             (folder / files.PK).unlink(missing_ok=True)  # hundreds of MB each
         m.status = "ok"
+        gas = (f"verifier {m.verifier_runtime_bytes:,} bytes (offline only)" if m.offline_only
+               else f"verifyProof {m.verify_gas:,} gas")
         self.note(m, f"logrows {m.logrows}, {m.num_rows:,} rows, pk {m.pk_bytes / 1e6:.0f} MB, "
-                  f"prove {m.prove_s:.2f}s, verify {m.verify_s * 1000:.0f} ms, "
-                  f"verifyProof {m.verify_gas:,} gas")
+                  f"prove {m.prove_s:.2f}s, verify {m.verify_s * 1000:.0f} ms, {gas}")
 
     def _gas(self, compiled, proof: bytes, instances: list[int]) -> int:
         """``verifyProof`` as a transaction: on a local anvil when installed, else on the
@@ -357,7 +377,8 @@ class _Search:
     # -- the search --------------------------------------------------------
     def run(self, candidates: list[CircuitOptions] | None) -> TuneResult:
         p = self.progress
-        p.note(f"Tuning {self.source.name} for {self.objective} (budget "
+        p.note(f"Tuning {self.source.name} for {self.objective}"
+               f"{', verified offline' if self.offline else ''} (budget "
                f"{self.budget_s / 60:.1f} min; labels checked on {len(self.eval_x)} "
                f"{self.source.eval_set})")
         base = Measurement(CircuitOptions(), baseline=True)
@@ -374,11 +395,12 @@ class _Search:
         for m in self.ms:
             if m.status in ("calibrated", "planned"):
                 m.status, m.reason = "not-reached", "budget spent"
-        front = pareto_front(self.ms)
-        chosen = choose(self.ms, self.objective)
+        front = pareto_front(self.ms, self.verifier)
+        chosen = choose(self.ms, self.objective, self.verifier)
         return TuneResult(self.objective, self.budget_s, self.baseline_s + self.elapsed(),
                           self.source.eval_set,
-                          base, self.ms, front, chosen, self.chain_name, self.public_output)
+                          base, self.ms, front, chosen, self.chain_name, self.public_output,
+                          self.verifier)
 
     def _run_list(self, base: Measurement, candidates: list[CircuitOptions]) -> None:
         for opts in candidates:
@@ -395,7 +417,7 @@ class _Search:
             m.status, m.reason = "pruned", f"logrows {m.logrows} > defaults' {base.logrows}"
             self.note(m, m.reason)
             return False
-        if m.width >= self.too_wide:
+        if m.width >= self.too_wide and not self.offline:
             m.status = "verifier-too-large"
             m.reason = (f"{m.width} columns wide: the verifier of a circuit {self.too_wide} "
                         f"wide was already over EIP-170's 24,576 bytes")
@@ -439,7 +461,7 @@ class _Search:
         scales = sorted(kept)[:1] + [base.input_scale]
         guess = {c: Measurement(CircuitOptions(), inner_cols=c).verifier_guess(base)
                  for c in COLUMNS}
-        cols = sorted(COLUMNS, key=lambda c: (guess[c] > EIP170_LIMIT,
+        cols = sorted(COLUMNS, key=lambda c: (self._over(guess[c]),
                                               c if self.objective == "gas" else -c))
         decomps = sorted(DECOMPS, key=lambda d: d[1])
         for s in scales:
@@ -457,7 +479,7 @@ class _Search:
         # 3. a logrows cap one below for the most promising circuits found
         # (calibration then lays the circuit out wider, not taller)
         calibrated = sorted((m for m in self.ms if m.status == "calibrated"),
-                            key=lambda m: (m.verifier_guess(base) > EIP170_LIMIT,
+                            key=lambda m: (self._over(m.verifier_guess(base)),
                                            m.estimate(self.objective)))
         for m in calibrated[:2]:
             if self.over_budget() or self.elapsed() > 0.5 * self.budget_s or m.logrows <= 10:
@@ -468,12 +490,16 @@ class _Search:
         # 4. full measurements, most promising first
         # (likely deployable ones first: a verifier over EIP-170 is out whatever its speed)
         todo = [m for m in self.ms if m.status == "calibrated"]
-        for m in sorted(todo, key=lambda m: (m.verifier_guess(base) > EIP170_LIMIT,
+        for m in sorted(todo, key=lambda m: (self._over(m.verifier_guess(base)),
                                              m.estimate(self.objective))):
             if self.over_budget():
                 break
             if self._worth(m, base) and self.agree(m):
                 self.measure(m)
+
+    def _over(self, verifier_bytes: int) -> bool:
+        """Whether a verifier this size is out (and so measured last): never, offline."""
+        return not self.offline and verifier_bytes > EIP170_LIMIT
 
     def close(self) -> None:
         self._stack.close()
@@ -503,16 +529,23 @@ def _by_margin(onnx_bytes: bytes, info, x: np.ndarray) -> list[int]:
 def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
            budget_minutes: float = 10.0, progress: Progress = SILENT,
            candidates: list[CircuitOptions] | None = None, backend: ProofSystem | None = None,
-           visibility: str = "public", public_output: str = "logits") -> TuneResult:
-    """Run the search (``candidates``: these instead of the built-in plan)."""
+           visibility: str = "public", public_output: str = "logits",
+           verifier: str = "chain") -> TuneResult:
+    """Run the search (``candidates``: these instead of the built-in plan). ``verifier``:
+    ``chain`` keeps only circuits whose Solidity verifier fits EIP-170; ``offline`` keeps
+    any (their proofs are checked off chain), and then gas is not an objective."""
     from prover.ezkl_backend import EZKLBackend
 
     if objective not in OBJECTIVES:
         raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}")
+    if verifier not in VERIFIERS:
+        raise InputError(f"--verifier must be one of {', '.join(VERIFIERS)}")
+    if verifier == "offline" and objective == "gas":
+        raise InputError("--objective gas needs a verifier on chain (not --verifier offline)")
     if not budget_minutes > 0:
         raise InputError("--budget must be a positive number of minutes")
     s = _Search(settings, source, objective, budget_minutes * 60.0, progress,
-                backend or EZKLBackend(), visibility, public_output)
+                backend or EZKLBackend(), visibility, public_output, verifier)
     try:
         return s.run(candidates)
     finally:
@@ -522,7 +555,8 @@ def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
 def tune_and_register(settings: Settings, source: ModelSource, *, objective: str = "prove",
                       budget_minutes: float = 10.0, progress: Progress = SILENT,
                       candidates: list[CircuitOptions] | None = None,
-                      visibility: str = "public", public_output: str = "logits", **build_kw):
+                      visibility: str = "public", public_output: str = "logits",
+                      verifier: str = "chain", **build_kw):
     """Search, then register the chosen candidate as a normal package recording the search.
     ``public_output``: the package's public output (``models add --public-output``), searched
     and registered with it."""
@@ -530,7 +564,7 @@ def tune_and_register(settings: Settings, source: ModelSource, *, objective: str
 
     result = search(settings, source, objective=objective, budget_minutes=budget_minutes,
                     progress=progress, candidates=candidates, visibility=visibility,
-                    public_output=public_output)
+                    public_output=public_output, verifier=verifier)
     chosen = result.chosen
     # The chosen circuit, exactly: its columns too (the default rule could pick others).
     options = replace(chosen.options, inner_cols=chosen.inner_cols)
@@ -556,7 +590,8 @@ def table(result: TuneResult) -> str:
                      f"{m.pk_bytes / 1e6:.1f}" if m.pk_bytes else "-",
                      f"{m.prove_s:.2f}" if m.prove_s is not None else "-",
                      f"{m.verify_s * 1000:.0f}" if m.verify_s is not None else "-",
-                     f"{m.verify_gas:,}" if m.verify_gas else "-",
+                     f"{m.verify_gas:,}" if m.verify_gas else (
+                         "offline only" if m.offline_only else "-"),
                      f"{a.get('agree', '-')}/{a.get('checked', '-')}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in

@@ -62,7 +62,7 @@ def test_show_prints_preflight(prover_home, iris_package):
     shown = json.loads(proc.stdout)
     assert shown["preflight"]["logrows"] >= 10
     assert {o["op"] for o in shown["preflight"]["ops"]} >= {"Gemm", "ArgMax"}
-    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stderr
+    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stdout
     assert "INSECURE" in text and "agreement   45/45" in text
 
 

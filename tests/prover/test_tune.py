@@ -129,6 +129,23 @@ def _m(label: str, *, pct: float, prove: float, pk: int, gas: int) -> Measuremen
     return m
 
 
+def test_offline_choice_takes_circuits_whose_verifier_no_chain_would_deploy():
+    """--verifier offline: a circuit with a verifier over EIP-170 (and so no gas figure) is
+    eligible, and the front compares verification time instead of gas; on chain it is not."""
+    from prover.tune import EIP170_LIMIT
+
+    fits = _m("aa", pct=100.0, prove=2.0, pk=30, gas=600_000)
+    wide = _m("bbb", pct=100.0, prove=1.0, pk=40, gas=0)
+    wide.verify_gas, wide.verifier_runtime_bytes, wide.offline_only = None, EIP170_LIMIT + 1, True
+    ms = [fits, wide]
+    assert choose(ms, "prove") is fits  # the chain's choice (what 'models tune' did before)
+    assert choose(ms, "prove", "offline") is wide and choose(ms, "pk", "offline") is fits
+    assert pareto_front(ms) == [fits] and pareto_front(ms, "offline") == [wide, fits]
+    flipped = _m("c", pct=90.0, prove=0.1, pk=1, gas=1)
+    flipped.offline_only = True
+    assert choose([*ms, flipped], "prove", "offline") is wide  # labels still decide first
+
+
 def test_choose_skips_label_changes_even_when_they_are_best():
     flipped = _m("a", pct=90.0, prove=0.1, pk=1, gas=1)  # best on every figure
     fast = _m("bb", pct=100.0, prove=1.0, pk=30, gas=600_000)
@@ -176,7 +193,7 @@ def test_costs_name_the_sigmoid_lookup_and_suggest_tune(tmp_path):
 
 
 def test_show_names_the_biggest_cost(prover_home, iris_package):
-    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stderr
+    text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stdout
     line = next(ln for ln in text.splitlines() if ln.startswith("biggest"))
     assert "layout" in line and "rows" in line and "%" in line
 
@@ -193,6 +210,9 @@ def test_manifest_without_tuning_keeps_its_id(iris_package):
 @pytest.mark.parametrize("args, message", [
     (["models", "add", "iris_mlp", "--budget", "3"], "go with --tune"),
     (["models", "tune", "iris_mlp", "--budget", "0"], "positive number of minutes"),
+    (["models", "tune", "iris_mlp", "--verifier", "offline", "--objective", "gas"],
+     "needs a verifier on chain"),
+    (["models", "add", "iris_mlp", "--verifier", "offline"], "go with --tune"),
 ])
 def test_bad_tune_flags_are_refused_in_one_line(home, args, message):
     proc = run_cli(*args, home=home)
@@ -301,3 +321,41 @@ def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_
         assert s._worth(narrow, base)
     finally:
         s.close()
+
+
+def test_offline_tune_measures_and_registers_circuits_over_eip170(prover_home, tmp_path):
+    """``models tune --verifier offline`` (real EZKL and solc): iris_mlp at 4 inner columns
+    has a verifier no chain would deploy; the search measures it anyway (prove, pk, verify
+    time; no gas) instead of leaving it out, the manifest records the mode, and the package
+    registered proves and verifies offline. The same candidate on chain is out."""
+    from dataclasses import replace
+
+    from prover.build import reference_source
+    from prover.tune import EIP170_LIMIT, search, tune_and_register
+    from verifier.config import Settings
+
+    settings = Settings(home=prover_home)
+    source = replace(reference_source("iris_mlp"), name="iris_offline")
+    wide = CircuitOptions(inner_cols=4)
+    result, pkg = tune_and_register(settings, source, objective="prove", budget_minutes=30,
+                                    candidates=[wide], verifier="offline")
+    m = next(m for m in result.measurements if m.options == wide)
+    assert m.verifier_runtime_bytes > EIP170_LIMIT, m.verifier_runtime_bytes
+    assert m.status == "ok" and m.offline_only and m.measured and m.verify_gas is None
+    assert m.prove_s > 0 and m.verify_s > 0 and m.agreement["percent"] == 100.0
+    assert m in result.front
+    manifest = Manifest.load(pkg.dir / "manifest.json")
+    assert manifest.tuning["verifier"] == "offline"
+    recorded = next(c for c in manifest.tuning["candidates"] if c["label"] == m.label)
+    assert recorded["offline_only"] is True
+    _proves_and_verifies("iris_offline", 7, prover_home, tmp_path)
+    shown = run_cli("models", "show", "iris_offline", home=prover_home, check=True).stdout
+    assert "TOO LARGE to deploy, proofs checked offline" in shown and "verified offline" in shown
+    # no chain deploys its verifier: refused before anything is spent, in one line
+    proc = run_cli("chain", "deploy", "--package", "iris_offline", home=prover_home)
+    last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1]
+    assert proc.returncode == 2 and "over EIP-170" in last and "Traceback" not in proc.stderr, proc.stderr
+    assert "deploying to" in proc.stderr and "OK: oracle" not in proc.stderr
+    on_chain = search(settings, source, objective="prove", budget_minutes=30, candidates=[wide])
+    assert next(x for x in on_chain.measurements if x.options == wide).status == "verifier-too-large"
+    assert on_chain.chosen.baseline
