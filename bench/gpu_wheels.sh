@@ -13,8 +13,6 @@ set -eu
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PYVER=${PYVER:-3.12}  # the GPU machine's Python
-exclude="$(git rev-parse --git-common-dir)/info/exclude"
-grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 rm -rf .whl && mkdir -p .whl/bin .whl/lib
 $PY -m pip freeze --exclude-editable | grep '==' >.whl/constraints.txt
 $PY -m pip download -q --only-binary=:all: --python-version "$PYVER" --implementation cp --abi "cp$(echo "$PYVER" | tr -d .)" \

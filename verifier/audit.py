@@ -311,13 +311,12 @@ class Auditor:
         receipt = parse_any_receipt(item.data)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
-        origin = None
-        if isinstance(receipt, ReceiptV2):
-            origin = receipt.checkpoint.split("\n", 1)[0]  # what the checkpoint is checked as
-            if self.origins is not None and origin not in self.origins:
+        if isinstance(receipt, ReceiptV2) and self.origins is not None:
+            origin = receipt.checkpoint.split("\n", 1)[0]  # (the keys checked are that origin's)
+            if origin not in self.origins:
                 raise OriginMismatch(f"checkpoint is for log {origin!r}, not "
                                      f"{' or '.join(repr(o) for o in sorted(self.origins))}")
-        st = verify_any_receipt(receipt, self.jwks, origin=origin, trusted_eth_signers=self.trusted_eth_signers,
+        st = verify_any_receipt(receipt, self.jwks, trusted_eth_signers=self.trusted_eth_signers,
                                 checkpoints=self._checkpoints, proven=self._proven)
         p = st.predicate
         if self.require_known_model:

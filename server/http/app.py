@@ -125,10 +125,9 @@ def create_app(
         from server.proofs.jobs import ProofJobs
 
         jobs = ProofJobs(settings, service, store,
-                         sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)))
+                         sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)),
+                         waiter_counts=shared.waiters() if shared is not None else None)
         metrics.watch_proofs(jobs.store)
-        if shared is not None:
-            jobs.waiter_counts = shared.waiters()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

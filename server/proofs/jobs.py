@@ -60,7 +60,7 @@ class _Slot:
 
 class ProofJobs:
     def __init__(self, settings: ServerSettings, service, receipts: ReceiptStore | None,
-                 sign_callback: CallbackSigner | None = None) -> None:
+                 sign_callback: CallbackSigner | None = None, waiter_counts=None) -> None:
         self.settings = settings
         self.sign_callback = sign_callback  # callbacks carry the server's Ed25519 signature
         self.service = service
@@ -78,7 +78,8 @@ class ProofJobs:
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
         self._in_flight: set[str] = set()
         self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
-        self.waiter_counts = None  # serve --workers: every process's waiters (server.shared.ProcessCounts)
+        # serve --workers: every process's waiters (server.shared.ProcessCounts); else this one's
+        self.waiter_counts = waiter_counts
         self._ended_mark = 0.0  # the newest finish time the waiters were told about
         # workers start with the first job (an idle server runs no prover processes)
         self._wanted = threading.Event()
