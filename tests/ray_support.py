@@ -67,13 +67,21 @@ class RayCluster:
             time.sleep(1)
 
     def kill9(self, name: str) -> None:
-        """kill -9 a node's whole process group (raylet and its agents; its workers and
-        actors exit as their raylet goes)."""
+        """kill -9 a node: its process group (raylet and agents) and every process it started.
+        Ray runs each worker (an actor) in a process group of its own; left alone it exits
+        only as it notices its raylet gone, after the task in hand, which on a fast machine
+        was the whole proof the test meant to cut short."""
         p = self.nodes[name]
+        workers = _descendants(p.pid)  # before the kill: then they are re-parented
         try:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         p.wait()
 
     def logs(self) -> str:
@@ -87,3 +95,23 @@ class RayCluster:
         import shutil
 
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out

@@ -61,8 +61,10 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
         assert bundle["receipt"]["id"] == job["receipt_id"]
         assert bundle["agreement"]["agree"] is True
         if job["id"] == victim["id"]:
-            # the attempt on node2 was lost with it and counted; the second one proved it
-            assert done["attempts"] == 2, done
+            # the attempt on node2 was lost with it and counted; a later one proved it (the
+            # retry can land on node2 too while Ray has not yet declared it dead, ~3 s:
+            # then the third, the last VERINFER_PROOF_ATTEMPTS allows)
+            assert done["attempts"] in (2, 3), done
             assert victim["attempts"] == 1
     # one job per input, one bundle per job: submitting again is a cache hit on the same job
     for i, job in enumerate(jobs):
