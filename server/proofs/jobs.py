@@ -85,6 +85,10 @@ class ProofJobs:
         self._wanted = threading.Event()
         self._shared = False
         self._supervising = False
+        # serve --workers: the supervising process publishes its provers' pids here for the
+        # other processes (GET /v1/proofs, the status page); None: not written yet
+        self._pids_file = settings.home / "run" / "prover-pids.json"
+        self._published: list[int] | None = None
         self._lock = threading.Lock()
         self._circuits: dict[str, tuple[str, Circuit]] = {}  # model -> (names-file text, circuit)
         self.log_path = settings.home / "logs" / "prove-workers.log"
@@ -343,7 +347,26 @@ class ProofJobs:
         slot.proc = None
 
     def worker_pids(self) -> list[int]:
+        """The live prover worker processes of the whole server (also when asked in a
+        process of ``serve --workers`` that does not run them)."""
+        if self._shared and not self._supervising:
+            try:
+                pids = json.loads(self._pids_file.read_text())
+            except (OSError, ValueError):
+                return []
+            return [p for p in pids if isinstance(p, int) and _alive(p)]
         return [s.proc.pid for s in self.slots if s.proc is not None and s.proc.poll() is None]
+
+    def _publish_pids(self) -> None:
+        pids = self.worker_pids()
+        if pids != self._published:
+            self._published = pids  # (tried once per change: a failure is not retried each tick)
+            tmp = self._pids_file.with_suffix(".tmp")
+            try:
+                tmp.write_text(json.dumps(pids))
+                os.replace(tmp, self._pids_file)
+            except OSError as exc:
+                log.warning("could not publish the prover workers' pids: %s", exc)
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
@@ -372,6 +395,8 @@ class ProofJobs:
     def _tick(self) -> None:
         s = self.settings
         now_m = time.monotonic()
+        if self._shared:
+            self._publish_pids()
         if self._shared and not self._wanted.is_set() and self.store.counts().get("queued"):
             self._wanted.set()  # queued by another server process
         for slot in self.slots:
@@ -442,3 +467,13 @@ def body_model(receipt: dict) -> str:
         return st["predicate"]["model"]["name"]
     except (KeyError, ValueError, TypeError):
         raise InputError("stored receipt is unreadable") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's (a reused pid)
+        return True
+    return True

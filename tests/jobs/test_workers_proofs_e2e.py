@@ -4,6 +4,7 @@ process 1 is woken when the job ends."""
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,5 +48,17 @@ def test_either_process_queues_proofs_that_process_0_proves(new_home):
             assert p["proof_status"] == "done" and p["proof_outcome"] == "proven", p
             bundle = ProofBundle.model_validate_json(p["proof_bundle"])
             verify_signed_bundle(bundle, package_dir(s.home), jwks, allow_dev_srs=True)
+        # the prover workers run in process 0; either process reports them
+        seen: dict[str, list[int]] = {}
+        for _ in range(60):
+            status, queue, headers = s.request("GET", "/v1/proofs")
+            assert status == 200, queue
+            seen[headers["Verinfer-Worker"].split(".")[0]] = queue["worker_pids"]
+            if len(seen) == 2:
+                break
+        assert set(seen) == {"0", "1"}, seen
+        assert seen["0"] == seen["1"] and seen["0"], seen
+        for pid in seen["0"]:
+            os.kill(pid, 0)  # alive
     finally:
         s.stop()
