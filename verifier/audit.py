@@ -100,15 +100,15 @@ class Result:
 # --- trusted keys and packages -----------------------------------------------------
 
 
-def load_trusted_keys(*paths: Path) -> dict[str, Any]:
-    """The trusted Ed25519 keys of one or more ``--keys`` files (a JWK Set per file, see
+def load_trusted_keys(*paths: Path | str) -> dict[str, Any]:
+    """The trusted Ed25519 keys of one or more ``--keys`` files or URLs (a JWK Set each, see
     :func:`read_keys_file`). Keys given with their log's origin are bound to it: a
     :class:`OriginKeys` (checkpoints of each origin only by that origin's keys); with no
     origin anywhere, a plain JWK Set whose keys may sign any log's checkpoints."""
     by_origin: dict[str, dict[str, Any]] = {}
     unbound: list[dict] = []
     for path in paths:
-        origin, jwks = read_keys_file(Path(path))
+        origin, jwks = read_keys_file(path)
         keys = unbound if origin is None else by_origin.setdefault(origin, {"keys": []})["keys"]
         keys.extend(k for k in jwks["keys"] if k not in keys)
     if not by_origin:
@@ -116,19 +116,17 @@ def load_trusted_keys(*paths: Path) -> dict[str, Any]:
     return OriginKeys(by_origin, {"keys": unbound} if unbound else None)
 
 
-def read_keys_file(path: Path) -> tuple[str | None, dict[str, Any]]:
+def read_keys_file(path: Path | str) -> tuple[str | None, dict[str, Any]]:
     """(origin or None, JWK Set) of one keys file: a JWK Set (``/.well-known/jwks.json``), a
     single (pinned) JWK, a PEM Ed25519 public key (no origin), or a server's key document with
     its log's origin: ``/v1/keys`` (``jwks`` and ``log.origin``) or
-    ``/.well-known/verinfer-log.json`` (``origin`` and ``note_keys``).
+    ``/.well-known/verinfer-log.json`` (``origin`` and ``note_keys``). An ``http(s)://`` URL
+    is fetched now (trusting what that server answers today; a saved copy pins it).
 
     Every key must be an OKP/Ed25519 key whose ``kid``, if present, is its RFC 7638
     thumbprint; a bare JWK or PEM key gets its thumbprint as ``kid``.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read keys: {exc.strerror}") from None
+    raw = _read_keys(path)
     if raw.lstrip().startswith(b"-----BEGIN"):
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -149,6 +147,24 @@ def read_keys_file(path: Path) -> tuple[str | None, dict[str, Any]]:
     if isinstance(doc, dict) and "note_keys" in doc and "origin" in doc:
         return _note_keys(path, _origin(path, doc["origin"]), doc["note_keys"])
     return None, _checked_jwks(path, doc if isinstance(doc, dict) and "keys" in doc else {"keys": [doc]})
+
+
+def _read_keys(path: Path | str) -> bytes:
+    if isinstance(path, str) and path.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(path, timeout=30) as r:
+                return r.read()
+        except urllib.error.HTTPError as exc:
+            raise InputError(f"{path}: cannot fetch keys: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise InputError(f"{path}: cannot fetch keys: {getattr(exc, 'reason', exc)}") from None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read keys: {exc.strerror}") from None
 
 
 def _origin(path: Path, origin: Any) -> str | None:

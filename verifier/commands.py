@@ -62,11 +62,12 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
 
 
 def _trust_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--keys", type=Path, metavar="JWKS", action="append",
-                   help="trusted Ed25519 keys: a JWK Set (as served at /.well-known/jwks.json), "
-                   "one pinned JWK, a PEM public key, or a server's /v1/keys or "
-                   "/.well-known/verinfer-log.json document (keys bound to its log's origin: "
-                   "checkpoints of that origin only by them); repeatable")
+    p.add_argument("--keys", metavar="JWKS", action="append",
+                   help="trusted Ed25519 keys, a file or an http(s) URL: a JWK Set (as served at "
+                   "/.well-known/jwks.json), one pinned JWK, a PEM public key, or a server's "
+                   "/v1/keys or /.well-known/verinfer-log.json document (keys bound to its log's "
+                   "origin: checkpoints of that origin only by them); repeatable. A URL trusts "
+                   "what the server answers now; a saved copy pins the keys")
     p.add_argument("--eth-signer", action="append", metavar="ADDRESS",
                    help="trusted EIP-712 signer address (repeatable); without it an EIP-712 "
                    "signature must only recover to the signer it names")

@@ -96,6 +96,23 @@ def test_receipts_of_two_origins_audit_together_against_their_own_logs(two_origi
     assert r.returncode == 0, r.stderr
 
 
+def test_keys_given_as_the_servers_urls(two_origins):
+    """``--keys URL`` fetches the server's /v1/keys (bound to its origin) as a saved copy
+    would be read; an unreachable one is an input error in one line (exit 2)."""
+    root, srv = two_origins
+    a, b = srv["a"]["server"].base, srv["b"]["server"].base
+    r = _audit(root, root / "both.jsonl", "--keys", a + "/v1/keys", "--keys", b + "/v1/keys",
+               "--log", a, "--log", b)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["by_item_kind"] == {"receipt": {"ok": 12}, "log": {"ok": 2}}
+    r = _audit(root, root / "both.jsonl", "--keys", a + "/v1/keys")  # b's key: not trusted
+    assert r.returncode == 1, r.stderr
+    gone = "http://127.0.0.1:9/v1/keys"
+    r = _audit(root, root / "both.jsonl", "--keys", gone)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and f"{gone}: cannot fetch keys" in lines[0], r.stderr
+
+
 def test_a_checkpoint_resigned_by_the_other_origins_key_fails(two_origins):
     root, srv = two_origins
     a, b = srv["a"], srv["b"]
