@@ -150,6 +150,9 @@ class ServerSettings(Settings):
     relay_tx_timeout_s: float = Field(
         120.0, gt=0, description="A fulfilment not mined in this time is replaced (same nonce, "
         "higher fee).")
+    relay_withdraw_min_wei: int | None = Field(
+        None, ge=0, lt=2**96, description="After each poll, withdraw a served model's accrued fees "
+        "to its payee once they reach this many wei (the relayer pays the gas; default: never).")
 
     receipt_retention_s: float | None = Field(
         None, gt=0, description="Forget stored receipts and inputs older than this (seconds; "

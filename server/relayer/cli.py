@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tx-timeout", type=float, default=120.0, metavar="S",
                    help="replace a fulfilment not mined in S seconds at the same nonce with a "
                    "higher fee (local --key-file only; default 120)")
+    p.add_argument("--withdraw-min", type=int, default=None, metavar="WEI",
+                   help="after each poll, send withdrawFees for a served model once its accrued "
+                   "fees reach WEI (paid to its payee; the relayer pays the gas; default: never)")
     p.add_argument("--poll-interval", type=float, default=2.0, metavar="S",
                    help="seconds between polls (default 2)")
     p.add_argument("--once", action="store_true",
@@ -70,6 +73,8 @@ def relay(args: argparse.Namespace) -> int:
             or args.tx_timeout <= 0:
         raise InputError("--fee-margin and --max-callback-gas must not be negative, --workers "
                          "must be >= 1, --tx-timeout positive")
+    if args.withdraw_min is not None and not 0 <= args.withdraw_min < 2**96:
+        raise InputError("--withdraw-min must be between 0 and 2**96 - 1 wei")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     settings = ServerSettings()
     from prover.ezkl_backend import use_ezkl_dir
@@ -86,7 +91,8 @@ def relay(args: argparse.Namespace) -> int:
                            eth_key=eth_key, answer=args.answer, from_block=args.from_block,
                            confirmations=args.confirmations, answer_ttl_s=settings.answer_ttl_s,
                            fee_margin=args.fee_margin, max_callback_gas=args.max_callback_gas,
-                           workers=args.workers, tx_timeout_s=args.tx_timeout)
+                           workers=args.workers, tx_timeout_s=args.tx_timeout,
+                           withdraw_min_wei=args.withdraw_min)
     names = ", ".join(sorted(m.name for m in models.values()))
     print(f"verinfer: relaying for {relayer.oracle.address} on chain {relayer.chain.chain_id} "
           f"({names}; fulfilments from {relayer.chain.sender}"
@@ -98,13 +104,14 @@ def relay(args: argparse.Namespace) -> int:
             print(f"OK: {res.events} request(s) up to block {res.latest_block}: "
                   f"{len(res.fulfilled)} fulfilled, {len(res.elsewhere)} answered elsewhere or "
                   f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed, "
-                  f"{len(res.delayed)} delayed",
-                  file=sys.stderr)
+                  f"{len(res.delayed)} delayed"
+                  + (f", {sum(w['amount'] for w in res.withdrawn)} wei of fees withdrawn"
+                     if res.withdrawn else ""), file=sys.stderr)
             if args.json:
                 print(json.dumps({"events": res.events, "latest_block": res.latest_block,
                                   "fulfilled": res.fulfilled, "elsewhere": res.elsewhere,
                                   "skipped": res.skipped, "failed": res.failed,
-                                  "delayed": res.delayed}))
+                                  "delayed": res.delayed, "withdrawn": res.withdrawn}))
             return 0
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

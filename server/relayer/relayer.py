@@ -91,6 +91,7 @@ class PassResult:
     elsewhere: list[str] = field(default_factory=list)
     delayed: list[str] = field(default_factory=list)  # not answered yet: read again next poll
     latest_block: int = 0
+    withdrawn: list[dict] = field(default_factory=list)  # fees paid out: {model, payee, amount, tx}
 
 
 class Relayer:
@@ -100,14 +101,15 @@ class Relayer:
     ``fee_margin`` (skip a request whose fee does not cover margin x its gas cost; 0 serves
     unpaid requests), ``max_callback_gas`` (skip requests asking more for their callback),
     ``workers`` (requests handled at once), ``tx_timeout_s`` (replace a transaction not mined
-    in that time)."""
+    in that time), ``withdraw_min_wei`` (after a poll, send ``withdrawFees`` for each served
+    model whose accrued fees reached it; None: never, the payee withdraws)."""
 
     def __init__(self, chain, oracle: str, models: dict[bytes, LocalModel], store: RelayStore,
                  *, proofs: ProofSource | None = None, eth_key: bytes | None = None,
                  answer: str = "auto", from_block: int = 0, confirmations: int = 0,
                  answer_ttl_s: int = 3600, fee_margin: float = DEFAULT_FEE_MARGIN,
                  max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS, workers: int = 4,
-                 tx_timeout_s: float = 120.0,
+                 tx_timeout_s: float = 120.0, withdraw_min_wei: int | None = None,
                  hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
         from contracts.deploy import oracle_abi
 
@@ -116,6 +118,9 @@ class Relayer:
         if fee_margin < 0 or max_callback_gas < 0 or workers < 1 or tx_timeout_s <= 0:
             raise InputError("fee_margin and max_callback_gas must not be negative, workers "
                              "must be >= 1, tx_timeout_s > 0")
+        if withdraw_min_wei is not None and not 0 <= withdraw_min_wei < 2**96:
+            raise InputError("withdraw_min_wei must be between 0 and 2**96 - 1")
+        self.withdraw_min_wei = withdraw_min_wei
         self.chain = chain
         self.w3 = chain.w3
         self.oracle = chain.contract(oracle, oracle_abi())
@@ -191,9 +196,34 @@ class Relayer:
                 new_cursor = (ev.block, ev.log_index - 1)  # this one is read again
         if cur is None or new_cursor > cur:
             self.store.set_cursor(*new_cursor)
+        if self.withdraw_min_wei is not None:  # no fulfilment in flight now: one sender at a time
+            res.withdrawn = self.withdraw_fees()
         if error is not None:
             raise error
         return res
+
+    def withdraw_fees(self) -> list[dict]:
+        """``withdrawFees`` for each served model whose accrued fees reached
+        ``withdraw_min_wei`` (the oracle pays its payee, whoever sends it; the relayer pays the
+        gas). A model that fails is logged and tried again after the next poll."""
+        from contracts.deploy import model_fees, withdraw_fees
+
+        out = []
+        for model_id in self.models:
+            mid = "0x" + model_id.hex()
+            try:
+                fees = model_fees(self.oracle, model_id)
+                if fees.accrued == 0 or fees.accrued < (self.withdraw_min_wei or 0):
+                    continue
+                paid = withdraw_fees(self.chain, self.oracle, model_id)
+            except Exception as exc:  # noqa: BLE001 - fees wait; answering requests goes on
+                log.warning("relayer: withdrawing the fees of model %s failed (%s: %s)", mid,
+                            type(exc).__name__, str(exc)[:300])
+                continue
+            log.info("relayer: withdrew %d wei of model %s's fees to %s (tx %s)", paid["amount"],
+                     mid, paid["payee"], paid["tx"])
+            out.append({"model": mid, **paid})
+        return out
 
     def _handle_all(self, events: list[Event]) -> list:
         """:meth:`handle` for each event, ``workers`` at a time; outcomes in event order (an
@@ -524,6 +554,7 @@ def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
                             max_callback_gas=settings.relay_max_callback_gas,
                             workers=settings.relay_workers,
                             tx_timeout_s=settings.relay_tx_timeout_s,
+                            withdraw_min_wei=settings.relay_withdraw_min_wei,
                             proofs=QueueProofs(jobs) if jobs is not None else None)
 
     t = RelayerThread(factory, settings.relay_poll_interval_s)

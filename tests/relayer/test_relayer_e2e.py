@@ -69,8 +69,12 @@ def test_consumer_gets_the_models_label_by_proof(anvil_chain, relay_anvil_url, p
     assert len(evs) == 3 and all(e["byProof"] for e in evs)
 
     again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "0", "--once", "--json",
-                    home=packages_home)
+                    "--withdraw-min", "0", home=packages_home)
     assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0
+    assert json.loads(again.stdout)["withdrawn"] == []  # unpaid requests: no fees to withdraw
+    bad = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--withdraw-min", "-1",
+                  "--once", home=packages_home)
+    assert bad.returncode == 2 and "--withdraw-min must be between" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_verify_bundle_on_chain(anvil_chain, relay_anvil_url, packages_home, iris_package,

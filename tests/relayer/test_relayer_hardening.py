@@ -230,6 +230,30 @@ def test_confirmations_wait_for_depth(anvil_chain, iris_model, tmp_path):
     assert r.poll().fulfilled == ["0x" + rid.hex()]
 
 
+def test_the_relayer_withdraws_fees_once_they_reach_its_minimum(anvil_chain, iris_model, tmp_path):
+    """``withdraw_min_wei`` (``relay --withdraw-min``): after a poll, a served model's accrued
+    fees go to its payee once they reach the minimum, not before; none accrued, nothing sent."""
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    _, payee = new_key()
+    chain.transact(oracle.functions.setPayee(iris_model.model_id, payee))
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, withdraw_min_wei=2 * 10**16)
+    assert r.poll().withdrawn == []  # nothing accrued: no transaction
+    q = samples(1)[0]
+    _paid_request(chain, cons, q, 10**16)
+    res = r.poll()
+    assert len(res.fulfilled) == 1 and res.withdrawn == []  # 1e16 accrued, under the minimum
+    assert deploy.model_fees(oracle, iris_model.model_id).accrued == 10**16
+    _paid_request(chain, cons, q, 10**16)
+    res = r.poll()
+    assert len(res.fulfilled) == 1
+    assert [(w["payee"], w["amount"]) for w in res.withdrawn] == [(payee, 2 * 10**16)]
+    assert chain.w3.eth.get_balance(payee) == 2 * 10**16
+    assert deploy.model_fees(oracle, iris_model.model_id).accrued == 0
+    assert r.poll().withdrawn == []
+
+
 def test_a_reorg_that_drops_only_the_fulfilment_sends_it_again(anvil_chain, iris_model, tmp_path):
     """The request's block stays, the block with the relayer's own fulfilment goes (anvil:
     revert to a snapshot taken between them), and the request is open on chain again. The
