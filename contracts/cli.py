@@ -84,6 +84,7 @@ def _resolve_package(ref: str) -> Path:
 def _registered_packages() -> list[Path]:
     """The packages of the models registered in the data dir that the oracle can take (public
     input); says on stderr which are left out, or that there are none."""
+    from contracts.solc import EIP170_LIMIT
     from verifier.config import Settings
     from verifier.errors import VerinferError
     from verifier.packages import find, list_names
@@ -104,7 +105,7 @@ def _registered_packages() -> list[Path]:
         if pkg.manifest.preflight.get("verifier_fits") is False:
             size = pkg.manifest.preflight.get("verifier_runtime_bytes")
             print(f"note: {name} left out: its verifier ({size:,} bytes) is over EIP-170's "
-                  "24,576, a package for proofs checked offline", file=sys.stderr)
+                  f"{EIP170_LIMIT:,}, a package for proofs checked offline", file=sys.stderr)
             continue
         first = out.setdefault(pkg.manifest.model_sha256, pkg.dir)
         if first != pkg.dir:

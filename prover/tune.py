@@ -213,7 +213,6 @@ class _Search:
                  budget_s: float, progress: Progress, backend: ProofSystem,
                  visibility: str, public_output: str = "logits", verifier: str = "chain") -> None:
         self.settings, self.source, self.objective = settings, source, objective
-        self.offline = verifier == "offline"
         self.verifier = verifier
         self.budget_s, self.progress, self.backend = budget_s, progress, backend
         self.visibility = visibility
@@ -496,6 +495,10 @@ class _Search:
                 break
             if self._worth(m, base) and self.agree(m):
                 self.measure(m)
+
+    @property
+    def offline(self) -> bool:
+        return self.verifier == "offline"
 
     def _over(self, verifier_bytes: int) -> bool:
         """Whether a verifier this size is out (and so measured last): never, offline."""

@@ -108,18 +108,16 @@ class ServerProcess:
     def children(self, marker: bytes) -> list[int]:
         """The server process's children whose command line contains ``marker`` (from /proc)."""
         pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+        for pid, ppid in parent_pids().items():
+            if ppid != self.proc.pid:
                 continue
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmd = f.read()
             except OSError:
                 continue
-            if ppid == self.proc.pid and marker in cmd:
-                pids.append(int(entry))
+            if marker in cmd:
+                pids.append(pid)
         return pids
 
     def output(self) -> str:
@@ -184,3 +182,17 @@ class ServerProcess:
 
     def worker_pids(self) -> list[int]:
         return self.request("GET", "/v1/proofs")[1]["worker_pids"]
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every live process (from /proc)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                out[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out

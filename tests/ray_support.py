@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from testkit.server_process import free_port
+from testkit.server_process import free_port, parent_pids
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # fast failure detection: a killed node is declared dead in ~3 s, not ~30 s
@@ -98,17 +98,10 @@ class RayCluster:
 
 
 def _descendants(pid: int) -> list[int]:
-    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    """Every live process below ``pid`` (children, their children, ...)."""
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
+    for child, parent in parent_pids().items():
+        children.setdefault(parent, []).append(child)
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

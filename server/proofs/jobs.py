@@ -475,5 +475,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's (a reused pid)
-        return True
+        pass
     return True
