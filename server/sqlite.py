@@ -81,11 +81,13 @@ def _retry_locked(fn, end: float):
 
 
 def _check(db: sqlite3.Connection, schema: Schema, path: Path) -> int:
-    app = db.execute("PRAGMA application_id").fetchone()[0]
-    stamped = db.execute("PRAGMA user_version").fetchone()[0]
+    # both stamps in one statement, so from one snapshot: read one by one, a migration another
+    # process committed in between showed a new user_version with the old application_id 0
+    app, stamped = db.execute("SELECT a.application_id, u.user_version "
+                              "FROM pragma_application_id() a, pragma_user_version() u").fetchone()
     if app not in (0, APPLICATION_ID) or (app == 0 and stamped != 0):
         raise StoreError(f"{path}: not a verinfer store (application_id {app:#x}, user_version {stamped})")
-    have = version_of(db, schema)
+    have = (stamped >> (8 * schema.slot)) & 0xFF  # version_of, from the same snapshot
     if have > schema.version:
         raise StoreError(f"{path}: {schema.name} schema version {have} is newer than this verinfer's "
                          f"({schema.version}); open it with the verinfer that wrote it")
