@@ -2,12 +2,14 @@
 
 Per model, one collector task gathers queued requests until ``max_batch_size`` samples or
 ``max_queue_delay_ms`` (waiting only for requests that can still come; a lone request never
-waits), runs the batch, and gives each caller its own rows. An optional async ``finish`` stage
-(signing receipts in another process) answers each chunk of ``finish_chunk`` requests as soon
-as it is done, while the next batch runs; ``max_finishing`` chunks in the stage is the
-back-pressure. With ``finish_inline``, a one-chunk batch is finished in the event loop when it
-has nothing else to do. Why, with the measurements behind each choice: docs/server.md
-("Execution" and "Where the time goes").
+waits), runs the batch, and gives each caller its own rows. An optional ``finish`` stage
+(signing receipts in another process) gets each chunk of ``finish_chunk`` requests as soon as
+the batch has run, and answers the chunk when it is done, while the next batch runs;
+``max_finishing`` chunks in the stage is the back-pressure. With a finish stage a batch takes
+at most half of the requests in flight, so that two groups of clients overlap (one in the
+loop, one in the stage). With ``finish_inline``, a one-chunk batch is finished in the event
+loop when it has nothing else to do. Why, with the measurements behind each choice:
+docs/server.md ("Execution", "Where the time goes", "Two groups in flight").
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ class Item:
 
 # run_batch(items) -> one result (or an Exception instance) per item; runs in the worker thread.
 RunBatch = Callable[[list[Item]], list[Any]]
-# finish(items, results) -> the final result (or Exception) per item; runs in the event loop.
+# finish(items, results) -> an awaitable of the final result (or Exception) per item; called in
+# the event loop as soon as the batch has run, before anything else runs there: it should hand
+# the chunk over then (a plain function returning an awaitable; an ``async def`` starts only
+# when its task first runs).
 Finish = Callable[[list[Item], list[Any]], Awaitable[list[Any]]]
 FinishInline = Callable[[list[Item], list[Any]], list[Any]]
 
@@ -66,6 +71,7 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._carry: Item | None = None
         self._in_stage = 0  # requests handed to the finish stage and not answered yet
+        self._answered = 0  # requests the finish stage answered since the last batch started
         self._last_len = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
         self.batches = 0  # counters, for metrics and tests
@@ -111,24 +117,41 @@ class DynamicBatcher:
         except TimeoutError:
             return None
 
+    def _sizes(self) -> tuple[int, int]:
+        """(requests to wait for, most requests) for the batch being collected.
+
+        Wait only for requests that can come: under steady load, closed-loop clients send
+        again only when answered. Beyond that, take what is queued, without waiting. (Waiting
+        out the whole delay for requests that could not come cut req/s at c=2 to a third of
+        c=1.) Without a finish stage the answers of a batch go out together: as many can come
+        as the last batch held.
+
+        With a finish stage (receipts), answers come back chunk by chunk: as many can come as
+        were answered since the last batch started. And a batch takes at most half of the
+        requests in flight (those that can come and those still in the stage), so that two
+        groups of clients take turns: one is parsed and run in the event loop while the other
+        is signed in the worker. Without the cap, one batch soon holds every client, the loop
+        waits while the worker signs and the worker waits while the loop parses: at c=16
+        receipts gave 0.41–0.47 of signing off's req/s, with it 0.6 (docs/server.md, "Two
+        groups in flight")."""
+        if self.finish is None:
+            return self._last_len, self.max_batch
+        can_come = max(self._answered, 1 + self._queue.qsize())
+        self._answered = 0
+        most = max(1, (can_come + self._in_stage + 1) // 2)
+        return min(can_come, most), most
+
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             first = await self._next(None)
             assert first is not None
             batch, rows = [first], first.rows
-            # Wait for the batch to fill only under load (the last batch held several
-            # requests); a lone request runs at once instead of paying the delay.
-            wait = self.delay if self._last_len > 1 else 0.0
-            deadline = loop.time() + wait
-            # Wait only until the batch is as big as the last one, less the requests still in
-            # the finish stage: under steady load that is about how many requests can come
-            # (closed-loop clients send again only when answered, and answers still being
-            # signed come later). Beyond it, take what is queued, without waiting. Waiting out
-            # the whole delay for requests that could not come cut req/s at c=2 to a third of
-            # c=1; waiting for those in the stage halved it at c=16 with receipts.
-            target = self._last_len - self._in_stage
-            while rows < self.max_batch:
+            target, most = self._sizes()
+            # Wait for the batch to fill only under load (more than one request can come);
+            # a lone request runs at once instead of paying the delay.
+            deadline = loop.time() + (self.delay if target > 1 else 0.0)
+            while rows < self.max_batch and len(batch) < most:
                 item = await self._next(deadline - loop.time() if len(batch) < target else 0)
                 if item is None:
                     break
@@ -148,10 +171,12 @@ class DynamicBatcher:
                     results = await loop.run_in_executor(self._executor, self.run_batch, batch)
                 else:
                     results = self.run_batch(batch)
-                    await asyncio.sleep(0)  # let the requests that came meanwhile queue up
+                    if self.finish is None:
+                        await asyncio.sleep(0)  # let the requests that came meanwhile queue up
+                    # (with a finish stage, the chunks are handed over first, below)
             except Exception as exc:  # noqa: BLE001
                 if len(batch) == 1:
-                    _deliver(batch, [exc])
+                    self._answer(batch, [exc])
                     continue
                 # one bad request fails alone: run each on its own (and finish each on its
                 # own below: the finish stage takes consecutive rows of one run)
@@ -176,13 +201,18 @@ class DynamicBatcher:
                     if k == inline:
                         await asyncio.sleep(0)  # the other chunks' tasks hand off first
                         done = _each_alone(self.finish_inline, batch[k:end], results[k:end])
-                        _deliver(batch[k:end], done)
+                        self._answer(batch[k:end], done)
                         continue
                     await self._finishing.acquire()
-                    task = loop.create_task(self._finish(batch[k:end], results[k:end]))
+                    chunk, done = batch[k:end], results[k:end]
+                    task = loop.create_task(self._finish(chunk, done, self._hand_off(chunk, done)))
                     self._tasks.add(task)
-                    self._in_stage += len(batch[k:end])
+                    self._in_stage += len(chunk)
                     task.add_done_callback(self._tasks.discard)
+
+    def _answer(self, batch: list[Item], results: list[Any]) -> None:
+        _deliver(batch, results)
+        self._answered += len(batch)
 
     def _run_alone(self, item: Item) -> Any:
         try:
@@ -190,10 +220,24 @@ class DynamicBatcher:
         except Exception as exc:  # noqa: BLE001  (this request's own error)
             return exc
 
-    async def _finish(self, batch: list[Item], results: list[Any]) -> None:
+    def _hand_off(self, batch: list[Item], results: list[Any]) -> Awaitable[list[Any]] | Exception | None:
+        """Start finishing a chunk now, before the loop runs anything else: ``finish`` hands
+        it over (to the receipt worker) and returns what to await. None: nothing to finish
+        (a failed run, chunks of one); an exception: ``finish`` failed at once."""
+        if any(isinstance(r, BaseException) for r in results):
+            return None
         try:
-            if not any(isinstance(r, BaseException) for r in results):  # (a failed run: alone)
-                results = await self.finish(batch, results)
+            return self.finish(batch, results)
+        except Exception as exc:  # noqa: BLE001  (handled as a failure of the awaited stage)
+            return exc
+
+    async def _finish(self, batch: list[Item], results: list[Any],
+                      pending: Awaitable[list[Any]] | Exception | None) -> None:
+        try:
+            if isinstance(pending, Exception):
+                raise pending
+            if pending is not None:
+                results = await pending
         except NotReady as exc:  # the stage itself is down (a receipt worker died): all fail
             results = [exc] * len(batch)
         except Exception:  # noqa: BLE001  (one bad request fails alone: finish each on its own)
@@ -201,8 +245,7 @@ class DynamicBatcher:
         finally:
             self._finishing.release()
             self._in_stage -= len(batch)
-        _deliver(batch, results)
-
+        self._answer(batch, results)
 
     async def _finish_alone(self, item: Item, result: Any) -> Any:
         if isinstance(result, BaseException):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -171,13 +172,18 @@ class InferenceService:
 
     # --- then, in the event loop, while the next batch runs --------------------------------
 
-    async def _sign_batch(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> list[Answer]:
-        """Receipts for a batch, made and stored by a receipt worker process."""
-        start = time.perf_counter()
-        bodies = await self.receipts.sign(_job(m, items, answers))
+    def _sign_batch(self, m: ServedModel, items: list[Item], answers: list[Answer]) -> Awaitable[list[Answer]]:
+        """Receipts for a chunk of a batch, made and stored by the receipt worker process: the
+        chunk is handed over here, at once (the batcher calls this as soon as the batch has run),
+        so the worker starts on it while the loop parses the next requests; awaited later."""
+        return self._signed(m, time.perf_counter(), self.receipts.submit(_job(m, items, answers)), answers)
+
+    async def _signed(self, m: ServedModel, start: float, bodies: Awaitable[list[bytes]],
+                      answers: list[Answer]) -> list[Answer]:
+        done = await bodies
         if self.metrics is not None:
             self.metrics.signed(m.name, time.perf_counter() - start)
-        return [Answer(a.outputs, a.label, b) for a, b in zip(answers, bodies)]
+        return [Answer(a.outputs, a.label, b) for a, b in zip(answers, done)]
 
 
 def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:

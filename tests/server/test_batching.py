@@ -184,8 +184,9 @@ def test_finish_stage_inline_only_for_a_one_chunk_batch_when_idle():
     first, res, three = run(main())
     assert first == ("in", "warm")  # alone and idle: no hand-off
     assert [r for _, r in res] == list(range(10))
-    # 10 requests in one batch: chunks [0-3], [4-7], [8, 9], all handed off
-    assert handed == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    # 10 requests: two batches of five (at most half of those in flight each), in chunks
+    # [0-3], [4] and [5-8], [9], all handed off
+    assert handed == [[0, 1, 2, 3], [4], [5, 6, 7, 8], [9]]
     assert [how for how, _ in res] == ["off"] * 10
     # 3 requests, one chunk, the stage empty: inline
     assert three == [("in", k) for k in "abc"] and inline == [["warm"], ["a", "b", "c"]]
@@ -241,8 +242,8 @@ def test_one_bad_request_fails_alone(threaded, stage):
             raise ValueError("cannot run this input")
         return [i.x * 2 for i in items]
 
-    async def finish(items, results):
-        if stage == "finish" and bad(items):
+    async def finish(items, results):  # (with finish_inline too: a chunk goes one way or the other)
+        if stage != "run" and bad(items):
             raise ValueError("cannot sign this input")
         return [("signed", r) for r in results]
 
@@ -326,3 +327,58 @@ def test_a_full_queue_refuses_with_503_and_answers_the_rest():
     got, exc = run(main())
     assert got == ["first", 0, 1, 2]
     assert status_for(exc) == 503 and exc.headers["Retry-After"] == "1"
+
+
+def test_a_chunk_is_handed_to_the_finish_stage_before_the_loop_runs_anything_else():
+    """The receipt worker starts on a chunk while the event loop parses the next requests:
+    ``finish`` is called right after the batch has run, not from a task that runs later."""
+    events = []
+
+    def run_batch(items):
+        asyncio.get_running_loop().call_soon(events.append, "loop")  # whatever the loop does next
+        events.append("run")
+        return [i.ctx for i in items]
+
+    def finish(items, results):  # hands over now; the answers come later
+        events.append("handed")
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(results)
+        return fut
+
+    async def main():
+        b = DynamicBatcher("m", run_batch, BatchPolicy(max_batch_size=8, max_queue_delay_ms=0), threaded=False,
+                           finish=finish)
+        b.start()
+        try:
+            return await b.submit(np.zeros((1, 1)), "x")
+        finally:
+            await b.stop()
+
+    assert run(main()) == "x"
+    assert events[:3] == ["run", "handed", "loop"]
+
+
+@pytest.mark.parametrize("stage", [False, True])
+def test_with_a_finish_stage_a_batch_takes_half_of_the_requests_in_flight(stage):
+    """16 requests waiting: without a finish stage one batch takes them all; with one (receipts)
+    two batches of 8 do, so that one group is in the stage while the other is in the loop."""
+    sizes = []
+
+    def run_batch(items):
+        sizes.append(len(items))
+        return [i.ctx for i in items]
+
+    async def finish(items, results):
+        return results
+
+    async def main():
+        b = DynamicBatcher("m", run_batch, BatchPolicy(max_batch_size=64, max_queue_delay_ms=50), threaded=False,
+                           finish=finish if stage else None)
+        b.start()
+        try:
+            return await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in range(16)))
+        finally:
+            await b.stop()
+
+    assert run(main()) == list(range(16))
+    assert sizes == ([8, 8] if stage else [16])

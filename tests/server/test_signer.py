@@ -216,3 +216,39 @@ def test_the_shared_writer_groups_the_jobs_of_every_connection(signer, tmp_path)
         verify_receipt_v2(receipt, keys.jwks)
         notes.add(receipt.checkpoint)
     assert len(notes) == 1  # one group: one checkpoint for both connections' jobs
+
+
+def test_the_writer_groups_waiting_jobs_up_to_a_chunk_of_answers(signer, tmp_path):
+    """A group takes the waiting jobs until they hold ``GROUP_ANSWERS`` answers, not every
+    job waiting: the rest are the next group's (their own checkpoint, their own reply), so
+    the clients of the first group are answered while the second is signed."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from server.receipts.worker import GROUP_ANSWERS, _serve, _Writer
+    from server.settings import ServerSettings
+    from verifier.receipts_v2 import ReceiptV2
+
+    writer = _Writer(ServerSettings(home=tmp_path))
+    info = _info()
+    writer.infos[info.name] = info
+    rng = np.random.default_rng(4)
+    ours, theirs = socket.socketpair()
+    client = Connection(ours.detach())
+    sizes = [GROUP_ANSWERS - 3, 3, 1, 2]  # the first two fill a group; the last two are the next
+    for seq, n in enumerate(sizes):  # all wait before the writer looks
+        xs = [rng.normal(size=(1, 1, 8, 8)).astype(np.float32) for _ in range(n)]
+        client.send((seq, _job(info, xs, [None] * n, ["FP32"] * n)))
+    loop = threading.Thread(target=_serve, args=(writer, [Connection(theirs.detach())]))
+    loop.start()
+    replies = [client.recv() for _ in sizes]
+    client.close()
+    loop.join(30)
+    assert not loop.is_alive()
+    writer.close()
+    notes = []
+    for seq, (got, bodies, error) in enumerate(replies):
+        assert got == seq and error is None and len(bodies) == sizes[seq]
+        notes.append({ReceiptV2.parse(json.loads(b)["parameters"]["receipt"]).checkpoint for b in bodies})
+    assert notes[0] == notes[1] and notes[2] == notes[3] and notes[0] != notes[2]
