@@ -7,8 +7,7 @@ waits), runs the batch, and gives each caller its own rows. An optional ``finish
 the batch has run, and answers the chunk when it is done, while the next batch runs;
 ``max_finishing`` chunks in the stage is the back-pressure. With a finish stage a batch takes
 at most half of the requests in flight, so that two groups of clients overlap (one in the
-loop, one in the stage). With ``finish_inline``, a one-chunk batch is finished in the event
-loop when it has nothing else to do. Why, with the measurements behind each choice:
+loop, one in the stage). Why, with the measurements behind each choice:
 docs/server.md ("Execution", "Where the time goes", "Two groups in flight").
 """
 
@@ -46,12 +45,11 @@ RunBatch = Callable[[list[Item]], list[Any]]
 # the chunk over then (a plain function returning an awaitable; an ``async def`` starts only
 # when its task first runs).
 Finish = Callable[[list[Item], list[Any]], Awaitable[list[Any]]]
-FinishInline = Callable[[list[Item], list[Any]], list[Any]]
 
 
 class DynamicBatcher:
     def __init__(self, name: str, run_batch: RunBatch, policy: BatchPolicy, *, threaded: bool = True,
-                 finish: Finish | None = None, finish_inline: FinishInline | None = None,
+                 finish: Finish | None = None,
                  finish_chunk: int = 8, max_finishing: int = 16) -> None:
         self.name = name
         # threaded: batches run in a worker thread (the event loop keeps parsing requests);
@@ -59,7 +57,6 @@ class DynamicBatcher:
         self.threaded = threaded
         self.run_batch = run_batch
         self.finish = finish
-        self.finish_inline = finish_inline
         self.finish_chunk = finish_chunk
         self._max_finishing = max_finishing
         self._finishing: asyncio.Semaphore | None = None
@@ -188,23 +185,9 @@ class DynamicBatcher:
                 _deliver(batch, results)
             else:
                 size = 1 if alone else self.finish_chunk
-                starts = range(0, len(batch), size)
-                # inline only a batch of one chunk, with nothing else to do: no chunk in the
-                # stage, no request waiting. A batch of several chunks goes to the worker whole:
-                # signing its last chunk here kept the loop (the bottleneck under load) from
-                # answering the chunks the worker had finished.
-                idle = (len(batch) <= size and not self._tasks and self._carry is None
-                        and self._queue.empty())
-                inline = 0 if self.finish_inline is not None and idle else None
-                for k in starts:
-                    end = k + size
-                    if k == inline:
-                        await asyncio.sleep(0)  # the other chunks' tasks hand off first
-                        done = _each_alone(self.finish_inline, batch[k:end], results[k:end])
-                        self._answer(batch[k:end], done)
-                        continue
+                for k in range(0, len(batch), size):
                     await self._finishing.acquire()
-                    chunk, done = batch[k:end], results[k:end]
+                    chunk, done = batch[k:k + size], results[k:k + size]
                     task = loop.create_task(self._finish(chunk, done, self._hand_off(chunk, done)))
                     self._tasks.add(task)
                     self._in_stage += len(chunk)
@@ -254,24 +237,6 @@ class DynamicBatcher:
             return (await self.finish([item], [result]))[0]
         except Exception as exc:  # noqa: BLE001
             return exc
-
-
-def _each_alone(finish: FinishInline, batch: list[Item], results: list[Any]) -> list[Any]:
-    """``finish`` on a chunk; if it fails, on each request alone (one bad request fails alone)."""
-    if any(isinstance(r, BaseException) for r in results):  # a failed run: chunks of one
-        return results
-    try:
-        return finish(batch, results)
-    except NotReady as exc:
-        return [exc] * len(batch)
-    except Exception:  # noqa: BLE001
-        out = []
-        for item, result in zip(batch, results):
-            try:
-                out.append(finish([item], [result])[0])
-            except Exception as exc:  # noqa: BLE001
-                out.append(exc)
-        return out
 
 
 def _deliver(batch: list[Item], results: list[Any]) -> None:

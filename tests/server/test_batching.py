@@ -147,57 +147,47 @@ def test_batch_does_not_wait_for_requests_still_in_the_finish_stage():
     assert done == ["fast"] * 6 + ["slow"] * 2
 
 
-# --- the finish stage (receipts: handed off to a worker process, or done inline) ---------------
+# --- the finish stage (receipts: handed off to the receipt worker process) -----------------------
 
 
 def _echo(items):
     return [i.ctx for i in items]
 
 
-def test_finish_stage_inline_only_for_a_one_chunk_batch_when_idle():
-    """A batch of one chunk with the stage empty finishes inline; a batch of several chunks
-    is finished in chunks, all handed off, even with the stage empty; every caller gets its
+def test_finish_stage_takes_each_batch_in_chunks():
+    """Every batch goes to the finish stage in chunks of ``finish_chunk``; every caller gets its
     own result."""
-    handed, inline = [], []
+    handed = []
 
     async def finish(items, results):
         handed.append([i.ctx for i in items])
         await asyncio.sleep(0.01)  # another process at work
         return [("off", r) for r in results]
 
-    def finish_inline(items, results):
-        inline.append([i.ctx for i in items])
-        return [("in", r) for r in results]
-
     async def main():
         b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=32, max_queue_delay_ms=50), threaded=False,
-                           finish=finish, finish_inline=finish_inline, finish_chunk=4)
+                           finish=finish, finish_chunk=4)
         b.start()
         try:
             first = await b.submit(np.zeros((1, 1)), "warm")  # the batcher now waits for batches to fill
             res = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in range(10)))
-            three = await asyncio.gather(*(b.submit(np.zeros((1, 1)), k) for k in "abc"))
         finally:
             await b.stop()
-        return first, res, three
+        return first, res
 
-    first, res, three = run(main())
-    assert first == ("in", "warm")  # alone and idle: no hand-off
-    assert [r for _, r in res] == list(range(10))
+    first, res = run(main())
+    assert first == ("off", "warm")
+    assert res == [("off", k) for k in range(10)]
     # 10 requests: two batches of five (at most half of those in flight each), in chunks
-    # [0-3], [4] and [5-8], [9], all handed off
-    assert handed == [[0, 1, 2, 3], [4], [5, 6, 7, 8], [9]]
-    assert [how for how, _ in res] == ["off"] * 10
-    # 3 requests, one chunk, the stage empty: inline
-    assert three == [("in", k) for k in "abc"] and inline == [["warm"], ["a", "b", "c"]]
+    # [0-3], [4] and [5-8], [9]
+    assert handed == [["warm"], [0, 1, 2, 3], [4], [5, 6, 7, 8], [9]]
 
 
-def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their_chunk():
+def test_finish_stage_failures_stay_in_their_chunk():
     release = asyncio.Event
 
     async def main():
         gate = release()
-        inline = []
 
         async def finish(items, results):
             if any(i.ctx == 2 for i in items):
@@ -205,12 +195,8 @@ def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their
             await gate.wait()
             return results
 
-        def finish_inline(items, results):
-            inline.append([i.ctx for i in items])
-            return results
-
         b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=2, max_queue_delay_ms=0), threaded=False,
-                           finish=finish, finish_inline=finish_inline, finish_chunk=1)
+                           finish=finish, finish_chunk=1)
         b.start()
         try:
             tasks = [asyncio.create_task(b.submit(np.zeros((1, 1)), k)) for k in range(6)]
@@ -219,17 +205,15 @@ def test_finish_stage_under_load_hands_off_everything_and_failures_stay_in_their
             res = await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await b.stop()
-        return res, inline
+        return res
 
-    res, inline = run(main())
+    res = run(main())
     assert isinstance(res[2], RuntimeError) and "worker died" in str(res[2])
     assert [r for k, r in enumerate(res) if k != 2] == [0, 1, 3, 4, 5]
-    # requests were always waiting (or chunks in the stage): nothing ran inline
-    assert inline == []
 
 
 @pytest.mark.parametrize("threaded", [True, False])
-@pytest.mark.parametrize("stage", ["run", "finish", "finish_inline"])
+@pytest.mark.parametrize("stage", ["run", "finish"])
 def test_one_bad_request_fails_alone(threaded, stage):
     """A request that cannot be run or finished (signed) fails on its own; the others of its
     batch and chunk are answered. A request is bad here when its input holds -1."""
@@ -242,21 +226,14 @@ def test_one_bad_request_fails_alone(threaded, stage):
             raise ValueError("cannot run this input")
         return [i.x * 2 for i in items]
 
-    async def finish(items, results):  # (with finish_inline too: a chunk goes one way or the other)
-        if stage != "run" and bad(items):
-            raise ValueError("cannot sign this input")
-        return [("signed", r) for r in results]
-
-    def finish_inline(items, results):
-        if stage == "finish_inline" and bad(items):
+    async def finish(items, results):
+        if stage == "finish" and bad(items):
             raise ValueError("cannot sign this input")
         return [("signed", r) for r in results]
 
     async def main():
         b = DynamicBatcher("m", run_batch, BatchPolicy(max_batch_size=64, max_queue_delay_ms=50),
-                           threaded=threaded, finish=finish,
-                           finish_inline=finish_inline if stage == "finish_inline" else None,
-                           finish_chunk=8)
+                           threaded=threaded, finish=finish, finish_chunk=8)
         b.start()
         try:
             xs = [np.full((1, 2), -1 if k == 3 else k, np.float32) for k in range(6)]
