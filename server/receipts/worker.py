@@ -60,7 +60,7 @@ NICENESS = 5
 
 
 # A group (one log append, one checkpoint): the jobs waiting on the writer's sockets, taken
-# until they hold GROUP_ANSWERS answers (or MAX_GROUP jobs). Not every job waiting: a group of
+# until they hold GROUP_ANSWERS answers (every job holds one or more). Not every job waiting: a group of
 # all of them answers every waiting client at once, and closed-loop clients then come back
 # at once, so the event loop and the writer take turns instead of overlapping. Bounded groups
 # keep two groups of clients in flight, one parsed while the other is signed, and still share
@@ -68,7 +68,6 @@ NICENESS = 5
 # at c=16 within the noise, ~0.8 of signing off at c=64 against 0.63-0.77, batching x2.1-2.2
 # against x1.9-2.1 (docs/server.md, "Two groups in flight").
 GROUP_ANSWERS = 32
-MAX_GROUP = 64
 # A shared writer's client says hello at once; one that does not is dropped.
 HELLO_TIMEOUT_S = 10.0
 
@@ -159,8 +158,8 @@ class _Writer:
 
 def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | None = None,
            control: int | None = None) -> None:
-    """The writer's loop, shared by both modes: every job waiting on any client connection
-    (up to :data:`MAX_GROUP`) joins one group: one log append and one checkpoint for all.
+    """The writer's loop, shared by both modes: jobs waiting on any client connection, up to
+    :data:`GROUP_ANSWERS` answers, join one group: one log append and one checkpoint for all.
     ``listener``: accept more clients (each says hello first); ``control``: a pipe whose end
     (EOF) stops the writer. Without a listener it stops when its last connection ends."""
     while conns or listener is not None:
@@ -176,7 +175,7 @@ def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | N
             if not isinstance(conn, Connection):
                 continue
             try:
-                while len(msgs) < MAX_GROUP and answers < GROUP_ANSWERS:
+                while answers < GROUP_ANSWERS:
                     m = conn.recv()
                     if m is None:  # the client stops
                         _drop(conn, conns)
@@ -496,9 +495,6 @@ class ReceiptPool:
         worker = min(self.workers, key=lambda w: w.in_flight)
         fut = worker.submit(job)
         return fut if fut is not None else worker.sign(job)
-
-    async def sign(self, job: BatchJob) -> list[str]:
-        return await self.submit(job)
 
 
 def _reap(proc: subprocess.Popen, timeout: float) -> None:
