@@ -63,8 +63,8 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
     The checks that can refuse the proof (a circuit package, one sample, the callback
     host) run before the inference, so a refused request costs no receipt."""
     jobs.circuit(name)
-    jobs._require_receipts()
-    cb = jobs._callback(callback)
+    jobs.require_receipts()
+    cb = jobs.check_callback(callback)
     inputs = req.get("inputs")
     if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
         shape = inputs[0].get("shape")
@@ -117,16 +117,16 @@ def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
             raise InputError("send receipt_id, or model and inputs (an OIP v2 tensor list)")
         m = service.model(model)
         jobs.circuit(model)
-        cb = jobs._callback(callback)
+        cb = jobs.check_callback(callback)
         infer_body = json.dumps({"inputs": req["inputs"]}).encode()
         x = parse_infer_request(infer_body, m.input, [o.name for o in m.outputs]).x
-        existing = jobs.lookup(model, x)  # this client's own request first
-        if existing is not None and existing.status != "failed" and jobs.is_mine(existing):
+        existing = jobs.own_request(model, x)  # this client asked for this proof before
+        if existing is not None and existing.status != "failed":
             job, how = jobs.submit_x(model, x, existing.receipt_id, cb)  # same request; maybe callback
             return _job_response(job, how)
         # sign an answer for this input first: every proof links to a receipt, and a client
         # asking for a proof another client asked for gets its own receipt, not the other's
-        jobs._require_receipts()
+        jobs.require_receipts()
         if tuple(x.shape)[:1] != (1,):
             raise InputError("a proof is for one sample: send a batch of 1")
         resp = await service.infer(model, None, infer_body)

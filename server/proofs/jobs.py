@@ -158,20 +158,22 @@ class ProofJobs:
                                    f"model file than the one served: {hint}")
         return c
 
-    def _require_receipts(self) -> ReceiptStore:
+    def require_receipts(self) -> ReceiptStore:
+        """The receipt store; a 409 when the server signs none (proofs link to receipts)."""
         if self.receipts is None:
             raise Conflict("this server does not sign receipts (--no-signing); proofs need them")
         return self.receipts
 
-    def _callback(self, url: Any) -> str | None:
+    def check_callback(self, url: Any) -> str | None:
+        """A client's ``callback_url``, checked (None: no callback); refused with a 4xx."""
         if url is None:
             return None
         return check_callback_url(url, self.settings.callback_allow)
 
     def submit_receipt(self, receipt_id: str, callback_url: Any = None) -> tuple[Job, str]:
         """A proof for a stored one-sample answer."""
-        receipts = self._require_receipts()
-        callback = self._callback(callback_url)
+        receipts = self.require_receipts()
+        callback = self.check_callback(callback_url)
         if not isinstance(receipt_id, str):
             raise InputError("receipt_id must be a string")
         body = json.loads(receipts.get(receipt_id))  # NotFound
@@ -225,24 +227,16 @@ class ProofJobs:
             self._wake()
         return job, how
 
-    def lookup(self, model: str, x: np.ndarray) -> Job | None:
-        """An existing job for (model's package, input), without submitting anything."""
+    def own_request(self, model: str, x: np.ndarray) -> Job | None:
+        """The asking client's own request for the job of (model's package, input), as it sees
+        the job; None when there is no such job or this client has not asked for it."""
         from verifier.tensors import numpy_dtype, tensor_digest
 
         c = self.circuit(model)
         x = np.asarray(x).astype(numpy_dtype(c.datatype), copy=False)
         if tuple(x.shape) != c.shape:
             return None
-        job = self.store._one("WHERE package_id = ? AND input_digest = ?",
-                              (c.package_id, tensor_digest(x, c.datatype)))
-        if job is None:
-            return None
-        mine = self.store.request_of(job.id, CURRENT_CLIENT.get())
-        return mine if mine is not None else job
-
-    def is_mine(self, view: Job) -> bool:
-        """Whether a request (from :meth:`lookup`) is the asking client's own."""
-        return self.store.client_of(view.id) == CURRENT_CLIENT.get()
+        return self.store.request_for(c.package_id, tensor_digest(x, c.datatype), CURRENT_CLIENT.get())
 
     def get(self, request_id: str) -> Job:
         """A proof request (the id a client was given) as its client sees the job."""

@@ -76,18 +76,24 @@ SCHEMA_V3 = """
 ALTER TABLE proof_jobs ADD COLUMN stage_started REAL;
 ALTER TABLE proof_jobs ADD COLUMN stages TEXT;
 """
-SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2, SCHEMA_V3))
-# A request's view of its job: the job's columns, with the request's id, receipt and callback.
-_VIEW = ", ".join(f"r.{c}" if c in ("id", "receipt_id", "callback_url", "callback_state") else f"j.{c}"
-                  for c in ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
-                            "stage", "outcome", "attempts", "worker", "lease_until", "created", "started",
-                            "finished", "error", "callback_url", "callback_state"))
+# version 4: the job table's own callback columns go (unused since version 2 moved callbacks to
+# each request; a job read on its own has no callback: its requests have theirs)
+SCHEMA_V4 = """
+ALTER TABLE proof_jobs DROP COLUMN callback_url;
+ALTER TABLE proof_jobs DROP COLUMN callback_state;
+"""
+SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4))
+# A Job's fields, in order. A request's view of its job: the job's columns with the request's
+# id, receipt and callback. A job read on its own has no callback: its requests have theirs.
+_FIELDS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status", "stage",
+           "outcome", "attempts", "worker", "lease_until", "created", "started", "finished", "error",
+           "callback_url", "callback_state")
+_PER_REQUEST = ("id", "receipt_id", "callback_url", "callback_state")
+_VIEW = ", ".join(f"r.{c}" if c in _PER_REQUEST else f"j.{c}" for c in _FIELDS)
+_JOB = ", ".join("NULL" if c.startswith("callback_") else c for c in _FIELDS)
 _JOINED = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
 
 ACTIVE = ("queued", "running")
-COLUMNS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status",
-           "stage", "outcome", "attempts", "worker", "lease_until", "created", "started",
-           "finished", "error", "callback_url", "callback_state")
 
 
 def new_job_id() -> str:
@@ -179,7 +185,7 @@ class JobStore:
 
     def _one(self, sql: str, args: tuple) -> Job | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM proof_jobs {sql}", args).fetchone()
+            row = self._db.execute(f"SELECT {_JOB} FROM proof_jobs {sql}", args).fetchone()
         return _job(row) if row else None
 
     # --- server side ----------------------------------------------------------------
@@ -204,7 +210,7 @@ class JobStore:
 
         def run(db: sqlite3.Connection):
             row = db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
+                f"SELECT {_JOB} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
                 (package_id, input_digest),
             ).fetchone()
             job = _job(row) if row is not None else None
@@ -275,23 +281,19 @@ class JobStore:
         with self._lock:
             return self._view(self._db, request_id)
 
-    def request_of(self, job_id: str, client: str) -> Job | None:
-        """``client``'s request for a job, as it sees it (None if it has not asked)."""
+    def request_for(self, package_id: str, input_digest: str, client: str) -> Job | None:
+        """``client``'s request for the job of (package, input), as it sees it (None: no such
+        job, or this client has not asked for it)."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM proof_requests WHERE job_id = ? AND client = ?",
-                                   (job_id, client)).fetchone()
-            return self._view(self._db, row[0]) if row else None
+            row = self._db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE j.package_id = ? AND "
+                                   "j.input_digest = ? AND r.client = ?", (package_id, input_digest, client)).fetchone()
+        return _job(row) if row else None
 
     def last_finished(self) -> float:
         """When the newest ended job ended (0 if none): waiters compare it with what they saw."""
         with self._lock:
             row = self._db.execute("SELECT MAX(finished) FROM proof_jobs").fetchone()
         return row[0] or 0.0
-
-    def client_of(self, request_id: str) -> str | None:
-        with self._lock:
-            row = self._db.execute("SELECT client FROM proof_requests WHERE id = ?", (request_id,)).fetchone()
-        return row[0] if row else None
 
     def job_of(self, request_id: str) -> str | None:
         with self._lock:
@@ -334,7 +336,7 @@ class JobStore:
     def running(self) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE status = 'running'").fetchall()
+                f"SELECT {_JOB} FROM proof_jobs WHERE status = 'running'").fetchall()
         return [_job(r) for r in rows]
 
     def retry_or_fail(self, job_id: str, reason: str, max_attempts: int,
@@ -369,7 +371,7 @@ class JobStore:
     def expired(self, now: float) -> list[Job]:
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {', '.join(COLUMNS)} FROM proof_jobs WHERE status = 'running' "
+                f"SELECT {_JOB} FROM proof_jobs WHERE status = 'running' "
                 "AND lease_until < ?", (now,)).fetchall()
         return [_job(r) for r in rows]
 
@@ -397,7 +399,7 @@ class JobStore:
                 "lease_until = ?, attempts = attempts + 1, started = ?, stage_started = ?, "
                 "stages = NULL WHERE id = (SELECT id "
                 "FROM proof_jobs WHERE status = 'queued' ORDER BY created LIMIT 1) "
-                f"RETURNING {', '.join(COLUMNS)}, input",
+                f"RETURNING {_JOB}, input",
                 (worker, now + lease_s, now, now),
             ).fetchone()
             return row
