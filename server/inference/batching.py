@@ -8,7 +8,7 @@ the batch has run, and answers the chunk when it is done, while the next batch r
 ``max_finishing`` chunks in the stage is the back-pressure. With a finish stage a batch takes
 at most half of the requests in flight, so that two groups of clients overlap (one in the
 loop, one in the stage). Why, with the measurements behind each choice:
-docs/server.md ("Execution", "Where the time goes", "Two groups in flight").
+docs/server.md ("Execution"); docs/performance.md ("Where the time goes", "two groups in flight").
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class DynamicBatcher:
         groups of clients take turns: one is parsed and run in the event loop while the other
         is signed in the worker. Without the cap, one batch soon holds every client, the loop
         waits while the worker signs and the worker waits while the loop parses: at c=16
-        receipts gave 0.41–0.47 of signing off's req/s, with it 0.6 (docs/server.md, "Two
+        receipts gave 0.41–0.47 of signing off's req/s, with it 0.6 (docs/performance.md, "two
         groups in flight")."""
         if self.finish is None:
             return self._last_len, self.max_batch

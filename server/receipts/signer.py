@@ -2,7 +2,7 @@
 
 The format is defined, and checked, by :mod:`verifier.receipts` and :mod:`verifier.eip712`;
 this module only produces it, on every answer's path, so it writes the statement's canonical
-JSON from a template instead of building pydantic models (about 3x cheaper, docs/server.md;
+JSON from a template instead of building pydantic models (about 3x cheaper, docs/performance.md;
 ``tests/server/test_signer.py`` checks the bytes against the pydantic models). The
 tensor digest, the fixed-point commitment and the EIP-712 struct are the verifier's own
 definitions: one definition to sign and to verify.
@@ -54,7 +54,7 @@ def new_request_id() -> str:
     """A receipt id, also the EIP-712 ``requestId``: 32 bytes as 0x-hex, the time in
     nanoseconds (8 bytes, big-endian) then 24 random bytes. Unique by its random part;
     ordered by time, so the receipt store's id indexes grow at their end: random ids
-    dirtied ~2x the pages per commit, and the store cost ~2x the CPU (docs/server.md)."""
+    dirtied ~2x the pages per commit, and the store cost ~2x the CPU (docs/performance.md)."""
     return new_request_ids(1)[0]
 
 

@@ -43,7 +43,7 @@ class ReceiptStore:
     The writer runs :meth:`checkpoint` itself, after its answers are out, once
     :attr:`checkpoint_due` says so (the receipt worker after a reply, the event loop after a
     batch it signed itself). It must be the writer: another connection's checkpoints never
-    catch up with a writer that keeps writing, and the WAL grows without end (docs/server.md).
+    catch up with a writer that keeps writing, and the WAL grows without end (docs/performance.md).
     """
 
     def __init__(self, path: Path) -> None:

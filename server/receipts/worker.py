@@ -55,7 +55,7 @@ log = logging.getLogger("verinfer.server")
 START_TIMEOUT_S = 60.0
 # The event loop is the server's bottleneck; when the cores are contended it should win.
 # The worker needs only part of a core and catches up when the loop waits on the network.
-# 5 beat both 0 and 15 (docs/server.md, "Tried and measured").
+# 5 beat both 0 and 15 (docs/performance.md, "Tried and measured").
 NICENESS = 5
 
 
@@ -66,7 +66,7 @@ NICENESS = 5
 # keep two groups of clients in flight, one parsed while the other is signed, and still share
 # a checkpoint among a batch's chunks or many one-answer jobs. 32 against 8 and 16: the same
 # at c=16 within the noise, ~0.8 of signing off at c=64 against 0.63-0.77, batching x2.1-2.2
-# against x1.9-2.1 (docs/server.md, "Two groups in flight").
+# against x1.9-2.1 (docs/performance.md, "two groups in flight").
 GROUP_ANSWERS = 32
 # A shared writer's client says hello at once; one that does not is dropped.
 HELLO_TIMEOUT_S = 10.0
