@@ -214,22 +214,46 @@ def serve(args: argparse.Namespace) -> int:
 
     from prover.ezkl_backend import use_ezkl_dir
     from server.http.app import create_app
+    from server.logs import configure
+    from server.supervisor import bind
 
     use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
-
     app = create_app(settings)  # refuses unsafe key files before listening
+    if settings.signing:
+        _check_log_writer_free(settings)
+    listener = bind(settings)  # a port in use is refused here, in one line (exit 2)
     keys = app.state.keys
-    print(
-        f"verinfer: serving {', '.join(sorted(app.state.service.models))} on "
-        f"http://{settings.host}:{settings.port} (key {keys.kid}, EIP-712 signer {keys.eth_address})",
-        file=sys.stderr,
-    )
-    from server.logs import configure
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit:  # said once the app is up, not before
+                print(f"verinfer: serving {', '.join(sorted(app.state.service.models))} on "
+                      f"http://{settings.host}:{listener.getsockname()[1]} (key {keys.kid}, "
+                      f"EIP-712 signer {keys.eth_address})", file=sys.stderr)
 
     log_config = configure(settings.log_format, args.log_level)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                **({"log_config": log_config} if log_config is not None else {}))
+    server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                                   **({"log_config": log_config} if log_config is not None else {})))
+    server.run(sockets=[listener])
+    if not server.started:
+        print("verinfer: error: the server did not start (the log above says why)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _check_log_writer_free(settings) -> None:
+    """Refuse (exit 2) to start on a data dir whose receipt log another server writes: its
+    writer would wait for the log's lock, then fail the start with a traceback. A dying
+    server's writer is given a few seconds to finish, as the writer itself would."""
+    from server.receipts.translog import writer_lock
+    from verifier.errors import InputError
+
+    try:
+        writer_lock(settings.log_path, 5.0).close()
+    except InputError:
+        raise InputError(f"another verinfer server writes the receipt log {settings.log_path}; "
+                         "give this one its own VERINFER_HOME (or VERINFER_LOG_DB)") from None
 
 
 def keys_rotate(args: argparse.Namespace) -> int:

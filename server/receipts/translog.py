@@ -139,7 +139,7 @@ class LogWriter:
 
     def __init__(self, path: Path, origin: str | None, sign_line: Callable[[str, bytes], bytes],
                  lock_timeout_s: float = 30.0, fsync: bool = False) -> None:
-        self._lock_file = _writer_lock(path, lock_timeout_s)
+        self._lock_file = writer_lock(path, lock_timeout_s)
         self._db = _connect(path)
         # NORMAL (WAL): a committed append survives the process (kill -9), not an OS crash or
         # power loss; FULL fsyncs each append before its checkpoint is signed (docs/server.md)
@@ -249,7 +249,7 @@ def _levels(old: int, size: int, leaves: list[bytes], edge: list[bytes | None]
         nodes = up
 
 
-def _writer_lock(path: Path, timeout_s: float):
+def writer_lock(path: Path, timeout_s: float):
     """An exclusive ``flock`` on ``<log>.writer``, held while the writer lives (the kernel drops
     it when the process dies): a restarted server's writer waits for a dying one to finish its
     last append, so two writers never hold the tree at once."""

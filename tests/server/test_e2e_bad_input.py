@@ -124,3 +124,17 @@ def test_unknown_route_and_method(server):
     r = conn.getresponse()
     assert r.status == 404 and "no receipt" in json.loads(r.read())["error"]
     conn.close()
+
+
+def test_a_second_server_on_a_busy_port_or_a_written_log_exits_2_in_one_line(server, cli, tmp_path):
+    """``verinfer serve`` (one process) where it cannot run: a port in use, or a data dir whose
+    receipt log another server writes. One line, exit 2, no "serving" line; the first keeps serving."""
+    from testkit.server_process import free_port
+
+    r = cli(tmp_path / "other-home", "serve", "--port", str(server.port))
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    r = cli(server.home, "serve", "--port", str(free_port()))
+    assert r.returncode == 2 and "another verinfer server writes the receipt log" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert post(server, IRIS, json.dumps(GOOD).encode())[0] == 200
