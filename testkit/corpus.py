@@ -207,6 +207,11 @@ def bundle_variants(bundles: list[ProofBundle], manifest: Manifest, signer: Sign
     v = copy.deepcopy(signed)
     _flip_proof(v)
     out["proof-bitflip"] = (v, "ProofInvalid")
+    # each of EZKL's two encodings of the proof bytes flipped alone: off chain EZKL reads
+    # 'proof', a contract gets 'hex_proof'; a bundle whose two differ is refused
+    v = copy.deepcopy(signed)
+    v["proof"]["hex_proof"] = flip_hex_bit(v["proof"]["hex_proof"], nibble=200)
+    out["hex-proof-bitflip"] = (v, "ProofInvalid")
 
     v = copy.deepcopy(signed)
     v["receipt"] = sign_receipt(a, manifest, signer, label=(a.outputs.label + 1) % 3

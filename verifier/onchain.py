@@ -22,6 +22,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
 from verifier.errors import InputError, ProofInvalid
+from verifier.proofs import proof_bytes
 
 VERIFY_SELECTOR = keccak(text="verifyProof(bytes,uint256[])")[:4]
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -34,13 +35,7 @@ def proof_calldata(proof: bytes, instances: list[int]) -> bytes:
 
 def proof_parts(proof: dict) -> tuple[bytes, list[int]]:
     """Proof bytes and flat instances (ints) from an EZKL proof JSON object."""
-    hex_proof = proof.get("hex_proof")
-    if isinstance(hex_proof, str):
-        raw = bytes.fromhex(hex_proof.removeprefix("0x"))
-    elif isinstance(proof.get("proof"), list):
-        raw = bytes(proof["proof"])
-    else:
-        raise InputError("proof has neither 'hex_proof' nor a 'proof' byte list")
+    raw = proof_bytes(proof)
     try:
         instances = [int.from_bytes(bytes.fromhex(f), "little")
                      for row in proof["instances"] for f in row]

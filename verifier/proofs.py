@@ -50,9 +50,36 @@ def int_to_felt_hex(value: int) -> str:
     return int_to_felt(value).to_bytes(32, "little").hex()
 
 
+def proof_bytes(proof: dict) -> bytes:
+    """The proof's bytes. EZKL writes them twice: ``proof`` (a byte list, what its verifier
+    reads off chain) and ``hex_proof`` (what goes to a contract). Where both are given they must
+    agree, so that what was checked off chain is what a contract gets (:class:`ProofInvalid`)."""
+    listed, hex_proof, raw = proof.get("proof"), proof.get("hex_proof"), None
+    if isinstance(listed, list):
+        try:
+            raw = bytes(listed)
+        except (TypeError, ValueError):
+            raise ProofInvalid("the proof's 'proof' is not a list of bytes") from None
+    if isinstance(hex_proof, str):
+        try:
+            hexed = bytes.fromhex(hex_proof.removeprefix("0x"))
+        except ValueError:
+            raise ProofInvalid("the proof's 'hex_proof' is not hex") from None
+        if raw is not None and hexed != raw:
+            raise ProofInvalid("the proof's 'hex_proof' and 'proof' hold different bytes")
+        raw = hexed
+    if raw is None:
+        raise InputError("proof has neither 'hex_proof' nor a 'proof' byte list")
+    return raw
+
+
 def ezkl_verify(proof: dict, settings: Path, vk: Path, srs: Path) -> None:
-    """EZKL's own check of ``proof``; raises :class:`ProofInvalid` on any failure."""
+    """EZKL's own check of ``proof``; raises :class:`ProofInvalid` on any failure (and when
+    its two encodings of the proof bytes disagree: :func:`proof_bytes`)."""
     import ezkl
+
+    if isinstance(proof, dict) and "hex_proof" in proof:
+        proof_bytes(proof)
 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         f.write(json.dumps(proof))  # one C-encoded write: json.dump streams in tiny pieces
