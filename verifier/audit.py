@@ -435,10 +435,11 @@ def run_audit(
     return [done[i.name].pop(0) for i in items]
 
 
-def check_log(results: list[Result], auditor: Auditor, logs: Iterable[str] = ()) -> list[Result]:
+def check_log(results: list[Result], auditor: Auditor, logs: Iterable[Any] = ()) -> list[Result]:
     """The append-only check over every checkpoint the audited receipts carry, per log origin
-    (and, with ``logs`` URLs or folders, against the log of each origin:
-    :mod:`verifier.logcheck`); a fork is a failed ``log`` item naming both checkpoints."""
+    (and, with ``logs`` URLs or folders, or logs opened by :func:`verifier.logcheck.open_log`,
+    against the log of each origin: :mod:`verifier.logcheck`); a fork is a failed ``log`` item
+    naming both checkpoints."""
     from verifier.logcheck import check_histories, open_log
 
     seen: dict[str, str] = {}
@@ -450,7 +451,7 @@ def check_log(results: list[Result], auditor: Auditor, logs: Iterable[str] = ())
         return []
     if auditor.jwks is None:
         raise KeyUnknown("no trusted keys given (--keys JWKS)")
-    sources = [open_log(log) for log in logs]
+    sources = [open_log(log) if isinstance(log, str) else log for log in logs]
     problems, checked = check_histories(seen, auditor.jwks, sources, auditor.origins)
     out = [Result(p.where, "log", "fail", p.error, p.reason) for p in problems]
     failed = {p.log for p in problems}

@@ -165,6 +165,11 @@ def _audit(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise InputError("--jobs must be at least 1")
     jwks, signers = _trust(args)
+    from verifier.logcheck import open_log
+
+    logs = [open_log(where) for where in args.log]
+    for log in logs:  # an unreadable or unreachable --log is refused before any item is audited
+        log.latest()
     if args.models is not None:
         packages = find_packages(args.models)
     else:
@@ -190,7 +195,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     results = run_audit(items, auditor, jobs=args.jobs, on_result=on_result)
-    for r in check_log(results, auditor, args.log):  # the log's history, after the items
+    for r in check_log(results, auditor, logs):  # the log's history, after the items
         if r.outcome != "ok" or not args.quiet:
             err(r.line())
         results.append(r)

@@ -89,3 +89,15 @@ def test_log_usage_errors(tmp_path):
     items = _write(tmp_path / "r.jsonl", _log(tmp_path / "a" / "log.sqlite3", key, 1))
     r = verinfer("audit", items, "--keys", tmp_path / "jwks.json", "--log", tmp_path / "nowhere")
     assert r.returncode == 2 and "no receipt log here" in r.stderr
+
+
+def test_an_unusable_log_is_refused_before_any_item_is_audited(tmp_path):
+    """``--log`` that is not a log, or a server that cannot be reached: exit 2 with one line,
+    before any receipt is checked or printed."""
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [ed25519_jwk(key.public_key())]}))
+    items = _write(tmp_path / "r.jsonl", _log(tmp_path / "a" / "log.sqlite3", key, 1))
+    for bad in (tmp_path / "nowhere", "http://127.0.0.1:9"):
+        r = verinfer("audit", items, "--keys", tmp_path / "jwks.json", "--log", bad)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "OK:" not in r.stderr, r.stderr
