@@ -317,7 +317,10 @@ class ProofJobs:
         env = {**os.environ, "VERINFER_HOME": str(s.home)}
         env.setdefault("OMP_NUM_THREADS", "1")  # onnxruntime for the float label: tiny models
         with open(self.log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env)
+            # its own session: a signal to the server's process group (Ctrl-C, systemd's SIGTERM)
+            # is the server's to handle, which then ends its workers; they die with it anyway
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         os.set_blocking(proc.stdin.fileno(), False)
         slot.proc, slot.worker_id, slot.started = proc, worker_id, time.monotonic()
         log.info("prover worker %s started (pid %d)", worker_id, proc.pid)

@@ -232,7 +232,10 @@ def _accept(writer: _Writer, listener: socket.socket, conns: list[Connection]) -
 
 def _child(conn: Connection) -> None:
     """A server's own writer, on a socket pair (one server process)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C and a SIGTERM to the whole group (systemd's stop) are the parent's to handle: it
+    # answers what is in flight, then stops this writer; when the parent dies, its socket ends
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.nice(NICENESS)
     try:
         settings, models = conn.recv()
@@ -265,7 +268,10 @@ def listen(path: str) -> socket.socket:
 def _shared() -> None:
     """The shared writer of ``verinfer serve --workers N`` (started by :mod:`server.supervisor`):
     ``(settings, socket path)`` pickled on stdin, which then stays open; its end stops the writer."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    # Ctrl-C and a group SIGTERM are the supervisor's to handle: it stops the server processes,
+    # then this writer (the control pipe's end), which also ends if the supervisor dies
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     control = Connection(os.dup(0))
     settings, path = control.recv()
     writer = _Writer(settings)

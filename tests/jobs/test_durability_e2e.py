@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -52,6 +54,32 @@ def test_server_kill9_while_proving_then_restart_finishes(new_home, servers):
     # resubmitting after the restart finds the same jobs (nothing lost, nothing twice)
     status, again = s2.submit(iris_input(30))
     assert status == 200 and again["id"] == jobs[0]["id"] and again["cached"] is True
+
+
+def test_sigterm_to_the_process_group_stops_cleanly_and_loses_nothing(new_home, servers):
+    """What systemd's stop does: SIGTERM to every process of the server's group. The server
+    answers what it holds, stops its receipt writer and prover workers itself (they are not
+    killed under it, so nothing is reported dead or restarted), gives a running job back to the
+    queue without counting the attempt, and exits."""
+    home = new_home()
+    env = {"VERINFER_PROOF_WORKERS": "1"}
+    s1 = servers(home, env)  # in its own process group
+    status, job = s1.submit(iris_input(40))
+    assert status == 202, job
+    s1.wait_running(job["id"])
+    workers = s1.worker_pids()
+    os.killpg(s1.proc.pid, signal.SIGTERM)
+    assert s1.proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has stopped
+    log = s1.output()
+    for noise in ("died", "restarting", "exited", "Traceback", "Error"):
+        assert noise not in log, log
+    end = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert workers and not any(_alive(p) for p in workers)
+    s2 = servers(home, env)
+    done = s2.wait_job(job["id"], timeout=120)
+    assert done["status"] == "done" and done["attempts"] == 1, done  # the stop did not count
 
 
 def test_queue_limit_gives_429(new_home, servers):
