@@ -176,7 +176,8 @@ def build_package(
         if srs_file is not None:
             srs_info = srs.ceremony_srs(Path(srs_file), shape.logrows, srs_sha256)
         else:
-            with progress.step(f"Development SRS for logrows={shape.logrows} (cached)"), \
+            how = "cached" if srs.has_dev_srs(settings.srs_dir, shape.logrows) else "generating, insecure"
+            with progress.step(f"Development SRS for logrows={shape.logrows} ({how})"), \
                     captured_output(log):
                 srs_info = srs.dev_srs(settings.srs_dir, shape.logrows, backend)
         srs.place(srs_info, work / files.SRS)

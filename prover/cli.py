@@ -259,7 +259,7 @@ def _demo(args: argparse.Namespace) -> int:
     bundle = Prover(pkg).prove(x, progress=progress)
     out = Path(tempfile.mkdtemp(prefix="verinfer-demo-"))
     bundle.write(out)
-    progress.note(f"3. Verifying the bundle from disk ({out}/bundle.json)")
+    progress.note(f"3. Verifying the bundle from disk ({out}/bundle.json, kept for you to look at)")
     verify_bundle(ProofBundle.load(out), pkg.dir)
     print(f"OK: iris_mlp says class {bundle.outputs.label} for held-out sample 0 "
           f"(true class {y_test[0]}); the proof verifies, the float model agrees: "

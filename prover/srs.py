@@ -40,12 +40,18 @@ class SRSFile:
         return self.source == "development"
 
 
+def has_dev_srs(cache_dir: Path, logrows: int) -> bool:
+    """Whether :func:`dev_srs` has the SRS for ``logrows`` cached (else it generates it)."""
+    path = cache_dir / f"dev-k{logrows}.srs"
+    return path.is_file() and path.with_suffix(".json").is_file()
+
+
 def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
     """The cached development SRS for ``logrows``, generating it on first use."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"dev-k{logrows}.srs"
     meta = path.with_suffix(".json")
-    if not (path.is_file() and meta.is_file()):
+    if not has_dev_srs(cache_dir, logrows):
         # Generate beside the cache and rename: concurrent callers never see half a file.
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".dev-k{logrows}-", suffix=".tmp")
         os.close(fd)

@@ -268,7 +268,8 @@ def keys_rotate(args: argparse.Namespace) -> int:
               "not the data dir's active key", file=sys.stderr)
     if args.json:
         print(json.dumps({"kid": kid}))
-    print(f"OK: new signing key {kid} is active; old public keys stay in the JWKS", file=sys.stderr)
+    print(f"OK: new signing key {kid} is active; old public keys stay in the JWKS. A running server "
+          "signs with the key it started with: restart it", file=sys.stderr)
     return 0
 
 

@@ -193,7 +193,10 @@ def _checked_jwks(path: Path, jwks: dict[str, Any]) -> dict[str, Any]:
     for jwk in keys:
         if not isinstance(jwk, dict):
             raise InputError(f"{path}: a JWK is not a JSON object")
-        public_key_from_jwk(jwk)  # InputError unless OKP/Ed25519 with a 32-byte x
+        try:
+            public_key_from_jwk(jwk)  # InputError unless OKP/Ed25519 with a 32-byte x
+        except InputError as exc:
+            raise InputError(f"{path}: {exc} (a keys file is a JWK Set, a JWK or a PEM public key)") from None
         kid = jwk_thumbprint(jwk)
         if jwk.get("kid", kid) != kid:
             raise InputError(f"{path}: JWK kid {jwk['kid']!r} is not its RFC 7638 thumbprint")

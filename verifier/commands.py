@@ -34,7 +34,8 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
         "audit", help="check many receipts and proof bundles offline",
         description="Audit receipts (*.json, one per line in *.jsonl) and proof bundles "
-        "(bundle.json, or folders holding them) found under PATHs, with no network: receipt "
+        "(bundle.json, or folders holding them) found under PATHs, offline (only --keys and --log "
+        "URLs are fetched, when given): receipt "
         "signatures against --keys, bundles against the circuit packages in --models, and the "
         "links between them. Prints OK/FAIL/ERROR lines and a summary table on stderr; "
         "--json prints the report on stdout. Exit 0 all passed, 1 any failed verification, "

@@ -25,6 +25,8 @@ from verifier.errors import InputError
 from verifier.tensors import DATATYPES, numpy_dtype
 
 NUMERIC = {k for k in DATATYPES if k != "BOOL"}
+# OIP v2 tensor datatypes this server takes no input in (refused as "not accepted", not "unknown")
+OTHER_OIP = {"FP16", "BF16", "BYTES"}
 MAX_ID_CHARS = 256  # a client's request id, echoed in the answer and signed in the receipt
 
 
@@ -183,7 +185,7 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise InputError(f"{where}: shape must be a list of non-negative integers")
     datatype = _field(inp, "datatype", str, where)
-    if datatype not in DATATYPES:
+    if datatype not in DATATYPES and datatype not in OTHER_OIP:
         raise InputError(f"{where}: unknown datatype {datatype!r}")
     if datatype not in NUMERIC:
         raise InputError(f"{where}: datatype {datatype} not accepted (model expects {model_input.datatype})")

@@ -32,11 +32,13 @@ def test_trusted_keys_from_jwks_jwk_and_pem(tmp_path):
     ('{"keys": []}', "no keys"),
     ('{"kty": "RSA", "n": "x", "e": "AQAB"}', "OKP"),
     ('{"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}', "32-byte"),
+    ('{"format": "verinfer.receipt/v2", "statement": "e30="}', "OKP"),  # a receipt given as keys
 ])
 def test_bad_keys_files_are_input_errors(tmp_path, content, why):
     (tmp_path / "k.json").write_text(content)
-    with pytest.raises(InputError, match=why):
+    with pytest.raises(InputError, match=why) as err:
         load_trusted_keys(tmp_path / "k.json")
+    assert str(err.value).startswith(f"{tmp_path / 'k.json'}: ")  # names the file
 
 
 def test_private_jwk_and_wrong_kid_refused(tmp_path):
