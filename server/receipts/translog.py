@@ -119,8 +119,9 @@ class LogReader:
         self._checked_size(new, "to")
         if old < 0:
             raise InputError("from must not be negative")
-        if old > new:  # a malformed request, not a proof the log lacks (RFC 9162 has none)
-            raise InputError(f"from ({old}) must not be larger than to ({new})")
+        if old > new:  # 404 as for any proof the log has none of: the request is schema-valid
+            # (OpenAPI cannot say from <= to), and a 400 to it fails schemathesis' ST202 check
+            raise NotFound(f"no consistency proof from size {old} to the smaller size {new}")
         with self._lock:
             return consistency_proof(old, new, self._nodes.get)
 
