@@ -231,15 +231,26 @@ def verify_receipt(
             raise LinkBroken("receipt id is not the signed request id")
         if receipt.eip712 is not None:
             verify_eip712(receipt.eip712, trusted_eth_signers)
-            m = receipt.eip712.message
-            if m.modelId[2:] != p.model.sha256 or m.inputCommitment != p.input.commitment:
-                raise LinkBroken("EIP-712 message signs another model or input than the statement")
-            if m.requestId != p.requestId or p.label != m.label:
-                raise LinkBroken("EIP-712 message signs another request or label than the statement")
+            check_eip712_message(receipt.eip712.message, p)
         elif trusted_eth_signers is not None:
             raise SignatureInvalid("receipt has no EIP-712 signature")
+    check_model_and_input(p, model_sha256, input_array, "signed")
+    return st
+
+
+def check_eip712_message(m: Any, p: Any) -> None:
+    """An EIP-712 message (already verified) signs the statement's model, input, request and
+    label (``p``: its predicate, v1 or v2); else :class:`LinkBroken`."""
+    if m.modelId[2:] != p.model.sha256 or m.inputCommitment != p.input.commitment:
+        raise LinkBroken("EIP-712 message signs another model or input than the statement")
+    if m.requestId != p.requestId or p.label != m.label:
+        raise LinkBroken("EIP-712 message signs another request or label than the statement")
+
+
+def check_model_and_input(p: Any, model_sha256: str | None, input_array: Any, how: str) -> None:
+    """The statement (``p``: its predicate) is for this model file and this input, where given
+    (:class:`DigestMismatch`); ``how``: "signed" (v1) or "logged" (v2), for the message."""
     if model_sha256 is not None and model_sha256 != p.model.sha256:
         raise DigestMismatch(f"receipt is for model {p.model.sha256}, not {model_sha256}")
     if input_array is not None and tensor_digest(input_array, p.input.datatype) != p.input.digest:
-        raise DigestMismatch("input does not hash to the signed input digest")
-    return st
+        raise DigestMismatch(f"input does not hash to the {how} input digest")

@@ -40,8 +40,16 @@ from verifier.errors import (
     SignatureInvalid,
 )
 from verifier.keys import check_not_revoked, public_key_from_jwk
-from verifier.receipts import STATEMENT_TYPE, InputRef, ModelRef, OutputTensor, Subject
-from verifier.tensors import list_digest, tensor_digest
+from verifier.receipts import (
+    STATEMENT_TYPE,
+    InputRef,
+    ModelRef,
+    OutputTensor,
+    Subject,
+    check_eip712_message,
+    check_model_and_input,
+)
+from verifier.tensors import list_digest
 from verifier.tlog import (
     Checkpoint,
     NoteVerifier,
@@ -277,17 +285,10 @@ def verify_receipt_v2(
         if att.signer.lower() != p.eip712.signer.lower() or att.domain != p.eip712.domain:
             raise LinkBroken("EIP-712 signature is by another signer or domain than the statement names")
         verify_eip712(att, trusted_eth_signers)
-        m = att.message
-        if m.modelId[2:] != p.model.sha256 or m.inputCommitment != p.input.commitment:
-            raise LinkBroken("EIP-712 message signs another model or input than the statement")
-        if m.requestId != p.requestId or p.label != m.label:
-            raise LinkBroken("EIP-712 message signs another request or label than the statement")
+        check_eip712_message(att.message, p)
     elif trusted_eth_signers is not None:
         raise SignatureInvalid("receipt has no EIP-712 signature")
-    if model_sha256 is not None and model_sha256 != p.model.sha256:
-        raise DigestMismatch(f"receipt is for model {p.model.sha256}, not {model_sha256}")
-    if input_array is not None and tensor_digest(input_array, p.input.datatype) != p.input.digest:
-        raise DigestMismatch("input does not hash to the logged input digest")
+    check_model_and_input(p, model_sha256, input_array, "logged")
     return st
 
 
