@@ -19,6 +19,9 @@ import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 
+from pydantic import ValidationError
+
+from verifier.base import first_error
 from verifier.errors import InputError, VerificationError, VerinferError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -101,6 +104,11 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
         return EXIT_FAILED
     except (InputError, VerinferError) as exc:
         fail(str(exc))
+        return EXIT_USAGE
+    except ValidationError as exc:
+        if not exc.title.endswith("Settings"):  # a bug of ours, not the user's VERINFER_* setting
+            raise
+        fail(f"invalid setting {first_error(exc, 'settings')}")
         return EXIT_USAGE
     except ModuleNotFoundError as exc:
         # A command of an optional part run on a light install (e.g. the auditor's).

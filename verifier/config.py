@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,13 @@ class Settings(BaseSettings):
         default_factory=default_home,
         description="Data directory: circuit packages, SRS cache, keys, receipt store.",
     )
+
+    @field_validator("home")
+    @classmethod
+    def _a_folder(cls, home: Path) -> Path:
+        if home.exists() and not home.is_dir():  # else commands would say "no models registered"
+            raise ValueError(f"{home} is not a folder (VERINFER_HOME is the data directory)")
+        return home
 
     @property
     def packages_dir(self) -> Path:

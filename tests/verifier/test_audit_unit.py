@@ -91,6 +91,16 @@ def test_usage_errors_exit_2_with_one_line(args, why):
     assert why in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize("args", [["audit", GOLDEN / "receipts"], ["models", "list"]])
+def test_a_data_dir_that_is_a_file_exits_2_in_one_line(tmp_path, args):
+    """VERINFER_HOME (any setting) that cannot be used: one line naming it, for every command."""
+    (tmp_path / "home").write_text("not a folder")
+    proc = verinfer(*args, home=tmp_path / "home", light=args[0] == "audit")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"verinfer: error: invalid setting home: Value error, {tmp_path / 'home'} "
+                                   "is not a folder (VERINFER_HOME is the data directory)")
+
+
 def test_receipts_without_keys_fail_closed():
     proc = verinfer("audit", GOLDEN / "receipts" / "valid.json", "--json")
     assert proc.returncode == 1
