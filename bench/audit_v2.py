@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpu})
 
     from verifier.audit import Auditor, Item, check_log
+    from verifier.logcheck import open_log
     from verifier.receipts_v2 import ReceiptV2
     from verifier.tlog import leaf_hash, parse_checkpoint, verify_inclusion
 
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def audit_log():
             a, results = audit()
-            assert all(r.outcome == "ok" for r in check_log(results, a, [str(work)]))
+            assert all(r.outcome == "ok" for r in check_log(results, a, [open_log(str(work))]))
 
         parsed = [ReceiptV2.model_validate_json(line) for line in lines]
         v1_lines, v1_jwks = build_v1(len(lines))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
 from verifier.errors import (
@@ -53,6 +53,9 @@ from verifier.receipts_v2 import (
     verify_any_receipt,
 )
 from verifier.tlog import NoteVerifier
+
+if TYPE_CHECKING:
+    from verifier.logcheck import Log
 
 ItemKind = Literal["receipt", "bundle", "unreadable", "log"]
 Outcome = Literal["ok", "fail", "error"]
@@ -438,12 +441,11 @@ def run_audit(
     return [done[i.name].pop(0) for i in items]
 
 
-def check_log(results: list[Result], auditor: Auditor, logs: Iterable[Any] = ()) -> list[Result]:
+def check_log(results: list[Result], auditor: Auditor, logs: Iterable[Log] = ()) -> list[Result]:
     """The append-only check over every checkpoint the audited receipts carry, per log origin
-    (and, with ``logs`` URLs or folders, or logs opened by :func:`verifier.logcheck.open_log`,
-    against the log of each origin: :mod:`verifier.logcheck`); a fork is a failed ``log`` item
-    naming both checkpoints."""
-    from verifier.logcheck import check_histories, open_log
+    (and, with ``logs`` opened by :func:`verifier.logcheck.open_log`, against the log of each
+    origin: :mod:`verifier.logcheck`); a fork is a failed ``log`` item naming both checkpoints."""
+    from verifier.logcheck import check_histories
 
     seen: dict[str, str] = {}
     for r in results:
@@ -454,8 +456,7 @@ def check_log(results: list[Result], auditor: Auditor, logs: Iterable[Any] = ())
         return []
     if auditor.jwks is None:
         raise KeyUnknown("no trusted keys given (--keys JWKS)")
-    sources = [open_log(log) if isinstance(log, str) else log for log in logs]
-    problems, checked = check_histories(seen, auditor.jwks, sources, auditor.origins)
+    problems, checked = check_histories(seen, auditor.jwks, logs, auditor.origins)
     out = [Result(p.where, "log", "fail", p.error, p.reason) for p in problems]
     failed = {p.log for p in problems}
     for source, origin in checked:
