@@ -134,6 +134,8 @@ class InferenceService:
         if req.x.ndim and req.x.shape[0] > most:
             raise error(f"{req.x.shape[0]} rows in one request; at most {most} are allowed")
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
+        if req.eip712:
+            _check_eip712(m, x)
         if self._signing:  # the receipt commits to x in fixed point
             check_range(x, m.scale)
         ctx = Ctx(req.id, req.datatype, req.outputs, req.eip712)
@@ -205,6 +207,17 @@ def _job(m: ServedModel, items: list[Item], answers: list[Answer]) -> BatchJob:
         time=time.time(),
         eip712=[c.eip712 for c in ctxs] if any(c.eip712 for c in ctxs) else None,
     )
+
+
+def _check_eip712(m: ServedModel, x: np.ndarray) -> None:
+    """An EIP-712 attestation is one label for one input (what a contract checks): a request
+    asking for one must be able to get it, not an answer that silently lacks it."""
+    if m.label_output is None:
+        raise InputError(f"parameters.eip712: model {m.name} has no label output to attest")
+    rows = x.shape[0] if x.ndim else 1
+    if rows != 1:
+        raise InputError(f"parameters.eip712 needs a request of one sample (an attestation names one "
+                         f"label); this one has {rows}")
 
 
 def model_info(m: ServedModel) -> ModelInfo:

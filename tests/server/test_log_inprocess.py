@@ -84,6 +84,14 @@ def test_eip712_only_on_request_and_named_in_the_statement(client):
     assert st.predicate.eip712.domain.model_dump() == keys["eip712"]["domain"]
     r = client.post("/v2/models/iris_mlp/infer", json={**IRIS, "parameters": {"eip712": "yes"}})
     assert r.status_code == 400 and "eip712" in r.json()["error"]
+    # an attestation names one label: a request of two samples that asks for one is refused, and
+    # nothing of it reaches the log
+    size = client.get("/v1/log/checkpoint").text.split("\n")[1]
+    two = {"inputs": [{**IRIS["inputs"][0], "shape": [2, 4], "data": [[5.1, 3.5, 1.4, 0.2]] * 2}],
+           "parameters": {"eip712": True}}
+    r = client.post("/v2/models/iris_mlp/infer", json=two)
+    assert r.status_code == 400 and r.json()["error"].startswith("parameters.eip712 needs a request of one sample")
+    assert client.get("/v1/log/checkpoint").text.split("\n")[1] == size
 
 
 def test_statement_bytes_are_rfc8785(client):
