@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from server.sqlite import transaction
 from verifier.errors import InputError, NotFound
 from verifier.tlog import (
     checkpoint_body,
@@ -142,6 +143,7 @@ class LogWriter:
                  lock_timeout_s: float = 30.0, fsync: bool = False) -> None:
         self._lock_file = writer_lock(path, lock_timeout_s)
         self._db = _connect(path)
+        self._write_lock = threading.Lock()  # one thread writes; transaction() wants a lock
         # NORMAL (WAL): a committed append survives the process (kill -9), not an OS crash or
         # power loss; FULL fsyncs each append before its checkpoint is signed (docs/server.md)
         self._fsync = fsync
@@ -179,14 +181,9 @@ class LogWriter:
         note and ``proof(index)``: the inclusion proof of one of these leaves in that tree."""
         old, size, edge = self.size, self.size + len(leaves), self._edge
         levels, rows = _levels(old, size, leaves, edge)
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany("INSERT INTO nodes VALUES (?, ?)", rows)
-            self._db.execute("UPDATE meta SET v = ? WHERE k = 'size'", (str(size),))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        with transaction(self._db, self._write_lock) as db:
+            db.executemany("INSERT INTO nodes VALUES (?, ?)", rows)
+            db.execute("UPDATE meta SET v = ? WHERE k = 'size'", (str(size),))
         self.size = size
         self._edge = [levels[lvl][(size >> lvl) - 1] if size >> lvl else None for lvl in range(64)]
         note = self._checkpoint(levels[-1][0])
@@ -210,8 +207,9 @@ class LogWriter:
         note = (body + b"\n" + self._sign_line(self.origin, body)).decode()
         if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
             self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
-        self._db.execute("UPDATE meta SET v = v + 1 WHERE k = 'checkpoints'")
+        with transaction(self._db, self._write_lock) as db:  # the note and its count: one commit
+            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
+            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'checkpoints'")
         if self._fsync:
             self._db.execute("PRAGMA synchronous=FULL")
         self.note = note
