@@ -150,10 +150,19 @@ def forward_cold(reps: int = 400) -> dict:
     return out
 
 
-def _summary(runs: list[dict]) -> dict:
-    def med(values):
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def med(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
+
+def write_result(out: Path, result: dict, module: str, argv: list[str] | None) -> None:
+    """``result`` with the command that made it, as JSON in ``out``."""
+    result["command"] = f"python -m {module} " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+def _summary(runs: list[dict]) -> dict:
     return {"answers_per_s": med([r["answers_per_s"] for r in runs]),
             "loop_cpu_us": med([r["loop_cpu_us"] for r in runs]),
             "answers_per_batch": med([r["answers_per_batch"] for r in runs]),
@@ -183,11 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     cold = forward_cold()
     print("forward pass, 8 rows, CPU µs: " + ", ".join(f"{k} {v:.0f}" for k, v in cold.items()))
     result = {"model": MODEL, "concurrency": args.concurrency, "answers": args.answers, "rounds": args.rounds,
-              "summary": {k: _summary(v) for k, v in runs.items()}, "runs": runs, "forward_8_rows_us": cold,
-              "command": "python -m bench.loop_cost " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+              "summary": {k: _summary(v) for k, v in runs.items()}, "runs": runs, "forward_8_rows_us": cold}
+    write_result(args.out, result, "bench.loop_cost", argv)
     return 0
 
 

@@ -15,17 +15,14 @@ up to ``GROUP_ANSWERS`` (32). Sizes run in turns, ``--rounds`` rounds; medians w
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
-import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.loop_cost import StageClock
+from bench.loop_cost import StageClock, med, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "digits_cnn"
@@ -126,9 +123,6 @@ def main(argv: list[str] | None = None) -> int:
             parts = ", ".join(f"{s} {v:.0f}" for s, v in res["stages_us"].items())
             print(f"round {r + 1} groups of {size:2d}: {res['clocked_us']:.0f} µs/answer clocked; {parts}", flush=True)
 
-    def med(values):
-        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
     summary = {str(s): {"clocked_us": med([r["clocked_us"] for r in rs]),
                         "stages_us": {st: med([r["stages_us"][st] for r in rs]) for st in STAGES}}
                for s, rs in runs.items()}
@@ -136,11 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"groups of {s}: {v['clocked_us']['median']:.0f} µs/answer "
               f"[{v['clocked_us']['min']:.0f}, {v['clocked_us']['max']:.0f}]")
     result = {"model": MODEL, "chunk": CHUNK, "rounds": args.rounds, "groups": args.groups,
-              "summary": summary, "runs": {str(s): rs for s, rs in runs.items()},
-              "command": "python -m bench.worker_cost " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.out}")
+              "summary": summary, "runs": {str(s): rs for s, rs in runs.items()}}
+    write_result(args.out, result, "bench.worker_cost", argv)
     return 0
 
 
