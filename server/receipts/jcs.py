@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
+import orjson
 
 jcs_string = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -43,16 +45,23 @@ def jcs_float(v: float) -> str:
     return "-" + s if neg else s
 
 
+# "-0" as a whole number in a comma-separated list (not the start of "-0.5")
+_NEGATIVE_ZERO = re.compile(r"(?<![^,])-0(?=,)")
+_NEGATIVE_ZERO_IN_ROWS = re.compile(r"(?<=[\[,])-0(?=[,\]])")  # the same in nested lists
+
+
 def jcs_numbers(array: np.ndarray) -> str:
     """``array.ravel()`` as a JCS array of numbers (ints as ints, floats as JCS doubles)."""
     values = array.ravel().tolist()
     kind = array.dtype.kind
     if kind == "f":
-        text = ",".join(map(float.__repr__, values))
+        # orjson writes each double's shortest round-trip digits, as repr does (~15x faster than
+        # joining reprs); it writes NaN and infinities as null ("n": the slow path refuses them)
+        text = orjson.dumps(values)[1:-1].decode()
         if "e" not in text and "n" not in text:  # the common case: only ".0" and "-0" to fix
             text = (text + ",").replace(".0,", ",")
-            if "-0," in text:
-                text = ("," + text).replace(",-0,", ",0,")[1:]
+            if "-0," in text:  # every one, also side by side (a replace skips every other)
+                text = _NEGATIVE_ZERO.sub("0", text)
             return "[" + text[:-1] + "]"
         return "[" + ",".join(map(jcs_float, values)) + "]"
     if kind in "iu":
@@ -69,6 +78,14 @@ def jcs_number_rows(array: np.ndarray, rows: list[int]) -> list[str]:
     for answer i), written as one text and cut at its commas (no number holds a comma)."""
     if len(rows) == 1:
         return [jcs_numbers(array)]
+    if array.dtype.kind == "f" and array.size and len(set(rows)) == 1:  # the server's usual batch
+        # orjson writes the answers as nested lists; cut between them ("],[" is in no number)
+        text = orjson.dumps(array.reshape(len(rows), -1).tolist()).decode()
+        if "e" not in text and "n" not in text:
+            text = text.replace(".0,", ",").replace(".0]", "]")
+            if "-0," in text or "-0]" in text:
+                text = _NEGATIVE_ZERO_IN_ROWS.sub("0", text)
+            return ["[" + t + "]" for t in text[2:-2].split("],[")]
     per = array[:1].size
     tokens = jcs_numbers(array)[1:-1].split(",") if array.size else []
     out, start = [], 0

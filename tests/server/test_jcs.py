@@ -27,6 +27,13 @@ def test_floats_match_rfc8785_on_edge_values():
     assert jcs_numbers(f32).encode() == rfc8785.dumps([float(v) for v in f32])
 
 
+def test_negative_zeros_side_by_side_are_all_zero():
+    for values in ([-0.0, -0.0], [-0.0, -0.0, -0.0, 1.0, -0.0], [-0.5, -0.0, -0.0, -0.25], [-0.0]):
+        for dtype in (np.float32, np.float64):
+            a = np.asarray(values, dtype=dtype)
+            assert jcs_numbers(a).encode() == rfc8785.dumps(a.tolist()), values
+
+
 def test_random_fp32_outputs_match_rfc8785():
     rng = np.random.default_rng(13)
     for scale in (1e-42, 1e-30, 1e-8, 1e-3, 1.0, 1e3, 1e8, 1e20, 1e30):
@@ -66,4 +73,6 @@ def test_batch_rows_match_one_answer_at_a_time():
             starts = np.cumsum([0, *rows])
             parts = [a[s:e] for s, e in zip(starts, starts[1:])]
             assert jcs_number_rows(a, rows) == [jcs_numbers(p) for p in parts]
+            b = np.where(a == a.max(), a, np.zeros_like(a) * -1)  # -0 side by side, at row ends too
+            assert jcs_number_rows(b, rows) == [rfc8785.dumps(p.ravel().tolist()).decode() for p in np.split(b, starts[1:-1])]
             assert tensor_digests(a, datatype, rows) == [tensor_digest(p, datatype) for p in parts]
