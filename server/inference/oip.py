@@ -12,6 +12,7 @@ raises :class:`verifier.errors.InputError` naming the problem.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -256,16 +257,27 @@ def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarra
     those asked for, in the order asked, else all; a binary one with its
     ``binary_data_size`` instead of data. ``data_json``: each output's data already written as
     JSON (by the receipt signer), else written here."""
-    datatypes = dict(meta)
+    datatypes = _datatypes(meta)
     binary = wanted.binary if wanted is not None else frozenset()
     parts = []
     for name in _names(meta, wanted):
-        head = f'{{"name":{_encode(name)},"datatype":"{datatypes[name]}","shape":{shape_json(outputs[name].shape)},'
+        head = _output_head(name, datatypes[name], outputs[name].shape)
         if name in binary:
             parts.append(f'{head}"parameters":{{"binary_data_size":{outputs[name].nbytes}}}}}')
         else:
             parts.append(f'{head}"data":{data_json[name] if data_json is not None else numbers_json(outputs[name])}}}')
     return "[" + ",".join(parts) + "]"
+
+
+@functools.lru_cache(maxsize=64)
+def _datatypes(meta: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    return dict(meta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _output_head(name: str, datatype: str, shape: tuple[int, ...]) -> str:
+    """An output's JSON up to its data (the same few per model: cached, on every answer's path)."""
+    return f'{{"name":{_encode(name)},"datatype":"{datatype}","shape":{shape_json(shape)},'
 
 
 def binary_section(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarray],
@@ -293,13 +305,14 @@ def json_text_literal(text: str) -> str:
 
 
 def response_body(model_name: str, model_version: str, outputs: str, client_id: str | None,
-                  label: int | None, receipt_id: str | None = None, receipt: str | None = None) -> bytes:
-    """An infer response, encoded; ``outputs``: :func:`outputs_json`'s text; ``receipt``:
-    the receipt JSON text, sent as a string (``parameters.receipt``)."""
+                  label: int | None, receipt_id: str | None = None, receipt_literal: str | None = None) -> bytes:
+    """An infer response, encoded; ``outputs``: :func:`outputs_json`'s text; ``receipt_literal``:
+    the receipt JSON text as a JSON string literal (:func:`json_text_literal`), sent as
+    ``parameters.receipt``."""
     text = f'{{"model_name":{_encode(model_name)},"model_version":{_encode(model_version)},"outputs":{outputs}'
     if client_id is not None:
         text += f',"id":{_encode(client_id)}'
     params = "" if label is None else f'"label":{label}'
-    if receipt is not None:
-        params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{json_text_literal(receipt)}'
+    if receipt_literal is not None:
+        params += f'{"," if params else ""}"receipt_id":"{receipt_id}","receipt":{receipt_literal}'
     return (f'{text},"parameters":{{{params}}}}}' if params else text + "}").encode()

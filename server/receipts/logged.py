@@ -15,6 +15,7 @@ import base64
 import hashlib
 from datetime import UTC, datetime
 
+from server.inference.oip import json_text_literal
 from server.receipts.jcs import jcs_number_rows, jcs_string
 from server.receipts.keys import KeyRing
 from server.receipts.signer import (
@@ -143,21 +144,34 @@ class LogReceipts:
             ).encode())
         return stmts, texts_all, eips
 
-    def log_batch(self, request_ids: list[str], stmts: list[bytes], eips: list[str]) -> list[str]:
-        """Append the statements to the log (durably), sign one checkpoint; the receipt texts."""
+    def log_batch(self, request_ids: list[str], stmts: list[bytes], eips: list[str]) -> list[tuple[str, str]]:
+        """Append the statements to the log (durably), sign one checkpoint. Per answer: the
+        receipt's JSON text (stored) and the same text as a JSON string literal (the response's
+        ``parameters.receipt``), both written here from their parts: escaping a 2.6 KB receipt
+        afterwards cost more than the rest of its response."""
         first = self.log.size
         note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
         note_j = jcs_string(note)
+        note_lit = json_text_literal(note_j)[1:-1]
         b64 = base64.b64encode
-        texts: dict[bytes, str] = {}  # a batch's proofs share most of their hashes
+        texts: dict[bytes, tuple[str, str]] = {}  # a batch's proofs share most of their hashes
         out = []
         for j, (rid, s, eip) in enumerate(zip(request_ids, stmts, eips)):
             hashes = proof(first + j)
             for h in hashes:
                 if h not in texts:
-                    texts[h] = f'"{b64(h).decode()}"'
-            path = ",".join([texts[h] for h in hashes])
-            # Every value here is hex, base64, a number or JSON we made: no escaping needed.
-            out.append(f'{{"format":"{RECEIPT_V2_FORMAT}","id":"{rid}","statement":"{b64(s).decode()}",'
-                       f'"index":{first + j},"proof":[{path}],"checkpoint":{note_j},"eip712":{eip}}}')
+                    h64 = b64(h).decode()
+                    texts[h] = (f'"{h64}"', f'\\"{h64}\\"')
+            path = ",".join([texts[h][0] for h in hashes])
+            path_lit = ",".join([texts[h][1] for h in hashes])
+            statement = b64(s).decode()
+            eip_lit = eip if eip == "null" else json_text_literal(eip)[1:-1]
+            # Every value here is hex, base64, a number or JSON we made: only the note and the
+            # EIP-712 part have characters to escape in the literal.
+            out.append((
+                f'{{"format":"{RECEIPT_V2_FORMAT}","id":"{rid}","statement":"{statement}",'
+                f'"index":{first + j},"proof":[{path}],"checkpoint":{note_j},"eip712":{eip}}}',
+                f'"{{\\"format\\":\\"{RECEIPT_V2_FORMAT}\\",\\"id\\":\\"{rid}\\",\\"statement\\":\\"{statement}\\",'
+                f'\\"index\\":{first + j},\\"proof\\":[{path_lit}],\\"checkpoint\\":{note_lit},\\"eip712\\":{eip_lit}}}"',
+            ))
         return out

@@ -98,7 +98,7 @@ def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, Mode
             continue
         info, bodies, start = infos[job.model], [], 0
         for i, n in enumerate(job.rows):
-            rid, receipt = job.request_ids[i], receipts[k]
+            rid, (receipt, literal) = job.request_ids[i], receipts[k]
             k += 1
             rows.append((rid, job.model, job.time, receipt))
             if keep_inputs and n == 1:
@@ -108,7 +108,7 @@ def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, Mode
             outputs = outputs_json(info.outputs, {k2: v[start : start + n] for k2, v in job.outputs.items()},
                                    job.wanted[i], data_json[i])
             label = job.labels[i] if isinstance(job.labels[i], int) else None
-            bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, receipt))
+            bodies.append(response_body(info.name, info.version, outputs, job.client_ids[i], label, rid, literal))
             start += n
         out.append(bodies)
     store.put_many(rows, inputs)  # committed before the answers go out

@@ -116,13 +116,13 @@ def test_request_id_must_be_ours(signer):
 def test_response_body_parses_and_embeds_the_receipt_text():
     """The hand-written response JSON: valid, the outputs asked for in order, and the
     receipt text carried exactly, also with backslashes and quotes in it."""
-    from server.inference.oip import outputs_json, response_body
+    from server.inference.oip import json_text_literal, outputs_json, response_body
 
     meta = (("logits", "FP32"), ("label", "INT64"))
     outs = {"logits": np.array([[0.25, -1.5]], dtype=np.float32), "label": np.array([0])}
     receipt = json.dumps({"a": 'quote " and backslash \\ and é', "n": [1, 2]}, separators=(",", ":"), ensure_ascii=False)
     body = json.loads(response_body('m "x"', "1", outputs_json(meta, outs, OutputChoice(("label", "logits"))), "c\\1", 0,
-                                    "0x" + "ab" * 32, receipt))
+                                    "0x" + "ab" * 32, json_text_literal(receipt)))
     assert body == {
         "model_name": 'm "x"', "model_version": "1", "id": "c\\1",
         "outputs": [{"name": "label", "datatype": "INT64", "shape": [1], "data": [0]},
@@ -152,6 +152,7 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
     xs = [rng.normal(size=(n, 1, 8, 8)).astype(np.float32) for n in (1, 3, 1)]
     job = _job(info, xs, [None, "c", None], ["FP32"] * 3)
     job.wanted = [None, OutputChoice(("label", "logits")), OutputChoice(("label",))]
+    job.eip712 = [True, False, True]  # quotes inside the receipt: its literal in the response escapes them
     bad = _job(info, xs[:1], [None], ["FP32"])
     bad.outputs["logits"][0, 0] = np.nan
     other = _job(info, xs[1:], ["d", None], ["FP32"] * 2)
@@ -163,7 +164,8 @@ def test_make_receipts_responses_show_what_the_statements_sign(signer, tmp_path)
     for i, (body, n) in enumerate(zip(bodies, job.rows)):
         resp = json.loads(body)
         receipt = resp["parameters"]["receipt"]
-        assert json.loads(store.get(resp["parameters"]["receipt_id"])) == json.loads(receipt)
+        assert store.get(resp["parameters"]["receipt_id"]) == receipt  # the same bytes
+        assert (json.loads(receipt)["eip712"] is not None) == (i != 1)
         st = verify_receipt_v2(ReceiptV2.parse(receipt), keys.jwks)
         notes.add(json.loads(receipt)["checkpoint"])
         signed = {o.name: o.data for o in st.predicate.outputs}
