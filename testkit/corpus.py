@@ -235,9 +235,12 @@ def bundle_variants(bundles: list[ProofBundle], manifest: Manifest, signer: Sign
     j = n_in if manifest.input_visibility == "public" else 1
     forged = flip_hex_bit(v["instances"][0][j], nibble=0)
     v["instances"][0][j] = v["proof"]["instances"][0][j] = forged
-    from verifier.proofs import felt_hex_to_int
+    from verifier.proofs import felt_be_hex, felt_hex_to_int, rescaled_text
 
-    v["outputs"]["logits"][0] = felt_hex_to_int(forged) / 2 ** (manifest.outputs[0].scale or 0)
+    scale = manifest.outputs[0].scale or 0
+    v["outputs"]["logits"][0] = felt_hex_to_int(forged) / 2**scale
+    pretty = v["proof"]["pretty_public_inputs"]  # EZKL's readable copy says it too
+    pretty["outputs"][0][0], pretty["rescaled_outputs"][0][0] = felt_be_hex(forged), rescaled_text(forged, scale)
     out["instances-forged-logit"] = (v, "ProofInvalid")
 
     for name, (r, kind) in receipt_variants(Receipt.parse(receipt_a), a, manifest, signer).items():

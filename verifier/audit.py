@@ -333,11 +333,7 @@ class Auditor:
         receipt = parse_any_receipt(item.data)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
-        if isinstance(receipt, ReceiptV2) and self.origins is not None:
-            origin = receipt.checkpoint.split("\n", 1)[0]  # (the keys checked are that origin's)
-            if origin not in self.origins:
-                raise OriginMismatch(f"checkpoint is for log {origin!r}, not "
-                                     f"{' or '.join(repr(o) for o in sorted(self.origins))}")
+        self._check_origin(receipt)
         st = verify_any_receipt(receipt, self.jwks, trusted_eth_signers=self.trusted_eth_signers,
                                 checkpoints=self._checkpoints, proven=self._proven)
         p = st.predicate
@@ -353,9 +349,18 @@ class Auditor:
             if all(self.manifest(pid).input.scale != p.input.scale for pid in pids):
                 raise LinkBroken(f"receipt commits to the input at scale {p.input.scale}, "
                                  f"not the circuit's")
-        return p.model.name, p.label, None, receipt.checkpoint if isinstance(receipt, ReceiptV2) else None
+        return p.model.name, p.label, None, _checkpoint_of(receipt)
 
-    def _bundle(self, item: Item) -> tuple[str, Any, bool]:
+    def _check_origin(self, receipt: Any) -> None:
+        """A v2 receipt's log must be one of ``origins`` when given (the keys checked are then
+        that origin's)."""
+        if isinstance(receipt, ReceiptV2) and self.origins is not None:
+            origin = receipt.checkpoint.split("\n", 1)[0]
+            if origin not in self.origins:
+                raise OriginMismatch(f"checkpoint is for log {origin!r}, not "
+                                     f"{' or '.join(repr(o) for o in sorted(self.origins))}")
+
+    def _bundle(self, item: Item) -> tuple[str, Any, bool, str | None]:
         from verifier.proofs import verify_signed_bundle
 
         bundle = ProofBundle.load(Path(item.data))
@@ -363,13 +368,21 @@ class Auditor:
         if pid not in self.packages:
             raise InputError(f"circuit package {pid[:16]}… ({bundle.model.name}) is not among "
                              f"the audited models (--models DIR)")
+        # a bundle's receipt is held to what a receipt alone is: its log's origin, and (its
+        # checkpoint returned) the --log history check
+        receipt = parse_any_receipt(bundle.receipt) if bundle.receipt is not None else None
+        self._check_origin(receipt)
         manifest, _ = verify_signed_bundle(
             bundle, self.packages[pid], self.jwks,
             trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid),
             allow_dev_srs=self.allow_dev_srs)
         from verifier.srs import is_ceremony_srs
 
-        return manifest.name, bundle.outputs.label, not is_ceremony_srs(manifest)
+        return manifest.name, bundle.outputs.label, not is_ceremony_srs(manifest), _checkpoint_of(receipt)
+
+
+def _checkpoint_of(receipt: Any) -> str | None:
+    return receipt.checkpoint if isinstance(receipt, ReceiptV2) else None
 
 
 # --- running ---------------------------------------------------------------------------

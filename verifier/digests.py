@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import json
 from pathlib import Path
@@ -72,3 +73,23 @@ def numbers_json(array: np.ndarray) -> str:
 def shape_json(shape: tuple[int, ...]) -> str:
     """A shape as compact JSON, e.g. ``[1,4]``."""
     return "[" + ",".join(map(str, shape)) + "]"
+
+
+_B64_VALUE = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
+
+
+def b64decode_canonical(text: str) -> bytes:
+    """Standard base64 in its one spelling: the alphabet, padding to a multiple of four, nothing
+    after it, and the unused low bits of the last character zero. Otherwise several texts
+    decode to the same bytes (``QQ==`` and ``QR==`` are both ``A``): a receipt's signed bytes
+    could be re-spelled and still pass. Raises ``ValueError`` (``binascii.Error`` is one)."""
+    data = binascii.a2b_base64(text, strict_mode=True)
+    if text.endswith("=="):
+        unused, last = 0xF, text[-3]
+    elif text.endswith("="):
+        unused, last = 0x3, text[-2]
+    else:
+        return data
+    if _B64_VALUE[last] & unused:
+        raise ValueError("base64 is not canonical: the last character's unused bits are set")
+    return data

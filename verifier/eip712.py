@@ -175,10 +175,12 @@ def recover_signer(domain: Domain, answer: Classification, signature: str) -> st
     if len(raw) != 65 or raw[64] not in (27, 28):
         raise SignatureInvalid("EIP-712 signature must be 65 bytes with v in {27, 28}")
     digest = signing_digest(domain, answer)
+    r, s = int.from_bytes(raw[:32]), int.from_bytes(raw[32:64])
+    if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
+        raise SignatureInvalid("EIP-712 signature does not recover: r or s out of range")
+    if s > SECP256K1_N // 2:  # (r, n - s) is the same signer's twin: the oracle refuses it (EIP-2)
+        raise SignatureInvalid("EIP-712 signature has a high s (not canonical: a contract refuses it)")
     if coincurve is not None:
-        r, s = int.from_bytes(raw[:32]), int.from_bytes(raw[32:64])
-        if not (0 < r < SECP256K1_N and 0 < s < SECP256K1_N):
-            raise SignatureInvalid("EIP-712 signature does not recover: r or s out of range")
         try:
             pub = coincurve.PublicKey.from_signature_and_message(
                 raw[:64] + bytes([raw[64] - 27]), digest, hasher=None)

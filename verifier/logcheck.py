@@ -23,6 +23,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier.digests import b64decode_canonical
 from verifier.errors import ConsistencyInvalid, InputError, OriginMismatch, VerificationError
 from verifier.receipts_v2 import TrustedLogKeys, checked_checkpoint
 from verifier.tlog import Checkpoint, consistency_proof, stored_index, verify_consistency
@@ -53,8 +54,13 @@ class HttpLog:
         return []
 
     def consistency(self, old: int, new: int) -> list[bytes]:
-        doc = json.loads(self._get(f"/v1/log/proof/consistency?{urllib.parse.urlencode({'from': old, 'to': new})}"))
-        return [base64.b64decode(h) for h in doc["proof"]]
+        body = self._get(f"/v1/log/proof/consistency?{urllib.parse.urlencode({'from': old, 'to': new})}")
+        try:  # the log is not trusted: a malformed answer is a failed check, not a crash
+            proof = json.loads(body)["proof"]
+            return [b64decode_canonical(h) for h in proof]
+        except (ValueError, KeyError, TypeError):
+            raise ConsistencyInvalid(f"the log at {self.base} answered a consistency proof that is not "
+                                     '{"proof": [base64, ...]}') from None
 
     def __str__(self) -> str:
         return self.base

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -150,16 +151,20 @@ def check_bundle_links(bundle: ProofBundle, manifest: Manifest) -> None:
     if manifest.input_visibility == "public":
         if flat[: len(felts)] != felts:
             raise LinkBroken("proof's public input is not the bundle's input")
-        rest = flat[len(felts):]
+        rest, hashed = flat[len(felts):], []
     else:  # hashed: the first instance is Poseidon(input felts)
         if not flat or flat[0] != poseidon_felt_hex(felts):
             raise LinkBroken("proof's input hash is not the Poseidon hash of the bundle's input")
-        rest = flat[1:]
+        rest, hashed = flat[1:], flat[:1]
     _check_outputs(bundle, manifest, rest)
+    _check_pretty(bundle.proof, manifest, felts, hashed, rest)
     if tensor_digest(x, bundle.input.datatype) != bundle.input.digest:
         raise DigestMismatch("bundle's input does not hash to its recorded digest")
-    if bundle.agreement.circuit_label != bundle.outputs.label:
+    a = bundle.agreement
+    if a.circuit_label != bundle.outputs.label:
         raise LinkBroken("agreement section's circuit label is not the proven label")
+    if a.agree != (a.float_label == a.circuit_label):
+        raise LinkBroken("agreement section's verdict contradicts its two labels")
 
 
 def _check_outputs(bundle: ProofBundle, manifest: Manifest, felts: list[str]) -> None:
@@ -167,6 +172,12 @@ def _check_outputs(bundle: ProofBundle, manifest: Manifest, felts: list[str]) ->
     sizes = [_numel(o.shape) for o in manifest.outputs]
     if len(felts) != sum(sizes):
         raise LinkBroken(f"proof has {len(felts)} public outputs, the circuit {sum(sizes)}")
+    # the bundle's logits are the first output other than the label (prover/proving.py); a
+    # circuit whose only public output is the label has none
+    logits_at = next((i for i in range(len(sizes)) if i != manifest.label_output), None)
+    logits = bundle.outputs.logits
+    if logits_at is None and logits:
+        raise LinkBroken("bundle has logits, the proof has no public output but the label")
     at = 0
     for i, (spec, n) in enumerate(zip(manifest.outputs, sizes)):
         values = [felt_hex_to_int(f) for f in felts[at:at + n]]
@@ -174,10 +185,63 @@ def _check_outputs(bundle: ProofBundle, manifest: Manifest, felts: list[str]) ->
         if i == manifest.label_output:
             if values != [bundle.outputs.label]:
                 raise LinkBroken("proof's public label is not the bundle's label")
-        elif bundle.outputs.logits and len(bundle.outputs.logits) == n:
+        elif i == logits_at:
+            if len(logits) != n:
+                raise LinkBroken(f"bundle has {len(logits)} {spec.name}, the proof {n}")
             step = 2.0 ** -(spec.scale or 0)
-            if any(abs(v * step - f) > step / 2 for v, f in zip(values, bundle.outputs.logits)):
+            # not (|d| <= step/2): NaN compares false either way and must fail
+            if any(not abs(v * step - f) <= step / 2 for v, f in zip(values, logits)):
                 raise LinkBroken(f"proof's public {spec.name} are not the bundle's")
+
+
+# What EZKL writes in a proof; its verifier reads ``instances`` and the proof's bytes
+PROOF_KEYS = frozenset({"protocol", "instances", "proof", "hex_proof", "split", "pretty_public_inputs",
+                        "timestamp", "version"})
+PRETTY_KEYS = ("inputs", "rescaled_inputs", "processed_inputs", "processed_params", "processed_outputs",
+               "outputs", "rescaled_outputs")
+
+
+def _check_pretty(proof: dict, manifest: Manifest, inputs: list[str], hashed: list[str], outputs: list[str]) -> None:
+    """EZKL's readable copy of the public values (``pretty_public_inputs``), which its verifier
+    does not read, must say what the instances say: else a bundle could show another label
+    there and still pass. Each value is checked as EZKL writes it: field elements as 0x and
+    big-endian hex, rescaled ones as the shortest plain decimal. Keys EZKL does not write are
+    refused (``timestamp`` and ``version`` are EZKL's metadata, not claims, and not checked)."""
+    if set(proof) - PROOF_KEYS:
+        raise LinkBroken(f"proof has fields EZKL does not write: {sorted(set(proof) - PROOF_KEYS)}")
+    pretty = proof.get("pretty_public_inputs")
+    if pretty is None:
+        return
+    if not isinstance(pretty, dict) or set(pretty) - set(PRETTY_KEYS):
+        raise LinkBroken("proof's pretty_public_inputs has fields EZKL does not write")
+    groups, at = [], 0
+    for spec in manifest.outputs:
+        n = _numel(spec.shape)
+        groups.append((outputs[at:at + n], spec.scale or 0))
+        at += n
+    public = [] if hashed else [inputs]  # a hashed input is public only as its Poseidon hash
+    want = {
+        "inputs": [[felt_be_hex(f) for f in g] for g in public],
+        "rescaled_inputs": [[rescaled_text(f, manifest.input.scale) for f in g] for g in public],
+        "processed_inputs": [[felt_be_hex(f) for f in hashed]] if hashed else [],
+        "processed_params": [],
+        "processed_outputs": [],
+        "outputs": [[felt_be_hex(f) for f in g] for g, _ in groups],
+        "rescaled_outputs": [[rescaled_text(f, scale) for f in g] for g, scale in groups],
+    }
+    for key in PRETTY_KEYS:
+        if key in pretty and pretty[key] != want[key]:
+            raise LinkBroken(f"proof's pretty_public_inputs.{key} is not what its instances say")
+
+
+def felt_be_hex(felt: str) -> str:
+    return "0x" + bytes.fromhex(felt)[::-1].hex()
+
+
+def rescaled_text(felt: str, scale: int) -> str:
+    """The value as EZKL prints it (Rust's f64 Display: shortest round-trip digits, no exponent)."""
+    text = format(Decimal(repr(felt_hex_to_int(felt) * 2.0 ** -scale)), "f")
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -215,6 +279,9 @@ def verify_receipt_link(statement: Statement, bundle: ProofBundle, manifest: Man
     if p.label != bundle.outputs.label:
         raise LinkBroken(f"receipt's signed label {p.label} is not the proven label "
                          f"{bundle.outputs.label}")
+    if bundle.agreement.float_label != p.label:  # the signed answer is the float model's
+        raise LinkBroken(f"agreement section's float label {bundle.agreement.float_label} is not the "
+                         f"receipt's signed label {p.label}")
 
 
 def verify_signed_bundle(

@@ -18,7 +18,6 @@ See ``docs/formats.md`` for the field list and a test vector.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -27,7 +26,7 @@ from pydantic import Field, StringConstraints
 
 from verifier.base import Frozen as _Frozen
 from verifier.base import parse_as
-from verifier.digests import canonical_json
+from verifier.digests import b64decode_canonical, canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
 from verifier.keys import check_not_revoked, find_key
@@ -150,8 +149,8 @@ def sign_envelope(statement: Statement, kid: str, sign: Any) -> Envelope:
 
 def _b64(text: str, what: str) -> bytes:
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+        return b64decode_canonical(text)  # DSSE signs the bytes: their spelling must be one
+    except ValueError:
         raise SignatureInvalid(f"{what} is not valid base64") from None
 
 
@@ -162,6 +161,8 @@ def verify_dsse(envelope: Envelope, jwks: dict[str, Any]) -> tuple[bytes, list[s
         raise SignatureInvalid(f"unexpected payloadType {envelope.payloadType!r}")
     if not envelope.signatures:
         raise SignatureInvalid("envelope has no signatures")
+    if len({s.keyid for s in envelope.signatures}) != len(envelope.signatures):
+        raise SignatureInvalid("envelope has two signatures by one key")
     payload = _b64(envelope.payload, "payload")
     message = pae(envelope.payloadType, payload)
     # every signature must be by a known key and valid

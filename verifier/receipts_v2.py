@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from verifier.digests import b64decode_canonical
 from verifier.eip712 import AddressHex, Domain, EIP712Attestation, verify_eip712
 from verifier.errors import (
     DigestMismatch,
@@ -64,7 +65,8 @@ RECEIPT_V2_FORMAT = "verinfer.receipt/v2"
 PREDICATE_V2_TYPE = "https://verinfer.dev/receipt/v2"
 
 Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
-B64Hash = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{43}=$")]
+# 32 bytes in standard base64, in its one spelling: the last character's 2 unused bits zero
+B64Hash = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 
 
 class _Frozen(BaseModel):
@@ -107,7 +109,7 @@ class ReceiptV2(_Frozen):
     format: Literal["verinfer.receipt/v2"] = RECEIPT_V2_FORMAT
     id: Bytes32Hex
     statement: str  # standard base64 of the statement's JCS bytes
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, strict=True)  # a JSON integer, not "8" or 8.0
     proof: tuple[B64Hash, ...]
     checkpoint: str
     eip712: EIP712Attestation | None = None
@@ -125,10 +127,10 @@ class ReceiptV2(_Frozen):
 
     def statement_bytes(self) -> bytes:
         try:
-            # strict: only the alphabet and final padding (as b64decode's validate=True, without
-            # its Python regex pass over the text: a fifth of an audit's time per receipt)
-            return binascii.a2b_base64(self.statement, strict_mode=True)
-        except (binascii.Error, ValueError):
+            # strict and canonical, without b64decode's Python regex pass over the text (a
+            # fifth of an audit's time per receipt)
+            return b64decode_canonical(self.statement)
+        except ValueError:
             raise InclusionInvalid("receipt statement is not valid base64") from None
 
 
@@ -292,14 +294,18 @@ def verify_receipt_v2(
     return st
 
 
+_V2_PREFIX = f'{{"format":"{RECEIPT_V2_FORMAT}"'
+
+
 def parse_any_receipt(raw: str | bytes | dict):
     """A v1 :class:`verifier.receipts.Receipt` or a :class:`ReceiptV2`, by its ``format``."""
     from verifier.receipts import Receipt
 
     if isinstance(raw, dict):
         fmt = raw.get("format")
-    elif RECEIPT_V2_FORMAT in (raw if isinstance(raw, str) else raw.decode("utf-8", "replace")):
-        return ReceiptV2.parse(raw)  # validated as it is parsed: no second pass over the JSON
+    elif raw.startswith(_V2_PREFIX if isinstance(raw, str) else _V2_PREFIX.encode()):
+        # as the server writes them (format first): validated as it is parsed, no second pass
+        return ReceiptV2.parse(raw)
     else:
         import json
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from verifier.digests import b64decode_canonical
 from verifier.errors import (
     ConsistencyInvalid,
     InclusionInvalid,
@@ -416,8 +418,8 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
             raise SignatureInvalid("checkpoint signature line does not start with an em dash")
         name, _, b64 = line[len(SIG_PREFIX) :].partition(" ")
         try:
-            blob = base64.b64decode(b64, validate=True)
-        except (ValueError, binascii.Error):
+            blob = b64decode_canonical(b64)  # the signature line is outside the signed body
+        except ValueError:
             raise SignatureInvalid("checkpoint signature is not base64") from None
         if not _valid_name(name) or len(blob) < 5:
             raise SignatureInvalid("malformed checkpoint signature line")
@@ -425,15 +427,19 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
     if not sigs:
         raise SignatureInvalid("checkpoint has no signatures")
     lines = text.decode().split("\n")
-    if len(lines) < 4 or not lines[0] or not lines[1].isdigit() or (lines[1] != "0" and lines[1].startswith("0")):
+    if len(lines) < 4 or not lines[0] or not _TREE_SIZE.fullmatch(lines[1]):
         raise SignatureInvalid("checkpoint body is not origin, tree size, root hash")
     try:
-        root = base64.b64decode(lines[2], validate=True)
-    except (ValueError, binascii.Error):
+        root = b64decode_canonical(lines[2])
+    except ValueError:
         raise SignatureInvalid("checkpoint root hash is not base64") from None
     if len(root) != 32:
         raise SignatureInvalid("checkpoint root hash is not 32 bytes")
     return Checkpoint(lines[0], int(lines[1]), root, raw), text, sigs
+
+
+# ASCII decimal without leading zeros (str.isdigit also takes "²" and "①", which int() refuses)
+_TREE_SIZE = re.compile(r"0|[1-9][0-9]*")
 
 
 def verify_checkpoint(note: bytes | str, verifiers: Sequence[NoteVerifier], origin: str | None = None) -> Checkpoint:

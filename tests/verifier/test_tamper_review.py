@@ -1,0 +1,363 @@
+"""Tampers an adversarial review of the trust root (verifier/) found: each was accepted, or
+crashed where a typed error is due, before its fix. The section comments say what each shows.
+
+Bundle tests use the golden corpus (tests/golden_corpus.py, built once per session, ~20 s);
+the rest need nothing built.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests.tlog_support import MemLog, statement
+from verifier.errors import VerificationError, VerinferError
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _flip_unused_bits(b64: str) -> str:
+    """Another spelling of the same bytes: flip the lowest (unused) bit of the last data char."""
+    s = b64.rstrip("=")
+    pad = b64[len(s):]
+    assert pad, "needs a padded base64 string (it then has unused trailing bits)"
+    return s[:-1] + ALPHABET[ALPHABET.index(s[-1]) ^ 1] + pad
+
+
+# --- golden corpus helpers (bundles, v1 receipts) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def golden():
+    from audit_support import GOLDEN
+
+    from verifier.audit import load_trusted_keys
+
+    index = json.loads((GOLDEN / "corpus.json").read_text())
+    return {"root": GOLDEN, "pkg": next((GOLDEN / "packages").iterdir()),
+            "jwks": load_trusted_keys(GOLDEN / "jwks.json"), "eth_signer": index["eth_signer"]}
+
+
+def _verify_bundle_dict(golden, d: dict, tmp_path: Path):
+    from verifier.bundle import ProofBundle
+    from verifier.proofs import verify_signed_bundle
+
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(d))
+    return verify_signed_bundle(ProofBundle.load(path), golden["pkg"], golden["jwks"], allow_dev_srs=True)
+
+
+def _signed_bundle(golden) -> dict:
+    return json.loads((golden["root"] / "bundles" / "valid-signed" / "bundle.json").read_text())
+
+
+# --- bundle logits are not bound to the proof when their count differs, or NaN ----------
+
+
+@pytest.mark.parametrize("logits", [[], [1.0, 2.0], [9.0, 9.0, 9.0, 9.0]], ids=["empty", "short", "long"])
+def test_bundle_logits_of_another_length_are_rejected(golden, tmp_path, logits):
+    d = _signed_bundle(golden)
+    assert len(d["outputs"]["logits"]) == 3  # iris_mlp: the logits package, 3 public logits
+    d["outputs"]["logits"] = logits  # the proof and instances untouched: they still say the old logits
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
+def test_bundle_nan_logit_is_rejected(golden, tmp_path):
+    d = _signed_bundle(golden)
+    d["outputs"]["logits"][2] = float("nan")  # json.dumps writes NaN; pydantic reads it
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
+# --- the agreement section is not checked against its own labels / the signed label ----
+
+
+def test_bundle_agreement_that_contradicts_its_labels_is_rejected(golden, tmp_path):
+    d = _signed_bundle(golden)
+    assert d["agreement"] == {"float_label": 2, "circuit_label": 2, "agree": True}
+    # the receipt signs label 2; the bundle now claims the float model said 0, and still "agree"
+    d["agreement"]["float_label"] = 0
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
+def test_bundle_agree_flag_flipped_is_rejected(golden, tmp_path):
+    d = _signed_bundle(golden)
+    d["agreement"]["agree"] = False  # labels 2 and 2, "disagree": `verinfer verify` prints DISAGREES
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
+# --- EZKL's readable copies of the public values inside the proof object are unbound ---
+
+
+def test_bundle_proof_pretty_public_inputs_tampered_is_rejected(golden, tmp_path):
+    d = _signed_bundle(golden)
+    ppi = d["proof"]["pretty_public_inputs"]
+    ppi["rescaled_outputs"] = [["9.0", "9.0", "-9.0"], ["0"]]  # the proof now "says" label 0
+    ppi["rescaled_inputs"] = [["1.0", "1.0", "1.0", "1.0"]]
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
+# --- a high-s (malleated) EIP-712 signature passes; the oracle contract refuses it ------
+
+
+def test_high_s_eip712_signature_is_rejected(golden):
+    from verifier.audit import Auditor, Item
+    from verifier.eip712 import SECP256K1_N
+
+    d = json.loads((golden["root"] / "receipts" / "valid.json").read_text())
+    raw = bytes.fromhex(d["eip712"]["signature"][2:])
+    s = int.from_bytes(raw[32:64], "big")
+    assert s <= SECP256K1_N // 2
+    # (r, n - s, v ^ 1) recovers to the same signer: the twin a contract's low-s rule refuses
+    d["eip712"]["signature"] = "0x" + (raw[:32] + (SECP256K1_N - s).to_bytes(32, "big")
+                                       + bytes([55 - raw[64]])).hex()
+    auditor = Auditor(jwks=golden["jwks"], trusted_eth_signers={golden["eth_signer"]})
+    result = auditor.check(Item("high-s", "receipt", json.dumps(d)))
+    assert result.outcome == "fail" and result.error == "SignatureInvalid", result
+
+
+# --- a v1 receipt whose text mentions "verinfer.receipt/v2" is parsed as v2 -------------
+
+
+@pytest.mark.parametrize("where,expected", [
+    (("eip712", "domain", "name"), "SignatureInvalid"),  # EIP-712 domain tampered
+    (("envelope", "signatures", 0, "keyid"), "KeyUnknown"),  # unknown signer
+    (("envelope", "payloadType"), "SignatureInvalid"),  # payload type tampered
+])
+def test_tampered_v1_receipt_gets_its_verification_error_not_input_error(golden, where, expected):
+    from verifier.audit import Auditor, Item
+
+    d = json.loads((golden["root"] / "receipts" / "valid.json").read_text())
+    node = d
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = "verinfer.receipt/v2"
+    auditor = Auditor(jwks=golden["jwks"])
+    result = auditor.check(Item("v1", "receipt", json.dumps(d)))
+    # before the fix: outcome "error", InputError "format: Input should be 'verinfer.receipt/v2'" (exit 2)
+    assert (result.outcome, result.error) == ("fail", expected), result
+
+
+# --- a checkpoint size of Unicode digits crashes (before any signature check) -----------
+
+
+@pytest.mark.parametrize("size", ["\u00b2", "\u2460"])  # superscript two, circled one: isdigit()
+def test_checkpoint_with_unicode_digit_size_is_a_clean_error(size):
+    from verifier.audit import Auditor, Item
+    from verifier.receipts_v2 import verify_receipt_v2
+
+    log = MemLog()
+    r = log.add(statement())
+    lines = r.checkpoint.split("\n")
+    lines[1] = size  # tampered, no key needed
+    bad = r.model_copy(update={"checkpoint": "\n".join(lines)})
+    with pytest.raises(VerinferError):  # before the fix: ValueError: invalid literal for int()
+        verify_receipt_v2(bad, log.jwks)
+    result = Auditor(jwks=log.jwks).check(Item("r", "receipt", bad.model_dump_json()))
+    assert (result.outcome, result.error) == ("fail", "SignatureInvalid"), result  # before the fix: InternalError
+
+
+def test_tampered_checkpoint_in_a_log_dir_does_not_crash_the_audit(tmp_path):
+    from server.receipts.translog import LogWriter
+    from verifier.cli import main
+    from verifier.keys import ed25519_jwk
+    from verifier.receipts_v2 import ReceiptV2
+    from verifier.tlog import leaf_hash, signature_line
+
+    origin, key = "review.test/log", Ed25519PrivateKey.generate()
+    writer = LogWriter(tmp_path / "log.sqlite3", origin, lambda name, body: signature_line(name, key, body))
+    st = statement()
+    data = st.canonical_bytes()
+    note, proof = writer.append([leaf_hash(data)])
+    writer.close()
+    r = ReceiptV2(id=st.predicate.requestId, statement=base64.b64encode(data).decode(), index=0,
+                  proof=[base64.b64encode(h).decode() for h in proof(0)], checkpoint=note)
+    (tmp_path / "r.json").write_text(r.model_dump_json())
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [ed25519_jwk(key.public_key())]}))
+    with sqlite3.connect(tmp_path / "log.sqlite3") as db:  # the log dir is untrusted input
+        (old,) = db.execute("SELECT note FROM checkpoints WHERE size = 0").fetchone()
+        bad = old.split("\n")
+        bad[1] = "\u00b2"  # an older stored checkpoint, its size line tampered
+        db.execute("UPDATE checkpoints SET note = ? WHERE size = 0", ("\n".join(bad),))
+    args = ["audit", str(tmp_path / "r.json"), "--keys", str(tmp_path / "jwks.json"), "--log", str(tmp_path), "-q"]
+    assert main(args) == 1  # before the fix: ValueError traceback out of check_histories
+
+
+# --- a log server's malformed consistency answer crashes the audit ----------------------
+
+
+def test_http_log_with_malformed_consistency_answer_is_a_failed_log_item():
+    from verifier.errors import ConsistencyInvalid
+    from verifier.logcheck import HttpLog, check_histories
+
+    log = MemLog()
+    r_old = log.add(statement())
+    log.tree.append(os.urandom(8))
+    latest = log.checkpoint()
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = latest.encode() if self.path == "/v1/log/checkpoint" else b'{"from": 1}'
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        problems, _ = check_histories({r_old.checkpoint: "r"}, log.jwks,
+                                      [HttpLog(f"http://127.0.0.1:{srv.server_port}")])
+    except KeyError as exc:  # before the fix: KeyError 'proof' (a JSON body that is not JSON: ValueError)
+        pytest.fail(f"crash instead of a failed log item: {exc!r}")
+    finally:
+        srv.shutdown()
+    assert problems and problems[0].error == ConsistencyInvalid.__name__
+
+
+# --- a v2 receipt inside a bundle skips --origin and the --log fork check ---------------
+
+
+def _v2_receipt_for_bundle(bundle, manifest, log: MemLog):
+    from verifier.fixedpoint import input_commitment, quantize
+    from verifier.receipts import InputRef, ModelRef, OutputTensor, make_subjects
+    from verifier.receipts_v2 import PredicateV2, StatementV2
+    from verifier.tensors import tensor_digest
+
+    x = bundle.input.array()
+    model = ModelRef(name=manifest.name, version="1", sha256=manifest.model_sha256)
+    inp = InputRef(name=bundle.input.name, datatype=bundle.input.datatype, shape=x.shape,
+                   digest=tensor_digest(x, bundle.input.datatype), scale=manifest.input.scale,
+                   commitment="0x" + input_commitment(quantize(x, manifest.input.scale)).hex())
+    outs = []
+    for i, spec in enumerate(manifest.outputs):
+        arr = (np.asarray([bundle.outputs.label], dtype=np.int64) if i == manifest.label_output
+               else np.asarray(bundle.outputs.logits, dtype=np.float32)).reshape(spec.shape)
+        outs.append(OutputTensor(name=spec.name, datatype=spec.datatype, shape=arr.shape,
+                                 digest=tensor_digest(arr, spec.datatype), data=arr.ravel().tolist()))
+    outs = tuple(outs)
+    rid = "0x" + os.urandom(32).hex()
+    pred = PredicateV2(requestId=rid, model=model, input=inp, outputs=outs, label=bundle.outputs.label,
+                       time=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                       device="cpu")
+    return log.add(StatementV2(subject=make_subjects(model, inp, outs), predicate=pred))
+
+
+def _bundle_with_v2(golden, tmp_path, log: MemLog) -> Path:
+    from verifier.bundle import ProofBundle
+    from verifier.manifest import Manifest
+
+    unsigned = golden["root"] / "bundles" / "valid-unsigned" / "bundle.json"
+    bundle = ProofBundle.load(unsigned)
+    manifest = Manifest.load(golden["pkg"] / "manifest.json")
+    receipt = _v2_receipt_for_bundle(bundle, manifest, log)
+    d = json.loads(unsigned.read_text()) | {"receipt": receipt.model_dump(mode="json")}
+    folder = tmp_path / "b"
+    folder.mkdir()
+    (folder / "bundle.json").write_text(json.dumps(d))
+    return folder / "bundle.json"
+
+
+def test_bundle_receipt_of_another_origin_fails_origin_check(golden, tmp_path):
+    from verifier.audit import Auditor, Item, find_packages
+
+    log = MemLog(origin="other.test/log")
+    path = _bundle_with_v2(golden, tmp_path, log)
+    auditor = Auditor(jwks=log.jwks, packages=find_packages(golden["pkg"]), allow_dev_srs=True,
+                      origins=frozenset({"expected.test/log"}))
+    receipt = json.loads(path.read_text())["receipt"]
+    alone = auditor.check(Item("receipt", "receipt", json.dumps(receipt)))
+    assert alone.error == "OriginMismatch"  # the receipt alone: refused (control)
+    in_bundle = auditor.check(Item("bundle", "bundle", str(path)))
+    assert in_bundle.outcome == "fail" and in_bundle.error == "OriginMismatch", in_bundle  # before the fix: ok
+
+
+def test_bundle_receipt_from_a_forked_log_fails_the_log_check(golden, tmp_path):
+    from server.receipts.translog import LogWriter
+    from verifier.audit import Auditor, Item, check_log, find_packages, run_audit, summarize
+    from verifier.logcheck import DirLog
+    from verifier.tlog import leaf_hash, signature_line
+
+    key, origin = Ed25519PrivateKey.generate(), "fork.test/log"
+    honest = LogWriter(tmp_path / "log.sqlite3", origin, lambda name, body: signature_line(name, key, body))
+    honest.append([leaf_hash(os.urandom(16)) for _ in range(12)])
+    honest.close()
+    fork = MemLog(origin=origin, key=key, fill=5)  # same key and origin, another history
+    path = _bundle_with_v2(golden, tmp_path, fork)
+    auditor = Auditor(jwks=fork.jwks, packages=find_packages(golden["pkg"]), allow_dev_srs=True)
+    receipt = json.loads(path.read_text())["receipt"]
+
+    def audit(items):
+        results = run_audit(items, auditor, jobs=1)
+        results += check_log(results, auditor, [DirLog(tmp_path)])
+        return summarize(results, 0).exit_code, results
+
+    code, _ = audit([Item("receipt", "receipt", json.dumps(receipt))])
+    assert code == 1  # the receipt alone: the fork is found (control)
+    code, results = audit([Item("bundle", "bundle", str(path))])
+    assert code == 1, [r.line() for r in results]  # before the fix: 0, "one history"
+
+
+# --- byte-level malleability: other spellings of the same bytes pass ---------------------
+
+
+def test_v2_receipt_noncanonical_base64_is_rejected():
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+
+    log = MemLog()
+    r = log.add(statement())
+    d = r.model_dump(mode="json")
+    variants = {"proof hash": d | {"proof": [_flip_unused_bits(d["proof"][0]), *d["proof"][1:]]}}
+    if d["statement"].endswith("="):
+        variants["statement"] = d | {"statement": _flip_unused_bits(d["statement"])}
+    lines = d["checkpoint"].split("\n")
+    head, sig = lines[-2].rsplit(" ", 1)
+    lines[-2] = f"{head} {_flip_unused_bits(sig)}"
+    variants["checkpoint signature"] = d | {"checkpoint": "\n".join(lines)}
+    variants["index as a string"] = d | {"index": str(d["index"])}
+    variants["index as a float"] = d | {"index": float(d["index"])}
+    accepted = []
+    for name, v in variants.items():
+        try:
+            verify_receipt_v2(ReceiptV2.parse(json.dumps(v)), log.jwks)
+            accepted.append(name)
+        except VerinferError:
+            pass
+    assert not accepted, f"tampered v2 receipts accepted: {accepted}"
+
+
+def test_v1_receipt_noncanonical_base64_and_duplicate_signature_are_rejected(golden):
+    from verifier.audit import Auditor, Item
+
+    base = json.loads((golden["root"] / "receipts" / "valid.json").read_text())
+    variants = {}
+    v = copy.deepcopy(base)
+    v["envelope"]["signatures"][0]["sig"] = _flip_unused_bits(v["envelope"]["signatures"][0]["sig"])
+    variants["sig"] = v
+    if base["envelope"]["payload"].endswith("="):
+        v = copy.deepcopy(base)
+        v["envelope"]["payload"] = _flip_unused_bits(v["envelope"]["payload"])
+        variants["payload"] = v
+    v = copy.deepcopy(base)
+    v["envelope"]["signatures"].append(v["envelope"]["signatures"][0])
+    variants["duplicated signature"] = v
+    auditor = Auditor(jwks=golden["jwks"])
+    accepted = [n for n, v in variants.items() if auditor.check(Item(n, "receipt", json.dumps(v))).outcome == "ok"]
+    assert not accepted, f"tampered v1 receipts accepted: {accepted}"
