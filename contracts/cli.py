@@ -131,8 +131,8 @@ def _deploy(args: argparse.Namespace) -> int:
         raise InputError("--request-timeout must be >= 0")
     if not 0 <= args.min_fee < 2**96:
         raise InputError("--min-fee must be between 0 and 2**96 - 1 wei")
-    if args.update_delay < 0:
-        raise InputError("--update-delay must be >= 0")
+    if not 0 <= args.update_delay <= 2**32 - 1:
+        raise InputError("--update-delay must be between 0 and 4294967295 seconds (136 years)")
     packages = ([_resolve_package(r) for r in args.package] if args.package
                 else _registered_packages())
     key_file = args.key_file or (key_file_from_env() if args.rpc else None)

@@ -265,18 +265,30 @@ contract VerinferOracle {
     error CancelTooEarly(uint256 cancellableAt);
     /// @notice cancelRequest: the refund could not be sent to the requester.
     error RefundFailed();
+    /// @dev An update delay must fit the 40-bit `effectiveAt` it is added to (2^32 s: 136 years).
+    error UpdateDelayTooLong(uint256 updateDelay);
 
     // ---------------------------------------------------------- constructor
 
     /// @param requestTimeout_ seconds after which a requester may cancel an unanswered request
     /// @param updateDelay_ seconds between announcing a model update and its taking effect
     constructor(uint256 requestTimeout_, uint256 updateDelay_) {
+        if (updateDelay_ > type(uint32).max) revert UpdateDelayTooLong(updateDelay_);
         owner = msg.sender;
         requestTimeout = requestTimeout_;
         updateDelay = updateDelay_;
         _cachedChainId = block.chainid;
         _cachedDomainSeparator = _buildDomainSeparator();
         emit OwnershipTransferred(address(0), msg.sender);
+    }
+
+    /// @dev Send ETH without copying what the recipient returns: a recipient that refuses with a
+    ///      large revert payload would otherwise make the copy cost more than the gas left (the
+    ///      1/64 kept back), and a payee that refuses ETH could then never be replaced.
+    function _sendValue(address to, uint256 amount) private returns (bool ok) {
+        assembly ("memory-safe") {
+            ok := call(gas(), to, amount, 0, 0, 0, 0)
+        }
     }
 
     modifier onlyOwner() {
@@ -362,7 +374,7 @@ contract VerinferOracle {
         emit PayeeSet(modelId, payee);
         if (amount > 0) {
             m.accruedFees = 0;
-            (bool ok,) = old.call{value: amount}("");
+            bool ok = _sendValue(old, amount);
             if (ok) emit FeesWithdrawn(modelId, old, amount);
             else m.accruedFees += uint96(amount); // refused: kept, for the new payee
         }
@@ -377,8 +389,7 @@ contract VerinferOracle {
         if (amount == 0) revert NoFeesAccrued(modelId);
         m.accruedFees = 0;
         emit FeesWithdrawn(modelId, payee, amount);
-        (bool ok,) = payee.call{value: amount}("");
-        if (!ok) revert FeeTransferFailed(payee);
+        if (!_sendValue(payee, amount)) revert FeeTransferFailed(payee);
     }
 
     /// @notice Announce a change of a model's verifier, policy or signer (e.g. key rotation). It
@@ -512,8 +523,7 @@ contract VerinferOracle {
         uint256 refund = r.fee;
         emit RequestCancelled(requestId, refund);
         if (refund > 0) {
-            (bool ok,) = msg.sender.call{value: refund}("");
-            if (!ok) revert RefundFailed();
+            if (!_sendValue(msg.sender, refund)) revert RefundFailed();
         }
     }
 

@@ -54,6 +54,11 @@ LOG_CHUNK = 2_000  # blocks per eth_getLogs
 DEFAULT_FEE_MARGIN = 1.0  # a request's fee must cover its gas cost x this (0: serve unpaid)
 DEFAULT_MAX_CALLBACK_GAS = 1_000_000  # requests asking more gas for their callback: skipped
 MIN_FULFIL_GAS = 50_000  # the least a fulfilment costs besides its callback (fee pre-check)
+# What a proof fulfilment costs besides its callback, until this relayer has estimated one of
+# the model's: fulfillWithProof takes ~640k gas for iris_mlp, ~940k for digits_cnn
+# (docs/contracts.md). Checked before proving, so that a request that pays for a signature's
+# gas cannot make the relayer spend a proof's CPU and then be skipped as unpaid.
+DEFAULT_PROOF_FULFIL_GAS = 1_000_000
 
 
 class RelayError(VerinferError):
@@ -129,6 +134,7 @@ class Relayer:
         self.models = models
         self.store = store
         self.proofs = proofs or InProcessProofs()
+        self._proof_gas: dict[bytes, int] = {}  # model id -> gas of its last proof fulfilment, besides the callback
         self.answer = answer
         self.from_block = from_block
         self.confirmations = confirmations
@@ -347,7 +353,8 @@ class Relayer:
             raise _Skip(f"callback gas {ev.callback_gas_limit} is over this relayer's cap "
                         f"{self.max_callback_gas}")
         # before any work: the callback's gas alone, at today's price, must be paid for
-        self.sender.check_fee(ev, ev.callback_gas_limit + MIN_FULFIL_GAS, self.w3.eth.gas_price)
+        per_gas = self.sender.max_fee_per_gas()  # the price build() checks the fee at
+        self.sender.check_fee(ev, ev.callback_gas_limit + MIN_FULFIL_GAS, per_gas)
         try:
             x = model.dequantize(ev.input)
         except InputError as exc:
@@ -371,6 +378,8 @@ class Relayer:
             raise _Skip(f"model {model.name}: the oracle takes {num_instances} public instances, "
                         f"this package's proofs have {model.num_instances} (another public "
                         f"output shape)")
+        proof_gas = self._proof_gas.get(ev.model_id, DEFAULT_PROOF_FULFIL_GAS)
+        self.sender.check_fee(ev, ev.callback_gas_limit + proof_gas, per_gas)  # before proving
         bundle = self.proofs.prove(model, x)
         proof, instances = proof_parts(bundle.proof)
         if [felt_to_int(f) for f in instances[: model.input_length]] != list(ev.input):
@@ -424,6 +433,8 @@ class Relayer:
         mid = "0x" + ev.model_id.hex()
         try:
             tx = self.sender.build(ev, call)
+            if method == "proof":  # this model's proof fulfilment, as estimated: the next pre-check's
+                self._proof_gas[ev.model_id] = max(MIN_FULFIL_GAS, tx["gas"] - ev.callback_gas_limit)
         except Unpaid as exc:
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", method=method,
                               label=label, reason=str(exc))

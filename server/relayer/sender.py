@@ -48,6 +48,15 @@ class Sender:
 
     # -- before sending ---------------------------------------------------------------
 
+    def max_fee_per_gas(self) -> int:
+        """The highest fee per gas a transaction built now may pay, as web3 fills it in
+        (:meth:`build`): twice the base fee plus the priority fee; the gas price before EIP-1559."""
+        w3 = self.chain.w3
+        base = w3.eth.get_block("latest").get("baseFeePerGas")
+        if base is None:
+            return int(w3.eth.gas_price)
+        return 2 * int(base) + int(w3.eth.max_priority_fee)
+
     def check_fee(self, ev, gas: int, per_gas: int) -> None:
         """Raise :class:`Unpaid` unless ``ev.fee`` covers ``gas`` at ``per_gas`` wei x margin."""
         need = int(self.fee_margin * gas * per_gas)
