@@ -73,8 +73,9 @@ class ServerSettings(Settings):
         description="API key tiers by name: rate, burst, whether proofs may be asked, most rows.",
     )
     siwe_domain: str | None = Field(
-        None, description="Sign-In with Ethereum: the domain (host[:port]) messages must name; "
-        "default: the sign-in request's Host header."
+        None, description="Sign-In with Ethereum: the domain (host[:port]) users sign in from, which "
+        "messages must name; unset: wallet sign-in is off (never the request's Host header, which a "
+        "phishing site sets to its own)."
     )
     siwe_nonce_ttl_s: float = Field(600, gt=0, description="How long a sign-in nonce may be used.")
     siwe_session_ttl_s: float = Field(

@@ -102,7 +102,7 @@ def parse_message(text: str) -> SiweMessage:
             i += 1
     if i != len(lines):
         raise InputError(f"SIWE message: unexpected text on line {i + 1}")
-    if not chain.isdigit():
+    if not re.fullmatch(r"[0-9]+", chain):  # ASCII: str.isdigit also takes "²", which int() refuses
         raise InputError("SIWE message: Chain ID must be a number")
     if not NONCE.fullmatch(nonce):
         raise InputError("SIWE message: the nonce must be 8 or more letters and digits")
@@ -133,7 +133,10 @@ def check_message(msg: SiweMessage, signature: str, text: str, *, domain: str, c
     now = now or datetime.now(UTC)
     if msg.domain != domain:
         raise Unauthenticated(f"SIWE message is for domain {msg.domain!r}, not this server ({domain!r})")
-    uri_host = urlsplit(msg.uri).netloc
+    try:
+        uri_host = urlsplit(msg.uri).netloc
+    except ValueError:  # e.g. "http://[host/": an unclosed IPv6 bracket
+        raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not a URL") from None
     if uri_host != domain:
         raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not on this server's domain")
     if msg.version != "1":

@@ -16,14 +16,18 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from server.auth import ApiKeyStore
 from server.errors import Conflict, Forbidden
+from server.http.infer_route import read_body
 from server.settings import ServerSettings
 from server.siwe import check_message, parse_message
 from verifier.digests import compact_json
+
+SIWE_BODY_BYTES = 16_384  # a 4 KiB message, its signature and JSON's escapes
 
 
 class SiweRequest(BaseModel):
@@ -42,22 +46,36 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
             raise Conflict("access control is off on this server (a loopback bind): no sign-in is needed")
         return s
 
-    def domain(request: Request) -> str:
-        return settings.siwe_domain or request.headers.get("host", "")
+    def domain() -> str:
+        # configured, never the request's Host header: a phishing site's message names its own
+        # domain (the wallet shows no warning there) and it would post it with that Host
+        if not settings.siwe_domain:
+            raise Conflict("sign-in with a wallet is off: set VERINFER_SIWE_DOMAIN to the domain "
+                           "(host[:port]) your users sign in from")
+        return settings.siwe_domain
 
     @app.get("/v1/auth/nonce", tags=["auth"])
-    async def siwe_nonce(request: Request) -> Response:
+    async def siwe_nonce() -> Response:
         """A single-use nonce for a Sign-In with Ethereum message, and what the message must name."""
-        nonce = store().new_nonce(settings.siwe_nonce_ttl_s)
-        return _json({"nonce": nonce, "domain": domain(request), "chain_id": settings.chain_id,
+        keys, where = store(), domain()
+        nonce = keys.new_nonce(settings.siwe_nonce_ttl_s)
+        return _json({"nonce": nonce, "domain": where, "chain_id": settings.chain_id,
                       "expires_in_s": settings.siwe_nonce_ttl_s})
 
-    @app.post("/v1/auth/siwe", tags=["auth"])
-    async def siwe_sign_in(body: SiweRequest, request: Request) -> Response:
+    @app.post("/v1/auth/siwe", tags=["auth"], openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": SiweRequest.model_json_schema()}}}})
+    async def siwe_sign_in(request: Request) -> Response:
         """Sign in with a wallet: an EIP-4361 message and its signature give a session token."""
-        keys = store()
+        keys, where = store(), domain()
+        # a public route: its body is bounded as the infer route's is (413), before parsing
+        raw = await read_body(request.receive, request.headers.get("content-length"),
+                              min(settings.max_body_bytes, SIWE_BODY_BYTES))
+        try:
+            body = SiweRequest.model_validate_json(raw)
+        except ValidationError as exc:  # a 422, as FastAPI's own body validation answers
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         msg = parse_message(body.message)
-        address = check_message(msg, body.signature, body.message, domain=domain(request),
+        address = check_message(msg, body.signature, body.message, domain=where,
                                 chain_id=settings.chain_id, nonce_ttl=timedelta(seconds=settings.siwe_nonce_ttl_s))
         wallet = keys.wallet(address)
         if wallet is None:

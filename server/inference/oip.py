@@ -235,6 +235,8 @@ def _output_choice(req: dict, params: dict, output_names: list[str]) -> OutputCh
         name = _field(o, "name", str, where)
         if name not in output_names:
             raise InputError(f"unknown output {name!r}; the model's outputs are {output_names}")
+        if name in names:  # each copy would be written again: one small request, a huge answer
+            raise InputError(f"{where}: output {name!r} is asked for twice")
         o_params = o.get("parameters", {})
         if not isinstance(o_params, dict):
             raise InputError(f"{where}: field 'parameters' must be an object")

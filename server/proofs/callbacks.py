@@ -48,6 +48,10 @@ def _parse(url: object) -> SplitResult:
     if not isinstance(url, str) or len(url) > 2048:
         raise CallbackRefused("callback_url must be a URL string")
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): no store or socket takes it
+        raise CallbackRefused("callback_url is not valid text (a lone surrogate)") from None
+    try:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a bad port)
     except ValueError:

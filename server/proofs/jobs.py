@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from verifier.errors import InputError, NotFound, VerinferError
 from verifier.packages import name_target, package_dir, read_manifest
 
 log = logging.getLogger("verinfer.server")
+_RECEIPT_ID = re.compile(r"0x[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,8 @@ class ProofJobs:
         """A proof for a stored one-sample answer."""
         receipts = self.require_receipts()
         callback = self.check_callback(callback_url)
-        if not isinstance(receipt_id, str):
-            raise InputError("receipt_id must be a string")
+        if not isinstance(receipt_id, str) or not _RECEIPT_ID.fullmatch(receipt_id):
+            raise InputError("receipt_id must be a receipt id: 0x and 64 lowercase hex digits")
         body = json.loads(receipts.get(receipt_id))  # NotFound
         model = body_model(body)
         stored = receipts.get_input(receipt_id)
@@ -238,15 +240,18 @@ class ProofJobs:
             return None
         return self.store.request_for(c.package_id, tensor_digest(x, c.datatype), CURRENT_CLIENT.get())
 
-    def get(self, request_id: str) -> Job:
-        """A proof request (the id a client was given) as its client sees the job."""
-        job = self.store.request(request_id)
+    def get(self, request_id: str, client: str | None = None) -> Job:
+        """A proof request (the id a client was given) as its client sees the job: the asking
+        client's own only (``client``, else the request's), as if no other existed. A second
+        client's bundle names the job by the first client's request id: that must not open the
+        first client's handle, its receipt id and callback URL."""
+        job = self.store.request(request_id, CURRENT_CLIENT.get() if client is None else client)
         if job is None:
             raise NotFound(f"no proof job with id {request_id!r}")
         return job
 
-    def bundle(self, request_id: str) -> str:
-        job = self.get(request_id)
+    def bundle(self, request_id: str, client: str | None = None) -> str:
+        job = self.get(request_id, client)
         if job.status != "done":
             extra = f": {job.error}" if job.status == "failed" else ""
             raise Conflict(f"proof job {request_id} is {job.status}{extra}; no bundle")

@@ -190,9 +190,9 @@ class QueueProofs:
         end = time.monotonic() + self.timeout_s
         delay = 0.05
         while True:
-            job = self.jobs.get(job.id)
+            job = self.jobs.get(job.id, RELAYER)
             if job.status == "done":
-                bundle = ProofBundle.model_validate_json(self.jobs.bundle(job.id))
+                bundle = ProofBundle.model_validate_json(self.jobs.bundle(job.id, RELAYER))
                 if bundle.model.model_sha256 != model.model_id.hex():
                     raise ProofUnavailable(f"proof job {job.id} proved another model file")
                 return bundle

@@ -20,12 +20,13 @@ from verifier.errors import InputError
 IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
 TIERS = {"small": Tier(rate_per_s=0.01, burst=2, proofs=False, max_rows=2),
          "big": Tier(rate_per_s=1000, burst=1000, proofs=True, max_rows=100)}
-HOST = "testserver"  # TestClient's Host header: the default SIWE domain
+HOST = "testserver"  # TestClient's Host header, and the domain the server is configured with
 
 
 @pytest.fixture
 def world(tmp_path):
-    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0)
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0,
+                              siwe_domain=HOST)
     wallet = Account.create()  # made by the test, never printed
     store = ApiKeyStore(settings.apikeys_path)
     store.add_wallet(wallet.address, "small", "alice")
@@ -151,3 +152,13 @@ def test_an_api_key_store_of_version_1_migrates_and_keeps_its_keys(tmp_path):
     assert [w.id for w in store.wallets()] == ["wallet:0x" + "ab" * 20]
     store.close()
     assert version_of(connect(path, auth.SCHEMA), auth.SCHEMA) == 2
+
+
+def test_without_a_configured_domain_sign_in_is_off(tmp_path):
+    """The domain a message must name is configured (VERINFER_SIWE_DOMAIN), never taken from
+    the request's Host header (a phishing site posts its own domain's message with its own Host:
+    tests/server/test_review_findings.py). Without it, no nonce and no sign-in: 409, saying why."""
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0)
+    with TestClient(create_app(settings)) as client:
+        for r in (client.get("/v1/auth/nonce"), client.post("/v1/auth/siwe", json={"message": "m", "signature": "0x"})):
+            assert r.status_code == 409 and "VERINFER_SIWE_DOMAIN" in r.json()["error"]
