@@ -80,7 +80,7 @@ PROOF_REQUEST_SCHEMA: dict[str, Any] = {
     "description": "either receipt_id, or model and inputs (one sample)",
     "oneOf": [
         {"type": "object", "required": ["receipt_id"], "additionalProperties": False,
-         "properties": {"receipt_id": {"type": "string"}, "callback_url": _CALLBACK}},
+         "properties": {"receipt_id": {"type": "string", "pattern": "^0x[0-9a-f]{64}$"}, "callback_url": _CALLBACK}},
         {"type": "object", "required": ["model", "inputs"], "additionalProperties": False,
          "properties": {"model": {"type": "string", "example": "iris_mlp"},
                         "inputs": {"type": "array", "items": _TENSOR, "minItems": 1, "maxItems": 1},

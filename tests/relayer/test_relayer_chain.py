@@ -260,10 +260,11 @@ class _FakeJobs:
         self.submitted.append((model, x.shape, client))
         return self.job, "new"
 
-    def get(self, job_id):
+    def get(self, job_id, client=None):
+        self.read_as = client  # a client sees its own requests only: the relayer reads as itself
         return self.job
 
-    def bundle(self, job_id):
+    def bundle(self, job_id, client=None):
         return self._bundle
 
 
@@ -278,3 +279,4 @@ def test_queue_proof_source(iris_model):
     with pytest.raises(ProofUnavailable, match="worker died"):
         q.prove(iris_model, x)
     assert q.jobs.submitted == [("iris_mlp", (1, 4), RELAYER)]  # the queue's reserved share
+    assert q.jobs.read_as == RELAYER
