@@ -134,12 +134,12 @@ class InferenceService:
         if req.x.ndim and req.x.shape[0] > most:
             raise error(f"{req.x.shape[0]} rows in one request; at most {most} are allowed")
         x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
-        if x.dtype.kind == "f" and not np.isfinite(x).all():  # e.g. FP64 1e39 cast to FP32: inf
-            raise InputError(f"an input value is out of range for the model's {m.input.datatype}")
         if req.eip712:
             _check_eip712(m, x)
-        if self._signing:  # the receipt commits to x in fixed point
+        if self._signing:  # the receipt commits to x in fixed point (inf and NaN fail it too)
             check_range(x, m.scale)
+        elif x.dtype.kind == "f" and not np.isfinite(x).all():  # e.g. FP64 1e39 cast to FP32: inf
+            raise InputError(f"an input value is out of range for the model's {m.input.datatype}")
         ctx = Ctx(req.id, req.datatype, req.outputs, req.eip712)
         answer: Answer = await self.batchers[name].submit(x, (ctx, req.x))
         info = self._infos[m.name]

@@ -271,19 +271,19 @@ class JobStore:
         return n >= limit
 
     @staticmethod
-    def _view(db: sqlite3.Connection, request_id: str) -> Job | None:
-        row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ?", (request_id,)).fetchone()
+    def _view(db: sqlite3.Connection, request_id: str, client: str | None = None) -> Job | None:
+        if client is None:
+            row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ?", (request_id,)).fetchone()
+        else:
+            row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ? AND r.client = ?",
+                             (request_id, client)).fetchone()
         return _job(row) if row else None
 
     def request(self, request_id: str, client: str | None = None) -> Job | None:
         """A client's handle (a request id; the first client's is the job id) as that client
         sees the job; with ``client``, only that client's own (None for another's)."""
         with self._lock:
-            if client is None:
-                return self._view(self._db, request_id)
-            row = self._db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ? AND r.client = ?",
-                                   (request_id, client)).fetchone()
-        return _job(row) if row else None
+            return self._view(self._db, request_id, client)
 
     def request_for(self, package_id: str, input_digest: str, client: str) -> Job | None:
         """``client``'s request for the job of (package, input), as it sees it (None: no such

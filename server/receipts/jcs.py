@@ -45,9 +45,22 @@ def jcs_float(v: float) -> str:
     return "-" + s if neg else s
 
 
-# "-0" as a whole number in a comma-separated list (not the start of "-0.5")
-_NEGATIVE_ZERO = re.compile(r"(?<![^,])-0(?=,)")
-_NEGATIVE_ZERO_IN_ROWS = re.compile(r"(?<=[\[,])-0(?=[,\]])")  # the same in nested lists
+# "-0" as a whole number in a (nested) list, not the start of "-0.5"
+_NEGATIVE_ZERO = re.compile(r"(?<=[\[,])-0(?=[,\]])")
+
+
+def _plain_floats(values: list) -> str | None:
+    """``values`` (floats, or lists of them) as JCS text, or None when any needs the slow path
+    (an exponent, NaN or infinity). orjson writes each double's shortest round-trip digits, as
+    repr does (~15x faster than joining reprs), NaN and infinities as null; only ".0" and "-0"
+    differ from JCS."""
+    text = orjson.dumps(values).decode()
+    if "e" in text or "n" in text:
+        return None
+    text = text.replace(".0,", ",").replace(".0]", "]")
+    if "-0," in text or "-0]" in text:  # every one, also side by side (a replace skips every other)
+        text = _NEGATIVE_ZERO.sub("0", text)
+    return text
 
 
 def jcs_numbers(array: np.ndarray) -> str:
@@ -55,15 +68,8 @@ def jcs_numbers(array: np.ndarray) -> str:
     values = array.ravel().tolist()
     kind = array.dtype.kind
     if kind == "f":
-        # orjson writes each double's shortest round-trip digits, as repr does (~15x faster than
-        # joining reprs); it writes NaN and infinities as null ("n": the slow path refuses them)
-        text = orjson.dumps(values)[1:-1].decode()
-        if "e" not in text and "n" not in text:  # the common case: only ".0" and "-0" to fix
-            text = (text + ",").replace(".0,", ",")
-            if "-0," in text:  # every one, also side by side (a replace skips every other)
-                text = _NEGATIVE_ZERO.sub("0", text)
-            return "[" + text[:-1] + "]"
-        return "[" + ",".join(map(jcs_float, values)) + "]"
+        text = _plain_floats(values)
+        return text if text is not None else "[" + ",".join(map(jcs_float, values)) + "]"
     if kind in "iu":
         if values and max(abs(min(values)), abs(max(values))) > 2**53 - 1:
             raise ValueError("JSON (RFC 8785) numbers are IEEE doubles: an integer beyond 2**53 - 1 does not fit")
@@ -79,12 +85,9 @@ def jcs_number_rows(array: np.ndarray, rows: list[int]) -> list[str]:
     if len(rows) == 1:
         return [jcs_numbers(array)]
     if array.dtype.kind == "f" and array.size and len(set(rows)) == 1:  # the server's usual batch
-        # orjson writes the answers as nested lists; cut between them ("],[" is in no number)
-        text = orjson.dumps(array.reshape(len(rows), -1).tolist()).decode()
-        if "e" not in text and "n" not in text:
-            text = text.replace(".0,", ",").replace(".0]", "]")
-            if "-0," in text or "-0]" in text:
-                text = _NEGATIVE_ZERO_IN_ROWS.sub("0", text)
+        # the answers as nested lists, cut between them ("],[" is in no number)
+        text = _plain_floats(array.reshape(len(rows), -1).tolist())
+        if text is not None:
             return ["[" + t + "]" for t in text[2:-2].split("],[")]
     per = array[:1].size
     tokens = jcs_numbers(array)[1:-1].split(",") if array.size else []
