@@ -69,6 +69,11 @@ SCHEMA = Schema("API key store", slot=3, steps=("""
         address TEXT NOT NULL,
         expires REAL NOT NULL
     );
+""", """
+    -- sign-in nonces are minted without a write (HMAC under this key, server.auth.NonceMinter);
+    -- siwe_nonces now lists only the spent ones, until they expire
+    CREATE TABLE siwe_secret (id INTEGER PRIMARY KEY CHECK (id = 1), key BLOB NOT NULL);
+    DELETE FROM siwe_nonces;
 """))
 
 _TOKEN = re.compile(r"vk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
@@ -89,6 +94,37 @@ class ApiKey:
                 "revoked": self.revoked}
 
 
+NONCE_CLOCK_SKEW_S = 60.0  # several server processes' clocks
+
+
+class NonceMinter:
+    """Sign-in nonces that need no storage until spent: the issuing second, 8 random bytes
+    and an HMAC-SHA256 tag over both under the store's key, as 64 hex digits (EIP-4361 asks
+    for 8 or more letters and digits). A nonce this key did not tag is refused unread."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def _tag(self, body: bytes) -> bytes:
+        return hmac.new(self._key, b"verinfer siwe nonce\x00" + body, hashlib.sha256).digest()[:16]
+
+    def mint(self, now: float) -> str:
+        body = int(now).to_bytes(8, "big") + secrets.token_bytes(8)
+        return (body + self._tag(body)).hex()
+
+    def issued(self, nonce: str) -> int | None:
+        """The Unix second ``nonce`` was minted at, or None if this key did not mint it."""
+        if not _NONCE.fullmatch(nonce):
+            return None
+        raw = bytes.fromhex(nonce)
+        if not hmac.compare_digest(raw[16:], self._tag(raw[:16])):
+            return None
+        return int.from_bytes(raw[:8], "big")
+
+
+_NONCE = re.compile(r"[0-9a-f]{64}")
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -98,6 +134,7 @@ class ApiKeyStore:
         self.path = Path(path)
         self.db = connect(self.path, SCHEMA, ("journal_mode=WAL", "synchronous=FULL"))  # 0600
         self._lock = threading.Lock()
+        self._minter: NonceMinter | None = None
 
     def close(self) -> None:
         self.db.close()
@@ -163,27 +200,35 @@ class ApiKeyStore:
         return ApiKey(f"wallet:{row[0]}", *row[1:]) if row else None
 
     def new_nonce(self, ttl_s: float) -> str:
-        """A single-use sign-in nonce (nonces older than ``ttl_s`` are forgotten as new ones are made)."""
-        nonce = secrets.token_hex(12)
-        now = time.time()
-        with transaction(self.db, self._lock):
-            self.db.execute("DELETE FROM siwe_nonces WHERE created < ?", (now - ttl_s,))
-            self.db.execute("INSERT INTO siwe_nonces VALUES (?, ?, NULL)", (nonce, now))
-        return nonce
+        """A single-use sign-in nonce. Minted, not stored: the public nonce route writes
+        nothing, so asking for nonces in a loop costs the server no disk (``ttl_s`` is checked
+        when the nonce is spent)."""
+        return self._nonces().mint(time.time())
 
     def spend_nonce(self, nonce: str, ttl_s: float) -> None:
-        """Use a nonce once: :class:`Unauthenticated` if this server did not issue it, it
-        expired, or it was used (a replayed sign-in). Checked and spent in one transaction."""
+        """Use a nonce once: :class:`Unauthenticated` if this server did not mint it, it
+        expired, or it was used (a replayed sign-in). Only spent nonces are stored, until
+        they expire; the check and the spending are one transaction."""
         now = time.time()
+        issued = self._nonces().issued(nonce)
+        if issued is None:
+            raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
+        if issued < now - ttl_s:
+            raise Unauthenticated("SIWE nonce has expired: ask for a new one")
+        if issued > now + NONCE_CLOCK_SKEW_S:
+            raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
         with transaction(self.db, self._lock, "IMMEDIATE"):
-            row = self.db.execute("SELECT created, used FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone()
-            if row is None:
-                raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
-            if row[1] is not None:
+            self.db.execute("DELETE FROM siwe_nonces WHERE created < ?", (now - ttl_s - NONCE_CLOCK_SKEW_S,))
+            if self.db.execute("SELECT 1 FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone():
                 raise Unauthenticated("SIWE nonce was already used: sign in again with a new nonce")
-            if row[0] < now - ttl_s:
-                raise Unauthenticated("SIWE nonce has expired: ask for a new one")
-            self.db.execute("UPDATE siwe_nonces SET used = ? WHERE nonce = ?", (now, nonce))
+            self.db.execute("INSERT INTO siwe_nonces VALUES (?, ?, ?)", (nonce, issued, now))
+
+    def _nonces(self) -> NonceMinter:
+        if self._minter is None:
+            with transaction(self.db, self._lock):  # one key for every process sharing the store
+                self.db.execute("INSERT OR IGNORE INTO siwe_secret VALUES (1, ?)", (secrets.token_bytes(32),))
+            self._minter = NonceMinter(self.db.execute("SELECT key FROM siwe_secret").fetchone()[0])
+        return self._minter
 
     def start_session(self, address: str, expires: float) -> str:
         """A session token for a signed-in wallet, valid until ``expires`` (Unix time)."""

@@ -4,6 +4,8 @@ domains, chains, expired or foreign nonces and forged signatures are refused."""
 
 from __future__ import annotations
 
+import secrets
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +13,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from fastapi.testclient import TestClient
 
-from server.auth import ApiKeyStore, Tier
+from server.auth import ApiKeyStore, NonceMinter, Tier
 from server.http.app import create_app
 from server.settings import ServerSettings
 from server.siwe import make_message, parse_message
@@ -89,6 +91,33 @@ def test_refused_sign_ins(world, change, status, words):
     assert r.status_code == status and words in r.json()["error"], r.text
 
 
+def test_the_public_nonce_route_writes_nothing(world):
+    """Nonces are minted, not stored: a client asking for them in a loop costs no disk."""
+    client, store, _wallet = world
+    nonces = {client.get("/v1/auth/nonce").json()["nonce"] for _ in range(50)}
+    assert len(nonces) == 50 and all(len(n) == 64 for n in nonces)
+    assert store.db.execute("SELECT count(*) FROM siwe_nonces").fetchone()[0] == 0
+
+
+def test_forged_foreign_and_expired_nonces_are_refused(world):
+    client, store, wallet = world
+    good = client.get("/v1/auth/nonce").json()["nonce"]
+    forged = good[:-1] + ("0" if good[-1] != "0" else "1")  # its tag no longer matches
+    foreign = NonceMinter(secrets.token_bytes(32)).mint(time.time())  # another server's key
+    # minted with this server's key (read from the shared store, as another process would)
+    # longer ago than a nonce lives
+    expired = store._nonces().mint(time.time() - 601)
+    for nonce, words in ((forged, "not issued"), (foreign, "not issued"), (expired, "expired")):
+        r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet, nonce=nonce))
+        assert r.status_code == 401 and words in r.json()["error"], (nonce, r.text)
+    # a nonce minted by another process on the same store signs in, once
+    body = sign_in_body(client, wallet, nonce=store._nonces().mint(time.time()))
+    assert client.post("/v1/auth/siwe", json=body).status_code == 200
+    assert store.db.execute("SELECT count(*) FROM siwe_nonces").fetchone()[0] == 1  # spent, kept till expiry
+    r = client.post("/v1/auth/siwe", json=body)
+    assert r.status_code == 401 and "already used" in r.json()["error"]
+
+
 def test_unregistered_wallet_bad_signature_and_malformed_message(world):
     client, _store, _wallet = world
     stranger = Account.create()
@@ -130,8 +159,8 @@ def test_message_grammar():
 
 
 def test_an_api_key_store_of_version_1_migrates_and_keeps_its_keys(tmp_path):
-    """Wallets and sessions came in version 2 of the API key store: a version-1 file gains them
-    and its keys still work."""
+    """Wallets and sessions came in version 2 of the API key store, minted nonces in 3: a
+    version-1 file gains them and its keys still work."""
     from server import auth
     from server.sqlite import Schema, connect, version_of
 
@@ -146,12 +175,14 @@ def test_an_api_key_store_of_version_1_migrates_and_keeps_its_keys(tmp_path):
     finally:
         auth.SCHEMA = old
     store = ApiKeyStore(path)
-    assert version_of(store.db, auth.SCHEMA) == 2 == auth.SCHEMA.version
+    assert version_of(store.db, auth.SCHEMA) == 3 == auth.SCHEMA.version
     assert store.authenticate(token).id == key.id
     store.add_wallet("0x" + "ab" * 20, "small")
     assert [w.id for w in store.wallets()] == ["wallet:0x" + "ab" * 20]
+    nonce = store.new_nonce(600)
+    store.spend_nonce(nonce, 600)
     store.close()
-    assert version_of(connect(path, auth.SCHEMA), auth.SCHEMA) == 2
+    assert version_of(connect(path, auth.SCHEMA), auth.SCHEMA) == 3
 
 
 def test_without_a_configured_domain_sign_in_is_off(tmp_path):
