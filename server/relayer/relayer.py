@@ -54,11 +54,13 @@ LOG_CHUNK = 2_000  # blocks per eth_getLogs
 DEFAULT_FEE_MARGIN = 1.0  # a request's fee must cover its gas cost x this (0: serve unpaid)
 DEFAULT_MAX_CALLBACK_GAS = 1_000_000  # requests asking more gas for their callback: skipped
 MIN_FULFIL_GAS = 50_000  # the least a fulfilment costs besides its callback (fee pre-check)
-# What a proof fulfilment costs besides its callback, until this relayer has estimated one of
-# the model's: fulfillWithProof takes ~640k gas for iris_mlp, ~940k for digits_cnn
-# (docs/contracts.md). Checked before proving, so that a request that pays for a signature's
-# gas cannot make the relayer spend a proof's CPU and then be skipped as unpaid.
-DEFAULT_PROOF_FULFIL_GAS = 1_000_000
+# The least a proof fulfilment costs besides its callback, until this relayer has estimated one
+# of the model's: a KZG verifyProof is two pairings and dozens of curve multiplications
+# (fulfillWithProof measured ~640k gas for iris_mlp with 1 column, ~940k for digits_cnn:
+# docs/contracts.md). Checked before proving, so that a request paying for a signature's gas
+# cannot make the relayer spend a proof's CPU; a floor, not a guess, so that no request that
+# pays for its proof is refused for want of an estimate (the estimate after proving decides).
+PROOF_FULFIL_GAS_FLOOR = 300_000
 
 
 class RelayError(VerinferError):
@@ -378,7 +380,7 @@ class Relayer:
             raise _Skip(f"model {model.name}: the oracle takes {num_instances} public instances, "
                         f"this package's proofs have {model.num_instances} (another public "
                         f"output shape)")
-        proof_gas = self._proof_gas.get(ev.model_id, DEFAULT_PROOF_FULFIL_GAS)
+        proof_gas = self._proof_gas.get(ev.model_id, PROOF_FULFIL_GAS_FLOOR)
         self.sender.check_fee(ev, ev.callback_gas_limit + proof_gas, per_gas)  # before proving
         bundle = self.proofs.prove(model, x)
         proof, instances = proof_parts(bundle.proof)

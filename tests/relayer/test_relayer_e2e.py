@@ -169,3 +169,30 @@ def test_an_unprovable_input_fails_alone(anvil_chain, relay_anvil_url, packages_
                     "--fee-margin", "0", "--model", "iris_mlp", "--once", "--json",
                     home=packages_home)
     assert again.returncode == 0 and json.loads(again.stdout)["events"] == 0  # final
+
+
+def test_a_first_proof_request_that_pays_for_its_proof_is_fulfilled(anvil_chain, relay_anvil_url,
+                                                                    packages_home, iris_package):
+    """Before the relayer has estimated a proof fulfilment of the model, its fee pre-check
+    counts the floor (300,000 gas), not a guess above the real cost: a request that pays for
+    its proof's fulfilment (iris_mlp: under 1,020,000 gas with the callback) is proven and
+    fulfilled, where a 1,000,000-gas guess (+ the 100,000 callback) refused it for good."""
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    m = _model(record, "iris_mlp")
+    cons = consumer(chain, oracle, bytes.fromhex(m["model_id"][2:]))
+    q = quantized(held_out("iris_mlp", 1)[0], m["input_scale"])
+    w3 = chain.w3
+    # the price the relayer's send pays: twice the base fee of the block the request lands in
+    # (nothing is mined after it before the relayer sends), plus the tip
+    per_gas = 2 * int(w3.eth.get_block("pending")["baseFeePerGas"]) + int(w3.eth.max_priority_fee)
+    chain.transact(cons.functions.classify(list(q)), value=1_020_000 * per_gas)
+    rid = "0x" + bytes(cons.functions.lastRequestId().call()).hex()
+    proc = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--fee-margin", "1",
+                   "--once", "--json", home=packages_home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["fulfilled"] == [rid] and not out["skipped"], proc.stderr
+    label = onnx_label(Path(m["package"]) / "model.onnx", q, m["input_scale"], (1, 4))
+    assert answer(cons, bytes.fromhex(rid[2:])) == (True, label)
