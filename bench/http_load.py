@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,24 @@ def start(config: str, home: Path, port: int, args: list[str] | None = None, *,
     raise RuntimeError(f"{config} did not start")
 
 
+@contextmanager
+def running(configs: list[str]) -> Iterator[dict[str, tuple[subprocess.Popen, int]]]:
+    """A server of each configuration, each on its own port and data dir: {config: (process,
+    port)}, stopped on the way out."""
+    with tempfile.TemporaryDirectory() as tmp:
+        servers: dict[str, tuple[subprocess.Popen, int]] = {}
+        try:
+            for config in configs:
+                port = free_port()
+                servers[config] = (start(config, Path(tmp) / config, port), port)
+            yield servers
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+            for proc, _ in servers.values():
+                proc.wait(timeout=30)
+
+
 def bodies(n: int = 64) -> list[bytes]:
     from models import load_split
 
@@ -95,7 +115,43 @@ def bodies(n: int = 64) -> list[bytes]:
     ]
 
 
-class _Client(asyncio.Protocol):
+def http_requests(payloads: list[bytes]) -> list[bytes]:
+    """Each JSON body as a whole HTTP/1.1 infer request."""
+    return [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payloads]
+
+
+class ResponseReader(asyncio.Protocol):
+    """A keep-alive connection with one request at a time: ``answered(ok)`` is called when a
+    whole response (``Content-Length`` framed) has come back."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.need = -1  # bytes of the current response (head + body), -1: head not seen yet
+        self.ok = True
+
+    def answered(self, ok: bool) -> None:
+        raise NotImplementedError
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if self.need < 0:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            at = head.find(b"content-length:")
+            self.need = end + 4 + (int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0)
+            self.ok = head[9:12] == b"200"
+        if len(buf) < self.need:
+            return
+        del buf[: self.need]
+        self.need = -1
+        self.answered(self.ok)
+
+
+class _Client(ResponseReader):
     """One keep-alive connection sending requests back to back: the next one as soon as the
     last answer is complete. A Protocol on uvloop, not streams: the generator shares the
     cores with the server under test, so every microsecond it spends is taken from the
@@ -103,9 +159,8 @@ class _Client(asyncio.Protocol):
 
     def __init__(self, reqs: list[bytes], k: int, t_measure: float, t_end: float, lat: list,
                  done: asyncio.Future) -> None:
+        super().__init__()
         self.reqs, self.i, self.t_measure, self.t_end, self.lat, self.done = reqs, k, t_measure, t_end, lat, done
-        self.buf = bytearray()
-        self.need = -1  # bytes of the current response (head + body), -1: head not seen yet
         self.errors = 0
         self.t0 = 0.0
 
@@ -121,24 +176,9 @@ class _Client(asyncio.Protocol):
         self.transport.write(self.reqs[self.i % len(self.reqs)])
         self.i += 1
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        if self.need < 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buf[:end]).lower()
-            at = head.find(b"content-length:")
-            length = int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0
-            self.need = end + 4 + length
-            if head[9:12] != b"200":
-                self.errors += 1
-        if len(buf) < self.need:
-            return
+    def answered(self, ok: bool) -> None:
         t1 = time.perf_counter()
-        del buf[: self.need]
-        self.need = -1
+        self.errors += not ok
         if self.t0 >= self.t_measure:
             self.lat.append(t1 - self.t0)
         self._send()
@@ -267,33 +307,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="JSON output file")
     args = ap.parse_args(argv)
 
-    payload = bodies()
-    reqs = [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payload]
+    reqs = http_requests(bodies())
     points: dict[str, dict[int, list[dict]]] = {c: {k: [] for k in args.concurrency} for c in args.only}
-    with tempfile.TemporaryDirectory() as tmp:
-        servers: dict[str, tuple[subprocess.Popen, int]] = {}
-        try:
-            for config in args.only:
-                port = free_port()
-                servers[config] = (start(config, Path(tmp) / config, port), port)
-            for rnd in range(args.rounds):
-                order = args.only[rnd % len(args.only):] + args.only[: rnd % len(args.only)]
-                for c in args.concurrency:
-                    for config in order:
-                        proc, port = servers[config]
-                        r = measure(port, c, args.warmup, args.duration, reqs, proc.pid)
-                        points[config][c].append(r)
-                        print(f"round {rnd + 1}/{args.rounds}  {config:24s} c={c:3d}  {r['throughput_rps']:8.1f} req/s"
-                              f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  cpu us/req: server "
-                              f"{r['server_cpu_us_per_request']}, worker {r['worker_cpu_us_per_request']}, "
-                              f"client {r['client_cpu_us_per_request']}"
-                              f"  errors {r['errors']}", flush=True)
-        finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-            for proc, _ in servers.values():
-                proc.wait(timeout=30)
+    with running(args.only) as servers:
+        for rnd in range(args.rounds):
+            order = args.only[rnd % len(args.only):] + args.only[: rnd % len(args.only)]
+            for c in args.concurrency:
+                for config in order:
+                    proc, port = servers[config]
+                    r = measure(port, c, args.warmup, args.duration, reqs, proc.pid)
+                    points[config][c].append(r)
+                    print(f"round {rnd + 1}/{args.rounds}  {config:24s} c={c:3d}  {r['throughput_rps']:8.1f} req/s"
+                          f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  cpu us/req: server "
+                          f"{r['server_cpu_us_per_request']}, worker {r['worker_cpu_us_per_request']}, "
+                          f"client {r['client_cpu_us_per_request']}"
+                          f"  errors {r['errors']}", flush=True)
 
     results = {config: [_median_point(points[config][c]) for c in args.concurrency] for config in args.only}
     ratios: dict[str, dict] = {}

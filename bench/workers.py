@@ -40,6 +40,7 @@ from bench.http_load import (
     bodies,
     device,
     free_port,
+    http_requests,
     measure,
     print_ratios,
     ratio_range,
@@ -87,8 +88,7 @@ def requests(rows: int, binary: bool, n: int = 16) -> tuple[list[bytes], list[by
     binary outputs: what ``tritonclient.http`` sends by default)."""
     if rows == 1 and not binary:
         payload = bodies()
-        return payload, [b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (PATH, len(b), b) for b in payload]
+        return payload, http_requests(payload)
     import json
 
     import numpy as np
