@@ -23,7 +23,8 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=["torch", "onnx"], help="engine for the reference models")
     p.add_argument("--workers", type=int, help="server processes sharing the port, with one receipt log "
                    "writer for all (default 1; on CPU about cores/2)")
-    p.add_argument("--receipt-workers", type=int, help="processes that sign and store receipts (default 1)")
+    p.add_argument("--receipt-workers", type=int, help="processes that sign and store receipts: 1, the "
+                   "receipt log's one writer (more cores: --workers)")
     p.add_argument("--prover-executor", choices=["local", "ray"],
                    help="where proof jobs run: local worker processes (default) or a Ray cluster")
     p.add_argument("--ray-address", help="Ray cluster to prove on (HOST:PORT of its head, or 'auto')")

@@ -176,7 +176,9 @@ class ServerSettings(Settings):
         "writer for all). On CPU about cores/2; 1: one process, as before.",
     )
     receipt_workers: int = Field(
-        1, ge=1, description="Processes that sign and store answers' receipts (more: for many cores).",
+        1, ge=1, le=1, description="Processes that sign and store answers' receipts: the receipt log "
+        "has one writer, so 1 (for more cores, more server processes: --workers). Kept so that "
+        "configurations that name it still load; a larger value is refused rather than ignored.",
     )
     proof_workers: int = Field(
         1, ge=0, description="Prover worker processes (0: jobs queue but nothing proves them)."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -161,3 +162,17 @@ def test_a_client_cannot_read_another_clients_proof_request(prover_world):
     assert jobs.store.job_of(b.json()["id"]) == alice_id  # the job id Bob's bundle will carry
     seen = client.get(f"/v1/proofs/{alice_id}", headers=keys["bob"])
     assert seen.status_code == 404, seen.text
+
+
+def test_receipt_workers_over_one_is_refused_not_ignored(tmp_path):
+    """The receipt log has one writer, so ``--receipt-workers 4`` used to start one and say
+    nothing: a setting that silently does nothing. It is now a usage error (exit 2, one line)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VERINFER_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "verifier.cli", "serve", "--receipt-workers", "4",
+                           "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("verinfer: error: invalid setting receipt_workers")
+    assert "Traceback" not in proc.stderr
