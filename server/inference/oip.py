@@ -15,7 +15,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -272,8 +274,8 @@ def outputs_json(meta: tuple[tuple[str, str], ...], outputs: dict[str, np.ndarra
 
 
 @functools.lru_cache(maxsize=64)
-def _datatypes(meta: tuple[tuple[str, str], ...]) -> dict[str, str]:
-    return dict(meta)
+def _datatypes(meta: tuple[tuple[str, str], ...]) -> Mapping[str, str]:
+    return MappingProxyType(dict(meta))  # cached and shared: read-only
 
 
 @functools.lru_cache(maxsize=1024)
