@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -61,6 +62,28 @@ def _error(status: int, message: str) -> Response:
 def _error_response(exc: BaseException) -> Response:
     status, body, headers = error_response(exc)  # headers: e.g. Retry-After
     return Response(body, status, headers=headers, media_type="application/json")
+
+
+DOCS_STATIC = "/docs/static"
+
+
+def _install_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from files this server serves (fastapi-offline's copy of
+    swagger-ui-dist 5), not FastAPI's default CDN: an operator's browser may have no internet,
+    and a script from a CDN would run with this origin's rights."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    static = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(DOCS_STATIC, StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="verinfer API",
+                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_STATIC}/favicon.png")
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -164,6 +187,8 @@ def create_app(
         version=VERSION,
         description="Open Inference Protocol v2 inference with signed receipts.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from this server's own files (_install_docs)
+        redoc_url=None,
         # every route may answer an error body (the one table in server/errors.py)
         responses={"4XX": {"model": ErrorBody, "description": "the request cannot be served"},
                    "5XX": {"model": ErrorBody, "description": "not ready, or an internal error"}},
@@ -172,6 +197,7 @@ def create_app(
     app.state.keys = keys
     app.state.jobs = jobs
     _install_error_handlers(app)
+    _install_docs(app)
 
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -63,7 +64,15 @@ def test_framework_errors_are_error_bodies(client):
 
 
 def test_docs(client):
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Swagger UI from this server, not a CDN: every script, style and icon is a local path
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) >= 3 and all(a.startswith("/docs/static/") for a in assets), assets
+    for a in assets:
+        assert client.get(a).status_code == 200, a
+    assert "/openapi.json" in page.text and "https://" not in page.text
+    assert client.get("/redoc").status_code == 404  # FastAPI's CDN-backed ReDoc page is off
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]
     assert body["content"]["application/json"]["schema"]["required"] == ["inputs"]

@@ -161,6 +161,29 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     assert errors == []
 
 
+def test_api_docs_render_with_no_network_but_this_server(start_server, browser, tmp_path):
+    """/docs draws the API from this server's own Swagger UI files: the browser may reach
+    nothing but the server (a CDN request is aborted), and the operations still render."""
+    server = start_server(tmp_path / "home")
+    page = browser.new_page()
+    outside: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base + "/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    assert "/v2/models/{name}/infer" in page.locator(".swagger-ui").inner_text()
+    assert not outside and not errors, (outside, errors)
+
+
 def test_status_json_and_static_files(start_server, tmp_path):
     server = start_server(tmp_path / "home")
     _answer(server)
