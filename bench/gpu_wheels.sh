@@ -21,7 +21,7 @@ $PY -m pip download -q --only-binary=:all: --python-version "$PYVER" --implement
     --platform manylinux1_x86_64 -c .whl/constraints.txt -d .whl \
     "pydantic>=2.7,<3" "pydantic-settings>=2.3,<3" "cryptography>=42" "rfc8785>=0.1.4" "eth-account>=0.13" \
     "fastapi>=0.110" "uvicorn[standard]>=0.29" "coincurve>=20" "pynacl>=1.5" "safe-pysha3>=1.0.4" \
-    "prometheus-client>=0.20" "granian==2.8.9"
+    "prometheus-client>=0.20" "orjson>=3.10" "fastapi-offline>=1.7.7" "granian==2.8.9"
 $PY -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 rm .whl/constraints.txt
 if command -v wrk >/dev/null; then
