@@ -29,9 +29,11 @@ SCHEMA = Schema("receipt store", slot=0, steps=(SCHEMA_V1,))
 InputRow = tuple[str, str, str, bytes]
 
 
-# Receipts this connection commits between two checkpoints: ~9 KB of WAL each, so the WAL
-# stays under ~5 MB; a checkpoint then copies it back in a few ms.
-CHECKPOINT_EVERY = 512
+# Receipts this connection commits between two checkpoints: ~9 KB of WAL each. The writer
+# copies the WAL back while answers wait for it, so this sets that stall: 512 (~4.6 MB) held
+# the writer 12-14 ms and set the p99 under light open-loop load; 128 (~1.2 MB) holds it ~4 ms
+# for ~3 % more checkpoint work (docs/performance.md, "checkpoint stalls").
+CHECKPOINT_EVERY = 128
 # After a checkpoint, the WAL file is cut back to this size when it restarts.
 WAL_SIZE_LIMIT = 16 << 20
 
