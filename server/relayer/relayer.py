@@ -393,6 +393,11 @@ class Relayer:
         call = self.oracle.functions.fulfillWithProof(ev.request_id, proof, instances)
         return method, call, int(label)
 
+    def _learn_proof_gas(self, ev: Event, gas_limit: int) -> None:
+        """This model's proof fulfilment as last estimated, besides the callback: what the next
+        request's pre-check (before proving) counts."""
+        self._proof_gas[ev.model_id] = max(MIN_FULFIL_GAS, gas_limit - ev.callback_gas_limit)
+
     def _method(self, model: LocalModel, policy: int, signer: str) -> str:
         proof_ok = policy in (POLICY_PROOF, POLICY_EITHER)
         sig_ok = policy in (POLICY_SIGNATURE, POLICY_EITHER)
@@ -435,9 +440,11 @@ class Relayer:
         mid = "0x" + ev.model_id.hex()
         try:
             tx = self.sender.build(ev, call)
-            if method == "proof":  # this model's proof fulfilment, as estimated: the next pre-check's
-                self._proof_gas[ev.model_id] = max(MIN_FULFIL_GAS, tx["gas"] - ev.callback_gas_limit)
+            if method == "proof":
+                self._learn_proof_gas(ev, tx["gas"])
         except Unpaid as exc:
+            if method == "proof" and exc.gas is not None:  # estimated, then found unpaid: learn it
+                self._learn_proof_gas(ev, exc.gas)  # too, or each such request costs a proof
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", method=method,
                               label=label, reason=str(exc))
             log.warning("relayer: skipped request %s: %s", ev.rid, exc)

@@ -21,7 +21,12 @@ STATUS_FULFILLED, STATUS_CANCELLED = 2, 3
 
 
 class Unpaid(Exception):
-    """The request's fee does not cover what answering it would cost (skip it)."""
+    """The request's fee does not cover what answering it would cost (skip it). ``gas``: the
+    transaction's estimated gas limit when the shortfall was found after estimating it."""
+
+    def __init__(self, message: str, gas: int | None = None) -> None:
+        super().__init__(message)
+        self.gas = gas
 
 
 class Sender:
@@ -71,7 +76,10 @@ class Sender:
         tx["gas"] = int(call.estimate_gas(tx) * 1.2) + 20_000
         tx = call.build_transaction(tx)
         per_gas = int(tx.get("maxFeePerGas") or tx.get("gasPrice") or 0)
-        self.check_fee(ev, tx["gas"], per_gas)
+        try:
+            self.check_fee(ev, tx["gas"], per_gas)
+        except Unpaid as exc:
+            raise Unpaid(str(exc), tx["gas"]) from None
         return tx
 
     # -- sending ----------------------------------------------------------------------

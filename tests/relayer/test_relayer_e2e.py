@@ -196,3 +196,40 @@ def test_a_first_proof_request_that_pays_for_its_proof_is_fulfilled(anvil_chain,
     assert out["fulfilled"] == [rid] and not out["skipped"], proc.stderr
     label = onnx_label(Path(m["package"]) / "model.onnx", q, m["input_scale"], (1, 4))
     assert answer(cons, bytes.fromhex(rid[2:])) == (True, label)
+
+
+def test_a_request_paying_between_the_floor_and_the_proof_costs_one_proof_per_model(
+        anvil_chain, relay_anvil_url, packages_home, iris_package):
+    """The floor lets a request through the pre-check that pays more than 300,000 gas but less
+    than the proof's fulfilment; the relayer proves it, estimates, and skips it as unpaid. That
+    estimate is learned even though the fee fell short, so the next such request is skipped
+    before proving: an attacker gets one proof per model, not one per request."""
+    from server.relayer.models import InProcessProofs
+    from server.relayer.relayer import make_relayer
+
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    m = _model(record, "iris_mlp")
+    cons = consumer(chain, oracle, bytes.fromhex(m["model_id"][2:]))
+    w3 = chain.w3
+    per_gas = 2 * int(w3.eth.get_block("pending")["baseFeePerGas"]) + int(w3.eth.max_priority_fee)
+
+    class Counting(InProcessProofs):
+        calls = 0
+
+        def prove(self, model, x):
+            Counting.calls += 1
+            return super().prove(model, x)
+
+    r = make_relayer(rpc=relay_anvil_url, oracle=oracle, home=packages_home, proofs=Counting(),
+                     fee_margin=1.0)
+    # one request a poll (the requests of one poll are proven side by side, before any estimate)
+    for x, proofs in zip(held_out("iris_mlp", 2), (1, 1)):
+        chain.transact(cons.functions.classify(list(quantized(x, m["input_scale"]))),
+                       value=(100_000 + 400_000) * per_gas)
+        rid = "0x" + bytes(cons.functions.lastRequestId().call()).hex()
+        res = r.poll()
+        assert res.skipped == [rid] and not res.fulfilled
+        assert "does not cover" in r.store.get(rid).reason
+        assert Counting.calls == proofs  # the first was proven to learn the cost; the second was not
