@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,13 +30,13 @@ from server.errors import Conflict, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
+from server.receipts.signer import REQUEST_ID
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
 from verifier.errors import InputError, NotFound, VerinferError
 from verifier.packages import name_target, package_dir, read_manifest
 
 log = logging.getLogger("verinfer.server")
-_RECEIPT_ID = re.compile(r"0x[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ class ProofJobs:
         """A proof for a stored one-sample answer."""
         receipts = self.require_receipts()
         callback = self.check_callback(callback_url)
-        if not isinstance(receipt_id, str) or not _RECEIPT_ID.fullmatch(receipt_id):
+        if not isinstance(receipt_id, str) or not REQUEST_ID.fullmatch(receipt_id):
             raise InputError("receipt_id must be a receipt id: 0x and 64 lowercase hex digits")
         body = json.loads(receipts.get(receipt_id))  # NotFound
         model = body_model(body)

@@ -272,11 +272,8 @@ class JobStore:
 
     @staticmethod
     def _view(db: sqlite3.Connection, request_id: str, client: str | None = None) -> Job | None:
-        if client is None:
-            row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ?", (request_id,)).fetchone()
-        else:
-            row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ? AND r.client = ?",
-                             (request_id, client)).fetchone()
+        row = db.execute(f"SELECT {_VIEW} FROM {_JOINED} WHERE r.id = ?1 AND (?2 IS NULL OR r.client = ?2)",
+                         (request_id, client)).fetchone()
         return _job(row) if row else None
 
     def request(self, request_id: str, client: str | None = None) -> Job | None:

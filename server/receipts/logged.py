@@ -19,7 +19,7 @@ from server.inference.oip import json_text_literal
 from server.receipts.jcs import jcs_number_rows, jcs_string
 from server.receipts.keys import KeyRing
 from server.receipts.signer import (
-    _REQUEST_ID,
+    REQUEST_ID,
     BatchJob,
     ModelInfo,
     _ed25519_signer,
@@ -104,7 +104,7 @@ class LogReceipts:
         stmts, texts_all, eips, start = [], [], [], 0
         for i, n in enumerate(rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
-            if not _REQUEST_ID.fullmatch(rid):
+            if not REQUEST_ID.fullmatch(rid):
                 raise InputError(f"bad request id {rid!r}")  # it goes into the JSON unescaped
             x_sent = job.x_sent[i]
             in_shape = shape_json(x_sent.shape) if x_sent is not None else shape_json((n, *job.x_model.shape[1:]))

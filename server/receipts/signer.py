@@ -47,7 +47,7 @@ from verifier.tensors import datatype_of, tensor_digest
 if TYPE_CHECKING:
     from server.inference.oip import OutputChoice
 
-_REQUEST_ID = re.compile(r"0x[0-9a-f]{64}")
+REQUEST_ID = re.compile(r"0x[0-9a-f]{64}")
 
 
 def new_request_id() -> str:
@@ -173,7 +173,7 @@ class ReceiptSigner:
         out, start = [], 0
         for i, n in enumerate(job.rows):
             rid, datatype = job.request_ids[i], job.datatypes[i]
-            if not _REQUEST_ID.fullmatch(rid):  # it goes into the JSON unescaped
+            if not REQUEST_ID.fullmatch(rid):  # it goes into the JSON unescaped
                 raise InputError(f"bad request id {rid!r}")
             x_model = job.x_model[start : start + n]
             x_sent = job.x_sent[i] if job.x_sent[i] is not None else x_model

@@ -443,8 +443,8 @@ class Relayer:
             if method == "proof":
                 self._learn_proof_gas(ev, tx["gas"])
         except Unpaid as exc:
-            if method == "proof" and exc.gas is not None:  # estimated, then found unpaid: learn it
-                self._learn_proof_gas(ev, exc.gas)  # too, or each such request costs a proof
+            if method == "proof":  # estimated, then found unpaid: learn it too, or each such
+                self._learn_proof_gas(ev, exc.gas)  # request costs a proof
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "skipped", method=method,
                               label=label, reason=str(exc))
             log.warning("relayer: skipped request %s: %s", ev.rid, exc)

@@ -22,9 +22,9 @@ STATUS_FULFILLED, STATUS_CANCELLED = 2, 3
 
 class Unpaid(Exception):
     """The request's fee does not cover what answering it would cost (skip it). ``gas``: the
-    transaction's estimated gas limit when the shortfall was found after estimating it."""
+    gas the fee was checked against (from :meth:`Sender.build`: the estimated gas limit)."""
 
-    def __init__(self, message: str, gas: int | None = None) -> None:
+    def __init__(self, message: str, gas: int) -> None:
         super().__init__(message)
         self.gas = gas
 
@@ -67,7 +67,7 @@ class Sender:
         need = int(self.fee_margin * gas * per_gas)
         if self.fee_margin > 0 and ev.fee < need:
             raise Unpaid(f"fee {ev.fee} wei does not cover {gas} gas at {per_gas} wei/gas x "
-                         f"margin {self.fee_margin} = {need} wei")
+                         f"margin {self.fee_margin} = {need} wei", gas)
 
     def build(self, ev, call) -> dict:
         """Estimate ``call`` (reverts raise, decoded by the caller) and check the fee against
@@ -76,10 +76,7 @@ class Sender:
         tx["gas"] = int(call.estimate_gas(tx) * 1.2) + 20_000
         tx = call.build_transaction(tx)
         per_gas = int(tx.get("maxFeePerGas") or tx.get("gasPrice") or 0)
-        try:
-            self.check_fee(ev, tx["gas"], per_gas)
-        except Unpaid as exc:
-            raise Unpaid(str(exc), tx["gas"]) from None
+        self.check_fee(ev, tx["gas"], per_gas)
         return tx
 
     # -- sending ----------------------------------------------------------------------
