@@ -6,9 +6,9 @@ validate is refused with one line naming the first bad field, never pydantic's m
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from verifier.errors import InputError, VerinferError
 
@@ -20,6 +20,9 @@ class Frozen(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+# 32 bytes as 0x and 64 lower-case hex digits: one spelling, so equal values compare equal as text
+Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 
 
 def first_error(exc: ValidationError, where: str) -> str:

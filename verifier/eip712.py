@@ -31,6 +31,7 @@ from eth_keys.exceptions import ValidationError as EthKeysValidationError
 from eth_utils import to_checksum_address
 from pydantic import Field, StringConstraints
 
+from verifier.base import Bytes32Hex
 from verifier.base import Frozen as _Frozen
 from verifier.digests import keccak
 from verifier.errors import KeyUnknown, SignatureInvalid
@@ -52,7 +53,6 @@ CLASSIFICATION_TYPE = (
 DOMAIN_TYPEHASH = keccak(DOMAIN_TYPE.encode())
 CLASSIFICATION_TYPEHASH = keccak(CLASSIFICATION_TYPE.encode())
 
-Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 AddressHex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-fA-F]{40}$")]
 Uint256 = Annotated[int, Field(ge=0, lt=2**256)]
 

@@ -24,8 +24,8 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from pydantic import Field, StringConstraints
 
+from verifier.base import Bytes32Hex, parse_as
 from verifier.base import Frozen as _Frozen
-from verifier.base import parse_as
 from verifier.digests import b64decode_canonical, canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
@@ -38,7 +38,6 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://verinfer.dev/receipt/v1"
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 
 
 # --- the signed statement ------------------------------------------------------

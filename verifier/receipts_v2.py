@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from verifier.base import Bytes32Hex
 from verifier.digests import b64decode_canonical
 from verifier.eip712 import AddressHex, Domain, EIP712Attestation, verify_eip712
 from verifier.errors import (
@@ -64,7 +65,6 @@ from verifier.tlog import (
 RECEIPT_V2_FORMAT = "verinfer.receipt/v2"
 PREDICATE_V2_TYPE = "https://verinfer.dev/receipt/v2"
 
-Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
 # 32 bytes in standard base64, in its one spelling: the last character's 2 unused bits zero
 B64Hash = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")]
 
