@@ -148,7 +148,7 @@ def read_keys_file(path: Path | str) -> tuple[str | None, dict[str, Any]]:
     if isinstance(doc, dict) and isinstance(doc.get("jwks"), dict) and isinstance(doc.get("log"), dict):
         return _origin(path, doc["log"].get("origin")), _checked_jwks(path, doc["jwks"])
     if isinstance(doc, dict) and "note_keys" in doc and "origin" in doc:
-        return _note_keys(path, _origin(path, doc["origin"]), doc["note_keys"])
+        return _note_keys(path, _origin(path, doc["origin"]), doc["note_keys"], doc.get("revoked", {}))
     return None, _checked_jwks(path, doc if isinstance(doc, dict) and "keys" in doc else {"keys": [doc]})
 
 
@@ -176,15 +176,22 @@ def _origin(path: Path, origin: Any) -> str | None:
     return origin
 
 
-def _note_keys(path: Path, origin: str | None, note_keys: Any) -> tuple[str | None, dict[str, Any]]:
+def _note_keys(path: Path, origin: str | None, note_keys: Any, revoked: Any) -> tuple[str | None, dict[str, Any]]:
+    """A ``verinfer-log.json`` document's keys as JWKs; a note key named in ``revoked`` (note key
+    -> RFC 3339 time) gets that ``revoked_at``, so it vouches only for statements before it."""
     if origin is None or not isinstance(note_keys, list) or not note_keys:
         raise InputError(f"{path}: no log origin or no note keys")
+    if not isinstance(revoked, dict) or not all(isinstance(t, str) for t in revoked.values()):
+        raise InputError(f"{path}: 'revoked' is not an object of note keys and times")
+    if stray := [k for k in revoked if k not in note_keys]:
+        raise InputError(f"{path}: revoked note key {stray[0]!r} is not among its note keys")
     keys = []
     for vkey in note_keys:
         v = NoteVerifier.parse(vkey) if isinstance(vkey, str) else None
         if v is None or v.name != origin:
             raise InputError(f"{path}: note key {vkey!r} is not a key of log {origin!r}")
-        keys.append(ed25519_jwk(v.key))
+        jwk = ed25519_jwk(v.key)
+        keys.append({**jwk, "revoked_at": revoked[vkey]} if vkey in revoked else jwk)
     return origin, {"keys": keys}
 
 

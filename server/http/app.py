@@ -360,14 +360,23 @@ def create_app(
         return _json({"from": old, "to": to, "proof": [base64.b64encode(h).decode() for h in proof]})
 
     def _log_keys() -> dict[str, Any]:
+        # every key of the JWKS, revoked ones too (checkpoints they signed before stay
+        # verifiable), and when each revoked one was revoked: a document of note keys alone
+        # would let a revoked key vouch for statements after its revocation
         origin = log_reader.origin() if log_reader is not None else None
-        note_keys = [] if origin is None else [
-            note_verifier_key(origin, public_key_from_jwk(jwk)) for jwk in keys.jwks["keys"]]
-        return {"origin": origin, "note_keys": note_keys}
+        note_keys: list[str] = []
+        revoked: dict[str, str] = {}
+        for jwk in keys.jwks["keys"] if origin is not None else []:
+            vkey = note_verifier_key(origin, public_key_from_jwk(jwk))
+            note_keys.append(vkey)
+            if "revoked_at" in jwk:
+                revoked[vkey] = jwk["revoked_at"]
+        return {"origin": origin, "note_keys": note_keys, "revoked": revoked}
 
     @app.get("/.well-known/verinfer-log.json", tags=["keys"])
     async def log_keys() -> Response:
-        """The receipt log's origin and note verifier keys (active first), next to the JWKS."""
+        """The receipt log's origin, its note verifier keys (active first) and when each revoked one
+        was revoked (``revoked``: note key -> RFC 3339 time), next to the JWKS."""
         return _json(_log_keys())
 
     from server.http.siwe_api import install as install_siwe_routes

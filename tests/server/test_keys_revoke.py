@@ -12,6 +12,7 @@ import pytest
 from verifier.errors import KeyRevoked
 from verifier.keys import check_not_revoked
 from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+from verifier.tlog import parse_checkpoint
 
 IRIS = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                "data": [6.7, 3.0, 5.2, 2.3]}]}).encode()
@@ -69,6 +70,12 @@ def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
     assert listed["revoked_at"] == done["revoked_at"]
     # logged before the revocation: still verifies
     verify_receipt_v2(ReceiptV2.parse(before), jwks)
+    # the log keys document says when the key was revoked, so it cannot vouch for later statements
+    log_doc = s2.get("/.well-known/verinfer-log.json")
+    (revoked_key,) = log_doc["revoked"]
+    assert log_doc["revoked"][revoked_key] == done["revoked_at"] and revoked_key in log_doc["note_keys"]
+    assert revoked_key.split("+")[1] == parse_checkpoint(before["checkpoint"])[2][0][1].hex()
+    assert s2.get("/v1/keys")["log"] == log_doc
     # (a receipt logged by the revoked key after its revocation fails: the unit tests above for
     # v1, tests/verifier/test_tlog.py for v2)
     # new answers are logged under checkpoints of the new active key and verify

@@ -10,6 +10,7 @@ flipped is shown invalid. A screenshot goes to the test's tmp dir, and to
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
@@ -154,11 +155,25 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     bad = {**sig, "sig": _flip_b64(sig["sig"])}
     state, text = _verdict(page, {**v1, "envelope": {**v1["envelope"], "signatures": [bad]}})
     assert state == "invalid" and "does not verify" in text, text
+    # the log keys document marks this server's key revoked: before the statement, it vouches
+    # for nothing after; after the statement, the receipt still verifies
+    log_doc = server.get("/.well-known/verinfer-log.json")
+    assert log_doc["revoked"] == {}
+    for at, want in (("2000-01-01T00:00:00Z", "invalid"), ("2999-01-01T00:00:00Z", "valid")):
+        doc = {**log_doc, "revoked": {log_doc["note_keys"][0]: at}}
+        page.route("**/.well-known/verinfer-log.json", functools.partial(_fulfil_json, doc))
+        state, text = _verdict(page, receipt)
+        assert state == want and (want == "valid" or "revoked (2000-01-01" in text), text
+        page.unroute("**/.well-known/verinfer-log.json")
     # no keys to check against: neither valid nor invalid
     page.route("**/.well-known/verinfer-log.json", lambda route: route.fulfill(status=503, body="{}"))
     state, text = _verdict(page, receipt)
     assert state == "error" and "CANNOT CHECK" in text and "HTTP 503" in text, text
     assert errors == []
+
+
+def _fulfil_json(doc, route) -> None:
+    route.fulfill(status=200, json=doc)
 
 
 def test_api_docs_render_with_no_network_but_this_server(start_server, browser, tmp_path):

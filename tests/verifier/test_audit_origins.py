@@ -80,3 +80,36 @@ def test_a_fork_in_one_origin_fails_that_origin_only(tmp_path):
     r = verinfer("audit", _write(tmp_path / "r2.jsonl", ours + theirs), *args[2:],
                  "--log", tmp_path / "a", "--log", tmp_path / "b")  # without the forked receipt
     assert r.returncode == 0, r.stderr
+
+
+def test_a_revoked_note_key_in_a_log_keys_document_vouches_only_before_its_revocation(tmp_path, capsys):
+    """``/.well-known/verinfer-log.json`` names when each revoked key was revoked: a receipt
+    whose checkpoint that key signed fails with KeyRevoked when its statement is from after the
+    revocation, and verifies when from before (as with the JWKS)."""
+    from datetime import datetime, timedelta
+
+    from tests.tlog_support import MemLog, statement
+    from verifier.cli import main
+    from verifier.keys import public_key_from_jwk
+
+    log = MemLog()
+    st = statement()
+    (tmp_path / "r.json").write_text(log.add(st).model_dump_json())
+    vkey = note_verifier_key(log.origin, public_key_from_jwk(log.jwks["keys"][0]))
+    signed_at = datetime.fromisoformat(st.predicate.time.replace("Z", "+00:00"))
+
+    def audit(revoked: dict) -> tuple[int, dict]:
+        (tmp_path / "log.json").write_text(json.dumps({"origin": log.origin, "note_keys": [vkey], "revoked": revoked}))
+        rc = main(["audit", str(tmp_path / "r.json"), "--keys", str(tmp_path / "log.json"), "--json", "-j", "1"])
+        return rc, json.loads(capsys.readouterr().out)
+
+    rc, report = audit({vkey: (signed_at - timedelta(seconds=1)).isoformat()})
+    assert rc == 1 and report["items"][0]["error"] == "KeyRevoked", report
+    rc, report = audit({vkey: (signed_at + timedelta(seconds=1)).isoformat()})
+    assert rc == 0, report
+    assert audit({})[0] == 0  # none revoked
+    for bad, why in (([vkey], "is not an object"), ({vkey: 5}, "is not an object"),
+                     ({vkey.replace("+", "+0", 1): "2026-01-01T00:00:00Z"}, "is not among its note keys")):
+        (tmp_path / "log.json").write_text(json.dumps({"origin": log.origin, "note_keys": [vkey], "revoked": bad}))
+        with pytest.raises(InputError, match=why):
+            load_trusted_keys(tmp_path / "log.json")

@@ -59,6 +59,7 @@ async function checkCheckpoint(note, keys, steps) {
   const origin = lines[0];
   const usable = keys.filter((k) => k.origin === origin);
   if (!usable.length) throw new Invalid(`checkpoint of another log: "${origin}"`);
+  const signers = [];
   let signedBy = null;
   for (const line of note.slice(cut + 2).split("\n")) {
     if (!line) continue;
@@ -72,13 +73,14 @@ async function checkCheckpoint(note, keys, steps) {
         throw new Invalid("the checkpoint's Ed25519 signature does not verify");
       }
       signedBy = k;
+      signers.push(k);
     }
   }
   if (!signedBy) throw new Invalid("the checkpoint is not signed by a published note key");
   const root = b64decode(lines[2], "checkpoint root");
   if (root.length !== 32) throw new Invalid("the checkpoint root is not a SHA-256 hash");
   steps.push(`checkpoint signed (Ed25519) by ${origin}+${signedBy.keyHex}: tree of ${lines[1]} leaves`);
-  return { origin, size: Number(lines[1]), root };
+  return { origin, size: Number(lines[1]), root, signers };
 }
 
 // RFC 9162 2.1.3.2: the root that `proof` leads to from leaf `index` of a tree of `size`.
@@ -169,9 +171,11 @@ function receiptFromText(text) {
 }
 
 // Throws Invalid (or another Error) unless `receipt` (v2) is logged under one of `noteKeys`.
-async function verifyReceiptV2(receipt, noteKeys, steps) {
+// `revoked`: note key -> the time it was revoked (verinfer-log.json); a key revoked at or
+// before the statement's time does not vouch for it, as v1's JWKS check below.
+async function verifyReceiptV2(receipt, noteKeys, steps, revoked = {}) {
   const keys = [];
-  for (const vkey of noteKeys) keys.push(await checkNoteKey(parseNoteKey(vkey)));
+  for (const vkey of noteKeys) keys.push({ ...(await checkNoteKey(parseNoteKey(vkey))), vkey });
   const cp = await checkCheckpoint(receipt.checkpoint, keys, steps);
   const data = b64decode(receipt.statement, "statement");
   const root = await walkInclusion(receipt.index, cp.size, await sha256(Uint8Array.of(0), data), receipt.proof);
@@ -179,6 +183,12 @@ async function verifyReceiptV2(receipt, noteKeys, steps) {
   steps.push(`statement (${data.length} bytes) is leaf ${receipt.index}: inclusion proof of ${receipt.proof.length} hash(es) leads to the signed root`);
   let statement;
   try { statement = JSON.parse(dec.decode(data)); } catch { throw new Invalid("the logged statement is not JSON"); }
+  for (const k of cp.signers) {
+    const at = revoked[k.vkey];
+    if (at && !(Date.parse(statement.predicate?.time) < Date.parse(at))) {
+      throw new Invalid(`logged at ${statement.predicate?.time}, when the checkpoint's key was revoked (${at})`);
+    }
+  }
   await checkStatement(receipt, statement, "v2", steps);
   return statement;
 }
@@ -239,10 +249,11 @@ async function onVerify() {
       steps.push(`v1 receipt; ${jwks.keys?.length || 0} key(s) from /.well-known/jwks.json`);
       await verifyReceiptV1(receipt, jwks, steps);
     } else {
-      const noteKeys = own ? $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean)
-        : (await fetchJson("/.well-known/verinfer-log.json", "the log keys")).note_keys || [];
+      const doc = own ? { note_keys: $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean) }
+        : await fetchJson("/.well-known/verinfer-log.json", "the log keys");
+      const noteKeys = doc.note_keys || [];
       steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
-      await verifyReceiptV2(receipt, noteKeys, steps);
+      await verifyReceiptV2(receipt, noteKeys, steps, doc.revoked || {});
     }
     if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
     state = "valid"; message = "VALID: checked in this browser";
