@@ -154,6 +154,7 @@ def read_keys_file(path: Path | str) -> tuple[str | None, dict[str, Any]]:
 
 def _read_keys(path: Path | str) -> bytes:
     if isinstance(path, str) and path.startswith(("http://", "https://")):
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -162,8 +163,8 @@ def _read_keys(path: Path | str) -> bytes:
                 return r.read()
         except urllib.error.HTTPError as exc:
             raise InputError(f"{path}: cannot fetch keys: HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise InputError(f"{path}: cannot fetch keys: {getattr(exc, 'reason', exc)}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise InputError(f"{path}: cannot fetch keys: {getattr(exc, 'reason', exc)!s:.200}") from None
     try:
         return Path(path).read_bytes()
     except OSError as exc:

@@ -85,6 +85,13 @@ def _b32(hex_str: str) -> bytes:
     return bytes.fromhex(hex_str[2:])
 
 
+def _text_hash(text: str, what: str) -> bytes:
+    try:
+        return keccak(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate: JSON text may hold one, UTF-8 cannot
+        raise SignatureInvalid(f"the EIP-712 domain {what} is not UTF-8 text") from None
+
+
 @lru_cache(maxsize=64)  # Domain is frozen (hashable); one per chain and contract
 def domain_separator(domain: Domain) -> bytes:
     return keccak(
@@ -92,8 +99,8 @@ def domain_separator(domain: Domain) -> bytes:
             ["bytes32", "bytes32", "bytes32", "uint256", "address"],
             [
                 DOMAIN_TYPEHASH,
-                keccak(domain.name.encode()),
-                keccak(domain.version.encode()),
+                _text_hash(domain.name, "name"),
+                _text_hash(domain.version, "version"),
                 domain.chainId,
                 domain.verifyingContract,
             ],

@@ -14,6 +14,7 @@ stored hashes are what the server writes, :func:`verifier.tlog.stored_index`).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import sqlite3
 import urllib.error
@@ -24,12 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.digests import b64decode_canonical
-from verifier.errors import ConsistencyInvalid, InputError, OriginMismatch, VerificationError
+from verifier.errors import (
+    ConsistencyInvalid,
+    InputError,
+    OriginMismatch,
+    SignatureInvalid,
+    VerificationError,
+)
 from verifier.receipts_v2 import TrustedLogKeys, checked_checkpoint
 from verifier.tlog import Checkpoint, consistency_proof, stored_index, verify_consistency
 
 
 class HttpLog:
+    """A log read from a server. The server is not trusted: whatever it answers is a checked
+    value or a failed check (``VerificationError``), never a crash; one it cannot be reached at
+    (or that does not speak HTTP) is an ``InputError``."""
+
     def __init__(self, url: str, timeout: float = 30) -> None:
         self.base = url.rstrip("/")
         self.timeout = timeout
@@ -40,15 +51,19 @@ class HttpLog:
                 return r.read()
         except urllib.error.HTTPError as exc:
             try:
-                why = json.loads(exc.read()).get("error", "")
-            except ValueError:
+                body = json.loads(exc.read())
+                why = body.get("error", "") if isinstance(body, dict) else ""
+            except (ValueError, OSError, http.client.HTTPException):
                 why = ""
-            raise ConsistencyInvalid(f"the log at {self.base} refused {path}: HTTP {exc.code} {why}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise InputError(f"cannot reach the log at {self.base}: {exc}") from None
+            raise ConsistencyInvalid(f"the log at {self.base} refused {path}: HTTP {exc.code} {str(why)[:200]}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise InputError(f"cannot reach the log at {self.base}: {type(exc).__name__}: {exc}") from None
 
     def latest(self) -> str:
-        return self._get("/v1/log/checkpoint").decode()
+        try:
+            return self._get("/v1/log/checkpoint").decode()
+        except UnicodeDecodeError:
+            raise SignatureInvalid(f"the log at {self.base} answered a checkpoint that is not UTF-8") from None
 
     def stored(self) -> list[str]:
         return []
@@ -66,7 +81,17 @@ class HttpLog:
         return self.base
 
 
+def _note_text(value: object) -> str:
+    """A stored note as text: a tampered row (a BLOB, a number) becomes text that fails its
+    signature check, never a crash."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 class DirLog:
+    """A log read from a server's data dir (or its ``log.sqlite3``), read only. The file is not
+    trusted either: a tampered row fails a check; a file that is not a readable log is an
+    ``InputError``."""
+
     def __init__(self, path: Path) -> None:
         path = Path(path)
         file = path / "log.sqlite3" if path.is_dir() else path
@@ -79,19 +104,30 @@ class DirLog:
         except sqlite3.Error as exc:
             raise InputError(f"{file}: not a receipt log ({exc})") from None
 
+    def _rows(self, sql: str, *args) -> list[tuple]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise InputError(f"{self.file}: cannot read the receipt log ({exc})") from None
+
     def latest(self) -> str:
-        row = self._db.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
-        if row is None:
+        rows = self._rows("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        if not rows:
             raise InputError(f"{self.file}: the log has no checkpoint")
-        return row[0]
+        return _note_text(rows[0][0])
 
     def stored(self) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT note FROM checkpoints ORDER BY size")]
+        return [_note_text(r[0]) for r in self._rows("SELECT note FROM checkpoints ORDER BY size")]
 
     def _node(self, level: int, n: int) -> bytes:
-        row = self._db.execute("SELECT h FROM nodes WHERE i = ?", (stored_index(level, n),)).fetchone()
+        try:
+            row = self._db.execute("SELECT h FROM nodes WHERE i = ?", (stored_index(level, n),)).fetchone()
+        except sqlite3.Error as exc:
+            raise ConsistencyInvalid(f"{self.file}: cannot read the log's hashes ({exc})") from None
         if row is None:
             raise ConsistencyInvalid(f"{self.file}: the log lacks the hash of subtree ({level}, {n})")
+        if not isinstance(row[0], bytes) or len(row[0]) != 32:
+            raise ConsistencyInvalid(f"{self.file}: the hash of subtree ({level}, {n}) is not 32 bytes")
         return row[0]
 
     def consistency(self, old: int, new: int) -> list[bytes]:

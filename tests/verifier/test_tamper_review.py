@@ -153,6 +153,17 @@ def test_tampered_v1_receipt_gets_its_verification_error_not_input_error(golden,
     assert (result.outcome, result.error) == ("fail", expected), result
 
 
+@pytest.mark.parametrize("field", ["name", "version"])
+def test_a_lone_surrogate_in_the_eip712_domain_is_a_bad_signature_not_a_crash(golden, field):
+    from verifier.audit import Auditor, Item
+
+    d = json.loads((golden["root"] / "receipts" / "valid.json").read_text())
+    d["eip712"]["domain"][field] = "\ud800"  # outside the DSSE signature; JSON text can hold it
+    result = Auditor(jwks=golden["jwks"]).check(Item("v1", "receipt", json.dumps(d)))
+    # before the fix: UnicodeEncodeError, reported as InternalError (exit 2)
+    assert (result.outcome, result.error) == ("fail", "SignatureInvalid"), result
+
+
 # --- a checkpoint size of Unicode digits crashes (before any signature check) -----------
 
 
@@ -361,3 +372,108 @@ def test_v1_receipt_noncanonical_base64_and_duplicate_signature_are_rejected(gol
     auditor = Auditor(jwks=golden["jwks"])
     accepted = [n for n, v in variants.items() if auditor.check(Item(n, "receipt", json.dumps(v))).outcome == "ok"]
     assert not accepted, f"tampered v1 receipts accepted: {accepted}"
+
+
+# --- review 2026-12-01: a hostile log server or log file crashed `audit --log` ----------------
+# (http.client errors and non-object error bodies were uncaught; a BLOB note or a non-hash node
+# raised TypeError; a dropped table sqlite3.OperationalError)
+
+
+def _raw_server(answer: bytes):
+    """A TCP server on loopback that answers every request with ``answer`` and closes."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                buf = b""
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, stop
+
+
+def _review_log(tmp_path, batches: int = 3):
+    """A real log file (the server's writer) and the v2 receipts of every leaf; the receipts'
+    older checkpoints need consistency proofs to the latest."""
+    from test_audit_log import _log
+
+    key = Ed25519PrivateKey.generate()
+    from verifier.keys import ed25519_jwk
+
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [ed25519_jwk(key.public_key())]}))
+    receipts = _log(tmp_path / "log" / "log.sqlite3", key, batches)
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
+    return tmp_path / "log" / "log.sqlite3"
+
+
+@pytest.mark.parametrize("answer, code, says", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\xff\xfe\xfd\n", 1, "SignatureInvalid"),  # not UTF-8
+    (b"HTTP/1.1 500 Oops\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n[1,2]", 1, "HTTP 500"),
+    (b'HTTP/1.1 404 No\r\nContent-Length: 6\r\n\r\n"nope"', 1, "HTTP 404"),
+    (b"garbage\r\n\r\n", 2, "cannot reach the log"),  # not HTTP
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc", 2, "cannot reach the log"),  # cut short
+])
+def test_a_hostile_log_server_is_a_failed_log_item_or_one_line_never_a_traceback(tmp_path, capsys, answer, code, says):
+    from verifier.cli import main
+
+    _review_log(tmp_path, batches=1)
+    srv, stop = _raw_server(answer)
+    try:
+        rc = main(["audit", str(tmp_path / "r.jsonl"), "--keys", str(tmp_path / "jwks.json"), "-j", "1", "-q",
+                   "--log", f"http://127.0.0.1:{srv.getsockname()[1]}"])
+    finally:
+        stop.set()
+        srv.close()
+    err = capsys.readouterr().err
+    assert rc == code and says in err, err
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_keys_from_a_server_that_does_not_speak_http_are_one_line_exit_2(tmp_path, capsys):
+    from verifier.cli import main
+
+    _review_log(tmp_path, batches=1)
+    srv, stop = _raw_server(b"garbage\r\n\r\n")
+    try:
+        rc = main(["audit", str(tmp_path / "r.jsonl"), "--keys", f"http://127.0.0.1:{srv.getsockname()[1]}/k"])
+    finally:
+        stop.set()
+        srv.close()
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot fetch keys" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("tamper, code, says", [
+    ("DROP TABLE nodes", 1, "cannot read the log's hashes"),
+    ("UPDATE nodes SET h = 7", 1, "is not 32 bytes"),
+    ("UPDATE nodes SET h = zeroblob(31)", 1, "is not 32 bytes"),
+    ("UPDATE checkpoints SET note = CAST(note AS BLOB)", 0, ""),  # the same signed bytes: still one history
+    ("UPDATE checkpoints SET note = X'FF0A' WHERE size = (SELECT MAX(size) FROM checkpoints)", 1, "SignatureInvalid"),
+    ("DROP TABLE checkpoints", 2, "not a receipt log"),
+])
+def test_a_tampered_log_file_fails_the_audit_never_crashes_it(tmp_path, capsys, tamper, code, says):
+    from verifier.cli import main
+
+    file = _review_log(tmp_path)
+    with sqlite3.connect(file) as db:
+        db.execute(tamper)
+    rc = main(["audit", str(tmp_path / "r.jsonl"), "--keys", str(tmp_path / "jwks.json"), "-j", "1", "-q",
+               "--log", str(file)])
+    err = capsys.readouterr().err
+    assert rc == code and says in err, err
