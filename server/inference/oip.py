@@ -61,6 +61,15 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
+def has_bool(data: list) -> bool:
+    """Whether a (nested) JSON list holds ``true``/``false``: numpy would take them for 1 and 0
+    among numbers. One C-level pass over each list's types."""
+    types = set(map(type, data))
+    if bool in types:
+        return True
+    return list in types and any(has_bool(d) for d in data if type(d) is list)
+
+
 def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str) -> np.ndarray:
     dt = numpy_dtype(datatype)
     try:
@@ -68,11 +77,13 @@ def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str) -> np
         if parsed.dtype.kind == "O":  # integers past int64 (their range is checked below)
             if not all(type(v) in (int, float) for v in parsed.ravel()):
                 raise TypeError("found values that are not numbers")
-        elif parsed.dtype.kind not in "iuf" and parsed.size:
+        elif parsed.dtype.kind not in "iuf" and parsed.size or has_bool(data):
             raise TypeError("found values that are not numbers")
         f64 = parsed.astype(np.float64)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"{where}: data is not a (nested) list of numbers ({exc})") from None
+    if parsed.ndim > 1 and parsed.shape != tuple(shape):  # nested: its nesting is a shape too
+        raise InputError(f"{where}: data is nested as {list(parsed.shape)}, not as shape {list(shape)}")
     n = math.prod(shape)
     if f64.size != n:
         raise InputError(f"{where}: data has {f64.size} values but shape {list(shape)} needs {n}")
