@@ -126,6 +126,12 @@ def _add(args: argparse.Namespace) -> int:
     from prover.report import render
     from verifier.errors import InputError
 
+    if args.name is not None:  # '' too: not silently the file's stem
+        from verifier.packages import check_name
+
+        check_name(args.name)
+    if args.srs_sha256 is not None and args.srs is None:
+        raise InputError("--srs-sha256 goes with --srs FILE (the hash of that file)")
     path = Path(args.model)
     if path.suffix == ".onnx" or path.exists():
         if not path.is_file():
@@ -213,15 +219,20 @@ def _list(args: argparse.Namespace) -> int:
 def _prove(args: argparse.Namespace) -> int:
     from prover.package import find_package
     from prover.proving import Prover
+    from verifier.errors import InputError
     from verifier.oip import load_request_file, single_input
 
     settings = _settings()
     request = load_request_file(args.input)
     pkg = find_package(settings, args.name, check=[])
     x = single_input(request, pkg.manifest.input)
+    _writable_dir(args.out)  # before the proof, not after its seconds
     progress = _progress()
     bundle = Prover(pkg).prove(x, progress=progress)
-    path = bundle.write(args.out)
+    try:
+        path = bundle.write(args.out)
+    except OSError as exc:
+        raise InputError(f"--out {args.out}: cannot write the bundle: {exc.strerror or exc}") from None
     a = bundle.agreement
     print(f"OK: proved {pkg.name}: label {bundle.outputs.label} "
           f"(float model: {a.float_label}, {'agree' if a.agree else 'DISAGREE'}) -> {path}",
@@ -232,6 +243,22 @@ def _prove(args: argparse.Namespace) -> int:
         print(json.dumps({"bundle": str(path), "label": bundle.outputs.label,
                           "agree": a.agree, "package_id": pkg.id}))
     return 0
+
+
+def _writable_dir(out: Path) -> None:
+    """``out`` is (or is now) a folder this process can write into, or an ``InputError``."""
+    import os
+
+    from verifier.errors import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"--out {out}: not a folder") from None
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot make the folder: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: the folder is not writable")
 
 
 def _demo(args: argparse.Namespace) -> int:

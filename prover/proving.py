@@ -22,6 +22,18 @@ from verifier.errors import InputError
 from verifier.proofs import verify_bundle
 
 
+class InputOutOfRange(InputError):
+    """The circuit cannot compute this input: a value (the input's, or one computed from it)
+    is beyond the range its range checks were sized for at calibration. Never worth retrying."""
+
+
+def _why_witness_failed(printed: str, fallback: str) -> str:
+    """EZKL's own explanation, which it prints (e.g. a decomposition error naming the
+    integer too large), else its exception's first line."""
+    lines = [ln.strip() for ln in printed.splitlines() if ln.strip()]
+    return next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else fallback)
+
+
 class Prover:
     """Proves inputs for one package; opens, checks and caches what it needs once."""
 
@@ -54,8 +66,8 @@ class Prover:
             raise InputError(f"input shape {list(x.shape)}, the model takes {list(m.input.shape)}")
         with tempfile.TemporaryDirectory(prefix="verinfer-prove-") as tmp:
             tmp = Path(tmp)
-            with progress.step("Running the circuit (witness)"), captured_output(log):
-                wit = self.backend.witness(self.package.dir, x, tmp / "witness.json")
+            with progress.step("Running the circuit (witness)"):
+                wit = self._witness(x, tmp, log)
             with progress.step("Proving"), captured_output(log):
                 proof = self.backend.prove(self.package.dir, wit.path, tmp / "proof.json")
         label = int(round(wit.outputs[m.label_output][0]))
@@ -77,3 +89,21 @@ class Prover:
         with progress.step("Re-verifying the proof"):
             verify_bundle(bundle, self.package.dir)
         return bundle
+
+    def _witness(self, x: np.ndarray, tmp: Path, log: Path | None):
+        """The witness of ``x``; what EZKL prints goes to ``log`` (if given) and, when the
+        circuit cannot compute ``x``, into one :class:`InputOutOfRange` line."""
+        from prover.ezkl_backend import ProverError
+
+        printed = tmp / "witness.log"
+        try:
+            with captured_output(printed):
+                return self.backend.witness(self.package.dir, x, tmp / "witness.json")
+        except ProverError as exc:
+            why = _why_witness_failed(printed.read_text(errors="replace"), str(exc))
+            raise InputOutOfRange(f"the circuit cannot compute this input: {why} (a value is beyond the "
+                                  "range the circuit was calibrated for)") from None
+        finally:
+            if log is not None and printed.exists():
+                with open(log, "ab") as f:
+                    f.write(printed.read_bytes())

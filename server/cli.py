@@ -28,7 +28,9 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prover-executor", choices=["local", "ray"],
                    help="where proof jobs run: local worker processes (default) or a Ray cluster")
     p.add_argument("--ray-address", help="Ray cluster to prove on (HOST:PORT of its head, or 'auto')")
-    p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    p.add_argument("--log-level", default="warning", type=str.lower,
+                   choices=["critical", "error", "warning", "info", "debug", "trace"],
+                   help="uvicorn log level (default warning)")
     p.set_defaults(handler=serve)
 
 
@@ -162,7 +164,7 @@ def apikeys_list(args: argparse.Namespace) -> int:
     else:
         for k in keys:
             state = "revoked" if k.revoked is not None else "active"
-            print(f"{k.id}  {k.tier:10}  {state:8}  {k.name}", file=sys.stderr)
+            print(f"{k.id}  {k.tier:10}  {state:8}  {k.name}")
     return 0
 
 
@@ -298,6 +300,6 @@ def keys_list(args: argparse.Namespace) -> int:
         for jwk in keys.jwks["keys"]:
             mark = " (active)" if jwk["kid"] == keys.kid else (
                 f" (revoked at {jwk['revoked_at']})" if "revoked_at" in jwk else "")
-            print(f"{jwk['kid']}  Ed25519{mark}", file=sys.stderr)
-        print(f"EIP-712 signer: {keys.eth_address}", file=sys.stderr)
+            print(f"{jwk['kid']}  Ed25519{mark}")
+        print(f"EIP-712 signer: {keys.eth_address}")
     return 0

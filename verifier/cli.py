@@ -59,6 +59,7 @@ def _is_ours(module: str, cmds: dict[str, EntryPoint]) -> bool:
 def build_parser(cmds: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
     cmds = commands() if cmds is None else cmds
     parser = _Parser(prog="verinfer", description="Verifiable inference: serve, prove, verify.")
+    parser.add_argument("--version", action="version", version=f"verinfer {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, ep in cmds.items():
@@ -74,6 +75,15 @@ def build_parser(cmds: dict[str, EntryPoint] | None = None) -> argparse.Argument
             continue
         register(sub)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("verinfer")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "(not installed)"
 
 
 def _unavailable(sub, name: str, ep: EntryPoint, missing: str) -> None:

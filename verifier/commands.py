@@ -169,13 +169,21 @@ def _audit(args: argparse.Namespace) -> int:
     from verifier.logcheck import open_log
 
     logs = [open_log(where) for where in args.log]
+    origins: dict[str, object] = {}
     for log in logs:  # an unreadable or unreachable --log is refused before any item is audited
         try:
-            log.latest()
+            origin = log.latest().split("\n", 1)[0]  # unverified: only to refuse two of one origin now
         except VerificationError:
-            pass  # it answered, wrongly: a failed log item in the report, with the items
+            continue  # it answered, wrongly: a failed log item in the report, with the items
+        if origin in origins:
+            raise InputError(f"{origins[origin]} and {log} are both logs of origin {origin!r}: "
+                             "give one log per origin")
+        origins[origin] = log
     if args.models is not None:
         packages = find_packages(args.models)
+        if not packages:
+            raise InputError(f"--models {args.models}: no circuit packages there (a package folder, "
+                             "a data dir or a folder of packages)")
     else:
         home_packages = Settings().packages_dir
         packages = find_packages(home_packages) if home_packages.is_dir() else {}

@@ -47,24 +47,43 @@ def parse_request(raw: bytes | str | dict, where: str = "request") -> InferReque
         raise InputError(f"{where}: {first_error(exc, 'body')}") from None
 
 
+def _numbers(data: list) -> bool:
+    """Whether a (nested) list holds only JSON numbers (``true``/``false`` are not 1 and 0)."""
+    return all(type(v) in (int, float) or type(v) is list and _numbers(v) for v in data)
+
+
 def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:
-    """The request tensor as an array of the model's input dtype, checked against ``spec``."""
-    if t.datatype != spec.datatype and t.datatype not in ("FP32", "FP64"):
-        raise InputError(f"input {t.name!r}: datatype {t.datatype}, the model takes "
-                         f"{spec.datatype}")
-    numpy_dtype(t.datatype)
+    """The request tensor as an array of the model's input dtype, checked against ``spec``
+    as the server checks it (``server.inference.oip``): the input's name, any OIP numeric
+    datatype whose values it can hold, flat or nested as ``shape``, finite in the model's
+    dtype."""
+    if t.name != spec.name:
+        raise InputError(f"unknown input {t.name!r}: the model's input is {spec.name!r}")
+    dt = numpy_dtype(t.datatype)
     want = list(spec.shape)
     if list(t.shape) != want:
         raise InputError(f"input {t.name!r}: shape {t.shape}, the model takes {want}")
+    if not _numbers(t.data):
+        raise InputError(f"input {t.name!r}: data must be numbers")
     try:
         arr = np.asarray(t.data, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"input {t.name!r}: data must be numbers") from None
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"input {t.name!r}: data must be numbers, flat or nested as its shape") from None
+    if arr.ndim > 1 and list(arr.shape) != want:
+        raise InputError(f"input {t.name!r}: data is nested as {list(arr.shape)}, not as shape {want}")
     if arr.size != int(np.prod(want)):
         raise InputError(f"input {t.name!r}: {arr.size} values for shape {want}")
     if not np.all(np.isfinite(arr)):
         raise InputError(f"input {t.name!r}: NaN or infinity in data")
-    return arr.reshape(want).astype(numpy_dtype(spec.datatype))
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        if np.any(arr != np.floor(arr)) or arr.min() < info.min or arr.max() > info.max:
+            raise InputError(f"input {t.name!r}: values out of range for {t.datatype}")
+    with np.errstate(over="ignore"):
+        x = arr.reshape(want).astype(numpy_dtype(spec.datatype))
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"input {t.name!r}: value out of range for {spec.datatype}")
+    return x
 
 
 def single_input(req: InferRequest, spec: TensorSpec) -> np.ndarray:

@@ -134,6 +134,17 @@ def test_sync_proof_on_infer(server):
     assert statement.predicate.label == p["label"] == bundle.outputs.label
 
 
+def test_a_proof_the_circuit_cannot_compute_fails_at_once_saying_why(server):
+    """1e10 is a fine FP32 answer for the float model but beyond the circuit's range checks:
+    the job fails on its first attempt (an input that can never be proven is not retried)."""
+    resp = infer(server, [1e10, 2.8, 4.7, 1.2], proof="sync")
+    p = resp["parameters"]
+    assert p["proof_status"] == "failed", p
+    assert "the circuit cannot compute this input" in p["proof_error"] and "decomposition" in p["proof_error"], p
+    job = server.request("GET", f"/v1/proofs/{p['proof_job_id']}")[1]
+    assert job["attempts"] == 1, job
+
+
 def test_async_param_on_infer_and_by_receipt_id(server):
     resp = infer(server, iris_input(2), proof="async")
     p = resp["parameters"]

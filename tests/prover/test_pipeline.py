@@ -206,6 +206,43 @@ def test_nan_and_malformed_inputs_are_refused(prover_home, iris_package, tmp_pat
     assert proc.returncode == 2 and "malformed JSON" in one_line_error(proc)
 
 
+@pytest.mark.parametrize("tensor, why", [
+    ({"data": [True, 2, 4, 1]}, "data must be numbers"),
+    ({"data": [[6.1, 2.8], [4.7, 1.2]]}, "nested as [2, 2], not as shape [1, 4]"),
+    ({"name": "x"}, "unknown input 'x'"),
+    ({"datatype": "FP64", "data": [1e300, 2.8, 4.7, 1.2]}, "value out of range for FP32"),
+    ({"datatype": "INT8", "data": [300, 2, 4, 1]}, "values out of range for INT8"),
+    ({"datatype": "FLOAT"}, "unsupported datatype 'FLOAT'"),
+], ids=["boolean", "nesting", "name", "fp64-overflow", "int8-range", "datatype"])
+def test_prove_checks_a_request_as_the_server_does(prover_home, iris_package, tmp_path, tensor, why):
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.1, 2.8, 4.7, 1.2],
+                        **tensor}]}
+    (tmp_path / "r.json").write_text(json.dumps(body))
+    proc = run_cli("prove", "iris_mlp", "--input", tmp_path / "r.json", "--out", tmp_path / "o", home=prover_home)
+    assert proc.returncode == 2 and why in one_line_error(proc), proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before anything is made
+
+
+def test_prove_refuses_what_the_circuit_cannot_compute_and_a_bad_out_in_one_line(prover_home, iris_package, tmp_path):
+    big = tmp_path / "big.json"
+    big.write_text(oip_request(np.array([[1e10, 2.8, 4.7, 1.2]], dtype=np.float32)))
+    proc = run_cli("prove", "iris_mlp", "--input", big, "--out", tmp_path / "o", home=prover_home)
+    assert proc.returncode == 2, proc.stderr
+    assert "the circuit cannot compute this input" in one_line_error(proc)
+    # EZKL's own print is folded into that line, not printed besides it
+    assert [ln for ln in proc.stderr.splitlines() if "decomposition error" in ln] == [one_line_error(proc)]
+    # an INT8 request is cast as the server casts it, and proved
+    (tmp_path / "int8.json").write_text(oip_request(np.array([[6, 3, 5, 1]]), datatype="INT8"))
+    ok = run_cli("prove", "iris_mlp", "--input", tmp_path / "int8.json", "--out", tmp_path / "int8", home=prover_home)
+    assert ok.returncode == 0, ok.stderr
+    # --out that cannot be a folder: refused before proving, not after
+    (tmp_path / "a-file").write_text("x")
+    for out, why in ((tmp_path / "a-file", "not a folder"), (tmp_path / "a-file" / "sub", "cannot make the folder")):
+        proc = run_cli("prove", "iris_mlp", "--input", tmp_path / "int8.json", "--out", out, home=prover_home)
+        assert proc.returncode == 2 and why in one_line_error(proc), proc.stderr
+        assert "Proving" not in proc.stderr
+
+
 def test_bad_onnx_is_refused_and_leaves_nothing(home, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")

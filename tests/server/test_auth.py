@@ -131,6 +131,8 @@ def test_apikeys_cli(tmp_path):
     listed = json.loads(cli("list", "--json").stdout)["keys"]
     assert [(k["id"], k["revoked"]) for k in listed] == [(key["id"], None)]
     assert "key" not in listed[0]
+    plain = cli("list")  # the listing is the command's product: stdout, as `models list`
+    assert plain.returncode == 0 and plain.stdout.split()[:3] == [key["id"], "prover", "active"], plain
     assert cli("revoke", key["id"]).returncode == 0
     assert json.loads(cli("list", "--json").stdout)["keys"][0]["revoked"] is not None
     again = cli("revoke", key["id"])

@@ -59,6 +59,8 @@ def test_rotate_keeps_old_receipts_verifiable(tmp_path, start_server, cli):
 
     listed = cli(home, "keys", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout)["active"] == new_kid
+    plain = cli(home, "keys", "list")
+    assert f"{new_kid}  Ed25519 (active)" in plain.stdout.splitlines() and "EIP-712 signer: 0x" in plain.stdout
 
 
 def test_refuses_world_readable_key(tmp_path, cli):

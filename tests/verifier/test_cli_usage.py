@@ -1,0 +1,72 @@
+"""Usage errors a new user's walk-through found: each is exit 2 with one line, before any work
+(before the fix: ignored, a traceback, or exit 1 as if a check had failed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from verifier.cli import main
+from verifier.keys import ed25519_jwk
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_version():
+    r = subprocess.run([sys.executable, "-m", "verifier.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("verinfer 0."), r
+
+
+def test_serve_with_an_unknown_log_level_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--log-level", "bogus"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'bogus'" in _one_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--name", ""], "invalid model name ''"),
+    (["--srs-sha256", "zz"], "--srs-sha256 goes with --srs FILE"),
+])
+def test_models_add_refuses_an_empty_name_and_a_hash_without_its_srs(tmp_path, monkeypatch, capsys, args, says):
+    monkeypatch.setenv("VERINFER_HOME", str(tmp_path / "home"))
+    assert main(["models", "add", "iris_mlp", *args]) == 2
+    assert says in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "home" / "packages").exists()  # nothing built
+
+
+def _receipts(tmp_path):
+    from test_audit_log import _log
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [ed25519_jwk(key.public_key())]}))
+    receipts = _log(tmp_path / "a" / "log.sqlite3", key, 1)
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in receipts))
+    return tmp_path / "r.jsonl"
+
+
+def test_audit_with_a_models_folder_that_holds_no_package_is_a_usage_error(tmp_path, capsys):
+    items = _receipts(tmp_path)
+    (tmp_path / "empty").mkdir()
+    rc = main(["audit", str(items), "--keys", str(tmp_path / "jwks.json"), "--models", str(tmp_path / "empty")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no circuit packages" in _one_line(err)  # not "FAIL: DigestMismatch" per receipt
+
+
+def test_two_logs_of_one_origin_are_refused_before_any_item_is_printed(tmp_path, capsys):
+    import shutil
+
+    items = _receipts(tmp_path)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    rc = main(["audit", str(items), "--keys", str(tmp_path / "jwks.json"),
+               "--log", str(tmp_path / "a"), "--log", str(tmp_path / "b")])
+    captured = capsys.readouterr()
+    assert rc == 2 and "both logs of origin" in _one_line(captured.err) and "OK:" not in captured.out
