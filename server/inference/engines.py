@@ -105,6 +105,8 @@ class TorchEngine:
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         torch = self.torch
+        if not x.flags.writeable:  # a binary tensor is a view of the request's bytes
+            x = x.copy()  # (torch warns of, and would allow, writes into a read-only array)
         with torch.inference_mode():
             outs = self.module(torch.from_numpy(x).to(self.dev))
         if isinstance(outs, torch.Tensor):

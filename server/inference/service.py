@@ -133,7 +133,12 @@ class InferenceService:
         most, error = row_limit or (self.settings.max_rows_per_request, InputError)
         if req.x.ndim and req.x.shape[0] > most:
             raise error(f"{req.x.shape[0]} rows in one request; at most {most} are allowed")
-        x = req.x.astype(_np_dtype(m.input.datatype), copy=False)
+        dtype = _np_dtype(m.input.datatype)
+        if req.x.dtype == dtype:
+            x = req.x
+        else:
+            with np.errstate(over="ignore"):  # e.g. FP64 1e300 to FP32: inf, refused just below
+                x = req.x.astype(dtype)
         if req.eip712:
             _check_eip712(m, x)
         if self._signing:  # the receipt commits to x in fixed point (inf and NaN fail it too)

@@ -98,3 +98,22 @@ def test_settings_from_env(monkeypatch, tmp_path):
     assert s.policy_for("digits_cnn").max_batch_size == 4
     assert s.policy_for("iris_mlp").max_batch_size == 64
     assert "11" * 32 not in repr(s) and "11" * 32 not in str(s.model_dump())  # secrets do not show
+
+
+def test_ordinary_bad_and_binary_requests_log_no_warnings(client):
+    """An FP64 value past FP32 (refused) and a binary tensor (a read-only view of the body)
+    warned in the server's log before (numpy's overflow in cast, torch's non-writable array)."""
+    import struct
+    import warnings
+
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64", "data": [1e300, 2.8, 4.7, 1.2]}]}
+    header = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": 16}}]}).encode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the request, and so this test
+        r = client.post("/v2/models/iris_mlp/infer", json=body)
+        assert r.status_code == 400 and "too large for the fixed-point commitment" in r.json()["error"], r.text
+        r = client.post("/v2/models/iris_mlp/infer", content=header + struct.pack("<4f", 5.1, 3.5, 1.4, 0.2),
+                        headers={"Inference-Header-Content-Length": str(len(header)),
+                                 "Content-Type": "application/octet-stream"})
+        assert r.status_code == 200 and r.json()["parameters"]["label"] == 0, r.text
