@@ -26,6 +26,7 @@ to an idle actor of it first.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -234,6 +235,12 @@ class RayExecutor:
         self._wake.set()
 
     def stop(self) -> None:
+        # A private instance (no address): its processes are ours to end. Found now, while the
+        # dispatcher thread that started them lives: they die with that thread (Ray sets
+        # PR_SET_PDEATHSIG), except the raylet's agents (DashboardAgent, RuntimeEnvAgent),
+        # which would be left orphaned, out of this process's tree.
+        ray = self._ray
+        private = _ray_processes(ray) if ray is not None and not self.settings.ray_address else []
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -246,6 +253,7 @@ class RayExecutor:
                 self._ray.shutdown()
             except Exception:  # shutting down anyway
                 log.exception("ray shutdown")
+        _end(private)
 
     def _connect(self) -> bool:
         if self._ray is not None:
@@ -257,10 +265,12 @@ class RayExecutor:
         os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
         import ray
 
+        # a private instance needs no dashboard (a web server and port 8265 on this machine)
+        private = {} if self.settings.ray_address else {"include_dashboard": False}
         try:
             ray.init(address=self.settings.ray_address, namespace="verinfer",
                      logging_level=logging.WARNING, log_to_driver=False,
-                     ignore_reinit_error=True, configure_logging=False)
+                     ignore_reinit_error=True, configure_logging=False, **private)
         except Exception as exc:  # noqa: BLE001 - no cluster yet: jobs wait, queued
             log.error("cannot join the Ray cluster at %s: %s (retrying)",
                       self.settings.ray_address or "(local)", exc)
@@ -524,3 +534,62 @@ class RayExecutor:
                     log.debug("ray.cancel: %s", exc)
             self.store.retry_or_fail(c.job.id, f"timed out after {limit:g}s",
                                      self.settings.proof_attempts, expect_worker=c.worker)
+
+
+# -- a private Ray instance's processes ----------------------------------------------------
+
+
+def _ray_processes(ray) -> list[int]:
+    """Pids of Ray's processes under this one (Linux ``/proc``; none elsewhere): named
+    ``ray::…`` or run from Ray's own package folder. Not the receipt writer or other children."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        return []
+    ray_dir = os.path.dirname(ray.__file__) + os.sep
+    children: dict[int, list[int]] = {}
+    for d in proc.iterdir():
+        if d.name.isdigit():
+            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [os.getpid()]
+    while todo:
+        for pid in children.get(todo.pop(), []):
+            todo.append(pid)
+            try:
+                argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")[:2]
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            if args and (args[0].startswith("ray::") or any(a.startswith(ray_dir) for a in args)):
+                out.append(pid)
+    return out
+
+
+def _end(pids: list[int], grace_s: float = 5.0) -> None:
+    """SIGTERM each of ``pids`` still alive, SIGKILL what is left after ``grace_s``."""
+    import signal
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        try:  # a zombie (exited, not yet reaped by its new parent) is not alive
+            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    left = [p for p in pids if alive(p)]
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if alive(p)]
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

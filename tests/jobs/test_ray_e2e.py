@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from jobs_support import iris_input, package_dir
@@ -79,3 +80,57 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
     # and dies at once, with no graceful stop that gives running jobs back to the queue)
     s.stop()
     assert "SIGTERM received" not in s.output()
+
+
+def _descendants(root: int) -> list[int]:
+    from testkit.server_process import parent_pids
+
+    parents = parent_pids()
+    out, todo = [], [root]
+    while todo:
+        here = todo.pop()
+        kids = [pid for pid, ppid in parents.items() if ppid == here]
+        out += kids
+        todo += kids
+    return out
+
+
+def _cmd(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+def test_a_private_ray_instance_ends_with_the_server(new_home, servers):
+    """``--prover-executor ray`` with no address starts Ray on this machine; SIGTERM to the
+    server ends all of it (before the fix the raylet's DashboardAgent and RuntimeEnvAgent were
+    left running, orphaned)."""
+    s = servers(new_home(), {"VERINFER_PROVER_EXECUTOR": "ray"})
+    end = time.monotonic() + 120
+    while "proving on Ray" not in s.output() and time.monotonic() < end:
+        time.sleep(0.5)
+    assert "proving on Ray" in s.output(), s.output()
+    end = time.monotonic() + 30  # the agents start a little after the raylet
+    while time.monotonic() < end:
+        tree = _descendants(s.proc.pid)
+        names = {_cmd(p).split(b"\0")[0] for p in tree if _running(p)}
+        if {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names:
+            break
+        time.sleep(0.5)
+    assert {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names, names
+    s.proc.terminate()
+    s.proc.wait(timeout=60)
+    end = time.monotonic() + 10
+    while any(_running(p) for p in tree) and time.monotonic() < end:
+        time.sleep(0.2)
+    left = [_cmd(p)[:80] for p in tree if _running(p)]
+    assert not left, left
