@@ -109,8 +109,16 @@ def test_receipts_without_keys_fail_closed():
 
 
 def test_bundle_for_an_unknown_package_is_an_input_error(tmp_path):
+    from verifier.audit import Auditor, Item
+
+    # --models holding no package at all is refused before any item
     proc = verinfer("audit", GOLDEN / "bundles" / "valid-unsigned", "--models", tmp_path)
-    assert proc.returncode == 2 and "not among the audited models" in proc.stderr
+    assert proc.returncode == 2 and "no circuit packages there" in proc.stderr
+    # a bundle of a package the audited models do not hold: that item is an input error
+    auditor = Auditor(jwks=load_trusted_keys(GOLDEN / "jwks.json"), packages={"0" * 64: tmp_path},
+                      require_known_model=True)
+    result = auditor.check(Item("b", "bundle", str(GOLDEN / "bundles" / "valid-unsigned" / "bundle.json")))
+    assert (result.outcome, result.error) == ("error", "InputError") and "not among the audited models" in result.reason
 
 
 def test_only_valid_items_pass_and_quiet_prints_the_table_only():
