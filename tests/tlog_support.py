@@ -49,9 +49,10 @@ class MemLog:
         size = self.tree.size if size is None else size
         return sign_note(checkpoint_body(self.origin, size, self.tree.root(size)), self.origin, self.key).decode()
 
-    def add(self, st: StatementV2, after: int = 3) -> ReceiptV2:
-        """Log ``st``, then ``after`` more leaves; the receipt is for the whole tree."""
-        data = st.canonical_bytes()
+    def add(self, st: StatementV2, after: int = 3, data: bytes | None = None) -> ReceiptV2:
+        """Log ``st`` (as ``data`` when given: other bytes for it), then ``after`` more leaves;
+        the receipt is for the whole tree."""
+        data = st.canonical_bytes() if data is None else data
         index = self.tree.append(data)
         for _ in range(after):
             self.tree.append(os.urandom(40))

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import orjson
+import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from verifier.base import Bytes32Hex
@@ -100,8 +102,6 @@ class StatementV2(_Frozen):
 
     def canonical_bytes(self) -> bytes:
         """RFC 8785 (JCS) bytes: the leaf data."""
-        import rfc8785
-
         return rfc8785.dumps(self.model_dump(mode="json", by_alias=True))
 
 
@@ -219,6 +219,22 @@ def _check_not_revoked(note: str, trusted: TrustedLogKeys, signed_at: str) -> No
             check_not_revoked(trusted, jwk["kid"], signed_at)
 
 
+def canonical_value(data: bytes) -> Any:
+    """The JSON value of a logged statement, which must be its own canonical form, so that
+    every parser reads the one value a verifier checked: no duplicate key (parsers differ on
+    which one wins), no second spelling; else :class:`SignatureInvalid`. Fast path: the sorted
+    compact form of its value (orjson); then RFC 8785 (``rfc8785``), which spells some numbers
+    otherwise (2.0 as 2, 1e-05 as 0.00001)."""
+    try:
+        value = orjson.loads(data)
+        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data or rfc8785.dumps(value) == data:
+            return value
+    except (ValueError, TypeError):  # not JSON, or values JCS has no form for
+        pass
+    raise SignatureInvalid("logged statement is not canonical JSON (RFC 8785): duplicate keys, "
+                           "whitespace, key order or a number's spelling")
+
+
 def _check_subjects_fast(st: StatementV2) -> None:
     """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
     subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
@@ -237,8 +253,7 @@ def _check_subjects_fast(st: StatementV2) -> None:
 
 
 def _proof_hashes(proof: Sequence[str]) -> list[bytes]:
-    a2b = binascii.a2b_base64  # the B64Hash pattern already checked each one's shape
-    return [a2b(p) for p in proof]
+    return list(map(binascii.a2b_base64, proof))  # the B64Hash pattern checked each one's shape
 
 
 def verify_receipt_v2(
@@ -272,7 +287,7 @@ def verify_receipt_v2(
             nodes = proven[receipt.checkpoint] = ProvenNodes(cp.size, cp.root)
         nodes.verify(receipt.index, leaf_hash(data), _proof_hashes(receipt.proof))
     try:
-        st = StatementV2.model_validate_json(data)
+        st = StatementV2.model_validate(canonical_value(data))
     except ValidationError as exc:
         raise SignatureInvalid(f"logged statement is not a verinfer v2 statement: {exc.errors()[0]['msg']}") from None
     p = st.predicate

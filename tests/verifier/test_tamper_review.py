@@ -477,3 +477,32 @@ def test_a_tampered_log_file_fails_the_audit_never_crashes_it(tmp_path, capsys, 
                "--log", str(file)])
     err = capsys.readouterr().err
     assert rc == code and says in err, err
+
+
+# --- review 2026-12-01: a logged statement that is not canonical JSON was accepted --------
+# (with duplicate keys, a first-wins parser and this verifier read different labels)
+
+
+def test_a_logged_statement_must_be_canonical_json():
+    from verifier.receipts_v2 import verify_receipt_v2
+
+    log = MemLog()
+    st = statement()
+    text = st.canonical_bytes().decode()
+    label = f'"label":{st.predicate.label}'
+    assert text.count(label) == 1
+    variants = {
+        "duplicate key": text.replace(label, f'"label":{1 - st.predicate.label},{label}'),
+        "whitespace": json.dumps(json.loads(text), indent=1, sort_keys=True),
+        "key order": json.dumps(dict(reversed(json.loads(text).items())), separators=(",", ":")),
+        "an escaped letter": text.replace('"cpu"', '"\\u0063pu"'),
+    }
+    for what, bad in variants.items():
+        assert bad != text and json.loads(bad) == json.loads(text) or what == "duplicate key"
+        receipt = log.add(st, data=bad.encode())
+        with pytest.raises(VerificationError, match="not canonical JSON"):  # before the fix: accepted
+            verify_receipt_v2(receipt, log.jwks)
+    # RFC 8785 spells an integral double without ".0": such an honest statement verifies
+    honest = statement(logits=[2.0, 0.5, -1.0])
+    assert b"[2,0.5,-1]" in honest.canonical_bytes()
+    assert verify_receipt_v2(log.add(honest), log.jwks) == honest
