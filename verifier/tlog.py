@@ -283,6 +283,8 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pro
         raise ConsistencyInvalid(f"tree size went from {old} down to {new}")
     if any(len(p) != 32 for p in proof):
         raise ConsistencyInvalid("consistency proof holds a hash that is not 32 bytes")
+    if old == 0 and old_root != EMPTY_ROOT:
+        raise ConsistencyInvalid("the empty tree's root is not SHA-256 of nothing")
     if old == new:
         if proof:
             raise ConsistencyInvalid("consistency proof between equal sizes must be empty")
@@ -426,6 +428,10 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
         sigs.append((name, blob[:4], blob[4:]))
     if not sigs:
         raise SignatureInvalid("checkpoint has no signatures")
+    if len(sigs) > MAX_NOTE_SIGNATURES:  # as Go's note.Open: a bound on the work a note can ask for
+        raise SignatureInvalid(f"checkpoint has more than {MAX_NOTE_SIGNATURES} signatures")
+    if len({(name, kid) for name, kid, _ in sigs}) != len(sigs):  # one note, one spelling
+        raise SignatureInvalid("checkpoint holds two signatures by one key")
     lines = text.decode().split("\n")
     if len(lines) < 4 or not lines[0] or not _TREE_SIZE.fullmatch(lines[1]):
         raise SignatureInvalid("checkpoint body is not origin, tree size, root hash")
@@ -435,7 +441,12 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
         raise SignatureInvalid("checkpoint root hash is not base64") from None
     if len(root) != 32:
         raise SignatureInvalid("checkpoint root hash is not 32 bytes")
+    if lines[1] == "0" and root != EMPTY_ROOT:
+        raise SignatureInvalid("checkpoint of the empty tree with a root that is not SHA-256 of nothing")
     return Checkpoint(lines[0], int(lines[1]), root, raw), text, sigs
+
+
+MAX_NOTE_SIGNATURES = 100
 
 
 # ASCII decimal without leading zeros (str.isdigit also takes "²" and "①", which int() refuses)
@@ -454,7 +465,7 @@ def verify_checkpoint(note: bytes | str, verifiers: Sequence[NoteVerifier], orig
     good = False
     for name, kid, sig in sigs:
         v = trusted.get((name, kid))
-        if v is None:
+        if v is None or name != cp.origin:  # a log's key is named by its origin (C2SP tlog-checkpoint)
             continue
         try:
             v.key.verify(sig, text)

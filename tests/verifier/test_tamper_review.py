@@ -506,3 +506,44 @@ def test_a_logged_statement_must_be_canonical_json():
     honest = statement(logits=[2.0, 0.5, -1.0])
     assert b"[2,0.5,-1]" in honest.canonical_bytes()
     assert verify_receipt_v2(log.add(honest), log.jwks) == honest
+
+
+# --- review 2026-12-01: signed-note leniencies (each needed the key, or was harmless; closed) --
+
+
+def test_signed_note_leniencies_are_refused():
+    from verifier.errors import ConsistencyInvalid, KeyUnknown, SignatureInvalid
+    from verifier.tlog import (
+        EMPTY_ROOT,
+        NoteVerifier,
+        checkpoint_body,
+        sign_note,
+        verify_checkpoint,
+        verify_consistency,
+    )
+
+    key = Ed25519PrivateKey.generate()
+    trusted = [NoteVerifier.from_key("a.test/log", key.public_key())]
+    note = sign_note(checkpoint_body("a.test/log", 3, os.urandom(32)), "a.test/log", key).decode()
+    assert verify_checkpoint(note, trusted).size == 3
+    sig_line = note.rstrip("\n").rsplit("\n", 1)[1] + "\n"
+    with pytest.raises(SignatureInvalid, match="two signatures by one key"):  # a second spelling of one note
+        verify_checkpoint(note + sig_line, trusted)
+    others = "".join(sign_note(b"x\n", f"w{i}.test", Ed25519PrivateKey.generate()).decode().split("\n\n")[1]
+                     for i in range(100))
+    with pytest.raises(SignatureInvalid, match="more than 100 signatures"):
+        verify_checkpoint(note + others, trusted)
+    # a log's key vouches for checkpoints of its own origin only, even with no origin asked for
+    other_origin = sign_note(checkpoint_body("b.test/log", 3, os.urandom(32)), "a.test/log", key).decode()
+    with pytest.raises(KeyUnknown):
+        verify_checkpoint(other_origin, trusted)
+    # the empty tree has one root
+    empty = sign_note(checkpoint_body("a.test/log", 0, os.urandom(32)), "a.test/log", key).decode()
+    with pytest.raises(SignatureInvalid, match="empty tree"):
+        verify_checkpoint(empty, trusted)
+    good_empty = sign_note(checkpoint_body("a.test/log", 0, EMPTY_ROOT), "a.test/log", key).decode()
+    assert verify_checkpoint(good_empty, trusted).size == 0
+    for new in (0, 5):
+        with pytest.raises(ConsistencyInvalid, match="empty tree"):
+            verify_consistency(0, new, os.urandom(32), os.urandom(32) if new else None, [])
+    verify_consistency(0, 5, EMPTY_ROOT, os.urandom(32), [])
