@@ -497,11 +497,18 @@ def test_a_logged_statement_must_be_canonical_json():
         "key order": json.dumps(dict(reversed(json.loads(text).items())), separators=(",", ":")),
         "an escaped letter": text.replace('"cpu"', '"\\u0063pu"'),
     }
+    from tests.tlog_support import doc_recipe
+    from verifier.tlog import note_verifier_key
+
+    recipe, note_key = doc_recipe(), note_verifier_key(log.origin, log.key.public_key())
     for what, bad in variants.items():
         assert bad != text and json.loads(bad) == json.loads(text) or what == "duplicate key"
         receipt = log.add(st, data=bad.encode())
         with pytest.raises(VerificationError, match="not canonical JSON"):  # before the fix: accepted
             verify_receipt_v2(receipt, log.jwks)
+        if what == "duplicate key":  # the standalone recipe refuses what would read two ways
+            with pytest.raises(ValueError, match="duplicate key"):
+                recipe(receipt.model_dump(mode="json"), note_key)
     # RFC 8785 spells an integral double without ".0": such an honest statement verifies
     honest = statement(logits=[2.0, 0.5, -1.0])
     assert b"[2,0.5,-1]" in honest.canonical_bytes()
