@@ -226,9 +226,10 @@ def _prove(args: argparse.Namespace) -> int:
     request = load_request_file(args.input)
     pkg = find_package(settings, args.name, check=[])
     x = single_input(request, pkg.manifest.input)
+    prover = Prover(pkg)  # checks the package's artifacts against its manifest
     _writable_dir(args.out)  # before the proof, not after its seconds
     progress = _progress()
-    bundle = Prover(pkg).prove(x, progress=progress)
+    bundle = prover.prove(x, progress=progress)
     try:
         path = bundle.write(args.out)
     except OSError as exc:

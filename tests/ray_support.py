@@ -29,7 +29,11 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.tmp = Path(tempfile.mkdtemp(prefix="vr-"))  # short: Ray's socket paths
-        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **FAST_HEALTH, **(env or {})}
+        # RAY_AUTH_MODE: Ray 2.60's head turns on token authentication when ~/.ray/auth_token
+        # exists (a private instance, `verinfer serve --prover-executor ray`, writes one), and
+        # drivers not told the mode then cannot join: a loopback test cluster needs no token
+        self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", **FAST_HEALTH,
+                    **(env or {})}
         self.nodes: dict[str, subprocess.Popen] = {}
         self._start("head", ["--head", f"--port={self.port}", "--include-dashboard=false",
                              f"--temp-dir={self.tmp}"], head_cpus)

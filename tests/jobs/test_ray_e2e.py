@@ -110,11 +110,11 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_private_ray_instance_ends_with_the_server(new_home, servers):
+def test_a_private_ray_instance_ends_with_the_server(new_home, servers, tmp_path):
     """``--prover-executor ray`` with no address starts Ray on this machine; SIGTERM to the
     server ends all of it (before the fix the raylet's DashboardAgent and RuntimeEnvAgent were
-    left running, orphaned)."""
-    s = servers(new_home(), {"VERINFER_PROVER_EXECUTOR": "ray"})
+    left running, orphaned). HOME: Ray writes ~/.ray/auth_token, kept out of the real home."""
+    s = servers(new_home(), {"VERINFER_PROVER_EXECUTOR": "ray", "HOME": str(tmp_path)})
     end = time.monotonic() + 120
     while "proving on Ray" not in s.output() and time.monotonic() < end:
         time.sleep(0.5)

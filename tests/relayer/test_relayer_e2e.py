@@ -162,7 +162,7 @@ def test_an_unprovable_input_fails_alone(anvil_chain, relay_anvil_url, packages_
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["failed"] == ["0x" + bad.hex()] and out["fulfilled"] == ["0x" + good.hex()]
-    assert f"request 0x{bad.hex()} failed: ProverError" in proc.stderr
+    assert f"request 0x{bad.hex()} failed: InputOutOfRange: the circuit cannot compute this input" in proc.stderr
     label = onnx_label(Path(iris_package) / "model.onnx", q, pm.input_scale, (1, 4))
     assert answer(cons, good) == (True, label) and answer(cons, bad) == (False, 0)
     again = run_cli("relay", "--rpc", relay_anvil_url, "--oracle", oracle.address,
