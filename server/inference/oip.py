@@ -70,14 +70,14 @@ def has_bool(data: list) -> bool:
     return list in types and any(has_bool(d) for d in data if type(d) is list)
 
 
-def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str) -> np.ndarray:
+def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str, maybe_bool: bool = True) -> np.ndarray:
     dt = numpy_dtype(datatype)
     try:
         parsed = np.asarray(data)  # numbers as strings, booleans, ragged lists: refused below
         if parsed.dtype.kind == "O":  # integers past int64 (their range is checked below)
             if not all(type(v) in (int, float) for v in parsed.ravel()):
                 raise TypeError("found values that are not numbers")
-        elif parsed.dtype.kind not in "iuf" and parsed.size or has_bool(data):
+        elif parsed.dtype.kind not in "iuf" and parsed.size or maybe_bool and has_bool(data):
             raise TypeError("found values that are not numbers")
         f64 = parsed.astype(np.float64)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -217,7 +217,9 @@ def parse_infer_request(body: bytes, model_input: TensorMeta, output_names: list
         if binary:
             raise InputError(f"{where}: the body has {len(binary)} bytes of binary data but no "
                              f"input declares parameters.binary_data_size")
-        x = _tensor(_field(inp, "data", list, where), tuple(shape), datatype, where)
+        # a body without "true" or "false" anywhere holds no boolean (memchr, not a walk)
+        x = _tensor(_field(inp, "data", list, where), tuple(shape), datatype, where,
+                    maybe_bool=b"true" in header or b"false" in header)
     else:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InputError(f"{where}: parameters.binary_data_size must be a non-negative integer")
