@@ -60,6 +60,8 @@ def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:
     if t.name != spec.name:
         raise InputError(f"unknown input {t.name!r}: the model's input is {spec.name!r}")
     dt = numpy_dtype(t.datatype)
+    if dt.kind == "b":  # as the server: numbers only
+        raise InputError(f"input {t.name!r}: datatype {t.datatype} not accepted (the model takes {spec.datatype})")
     want = list(spec.shape)
     if list(t.shape) != want:
         raise InputError(f"input {t.name!r}: shape {t.shape}, the model takes {want}")

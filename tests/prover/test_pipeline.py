@@ -213,7 +213,8 @@ def test_nan_and_malformed_inputs_are_refused(prover_home, iris_package, tmp_pat
     ({"datatype": "FP64", "data": [1e300, 2.8, 4.7, 1.2]}, "value out of range for FP32"),
     ({"datatype": "INT8", "data": [300, 2, 4, 1]}, "values out of range for INT8"),
     ({"datatype": "FLOAT"}, "unsupported datatype 'FLOAT'"),
-], ids=["boolean", "nesting", "name", "fp64-overflow", "int8-range", "datatype"])
+    ({"datatype": "BOOL", "data": [1, 0, 1, 1]}, "datatype BOOL not accepted"),
+], ids=["boolean", "nesting", "name", "fp64-overflow", "int8-range", "datatype", "bool-datatype"])
 def test_prove_checks_a_request_as_the_server_does(prover_home, iris_package, tmp_path, tensor, why):
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.1, 2.8, 4.7, 1.2],
                         **tensor}]}
