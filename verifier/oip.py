@@ -47,9 +47,16 @@ def parse_request(raw: bytes | str | dict, where: str = "request") -> InferReque
         raise InputError(f"{where}: {first_error(exc, 'body')}") from None
 
 
-def _numbers(data: list) -> bool:
-    """Whether a (nested) list holds only JSON numbers (``true``/``false`` are not 1 and 0)."""
-    return all(type(v) in (int, float) or type(v) is list and _numbers(v) for v in data)
+_NUMBER_TYPES = frozenset((int, float))
+
+
+def only_numbers(data: list) -> bool:
+    """Whether a (nested) JSON list holds only numbers: ``true``/``false`` are not 1 and 0 (numpy
+    would take them so among numbers). One C-level pass over each list's types."""
+    types = set(map(type, data))
+    if types <= _NUMBER_TYPES:
+        return True
+    return types <= _NUMBER_TYPES | {list} and all(only_numbers(d) for d in data if type(d) is list)
 
 
 def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:
@@ -65,7 +72,7 @@ def tensor_array(t: RequestTensor, spec: TensorSpec) -> np.ndarray:
     want = list(spec.shape)
     if list(t.shape) != want:
         raise InputError(f"input {t.name!r}: shape {t.shape}, the model takes {want}")
-    if not _numbers(t.data):
+    if not only_numbers(t.data):
         raise InputError(f"input {t.name!r}: data must be numbers")
     try:
         arr = np.asarray(t.data, dtype=np.float64)

@@ -25,6 +25,7 @@ import numpy as np
 from server.inference.engines import TensorMeta
 from verifier.digests import compact_text, numbers_json, shape_json
 from verifier.errors import InputError
+from verifier.oip import only_numbers
 from verifier.tensors import DATATYPES, numpy_dtype
 
 NUMERIC = {k for k in DATATYPES if k != "BOOL"}
@@ -61,15 +62,6 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str) -> Any:
     return value
 
 
-def has_bool(data: list) -> bool:
-    """Whether a (nested) JSON list holds ``true``/``false``: numpy would take them for 1 and 0
-    among numbers. One C-level pass over each list's types."""
-    types = set(map(type, data))
-    if bool in types:
-        return True
-    return list in types and any(has_bool(d) for d in data if type(d) is list)
-
-
 def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str, maybe_bool: bool = True) -> np.ndarray:
     dt = numpy_dtype(datatype)
     try:
@@ -77,7 +69,7 @@ def _tensor(data: list, shape: tuple[int, ...], datatype: str, where: str, maybe
         if parsed.dtype.kind == "O":  # integers past int64 (their range is checked below)
             if not all(type(v) in (int, float) for v in parsed.ravel()):
                 raise TypeError("found values that are not numbers")
-        elif parsed.dtype.kind not in "iuf" and parsed.size or maybe_bool and has_bool(data):
+        elif parsed.dtype.kind not in "iuf" and parsed.size or maybe_bool and not only_numbers(data):
             raise TypeError("found values that are not numbers")
         f64 = parsed.astype(np.float64)
     except (ValueError, TypeError, OverflowError) as exc:

@@ -548,12 +548,8 @@ def _ray_processes(ray) -> list[int]:
     ray_dir = os.path.dirname(ray.__file__) + os.sep
     children: dict[int, list[int]] = {}
     for d in proc.iterdir():
-        if d.name.isdigit():
-            try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
+        if d.name.isdigit() and (stat := _stat(int(d.name))) is not None:
+            children.setdefault(int(stat[1]), []).append(int(d.name))
     out, todo = [], [os.getpid()]
     while todo:
         for pid in children.get(todo.pop(), []):
@@ -568,19 +564,22 @@ def _ray_processes(ray) -> list[int]:
     return out
 
 
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name: [state, ppid, ...]; None if gone or odd."""
+    try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields if len(fields) > 1 and fields[1].isdigit() else None
+
+
 def _end(pids: list[int], grace_s: float = 5.0) -> None:
     """SIGTERM each of ``pids`` still alive, SIGKILL what is left after ``grace_s``."""
     import signal
 
-    def alive(pid: int) -> bool:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        try:  # a zombie (exited, not yet reaped by its new parent) is not alive
-            return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
+    def alive(pid: int) -> bool:  # a zombie (exited, not yet reaped by its new parent) is not
+        stat = _stat(pid)
+        return stat is not None and stat[0] != "Z"
 
     left = [p for p in pids if alive(p)]
     for pid in left:

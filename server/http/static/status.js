@@ -60,7 +60,6 @@ async function checkCheckpoint(note, keys, steps) {
   const usable = keys.filter((k) => k.origin === origin);
   if (!usable.length) throw new Invalid(`checkpoint of another log: "${origin}"`);
   const signers = [];
-  let signedBy = null;
   for (const line of note.slice(cut + 2).split("\n")) {
     if (!line) continue;
     if (!line.startsWith("\u2014 ")) throw new Invalid("malformed signature line in the checkpoint");
@@ -72,14 +71,13 @@ async function checkCheckpoint(note, keys, steps) {
       if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, sig.slice(4), enc.encode(body)))) {
         throw new Invalid("the checkpoint's Ed25519 signature does not verify");
       }
-      signedBy = k;
       signers.push(k);
     }
   }
-  if (!signedBy) throw new Invalid("the checkpoint is not signed by a published note key");
+  if (!signers.length) throw new Invalid("the checkpoint is not signed by a published note key");
   const root = b64decode(lines[2], "checkpoint root");
   if (root.length !== 32) throw new Invalid("the checkpoint root is not a SHA-256 hash");
-  steps.push(`checkpoint signed (Ed25519) by ${origin}+${signedBy.keyHex}: tree of ${lines[1]} leaves`);
+  steps.push(`checkpoint signed (Ed25519) by ${signers.map((k) => `${origin}+${k.keyHex}`).join(", ")}: tree of ${lines[1]} leaves`);
   return { origin, size: Number(lines[1]), root, signers };
 }
 
