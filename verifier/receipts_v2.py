@@ -235,15 +235,18 @@ def canonical_value(data: bytes) -> Any:
                            "whitespace, key order or a number's spelling")
 
 
-def _check_subjects_fast(st: StatementV2) -> None:
-    """v1's subject checks (:func:`verifier.receipts._check_subjects`) on plain values: the
-    subjects name the predicate's digests, in order, and each output's data hashes to its digest."""
-    p = st.predicate
-    want = [("model/" + p.model.name, {"sha256": p.model.sha256}), ("input/" + p.input.name, {"sha256": p.input.digest})]
-    want += [("output/" + o.name, {"sha256": o.digest}) for o in p.outputs]
-    if [(s.name, s.digest) for s in st.subject] != want:  # (a digest dict with another entry differs too)
+def _check_subjects_fast(st: StatementV2, value: dict[str, Any]) -> None:
+    """v1's subject checks (:func:`verifier.receipts._check_subjects`) on the validated
+    statement's JSON value (``value``): the subjects name the predicate's digests, in order, and
+    each output's data hashes to its digest."""
+    p = value["predicate"]
+    model, inp = p["model"], p["input"]
+    want = [{"digest": {"sha256": model["sha256"]}, "name": "model/" + model["name"]},
+            {"digest": {"sha256": inp["digest"]}, "name": "input/" + inp["name"]}]
+    want += [{"digest": {"sha256": o["digest"]}, "name": "output/" + o["name"]} for o in p["outputs"]]
+    if value["subject"] != want:  # (a digest dict with another entry differs too)
         raise DigestMismatch("statement subjects do not match the predicate's digests")
-    for out in p.outputs:
+    for out in st.predicate.outputs:
         try:
             digest = list_digest(out.data, out.shape, out.datatype)
         except (ValueError, TypeError, InputError):
@@ -279,22 +282,24 @@ def verify_receipt_v2(
     data = receipt.statement_bytes()
     if proven is None:
         verify_inclusion(receipt.index, cp.size, leaf_hash(data), _proof_hashes(receipt.proof), cp.root)
-    else:  # many receipts of one checkpoint: hash each proof only up to a node already proven
+    else:  # many receipts of one checkpoint: hash each proof only up to a node already proven,
+        # compare the rest as text
         nodes = proven.get(receipt.checkpoint)
         if nodes is None:
             if len(proven) >= MAX_PROVEN_TREES:
                 proven.clear()
             nodes = proven[receipt.checkpoint] = ProvenNodes(cp.size, cp.root)
-        nodes.verify(receipt.index, leaf_hash(data), _proof_hashes(receipt.proof))
+        nodes.verify(receipt.index, leaf_hash(data), receipt.proof)
+    value = canonical_value(data)
     try:
-        st = StatementV2.model_validate(canonical_value(data))
+        st = StatementV2.model_validate(value)
     except ValidationError as exc:
         raise SignatureInvalid(f"logged statement is not a verinfer v2 statement: {exc.errors()[0]['msg']}") from None
     p = st.predicate
     if receipt.id != p.requestId:
         raise LinkBroken("receipt id is not the logged request id")
     _check_not_revoked(receipt.checkpoint, trusted, p.time)
-    _check_subjects_fast(st)
+    _check_subjects_fast(st, value)
     if receipt.eip712 is not None:
         if p.eip712 is None:
             raise LinkBroken("receipt carries an EIP-712 signature its statement does not name")

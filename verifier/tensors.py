@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -94,6 +95,11 @@ _FLOAT_OR_INT = frozenset((float, int))
 _INT = frozenset((int,))
 
 
+@lru_cache(maxsize=256)
+def _packer(code: str, n: int) -> Callable[..., bytes]:
+    return struct.Struct(f"<{n}{code}").pack
+
+
 def list_digest(data: list, shape: tuple[int, ...], datatype: str) -> str:
     """``tensor_digest(np.asarray(data).reshape(shape), datatype)`` of a flat JSON list (an
     answer's output, in an audit), packed with ``struct`` where that gives the same bytes:
@@ -110,7 +116,7 @@ def list_digest(data: list, shape: tuple[int, ...], datatype: str) -> str:
             plain = types == _INT
         if plain:
             try:
-                body = struct.pack(f"<{n}{code}", *data)
+                body = _packer(code, n)(*data)
             except (struct.error, OverflowError):  # out of the type's range: numpy decides
                 pass
             else:

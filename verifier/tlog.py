@@ -218,62 +218,67 @@ def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes],
 class ProvenNodes:
     """Inclusion checks of many leaves of one signed tree (an audit of a batch's receipts).
 
-    Every hash a proof holds is still compared, but against the nodes that earlier proofs in
-    this tree proved (hashed up to the root): a proof is hashed only up to its first proven
-    node, so receipts of one batch cost a hash or two each, not a whole path. Same verdicts
-    as :func:`verify_inclusion` (``tests/verifier/test_tlog.py``); a proof that fails adds
-    nothing. Nodes are named (level, index) in the tree where a level's last node without a
-    sibling moves up unchanged (the same hashes as RFC 9162's split)."""
+    Proofs are given as their hashes' canonical base64 text (a v2 receipt's spelling), so that
+    most of a proof is compared as text, never decoded: each node an accepted proof proved is
+    kept with its hash and the rest of that proof above it (its path's siblings up to the
+    root). A later proof is hashed from its leaf only up to its first proven node, whose hash
+    must match, and the rest of the proof must equal that node's proven rest. Receipts of one
+    batch cost a hash or two each, not a whole path. Same verdicts as :func:`verify_inclusion`
+    on the decoded hashes (``tests/verifier/test_tlog.py``), except that a hash in any other
+    spelling of base64 is refused; a proof that fails adds nothing. Nodes are named (level,
+    index) in the tree where a level's last node without a sibling moves up unchanged (the
+    same hashes as RFC 9162's split)."""
 
     def __init__(self, size: int, root: bytes) -> None:
         self.size = size
-        self._known: dict[tuple[int, int], bytes] = {((size - 1).bit_length() if size else 0, 0): root}
+        # (level, index) -> (hash, the proof's hashes above it as text)
+        self._known: dict[tuple[int, int], tuple[bytes, tuple[str, ...]]] = {
+            ((size - 1).bit_length() if size else 0, 0): (root, ())}
 
-    def verify(self, index: int, leaf: bytes, proof: Sequence[bytes]) -> None:
+    def verify(self, index: int, leaf: bytes, proof: Sequence[str]) -> None:
         size, known = self.size, self._known
         if not 0 <= index < size:
             raise InclusionInvalid(f"leaf index {index} is not in a tree of size {size}")
-        new: dict[tuple[int, int], bytes] = {}
+        proof = tuple(proof)
+        path: list[tuple[int, int, bytes, int]] = []  # (level, index, hash, proof position)
+        siblings: list[tuple[int, int, bytes, int, bytes]] = []  # (…, the path's node beside it)
         node, level, idx, count, used = leaf, 0, index, size, 0
-        proven = _matches(known, (0, index), node)
-        while count > 1:
+        while (entry := known.get((level, idx))) is None:  # the root is known: this ends
             sibling = idx ^ 1
+            path.append((level, idx, node, used))
             if sibling < count:
                 if used == len(proof):
                     raise InclusionInvalid(f"inclusion proof is too short for leaf {index} of {size}")
-                p = proof[used]
+                p = _proof_hash(proof[used])
+                siblings.append((level, sibling, p, used, node))
+                node = node_hash(p, node) if sibling < idx else node_hash(node, p)
                 used += 1
-                k = known.get((level, sibling))
-                if k is None:
-                    if len(p) != 32:
-                        raise InclusionInvalid("inclusion proof holds a hash that is not 32 bytes")
-                    proven = False  # (cannot happen above a proven node; hash on, fail closed)
-                    new[(level, sibling)] = p
-                elif k != p:
-                    raise InclusionInvalid(f"inclusion proof for leaf {index} does not lead to the root of size {size}")
-                if not proven:
-                    node = node_hash(p, node) if sibling < idx else node_hash(node, p)
             idx, count, level = idx >> 1, (count + 1) >> 1, level + 1
-            if not proven:
-                proven = _matches(known, (level, idx), node)
-                if not proven:
-                    new[(level, idx)] = node
-        if used != len(proof):
-            raise InclusionInvalid(f"inclusion proof is too long for leaf {index} of {size}")
-        if not proven:  # the top is the root, always known: unreachable, but fail closed
+        proven, rest = entry
+        if len(proof) - used != len(rest):
+            raise InclusionInvalid(f"inclusion proof is too {'short' if len(proof) - used < len(rest) else 'long'} "
+                                   f"for leaf {index} of {size}")
+        if proven != node or proof[used:] != rest:
             raise InclusionInvalid(f"inclusion proof for leaf {index} does not lead to the root of size {size}")
-        new[(0, index)] = leaf
-        known.update(new)
+        for level, i, h, k in path:
+            known[(level, i)] = (h, proof[k:])
+        for level, i, h, k, beside in siblings:
+            known[(level, i)] = (h, (_b64(beside), *proof[k + 1:]))
 
 
-def _matches(known: dict[tuple[int, int], bytes], node: tuple[int, int], h: bytes) -> bool:
-    """True when ``node`` is proven to hash to ``h``; raises when it is proven to hash to another."""
-    k = known.get(node)
-    if k is None:
-        return False
-    if k != h:
-        raise InclusionInvalid("inclusion proof does not lead to the checkpoint's root")
-    return True
+def _proof_hash(text: str) -> bytes:
+    """A proof's hash from its base64 text: 32 bytes in the one spelling; else InclusionInvalid."""
+    try:
+        h = b64decode_canonical(text)
+    except (ValueError, TypeError, KeyError):
+        h = b""
+    if len(h) != 32:
+        raise InclusionInvalid("inclusion proof holds a hash that is not 32 bytes in canonical base64")
+    return h
+
+
+def _b64(h: bytes) -> str:
+    return binascii.b2a_base64(h, newline=False).decode("ascii")
 
 
 def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> None:

@@ -67,3 +67,35 @@ def test_json_forms_are_the_bytes_json_dumps_wrote(value):
 
 def test_canonical_json_test_vector():
     assert canonical_json({"b": [1, 2.5], "a": "ü"}) == b'{"a":"\xc3\xbc","b":[1,2.5]}'
+
+
+def test_canonical_base64_accepts_exactly_binascii_strict_in_its_one_spelling():
+    """b64decode_canonical (pybase64, SIMD) accepts and refuses what binascii's strict mode
+    does, plus refuses set unused bits: a differential test over random texts near valid ones
+    (padding anywhere, whitespace, URL-safe and non-ASCII letters, cut and extended texts)."""
+    import base64
+    import binascii
+    import random
+
+    from verifier.digests import b64decode_canonical
+
+    rng = random.Random(5)
+    noise = "=\n -_.é\x00A/+"
+    tried = refused = 0
+    for _ in range(20000):
+        text = base64.b64encode(rng.randbytes(rng.randrange(0, 40))).decode()
+        for _ in range(rng.randrange(0, 3)):
+            i = rng.randrange(len(text) + 1)
+            text = text[:i] + rng.choice(noise) * rng.randrange(1, 3) + text[i + rng.randrange(0, 2):]
+        try:
+            want = binascii.a2b_base64(text, strict_mode=True)
+            want = want if base64.b64encode(want).decode() == text else None  # one spelling
+        except (ValueError, binascii.Error):
+            want = None
+        try:
+            got = b64decode_canonical(text)
+        except ValueError:
+            got = None
+        assert got == want, text
+        tried, refused = tried + 1, refused + (want is None)
+    assert 0.2 < refused / tried < 0.8  # both kinds were tried

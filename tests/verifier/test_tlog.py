@@ -292,10 +292,24 @@ def _tampered(proof: list[bytes], rng: random.Random) -> list[list[bytes]]:
     return out
 
 
+B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _text(proof: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in proof]
+
+
+def _respelled(text: str) -> str:
+    """The same 32 bytes in another base64 spelling: an unused low bit of the last digit set."""
+    return text[:42] + B64[B64.index(text[42]) ^ 1] + "="
+
+
 def test_proven_nodes_give_verify_inclusions_verdicts():
     """ProvenNodes (an audit's many receipts of one checkpoint) accepts exactly what
     verify_inclusion accepts, whatever came before: tampered proofs interleaved with good
-    ones, in any order, never pass and never spoil later checks."""
+    ones, in any order, never pass and never spoil later checks. Its proofs are base64 text,
+    most of it compared as text: a hash in another spelling of the same bytes, or not 32
+    bytes, is refused wherever it sits in the proof."""
     rng = random.Random(11)
     for n in [*range(1, 34), 64, 65, 100]:
         tree = MemoryTree([os.urandom(4) for _ in range(n)])
@@ -304,22 +318,27 @@ def test_proven_nodes_give_verify_inclusions_verdicts():
         rng.shuffle(order)
         for m in order:
             leaf, proof = tree.levels[0][m], tree.inclusion(m)
+            text = _text(proof)
             for bad in _tampered(proof, rng):
                 with pytest.raises(InclusionInvalid):
                     verify_inclusion(m, n, leaf, bad, root)
                 with pytest.raises(InclusionInvalid):
-                    proven.verify(m, leaf, bad)
+                    proven.verify(m, leaf, _text(bad))
+            for j in range(len(text)):
+                for bad_hash in (_respelled(text[j]), text[j][:40] + "==", text[j][:43] + "!", "", 44 * "="):
+                    with pytest.raises(InclusionInvalid):
+                        proven.verify(m, leaf, [*text[:j], bad_hash, *text[j + 1:]])
             with pytest.raises(InclusionInvalid):
-                proven.verify(m, leaf_hash(b"other"), proof)
+                proven.verify(m, leaf_hash(b"other"), text)
             if n > 1:
                 with pytest.raises(InclusionInvalid):
-                    proven.verify((m + 1) % n, leaf, proof)  # another leaf index
+                    proven.verify((m + 1) % n, leaf, text)  # another leaf index
             with pytest.raises(InclusionInvalid):
-                proven.verify(n, leaf, proof)
-            proven.verify(m, leaf, proof)
+                proven.verify(n, leaf, text)
+            proven.verify(m, leaf, text)
         other = MemoryTree([os.urandom(4) for _ in range(n)])  # another tree of this size
         with pytest.raises(InclusionInvalid):
-            proven.verify(0, other.levels[0][0], other.inclusion(0))
+            proven.verify(0, other.levels[0][0], _text(other.inclusion(0)))
 
 
 def test_v2_statement_that_is_not_strict_base64(v2):
