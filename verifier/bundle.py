@@ -77,7 +77,7 @@ class ProofBundle(_Frozen):
     receipt: dict[str, Any] | None = None  # DSSE envelope of the signed answer, if any
     # the server's signed proof receipt (verifier.proof_receipts) binding receipt and proof
     proof_receipt: dict[str, Any] | None = None
-    created_at: str
+    created_at: str  # when it was written: a note for people, signed and checked by nothing
 
     @field_validator("proof")
     @classmethod
