@@ -227,7 +227,11 @@ class ProvenNodes:
     on the decoded hashes (``tests/verifier/test_tlog.py``), except that a hash in any other
     spelling of base64 is refused; a proof that fails adds nothing. Nodes are named (level,
     index) in the tree where a level's last node without a sibling moves up unchanged (the
-    same hashes as RFC 9162's split)."""
+    same hashes as RFC 9162's split). At most ``max_nodes`` nodes are kept (receipts refreshed
+    to one big tree would otherwise keep ~0.5 KB per leaf): past that, proofs are checked
+    against the nodes kept, and hashed further up."""
+
+    max_nodes = 1 << 14
 
     def __init__(self, size: int, root: bytes) -> None:
         self.size = size
@@ -260,6 +264,8 @@ class ProvenNodes:
                                    f"for leaf {index} of {size}")
         if proven != node or proof[used:] != rest:
             raise InclusionInvalid(f"inclusion proof for leaf {index} does not lead to the root of size {size}")
+        if len(known) >= self.max_nodes:
+            return
         for level, i, h, k in path:
             known[(level, i)] = (h, proof[k:])
         for level, i, h, k, beside in siblings:

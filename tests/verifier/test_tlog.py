@@ -304,12 +304,15 @@ def _respelled(text: str) -> str:
     return text[:42] + B64[B64.index(text[42]) ^ 1] + "="
 
 
-def test_proven_nodes_give_verify_inclusions_verdicts():
+@pytest.mark.parametrize("max_nodes", [ProvenNodes.max_nodes, 12])
+def test_proven_nodes_give_verify_inclusions_verdicts(max_nodes, monkeypatch):
     """ProvenNodes (an audit's many receipts of one checkpoint) accepts exactly what
     verify_inclusion accepts, whatever came before: tampered proofs interleaved with good
     ones, in any order, never pass and never spoil later checks. Its proofs are base64 text,
     most of it compared as text: a hash in another spelling of the same bytes, or not 32
-    bytes, is refused wherever it sits in the proof."""
+    bytes, is refused wherever it sits in the proof. Also once it keeps no more nodes
+    (``max_nodes``: the bound on its memory)."""
+    monkeypatch.setattr(ProvenNodes, "max_nodes", max_nodes)
     rng = random.Random(11)
     for n in [*range(1, 34), 64, 65, 100]:
         tree = MemoryTree([os.urandom(4) for _ in range(n)])
@@ -339,6 +342,7 @@ def test_proven_nodes_give_verify_inclusions_verdicts():
         other = MemoryTree([os.urandom(4) for _ in range(n)])  # another tree of this size
         with pytest.raises(InclusionInvalid):
             proven.verify(0, other.levels[0][0], _text(other.inclusion(0)))
+        assert len(proven._known) <= max(max_nodes, 1) + 2 * n.bit_length() + 2  # one proof's nodes past the bound
 
 
 def test_v2_statement_that_is_not_strict_base64(v2):
