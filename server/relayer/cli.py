@@ -100,7 +100,14 @@ def relay(args: argparse.Namespace) -> int:
           + ")", file=sys.stderr)
     try:
         if args.once:
-            res = relayer.poll()
+            try:
+                res = relayer.poll()
+            except Exception as exc:  # noqa: BLE001 - the node, or a transaction not mined yet
+                # (what the loop logs and retries): one line; the requests left stay for a later pass
+                print(f"verinfer relay: the pass did not finish ({type(exc).__name__}: "
+                      f"{str(exc)[:300]}); the requests left are handled at the next pass",
+                      file=sys.stderr)
+                return 1
             print(f"OK: {res.events} request(s) up to block {res.latest_block}: "
                   f"{len(res.fulfilled)} fulfilled, {len(res.elsewhere)} answered elsewhere or "
                   f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed, "

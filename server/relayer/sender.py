@@ -166,7 +166,13 @@ class Sender:
         keys = ("maxFeePerGas", "maxPriorityFeePerGas") if "maxFeePerGas" in tx else ("gasPrice",)
         for k in keys:
             new[k] = int(tx[k] * self.fee_bump) + 1
-        self.check_fee(ev, new["gas"], new[keys[0]])
+        try:
+            self.check_fee(ev, new["gas"], new[keys[0]])
+        except Unpaid as exc:  # broadcast already, so not skipped: it is mined at its own price
+            log.warning("relayer: request %s: tx %s not mined in %.0f s; not replaced, since the "
+                        "fee would not pay for it (%s); waiting on it", ev.rid, old_hash,
+                        self.tx_timeout_s, exc)
+            return tx, old_hash
         signed = self._account.sign_transaction(new)
         new_hash = "0x" + bytes(signed.hash).hex()
         mid = "0x" + ev.model_id.hex()

@@ -233,3 +233,32 @@ def test_a_request_paying_between_the_floor_and_the_proof_costs_one_proof_per_mo
         assert res.skipped == [rid] and not res.fulfilled
         assert "does not cover" in r.store.get(rid).reason
         assert Counting.calls == proofs  # the first was proven to learn the cost; the second was not
+
+
+def test_relay_once_says_in_one_line_that_a_transaction_is_not_mined_yet(
+        anvil_chain, relay_anvil_url, packages_home, iris_package, tmp_path):
+    """Blocks stop being mined: ``relay --once`` replaces its fulfilment until it gives up,
+    then exits 1 with one line (not a traceback), the request left for the next pass; once
+    blocks come again, the next pass finishes it with one fulfilment."""
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    _account, key_file = funded_key_file(chain, tmp_path)
+    cons, reqs, label = _requests(chain, record, "iris_mlp", 1, start=3)
+    args = ["relay", "--rpc", relay_anvil_url, "--oracle", oracle, "--key-file", key_file,
+            "--fee-margin", "0", "--once", "--json"]
+    chain.w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        stuck = run_cli(*args, "--tx-timeout", "0.2", home=packages_home)
+    finally:
+        chain.w3.provider.make_request("evm_setAutomine", [True])
+    assert stuck.returncode == 1, stuck.stderr
+    assert "Traceback" not in stuck.stderr, stuck.stderr
+    assert stuck.stderr.strip().splitlines()[-1].startswith(
+        "verinfer relay: the pass did not finish (TimeoutError: transaction 0x"), stuck.stderr
+    chain.w3.provider.make_request("evm_mine", [])
+    again = run_cli(*args, home=packages_home)
+    assert again.returncode == 0, again.stderr
+    (rid, q), = reqs
+    assert answer(cons, rid) == (True, label(q))
+    assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle)] == [rid]

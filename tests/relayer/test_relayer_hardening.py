@@ -173,6 +173,19 @@ def test_a_slow_proof_does_not_hold_up_signature_requests(anvil_chain, iris_mode
     assert proofs.saw_signature_answer  # answered while the proof was still running
 
 
+def _poll_in_background(r, out: dict) -> threading.Thread:
+    """``r.poll()`` in a thread: ``out["res"]``, or ``out["exc"]`` what it raised."""
+    def run():
+        try:
+            out["res"] = r.poll()
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            out["exc"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
 def test_a_stuck_transaction_is_replaced(anvil_chain, iris_model, tmp_path):
     """Automine off: the fulfilment is not mined within tx_timeout_s, so the relayer sends it
     again at the same nonce with a higher fee; the block then mined holds the replacement,
@@ -192,16 +205,9 @@ def test_a_stuck_transaction_is_replaced(anvil_chain, iris_model, tmp_path):
         "after_send": lambda ev: first.append(r.store.get(ev.rid).tx_hash),
         "after_replace": lambda ev: replaced.set()})
 
-    def run():
-        try:
-            out["res"] = r.poll()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            out["exc"] = exc
-
     _rpc(chain0, "evm_setAutomine", False)
     try:
-        t = threading.Thread(target=run)
-        t.start()
+        t = _poll_in_background(r, out)
         assert replaced.wait(60), "the relayer did not replace its stuck transaction"
         _rpc(chain0, "evm_mine")
         t.join(60)
@@ -215,6 +221,50 @@ def test_a_stuck_transaction_is_replaced(anvil_chain, iris_model, tmp_path):
         chain.w3.eth.get_transaction_receipt(first[0])
     assert chain.w3.eth.get_transaction_count(account) == 1
     assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle.address)] == [rid]
+
+
+def test_a_stuck_transaction_the_fee_would_not_pay_to_replace_is_waited_on(anvil_chain, iris_model, tmp_path):
+    """The request's fee covers the sent fulfilment but not its replacement at fees x 1.25:
+    the broadcast transaction cannot be skipped, so the relayer keeps it (no replacement, no
+    Unpaid escaping the pass, the record naming it) and it is what fulfils the request once
+    mined. (Before: Unpaid escaped poll, the record stayed 'sending', the next poll blocked.)"""
+    from contracts.chain import connect
+
+    chain0 = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain0, iris_model, "signature", addr)
+    account, key_file = funded_key_file(chain0, tmp_path)
+    chain = connect(chain0.rpc, key_file=key_file)
+    chain0.transact(cons.functions.classify(list(samples(1)[0])), value=10**16)
+    rid = "0x" + bytes(cons.functions.lastRequestId().call()).hex()
+    first, out = [], {}
+
+    def after_send(ev):  # the fee now sits between what the sent tx and its replacement need
+        tx = chain.w3.eth.get_transaction(r.store.get(ev.rid).tx_hash)
+        first.append(r.store.get(ev.rid).tx_hash)
+        r.sender.fee_margin = ev.fee / (tx["gas"] * tx["maxFeePerGas"] * 1.1)
+
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, tx_timeout_s=0.3, fee_margin=1.0,
+                    hooks={"after_send": after_send})
+    r.sender.max_replacements = 2
+
+    _rpc(chain0, "evm_setAutomine", False)
+    try:
+        t = _poll_in_background(r, out)
+        t.join(60)
+        assert not t.is_alive()
+        # not mined after its replacements were declined: a node-side wait, retried next pass
+        assert isinstance(out.get("exc"), TimeoutError), out
+        rec = r.store.get(rid)
+        assert (rec.state, rec.tx_hash) == ("sending", first[0])
+        pending = _rpc(chain0, "txpool_content")["pending"]
+        assert sum(len(txs) for txs in pending.values()) == 1  # the first alone: never replaced
+    finally:
+        _rpc(chain0, "evm_setAutomine", True)
+    _rpc(chain0, "evm_mine")
+    assert r.poll().fulfilled == [rid]
+    assert r.store.get(rid).tx_hash == first[0]
+    assert chain.w3.eth.get_transaction_count(account) == 1
 
 
 def test_confirmations_wait_for_depth(anvil_chain, iris_model, tmp_path):
