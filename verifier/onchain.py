@@ -6,8 +6,9 @@ and public instances that the offline check uses, sent to the model's EZKL ``Hal
 plain JSON-RPC over urllib and ``eth_abi``, no web3, so the auditor's install can run it.
 
 Fails closed: :func:`verify_onchain` returns ``None`` or raises :class:`ProofInvalid`
-(the verifier said no or reverted), :class:`InputError` (bad address, unreachable node, no
-code at the address).
+(the verifier said no, returned anything but ABI true, or reverted), :class:`InputError` (bad
+address, unreachable node, no code at the address, any other error of the node: then nothing
+was said about the proof).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import re
 import urllib.error
 import urllib.request
 
-from eth_abi import decode as abi_decode
 from eth_abi import encode as abi_encode
 from eth_utils import keccak
 
@@ -60,14 +60,34 @@ def verify_onchain(url: str, verifier: str, proof: bytes, instances: list[int]) 
     if not _ADDRESS.match(verifier):
         raise InputError(f"not an address: {verifier!r}")
     code = rpc_call(url, "eth_getCode", [verifier, "latest"])
-    if "error" in code:
-        raise InputError(f"node error: {code['error'].get('message', code['error'])}")
+    if not isinstance(code, dict) or "error" in code:
+        raise InputError(f"node error on eth_getCode: {_message(code.get('error') if isinstance(code, dict) else code)}")
     if code.get("result") in (None, "0x", "0x0"):
         raise InputError(f"no contract at {verifier}")
     call = {"to": verifier, "data": "0x" + proof_calldata(proof, instances).hex()}
     reply = rpc_call(url, "eth_call", [call, "latest"])
-    if "error" in reply:
-        raise ProofInvalid(f"the on-chain verifier at {verifier} rejected the proof (reverted)")
-    out = bytes.fromhex(reply.get("result", "0x").removeprefix("0x"))
-    if len(out) != 32 or abi_decode(["bool"], out)[0] is not True:
+    error = reply.get("error") if isinstance(reply, dict) else {"message": "not a JSON-RPC reply"}
+    if error is not None:
+        if _is_revert(error):
+            raise ProofInvalid(f"the on-chain verifier at {verifier} rejected the proof (reverted)")
+        # the node's trouble (rate limit, eth_call disabled, ...), not the verifier's verdict
+        raise InputError(f"node error on eth_call: {_message(error)}")
+    try:
+        out = bytes.fromhex(str(reply.get("result", "0x")).removeprefix("0x"))
+    except ValueError:
+        raise InputError("node error on eth_call: its result is not hex") from None
+    if out != TRUE_WORD:  # ABI true is exactly this word; anything else is no
         raise ProofInvalid(f"the on-chain verifier at {verifier} did not accept the proof")
+
+
+TRUE_WORD = (1).to_bytes(32, "big")
+
+
+def _message(error) -> str:
+    return str(error.get("message", error) if isinstance(error, dict) else error)[:300]
+
+
+def _is_revert(error) -> bool:
+    """A JSON-RPC error that says the call reverted: code 3 (geth, anvil: revert with data) or
+    a message naming the revert (nodes differ in codes; all say "revert")."""
+    return isinstance(error, dict) and (error.get("code") == 3 or "revert" in _message(error).lower())
