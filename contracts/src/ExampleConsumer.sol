@@ -7,11 +7,13 @@ import {VerinferOracle} from "./VerinferOracle.sol";
 /// @title ExampleConsumer
 /// @notice How a contract uses the VerinferOracle: request a classification (optionally with a
 ///         fee), receive the label in `onClassification`, cancel and recover the fee if nobody
-///         answers in time.
+///         answers in time. It serves its owner alone: only the owner asks, cancels and
+///         withdraws, so a fee refunded here was the owner's (a consumer open to anyone would
+///         have to record who paid for each request and refund that account).
 contract ExampleConsumer is IClassificationConsumer {
     /// @notice onClassification: the caller is not the oracle.
     error OnlyOracle(address caller);
-    /// @notice cancel, withdraw: the caller is not this contract's owner.
+    /// @notice classify, cancel, withdraw: the caller is not this contract's owner.
     error OnlyOwner(address caller);
     /// @notice withdraw: sending the balance to the owner failed.
     error WithdrawFailed();
@@ -42,6 +44,7 @@ contract ExampleConsumer is IClassificationConsumer {
     /// @notice Ask the oracle to classify `input` (fixed-point at the model's input scale).
     ///         Any ETH sent is passed on as the fee.
     function classify(int256[] calldata input) external payable returns (bytes32 requestId) {
+        if (msg.sender != owner) revert OnlyOwner(msg.sender);
         requestId = oracle.requestClassification{value: msg.value}(modelId, input, callbackGasLimit);
         lastRequestId = requestId;
         emit Requested(requestId);

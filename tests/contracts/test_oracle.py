@@ -338,9 +338,14 @@ def _call_with_gas(w, fn, gas):
 
 
 def test_cancel_after_timeout_refunds_fee(w):
+    """The fee comes back to the consumer, and to its owner, who alone could have paid it: a
+    stranger cannot ask through the example consumer (before, a stranger's fee went to the
+    owner on cancel)."""
     fee = 5 * 10**15
-    rid, _ = w.request(fee=fee)
     consumer = w.consumer()
+    with reverts("OnlyOwner", w.relayer):
+        w.chain.transact(consumer.functions.classify(list(Q)), value=fee, sender=w.relayer)
+    rid, _ = w.request(fee=fee)
     with reverts("NotRequester"):
         w.chain.transact(w.oracle.functions.cancelRequest(rid))
     with reverts("CancelTooEarly"):
