@@ -107,7 +107,7 @@ def relay(args: argparse.Namespace) -> int:
                 print(f"verinfer relay: the pass did not finish ({type(exc).__name__}: "
                       f"{str(exc)[:300]}); the requests left are handled at the next pass",
                       file=sys.stderr)
-                return 1
+                return 2  # as for a node error before the pass (docs/server.md)
             print(f"OK: {res.events} request(s) up to block {res.latest_block}: "
                   f"{len(res.fulfilled)} fulfilled, {len(res.elsewhere)} answered elsewhere or "
                   f"cancelled, {len(res.skipped)} skipped, {len(res.failed)} failed, "

@@ -238,7 +238,7 @@ def test_a_request_paying_between_the_floor_and_the_proof_costs_one_proof_per_mo
 def test_relay_once_says_in_one_line_that_a_transaction_is_not_mined_yet(
         anvil_chain, relay_anvil_url, packages_home, iris_package, tmp_path):
     """Blocks stop being mined: ``relay --once`` replaces its fulfilment until it gives up,
-    then exits 1 with one line (not a traceback), the request left for the next pass; once
+    then exits 2 with one line (not a traceback), as for any node error, the request left for the next pass; once
     blocks come again, the next pass finishes it with one fulfilment."""
     chain = anvil_chain
     record = deploy.deploy_all(chain, [iris_package], policy="proof")
@@ -252,7 +252,7 @@ def test_relay_once_says_in_one_line_that_a_transaction_is_not_mined_yet(
         stuck = run_cli(*args, "--tx-timeout", "0.2", home=packages_home)
     finally:
         chain.w3.provider.make_request("evm_setAutomine", [True])
-    assert stuck.returncode == 1, stuck.stderr
+    assert stuck.returncode == 2, stuck.stderr
     assert "Traceback" not in stuck.stderr, stuck.stderr
     assert stuck.stderr.strip().splitlines()[-1].startswith(
         "verinfer relay: the pass did not finish (TimeoutError: transaction 0x"), stuck.stderr
