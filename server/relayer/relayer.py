@@ -290,6 +290,8 @@ class Relayer:
             done = self.sender.resume(ev, rec)
             if done is not None:
                 return done
+        elif rec.state == "sending" and rec.nonce is not None:  # unlocked account, hash unknown
+            self.sender.resume_unlocked(rec)
 
         status = self._status(ev.request_id)
         if status != STATUS_OPEN:

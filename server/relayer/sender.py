@@ -97,10 +97,12 @@ class Sender:
                                   label=label, tx_hash=tx_hash, attempts=attempts)
                 self.w3.eth.send_raw_transaction(signed.raw_transaction)
             else:
-                # an unlocked node account: the hash is known only once sent; a restart in
-                # between finds the request fulfilled on chain (or still open) and acts on it
-                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending",
-                                  method=method, label=label, tx_hash=None, attempts=attempts)
+                # an unlocked node account: the hash is known only once sent, so the nonce is
+                # chosen and recorded first; a restart in between waits for that nonce to be
+                # mined (resume_unlocked) instead of paying for a second transaction
+                tx["nonce"] = self.w3.eth.get_transaction_count(self.chain.sender, "pending")
+                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
+                                  label=label, tx_hash=None, nonce=tx["nonce"], attempts=attempts)
                 tx_hash = "0x" + bytes(self.w3.eth.send_transaction(tx)).hex()
         if after_send is not None:
             after_send(ev)
@@ -194,6 +196,22 @@ class Sender:
         if hook is not None:
             hook(ev)
         return new, new_hash
+
+    def resume_unlocked(self, rec: RequestRecord) -> None:
+        """A transaction from the node's unlocked account, sent at ``rec.nonce`` just before a
+        restart (its hash unrecorded): if the node took a transaction at that nonce, wait until
+        it is mined (the relayer then reads the request's status on chain: fulfilled by it, or
+        still open and sent again); if not, return at once (send again)."""
+        sender = self.chain.sender
+        if self.w3.eth.get_transaction_count(sender, "pending") <= rec.nonce:
+            log.info("relayer: request %s: nothing was sent at nonce %d; sending", rec.request_id,
+                     rec.nonce)
+            return
+        end = time.monotonic() + 300.0
+        while self.w3.eth.get_transaction_count(sender, "latest") <= rec.nonce:
+            if time.monotonic() >= end:
+                raise TimeoutError(f"transaction at nonce {rec.nonce} of {sender} not mined yet")
+            time.sleep(self.receipt_poll_s)
 
     def resume(self, ev, rec: RequestRecord) -> str | None:
         """A transaction recorded before a restart: done if mined, waited for if pending,

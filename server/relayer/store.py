@@ -45,7 +45,10 @@ CREATE TABLE IF NOT EXISTS blocks (
 # version 3: the block our own transaction for a request was mined in, so that a reorg that
 # drops it (and not the request) sends that request again
 _SCHEMA_V3 = "ALTER TABLE requests ADD COLUMN mined_block INTEGER;"
-SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3))
+# version 4: the nonce a transaction from the node's unlocked account was sent at (its hash is
+# known only once sent): a restart in between waits for that nonce instead of sending again
+_SCHEMA_V4 = "ALTER TABLE requests ADD COLUMN nonce INTEGER;"
+SCHEMA = Schema("relayer store", slot=2, steps=(_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4))
 KEEP_BLOCKS = 512  # block hashes kept: a reorg deeper than this rewinds to the start
 
 
@@ -61,6 +64,7 @@ class RequestRecord:
     tx_hash: str | None
     reason: str | None
     attempts: int
+    nonce: int | None = None  # an unlocked account's transaction, recorded before it is sent
 
 
 class RelayStore:
@@ -148,13 +152,13 @@ class RelayStore:
     def get(self, request_id: str) -> RequestRecord | None:
         rows = self._all(
             "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
-            " attempts FROM requests WHERE chain_id=? AND oracle=? AND request_id=?",
+            " attempts, nonce FROM requests WHERE chain_id=? AND oracle=? AND request_id=?",
             (self.chain_id, self.oracle, request_id))
         return RequestRecord(*rows[0]) if rows else None
 
     def upsert(self, request_id: str, model_id: str, block: int, log_index: int, state: str,
                **fields: Any) -> None:
-        cols = ("method", "label", "tx_hash", "reason", "mined_block")
+        cols = ("method", "label", "tx_hash", "reason", "mined_block", "nonce")
         unknown = set(fields) - set(cols) - {"attempts"}
         if unknown:
             raise StoreError(f"relayer store: unknown fields {unknown}")
@@ -172,6 +176,6 @@ class RelayStore:
     def records(self) -> list[RequestRecord]:
         rows = self._all(
             "SELECT request_id, model_id, block, log_index, state, method, label, tx_hash, reason,"
-            " attempts FROM requests WHERE chain_id=? AND oracle=? ORDER BY block, log_index",
+            " attempts, nonce FROM requests WHERE chain_id=? AND oracle=? ORDER BY block, log_index",
             (self.chain_id, self.oracle))
         return [RequestRecord(*r) for r in rows]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -265,6 +266,49 @@ def test_a_stuck_transaction_the_fee_would_not_pay_to_replace_is_waited_on(anvil
     assert r.poll().fulfilled == [rid]
     assert r.store.get(rid).tx_hash == first[0]
     assert chain.w3.eth.get_transaction_count(account) == 1
+
+
+def test_a_restart_between_sending_from_the_unlocked_account_and_recording_it_pays_once(
+        anvil_chain, iris_model, tmp_path):
+    """The node's unlocked account: the hash is known only once sent. A relayer stopped right
+    after the broadcast, before the hash is on disk, finds at its restart the nonce it recorded
+    taken by a pending transaction: it waits for it instead of sending (and paying for) a second,
+    and the request ends fulfilled by that one transaction."""
+    chain = anvil_chain
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain, iris_model, "signature", addr)
+    rid = "0x" + request(chain, cons, samples(1)[0]).hex()
+    nonce = chain.w3.eth.get_transaction_count(chain.sender)
+
+    class Stopped(Exception):
+        pass
+
+    def stop(ev):  # the process dies between the broadcast and recording the hash
+        raise Stopped
+
+    r = relayer_for(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": stop})
+    out = {}
+    _rpc(chain, "evm_setAutomine", False)
+    try:
+        with pytest.raises(Stopped):
+            r.poll()
+        rec = r.store.get(rid)
+        assert (rec.state, rec.tx_hash, rec.nonce) == ("sending", None, nonce)
+        r.store.close()
+        restarted = relayer_for(chain, oracle, iris_model, tmp_path, key)
+        t = _poll_in_background(restarted, out)
+        time.sleep(1.5)
+        pending = _rpc(chain, "txpool_content")["pending"]
+        assert sum(len(txs) for txs in pending.values()) == 1  # the first alone: no second sent
+        _rpc(chain, "evm_mine")
+        t.join(60)
+        assert not t.is_alive()
+    finally:
+        _rpc(chain, "evm_setAutomine", True)
+    assert "exc" not in out, out.get("exc")
+    assert out["res"].fulfilled == [rid]
+    assert chain.w3.eth.get_transaction_count(chain.sender) == nonce + 1
+    assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle.address)] == [bytes.fromhex(rid[2:])]
 
 
 def test_confirmations_wait_for_depth(anvil_chain, iris_model, tmp_path):

@@ -107,8 +107,9 @@ def test_the_relayer_store_from_before_versions_migrates_and_keeps_its_rows(tmp_
     assert store.cursor() == (12, 3)
     assert store.get("0x01").state == "fulfilled" and store.get("0x01").label == 2
     assert store.known_blocks() == []  # version 2's table of block hashes, empty
+    assert store.get("0x01").nonce is None  # version 4's column, empty for the old rows
     assert store.rewind(11) == 1  # version 3's mined_block: none recorded, so only block 12's record goes
-    assert _stamps(path) == (APPLICATION_ID, 3 << 16)
+    assert _stamps(path) == (APPLICATION_ID, 4 << 16)
     store.close()
 
 
