@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from server.auth import DEFAULT_TIERS, Tier
 from verifier.config import Settings
@@ -121,8 +121,19 @@ class ServerSettings(Settings):
     )
     log_origin: str | None = Field(
         None, description="The receipt log's origin (first line of its checkpoints; the note key's "
-        "name), fixed when the log is created; default: verinfer.local/log/<random>."
+        "name: no whitespace, no '+'), fixed when the log is created; default: "
+        "verinfer.local/log/<random>."
     )
+
+    @field_validator("log_origin")
+    @classmethod
+    def _origin_is_a_note_name(cls, v: str | None) -> str | None:
+        from verifier.tlog import valid_note_name
+
+        if v is not None and not valid_note_name(v):  # else no verifier could read a checkpoint
+            raise ValueError("must be a signed-note key name: not empty, no whitespace, no '+' "
+                             "(e.g. example.com/verinfer/log)")
+        return v
 
     # --- on-chain relayer (server/relayer/relayer.py; docs/server.md "Relayer") ----------
     relay_rpc: str | None = Field(

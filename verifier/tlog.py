@@ -343,7 +343,8 @@ def key_id(name: str, public_key: bytes) -> bytes:
     return _sha256(name.encode() + b"\n" + bytes([ALG_ED25519]) + public_key).digest()[:4]
 
 
-def _valid_name(name: str) -> bool:
+def valid_note_name(name: str) -> bool:
+    """A C2SP signed-note key name (a log's origin here): not empty, no whitespace, no ``+``."""
     return bool(name) and "+" not in name and not any(c.isspace() for c in name)
 
 
@@ -357,7 +358,7 @@ class NoteVerifier:
     def parse(cls, vkey: str) -> NoteVerifier:
         """A verifier key string ``<name>+<key id hex>+<base64(0x01 || key)>``."""
         parts = vkey.strip().split("+", 2)
-        if len(parts) != 3 or not _valid_name(parts[0]) or len(parts[1]) != 8:
+        if len(parts) != 3 or not valid_note_name(parts[0]) or len(parts[1]) != 8:
             raise InputError(f"not a note verifier key: {vkey!r}")
         name, hash_hex, key_b64 = parts
         try:
@@ -434,7 +435,7 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
             blob = b64decode_canonical(b64)  # the signature line is outside the signed body
         except ValueError:
             raise SignatureInvalid("checkpoint signature is not base64") from None
-        if not _valid_name(name) or len(blob) < 5:
+        if not valid_note_name(name) or len(blob) < 5:
             raise SignatureInvalid("malformed checkpoint signature line")
         sigs.append((name, blob[:4], blob[4:]))
     if not sigs:

@@ -35,6 +35,7 @@ from verifier.tlog import (
     node_hash,
     root_hash,
     stored_index,
+    valid_note_name,
 )
 
 SCHEMA = """
@@ -101,10 +102,14 @@ class LogReader:
         return row[0]
 
     def _checked_size(self, size: int, what: str) -> None:
-        latest, _ = self.latest()
+        """A size the log has signed a checkpoint of (proofs to any other tree, e.g. inside one
+        group's append, would be to a root no checkpoint vouches for); else NotFound."""
         if size < 0:
             raise InputError(f"{what} must not be negative")
-        if size > latest:  # a size the log may reach later: not there (yet)
+        with self._lock:
+            signed = self._db.execute("SELECT 1 FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        if signed is None:
+            latest, _ = self.latest()
             raise NotFound(f"{what} {size} is not a size the log has signed (latest: {latest})")
 
     def inclusion(self, index: int, size: int) -> list[bytes]:
@@ -120,6 +125,8 @@ class LogReader:
         self._checked_size(new, "to")
         if old < 0:
             raise InputError("from must not be negative")
+        if 0 < old <= new:  # (from 0: the empty tree, consistent with any)
+            self._checked_size(old, "from")
         if old > new:  # 404 as for any proof the log has none of: the request is schema-valid
             # (OpenAPI cannot say from <= to), and a 400 to it fails schemathesis' ST202 check
             raise NotFound(f"no consistency proof from size {old} to the smaller size {new}")
@@ -150,6 +157,10 @@ class LogWriter:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
         self._sign_line = sign_line
         row = self._db.execute("SELECT v FROM meta WHERE k = 'origin'").fetchone()
+        if row is None and origin is not None and not valid_note_name(origin):
+            self.close()
+            raise InputError(f"receipt log origin {origin!r} is not a signed-note key name (not "
+                             "empty, no whitespace, no '+'): no verifier could read its checkpoints")
         if row is None:
             origin = origin or f"verinfer.local/log/{os.urandom(8).hex()}"
             self._db.execute("INSERT INTO meta VALUES ('origin', ?), ('size', '0')", (origin,))
@@ -171,6 +182,11 @@ class LogWriter:
             self.note = self._checkpoint(self.root())
         else:
             self.note = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (latest,)).fetchone()[0]
+            body = checkpoint_body(self.origin, self.size, self.root())
+            if (body + b"\n" + sign_line(self.origin, body)).decode() != self.note:
+                # signed by another key (rotated or revoked since): the head is signed again by
+                # this one, so that whoever trusts only the active key can read the log's head
+                self._checkpoint(self.root())
 
     def root(self) -> bytes:
         size, edge = self.size, self._edge
@@ -179,6 +195,8 @@ class LogWriter:
     def append(self, leaves: list[bytes]) -> tuple[str, Callable[[int], list[bytes]]]:
         """Append leaf hashes durably, then sign the new tree's checkpoint. Returns the signed
         note and ``proof(index)``: the inclusion proof of one of these leaves in that tree."""
+        if not leaves:
+            raise ValueError("nothing to append")
         old, size, edge = self.size, self.size + len(leaves), self._edge
         levels, rows = _levels(old, size, leaves, edge)
         with transaction(self._db, self._write_lock) as db:
@@ -207,11 +225,13 @@ class LogWriter:
         note = (body + b"\n" + self._sign_line(self.origin, body)).decode()
         if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
             self._db.execute("PRAGMA synchronous=NORMAL")
-        with transaction(self._db, self._write_lock) as db:  # the note and its count: one commit
-            db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
-            db.execute("UPDATE meta SET v = v + 1 WHERE k = 'checkpoints'")
-        if self._fsync:
-            self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with transaction(self._db, self._write_lock) as db:  # the note and its count: one commit
+                db.execute("INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?)", (self.size, note, time.time()))
+                db.execute("UPDATE meta SET v = v + 1 WHERE k = 'checkpoints'")
+        finally:  # also when that commit failed: the next append's leaves are fsynced again
+            if self._fsync:
+                self._db.execute("PRAGMA synchronous=FULL")
         self.note = note
         return note
 
