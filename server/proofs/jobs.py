@@ -421,6 +421,12 @@ class ProofJobs:
         by_worker = {slot.worker_id: slot for slot in self.slots if slot.proc is not None}
         for job in self.store.running():
             slot = by_worker.get(job.worker)
+            if slot is not None and slot.proc.poll() is None and (
+                    job.lease_until is None or job.lease_until - now < s.proof_lease_s / 2):
+                # our worker lives, so it holds its job: EZKL keeps the GIL for a whole proving
+                # step, which silences the worker's own heartbeat thread past the lease (the
+                # job was proven twice, or failed and then done); a hung one meets the timeout
+                self.store.heartbeat(job.id, job.worker, s.proof_lease_s)
             if slot is not None and job.started and now - job.started > s.proof_timeout_s:
                 log.warning("proof job %s passed %.0fs: killing worker %s", job.id,
                             s.proof_timeout_s, job.worker)

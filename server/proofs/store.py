@@ -432,26 +432,33 @@ class JobStore:
 
         return self._tx(run)
 
-    def finish(self, job_id: str, outcome: str, bundle_json: str) -> bool:
-        """Store a verified bundle and mark the job done (unless it already is)."""
+    def finish(self, job_id: str, outcome: str, bundle_json: str, worker: str | None = None) -> bool:
+        """Store a verified bundle and mark the job done. With ``worker`` (what every prover
+        says): only if the job is still running under it, so that a result that comes back
+        after its attempt was given up on (lease or timeout; the job queued again, proven
+        elsewhere or failed) is dropped: a job never ends with two bundles, nor goes from
+        failed to done. Without: unless it is done already."""
 
         def run(db):
             now = time.time()
             row = db.execute("SELECT stage, stage_started, stages FROM proof_jobs WHERE id = ?", (job_id,)).fetchone()
             stages = json.dumps(_stages_with(row, now)) if row is not None else None
+            ours = "status != 'done'" if worker is None else "status = 'running' AND worker = ?"
             cur = db.execute(
                 "UPDATE proof_jobs SET status = 'done', stage = NULL, outcome = ?, bundle = ?, "
-                "finished = ?, error = NULL, lease_until = NULL, stages = ? WHERE id = ? AND status != 'done'",
-                (outcome, bundle_json, now, stages, job_id))
+                f"finished = ?, error = NULL, lease_until = NULL, stages = ? WHERE id = ? AND {ours}",
+                (outcome, bundle_json, now, stages, job_id, *([] if worker is None else [worker])))
             return cur.rowcount == 1
 
         return self._tx(run)
 
-    def fail_now(self, job_id: str, reason: str) -> None:
-        """A permanent error (bad input for this circuit): no retry."""
+    def fail_now(self, job_id: str, reason: str, worker: str | None = None) -> None:
+        """A permanent error (bad input for this circuit): no retry. With ``worker``: only
+        while the job runs under it."""
         self._tx(lambda db: db.execute(
             "UPDATE proof_jobs SET status = 'failed', error = ?, finished = ?, lease_until = NULL "
-            "WHERE id = ? AND status = 'running'", (reason, time.time(), job_id)))
+            "WHERE id = ? AND status = 'running' AND (? IS NULL OR worker = ?)",
+            (reason, time.time(), job_id, worker, worker)))
 
     # --- remote executors (server/proofs/ray_executor.py) -------------------------------
 
@@ -462,11 +469,5 @@ class JobStore:
             (new_worker, job_id, worker)).rowcount == 1)
 
     def finish_as(self, job_id: str, worker: str, outcome: str, bundle_json: str) -> bool:
-        """Store a bundle only if the job is still running under ``worker``: a result that
-        comes back after its attempt was given up on (and the job dispatched again) is
-        dropped, so a job never ends with two different bundles."""
-        return self._tx(lambda db: db.execute(
-            "UPDATE proof_jobs SET status = 'done', stage = NULL, outcome = ?, bundle = ?, "
-            "finished = ?, error = NULL, lease_until = NULL WHERE id = ? AND worker = ? "
-            "AND status = 'running'",
-            (outcome, bundle_json, time.time(), job_id, worker)).rowcount == 1)
+        """:meth:`finish` as ``worker`` (a Ray attempt's name)."""
+        return self.finish(job_id, outcome, bundle_json, worker=worker)

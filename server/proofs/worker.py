@@ -140,7 +140,7 @@ class Worker:
         stop = threading.Event()
         stage = {"now": "starting"}
 
-        def beat() -> None:
+        def beat() -> None:  # (silent while EZKL holds the GIL: the supervisor renews too)
             while not stop.wait(self.lease_s / 3):
                 try:
                     self.jobs.heartbeat(job.id, self.id, self.lease_s)
@@ -155,13 +155,15 @@ class Worker:
         hb.start()
         try:
             outcome, bundle_json = self.prove(job, spec, _StageProgress(on_stage))
-            self.jobs.finish(job.id, outcome, bundle_json)
+            if not self.jobs.finish(job.id, outcome, bundle_json, worker=self.id):
+                log.warning("job %s attempt %d: proven, but no longer ours (given up on and "
+                            "queued again, or failed): result dropped", job.id, job.attempts)
         except Exception as exc:  # noqa: BLE001
             from verifier.errors import InputError, PackageError
 
             reason = f"{stage['now']}: {_first_line(exc)}"
             if isinstance(exc, InputError) and not isinstance(exc, PackageError):
-                self.jobs.fail_now(job.id, reason)  # the input can never be proven
+                self.jobs.fail_now(job.id, reason, worker=self.id)  # the input can never be proven
             else:
                 self.jobs.retry_or_fail(job.id, reason, self.max_attempts, expect_worker=self.id)
             log.warning("job %s attempt %d: %s", job.id, job.attempts, reason)

@@ -56,6 +56,28 @@ def test_server_kill9_while_proving_then_restart_finishes(new_home, servers):
     assert status == 200 and again["id"] == jobs[0]["id"] and again["cached"] is True
 
 
+def test_a_proof_longer_than_its_lease_is_proven_once(new_home, servers):
+    """EZKL holds the GIL for a whole proving step, so a worker's own heartbeat thread is silent
+    for longer than a short lease: the supervisor renews the leases of its live workers, and
+    the job runs once to done (before: running, failed by its lease, then done by the worker
+    that still proved it; with attempts left, proven twice)."""
+    home = new_home()
+    s = servers(home, {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_LEASE_S": "0.5",
+                       "VERINFER_PROOF_ATTEMPTS": "1"})
+    status, job = s.submit(iris_input(50))
+    assert status == 202, job
+    seen, end = [], time.monotonic() + 120
+    while time.monotonic() < end:
+        j = s.job(job["id"])
+        if not seen or seen[-1] != j["status"]:
+            seen.append(j["status"])
+        if j["status"] in ("done", "failed"):
+            break
+        time.sleep(0.05)
+    assert j["status"] == "done" and j["attempts"] == 1, (seen, j)
+    assert "failed" not in seen, seen
+
+
 def test_sigterm_to_the_process_group_stops_cleanly_and_loses_nothing(new_home, servers):
     """What systemd's stop does: SIGTERM to every process of the server's group. The server
     answers what it holds, stops its receipt writer and prover workers itself (they are not

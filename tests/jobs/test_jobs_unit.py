@@ -72,6 +72,29 @@ def test_job_store_lifecycle(tmp_path):
     store.close()
 
 
+def test_a_result_of_an_attempt_given_up_on_is_dropped(tmp_path):
+    """A prover's finish/fail_now name the worker: once its attempt was given up on (the lease
+    ran out, the job went to another worker, or failed), what it brings back changes nothing.
+    (Before: a job failed by its lease ended done, and a job proven twice took the late bundle.)"""
+    store = JobStore(tmp_path / "db.sqlite3")
+    job, _ = _submit(store, "1" * 64)
+    store.claim("w1", lease_s=30)
+    assert store.retry_or_fail(job.id, "lease expired", 3, expect_worker="w1") == "queued"
+    store.claim("w2", lease_s=30)
+    assert not store.finish(job.id, "proven", '{"from": "w1"}', worker="w1")
+    store.fail_now(job.id, "w1's late error", worker="w1")
+    assert store.get(job.id).status == "running"
+    assert store.finish(job.id, "proven", '{"from": "w2"}', worker="w2")
+    assert store.bundle(job.id) == '{"from": "w2"}'
+    # the last attempt failed by its lease: the late result does not make it done
+    other, _ = _submit(store, "2" * 64)
+    store.claim("w3", lease_s=30)
+    assert store.retry_or_fail(other.id, "lease expired", 1, expect_worker="w3") == "failed"
+    assert not store.finish(other.id, "proven", "{}", worker="w3")
+    assert store.get(other.id).status == "failed"
+    store.close()
+
+
 def test_callback_url_policy():
     allow = ("http://127.0.0.1:9000/hooks/", "https://hooks.internal.example")
     for ok in ("https://hooks.example.org/p", "http://93.184.216.34/x", "https://[2606:4700::1]/cb",
