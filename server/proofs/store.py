@@ -235,11 +235,13 @@ class JobStore:
                 return None, "full"
             if self._over_quota(db, client, client_max_active):
                 return None, "quota"
-            if job is not None:  # failed before: queue it again, fresh attempts
+            if job is not None:  # failed before: queue it again, fresh attempts, linked to the
+                # receipt just signed (the first one may be gone: retention prunes receipts)
                 db.execute(
                     "UPDATE proof_jobs SET status = 'queued', stage = NULL, attempts = 0, "
                     "error = NULL, worker = NULL, lease_until = NULL, started = NULL, "
-                    "finished = NULL, created = ? WHERE id = ?", (now, job.id))
+                    "finished = NULL, created = ?, receipt_id = COALESCE(?, receipt_id) WHERE id = ?",
+                    (now, receipt_id, job.id))
                 job_id, how = job.id, "requeued"
             else:
                 job_id, how = new_job_id(), "new"

@@ -95,6 +95,18 @@ def test_a_result_of_an_attempt_given_up_on_is_dropped(tmp_path):
     store.close()
 
 
+def test_a_failed_job_submitted_again_links_to_the_new_receipt(tmp_path):
+    """Its first receipt may be gone (retention prunes receipts, and a job whose receipt is
+    missing fails at once): queued again, it proves against the receipt just signed."""
+    store = JobStore(tmp_path / "db.sqlite3")
+    job, _ = _submit(store, "1" * 64, receipt_id="0x" + "01" * 32)
+    store.claim("w1", lease_s=30)
+    store.fail_now(job.id, "no receipt with id '0x0101…'", worker="w1")
+    again, how = _submit(store, "1" * 64, receipt_id="0x" + "02" * 32)
+    assert how == "requeued" and store.get(job.id).receipt_id == "0x" + "02" * 32
+    store.close()
+
+
 def test_callback_url_policy():
     allow = ("http://127.0.0.1:9000/hooks/", "https://hooks.internal.example")
     for ok in ("https://hooks.example.org/p", "http://93.184.216.34/x", "https://[2606:4700::1]/cb",
