@@ -61,7 +61,8 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
     :meth:`InferenceService.infer_body`).
 
     The checks that can refuse the proof (a circuit package, one sample, the callback
-    host) run before the inference, so a refused request costs no receipt."""
+    host, room in the queue and the client's quota) run before the inference, so a refused
+    request costs no receipt."""
     jobs.circuit(name)
     jobs.require_receipts()
     cb = jobs.check_callback(callback)
@@ -70,6 +71,8 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
         shape = inputs[0].get("shape")
         if isinstance(shape, list) and shape and shape[0] != 1:
             raise InputError("a proof is for one sample: send a batch of 1")
+    m = service.model(name)
+    jobs.check_room(name, parse_infer_request(body, m.input, [o.name for o in m.outputs], header_length).x)
     answer, json_length = await service.infer_body(name, version, body, header_length)
     head, binary = (answer, b"") if json_length is None else (answer[:json_length], answer[json_length:])
     resp = json.loads(head)
@@ -129,6 +132,7 @@ def install(app: FastAPI, jobs: ProofJobs, service, settings) -> None:
         jobs.require_receipts()
         if tuple(x.shape)[:1] != (1,):
             raise InputError("a proof is for one sample: send a batch of 1")
+        jobs.check_room(model, x)  # (before the answer: a refusal costs no receipt)
         resp = await service.infer(model, None, infer_body)
         job, how = jobs.submit_receipt(resp["parameters"]["receipt_id"], cb)
         return _job_response(job, how)

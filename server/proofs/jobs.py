@@ -196,33 +196,50 @@ class ProofJobs:
         of the queue); default: whoever the HTTP request is (its API key, or one local client)."""
         return self._submit(model, x, receipt_id, callback, client)
 
-    def _submit(self, model: str, x: np.ndarray, receipt_id: str | None,
-                callback: str | None, client: str | None = None) -> tuple[Job, str]:
-        client = CURRENT_CLIENT.get() if client is None else client
-        from verifier.tensors import numpy_dtype, tensor_digest
+    def _job_key(self, model: str, x: np.ndarray, client: str | None) -> tuple[Circuit, np.ndarray, dict]:
+        """The circuit, the input in its dtype, and the store's limits for ``client``."""
+        from verifier.tensors import numpy_dtype
 
         c = self.circuit(model)
         x = np.asarray(x).astype(numpy_dtype(c.datatype), copy=False)
         if tuple(x.shape) != c.shape:
             raise InputError(f"a proof is for one sample: input shape {list(x.shape)}, the "
                              f"circuit takes {list(c.shape)}")
-        s = self.settings
         relayer = client == RELAYER
         tier = None if relayer else CURRENT_TIER.get()
+        s = self.settings
+        return c, x, dict(max_active=s.max_queued_proofs if relayer else s.public_proof_queue, client=client,
+                          client_max_active=tier.max_queued_proofs if tier is not None else None)
+
+    def _refuse(self, how: str, limits: dict) -> None:
+        s = self.settings
+        if how == "quota":
+            raise QueueFull(f"this API key has {limits['client_max_active']} proof jobs queued or running, "
+                            "its tier's limit; retry when one ends", s.proof_retry_after_s)
+        raise QueueFull(f"the proof queue is full ({limits['max_active']} jobs queued or running); "
+                        "retry later", s.proof_retry_after_s)
+
+    def check_room(self, model: str, x: np.ndarray) -> None:
+        """Refuse now (429), before an answer is signed for it, a proof request that
+        :meth:`submit_x` would refuse for a full queue or the client's quota."""
+        from verifier.tensors import tensor_digest
+
+        c, x, limits = self._job_key(model, x, CURRENT_CLIENT.get())
+        how = self.store.refusal(package_id=c.package_id, input_digest=tensor_digest(x, c.datatype), **limits)
+        if how is not None:
+            self._refuse(how, limits)
+
+    def _submit(self, model: str, x: np.ndarray, receipt_id: str | None,
+                callback: str | None, client: str | None = None) -> tuple[Job, str]:
+        from verifier.tensors import tensor_digest
+
+        c, x, limits = self._job_key(model, x, CURRENT_CLIENT.get() if client is None else client)
         job, how = self.store.submit(
             model=model, package_id=c.package_id, model_sha256=c.model_sha256,
             input_digest=tensor_digest(x, c.datatype), input_json=encode_input(x, c.datatype),
-            receipt_id=receipt_id, callback_url=callback,
-            max_active=s.max_queued_proofs if relayer else s.public_proof_queue,
-            client=client, client_max_active=tier.max_queued_proofs if tier is not None else None,
-        )
-        if how == "quota":
-            raise QueueFull(f"this API key has {tier.max_queued_proofs} proof jobs queued or running, its "
-                            "tier's limit; retry when one ends", s.proof_retry_after_s)
-        if job is None:
-            limit = s.max_queued_proofs if relayer else s.public_proof_queue
-            raise QueueFull(f"the proof queue is full ({limit} jobs queued or running); retry later",
-                            s.proof_retry_after_s)
+            receipt_id=receipt_id, callback_url=callback, **limits)
+        if job is None:  # full or quota (room was checked before the answer; taken meanwhile)
+            self._refuse(how, limits)
         if how in ("new", "requeued"):
             self._wanted.set()
             self._wake()

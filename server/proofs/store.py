@@ -264,6 +264,29 @@ class JobStore:
 
         return self._tx(run)
 
+    def refusal(self, *, package_id: str, input_digest: str, max_active: int, client: str = "",
+                client_max_active: int | None = None) -> str | None:
+        """What :meth:`submit` would answer now for this job if it refused it: ``full``,
+        ``quota``, or None (it would take it, or has it: done, queued or running). Read before
+        an answer is signed, so that a refused proof request costs no receipt."""
+
+        def run(db: sqlite3.Connection):
+            row = db.execute("SELECT id, status FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
+                             (package_id, input_digest)).fetchone()
+            if row is not None and row[1] == "done":
+                return None
+            if row is not None and row[1] in ACTIVE:
+                mine = db.execute("SELECT 1 FROM proof_requests WHERE job_id = ? AND client = ?",
+                                  (row[0], client)).fetchone()
+                return "quota" if mine is None and self._over_quota(db, client, client_max_active) else None
+            active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
+                                "'running')").fetchone()[0]
+            if active >= max_active:
+                return "full"
+            return "quota" if self._over_quota(db, client, client_max_active) else None
+
+        return self._tx(run)
+
     @staticmethod
     def _over_quota(db: sqlite3.Connection, client: str, limit: int | None) -> bool:
         if limit is None:

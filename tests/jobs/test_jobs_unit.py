@@ -102,7 +102,7 @@ def test_a_failed_job_submitted_again_links_to_the_new_receipt(tmp_path):
     job, _ = _submit(store, "1" * 64, receipt_id="0x" + "01" * 32)
     store.claim("w1", lease_s=30)
     store.fail_now(job.id, "no receipt with id '0x0101…'", worker="w1")
-    again, how = _submit(store, "1" * 64, receipt_id="0x" + "02" * 32)
+    _, how = _submit(store, "1" * 64, receipt_id="0x" + "02" * 32)
     assert how == "requeued" and store.get(job.id).receipt_id == "0x" + "02" * 32
     store.close()
 

@@ -89,6 +89,33 @@ def test_per_key_quota_public_share_and_the_relayers_reserve(world):
     assert client.post("/v1/proofs", json=body([4.9, 3.0, 1.4, 0.2]), headers=keys["alice"]).status_code == 202
 
 
+def test_a_proof_refused_for_room_costs_no_answer_and_no_receipt(world):
+    """A full queue or a spent quota is a 429 before the answer is signed: nothing is logged
+    for it (before, each refused retry added a receipt nobody saw to the store and the log).
+    A proof the queue already holds takes no room: joining it is no refusal."""
+    client, keys, _jobs = world
+
+    def logged() -> int:
+        return int(client.get("/v1/log/checkpoint", headers=keys["bob"]).text.split("\n")[1])
+
+    def infer(x, who):
+        return client.post("/v2/models/iris_mlp/infer", headers=keys[who],
+                           json={"inputs": body(x)["inputs"], "parameters": {"proof": "async"}})
+
+    for x in (A, B):
+        assert client.post("/v1/proofs", json=body(x), headers=keys["alice"]).status_code == 202
+    n = logged()
+    for r in (client.post("/v1/proofs", json=body(C), headers=keys["alice"]), infer(C, "alice")):
+        assert r.status_code == 429 and "its tier's limit" in r.json()["error"], r.text
+    assert client.post("/v1/proofs", json=body(C), headers=keys["bob"]).status_code == 202
+    for r in (client.post("/v1/proofs", json=body(D), headers=keys["carol"]), infer(D, "carol")):
+        assert r.status_code == 429 and "queue is full" in r.json()["error"], r.text
+    assert logged() == n + 1  # bob's answer alone
+    joined = infer(A, "carol")  # queued already: carol's own answer and handle, no room taken
+    assert joined.status_code == 200 and joined.json()["parameters"]["proof_status"] == "queued"
+    assert logged() == n + 2
+
+
 def test_sync_waiters_are_bounded(world):
     client, keys, _jobs = world
     r = client.post("/v2/models/iris_mlp/infer", json={"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}},
