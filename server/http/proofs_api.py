@@ -72,7 +72,8 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
         if isinstance(shape, list) and shape and shape[0] != 1:
             raise InputError("a proof is for one sample: send a batch of 1")
     m = service.model(name)
-    jobs.check_room(name, parse_infer_request(body, m.input, [o.name for o in m.outputs], header_length).x)
+    jobs.check_room(name, parse_infer_request(body, m.input, [o.name for o in m.outputs], header_length).x,
+                    sync=mode == "sync")
     answer, json_length = await service.infer_body(name, version, body, header_length)
     head, binary = (answer, b"") if json_length is None else (answer[:json_length], answer[json_length:])
     resp = json.loads(head)

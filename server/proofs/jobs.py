@@ -219,15 +219,26 @@ class ProofJobs:
         raise QueueFull(f"the proof queue is full ({limits['max_active']} jobs queued or running); "
                         "retry later", s.proof_retry_after_s)
 
-    def check_room(self, model: str, x: np.ndarray) -> None:
+    def check_room(self, model: str, x: np.ndarray, sync: bool = False) -> None:
         """Refuse now (429), before an answer is signed for it, a proof request that
-        :meth:`submit_x` would refuse for a full queue or the client's quota."""
+        :meth:`submit_x` would refuse for a full queue or the client's quota, or (``sync``)
+        that :meth:`wait` would refuse for want of a waiter's place (unless its proof is done)."""
         from verifier.tensors import tensor_digest
 
         c, x, limits = self._job_key(model, x, CURRENT_CLIENT.get())
         how = self.store.refusal(package_id=c.package_id, input_digest=tensor_digest(x, c.datatype), **limits)
-        if how is not None:
+        if how in ("full", "quota"):
             self._refuse(how, limits)
+        if sync and how != "done" and not self._waiter_room():
+            self._no_waiter_room()
+
+    def _waiter_room(self) -> bool:
+        limit, counts = self.settings.max_sync_proof_waiters, self.waiter_counts
+        return (counts.total() if counts is not None else len(self._waiters)) < limit
+
+    def _no_waiter_room(self) -> None:
+        raise QueueFull(f"{self.settings.max_sync_proof_waiters} requests already wait for their proofs; "
+                        "ask with parameters.proof='async' and poll the job", self.settings.proof_retry_after_s)
 
     def _submit(self, model: str, x: np.ndarray, receipt_id: str | None,
                 callback: str | None, client: str | None = None) -> tuple[Job, str]:
@@ -283,8 +294,7 @@ class ProofJobs:
             return job
         limit, counts = self.settings.max_sync_proof_waiters, self.waiter_counts
         if not (counts.enter(limit) if counts is not None else len(self._waiters) < limit):
-            raise QueueFull(f"{self.settings.max_sync_proof_waiters} requests already wait for their proofs; "
-                            "ask with parameters.proof='async' and poll the job", self.settings.proof_retry_after_s)
+            self._no_waiter_room()
         loop = asyncio.get_running_loop()
         ended = asyncio.Event()
         waiter = (loop, ended)

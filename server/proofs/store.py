@@ -267,14 +267,15 @@ class JobStore:
     def refusal(self, *, package_id: str, input_digest: str, max_active: int, client: str = "",
                 client_max_active: int | None = None) -> str | None:
         """What :meth:`submit` would answer now for this job if it refused it: ``full``,
-        ``quota``, or None (it would take it, or has it: done, queued or running). Read before
-        an answer is signed, so that a refused proof request costs no receipt."""
+        ``quota``; ``done`` if the job is done; else None (it would take it, or has it queued or
+        running). Read before an answer is signed, so that a refused proof request costs no
+        receipt."""
 
         def run(db: sqlite3.Connection):
             row = db.execute("SELECT id, status FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
                              (package_id, input_digest)).fetchone()
             if row is not None and row[1] == "done":
-                return None
+                return "done"
             if row is not None and row[1] in ACTIVE:
                 mine = db.execute("SELECT 1 FROM proof_requests WHERE job_id = ? AND client = ?",
                                   (row[0], client)).fetchone()

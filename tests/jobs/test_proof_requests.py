@@ -117,10 +117,15 @@ def test_a_proof_refused_for_room_costs_no_answer_and_no_receipt(world):
 
 
 def test_sync_waiters_are_bounded(world):
+    """Past the waiters' bound a sync request is refused before it is answered: no receipt
+    signed, no job queued that the client was given no id of."""
     client, keys, _jobs = world
+    before = client.get("/v1/log/checkpoint", headers=keys["alice"]).text
     r = client.post("/v2/models/iris_mlp/infer", json={"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}},
                     headers=keys["alice"])
     assert r.status_code == 429 and "already wait" in r.json()["error"]
+    assert client.get("/v1/log/checkpoint", headers=keys["alice"]).text == before
+    assert client.get("/v1/proofs", headers=keys["alice"]).json()["jobs"] == {}
 
 
 def test_sync_waiters_are_bounded_for_the_whole_server(new_home):
