@@ -65,12 +65,24 @@ class Progress:
 SILENT = Progress(enabled=False, stream=sys.stderr)
 
 
+# fds are the process's: threads that prove (the relayer's workers) take turns redirecting
+# them, else one restores what another redirected and leaves fd 2 in that one's log file
+_CAPTURE = threading.Lock()
+
+
 @contextlib.contextmanager
 def captured_output(log_path: Path | None) -> Iterator[None]:
-    """Send fds 1 and 2 (EZKL's Rust prints) to ``log_path`` while inside."""
+    """Send fds 1 and 2 (EZKL's Rust prints) to ``log_path`` while inside (one thread at a
+    time; what other threads print meanwhile goes there too)."""
     if log_path is None:
         yield
         return
+    with _CAPTURE, _redirected(log_path):
+        yield
+
+
+@contextlib.contextmanager
+def _redirected(log_path: Path) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)

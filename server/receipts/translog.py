@@ -106,10 +106,12 @@ class LogReader:
         group's append, would be to a root no checkpoint vouches for); else NotFound."""
         if size < 0:
             raise InputError(f"{what} must not be negative")
+        latest, _ = self.latest()
+        if size > latest:  # (first: SQLite takes no integer past 2^63)
+            raise NotFound(f"{what} {size} is not a size the log has signed (latest: {latest})")
         with self._lock:
             signed = self._db.execute("SELECT 1 FROM checkpoints WHERE size = ?", (size,)).fetchone()
         if signed is None:
-            latest, _ = self.latest()
             raise NotFound(f"{what} {size} is not a size the log has signed (latest: {latest})")
 
     def inclusion(self, index: int, size: int) -> list[bytes]:

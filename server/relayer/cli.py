@@ -57,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def relay(args: argparse.Namespace) -> int:
     import logging
+    import os
     import signal
     import threading
 
@@ -75,7 +76,10 @@ def relay(args: argparse.Namespace) -> int:
                          "must be >= 1, --tx-timeout positive")
     if args.withdraw_min is not None and not 0 <= args.withdraw_min < 2**96:
         raise InputError("--withdraw-min must be between 0 and 2**96 - 1 wei")
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # a private duplicate of stderr: proving redirects fd 2 to EZKL's log while it runs
+    # (prover.progress.captured_output), and one worker's lines must not vanish into another's
+    logging.basicConfig(level=logging.INFO, format="%(message)s",
+                        stream=os.fdopen(os.dup(2), "w", buffering=1))
     settings = ServerSettings()
     from prover.ezkl_backend import use_ezkl_dir
 
