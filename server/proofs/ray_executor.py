@@ -3,7 +3,7 @@
 The job table stays the source of truth. A dispatcher thread in the server claims
 queued jobs exactly as a local worker does (an attempt counted, a lease taken),
 hands each to Ray, renews the lease while Ray works, and stores the result only
-if the job is still leased to that attempt (:meth:`JobStore.finish_as`). A node
+if the job is still leased to that attempt (:meth:`JobStore.finish` with ``worker``). A node
 that dies takes its attempt with it: the job is queued again and dispatched to
 another node, and a late answer from a given-up attempt is dropped, so a job
 never ends with two different bundles. Ray itself retries nothing
@@ -463,7 +463,7 @@ class RayExecutor:
             except Exception as exc:  # noqa: BLE001 - a bundle we cannot accept
                 self._attempt_failed(c, exc)
                 continue
-            if not self.store.finish_as(c.job.id, c.worker, outcome, final):
+            if not self.store.finish(c.job.id, outcome, final, worker=c.worker):
                 log.warning("proof job %s: a result from %s arrived after its attempt was "
                             "given up; dropped", c.job.id, c.worker)
 
@@ -516,7 +516,7 @@ class RayExecutor:
         for c in list(self._jobs):
             if not self.store.heartbeat(c.job.id, c.worker, self.settings.proof_lease_s):
                 log.warning("proof job %s is no longer leased to %s", c.job.id, c.worker)
-                if c.ref is None:  # (in flight: its result will be refused by finish_as)
+                if c.ref is None:  # (in flight: its result will be refused by finish)
                     self._jobs.remove(c)
 
     def _check_timeouts(self) -> None:

@@ -209,18 +209,13 @@ class JobStore:
         request id is the job's id; the same client asking again gets its request back."""
 
         def run(db: sqlite3.Connection):
-            row = db.execute(
-                f"SELECT {_JOB} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
-                (package_id, input_digest),
-            ).fetchone()
-            job = _job(row) if row is not None else None
-            mine = None if job is None else db.execute(
-                "SELECT id FROM proof_requests WHERE job_id = ? AND client = ?", (job.id, client)).fetchone()
+            job, mine = self._job_and_request(db, package_id, input_digest, client)
+            refused = self._refused(db, job, mine, client, max_active, client_max_active)
+            if refused is not None:
+                return None, refused
             now = time.time()
             if job is not None and job.status in ("done", *ACTIVE):
                 if mine is None:
-                    if job.status != "done" and self._over_quota(db, client, client_max_active):
-                        return None, "quota"
                     mine = (new_job_id(),)
                     db.execute("INSERT INTO proof_requests VALUES (?, ?, ?, ?, ?, ?, ?)",
                                (mine[0], job.id, client, receipt_id, callback_url,
@@ -229,12 +224,6 @@ class JobStore:
                     db.execute("UPDATE proof_requests SET callback_url = ?, callback_state = 'pending' "
                                "WHERE id = ? AND callback_url IS NULL", (callback_url, mine[0]))
                 return self._view(db, mine[0]), "cached" if job.status == "done" else "existing"
-            active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
-                                "'running')").fetchone()[0]
-            if active >= max_active:
-                return None, "full"
-            if self._over_quota(db, client, client_max_active):
-                return None, "quota"
             if job is not None:  # failed before: queue it again, fresh attempts, linked to the
                 # receipt just signed (the first one may be gone: retention prunes receipts)
                 db.execute(
@@ -272,21 +261,37 @@ class JobStore:
         receipt."""
 
         def run(db: sqlite3.Connection):
-            row = db.execute("SELECT id, status FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
-                             (package_id, input_digest)).fetchone()
-            if row is not None and row[1] == "done":
+            job, mine = self._job_and_request(db, package_id, input_digest, client)
+            if job is not None and job.status == "done":
                 return "done"
-            if row is not None and row[1] in ACTIVE:
-                mine = db.execute("SELECT 1 FROM proof_requests WHERE job_id = ? AND client = ?",
-                                  (row[0], client)).fetchone()
-                return "quota" if mine is None and self._over_quota(db, client, client_max_active) else None
-            active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
-                                "'running')").fetchone()[0]
-            if active >= max_active:
-                return "full"
-            return "quota" if self._over_quota(db, client, client_max_active) else None
+            return self._refused(db, job, mine, client, max_active, client_max_active)
 
         return self._tx(run)
+
+    @staticmethod
+    def _job_and_request(db: sqlite3.Connection, package_id: str, input_digest: str,
+                         client: str) -> tuple[Job | None, tuple | None]:
+        """The job of (package, input), and ``client``'s request of it (``(id,)``), if any."""
+        row = db.execute(f"SELECT {_JOB} FROM proof_jobs WHERE package_id = ? AND input_digest = ?",
+                         (package_id, input_digest)).fetchone()
+        job = _job(row) if row is not None else None
+        mine = None if job is None else db.execute(
+            "SELECT id FROM proof_requests WHERE job_id = ? AND client = ?", (job.id, client)).fetchone()
+        return job, mine
+
+    def _refused(self, db: sqlite3.Connection, job: Job | None, mine: tuple | None, client: str,
+                 max_active: int, client_max_active: int | None) -> str | None:
+        """``full`` or ``quota`` when a request for ``job`` is refused, else None: joining a
+        done job is free, joining an active one counts in the client's quota only, and a new
+        (or failed) one needs a place in the queue too."""
+        if job is not None and job.status in ("done", *ACTIVE):
+            over = mine is None and job.status != "done" and self._over_quota(db, client, client_max_active)
+            return "quota" if over else None
+        active = db.execute("SELECT COUNT(*) FROM proof_jobs WHERE status IN ('queued', "
+                            "'running')").fetchone()[0]
+        if active >= max_active:
+            return "full"
+        return "quota" if self._over_quota(db, client, client_max_active) else None
 
     @staticmethod
     def _over_quota(db: sqlite3.Connection, client: str, limit: int | None) -> bool:
@@ -494,6 +499,3 @@ class JobStore:
             "UPDATE proof_jobs SET worker = ? WHERE id = ? AND worker = ? AND status = 'running'",
             (new_worker, job_id, worker)).rowcount == 1)
 
-    def finish_as(self, job_id: str, worker: str, outcome: str, bundle_json: str) -> bool:
-        """:meth:`finish` as ``worker`` (a Ray attempt's name)."""
-        return self.finish(job_id, outcome, bundle_json, worker=worker)

@@ -184,11 +184,11 @@ class LogWriter:
             self.note = self._checkpoint(self.root())
         else:
             self.note = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (latest,)).fetchone()[0]
-            body = checkpoint_body(self.origin, self.size, self.root())
-            if (body + b"\n" + sign_line(self.origin, body)).decode() != self.note:
+            head = self._signed_note(self.root())
+            if head != self.note:  # (Ed25519 is deterministic: the same key signs it alike)
                 # signed by another key (rotated or revoked since): the head is signed again by
                 # this one, so that whoever trusts only the active key can read the log's head
-                self._checkpoint(self.root())
+                self._store_checkpoint(head)
 
     def root(self) -> bytes:
         size, edge = self.size, self._edge
@@ -222,9 +222,14 @@ class LogWriter:
 
         return note, proof
 
-    def _checkpoint(self, root: bytes) -> str:
+    def _signed_note(self, root: bytes) -> str:
         body = checkpoint_body(self.origin, self.size, root)
-        note = (body + b"\n" + self._sign_line(self.origin, body)).decode()
+        return (body + b"\n" + self._sign_line(self.origin, body)).decode()
+
+    def _checkpoint(self, root: bytes) -> str:
+        return self._store_checkpoint(self._signed_note(root))
+
+    def _store_checkpoint(self, note: str) -> str:
         if self._fsync:  # the leaves are synced; the checkpoint can be re-signed after a crash
             self._db.execute("PRAGMA synchronous=NORMAL")
         try:

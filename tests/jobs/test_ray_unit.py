@@ -34,9 +34,9 @@ def test_late_result_of_a_given_up_attempt_is_dropped(tmp_path):
     again, _ = store.claim("ray.1.2", lease_s=30)
     assert again.id == job.id and again.attempts == 2
     # the first attempt's answer arrives late: refused; the live attempt's is stored, once
-    assert not store.finish_as(job.id, "ray.1.1@node2", "proven", '{"from": "node2"}')
-    assert store.finish_as(job.id, "ray.1.2", "proven", '{"from": "head"}')
-    assert not store.finish_as(job.id, "ray.1.2", "proven", '{"again": 1}')
+    assert not store.finish(job.id, "proven", '{"from": "node2"}', worker="ray.1.1@node2")
+    assert store.finish(job.id, "proven", '{"from": "head"}', worker="ray.1.2")
+    assert not store.finish(job.id, "proven", '{"again": 1}', worker="ray.1.2")
     assert store.bundle(job.id) == '{"from": "head"}'
     assert store.get(job.id).status == "done"
     store.close()
