@@ -68,17 +68,59 @@ SILENT = Progress(enabled=False, stream=sys.stderr)
 # fds are the process's: threads that prove (the relayer's workers) take turns redirecting
 # them, else one restores what another redirected and leaves fd 2 in that one's log file
 _CAPTURE = threading.Lock()
+_capturing: int | None = None  # the thread inside captured_output, if any
 
 
 @contextlib.contextmanager
 def captured_output(log_path: Path | None) -> Iterator[None]:
-    """Send fds 1 and 2 (EZKL's Rust prints) to ``log_path`` while inside (one thread at a
-    time; what other threads print meanwhile goes there too)."""
+    """Send fds 1 and 2 to ``log_path`` while inside: EZKL's Rust prints, and its log records
+    (pyo3-log hands them to Python's logging, on the thread that called EZKL). One thread at a
+    time; what other threads write meanwhile goes there too, unless :func:`private_stdio` was
+    called."""
+    global _capturing
     if log_path is None:
         yield
         return
     with _CAPTURE, _redirected(log_path):
-        yield
+        _capturing = threading.get_ident()
+        try:
+            yield
+        finally:
+            _capturing = None
+
+
+class _PerThread:
+    """``sys.stdout`` or ``sys.stderr`` after :func:`private_stdio`: the thread inside
+    :func:`captured_output` writes to the fd (into EZKL's log), every other thread to a private
+    duplicate of it made before any capture (where the fd pointed)."""
+
+    def __init__(self, fd_stream, private) -> None:
+        self._fd_stream, self._private = fd_stream, private
+
+    def write(self, text: str) -> int:
+        out = self._fd_stream if threading.get_ident() == _capturing else self._private
+        return out.write(text)
+
+    def flush(self) -> None:
+        self._fd_stream.flush()
+        self._private.flush()
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the private stream's
+        return getattr(self._private, name)
+
+
+def private_stdio() -> None:
+    """For a process whose other threads keep logging while one proves (a server, the relayer):
+    their lines, and their prints, stay where they were going, and EZKL's log gets the proving
+    thread's alone. Call it before logging is set up (handlers keep the stream they are given)."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if isinstance(stream, _PerThread):
+            continue
+        stream.flush()
+        private = os.fdopen(os.dup(fd), "w", buffering=1, encoding=stream.encoding,
+                            errors=stream.errors)
+        setattr(sys, name, _PerThread(stream, private))
 
 
 @contextlib.contextmanager

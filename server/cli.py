@@ -216,10 +216,12 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from prover.ezkl_backend import use_ezkl_dir
+    from prover.progress import private_stdio
     from server.http.app import create_app
     from server.logs import configure
     from server.supervisor import bind
 
+    private_stdio()  # an in-process relayer proves in threads: EZKL's log takes its prints alone
     use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
     app = create_app(settings)  # refuses unsafe key files before listening
     if settings.signing:

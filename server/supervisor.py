@@ -273,12 +273,14 @@ def _server_process() -> None:
     import uvicorn
 
     from prover.ezkl_backend import use_ezkl_dir
+    from prover.progress import private_stdio
     from server.http.app import create_app
     from server.logs import configure
 
     ctl = Connection(os.dup(0))
     settings, index, writer_path, log_level, fd, shared_state = ctl.recv()
     sock = socket.socket(fileno=fd)
+    private_stdio()  # the first process's relayer may prove in threads (EZKL's log: its prints)
     log_config = configure(settings.log_format, log_level)
     use_ezkl_dir(settings)
     app = create_app(settings, receipt_writer=writer_path, background=index == 0,

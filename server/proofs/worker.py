@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll-s", type=float, default=2.0)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent_pid)
+    from prover.progress import private_stdio
+
+    private_stdio()  # the heartbeat thread's warnings stay off EZKL's log while a job proves
     logging.basicConfig(level=logging.WARNING,  # EZKL logs every step at INFO
                         format=f"%(asctime)s worker {args.worker_id} %(message)s")
     _limit_memory(args.memory_mb)

@@ -57,7 +57,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def relay(args: argparse.Namespace) -> int:
     import logging
-    import os
     import signal
     import threading
 
@@ -76,10 +75,12 @@ def relay(args: argparse.Namespace) -> int:
                          "must be >= 1, --tx-timeout positive")
     if args.withdraw_min is not None and not 0 <= args.withdraw_min < 2**96:
         raise InputError("--withdraw-min must be between 0 and 2**96 - 1 wei")
-    # a private duplicate of stderr: proving redirects fd 2 to EZKL's log while it runs
-    # (prover.progress.captured_output), and one worker's lines must not vanish into another's
-    logging.basicConfig(level=logging.INFO, format="%(message)s",
-                        stream=os.fdopen(os.dup(2), "w", buffering=1))
+    from prover.progress import private_stdio
+
+    # proving redirects fd 2 to EZKL's log while it runs (prover.progress.captured_output), and
+    # the relayer's lines, from any of its workers, must not vanish into it
+    private_stdio()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = ServerSettings()
     from prover.ezkl_backend import use_ezkl_dir
 

@@ -36,3 +36,36 @@ def test_threads_take_turns_and_fd2_comes_back(tmp_path):
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)  # not a.log's
     os.write(2, b"after both\n")
     assert b"after both" not in (tmp_path / "a.log").read_bytes()
+
+
+def test_with_private_stdio_the_log_takes_the_proving_threads_lines_alone(tmp_path):
+    """A server or the relayer keeps logging from other threads while one proves: after
+    private_stdio() their lines stay on stderr and stdout, and the EZKL log gets the proving
+    thread's alone: EZKL's Rust prints (to the fds) and its log records (pyo3-log hands them
+    to Python's logging on the calling thread; a witness failure's cause is read from them)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    log = tmp_path / "ezkl.log"
+    script = textwrap.dedent(f"""
+        import logging, os, sys, threading
+        from pathlib import Path
+        from prover.progress import captured_output, private_stdio
+
+        private_stdio()
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        with captured_output(Path({str(log)!r})):
+            os.write(2, b"rust says hello\\n")
+            logging.error("ezkl says why")
+            t = threading.Thread(target=lambda: (logging.info("relayer line"), print("said")))
+            t.start()
+            t.join()
+        logging.info("after")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text() == "rust says hello\nezkl says why\n"
+    assert proc.stderr == "relayer line\nafter\n"
+    assert proc.stdout == "said\n"
