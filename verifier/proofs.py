@@ -262,8 +262,11 @@ def poseidon_felt_hex(felts_hex: list[str]) -> str:
     return out[0] if isinstance(out, list) else str(out)
 
 
-def verify_receipt_link(statement: Statement, bundle: ProofBundle, manifest: Manifest) -> None:
-    """A checked receipt's statement describes this bundle's model, input and label."""
+def verify_receipt_link(statement: Statement, bundle: ProofBundle, manifest: Manifest, *,
+                        labels: bool = True) -> None:
+    """A checked receipt's statement describes this bundle's model, input and (``labels``)
+    label. Without ``labels``: model and input alone, for a proof that found the signed label
+    wrong (a ``mismatch``), which must still be of the receipt's input."""
     p = statement.predicate
     if p.model.sha256 != manifest.model_sha256:
         raise DigestMismatch(f"receipt is for model {p.model.sha256[:16]}…, the circuit "
@@ -276,6 +279,8 @@ def verify_receipt_link(statement: Statement, bundle: ProofBundle, manifest: Man
         raise LinkBroken("bundle's input is not the receipt's input (commitments differ)")
     if p.input.datatype == bundle.input.datatype and p.input.digest != bundle.input.digest:
         raise LinkBroken("bundle's input is not the receipt's input (tensor digests differ)")
+    if not labels:
+        return
     if p.label != bundle.outputs.label:
         raise LinkBroken(f"receipt's signed label {p.label} is not the proven label "
                          f"{bundle.outputs.label}")

@@ -244,8 +244,8 @@ def sign_bundle(job, m, bundle, receipt: dict | None, statement, keys) -> tuple[
     # inside prove(), or by the server for a Ray node's bundle; its bytes are unchanged)
     check_bundle_links(final, m)
     verify_proof_receipt(final.proof_receipt, final, keys.jwks)
-    if statement is not None and agree:
-        verify_receipt_link(statement, final, m)
+    if statement is not None:  # a mismatch too must be of the receipt's model and input
+        verify_receipt_link(statement, final, m, labels=agree)
     return predicate.status, final.model_dump_json()
 
 

@@ -260,6 +260,38 @@ def test_proof_receipt_sign_verify_and_tamper():
     assert ProofBundle.load(GOLDEN).proof_receipt is None
 
 
+def test_a_mismatch_is_signed_only_for_the_receipts_input():
+    """A proof whose circuit label differs from the signed one is signed as a ``mismatch``:
+    the server's word that this answer is wrong. It must be of the receipt's model and input
+    (a job's stored input that is not the receipt's would make it a false accusation); the
+    label check alone is skipped. Before, a mismatch skipped the whole link check."""
+    from types import SimpleNamespace
+
+    from server.proofs.worker import sign_bundle
+    from verifier.bundle import ProofBundle
+    from verifier.keys import ed25519_jwk
+    from verifier.proofs import load_manifest_checked
+    from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
+
+    bundle = ProofBundle.load(GOLDEN)
+    statement = verify_any_receipt(parse_any_receipt(bundle.receipt),
+                                   json.loads((golden() / "jwks.json").read_text()))
+    manifest = load_manifest_checked(golden() / "packages" / bundle.model.package_id)
+    key = Ed25519PrivateKey.generate()
+    jwk = ed25519_jwk(key.public_key())
+    keys = SimpleNamespace(kid=jwk["kid"], ed25519=key, jwks={"keys": [jwk]})
+    job = SimpleNamespace(id="job_1", receipt_id=bundle.receipt["id"])
+    p = statement.predicate
+    wrong_label = statement.model_copy(update={"predicate": p.model_copy(
+        update={"label": bundle.outputs.label + 1})})
+    status, _ = sign_bundle(job, manifest, bundle, bundle.receipt, wrong_label, keys)
+    assert status == "mismatch"
+    other_input = wrong_label.model_copy(update={"predicate": wrong_label.predicate.model_copy(
+        update={"input": p.input.model_copy(update={"commitment": "0x" + "00" * 32})})})
+    with pytest.raises(LinkBroken, match="not the receipt's input"):
+        sign_bundle(job, manifest, bundle, bundle.receipt, other_input, keys)
+
+
 def test_proof_routes_in_process_without_package(home, monkeypatch):
     from fastapi.testclient import TestClient
 
