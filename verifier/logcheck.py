@@ -162,15 +162,17 @@ Log = HttpLog | DirLog
 
 
 def check_histories(seen: dict[str, str], trusted: TrustedLogKeys, logs: Sequence[Log],
-                    origins: Collection[str] | None = None) -> tuple[list[LogProblem], list[tuple[Log, str]]]:
+                    origins: Collection[str] | None = None, cache: dict[str, Checkpoint] | None = None,
+                    ) -> tuple[list[LogProblem], list[tuple[Log, str]]]:
     """``seen``: checkpoint note -> where it was seen (an item name); ``logs``: at most one per
     origin (each log's origin is its latest checkpoint's, signed by a key trusted for it).
     Every checkpoint is checked against the log of its origin; with ``logs`` given, a
     checkpoint of an origin none of them is fails (:class:`OriginMismatch`), as does a log not
     of ``origins``. Returns the problems (forks, logs that fail) and the (log, origin) pairs
-    checked. Raises :class:`InputError` if a log cannot be read or two are of one origin."""
+    checked. Raises :class:`InputError` if a log cannot be read or two are of one origin.
+    ``cache``: checkpoints already checked against ``trusted`` (the audit's), by note."""
     problems: list[LogProblem] = []
-    cache: dict[str, Checkpoint] = {}
+    cache = {} if cache is None else cache
     latest_of: dict[str, tuple[Log, Checkpoint]] = {}  # origin -> its log and the log's latest
     for log in logs:
         try:
