@@ -219,13 +219,13 @@ def serve(args: argparse.Namespace) -> int:
     from prover.progress import private_stdio
     from server.http.app import create_app
     from server.logs import configure
-    from server.supervisor import bind
+    from server.supervisor import bind, check_log_writer_free
 
     private_stdio()  # an in-process relayer proves in threads: EZKL's log takes its prints alone
     use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
     app = create_app(settings)  # refuses unsafe key files before listening
     if settings.signing:
-        _check_log_writer_free(settings)
+        check_log_writer_free(settings)
     listener = bind(settings)  # a port in use is refused here, in one line (exit 2)
     keys = app.state.keys
 
@@ -245,20 +245,6 @@ def serve(args: argparse.Namespace) -> int:
         print("verinfer: error: the server did not start (the log above says why)", file=sys.stderr)
         return 1
     return 0
-
-
-def _check_log_writer_free(settings) -> None:
-    """Refuse (exit 2) to start on a data dir whose receipt log another server writes: its
-    writer would wait for the log's lock, then fail the start with a traceback. A dying
-    server's writer is given a few seconds to finish, as the writer itself would."""
-    from server.receipts.translog import writer_lock
-    from verifier.errors import InputError
-
-    try:
-        writer_lock(settings.log_path, 5.0).close()
-    except InputError:
-        raise InputError(f"another verinfer server writes the receipt log {settings.log_path}; "
-                         "give this one its own VERINFER_HOME (or VERINFER_LOG_DB)") from None
 
 
 def keys_rotate(args: argparse.Namespace) -> int:

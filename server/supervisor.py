@@ -93,6 +93,20 @@ def bind(settings: ServerSettings) -> socket.socket:
         raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
 
 
+def check_log_writer_free(settings: ServerSettings) -> None:
+    """Refuse (exit 2) to start on a data dir whose receipt log another server writes: its
+    writer would wait for the log's lock, then fail the start with a traceback. A dying
+    server's writer is given a few seconds to finish, as the writer itself would."""
+    from server.receipts.translog import writer_lock
+    from verifier.errors import InputError
+
+    try:
+        writer_lock(settings.log_path, 5.0).close()
+    except InputError:
+        raise InputError(f"another verinfer server writes the receipt log {settings.log_path}; "
+                         "give this one its own VERINFER_HOME (or VERINFER_LOG_DB)") from None
+
+
 class Supervisor:
     def __init__(self, settings: ServerSettings, log_level: str = "warning") -> None:
         self.settings = settings
@@ -166,6 +180,7 @@ class Supervisor:
         self._lock_home()
         keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
         if s.signing:  # the stores' files and schemas, made once
+            check_log_writer_free(s)  # e.g. a one-process server on this home: one line, not the writer's traceback
             from server.proofs.store import JobStore
             from server.receipts.store import ReceiptStore
 

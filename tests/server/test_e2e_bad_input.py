@@ -142,3 +142,15 @@ def test_a_second_server_on_a_busy_port_or_a_written_log_exits_2_in_one_line(ser
     assert r.returncode == 2 and "another verinfer server writes the receipt log" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert post(server, IRIS, json.dumps(GOOD).encode())[0] == 200
+
+
+def test_serve_workers_on_a_home_whose_log_a_one_process_server_writes_exits_2_in_one_line(server, cli):
+    """``serve --workers 2`` on the home of a running one-process server (which holds no
+    ``run/supervisor.lock``): refused before its writer waits a minute for the log's lock and
+    dies with a traceback (exit 1)."""
+    from testkit.server_process import free_port
+
+    r = cli(server.home, "serve", "--workers", "2", "--port", str(free_port()))
+    assert r.returncode == 2 and "another verinfer server writes the receipt log" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert post(server, IRIS, json.dumps(GOOD).encode())[0] == 200
