@@ -53,6 +53,7 @@ class _Child:
     conn: Connection | None = None
     started: float = 0.0
     ready: bool = False
+    error: str | None = None  # what a server process said was wrong with the settings
     fails: int = 0
     next_start: float = 0.0
 
@@ -154,6 +155,8 @@ class Supervisor:
             return False
         code = child.proc.returncode
         why = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if child.error is not None:
+            why, child.error = f"{why}: {child.error}", None
         now = time.monotonic()
         quick = now - child.started < QUICK_DEATH_S
         child.fails = child.fails + 1 if quick else 0
@@ -232,10 +235,13 @@ class Supervisor:
         conns = {w.conn: w for w in self.workers if w.conn is not None and not w.ready}
         for conn in wait(list(conns), timeout):
             try:
-                conn.recv()  # "ready"
-                conns[conn].ready = True
+                msg = conn.recv()  # "ready", or ("error", why) before it exits 2
             except (EOFError, OSError):  # it is dying: noticed by _exited
-                pass
+                continue
+            if msg == "ready":
+                conns[conn].ready = True
+            else:
+                conns[conn].error = msg[1]
 
     def _wait_started(self, keys, port: int) -> bool:
         """Until every server process serves; False (after saying why) if one exits first."""
@@ -244,6 +250,11 @@ class Supervisor:
             for child in self._children():
                 code = child.proc.poll()
                 if code is not None:
+                    self._read_ready(0)  # why, if it said
+                    if child.error is not None:  # bad settings: one line, exit 2 (as with one process)
+                        from verifier.errors import InputError
+
+                        raise InputError(child.error)
                     print(f"verinfer: {child.name} exited while starting (code {code}); stopping "
                           "(see above)", file=sys.stderr, flush=True)
                     return False
@@ -291,6 +302,7 @@ def _server_process() -> None:
     from prover.progress import private_stdio
     from server.http.app import create_app
     from server.logs import configure
+    from verifier.errors import InputError
 
     ctl = Connection(os.dup(0))
     settings, index, writer_path, log_level, fd, shared_state = ctl.recv()
@@ -298,8 +310,12 @@ def _server_process() -> None:
     private_stdio()  # the first process's relayer may prove in threads (EZKL's log: its prints)
     log_config = configure(settings.log_format, log_level)
     use_ezkl_dir(settings)
-    app = create_app(settings, receipt_writer=writer_path, background=index == 0,
-                     worker=f"{index}.{os.getpid()}", shared=shared_state)
+    try:
+        app = create_app(settings, receipt_writer=writer_path, background=index == 0,
+                         worker=f"{index}.{os.getpid()}", shared=shared_state)
+    except InputError as exc:  # bad settings (e.g. a missing ONNX file): the supervisor says it once
+        ctl.send(("error", str(exc)))
+        sys.exit(2)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets=None) -> None:

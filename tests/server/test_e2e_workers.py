@@ -201,6 +201,18 @@ def test_bad_worker_counts_and_a_busy_port_exit_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_settings_a_server_process_refuses_exit_2_in_one_line(tmp_path):
+    """What a server process refuses at start (an ONNX model whose file is missing) is said
+    once by the supervisor, exit 2, as ``serve`` without ``--workers`` says it: not one
+    traceback per process and exit 1."""
+    env = {**os.environ, "VERINFER_HOME": str(tmp_path / "home"),
+           "VERINFER_ONNX_MODELS": json.dumps({"extra": str(tmp_path / "missing.onnx")})}
+    r = subprocess.run([*VERINFER, "serve", "--workers", "2", "--port", "0"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "no ONNX file" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
 def test_a_second_server_on_the_same_home_exits_2_and_the_first_keeps_serving(two):
     """A second ``serve --workers`` on the home of one already serving would wipe its shared
     state (rate buckets, metrics files) under ``run/``: it is refused."""
