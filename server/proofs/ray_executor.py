@@ -32,6 +32,8 @@ import logging
 import math
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +45,9 @@ log = logging.getLogger("verinfer.server")
 # A prover process before its first proof (Python, EZKL, onnxruntime, numpy): what a
 # package's own figures are added to when a proof's memory is reserved.
 PROCESS_BASE_BYTES = 400 * 1024 * 1024
+# In the environment of a private Ray instance's processes (they inherit it): which server
+# started them, so that its reaper finds them once that server is gone (see _start_reaper).
+OWNER_ENV = "VERINFER_RAY_OWNER"
 
 
 def proof_resources(manifest, cpus: float, memory_mb: int | None) -> dict:
@@ -222,6 +227,8 @@ class RayExecutor:
         self._task = None
         self._last_beat = 0.0
         self._next_connect = 0.0
+        self._reaper: subprocess.Popen | None = None  # a private instance's (see _start_reaper)
+        self._owner = ""
         self.prefix = f"ray.{os.getpid()}"
 
     # -- life cycle ----------------------------------------------------------------------
@@ -254,6 +261,10 @@ class RayExecutor:
             except Exception:  # shutting down anyway
                 log.exception("ray shutdown")
         _end(private)
+        if self._reaper is not None:  # its pipe's end: it ends what is left, and itself
+            self._reaper.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._reaper.wait(10)
 
     def _connect(self) -> bool:
         if self._ray is not None:
@@ -267,6 +278,13 @@ class RayExecutor:
 
         # a private instance needs no dashboard (a web server and port 8265 on this machine)
         private = {} if self.settings.ray_address else {"include_dashboard": False}
+        if private:
+            if self._reaper is None:
+                self._owner = f"{os.getpid()}.{os.urandom(8).hex()}"
+                self._reaper = _start_reaper(self._owner, os.path.dirname(ray.__file__))
+            # inherited by the instance's processes (started by ray.init; its workers and agents by its
+            # raylet), not by this server's own later children (a restarted receipt worker)
+            os.environ[OWNER_ENV] = self._owner
         try:
             ray.init(address=self.settings.ray_address, namespace="verinfer",
                      logging_level=logging.WARNING, log_to_driver=False,
@@ -276,6 +294,8 @@ class RayExecutor:
                       self.settings.ray_address or "(local)", exc)
             self._next_connect = time.monotonic() + 5
             return False
+        finally:
+            os.environ.pop(OWNER_ENV, None)
         self._ray = ray
         log.warning("proving on Ray: %s", ray.cluster_resources())
         return True
@@ -539,18 +559,19 @@ class RayExecutor:
 # -- a private Ray instance's processes ----------------------------------------------------
 
 
-def _ray_processes(ray) -> list[int]:
-    """Pids of Ray's processes under this one (Linux ``/proc``; none elsewhere): named
-    ``ray::…`` or run from Ray's own package folder. Not the receipt writer or other children."""
+def _ray_processes(ray, root: int | None = None) -> list[int]:
+    """Pids of Ray's processes under ``root`` (default: this one; Linux ``/proc``; none
+    elsewhere): named ``ray::…`` or run from Ray's own package folder (``ray``: the module,
+    or that folder). Not the receipt writer or other children."""
     proc = Path("/proc")
     if not (proc / "self" / "stat").exists():
         return []
-    ray_dir = os.path.dirname(ray.__file__) + os.sep
+    ray_dir = (ray if isinstance(ray, str) else os.path.dirname(ray.__file__)).rstrip(os.sep) + os.sep
     children: dict[int, list[int]] = {}
     for d in proc.iterdir():
         if d.name.isdigit() and (stat := _stat(int(d.name))) is not None:
             children.setdefault(int(stat[1]), []).append(int(d.name))
-    out, todo = [], [os.getpid()]
+    out, todo = [], [os.getpid() if root is None else root]
     while todo:
         for pid in children.get(todo.pop(), []):
             todo.append(pid)
@@ -592,3 +613,61 @@ def _end(pids: list[int], grace_s: float = 5.0) -> None:
     for pid in left:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _start_reaper(owner: str, ray_dir: str) -> subprocess.Popen:
+    """A private Ray instance's processes end with this server even when it is killed (kill -9,
+    the OOM killer), when :meth:`RayExecutor.stop` does not run: the raylet and GCS die with
+    the dispatcher thread (``PR_SET_PDEATHSIG``), but the raylet's agents were left running,
+    orphaned, for good (they ignore SIGTERM). A small process in its own session (a signal to
+    the server's group is the server's) holds a pipe from this one and notes Ray's processes
+    under the server every 2 s; at the pipe's end it ends those still running, and every
+    process of this user whose environment names ``owner`` (:data:`OWNER_ENV`; the agents'
+    own is overwritten by their process titles, hence the notes)."""
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
+    return subprocess.Popen([sys.executable, "-m", "server.proofs.ray_executor", "--reap", owner,
+                             str(os.getpid()), ray_dir], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
+def _owned(owner: str) -> list[int]:
+    """Pids of this user's processes whose environment has ``OWNER_ENV=owner``."""
+    mark, uid, out = f"{OWNER_ENV}={owner}".encode(), os.getuid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if d.stat().st_uid == uid and mark in (d / "environ").read_bytes().split(b"\0"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def _started(pid: int) -> str | None:
+    """When ``pid`` started (``/proc/<pid>/stat``'s starttime): a noted pid is ended only if
+    it is still that process, not another that got its number since."""
+    stat = _stat(pid)
+    return stat[19] if stat is not None and len(stat) > 19 else None
+
+
+def _reap(owner: str, server: int, ray_dir: str) -> None:
+    """``python -m server.proofs.ray_executor --reap OWNER SERVER_PID RAY_DIR`` (see
+    :func:`_start_reaper`)."""
+    import select
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    noted: dict[int, str | None] = {}
+    while True:
+        if select.select([sys.stdin.buffer], [], [], 2.0)[0] and not os.read(sys.stdin.fileno(), 4096):
+            break  # the server is gone (or stops Ray itself)
+        noted = {pid: t for pid, t in noted.items() if t is not None and _started(pid) == t}  # live ones
+        noted.update((pid, _started(pid)) for pid in _ray_processes(ray_dir, server) if pid != os.getpid())
+    alive = [pid for pid, started in noted.items() if started is not None and _started(pid) == started]
+    _end(sorted(set(alive) | set(_owned(owner))))
+
+
+if __name__ == "__main__":
+    _reap(sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -134,3 +134,29 @@ def test_a_private_ray_instance_ends_with_the_server(new_home, servers, tmp_path
         time.sleep(0.2)
     left = [_cmd(p)[:80] for p in tree if _running(p)]
     assert not left, left
+
+
+def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path):
+    """kill -9 of the server (the OOM killer; under ``serve --workers`` a killed process 0 is
+    started again, with a new instance each time): its private Ray instance ends too. Before,
+    the raylet's DashboardAgent and RuntimeEnvAgent stayed running, orphaned (they ignore
+    SIGTERM), for good. No circuit package is needed: Ray starts with the server."""
+    s = servers(tmp_path / "home", {"VERINFER_PROVER_EXECUTOR": "ray", "HOME": str(tmp_path),
+                                    "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
+    end = time.monotonic() + 120
+    names: set[bytes] = set()
+    while time.monotonic() < end:  # the agents start a little after the raylet
+        tree = _descendants(s.proc.pid)
+        names = {_cmd(p).split(b"\0")[0] for p in tree if _running(p)}
+        if {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names:
+            break
+        time.sleep(0.5)
+    assert {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names, (names, s.output())
+    time.sleep(3)  # the reaper notes the instance's processes every 2 s
+    tree = _descendants(s.proc.pid)
+    s.kill9()  # the server process alone, not its group
+    end = time.monotonic() + 30
+    while any(_running(p) for p in tree) and time.monotonic() < end:
+        time.sleep(0.2)
+    left = [_cmd(p)[:80] for p in tree if _running(p)]
+    assert not left, left
