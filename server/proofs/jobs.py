@@ -14,7 +14,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -348,8 +347,9 @@ class ProofJobs:
         env = {**os.environ, "VERINFER_HOME": str(s.home)}
         env.setdefault("OMP_NUM_THREADS", "1")  # onnxruntime for the float label: tiny models
         with open(self.log_path, "ab") as logf:
-            # its own session: a signal to the server's process group (Ctrl-C, systemd's SIGTERM)
-            # is the server's to handle, which then ends its workers; they die with it anyway
+            # its own session: a signal to the server's process group (Ctrl-C) is the server's to
+            # handle, which then ends its workers (systemd's SIGTERM, sent to every process of the
+            # unit, reaches them anyway: they ignore it); they die with it anyway
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
         os.set_blocking(proc.stdin.fileno(), False)
@@ -365,13 +365,9 @@ class ProofJobs:
                 p.stdin.close()
         except OSError:
             pass
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        if p.poll() is None:  # it ignores SIGTERM (systemd's stop signals it too; see the worker)
+            p.kill()
+            p.wait()
         slot.proc = None
 
     def worker_pids(self) -> list[int]:

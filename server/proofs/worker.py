@@ -291,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING,  # EZKL logs every step at INFO
                         format=f"%(asctime)s worker {args.worker_id} %(message)s")
     _limit_memory(args.memory_mb)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    # The server stops its workers itself (SIGKILL, then gives the job back to the queue without
+    # counting the attempt). systemd's stop sends SIGTERM to every process of the unit, these
+    # too, whatever their session: a worker that exited on it was seen dead by the still
+    # running server, which counted the attempt (the job failed on its last one) and restarted it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     from server.settings import ServerSettings
 

@@ -104,6 +104,40 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_loses_nothing(new_home, 
     assert done["status"] == "done" and done["attempts"] == 1, done  # the stop did not count
 
 
+def test_systemds_stop_signals_the_prover_workers_too_and_costs_no_attempt(new_home, servers):
+    """systemd's stop (KillMode=control-group, its default) sends SIGTERM to every process of
+    the unit, the prover workers too, though they run in their own session. A worker that
+    exited on it was seen dead by the server, still answering what it held (here a request
+    waiting for its proof): the attempt counted, and with one allowed the job failed ("prover
+    worker died (exit code 0)"). The workers leave it to the server: the proof is made and
+    the waiting request gets it."""
+    import threading
+
+    s1 = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_ATTEMPTS": "1"})
+    answer = {}
+
+    def sync() -> None:
+        answer["r"] = s1.request("POST", "/v2/models/iris_mlp/infer", {
+            "inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(44)}],
+            "parameters": {"proof": "sync"}})
+
+    waiter = threading.Thread(target=sync)
+    waiter.start()
+    end = time.monotonic() + 60
+    while not s1.request("GET", "/v1/proofs")[1]["jobs"].get("running"):
+        assert time.monotonic() < end, s1.output()
+        time.sleep(0.02)
+    workers = s1.worker_pids()
+    os.killpg(s1.proc.pid, signal.SIGTERM)  # the server's group, and each worker (its own session)
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    waiter.join(120)
+    assert s1.proc.wait(60) in (0, -signal.SIGTERM)
+    status, body, _ = answer["r"]
+    assert status == 200 and body["parameters"]["proof_status"] == "done", (body["parameters"], s1.output())
+    assert "died" not in s1.output(), s1.output()
+
+
 def test_queue_limit_gives_429(new_home, servers):
     home = new_home()
     s = servers(home, {"VERINFER_PROOF_WORKERS": "0", "VERINFER_MAX_QUEUED_PROOFS": "2",
