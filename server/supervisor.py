@@ -94,18 +94,34 @@ def bind(settings: ServerSettings) -> socket.socket:
         raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
 
 
-def check_log_writer_free(settings: ServerSettings) -> None:
-    """Refuse (exit 2) to start on a data dir whose receipt log another server writes: its
-    writer would wait for the log's lock, then fail the start with a traceback. A dying
-    server's writer is given a few seconds to finish, as the writer itself would."""
-    from server.receipts.translog import writer_lock
+def check_log(settings: ServerSettings) -> None:
+    """Refuse (exit 2, one line) to start where the receipt log's writer could not: another
+    server writes the log, or the log's origin is not ``log_origin``. Else the writer would
+    fail the start with a traceback (exit 3, or 1 with ``--workers``). A dying server's
+    writer is given a few seconds to finish, as the writer itself would."""
+    from server.receipts.translog import LogReader, writer_lock
     from verifier.errors import InputError
 
+    path = settings.log_path
     try:
-        writer_lock(settings.log_path, 5.0).close()
+        lock = writer_lock(path, 5.0)
     except InputError:
-        raise InputError(f"another verinfer server writes the receipt log {settings.log_path}; "
+        raise InputError(f"another verinfer server writes the receipt log {path}; "
                          "give this one its own VERINFER_HOME (or VERINFER_LOG_DB)") from None
+    try:
+        if settings.log_origin is None or not path.exists():
+            return
+        reader = LogReader(path)
+        try:
+            origin = reader.origin()
+        finally:
+            reader.close()
+        if origin is not None and origin != settings.log_origin:
+            raise InputError(f"the receipt log at {path} has origin {origin!r}, not VERINFER_LOG_ORIGIN "
+                             f"{settings.log_origin!r} (a log's origin never changes; use another file "
+                             "for another log)")
+    finally:
+        lock.close()
 
 
 class Supervisor:
@@ -183,7 +199,7 @@ class Supervisor:
         self._lock_home()
         keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
         if s.signing:  # the stores' files and schemas, made once
-            check_log_writer_free(s)  # e.g. a one-process server on this home: one line, not the writer's traceback
+            check_log(s)  # its writer could not start: one line, not the writer's traceback
             from server.proofs.store import JobStore
             from server.receipts.store import ReceiptStore
 

@@ -154,3 +154,18 @@ def test_serve_workers_on_a_home_whose_log_a_one_process_server_writes_exits_2_i
     assert r.returncode == 2 and "another verinfer server writes the receipt log" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert post(server, IRIS, json.dumps(GOOD).encode())[0] == 200
+
+
+def test_a_log_origin_other_than_the_logs_exits_2_in_one_line(start_server, cli, tmp_path):
+    """``VERINFER_LOG_ORIGIN`` other than the existing log's (fixed when it was made): refused
+    at start in one line, exit 2, with or without ``--workers``; before, the receipt writer
+    failed the start with a traceback (uvicorn's exit 3; exit 1 with ``--workers``)."""
+    from testkit.server_process import free_port
+
+    home = tmp_path / "home"
+    start_server(home, env={"VERINFER_LOG_ORIGIN": "example.com/first"}).stop()
+    for workers in ("1", "2"):
+        r = cli(home, "serve", "--port", str(free_port()), "--workers", workers,
+                env={"VERINFER_LOG_ORIGIN": "example.com/second"})
+        assert r.returncode == 2 and "has origin 'example.com/first'" in r.stderr, (workers, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
