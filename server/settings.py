@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from server.auth import DEFAULT_TIERS, Tier
 from verifier.config import Settings
@@ -272,6 +272,13 @@ class ServerSettings(Settings):
         False, description="Also send a package's files through Ray's object store to nodes "
         "that do not have it under ray_packages_dir (checked against the manifest's hashes)."
     )
+
+    @model_validator(mode="after")
+    def _relayer_needs_both(self) -> ServerSettings:
+        if bool(self.relay_rpc) != bool(self.relay_oracle):  # else no relayer ran, and nothing said so
+            raise ValueError("relay_rpc and relay_oracle go together: the relayer needs both "
+                             "(neither: no relayer)")
+        return self
 
     @property
     def auth_enabled(self) -> bool:

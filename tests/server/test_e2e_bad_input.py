@@ -169,3 +169,13 @@ def test_a_log_origin_other_than_the_logs_exits_2_in_one_line(start_server, cli,
                 env={"VERINFER_LOG_ORIGIN": "example.com/second"})
         assert r.returncode == 2 and "has origin 'example.com/first'" in r.stderr, (workers, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_relayer_rpc_without_its_oracle_exits_2_in_one_line(cli, tmp_path):
+    """``VERINFER_RELAY_RPC`` without ``VERINFER_RELAY_ORACLE`` (or the other way round): the
+    server started with no relayer and said nothing, so on-chain requests went unanswered."""
+    for env in ({"VERINFER_RELAY_RPC": "http://127.0.0.1:8545"},
+                {"VERINFER_RELAY_ORACLE": "0x" + "11" * 20}):
+        r = cli(tmp_path / "home", "serve", "--port", "0", env=env, timeout=60)  # else: it serves
+        assert r.returncode == 2 and "relay_rpc and relay_oracle go together" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
