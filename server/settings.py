@@ -274,10 +274,13 @@ class ServerSettings(Settings):
     )
 
     @model_validator(mode="after")
-    def _relayer_needs_both(self) -> ServerSettings:
+    def _no_setting_silently_unused(self) -> ServerSettings:
         if bool(self.relay_rpc) != bool(self.relay_oracle):  # else no relayer ran, and nothing said so
             raise ValueError("relay_rpc and relay_oracle go together: the relayer needs both "
                              "(neither: no relayer)")
+        if self.ray_address and self.prover_executor != "ray":  # else proofs ran locally, unsaid
+            raise ValueError("ray_address is for prover_executor 'ray' (--prover-executor ray); "
+                             "with 'local' no Ray cluster is joined")
         return self
 
     @property

@@ -179,3 +179,11 @@ def test_a_relayer_rpc_without_its_oracle_exits_2_in_one_line(cli, tmp_path):
         r = cli(tmp_path / "home", "serve", "--port", "0", env=env, timeout=60)  # else: it serves
         assert r.returncode == 2 and "relay_rpc and relay_oracle go together" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_ray_address_without_the_ray_executor_exits_2_in_one_line(cli, tmp_path):
+    """``--ray-address`` (``VERINFER_RAY_ADDRESS``) without ``--prover-executor ray``: the
+    server proved on local workers, joined no cluster, and said nothing."""
+    r = cli(tmp_path / "home", "serve", "--port", "0", "--ray-address", "127.0.0.1:6379", timeout=60)
+    assert r.returncode == 2 and "ray_address is for prover_executor 'ray'" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
