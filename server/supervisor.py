@@ -64,6 +64,9 @@ def _spawn(args: list[str], hello: tuple, pass_fds: tuple[int, ...] = (),
     ours, theirs = socket.socketpair()
     try:
         proc = subprocess.Popen([sys.executable, "-m", *args], stdin=theirs, pass_fds=pass_fds, env=env)
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
     conn = Connection(ours.detach())
@@ -288,7 +291,13 @@ class Supervisor:
             for child in self._children():
                 self._exited(child)
                 if child.proc is None and now >= child.next_start and not self._stop:
-                    self._start(child)
+                    try:
+                        self._start(child)
+                    except OSError as exc:  # e.g. no fork (memory, the unit's task limit): later
+                        child.fails += 1
+                        child.next_start = now + min(2 ** child.fails, 30)
+                        print(f"verinfer: cannot start {child.name} ({exc}); trying again in "
+                              f"{min(2 ** child.fails, 30)} s", file=sys.stderr, flush=True)
 
     def _shutdown(self) -> None:
         """The server processes first (they answer what they hold), then the writer."""
