@@ -269,12 +269,15 @@ class Supervisor:
             for child in self._children():
                 code = child.proc.poll()
                 if code is not None:
+                    if self._stop:  # stopped while starting (systemd's stop signals every process)
+                        return True
                     self._read_ready(0)  # why, if it said
                     if child.error is not None:  # bad settings: one line, exit 2 (as with one process)
                         from verifier.errors import InputError
 
                         raise InputError(child.error)
-                    print(f"verinfer: {child.name} exited while starting (code {code}); stopping "
+                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
+                    print(f"verinfer: {child.name} exited while starting ({why}); stopping "
                           "(see above)", file=sys.stderr, flush=True)
                     return False
         if self._stop:

@@ -248,6 +248,26 @@ def _gone(pids: list[int], timeout: float = 60) -> bool:
     return False
 
 
+def test_a_stop_while_the_server_processes_start_is_a_clean_stop(tmp_path):
+    """systemd's stop (SIGTERM to every process of the unit) while the server processes still
+    load: they die of it before they serve. That is the stop asked for, exit 0; before, the
+    supervisor took it for a failed start: exit 1, "exited while starting (code -15)"
+    (systemd then marks the unit failed)."""
+    s = ServerProcess(tmp_path / "home", "--workers", "2", new_session=True)
+    try:
+        end = time.monotonic() + 60
+        while len(s.children(b"server.supervisor")) < 2:
+            assert time.monotonic() < end and s.proc.poll() is None, s.output()
+            time.sleep(0.02)
+        children = s.children(b"server.")
+        os.killpg(s.proc.pid, signal.SIGTERM)
+        assert s.proc.wait(60) == 0, s.output()
+        assert "exited while starting" not in s.output(), s.output()
+        assert _gone(children), s.output()
+    finally:
+        s.stop()
+
+
 def test_sigterm_stops_all_and_a_killed_supervisor_leaves_no_orphans(tmp_path):
     for how in ("sigterm", "kill9"):
         s = ServerProcess(tmp_path / how, "--workers", "2")
