@@ -219,14 +219,15 @@ def serve(args: argparse.Namespace) -> int:
     from prover.progress import private_stdio
     from server.http.app import create_app
     from server.logs import configure
-    from server.supervisor import bind, check_log
+    from server.supervisor import bind, check_log, start_errors
 
     private_stdio()  # an in-process relayer proves in threads: EZKL's log takes its prints alone
-    use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
-    app = create_app(settings)  # refuses unsafe key files before listening
-    if settings.signing:
-        check_log(settings)
-    listener = bind(settings)  # a port in use is refused here, in one line (exit 2)
+    with start_errors():  # e.g. a store's folder that cannot be made: one line, exit 2
+        use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
+        app = create_app(settings)  # refuses unsafe key files before listening
+        if settings.signing:
+            check_log(settings)
+        listener = bind(settings)  # a port in use is refused here, in one line (exit 2)
     keys = app.state.keys
 
     class Server(uvicorn.Server):

@@ -97,6 +97,24 @@ def bind(settings: ServerSettings) -> socket.socket:
         raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
 
 
+@contextlib.contextmanager
+def start_errors():
+    """What the data dir or a store's path refuses at start (a missing folder, a file where a
+    folder should be, no permission): one line, exit 2, not a traceback (exit 1)."""
+    import sqlite3
+
+    from verifier.errors import InputError
+
+    try:
+        yield
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise InputError(f"cannot start: {where}{exc.strerror or exc}") from None
+    except sqlite3.Error as exc:
+        raise InputError(f"cannot start: {exc} (see VERINFER_HOME, VERINFER_RECEIPTS_DB, "
+                         "VERINFER_LOG_DB)") from None
+
+
 def check_log(settings: ServerSettings) -> None:
     """Refuse (exit 2, one line) to start where the receipt log's writer could not: another
     server writes the log, or the log's origin is not ``log_origin``. Else the writer would
@@ -199,17 +217,18 @@ class Supervisor:
         from server.receipts.keys import load_keys
 
         s = self.settings
-        self._lock_home()
-        keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
-        if s.signing:  # the stores' files and schemas, made once
-            check_log(s)  # its writer could not start: one line, not the writer's traceback
-            from server.proofs.store import JobStore
-            from server.receipts.store import ReceiptStore
+        with start_errors():
+            self._lock_home()
+            keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
+            if s.signing:  # the stores' files and schemas, made once
+                check_log(s)  # its writer could not start: one line, not the writer's traceback
+                from server.proofs.store import JobStore
+                from server.receipts.store import ReceiptStore
 
-            ReceiptStore(s.receipts_path).close()
-            JobStore(s.receipts_path).close()
-        self.listener = bind(s)
-        self.prometheus = prepare(self.run_dir)
+                ReceiptStore(s.receipts_path).close()
+                JobStore(s.receipts_path).close()
+            self.listener = bind(s)
+            self.prometheus = prepare(self.run_dir)
         port = self.listener.getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)

@@ -187,3 +187,17 @@ def test_a_ray_address_without_the_ray_executor_exits_2_in_one_line(cli, tmp_pat
     r = cli(tmp_path / "home", "serve", "--port", "0", "--ray-address", "127.0.0.1:6379", timeout=60)
     assert r.returncode == 2 and "ray_address is for prover_executor 'ray'" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_store_path_that_cannot_be_made_exits_2_in_one_line(cli, tmp_path):
+    """``VERINFER_RECEIPTS_DB`` / ``VERINFER_LOG_DB`` under a file (or anywhere a folder cannot
+    be made): one line naming the path, exit 2, with or without ``--workers``; before, a
+    traceback and exit 1."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for workers in ("1", "2"):
+        for var in ("VERINFER_RECEIPTS_DB", "VERINFER_LOG_DB"):
+            r = cli(tmp_path / "home", "serve", "--port", "0", "--workers", workers,
+                    env={var: str(blocker / "store.sqlite3")}, timeout=60)
+            assert r.returncode == 2 and f"cannot start: {blocker}" in r.stderr, (workers, var, r.stderr)
+            assert len(r.stderr.strip().splitlines()) == 1, r.stderr
