@@ -15,6 +15,7 @@ mismatch is refused.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -52,19 +53,32 @@ def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
     path = cache_dir / f"dev-k{logrows}.srs"
     meta = path.with_suffix(".json")
     if not has_dev_srs(cache_dir, logrows):
-        # Generate beside the cache and rename: concurrent callers never see half a file.
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".dev-k{logrows}-", suffix=".tmp")
-        os.close(fd)
-        try:
-            backend.make_dev_srs(Path(tmp), logrows)
-            digest = sha256_file(Path(tmp))
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        meta.write_text(json.dumps({"logrows": logrows, "sha256": digest,
-                                    "insecure": True, "note": "development only"}))
+        # One generator per logrows at a time (another process's 'models add' waits, then
+        # finds it cached): two generating at once each replaced the file and wrote its own
+        # hash, so the cache (and the packages made meanwhile) could pair one SRS with the
+        # other's hash. Generate beside the cache and rename: readers never see half a file.
+        with open(cache_dir / f".dev-k{logrows}.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            if not has_dev_srs(cache_dir, logrows):
+                _generate(cache_dir, logrows, backend)
     recorded = json.loads(meta.read_text())
     return SRSFile(path=path, logrows=logrows, sha256=recorded["sha256"], source="development")
+
+
+def _generate(cache_dir: Path, logrows: int, backend: ProofSystem) -> None:
+    path = cache_dir / f"dev-k{logrows}.srs"
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".dev-k{logrows}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        backend.make_dev_srs(Path(tmp), logrows)
+        digest = sha256_file(Path(tmp))
+        os.replace(tmp, path)
+        with open(tmp, "w") as f:  # the hash beside it, renamed into place whole as well
+            f.write(json.dumps({"logrows": logrows, "sha256": digest,
+                                "insecure": True, "note": "development only"}))
+        os.replace(tmp, path.with_suffix(".json"))
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def ceremony_srs(path: Path, logrows: int, expected_sha256: str | None = None) -> SRSFile:

@@ -4,6 +4,8 @@ development SRS is generated once per logrows and cached."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,53 @@ def test_dev_srs_is_generated_once_per_logrows_and_marked_insecure(tmp_path):
     assert backend.calls == 2 and a == b and a.insecure and c.logrows == 11
     assert a.sha256 == hashlib.sha256(bytes([10]) * 64).hexdigest()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+class RacingBackend:
+    """Random bytes, as EZKL's gen_srs: the first caller is still generating when the second
+    one has finished (or waits for it, up to a timeout, when the second one is kept out)."""
+
+    name, version = "fake-for-race-test", "0"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.second_done = threading.Event()
+        self.calls = 0
+
+    def make_dev_srs(self, path: Path, logrows: int) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.second_done.wait(timeout=2)
+        path.write_bytes(os.urandom(64))
+
+
+def test_two_generating_the_same_dev_srs_at_once_agree_with_the_cache(tmp_path):
+    # Two 'models add' of one logrows at once: each generated an SRS, replaced the cached
+    # file and wrote its own hash, so one package's manifest named an SRS hash that its
+    # kzg.srs (hard-linked from the cache) did not have, and the cache could stay so.
+    import threading
+
+    backend, got = RacingBackend(), {}
+
+    def add(who: str) -> None:
+        got[who] = srs.dev_srs(tmp_path, 10, backend)
+        if who == "second":  # then links the cached file into its package after the first
+            backend.second_done.set()
+            first.join()
+        got[who + "_bytes"] = got[who].path.read_bytes()  # what its package's kzg.srs holds
+
+    first = threading.Thread(target=add, args=("first",))
+    first.start()
+    while backend.calls == 0:  # the first is generating
+        threading.Event().wait(0.01)
+    second = threading.Thread(target=add, args=("second",))
+    second.start()
+    first.join()
+    second.join()
+    cached = (tmp_path / "dev-k10.srs").read_bytes()
+    for who in ("first", "second"):
+        assert hashlib.sha256(got[who + "_bytes"]).hexdigest() == got[who].sha256
+    assert json.loads((tmp_path / "dev-k10.json").read_text())["sha256"] == \
+        hashlib.sha256(cached).hexdigest()
+    assert backend.calls == 1 and not list(tmp_path.glob("*.tmp"))
