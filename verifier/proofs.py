@@ -20,6 +20,7 @@ This is the only module of ``verifier`` that talks to EZKL.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -40,6 +41,8 @@ from verifier.receipts import Statement
 from verifier.tensors import tensor_digest
 
 VERIFY_ARTIFACTS = ["settings.json", "vk.key", "kzg.srs"]
+# an instance as EZKL writes it: 32 bytes, little-endian, lower-case hex
+_FELT_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def felt_hex_to_int(felt: str) -> int:
@@ -139,6 +142,9 @@ def check_bundle_links(bundle: ProofBundle, manifest: Manifest) -> None:
         raise LinkBroken("proof's instances are not a list of rows") from None
     if proof_instances != bundle.instances:
         raise LinkBroken("bundle's instances differ from the proof's")
+    if not all(_FELT_HEX.fullmatch(f) for row in bundle.instances for f in row):
+        raise LinkBroken("proof's instances are not field elements as EZKL writes them "
+                         "(64 lower-case hex digits)")
     if tuple(bundle.input.shape) != tuple(manifest.input.shape):
         raise LinkBroken(f"bundle's input shape {list(bundle.input.shape)} is not the "
                          f"circuit's {list(manifest.input.shape)}")

@@ -81,6 +81,16 @@ def test_bundle_nan_logit_is_rejected(golden, tmp_path):
         _verify_bundle_dict(golden, d, tmp_path)
 
 
+@pytest.mark.parametrize("felt", ["zz", "0x01", "01", " " + "0" * 63, "é" * 64])
+def test_bundle_instance_that_is_not_felt_hex_is_rejected_not_a_crash(golden, tmp_path, felt):
+    # a logit's instance (the proof's too, so they agree) spelt as no field element EZKL writes:
+    # bytes.fromhex raised ValueError, a traceback from `verify` and an InternalError in `audit`
+    d = _signed_bundle(golden)
+    d["instances"][0][-2] = d["proof"]["instances"][0][-2] = felt
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
 # --- the agreement section is not checked against its own labels / the signed label ----
 
 
