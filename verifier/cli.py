@@ -131,6 +131,13 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
     except KeyboardInterrupt:
         fail("interrupted")
         return 130
+    except SystemError as exc:
+        # Ctrl-C inside a native call (EZKL's calibrate_settings, gen_srs): the call returns
+        # with the KeyboardInterrupt pending, and Python raises a SystemError from it
+        if not isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            raise
+        fail("interrupted")
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,3 +70,25 @@ def test_two_logs_of_one_origin_are_refused_before_any_item_is_printed(tmp_path,
                "--log", str(tmp_path / "a"), "--log", str(tmp_path / "b")])
     captured = capsys.readouterr()
     assert rc == 2 and "both logs of origin" in _one_line(captured.err) and "OK:" not in captured.out
+
+
+def test_ctrl_c_inside_a_native_call_is_interrupted_not_a_traceback(capsys):
+    # Ctrl-C during EZKL's calibrate_settings or gen_srs ('models add'): the native call
+    # returns with the KeyboardInterrupt pending and Python raises SystemError from it
+    from verifier.cli import run
+
+    def interrupted_native_call(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("<built-in function calibrate_settings> returned a result with "
+                              "an exception set") from exc
+
+    assert run(interrupted_native_call, None, {}) == 130
+    assert _one_line(capsys.readouterr().err) == "verinfer: error: interrupted"
+
+    def bug(args):
+        raise SystemError("a bug")
+
+    with pytest.raises(SystemError):  # any other SystemError is still a bug, not hidden
+        run(bug, None, {})
