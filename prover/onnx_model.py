@@ -87,15 +87,22 @@ def ensure_label_output(model) -> bool:
     """Append ArgMax(last axis) of the first output when no output is an integer; True if so."""
     from onnx import TensorProto, helper
 
-    if any(o.type.tensor_type.elem_type in _INTEGER_TYPES for o in model.graph.output):
+    graph = model.graph
+    if not graph.output:
+        raise UnsupportedModel("the model has no outputs; verinfer proves a classifier's "
+                               "logits or label")
+    if any(o.type.tensor_type.elem_type in _INTEGER_TYPES for o in graph.output):
         return False
-    first = model.graph.output[0]
+    first = graph.output[0]
+    if not first.type.tensor_type.shape.dim:
+        raise UnsupportedModel(f"output {first.name!r} is a scalar: no class axis to take the "
+                               f"label (ArgMax) over; give the model logits or a label output")
     node = helper.make_node("ArgMax", [first.name], ["label"], axis=-1, keepdims=0,
                             name="verinfer_label")
-    model.graph.node.append(node)
+    graph.node.append(node)
     batch = first.type.tensor_type.shape.dim[0]
     label = helper.make_tensor_value_info("label", TensorProto.INT64, [batch.dim_value or 1])
-    model.graph.output.append(label)
+    graph.output.append(label)
     return True
 
 

@@ -255,6 +255,33 @@ def test_bad_onnx_is_refused_and_leaves_nothing(home, tmp_path):
     assert not list((home / "packages").glob("*")) if (home / "packages").exists() else True
 
 
+def _graph(tmp_path, name, nodes, inputs, outputs, initializers=()):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, name, inputs, outputs, list(initializers))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]),
+              tmp_path / f"{name}.onnx")
+    return tmp_path / f"{name}.onnx"
+
+
+@pytest.mark.parametrize("shape, says", [(None, "has no outputs"), ([], "is a scalar")],
+                         ids=["no-output", "scalar-output"])
+def test_a_model_with_no_class_axis_is_refused_in_one_line(home, tmp_path, shape, says):
+    # ensure_label_output took output[0] and its first axis: an IndexError traceback, exit 1
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    outputs = [] if shape is None else [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)]
+    model = _graph(tmp_path, "odd", [helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)],
+                   [x], outputs)
+    np.save(tmp_path / "cal.npy", np.ones((3, 1, 4), dtype=np.float32))
+    proc = run_cli("models", "add", model, "--calibration-data", tmp_path / "cal.npy", home=home)
+    assert proc.returncode == 2
+    assert says in one_line_error(proc)
+    assert not (home / "names").exists()
+
+
 def test_op_ezkl_cannot_prove_is_refused_and_leaves_nothing(home, tmp_path):
     import onnx
     from onnx import TensorProto, helper
