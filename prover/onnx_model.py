@@ -97,11 +97,18 @@ def ensure_label_output(model) -> bool:
     if not first.type.tensor_type.shape.dim:
         raise UnsupportedModel(f"output {first.name!r} is a scalar: no class axis to take the "
                                f"label (ArgMax) over; give the model logits or a label output")
-    node = helper.make_node("ArgMax", [first.name], ["label"], axis=-1, keepdims=0,
+    # "label", unless the graph already names a tensor so (then ArgMax would feed itself)
+    taken = ({v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+             | {t for n in graph.node for t in (*n.input, *n.output)})
+    name, i = "label", 0
+    while name in taken:
+        i += 1
+        name = f"label_{i}"
+    node = helper.make_node("ArgMax", [first.name], [name], axis=-1, keepdims=0,
                             name="verinfer_label")
     graph.node.append(node)
     batch = first.type.tensor_type.shape.dim[0]
-    label = helper.make_tensor_value_info("label", TensorProto.INT64, [batch.dim_value or 1])
+    label = helper.make_tensor_value_info(name, TensorProto.INT64, [batch.dim_value or 1])
     graph.output.append(label)
     return True
 

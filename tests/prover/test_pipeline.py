@@ -282,6 +282,29 @@ def test_a_model_with_no_class_axis_is_refused_in_one_line(home, tmp_path, shape
     assert not (home / "names").exists()
 
 
+def test_the_label_added_to_logits_named_label_is_another_tensor(tmp_path):
+    # a model whose logits are named "label": the ArgMax verinfer adds wrote "label" too, a
+    # graph that feeds itself ("EZKL cannot turn this model into a circuit: Loop detected")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prover import onnx_model
+
+    w = np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 1]], dtype=np.float32)
+    path = _graph(tmp_path, "clash", [helper.make_node("MatMul", ["x", "W"], ["label"])],
+                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                  [helper.make_tensor_value_info("label", TensorProto.FLOAT, [1, 3])],
+                  [numpy_helper.from_array(w, "W")])
+    model = onnx_model.load(path)
+    assert onnx_model.ensure_label_output(model)
+    info = onnx_model.describe(model, True)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits, label = sess.run([o.name for o in info.outputs],
+                             {"x": np.array([[0.0, 0.0, 1.0, 0.0]], dtype=np.float32)})
+    assert info.outputs[0].name == "label" and logits.tolist() == [[0.0, 0.0, 3.0]]
+    assert info.outputs[info.label_output].name != "label" and label.tolist() == [2]
+
+
 def test_op_ezkl_cannot_prove_is_refused_and_leaves_nothing(home, tmp_path):
     import onnx
     from onnx import TensorProto, helper
