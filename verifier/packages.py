@@ -15,6 +15,7 @@ find packages here. Opening a package reads its manifest only (no EZKL); the pro
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +85,17 @@ def point_name(settings: Settings, name: str, package_id: str) -> None:
     """Atomically make ``name`` refer to ``package_id``."""
     check_name(name)
     settings.names_dir.mkdir(parents=True, exist_ok=True)
-    tmp = settings.names_dir / f".{name}.tmp"
-    tmp.write_text(package_id + "\n")
-    os.replace(tmp, settings.names_dir / name)
+    # a temporary file of its own: two 'models add' of one name at once shared one, so one
+    # renamed the other's half-written file into place and the other's rename failed
+    fd, tmp = tempfile.mkstemp(dir=settings.names_dir, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(package_id + "\n")
+        os.chmod(tmp, 0o644)  # as a plain write_text made it (mkstemp's is 0600)
+        os.replace(tmp, settings.names_dir / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def resolve(settings: Settings, ref: str | Path) -> Path:

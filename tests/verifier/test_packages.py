@@ -90,6 +90,37 @@ def test_a_name_can_point_elsewhere(home):
     assert not [p for p in settings.names_dir.iterdir() if p.name.startswith(".")]  # no temp
 
 
+def test_a_name_pointed_at_twice_at_once_is_always_one_whole_id(home):
+    # two 'models add' of one name at once shared one temporary file: a reader saw the name
+    # empty (resolving to the packages folder itself), and one writer's rename failed with
+    # FileNotFoundError, a traceback after its package was built
+    import threading
+
+    settings, errors, seen = Settings(), [], set()
+    ids = ["a" * 64, "b" * 64]
+
+    def write(pid: str) -> None:
+        for _ in range(500):
+            try:
+                point_name(settings, "m", pid)
+            except OSError as exc:
+                errors.append(exc)
+
+    def read() -> None:
+        for _ in range(1000):
+            seen.add(name_target(settings, "m"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in ids]
+    threads.append(threading.Thread(target=read))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and seen <= {None, *ids}
+    assert list_names(settings) == {"m": name_target(settings, "m")}
+    assert sorted(p.name for p in settings.names_dir.iterdir()) == ["m"]  # no temporary left
+
+
 @pytest.mark.parametrize("bad", ["", "UPPER", ".hidden", "-x", "a/b", "x" * 65])
 def test_bad_names_are_refused(bad):
     with pytest.raises(InputError, match="invalid model name"):
