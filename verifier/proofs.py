@@ -26,6 +26,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from verifier.bundle import ProofBundle
 from verifier.errors import (
     DigestMismatch,
@@ -149,11 +151,12 @@ def check_bundle_links(bundle: ProofBundle, manifest: Manifest) -> None:
         raise LinkBroken(f"bundle's input shape {list(bundle.input.shape)} is not the "
                          f"circuit's {list(manifest.input.shape)}")
     try:
-        x = bundle.input.array()
-    except (ValueError, InputError) as exc:
+        with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as FP32: inf, refused below
+            x = bundle.input.array()
+        felts = [int_to_felt_hex(q) for q in quantize(x, manifest.input.scale)]
+    except (ValueError, InputError) as exc:  # also NaN, infinity, beyond the fixed point
         raise LinkBroken(f"bundle's input does not fit its shape/datatype: {exc}") from None
     flat = [felt for row in bundle.instances for felt in row]
-    felts = [int_to_felt_hex(q) for q in quantize(x, manifest.input.scale)]
     if manifest.input_visibility == "public":
         if flat[: len(felts)] != felts:
             raise LinkBroken("proof's public input is not the bundle's input")

@@ -91,6 +91,17 @@ def test_bundle_instance_that_is_not_felt_hex_is_rejected_not_a_crash(golden, tm
         _verify_bundle_dict(golden, d, tmp_path)
 
 
+@pytest.mark.filterwarnings("error")  # numpy's overflow warning was printed by `verify` too
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e300, 1e30], ids=str)
+def test_bundle_input_that_is_no_fixed_point_value_fails_not_a_usage_error(golden, tmp_path, value):
+    # a tampered input of NaN, infinity or beyond FP32 (1e300): InputError, exit 2 as if the
+    # user had typed something wrong, and in `audit` an unreadable item, not a failed one
+    d = _signed_bundle(golden)
+    d["input"]["data"][0] = value
+    with pytest.raises(VerificationError):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
 # --- the agreement section is not checked against its own labels / the signed label ----
 
 
