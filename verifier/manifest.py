@@ -70,6 +70,14 @@ class Manifest(Frozen):
     tuning: dict | None = None
 
     @model_validator(mode="after")
+    def _label_output_is_an_output(self) -> Manifest:
+        # else no output is checked as the label: a bundle's label would be bound to nothing
+        if not 0 <= self.label_output < len(self.outputs):
+            raise ValueError(f"label_output {self.label_output} is not the index of one of the "
+                             f"{len(self.outputs)} outputs")
+        return self
+
+    @model_validator(mode="after")
     def _label_only_has_one_output(self) -> Manifest:
         if self.public_output == "label" and (len(self.outputs) != 1 or self.label_output != 0):
             raise ValueError("a label-only manifest (public_output 'label') has the label as "

@@ -102,6 +102,32 @@ def test_bundle_input_that_is_no_fixed_point_value_fails_not_a_usage_error(golde
         _verify_bundle_dict(golden, d, tmp_path)
 
 
+# --- a manifest whose label_output is no output's index binds the bundle's label to nothing ---
+
+
+def test_a_manifest_whose_label_output_names_no_output_is_refused(golden, tmp_path):
+    import shutil
+
+    from verifier.bundle import ProofBundle
+    from verifier.digests import canonical_json, sha256_bytes
+    from verifier.proofs import verify_signed_bundle
+
+    pkg = shutil.copytree(golden["pkg"], tmp_path / "pkg")
+    raw = json.loads((pkg / "manifest.json").read_text())
+    assert raw["label_output"] == 1 and len(raw["outputs"]) == 2  # logits, label
+    raw["label_output"] = 5  # no output is checked as the label any more
+    (pkg / "manifest.json").write_bytes(canonical_json(raw))
+    d = json.loads((golden["root"] / "bundles" / "valid-unsigned" / "bundle.json").read_text())
+    d["model"]["package_id"] = sha256_bytes(canonical_json(raw))
+    forged = (d["outputs"]["label"] + 1) % 3  # the proof still proves the old label
+    d["outputs"]["label"] = forged
+    d["agreement"] = {"float_label": forged, "circuit_label": forged, "agree": True}
+    d["proof"].pop("pretty_public_inputs")
+    (tmp_path / "bundle.json").write_text(json.dumps(d))
+    with pytest.raises(VerinferError, match="label_output"):
+        verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
+
+
 # --- the agreement section is not checked against its own labels / the signed label ----
 
 
