@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from verifier.base import Frozen, parse_as
 from verifier.digests import canonical_json, sha256_bytes, sha256_file
@@ -21,6 +21,7 @@ from verifier.errors import PackageError
 
 MANIFEST_FORMAT = "verinfer.circuit-package/v1"
 MANIFEST_FILE = "manifest.json"
+MAX_SCALE = 1000
 PublicOutput = Literal["logits", "label"]
 
 
@@ -42,7 +43,8 @@ class TensorSpec(Frozen):
     name: str
     datatype: str  # OIP v2 datatype, e.g. "FP32"
     shape: tuple[int, ...]  # with the batch axis (1 in the circuit)
-    scale: int | None = None  # fixed-point scale in the circuit (2**scale)
+    # fixed-point scale in the circuit (2**scale); bounded so that 2.0**±scale is a float
+    scale: Annotated[int, Field(ge=-MAX_SCALE, le=MAX_SCALE)] | None = None
 
 
 class Manifest(Frozen):
@@ -115,7 +117,9 @@ class Manifest(Frozen):
     def check_artifacts(self, folder: Path, names: list[str] | None = None) -> None:
         """Raise :class:`PackageError` unless each artifact's bytes hash as recorded."""
         for name in names if names is not None else sorted(self.artifacts):
-            want = self.artifacts[name]
+            want = self.artifacts.get(name)
+            if want is None:
+                raise PackageError(f"{folder}: the manifest lists no artifact {name}")
             path = folder / name
             if not path.is_file():
                 raise PackageError(f"{folder}: artifact {name} is missing")

@@ -128,6 +128,29 @@ def test_a_manifest_whose_label_output_names_no_output_is_refused(golden, tmp_pa
         verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
 
 
+@pytest.mark.parametrize("mutate", [
+    lambda m: m["input"].__setitem__("scale", 100000),  # was OverflowError (2**scale as a float)
+    lambda m: m["outputs"][0].__setitem__("scale", -100000),  # OverflowError (2.0**-scale)
+    lambda m: m["artifacts"].pop("vk.key"),  # KeyError
+], ids=["input-scale", "output-scale", "no-vk-entry"])
+def test_a_malformed_manifest_is_one_line_not_a_traceback(golden, tmp_path, mutate):
+    import shutil
+
+    from verifier.bundle import ProofBundle
+    from verifier.digests import canonical_json, sha256_bytes
+    from verifier.proofs import verify_signed_bundle
+
+    pkg = shutil.copytree(golden["pkg"], tmp_path / "pkg")
+    raw = json.loads((pkg / "manifest.json").read_text())
+    mutate(raw)
+    (pkg / "manifest.json").write_bytes(canonical_json(raw))
+    d = json.loads((golden["root"] / "bundles" / "valid-unsigned" / "bundle.json").read_text())
+    d["model"]["package_id"] = sha256_bytes(canonical_json(raw))
+    (tmp_path / "bundle.json").write_text(json.dumps(d))
+    with pytest.raises(VerinferError):
+        verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
+
+
 # --- the agreement section is not checked against its own labels / the signed label ----
 
 
