@@ -107,8 +107,14 @@ def ceremony_srs(path: Path, logrows: int, expected_sha256: str | None = None) -
 
 
 def place(srs: SRSFile, dest: Path) -> None:
-    """Put the SRS into a package folder (hard link when possible: they are large)."""
-    try:
-        os.link(srs.path, dest)
-    except OSError:
-        shutil.copyfile(srs.path, dest)
+    """Put the SRS into a package folder: a hard link to the development cache when possible
+    (they are large, and the cache's files are only ever replaced by a rename), a copy of a
+    user's ceremony file (a link would share its bytes: the file written over in place later,
+    by cp or a new download, would change every package made from it)."""
+    if srs.source == "development":
+        try:
+            os.link(srs.path, dest)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(srs.path, dest)

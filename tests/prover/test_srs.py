@@ -119,3 +119,19 @@ def test_two_generating_the_same_dev_srs_at_once_agree_with_the_cache(tmp_path):
     assert json.loads((tmp_path / "dev-k10.json").read_text())["sha256"] == \
         hashlib.sha256(cached).hexdigest()
     assert backend.calls == 1 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_ceremony_srs_is_copied_into_the_package_not_linked(tmp_path):
+    # a hard link shared the user's file: written over in place later (cp of another file,
+    # an interrupted download), it changed the package's kzg.srs too, and every proof of the
+    # package then failed its artifact hash
+    f = tmp_path / "kzg30.srs"
+    f.write_bytes(b"ceremony bytes")
+    ceremony = srs.ceremony_srs(f, UNPINNED, hashlib.sha256(b"ceremony bytes").hexdigest())
+    srs.place(ceremony, tmp_path / "package-kzg.srs")
+    with open(f, "r+b") as out:  # as cp writes over an existing file: same inode
+        out.write(b"other bytes!!!")
+    assert (tmp_path / "package-kzg.srs").read_bytes() == b"ceremony bytes"
+    dev = srs.dev_srs(tmp_path / "cache", 10, CountingBackend())
+    srs.place(dev, tmp_path / "dev-kzg.srs")  # the cache's: linked (its files are only renamed)
+    assert (tmp_path / "dev-kzg.srs").stat().st_ino == dev.path.stat().st_ino
