@@ -67,18 +67,27 @@ def name_target(settings: Settings, name: str) -> str | None:
     """The package id ``name`` points to, or None when no such name is registered."""
     if not name or not set(name) <= NAME_CHARS or name[0] == ".":
         return None
+    return _pointer(settings.names_dir / name)
+
+
+def _pointer(path: Path) -> str | None:
+    """The package id a name's file holds; None unless it is one (a folder, bytes that are no
+    text, a path: never followed, so no name leads out of ``packages/``)."""
     try:
-        return (settings.names_dir / name).read_text().strip()
-    except OSError:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
         return None
+    return text if len(text) == 64 and set(text) <= _HEX else None
 
 
 def list_names(settings: Settings) -> dict[str, str]:
-    """Registered model names and the package id each points to."""
+    """Registered model names and the package id each points to (a name whose file holds no
+    package id is left out: one such file hid every name from the server)."""
     if not settings.names_dir.is_dir():
         return {}
-    return {p.name: p.read_text().strip() for p in sorted(settings.names_dir.iterdir())
-            if not p.name.startswith(".")}
+    pointers = {p.name: _pointer(p) for p in sorted(settings.names_dir.iterdir())
+                if not p.name.startswith(".")}
+    return {name: pid for name, pid in pointers.items() if pid is not None}
 
 
 def point_name(settings: Settings, name: str, package_id: str) -> None:

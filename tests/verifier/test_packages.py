@@ -121,6 +121,24 @@ def test_a_name_pointed_at_twice_at_once_is_always_one_whole_id(home):
     assert sorted(p.name for p in settings.names_dir.iterdir()) == ["m"]  # no temporary left
 
 
+def test_a_name_file_that_holds_no_package_id_is_no_name(home):
+    # a folder or bytes under names/ made list_names raise (IsADirectoryError, a traceback
+    # from 'models list'; the server's registry then served no package at all), and a path
+    # there led out of packages/, past the check that a manifest hashes to its folder's name
+    settings = Settings()
+    pid = register(settings, "good")
+    (settings.names_dir / "folder").mkdir()
+    (settings.names_dir / "bytes").write_bytes(b"\xff\xfe")
+    shutil.copytree(package_dir(settings, pid), home / "elsewhere")
+    (settings.names_dir / "path").write_text("../elsewhere\n")  # from packages/
+    (settings.names_dir / "empty").write_text("\n")
+    assert list_names(settings) == {"good": pid}
+    for name in ("folder", "bytes", "path", "empty"):
+        assert name_target(settings, name) is None
+        with pytest.raises(NotFound):
+            resolve(settings, name)
+
+
 @pytest.mark.parametrize("bad", ["", "UPPER", ".hidden", "-x", "a/b", "x" * 65])
 def test_bad_names_are_refused(bad):
     with pytest.raises(InputError, match="invalid model name"):
