@@ -138,6 +138,9 @@ def check_bundle_links(bundle: ProofBundle, manifest: Manifest) -> None:
         )
     if bundle.model.model_sha256 != manifest.model_sha256:
         raise LinkBroken("bundle's model digest differs from the package's")
+    if bundle.model.name != manifest.name:
+        raise LinkBroken(f"bundle names model {bundle.model.name!r}, its package is "
+                         f"{manifest.name!r}")
     try:
         proof_instances = tuple(tuple(row) for row in bundle.proof["instances"])
     except TypeError:

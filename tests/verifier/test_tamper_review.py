@@ -151,6 +151,15 @@ def test_a_malformed_manifest_is_one_line_not_a_traceback(golden, tmp_path, muta
         verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
 
 
+def test_bundle_that_names_another_model_is_rejected(golden, tmp_path):
+    # the bundle's model name was read by nothing: one for iris_mlp's package could say it is
+    # another model's answer (to whoever reads bundle.json) and still verify
+    d = _signed_bundle(golden)
+    d["model"]["name"] = "digits_cnn"
+    with pytest.raises(VerificationError, match="names model"):
+        _verify_bundle_dict(golden, d, tmp_path)
+
+
 # --- the agreement section is not checked against its own labels / the signed label ----
 
 
