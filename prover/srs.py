@@ -60,6 +60,9 @@ def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
         with open(cache_dir / f".dev-k{logrows}.lock", "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if not has_dev_srs(cache_dir, logrows):
+                # what a generation of this logrows killed outright left (2^logrows points)
+                for stale in cache_dir.glob(f".dev-k{logrows}-*.tmp"):
+                    stale.unlink(missing_ok=True)
                 _generate(cache_dir, logrows, backend)
     recorded = json.loads(meta.read_text())
     return SRSFile(path=path, logrows=logrows, sha256=recorded["sha256"], source="development")

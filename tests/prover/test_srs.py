@@ -135,3 +135,12 @@ def test_a_ceremony_srs_is_copied_into_the_package_not_linked(tmp_path):
     dev = srs.dev_srs(tmp_path / "cache", 10, CountingBackend())
     srs.place(dev, tmp_path / "dev-kzg.srs")  # the cache's: linked (its files are only renamed)
     assert (tmp_path / "dev-kzg.srs").stat().st_ino == dev.path.stat().st_ino
+
+
+def test_what_a_killed_generation_left_is_removed_by_the_next(tmp_path):
+    # a 'models add' killed while EZKL wrote the SRS left its temporary file (GBs for a big
+    # logrows) in the cache for good
+    (tmp_path / ".dev-k10-killed.tmp").write_bytes(b"half an SRS")
+    (tmp_path / ".dev-k11-other.tmp").write_bytes(b"another logrows's: its own lock")
+    srs.dev_srs(tmp_path, 10, CountingBackend())
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == [".dev-k11-other.tmp"]
