@@ -132,6 +132,8 @@ def _add(args: argparse.Namespace) -> int:
         check_name(args.name)
     if args.srs_sha256 is not None and args.srs is None:
         raise InputError("--srs-sha256 goes with --srs FILE (the hash of that file)")
+    if args.srs is not None and not args.srs.is_file():  # before calibrating, not after
+        raise InputError(f"{args.srs}: no such SRS file")
     path = Path(args.model)
     if path.suffix == ".onnx" or path.exists():
         if not path.is_file():

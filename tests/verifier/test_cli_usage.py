@@ -35,6 +35,7 @@ def test_serve_with_an_unknown_log_level_is_a_usage_error(capsys):
 @pytest.mark.parametrize("args, says", [
     (["--name", ""], "invalid model name ''"),
     (["--srs-sha256", "zz"], "--srs-sha256 goes with --srs FILE"),
+    (["--srs", "/nonexistent/kzg12.srs"], "no such SRS file"),  # was found after calibrating
 ])
 def test_models_add_refuses_an_empty_name_and_a_hash_without_its_srs(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.setenv("VERINFER_HOME", str(tmp_path / "home"))
