@@ -55,13 +55,23 @@ def load(path: Path):
     import onnx
 
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model)
+        model = onnx.load(str(path), load_external_data=False)
+        # The package keeps the file's bytes as the model (its sha256 is the model's
+        # identity): weights in another file would be neither in it nor in that hash (and
+        # EZKL, given the file alone, failed with "Translating proto model to model")
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL
+                       for t in model.graph.initializer)
+        if not external:
+            onnx.checker.check_model(model)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except Exception as exc:  # onnx raises DecodeError, ValidationError, ...  # noqa: BLE001
         first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         raise InputError(f"{path}: not a valid ONNX model: {first}") from None
+    if external:
+        raise UnsupportedModel(f"{path}: its weights are in external data files; save the model "
+                               f"as one file (onnx.save_model(model, path, "
+                               f"save_as_external_data=False))")
     return model
 
 

@@ -17,6 +17,7 @@ from verifier.manifest import Manifest
 from verifier.proofs import ezkl_verify, verify_bundle
 
 pytestmark = pytest.mark.ezkl
+REPO = Path(__file__).resolve().parents[2]
 
 
 def one_line_error(proc) -> str:
@@ -279,6 +280,22 @@ def test_a_model_with_no_class_axis_is_refused_in_one_line(home, tmp_path, shape
     proc = run_cli("models", "add", model, "--calibration-data", tmp_path / "cal.npy", home=home)
     assert proc.returncode == 2
     assert says in one_line_error(proc)
+    assert not (home / "names").exists()
+
+
+def test_a_model_with_external_weights_is_refused_in_one_line(home, tmp_path):
+    # the package kept the .onnx file alone, without its weights (nor them in the model's
+    # hash), and EZKL failed with "Translating proto model to model"
+    import onnx
+
+    model = onnx.load(REPO / "models" / "artifacts" / "iris_mlp" / "model.onnx")
+    onnx.save_model(model, tmp_path / "ext.onnx", save_as_external_data=True,
+                    location="ext.data", size_threshold=0)
+    np.save(tmp_path / "cal.npy", load_split("iris_mlp")[0][:20])
+    proc = run_cli("models", "add", tmp_path / "ext.onnx", "--calibration-data",
+                   tmp_path / "cal.npy", home=home)
+    assert proc.returncode == 2
+    assert "external data" in one_line_error(proc)
     assert not (home / "names").exists()
 
 
