@@ -199,6 +199,12 @@ def choose(ms: list[Measurement], objective: str, verifier: str = "chain") -> Me
     eligible = [m for m in ms if m.measured and m.agreement and m.agreement["percent"] == 100.0
                 and (verifier == "offline" or (m.verifier_runtime_bytes or 0) <= EIP170_LIMIT)]
     if not eligible:
+        if verifier == "chain" and any(m.status == "verifier-too-large" for m in ms):
+            # measured only once its labels were kept: the size, not the labels, ruled it out
+            raise SearchFailed("no candidate that kept every label has a Solidity verifier "
+                               "within EIP-170's 24,576 bytes: no "
+                               "chain would deploy one; '--verifier offline' keeps them for "
+                               "proofs checked off chain")
         raise SearchFailed("no candidate kept every label (not even the defaults)")
     others = [k for k in (OFFLINE_METRICS if verifier == "offline" else FRONT_METRICS) if k != key]
     return min(eligible, key=lambda m: (getattr(m, key), *(getattr(m, k) for k in others)))

@@ -158,6 +158,18 @@ def test_choose_skips_label_changes_even_when_they_are_best():
         choose([flipped], "prove")
 
 
+def test_a_search_whose_verifiers_are_all_too_large_says_so():
+    # every candidate kept its labels but no verifier fit EIP-170 (a big model, on chain):
+    # the search said "no candidate kept every label (not even the defaults)"
+    from prover.tune import EIP170_LIMIT
+
+    wide = _m("aa", pct=100.0, prove=1.0, pk=30, gas=0)
+    wide.status, wide.verify_gas, wide.verifier_runtime_bytes = (
+        "verifier-too-large", None, EIP170_LIMIT + 1)
+    with pytest.raises(SearchFailed, match="EIP-170.*--verifier offline"):
+        choose([wide], "prove")
+
+
 def test_costs_name_the_sigmoid_lookup_and_suggest_tune(tmp_path):
     """A 6->4 Linear+BatchNorm+Sigmoid model at EZKL's calibrated scale: the Sigmoid lookup
     table, not the layout, sets logrows; the report says so and suggests tune."""
