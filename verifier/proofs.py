@@ -99,13 +99,53 @@ def ezkl_verify(proof: dict, settings: Path, vk: Path, srs: Path) -> None:
 
 
 def load_manifest_checked(package_dir: Path, names: list[str] = VERIFY_ARTIFACTS) -> Manifest:
-    """The package's manifest, after checking the named artifacts' hashes."""
+    """The package's manifest, after checking the named artifacts' hashes (and, with
+    ``settings.json`` among them, that the manifest describes the circuit those settings lay out)."""
     manifest = Manifest.load(Path(package_dir) / MANIFEST_FILE)
     try:
         manifest.check_artifacts(Path(package_dir), names)
     except PackageError as exc:
         raise DigestMismatch(str(exc)) from None
+    if "settings.json" in names:
+        check_manifest_settings(manifest, Path(package_dir) / "settings.json")
     return manifest
+
+
+def check_manifest_settings(manifest: Manifest, settings_path: Path) -> None:
+    """The manifest's claims a verifier reads instances by (input and output scales, shapes,
+    visibility) are those of the circuit's own settings (which the vk is made from): else a
+    package could say scale 14 of a circuit at 13, and a proof of 2x would read as one of x.
+    :class:`LinkBroken` when they differ."""
+    try:
+        s = json.loads(settings_path.read_bytes())
+        ra = s["run_args"]
+        vis = ra["input_visibility"]
+        input_vis = vis.lower() if isinstance(vis, str) else (
+            "hashed" if isinstance(vis, dict) and (vis.get("Hashed") or {}).get("hash_is_public") is True
+            else repr(vis))
+        circuit = {
+            "input visibility": input_vis,
+            "output visibility": str(ra["output_visibility"]).lower(),
+            "parameter visibility": str(ra["param_visibility"]).lower(),
+            "input scale": s["model_input_scales"][0],
+            "output scales": [int(x) for x in s["model_output_scales"]],
+            "instance shapes": [list(x) for x in s["model_instance_shapes"]],
+        }
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise LinkBroken(f"{settings_path}: not EZKL circuit settings") from None
+    public_input = [list(manifest.input.shape)] if manifest.input_visibility == "public" else []
+    claimed = {
+        "input visibility": manifest.input_visibility,
+        "output visibility": manifest.output_visibility,
+        "parameter visibility": manifest.param_visibility,
+        "input scale": manifest.input.scale,
+        "output scales": [o.scale for o in manifest.outputs],
+        "instance shapes": public_input + [list(o.shape) for o in manifest.outputs],
+    }
+    for what, value in claimed.items():
+        if circuit[what] != value:
+            raise LinkBroken(f"the manifest's {what} ({value}) is not its circuit's ({circuit[what]}, "
+                             "settings.json)")
 
 
 def verify_bundle(bundle: ProofBundle, package_dir: Path, *,

@@ -128,6 +128,33 @@ def test_a_manifest_whose_label_output_names_no_output_is_refused(golden, tmp_pa
         verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
 
 
+def test_a_manifest_that_claims_another_scale_than_its_circuit_is_refused(golden, tmp_path):
+    """The verifier reads a proof's input instances at the manifest's input scale. A package
+    whose manifest says 2^14 of a circuit laid out at 2^13 (settings.json, hashed, which the vk
+    is made from) would make the proof of x verify as a proof of x / 2."""
+    import shutil
+
+    from verifier.bundle import ProofBundle
+    from verifier.digests import canonical_json, sha256_bytes
+    from verifier.errors import LinkBroken
+    from verifier.proofs import verify_signed_bundle
+    from verifier.tensors import tensor_digest
+
+    pkg = shutil.copytree(golden["pkg"], tmp_path / "pkg")
+    raw = json.loads((pkg / "manifest.json").read_text())
+    raw["input"]["scale"] += 1
+    (pkg / "manifest.json").write_bytes(canonical_json(raw))
+    d = json.loads((golden["root"] / "bundles" / "valid-unsigned" / "bundle.json").read_text())
+    d["model"]["package_id"] = sha256_bytes(canonical_json(raw))
+    half = np.asarray(d["input"]["data"], dtype=np.float32).reshape(d["input"]["shape"]) / 2
+    d["input"]["data"] = half.ravel().tolist()  # the same fixed-point numbers at one scale up
+    d["input"]["digest"] = tensor_digest(half, "FP32")
+    d["proof"].pop("pretty_public_inputs", None)
+    (tmp_path / "bundle.json").write_text(json.dumps(d))
+    with pytest.raises(LinkBroken, match="input scale"):  # before: verified, as x / 2's proof
+        verify_signed_bundle(ProofBundle.load(tmp_path / "bundle.json"), pkg, None, allow_dev_srs=True)
+
+
 @pytest.mark.parametrize("mutate", [
     lambda m: m["input"].__setitem__("scale", 100000),  # was OverflowError (2**scale as a float)
     lambda m: m["outputs"][0].__setitem__("scale", -100000),  # OverflowError (2.0**-scale)
