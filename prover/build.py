@@ -23,12 +23,12 @@ from contracts.solc import EIP170_LIMIT
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem, Visibility
-from prover.costs import circuit_costs
+from prover.costs import circuit_costs, describe
 from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
 from verifier.config import Settings
 from verifier.digests import sha256_file
-from verifier.errors import InputError
+from verifier.errors import InputError, UnsupportedModel
 from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, PublicOutput, SRSInfo, TensorSpec
 from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
@@ -39,6 +39,10 @@ CALIBRATION_SAMPLES = 40
 # verifyProof gas by a quarter (iris_mlp: 779k -> 576k gas, docs/contracts.md).
 # Small circuits take the trade; past this many logrows proving time wins.
 SINGLE_COLUMN_MAX_LOGROWS = 12
+# The largest circuit a package is built for: 2^24 rows. Past it a development SRS alone is
+# hours of work and gigabytes, and the keys and each proof need more memory than a server has;
+# a tiny model can land there by one op (a Cast to INT64 asks for a 2^26-row range check).
+MAX_LOGROWS = 24
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,10 @@ def build_package(
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):
             samples = calibration.reshape(-1, n_in)
             shape = calibrate(backend, work, samples, visibility, info.batch_symbols, options)
+        if shape.logrows > MAX_LOGROWS:  # before hours of SRS and keys, say why in one line
+            costs = describe(circuit_costs(json.loads((work / files.SETTINGS).read_text())))
+            raise UnsupportedModel(f"the circuit needs 2^{shape.logrows} rows, more than the 2^"
+                                   f"{MAX_LOGROWS} verinfer builds: {costs}")
         if srs_file is not None:
             srs_info = srs.ceremony_srs(Path(srs_file), shape.logrows, srs_sha256)
         else:

@@ -371,3 +371,25 @@ def test_demo_runs_end_to_end(prover_home, iris_package):
     proc = run_cli("demo", home=prover_home)
     assert proc.returncode == 0, proc.stderr
     assert "the proof verifies, the float model agrees: True" in proc.stderr
+
+
+def test_a_circuit_past_the_largest_built_is_refused_before_any_srs(home, tmp_path):
+    """A 4 -> 3 Linear whose output is cast to INT64: EZKL lays it out in 170 rows but asks for
+    a 2^26-row range check, logrows 26. The build went on to generate a 2^26 development SRS
+    (hours, gigabytes); it now stops after calibration, in one line naming the biggest part."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "w")
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("logits", TensorProto.INT64, [1, 3])
+    model = _graph(tmp_path, "cast", [helper.make_node("MatMul", ["input", "w"], ["mm"]),
+                                      helper.make_node("Cast", ["mm"], ["logits"], to=TensorProto.INT64)],
+                   [x], [y], [w])
+    np.save(tmp_path / "cal.npy", rng.uniform(-2, 2, (8, 1, 4)).astype(np.float32))
+    proc = run_cli("models", "add", model, "--calibration-data", tmp_path / "cal.npy", home=home)
+    assert proc.returncode == 2, proc.stderr
+    line = one_line_error(proc)
+    assert "needs 2^26 rows, more than the 2^24" in line and "range-check table" in line, line
+    assert not list((home / "srs").glob("*k26*")) if (home / "srs").exists() else True
+    assert not (home / "names").exists()
