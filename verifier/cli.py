@@ -9,12 +9,15 @@ install still has ``verify`` and ``audit``, and a command whose dependencies are
 says which extra brings them.
 
 Exit codes: 0 all good, 1 something failed verification, 2 usage or input
-error. Human lines go to stderr, ``--json`` output to stdout.
+error (141 when the reader of standard output went away, as for a command killed by SIGPIPE).
+Human lines go to stderr, ``--json`` output to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -104,6 +107,21 @@ def fail(message: str) -> None:
     print(f"verinfer: error: {message}", file=sys.stderr)
 
 
+# A command whose standard output's reader went away (`verinfer audit --json | head`): the
+# shell's status of a command killed by SIGPIPE (Python ignores the signal and raises instead).
+EXIT_PIPE_CLOSED = 128 + 13
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe or socket whose reading end is closed."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout is no file
+        return False
+
+
 def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
         cmds: dict[str, EntryPoint] | None = None) -> int:
     """Run a handler; map verinfer's errors to exit codes, one line each."""
@@ -128,6 +146,13 @@ def run(handler: Callable[[argparse.Namespace], int | None], args: argparse.Name
             fail(f"'{ep.name}' needs {exc.name}, which is not installed: {install_hint(ep)}")
             return EXIT_USAGE
         raise
+    except BrokenPipeError:
+        if not _stdout_reader_gone():  # another pipe (a child's, a socket's): a bug, not hidden
+            raise
+        # nothing more can be said there; /dev/null takes what Python flushes at exit, which
+        # would otherwise fail (and print) again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
         fail("interrupted")
         return 130

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -93,3 +94,30 @@ def test_ctrl_c_inside_a_native_call_is_interrupted_not_a_traceback(capsys):
 
     with pytest.raises(SystemError):  # any other SystemError is still a bug, not hidden
         run(bug, None, {})
+
+
+_PRINTS_A_LOT = ("import sys; from verifier.cli import run; "
+                 "sys.exit(run(lambda args: print('x' * 1_000_000), None, {}))")
+
+
+def test_a_reader_that_goes_away_is_no_traceback():
+    # `verinfer audit ... --json | head`: the reader closes the pipe before the output is all
+    # written; the command stops quietly with SIGPIPE's shell status (was a BrokenPipeError
+    # traceback, twice: once more when Python flushed stdout at exit)
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)
+    try:
+        r = subprocess.run([sys.executable, "-c", _PRINTS_A_LOT], stdout=w_fd, stderr=subprocess.PIPE,
+                           text=True, timeout=60)
+    finally:
+        os.close(w_fd)
+    assert r.returncode == 141 and r.stderr == "", r
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_still_a_bug():
+    code = ("import sys; from verifier.cli import run\n"
+            "def handler(args):\n"
+            "    raise BrokenPipeError(32, 'Broken pipe')  # e.g. a child process's pipe\n"
+            "sys.exit(run(handler, None, {}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" in r.stderr and "BrokenPipeError" in r.stderr, r
