@@ -141,6 +141,7 @@ def test_a_proof_the_circuit_cannot_compute_fails_at_once_saying_why(server):
     p = resp["parameters"]
     assert p["proof_status"] == "failed", p
     assert "the circuit cannot compute this input" in p["proof_error"] and "decomposition" in p["proof_error"], p
+    assert "worker" not in p["proof_error"], p  # EZKL's words, not the worker's log prefix
     job = server.request("GET", f"/v1/proofs/{p['proof_job_id']}")[1]
     assert job["attempts"] == 1, job
 
