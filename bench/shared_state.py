@@ -64,6 +64,10 @@ def metrics() -> None:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m bench.shared_state",
+                            description=__doc__.split("\n\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if multiprocess_dir() is None:
             buckets(Path(tmp))
