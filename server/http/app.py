@@ -316,14 +316,14 @@ def create_app(
 
     def _log() -> LogReader:
         if log_reader is None:
-            raise InputError("this server does not sign or log receipts")
+            raise Conflict("this server does not sign or log receipts (--no-signing)")
         return log_reader
 
     @app.get("/v1/receipts/{receipt_id}", tags=["receipts"])
     async def get_receipt(receipt_id: str, fresh: bool = False) -> Response:
         """The receipt as handed out; ``?fresh=1``: with an inclusion proof to the latest checkpoint."""
         if store is None:
-            raise InputError("this server does not sign or store receipts")
+            raise Conflict("this server does not sign or store receipts (--no-signing)")
         body = store.get(receipt_id)
         if not fresh:
             return Response(body, media_type="application/json")

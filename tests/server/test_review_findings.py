@@ -126,6 +126,16 @@ def test_fp64_value_past_fp32_range_is_refused_without_signing(tmp_path):
         assert r.status_code == 400, r.text[:300]
 
 
+def test_receipt_and_log_routes_without_signing_are_409_as_proofs_are(tmp_path):
+    # the request is well formed; this server keeps no receipts (400 said the request was bad)
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0, signing=False)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        for path in ("/v1/receipts/0x" + "ab" * 32, "/v1/log/checkpoint",
+                     "/v1/log/proof/inclusion?index=0", "/v1/log/proof/consistency?from=0"):
+            r = client.get(path)
+            assert r.status_code == 409 and "--no-signing" in r.json()["error"], (path, r.text)
+
+
 # --- proofs API ---------------------------------------------------------------------------
 
 def test_proof_receipt_id_with_a_lone_surrogate_is_a_4xx(open_client):
