@@ -42,8 +42,7 @@ def test_base_install_has_no_heavy_dependencies(light_venv):
     serve = subprocess.run([light_venv / "bin" / "verinfer", "serve"], capture_output=True,
                            text=True)
     assert serve.returncode == 2, serve.stderr
-    assert serve.stderr.strip().endswith("pip install 'verinfer[serve]'") or \
-        serve.stderr.strip().endswith("pip install 'verinfer[prove]'"), serve.stderr
+    assert serve.stderr.strip().endswith("pip install 'verinfer[serve]'"), serve.stderr  # serve's own extra
     assert len(serve.stderr.strip().splitlines()) == 1 and "Traceback" not in serve.stderr
 
 
