@@ -112,14 +112,19 @@ def test_statement_bytes_are_rfc8785(client):
 def test_log_api_bad_input(client):
     client.post("/v2/models/iris_mlp/infer", json=IRIS)
     size = int(client.get("/v1/log/checkpoint").text.split("\n")[1])
-    for url in (f"/v1/log/proof/inclusion?index={size}&size={size}",
-                f"/v1/log/proof/inclusion?index=0&size={size + 10}",
-                "/v1/log/proof/inclusion?index=-1",
-                f"/v1/log/proof/consistency?from={size + 1}&to={size}",
-                "/v1/log/proof/inclusion?index=x",
-                "/v1/log/proof/consistency"):
+    # docs/server.md: no such leaf or signed size is a 404; a query parameter of the wrong type
+    # (or missing) is FastAPI's 422, the same {"error"} body naming the parameter
+    for url, status, words in (
+            (f"/v1/log/proof/inclusion?index={size}&size={size}", 404, f"not in a tree of size {size}"),
+            (f"/v1/log/proof/inclusion?index=0&size={size + 10}", 404, "not a size the log has signed"),
+            ("/v1/log/proof/inclusion?index=-1", 422, "query.index"),
+            (f"/v1/log/proof/consistency?from={size + 1}&to={size}", 404, "to the smaller size"),
+            ("/v1/log/proof/inclusion?index=x", 422, "query.index"),
+            ("/v1/log/proof/consistency", 422, "query.from"),
+            ("/v1/receipts/0x" + "00" * 32 + "?fresh=maybe", 422, "query.fresh")):
         r = client.get(url)
-        assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}, (url, r.text)
+        assert r.status_code == status and set(r.json()) == {"error"}, (url, r.text)
+        assert words in r.json()["error"], (url, r.text)
     assert client.get("/v1/receipts/0x" + "00" * 32).status_code == 404
     r = client.get(f"/v1/log/proof/consistency?from={size}&to={size - 1}")  # no such proof (not a 400: ST202)
     assert r.status_code == 404 and "to the smaller size" in r.json()["error"]
