@@ -29,7 +29,10 @@ def test_a_refused_fork_is_tried_again_later_and_does_not_stop_the_server(monkey
 
     monkeypatch.setattr(sup, "_start", refused)
     monkeypatch.setattr(sup, "_read_ready", tick)
+    before = time.monotonic()
     sup._supervise()
     assert tries == ["server process 0", "server process 1"]  # once each, then backing off
-    assert all(w.next_start > time.monotonic() and w.fails == 1 for w in sup.workers)
+    # backed off 2 s (2 ** fails) from the failed try: read against the clock before the
+    # loop, not the clock now (a stalled machine would make "still in the future" false)
+    assert all(w.fails == 1 and w.next_start >= before + 2 for w in sup.workers)
     assert "cannot start server process 0 ([Errno 11] Resource temporarily unavailable)" in capsys.readouterr().err
