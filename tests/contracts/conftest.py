@@ -51,7 +51,6 @@ class IrisProofs:
 @pytest.fixture(scope="session")
 def iris_proofs(tmp_path_factory) -> IrisProofs:
     """A real iris_mlp circuit (public input and outputs), its verifier, two real proofs."""
-    pytest.importorskip("ezkl")
     import ezkl_circuit
 
     work = tmp_path_factory.mktemp("iris")

@@ -38,7 +38,6 @@ def packages_home(tmp_path_factory) -> Path:
 
 
 def _build(home: Path, name: str) -> Path:
-    pytest.importorskip("ezkl")
     from prover.build import build_package, reference_source
     from prover.package import find_package, list_names
     from verifier.config import Settings

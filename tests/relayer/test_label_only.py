@@ -22,7 +22,6 @@ IRIS_LABEL = "iris_label"
 @pytest.fixture(scope="session")
 def iris_label_package(packages_home) -> Path:
     """iris_mlp registered label-only, through the real command."""
-    pytest.importorskip("ezkl")
     run_cli("models", "add", "iris_mlp", "--name", IRIS_LABEL, "--public-output", "label",
             home=packages_home, check=True)
     return packages_home / "packages" / (packages_home / "names" / IRIS_LABEL).read_text().strip()
