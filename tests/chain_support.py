@@ -21,8 +21,8 @@ ANVIL = REPO_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin"
 def run_anvil(*extra: str):
     """Start anvil on 127.0.0.1:<free port> (``extra``: more anvil options); yield its URL;
     stop it."""
-    if not ANVIL.is_file():
-        pytest.skip(f"anvil not installed at {ANVIL} (run make setup)")
+    if not ANVIL.is_file():  # make test runs the set-up (npm ci) first: never a skip in CI
+        pytest.fail(f"anvil not installed at {ANVIL} (run make setup)")
     with local_anvil(ANVIL, "--disable-code-size-limit", *extra) as url:
         yield url
 
