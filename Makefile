@@ -24,11 +24,11 @@ node_modules/.package-lock.json: package.json package-lock.json
 
 # Debian's chromium, for the status page's browser test (tests/server/test_status_page.py drives
 # it with Playwright; no browser download). Only when absent; apt-get update when the lists are
-# stale. Without apt-get (not Debian) it says so and that test skips.
+# stale. Without apt-get (not Debian) it says so and that test fails (install a chromium).
 APT := DEBIAN_FRONTEND=noninteractive $(shell [ "$$(id -u)" = 0 ] || echo sudo -E) apt-get
 chromium:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null \
-		|| { echo "no chromium and no apt-get: tests/server/test_status_page.py will skip"; exit 0; }; \
+		|| { echo "no chromium and no apt-get: tests/server/test_status_page.py will fail (install a chromium)"; exit 0; }; \
 		$(APT) install -y --no-install-recommends chromium \
 		|| { $(APT) update && $(APT) install -y --no-install-recommends chromium; }; }
 
