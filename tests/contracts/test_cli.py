@@ -113,6 +113,31 @@ def test_deploy_with_no_package_deploys_the_registered_models(home, capsys, tmp_
     assert "note: iris_hashed left out: its circuit hashes its input" in err
 
 
+def test_deploy_refuses_a_named_package_whose_circuit_hashes_its_input(home, capsys, tmp_path,
+                                                                      iris_package):
+    """docs/contracts.md: the oracle binds a request to the proof's input instances, so a
+    circuit that hashes its input must never be registered. Named with --package (not left out
+    with a note, as without it), the package is refused before anything is deployed; its
+    verifier and settings are intact, so the input's visibility is the one reason."""
+    from verifier.manifest import Manifest
+
+    folder = tmp_path / "hashed"
+    shutil.copytree(iris_package, folder)
+    manifest = Manifest.load(folder / "manifest.json")
+    (folder / "manifest.json").write_bytes(
+        manifest.model_copy(update={"input_visibility": "hashed"}).canonical_bytes())
+    out = tmp_path / "dep.json"
+    code, _, err = _run(capsys, "chain", "deploy", "--package", str(folder), "--out", str(out))
+    assert code == 2 and "the oracle needs a circuit with public input" in err, (code, err)
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("verinfer: error:")]
+    assert "(this one is 'hashed')" in line and "Traceback" not in err, err
+    assert not out.exists() and "OK: oracle" not in err  # nothing deployed
+    # the same folder with its input public again deploys: the refusal was for the visibility
+    (folder / "manifest.json").write_bytes(manifest.canonical_bytes())
+    code, _, err = _run(capsys, "chain", "deploy", "--package", str(folder), "--out", str(out))
+    assert code == 0 and out.exists(), err
+
+
 @pytest.mark.ezkl
 def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_package,
                                       iris_proofs):
