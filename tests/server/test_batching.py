@@ -96,9 +96,10 @@ def test_errors_reach_every_caller_and_batcher_survives():
 
 def test_batch_waits_no_longer_than_for_as_many_requests_as_last_time():
     """Two closed-loop clients: once both are in, the batch runs; it does not wait out the
-    delay (10 s here) for requests that cannot come."""
+    delay (10 minutes here: a wait would time out, however slow the machine) for requests that
+    cannot come."""
     async def main():
-        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=10_000), threaded=False)
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=600_000), threaded=False)
         b.start()
 
         async def client(k):
@@ -107,8 +108,8 @@ def test_batch_waits_no_longer_than_for_as_many_requests_as_last_time():
 
         try:
             # the first batch runs alone (nothing to wait for yet), then in pairs
-            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=5)
-            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=5)
+            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=60)
+            await asyncio.wait_for(asyncio.gather(client(0), client(1)), timeout=60)
         finally:
             await b.stop()
         return b.batches, b.samples
@@ -119,16 +120,19 @@ def test_batch_waits_no_longer_than_for_as_many_requests_as_last_time():
 
 def test_batch_does_not_wait_for_requests_still_in_the_finish_stage():
     """A request whose answer is still being finished cannot be sent again yet: the next
-    batch runs without it instead of waiting (the delay is 10 s here)."""
+    batch runs without it instead of waiting (the delay is 10 minutes here). "slow"'s answer
+    stays in the stage until "fast" has had all its answers (an event, not a sleep: a batcher
+    that waited for "slow" never gets there and times out, whatever the machine's speed)."""
     done = []
+    fast_done = asyncio.Event()
 
     async def finish(items, results):
         if items[0].ctx[0] == "slow":
-            await asyncio.sleep(0.3)
+            await fast_done.wait()
         return results
 
     async def main():
-        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=10_000), threaded=False,
+        b = DynamicBatcher("m", _echo, BatchPolicy(max_batch_size=64, max_queue_delay_ms=600_000), threaded=False,
                            finish=finish, finish_chunk=1)
         b.start()
 
@@ -136,9 +140,11 @@ def test_batch_does_not_wait_for_requests_still_in_the_finish_stage():
             for i in range(n):
                 await b.submit(np.zeros((1, 1)), (name, i))
                 done.append(name)
+            if name == "fast":
+                fast_done.set()
 
         try:
-            await asyncio.wait_for(asyncio.gather(client("fast", 6), client("slow", 2)), timeout=5)
+            await asyncio.wait_for(asyncio.gather(client("fast", 6), client("slow", 2)), timeout=60)
         finally:
             await b.stop()
 
