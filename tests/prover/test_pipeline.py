@@ -93,22 +93,36 @@ def _tampered(bundle_path: Path, tmp_path: Path, edit) -> Path:
     raw = json.loads(bundle_path.read_text())
     edit(raw)
     out = tmp_path / "tampered"
-    out.mkdir()
+    out.mkdir(parents=True)
     (out / "bundle.json").write_text(json.dumps(raw))
     return out
 
 
 def test_bit_flipped_proof_is_rejected(prover_home, iris_bundle, tmp_path):
+    """The same bit flipped in both spellings of the proof (the byte list and hex_proof), so
+    that EZKL's verifier is what refuses it (before, hex_proof's flip was one byte off, and
+    the bundle failed the check that both spellings hold the same bytes)."""
     def flip(raw):
         hex_proof = raw["proof"]["hex_proof"]
+        assert hex_proof.startswith("0x")
         raw["proof"]["proof"][40] ^= 0x01
-        raw["proof"]["hex_proof"] = hex_proof[:84] + format(int(hex_proof[84:86], 16) ^ 1, "02x") \
-            + hex_proof[86:]
+        at = 2 + 2 * 40  # byte 40 of hex_proof
+        raw["proof"]["hex_proof"] = hex_proof[:at] + format(int(hex_proof[at:at + 2], 16) ^ 1, "02x") \
+            + hex_proof[at + 2:]
+        assert bytes.fromhex(raw["proof"]["hex_proof"][2:]) == bytes(raw["proof"]["proof"])
 
     proc = run_cli("verify", _tampered(iris_bundle, tmp_path, flip), "--allow-dev-srs",
                    home=prover_home)
     assert proc.returncode == 1
-    assert one_line_error(proc).startswith("FAIL:")
+    assert one_line_error(proc).startswith("FAIL: EZKL rejected the proof"), proc.stderr
+
+    def flip_one_spelling(raw):  # the byte list only: the two spellings no longer agree
+        raw["proof"]["proof"][40] ^= 0x01
+
+    proc = run_cli("verify", _tampered(iris_bundle, tmp_path / "one", flip_one_spelling),
+                   "--allow-dev-srs", home=prover_home)
+    assert proc.returncode == 1
+    assert one_line_error(proc) == "FAIL: the proof's 'hex_proof' and 'proof' hold different bytes"
 
 
 def test_flipped_proof_raises_proof_invalid(iris_bundle, iris_package):
