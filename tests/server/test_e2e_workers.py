@@ -72,9 +72,11 @@ def _serving(s: ServerProcess) -> ServerProcess:
 
 @pytest.fixture
 def two(tmp_path):
-    s = _serving(ServerProcess(tmp_path / "home", "--workers", "2", "--max-batch-size", "8").wait_ready())
-    yield s
-    s.stop()
+    s = ServerProcess(tmp_path / "home", "--workers", "2", "--max-batch-size", "8")
+    try:  # stopped also when it never serves (else its processes outlive the test)
+        yield _serving(s.wait_ready())
+    finally:
+        s.stop()
 
 
 def test_two_processes_serve_one_consistent_log(two):
@@ -329,8 +331,9 @@ def test_a_keys_rate_limit_holds_for_the_whole_server(tmp_path):
                           env={**os.environ, "VERINFER_HOME": str(home), **env})
     assert made.returncode == 0, made.stderr
     key = json.loads(made.stdout)["key"]
-    s = _serving(ServerProcess(home, "--workers", "2", env=env).wait_ready())
+    s = ServerProcess(home, "--workers", "2", env=env)
     try:
+        _serving(s.wait_ready())
         start, answers, asked = time.monotonic(), [], dict.fromkeys("01", 0)
         for _ in range(20):  # until each process was asked more than the burst
             for status, body, worker in _concurrently(s.base, 16, key):
