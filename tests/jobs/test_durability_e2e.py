@@ -170,3 +170,36 @@ def test_job_timeout_kills_worker_and_fails_with_reason(new_home, servers):
     assert "timed out after 0.3s" in done["reason"] and "attempt 2 of 2" in done["reason"]
     status, body, _ = s.request("GET", f"/v1/proofs/{job['id']}/bundle")
     assert status == 409 and "failed" in body["error"]
+
+
+def _address_space_limit(pid: int) -> tuple[str, str]:
+    """(soft, hard) "Max address space" of a live process, from /proc (bytes, or "unlimited")."""
+    with open(f"/proc/{pid}/limits") as f:
+        (line,) = [ln for ln in f if ln.startswith("Max address space")]
+    return tuple(line.split()[3:5])
+
+
+def test_proof_memory_mb_caps_each_workers_address_space(new_home, servers):
+    """docs/server.md: ``proof_memory_mb`` caps each prover worker's address space (RLIMIT_AS).
+    Read from the worker's own /proc/PID/limits; the cap (8 GiB) leaves room to prove, and the
+    job is proven under it. Without the setting a worker keeps the limit it inherits."""
+    import resource
+
+    mb = 8192
+    s = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_MEMORY_MB": str(mb)})
+    status, job = s.submit(iris_input(50))
+    assert status == 202, job
+    s.wait_running(job["id"])
+    (worker,) = s.worker_pids()
+    assert _address_space_limit(worker) == (str(mb * 1024 * 1024),) * 2, s.output()
+    done = s.wait_job(job["id"])
+    assert done["status"] == "done" and done["outcome"] == "proven", (done, s.output())
+
+    plain = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1"})
+    status, job = plain.submit(iris_input(51))
+    assert status == 202, job
+    plain.wait_running(job["id"])
+    (worker,) = plain.worker_pids()
+    inherited = tuple("unlimited" if v == resource.RLIM_INFINITY else str(v)
+                      for v in resource.getrlimit(resource.RLIMIT_AS))
+    assert _address_space_limit(worker) == inherited
