@@ -157,6 +157,9 @@ def test_queue_limit_gives_429(new_home, servers):
         "parameters": {"proof": "async"}})
     assert status == 429 and headers["Retry-After"] == "7"
     assert s.request("GET", "/v1/proofs")[1]["jobs"] == {"queued": 2}
+    # docs/server.md: a job's bundle is a 409 until the job is done (queued here for good)
+    status, body, _ = s.request("GET", f"/v1/proofs/{a[1]['id']}/bundle")
+    assert status == 409 and body == {"error": f"proof job {a[1]['id']} is queued; no bundle"}
 
 
 def test_job_timeout_kills_worker_and_fails_with_reason(new_home, servers):
