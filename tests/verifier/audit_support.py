@@ -64,3 +64,42 @@ def outcomes(report: dict, root: Path) -> dict[str, str]:
         rel = rel.removesuffix("/bundle.json")
         out[rel] = "ok" if it["outcome"] == "ok" else it["error"]
     return out
+
+
+# Runs a command (its argv after the code) with a seccomp filter on: socket(2) of any family
+# but AF_UNIX fails with EACCES in that process, its threads and children, native code (EZKL)
+# included. For where no network namespace can be made (unprivileged user namespaces off: Ubuntu
+# 24.04's AppArmor default, Docker's seccomp profile); needs no privilege (no_new_privs).
+NO_INET = r"""
+import ctypes, os, platform, struct, sys
+AUDIT_ARCH, SOCKET_NR = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[platform.machine()]
+def ins(code, jt, jf, k):
+    return struct.pack("HBBI", code, jt, jf, k)
+LD, JEQ, RET = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+prog = b"".join([
+    ins(LD, 0, 0, 4), ins(JEQ, 0, 5, AUDIT_ARCH),  # seccomp_data.arch: this one, else allow
+    ins(LD, 0, 0, 0), ins(JEQ, 0, 3, SOCKET_NR),   # .nr: socket(2), else allow
+    ins(LD, 0, 0, 16), ins(JEQ, 1, 0, 1),          # .args[0]: AF_UNIX is allowed
+    ins(RET, 0, 0, 0x00050000 | 13),               # SECCOMP_RET_ERRNO | EACCES
+    ins(RET, 0, 0, 0x7FFF0000),                    # SECCOMP_RET_ALLOW
+])
+filt = ctypes.create_string_buffer(prog)
+fprog = ctypes.create_string_buffer(struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(filt)))
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+# PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with SECCOMP_MODE_FILTER
+if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, ctypes.addressof(fprog), 0, 0):
+    sys.exit(f"cannot install the seccomp filter: {os.strerror(ctypes.get_errno())}")
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+def no_network_prefix() -> tuple[str, list[str]]:
+    """How to run a command with no network at all: a fresh network namespace where this
+    machine allows one (``unshare -rn``), else the seccomp filter above."""
+    import shutil
+
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"],
+                                                   capture_output=True).returncode == 0:
+        return "network namespace", ["unshare", "-rn"]
+    return "seccomp", [sys.executable, "-c", NO_INET]
