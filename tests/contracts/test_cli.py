@@ -196,3 +196,40 @@ def test_withdraw_fees_pays_the_payee_on_anvil(home, capsys, anvil_chain, anvil_
                           ((*base[:-1], w.w3.eth.accounts[6], either), "no contract at")]:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_deploy_key_file_must_be_the_owners_alone_and_is_never_echoed(home, capsys, tmp_path,
+                                                                     anvil_chain, anvil_url):
+    """docs/contracts.md: `--key-file` (0600 enforced; the key is never printed). A key file
+    group or others can read or write is refused before any transaction, so is one that holds
+    no key (without echoing it); the owner's own file deploys from that account."""
+    import os
+
+    from eth_account import Account
+
+    acct = Account.create()
+    key_hex = acct.key.hex().removeprefix("0x")
+    path = tmp_path / "deployer.key"
+    path.write_text(key_hex + "\n")
+    out = tmp_path / "dep.json"
+    args = ("chain", "deploy", "--rpc", anvil_url, "--key-file", str(path), "--out", str(out))
+    nonce = anvil_chain.w3.eth.get_transaction_count(acct.address)
+    for mode in (0o644, 0o640, 0o620, 0o602):
+        os.chmod(path, mode)
+        code, stdout, err = _run(capsys, *args)
+        assert code == 2 and "key file is readable by others; chmod 600 it" in err, (mode, err)
+        assert key_hex not in err + stdout and not out.exists()
+    os.chmod(path, 0o600)
+    path.write_text("not a key but a secret-looking " + "ab" * 31 + "\n")
+    code, stdout, err = _run(capsys, *args)
+    assert code == 2 and "not a hex private key" in err and "ab" * 31 not in err + stdout, err
+    assert anvil_chain.w3.eth.get_transaction_count(acct.address) == nonce  # nothing was sent
+    # the owner's own key file: the oracle is deployed from that account
+    path.write_text(key_hex + "\n")
+    tx = anvil_chain.w3.eth.send_transaction({"from": anvil_chain.w3.eth.accounts[0],
+                                              "to": acct.address, "value": 10**18})
+    anvil_chain.w3.eth.wait_for_transaction_receipt(tx)
+    code, stdout, err = _run(capsys, *args, "--json")
+    assert code == 0, err
+    assert json.loads(out.read_text())["deployer"] == acct.address
+    assert key_hex not in err + stdout
