@@ -92,14 +92,17 @@ class Chain:
 
     def _send(self, tx: dict, abi: list) -> dict:
         w3 = self.w3
-        if self._account is not None and not self.embedded:
-            tx.setdefault("nonce", w3.eth.get_transaction_count(self._account.address, "pending"))
-            tx.setdefault("chainId", self.chain_id)
-            signed = self._account.sign_transaction(tx)
-            tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        else:
-            tx_hash = w3.eth.send_transaction(tx)
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+        try:
+            if self._account is not None and not self.embedded:
+                tx.setdefault("nonce", w3.eth.get_transaction_count(self._account.address, "pending"))
+                tx.setdefault("chainId", self.chain_id)
+                signed = self._account.sign_transaction(tx)
+                tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+            else:
+                tx_hash = w3.eth.send_transaction(tx)
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120)
+        except Exception as exc:  # the node refused it (funds, nonce, fee) or never mined it  # noqa: BLE001
+            raise decode_revert(exc, abi) from None  # one line (exit 2), not a traceback
         if receipt["status"] != 1:
             # Only reached with an explicit gas limit (estimation would have raised the
             # decoded error); the receipt carries no reason.

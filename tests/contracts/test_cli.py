@@ -224,8 +224,14 @@ def test_deploy_key_file_must_be_the_owners_alone_and_is_never_echoed(home, caps
     code, stdout, err = _run(capsys, *args)
     assert code == 2 and "not a hex private key" in err and "ab" * 31 not in err + stdout, err
     assert anvil_chain.w3.eth.get_transaction_count(acct.address) == nonce  # nothing was sent
-    # the owner's own key file: the oracle is deployed from that account
+    # the owner's own key file, of an account with no ether: the node refuses the deployment,
+    # one line, exit 2 (before: the node's Web3RPCError escaped as a traceback, exit 1)
     path.write_text(key_hex + "\n")
+    code, stdout, err = _run(capsys, *args)
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("verinfer: error:")]
+    assert code == 2 and "Insufficient funds" in line and "Traceback" not in err, err
+    assert key_hex not in err + stdout and not out.exists()
+    # funded: the oracle is deployed from that account
     tx = anvil_chain.w3.eth.send_transaction({"from": anvil_chain.w3.eth.accounts[0],
                                               "to": acct.address, "value": 10**18})
     anvil_chain.w3.eth.wait_for_transaction_receipt(tx)
