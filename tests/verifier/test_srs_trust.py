@@ -36,6 +36,24 @@ def test_pinned_table_cites_its_source_and_covers_the_projects_logrows():
         assert pinned_ceremony_hash(k) == hashes[str(k)]
 
 
+def test_pinned_table_is_ezkls_own():
+    """The pinned hashes checked against an independent source, not against the table itself:
+    the pinned EZKL's native library holds its table of public SRS hashes (srs_sha.rs, read by
+    its own get_srs) as 26 hex strings laid out in logrows order, 1 to 26; ours must be that
+    block, hash for hash and logrows for logrows."""
+    from pathlib import Path
+
+    import ezkl
+
+    (lib,) = Path(ezkl.__file__).parent.glob("ezkl*.so")
+    data = lib.read_bytes()
+    hashes = json.loads(CEREMONY_TABLE.read_text())["sha256_by_logrows"]
+    ours = "".join(hashes[str(k)] for k in range(1, 27)).encode()
+    at = data.find(hashes["1"].encode())
+    assert at >= 0 and data[at:at + len(ours)] == ours
+    assert data.count(hashes["1"].encode()) == 1
+
+
 def test_dev_srs_package_is_insecure_unless_allowed():
     assert MANIFEST.srs.source == "development"
     with pytest.raises(InsecureSRS, match="development SRS"):
