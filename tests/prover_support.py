@@ -14,9 +14,9 @@ import numpy as np
 VERINFER = [sys.executable, "-m", "verifier.cli"]
 
 
-def run_cli(*args, home: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``verinfer`` command with VERINFER_HOME=home."""
-    env = {**os.environ, "VERINFER_HOME": str(home)}
+def run_cli(*args, home: Path, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``verinfer`` command with VERINFER_HOME=home (plus ``env``)."""
+    env = {**os.environ, "VERINFER_HOME": str(home), **(env or {})}
     proc = subprocess.run([*VERINFER, *map(str, args)], capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"verinfer {' '.join(map(str, args))} exited {proc.returncode}:\n"

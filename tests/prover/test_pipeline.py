@@ -384,10 +384,16 @@ def test_op_ezkl_cannot_prove_is_refused_and_leaves_nothing(home, tmp_path):
     assert not (home / "names").exists()
 
 
-def test_demo_runs_end_to_end(prover_home, iris_package):
-    proc = run_cli("demo", home=prover_home)
+def test_demo_runs_end_to_end(prover_home, iris_package, tmp_path):
+    """The demo keeps its bundle in a new temporary folder for the user to look at: here in the
+    test's own (TMPDIR), where it is checked; before, every run left one in /tmp for good."""
+    proc = run_cli("demo", home=prover_home, env={"TMPDIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert "the proof verifies, the float model agrees: True" in proc.stderr
+    (kept,) = tmp_path.glob("verinfer-demo-*/bundle.json")
+    assert f"{kept}, kept for you to look at" in proc.stderr
+    bundle = ProofBundle.load(kept.parent)
+    assert f"says class {bundle.outputs.label} for held-out sample 0" in proc.stderr
 
 
 def test_a_circuit_past_the_largest_built_is_refused_before_any_srs(home, tmp_path):
