@@ -8,7 +8,6 @@ with the float model's label for the same input.
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from prover import backend as files
 from prover.backend import ProofSystem
 from prover.package import PROVE_ARTIFACTS, CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
+from prover.workdirs import held_tempdir
 from verifier.bundle import Agreement, CircuitOutputs, InputTensor, ModelRef, ProofBundle
 from verifier.errors import InputError
 from verifier.proofs import verify_bundle
@@ -68,8 +68,9 @@ class Prover:
         m = self.package.manifest
         if tuple(x.shape) != m.input.shape:
             raise InputError(f"input shape {list(x.shape)}, the model takes {list(m.input.shape)}")
-        with tempfile.TemporaryDirectory(prefix="verinfer-prove-") as tmp:
-            tmp = Path(tmp)
+        # a worker killed mid-proof (a timeout, the OOM killer) left this folder in /tmp for
+        # good: the next proof removes such folders
+        with held_tempdir("verinfer-prove-") as tmp:
             with progress.step("Running the circuit (witness)"):
                 wit = self._witness(x, tmp, log)
             with progress.step("Proving"), captured_output(log):
