@@ -8,11 +8,9 @@ nothing, is removed by the next one).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from prover.backend import CircuitOptions, ProofSystem, Visibility
 from prover.costs import circuit_costs, describe
 from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
+from prover.workdirs import held_dir, release, remove_dead
 from verifier.config import Settings
 from verifier.digests import sha256_file
 from verifier.errors import InputError, UnsupportedModel
@@ -169,9 +168,8 @@ def build_package(
         raise InputError(f"calibration samples do not fit the model's input shape "
                          f"{list(info.input.shape)}")
     settings.packages_dir.mkdir(parents=True, exist_ok=True)
-    remove_dead_builds(settings.packages_dir)
-    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=settings.packages_dir))
-    held = _hold(work)
+    remove_dead(settings.packages_dir, ".tmp-")  # builds killed outright (SIGKILL, OOM)
+    work, held = held_dir(".tmp-", settings.packages_dir)  # renamed into place when whole
     log = work / "ezkl.log"
     try:
         # Keep the user's bytes when nothing was added: the model's sha256 is its
@@ -272,32 +270,9 @@ def build_package(
         shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
-        Path(held.name).unlink(missing_ok=True)
-        held.close()
+        release(work, held)
     point_name(settings, source.name, manifest.package_id)
     return CircuitPackage.open(final, check=[])
-
-
-def _hold(work: Path):
-    """Lock ``work``'s ``.lock`` file beside it for as long as the build runs (the kernel lets
-    go when the process dies, however it dies)."""
-    held = open(work.with_name(work.name + ".lock"), "w")  # noqa: SIM115 - closed by the build
-    fcntl.flock(held.fileno(), fcntl.LOCK_EX)
-    return held
-
-
-def remove_dead_builds(packages_dir: Path) -> None:
-    """Remove the temporary folders of builds that died without cleaning up (killed, out of
-    memory): their lock is free. A running build holds its lock; a folder with no lock file
-    is left alone."""
-    for lock in packages_dir.glob(".tmp-*.lock"):
-        try:
-            with open(lock, "a") as f:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # else a build runs
-                shutil.rmtree(lock.with_name(lock.name.removesuffix(".lock")), ignore_errors=True)
-                lock.unlink(missing_ok=True)
-        except OSError:
-            continue
 
 
 def _rss_bytes() -> int:
