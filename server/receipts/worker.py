@@ -53,6 +53,10 @@ from verifier.digests import shape_json
 log = logging.getLogger("verinfer.server")
 
 START_TIMEOUT_S = 60.0
+# The shared writer's control pipe ended while server processes are still connected (the
+# supervisor was killed: they stop on their own, finishing their requests): how long it goes
+# on answering them before it exits whatever they do.
+DRAIN_S = 30.0
 # The event loop is the server's bottleneck; when the cores are contended it should win.
 # The worker needs only part of a core and catches up when the loop waits on the network.
 # 5 beat both 0 and 15 (docs/performance.md, "Tried and measured").
@@ -161,12 +165,25 @@ def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | N
     """The writer's loop, shared by both modes: jobs waiting on any client connection, up to
     :data:`GROUP_ANSWERS` answers, join one group: one log append and one checkpoint for all.
     ``listener``: accept more clients (each says hello first); ``control``: a pipe whose end
-    (EOF) stops the writer. Without a listener it stops when its last connection ends."""
+    (EOF) stops taking clients; the writer then answers those connected until they hang up
+    (for :data:`DRAIN_S` at most). Without a listener it stops when its last connection ends."""
+    drain_until = None
     while conns or listener is not None:
         watch: list[Any] = [*conns, *(x for x in (listener, control) if x is not None)]
-        ready = watch if len(watch) == 1 else wait(watch)  # one connection: its recv blocks
+        if drain_until is not None:
+            ready = wait(watch, max(0.0, drain_until - time.monotonic()))
+            if not ready:
+                break  # a server process that never hung up
+        else:
+            ready = watch if len(watch) == 1 else wait(watch)  # one connection: its recv blocks
         if control is not None and control in ready and not os.read(control, 4096):
-            break  # the supervisor stopped or is gone
+            # the supervisor stopped (its server processes are gone) or was killed (they stop
+            # on their own, and the requests they still finish need their answers signed)
+            if listener is not None:
+                listener.close()  # no new clients: their connect is refused, not left waiting
+            listener = control = None
+            drain_until = time.monotonic() + DRAIN_S
+            continue
         if listener is not None and listener in ready:
             _accept(writer, listener, conns)
         msgs: list[tuple[Connection, tuple[int, BatchJob]]] = []

@@ -299,6 +299,35 @@ def test_sigterm_stops_all_and_a_killed_supervisor_leaves_no_orphans(tmp_path):
             s.stop()
 
 
+def test_a_request_in_flight_when_the_supervisor_is_killed_gets_its_signed_answer(tmp_path):
+    """kill -9 of the supervisor: its server processes stop on their own, finishing the
+    requests they are serving, which need the shared writer. The writer ended with its control
+    pipe, so such a request waited for a writer that never came back and got a 503 (after a
+    minute); the writer now answers its connected server processes until they hang up."""
+    s = ServerProcess(tmp_path / "home", "--workers", "2")
+    try:
+        _serving(s.wait_ready())
+        jwks = s.get("/.well-known/jwks.json")
+        body = json.dumps({"inputs": DIGITS}).encode()
+        with socket.create_connection(("127.0.0.1", s.port), timeout=150) as conn:
+            conn.sendall(b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(0.5)  # the request has begun: a stopping server process finishes it
+            s.kill9()
+            time.sleep(1.0)  # the writer and the server processes have seen the supervisor go
+            conn.sendall(body[10:])
+            raw = b""
+            while chunk := conn.recv(65536):
+                raw += chunk
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), raw[:300]
+        receipt = json.loads(payload)["parameters"]["receipt"]
+        assert verify_receipt_v2(ReceiptV2.parse(receipt), jwks)  # signed, in the log
+    finally:
+        s.stop()
+
+
 def _figures(text: str) -> dict[tuple[str, tuple], float]:
     return {(m.name, tuple(sorted(m.labels.items()))): m.value
             for family in text_string_to_metric_families(text) for m in family.samples}
