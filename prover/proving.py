@@ -19,7 +19,7 @@ from prover.progress import SILENT, Progress, captured_output
 from prover.workdirs import held_tempdir
 from verifier.bundle import Agreement, CircuitOutputs, InputTensor, ModelRef, ProofBundle
 from verifier.errors import InputError
-from verifier.proofs import verify_bundle
+from verifier.proofs import check_manifest_settings, verify_bundle
 
 
 class InputOutOfRange(InputError):
@@ -47,6 +47,7 @@ class Prover:
         self.package = package
         self.backend = backend or EZKLBackend()
         package.check(PROVE_ARTIFACTS)  # hash pk, compiled circuit, ... once
+        check_manifest_settings(package.manifest, package.path(files.SETTINGS))  # once, too
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -92,7 +93,7 @@ class Prover:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         with progress.step("Re-verifying the proof"):
-            verify_bundle(bundle, self.package.dir)
+            verify_bundle(bundle, self.package.dir, manifest=self.package.manifest)  # checked above
         return bundle
 
     def _witness(self, x: np.ndarray, tmp: Path, log: Path | None):

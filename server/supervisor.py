@@ -97,6 +97,15 @@ def bind(settings: ServerSettings) -> socket.socket:
         raise InputError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
 
 
+def _exit_reason(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _backoff_s(fails: int) -> int:
+    """Seconds before a child that keeps failing is started again: 2, 4, 8 … 30."""
+    return min(2 ** fails, 30)
+
+
 @contextlib.contextmanager
 def start_errors():
     """What the data dir or a store's path refuses at start (a missing folder, a file where a
@@ -190,14 +199,13 @@ class Supervisor:
         """True when ``child`` has exited: it is noted, and set to be started again."""
         if child.proc is None or child.proc.poll() is None:
             return False
-        code = child.proc.returncode
-        why = f"signal {-code}" if code < 0 else f"exit code {code}"
+        why = _exit_reason(child.proc.returncode)
         if child.error is not None:
             why, child.error = f"{why}: {child.error}", None
         now = time.monotonic()
         quick = now - child.started < QUICK_DEATH_S
         child.fails = child.fails + 1 if quick else 0
-        child.next_start = now + (min(2 ** child.fails, 30) if quick else 0)
+        child.next_start = now + (_backoff_s(child.fails) if quick else 0)
         if not self._stop:
             print(f"verinfer: {child.name} (pid {child.proc.pid}) exited ({why}); starting it again",
                   file=sys.stderr, flush=True)
@@ -295,8 +303,7 @@ class Supervisor:
                         from verifier.errors import InputError
 
                         raise InputError(child.error)
-                    why = f"signal {-code}" if code < 0 else f"exit code {code}"
-                    print(f"verinfer: {child.name} exited while starting ({why}); stopping "
+                    print(f"verinfer: {child.name} exited while starting ({_exit_reason(code)}); stopping "
                           "(see above)", file=sys.stderr, flush=True)
                     return False
         if self._stop:
@@ -317,9 +324,9 @@ class Supervisor:
                         self._start(child)
                     except OSError as exc:  # e.g. no fork (memory, the unit's task limit): later
                         child.fails += 1
-                        child.next_start = now + min(2 ** child.fails, 30)
+                        child.next_start = now + _backoff_s(child.fails)
                         print(f"verinfer: cannot start {child.name} ({exc}); trying again in "
-                              f"{min(2 ** child.fails, 30)} s", file=sys.stderr, flush=True)
+                              f"{_backoff_s(child.fails)} s", file=sys.stderr, flush=True)
 
     def _shutdown(self) -> None:
         """The server processes first (they answer what they hold), then the writer."""
