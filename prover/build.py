@@ -26,8 +26,8 @@ from prover.package import CircuitPackage
 from prover.progress import SILENT, Progress, captured_output
 from prover.workdirs import held_dir, release, remove_dead
 from verifier.config import Settings
-from verifier.digests import sha256_file
-from verifier.errors import InputError, UnsupportedModel
+from verifier.digests import canonical_json, sha256_bytes, sha256_file
+from verifier.errors import InputError, UnsupportedModel, VerinferError
 from verifier.manifest import MANIFEST_FILE, Artifact, Manifest, PublicOutput, SRSInfo, TensorSpec
 from verifier.packages import check_name, package_dir, point_name
 from verifier.proofs import ezkl_verify
@@ -42,6 +42,9 @@ SINGLE_COLUMN_MAX_LOGROWS = 12
 # hours of work and gigabytes, and the keys and each proof need more memory than a server has;
 # a tiny model can land there by one op (a Cast to INT64 asks for a 2^26-row range check).
 MAX_LOGROWS = 24
+# What a package was built from (build_key), beside its manifest; not hashed into the id
+BUILD_KEY_FILE = "build.json"
+BUILD_KEY_FORMAT = "verinfer.build-key/v1"  # a new one when the build's defaults change
 
 
 @dataclass(frozen=True)
@@ -157,10 +160,10 @@ def build_package(
     check_name(source.name)
     use_ezkl_dir(settings)
     backend = backend or EZKLBackend()
-    model = onnx_model.load(source.onnx_path)
-    label_added = onnx_model.ensure_label_output(model)
-    changed = onnx_model.apply_public_output(model, public_output) or label_added
-    info = onnx_model.describe(model, label_added)
+    info, label_added, onnx_bytes = _model(source, public_output)
+    key = None if tuning is not None else build_key(
+        source, onnx_bytes, visibility=visibility, public_output=public_output, options=options,
+        srs_file=srs_file, ezkl_version=backend.version, solc=solc_version())
     progress.note(f"Registering {source.name} from {source.onnx_path}")
     n_in = int(np.prod(info.input.shape))
     calibration = np.asarray(source.calibration, dtype=np.float32)
@@ -172,9 +175,6 @@ def build_package(
     work, held = held_dir(".tmp-", settings.packages_dir)  # renamed into place when whole
     log = work / "ezkl.log"
     try:
-        # Keep the user's bytes when nothing was added: the model's sha256 is its
-        # identity in receipts, and it must be the file the server runs.
-        onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
         (work / files.MODEL).write_bytes(onnx_bytes)
         with progress.step("Calibrating the circuit on real samples"), captured_output(log):
             samples = calibration.reshape(-1, n_in)
@@ -261,6 +261,8 @@ def build_package(
             tuning=tuning,
         )
         (work / MANIFEST_FILE).write_bytes(manifest.canonical_bytes())
+        if key is not None:  # what it was built from, for 'models add' of the same again
+            (work / BUILD_KEY_FILE).write_bytes(canonical_json(key))
         final = package_dir(settings, manifest.package_id)
         if final.exists():
             shutil.rmtree(work)
@@ -273,6 +275,89 @@ def build_package(
         release(work, held)
     point_name(settings, source.name, manifest.package_id)
     return CircuitPackage.open(final, check=[])
+
+
+def _model(source: ModelSource, public_output: PublicOutput):
+    """The model as the package holds it: (its description, whether a label output was added,
+    the bytes of ``model.onnx``)."""
+    model = onnx_model.load(source.onnx_path)
+    label_added = onnx_model.ensure_label_output(model)
+    changed = onnx_model.apply_public_output(model, public_output) or label_added
+    info = onnx_model.describe(model, label_added)
+    # Keep the user's bytes when nothing was added: the model's sha256 is its
+    # identity in receipts, and it must be the file the server runs.
+    onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
+    return info, label_added, onnx_bytes
+
+
+def _array_sha256(x) -> str | None:
+    """SHA-256 of an array's shape and values (as float32 or int64: what the build uses)."""
+    if x is None:
+        return None
+    a = np.ascontiguousarray(x, dtype=np.float32 if np.asarray(x).dtype.kind == "f" else np.int64)
+    return sha256_bytes(canonical_json(list(a.shape)) + a.tobytes())
+
+
+def build_key(source: ModelSource, onnx_bytes: bytes, *, visibility: Visibility,
+              public_output: PublicOutput, options: CircuitOptions | None,
+              srs_file: Path | None, ezkl_version: str, solc: str) -> dict:
+    """Everything a package built without a search (``models add``) is made from: the same key
+    builds the same circuit, keys and verifier (up to the timings the manifest records, which
+    is why the package id cannot be this identity). Written beside the manifest as
+    ``build.json``; docs/formats.md says why each field is in it."""
+    return {
+        "format": BUILD_KEY_FORMAT,
+        "name": source.name,
+        "model_sha256": sha256_bytes(onnx_bytes),
+        "calibration_sha256": _array_sha256(source.calibration),
+        "eval_sha256": _array_sha256(source.eval_inputs),
+        "eval_labels_sha256": _array_sha256(source.eval_labels),
+        "input_visibility": visibility,
+        "public_output": public_output,
+        "options": (options or CircuitOptions()).as_dict(),
+        "single_column_max_logrows": SINGLE_COLUMN_MAX_LOGROWS,
+        "srs": {"source": "development"} if srs_file is None else
+               {"source": "ceremony", "sha256": sha256_file(Path(srs_file))},
+        "ezkl_version": ezkl_version,
+        "solc_version": solc,
+    }
+
+
+def find_build(settings: Settings, source: ModelSource, *, visibility: Visibility = "public",
+               public_output: PublicOutput = "logits", options: CircuitOptions | None = None,
+               srs_file: Path | None = None) -> CircuitPackage | None:
+    """The package in the data dir already built from exactly what ``build_package`` would
+    build now (same :func:`build_key`), its manifest agreeing and every artifact hashing as
+    recorded; None when there is none (or its package is altered: then it is built anew)."""
+    from contracts.solc import solc_version
+    from prover.package import installed_ezkl_version
+
+    if not settings.packages_dir.is_dir():
+        return None
+    _, _, onnx_bytes = _model(source, public_output)
+    key = build_key(source, onnx_bytes, visibility=visibility, public_output=public_output,
+                    options=options, srs_file=srs_file, ezkl_version=installed_ezkl_version(),
+                    solc=solc_version())
+    want = canonical_json(key)
+    for folder in sorted(settings.packages_dir.iterdir()):
+        try:
+            if (folder / BUILD_KEY_FILE).read_bytes() != want:
+                continue
+            pkg = CircuitPackage.open(folder)  # the manifest's hash, EZKL, every artifact
+        except (OSError, VerinferError):
+            continue
+        m = pkg.manifest
+        # build.json is not hashed: what the manifest records must agree with it
+        srs_ok = m.srs.source == key["srs"]["source"] and (
+            srs_file is None or m.srs.sha256 == key["srs"]["sha256"])
+        cols = options.inner_cols if options is not None else None
+        cols_ok = cols is None or m.calibration.get("num_inner_cols") == cols
+        if (m.name, m.model_sha256, m.input_visibility, m.public_output, m.ezkl_version,
+                m.solc_version, m.tuning, srs_ok, cols_ok) == (
+                source.name, key["model_sha256"], visibility, public_output,
+                key["ezkl_version"], key["solc_version"], None, True, True):
+            return pkg
+    return None
 
 
 def _rss_bytes() -> int:

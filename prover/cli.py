@@ -43,6 +43,9 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--srs-sha256", metavar="HEX",
                      help="published SHA-256 of the --srs file, where none is pinned")
     add.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
+    add.add_argument("--rebuild", action="store_true",
+                     help="build the package anew even when one was built from the same ONNX, "
+                     "calibration data and options (by default the name is pointed at that one)")
     add.add_argument("--tune", action="store_true",
                      help="search the circuit settings first (as 'models tune') and register "
                      "the best candidate")
@@ -57,7 +60,7 @@ def register_models(sub: argparse._SubParsersAction) -> None:
         "Prints the Pareto front and registers the best candidate for the objective as a "
         "package whose manifest records the search.")
     for a in add._actions:  # the same model, source and SRS options as 'models add'
-        if a.dest not in ("help", "tune", "objective", "budget", "verifier"):
+        if a.dest not in ("help", "tune", "rebuild", "objective", "budget", "verifier"):
             tune._add_action(a)
     _tune_flags(tune)
     tune.set_defaults(handler=_add, tune=True)
@@ -122,9 +125,10 @@ def _progress():
 def _add(args: argparse.Namespace) -> int:
     from models import REFERENCE_MODELS
     from prover.backend import CircuitOptions
-    from prover.build import build_package, file_source, reference_source
+    from prover.build import build_package, file_source, find_build, reference_source
     from prover.report import render
     from verifier.errors import InputError
+    from verifier.packages import point_name
 
     if args.name is not None:  # '' too: not silently the file's stem
         from verifier.packages import check_name
@@ -160,10 +164,20 @@ def _add(args: argparse.Namespace) -> int:
         return _tune(args, settings, source, progress)
     if args.objective is not None or args.budget is not None or args.verifier is not None:
         raise InputError("--objective, --budget and --verifier go with --tune (or 'models tune')")
+    options = None if args.inner_cols is None else CircuitOptions(inner_cols=args.inner_cols)
+    pkg = None if args.rebuild else find_build(
+        settings, source, visibility=args.input_visibility, public_output=args.public_output,
+        options=options, srs_file=args.srs)
+    if pkg is not None:  # the same ONNX, samples and options: minutes of building for nothing
+        point_name(settings, source.name, pkg.id)
+        print(f"OK: registered {pkg.name} as package {pkg.id}, already built from the same "
+              f"ONNX, calibration data and options (--rebuild to build it anew)", file=sys.stderr)
+        if args.json:
+            print(pkg.manifest.model_dump_json(indent=2))
+        return 0
     pkg = build_package(settings, source, visibility=args.input_visibility, srs_file=args.srs,
                         srs_sha256=args.srs_sha256, progress=progress,
-                        public_output=args.public_output, options=None if args.inner_cols
-                        is None else CircuitOptions(inner_cols=args.inner_cols))
+                        public_output=args.public_output, options=options)
     print(render(pkg.manifest, pkg.dir), file=sys.stderr)
     print(f"OK: registered {pkg.name} as package {pkg.id}", file=sys.stderr)
     if args.json:

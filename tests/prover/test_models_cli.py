@@ -1,0 +1,94 @@
+"""``verinfer models add`` of a model already built, ``models rm``: the data dir's names and
+packages as a user manages them (real packages, built once per session in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prover_support import run_cli
+
+from verifier.config import Settings
+
+pytestmark = pytest.mark.ezkl
+
+
+def _packages(home: Path) -> set[str]:
+    return {p.name for p in (home / "packages").iterdir() if not p.name.startswith(".")}
+
+
+def _home_with(home: Path, name: str, package: Path) -> Path:
+    """``home`` holding a copy of ``package`` with ``name`` pointing at it."""
+    (home / "packages").mkdir(exist_ok=True)
+    shutil.copytree(package, home / "packages" / package.name)
+    (home / "names").mkdir(exist_ok=True)
+    (home / "names" / name).write_text(package.name + "\n")
+    return home / "packages" / package.name
+
+
+# --- models add of the same model again ---------------------------------------------
+
+
+def test_adding_the_same_model_again_points_the_name_at_its_package(prover_home, iris_package):
+    """The manifest records timings, so a second build is another package id: 'models add' of
+    the same ONNX and options built everything again (minutes for digits_cnn)."""
+    before = _packages(prover_home)
+    proc = run_cli("models", "add", "iris_mlp", home=prover_home, check=True)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"OK: registered iris_mlp as package "
+                                                   f"{iris_package.name}, already built"), proc.stderr
+    assert "--rebuild" in lines[0]
+    assert _packages(prover_home) == before
+    assert (prover_home / "names" / "iris_mlp").read_text().strip() == iris_package.name
+
+
+def test_the_build_key_names_everything_the_circuit_is_made_from(tmp_path):
+    """Any one input of the build changed is another key: never the package of another."""
+    from prover.backend import CircuitOptions
+    from prover.build import _model, build_key, reference_source
+
+    src = reference_source("iris_mlp")
+    srs = tmp_path / "k.srs"
+    srs.write_bytes(b"srs")
+
+    def key(source=src, public_output="logits", **kw):
+        args = {"visibility": "public", "options": None, "srs_file": None,
+                "ezkl_version": "23.0.5", "solc": "0.8.37", **kw}
+        return build_key(source, _model(source, public_output)[2], public_output=public_output,
+                         **args)
+
+    other_samples = np.array(src.calibration, copy=True)
+    other_samples[0, 0] += 0.5
+    keys = [key(), key(replace(src, name="iris2")), key(replace(src, calibration=other_samples)),
+            key(replace(src, eval_inputs=src.eval_inputs[1:], eval_labels=src.eval_labels[1:])),
+            key(visibility="hashed"), key(public_output="label"),
+            key(options=CircuitOptions(inner_cols=2)), key(options=CircuitOptions(scale=7)),
+            key(options=CircuitOptions(decomp_base=4096, decomp_legs=2)), key(srs_file=srs),
+            key(ezkl_version="23.0.6"), key(solc="0.8.38")]
+    assert len({repr(k) for k in keys}) == len(keys)
+    assert key() == key(options=CircuitOptions())  # no options are the default options
+
+
+def test_an_altered_package_is_not_reused_and_rebuild_builds_anew(home, iris_package):
+    from prover.build import find_build, reference_source
+
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    settings = Settings()
+    assert find_build(settings, reference_source("iris_mlp")).dir == pkg
+    assert find_build(settings, reference_source("iris_mlp"), visibility="hashed") is None
+    pk = pkg / "pk.key"
+    data = bytearray(pk.read_bytes())
+    data[len(data) // 2] ^= 1
+    os.chmod(pk, 0o644)
+    pk.write_bytes(bytes(data))
+    assert find_build(settings, reference_source("iris_mlp")) is None
+    pk.unlink()
+    shutil.copyfile(iris_package / "pk.key", pk)
+    proc = run_cli("models", "add", "iris_mlp", "--rebuild", home=home, check=True)
+    assert "already built" not in proc.stderr
+    new = (home / "names" / "iris_mlp").read_text().strip()
+    assert new != pkg.name and _packages(home) == {pkg.name, new}
