@@ -277,6 +277,24 @@ def build_package(
     return CircuitPackage.open(final, check=[])
 
 
+def remove_package(settings: Settings, package_id: str) -> bool:
+    """Remove a package folder from the data dir; False when there is none. It leaves
+    ``packages/`` at once, by a rename into a held working folder (as a build's), so no reader
+    finds half a package under its id, and a removal killed midway is finished by the next
+    build's :func:`remove_dead`."""
+    folder = package_dir(settings, package_id)
+    if not folder.is_dir():
+        return False
+    remove_dead(settings.packages_dir, ".tmp-")
+    work, held = held_dir(".tmp-", settings.packages_dir)
+    try:
+        os.rename(folder, work)  # over the new, empty folder
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        release(work, held)
+    return True
+
+
 def _model(source: ModelSource, public_output: PublicOutput):
     """The model as the package holds it: (its description, whether a label output was added,
     the bytes of ``model.onnx``)."""

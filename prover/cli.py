@@ -1,4 +1,4 @@
-"""Subcommands owned by the prover: ``models add|show|list``, ``prove``, ``demo``.
+"""Subcommands owned by the prover: ``models add|show|list|rm|tune``, ``prove``, ``demo``.
 
 Registration is cheap: handlers import EZKL, torch and friends only when run.
 """
@@ -69,6 +69,17 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     show.add_argument("name")
     show.add_argument("--json", action="store_true", help="print the manifest as JSON to stdout")
     show.set_defaults(handler=_show)
+
+    rm = msub.add_parser(
+        "rm", help="forget a model name (and its package, when no other name points to it)",
+        description="Remove a registered model name. Its circuit package is removed too, "
+        "unless another name points to it or --keep-package is given; 'verinfer verify' of "
+        "the package's bundles then needs a copy of it (--package DIR). A running server "
+        "keeps what it opened at start: see docs/server.md.")
+    rm.add_argument("name")
+    rm.add_argument("--keep-package", action="store_true",
+                    help="remove the name only; the package stays (its id still finds it)")
+    rm.set_defaults(handler=_rm)
 
     ls = msub.add_parser("list", help="list registered models")
     ls.add_argument("--json", action="store_true")
@@ -216,6 +227,27 @@ def _show(args: argparse.Namespace) -> int:
         print(pkg.manifest.model_dump_json(indent=2))
     else:  # the report is what 'show' is for: stdout (add and tune print it on stderr)
         print(render(pkg.manifest, pkg.dir))
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from verifier.packages import list_names, remove_name
+
+    settings = _settings()
+    pid = remove_name(settings, args.name)
+    if pid is None:
+        print(f"OK: removed {args.name} (it pointed to no package)", file=sys.stderr)
+        return 0
+    others = sorted(n for n, p in list_names(settings).items() if p == pid)
+    if others:
+        kept = f"kept: {', '.join(others)} still point{'s' if len(others) == 1 else ''} to it"
+    elif args.keep_package:
+        kept = "kept (--keep-package)"
+    else:
+        from prover.build import remove_package
+
+        kept = "removed" if remove_package(settings, pid) else "was already missing"
+    print(f"OK: removed {args.name}; package {pid} {kept}", file=sys.stderr)
     return 0
 
 

@@ -107,6 +107,17 @@ def point_name(settings: Settings, name: str, package_id: str) -> None:
         raise
 
 
+def remove_name(settings: Settings, name: str) -> str | None:
+    """Forget the model name ``name``; the package id it pointed to (None when its file held
+    none). :class:`NotFound` when no such name is registered."""
+    path = settings.names_dir / name
+    if not name or not set(name) <= NAME_CHARS or name[0] == "." or not path.is_file():
+        raise NotFound(f"no model named {name!r} (see 'verinfer models list')")
+    pid = _pointer(path)
+    path.unlink(missing_ok=True)
+    return pid
+
+
 def resolve(settings: Settings, ref: str | Path) -> Path:
     """A package folder from a path (a folder with a manifest), a registered model name, or a
     package id (a prefix of 8 or more hex digits will do)."""

@@ -92,3 +92,50 @@ def test_an_altered_package_is_not_reused_and_rebuild_builds_anew(home, iris_pac
     assert "already built" not in proc.stderr
     new = (home / "names" / "iris_mlp").read_text().strip()
     assert new != pkg.name and _packages(home) == {pkg.name, new}
+
+
+# --- models rm ----------------------------------------------------------------------------
+
+
+def _one_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_rm_removes_the_name_and_the_package_no_other_name_points_to(home, iris_package):
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    (home / "names" / "iris2").write_text(pkg.name + "\n")
+    line = _one_line(run_cli("models", "rm", "iris_mlp", home=home, check=True))
+    assert line == f"OK: removed iris_mlp; package {pkg.name} kept: iris2 still points to it"
+    assert not (home / "names" / "iris_mlp").exists() and pkg.is_dir()
+    line = _one_line(run_cli("models", "rm", "iris2", "--keep-package", home=home, check=True))
+    assert line.endswith("kept (--keep-package)") and pkg.is_dir()
+    assert run_cli("models", "show", pkg.name[:12], home=home).returncode == 0  # by its id
+    (home / "names" / "iris2").write_text(pkg.name + "\n")
+    line = _one_line(run_cli("models", "rm", "iris2", home=home, check=True))
+    assert line == f"OK: removed iris2; package {pkg.name} removed"
+    assert list((home / "packages").iterdir()) == [] and list((home / "names").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["nope", "../packages", ".hidden", "UPPER"])
+def test_rm_of_a_name_not_registered_is_one_line_exit_2(home, iris_package, name):
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    proc = run_cli("models", "rm", name, home=home)
+    assert proc.returncode == 2
+    assert _one_line(proc) == f"verinfer: error: no model named {name!r} (see 'verinfer models list')"
+    assert pkg.is_dir() and (home / "names" / "iris_mlp").is_file()
+
+
+def test_a_removal_killed_midway_is_finished_by_the_next_build(home, iris_package):
+    """The package leaves packages/ by a rename into a held working folder; one whose remover
+    died (its lock free) is removed by the next build or removal, like a killed build's."""
+    from prover.build import remove_package
+
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    dead = home / "packages" / ".tmp-dead"
+    shutil.copytree(pkg, dead)
+    (home / "packages" / ".tmp-dead.lock").touch()
+    assert remove_package(Settings(), pkg.name)
+    assert list((home / "packages").iterdir()) == []
+    assert not remove_package(Settings(), pkg.name)
