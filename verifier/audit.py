@@ -44,6 +44,7 @@ from verifier.errors import (
 )
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
+from verifier.packages import is_package_id
 from verifier.receipts import RECEIPT_FORMAT
 from verifier.receipts_v2 import (
     RECEIPT_V2_FORMAT,
@@ -230,7 +231,10 @@ def find_packages(models: Path) -> dict[str, Path]:
         candidates = sorted(p for p in base.iterdir() if (p / MANIFEST_FILE).is_file())
     found: dict[str, Path] = {}
     for folder in candidates:
-        found[Manifest.load(folder / MANIFEST_FILE).package_id] = folder
+        # a folder named by a package id is found by it: an altered manifest in it then fails
+        # the bundles and receipts of that package (load_manifest_checked), not 'not audited'
+        pid = folder.name if is_package_id(folder.name) else None
+        found[pid or Manifest.load(folder / MANIFEST_FILE).package_id] = folder
     return found
 
 

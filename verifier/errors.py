@@ -75,5 +75,12 @@ class InsecureSRS(VerificationError):
     """A circuit package's SRS is not the public ceremony's: its proofs could be forged."""
 
 
+class PackageAltered(PackageError, DigestMismatch):
+    """A circuit package's files are not what its id and manifest say (its manifest does not
+    hash to the id it is found by, an artifact does not hash as recorded): a tampered package,
+    so a failed check (exit 1), refused wherever an unusable package is (a ``PackageError``).
+    A package file that is missing or does not parse stays a plain ``PackageError`` (exit 2)."""
+
+
 class KeyRevoked(VerificationError):
     """The signing key was revoked before the time the item says it was signed."""

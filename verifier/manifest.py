@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 
 from verifier.base import Frozen, parse_as
 from verifier.digests import canonical_json, sha256_bytes, sha256_file
-from verifier.errors import PackageError
+from verifier.errors import PackageAltered, PackageError
 
 MANIFEST_FORMAT = "verinfer.circuit-package/v1"
 MANIFEST_FILE = "manifest.json"
@@ -115,7 +115,8 @@ class Manifest(Frozen):
         return parse_as(cls, raw, f"{path}: invalid manifest", "manifest", PackageError)
 
     def check_artifacts(self, folder: Path, names: list[str] | None = None) -> None:
-        """Raise :class:`PackageError` unless each artifact's bytes hash as recorded."""
+        """Raise :class:`PackageAltered` unless each artifact's bytes hash as recorded
+        (:class:`PackageError` when one is missing)."""
         for name in names if names is not None else sorted(self.artifacts):
             want = self.artifacts.get(name)
             if want is None:
@@ -124,6 +125,6 @@ class Manifest(Frozen):
             if not path.is_file():
                 raise PackageError(f"{folder}: artifact {name} is missing")
             if path.stat().st_size != want.bytes or sha256_file(path) != want.sha256:
-                raise PackageError(
+                raise PackageAltered(
                     f"{folder}: artifact {name} does not match the manifest's sha256 (altered?)"
                 )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verifier.config import Settings
-from verifier.errors import InputError, NotFound, PackageError
+from verifier.errors import InputError, NotFound, PackageAltered, PackageError
 from verifier.manifest import MANIFEST_FILE, Manifest
 
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -77,7 +77,7 @@ def _pointer(path: Path) -> str | None:
         text = path.read_text().strip()
     except (OSError, UnicodeDecodeError):
         return None
-    return text if len(text) == 64 and set(text) <= _HEX else None
+    return text if is_package_id(text) else None
 
 
 def list_names(settings: Settings) -> dict[str, str]:
@@ -141,14 +141,20 @@ def resolve(settings: Settings, ref: str | Path) -> Path:
                    f"name or a package id (see 'verinfer models list')")
 
 
+def is_package_id(text: str) -> bool:
+    return len(text) == 64 and set(text) <= _HEX
+
+
 def read_manifest(folder: Path) -> Manifest:
-    """A package folder's manifest; in a data dir, refused unless it hashes to the folder's
-    name (the package id)."""
+    """A package folder's manifest; in a data dir, or in any folder named by a package id,
+    refused unless it hashes to the folder's name (:class:`PackageAltered`: a tampered
+    package is a failed check, exit 1)."""
     folder = Path(folder)
     manifest = Manifest.load(folder / MANIFEST_FILE)
-    if folder.parent.name == "packages" and manifest.package_id != folder.name:
-        raise PackageError(f"{folder}: manifest.json was altered (its hash is not the "
-                           f"package id)")
+    if ((folder.parent.name == "packages" or is_package_id(folder.name))
+            and manifest.package_id != folder.name):
+        raise PackageAltered(f"{folder}: manifest.json was altered (it hashes to "
+                             f"{manifest.package_id[:16]}…, not the package id)")
     return manifest
 
 

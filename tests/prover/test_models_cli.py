@@ -139,3 +139,51 @@ def test_a_removal_killed_midway_is_finished_by_the_next_build(home, iris_packag
     assert remove_package(Settings(), pkg.name)
     assert list((home / "packages").iterdir()) == []
     assert not remove_package(Settings(), pkg.name)
+
+
+# --- a tampered package in the data dir -----------------------------------------------------
+
+
+def _commands(home: Path, pid: str, bundle: Path, out: Path) -> dict[str, list]:
+    req = out.parent / "request.json"
+    req.write_text('{"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", '
+                   '"data": [6.1, 2.8, 4.7, 1.2]}]}')
+    return {"prove": ["prove", "iris_mlp", "--input", req, "--out", out],
+            "verify": ["verify", bundle, "--allow-dev-srs"],
+            "verify --package": ["verify", bundle, "--allow-dev-srs", "--package", "iris_mlp"],
+            "audit": ["audit", bundle, "--allow-dev-srs"],
+            "audit --models": ["audit", bundle, "--allow-dev-srs", "--models", home],
+            "models show": ["models", "show", "iris_mlp"],
+            "models show ID": ["models", "show", pid[:12]]}
+
+
+def test_an_altered_manifest_in_the_data_dir_fails_every_command_exit_1(home, iris_package,
+                                                                         iris_bundle, tmp_path):
+    """A manifest edited in place (still valid, no longer the one its id names) exited 2, as
+    if the user's input were bad; audit reported the bundle's package as not audited."""
+    import json
+
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    raw = json.loads((pkg / "manifest.json").read_text())
+    raw["preflight"]["prove_seconds"] = 0.001
+    (pkg / "manifest.json").write_text(json.dumps(raw))
+    for what, args in _commands(home, pkg.name, iris_bundle, tmp_path / "out").items():
+        proc = run_cli(*args, home=home)
+        assert proc.returncode == 1, (what, proc.stderr)
+        if what.startswith("audit"):
+            assert f"FAIL: {iris_bundle}: PackageAltered: {pkg}: manifest.json was altered" in proc.stderr
+        else:
+            assert _one_line(proc) == (f"FAIL: {pkg}: manifest.json was altered (it hashes to "
+                                       f"{json_id(raw)[:16]}…, not the package id)"), what
+    assert not (tmp_path / "out").exists()
+    # unreadable is not tampered: a usage error, exit 2
+    (pkg / "manifest.json").write_text("{")
+    for what, args in _commands(home, pkg.name, iris_bundle, tmp_path / "out").items():
+        proc = run_cli(*args, home=home)
+        assert proc.returncode == 2, (what, proc.stderr)
+
+
+def json_id(raw: dict) -> str:
+    from verifier.manifest import Manifest
+
+    return Manifest.model_validate(raw).package_id

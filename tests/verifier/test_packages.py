@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from verifier.config import Settings
-from verifier.errors import InputError, NotFound, PackageError
+from verifier.errors import InputError, NotFound, PackageAltered, PackageError
 from verifier.manifest import Artifact, Manifest, SRSInfo, TensorSpec
 from verifier.packages import (
     check_name,
@@ -152,7 +152,7 @@ def test_broken_packages_are_refused_with_one_line(home):
     raw = json.loads((folder / "manifest.json").read_text())
     raw["input"]["scale"] = 8  # still a valid manifest, but no longer the one the id names
     (folder / "manifest.json").write_text(json.dumps(raw))
-    with pytest.raises(PackageError, match="manifest.json was altered"):
+    with pytest.raises(PackageAltered, match="manifest.json was altered"):
         read_manifest(folder)
     shutil.rmtree(folder)
     with pytest.raises(PackageError, match="points to package .* which is missing"):
