@@ -43,6 +43,7 @@ from verifier.errors import (
     VerificationError,
 )
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
+from verifier.limits import MAX_KEYS_BYTES, MAX_RECEIPTS_FILE_BYTES, read_at_most, read_bounded
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
 from verifier.packages import is_package_id
 from verifier.receipts import RECEIPT_FORMAT
@@ -161,13 +162,13 @@ def _read_keys(path: Path | str) -> bytes:
 
         try:
             with urllib.request.urlopen(path, timeout=30) as r:
-                return r.read()
+                return read_at_most(r, MAX_KEYS_BYTES, path, "the keys document")
         except urllib.error.HTTPError as exc:
             raise InputError(f"{path}: cannot fetch keys: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             raise InputError(f"{path}: cannot fetch keys: {getattr(exc, 'reason', exc)!s:.200}") from None
     try:
-        return Path(path).read_bytes()
+        return read_bounded(path, MAX_KEYS_BYTES, "a keys file")
     except OSError as exc:
         raise InputError(f"{path}: cannot read keys: {exc.strerror}") from None
 
@@ -254,6 +255,8 @@ def collect(paths: Iterable[Path]) -> list[Item]:
                 items.extend(_items_of_file(f, explicit=False))
         elif path.is_file():
             items.extend(_items_of_file(path, explicit=True))
+        elif path.exists():  # a device, a FIFO: /dev/zero would be read for ever
+            raise InputError(f"{path}: not a file or folder")
         else:
             raise InputError(f"{path}: no such file or folder")
     return items
@@ -273,9 +276,11 @@ def _walk(folder: Path) -> Iterator[Path]:
 def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bounded(path, MAX_RECEIPTS_FILE_BYTES, "a receipts file").decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return [Item(name, "unreadable", problem=f"cannot read: {exc}")]
+    except InputError as exc:  # over the bound
+        return [Item(name, "unreadable", problem=str(exc).removeprefix(f"{name}: "))]
     if path.suffix == ".jsonl":
         return [Item(f"{name}:{n}", "receipt", line)
                 for n, line in enumerate(text.splitlines(), 1) if line.strip()]

@@ -20,6 +20,7 @@ from pydantic import ValidationError, field_validator
 from verifier.base import Frozen as _Frozen
 from verifier.base import first_error
 from verifier.errors import InputError
+from verifier.limits import MAX_BUNDLE_BYTES, read_bounded
 from verifier.tensors import numpy_dtype, tensor_digest
 
 BUNDLE_FORMAT = "verinfer.proof-bundle/v1"
@@ -103,7 +104,7 @@ class ProofBundle(_Frozen):
         if path.is_dir():
             path = path / BUNDLE_FILE
         try:
-            raw = path.read_bytes()
+            raw = read_bounded(path, MAX_BUNDLE_BYTES, "a proof bundle")
         except FileNotFoundError:
             raise InputError(f"{path}: no such bundle") from None
         except OSError as exc:

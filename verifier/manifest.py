@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from verifier.base import Frozen, parse_as
 from verifier.digests import canonical_json, sha256_bytes, sha256_file
 from verifier.errors import PackageAltered, PackageError
+from verifier.limits import MAX_MANIFEST_BYTES, read_bounded
 
 MANIFEST_FORMAT = "verinfer.circuit-package/v1"
 MANIFEST_FILE = "manifest.json"
@@ -109,9 +110,11 @@ class Manifest(Frozen):
     @classmethod
     def load(cls, path: Path) -> Manifest:
         try:
-            raw = path.read_bytes()
+            raw = read_bounded(path, MAX_MANIFEST_BYTES, "a manifest", PackageError)
         except FileNotFoundError:
             raise PackageError(f"{path}: no manifest.json (not a circuit package)") from None
+        except OSError as exc:
+            raise PackageError(f"{path}: cannot read the manifest: {exc.strerror}") from None
         return parse_as(cls, raw, f"{path}: invalid manifest", "manifest", PackageError)
 
     def check_artifacts(self, folder: Path, names: list[str] | None = None) -> None:
