@@ -11,6 +11,8 @@ proof was made for a signed answer.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,9 +94,17 @@ class ProofBundle(_Frozen):
         """Write ``out_dir/bundle.json`` atomically; returns its path."""
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / BUNDLE_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.model_dump_json(indent=1))
-        tmp.replace(path)
+        # a temporary file of its own: two writers into one folder shared 'bundle.json.tmp', so
+        # one renamed the other's (half-written) file and the other's rename failed
+        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{BUNDLE_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.model_dump_json(indent=1))
+            os.chmod(tmp, 0o644)  # as a plain write made it (mkstemp's is 0600)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod

@@ -77,6 +77,43 @@ def test_prove_then_verify(prover_home, iris_bundle):
     assert proc.stderr.startswith("OK:")
 
 
+def test_two_proofs_written_into_one_folder_both_finish_whole(iris_bundle, tmp_path, monkeypatch):
+    """Two 'verinfer prove --out DIR' into one folder shared one temporary name,
+    bundle.json.tmp: one renamed the other's file (half-written, were they in step) and the
+    other's rename failed. Here both have written before either renames (a barrier in
+    os.replace), the order that broke it; now the last rename wins and nothing is left."""
+    import threading
+
+    first = ProofBundle.load(iris_bundle)
+    second = first.model_copy(update={"created_at": "2000-01-01T00:00:00+00:00"})
+    both_written = threading.Barrier(2, timeout=60)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kw):
+        if Path(dst).name == "bundle.json":
+            both_written.wait()
+        return real_replace(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "replace", replace)
+    failed = []
+
+    def write(bundle):
+        try:
+            bundle.write(tmp_path / "out")
+        except Exception as exc:  # noqa: BLE001
+            failed.append(exc)
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == []
+    assert ProofBundle.load(tmp_path / "out") in (first, second)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["bundle.json"]
+    assert (tmp_path / "out" / "bundle.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_bundle_verifies_with_ezkl_directly(iris_bundle, iris_package, tmp_path):
     import ezkl
 
