@@ -36,7 +36,6 @@ import contextlib
 import json
 import math
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +48,7 @@ from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem
 from prover.build import ModelSource, calibrate, float_labels
 from prover.progress import SILENT, Progress, captured_output
+from prover.workdirs import held_dir, release, remove_dead
 from verifier.config import Settings
 from verifier.errors import InputError, VerinferError
 
@@ -237,7 +237,12 @@ class _Search:
         if onnx_model.apply_public_output(model, public_output):  # the circuit as build_package makes it
             self.info = onnx_model.describe(model, added)
             self.onnx_bytes = model.SerializeToString()
-        self.root = Path(tempfile.mkdtemp(prefix="verinfer-tune-"))
+        # Beside the builds' working folders, held the same way (its proving keys are hundreds
+        # of MB; in /tmp a killed search's stayed for good): a build or search after a killed
+        # one removes it.
+        settings.packages_dir.mkdir(parents=True, exist_ok=True)
+        remove_dead(settings.packages_dir, ".tmp-")
+        self.root, self._held = held_dir(".tmp-tune-", settings.packages_dir)
         self.log = self.root / "ezkl.log"
         self.agreements: dict[tuple, dict] = {}
         self.chain = None
@@ -511,8 +516,11 @@ class _Search:
         return not self.offline and verifier_bytes > EIP170_LIMIT
 
     def close(self) -> None:
-        self._stack.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self._stack.close()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+            release(self.root, self._held)
 
 
 def _by_margin(onnx_bytes: bytes, info, x: np.ndarray) -> list[int]:

@@ -1,7 +1,8 @@
 """Temporary working folders that a process killed outright (SIGKILL: a proof timed out, the
 OOM killer) leaves behind, removed by the next user of the same parent folder: a proof's
-(``verinfer-prove-*`` in the system's temporary folder) and a package build's (``.tmp-*`` in
-``packages/``).
+(``verinfer-prove-*`` in the system's temporary folder), and in ``packages/`` a package
+build's or removal's (``.tmp-*``) and a ``models tune`` search's (``.tmp-tune-*``, its
+candidates' keys), each removed by the next build, removal or search.
 
 Each folder holds an flock on a ``.lock`` file beside it for as long as it is in use; the
 kernel lets go when the process dies, however it dies. A folder whose lock is free belongs to

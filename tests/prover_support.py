@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,19 @@ def run_cli(*args, home: Path, check: bool = False, env: dict | None = None) -> 
         raise AssertionError(f"verinfer {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def dead_and_running(parent: Path, prefix: str) -> Iterator[None]:
+    """Two working folders under ``parent`` as prover/workdirs.py holds them: ``{prefix}dead``
+    (its lock file free: its process is gone) and ``{prefix}running`` (locked while inside)."""
+    for which in ("dead", "running"):
+        (parent / f"{prefix}{which}").mkdir(parents=True)
+        (parent / f"{prefix}{which}" / "pk.key").write_bytes(b"\0" * 1000)
+        (parent / f"{prefix}{which}.lock").touch()
+    with open(parent / f"{prefix}running.lock", "a") as running:
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def oip_request(x: np.ndarray, datatype: str = "FP32") -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from prover_support import copy_package, oip_request, run_cli
+from prover_support import copy_package, dead_and_running, oip_request, run_cli
 
 from models import load_split
 from verifier.bundle import ProofBundle
@@ -379,7 +379,6 @@ def test_the_label_added_to_logits_named_label_is_another_tensor(tmp_path):
 def test_a_dead_builds_folder_is_removed_by_the_next_build_a_running_ones_is_not(home):
     # a 'models add' killed (SIGKILL, the OOM killer, SIGTERM) ran no clean-up: its folder
     # under packages/, with a proving key of up to GBs, stayed there for good
-    import fcntl
 
     from prover.build import build_package, reference_source
     from verifier.config import Settings
@@ -392,12 +391,7 @@ def test_a_dead_builds_folder_is_removed_by_the_next_build_a_running_ones_is_not
             raise UnsupportedModel("not this one")
 
     packages = home / "packages"
-    for build in ("dead", "running"):
-        (packages / f".tmp-{build}").mkdir(parents=True)
-        (packages / f".tmp-{build}" / "pk.key").write_bytes(b"\0" * 1000)
-        (packages / f".tmp-{build}.lock").touch()
-    with open(packages / ".tmp-running.lock", "a") as running:
-        fcntl.flock(running.fileno(), fcntl.LOCK_EX)
+    with dead_and_running(packages, ".tmp-"):
         with pytest.raises(UnsupportedModel):
             build_package(Settings(), reference_source("iris_mlp"), backend=Refuses())
         assert sorted(p.name for p in packages.iterdir()) == [".tmp-running", ".tmp-running.lock"]

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from chain_support import run_anvil
-from prover_support import oip_request, run_cli
+from prover_support import dead_and_running, oip_request, run_cli
 
 from models import load_split
 from prover.backend import CircuitOptions
@@ -371,3 +371,37 @@ def test_offline_tune_measures_and_registers_circuits_over_eip170(prover_home, t
     on_chain = search(settings, source, objective="prove", budget_minutes=30, candidates=[wide])
     assert next(x for x in on_chain.measurements if x.options == wide).status == "verifier-too-large"
     assert on_chain.chosen.baseline
+
+
+def test_the_search_works_in_the_data_dir_and_removes_a_killed_ones_folder(home, tmp_path, monkeypatch):
+    """The search's folder (candidates' proving keys, hundreds of MB) was a mkdtemp in /tmp,
+    kept for good by a search killed outright; it is now a held folder under packages/, as a
+    build's, and a dead one is removed by the next search (or build)."""
+    import tempfile
+
+    from prover.build import reference_source
+    from prover.tune import search
+    from verifier.config import Settings
+    from verifier.errors import UnsupportedModel
+
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    seen = []
+
+    class Refuses:
+        version = "test"
+
+        def calibrate(self, folder, *a, **k):
+            seen.append(folder)
+            raise UnsupportedModel("not this one")
+
+    packages = home / "packages"
+    with dead_and_running(packages, ".tmp-tune-"):
+        with pytest.raises(SearchFailed, match="not this one"):
+            search(Settings(), reference_source("iris_mlp"), backend=Refuses())
+        (folder,) = seen
+        assert folder.parent.parent == packages and folder.parent.name.startswith(".tmp-tune-")
+        assert sorted(p.name for p in packages.iterdir()) == [".tmp-tune-running",
+                                                             ".tmp-tune-running.lock"]
+    assert list(system_tmp.iterdir()) == []
