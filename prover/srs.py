@@ -19,11 +19,11 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from prover.backend import ProofSystem
+from prover.workdirs import held_tempdir
 from verifier.digests import sha256_file
 from verifier.errors import InputError
 from verifier.srs import pinned_ceremony_hash
@@ -60,9 +60,6 @@ def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
         with open(cache_dir / f".dev-k{logrows}.lock", "a") as lock:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
             if not has_dev_srs(cache_dir, logrows):
-                # what a generation of this logrows killed outright left (2^logrows points)
-                for stale in cache_dir.glob(f".dev-k{logrows}-*.tmp"):
-                    stale.unlink(missing_ok=True)
                 _generate(cache_dir, logrows, backend)
     recorded = json.loads(meta.read_text())
     return SRSFile(path=path, logrows=logrows, sha256=recorded["sha256"], source="development")
@@ -70,18 +67,18 @@ def dev_srs(cache_dir: Path, logrows: int, backend: ProofSystem) -> SRSFile:
 
 def _generate(cache_dir: Path, logrows: int, backend: ProofSystem) -> None:
     path = cache_dir / f"dev-k{logrows}.srs"
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".dev-k{logrows}-", suffix=".tmp")
-    os.close(fd)
-    try:
-        backend.make_dev_srs(Path(tmp), logrows)
-        digest = sha256_file(Path(tmp))
+    # In a held working folder (prover/workdirs.py, as builds and searches): what a generation
+    # killed outright left (2^logrows points, GBs for a big logrows) is removed by the next
+    # generation of any logrows; it was removed only by the next of the same logrows.
+    with held_tempdir(".tmp-", cache_dir) as work:
+        tmp = work / path.name
+        backend.make_dev_srs(tmp, logrows)
+        digest = sha256_file(tmp)
         os.replace(tmp, path)
-        with open(tmp, "w") as f:  # the hash beside it, renamed into place whole as well
-            f.write(json.dumps({"logrows": logrows, "sha256": digest,
-                                "insecure": True, "note": "development only"}))
-        os.replace(tmp, path.with_suffix(".json"))
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        meta = work / "meta.json"  # the hash beside it, renamed into place whole as well
+        meta.write_text(json.dumps({"logrows": logrows, "sha256": digest,
+                                    "insecure": True, "note": "development only"}))
+        os.replace(meta, path.with_suffix(".json"))
 
 
 def ceremony_srs(path: Path, logrows: int, expected_sha256: str | None = None) -> SRSFile:

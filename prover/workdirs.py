@@ -2,7 +2,8 @@
 OOM killer) leaves behind, removed by the next user of the same parent folder: a proof's
 (``verinfer-prove-*`` in the system's temporary folder), and in ``packages/`` a package
 build's or removal's (``.tmp-*``) and a ``models tune`` search's (``.tmp-tune-*``, its
-candidates' keys), each removed by the next build, removal or search.
+candidates' keys), each removed by the next build, removal or search; in ``srs/`` a
+development SRS generation's (``.tmp-*``), removed by the next generation.
 
 Each folder holds an flock on a ``.lock`` file beside it for as long as it is in use; the
 kernel lets go when the process dies, however it dies. A folder whose lock is free belongs to
