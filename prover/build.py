@@ -343,10 +343,13 @@ def build_key(source: ModelSource, onnx_bytes: bytes, *, visibility: Visibility,
 
 def find_build(settings: Settings, source: ModelSource, *, visibility: Visibility = "public",
                public_output: PublicOutput = "logits", options: CircuitOptions | None = None,
-               srs_file: Path | None = None) -> CircuitPackage | None:
+               srs_file: Path | None = None, srs_sha256: str | None = None
+               ) -> CircuitPackage | None:
     """The package in the data dir already built from exactly what ``build_package`` would
     build now (same :func:`build_key`), its manifest agreeing and every artifact hashing as
-    recorded; None when there is none (or its package is altered: then it is built anew)."""
+    recorded; None when there is none (or its package is altered: then it is built anew).
+    A ceremony ``srs_file`` is checked as a build checks it (:func:`srs.ceremony_srs`, with
+    ``srs_sha256``): refused (``InputError``) where a build would refuse it."""
     from contracts.solc import solc_version
     from prover.package import installed_ezkl_version
 
@@ -374,6 +377,8 @@ def find_build(settings: Settings, source: ModelSource, *, visibility: Visibilit
                 m.solc_version, m.tuning, srs_ok, cols_ok) == (
                 source.name, key["model_sha256"], visibility, public_output,
                 key["ezkl_version"], key["solc_version"], None, True, True):
+            if srs_file is not None:  # the hashes given now, as a build would check them
+                srs.ceremony_srs(Path(srs_file), m.srs.logrows, srs_sha256)
             return pkg
     return None
 

@@ -178,7 +178,7 @@ def _add(args: argparse.Namespace) -> int:
     options = None if args.inner_cols is None else CircuitOptions(inner_cols=args.inner_cols)
     pkg = None if args.rebuild else find_build(
         settings, source, visibility=args.input_visibility, public_output=args.public_output,
-        options=options, srs_file=args.srs)
+        options=options, srs_file=args.srs, srs_sha256=args.srs_sha256)
     if pkg is not None:  # the same ONNX, samples and options: minutes of building for nothing
         point_name(settings, source.name, pkg.id)
         print(f"OK: registered {pkg.name} as package {pkg.id}, already built from the same "

@@ -187,3 +187,34 @@ def json_id(raw: dict) -> str:
     from verifier.manifest import Manifest
 
     return Manifest.model_validate(raw).package_id
+
+
+def test_reuse_checks_a_ceremony_srs_as_a_build_does(home, iris_package, tmp_path):
+    """With --srs FILE the reuse took the package of the same key without the build's check of
+    the file against the pinned (or --srs-sha256) hash: a file a build refuses was accepted.
+    The package here is iris_mlp's made over as a 'ceremony' one (its own SRS, which is not
+    the pinned file for its logrows), with the build key of that file."""
+    import json
+
+    from contracts.solc import solc_version
+    from prover.build import _model, build_key, find_build, reference_source
+    from prover.package import installed_ezkl_version
+    from verifier.digests import canonical_json
+    from verifier.errors import InputError
+    from verifier.manifest import Manifest
+
+    src = reference_source("iris_mlp")
+    srs_file = tmp_path / "kzg12.srs"
+    shutil.copyfile(iris_package / "kzg.srs", srs_file)
+    raw = json.loads((iris_package / "manifest.json").read_text())
+    raw["srs"] = {**raw["srs"], "source": "ceremony", "insecure": False}
+    manifest = Manifest.model_validate(raw)
+    pkg = home / "packages" / manifest.package_id
+    shutil.copytree(iris_package, pkg)
+    (pkg / "manifest.json").write_bytes(manifest.canonical_bytes())
+    key = build_key(src, _model(src, "logits")[2], visibility="public", public_output="logits",
+                    options=None, srs_file=srs_file, ezkl_version=installed_ezkl_version(),
+                    solc=solc_version())
+    (pkg / "build.json").write_bytes(canonical_json(key))
+    with pytest.raises(InputError, match="is not the published hash for logrows=12"):
+        find_build(Settings(), src, srs_file=srs_file)
