@@ -415,10 +415,10 @@ class Checkpoint:
 def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[str, bytes, bytes]]]:
     """Split a signed checkpoint: (checkpoint, signed text, [(name, key id, signature)]).
     Structure only; :func:`verify_checkpoint` checks the signatures."""
-    raw = note.encode() if isinstance(note, str) else bytes(note)
-    try:
+    try:  # (a str from JSON may hold a lone surrogate, which no UTF-8 spells)
+        raw = note.encode() if isinstance(note, str) else bytes(note)
         text_str = raw.decode("utf-8")
-    except UnicodeDecodeError:
+    except UnicodeError:
         raise SignatureInvalid("checkpoint is not UTF-8") from None
     if any(ord(c) < 0x20 and c != "\n" for c in text_str):
         raise SignatureInvalid("checkpoint holds control characters")
@@ -447,6 +447,10 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
     lines = text.decode().split("\n")
     if len(lines) < 4 or not lines[0] or not _TREE_SIZE.fullmatch(lines[1]):
         raise SignatureInvalid("checkpoint body is not origin, tree size, root hash")
+    if "" in lines[3:-1]:  # C2SP tlog-checkpoint: "Extension lines, if any, MUST be non-empty"
+        raise SignatureInvalid("checkpoint holds an empty extension line")
+    if len(lines[1]) > 20 or int(lines[1]) >= 1 << 64:  # as every other reader's uint64
+        raise SignatureInvalid("checkpoint tree size does not fit in 64 bits")
     try:
         root = b64decode_canonical(lines[2])
     except ValueError:
