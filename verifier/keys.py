@@ -49,13 +49,41 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canon).digest())
 
 
+_P = 2**255 - 19
+# Ed25519's points of small order (1, 2, 4, 8), encoded with the x sign bit cleared (libsodium's
+# blocklist, less its non-canonical y >= p entries, refused on their own): the identity, (0, -1),
+# the two points of y = 0, and the four of order 8 (y and p - y).
+_SMALL_ORDER = frozenset(bytes.fromhex(h) for h in (
+    "0100000000000000000000000000000000000000000000000000000000000000",
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+))
+
+
+def ed25519_public_key(raw: bytes) -> Ed25519PublicKey:
+    """An Ed25519 public key from its 32 bytes (RFC 8032), refusing (``InputError``) an encoding
+    that is not canonical (y >= p: a second spelling of a key, with another kid) and a point of
+    small order, under which anyone can make signatures that verify (OpenSSL checks neither: under
+    the identity, R = identity and S = 0 verifies for every message)."""
+    if len(raw) != 32:
+        raise InputError("not a 32-byte Ed25519 public key")
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P:
+        raise InputError("Ed25519 public key is not canonically encoded (y >= p)")
+    if raw[:31] + bytes([raw[31] & 0x7F]) in _SMALL_ORDER:
+        raise InputError("Ed25519 public key is a point of small order (anyone can sign for it)")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def public_key_from_jwk(jwk: dict[str, Any]) -> Ed25519PublicKey:
     if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
         raise InputError("JWK is not an OKP/Ed25519 key")
     raw = b64url_decode(str(jwk.get("x", "")))
-    if len(raw) != 32:
-        raise InputError("JWK x is not a 32-byte Ed25519 public key")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    try:
+        return ed25519_public_key(raw)
+    except InputError as exc:
+        raise InputError(f"JWK x: {exc}") from None
 
 
 def find_key(jwks: dict[str, Any], kid: str) -> Ed25519PublicKey:

@@ -13,7 +13,8 @@ each ending in a newline) inside a C2SP ``signed-note``: the body, a blank line,
 line per signature, ``— <key name> <base64(4-byte key id || Ed25519 signature)>``. The key
 id is ``SHA-256(name || 0x0A || 0x01 || public key)[:4]``; a verifier key is written
 ``<name>+<key id hex>+<base64(0x01 || public key)>`` (as Go's ``sumdb/note``).
-No imports of ours beyond the error root: the recipe in docs/formats.md mirrors this file.
+No imports of ours beyond the error root, base64 and key decoding: the recipe in docs/formats.md
+mirrors this file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from verifier.errors import (
     OriginMismatch,
     SignatureInvalid,
 )
+from verifier.keys import ed25519_public_key
 
 _sha256 = hashlib.sha256
 EMPTY_ROOT = _sha256(b"").digest()
@@ -370,7 +372,10 @@ class NoteVerifier:
             raise InputError(f"note verifier key {name}: not an Ed25519 key")
         if key_id(name, raw[1:]) != kid:
             raise InputError(f"note verifier key {name}: key id {hash_hex} is not the key's")
-        return cls(name, kid, Ed25519PublicKey.from_public_bytes(raw[1:]))
+        try:
+            return cls(name, kid, ed25519_public_key(raw[1:]))
+        except InputError as exc:
+            raise InputError(f"note verifier key {name}: {exc}") from None
 
     @classmethod
     def from_key(cls, name: str, key: Ed25519PublicKey) -> NoteVerifier:

@@ -57,3 +57,44 @@ def test_checkpoint_body_rules_of_c2sp_tlog_checkpoint():
     # a tree size is a uint64 to every other reader (Go's strconv.ParseUint(s, 10, 64))
     with pytest.raises(SignatureInvalid, match="64 bits"):
         verify_checkpoint(note(f"a.test/log\n{1 << 64}\n{root}\n"), trusted)
+
+
+# --- Ed25519 keys of small order: anyone can sign for them ------------------------------------
+
+IDENTITY = bytes.fromhex("01" + "00" * 31)  # the neutral point: R = it, S = 0 verifies every message
+
+
+@pytest.mark.parametrize("raw", [
+    IDENTITY,
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # order 8
+    bytes.fromhex("0000000000000000000000000000000000000000000000000000000000000080"),  # order 4, x sign set
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  # y = p + 1: the identity again
+])
+def test_small_order_or_non_canonical_ed25519_keys_are_refused(tmp_path, raw):
+    import json
+
+    from verifier.audit import read_keys_file
+    from verifier.errors import InputError, KeyUnknown
+    from verifier.keys import b64url, jwk_thumbprint, public_key_from_jwk
+    from verifier.tlog import ALG_ED25519, key_id
+
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    jwk["kid"] = jwk_thumbprint(jwk)
+    with pytest.raises(InputError, match="small order|not canonically"):
+        public_key_from_jwk(jwk)
+    (tmp_path / "k.json").write_text(json.dumps({"keys": [jwk]}))
+    with pytest.raises(InputError, match="small order|not canonically"):
+        read_keys_file(tmp_path / "k.json")
+    vkey = f"a.test/log+{key_id('a.test/log', raw).hex()}+{base64.b64encode(bytes([ALG_ED25519]) + raw).decode()}"
+    with pytest.raises(InputError, match="small order|not canonically"):
+        NoteVerifier.parse(vkey)
+    if raw != IDENTITY:
+        return
+    # under such a key a checkpoint nobody signed verified: any statement, any receipt
+    log = MemLog()
+    receipt = log.add(statement())
+    forged_sig = base64.b64encode(key_id(log.origin, raw) + IDENTITY + bytes(32)).decode()
+    body = receipt.checkpoint.split("\n\n")[0]
+    forged = receipt.model_copy(update={"checkpoint": f"{body}\n\n\u2014 {log.origin} {forged_sig}\n"})
+    with pytest.raises(KeyUnknown):  # the key is no key: before, the forgery verified
+        verify_receipt_v2(forged, {"keys": [jwk]})
