@@ -98,3 +98,27 @@ def test_small_order_or_non_canonical_ed25519_keys_are_refused(tmp_path, raw):
     forged = receipt.model_copy(update={"checkpoint": f"{body}\n\n\u2014 {log.origin} {forged_sig}\n"})
     with pytest.raises(KeyUnknown):  # the key is no key: before, the forgery verified
         verify_receipt_v2(forged, {"keys": [jwk]})
+
+
+# --- the standalone recipe of docs/formats.md ---------------------------------------------------
+
+
+def test_recipe_refuses_an_index_the_verifier_refuses():
+    """The recipe's RFC 9162 walk on Python ints took index i - 2**k (negative: all high bits
+    set) as leaf i: a receipt naming another index passed it; and JSON's true as 1 (the
+    verifier wants a JSON integer)."""
+    from tests.tlog_support import doc_recipe
+    from verifier.errors import InputError
+    from verifier.tlog import note_verifier_key
+
+    recipe = doc_recipe()
+    log = MemLog(fill=1)
+    receipt = log.add(statement(), after=4)  # leaf 1 of 6: a path of 3 hashes
+    note_key = note_verifier_key(log.origin, log.key.public_key())
+    good = receipt.model_dump(mode="json")
+    assert receipt.index == 1 and recipe(good, note_key)
+    for index in (1 - 8, 1 - 16, True):
+        with pytest.raises(InputError):
+            ReceiptV2.parse(dict(good, index=index))
+        with pytest.raises(ValueError, match="index outside the tree"):
+            recipe(dict(good, index=index), note_key)
