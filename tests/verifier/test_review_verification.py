@@ -122,3 +122,28 @@ def test_recipe_refuses_an_index_the_verifier_refuses():
             ReceiptV2.parse(dict(good, index=index))
         with pytest.raises(ValueError, match="index outside the tree"):
             recipe(dict(good, index=index), note_key)
+
+
+def test_recipe_takes_a_revoked_note_key_as_the_verifier_does():
+    """The recipe trusted every note key it was given: a revoked key's later checkpoints too
+    (docs/formats.md: 'a verifier that reads the note keys and not revoked would trust...')."""
+    from tests.tlog_support import doc_recipe
+    from verifier.errors import KeyRevoked
+    from verifier.tlog import note_verifier_key
+
+    recipe = doc_recipe()
+    log = MemLog()
+    receipt = log.add(statement())  # time 2026-11-30T20:00:00.000Z
+    note_key = note_verifier_key(log.origin, log.key.public_key())
+    good = receipt.model_dump(mode="json")
+    for revoked_at, passes in (("2026-11-30T20:00:00.001+00:00", True), ("2026-11-30T20:00:00.000+00:00", False),
+                               ("2026-11-30T19:00:00.000+00:00", False)):
+        jwks = {"keys": [{**log.jwks["keys"][0], "revoked_at": revoked_at}]}
+        if passes:
+            assert recipe(good, note_key, revoked_at) == verify_receipt_v2(receipt, jwks).model_dump(
+                mode="json", by_alias=True)
+            continue
+        with pytest.raises(KeyRevoked):
+            verify_receipt_v2(receipt, jwks)
+        with pytest.raises(ValueError, match="revoked"):
+            recipe(good, note_key, revoked_at)
