@@ -110,13 +110,22 @@ def check_not_revoked(jwks: dict[str, Any], kid: str, signed_at: str) -> None:
     time that does not parse is revoked. Someone holding the stolen key can backdate a
     statement, so a revocation time bounds honest signing, not a thief."""
     for jwk in jwks.get("keys", []):
-        if isinstance(jwk, dict) and jwk.get("kid") == kid and "revoked_at" in jwk:
-            try:
-                revoked = _instant(str(jwk["revoked_at"]))
-                when = _instant(signed_at)
-            except (ValueError, TypeError):
-                raise KeyRevoked(f"key {kid} is revoked ({jwk['revoked_at']}); the item's "
-                                 f"signing time {signed_at!r} cannot be read") from None
-            if when >= revoked:
-                raise KeyRevoked(f"key {kid} was revoked at {jwk['revoked_at']}; this was "
-                                 f"signed at {signed_at}")
+        if isinstance(jwk, dict) and jwk.get("kid") == kid:
+            check_jwk_not_revoked(jwk, signed_at)
+
+
+def check_jwk_not_revoked(jwk: dict[str, Any], signed_at: str) -> None:
+    """:func:`check_not_revoked` for one JWK (a ``kid`` is not needed: a v2 receipt's
+    checkpoint names its key by the note key id)."""
+    if "revoked_at" not in jwk:
+        return
+    kid = jwk.get("kid") or jwk_thumbprint(jwk)
+    try:
+        revoked = _instant(str(jwk["revoked_at"]))
+        when = _instant(signed_at)
+    except (ValueError, TypeError):
+        raise KeyRevoked(f"key {kid} is revoked ({jwk['revoked_at']}); the item's "
+                         f"signing time {signed_at!r} cannot be read") from None
+    if when >= revoked:
+        raise KeyRevoked(f"key {kid} was revoked at {jwk['revoked_at']}; this was "
+                         f"signed at {signed_at}")

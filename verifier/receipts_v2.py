@@ -43,7 +43,7 @@ from verifier.errors import (
     OriginMismatch,
     SignatureInvalid,
 )
-from verifier.keys import check_not_revoked, public_key_from_jwk
+from verifier.keys import check_jwk_not_revoked, public_key_from_jwk
 from verifier.receipts import (
     STATEMENT_TYPE,
     InputRef,
@@ -216,7 +216,7 @@ def _check_not_revoked(note: str, trusted: TrustedLogKeys, signed_at: str) -> No
         except InputError:
             continue
         if (v.name, v.key_id) in signed_by:
-            check_not_revoked(trusted, jwk["kid"], signed_at)
+            check_jwk_not_revoked(jwk, signed_at)
 
 
 def canonical_value(data: bytes) -> Any:

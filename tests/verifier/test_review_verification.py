@@ -147,3 +147,17 @@ def test_recipe_takes_a_revoked_note_key_as_the_verifier_does():
             verify_receipt_v2(receipt, jwks)
         with pytest.raises(ValueError, match="revoked"):
             recipe(good, note_key, revoked_at)
+
+
+def test_a_revoked_jwk_without_kid_revokes_a_v2_receipt():
+    """A v2 receipt needs no kid (the checkpoint names its key by note key id): a JWK Set of
+    kid-less keys verifies it, and one of them marked revoked_at raised KeyError('kid')."""
+    from verifier.errors import KeyRevoked
+
+    log = MemLog()
+    receipt = log.add(statement())  # time 2026-11-30T20:00:00.000Z
+    jwk = {k: v for k, v in log.jwks["keys"][0].items() if k != "kid"}
+    assert verify_receipt_v2(receipt, {"keys": [jwk]})
+    assert verify_receipt_v2(receipt, {"keys": [{**jwk, "revoked_at": "2026-12-01T00:00:00Z"}]})
+    with pytest.raises(KeyRevoked):
+        verify_receipt_v2(receipt, {"keys": [{**jwk, "revoked_at": "2026-11-30T00:00:00Z"}]})
