@@ -76,6 +76,14 @@ def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
     assert log_doc["revoked"][revoked_key] == done["revoked_at"] and revoked_key in log_doc["note_keys"]
     assert revoked_key.split("+")[1] == parse_checkpoint(before["checkpoint"])[2][0][1].hex()
     assert s2.get("/v1/keys")["log"] == log_doc
+    # the standalone recipe of docs/formats.md, given that time as the server writes it, agrees
+    from tests.tlog_support import doc_recipe
+
+    recipe, data = doc_recipe(), ReceiptV2.parse(before).statement_bytes()
+    assert recipe(before, revoked_key, log_doc["revoked"][revoked_key])["predicate"]["requestId"] == before["id"]
+    logged_at = json.loads(data)["predicate"]["time"]
+    with pytest.raises(ValueError, match="revoked"):
+        recipe(before, revoked_key, logged_at.replace("Z", "+00:00"))
     # (a receipt logged by the revoked key after its revocation fails: the unit tests above for
     # v1, tests/verifier/test_tlog.py for v2)
     # new answers are logged under checkpoints of the new active key and verify
