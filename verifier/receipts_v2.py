@@ -181,6 +181,8 @@ def note_verifiers(trusted: TrustedLogKeys, origin: str) -> list[NoteVerifier]:
                 out.append(NoteVerifier.from_key(origin, public_key_from_jwk(jwk)))
             except InputError:
                 continue
+            except UnicodeError:  # an origin no UTF-8 spells: the checkpoint's parse refuses it
+                return []
         return out
     return list(trusted)
 
