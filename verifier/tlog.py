@@ -447,8 +447,6 @@ def parse_checkpoint(note: bytes | str) -> tuple[Checkpoint, bytes, list[tuple[s
         raise SignatureInvalid("checkpoint has no signatures")
     if len(sigs) > MAX_NOTE_SIGNATURES:  # as Go's note.Open: a bound on the work a note can ask for
         raise SignatureInvalid(f"checkpoint has more than {MAX_NOTE_SIGNATURES} signatures")
-    if len({(name, kid) for name, kid, _ in sigs}) != len(sigs):  # one note, one spelling
-        raise SignatureInvalid("checkpoint holds two signatures by one key")
     lines = text.decode().split("\n")
     if len(lines) < 4 or not lines[0] or not _TREE_SIZE.fullmatch(lines[1]):
         raise SignatureInvalid("checkpoint body is not origin, tree size, root hash")
@@ -484,10 +482,14 @@ def verify_checkpoint(note: bytes | str, verifiers: Sequence[NoteVerifier], orig
     cp, text, sigs = parse_checkpoint(note)
     trusted = {(v.name, v.key_id): v for v in verifiers}
     good = False
+    seen: set[tuple[str, bytes]] = set()
     for name, kid, sig in sigs:
         v = trusted.get((name, kid))
         if v is None or name != cp.origin:  # a log's key is named by its origin (C2SP tlog-checkpoint)
-            continue
+            continue  # (C2SP signed-note: "Verifiers MUST ignore signatures from unknown keys")
+        if (name, kid) in seen:  # one note, one spelling (an unknown key's lines are anyone's to add)
+            raise SignatureInvalid("checkpoint holds two signatures by one key")
+        seen.add((name, kid))
         try:
             v.key.verify(sig, text)
         except InvalidSignature:

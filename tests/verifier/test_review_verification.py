@@ -162,3 +162,23 @@ def test_a_revoked_jwk_without_kid_revokes_a_v2_receipt():
     assert verify_receipt_v2(receipt, {"keys": [{**jwk, "revoked_at": "2026-12-01T00:00:00Z"}]})
     with pytest.raises(KeyRevoked):
         verify_receipt_v2(receipt, {"keys": [{**jwk, "revoked_at": "2026-11-30T00:00:00Z"}]})
+
+
+def test_two_signature_lines_of_one_unknown_key_are_ignored():
+    """C2SP signed-note: 'Verifiers MUST ignore signatures from unknown keys' (Go's note.Open
+    keeps both); two lines of one unknown key (e.g. a witness's cosignatures of two times) made
+    the whole checkpoint SignatureInvalid. Two by a trusted key are still refused."""
+    log = MemLog()
+    receipt = log.add(statement())
+    witness = Ed25519PrivateKey.generate()
+    body = receipt.checkpoint.split("\n\n")[0] + "\n"
+    from verifier.tlog import key_id
+
+    kid = key_id("witness.test", witness.public_key().public_bytes_raw())
+    lines = "".join(f"\u2014 witness.test {base64.b64encode(kid + witness.sign(body.encode() + t)).decode()}\n"
+                    for t in (b"1", b"2"))
+    cosigned = receipt.model_copy(update={"checkpoint": receipt.checkpoint + lines})
+    assert verify_receipt_v2(cosigned, log.jwks) == verify_receipt_v2(receipt, log.jwks)
+    own = receipt.checkpoint.split("\n\n")[1]
+    with pytest.raises(SignatureInvalid, match="two signatures by one key"):
+        verify_receipt_v2(receipt.model_copy(update={"checkpoint": receipt.checkpoint + own}), log.jwks)
