@@ -142,7 +142,7 @@ def read_keys_file(path: Path | str) -> tuple[str | None, dict[str, Any]]:
             raise InputError(f"{path}: not a PEM public key ({exc})") from None
         if not isinstance(key, Ed25519PublicKey):
             raise InputError(f"{path}: not an Ed25519 public key")
-        return None, {"keys": [ed25519_jwk(key)]}
+        return None, _checked_jwks(path, {"keys": [ed25519_jwk(key)]})
     try:
         doc = json.loads(raw)
     except ValueError as exc:

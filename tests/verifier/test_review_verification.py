@@ -86,6 +86,13 @@ def test_small_order_or_non_canonical_ed25519_keys_are_refused(tmp_path, raw):
     (tmp_path / "k.json").write_text(json.dumps({"keys": [jwk]}))
     with pytest.raises(InputError, match="small order|not canonically"):
         read_keys_file(tmp_path / "k.json")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    pem = Ed25519PublicKey.from_public_bytes(raw).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "k.pem").write_bytes(pem)
+    with pytest.raises(InputError, match="small order|not canonically"):  # (was accepted, then each receipt an InputError)
+        read_keys_file(tmp_path / "k.pem")
     vkey = f"a.test/log+{key_id('a.test/log', raw).hex()}+{base64.b64encode(bytes([ALG_ED25519]) + raw).decode()}"
     with pytest.raises(InputError, match="small order|not canonically"):
         NoteVerifier.parse(vkey)
