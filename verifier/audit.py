@@ -37,6 +37,7 @@ from verifier.bundle import BUNDLE_FILE, BUNDLE_FORMAT, ProofBundle
 from verifier.errors import (
     DigestMismatch,
     InputError,
+    KeyRevoked,
     KeyUnknown,
     LinkBroken,
     OriginMismatch,
@@ -51,6 +52,7 @@ from verifier.receipts_v2 import (
     RECEIPT_V2_FORMAT,
     OriginKeys,
     ReceiptV2,
+    checked_checkpoint,
     parse_any_receipt,
     verify_any_receipt,
 )
@@ -322,15 +324,21 @@ class Auditor:
     # accept bundles whose package has a development (insecure) SRS
     allow_dev_srs: bool = False
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
+    _carried: str | None = field(default=None, repr=False)  # the checkpoint of the item being checked
     _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
 
     def check(self, item: Item) -> Result:
+        self._carried = None
         try:
             if item.kind == "unreadable":
                 raise InputError(item.problem)
             model, label, dev, *cp = (self._bundle if item.kind == "bundle" else self._receipt)(item)
         except VerificationError as exc:
-            return Result(item.name, item.kind, "fail", type(exc).__name__, str(exc))
+            # a failed v2 receipt's checkpoint is still the log's word if its signature checks
+            # (check_log): a fork shown only to it is still a fork (not so for a revoked key's,
+            # nor one of a log not audited: --origin)
+            return Result(item.name, item.kind, "fail", type(exc).__name__, str(exc),
+                          checkpoint=None if isinstance(exc, (KeyRevoked, OriginMismatch)) else self._carried)
         except InputError as exc:
             return Result(item.name, item.kind, "error", type(exc).__name__, str(exc))
         except Exception as exc:  # a bug, or a library refusing odd input: never an OK  # noqa: BLE001
@@ -348,6 +356,7 @@ class Auditor:
 
     def _receipt(self, item: Item) -> tuple[str, Any, None, str | None]:
         receipt = parse_any_receipt(item.data)
+        self._carried = _checkpoint_of(receipt)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
         self._check_origin(receipt)
@@ -388,6 +397,7 @@ class Auditor:
         # a bundle's receipt is held to what a receipt alone is: its log's origin, and (its
         # checkpoint returned) the --log history check
         receipt = parse_any_receipt(bundle.receipt) if bundle.receipt is not None else None
+        self._carried = _checkpoint_of(receipt)
         self._check_origin(receipt)
         manifest, _ = verify_signed_bundle(
             bundle, self.packages[pid], self.jwks,
@@ -479,8 +489,15 @@ def check_log(results: list[Result], auditor: Auditor, logs: Iterable[Log] = ())
 
     seen: dict[str, str] = {}
     for r in results:
-        if r.checkpoint is not None:
+        if r.checkpoint is not None and r.outcome == "ok":
             seen.setdefault(r.checkpoint, r.item)
+    for r in results:  # a failed item's checkpoint counts if it is the log's (else its failure says why)
+        if r.checkpoint is not None and r.outcome == "fail" and r.checkpoint not in seen and auditor.jwks is not None:
+            try:
+                checked_checkpoint(r.checkpoint, auditor.jwks, None, auditor._checkpoints)
+            except VerificationError:
+                continue
+            seen[r.checkpoint] = r.item
     logs = list(logs)
     if not seen and not logs:
         return []

@@ -189,3 +189,33 @@ def test_two_signature_lines_of_one_unknown_key_are_ignored():
     own = receipt.checkpoint.split("\n\n")[1]
     with pytest.raises(SignatureInvalid, match="two signatures by one key"):
         verify_receipt_v2(receipt.model_copy(update={"checkpoint": receipt.checkpoint + own}), log.jwks)
+
+
+# --- verinfer audit: the log history check ------------------------------------------------------
+
+
+def test_a_fork_carried_by_a_receipt_that_fails_is_still_a_fork(tmp_path, capsys):
+    """The history check took the checkpoints of passing receipts only: a receipt failing for
+    its statement (here its id) hid the second history its well-signed checkpoint shows."""
+    import json
+
+    from verifier.cli import main
+
+    key = Ed25519PrivateKey.generate()
+    ours, theirs = MemLog(key=key), MemLog(key=key)  # one origin and key, two histories
+    good, other = ours.add(statement()), theirs.add(statement())
+    assert good.checkpoint.split("\n")[1] == other.checkpoint.split("\n")[1]  # one size
+    bad_id = other.model_copy(update={"id": "0x" + "11" * 32}).model_dump(mode="json")
+    (tmp_path / "jwks.json").write_text(json.dumps(ours.jwks))
+    (tmp_path / "r.jsonl").write_text(json.dumps(good.model_dump(mode="json")) + "\n" + json.dumps(bad_id) + "\n")
+    rc = main(["audit", str(tmp_path / "r.jsonl"), "--keys", str(tmp_path / "jwks.json"), "-j", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    assert [i.get("error") for i in report["items"]] == [None, "LinkBroken", "ConsistencyInvalid"]
+    assert "same size and different roots" in report["items"][2]["reason"]
+    # a checkpoint that is not the log's adds nothing: its receipt's own failure says so
+    unsigned = dict(bad_id, checkpoint=other.checkpoint.replace(other.checkpoint.split("\n")[2], good.checkpoint.split("\n")[2]))
+    (tmp_path / "r.jsonl").write_text(json.dumps(good.model_dump(mode="json")) + "\n" + json.dumps(unsigned) + "\n")
+    rc = main(["audit", str(tmp_path / "r.jsonl"), "--keys", str(tmp_path / "jwks.json"), "-j", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1 and [i.get("error") for i in report["items"]] == [None, "SignatureInvalid"]
