@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from verifier.errors import InputError, VerinferError
 
@@ -23,6 +23,12 @@ M = TypeVar("M", bound=BaseModel)
 
 # 32 bytes as 0x and 64 lower-case hex digits: one spelling, so equal values compare equal as text
 Bytes32Hex = Annotated[str, StringConstraints(pattern=r"^0x[0-9a-f]{64}$")]
+# A JSON integer >= 0 (a tensor dimension, a class label): not true, not 3.0, not -1. A shape
+# [-1, 3] hashed as numpy's [1, 3]; pydantic's lax int took true as 1 and 3.0 as 3.
+Count = Annotated[int, Field(ge=0, strict=True)]
+# RFC 3339 date-time as the server writes it (UTC "Z" or an offset, fraction optional)
+Rfc3339 = Annotated[str, StringConstraints(
+    pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")]
 
 
 def first_error(exc: ValidationError, where: str) -> str:

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from verifier.base import Count, Rfc3339, parse_as
 from verifier.base import Frozen as _Frozen
-from verifier.base import parse_as
 from verifier.digests import canonical_json
 from verifier.errors import DigestMismatch, LinkBroken, SignatureInvalid
 from verifier.keys import check_not_revoked
@@ -51,10 +51,10 @@ class ProofPredicate(_Frozen):
     packageId: Sha256Hex  # the circuit package (sha256 of its manifest)
     modelSha256: Sha256Hex
     inputDigest: Sha256Hex  # tensor digest of the proven input
-    circuitLabel: int
-    signedLabel: int | None  # the label in the receipt (the float model's answer)
+    circuitLabel: Count
+    signedLabel: Count | None  # the label in the receipt (the float model's answer)
     status: Literal["proven", "mismatch"]
-    time: str  # RFC 3339 UTC
+    time: Rfc3339  # UTC
     keyId: str
 
 

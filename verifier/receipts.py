@@ -24,12 +24,13 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from pydantic import Field, StringConstraints
 
-from verifier.base import Bytes32Hex, parse_as
+from verifier.base import Bytes32Hex, Count, Rfc3339, parse_as
 from verifier.base import Frozen as _Frozen
 from verifier.digests import b64decode_canonical, canonical_json
 from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
 from verifier.keys import check_not_revoked, find_key
+from verifier.manifest import MAX_SCALE
 from verifier.tensors import tensor_digest
 
 RECEIPT_FORMAT = "verinfer.receipt/v1"
@@ -57,16 +58,16 @@ class ModelRef(_Frozen):
 class InputRef(_Frozen):
     name: str
     datatype: str
-    shape: tuple[int, ...]
+    shape: tuple[Count, ...]
     digest: Sha256Hex  # verifier.tensors.tensor_digest of the input as sent
-    scale: int  # fixed-point scale of the commitment
+    scale: Annotated[int, Field(strict=True, ge=-MAX_SCALE, le=MAX_SCALE)]  # of the commitment
     commitment: Bytes32Hex  # keccak256(abi.encode(int256[] quantize(input, scale)))
 
 
 class OutputTensor(_Frozen):
     name: str
     datatype: str
-    shape: tuple[int, ...]
+    shape: tuple[Count, ...]
     digest: Sha256Hex
     data: list[Any]  # flat, row-major, as in the OIP v2 response
 
@@ -77,8 +78,8 @@ class Predicate(_Frozen):
     model: ModelRef
     input: InputRef
     outputs: tuple[OutputTensor, ...]
-    label: int | list[int]  # int for a one-sample request, else one per sample
-    time: str  # RFC 3339, UTC
+    label: Count | list[Count]  # int for a one-sample request, else one per sample
+    time: Rfc3339  # UTC
     device: str  # where it ran, e.g. "cpu" or "cuda:0 (NVIDIA H200)"
     keyId: str  # kid of the Ed25519 key that signs the envelope
 

@@ -31,7 +31,7 @@ import orjson
 import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from verifier.base import Bytes32Hex
+from verifier.base import Bytes32Hex, Count, Rfc3339
 from verifier.digests import b64decode_canonical
 from verifier.eip712 import AddressHex, Domain, EIP712Attestation, verify_eip712
 from verifier.errors import (
@@ -88,8 +88,8 @@ class PredicateV2(_Frozen):
     model: ModelRef
     input: InputRef
     outputs: tuple[OutputTensor, ...]
-    label: int | list[int]
-    time: str
+    label: Count | list[Count]
+    time: Rfc3339
     device: str
     eip712: EIP712Ref | None = None
 
@@ -229,7 +229,9 @@ def canonical_value(data: bytes) -> Any:
     otherwise (2.0 as 2, 1e-05 as 0.00001)."""
     try:
         value = orjson.loads(data)
-        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS) == data or rfc8785.dumps(value) == data:
+        # (OPT_STRICT_INTEGER: an integer past 2^53 has no JCS form; rfc8785 refuses it too)
+        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER) == data \
+                or rfc8785.dumps(value) == data:
             return value
     except (ValueError, TypeError):  # not JSON, or values JCS has no form for
         pass

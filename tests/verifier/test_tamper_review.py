@@ -660,3 +660,58 @@ def test_signed_note_leniencies_are_refused():
         with pytest.raises(ConsistencyInvalid, match="empty tree"):
             verify_consistency(0, new, os.urandom(32), os.urandom(32) if new else None, [])
     verify_consistency(0, 5, EMPTY_ROOT, os.urandom(32), [])
+
+
+# --- review 2026-12-02: statement fields the schema read loosely (each needs the log's key) ---
+
+
+def _logged_variant(log: MemLog, edit) -> object:
+    """A receipt for the test statement with its JSON value edited by ``edit`` and written in
+    the sorted compact form (the canonical check's fast path), signed into ``log``."""
+    import orjson
+
+    st = statement()
+    value = json.loads(st.canonical_bytes())
+    edit(value)
+    return log.add(st, data=orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+def _set(path, v):
+    def edit(value):
+        node = value
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = v
+    return edit
+
+
+def _big_int_logits(value):
+    from verifier.tensors import tensor_digest
+
+    out = value["predicate"]["outputs"][0]
+    out["data"] = [2**60, 0, 1]
+    out["digest"] = tensor_digest(np.asarray([[2**60, 0, 1]]), "FP32")
+    value["subject"][2]["digest"]["sha256"] = out["digest"]
+
+
+@pytest.mark.parametrize("what, edit, says", [
+    # numpy's reshape took -1 as "the rest": the digest of [1, 3] passed for a shape [-1, 3]
+    ("a negative dimension", _set(["predicate", "outputs", 0, "shape"], [-1, 3]), "not a verinfer v2 statement"),
+    ("a boolean scale", _set(["predicate", "input", "scale"], True), "not a verinfer v2 statement"),
+    ("a float dimension", _set(["predicate", "input", "shape"], [1.0, 4]), "not a verinfer v2 statement"),
+    ("a negative label", _set(["predicate", "label"], -1), "not a verinfer v2 statement"),
+    ("a time that is no RFC 3339 time", _set(["predicate", "time"], "yesterday"), "not a verinfer v2 statement"),
+    # RFC 8785 has no form for an integer past 2^53 (a double cannot hold it); rfc8785 and a
+    # JavaScript verifier refuse or misread it, the fast path took orjson's spelling
+    ("an integer past 2^53", _big_int_logits, "not canonical JSON"),
+])
+def test_a_logged_statement_with_loosely_typed_fields_is_refused(what, edit, says):
+    from verifier.receipts_v2 import verify_receipt_v2
+
+    log = MemLog()
+    receipt = _logged_variant(log, edit)
+    with pytest.raises(VerificationError, match=says):  # before the fix: each verified
+        verify_receipt_v2(receipt, log.jwks)
+    # the unedited statement, written the same way, verifies: the edit is what is refused
+    honest = _logged_variant(log, lambda value: None)
+    assert verify_receipt_v2(honest, log.jwks).predicate.requestId == honest.id
