@@ -106,6 +106,8 @@ def _install_error_handlers(app: FastAPI) -> None:
             for route in request.app.router.routes:
                 if route.matches(request.scope)[0] != Match.NONE:
                     methods |= getattr(route, "methods", None) or set()
+            if "GET" in methods:  # answered as a GET without its body (server.http.head)
+                methods.add("HEAD")
             response.headers["Allow"] = ", ".join(sorted(methods))
         return response
 
@@ -274,7 +276,10 @@ def create_app(
     app.state.apikeys = apikeys
     from server.http.request_ids import RequestIds
 
-    app.add_middleware(RequestIds, worker=worker)  # outermost: the id is set for everything below, the gate included
+    app.add_middleware(RequestIds, worker=worker)  # the id is set for everything below, the gate included
+    from server.http.head import HeadAsGet
+
+    app.add_middleware(HeadAsGet)  # outermost: HEAD is a GET without its body, for every route
 
     async def _infer(request: Request, name: str, version: str | None) -> Response:
         # reached only with infer_route=False; declared for the OpenAPI docs either way

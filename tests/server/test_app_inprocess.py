@@ -63,6 +63,23 @@ def test_framework_errors_are_error_bodies(client):
     assert r.status_code == 405 and set(r.json()) == {"error"}
 
 
+def test_head_is_get_without_a_body(client):
+    """HEAD (load balancers' health checks, ``curl -I``) to every GET route: GET's status and
+    headers, no body; it was a 405 on each."""
+    client.post("/v2/models/iris_mlp/infer", json=IRIS)  # a checkpoint to serve
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/iris_mlp",
+                 "/v2/models/iris_mlp/ready", "/.well-known/jwks.json", "/v1/log/checkpoint",
+                 "/", "/static/status.js", "/docs", "/docs/static/swagger-ui.css", "/v2/models/nope"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code and head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(get.content)), path
+    r = client.head("/v2/models/iris_mlp/infer")  # a POST route: still 405, and says so
+    assert r.status_code == 405 and r.content == b"" and r.headers["allow"] == "POST"
+    r = client.put("/v2/health/live")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
 def test_docs(client):
     page = client.get("/docs")
     assert page.status_code == 200

@@ -132,6 +132,11 @@ def test_unknown_route_and_method(server):
     conn.request("GET", "/v1/receipts/0xdead")
     r = conn.getresponse()
     assert r.status == 404 and "no receipt" in json.loads(r.read())["error"]
+    conn.request("HEAD", "/v2/health/ready")  # a load balancer's check: GET's headers, no body
+    r = conn.getresponse()
+    assert r.status == 200 and r.read() == b"" and r.getheader("content-length") == str(len(b'{"ready":true}'))
+    conn.request("GET", "/v2/health/live")  # the connection is still in step after it
+    assert json.loads(conn.getresponse().read()) == {"live": True}
     conn.close()
 
 
