@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 
@@ -218,7 +219,7 @@ def serve(args: argparse.Namespace) -> int:
     from prover.ezkl_backend import use_ezkl_dir
     from prover.progress import private_stdio
     from server.http.app import create_app
-    from server.logs import configure
+    from server.logs import configure, say
     from server.supervisor import bind, check_log, start_errors
 
     private_stdio()  # an in-process relayer proves in threads: EZKL's log takes its prints alone
@@ -234,16 +235,16 @@ def serve(args: argparse.Namespace) -> int:
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started and not self.should_exit:  # said once the app is up, not before
-                print(f"verinfer: serving {', '.join(sorted(app.state.service.models))} on "
-                      f"http://{settings.host}:{listener.getsockname()[1]} (key {keys.kid}, "
-                      f"EIP-712 signer {keys.eth_address})", file=sys.stderr)
+                say(f"serving {', '.join(sorted(app.state.service.models))} on "
+                    f"http://{settings.host}:{listener.getsockname()[1]} (key {keys.kid}, "
+                    f"EIP-712 signer {keys.eth_address})")
 
     log_config = configure(settings.log_format, args.log_level)
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                                    **({"log_config": log_config} if log_config is not None else {})))
     server.run(sockets=[listener])
     if not server.started:
-        print("verinfer: error: the server did not start (the log above says why)", file=sys.stderr)
+        say("error: the server did not start (the log above says why)", logging.ERROR)
         return 1
     return 0
 

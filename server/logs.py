@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 import time
 
 # The id of the HTTP request being served (the client's X-Request-Id, or one made for it).
@@ -34,9 +35,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+_format = "text"  # as configure() last set it: the format of say()'s lines
+
+
+def say(message: str, level: int = logging.INFO, logger: str = "verinfer.server") -> None:
+    """One of the server's own lines (serving, a process exited), said whatever the log level:
+    ``verinfer: message`` on stderr, or with ``log_format`` ``json`` the JSON object of a log
+    record of ``logger`` at ``level``, as every other line of the process."""
+    if _format == "json":
+        record = logging.LogRecord(logger, level, __file__, 0, message, (), None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"verinfer: {message}"
+    print(line, file=sys.stderr, flush=True)
+
+
 def configure(fmt: str, level: str) -> dict | None:
     """Set up the root logger in ``fmt`` (``text`` or ``json``) at ``level``; the log config
     to hand uvicorn (None: uvicorn's own text config)."""
+    global _format
+    _format = fmt
     if fmt != "json":
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import socket
@@ -37,12 +38,14 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
+from server.logs import configure, say
 from server.settings import ServerSettings
 from server.shared import Shared, prepare
 
 QUICK_DEATH_S = 5.0  # a process that dies sooner than this after its start is restarted later
 STOP_TIMEOUT_S = 30.0
 SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes
+LOGGER = "verinfer.supervisor"
 
 
 @dataclass
@@ -207,8 +210,7 @@ class Supervisor:
         child.fails = child.fails + 1 if quick else 0
         child.next_start = now + (_backoff_s(child.fails) if quick else 0)
         if not self._stop:
-            print(f"verinfer: {child.name} (pid {child.proc.pid}) exited ({why}); starting it again",
-                  file=sys.stderr, flush=True)
+            say(f"{child.name} (pid {child.proc.pid}) exited ({why}); starting it again", logging.ERROR, LOGGER)
         if child.conn is not None:
             child.conn.close()
             child.conn = None
@@ -225,6 +227,7 @@ class Supervisor:
         from server.receipts.keys import load_keys
 
         s = self.settings
+        configure(s.log_format, self.log_level)  # its own lines, and its log's, as its children's
         with start_errors():
             self._lock_home()
             keys = load_keys(s)  # made here once (not raced by N processes); refuses unsafe key files
@@ -303,14 +306,14 @@ class Supervisor:
                         from verifier.errors import InputError
 
                         raise InputError(child.error)
-                    print(f"verinfer: {child.name} exited while starting ({_exit_reason(code)}); stopping "
-                          "(see above)", file=sys.stderr, flush=True)
+                    say(f"{child.name} exited while starting ({_exit_reason(code)}); stopping (see above)",
+                        logging.ERROR, LOGGER)
                     return False
         if self._stop:
             return True
-        print(f"verinfer: serving on http://{self.settings.host}:{port} with {self.n} server processes "
-              f"(pids {', '.join(str(w.proc.pid) for w in self.workers)}; key {keys.kid}, "
-              f"EIP-712 signer {keys.eth_address})", file=sys.stderr, flush=True)
+        say(f"serving on http://{self.settings.host}:{port} with {self.n} server processes "
+            f"(pids {', '.join(str(w.proc.pid) for w in self.workers)}; key {keys.kid}, "
+            f"EIP-712 signer {keys.eth_address})", logger=LOGGER)
         return True
 
     def _supervise(self) -> None:
@@ -325,8 +328,8 @@ class Supervisor:
                     except OSError as exc:  # e.g. no fork (memory, the unit's task limit): later
                         child.fails += 1
                         child.next_start = now + _backoff_s(child.fails)
-                        print(f"verinfer: cannot start {child.name} ({exc}); trying again in "
-                              f"{_backoff_s(child.fails)} s", file=sys.stderr, flush=True)
+                        say(f"cannot start {child.name} ({exc}); trying again in {_backoff_s(child.fails)} s",
+                            logging.ERROR, LOGGER)
 
     def _shutdown(self) -> None:
         """The server processes first (they answer what they hold), then the writer."""
@@ -355,7 +358,6 @@ def _server_process() -> None:
     from prover.ezkl_backend import use_ezkl_dir
     from prover.progress import private_stdio
     from server.http.app import create_app
-    from server.logs import configure
     from verifier.errors import InputError
 
     ctl = Connection(os.dup(0))

@@ -385,3 +385,28 @@ def test_a_keys_rate_limit_holds_for_the_whole_server(tmp_path):
         assert burst <= answers.count(200) <= burst + rate * elapsed, (answers.count(200), elapsed)
     finally:
         s.stop()
+
+
+def test_json_log_format_holds_for_the_supervisors_own_lines(tmp_path):
+    """``VERINFER_LOG_FORMAT=json`` with ``--workers``: every line the server writes is a JSON
+    log record, the supervisor's own too (serving, a process that exited and is started again);
+    before, those were plain text among the JSON lines of its children."""
+    s = ServerProcess(tmp_path / "home", "--workers", "2", "--log-level", "info",
+                      env={"VERINFER_LOG_FORMAT": "json", "VERINFER_MODELS": '["iris_mlp"]'})
+    try:
+        _serving(s.wait_ready())
+        victim = s.children(b"server.supervisor")[-1]
+        os.kill(victim, signal.SIGKILL)
+        end = time.monotonic() + 120
+        while f"(pid {victim}) exited" not in s.output():
+            assert time.monotonic() < end and s.proc.poll() is None, s.output()
+            time.sleep(0.1)
+    finally:
+        s.stop()
+    assert s.proc.returncode == 0, s.output()
+    lines = [ln for ln in s.log.read_text().splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # each line one JSON object
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), lines
+    said = [(r["level"], r["message"]) for r in records if r["logger"] == "verinfer.supervisor"]
+    assert any(level == "info" and m.startswith("serving on") for level, m in said), said
+    assert any(level == "error" and f"(pid {victim}) exited (signal 9)" in m for level, m in said), said

@@ -44,9 +44,10 @@ def test_json_log_lines_with_request_ids_and_no_data(tmp_path):
         assert status == 200 and headers["x-request-id"] != "bad id with spaces"
     finally:
         server.stop()
-    lines = [ln for ln in server.log.read_text().splitlines() if ln.startswith("{")]
-    records = [json.loads(ln) for ln in lines]
+    lines = [ln for ln in server.log.read_text().splitlines() if ln.strip()]
+    records = [json.loads(ln) for ln in lines]  # every line, the "serving" line too
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("serving iris_mlp on") for r in records)
     by_id = {r.get("request_id"): r for r in records}
     assert "client-req-42" in by_id and made in by_id  # the access lines of both requests
     text = server.log.read_text()
