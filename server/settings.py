@@ -176,6 +176,11 @@ class ServerSettings(Settings):
     receipt_prune_interval_s: float = Field(
         60.0, ge=0, description="How often the receipt writer applies the retention settings."
     )
+    receipt_writer_timeout_s: float = Field(
+        10.0, gt=0, description="How long an answer waits for the receipt log writer (stopped, "
+        "hung): past it a 503, the answer neither signed nor logged; readiness is 503 until the "
+        "writer answers again."
+    )
 
     # --- proof jobs (server/proofs/jobs.py) ---------------------------------------------
     store_inputs: bool = Field(

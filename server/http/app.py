@@ -207,7 +207,8 @@ def create_app(
 
     @app.get("/v2/health/ready", tags=["health"])
     async def ready() -> Response:
-        return _json({"ready": service.ready}, 200 if service.ready else 503)
+        ok = service.serving()  # started, and the receipt writer answers
+        return _json({"ready": ok}, 200 if ok else 503)
 
     @app.get("/v2", response_model=ServerMetadata, tags=["metadata"])
     async def server_metadata() -> Response:
@@ -227,7 +228,8 @@ def create_app(
 
     def _ready(name: str, version: str | None) -> Response:
         service.model(name, version)
-        return _json({"name": name, "ready": service.ready}, 200 if service.ready else 503)
+        ok = service.serving()
+        return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
     from server.http.proofs_api import infer_with_proof, proof_parameters
 

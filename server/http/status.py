@@ -188,7 +188,7 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
 
         app.add_api_route(f"/static/{name}", serve, methods=["GET"], include_in_schema=False)
 
-    def snapshot() -> dict[str, Any]:
+    def snapshot(ready: bool) -> dict[str, Any]:
         log_size = None
         if log_reader is not None:
             try:
@@ -202,7 +202,7 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
             queue = {"jobs": {k: counts.get(k, 0) for k in ("queued", "running", "done", "failed")},
                      "max_queued": settings.max_queued_proofs,
                      "workers": len(jobs.worker_pids())}
-        return {"ready": service.ready, "signing": settings.signing,
+        return {"ready": ready, "signing": settings.signing,
                 "log": None if log_reader is None else {"origin": log_reader.origin(),
                                                         "size": log_size},
                 "models": models_info(settings, service),
@@ -215,5 +215,5 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
     async def status() -> Response:
         """What the status page at ``/`` shows: models, recent receipts and proof jobs, the
         proof queue, the log's size and request metrics (needs an API key where auth is on)."""
-        return Response(compact_json(await asyncio.to_thread(snapshot)),
+        return Response(compact_json(await asyncio.to_thread(snapshot, service.serving())),
                         media_type="application/json")

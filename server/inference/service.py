@@ -104,6 +104,10 @@ class InferenceService:
         if self.receipts is not None:
             await self.receipts.stop()
 
+    def serving(self) -> bool:
+        """For readiness (on the event loop): started, and the receipt writer answers."""
+        return self.ready and (self.receipts is None or self.receipts.answering())
+
     def model(self, name: str, version: str | None = None) -> ServedModel:
         m = self.models.get(name)
         if m is None:

@@ -11,8 +11,11 @@ its leaf is in the log on disk, before its answer is returned.
 
 Protocol, over a Unix socket pair in ``multiprocessing.Connection``'s framing (4-byte length,
 pickle): ``(settings, models)`` -> ``("ready", kid)`` | ``("error", message)``; then each
-``(seq, BatchJob)`` -> ``(seq, [response body, ...], None)`` | ``(seq, None, message)``;
-``None`` stops the child. The parent reads through asyncio streams: it never blocks on the
+``(seq, BatchJob, deadline)`` -> ``(seq, [response body, ...], None)`` | ``(seq, None, message)``;
+``(seq, None, deadline)`` (a probe: does the writer answer?) -> ``(seq, [], None)``;
+``None`` stops the child. ``deadline`` (``time.monotonic()``, one clock for every process of the
+machine): when the client stops waiting (``receipt_writer_timeout_s``, a 503); a job the writer
+takes after it is refused, not logged. The parent reads through asyncio streams: it never blocks on the
 child, so full socket buffers cannot deadlock.
 
 With ``verinfer serve --workers N`` (:mod:`server.supervisor`) one writer serves every server
@@ -20,7 +23,9 @@ process: started as ``python -m server.receipts.worker --shared``, it listens on
 (mode 0600) and speaks the same protocol with each client connection (a client's ``None``
 ends its connection only); jobs waiting on any connection join one group (:func:`_serve`,
 the one loop of both modes). A client whose writer goes away fails what it held and
-connects again, waiting for the supervisor to restart the writer.
+connects again, waiting for the supervisor to restart the writer. A client whose writer does
+not answer (stopped, hung) fails each answer at its deadline, and its server's readiness is 503
+until the writer answers again (:meth:`ReceiptWorker.answering`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ NICENESS = 5
 GROUP_ANSWERS = 32
 # A shared writer's client says hello at once; one that does not is dropped.
 HELLO_TIMEOUT_S = 10.0
+TOO_LATE = "the server stopped waiting for this answer's receipt; not logged"
 
 
 def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, ModelInfo], jobs: list[BatchJob],
@@ -198,22 +204,32 @@ def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | N
                         _drop(conn, conns)
                         break
                     msgs.append((conn, m))
-                    answers += len(m[1].rows)
+                    answers += len(m[1].rows) if m[1] is not None else 0
                     if not conn.poll(0):
                         break
             except (EOFError, OSError):  # the client is gone
                 _drop(conn, conns)
         if not msgs:
             continue
-        replies = writer.group([m for _, m in msgs])
-        for (conn, _), reply in zip(msgs, replies):
+        now, work, replies = time.monotonic(), [], []
+        for conn, (seq, job, deadline) in msgs:
+            if job is None:  # a probe: this writer answers
+                replies.append((conn, (seq, [], None)))
+            elif deadline <= now:  # its client answered a 503 (e.g. this writer was stopped)
+                replies.append((conn, (seq, None, TOO_LATE)))
+            else:
+                work.append((conn, (seq, job)))
+        if work:
+            replies.extend(zip([c for c, _ in work], writer.group([m for _, m in work])))
+        for conn, reply in replies:
             if conn.closed:
                 continue
             try:
                 conn.send(reply)
             except OSError:  # that client is gone; the others still get theirs
                 _drop(conn, conns)
-        writer.after_group()
+        if work:
+            writer.after_group()
 
 
 def _drop(conn: Connection, conns: list[Connection]) -> None:
@@ -326,10 +342,15 @@ class ReceiptWorker:
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, asyncio.Future] = {}
+        # seq -> (its future, None for a probe; when it fails): in the order sent
+        self._pending: dict[int, tuple[asyncio.Future | None, float]] = {}
         self._seq = 0
         self._restarting: asyncio.Task | None = None
         self._stopping = False
+        self.timeout = settings.receipt_writer_timeout_s
+        self._stalled = False  # a job or probe got no reply in time, and none came since
+        self._probe: int | None = None
+        self._watching: asyncio.Task | None = None
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -393,17 +414,21 @@ class ReceiptWorker:
             reader, self._writer = await asyncio.open_unix_connection(sock=sock)
         except OSError as exc:  # e.g. the shared writer died between accepting and answering: a 503
             raise NotReady(f"could not reach the receipt signer ({type(exc).__name__})") from None
+        self._stalled, self._probe = False, None
         self._reading = self._loop.create_task(self._read(reader), name="receipt-replies")
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._connect()
+        self._watching = self._loop.create_task(self._watch(), name="receipt-deadlines")
 
     async def stop(self) -> None:
         """Answer what is in flight, then stop the child."""
         self._stopping = True
         if self._restarting is not None:
             self._restarting.cancel()
+        if self._watching is not None:
+            self._watching.cancel()
         writer = self._writer
         if writer is not None:
             try:
@@ -431,17 +456,55 @@ class ReceiptWorker:
             return None
         return self._send(job)
 
-    def _send(self, job: BatchJob) -> asyncio.Future:
+    def _send(self, job: BatchJob | None) -> asyncio.Future | None:
+        """Send ``job`` (None: a probe); its future (None for a probe)."""
         self._seq += 1
         seq = self._seq
-        fut = self._loop.create_future()
-        self._pending[seq] = fut
+        fut = self._loop.create_future() if job is not None else None
+        deadline = time.monotonic() + self.timeout
+        self._pending[seq] = (fut, deadline)
         try:
-            self._writer.write(_frame((seq, job)))  # buffered: never blocks the loop
+            self._writer.write(_frame((seq, job, deadline)))  # buffered: never blocks the loop
         except (RuntimeError, OSError):  # the signer just died; its reader has not noticed yet
             self._pending.pop(seq, None)
             raise NotReady("the receipt signer stopped; the answer was not signed") from None
+        if job is None:
+            self._probe = seq
         return fut
+
+    def answering(self) -> bool:
+        """For readiness: False while the writer does not answer (a job or probe had no reply
+        in ``receipt_writer_timeout_s`` and none came since), or this client has no connection
+        to it. Sends a probe when none is in flight, so a writer that hangs while no answers
+        are signed is noticed too."""
+        connected = not self._stopping and self._writer is not None and self._restarting is None
+        if connected and self._probe not in self._pending:
+            with contextlib.suppress(NotReady):
+                self._send(None)
+        return connected and not self._stalled
+
+    async def _watch(self) -> None:
+        """Fail each job at its deadline (a 503; the writer refuses it if it comes to it later)."""
+        tick = min(0.5, self.timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now, late = time.monotonic(), []
+            for seq, (_, deadline) in self._pending.items():  # sent in order: deadlines too
+                if deadline > now:
+                    break
+                late.append(seq)
+            if not late:
+                continue
+            self._stalled = True
+            failed = 0
+            for seq in late:
+                fut, _ = self._pending.pop(seq)
+                if fut is not None and not fut.done():
+                    fut.set_exception(NotReady(f"the receipt writer did not answer in {self.timeout:g} s; "
+                                               "the answer was not signed"))
+                    failed += 1
+            log.error("the receipt writer did not answer in %g s (%d answers failed with a 503)",
+                      self.timeout, failed)
 
     async def sign(self, job: BatchJob) -> list[str]:
         if self._stopping:
@@ -457,8 +520,9 @@ class ReceiptWorker:
             while True:
                 (size,) = struct.unpack("!i", await reader.readexactly(4))
                 seq, receipts, error = pickle.loads(await reader.readexactly(size))
-                fut = self._pending.pop(seq, None)
-                if fut is None or fut.done():
+                self._stalled = False  # the writer answers
+                fut = self._pending.pop(seq, (None, 0.0))[0]
+                if fut is None or fut.done():  # a probe, or too late
                     continue
                 if error is not None:
                     fut.set_exception(NotReady(error))
@@ -470,8 +534,8 @@ class ReceiptWorker:
 
     def _fail_pending(self, why: str) -> None:
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
+        for fut, _ in pending.values():
+            if fut is not None and not fut.done():
                 fut.set_exception(NotReady(why))
 
     def _on_exit(self) -> None:
@@ -511,6 +575,10 @@ class ReceiptPool:
 
     async def stop(self) -> None:
         await asyncio.gather(*(w.stop() for w in self.workers))
+
+    def answering(self) -> bool:
+        """Every worker's writer answers (see :meth:`ReceiptWorker.answering`)."""
+        return all([w.answering() for w in self.workers])  # a list: each sends its probe
 
     def submit(self, job: BatchJob) -> Awaitable[list[str]]:
         """Hand ``job`` over now when a worker can take it at once (the writer starts on it

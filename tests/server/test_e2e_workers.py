@@ -410,3 +410,59 @@ def test_json_log_format_holds_for_the_supervisors_own_lines(tmp_path):
     said = [(r["level"], r["message"]) for r in records if r["logger"] == "verinfer.supervisor"]
     assert any(level == "info" and m.startswith("serving on") for level, m in said), said
     assert any(level == "error" and f"(pid {victim}) exited (signal 9)" in m for level, m in said), said
+
+
+def _ready(base: str) -> tuple[int, dict, str]:
+    """GET /v2/health/ready on a new connection: (status, body, Verinfer-Worker)."""
+    try:
+        with urllib.request.urlopen(base + "/v2/health/ready", timeout=60) as r:
+            return r.status, json.loads(r.read()), r.headers["Verinfer-Worker"]
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read()), e.headers["Verinfer-Worker"]
+
+
+def _log_size(s: ServerProcess) -> int:
+    return int(s.fetch("/v1/log/checkpoint").splitlines()[1])
+
+
+def test_a_stopped_writer_fails_answers_in_time_and_readiness_until_it_answers_again(tmp_path):
+    """The shared writer stopped (SIGSTOP; a hung writer): an answer waits
+    ``receipt_writer_timeout_s``, then a 503 with {"error"}, neither signed nor logged (the
+    writer, continued, refuses the job its client gave up on), and readiness is 503 until the
+    writer answers again (SIGCONT). Before, such a request waited forever and readiness was 200."""
+    s = ServerProcess(tmp_path / "home", "--workers", "2",
+                      env={"VERINFER_RECEIPT_WRITER_TIMEOUT_S": "2"})
+    try:
+        _serving(s.wait_ready())
+        assert _post(s.base, 0)[0] == 200
+        size = _log_size(s)
+        writer = _writer_pid(s)
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            status, body, _ = _post(s.base, 1)
+            assert status == 503 and set(body) == {"error"}, body
+            assert "receipt writer did not answer in 2 s" in body["error"], body
+            end = time.monotonic() + 60
+            while (got := _ready(s.base))[0] != 503:  # each process notices with its own probe
+                assert time.monotonic() < end, got
+                time.sleep(0.1)
+            assert got[1] == {"ready": False}
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        ready_in: set[str] = set()
+        end = time.monotonic() + 60
+        while ready_in != {"0", "1"}:  # a reply after the stall: that process's queue was read
+            status, body, worker = _ready(s.base)
+            if status == 200:
+                ready_in.add(worker.split(".")[0])
+            assert time.monotonic() < end, (ready_in, s.output())
+            time.sleep(0.1)
+        jwks = s.get("/.well-known/jwks.json")
+        answers = _concurrently(s.base, 8)
+        for status, body, _ in answers:
+            assert status == 200, body
+            assert verify_receipt_v2(ReceiptV2.parse(body["parameters"]["receipt"]), jwks)
+        assert _log_size(s) == size + len(answers)  # the 503's job was not logged
+        assert _writer_pid(s) == writer  # the same writer, continued
+    finally:
+        s.stop()

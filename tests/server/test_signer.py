@@ -200,7 +200,8 @@ def test_the_shared_writer_groups_the_jobs_of_every_connection(signer, tmp_path)
     pairs = [socket.socketpair() for _ in range(2)]
     clients = [Connection(a.detach()) for a, _ in pairs]
     for k, c in enumerate(clients):  # both wait before the writer looks
-        c.send((k, _job(info, [rng.normal(size=(1, 1, 8, 8)).astype(np.float32)], [f"c{k}"], ["FP32"])))
+        c.send((k, _job(info, [rng.normal(size=(1, 1, 8, 8)).astype(np.float32)], [f"c{k}"], ["FP32"]),
+                time.monotonic() + 600))
     loop = threading.Thread(target=_serve, args=(writer, [Connection(b.detach()) for _, b in pairs]))
     loop.start()
     replies = [c.recv() for c in clients]
@@ -241,7 +242,7 @@ def test_the_writer_groups_waiting_jobs_up_to_a_chunk_of_answers(signer, tmp_pat
     sizes = [GROUP_ANSWERS - 3, 3, 1, 2]  # the first two fill a group; the last two are the next
     for seq, n in enumerate(sizes):  # all wait before the writer looks
         xs = [rng.normal(size=(1, 1, 8, 8)).astype(np.float32) for _ in range(n)]
-        client.send((seq, _job(info, xs, [None] * n, ["FP32"] * n)))
+        client.send((seq, _job(info, xs, [None] * n, ["FP32"] * n), time.monotonic() + 600))
     loop = threading.Thread(target=_serve, args=(writer, [Connection(theirs.detach())]))
     loop.start()
     replies = [client.recv() for _ in sizes]
@@ -254,3 +255,39 @@ def test_the_writer_groups_waiting_jobs_up_to_a_chunk_of_answers(signer, tmp_pat
         assert got == seq and error is None and len(bodies) == sizes[seq]
         notes.append({ReceiptV2.parse(json.loads(b)["parameters"]["receipt"]).checkpoint for b in bodies})
     assert notes[0] == notes[1] and notes[2] == notes[3] and notes[0] != notes[2]
+
+
+def test_the_writer_refuses_a_job_past_its_deadline_and_answers_a_probe(signer, tmp_path):
+    """A job whose client stopped waiting (its deadline passed: it answered a 503, e.g. while
+    the writer was stopped) is refused, not logged; a probe (job None) is answered at once; a
+    job in time is logged and signed."""
+    import socket
+    import threading
+    from multiprocessing.connection import Connection
+
+    from server.receipts.translog import LogReader
+    from server.receipts.worker import TOO_LATE, _serve, _Writer
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path)
+    writer = _Writer(settings)
+    info = _info()
+    writer.infos[info.name] = info
+    ours, theirs = socket.socketpair()
+    client = Connection(ours.detach())
+    x = [np.zeros((1, 1, 8, 8), np.float32)]
+    client.send((1, _job(info, x, ["late"], ["FP32"]), time.monotonic() - 1))
+    client.send((2, None, time.monotonic() + 600))
+    client.send((3, _job(info, x, ["in time"], ["FP32"]), time.monotonic() + 600))
+    loop = threading.Thread(target=_serve, args=(writer, [Connection(theirs.detach())]))
+    loop.start()
+    replies = {r[0]: r for r in (client.recv() for _ in range(3))}
+    client.close()
+    loop.join(30)
+    assert not loop.is_alive()
+    writer.close()
+    assert replies[1] == (1, None, TOO_LATE) and replies[2] == (2, [], None)
+    assert replies[3][2] is None and json.loads(replies[3][1][0])["id"] == "in time"
+    log = LogReader(settings.log_path)
+    assert log.latest()[0] == 1  # the late job's statement is not in the log
+    log.close()
