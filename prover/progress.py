@@ -8,6 +8,7 @@ lines, while the log keeps EZKL's for whoever needs them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -74,19 +75,68 @@ _capturing: int | None = None  # the thread inside captured_output, if any
 @contextlib.contextmanager
 def captured_output(log_path: Path | None) -> Iterator[None]:
     """Send fds 1 and 2 to ``log_path`` while inside: EZKL's Rust prints, and its log records
-    (pyo3-log hands them to Python's logging, on the thread that called EZKL). One thread at a
-    time; what other threads write meanwhile goes there too, unless :func:`private_stdio` was
-    called."""
+    (pyo3-log hands them to Python's logging, on the thread that called EZKL), each written as
+    its bare message, whatever the format of the process's log handlers (a time, a worker id,
+    a JSON object: a witness failure's cause is read from this log). One thread at a time; what
+    other threads write meanwhile goes there too, unless :func:`private_stdio` was called."""
     global _capturing
     if log_path is None:
         yield
         return
-    with _CAPTURE, _redirected(log_path):
+    with _CAPTURE, _redirected(log_path), _bare_records(threading.get_ident()):
         _capturing = threading.get_ident()
         try:
             yield
         finally:
             _capturing = None
+
+
+class _OtherThreads(logging.Filter):
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self.thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+class _BareMessage(logging.Handler):
+    """The capturing thread's records: the message alone, to fd 2 (the log file). Another
+    thread's go to ``others`` (logging's last resort where the root logger had no handler:
+    this one must not swallow them)."""
+
+    def __init__(self, thread: int, others: logging.Handler | None) -> None:
+        super().__init__()
+        self.thread, self.others = thread, others
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread != self.thread:
+            if self.others is not None and record.levelno >= self.others.level:
+                self.others.handle(record)
+        else:
+            try:
+                os.write(2, (record.getMessage() + "\n").encode(errors="replace"))
+            except Exception:  # noqa: BLE001 - as logging.Handler does
+                self.handleError(record)
+
+
+@contextlib.contextmanager
+def _bare_records(thread: int) -> Iterator[None]:
+    """While inside, ``thread``'s log records skip the root logger's handlers (their formats)
+    and go to :class:`_BareMessage`; other threads' records are untouched."""
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    others = _OtherThreads(thread)
+    bare = _BareMessage(thread, None if handlers else logging.lastResort)
+    for h in handlers:
+        h.addFilter(others)
+    root.addHandler(bare)
+    try:
+        yield
+    finally:
+        root.removeHandler(bare)
+        for h in handlers:
+            h.removeFilter(others)
 
 
 class _PerThread:

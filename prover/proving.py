@@ -31,11 +31,8 @@ def _why_witness_failed(printed: str, fallback: str) -> str:
     """EZKL's own explanation, which it prints (e.g. a decomposition error naming the
     integer too large), else its exception's first line."""
     lines = [ln.strip() for ln in printed.splitlines() if ln.strip()]
-    line = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else fallback)
-    # EZKL's records reach the log through the process's log handler (pyo3-log), whose
-    # format may put a time and a worker id before EZKL's "[module] ..." text: not the cause
-    start = line.find("[")
-    return line[start:] if start > 0 else line
+    # EZKL's log records are there as their bare messages (prover.progress.captured_output)
+    return next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else fallback)
 
 
 class Prover:

@@ -42,7 +42,8 @@ def test_with_private_stdio_the_log_takes_the_proving_threads_lines_alone(tmp_pa
     """A server or the relayer keeps logging from other threads while one proves: after
     private_stdio() their lines stay on stderr and stdout, and the EZKL log gets the proving
     thread's alone: EZKL's Rust prints (to the fds) and its log records (pyo3-log hands them
-    to Python's logging on the calling thread; a witness failure's cause is read from them)."""
+    to Python's logging on the calling thread; a witness failure's cause is read from them),
+    those as their bare messages, not in the format of the process's handler."""
     import subprocess
     import sys
     import textwrap
@@ -54,7 +55,7 @@ def test_with_private_stdio_the_log_takes_the_proving_threads_lines_alone(tmp_pa
         from prover.progress import captured_output, private_stdio
 
         private_stdio()
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
         with captured_output(Path({str(log)!r})):
             os.write(2, b"rust says hello\\n")
             logging.error("ezkl says why")
@@ -67,5 +68,32 @@ def test_with_private_stdio_the_log_takes_the_proving_threads_lines_alone(tmp_pa
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert log.read_text() == "rust says hello\nezkl says why\n"
-    assert proc.stderr == "relayer line\nafter\n"
+    assert proc.stderr == "[INFO] relayer line\n[INFO] after\n"
     assert proc.stdout == "said\n"
+
+
+def test_without_logging_set_up_other_threads_warnings_still_reach_stderr(tmp_path):
+    """No log handler (the CLI): the capturing thread's records go to the EZKL log bare, and
+    another thread's warnings still reach stderr through logging's last resort (the handler
+    that takes the capturing thread's records must not swallow them)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    log = tmp_path / "ezkl.log"
+    script = textwrap.dedent(f"""
+        import logging, threading
+        from pathlib import Path
+        from prover.progress import captured_output, private_stdio
+
+        private_stdio()
+        with captured_output(Path({str(log)!r})):
+            logging.getLogger("ezkl").warning("ezkl says why")
+            t = threading.Thread(target=lambda: logging.getLogger("relayer").warning("relayer line"))
+            t.start()
+            t.join()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text() == "ezkl says why\n"
+    assert proc.stderr == "relayer line\n"

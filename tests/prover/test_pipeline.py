@@ -299,6 +299,45 @@ def test_prove_refuses_what_the_circuit_cannot_compute_and_a_bad_out_in_one_line
         assert "Proving" not in proc.stderr
 
 
+@pytest.mark.parametrize("log_format", ["%(asctime)s [worker 3] %(levelname)s %(message)s", "json"])
+def test_the_witness_failure_reason_is_ezkls_message_whatever_the_log_format(prover_home, iris_package, log_format):
+    """EZKL says why a witness failed in a log record, which reached the EZKL log through the
+    process's log handler: a prover worker's format ("time worker N message") or the server's
+    JSON. The reason was cut out of that line at its first "[", so a prefix holding one kept the
+    worker's words, and a JSON line its closing quote and brace; now the records are written
+    there bare (prover.progress.captured_output) and the reason is EZKL's line as it said it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import logging
+        from pathlib import Path
+        import numpy as np
+        from prover.ezkl_backend import use_ezkl_dir
+        from prover.package import CircuitPackage
+        from prover.proving import Prover
+        from server.logs import configure
+        from verifier.config import Settings
+
+        if {log_format!r} == "json":
+            configure("json", "warning")
+        else:
+            logging.basicConfig(level=logging.WARNING, format={log_format!r})
+        use_ezkl_dir(Settings(home=Path({str(prover_home)!r})))
+        prover = Prover(CircuitPackage.open(Path({str(iris_package)!r})))
+        try:
+            prover.prove(np.array([[1e10, 2.8, 4.7, 1.2]], np.float32))
+        except Exception as exc:
+            print(exc)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    why = proc.stdout.strip()
+    assert why.startswith("the circuit cannot compute this input: [tensor] decomposition error: integer "), why
+    assert why.endswith(" and n 4 (a value is beyond the range the circuit was calibrated for)"), why
+
+
 def test_bad_onnx_is_refused_and_leaves_nothing(home, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"this is not a protobuf")
