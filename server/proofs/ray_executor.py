@@ -45,9 +45,6 @@ log = logging.getLogger("verinfer.server")
 # A prover process before its first proof (Python, EZKL, onnxruntime, numpy): what a
 # package's own figures are added to when a proof's memory is reserved.
 PROCESS_BASE_BYTES = 400 * 1024 * 1024
-# In the environment of a private Ray instance's processes (they inherit it): which server
-# started them, so that its reaper finds them once that server is gone (see _start_reaper).
-OWNER_ENV = "VERINFER_RAY_OWNER"
 
 
 def proof_resources(manifest, cpus: float, memory_mb: int | None) -> dict:
@@ -228,7 +225,7 @@ class RayExecutor:
         self._last_beat = 0.0
         self._next_connect = 0.0
         self._reaper: subprocess.Popen | None = None  # a private instance's (see _start_reaper)
-        self._owner = ""
+        self._temp_dir: str | None = None  # a private instance's Ray temp dir (its processes' files)
         self.prefix = f"ray.{os.getpid()}"
 
     # -- life cycle ----------------------------------------------------------------------
@@ -279,12 +276,12 @@ class RayExecutor:
         # a private instance needs no dashboard (a web server and port 8265 on this machine)
         private = {} if self.settings.ray_address else {"include_dashboard": False}
         if private:
-            if self._reaper is None:
-                self._owner = f"{os.getpid()}.{os.urandom(8).hex()}"
-                self._reaper = _start_reaper(self._owner, os.path.dirname(ray.__file__))
-            # inherited by the instance's processes (started by ray.init; its workers and agents by its
-            # raylet), not by this server's own later children (a restarted receipt worker)
-            os.environ[OWNER_ENV] = self._owner
+            if self._reaper is None:  # before any of the instance's processes exists
+                # where Ray's own would be (RAY_TMPDIR, else TMPDIR, else /tmp), and short: its
+                # Unix sockets live under it (sun_path holds 108 bytes)
+                self._temp_dir = tempfile.mkdtemp(prefix="vr-", dir=os.environ.get("RAY_TMPDIR"))
+                self._reaper = _start_reaper(self._temp_dir, os.path.dirname(ray.__file__))
+            private["_temp_dir"] = self._temp_dir  # every process of the instance keeps files there
         try:
             ray.init(address=self.settings.ray_address, namespace="verinfer",
                      logging_level=logging.WARNING, log_to_driver=False,
@@ -294,8 +291,6 @@ class RayExecutor:
                       self.settings.ray_address or "(local)", exc)
             self._next_connect = time.monotonic() + 5
             return False
-        finally:
-            os.environ.pop(OWNER_ENV, None)
         self._ray = ray
         log.warning("proving on Ray: %s", ray.cluster_resources())
         return True
@@ -575,14 +570,20 @@ def _ray_processes(ray, root: int | None = None) -> list[int]:
     while todo:
         for pid in children.get(todo.pop(), []):
             todo.append(pid)
-            try:
-                argv = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")[:2]
-            except OSError:
-                continue
-            args = [a.decode(errors="replace") for a in argv]
-            if args and (args[0].startswith("ray::") or any(a.startswith(ray_dir) for a in args)):
+            if _is_ray(pid, ray_dir):
                 out.append(pid)
     return out
+
+
+def _is_ray(pid: int, ray_dir: str) -> bool:
+    """``pid`` is named ``ray::…`` or runs from Ray's package folder ``ray_dir`` (its program,
+    or a script after at most one interpreter option, as ``python -u …/monitor.py``)."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[:3]
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in argv]
+    return bool(args) and (args[0].startswith("ray::") or any(a.startswith(ray_dir) for a in args))
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -615,59 +616,61 @@ def _end(pids: list[int], grace_s: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _start_reaper(owner: str, ray_dir: str) -> subprocess.Popen:
+def _start_reaper(temp_dir: str, ray_dir: str) -> subprocess.Popen:
     """A private Ray instance's processes end with this server even when it is killed (kill -9,
     the OOM killer), when :meth:`RayExecutor.stop` does not run: the raylet and GCS die with
     the dispatcher thread (``PR_SET_PDEATHSIG``), but the raylet's agents were left running,
     orphaned, for good (they ignore SIGTERM). A small process in its own session (a signal to
-    the server's group is the server's) holds a pipe from this one and notes Ray's processes
-    under the server every 2 s; at the pipe's end it ends those still running, and every
-    process of this user whose environment names ``owner`` (:data:`OWNER_ENV`; the agents'
-    own is overwritten by their process titles, hence the notes)."""
-    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
-    return subprocess.Popen([sys.executable, "-m", "server.proofs.ray_executor", "--reap", owner,
-                             str(os.getpid()), ray_dir], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, env=env, start_new_session=True)
+    the server's group is the server's) waits for the end of a pipe from this one (the server
+    exited, or stops Ray itself), then ends every Ray process (``ray_dir``: Ray's package
+    folder) of this user that holds a file under ``temp_dir``, the instance's Ray temp dir (each
+    of its processes, agents and workers too, writes its logs there from its start; not, say,
+    an operator's ``tail -f`` of one), and removes that folder. Which processes are the
+    instance's is read when the server is gone, not noted while it lived: one started just
+    before the server was killed is found too, whoever its parent is by then."""
+    return subprocess.Popen([sys.executable, "-m", "server.proofs.ray_executor", "--reap",
+                             str(os.getpid()), temp_dir, ray_dir], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, start_new_session=True)
 
 
-def _owned(owner: str) -> list[int]:
-    """Pids of this user's processes whose environment has ``OWNER_ENV=owner``."""
-    mark, uid, out = f"{OWNER_ENV}={owner}".encode(), os.getuid(), []
+def _holding(folder: str, skip: set[int], ray_dir: str) -> list[int]:
+    """Pids of this user's Ray processes (but ``skip``) with a file under ``folder`` open."""
+    prefix, uid, out = folder.rstrip(os.sep) + os.sep, os.getuid(), []
+    ray_dir = ray_dir.rstrip(os.sep) + os.sep
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
+        if not d.name.isdigit() or int(d.name) in skip or not _is_ray(int(d.name), ray_dir):
             continue
         try:
-            if d.stat().st_uid == uid and mark in (d / "environ").read_bytes().split(b"\0"):
-                out.append(int(d.name))
+            if d.stat().st_uid != uid:
+                continue
+            fds = list((d / "fd").iterdir())
         except OSError:
             continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith(prefix):
+                    out.append(int(d.name))
+                    break
     return out
 
 
-def _started(pid: int) -> str | None:
-    """When ``pid`` started (``/proc/<pid>/stat``'s starttime): a noted pid is ended only if
-    it is still that process, not another that got its number since."""
-    stat = _stat(pid)
-    return stat[19] if stat is not None and len(stat) > 19 else None
-
-
-def _reap(owner: str, server: int, ray_dir: str) -> None:
-    """``python -m server.proofs.ray_executor --reap OWNER SERVER_PID RAY_DIR`` (see
+def _reap(server: int, temp_dir: str, ray_dir: str) -> None:
+    """``python -m server.proofs.ray_executor --reap SERVER_PID TEMP_DIR RAY_DIR`` (see
     :func:`_start_reaper`)."""
-    import select
     import signal
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    noted: dict[int, str | None] = {}
-    while True:
-        if select.select([sys.stdin.buffer], [], [], 2.0)[0] and not os.read(sys.stdin.fileno(), 4096):
-            break  # the server is gone (or stops Ray itself)
-        noted = {pid: t for pid, t in noted.items() if t is not None and _started(pid) == t}  # live ones
-        noted.update((pid, _started(pid)) for pid in _ray_processes(ray_dir, server) if pid != os.getpid())
-    alive = [pid for pid, started in noted.items() if started is not None and _started(pid) == started]
-    _end(sorted(set(alive) | set(_owned(owner))))
+    while os.read(sys.stdin.fileno(), 4096):  # until the server is gone (or stops Ray itself)
+        pass
+    skip = {os.getpid(), server}
+    for _ in range(10):  # an orphaned raylet not yet dead may start one more worker meanwhile
+        left = _holding(temp_dir, skip, ray_dir)
+        if not left:
+            break
+        _end(left)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    _reap(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    _reap(int(sys.argv[2]), sys.argv[3], sys.argv[4])

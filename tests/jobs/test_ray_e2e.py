@@ -136,12 +136,27 @@ def test_a_private_ray_instance_ends_with_the_server(new_home, servers, tmp_path
     assert not left, left
 
 
-def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path):
+@pytest.fixture
+def ray_tmp():
+    """A short RAY_TMPDIR of the test's own (Ray's Unix socket paths must fit in 108 bytes)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="vrt-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path, ray_tmp):
     """kill -9 of the server (the OOM killer; under ``serve --workers`` a killed process 0 is
     started again, with a new instance each time): its private Ray instance ends too. Before,
     the raylet's DashboardAgent and RuntimeEnvAgent stayed running, orphaned (they ignore
-    SIGTERM), for good. No circuit package is needed: Ray starts with the server."""
+    SIGTERM), for good; then the reaper noted the instance's processes every 2 s, and those
+    started less than that before the kill were still left (this test slept 3 s first). The
+    server is killed the moment both agents run. No circuit package is needed: Ray starts with
+    the server."""
     s = servers(tmp_path / "home", {"VERINFER_PROVER_EXECUTOR": "ray", "HOME": str(tmp_path),
+                                    "RAY_TMPDIR": str(ray_tmp),
                                     "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"})
     end = time.monotonic() + 120
     names: set[bytes] = set()
@@ -150,13 +165,16 @@ def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path):
         names = {_cmd(p).split(b"\0")[0] for p in tree if _running(p)}
         if {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names:
             break
-        time.sleep(0.5)
+        time.sleep(0.02)
     assert {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names, (names, s.output())
-    time.sleep(3)  # the reaper notes the instance's processes every 2 s
-    tree = _descendants(s.proc.pid)
+    assert list(ray_tmp.glob("vr-*/session_*"))  # the instance's own Ray temp dir
     s.kill9()  # the server process alone, not its group
     end = time.monotonic() + 30
     while any(_running(p) for p in tree) and time.monotonic() < end:
         time.sleep(0.2)
     left = [_cmd(p)[:80] for p in tree if _running(p)]
     assert not left, left
+    end = time.monotonic() + 30
+    while list(ray_tmp.glob("vr-*")) and time.monotonic() < end:  # the reaper's last step
+        time.sleep(0.2)
+    assert not list(ray_tmp.glob("vr-*"))
