@@ -218,7 +218,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from prover.ezkl_backend import use_ezkl_dir
     from prover.progress import private_stdio
-    from server.http.app import create_app
+    from server.http.app import create_app, on_stop_signal
     from server.logs import configure, say
     from server.supervisor import bind, check_log, start_errors
 
@@ -232,6 +232,10 @@ def serve(args: argparse.Namespace) -> int:
     keys = app.state.keys
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM, Ctrl-C
+            on_stop_signal(app)
+            super().handle_exit(sig, frame)
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if self.started and not self.should_exit:  # said once the app is up, not before

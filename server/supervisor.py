@@ -357,7 +357,7 @@ def _server_process() -> None:
 
     from prover.ezkl_backend import use_ezkl_dir
     from prover.progress import private_stdio
-    from server.http.app import create_app
+    from server.http.app import create_app, on_stop_signal
     from verifier.errors import InputError
 
     ctl = Connection(os.dup(0))
@@ -374,6 +374,10 @@ def _server_process() -> None:
         sys.exit(2)
 
     class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:  # SIGTERM (systemd's stop, the supervisor's end)
+            on_stop_signal(app)
+            super().handle_exit(sig, frame)
+
         async def startup(self, sockets=None) -> None:
             await super().startup(sockets)
             if not self.should_exit:

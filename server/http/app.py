@@ -426,5 +426,13 @@ def create_app(
     return app
 
 
+def on_stop_signal(app: FastAPI) -> None:
+    """The server's stop signal arrived (from uvicorn's signal handler, before its graceful stop
+    begins): the proof jobs learn it now (see ``ProofJobs.signal_stop``)."""
+    jobs = app.state.jobs
+    if jobs is not None:
+        jobs.signal_stop()
+
+
 def _meta(t) -> dict[str, Any]:
     return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}

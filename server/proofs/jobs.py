@@ -118,6 +118,12 @@ class ProofJobs:
         if self.ray is not None:
             self.ray.start()
 
+    def signal_stop(self) -> None:
+        """Called from the server's stop signal handler, before the graceful stop begins (see
+        :meth:`server.proofs.ray_executor.RayExecutor.signal_stop`)."""
+        if self.ray is not None:
+            self.ray.signal_stop()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:

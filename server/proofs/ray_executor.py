@@ -42,6 +42,10 @@ from pathlib import Path
 
 log = logging.getLogger("verinfer.server")
 
+# systemd's stop signals every process of the unit at once: the Ray processes of a private
+# instance die of it while the server, signalled with them, stops. A Ray process's death is
+# taken for the server's stop (the attempt not counted) if its stop signal comes this soon after.
+STOP_SIGNAL_WAIT_S = 1.0
 # A prover process before its first proof (Python, EZKL, onnxruntime, numpy): what a
 # package's own figures are added to when a proof's memory is reserved.
 PROCESS_BASE_BYTES = 400 * 1024 * 1024
@@ -211,6 +215,8 @@ class RayExecutor:
         self.receipts = receipts
         self._keys = None
         self._stop = threading.Event()
+        self.stopping = threading.Event()  # the server got its stop signal (see stopping())
+        self._not_stopping_at = 0.0  # Ray failures seen until then were not the server's stop
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._jobs: list[_Claimed] = []  # claimed, waiting or in flight
@@ -238,6 +244,13 @@ class RayExecutor:
     def wake(self) -> None:
         self._wake.set()
 
+    def signal_stop(self) -> None:
+        """The server got its stop signal (SIGTERM, Ctrl-C), in its signal handler: claim no more
+        jobs, and a proof whose Ray process dies now gives its job back without counting the
+        attempt (systemd's stop signals the private instance's processes too)."""
+        self.stopping.set()
+        self._wake.set()
+
     def stop(self) -> None:
         # A private instance (no address): its processes are ours to end. Found now, while the
         # dispatcher thread that started them lives: they die with that thread (Ray sets
@@ -245,6 +258,7 @@ class RayExecutor:
         # which would be left orphaned, out of this process's tree.
         ray = self._ray
         private = _ray_processes(ray) if ray is not None and not self.settings.ray_address else []
+        self.stopping.set()
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -297,6 +311,16 @@ class RayExecutor:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            if self.stopping.is_set() and not self.settings.ray_address:
+                # systemd's stop ends a private instance with the server: its proofs will not
+                # come back, so their jobs go back to the queue now (the attempt not counted),
+                # and no Ray call is made: one that finds the GCS gone makes Ray abort this
+                # process (a failed check in GetAllNodeInfo: no graceful stop, jobs left running)
+                for c in self._jobs:
+                    self.store.release(c.job.id, c.worker)
+                self._jobs.clear()
+                self._stop.wait(0.1)
+                continue
             try:
                 if self._connect():
                     self._collect()
@@ -359,7 +383,7 @@ class RayExecutor:
         from server.receipts.keys import load_keys
 
         s = self.settings
-        while len(self._jobs) < self.capacity() and not self._stop.is_set():
+        while not self.stopping.is_set() and len(self._jobs) < self.capacity():
             self._seq += 1
             worker = f"{self.prefix}.{self._seq}"
             claimed = self.store.claim(worker, s.proof_lease_s)
@@ -425,6 +449,7 @@ class RayExecutor:
         for a in list(self._actors):
             if a.node is None:
                 ready, _ = self._ray.wait([a.node_ref], timeout=0)
+                seen = time.monotonic()
                 if ready:
                     try:
                         a.node = self._node_name(self._ray.get(a.node_ref))
@@ -435,7 +460,7 @@ class RayExecutor:
                                   and c.job.package_id == a.package_id), None)
                         if c is not None:
                             self._jobs.remove(c)
-                            self._attempt_failed(c, exc)
+                            self._attempt_failed(c, exc, seen)
                 elif a.package_id not in waiting:  # not placed, and no longer needed
                     self._kill_actor(a)
             elif not a.busy and now - a.last_used > 300:
@@ -462,6 +487,7 @@ class RayExecutor:
         if not flying:
             return
         ready, _ = self._ray.wait(list(flying), num_returns=len(flying), timeout=0.2)
+        seen = time.monotonic()
         for ref in ready:
             c = flying[ref]
             self._jobs.remove(c)
@@ -471,7 +497,7 @@ class RayExecutor:
             try:
                 bundle_json = self._ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - sorted out in _attempt_failed
-                self._attempt_failed(c, exc)
+                self._attempt_failed(c, exc, seen)
                 continue
             try:
                 outcome, final = self._finish(c, bundle_json)
@@ -497,10 +523,26 @@ class RayExecutor:
         verify_bundle(bundle, self.settings.packages_dir / c.job.package_id, manifest=m)
         return sign_bundle(c.job, m, bundle, c.receipt, c.statement, self._keys)
 
-    def _attempt_failed(self, c: _Claimed, exc: BaseException) -> None:
+    def _stopped_by_us(self, seen: float) -> bool:
+        """Whether a Ray process's death, seen at ``seen``, is the server's stop: its stop signal
+        came, or comes within :data:`STOP_SIGNAL_WAIT_S` (waited once for every death seen
+        until the wait began)."""
+        if self.stopping.is_set():
+            return True
+        if seen <= self._not_stopping_at:
+            return False
+        began = time.monotonic()
+        if self.stopping.wait(STOP_SIGNAL_WAIT_S):
+            return True
+        self._not_stopping_at = began
+        return False
+
+    def _attempt_failed(self, c: _Claimed, exc: BaseException, seen: float | None = None) -> None:
         """An attempt ended without a bundle: the job fails now if its input can never be
-        proven, else it is queued again (or fails once its attempts are used up)."""
-        from ray.exceptions import RayTaskError
+        proven, else it is queued again (or fails once its attempts are used up). When a Ray
+        process died of the server's own stop (systemd's stop signals a private instance's
+        processes with the server), the job is given back without counting the attempt."""
+        from ray.exceptions import RayError, RayTaskError
 
         from verifier.errors import InputError, PackageError
 
@@ -510,6 +552,11 @@ class RayExecutor:
             cause = exc
             if c.actor is not None:
                 self._kill_actor(c.actor)
+            if isinstance(exc, RayError) and self._stopped_by_us(time.monotonic() if seen is None else seen):
+                self.store.release(c.job.id, c.worker)
+                log.info("proof job %s given back to the queue: the server stops (%s)",
+                         c.job.id, type(exc).__name__)
+                return
         lines = (str(cause).strip() or type(cause).__name__).splitlines()
         text = next((ln for ln in lines if ln.strip() and not ln.startswith(" ")), lines[0])
         reason = f"{type(cause).__name__}: {text[:300]}"

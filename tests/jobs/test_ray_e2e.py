@@ -4,7 +4,10 @@ its job is dispatched again and done on the other node, with one bundle."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -178,3 +181,50 @@ def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path, ray
     while list(ray_tmp.glob("vr-*")) and time.monotonic() < end:  # the reaper's last step
         time.sleep(0.2)
     assert not list(ray_tmp.glob("vr-*"))
+
+
+def test_systemds_stop_while_proving_on_a_private_instance_costs_no_attempt(new_home, servers, tmp_path):
+    """systemd's stop (KillMode=control-group) sends SIGTERM to every process of the unit: the
+    server and its private Ray instance's processes, the actor proving a job among them. When
+    the actor's death reached the dispatcher before the graceful stop gave the job back (here
+    surely: a request still being sent holds the stop), the attempt counted, as a crash, and
+    with one allowed the job failed ("ActorDiedError: The actor died unexpectedly"). The server
+    now learns of the stop in its signal handler and gives the job back to the queue without
+    counting the attempt, as with local prover workers."""
+    import socket
+    import sqlite3
+
+    home = new_home()
+    s = servers(home, {"VERINFER_PROVER_EXECUTOR": "ray", "HOME": str(tmp_path),
+                       "VERINFER_PROOF_ATTEMPTS": "1", "RAY_AUTH_MODE": "disabled",
+                       "RAY_USAGE_STATS_ENABLED": "0"})
+    status, job = s.submit(iris_input(40))
+    assert status == 202, job
+
+    def row():
+        with contextlib.closing(sqlite3.connect(home / "receipts.sqlite3")) as db:
+            return db.execute("SELECT status, attempts, error FROM proof_jobs WHERE id = ?",
+                              (job["id"],)).fetchone()
+
+    end = time.monotonic() + 120
+    while not any(_cmd(p).startswith(b"ray::PackageProver") for p in _descendants(s.proc.pid)):
+        assert time.monotonic() < end, s.output()  # the actor that proves it has started
+        time.sleep(0.02)
+    body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
+                                   "data": iris_input(41)}]}).encode()
+    with socket.create_connection(("127.0.0.1", s.port), timeout=120) as conn:
+        conn.sendall(b"POST /v2/models/iris_mlp/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        time.sleep(0.5)  # the request has begun: the graceful stop waits for it
+        for pid in [s.proc.pid, *_descendants(s.proc.pid)]:  # the unit's every process, at once
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        end = time.monotonic() + 60
+        while (got := row())[0] == "running":  # the dispatcher sees the actor die
+            assert time.monotonic() < end, s.output()
+            time.sleep(0.05)
+        conn.sendall(body[10:])
+        answer = conn.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    s.proc.wait(90)
+    assert got == ("queued", 0, None) and row() == got, (got, row(), s.output())
