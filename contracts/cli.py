@@ -84,6 +84,7 @@ def _resolve_package(ref: str) -> Path:
 def _registered_packages() -> list[Path]:
     """The packages of the models registered in the data dir that the oracle can take (public
     input); says on stderr which are left out, or that there are none."""
+    from contracts.deploy import label_position
     from contracts.solc import EIP170_LIMIT
     from verifier.config import Settings
     from verifier.errors import VerinferError
@@ -101,6 +102,9 @@ def _registered_packages() -> list[Path]:
         if pkg.manifest.input_visibility != "public":
             print(f"note: {name} left out: its circuit hashes its input (the oracle needs a "
                   "public input)", file=sys.stderr)
+            continue
+        if not pkg.manifest.label_is_last_instance:
+            print(f"note: {name} left out: {label_position(pkg.manifest)}", file=sys.stderr)
             continue
         if pkg.manifest.preflight.get("verifier_fits") is False:
             size = pkg.manifest.preflight.get("verifier_runtime_bytes")

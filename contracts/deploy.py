@@ -80,6 +80,8 @@ def load_package(folder: Path) -> PackageModel:
     if m.input_visibility != "public":
         raise PackageError(f"{folder}: the oracle needs a circuit with public input "
                            f"(this one is {m.input_visibility!r})")
+    if not m.label_is_last_instance:
+        raise PackageError(f"{folder}: {label_position(m)}")
     vj = folder / "Verifier.json"
     if "Verifier.json" not in m.artifacts:
         raise PackageError(f"{folder}: the manifest records no Verifier.json hash")
@@ -108,6 +110,14 @@ def load_package(folder: Path) -> PackageModel:
         dev_srs=not is_ceremony_srs(m),
         public_output=m.public_output,
     )
+
+
+def label_position(m) -> str:
+    """Why the oracle cannot take a circuit whose label is not its last public instance."""
+    names = ", ".join(o.name for o in m.outputs)
+    return (f"the oracle reads the label from a proof's last public instance, and this "
+            f"circuit's label {m.outputs[m.label_output].name!r} is not it (public outputs, in "
+            f"order: {names}); register the model again with '--public-output label'")
 
 
 def deploy_oracle(chain: Chain, request_timeout: int = DEFAULT_REQUEST_TIMEOUT,

@@ -104,6 +104,14 @@ class Manifest(Frozen):
         return n_in + sum(math.prod(o.shape) for o in self.outputs)
 
     @property
+    def label_is_last_instance(self) -> bool:
+        """Whether the label is the proof's last public instance, alone: the last output, of
+        one element. The oracle reads the label there (docs/contracts.md); a model whose
+        graph lists its label before its logits has the last logit there instead."""
+        last = len(self.outputs) - 1
+        return self.label_output == last and math.prod(self.outputs[last].shape) == 1
+
+    @property
     def package_id(self) -> str:
         return sha256_bytes(self.canonical_bytes())
 

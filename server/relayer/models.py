@@ -47,6 +47,9 @@ class LocalModel:
     # public instances of the package's proofs: the input, then the public outputs (logits and
     # label, or the label alone: the manifest's public_output); None without a package
     num_instances: int | None = None
+    # the label is the proofs' last public instance, where the oracle reads it (not so for a
+    # graph that lists its label before its logits: Manifest.label_is_last_instance)
+    label_last: bool = True
 
     @property
     def input_length(self) -> int:
@@ -82,6 +85,7 @@ class LocalModel:
             session=_session(package.path("model.onnx")),
             package=package,
             num_instances=m.num_instances,
+            label_last=m.label_is_last_instance,
         )
 
     @classmethod

@@ -382,6 +382,10 @@ class Relayer:
             raise _Skip(f"model {model.name}: the oracle takes {num_instances} public instances, "
                         f"this package's proofs have {model.num_instances} (another public "
                         f"output shape)")
+        if not model.label_last:  # the oracle would deliver another instance as the label
+            from contracts.deploy import label_position
+
+            raise _Skip(f"model {model.name}: {label_position(model.package.manifest)}")
         proof_gas = self._proof_gas.get(ev.model_id, PROOF_FULFIL_GAS_FLOOR)
         self.sender.check_fee(ev, ev.callback_gas_limit + proof_gas, per_gas)  # before proving
         bundle = self.proofs.prove(model, x)
