@@ -7,6 +7,7 @@ Dev accounts: anvil's default unlocked accounts are used in tests only.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,34 @@ def embedded_chain():
 def chain(request):
     """Each test that takes ``chain`` runs on both chains."""
     return request.getfixturevalue(f"{request.param}_chain")
+
+
+@contextlib.contextmanager
+def jsonrpc_endpoint(answer):
+    """An HTTP JSON-RPC endpoint on loopback whose reply to each POSTed request is
+    ``answer(request: dict, body: bytes) -> bytes``; yields its URL."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            out = answer(json.loads(body), body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

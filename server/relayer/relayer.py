@@ -477,13 +477,17 @@ class _Skip(Exception):
 
 
 def _is_node_error(exc: BaseException) -> bool:
-    """Errors of the node or the network: retried for as long as it takes."""
+    """Errors of the node or the network: retried for as long as it takes. A JSON-RPC error
+    the node answers (a hosted node's rate limit, "header not found") is one too: a revert is
+    not (web3 raises ContractLogicError for it, and the eth_calls made while preparing a
+    request are views that do not revert)."""
     import requests  # web3's HTTP transport
+    from web3.exceptions import Web3RPCError
 
     from contracts.chain import ChainError
 
     return isinstance(exc, (ChainError, ConnectionError, TimeoutError, OSError,
-                            requests.RequestException))
+                            requests.RequestException, Web3RPCError))
 
 
 # -- running it -----------------------------------------------------------------------

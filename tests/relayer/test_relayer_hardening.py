@@ -5,6 +5,7 @@ An unprovable input with the real EZKL prover: test_relayer_e2e.py."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -396,3 +397,57 @@ def test_a_reorg_of_the_requests_block_is_rewound(anvil_chain, iris_model, tmp_p
     assert res.fulfilled == ["0x" + rid2.hex()]
     assert answer(cons, rid2) == (True, onnx_label(IRIS_ONNX, q2, SCALE, (1, 4)))
     assert r.poll().events == 0
+
+
+@contextlib.contextmanager
+def _rate_limited(url: str, selector: str, times: int):
+    """anvil behind a front that answers the first ``times`` ``eth_call``s of ``selector`` with
+    the JSON-RPC error a hosted node sends when its rate limit is hit (-32005), and passes
+    every other request to anvil as it is."""
+    import json
+    import urllib.request
+
+    from chain_support import jsonrpc_endpoint
+
+    left = [times]
+
+    def answer(req: dict, body: bytes) -> bytes:
+        call = (req.get("params") or [{}])[0] if req.get("method") == "eth_call" else {}
+        if str(call.get("data") or call.get("input") or "").startswith(selector) and left[0] > 0:
+            left[0] -= 1
+            return json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "error": {
+                "code": -32005, "message": "daily request count exceeded, request rate "
+                "limited"}}).encode()
+        fwd = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(fwd, timeout=60) as resp:
+            return resp.read()
+
+    with jsonrpc_endpoint(answer) as front:
+        yield front
+
+
+def test_a_node_error_while_preparing_delays_and_does_not_fail(anvil_chain, relay_anvil_url,
+                                                               iris_model, tmp_path):
+    """A JSON-RPC error from the node (a hosted node's rate limit) while a request is prepared
+    is the node's, as a refused connection is (docs/server.md): the pass reports it, the request
+    stays pending and is answered once the node answers, however many polls that takes. Before,
+    it counted as a failure of the request, which after 3 polls was recorded failed, never to
+    be answered, and its fee stayed locked until the requester cancelled."""
+    from web3.exceptions import Web3RPCError
+
+    from contracts.chain import connect
+
+    key, addr = new_key()
+    oracle, cons = setup_oracle(anvil_chain, iris_model, "signature", addr)
+    q = samples(1)[0]
+    rid = request(anvil_chain, cons, q)
+    selector = oracle.functions.models(iris_model.model_id)._encode_transaction_data()[:10]
+    with _rate_limited(relay_anvil_url, selector, times=4) as url:
+        r = relayer_for(connect(url), oracle, iris_model, tmp_path, key)
+        for _ in range(4):
+            with pytest.raises(Web3RPCError, match="rate limited"):
+                r.poll()
+            rec = r.store.get("0x" + rid.hex())
+            assert (rec.state, rec.attempts) == ("pending", 0)
+        assert r.poll().fulfilled == ["0x" + rid.hex()]
+    assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))

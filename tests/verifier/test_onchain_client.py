@@ -6,11 +6,10 @@ deployed verifier on anvil: tests/contracts/test_proof_path.py::test_verify_onch
 from __future__ import annotations
 
 import json
-import threading
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from chain_support import jsonrpc_endpoint
 
 from verifier.errors import InputError, ProofInvalid
 from verifier.onchain import verify_onchain
@@ -23,32 +22,17 @@ def _node(eth_call_reply):
     """A JSON-RPC endpoint on loopback: code at every address, ``eth_call_reply`` (the reply's
     fields besides jsonrpc and id, or a whole non-object reply) to eth_call."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if req["method"] == "eth_getCode":
-                reply = {"jsonrpc": "2.0", "id": req["id"], "result": "0x6001"}
-            elif isinstance(eth_call_reply, dict):
-                reply = {"jsonrpc": "2.0", "id": req["id"], **eth_call_reply}
-            else:
-                reply = eth_call_reply
-            body = json.dumps(reply).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(req: dict, _body: bytes) -> bytes:
+        if req["method"] == "eth_getCode":
+            reply = {"jsonrpc": "2.0", "id": req["id"], "result": "0x6001"}
+        elif isinstance(eth_call_reply, dict):
+            reply = {"jsonrpc": "2.0", "id": req["id"], **eth_call_reply}
+        else:
+            reply = eth_call_reply
+        return json.dumps(reply).encode()
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with jsonrpc_endpoint(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("reply, verdict", [
