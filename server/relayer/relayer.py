@@ -286,12 +286,12 @@ class Relayer:
         mid = "0x" + ev.model_id.hex()
         if rec is None:
             self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "pending")
-        elif rec.state == "sending" and rec.tx_hash:
-            done = self.sender.resume(ev, rec)
+        elif rec.state == "sending":  # a transaction sent before a restart
+            done = self.sender.resume(ev, rec) if rec.tx_hash else None
             if done is not None:
                 return done
-        elif rec.state == "sending" and rec.nonce is not None:  # unlocked account, hash unknown
-            self.sender.resume_unlocked(rec)
+            if rec.nonce is not None:  # its hash unknown to the node: wait for its nonce
+                self.sender.wait_for_nonce(rec)
 
         status = self._status(ev.request_id)
         if status != STATUS_OPEN:

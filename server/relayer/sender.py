@@ -38,6 +38,7 @@ class Sender:
     fee_bump = 1.25
     max_replacements = 5
     receipt_poll_s = 0.2
+    wait_s = 300.0  # a wait that replaces nothing (the node's account; a nonce), per poll
 
     def __init__(self, chain, oracle, store: RelayStore, *, fee_margin: float,
                  tx_timeout_s: float, status: Callable[[bytes], int],
@@ -92,14 +93,17 @@ class Sender:
                 tx.setdefault("chainId", self.chain.chain_id)
                 signed = self._account.sign_transaction(tx)
                 tx_hash = "0x" + bytes(signed.hash).hex()
-                # on disk before it is broadcast: a restart looks it up instead of guessing
+                # on disk before it is broadcast: a restart looks it up instead of guessing, and
+                # when the node does not know it (a replacement took its place), waits for its
+                # nonce instead of sending a second transaction behind it
                 self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
-                                  label=label, tx_hash=tx_hash, attempts=attempts)
+                                  label=label, tx_hash=tx_hash, nonce=tx["nonce"],
+                                  attempts=attempts)
                 self.w3.eth.send_raw_transaction(signed.raw_transaction)
             else:
                 # an unlocked node account: the hash is known only once sent, so the nonce is
                 # chosen and recorded first; a restart in between waits for that nonce to be
-                # mined (resume_unlocked) instead of paying for a second transaction
+                # mined (wait_for_nonce) instead of paying for a second transaction
                 tx["nonce"] = self.w3.eth.get_transaction_count(self.chain.sender, "pending")
                 self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
                                   label=label, tx_hash=None, nonce=tx["nonce"], attempts=attempts)
@@ -114,12 +118,12 @@ class Sender:
              tx: dict | None = None) -> str:
         """Wait for ``tx_hash`` (or a replacement of it) to be mined; record the outcome.
         ``tx``: the signed transaction's fields, to replace it when it is not mined within
-        ``tx_timeout_s``; without it the wait is for up to 300 s per call."""
+        ``tx_timeout_s``; without it the wait is for up to ``wait_s`` per call."""
         mid = "0x" + ev.model_id.hex()
         hashes = [tx_hash]
         replacements = 0
         while True:
-            receipt = self._mined(hashes, self.tx_timeout_s if tx is not None else 300.0)
+            receipt = self._mined(hashes, self.tx_timeout_s if tx is not None else self.wait_s)
             if receipt is not None:
                 break
             if tx is None or replacements >= self.max_replacements:
@@ -179,16 +183,21 @@ class Sender:
         new_hash = "0x" + bytes(signed.hash).hex()
         mid = "0x" + ev.model_id.hex()
         with self._lock:
-            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
-                              label=label, tx_hash=new_hash)
             try:
                 self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:  # noqa: BLE001 - mined meanwhile ("nonce too low"), ...
                 log.info("relayer: request %s: replacement of %s refused (%s); waiting on",
                          ev.rid, old_hash, str(exc)[:200])
-                self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending",
-                                  tx_hash=old_hash)
                 return tx, old_hash
+            hook = self.hooks.get("mid_replace")  # test seam: broadcast, not recorded yet
+            if hook is not None:
+                hook(ev)
+            # recorded once the node has it: a restart before this finds the old hash, which the
+            # node dropped for this one, and waits for the nonce (the record's) they share. Had
+            # the new hash been recorded first, a restart in between found a hash no node knew,
+            # and sent a second transaction, queued behind the stuck one it could not replace
+            self.store.upsert(ev.rid, mid, ev.block, ev.log_index, "sending", method=method,
+                              label=label, tx_hash=new_hash)
         log.warning("relayer: request %s: tx %s not mined in %.0f s; replaced by %s (nonce %d, "
                     "%s x %.2f)", ev.rid, old_hash, self.tx_timeout_s, new_hash, tx["nonce"],
                     keys[0], self.fee_bump)
@@ -197,9 +206,10 @@ class Sender:
             hook(ev)
         return new, new_hash
 
-    def resume_unlocked(self, rec: RequestRecord) -> None:
-        """A transaction from the node's unlocked account, sent at ``rec.nonce`` just before a
-        restart (its hash unrecorded): if the node took a transaction at that nonce, wait until
+    def wait_for_nonce(self, rec: RequestRecord) -> None:
+        """A transaction sent at ``rec.nonce`` before a restart whose hash the node does not
+        know (the node's unlocked account: its hash was not recorded yet; a local key: a
+        replacement took its place): if the node took a transaction at that nonce, wait until
         it is mined (the relayer then reads the request's status on chain: fulfilled by it, or
         still open and sent again); if not, return at once (send again)."""
         sender = self.chain.sender
@@ -207,7 +217,7 @@ class Sender:
             log.info("relayer: request %s: nothing was sent at nonce %d; sending", rec.request_id,
                      rec.nonce)
             return
-        end = time.monotonic() + 300.0
+        end = time.monotonic() + self.wait_s
         while self.w3.eth.get_transaction_count(sender, "latest") <= rec.nonce:
             if time.monotonic() >= end:
                 raise TimeoutError(f"transaction at nonce {rec.nonce} of {sender} not mined yet")
@@ -219,9 +229,27 @@ class Sender:
         from web3.exceptions import TransactionNotFound
 
         try:
-            self.w3.eth.get_transaction(rec.tx_hash)
+            sent = self.w3.eth.get_transaction(rec.tx_hash)
         except TransactionNotFound:
-            log.info("relayer: request %s: recorded tx %s is unknown to the node; resending",
-                     ev.rid, rec.tx_hash)
+            log.info("relayer: request %s: recorded tx %s is unknown to the node", ev.rid,
+                     rec.tx_hash)
             return None
-        return self.wait(ev, rec.tx_hash, rec.method or "?", rec.label)
+        # still pending, and signed here: replaced after tx_timeout_s as before the restart
+        # (waited on without it, a transaction stuck at too low a fee held up every later one)
+        tx = self._as_sent(sent) if sent.get("blockNumber") is None else None
+        return self.wait(ev, rec.tx_hash, rec.method or "?", rec.label, tx)
+
+    def _as_sent(self, sent) -> dict | None:
+        """The fields :meth:`_replace` signs again, of a pending transaction as the node has it;
+        None unless it is this relayer's own, signed with its local key."""
+        if self._account is None or sent["from"].lower() != self._account.address.lower():
+            return None
+        tx = {"from": self._account.address, "to": sent["to"], "value": int(sent["value"]),
+              "data": bytes(sent["input"]), "gas": int(sent["gas"]),
+              "nonce": int(sent["nonce"]), "chainId": self.chain.chain_id}
+        if sent.get("maxFeePerGas") is not None:
+            tx["maxFeePerGas"] = int(sent["maxFeePerGas"])
+            tx["maxPriorityFeePerGas"] = int(sent["maxPriorityFeePerGas"])
+        else:
+            tx["gasPrice"] = int(sent["gasPrice"])
+        return tx

@@ -451,3 +451,98 @@ def test_a_node_error_while_preparing_delays_and_does_not_fail(anvil_chain, rela
             assert (rec.state, rec.attempts) == ("pending", 0)
         assert r.poll().fulfilled == ["0x" + rid.hex()]
     assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))
+
+
+class _Stopped(BaseException):
+    """The process dying at a hook (a BaseException, as SystemExit: the relayer catches none)."""
+
+
+def _stop(ev):
+    raise _Stopped
+
+
+def _pending_txs(chain) -> list[dict]:
+    pending = _rpc(chain, "txpool_content")["pending"]
+    return [tx for txs in pending.values() for tx in txs.values()]
+
+
+def _key_file_request(chain0, model, tmp_path):
+    """A signature model's request, and the relayer's chain with a funded key of its own:
+    (chain, EIP-712 key, oracle, request id)."""
+    from contracts.chain import connect
+
+    key, addr = new_key()
+    oracle, cons = setup_oracle(chain0, model, "signature", addr)
+    _account, key_file = funded_key_file(chain0, tmp_path)
+    rid = "0x" + request(chain0, cons, samples(1)[0]).hex()
+    return connect(chain0.rpc, key_file=key_file), key, oracle, rid
+
+
+def _mined_once(chain0, chain, relayer, oracle, rid: str) -> None:
+    """Mine the pending block: the relayer's next pass finds the request fulfilled by the one
+    transaction its account sent."""
+    _rpc(chain0, "evm_mine")
+    assert relayer.poll().fulfilled == [rid]
+    assert chain.w3.eth.get_transaction_count(chain.sender) == 1
+    assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle.address)] == [
+        bytes.fromhex(rid[2:])]
+    assert not _pending_txs(chain0)
+
+
+def test_a_stuck_transaction_is_still_replaced_after_a_restart(anvil_chain, iris_model,
+                                                              tmp_path):
+    """A relayer stopped while its fulfilment is stuck (automine off: never mined) finds it
+    pending at its restart and replaces it after tx_timeout_s at the same nonce, as before the
+    restart. Before, it only waited on it (300 s a poll, forever): a transaction stuck at too
+    low a fee held up every later fulfilment of the account."""
+    chain0 = anvil_chain
+    chain, key, oracle, rid = _key_file_request(chain0, iris_model, tmp_path)
+    _rpc(chain0, "evm_setAutomine", False)
+    try:
+        r = relayer_for(chain, oracle, iris_model, tmp_path, key, hooks={"after_send": _stop})
+        with pytest.raises(_Stopped):
+            r.poll()
+        first = r.store.get(rid).tx_hash
+        r.store.close()
+        (stuck,) = _pending_txs(chain0)
+        replaced = []
+        restarted = relayer_for(chain, oracle, iris_model, tmp_path, key, tx_timeout_s=0.3,
+                                hooks={"after_replace": lambda ev: replaced.append(ev.rid)})
+        restarted.sender.max_replacements, restarted.sender.wait_s = 1, 1.0
+        with pytest.raises(TimeoutError):  # replaced once, still not mined: the next pass waits
+            restarted.poll()
+        assert replaced == [rid]
+        (pending,) = _pending_txs(chain0)  # the replacement took the stuck one's place
+        assert pending["nonce"] == stuck["nonce"] and pending["hash"] != first
+        assert int(pending["maxFeePerGas"], 16) > int(stuck["maxFeePerGas"], 16)
+        assert restarted.store.get(rid).tx_hash == pending["hash"]
+    finally:
+        _rpc(chain0, "evm_setAutomine", True)
+    _mined_once(chain0, chain, restarted, oracle, rid)
+
+
+def test_a_restart_in_the_middle_of_a_replacement_sends_nothing_more(anvil_chain, iris_model,
+                                                                     tmp_path):
+    """A relayer stopped while it replaces its stuck fulfilment, between the two steps of
+    broadcasting the replacement and recording it: at its restart the request is not answered
+    again (no second transaction queued behind the first nonce); the replacement is waited for
+    and, once mined, is what fulfilled it. Before, the new hash was recorded first: the
+    restart found a hash no node knew and sent another transaction at the next nonce, and lost
+    the stuck one, which it could then never replace."""
+    chain0 = anvil_chain
+    chain, key, oracle, rid = _key_file_request(chain0, iris_model, tmp_path)
+    _rpc(chain0, "evm_setAutomine", False)
+    try:
+        r = relayer_for(chain, oracle, iris_model, tmp_path, key, tx_timeout_s=0.3,
+                        hooks={"mid_replace": _stop})
+        with pytest.raises(_Stopped):
+            r.poll()
+        r.store.close()
+        restarted = relayer_for(chain, oracle, iris_model, tmp_path, key, tx_timeout_s=0.3)
+        restarted.sender.wait_s = 1.0
+        with pytest.raises(TimeoutError):  # the nonce is taken, not mined: nothing is sent
+            restarted.poll()
+        assert len(_pending_txs(chain0)) == 1
+    finally:
+        _rpc(chain0, "evm_setAutomine", True)
+    _mined_once(chain0, chain, restarted, oracle, rid)
