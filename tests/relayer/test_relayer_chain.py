@@ -134,7 +134,9 @@ def test_restart_between_send_and_record(chain, iris_model, tmp_path):
     with pytest.raises(_Crash):
         r.poll()
     r.store.close()
-    nonce = chain.w3.eth.get_transaction_count(chain.sender)
+    # "pending": the crashed broadcast counts whether or not it is mined yet (anvil mines a
+    # sent transaction after answering: "latest" lagged one in 20 of 300 reads)
+    nonce = chain.w3.eth.get_transaction_count(chain.sender, "pending")
     r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     res = r.poll()
     assert res.fulfilled == ["0x" + x.hex() for x in rids]
