@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from contracts.chain import Chain
+from contracts.chain import Chain, ChainError
 from contracts.solc import EIP170_LIMIT, EVM_VERSION, OPTIMIZER_RUNS, CompiledContract, compiled
-from verifier.errors import InputError, PackageError
+from verifier.errors import InputError, PackageError, VerinferError
 
 DEPLOYMENT_FORMAT = "verinfer.deployment/v1"
 DEFAULT_REQUEST_TIMEOUT = 3600  # seconds before a requester may cancel
@@ -245,11 +245,21 @@ def deploy_all(chain: Chain, packages: list[Path], *, policy: str = "proof",
         "models": [],
     }
     for m in models:
-        address, vrec = deploy_verifier(chain, m.verifier)
-        rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
-                              input_length=m.input_length, input_scale=m.input_scale,
-                              policy=policy, signer=signer, num_instances=m.num_instances,
-                              max_abs_input=m.max_abs_input, min_fee=min_fee, payee=payee)
+        address = None
+        try:
+            address, vrec = deploy_verifier(chain, m.verifier)
+            rrec = register_model(chain, oracle, model_id=m.model_id, verifier=address,
+                                  input_length=m.input_length, input_scale=m.input_scale,
+                                  policy=policy, signer=signer, num_instances=m.num_instances,
+                                  max_abs_input=m.max_abs_input, min_fee=min_fee, payee=payee)
+        except VerinferError as exc:
+            # what is on chain already, paid for: said, or the operator loses its addresses
+            done = [f"oracle {oracle.address}"] + [
+                f"{r['name']} (verifier {r['verifier']}, registered)" for r in record["models"]]
+            if address is not None:
+                done.append(f"{m.name}'s verifier {address} (not registered)")
+            raise ChainError(f"{m.name}: {exc}; deployed before that, in no deployment file: "
+                             + ", ".join(done)) from None
         record["models"].append({
             "name": m.name,
             "model_id": "0x" + m.model_id.hex(),

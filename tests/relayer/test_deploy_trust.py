@@ -82,3 +82,33 @@ def test_registered_input_bound_refuses_an_unprovable_input_at_request_time(anvi
         anvil_chain.transact(cons.functions.classify([1, 0, 0, 0]), value=9)
     assert info.value.error == "FeeTooLow" and info.value.error_args == (9, 10)
     anvil_chain.transact(cons.functions.classify([1, 0, 0, 0]), value=10)
+
+
+def test_a_deployment_that_fails_midway_names_what_it_deployed(iris_package, tmp_path, capsys):
+    """anvil refusing the verifier (a code size limit above the oracle's, below the
+    verifier's): `chain deploy` exits 2 with one line that names the oracle it deployed and
+    paid for before, so the operator can find it. Before, the line said only why the verifier
+    failed: the oracle's address was nowhere (no deployment file is written)."""
+    from chain_support import ANVIL
+
+    from contracts.anvil import local_anvil
+    from contracts.chain import connect
+    from contracts.solc import compiled
+
+    oracle_size = compiled()["VerinferOracle"].runtime_size
+    verifier_size = deploy.load_package(iris_package).verifier.runtime_size
+    assert oracle_size < 14_000 < verifier_size
+    out = tmp_path / "dep.json"
+    with local_anvil(ANVIL, "--code-size-limit", "14000") as url:
+        code = main(["chain", "deploy", "--rpc", url, "--package", str(iris_package),
+                     "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("verinfer: error:")]
+        assert "iris_mlp: " in line and "deployed before that, in no deployment file" in line
+        oracle = line.split("oracle ")[1].split()[0].rstrip(",")
+        chain = connect(url)
+        assert chain.w3.eth.get_code(oracle) != b""  # the oracle it names is there
+        o = chain.contract(oracle, deploy.oracle_abi())
+        assert o.functions.owner().call() == chain.sender
+        assert not out.exists() and "Traceback" not in err
