@@ -146,22 +146,39 @@ class ProofSource(Protocol):
 
 
 class InProcessProofs:
-    """Proves in this process with :class:`prover.proving.Prover` (one per package, kept)."""
+    """Proves in this process with :class:`prover.proving.Prover` (one per package, kept). The
+    last ``keep`` proofs are kept too, by package and input: a request whose fulfilment could
+    not be sent (the node refused it: the account ran out of funds; the node went down) is
+    prepared again at the next poll, and gets the proof already made instead of another (as
+    the server's proof queue reuses a job for the same input)."""
+
+    keep = 64
 
     def __init__(self) -> None:
+        from collections import OrderedDict
+
         self._provers: dict[str, Any] = {}
+        self._recent: OrderedDict[tuple, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def prove(self, model: LocalModel, x: np.ndarray):
         if model.package is None:
             raise InputError(f"model {model.name} has no circuit package: no proof path here")
+        key = (model.package.id, x.dtype.str, x.shape, x.tobytes())
         with self._lock:
+            bundle = self._recent.get(key)
+            if bundle is not None:
+                self._recent.move_to_end(key)
+                return bundle
             prover = self._provers.get(model.package.id)
             if prover is None:
                 from prover.proving import Prover
 
                 prover = self._provers[model.package.id] = Prover(model.package)
-            return prover.prove(x)
+            bundle = self._recent[key] = prover.prove(x)
+            while len(self._recent) > self.keep:
+                self._recent.popitem(last=False)
+            return bundle
 
 
 class QueueProofs:

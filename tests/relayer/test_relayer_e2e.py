@@ -262,3 +262,49 @@ def test_relay_once_says_in_one_line_that_a_transaction_is_not_mined_yet(
     (rid, q), = reqs
     assert answer(cons, rid) == (True, label(q))
     assert [bytes(e["requestId"]) for e in fulfilled_events(chain, oracle)] == [rid]
+
+
+def test_a_fulfilment_the_node_refuses_is_not_proven_again(anvil_chain, relay_anvil_url,
+                                                            packages_home, iris_package,
+                                                            tmp_path, monkeypatch):
+    """The relayer's account has no ether: each pass proves, then the node refuses the
+    fulfilment and the request stays for the next pass. The proof is made once: the next
+    passes, and the one after the account is funded, send the proof already made. Before,
+    each pass (every 2 s with `verinfer relay`) proved every such request again, for as long
+    as the account stayed empty."""
+    import os
+
+    from eth_account import Account
+
+    from prover.proving import Prover
+    from server.relayer.relayer import make_relayer
+
+    chain = anvil_chain
+    record = deploy.deploy_all(chain, [iris_package], policy="proof")
+    oracle = record["oracle"]["address"]
+    cons, reqs, label = _requests(chain, record, "iris_mlp", 1, start=5)
+    acct = Account.create()
+    key_file = tmp_path / "empty.key"
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(acct.key.hex())
+    proofs = []
+    real_prove = Prover.prove
+
+    def counted(self, x):
+        proofs.append(x)
+        return real_prove(self, x)
+
+    monkeypatch.setattr(Prover, "prove", counted)
+    r = make_relayer(rpc=relay_anvil_url, oracle=oracle, home=packages_home, key_file=key_file,
+                     fee_margin=0)
+    for _ in range(2):
+        with pytest.raises(Exception, match="(?i)insufficient funds"):
+            r.poll()
+    tx = chain.w3.eth.send_transaction({"from": chain.sender, "to": acct.address,
+                                        "value": 10**18})
+    chain.w3.eth.wait_for_transaction_receipt(tx)
+    (rid, q), = reqs
+    assert r.poll().fulfilled == ["0x" + rid.hex()]
+    assert answer(cons, rid) == (True, label(q))
+    assert len(proofs) == 1
