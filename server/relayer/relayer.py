@@ -182,9 +182,7 @@ class Relayer:
             return res
         events: list[Event] = []
         for lo in range(start, head + 1, LOG_CHUNK):
-            hi = min(head, lo + LOG_CHUNK - 1)
-            logs = self.w3.eth.get_logs({"address": self.oracle.address, "fromBlock": lo,
-                                         "toBlock": hi, "topics": [self._topic]})
+            logs = self._logs(lo, min(head, lo + LOG_CHUNK - 1))
             for raw in sorted(logs, key=lambda lg: (lg["blockNumber"], lg["logIndex"])):
                 if cur is None or (raw["blockNumber"], raw["logIndex"]) > cur:
                     events.append(self._decode(raw))
@@ -209,6 +207,22 @@ class Relayer:
         if error is not None:
             raise error
         return res
+
+    def _logs(self, lo: int, hi: int) -> list:
+        """The request events of blocks ``lo``..``hi``, asked in halves while the node answers
+        an error: hosted nodes cap the blocks (or results) of one eth_getLogs below
+        LOG_CHUNK, and a relayer catching up over more than the cap never got past it. An
+        error for a single block is raised (the node's: the pass is retried)."""
+        from web3.exceptions import Web3RPCError
+
+        try:
+            return self.w3.eth.get_logs({"address": self.oracle.address, "fromBlock": lo,
+                                         "toBlock": hi, "topics": [self._topic]})
+        except Web3RPCError:
+            if hi <= lo:
+                raise
+        mid = (lo + hi) // 2
+        return self._logs(lo, mid) + self._logs(mid + 1, hi)
 
     def withdraw_fees(self) -> list[dict]:
         """``withdrawFees`` for each served model whose accrued fees reached

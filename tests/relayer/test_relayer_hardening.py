@@ -400,29 +400,42 @@ def test_a_reorg_of_the_requests_block_is_rewound(anvil_chain, iris_model, tmp_p
 
 
 @contextlib.contextmanager
-def _rate_limited(url: str, selector: str, times: int):
-    """anvil behind a front that answers the first ``times`` ``eth_call``s of ``selector`` with
-    the JSON-RPC error a hosted node sends when its rate limit is hit (-32005), and passes
-    every other request to anvil as it is."""
+def _hosted(url: str, refuse):
+    """anvil behind a front that answers a request ``refuse(request)`` names with the JSON-RPC
+    error it returns (as a hosted node answers a rate limit or a range over its cap), and
+    passes every other request to anvil as it is."""
     import json
     import urllib.request
 
     from chain_support import jsonrpc_endpoint
 
-    left = [times]
-
     def answer(req: dict, body: bytes) -> bytes:
-        call = (req.get("params") or [{}])[0] if req.get("method") == "eth_call" else {}
-        if str(call.get("data") or call.get("input") or "").startswith(selector) and left[0] > 0:
-            left[0] -= 1
-            return json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "error": {
-                "code": -32005, "message": "daily request count exceeded, request rate "
-                "limited"}}).encode()
+        error = refuse(req)
+        if error is not None:
+            return json.dumps({"jsonrpc": "2.0", "id": req.get("id"), "error": error}).encode()
         fwd = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(fwd, timeout=60) as resp:
             return resp.read()
 
     with jsonrpc_endpoint(answer) as front:
+        yield front
+
+
+@contextlib.contextmanager
+def _rate_limited(url: str, selector: str, times: int):
+    """The first ``times`` ``eth_call``s of ``selector`` answered with a hosted node's rate
+    limit error (-32005)."""
+    left = [times]
+
+    def refuse(req: dict):
+        call = (req.get("params") or [{}])[0] if req.get("method") == "eth_call" else {}
+        if str(call.get("data") or call.get("input") or "").startswith(selector) and left[0] > 0:
+            left[0] -= 1
+            return {"code": -32005, "message": "daily request count exceeded, request rate "
+                    "limited"}
+        return None
+
+    with _hosted(url, refuse) as front:
         yield front
 
 
@@ -546,3 +559,33 @@ def test_a_restart_in_the_middle_of_a_replacement_sends_nothing_more(anvil_chain
     finally:
         _rpc(chain0, "evm_setAutomine", True)
     _mined_once(chain0, chain, restarted, oracle, rid)
+
+
+def test_a_node_that_caps_the_blocks_of_a_log_query_is_caught_up_with(anvil_chain,
+                                                                     relay_anvil_url,
+                                                                     iris_model, tmp_path):
+    """A node that refuses eth_getLogs over more than 8 blocks (hosted nodes cap the range
+    or the results of one query, often below the relayer's 2,000): the relayer asks for
+    smaller ranges and finds the request. Before, every pass failed on its first query, and
+    the relayer never got past the cursor."""
+    from contracts.chain import connect
+
+    def refuse(req: dict):
+        if req.get("method") != "eth_getLogs":
+            return None
+        q = req["params"][0]
+        if int(q["toBlock"], 16) - int(q["fromBlock"], 16) + 1 > 8:
+            return {"code": -32600, "message": "eth_getLogs is limited to a 8 block range"}
+        return None
+
+    key, addr = new_key()
+    oracle, cons = setup_oracle(anvil_chain, iris_model, "signature", addr)
+    q = samples(1)[0]
+    rid = request(anvil_chain, cons, q)
+    first = max(0, anvil_chain.w3.eth.block_number - 40)  # the relayer starts 40 blocks back
+    for _ in range(10):
+        _rpc(anvil_chain, "evm_mine")
+    with _hosted(relay_anvil_url, refuse) as url:
+        r = relayer_for(connect(url), oracle, iris_model, tmp_path, key, from_block=first)
+        assert r.poll().fulfilled == ["0x" + rid.hex()]
+    assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))
