@@ -34,7 +34,6 @@ from verifier.errors import (
     InputError,
     KeyUnknown,
     LinkBroken,
-    PackageError,
     ProofInvalid,
 )
 from verifier.fixedpoint import felt_to_int, input_commitment, int_to_felt, quantize
@@ -104,10 +103,9 @@ def load_manifest_checked(package_dir: Path, names: list[str] = VERIFY_ARTIFACTS
     from verifier.packages import read_manifest
 
     manifest = read_manifest(Path(package_dir))  # PackageAltered: not the manifest its id names
-    try:
-        manifest.check_artifacts(Path(package_dir), names)
-    except PackageError as exc:
-        raise DigestMismatch(str(exc)) from None
+    # PackageAltered (exit 1) when an artifact does not hash as recorded; a missing one is
+    # unreadable input, a plain PackageError (exit 2), as prove and models show say
+    manifest.check_artifacts(Path(package_dir), names)
     if "settings.json" in names:
         check_manifest_settings(manifest, Path(package_dir) / "settings.json")
     return manifest

@@ -183,6 +183,23 @@ def test_an_altered_manifest_in_the_data_dir_fails_every_command_exit_1(home, ir
         assert proc.returncode == 2, (what, proc.stderr)
 
 
+def test_a_missing_artifact_is_unreadable_input_in_every_command_exit_2(home, iris_package,
+                                                                        iris_bundle, tmp_path):
+    """verify and audit turned a missing vk.key into DigestMismatch (exit 1, a failed check)
+    while prove and models show said exit 2: a missing file is unreadable input."""
+    pkg = _home_with(home, "iris_mlp", iris_package)
+    (pkg / "vk.key").unlink()
+    for what, args in _commands(home, pkg.name, iris_bundle, tmp_path / "out").items():
+        if what.startswith("models show"):  # reads the manifest alone, no artifact
+            continue
+        proc = run_cli(*args, home=home)
+        assert proc.returncode == 2, (what, proc.stderr)
+        assert "DigestMismatch" not in proc.stderr and "Traceback" not in proc.stderr, what
+        if not what.startswith("audit"):
+            assert _one_line(proc).endswith(f"{pkg}: artifact vk.key is missing"), (what, proc.stderr)
+    assert not (tmp_path / "out").exists()
+
+
 def json_id(raw: dict) -> str:
     from verifier.manifest import Manifest
 
