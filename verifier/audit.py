@@ -44,7 +44,12 @@ from verifier.errors import (
     VerificationError,
 )
 from verifier.keys import ed25519_jwk, jwk_thumbprint, public_key_from_jwk
-from verifier.limits import MAX_KEYS_BYTES, MAX_RECEIPTS_FILE_BYTES, read_at_most, read_bounded
+from verifier.limits import (
+    MAX_KEYS_BYTES,
+    MAX_RECEIPTS_FILE_BYTES,
+    read_answer_at_most,
+    read_bounded,
+)
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
 from verifier.packages import is_package_id
 from verifier.receipts import RECEIPT_FORMAT
@@ -164,7 +169,7 @@ def _read_keys(path: Path | str) -> bytes:
 
         try:
             with urllib.request.urlopen(path, timeout=30) as r:
-                return read_at_most(r, MAX_KEYS_BYTES, path, "the keys document")
+                return read_answer_at_most(r, MAX_KEYS_BYTES, path, "the keys document")
         except urllib.error.HTTPError as exc:
             raise InputError(f"{path}: cannot fetch keys: HTTP {exc.code}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:

@@ -1,10 +1,11 @@
 """How much of a user's file verinfer reads: every file ``verify`` and ``audit`` are given (or
-find) is read whole into memory, so each read is bounded; past the bound the file is refused
+find), and each answer of a log server they ask, is read whole into memory, so each read is bounded; past the bound the file is refused
 with one line (exit 2), not read on (``verinfer verify /dev/zero`` read until memory ran out).
 The figures are documented in docs/audit.md; each is far above what verinfer writes."""
 
 from __future__ import annotations
 
+import http.client
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +20,10 @@ MAX_RECEIPTS_FILE_BYTES = 256 * MiB
 MAX_KEYS_BYTES = 1 * MiB
 # a circuit package's manifest.json (with a models tune record, if any)
 MAX_MANIFEST_BYTES = 16 * MiB
+# one answer of a log server (audit --log URL): a checkpoint, or a consistency proof (at most
+# 2 x 64 hashes); an HTTP error's body is read to MAX_LOG_ERROR_BYTES for its reason, no further
+MAX_LOG_ANSWER_BYTES = 1 * MiB
+MAX_LOG_ERROR_BYTES = 4096
 
 
 def read_at_most(f: BinaryIO, limit: int, name: str | Path, what: str,
@@ -29,6 +34,17 @@ def read_at_most(f: BinaryIO, limit: int, name: str | Path, what: str,
     if len(data) > limit:
         raise error(f"{name}: {what} is over {limit / MiB:g} MiB, the most verinfer reads "
                     f"(docs/audit.md)")
+    return data
+
+
+def read_answer_at_most(r: http.client.HTTPResponse, limit: int, name: str, what: str,
+                        error: type[InputError] = InputError) -> bytes:
+    """An HTTP answer's body, at most ``limit`` bytes (:func:`read_at_most`); one cut short of
+    its Content-Length raises ``http.client.IncompleteRead``, as an unbounded ``read()`` does
+    (a bounded read returns what came)."""
+    data = read_at_most(r, limit, name, what, error)
+    if r.length:
+        raise http.client.IncompleteRead(data, r.length)
     return data
 
 

@@ -32,6 +32,7 @@ from verifier.errors import (
     SignatureInvalid,
     VerificationError,
 )
+from verifier.limits import MAX_LOG_ANSWER_BYTES, MAX_LOG_ERROR_BYTES, read_answer_at_most
 from verifier.receipts_v2 import TrustedLogKeys, checked_checkpoint
 from verifier.tlog import Checkpoint, consistency_proof, stored_index, verify_consistency
 
@@ -48,10 +49,10 @@ class HttpLog:
     def _get(self, path: str) -> bytes:
         try:
             with urllib.request.urlopen(self.base + path, timeout=self.timeout) as r:
-                return r.read()
+                return read_answer_at_most(r, MAX_LOG_ANSWER_BYTES, self.base + path, "the log's answer")
         except urllib.error.HTTPError as exc:
             try:
-                body = json.loads(exc.read())
+                body = json.loads(exc.read(MAX_LOG_ERROR_BYTES))
                 why = body.get("error", "") if isinstance(body, dict) else ""
             except (ValueError, OSError, http.client.HTTPException):
                 why = ""
