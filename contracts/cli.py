@@ -179,7 +179,7 @@ def _model_id(ref: str) -> bytes:
 
 def _withdraw_fees(args: argparse.Namespace) -> int:
     from contracts.chain import connect, key_file_from_env
-    from contracts.deploy import model_fees, oracle_abi, withdraw_fees
+    from contracts.deploy import is_oracle, model_fees, oracle_abi, withdraw_fees
     from verifier.errors import InputError
 
     if not _ADDRESS.match(args.oracle):
@@ -189,6 +189,9 @@ def _withdraw_fees(args: argparse.Namespace) -> int:
     if not chain.w3.eth.get_code(chain.w3.to_checksum_address(args.oracle)):
         raise InputError(f"no contract at {args.oracle} on chain {chain.chain_id}")
     oracle = chain.contract(args.oracle, oracle_abi())
+    if not is_oracle(oracle):
+        raise InputError(f"the contract at {args.oracle} is not a VerinferOracle (the oracle's "
+                         "address is the one 'chain deploy' printed first)")
     accounts = [model_fees(oracle, mid) for mid in ids]
     for ref, fees in zip(args.models, accounts):
         if not fees.registered:

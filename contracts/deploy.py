@@ -174,6 +174,29 @@ class ModelFees:
     accrued: int  # wei, paid to ``payee`` by withdrawFees
 
 
+def is_oracle(oracle) -> bool:
+    """Whether the contract at ``oracle.address`` answers ``CLASSIFICATION_TYPEHASH()`` as
+    VerinferOracle does: another contract (a model's verifier, a consumer) reverts or answers
+    otherwise, and its ``models()`` would raise web3's errors instead of a clear refusal. A
+    node's failure is raised as :func:`contracts.chain.decode_revert` makes it."""
+    from web3.exceptions import BadFunctionCallOutput
+
+    from contracts.chain import ContractRevert, decode_revert
+    from verifier.eip712 import CLASSIFICATION_TYPEHASH
+
+    fn = oracle.functions.CLASSIFICATION_TYPEHASH()
+    try:
+        value = fn.call()
+    except BadFunctionCallOutput:  # a fallback that answered nothing decodable
+        return False
+    except Exception as exc:  # noqa: BLE001 - web3's or eth-tester's revert, or the node's error
+        err = decode_revert(exc, fn.contract_abi)
+        if isinstance(err, ContractRevert):
+            return False
+        raise err from None
+    return bytes(value) == CLASSIFICATION_TYPEHASH
+
+
 def model_fees(oracle, model_id: bytes) -> ModelFees:
     fields = oracle.functions.models(model_id).call()
     return ModelFees(registered=fields[3] != 0, payee=fields[8], accrued=fields[9])

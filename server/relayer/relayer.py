@@ -118,7 +118,7 @@ class Relayer:
                  max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS, workers: int = 4,
                  tx_timeout_s: float = 120.0, withdraw_min_wei: int | None = None,
                  hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
-        from contracts.deploy import oracle_abi
+        from contracts.deploy import is_oracle, oracle_abi
 
         if answer not in ANSWER_MODES:
             raise InputError(f"answer must be one of {ANSWER_MODES}, not {answer!r}")
@@ -133,6 +133,8 @@ class Relayer:
         self.oracle = chain.contract(oracle, oracle_abi())
         if not self.w3.eth.get_code(self.oracle.address):
             raise RelayError(f"no contract at {oracle}")
+        if not is_oracle(self.oracle):  # else it would follow events that never come
+            raise RelayError(f"the contract at {oracle} is not a VerinferOracle")
         self.models = models
         self.store = store
         self.proofs = proofs or InProcessProofs()

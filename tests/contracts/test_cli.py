@@ -172,7 +172,8 @@ def test_deploy_on_anvil_with_package(home, capsys, tmp_path, anvil_url, iris_pa
 
 def test_withdraw_fees_pays_the_payee_on_anvil(home, capsys, anvil_chain, anvil_url):
     """`chain withdraw-fees`: the accrued fees of a model go to its payee (not the sender of
-    the command); nothing accrued is a note, not an error; bad input exits 2 before sending."""
+    the command); nothing accrued is a note, not an error; bad input (another contract than
+    the oracle included) exits 2 before sending."""
     from world import M_EITHER, M_SIG, make_world
 
     w = make_world(anvil_chain)
@@ -193,7 +194,10 @@ def test_withdraw_fees_pays_the_payee_on_anvil(home, capsys, anvil_chain, anvil_
     assert code == 0 and "no fees accrued" in err
     for argv, message in [((*base, "0x" + "09" * 32), "not registered"),
                           ((*base[:-1], "0x1234", either), "--oracle is not an address"),
-                          ((*base[:-1], w.w3.eth.accounts[6], either), "no contract at")]:
+                          ((*base[:-1], w.w3.eth.accounts[6], either), "no contract at"),
+                          # another contract (a traceback: web3's ContractLogicError, exit 1)
+                          ((*base[:-1], w.mock.address, either), "is not a VerinferOracle"),
+                          ((*base[:-1], w.consumer().address, either), "is not a VerinferOracle")]:
         code, _, err = _run(capsys, *argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 

@@ -15,6 +15,7 @@ from relay_world import (
     fulfilled_events,
     funded_key_file,
     held_out,
+    mock_verifier,
     new_key,
     onnx_label,
     quantized,
@@ -246,6 +247,22 @@ def test_a_request_that_keeps_failing_is_given_up(embedded_chain, iris_model, tm
     rec = store.get("0x" + rid.hex())
     assert rec.state == "failed" and "prover crashed" in rec.reason
     assert proofs.calls == r.max_attempts and r.poll().events == 0
+
+
+def test_a_contract_that_is_not_the_oracle_is_refused_at_start(embedded_chain, iris_model, tmp_path):
+    """--oracle given another contract's address (a consumer, a model's verifier: 'chain
+    deploy' prints both) was taken: the relayer followed events that never come and reported
+    '0 request(s)' at every pass."""
+    from server.relayer.relayer import RelayError
+
+    chain = embedded_chain
+    oracle, cons = setup_oracle(chain, iris_model, "proof", None)
+    for address in (cons.address, mock_verifier(chain)):
+        store = RelayStore(tmp_path / f"{address}.sqlite3", chain.chain_id, address)
+        with pytest.raises(RelayError, match=f"the contract at {address} is not a VerinferOracle"):
+            Relayer(chain, address, {iris_model.model_id: iris_model}, store)
+    Relayer(chain, oracle.address, {iris_model.model_id: iris_model},
+            RelayStore(tmp_path / "r.sqlite3", chain.chain_id, oracle.address))
 
 
 class _FakeJobs:
