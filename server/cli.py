@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 
 
@@ -35,9 +36,26 @@ def register_serve(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=serve)
 
 
+# a key id: an RFC 7638 thumbprint, 43 base64url characters
+_KID_WITH_DASH = re.compile(r"-[A-Za-z0-9_-]{42}")
+
+
+def _kid_parser(base: type[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
+    class KidParser(base):
+        """One key id in 64 begins with '-': argparse took it for an option ('keys revoke
+        -qwM4…': 'the following arguments are required: KID'). A key id is an argument."""
+
+        def _parse_optional(self, arg_string):
+            if _KID_WITH_DASH.fullmatch(arg_string):
+                return None
+            return super()._parse_optional(arg_string)
+
+    return KidParser
+
+
 def register_keys(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="the server's signing keys")
-    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_kid_parser(type(k)))
     ksub.required = True
     r = ksub.add_parser("rotate", help="make a new Ed25519 signing key active; old public keys stay in the JWKS")
     r.add_argument("--json", action="store_true", help="print the new key id as JSON on stdout")

@@ -44,6 +44,31 @@ def test_revocation_time_bounds_the_key(tmp_path):
     assert third not in (first, second) and load_keys(settings, create=False).kid == third
 
 
+def test_a_key_id_that_begins_with_a_dash_is_revoked_as_written(home, capsys):
+    """One key id in 64 begins with '-': 'verinfer keys revoke -qwM4…', as 'keys list' prints
+    it, failed with 'the following arguments are required: KID' (argparse took it for an
+    option). An option that is not a key id is still refused."""
+    from server.receipts.keys import load_keys, new_ed25519
+    from server.settings import ServerSettings
+    from verifier.cli import main
+
+    settings = ServerSettings()
+    kid = load_keys(settings).kid
+    for _ in range(2000):  # (63/64)^2000 < 1e-13
+        if kid.startswith("-"):
+            break
+        kid = new_ed25519(settings)
+    assert kid.startswith("-") and len(kid) == 43
+    assert main(["keys", "revoke", kid, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kid"] == kid
+    assert main(["keys", "list", "--json"]) == 0
+    (listed,) = [k for k in json.loads(capsys.readouterr().out)["keys"] if k["kid"] == kid]
+    assert "revoked_at" in listed
+    with pytest.raises(SystemExit) as exit_:
+        main(["keys", "revoke", "-x"])
+    assert exit_.value.code == 2 and "KID" in capsys.readouterr().err
+
+
 @pytest.mark.e2e
 def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
     home = tmp_path / "home"
