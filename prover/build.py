@@ -92,6 +92,21 @@ def load_samples(path: Path) -> np.ndarray:
     return arr
 
 
+def samples_for(calibration, input_shape) -> np.ndarray:
+    """Calibration samples as rows of the model's input, ``(samples, inputs)``. A flat array
+    (EZKL's ``input_data``) is cut into samples; else the first axis counts the samples and
+    each must hold the model's input (``[40, 3]`` for an input of 4 was cut into 30 samples
+    that each mixed features of two, and built). :class:`InputError` otherwise."""
+    arr = np.asarray(calibration, dtype=np.float32)
+    n_in = int(np.prod(input_shape))
+    fits = arr.size % n_in == 0 if arr.ndim <= 1 else int(np.prod(arr.shape[1:])) == n_in
+    if not fits:
+        raise InputError(f"calibration samples of shape {list(arr.shape[1:])} (after the first "
+                         f"axis, which counts the samples) do not fit the model's input shape "
+                         f"{list(input_shape)}")
+    return arr.reshape(-1, n_in)
+
+
 def _json_samples(raw, path: Path):
     if isinstance(raw, dict) and "inputs" in raw:  # an OIP v2 request body
         from verifier.oip import parse_request
@@ -166,10 +181,7 @@ def build_package(
         srs_file=srs_file, ezkl_version=backend.version, solc=solc_version())
     progress.note(f"Registering {source.name} from {source.onnx_path}")
     n_in = int(np.prod(info.input.shape))
-    calibration = np.asarray(source.calibration, dtype=np.float32)
-    if calibration.size % n_in:
-        raise InputError(f"calibration samples do not fit the model's input shape "
-                         f"{list(info.input.shape)}")
+    calibration = samples_for(source.calibration, info.input.shape)
     settings.packages_dir.mkdir(parents=True, exist_ok=True)
     remove_dead(settings.packages_dir, ".tmp-")  # builds killed outright (SIGKILL, OOM)
     work, held = held_dir(".tmp-", settings.packages_dir)  # renamed into place when whole

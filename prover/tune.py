@@ -46,7 +46,7 @@ from contracts.solc import EIP170_LIMIT
 from prover import backend as files
 from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem
-from prover.build import ModelSource, calibrate, float_labels
+from prover.build import ModelSource, calibrate, float_labels, samples_for
 from prover.progress import SILENT, Progress, captured_output
 from prover.workdirs import held_dir, release, remove_dead
 from verifier.config import Settings
@@ -228,7 +228,7 @@ class _Search:
         self.info = onnx_model.describe(model, added)
         self.onnx_bytes = model.SerializeToString() if added else source.onnx_path.read_bytes()
         n_in = int(np.prod(self.info.input.shape))
-        self.samples = np.asarray(source.calibration, np.float32).reshape(-1, n_in)
+        self.samples = samples_for(source.calibration, self.info.input.shape)
         self.eval_x = np.asarray(source.eval_inputs, np.float32).reshape(-1, n_in)
         self.floats = float_labels(self.onnx_bytes, self.info, self.eval_x)
         # Closest calls first: a label that flips is found after a few witnesses.

@@ -79,3 +79,29 @@ def test_models_add_with_a_bad_file_exits_2_with_one_line(home, tmp_path, name):
     assert len(lines) == 1 and lines[0].startswith("verinfer: error:"), proc.stderr
     assert str(tmp_path / name) in lines[0]
     assert not (home / "packages").exists()  # refused before any circuit work
+
+
+def test_samples_must_each_hold_the_models_input():
+    """The first axis counts the samples; each must hold the model's input. Only the total
+    was checked: [40, 3] for iris_mlp's input of 4 was cut into 30 samples mixing the features
+    of two, and a package was built from them."""
+    from prover.build import samples_for
+
+    for ok in (SAMPLES, SAMPLES.ravel(), SAMPLES.reshape(3, 1, 4)):
+        np.testing.assert_array_equal(samples_for(ok, (1, 4)), SAMPLES)
+    for bad, shape in ((SAMPLES.reshape(4, 3), [3]), (SAMPLES.ravel()[:10], [])):
+        with pytest.raises(InputError, match=re.escape(f"calibration samples of shape {shape}")):
+            samples_for(bad, (1, 4))
+
+
+def test_models_add_refuses_samples_of_another_shape_in_one_line(home, tmp_path):
+    from models.registry import get_reference_model
+
+    (tmp_path / "cal.json").write_text(oip_request(SAMPLES.reshape(4, 3)))
+    proc = run_cli("models", "add", get_reference_model("iris_mlp").onnx_path, "--calibration-data",
+                   tmp_path / "cal.json", "--name", "mine", home=home)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == ("verinfer: error: calibration samples of shape [3] (after the first axis, "
+                         "which counts the samples) do not fit the model's input shape [1, 4]"), lines
+    assert not (home / "packages").exists()  # refused before any circuit work
