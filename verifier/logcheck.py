@@ -97,7 +97,8 @@ class DirLog:
         path = Path(path)
         file = path / "log.sqlite3" if path.is_dir() else path
         if not file.is_file():
-            raise InputError(f"{path}: no receipt log here (a server data dir or its log.sqlite3)")
+            raise InputError(f"{path}: no receipt log here (a server data dir or its log.sqlite3, "
+                             "or a server's http(s):// URL)")
         self.file = file
         try:
             self._db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)

@@ -89,6 +89,11 @@ def test_log_usage_errors(tmp_path):
     items = _write(tmp_path / "r.jsonl", _log(tmp_path / "a" / "log.sqlite3", key, 1))
     r = verinfer("audit", items, "--keys", tmp_path / "jwks.json", "--log", tmp_path / "nowhere")
     assert r.returncode == 2 and "no receipt log here" in r.stderr
+    # a server given without its scheme is not taken for a folder in silence
+    r = verinfer("audit", items, "--keys", tmp_path / "jwks.json", "--log", "localhost:8080")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "verinfer: error: localhost:8080: no receipt log here (a server data dir or its "
+        "log.sqlite3, or a server's http(s):// URL)"], r.stderr
 
 
 def test_an_unusable_log_is_refused_before_any_item_is_audited(tmp_path):
