@@ -287,3 +287,56 @@ def test_recent_receipts_and_proof_requests_from_the_real_stores(tmp_path):
     finally:
         jobs.close()
         receipts.close()
+
+
+def _forged_identity_log_receipt() -> tuple[str, dict]:
+    """A note key that is the identity point (small order: R = identity, S = 0 is a valid
+    signature of every message under it) and a receipt whose checkpoint nobody signed."""
+    import hashlib
+
+    from tests.tlog_support import MemLog, statement
+    from verifier.tlog import checkpoint_body
+
+    origin, raw = "forged.test/log", bytes([1]) + bytes(31)
+    kid = hashlib.sha256(origin.encode() + b"\n\x01" + raw).digest()[:4]
+    vkey = f"{origin}+{kid.hex()}+{base64.b64encode(bytes([1]) + raw).decode()}"
+    log = MemLog(origin=origin)
+    receipt = log.add(statement()).model_dump(mode="json")
+    body = checkpoint_body(origin, log.tree.size, log.tree.root(log.tree.size))
+    forged_sig = bytes([1]) + bytes(31) + bytes(32)  # R = the identity, S = 0
+    receipt["checkpoint"] = (body + b"\n\xe2\x80\x94 " + origin.encode() + b" "
+                             + base64.b64encode(kid + forged_sig) + b"\n").decode()
+    return vkey, receipt
+
+
+def test_in_browser_check_refuses_what_the_python_verifier_refuses(start_server, browser, tmp_path):
+    """The page's check holds a logged statement to RFC 8785 (JSON.parse keeps the last of two
+    equal keys, so a statement with a duplicate label read one way here and another way in a
+    first-wins parser) and refuses a note key of small order, as verifier/keys.py does."""
+    from tests.tlog_support import MemLog, statement
+    from verifier.tlog import note_verifier_key
+
+    server = start_server(tmp_path / "home")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base + "/")
+    page.check("#own-keys")
+
+    log = MemLog()
+    page.fill("#note-keys", note_verifier_key(log.origin, log.key.public_key()))
+    st = statement()
+    honest = st.canonical_bytes().decode()
+    label = f'"label":{st.predicate.label}'
+    state, text = _verdict(page, log.add(st).model_dump(mode="json"))
+    assert state == "valid", text
+    for bad in (honest.replace(label, f'"label":{1 - st.predicate.label},{label}'),  # duplicate key
+                json.dumps(json.loads(honest), indent=1, sort_keys=True)):  # whitespace
+        state, text = _verdict(page, log.add(st, data=bad.encode()).model_dump(mode="json"))
+        assert state == "invalid" and "not canonical JSON" in text, text  # before: valid
+
+    vkey, forged = _forged_identity_log_receipt()
+    page.fill("#note-keys", vkey)
+    state, text = _verdict(page, forged)
+    assert state == "invalid" and "small order" in text, text
+    assert errors == []

@@ -39,11 +39,33 @@ function parseNoteKey(vkey) {
   return { origin, keyHex, raw: b64decode(keyB64, "note key") };
 }
 
+// Ed25519 points of small order, x sign bit cleared (verifier/keys.py): under one, anyone can
+// make signatures that verify (R = identity, S = 0 under the identity), and WebCrypto may not
+// refuse them
+const SMALL_ORDER = new Set([
+  "0100000000000000000000000000000000000000000000000000000000000000",
+  "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+  "0000000000000000000000000000000000000000000000000000000000000000",
+  "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+  "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+]);
+
+function checkEd25519Key(raw, what) {
+  if (raw.length !== 32) throw new Invalid(`${what} is not a 32-byte Ed25519 key`);
+  const y = raw.slice();
+  y[31] &= 0x7f;
+  if (y[31] === 0x7f && y.subarray(1, 31).every((b) => b === 0xff) && y[0] >= 0xed) {
+    throw new Invalid(`${what} is not canonically encoded (y >= p)`);
+  }
+  if (SMALL_ORDER.has(hex(y))) throw new Invalid(`${what} is a point of small order (anyone can sign for it)`);
+}
+
 async function checkNoteKey(k) {
   const id = (await sha256(enc.encode(k.origin + "\n"), k.raw)).slice(0, 4);
   if (k.raw.length !== 33 || k.raw[0] !== 1 || hex(id) !== k.keyHex) {
     throw new Invalid("not an Ed25519 note verifier key");
   }
+  checkEd25519Key(k.raw.slice(1), `note key ${k.origin}+${k.keyHex}`);
   k.id = id;
   return k;
 }
@@ -168,6 +190,16 @@ function receiptFromText(text) {
   return obj;
 }
 
+// RFC 8785 (JCS): keys sorted by UTF-16 code units (sort()'s order), ECMAScript's number and
+// string forms (JSON.stringify's), no whitespace
+function jcs(v) {
+  if (Array.isArray(v)) return `[${v.map(jcs).join(",")}]`;
+  if (v !== null && typeof v === "object") {
+    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${jcs(v[k])}`).join(",")}}`;
+  }
+  return JSON.stringify(v);
+}
+
 // Throws Invalid (or another Error) unless `receipt` (v2) is logged under one of `noteKeys`.
 // `revoked`: note key -> the time it was revoked (verinfer-log.json); a key revoked at or
 // before the statement's time does not vouch for it, as v1's JWKS check below.
@@ -181,6 +213,11 @@ async function verifyReceiptV2(receipt, noteKeys, steps, revoked = {}) {
   steps.push(`statement (${data.length} bytes) is leaf ${receipt.index}: inclusion proof of ${receipt.proof.length} hash(es) leads to the signed root`);
   let statement;
   try { statement = JSON.parse(dec.decode(data)); } catch { throw new Invalid("the logged statement is not JSON"); }
+  // its own RFC 8785 form, as the Python verifier requires: no duplicate key (JSON.parse keeps
+  // the last, other parsers the first), no whitespace, no other spelling of a number
+  if (!equal(enc.encode(jcs(statement)), data)) {
+    throw new Invalid("the logged statement is not canonical JSON (RFC 8785)");
+  }
   for (const k of cp.signers) {
     const at = revoked[k.vkey];
     if (at && !(Date.parse(statement.predicate?.time) < Date.parse(at))) {
@@ -204,6 +241,8 @@ async function verifyReceiptV1(receipt, jwks, steps) {
   for (const s of env.signatures) {
     const jwk = (jwks.keys || []).find((k) => k.kid === s.keyid && k.kty === "OKP" && k.crv === "Ed25519");
     if (!jwk) throw new Invalid(`signed by ${s.keyid}, a key not in the server's JWKS`);
+    const x = String(jwk.x).replace(/-/g, "+").replace(/_/g, "/");
+    checkEd25519Key(b64decode(x + "=".repeat((4 - (x.length % 4)) % 4), `key ${s.keyid}`), `key ${s.keyid}`);
     const pub = await crypto.subtle.importKey("jwk", { kty: "OKP", crv: "Ed25519", x: jwk.x }, { name: "Ed25519" }, false, ["verify"]);
     if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, b64decode(s.sig, "signature"), pae))) {
       throw new Invalid(`the Ed25519 signature by ${s.keyid} does not verify`);
