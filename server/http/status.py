@@ -6,9 +6,10 @@ receipts and proof jobs with their status, the proof queue, the log's size and a
 The page's receipt check runs in the browser (``static/status.js``: WebCrypto Ed25519 and
 SHA-256 against ``/.well-known/verinfer-log.json``): it never asks the server for a verdict.
 
-``/`` and ``/static/*`` are public (``server/http/auth.py``); ``/v1/status`` lists recent
-receipt ids, which are capabilities (receipts by id are public), so it needs an API key where
-the auth gate is on; the page then asks for one.
+``/`` and ``/static/*`` are public (``server/http/auth.py``); ``/v1/status`` needs an API key
+where the auth gate is on (the page then asks for one), and then lists the recent receipts
+without their ids, which are capabilities (receipts by id are public), and only the asking key's
+own proof requests: any key of any tier reads it, and must not learn another client's handles.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from server.auth import CURRENT_CLIENT, CURRENT_TIER
 from server.metrics import Metrics
 from server.settings import ServerSettings
 from verifier.digests import compact_json
@@ -64,12 +66,17 @@ def _rows(path: Path, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         db.close()
 
 
-def recent_receipts(path: Path, log_size: int | None) -> list[dict[str, Any]]:
+def recent_receipts(path: Path, log_size: int | None, client: str | None = None) -> list[dict[str, Any]]:
+    """The latest receipts, newest first. ``client`` (access control on: who asks): receipt ids
+    are capabilities and the receipt store does not record whose a receipt is, so each is listed
+    without its id, with its proof request's state only when that request is ``client``'s own."""
     rows = _rows(path, "SELECT id, model, created, body FROM receipts ORDER BY rowid DESC LIMIT ?",
                  (RECENT,))
+    mine = "" if client is None else " AND r.client = ?"
     jobs = {r["receipt_id"]: r for r in _rows(
         path, f"SELECT r.id, r.receipt_id, j.status, j.outcome FROM {REQUESTS} WHERE r.receipt_id "
-              f"IN ({','.join('?' * len(rows))})", tuple(r["id"] for r in rows))} if rows else {}
+              f"IN ({','.join('?' * len(rows))}){mine}",
+        (*(r["id"] for r in rows), *(() if client is None else (client,))))} if rows else {}
     out = []
     for r in rows:
         try:
@@ -81,18 +88,20 @@ def recent_receipts(path: Path, log_size: int | None) -> list[dict[str, Any]]:
                   else "in a checkpoint" if log_size is not None and isinstance(index, int)
                   and index < log_size else "logged")
         job = jobs.get(r["id"])
-        out.append({"id": r["id"], "model": r["model"], "created": r["created"],
+        out.append({"id": r["id"] if client is None else None, "model": r["model"], "created": r["created"],
                     "format": body.get("format"), "index": index, "status": status,
                     "proof": None if job is None else {"id": job["id"], "status": job["status"],
                                                        "outcome": job["outcome"]}})
     return out
 
 
-def recent_proofs(path: Path) -> list[dict[str, Any]]:
-    """The latest proof requests (the handles clients hold), each with its job's state."""
+def recent_proofs(path: Path, client: str | None = None) -> list[dict[str, Any]]:
+    """The latest proof requests (the handles clients hold), each with its job's state;
+    ``client`` (access control on: who asks): that client's own only."""
+    mine = "" if client is None else "WHERE r.client = ? "
     rows = _rows(path, "SELECT r.id, r.job_id, j.model, r.receipt_id, j.status, j.stage, j.outcome, "
-                       f"j.attempts, r.created, j.started, j.finished, j.error FROM {REQUESTS} "
-                       "ORDER BY r.created DESC LIMIT ?", (RECENT,))
+                       f"j.attempts, r.created, j.started, j.finished, j.error FROM {REQUESTS} {mine}"
+                       "ORDER BY r.created DESC LIMIT ?", (RECENT,) if client is None else (client, RECENT))
     return [dict(r) for r in rows]
 
 
@@ -188,7 +197,7 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
 
         app.add_api_route(f"/static/{name}", serve, methods=["GET"], include_in_schema=False)
 
-    def snapshot(ready: bool) -> dict[str, Any]:
+    def snapshot(ready: bool, client: str | None) -> dict[str, Any]:
         log_size = None
         if log_reader is not None:
             try:
@@ -207,13 +216,15 @@ def install(app: FastAPI, settings: ServerSettings, service, metrics: Metrics, l
                                                         "size": log_size},
                 "models": models_info(settings, service),
                 "proof_queue": queue,
-                "recent_receipts": recent_receipts(path, log_size) if settings.signing else [],
-                "recent_proofs": recent_proofs(path) if jobs is not None else [],
+                "recent_receipts": recent_receipts(path, log_size, client) if settings.signing else [],
+                "recent_proofs": recent_proofs(path, client) if jobs is not None else [],
                 "metrics": metrics_info(metrics)}
 
     @app.get("/v1/status", tags=["status"])
     async def status() -> Response:
         """What the status page at ``/`` shows: models, recent receipts and proof jobs, the
-        proof queue, the log's size and request metrics (needs an API key where auth is on)."""
-        return Response(compact_json(await asyncio.to_thread(snapshot, service.serving())),
+        proof queue, the log's size and request metrics (needs an API key where auth is on;
+        then the recent receipts come without their ids and the proof requests are the key's own)."""
+        client = CURRENT_CLIENT.get() if CURRENT_TIER.get() is not None else None  # None: auth off
+        return Response(compact_json(await asyncio.to_thread(snapshot, service.serving(), client)),
                         media_type="application/json")

@@ -251,6 +251,30 @@ def test_page_is_public_and_its_data_needs_a_key_under_auth(tmp_path):
         store.close()
 
 
+def test_under_auth_the_status_data_gives_no_key_another_clients_receipt_ids(tmp_path):
+    """In process, auth on: alice's answer is listed to bob (any key reads ``/v1/status``)
+    without its receipt id, a capability that would open alice's receipt (its outputs) to him."""
+    from fastapi.testclient import TestClient
+
+    from server.auth import ApiKeyStore
+    from server.http.app import create_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", proof_workers=0)
+    store = ApiKeyStore(settings.apikeys_path)
+    (_, alice), (_, bob) = store.create("basic", "alice"), store.create("basic", "bob")
+    iris = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
+    try:
+        with TestClient(create_app(settings)) as client:
+            answer = client.post("/v2/models/iris_mlp/infer", json=iris, headers={"X-API-Key": alice})
+            receipt_id = answer.json()["parameters"]["receipt_id"]
+            r = client.get("/v1/status", headers={"X-API-Key": bob})
+            assert r.status_code == 200 and receipt_id not in r.text
+            assert [(x["id"], x["model"]) for x in r.json()["recent_receipts"]] == [(None, "iris_mlp")]
+    finally:
+        store.close()
+
+
 def test_recent_receipts_and_proof_requests_from_the_real_stores(tmp_path):
     """The status page's read-only queries against the receipt and proof-job stores' own
     schema: a second client's request for the same proof is listed with its own id and
@@ -284,6 +308,12 @@ def test_recent_receipts_and_proof_requests_from_the_real_stores(tmp_path):
         assert {p["id"] for p in proofs} == {first.id, second.id}
         assert {p["job_id"] for p in proofs} == {first.id} and {p["outcome"] for p in proofs} == {"proven"}
         assert recent_proofs(tmp_path / "absent.sqlite3") == []
+        # access control on: a client sees its own proof requests only, and no receipt id
+        assert [p["id"] for p in recent_proofs(path, "bob")] == [second.id]
+        assert recent_proofs(path, "carol") == []
+        mine = recent_receipts(path, log_size=2, client="bob")
+        assert [r["id"] for r in mine] == [None, None, None]
+        assert [r["proof"] and r["proof"]["id"] for r in mine] == [None, second.id, None]
     finally:
         jobs.close()
         receipts.close()

@@ -443,7 +443,7 @@ function draw(s) {
     el("td", { class: "mono", title: r.id }, shortId(r.id)), el("td", {}, r.model), el("td", {}, when(r.created)),
     el("td", {}, r.index ?? "–"), el("td", {}, r.status),
     el("td", {}, r.proof ? `${r.proof.status}${r.proof.outcome ? ` (${r.proof.outcome})` : ""}` : "–"),
-    el("td", {}, checkButton(r.id, r.format === "verinfer.receipt/v2")))));
+    el("td", {}, r.id ? checkButton(r.id, r.format === "verinfer.receipt/v2") : "–"))));
   $("proofs-body").replaceChildren(...s.recent_proofs.map((j) => el("tr", {},
     el("td", { class: "mono", title: j.id }, shortId(j.id)), el("td", {}, j.model), el("td", {}, j.status),
     el("td", {}, j.outcome || j.stage || j.error || "–"), el("td", {}, String(j.attempts)), el("td", {}, when(j.created)),
