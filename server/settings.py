@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -292,7 +293,12 @@ class ServerSettings(Settings):
     def auth_enabled(self) -> bool:
         if self.auth != "auto":
             return self.auth == "on"
-        return self.host not in ("127.0.0.1", "::1", "localhost") and not self.host.startswith("127.")
+        if self.host == "localhost":
+            return False
+        try:  # an address literal; any other name is resolved when bound, maybe to a public address
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # e.g. "127.example.com": a name, not 127.0.0.0/8
+            return True
 
     @property
     def public_proof_queue(self) -> int:

@@ -101,6 +101,9 @@ def test_auth_is_off_on_loopback_by_default_and_on_elsewhere(tmp_path):
     assert not ServerSettings(home=tmp_path, host="::1").auth_enabled
     assert ServerSettings(home=tmp_path, host="0.0.0.0").auth_enabled
     assert ServerSettings(home=tmp_path, host="10.1.2.3").auth_enabled
+    assert not ServerSettings(home=tmp_path, host="127.0.0.2").auth_enabled
+    # a host name is resolved when the server binds, to any address: only "localhost" is loopback
+    assert ServerSettings(home=tmp_path, host="127.attacker.example").auth_enabled
     assert not ServerSettings(home=tmp_path, host="0.0.0.0", auth="off").auth_enabled
     assert ServerSettings(home=tmp_path, auth="on").auth_enabled
 
