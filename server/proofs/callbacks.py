@@ -24,6 +24,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
@@ -125,23 +126,59 @@ def resolve_checked(url: str, allow: tuple[str, ...] | list[str]) -> str:
     return addresses[0]
 
 
-class _PinnedHTTP(http.client.HTTPConnection):
+class _Pinned:
+    """Connects to the checked address, never a second lookup; from the moment the connection
+    is made, ``timeout_s`` bounds the whole exchange as well as each socket operation: a
+    receiver that drips its answer a byte at a time, each within the per-read timeout, would
+    otherwise hold one of the few callback threads (and every other client's callbacks) for
+    as long as it liked."""
+
+    _address: str
+    _deadline: threading.Timer | None = None
+    expired = False  # the deadline cut the exchange: what was read of the answer counts for nothing
+
+    def _connect_pinned(self) -> socket.socket:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = sock
+        self._deadline = threading.Timer(self.timeout, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+        return sock
+
+    def _cut(self) -> None:
+        self.expired = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().close()
+
+
+class _PinnedHTTP(_Pinned, http.client.HTTPConnection):
     def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout)
         self._address = address
 
-    def connect(self) -> None:  # to the checked address, never a second lookup
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+    def connect(self) -> None:
+        self._connect_pinned()
 
 
-class _PinnedHTTPS(http.client.HTTPSConnection):
+class _PinnedHTTPS(_Pinned, http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
         self._address = address
 
     def connect(self) -> None:  # the certificate is checked against the URL's host name
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        sock = self._connect_pinned()
+        # the handshake once self.sock is the TLS socket, so that the deadline covers it too
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+        self.sock.do_handshake()
 
 
 def signature_headers(body: bytes, timestamp: int, sign: CallbackSigner | None) -> dict[str, str]:
@@ -154,7 +191,8 @@ def signature_headers(body: bytes, timestamp: int, sign: CallbackSigner | None) 
 
 def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, ...] | list[str],
               timeout_s: float) -> int:
-    """One POST to the checked address; the HTTP status (redirects are not followed)."""
+    """One POST to the checked address; the HTTP status (redirects are not followed, the
+    body is not read; ``timeout_s`` bounds the whole exchange, see :class:`_Pinned`)."""
     parts = _parse(url)
     address = resolve_checked(url, allow)
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
@@ -162,9 +200,10 @@ def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, 
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read(65536)
-        return response.status
+        status = conn.getresponse().status
+        if conn.expired:
+            raise TimeoutError(f"no complete answer within {timeout_s:g}s")
+        return status
     finally:
         conn.close()
 

@@ -199,6 +199,53 @@ def test_callbacks_are_signed_and_never_follow_redirects(recorder):
     assert [body for _, body in _Recorder.seen] == [b'{"id":"j"}']  # the redirect was not followed
 
 
+class _Dripper:
+    """A receiver that answers a byte every 50 ms, for as long as the caller keeps reading:
+    after the status line in its headers (``part="headers"``), or after complete headers in
+    a body it announces as 1 GB (``part="body"``). Each byte comes well within any per-read
+    timeout."""
+
+    def __init__(self, part: str) -> None:
+        self.part, self.stop, self.cut = part, threading.Event(), threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/cb"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            seen = b""
+            while b"\r\n\r\n" not in seen:
+                seen += conn.recv(4096)
+            head = b"HTTP/1.1 200 OK\r\n"
+            head += b"X-Drip: " if self.part == "headers" else b"Content-Length: 1000000000\r\n\r\n"
+            try:
+                conn.sendall(head)
+                while not self.stop.wait(0.05):
+                    conn.sendall(b"a")
+            except OSError:  # the caller hung up
+                self.cut.set()
+
+
+@pytest.mark.parametrize("part,delivered", [("headers", False), ("body", True)])
+def test_a_receiver_dripping_its_answer_cannot_hold_a_callback_thread(part, delivered):
+    """timeout_s bounded each read only: an answer dripped a byte at a time held the callback
+    thread (one of 4, for every client's callbacks) for days. Now it bounds the whole
+    exchange, and the body of an answer is not read at all (its status is what counts)."""
+    dripper = _Dripper(part)
+    result: list = []
+    caller = threading.Thread(target=lambda: result.append(
+        deliver(dripper.url, {"id": "j"}, attempts=1, backoff_s=0, allow=(dripper.url,), timeout_s=0.5)))
+    caller.start()
+    caller.join(60)  # a bound for the test, not a measurement: the fix ends it in about 0.5 s
+    stuck = caller.is_alive()
+    hung_up = dripper.cut.wait(30)  # the dripper's next bytes find the connection closed
+    dripper.stop.set()
+    caller.join()
+    assert not stuck, "the callback was still reading the dripped answer after 60 s"
+    assert result == [delivered] and hung_up
+
+
 def _signed_proof_receipt(bundle, key, kid, **overrides):
     from verifier.proof_receipts import (
         ProofPredicate,
