@@ -70,16 +70,30 @@ def _port(parts: SplitResult) -> int:
 
 def allowed(url: str, allow: tuple[str, ...] | list[str]) -> bool:
     """Whether ``url`` matches an allow-list entry: same scheme, host and port, and the
-    entry's path (if any) as a prefix of the URL's path. Compared parsed, not as strings,
+    URL's path under the entry's path, if any (:func:`_under`). Compared parsed, not as strings,
     so ``http://127.0.0.1:9000@evil/`` does not pass as ``http://127.0.0.1:9000``."""
     parts = _parse(url)
     for entry in allow:
         e = urlsplit(entry)
         if (e.scheme == parts.scheme and (e.hostname or "") == parts.hostname
                 and (e.port or DEFAULT_PORTS.get(e.scheme)) == _port(parts)
-                and parts.path.startswith(e.path)):
+                and _under(parts.path, e.path)):
             return True
     return False
+
+
+def _under(path: str, prefix: str) -> bool:
+    """Whether ``path`` lies under an allow-list entry's path: whole segments (``/hooks`` does
+    not admit ``/hooks-admin``), and no segment the receiver could resolve elsewhere (``..``,
+    ``.``, a percent-encoded dot, slash or backslash, a backslash: ``/hooks/../admin``)."""
+    if not prefix or prefix == "/":
+        return True
+    if not (path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")):
+        return False
+    lowered = path.lower()
+    if "\\" in path or any(code in lowered for code in ("%2e", "%2f", "%5c")):
+        return False
+    return not any(segment in (".", "..") for segment in path.split("/"))
 
 
 def public_address(address: str) -> bool:

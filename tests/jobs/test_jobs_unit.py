@@ -199,6 +199,25 @@ def test_callbacks_are_signed_and_never_follow_redirects(recorder):
     assert [body for _, body in _Recorder.seen] == [b'{"id":"j"}']  # the redirect was not followed
 
 
+def test_an_allow_list_path_admits_only_urls_under_it(recorder):
+    """An entry's path was a string prefix of the URL's path: with ``/hooks`` allowed on a
+    loopback receiver, a client's ``/hooks/../admin`` (or ``/hooks-admin``) was posted to,
+    reaching what the operator did not allow on that host. Now whole segments, and no dot
+    segment or encoded dot, slash or backslash that the receiver could resolve elsewhere."""
+    base = f"http://127.0.0.1:{recorder.server_port}"
+    allow = (f"{base}/hooks",)
+    for bad in ("/hooks/../admin", "/hooks/./../admin", "/hooks-admin", "/hooks/%2e%2e/admin",
+                "/hooks/%2E%2E%2Fadmin", "/hooks/..%5cadmin", "/hooks\\..\\admin"):
+        with pytest.raises(InputError):
+            check_callback_url(base + bad, allow)
+        assert not deliver(base + bad, {"id": bad}, attempts=1, backoff_s=0, allow=allow)
+    assert _Recorder.seen == []  # not one of them reached the receiver
+    for ok in ("/hooks", "/hooks/job/1", "/hooks/v1..2"):
+        assert check_callback_url(base + ok, allow) == base + ok
+        assert deliver(base + ok, {"id": ok}, attempts=1, backoff_s=0, allow=allow)
+    assert len(_Recorder.seen) == 3
+
+
 class _Dripper:
     """A receiver that answers a byte every 50 ms, for as long as the caller keeps reading:
     after the status line in its headers (``part="headers"``), or after complete headers in
