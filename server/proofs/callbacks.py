@@ -96,10 +96,24 @@ def _under(path: str, prefix: str) -> bool:
     return not any(segment in (".", "..") for segment in path.split("/"))
 
 
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits and reach it (NAT64's well-known
+# prefix, RFC 6052: on a network with NAT64, 64:ff9b::a9fe:a9fe is 169.254.169.254), or did
+# (IPv4-compatible, ::/96): Python 3.11 counts them global whatever IPv4 address they carry
+_EMBEDDING = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96"))
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: a network's own translator
+
+
 def public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip.sixtofour is not None:  # 2002:WWXX:YYZZ::/48, 6to4: the IPv4 address in bits 16-48
+            ip = ip.sixtofour
+        elif ip in _LOCAL_NAT64:
+            return False
+        elif any(ip in net for net in _EMBEDDING):
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
 
 

@@ -218,6 +218,32 @@ def test_an_allow_list_path_admits_only_urls_under_it(recorder):
     assert len(_Recorder.seen) == 3
 
 
+def test_ipv6_spellings_of_a_private_ipv4_address_are_refused(monkeypatch):
+    """NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96) addresses carry an
+    IPv4 address that a network with NAT64 or 6to4 reaches; Python counts them global whatever
+    they carry, so http://[64:ff9b::a9fe:a9fe]/ (169.254.169.254, cloud metadata) and a name
+    resolving to it were posted to. Now the IPv4 address they carry is what is checked."""
+    for host in ("64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "64:ff9b::a00:1", "64:ff9b:1::a00:1",
+                 "2002:a9fe:a9fe::1", "2002:7f00:1::", "::127.0.0.1", "::a00:1"):
+        with pytest.raises(InputError):
+            check_callback_url(f"http://[{host}]/latest", ())
+    for host in ("64:ff9b::808:808", "2002:808:808::1"):  # they carry 8.8.8.8: public
+        assert check_callback_url(f"http://[{host}]/cb", ()) == f"http://[{host}]/cb"
+    real_dns = socket.getaddrinfo
+
+    def fake_dns(host, port, *args, **kwargs):  # meta.test -> NAT64 of 169.254.169.254
+        if host == "meta.test":
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("64:ff9b::a9fe:a9fe", port, 0, 0))]
+        return real_dns(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", fake_dns)
+    url = "http://meta.test/latest/meta-data"
+    assert check_callback_url(url, ()) == url  # a name: checked when it is resolved
+    with pytest.raises(callbacks.CallbackRefused, match="non-public"):
+        callbacks.resolve_checked(url, ())
+    assert not deliver(url, {"id": "j"}, attempts=2, backoff_s=0)
+
+
 class _Dripper:
     """A receiver that answers a byte every 50 ms, for as long as the caller keeps reading:
     after the status line in its headers (``part="headers"``), or after complete headers in
