@@ -22,6 +22,7 @@ import base64
 import http.client
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -117,6 +118,17 @@ def public_address(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
+def _inet_aton_spelling(host: str) -> str | None:
+    """The dotted IPv4 address of a host the resolver reads as one though ``ipaddress`` does
+    not (``2130706433``, ``0x7f.1``, ``017700000001``, ``127.1``: all 127.0.0.1); else None."""
+    if not re.fullmatch(r"[0-9a-fx.]+", host) or not host[0].isdigit():
+        return None
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
 def check_callback_url(url: object, allow: tuple[str, ...] | list[str]) -> str:
     """``url`` if the server may post to it as far as can be told without a lookup; else
     :class:`CallbackRefused` (a 400). Names are checked again when resolved."""
@@ -125,7 +137,7 @@ def check_callback_url(url: object, allow: tuple[str, ...] | list[str]) -> str:
         return url
     host = parts.hostname
     try:
-        literal = public_address(host)
+        literal = public_address(_inet_aton_spelling(host) or host)
     except ValueError:  # a name, resolved and checked at delivery
         if host == "localhost" or host.endswith(".localhost"):
             literal = False

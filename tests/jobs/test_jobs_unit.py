@@ -244,6 +244,18 @@ def test_ipv6_spellings_of_a_private_ipv4_address_are_refused(monkeypatch):
     assert not deliver(url, {"id": "j"}, attempts=2, backoff_s=0)
 
 
+def test_other_spellings_of_an_ipv4_literal_are_refused_at_submission():
+    """``http://2130706433/``, ``0x7f.1``, ``017700000001``, ``127.1`` are 127.0.0.1 to the
+    resolver but not to ``ipaddress``: they passed the submit check as names (202, then a
+    callback refused at delivery and never sent). An IP literal is refused at once (400)."""
+    for host in ("2130706433", "0x7f.1", "0x7f000001", "017700000001", "127.1", "0", "10.1",
+                 "0xa9.0xfe.0xa9.0xfe", "0251.0376.0251.0376"):
+        with pytest.raises(InputError, match="not a public address"):
+            check_callback_url(f"http://{host}/cb", ())
+    for ok in ("134744072", "0x8.0x8.0x8.0x8", "8.8.2056", "1e100.net", "0day.example"):  # 8.8.8.8; names
+        assert check_callback_url(f"http://{ok}/cb", ()) == f"http://{ok}/cb"
+
+
 class _Dripper:
     """A receiver that answers a byte every 50 ms, for as long as the caller keeps reading:
     after the status line in its headers (``part="headers"``), or after complete headers in
