@@ -248,13 +248,18 @@ def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, 
         conn.close()
 
 
+# The longest wait between two tries: the waits double from callback_backoff_s, and a wait
+# holds one of the callback threads every client shares (20 tries of 0.5 s doubling: days)
+MAX_BACKOFF_S = 60.0
+
+
 def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
             allow: tuple[str, ...] | list[str] = (), sign: CallbackSigner | None = None,
             timeout_s: float = 5.0, stop=None) -> bool:
     """POST ``payload`` as signed JSON until a 2xx answer; False when every try failed or
     the URL is refused."""
     body = compact_json(payload)
-    delay = backoff_s
+    delay = min(backoff_s, MAX_BACKOFF_S)
     for i in range(attempts):
         headers = {"Content-Type": "application/json", "User-Agent": "verinfer-callback/1",
                    **signature_headers(body, int(time.time()), sign)}
@@ -275,5 +280,5 @@ def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
                     return False
             else:
                 time.sleep(delay)
-            delay *= 2
+            delay = min(delay * 2, MAX_BACKOFF_S)
     return False

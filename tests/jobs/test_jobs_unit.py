@@ -416,3 +416,25 @@ def test_proof_routes_in_process_without_package(home, monkeypatch):
         assert r.status_code == 200 and "proof_job_id" not in r.json()["parameters"]
         assert client.get("/v1/proofs").json()["jobs"] == {}
         assert client.get("/v1/proofs/job_x").status_code == 404
+
+
+def test_callback_waits_between_tries_are_capped():
+    """The waits double from callback_backoff_s up to MAX_BACKOFF_S: with 20 tries from 0.5 s they
+    reached 0.5 * 2^18 s (three days) while holding a thread every client's callbacks share."""
+    with socket.socket() as s:  # a port nobody listens on: every try is refused at once
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+
+    class Waits:  # the stop event deliver() waits on; records the waits instead of sleeping
+        def __init__(self):
+            self.asked: list[float] = []
+
+        def wait(self, seconds: float) -> bool:
+            self.asked.append(seconds)
+            return False
+
+    waits = Waits()
+    assert not deliver(url, {"id": "j"}, attempts=20, backoff_s=0.5, allow=(url,), stop=waits)
+    assert len(waits.asked) == 19
+    assert waits.asked[:3] == [0.5, 1.0, 2.0] and max(waits.asked) == callbacks.MAX_BACKOFF_S == 60.0
+    assert waits.asked[-1] == callbacks.MAX_BACKOFF_S  # before the cap: 0.5 * 2**18 s
