@@ -36,7 +36,11 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
     s = servers(home, {"VERINFER_PROVER_EXECUTOR": "ray", "VERINFER_RAY_ADDRESS": cluster.address,
                        "VERINFER_PROOF_LEASE_S": "5", "VERINFER_PROOF_ATTEMPTS": "3"})
     jobs = []
-    for i in range(2):  # one per node: each node has room for one prover actor
+    # each node has room for one prover actor, and actors start one at a time: with two jobs
+    # the first actor could prove both before the second was placed (an iris proof takes
+    # seconds, a new actor as long on a loaded machine), and no job reached node2. With four,
+    # the second actor, on the node the first does not hold, is placed while jobs still wait
+    for i in range(4):
         status, job = s.submit(iris_input(60 + i))
         assert status == 202, job
         jobs.append(job)
@@ -74,7 +78,7 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
     for i, job in enumerate(jobs):
         status, again = s.submit(iris_input(60 + i))
         assert status == 200 and again["id"] == job["id"] and again["cached"] is True
-    assert s.request("GET", "/v1/proofs")[1]["jobs"] == {"done": 2}
+    assert s.request("GET", "/v1/proofs")[1]["jobs"] == {"done": len(jobs)}
     # the bundles were signed by the server (its JWKS), not by a node
     jwks = s.request("GET", "/.well-known/jwks.json")[1]
     kid = json.loads(json.dumps(bundle))["proof_receipt"]["envelope"]["signatures"][0]["keyid"]
