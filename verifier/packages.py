@@ -110,8 +110,11 @@ def point_name(settings: Settings, name: str, package_id: str) -> None:
 def remove_name(settings: Settings, name: str) -> str | None:
     """Forget the model name ``name``; the package id it pointed to (None when its file held
     none). :class:`NotFound` when no such name is registered."""
-    path = settings.names_dir / name
-    if not name or not set(name) <= NAME_CHARS or name[0] == "." or not path.is_file():
+    try:
+        path = settings.names_dir / check_name(name)  # (no path outside names/)
+    except InputError:
+        path = None
+    if path is None or not path.is_file():
         raise NotFound(f"no model named {name!r} (see 'verinfer models list')")
     pid = _pointer(path)
     path.unlink(missing_ok=True)
