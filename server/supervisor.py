@@ -73,7 +73,10 @@ def _spawn(args: list[str], hello: tuple, pass_fds: tuple[int, ...] = (),
     finally:
         theirs.close()
     conn = Connection(ours.detach())
-    conn.send(hello)
+    try:
+        conn.send(hello)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # it died before reading it (a stop signal to the group): its exit is seen as any other
     return proc, conn
 
 
