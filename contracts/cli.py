@@ -137,6 +137,10 @@ def _deploy(args: argparse.Namespace) -> int:
         raise InputError("--min-fee must be between 0 and 2**96 - 1 wei")
     if not 0 <= args.update_delay <= 2**32 - 1:
         raise InputError("--update-delay must be between 0 and 4294967295 seconds (136 years)")
+    if args.out is not None and args.out.exists():
+        # checked before anything is spent: the file may be the only record of an earlier oracle
+        raise InputError(f"--out {args.out} exists; a deployment record is never overwritten "
+                         "(name another file, or remove this one)")
     packages = ([_resolve_package(r) for r in args.package] if args.package
                 else _registered_packages())
     key_file = args.key_file or (key_file_from_env() if args.rpc else None)
@@ -147,13 +151,7 @@ def _deploy(args: argparse.Namespace) -> int:
                         request_timeout=args.request_timeout,
                         allow_dev_srs=args.allow_dev_srs, update_delay=args.update_delay,
                         min_fee=args.min_fee, payee=args.payee)
-    out = args.out
-    if out is None:
-        from verifier.config import Settings
-
-        out = Settings().home / "deployments" / f"{record['chain_id']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    # the addresses are said before any file is written: a write that fails loses nothing
     print(f"OK: oracle {record['oracle']['address']} (gas {record['oracle']['gas_used']})",
           file=sys.stderr)
     for m in record["models"]:
@@ -162,10 +160,91 @@ def _deploy(args: argparse.Namespace) -> int:
     if chain.embedded:
         print("note: the embedded chain ends with this command; the file is a record only",
               file=sys.stderr)
+    if args.out is not None:
+        out, kept = args.out, None
+        _write_new(out, record)
+    else:
+        from verifier.config import Settings
+
+        out, kept = _write_latest(Settings().home / "deployments", record)
+    if kept is not None:
+        print(f"kept the earlier deployment record as {kept}", file=sys.stderr)
     print(f"wrote {out}", file=sys.stderr)
     if args.json:
         print(json.dumps(record, indent=2))
     return 0
+
+
+def _record_bytes(record: dict) -> bytes:
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def _write_new(path: Path, record: dict) -> None:
+    """Write ``path`` whole (a temporary file linked in), refusing to replace a file."""
+    import os
+    import tempfile
+
+    from verifier.errors import InputError
+
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(_record_bytes(record))
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)  # FileExistsError rather than a silent replace
+    except FileExistsError:
+        raise InputError(f"{path} appeared while deploying; the record was not written there "
+                         "(the addresses are above)") from None
+    except OSError as exc:
+        raise InputError(f"cannot write the deployment record {path}: {exc.strerror} "
+                         "(the addresses are above)") from None
+    finally:
+        if tmp is not None:
+            os.unlink(tmp)
+
+
+def _write_latest(folder: Path, record: dict) -> tuple[Path, Path | None]:
+    """``<folder>/<chain id>.json`` becomes ``record``; an earlier record there is first kept
+    as ``<chain id>-<its oracle address>[-N].json`` (a chain may hold several oracles, each
+    with its requesters' funds: none of their addresses may be lost). Returns (the latest
+    file, where the earlier one went or None)."""
+    latest = folder / f"{record['chain_id']}.json"
+    try:
+        kept = _keep_earlier(latest, record["chain_id"])
+    except OSError as exc:
+        from verifier.errors import InputError
+
+        raise InputError(f"cannot keep the earlier deployment record {latest}: {exc.strerror}; "
+                         "nothing was written (the addresses are above)") from None
+    _write_new(latest, record)
+    return latest, kept
+
+
+def _keep_earlier(latest: Path, chain_id: int) -> Path | None:
+    import os
+
+    kept = None
+    if latest.exists():
+        try:
+            address = str(json.loads(latest.read_text())["oracle"]["address"])
+        except (ValueError, KeyError, TypeError):
+            address = "unknown"
+        address = re.sub(r"[^0-9A-Za-z]", "", address)[:42] or "unknown"
+        n = 1
+        while True:
+            kept = latest.parent / f"{chain_id}-{address}{'' if n == 1 else f'-{n}'}.json"
+            try:
+                os.link(latest, kept)  # never replaces a kept record
+                break
+            except FileExistsError:
+                if kept.read_bytes() == latest.read_bytes():
+                    break  # kept before, e.g. by a run killed between the link and the write
+                n += 1
+        latest.unlink()
+    return kept
 
 
 def _model_id(ref: str) -> bytes:

@@ -43,6 +43,39 @@ def test_deploy_default_path_is_under_home(home, capsys):
     assert len(list((home / "deployments").glob("*.json"))) == 1
 
 
+def test_a_second_deploy_keeps_the_first_deployment_record(home, capsys, anvil_chain, anvil_url):
+    """Two oracles deployed to one chain: `<chain id>.json` names the newest, and the first's
+    record is kept beside it under its oracle's address (before, the second deploy rewrote the
+    file and the first oracle's address, with the requests and fees it holds, was nowhere)."""
+    folder = home / "deployments"
+    code, _, err = _run(capsys, "chain", "deploy", "--rpc", anvil_url)
+    assert code == 0, err
+    first = json.loads((folder / "31337.json").read_text())
+    code, _, err = _run(capsys, "chain", "deploy", "--rpc", anvil_url)
+    assert code == 0, err
+    second = json.loads((folder / "31337.json").read_text())
+    assert first["oracle"]["address"] != second["oracle"]["address"]
+    kept = folder / f"31337-{first['oracle']['address']}.json"
+    assert json.loads(kept.read_text()) == first and f"kept the earlier deployment record as {kept}" in err
+    for record in (first, second):  # both oracles are on chain, as their records say
+        assert anvil_chain.w3.eth.get_code(record["oracle"]["address"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["31337.json", kept.name])
+
+
+def test_deploy_refuses_an_existing_out_file_before_sending_anything(home, capsys, tmp_path,
+                                                                     anvil_chain, anvil_url):
+    """`--out FILE` that exists (maybe the only record of an earlier oracle) is refused in one
+    line, exit 2, before any transaction; the file is unchanged."""
+    out = tmp_path / "dep.json"
+    out.write_text('{"oracle": {"address": "0xearlier"}}\n')
+    nonce = anvil_chain.w3.eth.get_transaction_count(anvil_chain.sender)
+    code, stdout, err = _run(capsys, "chain", "deploy", "--rpc", anvil_url, "--out", str(out))
+    assert code == 2 and "exists; a deployment record is never overwritten" in err, err
+    assert len(err.strip().splitlines()) == 1 and stdout == ""
+    assert out.read_text() == '{"oracle": {"address": "0xearlier"}}\n'
+    assert anvil_chain.w3.eth.get_transaction_count(anvil_chain.sender) == nonce
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--package", "/nonexistent"], "no circuit package"),
     (["--policy", "either"], "needs --signer"),
