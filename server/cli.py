@@ -241,6 +241,7 @@ def serve(args: argparse.Namespace) -> int:
     from server.supervisor import bind, check_log, start_errors
 
     private_stdio()  # an in-process relayer proves in threads: EZKL's log takes its prints alone
+    log_config = configure(settings.log_format, args.log_level)  # a refused start's line too
     with start_errors():  # e.g. a store's folder that cannot be made: one line, exit 2
         use_ezkl_dir(settings)  # for its prover workers and an in-process relayer's proofs
         app = create_app(settings)  # refuses unsafe key files before listening
@@ -261,7 +262,6 @@ def serve(args: argparse.Namespace) -> int:
                     f"http://{settings.host}:{listener.getsockname()[1]} (key {keys.kid}, "
                     f"EIP-712 signer {keys.eth_address})")
 
-    log_config = configure(settings.log_format, args.log_level)
     server = Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
                                    **({"log_config": log_config} if log_config is not None else {})))
     server.run(sockets=[listener])

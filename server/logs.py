@@ -50,11 +50,18 @@ def say(message: str, level: int = logging.INFO, logger: str = "verinfer.server"
     print(line, file=sys.stderr, flush=True)
 
 
+def _json_error(message: str) -> None:
+    say(message, logging.ERROR)
+
+
 def configure(fmt: str, level: str) -> dict | None:
     """Set up the root logger in ``fmt`` (``text`` or ``json``) at ``level``; the log config
     to hand uvicorn (None: uvicorn's own text config)."""
     global _format
+    import verifier.cli
+
     _format = fmt
+    verifier.cli.error_line = _json_error if fmt == "json" else verifier.cli._plain_error
     if fmt != "json":
         logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return None

@@ -103,8 +103,17 @@ def _unavailable(sub, name: str, ep: EntryPoint, missing: str) -> None:
     p.set_defaults(handler=handler)
 
 
-def fail(message: str) -> None:
+def _plain_error(message: str) -> None:
     print(f"verinfer: error: {message}", file=sys.stderr)
+
+
+# How fail() writes its line: `verinfer serve` with JSON logs (server.logs.configure) makes it a
+# JSON log record, so a log shipper reads a refused start as every other line
+error_line: Callable[[str], None] = _plain_error
+
+
+def fail(message: str) -> None:
+    error_line(message)
 
 
 # A command whose standard output's reader went away (`verinfer audit --json | head`): the
@@ -172,4 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # the imported module's main, not this __main__ copy's: state set on verifier.cli (its
+    # error_line, by server.logs) is then the state fail() reads
+    from verifier.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -154,6 +154,19 @@ def test_a_second_server_on_a_busy_port_or_a_written_log_exits_2_in_one_line(ser
     assert post(server, IRIS, json.dumps(GOOD).encode())[0] == 200
 
 
+def test_a_refused_start_with_json_logs_is_one_json_log_line(server, cli, tmp_path):
+    """With ``VERINFER_LOG_FORMAT=json`` a start refused for a port in use is, like every other
+    line of the server, a JSON log record (level error), with or without ``--workers``; it was
+    the plain ``verinfer: error: ...`` line that a log shipper reading JSON could not parse."""
+    for workers in ("1", "2"):
+        r = cli(tmp_path / f"other-home-{workers}", "serve", "--port", str(server.port),
+                "--workers", workers, env={"VERINFER_LOG_FORMAT": "json"})
+        (line,) = r.stderr.strip().splitlines()
+        record = json.loads(line)
+        assert r.returncode == 2 and record["level"] == "error", (workers, r.stderr)
+        assert "cannot listen on 127.0.0.1" in record["message"], (workers, r.stderr)
+
+
 def test_serve_workers_on_a_home_whose_log_a_one_process_server_writes_exits_2_in_one_line(server, cli):
     """``serve --workers 2`` on the home of a running one-process server (which holds no
     ``run/supervisor.lock``): refused before its writer waits a minute for the log's lock and
