@@ -78,6 +78,7 @@ class ProofJobs:
         self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
         self._in_flight: set[str] = set()
         self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
+        self._stopping = False  # the stop signal came: waiters answer with their job as it is
         # serve --workers: every process's waiters (server.shared.ProcessCounts); else this one's
         self.waiter_counts = waiter_counts
         self._ended_mark = 0.0  # the newest finish time the waiters were told about
@@ -120,7 +121,13 @@ class ProofJobs:
 
     def signal_stop(self) -> None:
         """Called from the server's stop signal handler, before the graceful stop begins (see
-        :meth:`server.proofs.ray_executor.RayExecutor.signal_stop`)."""
+        :meth:`server.proofs.ray_executor.RayExecutor.signal_stop`). Requests waiting for
+        their proofs (``proof: "sync"``) answer now with their job's id and status, as at their
+        timeout: the graceful stop waits for every request, and theirs could hold it for
+        ``sync_proof_timeout_s`` (300 s, past systemd's 90 s, whose SIGKILL then cut the
+        answers). The jobs stay queued; the next start proves them."""
+        self._stopping = True
+        self._notify_waiters()
         if self.ray is not None:
             self.ray.signal_stop()
 
@@ -306,7 +313,7 @@ class ProofJobs:
         self._waiters.add(waiter)
         try:
             end = time.monotonic() + timeout_s
-            while job.status not in ("done", "failed"):
+            while job.status not in ("done", "failed") and not self._stopping:
                 left = end - time.monotonic()
                 if left <= 0:
                     break

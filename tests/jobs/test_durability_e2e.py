@@ -104,6 +104,37 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_loses_nothing(new_home, 
     assert done["status"] == "done" and done["attempts"] == 1, done  # the stop did not count
 
 
+def test_a_stop_answers_the_requests_waiting_for_their_proofs_at_once(new_home, servers):
+    """A stop while an infer request waits for its proof (``proof: "sync"``): it is answered at
+    once, 200 with its receipt and its job's id and status, as at its timeout, and the server
+    exits; the job stays queued and the next start proves it. Before, the graceful stop waited
+    for that request up to ``sync_proof_timeout_s`` (here 600 s; systemd's SIGKILL comes at 90)."""
+    import threading
+
+    home = new_home()
+    s1 = servers(home, {"VERINFER_PROOF_WORKERS": "0", "VERINFER_SYNC_PROOF_TIMEOUT_S": "600"})
+    body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(7)}],
+            "parameters": {"proof": "sync"}}
+    answer: list = []
+    asking = threading.Thread(target=lambda: answer.append(
+        s1.request("POST", "/v2/models/iris_mlp/infer", body, timeout=300)))
+    asking.start()
+    end = time.monotonic() + 60
+    while not s1.get("/v1/proofs")["jobs"] and time.monotonic() < end:
+        time.sleep(0.1)
+    assert s1.get("/v1/proofs")["jobs"], "the sync request queued no job"
+    s1.proc.terminate()
+    asking.join(120)  # a liveness bound, not a timing: without the change it waits 600 s
+    assert not asking.is_alive(), "the stop did not answer the request waiting for its proof"
+    status, resp, _ = answer[0]
+    params = resp["parameters"]
+    assert status == 200 and params["proof_status"] == "queued" and params["receipt"], resp
+    assert s1.proc.wait(60) in (0, -signal.SIGTERM)
+    s2 = servers(home, {"VERINFER_PROOF_WORKERS": "1"})
+    done = s2.wait_job(params["proof_job_id"], timeout=120)
+    assert done["status"] == "done" and done["outcome"] == "proven", done
+
+
 def test_systemds_stop_signals_the_prover_workers_too_and_costs_no_attempt(new_home, servers):
     """systemd's stop (KillMode=control-group, its default) sends SIGTERM to every process of
     the unit, the prover workers too, though they run in their own session. A worker that
