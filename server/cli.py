@@ -299,7 +299,25 @@ def keys_revoke(args: argparse.Namespace) -> int:
     print(f"OK: key {done['kid']} revoked at {done['revoked_at']} (its private key file is "
           f"deleted; it stays in the JWKS marked revoked); active key: {done['active']}",
           file=sys.stderr)
+    if _server_running(settings):  # (it may sign with this key: the one active when it started)
+        print(f"verinfer: warning: a server runs on {settings.home}; it keeps the keys it started "
+              f"with until it restarts, and what it signs with {done['kid']} from now on will not "
+              "verify: restart it now", file=sys.stderr)
     return 0
+
+
+def _server_running(settings) -> bool:
+    """Whether a server holds this data dir's receipt log (its writer's lock)."""
+    from server.receipts.translog import writer_lock
+    from verifier.errors import InputError
+
+    if not settings.log_path.exists():
+        return False
+    try:
+        writer_lock(settings.log_path, 0.0).close()
+    except InputError:
+        return True
+    return False
 
 
 def keys_list(args: argparse.Namespace) -> int:

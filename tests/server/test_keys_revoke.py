@@ -119,3 +119,28 @@ def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
     verify_receipt_v2(ReceiptV2.parse(after), jwks)
     only_new = {"keys": [k for k in jwks["keys"] if k["kid"] == done["active"]]}
     verify_receipt_v2(ReceiptV2.parse(after), only_new)
+
+
+@pytest.mark.e2e
+def test_revoking_a_key_while_a_server_runs_says_to_restart_it(tmp_path, start_server, cli):
+    """A running server keeps the keys it started with, so after `keys revoke` of its key what it
+    signs no longer verifies (shown below). `keys revoke` now says so when a server runs on the
+    data dir (its receipt log's writer lock is held); it said only "OK" before."""
+    home = tmp_path / "home"
+    s1 = start_server(home)
+    kid = s1.get("/v1/keys")["active_kid"]
+    r = cli(home, "keys", "revoke", kid)
+    assert r.returncode == 0 and f"OK: key {kid} revoked" in r.stderr, r.stderr
+    assert "a server runs on" in r.stderr and "restart it now" in r.stderr, r.stderr
+    req = urllib.request.Request(s1.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        after = json.loads(json.loads(resp.read())["parameters"]["receipt"])
+    s1.stop()
+    s2 = start_server(home)
+    jwks = s2.get("/.well-known/jwks.json")
+    with pytest.raises(KeyRevoked):  # signed by the revoked key after its revocation
+        verify_receipt_v2(ReceiptV2.parse(after), jwks)
+    s2.stop()
+    active = json.loads(cli(home, "keys", "list", "--json").stdout)["active"]
+    r = cli(home, "keys", "revoke", active)  # no server runs: no warning
+    assert r.returncode == 0 and "a server runs" not in r.stderr, r.stderr
