@@ -78,6 +78,10 @@ class ServerSettings(Settings):
         "messages must name; unset: wallet sign-in is off (never the request's Host header, which a "
         "phishing site sets to its own)."
     )
+    siwe_scheme: Literal["https", "http"] = Field(
+        "https", description="Sign-In with Ethereum: the scheme users sign in over; a message naming "
+        "another (http://<domain>, signed on a network attacker's plain-http copy of the site) is refused."
+    )
     siwe_nonce_ttl_s: float = Field(600, gt=0, description="How long a sign-in nonce may be used.")
     siwe_session_ttl_s: float = Field(
         3600, gt=0, description="Longest life of a sign-in session token (shorter when the message expires sooner)."

@@ -7,8 +7,10 @@ on PyPI pins web3 < 8 and eth-account < 0.14, older than ours, so it cannot be i
 next to them; this module is what we need of it. Contract wallets (EIP-1271) are not
 accepted: a signature must recover to the address the message names.
 
-What is checked (:func:`check_message`): the domain is this server's (``siwe_domain``, else the
-request's ``Host``); the URI is on that domain (same scheme-less host); version 1; the chain
+What is checked (:func:`check_message`): the domain is this server's (``siwe_domain``, never the
+request's ``Host``); the scheme before it, when the message names one, is the server's
+(``siwe_scheme``, https unless set; a message naming none is taken as https, as wallets take
+it); the URI is on that domain, with that scheme; version 1; the chain
 id is the server's; the nonce is one this server issued, not expired and not used before
 (single use: it is spent in the same transaction that checks it, see
 :class:`server.auth.ApiKeyStore`); issued-at not in the future (beyond a clock skew) nor
@@ -127,18 +129,24 @@ def recover_signer(text: str, signature: str) -> str:
 
 
 def check_message(msg: SiweMessage, signature: str, text: str, *, domain: str, chain_id: int,
-                  nonce_ttl: timedelta, now: datetime | None = None) -> str:
+                  nonce_ttl: timedelta, scheme: str = "https", now: datetime | None = None) -> str:
     """Every check but the nonce's being ours and unused (the store does that, atomically).
     Returns the signing address (lowercase)."""
     now = now or datetime.now(UTC)
     if msg.domain != domain:
         raise Unauthenticated(f"SIWE message is for domain {msg.domain!r}, not this server ({domain!r})")
+    # The wallet compares the message's scheme (https when it names none) with the page asking:
+    # a page on http://<domain> (a network attacker's copy of the site) gets a message naming
+    # http://<domain> signed without a warning; this server is reached with `scheme` only.
+    if (msg.scheme or "https").lower() != scheme:
+        raise Unauthenticated(f"SIWE message is for {msg.scheme or 'https'}://{msg.domain}, not {scheme}://{domain}")
     try:
-        uri_host = urlsplit(msg.uri).netloc
+        uri = urlsplit(msg.uri)
+        uri_host = uri.netloc
     except ValueError:  # e.g. "http://[host/": an unclosed IPv6 bracket
         raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not a URL") from None
-    if uri_host != domain:
-        raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not on this server's domain")
+    if uri_host != domain or uri.scheme.lower() != scheme:
+        raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not on this server ({scheme}://{domain})")
     if msg.version != "1":
         raise Unauthenticated("SIWE message version must be 1")
     if msg.chain_id != chain_id:
@@ -158,12 +166,14 @@ def check_message(msg: SiweMessage, signature: str, text: str, *, domain: str, c
 
 
 def make_message(domain: str, address: str, uri: str, chain_id: int, nonce: str, issued_at: datetime,
-                 statement: str | None = None, expiration_time: datetime | None = None) -> str:
-    """An EIP-4361 message (what a wallet would show and sign): for clients and tests."""
+                 statement: str | None = None, expiration_time: datetime | None = None,
+                 scheme: str | None = None) -> str:
+    """An EIP-4361 message (what a wallet would show and sign): for clients and tests.
+    ``scheme``: named before the domain (none: https, as wallets read it)."""
     def rfc3339(t: datetime) -> str:
         return t.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
-    lines = [domain + HEADER, address, ""]
+    lines = [(f"{scheme}://" if scheme else "") + domain + HEADER, address, ""]
     if statement is not None:
         lines.append(statement)
     lines += ["", f"URI: {uri}", "Version: 1", f"Chain ID: {chain_id}", f"Nonce: {nonce}",

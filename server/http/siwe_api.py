@@ -59,7 +59,7 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
         """A single-use nonce for a Sign-In with Ethereum message, and what the message must name."""
         keys, where = store(), domain()
         nonce = keys.new_nonce(settings.siwe_nonce_ttl_s)
-        return _json({"nonce": nonce, "domain": where, "chain_id": settings.chain_id,
+        return _json({"nonce": nonce, "domain": where, "scheme": settings.siwe_scheme, "chain_id": settings.chain_id,
                       "expires_in_s": settings.siwe_nonce_ttl_s})
 
     @app.post("/v1/auth/siwe", tags=["auth"], openapi_extra={"requestBody": {
@@ -75,7 +75,7 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
         except ValidationError as exc:  # a 422, as FastAPI's own body validation answers
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
         msg = parse_message(body.message)
-        address = check_message(msg, body.signature, body.message, domain=where,
+        address = check_message(msg, body.signature, body.message, domain=where, scheme=settings.siwe_scheme,
                                 chain_id=settings.chain_id, nonce_ttl=timedelta(seconds=settings.siwe_nonce_ttl_s))
         wallet = keys.wallet(address)
         if wallet is None:

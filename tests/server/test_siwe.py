@@ -38,14 +38,15 @@ def world(tmp_path):
 
 
 def sign_in_body(client, wallet, *, domain=HOST, chain_id=31337, nonce=None, issued=None, expires=None,
-                 signer=None, uri=None):
+                 signer=None, uri=None, scheme=None):
     if nonce is None:
         got = client.get("/v1/auth/nonce").json()
         assert got["domain"] == HOST and got["chain_id"] == 31337
         nonce = got["nonce"]
     now = datetime.now(UTC)
-    text = make_message(domain, wallet.address, uri or f"http://{domain}/", chain_id, nonce, issued or now,
-                        statement="Sign in to verinfer.", expiration_time=expires or now + timedelta(minutes=5))
+    text = make_message(domain, wallet.address, uri or f"https://{domain}/", chain_id, nonce, issued or now,
+                        statement="Sign in to verinfer.", expiration_time=expires or now + timedelta(minutes=5),
+                        scheme=scheme)
     sig = (signer or wallet).sign_message(encode_defunct(text=text)).signature.hex()
     return {"message": text, "signature": "0x" + sig.removeprefix("0x")}
 
@@ -79,6 +80,9 @@ def test_full_sign_in_gives_a_session_of_the_wallets_tier_and_replay_is_refused(
 @pytest.mark.parametrize("change, status, words", [
     ({"domain": "evil.example"}, 401, "domain"),
     ({"uri": "http://evil.example/"}, 401, "URI"),
+    # signed on a plain-http copy of the site (a network attacker's): the wallet saw http://testserver
+    ({"scheme": "http", "uri": "http://testserver/"}, 401, "is for http://testserver, not https://testserver"),
+    ({"uri": "http://testserver/"}, 401, "URI"),
     ({"chain_id": 1}, 401, "chain 1"),
     ({"nonce": "abcdef0123456789"}, 401, "not issued"),
     ({"expires": datetime(2020, 1, 1, tzinfo=UTC)}, 401, "expired"),
@@ -89,6 +93,22 @@ def test_refused_sign_ins(world, change, status, words):
     client, _store, wallet = world
     r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet, **change))
     assert r.status_code == status and words in r.json()["error"], r.text
+
+
+def test_the_scheme_is_https_unless_the_server_says_http(world, tmp_path):
+    client, _store, wallet = world
+    assert client.get("/v1/auth/nonce").json()["scheme"] == "https"
+    r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet, scheme="https"))
+    assert r.status_code == 200, r.text
+    settings = ServerSettings(home=tmp_path / "plain", models=("iris_mlp",), auth="on", tiers=TIERS,
+                              proof_workers=0, siwe_domain=HOST, siwe_scheme="http")
+    keys = ApiKeyStore(settings.apikeys_path)
+    keys.add_wallet(wallet.address, "small")
+    keys.close()
+    with TestClient(create_app(settings)) as plain:
+        for scheme, status in ((None, 401), ("https", 401), ("http", 200)):  # none: https
+            body = sign_in_body(plain, wallet, scheme=scheme, uri=f"http://{HOST}/")
+            assert plain.post("/v1/auth/siwe", json=body).status_code == status, scheme
 
 
 def test_the_public_nonce_route_writes_nothing(world):
