@@ -31,6 +31,17 @@ class BatchPolicy(BaseModel):
     )
 
 
+def loopback_name(host: str) -> bool:
+    """``localhost`` or a loopback address literal (127.0.0.0/8, ::1). Any other name may be
+    resolved to any address (``127.example.com``), so it is not loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # e.g. "127.example.com": a name, not 127.0.0.0/8
+        return False
+
+
 class ServerSettings(Settings):
     """Everything ``verinfer serve`` can be told; built once at the edge and passed in."""
 
@@ -297,12 +308,14 @@ class ServerSettings(Settings):
     def auth_enabled(self) -> bool:
         if self.auth != "auto":
             return self.auth == "on"
-        if self.host == "localhost":
-            return False
-        try:  # an address literal; any other name is resolved when bound, maybe to a public address
-            return not ipaddress.ip_address(self.host).is_loopback
-        except ValueError:  # e.g. "127.example.com": a name, not 127.0.0.0/8
-            return True
+        return not loopback_name(self.host)
+
+    @property
+    def loopback_only(self) -> bool:
+        """auth=auto left access control off for a loopback bind: the server then answers only
+        requests naming a loopback host, from no web page of another origin
+        (:class:`server.http.auth.LoopbackOnly`)."""
+        return self.auth == "auto" and not self.auth_enabled
 
     @property
     def public_proof_queue(self) -> int:

@@ -23,7 +23,7 @@ from starlette.routing import Match
 
 from server.auth import CURRENT_TIER, ApiKeyStore, RateLimiter, check_proofs_allowed
 from server.errors import Conflict, Forbidden, error_body, error_response, status_for
-from server.http.auth import AuthGate
+from server.http.auth import AuthGate, LoopbackOnly
 from server.http.infer_route import InferRoute, read_body, response_headers
 from server.http.schemas import (
     INFER_REQUEST_SCHEMA,
@@ -275,6 +275,8 @@ def create_app(
         apikeys = ApiKeyStore(settings.apikeys_path)
         app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers,
                            limiter=RateLimiter(shared.buckets() if shared is not None else None))
+    if settings.loopback_only:  # no keys: no other host's names, no other site's pages
+        app.add_middleware(LoopbackOnly)
     app.state.apikeys = apikeys
     from server.http.request_ids import RequestIds
 

@@ -403,7 +403,7 @@ def test_proof_routes_in_process_without_package(home, monkeypatch):
     from server.settings import ServerSettings
 
     settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         body = {"model": "iris_mlp", "inputs": [
             {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}
         r = client.post("/v1/proofs", json=body)

@@ -138,7 +138,7 @@ def test_sync_waiters_are_bounded_for_the_whole_server(new_home):
     other = Shared(home / "run", 1, 2).waiters()  # process 1 of 2
     assert other.enter(1)  # a request there waits for its proof
     sync = {"inputs": body(A)["inputs"], "parameters": {"proof": "sync"}}
-    with TestClient(create_app(settings, shared=Shared(home / "run", 0, 2))) as client:
+    with TestClient(create_app(settings, shared=Shared(home / "run", 0, 2)), base_url="http://127.0.0.1") as client:
         r = client.post("/v2/models/iris_mlp/infer", json=sync)
         assert r.status_code == 429 and "already wait" in r.json()["error"]
         other.leave()

@@ -217,7 +217,7 @@ def test_systemds_stop_while_proving_on_a_private_instance_costs_no_attempt(new_
     body = json.dumps({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32",
                                    "data": iris_input(41)}]}).encode()
     with socket.create_connection(("127.0.0.1", s.port), timeout=120) as conn:
-        conn.sendall(b"POST /v2/models/iris_mlp/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        conn.sendall(b"POST /v2/models/iris_mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
         time.sleep(0.5)  # the request has begun: the graceful stop waits for it
         for pid in [s.proc.pid, *_descendants(s.proc.pid)]:  # the unit's every process, at once

@@ -24,7 +24,7 @@ def client(tmp_path):
         models=("iris_mlp",),
         onnx_models={"digits_onnx": get_reference_model("digits_cnn").onnx_path},
     )
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -142,3 +142,34 @@ def test_apikeys_cli(tmp_path):
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already revoked" in again.stderr
     bad = cli("create", "--tier", "gold")
     assert bad.returncode == 2 and "unknown tier 'gold'" in bad.stderr
+
+
+def test_without_keys_on_loopback_no_other_host_name_and_no_other_sites_page_is_served(tmp_path):
+    """auth=auto on a loopback bind (no keys): a web page the user opens can still reach the
+    server. Any site can POST a text/plain body (no preflight) to 127.0.0.1 and have it infer
+    and sign; one that rebinds its own name to 127.0.0.1 reads the answers (Host: its name).
+    Both are refused (403); local clients and pages on a loopback host are served."""
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0)  # auto, 127.0.0.1
+    assert not settings.auth_enabled
+    body = json.dumps(IRIS)
+    with TestClient(create_app(settings), base_url="http://127.0.0.1:8080") as client:
+        def infer(**headers):
+            return client.post("/v2/models/iris_mlp/infer", content=body,
+                               headers={"Content-Type": "text/plain", **headers})
+
+        assert infer().status_code == 200  # curl, a script: no Origin
+        for origin in ("https://evil.example", "null", "http://127.0.0.1.evil.example:8080"):
+            r = infer(Origin=origin)
+            assert r.status_code == 403 and "web page" in r.json()["error"], origin
+        for origin in ("http://127.0.0.1:8080", "http://localhost:3000", "http://[::1]:8080"):
+            assert infer(Origin=origin).status_code == 200, origin
+        for host in ("evil.example:8080", "127.0.0.1.nip.io:8080", "localhost.evil.example"):
+            r = client.get("/v1/status", headers={"Host": host})  # a rebound name
+            assert r.status_code == 403 and "loopback" in r.json()["error"], host
+            assert infer(Host=host).status_code == 403
+        for host in ("localhost:8080", "LOCALHOST", "127.0.0.2", "[::1]:8080"):
+            assert client.get("/v1/status", headers={"Host": host}).status_code == 200, host
+    # access control on (keys), or off by choice: no such rule
+    for auth_mode in ("on", "off"):
+        with TestClient(create_app(settings.model_copy(update={"auth": auth_mode}))) as client:
+            assert client.get("/v2/health/live", headers={"Origin": "https://evil.example"}).status_code == 200

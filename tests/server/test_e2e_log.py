@@ -37,7 +37,7 @@ async def _load(port: int, seconds: float, clients: int, results: list, on_start
         except OSError:
             return
         body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
-        request = (b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        request = (b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         try:
             while time.monotonic() < stop:

@@ -93,7 +93,7 @@ def test_a_killed_receipt_worker_fails_what_it_held_and_is_replaced(worker_serve
     async def client(k: int, stop: float) -> None:  # keep-alive HTTP/1.1, as fast as it answers
         reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
         body = json.dumps({"id": f"c{k}", "inputs": DIGITS}).encode()
-        request = (b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        request = (b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         while time.monotonic() < stop:
             writer.write(request)
@@ -152,7 +152,7 @@ def test_a_script_without_a_main_guard_serves_once(tmp_path):
         "from server.http.app import create_app\n"
         "from server.settings import ServerSettings\n"
         "print('top level ran', flush=True)\n"
-        "with TestClient(create_app(ServerSettings(models=('iris_mlp',)))) as client:\n"
+        "with TestClient(create_app(ServerSettings(models=('iris_mlp',))), base_url='http://127.0.0.1') as client:\n"
         "    r = client.post('/v2/models/iris_mlp/infer', json={'inputs': [{'name': 'input', 'shape': [1, 4],\n"
         "        'datatype': 'FP32', 'data': [6.7, 3.0, 5.2, 2.3]}]})\n"
         "    print(r.status_code, 'receipt' in r.json()['parameters'], flush=True)\n"

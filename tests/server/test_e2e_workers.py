@@ -310,7 +310,7 @@ def test_a_request_in_flight_when_the_supervisor_is_killed_gets_its_signed_answe
         jwks = s.get("/.well-known/jwks.json")
         body = json.dumps({"inputs": DIGITS}).encode()
         with socket.create_connection(("127.0.0.1", s.port), timeout=150) as conn:
-            conn.sendall(b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: x\r\n"
+            conn.sendall(b"POST /v2/models/digits_cnn/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                          b"Content-Type: application/json\r\nConnection: close\r\n"
                          b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
             time.sleep(0.5)  # the request has begun: a stopping server process finishes it

@@ -41,7 +41,8 @@ def _requests() -> list[tuple[str, str, dict]]:
 def _answers(tmp_path, infer_route: bool) -> list[tuple[int, dict]]:
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), signing=False, max_body_bytes=4096)
     out = []
-    with TestClient(create_app(settings, infer_route=infer_route), follow_redirects=False) as client:
+    with TestClient(create_app(settings, infer_route=infer_route), follow_redirects=False,
+                    base_url="http://127.0.0.1") as client:
         for method, path, kwargs in _requests():
             r = client.request(method, path, **kwargs)
             out.append((r.status_code, r.json() if r.content else None, r.headers.get("content-type")))

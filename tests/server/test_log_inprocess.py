@@ -26,7 +26,7 @@ IRIS = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data"
 @pytest.fixture
 def client(tmp_path):
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), log_origin="test.verinfer/log")
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -32,7 +32,7 @@ def value(samples, name: str, **labels) -> float:
 @pytest.fixture
 def client(tmp_path):
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -43,7 +43,7 @@ def _answer(client) -> tuple[str, dict]:
 def test_pruned_receipts_still_verify_against_the_log(tmp_path):
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), receipt_retention_max=1,
                               receipt_prune_interval_s=0, log_origin="test.verinfer/log")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         kept = [_answer(client) for _ in range(3)]
         keys = client.get("/v1/keys").json()
         note_keys = client.get("/.well-known/verinfer-log.json").json()["note_keys"]

@@ -29,7 +29,7 @@ def _assert_client_error(r):
 @pytest.fixture
 def open_client(tmp_path):
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False) as c:
         yield c
 
 
@@ -119,7 +119,7 @@ def test_duplicate_output_names_are_refused_not_amplified(open_client):
 
 def test_fp64_value_past_fp32_range_is_refused_without_signing(tmp_path):
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0, signing=False)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         body = {"inputs": [{**IRIS_IN, "datatype": "FP64", "data": [1e39, 1.0, 1.0, 1.0]}]}
         r = client.post("/v2/models/iris_mlp/infer", json=body)
         # today: 200 with "data":[-Infinity,NaN,NaN], which is not JSON
@@ -129,7 +129,7 @@ def test_fp64_value_past_fp32_range_is_refused_without_signing(tmp_path):
 def test_receipt_and_log_routes_without_signing_are_409_as_proofs_are(tmp_path):
     # the request is well formed; this server keeps no receipts (400 said the request was bad)
     settings = ServerSettings(home=tmp_path, models=("iris_mlp",), proof_workers=0, signing=False)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1", raise_server_exceptions=False) as client:
         for path in ("/v1/receipts/0x" + "ab" * 32, "/v1/log/checkpoint",
                      "/v1/log/proof/inclusion?index=0", "/v1/log/proof/consistency?from=0"):
             r = client.get(path)
