@@ -387,6 +387,36 @@ def test_a_keys_rate_limit_holds_for_the_whole_server(tmp_path):
         s.stop()
 
 
+def test_a_revoked_key_is_refused_at_once_by_every_process(tmp_path):
+    """``apikeys revoke`` while ``serve --workers 2`` runs: from its return, every request with
+    the key is a 403, whichever process answers (each reads the key store per request)."""
+    home, env = tmp_path / "home", {"VERINFER_AUTH": "on"}
+
+    def apikeys(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*VERINFER, "apikeys", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "VERINFER_HOME": str(home), **env})
+
+    made = apikeys("create", "--tier", "unlimited", "--json")
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    s = ServerProcess(home, "--workers", "2", env=env)
+    try:
+        _serving(s.wait_ready())
+        for expected in (200, 403):
+            if expected == 403:
+                assert apikeys("revoke", key["id"]).returncode == 0
+            seen: set[str] = set()
+            for _ in range(50):  # until both processes answered
+                for status, body, worker in _concurrently(s.base, 16, key["key"]):
+                    assert status == expected, (status, body, worker)
+                    seen.add(worker.split(".")[0])
+                if len(seen) == 2:
+                    break
+            assert seen == {"0", "1"}, seen
+    finally:
+        s.stop()
+
+
 def test_json_log_format_holds_for_the_supervisors_own_lines(tmp_path):
     """``VERINFER_LOG_FORMAT=json`` with ``--workers``: every line the server writes is a JSON
     log record, the supervisor's own too (serving, a process that exited and is started again);
