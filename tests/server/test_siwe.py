@@ -213,3 +213,23 @@ def test_without_a_configured_domain_sign_in_is_off(tmp_path):
     with TestClient(create_app(settings)) as client:
         for r in (client.get("/v1/auth/nonce"), client.post("/v1/auth/siwe", json={"message": "m", "signature": "0x"})):
             assert r.status_code == 409 and "VERINFER_SIWE_DOMAIN" in r.json()["error"]
+
+
+SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+
+def test_a_lowercase_address_signs_in_and_a_high_s_twin_of_a_spent_message_is_refused(world):
+    """Two leniencies, on purpose: the address need not be in EIP-55 form (the signature binds
+    it; the checksum guards people copying addresses), and a high-s signature recovers as
+    eth-account recovers it. Replay is refused by the nonce, whatever the signature's bytes."""
+    client, _store, wallet = world
+    nonce = client.get("/v1/auth/nonce").json()["nonce"]
+    now = datetime.now(UTC)
+    text = make_message(HOST, wallet.address.lower(), f"https://{HOST}/", 31337, nonce, now)
+    sig = bytes(wallet.sign_message(encode_defunct(text=text)).signature)
+    r = client.post("/v1/auth/siwe", json={"message": text, "signature": "0x" + sig.hex()})
+    assert r.status_code == 200 and r.json()["address"] == wallet.address.lower(), r.text
+    s = int.from_bytes(sig[32:64], "big")
+    twin = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])  # v 27 <-> 28
+    r = client.post("/v1/auth/siwe", json={"message": text, "signature": "0x" + twin.hex()})
+    assert r.status_code == 401 and "already used" in r.json()["error"], r.text
