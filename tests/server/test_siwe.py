@@ -233,3 +233,32 @@ def test_a_lowercase_address_signs_in_and_a_high_s_twin_of_a_spent_message_is_re
     twin = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])  # v 27 <-> 28
     r = client.post("/v1/auth/siwe", json={"message": text, "signature": "0x" + twin.hex()})
     assert r.status_code == 401 and "already used" in r.json()["error"], r.text
+
+
+def test_one_nonce_raced_by_eight_connections_is_spent_once(world):
+    """Sign-ins racing with one nonce (as several server processes would, each with its own
+    connection to the store): exactly one spends it, the others are told it was used."""
+    import threading
+
+    from server.errors import Unauthenticated
+
+    _client, store, _wallet = world
+    stores = [ApiKeyStore(store.path) for _ in range(8)]
+    nonce, outcomes, start = store.new_nonce(600), [], threading.Barrier(8)
+
+    def spend(s: ApiKeyStore) -> None:
+        start.wait()
+        try:
+            s.spend_nonce(nonce, 600)
+            outcomes.append("spent")
+        except Unauthenticated as exc:
+            outcomes.append(str(exc))
+
+    threads = [threading.Thread(target=spend, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert outcomes.count("spent") == 1 and sum("already used" in o for o in outcomes) == 7, outcomes
