@@ -82,11 +82,21 @@ class LoopbackOnly:
 
     def __init__(self, app: Any) -> None:
         self.app = app
+        self._hosts: set[bytes] = set()  # Host values seen to be loopback (each request has one)
+
+    def _loopback_host(self, value: bytes) -> bool:
+        if value in self._hosts:  # a set lookup, not an address parse, on every request
+            return True
+        if not loopback_name(_host_of(value.decode("latin-1"))):
+            return False
+        if len(self._hosts) < 256:  # bounded: 127.0.0.0/8 with every port is many names
+            self._hosts.add(value)
+        return True
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
             for key, value in scope["headers"]:
-                if key == b"host" and not loopback_name(_host_of(value.decode("latin-1"))):
+                if key == b"host" and not self._loopback_host(value):
                     return await _refuse(send, Forbidden(
                         f"Host {value.decode('latin-1')!r} is not this machine's loopback: without "
                         "API keys (auth=auto on a loopback bind) this server answers local names only"))
