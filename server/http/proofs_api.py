@@ -38,8 +38,9 @@ def _job_response(job, how: str) -> Response:
 
 def proof_parameters(body: bytes) -> tuple[str | None, str | None, dict | None]:
     """(mode, callback_url, parsed body) of an infer request; mode None when no proof
-    was asked for. Cheap when the body does not mention ``proof``."""
-    if b'"proof"' not in body:
+    was asked for. Cheap when the body does not mention ``proof`` (nor holds a ``\\u`` escape,
+    which may spell it: ``"pro\\u006ff"``)."""
+    if b'"proof"' not in body and b"\\u" not in body:
         return None, None, None
     try:
         req = load_header(body)

@@ -145,3 +145,19 @@ def test_sync_waiters_are_bounded_for_the_whole_server(new_home):
         r = client.post("/v2/models/iris_mlp/infer", json=sync)
         assert r.status_code == 200 and r.json()["parameters"]["proof_job_id"], r.json()
     assert other.total() == 0
+
+
+def test_a_proof_asked_with_an_escaped_key_is_a_proof_asked(world):
+    """JSON may spell a key with escapes (``"pro\\u006ff"`` is ``"proof"``). The cheap look for
+    ``"proof"`` in the body missed it: the answer came without its job, the proof silently not
+    asked for (and the proofs check not run). Any ``\\u`` escape now sends the body to the parser."""
+    client, keys, _jobs = world
+    import json
+
+    raw = json.dumps({"inputs": body(B)["inputs"], "parameters": {"proof": "async"}}).replace(
+        '"proof"', '"pro\\u006ff"')
+    r = client.post("/v2/models/iris_mlp/infer", content=raw, headers={**keys["alice"],
+                                                                       "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text
+    params = r.json()["parameters"]
+    assert params["proof_status"] == "queued" and params["proof_job_id"], params
