@@ -1,4 +1,4 @@
-"""``verinfer serve`` and ``verinfer keys {rotate,revoke,list}``. Heavy imports happen in handlers."""
+"""``verinfer serve``, ``keys``, ``receipts``/``proofs prune``, ``apikeys``. Heavy imports happen in handlers."""
 
 from __future__ import annotations
 
@@ -74,36 +74,74 @@ def register_receipts(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("receipts", help="the server's stored receipts (retention)",
                        description="Stored receipts and inputs in <home>/receipts.sqlite3. The receipt log "
                        "keeps what makes every receipt verifiable by its inclusion proof.")
-    rsub = r.add_subparsers(dest="receipts_command", metavar="ACTION")
-    rsub.required = True
-    p = rsub.add_parser("prune", help="forget stored receipts and inputs by age or count",
-                        description="Delete stored receipts older than --older-than and/or all but the "
-                        "newest --keep (a running server's receipt worker does the same with the "
-                        "receipt_retention_s / receipt_retention_max settings).")
-    p.add_argument("--older-than", type=float, metavar="SECONDS", help="forget receipts older than this")
-    p.add_argument("--keep", type=int, metavar="N", help="keep only the newest N receipts")
-    p.set_defaults(handler=receipts_prune)
+    _prune_command(r, "forget stored receipts and inputs by age or count", "receipts", receipts_prune,
+                   "Delete stored receipts older than --older-than and/or all but the newest --keep (a "
+                   "running server's receipt worker does the same with the receipt_retention_s / "
+                   "receipt_retention_max settings).")
 
 
-def receipts_prune(args: argparse.Namespace) -> int:
+# what `proofs prune` forgets, and what it never does
+_PROOFS_PRUNE = ("Delete finished proof jobs (done or failed) not ended nor asked for in --older-than "
+                 "seconds and/or all but the newest --keep, with their inputs and bundles; never a queued "
+                 "or running job, nor one with a callback still to send (a running server does the same "
+                 "with the proof_retention_s / proof_retention_max settings). Their ids then answer 410.")
+
+
+def register_proofs(sub: argparse._SubParsersAction) -> None:
+    """``proofs prune``: named after the API's /v1/proofs, as ``receipts prune`` after the stored receipts."""
+    p = sub.add_parser("proofs", help="the server's finished proof jobs and bundles (retention)",
+                       description="Proof jobs, their inputs and bundles in <home>/receipts.sqlite3 (served "
+                       "at /v1/proofs/{id}). A bundle a client keeps verifies offline without them.")
+    _prune_command(p, "forget finished proof jobs and their bundles by age or count", "finished jobs",
+                   proofs_prune, _PROOFS_PRUNE)
+
+
+def _prune_command(parent: argparse.ArgumentParser, help: str, what: str, handler, description: str) -> None:
+    """``parent prune [--older-than SECONDS] [--keep N]``, forgetting ``what`` (``handler``)."""
+    sub = parent.add_subparsers(dest=f"{parent.prog.split()[-1]}_command", metavar="ACTION")
+    sub.required = True
+    p = sub.add_parser("prune", help=help, description=description)
+    p.add_argument("--older-than", type=float, metavar="SECONDS", help=f"forget {what} older than this")
+    p.add_argument("--keep", type=int, metavar="N", help=f"keep only the newest N {what}")
+    p.set_defaults(handler=handler)
+
+
+def _prune(args: argparse.Namespace, open_store, report) -> int:
+    """``--older-than`` (a Unix time from now) and ``--keep`` applied by ``open_store(path).prune``;
+    ``report(store, gone)``: the line after ``OK:``."""
     import time
 
-    from server.receipts.store import ReceiptStore
     from verifier.errors import InputError
 
     if args.older_than is None and args.keep is None:
         raise InputError("say what to prune: --older-than SECONDS and/or --keep N")
     if (args.older_than is not None and args.older_than < 0) or (args.keep is not None and args.keep < 0):
         raise InputError("--older-than and --keep must not be negative")
-    settings = _settings()
-    store = ReceiptStore(settings.receipts_path)
+    store = open_store(_settings().receipts_path)
     try:
-        gone = store.prune(time.time() - args.older_than if args.older_than is not None else None, args.keep)
-        left = store.count()
+        line = report(store, store.prune(time.time() - args.older_than if args.older_than is not None else None,
+                                         args.keep))
     finally:
         store.close()
-    print(f"OK: {gone} stored receipts pruned, {left} kept", file=sys.stderr)
+    print(f"OK: {line}", file=sys.stderr)
     return 0
+
+
+def receipts_prune(args: argparse.Namespace) -> int:
+    from server.receipts.store import ReceiptStore
+
+    return _prune(args, ReceiptStore, lambda store, gone: f"{gone} stored receipts pruned, {store.count()} kept")
+
+
+def proofs_prune(args: argparse.Namespace) -> int:
+    from server.proofs.store import JobStore
+
+    def report(store: JobStore, gone: int) -> str:
+        n = store.counts()
+        return (f"{gone} finished proof jobs pruned, {n.get('done', 0) + n.get('failed', 0)} kept "
+                f"({n.get('queued', 0) + n.get('running', 0)} queued or running)")
+
+    return _prune(args, JobStore, report)
 
 
 def register_apikeys(sub: argparse._SubParsersAction) -> None:

@@ -57,6 +57,10 @@ class RateLimited(InputError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class Gone(NotFound):
+    """What was asked for existed and was forgotten on purpose (retention pruned a proof job)."""
+
+
 class Conflict(InputError):
     """The request is valid but cannot be done in this state (e.g. no receipts kept)."""
 
@@ -74,6 +78,7 @@ class StoreError(VerinferError):
 
 # First match wins: subclasses before their bases.
 HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+    (Gone, 410),
     (NotFound, 404),
     (Unauthenticated, 401),
     (Forbidden, 403),

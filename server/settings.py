@@ -249,6 +249,18 @@ class ServerSettings(Settings):
         300, gt=0, description="Longest an infer request with parameters.proof='sync' waits "
         "for its proof; then it answers with the job still running."
     )
+    proof_retention_s: float | None = Field(
+        None, gt=0, description="Forget a finished proof job (done or failed) with its input and "
+        "bundle once this long (seconds) has passed since it ended or a client last asked for it "
+        "(default: keep). Never a queued or running job, nor one with a callback still to send; its "
+        "ids then answer 410."
+    )
+    proof_retention_max: int | None = Field(
+        None, ge=0, description="Keep at most this many finished proof jobs (the newest; default: all)."
+    )
+    proof_prune_interval_s: float = Field(
+        60.0, ge=0, description="How often the server applies the proof retention settings."
+    )
     callback_allow: tuple[str, ...] = Field(
         (), description="URLs a proof job's callback_url may name whatever their host resolves to "
         "(scheme://host[:port][/path-prefix], e.g. http://127.0.0.1:9000/hooks/). Any other "

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from server.auth import CURRENT_CLIENT, CURRENT_TIER, RELAYER
-from server.errors import Conflict, NoCircuitPackage, QueueFull
+from server.errors import Conflict, Gone, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
@@ -93,6 +93,8 @@ class ProofJobs:
         self._lock = threading.Lock()
         self._circuits: dict[str, tuple[str, Circuit]] = {}  # model -> (names-file text, circuit)
         self.log_path = settings.home / "logs" / "prove-workers.log"
+        self._retention = settings.proof_retention_s is not None or settings.proof_retention_max is not None
+        self._next_prune = 0.0  # monotonic time of the next prune (retention settings)
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -284,8 +286,12 @@ class ProofJobs:
         client's own only (``client``, else the request's), as if no other existed. A second
         client's bundle names the job by the first client's request id: that must not open the
         first client's handle, its receipt id and callback URL."""
-        job = self.store.request(request_id, CURRENT_CLIENT.get() if client is None else client)
+        client = CURRENT_CLIENT.get() if client is None else client
+        job = self.store.request(request_id, client)
         if job is None:
+            if self.store.pruned(request_id, client):
+                raise Gone(f"proof job {request_id} was pruned: the server forgets finished jobs and "
+                           "their bundles after its retention period; ask for the proof again")
             raise NotFound(f"no proof job with id {request_id!r}")
         return job
 
@@ -477,12 +483,26 @@ class ProofJobs:
                                         s.proof_attempts, expect_worker=job.worker):
                 self._wake()
         self._check_waiters()
+        if self._retention and now_m >= self._next_prune:
+            self._next_prune = now_m + s.proof_prune_interval_s
+            self._prune()
         for job in self.store.callbacks_due():
             with self._lock:
                 if job.id in self._in_flight:
                     continue
                 self._in_flight.add(job.id)
             self._callbacks.submit(self._send_callback, job)
+
+    def _prune(self) -> None:
+        """The retention settings applied (by the supervising process, as it ticks)."""
+        s = self.settings
+        try:
+            gone = self.store.prune(time.time() - s.proof_retention_s if s.proof_retention_s else None,
+                                    s.proof_retention_max)
+            if gone:
+                log.info("pruned %d finished proof jobs (retention)", gone)
+        except Exception:  # a failed prune must not stop the supervisor's other work
+            log.exception("proof job retention")
 
     def _send_callback(self, job: Job) -> None:
         try:

@@ -82,7 +82,26 @@ SCHEMA_V4 = """
 ALTER TABLE proof_jobs DROP COLUMN callback_url;
 ALTER TABLE proof_jobs DROP COLUMN callback_state;
 """
-SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4))
+# version 5: retention (:meth:`JobStore.prune`): the handles of pruned jobs, so that their clients
+# are told the job was pruned (410) rather than that it never was (404); and the figures of
+# pruned jobs, so that the metrics' counters (jobs ended, prover and stage seconds) do not go back
+SCHEMA_V5 = """
+CREATE TABLE proof_pruned (
+    id TEXT PRIMARY KEY,
+    client TEXT NOT NULL,
+    pruned REAL NOT NULL
+);
+CREATE INDEX proof_pruned_when ON proof_pruned (pruned);
+CREATE TABLE proof_pruned_totals (
+    model TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    jobs INTEGER NOT NULL,
+    prover_seconds REAL NOT NULL,
+    stages TEXT NOT NULL,
+    PRIMARY KEY (model, outcome)
+);
+"""
+SCHEMA = Schema("proof job store", slot=1, steps=(SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5))
 # A Job's fields, in order. A request's view of its job: the job's columns with the request's
 # id, receipt and callback. A job read on its own has no callback: its requests have theirs.
 _FIELDS = ("id", "model", "package_id", "model_sha256", "input_digest", "receipt_id", "status", "stage",
@@ -94,6 +113,11 @@ _JOB = ", ".join("NULL" if c.startswith("callback_") else c for c in _FIELDS)
 _JOINED = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
 
 ACTIVE = ("queued", "running")
+# Tombstones of pruned handles kept at least (with no age limit, the newest this many; see prune)
+PRUNED_KEPT = 100_000
+# When a job was last of use: it ended, or a client asked for it since (a cache hit)
+_TOUCHED = ("MAX(COALESCE(j.finished, j.created), "
+            "COALESCE((SELECT MAX(r.created) FROM proof_requests r WHERE r.job_id = j.id), 0))")
 
 
 def new_job_id() -> str:
@@ -327,6 +351,79 @@ class JobStore:
             row = self._db.execute("SELECT MAX(finished) FROM proof_jobs").fetchone()
         return row[0] or 0.0
 
+    def pruned(self, request_id: str, client: str | None = None) -> bool:
+        """Whether ``request_id`` is the handle of a job that :meth:`prune` forgot (with
+        ``client``: that client's own handle), as long as its tombstone is kept."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM proof_pruned WHERE id = ?1 AND (?2 IS NULL OR client = ?2)",
+                                   (request_id, client)).fetchone()
+        return row is not None
+
+    def prune(self, before: float | None = None, keep: int | None = None) -> int:
+        """Forget ended jobs (done or failed) last of use before ``before`` (Unix time: when the
+        job ended, or a client last asked for it, whichever is later) and all but the newest
+        ``keep`` of them, with their inputs, bundles and requests; how many jobs went. Never a
+        queued or running job, nor one with a callback still to send.
+
+        One transaction, so a kill leaves either all of a job or none of it (the bundle is a
+        column of its row: no file to leave behind). Each forgotten request leaves a tombstone
+        (its id and client) so that its client is told the job was pruned (410), not that it
+        never was; a tombstone goes when a later call's ``before`` is past the time it was made,
+        or when it is not among the newest ``max(keep, PRUNED_KEPT)``. The figures of forgotten
+        jobs are added to ``proof_pruned_totals``, so the metrics' counters do not go back."""
+        if before is None and keep is None:
+            return 0
+
+        def run(db: sqlite3.Connection) -> int:
+            now = time.time()
+            if before is not None:  # earlier prunes' tombstones first: this one's stay till the next
+                db.execute("DELETE FROM proof_pruned WHERE pruned < ?", (before,))
+            db.execute("DELETE FROM proof_pruned WHERE id IN (SELECT id FROM proof_pruned "
+                       "ORDER BY pruned DESC, id DESC LIMIT -1 OFFSET ?)", (max(keep or 0, PRUNED_KEPT),))
+            which, args = [], []
+            if before is not None:
+                which.append("touched < ?")
+                args.append(before)
+            if keep is not None:
+                which.append("id IN (SELECT id FROM ended ORDER BY touched DESC, id DESC LIMIT -1 OFFSET ?)")
+                args.append(keep)
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruning (id TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM temp.pruning")
+            db.execute(
+                f"INSERT INTO temp.pruning WITH ended AS (SELECT j.id, {_TOUCHED} AS touched FROM proof_jobs j "
+                "WHERE j.status IN ('done', 'failed')) SELECT id FROM ended WHERE "
+                f"({' OR '.join(which)}) AND id NOT IN (SELECT job_id FROM proof_requests "
+                "WHERE callback_state = 'pending')", args)
+            gone = db.execute(
+                "SELECT model, status, outcome, finished - started, stages FROM proof_jobs "
+                "WHERE id IN (SELECT id FROM temp.pruning)").fetchall()
+            totals: dict[tuple[str, str], list] = {}
+            for model, status, outcome, seconds, stages in gone:
+                done = status == "done"
+                t = totals.setdefault((model, outcome if done else "failed"), [0, 0.0, {}])
+                t[0] += 1
+                if done:
+                    t[1] += seconds or 0.0
+                    for stage, s in (json.loads(stages) if stages else {}).items():
+                        t[2][stage] = t[2].get(stage, 0.0) + s
+            for (model, outcome), (n, seconds, stages) in totals.items():
+                row = db.execute("SELECT jobs, prover_seconds, stages FROM proof_pruned_totals WHERE "
+                                 "model = ? AND outcome = ?", (model, outcome)).fetchone()
+                if row is not None:
+                    n, seconds = n + row[0], seconds + row[1]
+                    for stage, s in json.loads(row[2]).items():
+                        stages[stage] = stages.get(stage, 0.0) + s
+                db.execute("INSERT OR REPLACE INTO proof_pruned_totals VALUES (?, ?, ?, ?, ?)",
+                           (model, outcome, n, seconds, json.dumps(stages)))
+            db.execute("INSERT OR REPLACE INTO proof_pruned SELECT id, client, ? FROM proof_requests "
+                       "WHERE job_id IN (SELECT id FROM temp.pruning)", (now,))
+            db.execute("DELETE FROM proof_requests WHERE job_id IN (SELECT id FROM temp.pruning)")
+            db.execute("DELETE FROM proof_jobs WHERE id IN (SELECT id FROM temp.pruning)")
+            db.execute("DELETE FROM temp.pruning")
+            return len(gone)
+
+        return self._tx(run)
+
     def job_of(self, request_id: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT job_id FROM proof_requests WHERE id = ?", (request_id,)).fetchone()
@@ -362,6 +459,15 @@ class JobStore:
         for model, text in staged:
             for stage, s in json.loads(text).items():
                 by_stage[(model, stage)] = by_stage.get((model, stage), 0.0) + s
+        with self._lock:  # what pruned jobs had added (the counters never go back)
+            totals = self._db.execute("SELECT model, outcome, jobs, prover_seconds, stages "
+                                      "FROM proof_pruned_totals").fetchall()
+        for model, outcome, n, s, text in totals:
+            by_outcome[(model, outcome)] = by_outcome.get((model, outcome), 0) + n
+            if outcome != "failed":
+                seconds[model] = seconds.get(model, 0.0) + s
+            for stage, t in json.loads(text).items():
+                by_stage[(model, stage)] = by_stage.get((model, stage), 0.0) + t
         return {"by_status": by_status, "by_outcome": by_outcome, "prover_seconds": seconds,
                 "stage_seconds": by_stage}
 

@@ -79,21 +79,21 @@ def test_the_servers_file_from_before_versions_migrates_and_keeps_its_rows(tmp_p
     assert _stamps(path) == (APPLICATION_ID, 1)  # receipts v1; the jobs' byte not yet stamped
     jobs = JobStore(path)
     assert jobs.get("job_1").outcome == "proven" and jobs.bundle("job_1") == '{"b": 1}'
-    # proof job store v4: each job's first client's request under the job's own id, with its callback (v2),
-    # stage times (v3), and the job table's own callback columns gone (v4)
+    # proof job store v5: each job's first client's request under the job's own id, with its callback (v2),
+    # stage times (v3), the job table's own callback columns gone (v4), retention's tables, empty (v5)
     view = jobs.request("job_1")
     assert view.receipt_id == "rid" and jobs.job_of("job_1") == "job_1"
     assert (view.callback_url, view.callback_state) == ("http://127.0.0.1:9/hook", "delivered")
-    assert jobs.get("job_1").callback_url is None
+    assert jobs.get("job_1").callback_url is None and not jobs.pruned("job_1")
     with closing(sqlite3.connect(path)) as db:
         assert not {"callback_url", "callback_state"} & {r[1] for r in db.execute("PRAGMA table_info(proof_jobs)")}
-    assert _stamps(path) == (APPLICATION_ID, 1 | 4 << 8)
+    assert _stamps(path) == (APPLICATION_ID, 1 | 5 << 8)
     receipts.put_many([("rid2", "iris_mlp", 4.0, "BODY2")])  # and they still take writes
     assert receipts.count() == 2
     receipts.close()
     jobs.close()
     again = ReceiptStore(path)  # a stamped file opens as it is
-    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 4 << 8)
+    assert again.count() == 2 and _stamps(path) == (APPLICATION_ID, 1 | 5 << 8)
     again.close()
 
 
