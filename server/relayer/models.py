@@ -211,9 +211,15 @@ class QueueProofs:
         end = time.monotonic() + self.timeout_s
         delay = 0.05
         while True:
-            job = self.jobs.get(job.id, RELAYER)
-            if job.status == "done":
-                bundle = ProofBundle.model_validate_json(self.jobs.bundle(job.id, RELAYER))
+            try:
+                job = self.jobs.get(job.id, RELAYER)
+                text = self.jobs.bundle(job.id, RELAYER) if job.status == "done" else None
+            except VerinferError as exc:  # retention pruned it as it ended: not this input's fault
+                if type(exc).__name__ != "Gone":
+                    raise
+                raise ProofPending(f"{exc} (asked again at the next poll)") from None
+            if text is not None:
+                bundle = ProofBundle.model_validate_json(text)
                 if bundle.model.model_sha256 != model.model_id.hex():
                     raise ProofUnavailable(f"proof job {job.id} proved another model file")
                 return bundle

@@ -284,6 +284,8 @@ class _FakeJobs:
         return self.job
 
     def bundle(self, job_id, client=None):
+        if isinstance(self._bundle, Exception):
+            raise self._bundle
         return self._bundle
 
 
@@ -299,3 +301,16 @@ def test_queue_proof_source(iris_model):
         q.prove(iris_model, x)
     assert q.jobs.submitted == [("iris_mlp", (1, 4), RELAYER)]  # the queue's reserved share
     assert q.jobs.read_as == RELAYER
+
+
+def test_a_queue_proof_pruned_as_it_ended_is_asked_again(iris_model):
+    """Retention may forget a done job before the relayer reads its bundle: the request waits for
+    the next poll (which asks for the proof anew) instead of failing for good."""
+    import numpy as np
+
+    from server.errors import Gone
+    from server.relayer.relayer import ProofPending, QueueProofs
+
+    q = QueueProofs(_FakeJobs("done", bundle=Gone("proof job j1 was pruned")), timeout_s=5)
+    with pytest.raises(ProofPending, match="was pruned"):
+        q.prove(iris_model, np.zeros((1, 4), np.float32))
