@@ -115,6 +115,8 @@ _JOINED = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
 ACTIVE = ("queued", "running")
 # Tombstones of pruned handles kept at least (with no age limit, the newest this many; see prune)
 PRUNED_KEPT = 100_000
+# Jobs one transaction of prune forgets (docs/server.md, "Retention": how long the store is held)
+PRUNE_BATCH = 500
 # When a job was last of use: it ended, or a client asked for it since (a cache hit)
 _TOUCHED = ("MAX(COALESCE(j.finished, j.created), "
             "COALESCE((SELECT MAX(r.created) FROM proof_requests r WHERE r.job_id = j.id), 0))")
@@ -359,70 +361,79 @@ class JobStore:
                                    (request_id, client)).fetchone()
         return row is not None
 
-    def prune(self, before: float | None = None, keep: int | None = None) -> int:
+    def prune(self, before: float | None = None, keep: int | None = None, batch: int = PRUNE_BATCH) -> int:
         """Forget ended jobs (done or failed) last of use before ``before`` (Unix time: when the
         job ended, or a client last asked for it, whichever is later) and all but the newest
         ``keep`` of them, with their inputs, bundles and requests; how many jobs went. Never a
         queued or running job, nor one with a callback still to send.
 
-        One transaction, so a kill leaves either all of a job or none of it (the bundle is a
-        column of its row: no file to leave behind). Each forgotten request leaves a tombstone
-        (its id and client) so that its client is told the job was pruned (410), not that it
-        never was; a tombstone goes when a later call's ``before`` is past the time it was made,
-        or when it is not among the newest ``max(keep, PRUNED_KEPT)``. The figures of forgotten
-        jobs are added to ``proof_pruned_totals``, so the metrics' counters do not go back."""
+        The oldest first, ``batch`` jobs per transaction (the store's writers wait for each:
+        submits, claims, leases), so a kill leaves each job whole or gone (the bundle is a column of its row: no
+        file to leave behind). Each forgotten request leaves a tombstone (its id and client) so
+        that its client is told the job was pruned (410), not that it never was; a tombstone goes
+        when a later call's ``before`` is past the time it was made, or when it is not among the
+        newest ``max(keep, PRUNED_KEPT)``. The figures of forgotten jobs are added to
+        ``proof_pruned_totals``, so the metrics' counters do not go back."""
         if before is None and keep is None:
             return 0
 
-        def run(db: sqlite3.Connection) -> int:
-            now = time.time()
-            if before is not None:  # earlier prunes' tombstones first: this one's stay till the next
+        def tombstones(db: sqlite3.Connection) -> None:  # earlier calls' (this one's stay till the next)
+            if before is not None:
                 db.execute("DELETE FROM proof_pruned WHERE pruned < ?", (before,))
             db.execute("DELETE FROM proof_pruned WHERE id IN (SELECT id FROM proof_pruned "
                        "ORDER BY pruned DESC, id DESC LIMIT -1 OFFSET ?)", (max(keep or 0, PRUNED_KEPT),))
-            which, args = [], []
-            if before is not None:
-                which.append("touched < ?")
-                args.append(before)
-            if keep is not None:
-                which.append("id IN (SELECT id FROM ended ORDER BY touched DESC, id DESC LIMIT -1 OFFSET ?)")
-                args.append(keep)
-            db.execute("CREATE TEMP TABLE IF NOT EXISTS pruning (id TEXT PRIMARY KEY)")
-            db.execute("DELETE FROM temp.pruning")
-            db.execute(
-                f"INSERT INTO temp.pruning WITH ended AS (SELECT j.id, {_TOUCHED} AS touched FROM proof_jobs j "
-                "WHERE j.status IN ('done', 'failed')) SELECT id FROM ended WHERE "
-                f"({' OR '.join(which)}) AND id NOT IN (SELECT job_id FROM proof_requests "
-                "WHERE callback_state = 'pending')", args)
-            gone = db.execute(
-                "SELECT model, status, outcome, finished - started, stages FROM proof_jobs "
-                "WHERE id IN (SELECT id FROM temp.pruning)").fetchall()
-            totals: dict[tuple[str, str], list] = {}
-            for model, status, outcome, seconds, stages in gone:
-                done = status == "done"
-                t = totals.setdefault((model, outcome if done else "failed"), [0, 0.0, {}])
-                t[0] += 1
-                if done:
-                    t[1] += seconds or 0.0
-                    for stage, s in (json.loads(stages) if stages else {}).items():
-                        t[2][stage] = t[2].get(stage, 0.0) + s
-            for (model, outcome), (n, seconds, stages) in totals.items():
-                row = db.execute("SELECT jobs, prover_seconds, stages FROM proof_pruned_totals WHERE "
-                                 "model = ? AND outcome = ?", (model, outcome)).fetchone()
-                if row is not None:
-                    n, seconds = n + row[0], seconds + row[1]
-                    for stage, s in json.loads(row[2]).items():
-                        stages[stage] = stages.get(stage, 0.0) + s
-                db.execute("INSERT OR REPLACE INTO proof_pruned_totals VALUES (?, ?, ?, ?, ?)",
-                           (model, outcome, n, seconds, json.dumps(stages)))
-            db.execute("INSERT OR REPLACE INTO proof_pruned SELECT id, client, ? FROM proof_requests "
-                       "WHERE job_id IN (SELECT id FROM temp.pruning)", (now,))
-            db.execute("DELETE FROM proof_requests WHERE job_id IN (SELECT id FROM temp.pruning)")
-            db.execute("DELETE FROM proof_jobs WHERE id IN (SELECT id FROM temp.pruning)")
-            db.execute("DELETE FROM temp.pruning")
-            return len(gone)
 
-        return self._tx(run)
+        self._tx(tombstones)
+        which, args = [], []
+        if before is not None:
+            which.append("touched < ?")
+            args.append(before)
+        if keep is not None:
+            which.append("id IN (SELECT id FROM ended ORDER BY touched DESC, id DESC LIMIT -1 OFFSET ?)")
+            args.append(keep)
+        select = (f"WITH ended AS (SELECT j.id, {_TOUCHED} AS touched FROM proof_jobs j WHERE j.status IN "
+                  f"('done', 'failed')) SELECT id FROM ended WHERE ({' OR '.join(which)}) AND id NOT IN "
+                  "(SELECT job_id FROM proof_requests WHERE callback_state = 'pending') ORDER BY touched, id LIMIT ?")
+        total = 0
+        while True:
+            n = self._tx(lambda db: self._forget(db, db.execute(select, (*args, batch)).fetchall()))
+            total += n
+            if n < batch:
+                return total
+
+    @staticmethod
+    def _forget(db: sqlite3.Connection, ids: list[tuple[str]]) -> int:
+        """Forget the jobs ``ids`` (one transaction of :meth:`prune`); how many."""
+        now = time.time()
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS pruning (id TEXT PRIMARY KEY)")
+        db.execute("DELETE FROM temp.pruning")
+        db.executemany("INSERT INTO temp.pruning VALUES (?)", ids)
+        totals: dict[tuple[str, str], list] = {}
+        for model, status, outcome, seconds, stages in db.execute(
+                "SELECT model, status, outcome, finished - started, stages FROM proof_jobs "
+                "WHERE id IN (SELECT id FROM temp.pruning)").fetchall():
+            done = status == "done"
+            t = totals.setdefault((model, outcome if done else "failed"), [0, 0.0, {}])
+            t[0] += 1
+            if done:
+                t[1] += seconds or 0.0
+                for stage, sec in (json.loads(stages) if stages else {}).items():
+                    t[2][stage] = t[2].get(stage, 0.0) + sec
+        for (model, outcome), (n, seconds, stages) in totals.items():
+            row = db.execute("SELECT jobs, prover_seconds, stages FROM proof_pruned_totals WHERE "
+                             "model = ? AND outcome = ?", (model, outcome)).fetchone()
+            if row is not None:
+                n, seconds = n + row[0], seconds + row[1]
+                for stage, sec in json.loads(row[2]).items():
+                    stages[stage] = stages.get(stage, 0.0) + sec
+            db.execute("INSERT OR REPLACE INTO proof_pruned_totals VALUES (?, ?, ?, ?, ?)",
+                       (model, outcome, n, seconds, json.dumps(stages)))
+        db.execute("INSERT OR REPLACE INTO proof_pruned SELECT id, client, ? FROM proof_requests "
+                   "WHERE job_id IN (SELECT id FROM temp.pruning)", (now,))
+        db.execute("DELETE FROM proof_requests WHERE job_id IN (SELECT id FROM temp.pruning)")
+        db.execute("DELETE FROM proof_jobs WHERE id IN (SELECT id FROM temp.pruning)")
+        db.execute("DELETE FROM temp.pruning")
+        return len(ids)
 
     def job_of(self, request_id: str) -> str | None:
         with self._lock:

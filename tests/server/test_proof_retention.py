@@ -59,7 +59,7 @@ def test_prune_by_age_and_count_never_takes_an_active_job(tmp_path):
     _age(store, queued, 10.0)  # the oldest of all, but queued
     assert store.prune(before=1002.0) == 2  # jobs 0 and 1
     assert [store.get(j) is None for j in ended] == [True, True, False, False, False, False]
-    assert store.prune(keep=2) == 2  # the newest two ended jobs stay
+    assert store.prune(keep=2, batch=1) == 2  # the newest two ended jobs stay (one per transaction)
     assert [store.get(j) is None for j in ended] == [True] * 4 + [False] * 2
     assert store.bundle(ended[5]) == json.dumps({"bundle": 5})
     assert store.prune(before=time.time() + 10, keep=0) == 2
@@ -135,27 +135,36 @@ KILLED_PRUNE = textwrap.dedent("""\
     import os, signal, sys
     from server.proofs.store import JobStore
     store = JobStore(sys.argv[1])
-    # killed as the job rows are about to go: requests deleted, tombstones and totals written
-    store._db.set_trace_callback(lambda sql: sql.startswith("DELETE FROM proof_jobs")
-                                 and os.kill(os.getpid(), signal.SIGKILL))
-    store.prune(keep=0)
+    seen = []
+    def trace(sql):  # killed as the second job's row is about to go (its tombstone, totals written)
+        if sql.startswith("DELETE FROM proof_jobs"):
+            seen.append(sql)
+            if len(seen) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+    store._db.set_trace_callback(trace)
+    store.prune(keep=0, batch=1)
 """)
 
 
-def test_a_prune_killed_in_the_middle_leaves_every_job_whole(tmp_path):
+def test_a_prune_killed_in_the_middle_leaves_every_job_whole_or_gone(tmp_path):
     path = tmp_path / "r.sqlite3"
     store = JobStore(path)
     jobs = [_job(store, i) for i in range(3)]
+    for i, job_id in enumerate(jobs):
+        _age(store, job_id, 1000.0 + i)  # the prune takes the oldest first
     store.close()
     done = subprocess.run([sys.executable, "-c", KILLED_PRUNE, str(path)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == -9, done.stderr
     store = JobStore(path)
-    for i, job_id in enumerate(jobs):  # each job, its handle and its bundle as before; no tombstone
-        assert store.request(job_id, "").status == "done" and not store.pruned(job_id)
-        assert store.bundle(job_id) == json.dumps({"bundle": i})
-    assert store.metrics_summary()["by_outcome"] == {("m", "proven"): 3}  # counted once, not twice
-    assert store.prune(keep=0) == 3 and store.counts() == {}
+    gone = [job_id for job_id in jobs if store.get(job_id) is None]
+    assert len(gone) == 1 and store.pruned(gone[0], "")  # the first batch, with its tombstone
+    for i, job_id in enumerate(jobs):  # the others: each with its handle and bundle, no tombstone
+        if job_id not in gone:
+            assert store.request(job_id, "").status == "done" and not store.pruned(job_id)
+            assert store.bundle(job_id) == json.dumps({"bundle": i})
+    assert store.metrics_summary()["by_outcome"] == {("m", "proven"): 3}  # each counted once
+    assert store.prune(keep=0) == 2 and store.counts() == {}
     assert store.metrics_summary()["by_outcome"] == {("m", "proven"): 3}
     store.close()
 
