@@ -11,7 +11,8 @@ The idempotency key is (circuit package id, tensor digest of the input as the
 circuit sees it): submitting the same pair again returns the same job; a done
 one is a cache hit. A failed job submitted again is queued again with fresh
 attempts. Every change is one short transaction, so a crash of any process
-loses nothing that was acknowledged.
+loses nothing that was acknowledged. Retention (:meth:`JobStore.prune`) forgets
+done and failed jobs, leaving a tombstone per handle (410, not 404).
 """
 
 from __future__ import annotations
