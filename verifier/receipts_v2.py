@@ -23,6 +23,7 @@ origin, inclusion, then the statement checks of v1. See ``docs/formats.md``.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -221,17 +222,41 @@ def _check_not_revoked(note: str, trusted: TrustedLogKeys, signed_at: str) -> No
             check_jwk_not_revoked(jwk, signed_at)
 
 
+# orjson writes a double otherwise than RFC 8785 in three cases only: an integral one with ".0"
+# ("2.0", "-0.0": JCS "2", "0"), and exponents -6 and +16 to +20 ("1.5e-6", "1e+16": JCS
+# "0.0000015", "10000000000000000"); test_the_canonical_fast_path_takes_only_rfc8785_bytes
+# runs every binary exponent and 20,000 FP32 bit patterns through this
+_INTEGRAL_DOUBLE = re.compile(rb"\.0[,\]}]")
+_EXPONENT_MINUS_6 = re.compile(rb"e-6(?![0-9])")
+_EXPONENT_PLUS = re.compile(rb"e\+(?:1[6-9]|20)(?![0-9])")
+# keys: JCS sorts by UTF-16 code units, orjson by code points; they differ between U+E000-U+FFFF
+# (UTF-8 lead bytes EE, EF) and U+10000 on (F0-F4)
+_BMP_TOP = re.compile(rb"[\xee\xef]")
+_ASTRAL = re.compile(rb"[\xf0-\xf4]")
+
+
+def _jcs_as_orjson_writes(data: bytes) -> bool:
+    """Whether ``data``, the sorted compact form orjson writes of its value, is also its RFC
+    8785 form: none of the spellings above, read as bytes (a string holding ".0," or "e+16"
+    only takes the slower check). ~2 µs on a 1.5 KB statement: two regular expressions with a
+    literal prefix (faster than ``in`` here) and a search for one byte."""
+    if _INTEGRAL_DOUBLE.search(data) or _EXPONENT_MINUS_6.search(data) \
+            or b"+" in data and _EXPONENT_PLUS.search(data):
+        return False
+    return data.isascii() or not (_BMP_TOP.search(data) and _ASTRAL.search(data))
+
+
 def canonical_value(data: bytes) -> Any:
-    """The JSON value of a logged statement, which must be its own canonical form, so that
-    every parser reads the one value a verifier checked: no duplicate key (parsers differ on
-    which one wins), no second spelling; else :class:`SignatureInvalid`. Fast path: the sorted
-    compact form of its value (orjson); then RFC 8785 (``rfc8785``), which spells some numbers
-    otherwise (2.0 as 2, 1e-05 as 0.00001)."""
+    """The JSON value of a logged statement, which must be its own canonical form (RFC 8785),
+    so that every parser reads the one value a verifier checked: no duplicate key (parsers
+    differ on which one wins), no second spelling; else :class:`SignatureInvalid`. Fast path:
+    the bytes are the sorted compact form orjson writes of their value and hold none of the
+    spellings where orjson's and RFC 8785's differ; else they must be ``rfc8785``'s bytes."""
     try:
         value = orjson.loads(data)
         # (OPT_STRICT_INTEGER: an integer past 2^53 has no JCS form; rfc8785 refuses it too)
         if orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER) == data \
-                or rfc8785.dumps(value) == data:
+                and _jcs_as_orjson_writes(data) or rfc8785.dumps(value) == data:
             return value
     except (ValueError, TypeError):  # not JSON, or values JCS has no form for
         pass

@@ -364,6 +364,22 @@ def test_in_browser_check_refuses_what_the_python_verifier_refuses(start_server,
                 json.dumps(json.loads(honest), indent=1, sort_keys=True)):  # whitespace
         state, text = _verdict(page, log.add(st, data=bad.encode()).model_dump(mode="json"))
         assert state == "invalid" and "not canonical JSON" in text, text  # before: valid
+    # a number in orjson's spelling ("2.0", "1e+16" where RFC 8785 writes 2, 10000000000000000):
+    # refused here as by the Python verifier (whose fast path took it before)
+    import orjson
+
+    from verifier.errors import SignatureInvalid
+    from verifier.receipts_v2 import verify_receipt_v2
+
+    for logits in ([2.0, 0.5, -1.0], [0.5, 3e16, 1.5]):
+        st = statement(logits=logits)
+        data = orjson.dumps(st.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
+        assert data != st.canonical_bytes()
+        receipt = log.add(st, data=data)
+        with pytest.raises(SignatureInvalid, match="not canonical JSON"):
+            verify_receipt_v2(receipt, log.jwks)
+        state, text = _verdict(page, receipt.model_dump(mode="json"))
+        assert state == "invalid" and "not canonical JSON" in text, text
 
     vkey, forged = _forged_identity_log_receipt()
     page.fill("#note-keys", vkey)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 import os
 import sqlite3
@@ -712,7 +713,8 @@ def _big_int_logits(value):
     # numpy's reshape took -1 as "the rest": the digest of [1, 3] passed for a shape [-1, 3]
     ("a negative dimension", _set(["predicate", "outputs", 0, "shape"], [-1, 3]), "not a verinfer v2 statement"),
     ("a boolean scale", _set(["predicate", "input", "scale"], True), "not a verinfer v2 statement"),
-    ("a float dimension", _set(["predicate", "input", "shape"], [1.0, 4]), "not a verinfer v2 statement"),
+    # ("1.0" is no RFC 8785 spelling: the canonical check refuses it before the schema)
+    ("a float dimension", _set(["predicate", "input", "shape"], [1.0, 4]), "not canonical JSON"),
     ("a negative label", _set(["predicate", "label"], -1), "not a verinfer v2 statement"),
     ("a time that is no RFC 3339 time", _set(["predicate", "time"], "yesterday"), "not a verinfer v2 statement"),
     # RFC 8785 has no form for an integer past 2^53 (a double cannot hold it); rfc8785 and a
@@ -729,3 +731,80 @@ def test_a_logged_statement_with_loosely_typed_fields_is_refused(what, edit, say
     # the unedited statement, written the same way, verifies: the edit is what is refused
     honest = _logged_variant(log, lambda value: None)
     assert verify_receipt_v2(honest, log.jwks).predicate.requestId == honest.id
+
+
+# --- review 2026-12-02: the canonical check's fast path took orjson's spelling of a number -
+# (2.0, -0.0, 1.5e-06, 1e+16 where RFC 8785 writes 2, 0, 0.0000015, 10000000000000000: this
+# verifier accepted a statement every strict JCS verifier, the status page's included, refuses)
+
+ORJSON_SPELLINGS = {  # FP32 logits -> a token orjson writes for one of them, not RFC 8785's
+    "an integral double": ([2.0, 0.5, -1.0], b"2.0,"),
+    "minus zero": ([-0.0, 0.5, 1.5], b"-0.0,"),
+    "an exponent of -6": ([1.5e-6, 0.5, 1.5], b"e-6,"),
+    "an exponent of +16": ([0.5, 3e16, 1.5], b"e+16,"),
+    "an exponent of +20": ([0.5, 1.5, 1e20], b"e+20]"),
+}
+
+
+def _orjson_spelled(st) -> bytes:
+    import orjson
+
+    return orjson.dumps(st.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
+
+
+@pytest.mark.parametrize("what", ORJSON_SPELLINGS)
+def test_a_number_in_orjsons_spelling_is_not_canonical(what):
+    from verifier.receipts_v2 import verify_receipt_v2
+
+    logits, token = ORJSON_SPELLINGS[what]
+    log, st = MemLog(), statement(logits=logits)
+    data = _orjson_spelled(st)
+    as_doubles = functools.partial(json.loads, parse_int=float)  # JCS's reading: every number a double
+    assert token in data and data != st.canonical_bytes() and as_doubles(data) == as_doubles(st.canonical_bytes())
+    with pytest.raises(VerificationError, match="not canonical JSON"):  # before the fix: verified
+        verify_receipt_v2(log.add(st, data=data), log.jwks)
+
+
+def test_keys_in_code_point_order_are_not_canonical():
+    """RFC 8785 sorts keys by UTF-16 code units: U+10000 (D800 DC00) before U+E000, which
+    orjson's sort (code points) puts the other way round."""
+    import orjson
+
+    from verifier.errors import SignatureInvalid
+    from verifier.receipts_v2 import canonical_value
+
+    value = {"\ue000": 1, "\U00010000": 2, "a": [2.5]}
+    jcs = "{\"a\":[2.5],\"\U00010000\":2,\"\ue000\":1}".encode()
+    assert canonical_value(jcs) == value
+    assert orjson.dumps(value, option=orjson.OPT_SORT_KEYS) != jcs
+    with pytest.raises(SignatureInvalid, match="not canonical JSON"):  # before the fix: accepted
+        canonical_value(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+def test_the_canonical_fast_path_takes_only_rfc8785_bytes():
+    """Over FP32 bit patterns, every binary exponent of a double and the edge values: a list of
+    numbers passes the check exactly when its bytes are rfc8785's (orjson's spelling otherwise)."""
+    import math
+
+    import orjson
+    import rfc8785
+
+    from verifier.errors import SignatureInvalid
+    from verifier.receipts_v2 import canonical_value
+
+    rng = np.random.default_rng(8785)
+    fp32 = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    fp32 = fp32[np.isfinite(fp32)].astype(float).tolist()
+    doubles = [math.ldexp(m, e) for e in range(-1074, 1024) for m in (1.0, 1.5, 1.2345678901234567)]
+    edges = [0.0, -0.0, 2.0, 1e-6, 1e-7, 1e15, 1e16, 1e20, 1e21, 5e-324, 1.7976931348623157e308]
+    values = [v for v in [*fp32, *doubles, *edges] if math.isfinite(v) and abs(v) < 2**53]
+    differ = 0
+    for chunk in (values[i:i + 7] for i in range(0, len(values), 7)):
+        doc = {"x": chunk[1:], "y": chunk[0]}  # a number before "]", "," and "}"
+        jcs, fast = rfc8785.dumps(doc), orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        assert canonical_value(jcs) == doc
+        if fast != jcs:
+            differ += 1
+            with pytest.raises(SignatureInvalid):
+                canonical_value(fast)
+    assert differ > 1000
