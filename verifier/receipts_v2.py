@@ -246,6 +246,18 @@ def _jcs_as_orjson_writes(data: bytes) -> bool:
     return data.isascii() or not (_BMP_TOP.search(data) and _ASTRAL.search(data))
 
 
+def _big_ints_as_doubles(value: Any) -> Any:
+    """``value`` with each integer past 2^53 as the double a JSON number reads as in RFC 8785
+    (orjson reads one up to 2^64 as a Python int; past it, as a double)."""
+    if type(value) is int:
+        return value if -2**53 < value < 2**53 else float(value)
+    if type(value) is list:
+        return [_big_ints_as_doubles(v) for v in value]
+    if type(value) is dict:
+        return {k: _big_ints_as_doubles(v) for k, v in value.items()}
+    return value
+
+
 def canonical_value(data: bytes) -> Any:
     """The JSON value of a logged statement, which must be its own canonical form (RFC 8785),
     so that every parser reads the one value a verifier checked: no duplicate key (parsers
@@ -254,9 +266,13 @@ def canonical_value(data: bytes) -> Any:
     spellings where orjson's and RFC 8785's differ; else they must be ``rfc8785``'s bytes."""
     try:
         value = orjson.loads(data)
-        # (OPT_STRICT_INTEGER: an integer past 2^53 has no JCS form; rfc8785 refuses it too)
-        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER) == data \
-                and _jcs_as_orjson_writes(data) or rfc8785.dumps(value) == data:
+        try:
+            fast = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER)
+        except TypeError:  # an integer past 2^53: RFC 8785 (and JavaScript) reads every number
+            # as a double, and writes one from 2^53 to 1e21 in digits (an FP32 output of 3e16 is
+            # 30000000817692670): canonical when they are the digits of the double it reads
+            value, fast = _big_ints_as_doubles(value), None
+        if fast == data and _jcs_as_orjson_writes(data) or rfc8785.dumps(value) == data:
             return value
     except (ValueError, TypeError):  # not JSON, or values JCS has no form for
         pass

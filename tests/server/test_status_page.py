@@ -380,6 +380,13 @@ def test_in_browser_check_refuses_what_the_python_verifier_refuses(start_server,
             verify_receipt_v2(receipt, log.jwks)
         state, text = _verdict(page, receipt.model_dump(mode="json"))
         assert state == "invalid" and "not canonical JSON" in text, text
+    # RFC 8785's digits for an FP32 output past 2^53 (30000000817692670): valid here and there
+    honest = statement(logits=[0.5, 3e16, 1.5])
+    assert b"30000000817692670" in honest.canonical_bytes()
+    receipt = log.add(honest)
+    assert verify_receipt_v2(receipt, log.jwks) == honest  # before: not canonical JSON
+    state, text = _verdict(page, receipt.model_dump(mode="json"))
+    assert state == "valid", text
 
     vkey, forged = _forged_identity_log_receipt()
     page.fill("#note-keys", vkey)

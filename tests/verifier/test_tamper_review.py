@@ -704,8 +704,8 @@ def _big_int_logits(value):
     from verifier.tensors import tensor_digest
 
     out = value["predicate"]["outputs"][0]
-    out["data"] = [2**60, 0, 1]
-    out["digest"] = tensor_digest(np.asarray([[2**60, 0, 1]]), "FP32")
+    out["data"] = [2**53 + 1, 0, 1]
+    out["digest"] = tensor_digest(np.asarray([[2**53 + 1, 0, 1]]), "FP32")
     value["subject"][2]["digest"]["sha256"] = out["digest"]
 
 
@@ -717,9 +717,9 @@ def _big_int_logits(value):
     ("a float dimension", _set(["predicate", "input", "shape"], [1.0, 4]), "not canonical JSON"),
     ("a negative label", _set(["predicate", "label"], -1), "not a verinfer v2 statement"),
     ("a time that is no RFC 3339 time", _set(["predicate", "time"], "yesterday"), "not a verinfer v2 statement"),
-    # RFC 8785 has no form for an integer past 2^53 (a double cannot hold it); rfc8785 and a
-    # JavaScript verifier refuse or misread it, the fast path took orjson's spelling
-    ("an integer past 2^53", _big_int_logits, "not canonical JSON"),
+    # RFC 8785 reads a number as a double: 2^53 + 1 has no form (a JavaScript verifier reads
+    # 2^53), the fast path took orjson's spelling
+    ("an integer past 2^53 no double holds", _big_int_logits, "not canonical JSON"),
 ])
 def test_a_logged_statement_with_loosely_typed_fields_is_refused(what, edit, says):
     from verifier.receipts_v2 import verify_receipt_v2
@@ -797,7 +797,7 @@ def test_the_canonical_fast_path_takes_only_rfc8785_bytes():
     fp32 = fp32[np.isfinite(fp32)].astype(float).tolist()
     doubles = [math.ldexp(m, e) for e in range(-1074, 1024) for m in (1.0, 1.5, 1.2345678901234567)]
     edges = [0.0, -0.0, 2.0, 1e-6, 1e-7, 1e15, 1e16, 1e20, 1e21, 5e-324, 1.7976931348623157e308]
-    values = [v for v in [*fp32, *doubles, *edges] if math.isfinite(v) and abs(v) < 2**53]
+    values = [v for v in [*fp32, *doubles, *edges] if math.isfinite(v)]
     differ = 0
     for chunk in (values[i:i + 7] for i in range(0, len(values), 7)):
         doc = {"x": chunk[1:], "y": chunk[0]}  # a number before "]", "," and "}"
@@ -808,3 +808,27 @@ def test_the_canonical_fast_path_takes_only_rfc8785_bytes():
             with pytest.raises(SignatureInvalid):
                 canonical_value(fast)
     assert differ > 1000
+
+
+# --- review 2026-12-02: an FP32 output from 2^53 to 1e21 failed the server's own receipt ----
+# (RFC 8785 writes such a double in digits, 30000000817692670 for 3e16; orjson read them as an
+# integer past 2^53, which the check took for one with no JCS form: SignatureInvalid, where the
+# status page and any JCS verifier, reading numbers as doubles, found the receipt valid)
+
+
+def test_an_output_written_in_digits_past_2_53_verifies():
+    from verifier.receipts_v2 import canonical_value, verify_receipt_v2
+
+    log = MemLog()
+    for logits, digits in (([0.5, 3e16, 1.5], b"[0.5,30000000817692670,1.5]"),
+                           ([-1e20, 2.0**60, 9.5e15], b"[-100000002004087730000,1152921504606847000,9499999507316736]"),
+                           ([2.0**53, 1.0, 0.0], b"[9007199254740992,1,0]")):
+        st = statement(logits=logits)
+        assert digits in st.canonical_bytes()
+        assert verify_receipt_v2(log.add(st), log.jwks) == st  # before the fix: not canonical JSON
+    assert canonical_value(b'{"a":[30000000817692670,-1e+21]}') == {"a": [3.000000081769267e16, -1e21]}
+    # (not the shortest digits of the double they read as: JSON.stringify writes those)
+    for not_a_double in (b'{"a":9007199254740993}', b'{"a":30000000817692672}', b'{"a":1152921504606846976}',
+                         b'{"a":18446744073709551615}'):
+        with pytest.raises(VerificationError, match="not canonical JSON"):
+            canonical_value(not_a_double)
