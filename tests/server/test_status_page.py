@@ -372,19 +372,28 @@ def test_in_browser_check_refuses_what_the_python_verifier_refuses(start_server,
     from verifier.receipts_v2 import verify_receipt_v2
 
     for logits in ([2.0, 0.5, -1.0], [0.5, 3e16, 1.5]):
-        st = statement(logits=logits)
-        data = orjson.dumps(st.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
-        assert data != st.canonical_bytes()
-        receipt = log.add(st, data=data)
+        other = statement(logits=logits)
+        data = orjson.dumps(other.model_dump(mode="json", by_alias=True), option=orjson.OPT_SORT_KEYS)
+        assert data != other.canonical_bytes()
+        receipt = log.add(other, data=data)
         with pytest.raises(SignatureInvalid, match="not canonical JSON"):
             verify_receipt_v2(receipt, log.jwks)
         state, text = _verdict(page, receipt.model_dump(mode="json"))
         assert state == "invalid" and "not canonical JSON" in text, text
+    # a lone surrogate (I-JSON, so RFC 8785, has none; JSON.stringify writes "\ud800" back as it
+    # came): refused here as by the Python verifier (before: valid here)
+    lone = honest.replace('"device":"cpu"', '"device":"\\ud800"')
+    assert lone != honest
+    receipt = log.add(st, data=lone.encode())
+    with pytest.raises(SignatureInvalid, match="not canonical JSON"):
+        verify_receipt_v2(receipt, log.jwks)
+    state, text = _verdict(page, receipt.model_dump(mode="json"))
+    assert state == "invalid" and "lone surrogate" in text, text
     # RFC 8785's digits for an FP32 output past 2^53 (30000000817692670): valid here and there
-    honest = statement(logits=[0.5, 3e16, 1.5])
-    assert b"30000000817692670" in honest.canonical_bytes()
-    receipt = log.add(honest)
-    assert verify_receipt_v2(receipt, log.jwks) == honest  # before: not canonical JSON
+    big = statement(logits=[0.5, 3e16, 1.5])
+    assert b"30000000817692670" in big.canonical_bytes()
+    receipt = log.add(big)
+    assert verify_receipt_v2(receipt, log.jwks) == big  # before: not canonical JSON
     state, text = _verdict(page, receipt.model_dump(mode="json"))
     assert state == "valid", text
 

@@ -191,12 +191,14 @@ function receiptFromText(text) {
 }
 
 // RFC 8785 (JCS): keys sorted by UTF-16 code units (sort()'s order), ECMAScript's number and
-// string forms (JSON.stringify's), no whitespace
+// string forms (JSON.stringify's), no whitespace. Its strings are I-JSON's: a lone surrogate
+// ("\ud800", which JSON.stringify writes back as it came) has no form, as in the Python verifier
 function jcs(v) {
   if (Array.isArray(v)) return `[${v.map(jcs).join(",")}]`;
   if (v !== null && typeof v === "object") {
-    return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${jcs(v[k])}`).join(",")}}`;
+    return `{${Object.keys(v).sort().map((k) => `${jcs(k)}:${jcs(v[k])}`).join(",")}}`;
   }
+  if (typeof v === "string" && /\p{Cs}/u.test(v)) throw new Invalid("the logged statement is not canonical JSON (RFC 8785): a string holds a lone surrogate");
   return JSON.stringify(v);
 }
 
