@@ -627,9 +627,8 @@ def test_a_logged_statement_must_be_canonical_json():
         receipt = log.add(st, data=bad.encode())
         with pytest.raises(VerificationError, match="not canonical JSON"):  # before the fix: accepted
             verify_receipt_v2(receipt, log.jwks)
-        if what == "duplicate key":  # the standalone recipe refuses what would read two ways
-            with pytest.raises(ValueError, match="duplicate key"):
-                recipe(receipt.model_dump(mode="json"), note_key)
+        with pytest.raises(ValueError, match="not canonical JSON"):  # and the standalone recipe
+            recipe(receipt.model_dump(mode="json"), note_key)
     # RFC 8785 spells an integral double without ".0": such an honest statement verifies
     honest = statement(logits=[2.0, 0.5, -1.0])
     assert b"[2,0.5,-1]" in honest.canonical_bytes()
@@ -754,15 +753,23 @@ def _orjson_spelled(st) -> bytes:
 
 @pytest.mark.parametrize("what", ORJSON_SPELLINGS)
 def test_a_number_in_orjsons_spelling_is_not_canonical(what):
+    from tests.tlog_support import doc_recipe
     from verifier.receipts_v2 import verify_receipt_v2
+    from verifier.tlog import note_verifier_key
 
     logits, token = ORJSON_SPELLINGS[what]
     log, st = MemLog(), statement(logits=logits)
     data = _orjson_spelled(st)
     as_doubles = functools.partial(json.loads, parse_int=float)  # JCS's reading: every number a double
     assert token in data and data != st.canonical_bytes() and as_doubles(data) == as_doubles(st.canonical_bytes())
+    receipt = log.add(st, data=data)
     with pytest.raises(VerificationError, match="not canonical JSON"):  # before the fix: verified
-        verify_receipt_v2(log.add(st, data=data), log.jwks)
+        verify_receipt_v2(receipt, log.jwks)
+    recipe, note_key = doc_recipe(), note_verifier_key(log.origin, log.key.public_key())
+    with pytest.raises(ValueError, match="not canonical JSON"):  # the recipe too (before: took any spelling)
+        recipe(receipt.model_dump(mode="json"), note_key)
+    honest = log.add(st)
+    assert recipe(honest.model_dump(mode="json"), note_key) == json.loads(st.canonical_bytes())
 
 
 def test_keys_in_code_point_order_are_not_canonical():
@@ -817,18 +824,69 @@ def test_the_canonical_fast_path_takes_only_rfc8785_bytes():
 
 
 def test_an_output_written_in_digits_past_2_53_verifies():
+    from tests.tlog_support import doc_recipe
     from verifier.receipts_v2 import canonical_value, verify_receipt_v2
+    from verifier.tlog import note_verifier_key
 
     log = MemLog()
+    recipe, note_key = doc_recipe(), note_verifier_key(log.origin, log.key.public_key())
     for logits, digits in (([0.5, 3e16, 1.5], b"[0.5,30000000817692670,1.5]"),
                            ([-1e20, 2.0**60, 9.5e15], b"[-100000002004087730000,1152921504606847000,9499999507316736]"),
                            ([2.0**53, 1.0, 0.0], b"[9007199254740992,1,0]")):
         st = statement(logits=logits)
         assert digits in st.canonical_bytes()
-        assert verify_receipt_v2(log.add(st), log.jwks) == st  # before the fix: not canonical JSON
+        receipt = log.add(st)
+        assert verify_receipt_v2(receipt, log.jwks) == st  # before the fix: not canonical JSON
+        assert recipe(receipt.model_dump(mode="json"), note_key)["predicate"]["requestId"] == st.predicate.requestId
     assert canonical_value(b'{"a":[30000000817692670,-1e+21]}') == {"a": [3.000000081769267e16, -1e21]}
     # (not the shortest digits of the double they read as: JSON.stringify writes those)
     for not_a_double in (b'{"a":9007199254740993}', b'{"a":30000000817692672}', b'{"a":1152921504606846976}',
                          b'{"a":18446744073709551615}'):
         with pytest.raises(VerificationError, match="not canonical JSON"):
             canonical_value(not_a_double)
+
+
+# --- review 2026-12-02: the standalone recipe (docs/formats.md) took a statement in any spelling
+# (it checked for duplicate keys only: whitespace, key order, "2.0", a lone surrogate, NaN passed
+# it, which the verifier and the status page refuse)
+
+
+def test_the_recipe_writes_rfc8785_as_the_rfc8785_package_does():
+    import math
+
+    import rfc8785
+
+    from tests.tlog_support import doc_block
+
+    scope: dict = {}
+    exec(compile(doc_block("recipe"), "docs/formats.md#recipe", "exec"), scope)
+    rng = np.random.default_rng(8785)
+    fp32 = rng.integers(0, 2**32, 20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    doubles = rng.integers(0, 2**64, 20000, dtype=np.uint64).view(np.float64)
+    values = [float(v) for v in [*fp32, *doubles] if math.isfinite(v)]
+    values += [math.ldexp(m, e) for e in range(-1074, 1024) for m in (1.0, 1.5)]
+    values += [0.0, -0.0, 2.0, 1e-6, 1e-7, 1e16, 1e20, 1e21, 5e-324, 1.7976931348623157e308]
+    for v in values:
+        assert scope["_number"](v) == rfc8785.dumps(v).decode(), v
+    doc = {"\ue000": 1, "\U00010000": [2.0, -0.0, "x\n\x1f\"\\\x7f\u2028é"], "a": None, "b": [True, False], "": 7}
+    assert scope["_jcs"](doc).encode() == rfc8785.dumps(doc)
+
+
+def test_the_recipe_refuses_a_statement_the_verifier_refuses_as_not_canonical():
+    from tests.tlog_support import doc_recipe
+    from verifier.receipts_v2 import verify_receipt_v2
+    from verifier.tlog import note_verifier_key
+
+    log = MemLog()
+    recipe, note_key = doc_recipe(), note_verifier_key(log.origin, log.key.public_key())
+    st = statement()
+    text = st.canonical_bytes().decode()
+    for bad in (text.replace('"device":"cpu"', '"device":"\\ud800"'),  # a lone surrogate
+                text.replace('"data":[', '"data":[NaN,').replace('"shape":[1,3]}', '"shape":[1,4]}'),
+                text.replace('"scale":7', '"scale":7.0')):
+        assert bad != text
+        receipt = log.add(st, data=bad.encode())
+        with pytest.raises(VerificationError):
+            verify_receipt_v2(receipt, log.jwks)
+        with pytest.raises(ValueError):  # before the fix: the recipe returned the statement
+            recipe(receipt.model_dump(mode="json"), note_key)
