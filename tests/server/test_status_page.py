@@ -402,3 +402,55 @@ def test_in_browser_check_refuses_what_the_python_verifier_refuses(start_server,
     state, text = _verdict(page, forged)
     assert state == "invalid" and "small order" in text, text
     assert errors == []
+
+
+def _wrapper_variants(log) -> dict[str, tuple[dict, bool]]:
+    """A logged receipt with its unsigned parts spelt otherwise (what anyone can do to one), and
+    a checkpoint with an extension line (C2SP allows them): what the Python verifier finds of
+    each (True: valid)."""
+    from tests.tlog_support import statement
+    from tests.verifier.test_tamper_review import _flip_unused_bits
+    from verifier.tlog import checkpoint_body, sign_note
+
+    r = log.add(statement()).model_dump(mode="json")
+    cp = r["checkpoint"]
+    sig_line = cp.split("\n\n")[1]
+    body = checkpoint_body(log.origin, log.tree.size, log.tree.root(log.tree.size)) + b"an extension\n"
+    assert r["statement"].endswith("=") and r["proof"][0].endswith("=")
+    return {
+        "as written": (r, True),
+        "statement's base64 with its unused bits set": ({**r, "statement": _flip_unused_bits(r["statement"])}, False),
+        "a proof hash's base64 with its unused bits set":
+            ({**r, "proof": [_flip_unused_bits(r["proof"][0]), *r["proof"][1:]]}, False),
+        "a field no v2 receipt has": ({**r, "note": "hi"}, False),
+        "a signature line of 3 bytes": ({**r, "checkpoint": cp + "\u2014 other.test AAAA\n"}, False),
+        "the key's signature line twice": ({**r, "checkpoint": cp + sig_line}, False),
+        "a signature line with a tab": ({**r, "checkpoint": cp + "\u2014 other\t.test AAAAAAA=\n"}, False),
+        "a name with U+0085 (Python's isspace)": ({**r, "checkpoint": cp + "\u2014 o\x85 AAAAAAA=\n"}, False),
+        "no newline at the end": ({**r, "checkpoint": cp[:-1]}, False),
+        "an extension line": ({**r, "checkpoint": sign_note(body, log.origin, log.key).decode()}, True),
+    }
+
+
+def test_in_browser_check_reads_a_receipts_wrapper_as_the_python_verifier_does(start_server, browser, tmp_path):
+    """Before: the page took each of these variants for VALID (and refused the extension line),
+    while verifier/ refused them (unsigned parts in another spelling: anyone can make them)."""
+    from tests.tlog_support import MemLog
+    from verifier.errors import VerinferError
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+    from verifier.tlog import note_verifier_key
+
+    server = start_server(tmp_path / "home")
+    page = browser.new_page()
+    page.goto(server.base + "/")
+    page.check("#own-keys")
+    log = MemLog()
+    page.fill("#note-keys", note_verifier_key(log.origin, log.key.public_key()))
+    for what, (receipt, valid) in _wrapper_variants(log).items():
+        try:
+            verify_receipt_v2(ReceiptV2.parse(receipt), log.jwks)
+            python = True
+        except VerinferError:
+            python = False
+        state, text = _verdict(page, receipt)
+        assert (python, state) == (valid, "valid" if valid else "invalid"), (what, text)

@@ -12,6 +12,8 @@ function b64decode(s, what) {
     throw new Invalid(`${what} is not standard base64`);
   }
   const bin = atob(s);
+  // one spelling, as the Python verifier: "QR==" decodes to the byte of "QQ==" (unused bits set)
+  if (btoa(bin) !== s) throw new Invalid(`${what} is not base64 in its one spelling`);
   const out = new Uint8Array(bin.length);
   for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
   return out;
@@ -70,25 +72,40 @@ async function checkNoteKey(k) {
   return k;
 }
 
+// what Python's str.isspace() takes (JavaScript's \s lacks U+0085 and adds U+FEFF)
+const PY_SPACE = /[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/;
+
 // The checkpoint: "<origin>\n<size>\n<base64 root>\n" + "\n" + "— <name> <base64(key id || sig)>\n" lines.
+// C2SP signed-note, read as verifier/tlog.py reads it (its signature lines are anyone's to add:
+// a note another verifier refuses must not be VALID here).
 async function checkCheckpoint(note, keys, steps) {
   if (typeof note !== "string") throw new Invalid("the receipt has no checkpoint");
+  if (/[\x00-\x09\x0b-\x1f]|\p{Cs}/u.test(note)) throw new Invalid("the checkpoint holds control characters or is not UTF-8");
   const cut = note.lastIndexOf("\n\n");
-  if (cut < 0) throw new Invalid("the checkpoint is not a signed note");
+  if (cut < 0 || !note.endsWith("\n")) throw new Invalid("the checkpoint is not a signed note");
   const body = note.slice(0, cut) + "\n";
-  const lines = body.split("\n");
-  if (lines.length !== 4 || !/^[1-9][0-9]*$/.test(lines[1])) throw new Invalid("the checkpoint body is malformed");
+  const lines = body.split("\n");  // origin, size, root, extension lines (none empty), ""
+  if (lines.length < 4 || !lines[0] || !/^[1-9][0-9]*$/.test(lines[1]) || lines.slice(3, -1).includes("")) {
+    throw new Invalid("the checkpoint body is malformed");
+  }
   const origin = lines[0];
   const usable = keys.filter((k) => k.origin === origin);
   if (!usable.length) throw new Invalid(`checkpoint of another log: "${origin}"`);
   const signers = [];
-  for (const line of note.slice(cut + 2).split("\n")) {
-    if (!line) continue;
+  const sigLines = note.slice(cut + 2, -1).split("\n");
+  if (sigLines.length > 100) throw new Invalid("the checkpoint has more than 100 signatures");
+  for (const line of sigLines) {
     if (!line.startsWith("\u2014 ")) throw new Invalid("malformed signature line in the checkpoint");
-    const [name, sigB64] = line.slice(2).split(" ");
-    const sig = b64decode(sigB64 || "", "checkpoint signature");
+    const at = line.indexOf(" ", 2);
+    const name = at < 0 ? line.slice(2) : line.slice(2, at);
+    const sig = b64decode(at < 0 ? "" : line.slice(at + 1), "checkpoint signature");
+    if (!name || name.includes("+") || PY_SPACE.test(name) || sig.length < 5) {
+      throw new Invalid("malformed signature line in the checkpoint");
+    }
     for (const k of usable) {
-      if (name !== k.origin || sig.length !== 68 || !equal(sig.slice(0, 4), k.id)) continue;
+      if (name !== k.origin || !equal(sig.slice(0, 4), k.id)) continue;
+      if (signers.includes(k)) throw new Invalid("the checkpoint holds two signatures by one key");
+      if (sig.length !== 68) throw new Invalid("the checkpoint's Ed25519 signature does not verify");
       const pub = await crypto.subtle.importKey("raw", k.raw.slice(1), { name: "Ed25519" }, false, ["verify"]);
       if (!(await crypto.subtle.verify({ name: "Ed25519" }, pub, sig.slice(4), enc.encode(body)))) {
         throw new Invalid("the checkpoint's Ed25519 signature does not verify");
@@ -202,10 +219,14 @@ function jcs(v) {
   return JSON.stringify(v);
 }
 
+const V2_FIELDS = ["format", "id", "statement", "index", "proof", "checkpoint", "eip712"];
+
 // Throws Invalid (or another Error) unless `receipt` (v2) is logged under one of `noteKeys`.
 // `revoked`: note key -> the time it was revoked (verinfer-log.json); a key revoked at or
 // before the statement's time does not vouch for it, as v1's JWKS check below.
 async function verifyReceiptV2(receipt, noteKeys, steps, revoked = {}) {
+  const extra = Object.keys(receipt).filter((k) => !V2_FIELDS.includes(k));
+  if (extra.length) throw new Invalid(`the receipt holds a field a v2 receipt has not: ${JSON.stringify(extra[0])}`);
   const keys = [];
   for (const vkey of noteKeys) keys.push({ ...(await checkNoteKey(parseNoteKey(vkey))), vkey });
   const cp = await checkCheckpoint(receipt.checkpoint, keys, steps);
