@@ -890,3 +890,28 @@ def test_the_recipe_refuses_a_statement_the_verifier_refuses_as_not_canonical():
             verify_receipt_v2(receipt, log.jwks)
         with pytest.raises(ValueError):  # before the fix: the recipe returned the statement
             recipe(receipt.model_dump(mode="json"), note_key)
+
+
+def test_the_recipe_refuses_a_note_key_the_verifier_refuses():
+    """Under a note key of small order a checkpoint nobody signed verified in the recipe (OpenSSL
+    checks no key's order), which verifier/keys.py and the status page refuse."""
+    import hashlib
+
+    from tests.server.test_status_page import _forged_identity_log_receipt
+    from tests.tlog_support import doc_recipe
+    from verifier.errors import InputError
+    from verifier.keys import _SMALL_ORDER, ed25519_public_key
+
+    recipe = doc_recipe()
+    vkey, forged = _forged_identity_log_receipt()
+    with pytest.raises(ValueError, match="small order"):  # before the fix: the statement came back
+        recipe(forged, vkey)
+    p = 2**255 - 19
+    keys = [*_SMALL_ORDER, *(bytes([*k[:31], k[31] | 0x80]) for k in _SMALL_ORDER),
+            (p + 1).to_bytes(32, "little"), (2**255 - 1).to_bytes(32, "little")]
+    for raw in keys:
+        with pytest.raises(InputError):
+            ed25519_public_key(raw)
+        kid = hashlib.sha256(b"a.test/log\n\x01" + raw).digest()[:4]
+        with pytest.raises(ValueError, match="small order"):
+            recipe(forged, f"a.test/log+{kid.hex()}+{base64.b64encode(bytes([1]) + raw).decode()}")
