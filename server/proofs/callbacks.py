@@ -19,15 +19,20 @@ Tries ``callback_attempts`` times with exponential backoff; a 2xx answer counts 
 from __future__ import annotations
 
 import base64
+import heapq
 import http.client
 import ipaddress
+import itertools
 import logging
+import queue
 import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from urllib.parse import SplitResult, urlsplit
 
 from verifier.digests import compact_json
@@ -149,12 +154,113 @@ def check_callback_url(url: object, allow: tuple[str, ...] | list[str]) -> str:
     return url
 
 
-def resolve_checked(url: str, allow: tuple[str, ...] | list[str]) -> str:
-    """The one address the callback will connect to: the host resolved once; unless the URL
-    is allow-listed, every address it resolves to must be public."""
+class _Clock:
+    """One thread for every timed event of the callbacks (an exchange's deadline, a try due
+    after its backoff): a timer is an entry in a heap, not a thread. ``fn`` must be quick."""
+
+    def __init__(self) -> None:
+        self._heap: list[list] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> list:
+        """Run ``fn`` at ``when`` (``time.monotonic()``); the entry to :meth:`cancel`."""
+        entry = [when, next(self._seq), fn]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="verinfer-callback-clock",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    @staticmethod
+    def cancel(entry: list) -> None:
+        entry[2] = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                fn = heapq.heappop(self._heap)[2]
+            if fn is not None:
+                try:
+                    fn()
+                except Exception:  # the clock outlives any one event
+                    log.exception("callback timer")
+
+
+CLOCK = _Clock()
+
+
+class _Resolver:
+    """``getaddrinfo`` on threads of its own (at most ``threads``, started when needed), so
+    that a try gives up on a lookup at its deadline: the OS resolver has no timeout a caller
+    sets, and a slow name server would hold the try (and its thread) as long as it liked.
+    One lookup per host and port at a time: a try for a host whose lookup still runs waits
+    on that one instead of taking another thread."""
+
+    def __init__(self, threads: int) -> None:
+        self._max = threads
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = self._idle = self._waiting = 0
+        self._running: dict[tuple[str, int], Future] = {}
+
+    def running(self, host: str, port: int) -> Future | None:
+        """The lookup of ``host`` still running, if any."""
+        with self._lock:
+            return self._running.get((host, port))
+
+    def lookup(self, host: str, port: int, timeout_s: float) -> list:
+        key = (host, port)
+        with self._lock:
+            future = self._running.get(key)
+            if future is None:
+                future = self._running[key] = Future()
+                self._queue.put((key, future))
+                self._waiting += 1
+                if self._waiting > self._idle and self._threads < self._max:
+                    self._threads += 1
+                    threading.Thread(target=self._run, name="verinfer-callback-dns", daemon=True).start()
+        try:
+            return future.result(timeout=max(timeout_s, 0))
+        except FutureTimeout:
+            raise TimeoutError(f"the lookup of {host!r} took more than {timeout_s:g}s") from None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            (host, port), future = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+                self._waiting -= 1
+            try:
+                future.set_result(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except Exception as exc:  # noqa: BLE001  (handed to the try that waits)
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._running[(host, port)]
+
+
+RESOLVER = _Resolver(threads=16)
+
+
+def resolve_checked(url: str, allow: tuple[str, ...] | list[str], timeout_s: float | None = None) -> str:
+    """The one address the callback will connect to: the host resolved once (within
+    ``timeout_s``, else TimeoutError); unless the URL is allow-listed, every address it
+    resolves to must be public."""
     parts = _parse(url)
     try:
-        infos = socket.getaddrinfo(parts.hostname, _port(parts), type=socket.SOCK_STREAM)
+        if timeout_s is None:
+            infos = socket.getaddrinfo(parts.hostname, _port(parts), type=socket.SOCK_STREAM)
+        else:
+            infos = RESOLVER.lookup(parts.hostname, _port(parts), timeout_s)
     except socket.gaierror as exc:
         raise CallbackRefused(f"callback host {parts.hostname!r} does not resolve: {exc}") from None
     addresses = [info[4][0] for info in infos]
@@ -167,22 +273,22 @@ def resolve_checked(url: str, allow: tuple[str, ...] | list[str]) -> str:
 
 
 class _Pinned:
-    """Connects to the checked address, never a second lookup; from the moment the connection
-    is made, ``timeout_s`` bounds the whole exchange as well as each socket operation: a
-    receiver that drips its answer a byte at a time, each within the per-read timeout, would
-    otherwise hold one of the few callback threads (and every other client's callbacks) for
-    as long as it liked."""
+    """Connects to the checked address, never a second lookup, within ``connect_s``; from the
+    moment the connection is made, ``timeout`` bounds the whole exchange as well as each socket
+    operation: a receiver that drips its answer a byte at a time, each within the per-read
+    timeout, would otherwise hold a callback thread for as long as it liked. The deadline is
+    an entry of the one :data:`CLOCK`, not a thread of its own."""
 
     _address: str
-    _deadline: threading.Timer | None = None
+    connect_s: float
+    _deadline: list | None = None
     expired = False  # the deadline cut the exchange: what was read of the answer counts for nothing
 
     def _connect_pinned(self) -> socket.socket:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = socket.create_connection((self._address, self.port), self.connect_s)
+        sock.settimeout(self.timeout)
         self.sock = sock
-        self._deadline = threading.Timer(self.timeout, self._cut)
-        self._deadline.daemon = True
-        self._deadline.start()
+        self._deadline = CLOCK.call_at(time.monotonic() + self.timeout, self._cut)
         return sock
 
     def _cut(self) -> None:
@@ -196,23 +302,23 @@ class _Pinned:
 
     def close(self) -> None:
         if self._deadline is not None:
-            self._deadline.cancel()
+            CLOCK.cancel(self._deadline)
         super().close()
 
 
 class _PinnedHTTP(_Pinned, http.client.HTTPConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, address: str, timeout: float, connect_s: float) -> None:
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._address, self.connect_s = address, connect_s
 
     def connect(self) -> None:
         self._connect_pinned()
 
 
 class _PinnedHTTPS(_Pinned, http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+    def __init__(self, host: str, port: int, address: str, timeout: float, connect_s: float) -> None:
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+        self._address, self.connect_s = address, connect_s
 
     def connect(self) -> None:  # the certificate is checked against the URL's host name
         sock = self._connect_pinned()
@@ -232,11 +338,16 @@ def signature_headers(body: bytes, timestamp: int, sign: CallbackSigner | None) 
 def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, ...] | list[str],
               timeout_s: float) -> int:
     """One POST to the checked address; the HTTP status (redirects are not followed, the
-    body is not read; ``timeout_s`` bounds the whole exchange, see :class:`_Pinned`)."""
+    body is not read). ``timeout_s`` bounds the lookup and the connection together, then the
+    whole exchange (see :class:`_Pinned`): past either, TimeoutError."""
     parts = _parse(url)
-    address = resolve_checked(url, allow)
+    start = time.monotonic()
+    address = resolve_checked(url, allow, timeout_s)
+    left = timeout_s - (time.monotonic() - start)
+    if left <= 0:
+        raise TimeoutError(f"no connection within {timeout_s:g}s")
     kind = _PinnedHTTPS if parts.scheme == "https" else _PinnedHTTP
-    conn = kind(parts.hostname, _port(parts), address, timeout_s)
+    conn = kind(parts.hostname, _port(parts), address, timeout_s, left)
     try:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("POST", path, body=body, headers=headers)

@@ -438,3 +438,37 @@ def test_callback_waits_between_tries_are_capped():
     assert len(waits.asked) == 19
     assert waits.asked[:3] == [0.5, 1.0, 2.0] and max(waits.asked) == callbacks.MAX_BACKOFF_S == 60.0
     assert waits.asked[-1] == callbacks.MAX_BACKOFF_S  # before the cap: 0.5 * 2**18 s
+
+
+def test_a_slow_lookup_of_a_callback_host_is_a_failed_try_at_the_deadline(monkeypatch, recorder):
+    """The host's lookup (getaddrinfo, the OS resolver's, with no timeout a caller sets) ran
+    before the try's deadline began: a name server that never answered held the callback
+    thread for as long as it liked. Now the lookup shares the deadline with the connection,
+    and past it the try has failed; the next try of that host waits on the same lookup."""
+    answer = threading.Event()
+    real_dns = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def slow_dns(host, port, *args, **kwargs):  # the OS resolver, waiting on a silent name server
+        if host == "slow.test":
+            lookups.append(host)
+            answer.wait()
+            host = "127.0.0.1"
+        return real_dns(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", slow_dns)
+    url = f"http://slow.test:{recorder.server_port}/cb"
+    result: list = []
+    caller = threading.Thread(target=lambda: result.append(
+        deliver(url, {"id": "j"}, attempts=2, backoff_s=0, allow=(url,), timeout_s=0.5)))
+    caller.start()
+    caller.join(30)  # a bound for the test, not a measurement: the fix ends it in about 1 s
+    stuck = caller.is_alive()
+    answer.set()
+    caller.join()
+    assert not stuck, "the callback was still waiting for the lookup after 30 s"
+    assert result == [False] and lookups == ["slow.test"]  # two tries, one lookup
+    assert _Recorder.seen == []
+    # the name resolves again: the next delivery goes through
+    assert deliver(url, {"id": "k"}, attempts=1, backoff_s=0, allow=(url,), timeout_s=5)
+    assert [body for _, body in _Recorder.seen] == [b'{"id":"k"}']
