@@ -14,6 +14,8 @@ letting a client aim the server at something it should not reach (SSRF).
   docs/server.md "Callbacks"), so the receiver can check it against the published JWKS.
 
 Tries ``callback_attempts`` times with exponential backoff; a 2xx answer counts as delivered.
+The server's callbacks go through a :class:`Dispatcher`: a few threads, each host's and each
+client's share of them bounded, waits between tries on one clock thread.
 """
 
 from __future__ import annotations
@@ -359,37 +361,187 @@ def post_once(url: str, body: bytes, headers: dict[str, str], allow: tuple[str, 
         conn.close()
 
 
-# The longest wait between two tries: the waits double from callback_backoff_s, and a wait
-# holds one of the callback threads every client shares (20 tries of 0.5 s doubling: days)
+# The longest wait between two tries: the waits double from callback_backoff_s
 MAX_BACKOFF_S = 60.0
+
+
+def backoff(i: int, backoff_s: float) -> float:
+    """The wait after the ``i``-th failed try (0 first): doubling from ``backoff_s``, at most
+    :data:`MAX_BACKOFF_S` (20 tries of 0.5 s doubling would wait days)."""
+    return min(backoff_s * 2 ** min(i, 64), MAX_BACKOFF_S)
+
+
+def try_once(url: str, body: bytes, allow: tuple[str, ...] | list[str], sign: CallbackSigner | None,
+             timeout_s: float) -> str | None:
+    """One signed POST of ``body``: None when delivered (a 2xx), else why the try failed;
+    :class:`CallbackRefused` when the URL may not be posted to (no try will do)."""
+    headers = {"Content-Type": "application/json", "User-Agent": "verinfer-callback/1",
+               **signature_headers(body, int(time.time()), sign)}
+    try:
+        status = post_once(url, body, headers, allow, timeout_s)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+    return None if 200 <= status < 300 else f"HTTP {status}"
 
 
 def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
             allow: tuple[str, ...] | list[str] = (), sign: CallbackSigner | None = None,
             timeout_s: float = 5.0, stop=None) -> bool:
-    """POST ``payload`` as signed JSON until a 2xx answer; False when every try failed or
-    the URL is refused."""
+    """POST ``payload`` as signed JSON until a 2xx answer, waiting in this thread between
+    tries; False when every try failed or the URL is refused. (The server delivers through a
+    :class:`Dispatcher`, which holds no thread while a callback waits.)"""
     body = compact_json(payload)
-    delay = min(backoff_s, MAX_BACKOFF_S)
     for i in range(attempts):
-        headers = {"Content-Type": "application/json", "User-Agent": "verinfer-callback/1",
-                   **signature_headers(body, int(time.time()), sign)}
         try:
-            status = post_once(url, body, headers, allow, timeout_s)
-            if 200 <= status < 300:
-                return True
-            why = f"HTTP {status}"
+            why = try_once(url, body, allow, sign, timeout_s)
         except CallbackRefused as exc:
             log.warning("callback for job %s refused: %s", payload.get("id"), exc)
             return False
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            why = str(exc) or type(exc).__name__
+        if why is None:
+            return True
         log.warning("callback for job %s, try %d of %d: %s", payload.get("id"), i + 1, attempts, why)
         if i + 1 < attempts:
             if stop is not None:
-                if stop.wait(delay):
+                if stop.wait(backoff(i, backoff_s)):
                     return False
             else:
-                time.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF_S)
+                time.sleep(backoff(i, backoff_s))
     return False
+
+
+class _Delivery:
+    def __init__(self, key: str, url: str, body: bytes, client: str, token: object) -> None:
+        self.key, self.url, self.body, self.client, self.token = key, url, body, client, token
+        self.tries = 0
+        try:
+            parts = _parse(url)
+            self.host: tuple[str, int] = ((parts.hostname or "").rstrip("."), _port(parts))
+        except CallbackRefused:
+            self.host = (url, 0)  # refused at its first try
+
+
+class Dispatcher:
+    """Delivers a server's callbacks, each client's and each host's share bounded: a receiver
+    that hangs until every deadline, or fails and is tried again, must not delay the others.
+
+    * ``workers`` threads make the tries, one at a time each; a try takes at most
+      ``2 * timeout_s`` (:func:`post_once`).
+    * At most ``per_host`` tries to one host (name and port) run at once, and ``per_client``
+      of one client's (an API key; none when the server has no keys). A try whose host's
+      lookup outlived it keeps its share until that lookup ends (:class:`_Resolver`), and at
+      most ``held`` tries and such lookups are under way in all.
+    * A callback waiting for its next try is an entry of the one :data:`CLOCK`, not a thread.
+
+    ``done(key, delivered, token)`` is called once a callback is delivered, refused or out of
+    tries; never after :meth:`stop` (a callback still pending is the store's, sent again by the
+    next server)."""
+
+    def __init__(self, *, attempts: int, backoff_s: float, allow: tuple[str, ...] | list[str] = (),
+                 sign: CallbackSigner | None = None, done: Callable[[str, bool, object], None],
+                 timeout_s: float = 5.0, workers: int = 8, per_host: int = 2, per_client: int = 4,
+                 held: int = 16) -> None:
+        self.attempts, self.backoff_s, self.allow, self.sign = attempts, backoff_s, allow, sign
+        self.done, self.timeout_s = done, timeout_s
+        self.per_host, self.per_client, self.held, self.workers = per_host, per_client, held, workers
+        self._cond = threading.Condition()
+        self._pending: dict[str, _Delivery] = {}  # every callback not done yet, by key
+        self._ready: list[_Delivery] = []  # those due now, oldest first
+        self._busy: dict[object, int] = {}  # tries under way by host and by client, and in all
+        self._threads: list[threading.Thread] = []
+        self._stopped = False
+
+    def start(self) -> None:
+        for i in range(self.workers):
+            t = threading.Thread(target=self._work, name=f"verinfer-callback-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def submit(self, key: str, url: str, payload: dict, *, client: str = "", token: object = None) -> bool:
+        """Deliver ``payload`` to ``url`` (False: ``key`` is pending already)."""
+        with self._cond:
+            if key in self._pending or self._stopped:
+                return False
+            d = self._pending[key] = _Delivery(key, url, compact_json(payload), client, token)
+            self._ready.append(d)
+            self._cond.notify()
+        return True
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def _shares(self, d: _Delivery) -> list:
+        return ["all", ("host", d.host), *([("client", d.client)] if d.client else [])]
+
+    def _may_start(self, d: _Delivery) -> bool:
+        busy = self._busy.get
+        return (busy("all", 0) < self.held and busy(("host", d.host), 0) < self.per_host
+                and (not d.client or busy(("client", d.client), 0) < self.per_client))
+
+    def _take(self) -> _Delivery | None:
+        for i, d in enumerate(self._ready):
+            if self._may_start(d):
+                del self._ready[i]
+                for share in self._shares(d):
+                    self._busy[share] = self._busy.get(share, 0) + 1
+                return d
+        return None
+
+    def _release(self, d: _Delivery) -> None:
+        with self._cond:
+            for share in self._shares(d):
+                self._busy[share] -= 1
+                if not self._busy[share]:
+                    del self._busy[share]
+            self._cond.notify_all()
+
+    def _due(self, d: _Delivery) -> None:  # on the clock's thread: its wait is over
+        with self._cond:
+            if not self._stopped:
+                self._ready.append(d)
+                self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (d := self._take()) is None:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+            try:
+                self._try(d)
+            except Exception:  # the worker outlives any one callback
+                log.exception("callback %s", d.key)
+            finally:
+                lookup = RESOLVER.running(*d.host)
+                if lookup is None:
+                    self._release(d)
+                else:  # the host's lookup outlived the try: it keeps the try's share until it ends
+                    lookup.add_done_callback(lambda _, d=d: self._release(d))
+
+    def _try(self, d: _Delivery) -> None:
+        d.tries += 1
+        try:
+            why = try_once(d.url, d.body, self.allow, self.sign, self.timeout_s)
+        except CallbackRefused as exc:
+            log.warning("callback %s refused: %s", d.key, exc)
+            return self._end(d, False)
+        if why is None:
+            return self._end(d, True)
+        log.warning("callback %s, try %d of %d: %s", d.key, d.tries, self.attempts, why)
+        if d.tries >= self.attempts:
+            return self._end(d, False)
+        CLOCK.call_at(time.monotonic() + backoff(d.tries - 1, self.backoff_s), lambda: self._due(d))
+
+    def _end(self, d: _Delivery, delivered: bool) -> None:
+        try:
+            if not self._stopped:  # recorded while it is still pending: not submitted again meanwhile
+                self.done(d.key, delivered, d.token)
+        finally:
+            with self._cond:
+                del self._pending[d.key]

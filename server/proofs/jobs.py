@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 
 from server.auth import CURRENT_CLIENT, CURRENT_TIER, RELAYER
 from server.errors import Conflict, Gone, NoCircuitPackage, QueueFull
-from server.proofs.callbacks import CallbackSigner, check_callback_url, deliver
+from server.proofs.callbacks import CallbackSigner, Dispatcher, check_callback_url
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
 from server.receipts.signer import REQUEST_ID
@@ -75,8 +74,10 @@ class ProofJobs:
             self.slots = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._callbacks = ThreadPoolExecutor(max_workers=4, thread_name_prefix="verinfer-callback")
-        self._in_flight: set[str] = set()
+        self._callbacks = Dispatcher(attempts=settings.callback_attempts,
+                                     backoff_s=settings.callback_backoff_s,
+                                     allow=settings.callback_allow, sign=sign_callback,
+                                     done=self._callback_done)
         self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
         self._stopping = False  # the stop signal came: waiters answer with their job as it is
         # serve --workers: every process's waiters (server.shared.ProcessCounts); else this one's
@@ -115,6 +116,7 @@ class ProofJobs:
         if self.store.counts().get("queued"):
             self._wanted.set()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._callbacks.start()
         self._thread = threading.Thread(target=self._supervise, name="verinfer-proof-supervisor",
                                         daemon=True)
         self._thread.start()
@@ -145,7 +147,7 @@ class ProofJobs:
                 self.store.release(job.id, job.worker)
         if self.ray is not None and self._supervising:
             self.ray.stop()
-        self._callbacks.shutdown(wait=False, cancel_futures=True)
+        self._callbacks.stop()
         self.store.close()
 
     # --- submitting -------------------------------------------------------------------
@@ -486,12 +488,8 @@ class ProofJobs:
         if self._retention and now_m >= self._next_prune:
             self._next_prune = now_m + s.proof_prune_interval_s
             self._prune()
-        for job in self.store.callbacks_due():
-            with self._lock:
-                if job.id in self._in_flight:
-                    continue
-                self._in_flight.add(job.id)
-            self._callbacks.submit(self._send_callback, job)
+        for job, client in self.store.callbacks_due():  # one already pending is not taken twice
+            self._callbacks.submit(job.id, job.callback_url, job.public(), client=client)
 
     def _prune(self) -> None:
         """The retention settings applied (by the supervising process, as it ticks)."""
@@ -504,19 +502,8 @@ class ProofJobs:
         except Exception:  # a failed prune must not stop the supervisor's other work
             log.exception("proof job retention")
 
-    def _send_callback(self, job: Job) -> None:
-        try:
-            ok = deliver(job.callback_url, job.public(), attempts=self.settings.callback_attempts,
-                         backoff_s=self.settings.callback_backoff_s,
-                         allow=self.settings.callback_allow, sign=self.sign_callback,
-                         stop=self._stop)
-            if not self._stop.is_set() or ok:
-                self.store.set_callback_state(job.id, "delivered" if ok else "failed")
-        except Exception:
-            log.exception("callback for job %s", job.id)
-        finally:
-            with self._lock:
-                self._in_flight.discard(job.id)
+    def _callback_done(self, request_id: str, delivered: bool, token: object) -> None:
+        self.store.set_callback_state(request_id, "delivered" if delivered else "failed")
 
 
 def body_model(receipt: dict) -> str:

@@ -525,13 +525,14 @@ class JobStore:
                 "AND lease_until < ?", (now,)).fetchall()
         return [_job(r) for r in rows]
 
-    def callbacks_due(self) -> list[Job]:
-        """Requests whose job ended and whose callback is not sent yet, each as its client sees it."""
+    def callbacks_due(self) -> list[tuple[Job, str]]:
+        """Requests whose job ended and whose callback is not sent yet, each as its client sees
+        it, with the client."""
         with self._lock:
             rows = self._db.execute(
-                f"SELECT {_VIEW} FROM {_JOINED} WHERE r.callback_state = 'pending' "
+                f"SELECT {_VIEW}, r.client FROM {_JOINED} WHERE r.callback_state = 'pending' "
                 "AND j.status IN ('done', 'failed')").fetchall()
-        return [_job(r) for r in rows]
+        return [(_job(r[:-1]), r[-1]) for r in rows]
 
     def set_callback_state(self, request_id: str, state: str) -> None:
         self._tx(lambda db: db.execute("UPDATE proof_requests SET callback_state = ? WHERE id = ?",

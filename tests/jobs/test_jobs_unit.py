@@ -472,3 +472,162 @@ def test_a_slow_lookup_of_a_callback_host_is_a_failed_try_at_the_deadline(monkey
     # the name resolves again: the next delivery goes through
     assert deliver(url, {"id": "k"}, attempts=1, backoff_s=0, allow=(url,), timeout_s=5)
     assert [body for _, body in _Recorder.seen] == [b'{"id":"k"}']
+
+
+class _Hanger:
+    """Receivers (``ports`` of them, one port each) that take connections and never answer;
+    counts those open at once, and those the caller hung up."""
+
+    def __init__(self, wanted: int, ports: int = 1) -> None:
+        self.listeners = [socket.create_server(("127.0.0.1", 0), backlog=64) for _ in range(ports)]
+        self.urls = [f"http://127.0.0.1:{s.getsockname()[1]}/cb" for s in self.listeners]
+        self.url = self.urls[0]
+        self.conns: list[socket.socket] = []
+        self.open = self.most = self.hangups = 0
+        self.lock, self.reached = threading.Lock(), threading.Event()
+        self.wanted = wanted
+        for listener in self.listeners:
+            threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+
+    def _serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(conn)
+                self.open += 1
+                self.most = max(self.most, self.open)
+                if self.open >= self.wanted:
+                    self.reached.set()
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        try:
+            while conn.recv(4096):  # read the request, answer nothing; b"": the caller hung up
+                pass
+        except OSError:
+            pass
+        with self.lock:
+            self.open -= 1
+            self.hangups += 1
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        with self.lock:
+            for conn in self.conns:
+                conn.close()
+
+
+def test_a_hanging_receiver_does_not_delay_other_receivers_callbacks(home, recorder):
+    """Callbacks ran on 4 threads shared by every client, each callback holding one for all its
+    tries and the waits between them: 4 callbacks to a receiver that hangs until each deadline
+    held them all, and everyone else's waited until those had used up every try. Now at most 2
+    tries to one host run at once, on 8 threads, and a callback waiting for its next try holds
+    none: the other receiver gets its callback while the hanging one's are still being tried."""
+    from server.proofs.jobs import ProofJobs
+    from server.settings import ServerSettings
+
+    hanger = _Hanger(wanted=2)
+    good = f"http://127.0.0.1:{recorder.server_port}/cb"
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=3,
+                              callback_backoff_s=0, callback_allow=(hanger.url, good))
+    jobs = ProofJobs(settings, service=None, receipts=None)
+
+    def ended(digest: str, url: str) -> str:
+        job, _ = _submit(jobs.store, digest, callback_url=url, max_active=64)
+        claimed, _ = jobs.store.claim("w", 30)
+        assert claimed.id == job.id and jobs.store.finish(job.id, "proven", "{}")
+        return job.id
+
+    stuck = [ended(f"{i:064x}", hanger.url) for i in range(9)]
+    jobs.start()
+    try:
+        assert hanger.reached.wait(60), "no callback reached the hanging receiver"
+        done = ended("f" * 64, good)
+        for _ in range(600):  # a bound for the test, not a measurement
+            if jobs.store.request(done).callback_state != "pending":
+                break
+            time.sleep(0.1)
+        states = {j: jobs.store.request(j).callback_state for j in stuck}
+        assert jobs.store.request(done).callback_state == "delivered"
+        assert [json.loads(body)["id"] for _, body in _Recorder.seen] == [done]
+        assert set(states.values()) == {"pending"}, states  # still being tried
+        assert hanger.most == 2  # at most 2 tries to one host at a time
+        assert len([t for t in threading.enumerate() if t.name.startswith("verinfer-callback-")
+                    and t.name[len("verinfer-callback-"):].isdigit()]) == 8
+    finally:
+        jobs.stop()
+        hanger.close()
+
+
+def test_one_clients_callbacks_to_many_hanging_hosts_do_not_delay_another_clients(recorder):
+    """Past each host's share, one client's share bounds it: an API key whose callbacks name
+    as many hanging hosts as there are threads would otherwise hold them all."""
+    hanger = _Hanger(wanted=2, ports=4)  # four hosts (ports) of client a, none answering
+    got, ended = threading.Event(), {}
+
+    def done(key, delivered, token):
+        ended[key] = delivered
+        if key == "b":
+            got.set()
+
+    url = f"http://127.0.0.1:{recorder.server_port}/cb"
+    dispatcher = callbacks.Dispatcher(attempts=2, backoff_s=0, allow=(*hanger.urls, url), done=done,
+                                      workers=4, per_host=2, per_client=2)
+    dispatcher.start()
+    try:
+        for i, there in enumerate(hanger.urls):
+            assert dispatcher.submit(f"a{i}", there, {"id": f"a{i}"}, client="a")
+        assert hanger.reached.wait(60), "no callback reached the hanging receivers"
+        assert dispatcher.submit("b", url, {"id": "b"}, client="b")
+        assert got.wait(60), "client b's callback was not delivered"
+        assert ended == {"b": True} and dispatcher.pending() == 4
+        assert hanger.most == 2 and hanger.hangups == 0  # a's first tries are still under way
+    finally:
+        dispatcher.stop()
+        hanger.close()
+
+
+def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, recorder):
+    """A try gives up on a slow lookup at its deadline, but the lookup runs on (the OS resolver
+    cannot be stopped): were the try's share released then, a client naming one slow host after
+    another would start a lookup every few seconds, each holding a resolver thread for as long
+    as the name server liked. The share is released when the lookup ends."""
+    answer, lookups, real_dns = threading.Event(), [], socket.getaddrinfo
+
+    def slow_dns(host, port, *args, **kwargs):
+        if host.endswith(".slow.test"):
+            lookups.append(host)
+            answer.wait()
+            host = "127.0.0.1"
+        return real_dns(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", slow_dns)
+    good = f"http://127.0.0.1:{recorder.server_port}/cb"
+    slow = [f"http://h{i}.slow.test:{recorder.server_port}/cb" for i in range(4)]
+    ended, events = {}, {key: threading.Event() for key in ("a0", "a1", "a2", "a3", "b")}
+
+    def done(key, delivered, token):
+        ended[key] = delivered
+        events[key].set()
+
+    dispatcher = callbacks.Dispatcher(attempts=1, backoff_s=0, allow=(*slow, good), done=done,
+                                      timeout_s=0.5, workers=4, per_client=2)
+    dispatcher.start()
+    try:
+        for i, url in enumerate(slow):
+            dispatcher.submit(f"a{i}", url, {"id": f"a{i}"}, client="a")
+        assert events["a0"].wait(60) and events["a1"].wait(60)  # their tries gave up on the lookups
+        dispatcher.submit("b", good, {"id": "b"}, client="b")
+        assert events["b"].wait(60)
+        assert ended == {"a0": False, "a1": False, "b": True}
+        assert sorted(lookups) == ["h0.slow.test", "h1.slow.test"]  # a2, a3 wait for a's share
+        answer.set()  # the name server answers: a's share is free again
+        assert events["a2"].wait(60) and events["a3"].wait(60)
+        assert ended["a2"] and ended["a3"]
+    finally:
+        answer.set()
+        dispatcher.stop()

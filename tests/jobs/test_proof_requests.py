@@ -59,7 +59,7 @@ def test_a_second_client_gets_its_own_handle_receipt_and_callback(world):
     # the job ends: each request's callback is due, with what that client may see
     jobs.store.claim("w", 30)
     assert jobs.store.finish(a["id"], "proven", '{"bundle": 1}')
-    due = {v.id: v for v in jobs.store.callbacks_due()}
+    due = {v.id: v for v, _ in jobs.store.callbacks_due()}
     assert set(due) == {a["id"], b["id"]}
     assert due[b["id"]].receipt_id == b["receipt_id"] and due[b["id"]].callback_url.endswith("bob")
     assert due[b["id"]].public()["bundle_url"] == f"/v1/proofs/{b['id']}/bundle"

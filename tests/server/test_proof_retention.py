@@ -86,7 +86,7 @@ def test_a_job_asked_for_again_lives_from_then(tmp_path):
 def test_a_job_whose_callback_is_due_is_kept_until_it_is_sent(tmp_path):
     store = JobStore(tmp_path / "r.sqlite3")
     job_id = _job(store, 1, callback="https://hooks.example.org/p")
-    assert [j.id for j in store.callbacks_due()] == [job_id]
+    assert [j.id for j, _ in store.callbacks_due()] == [job_id]
     assert store.prune(keep=0) == 0
     store.set_callback_state(job_id, "delivered")
     assert store.prune(keep=0) == 1 and store.callbacks_due() == []
