@@ -440,24 +440,29 @@ def test_callback_waits_between_tries_are_capped():
     assert waits.asked[-1] == callbacks.MAX_BACKOFF_S  # before the cap: 0.5 * 2**18 s
 
 
-def test_a_slow_lookup_of_a_callback_host_is_a_failed_try_at_the_deadline(monkeypatch, recorder):
-    """The host's lookup (getaddrinfo, the OS resolver's, with no timeout a caller sets) ran
-    before the try's deadline began: a name server that never answered held the callback
-    thread for as long as it liked. Now the lookup shares the deadline with the connection,
-    and past it the try has failed; the next try of that host waits on the same lookup."""
-    answer = threading.Event()
-    real_dns = socket.getaddrinfo
-    lookups: list[str] = []
+def _slow_dns(monkeypatch) -> tuple[threading.Event, list[str]]:
+    """The OS resolver, for names ending in .slow.test waiting on a name server that answers
+    (127.0.0.1) once the event is set; the names it was asked for."""
+    answer, lookups, real_dns = threading.Event(), [], socket.getaddrinfo
 
-    def slow_dns(host, port, *args, **kwargs):  # the OS resolver, waiting on a silent name server
-        if host == "slow.test":
+    def slow_dns(host, port, *args, **kwargs):
+        if host.endswith(".slow.test"):
             lookups.append(host)
             answer.wait()
             host = "127.0.0.1"
         return real_dns(host, port, *args, **kwargs)
 
     monkeypatch.setattr(callbacks.socket, "getaddrinfo", slow_dns)
-    url = f"http://slow.test:{recorder.server_port}/cb"
+    return answer, lookups
+
+
+def test_a_slow_lookup_of_a_callback_host_is_a_failed_try_at_the_deadline(monkeypatch, recorder):
+    """The host's lookup (getaddrinfo, the OS resolver's, with no timeout a caller sets) ran
+    before the try's deadline began: a name server that never answered held the callback
+    thread for as long as it liked. Now the lookup shares the deadline with the connection,
+    and past it the try has failed; the next try of that host waits on the same lookup."""
+    answer, lookups = _slow_dns(monkeypatch)
+    url = f"http://h.slow.test:{recorder.server_port}/cb"
     result: list = []
     caller = threading.Thread(target=lambda: result.append(
         deliver(url, {"id": "j"}, attempts=2, backoff_s=0, allow=(url,), timeout_s=0.5)))
@@ -467,7 +472,7 @@ def test_a_slow_lookup_of_a_callback_host_is_a_failed_try_at_the_deadline(monkey
     answer.set()
     caller.join()
     assert not stuck, "the callback was still waiting for the lookup after 30 s"
-    assert result == [False] and lookups == ["slow.test"]  # two tries, one lookup
+    assert result == [False] and lookups == ["h.slow.test"]  # two tries, one lookup
     assert _Recorder.seen == []
     # the name resolves again: the next delivery goes through
     assert deliver(url, {"id": "k"}, attempts=1, backoff_s=0, allow=(url,), timeout_s=5)
@@ -596,16 +601,7 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
     cannot be stopped): were the try's share released then, a client naming one slow host after
     another would start a lookup every few seconds, each holding a resolver thread for as long
     as the name server liked. The share is released when the lookup ends."""
-    answer, lookups, real_dns = threading.Event(), [], socket.getaddrinfo
-
-    def slow_dns(host, port, *args, **kwargs):
-        if host.endswith(".slow.test"):
-            lookups.append(host)
-            answer.wait()
-            host = "127.0.0.1"
-        return real_dns(host, port, *args, **kwargs)
-
-    monkeypatch.setattr(callbacks.socket, "getaddrinfo", slow_dns)
+    answer, lookups = _slow_dns(monkeypatch)
     good = f"http://127.0.0.1:{recorder.server_port}/cb"
     slow = [f"http://h{i}.slow.test:{recorder.server_port}/cb" for i in range(4)]
     ended, events = {}, {key: threading.Event() for key in ("a0", "a1", "a2", "a3", "b")}
