@@ -489,7 +489,8 @@ class ProofJobs:
             self._next_prune = now_m + s.proof_prune_interval_s
             self._prune()
         for job, client in self.store.callbacks_due():  # one already pending is not taken twice
-            self._callbacks.submit(job.id, job.callback_url, job.public(), client=client)
+            self._callbacks.submit(job.id, job.callback_url, job.public(), client=client,
+                                   token=job.finished)
 
     def _prune(self) -> None:
         """The retention settings applied (by the supervising process, as it ticks)."""
@@ -502,8 +503,8 @@ class ProofJobs:
         except Exception:  # a failed prune must not stop the supervisor's other work
             log.exception("proof job retention")
 
-    def _callback_done(self, request_id: str, delivered: bool, token: object) -> None:
-        self.store.set_callback_state(request_id, "delivered" if delivered else "failed")
+    def _callback_done(self, request_id: str, delivered: bool, finished: object) -> None:
+        self.store.set_callback_state(request_id, "delivered" if delivered else "failed", finished)
 
 
 def body_model(receipt: dict) -> str:

@@ -534,9 +534,13 @@ class JobStore:
                 "AND j.status IN ('done', 'failed')").fetchall()
         return [(_job(r[:-1]), r[-1]) for r in rows]
 
-    def set_callback_state(self, request_id: str, state: str) -> None:
-        self._tx(lambda db: db.execute("UPDATE proof_requests SET callback_state = ? WHERE id = ?",
-                                       (state, request_id)))
+    def set_callback_state(self, request_id: str, state: str, finished: float | None) -> None:
+        """The callback of the job's end at ``finished`` sent (or given up on). Not if the job
+        was queued again since (its callback is due again, for the next end)."""
+        self._tx(lambda db: db.execute(
+            "UPDATE proof_requests SET callback_state = ? WHERE id = ? AND callback_state = 'pending' "
+            "AND (SELECT finished FROM proof_jobs WHERE proof_jobs.id = proof_requests.job_id) IS ?",
+            (state, request_id, finished)))
 
     # --- worker side ----------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -627,3 +627,59 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
     finally:
         answer.set()
         dispatcher.stop()
+
+
+def test_a_job_queued_again_while_its_callback_is_sent_tells_its_next_end_too(home):
+    """A client that submits a failed job again has its callback due again; but the delivery
+    of the failure, still under way (a slow receiver, a retry), then set the request's state
+    to delivered, so the end of the new attempt was never sent. Now the state is set only
+    for the end that was sent."""
+    from server.proofs.jobs import ProofJobs
+    from server.settings import ServerSettings
+
+    gate, first, got = threading.Event(), threading.Event(), []
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            first.set()
+            gate.wait()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_port}/cb"
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=1,
+                              callback_allow=(url,))
+    jobs = ProofJobs(settings, service=None, receipts=None)
+    job, _ = _submit(jobs.store, "1" * 64, callback_url=url)
+    jobs.store.claim("w", 30)
+    jobs.store.fail_now(job.id, "boom", worker="w")
+    jobs.start()
+    try:
+        assert first.wait(60), "the failure's callback was not sent"
+        again, how = _submit(jobs.store, "1" * 64, callback_url=url)  # while it is being sent
+        assert how == "requeued" and again.id == job.id
+        gate.set()
+        for _ in range(600):  # a bound for the test, not a measurement
+            if not jobs._callbacks.pending():
+                break
+            time.sleep(0.1)
+        assert jobs._callbacks.pending() == 0
+        assert jobs.store.request(job.id).callback_state == "pending"  # the next end is still to tell
+        jobs.store.claim("w", 30)
+        assert jobs.store.finish(job.id, "proven", "{}", worker="w")
+        for _ in range(600):
+            if jobs.store.request(job.id).callback_state != "pending":
+                break
+            time.sleep(0.1)
+        assert jobs.store.request(job.id).callback_state == "delivered"
+        assert [(n["id"], n["status"]) for n in got] == [(job.id, "failed"), (job.id, "done")]
+    finally:
+        gate.set()
+        jobs.stop()
+        receiver.shutdown()

@@ -88,7 +88,7 @@ def test_a_job_whose_callback_is_due_is_kept_until_it_is_sent(tmp_path):
     job_id = _job(store, 1, callback="https://hooks.example.org/p")
     assert [j.id for j, _ in store.callbacks_due()] == [job_id]
     assert store.prune(keep=0) == 0
-    store.set_callback_state(job_id, "delivered")
+    store.set_callback_state(job_id, "delivered", store.get(job_id).finished)
     assert store.prune(keep=0) == 1 and store.callbacks_due() == []
     store.close()
 
