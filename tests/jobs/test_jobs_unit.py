@@ -629,6 +629,25 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
         dispatcher.stop()
 
 
+def _receiver(answer) -> tuple[ThreadingHTTPServer, str, list[dict]]:
+    """A callback receiver on 127.0.0.1: (server, URL, the callbacks it got); ``answer(note)``
+    gives the status of each answer (and may wait)."""
+    got: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(answer(got[-1]))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}/cb", got
+
+
 def test_a_job_queued_again_while_its_callback_is_sent_tells_its_next_end_too(home):
     """A client that submits a failed job again has its callback due again; but the delivery
     of the failure, still under way (a slow receiver, a retry), then set the request's state
@@ -637,22 +656,14 @@ def test_a_job_queued_again_while_its_callback_is_sent_tells_its_next_end_too(ho
     from server.proofs.jobs import ProofJobs
     from server.settings import ServerSettings
 
-    gate, first, got = threading.Event(), threading.Event(), []
+    gate, first = threading.Event(), threading.Event()
 
-    class Slow(BaseHTTPRequestHandler):
-        def do_POST(self):
-            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            first.set()
-            gate.wait()
-            self.send_response(204)
-            self.end_headers()
+    def slow(note: dict) -> int:
+        first.set()
+        gate.wait()
+        return 204
 
-        def log_message(self, *args):
-            pass
-
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{receiver.server_port}/cb"
+    receiver, url, got = _receiver(slow)
     settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=1,
                               callback_allow=(url,))
     jobs = ProofJobs(settings, service=None, receipts=None)
@@ -681,5 +692,43 @@ def test_a_job_queued_again_while_its_callback_is_sent_tells_its_next_end_too(ho
         assert [(n["id"], n["status"]) for n in got] == [(job.id, "failed"), (job.id, "done")]
     finally:
         gate.set()
+        jobs.stop()
+        receiver.shutdown()
+
+
+def test_a_callback_waiting_for_its_next_try_when_the_server_stops_is_sent_by_the_next(home):
+    """docs/server.md: pending callbacks are sent again after a restart. A stop while a callback
+    waits out its backoff leaves it pending in the store (not failed, not lost)."""
+    from server.proofs.jobs import ProofJobs
+    from server.settings import ServerSettings
+
+    answers = [503]
+    receiver, url, got = _receiver(lambda note: answers.pop() if answers else 204)
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=5,
+                              callback_backoff_s=3600, callback_allow=(url,))
+    jobs = ProofJobs(settings, service=None, receipts=None)
+    job, _ = _submit(jobs.store, "1" * 64, callback_url=url)
+    jobs.store.claim("w", 30)
+    assert jobs.store.finish(job.id, "proven", "{}", worker="w")
+    jobs.start()
+    try:
+        for _ in range(600):  # a bound for the test, not a measurement
+            if got:
+                break
+            time.sleep(0.1)
+        assert len(got) == 1  # the first try failed (503); the next is an hour away
+    finally:
+        jobs.stop()
+    jobs = ProofJobs(settings, service=None, receipts=None)
+    try:
+        assert jobs.store.request(job.id).callback_state == "pending"
+        jobs.start()
+        for _ in range(600):
+            if jobs.store.request(job.id).callback_state != "pending":
+                break
+            time.sleep(0.1)
+        assert jobs.store.request(job.id).callback_state == "delivered"
+        assert [n["id"] for n in got] == [job.id, job.id]
+    finally:
         jobs.stop()
         receiver.shutdown()
