@@ -415,7 +415,7 @@ class _Delivery:
         self.tries = 0
         try:
             parts = _parse(url)
-            self.host: tuple[str, int] = ((parts.hostname or "").rstrip("."), _port(parts))
+            self.host: tuple[str, int] = (parts.hostname or "", _port(parts))  # as looked up
         except CallbackRefused:
             self.host = (url, 0)  # refused at its first try
 

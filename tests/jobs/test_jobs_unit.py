@@ -441,12 +441,12 @@ def test_callback_waits_between_tries_are_capped():
 
 
 def _slow_dns(monkeypatch) -> tuple[threading.Event, list[str]]:
-    """The OS resolver, for names ending in .slow.test waiting on a name server that answers
+    """The OS resolver, for names in .slow.test waiting on a name server that answers
     (127.0.0.1) once the event is set; the names it was asked for."""
     answer, lookups, real_dns = threading.Event(), [], socket.getaddrinfo
 
     def slow_dns(host, port, *args, **kwargs):
-        if host.endswith(".slow.test"):
+        if host.rstrip(".").endswith(".slow.test"):
             lookups.append(host)
             answer.wait()
             host = "127.0.0.1"
@@ -603,7 +603,8 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
     as the name server liked. The share is released when the lookup ends."""
     answer, lookups = _slow_dns(monkeypatch)
     good = f"http://127.0.0.1:{recorder.server_port}/cb"
-    slow = [f"http://h{i}.slow.test:{recorder.server_port}/cb" for i in range(4)]
+    # named as written (a trailing dot too: the share is the looked-up name's)
+    slow = [f"http://h{i}.slow.test.:{recorder.server_port}/cb" for i in range(4)]
     ended, events = {}, {key: threading.Event() for key in ("a0", "a1", "a2", "a3", "b")}
 
     def done(key, delivered, token):
@@ -620,7 +621,7 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
         dispatcher.submit("b", good, {"id": "b"}, client="b")
         assert events["b"].wait(60)
         assert ended == {"a0": False, "a1": False, "b": True}
-        assert sorted(lookups) == ["h0.slow.test", "h1.slow.test"]  # a2, a3 wait for a's share
+        assert sorted(lookups) == ["h0.slow.test.", "h1.slow.test."]  # a2, a3 wait for a's share
         answer.set()  # the name server answers: a's share is free again
         assert events["a2"].wait(60) and events["a3"].wait(60)
         assert ended["a2"] and ended["a3"]
