@@ -537,7 +537,7 @@ def test_a_hanging_receiver_does_not_delay_other_receivers_callbacks(home, recor
 
     hanger = _Hanger(wanted=2)
     good = f"http://127.0.0.1:{recorder.server_port}/cb"
-    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=3,
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, callback_attempts=5,
                               callback_backoff_s=0, callback_allow=(hanger.url, good))
     jobs = ProofJobs(settings, service=None, receipts=None)
 
@@ -581,7 +581,7 @@ def test_one_clients_callbacks_to_many_hanging_hosts_do_not_delay_another_client
 
     url = f"http://127.0.0.1:{recorder.server_port}/cb"
     dispatcher = callbacks.Dispatcher(attempts=2, backoff_s=0, allow=(*hanger.urls, url), done=done,
-                                      workers=4, per_host=2, per_client=2)
+                                      timeout_s=30, workers=4, per_host=2, per_client=2)
     dispatcher.start()
     try:
         for i, there in enumerate(hanger.urls):
@@ -612,7 +612,7 @@ def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, rec
         events[key].set()
 
     dispatcher = callbacks.Dispatcher(attempts=1, backoff_s=0, allow=(*slow, good), done=done,
-                                      timeout_s=0.5, workers=4, per_client=2)
+                                      timeout_s=3, workers=4, per_client=2)
     dispatcher.start()
     try:
         for i, url in enumerate(slow):
