@@ -264,6 +264,8 @@ def resolve_checked(url: str, allow: tuple[str, ...] | list[str], timeout_s: flo
         else:
             infos = RESOLVER.lookup(parts.hostname, _port(parts), timeout_s)
     except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # the name server failed for now: a failed try, tried again
+            raise
         raise CallbackRefused(f"callback host {parts.hostname!r} does not resolve: {exc}") from None
     addresses = [info[4][0] for info in infos]
     if not allowed(url, allow):

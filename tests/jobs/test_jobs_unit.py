@@ -733,3 +733,29 @@ def test_a_callback_waiting_for_its_next_try_when_the_server_stops_is_sent_by_th
     finally:
         jobs.stop()
         receiver.shutdown()
+
+
+def test_a_name_server_failing_for_now_is_a_failed_try_and_a_name_that_does_not_exist_is_refused(
+        monkeypatch, recorder):
+    """Any lookup error refused the callback at once, never tried again: a name server out for
+    a moment (EAI_AGAIN, "temporary failure in name resolution") lost every callback due then.
+    It is now a failed try; a name that does not exist (EAI_NONAME) is still refused."""
+    real_dns, asked = socket.getaddrinfo, []
+
+    def flaky_dns(host, port, *args, **kwargs):
+        if host in ("flaky.test", "nowhere.test"):
+            asked.append(host)
+            if host == "nowhere.test":
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            if asked.count(host) == 1:
+                raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            host = "127.0.0.1"
+        return real_dns(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(callbacks.socket, "getaddrinfo", flaky_dns)
+    url = f"http://flaky.test:{recorder.server_port}/cb"
+    assert deliver(url, {"id": "j"}, attempts=2, backoff_s=0, allow=(url,))
+    assert asked == ["flaky.test", "flaky.test"] and len(_Recorder.seen) == 1
+    gone = f"http://nowhere.test:{recorder.server_port}/cb"
+    assert not deliver(gone, {"id": "k"}, attempts=3, backoff_s=0, allow=(gone,))
+    assert asked[2:] == ["nowhere.test"]  # refused, not tried again
