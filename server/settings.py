@@ -249,6 +249,11 @@ class ServerSettings(Settings):
         300, gt=0, description="Longest an infer request with parameters.proof='sync' waits "
         "for its proof; then it answers with the job still running."
     )
+    sync_proof_stop_wait_s: float = Field(
+        30, ge=0, description="Once the server is told to stop, longest a request still waiting "
+        "for its proof (parameters.proof='sync') waits; then it answers with its job as it stands "
+        "(the next start proves it), so a stop ends well within systemd's 90 s."
+    )
     proof_retention_s: float | None = Field(
         None, gt=0, description="Forget a finished proof job (done or failed) with its input and "
         "bundle once this long (seconds) has passed since it ended or a client last asked for it "

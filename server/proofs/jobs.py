@@ -79,7 +79,7 @@ class ProofJobs:
                                      allow=settings.callback_allow, sign=sign_callback,
                                      done=self._callback_done)
         self._waiters: set = set()  # (loop, asyncio.Event) of requests waiting for their proof
-        self._stopping = False  # the stop signal came: waiters answer with their job as it is
+        self._stop_at: float | None = None  # after the stop signal: when waiters stop waiting
         # serve --workers: every process's waiters (server.shared.ProcessCounts); else this one's
         self.waiter_counts = waiter_counts
         self._ended_mark = 0.0  # the newest finish time the waiters were told about
@@ -126,12 +126,13 @@ class ProofJobs:
     def signal_stop(self) -> None:
         """Called from the server's stop signal handler, before the graceful stop begins (see
         :meth:`server.proofs.ray_executor.RayExecutor.signal_stop`). Requests waiting for
-        their proofs (``proof: "sync"``) answer now with their job's id and status, as at their
-        timeout: the graceful stop waits for every request, and theirs could hold it for
-        ``sync_proof_timeout_s`` (300 s, past systemd's 90 s, whose SIGKILL then cut the
-        answers). The jobs stay queued; the next start proves them."""
-        self._stopping = True
-        self._notify_waiters()
+        their proofs (``proof: "sync"``) wait at most ``sync_proof_stop_wait_s`` more (a proof
+        running may still end and be handed over), then answer with their job as it stands, as
+        at their timeout: the graceful stop waits for every request, and theirs could hold it
+        for ``sync_proof_timeout_s`` (300 s, past systemd's 90 s, whose SIGKILL then cut the
+        answers). Their jobs stay; the next start proves them."""
+        self._stop_at = time.monotonic() + self.settings.sync_proof_stop_wait_s
+        self._notify_waiters()  # each takes the nearer deadline
         if self.ray is not None:
             self.ray.signal_stop()
 
@@ -321,8 +322,9 @@ class ProofJobs:
         self._waiters.add(waiter)
         try:
             end = time.monotonic() + timeout_s
-            while job.status not in ("done", "failed") and not self._stopping:
-                left = end - time.monotonic()
+            while job.status not in ("done", "failed"):
+                stop_at = self._stop_at
+                left = (end if stop_at is None else min(end, stop_at)) - time.monotonic()
                 if left <= 0:
                     break
                 try:

@@ -105,14 +105,16 @@ def test_sigterm_to_the_process_group_stops_cleanly_and_loses_nothing(new_home, 
 
 
 def test_a_stop_answers_the_requests_waiting_for_their_proofs_at_once(new_home, servers):
-    """A stop while an infer request waits for its proof (``proof: "sync"``): it is answered at
-    once, 200 with its receipt and its job's id and status, as at its timeout, and the server
-    exits; the job stays queued and the next start proves it. Before, the graceful stop waited
-    for that request up to ``sync_proof_timeout_s`` (here 600 s; systemd's SIGKILL comes at 90)."""
+    """A stop while an infer request waits for its proof (``proof: "sync"``) that nothing is
+    proving: it is answered after ``sync_proof_stop_wait_s``, 200 with its receipt and its job's
+    id and status, as at its timeout, and the server exits; the job stays queued and the next
+    start proves it. Before, the graceful stop waited for that request up to
+    ``sync_proof_timeout_s`` (here 600 s; systemd's SIGKILL comes at 90)."""
     import threading
 
     home = new_home()
-    s1 = servers(home, {"VERINFER_PROOF_WORKERS": "0", "VERINFER_SYNC_PROOF_TIMEOUT_S": "600"})
+    s1 = servers(home, {"VERINFER_PROOF_WORKERS": "0", "VERINFER_SYNC_PROOF_TIMEOUT_S": "600",
+                        "VERINFER_SYNC_PROOF_STOP_WAIT_S": "1"})
     body = {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(7)}],
             "parameters": {"proof": "sync"}}
     answer: list = []
@@ -144,7 +146,9 @@ def test_systemds_stop_signals_the_prover_workers_too_and_costs_no_attempt(new_h
     the waiting request gets it."""
     import threading
 
-    s1 = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_ATTEMPTS": "1"})
+    s1 = servers(new_home(), {"VERINFER_PROOF_WORKERS": "1", "VERINFER_PROOF_ATTEMPTS": "1",
+                              # the proof running ends during the stop, however loaded the machine
+                              "VERINFER_SYNC_PROOF_STOP_WAIT_S": "120"})
     answer = {}
 
     def sync() -> None:
