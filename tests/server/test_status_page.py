@@ -454,3 +454,146 @@ def test_in_browser_check_reads_a_receipts_wrapper_as_the_python_verifier_does(s
             python = False
         state, text = _verdict(page, receipt)
         assert (python, state) == (valid, "valid" if valid else "invalid"), (what, text)
+
+
+def _logged(log, mutate) -> str:
+    """A receipt (JSON text) for the test statement's JSON value as ``mutate`` changes it, in its
+    RFC 8785 form, logged under ``log``'s key: what a buggy or malicious server can log."""
+    import rfc8785
+
+    from tests.tlog_support import statement
+
+    st = statement()
+    value = json.loads(st.canonical_bytes())
+    mutate(value["predicate"], value)
+    return json.dumps(log.add(st, data=rfc8785.dumps(value)).model_dump(mode="json"))
+
+
+def _output(datatype: str, shape: list, data: list, digest_of=None):
+    """A mutation: the statement's output as these, its digest (and subject) from ``digest_of``'s
+    data as the Python verifier hashes it (None: the digest left as it was)."""
+    from verifier.tensors import list_digest
+
+    def mutate(p, value):
+        o = p["outputs"][0]
+        o.update(datatype=datatype, shape=shape, data=data)
+        if digest_of is not None:
+            o["digest"] = value["subject"][2]["digest"]["sha256"] = list_digest(digest_of, tuple(shape), datatype)
+    return mutate
+
+
+def _set(where, **fields):
+    return lambda p, value: (value if where == "statement" else p[where] if where else p).update(fields)
+
+
+def _statement_variants(log) -> dict[str, tuple[str, str | None, bool]]:
+    """Statements (and one index) the page read otherwise than the Python verifier before: the
+    receipt's text, when the log's key was revoked (None: it is not), what verify_receipt_v2
+    finds (True: valid)."""
+    honest = _logged(log, lambda p, value: None)
+    index = json.loads(honest)["index"]
+    return {
+        "a negative label": (_logged(log, _set(None, label=-1)), None, False),
+        "a string label": (_logged(log, _set(None, label="1")), None, False),
+        "a list label holding true": (_logged(log, _set(None, label=[1, True])), None, False),
+        "a boolean scale": (_logged(log, _set("input", scale=True)), None, False),
+        "a scale past 1000": (_logged(log, _set("input", scale=1001)), None, False),
+        'time "yesterday"': (_logged(log, _set(None, time="yesterday")), None, False),
+        "an extra predicate field": (_logged(log, _set(None, note="hi")), None, False),
+        "an extra statement field": (_logged(log, _set("statement", note="hi")), None, False),
+        "another _type": (_logged(log, _set("statement", _type="https://example.com/x")), None, False),
+        "no device": (_logged(log, lambda p, value: p.pop("device")), None, False),
+        "a number as clientRequestId": (_logged(log, _set(None, clientRequestId=5)), None, False),
+        "an upper-case model digest": (_logged(log, lambda p, value: (
+            p["model"].update(sha256="AB" * 32), value["subject"][0]["digest"].update(sha256="AB" * 32))), None, False),
+        "an eip712 reference with no domain": (_logged(log, _set(None, eip712={"signer": "0x" + "11" * 20})), None, False),
+        "a shape [true, 3] (hashed as [1, 3] here)": (_logged(log, _output("FP32", [True, 3], [0.5, 1.0, 2.0],
+                                                                          [0.5, 1.0, 2.0])), None, False),
+        "subjects out of order": (_logged(log, lambda p, value: value["subject"].reverse()), None, False),
+        "a subject digest with a second entry": (_logged(log, lambda p, value: value["subject"][2]["digest"].update(
+            sha512="ab" * 32)), None, False),
+        "an FP16 output (no digest recomputed here)": (_logged(log, _output("FP16", [1, 3], [0.5, 1.0, 2.0])), None, False),
+        "index 8.0, not 8": (honest.replace(f'"index": {index},', f'"index": {index}.0,'), None, False),
+        # the Python verifier takes these
+        "no predicateType (v2 by default)": (_logged(log, lambda p, value: value.pop("predicateType")), None, True),
+        "an INT64 output of doubles (numpy truncates)": (_logged(log, _output("INT64", [1, 3], [1.5, -2.5, 3],
+                                                                             [1.5, -2.5, 3])), None, True),
+        "an output as nested lists (numpy reads them)": (_logged(log, _output("FP32", [1, 3], [[0.5, 1.0, 2.0]],
+                                                                             [[0.5, 1.0, 2.0]])), None, True),
+        "logged 400 µs before the key's revocation (the same millisecond)": (
+            _logged(log, _set(None, time="2026-11-30T20:00:00.0001Z")), "2026-11-30T20:00:00.0005Z", True),
+    }
+
+
+def test_in_browser_check_reads_a_statement_as_the_python_verifier_does(start_server, browser, tmp_path):
+    """A statement the log's key signed (the page's user does not trust the server) is read by
+    the page as verify_receipt_v2 reads it: its schema (types, ranges, formats, required and extra
+    fields), subjects in order, every output digest recomputed, the revocation time to the
+    microsecond, the receipt's index a JSON integer. Before, each variant had another verdict
+    on the page than in Python."""
+    from tests.tlog_support import MemLog
+    from verifier.receipts import Receipt, verify_receipt
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+    from verifier.tlog import note_verifier_key
+
+    server = start_server(tmp_path / "home")
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    log = MemLog()
+    vkey = note_verifier_key(log.origin, log.key.public_key())
+    doc = {"origin": log.origin, "note_keys": [vkey], "revoked": {}}
+    page.route("**/.well-known/verinfer-log.json", lambda route: route.fulfill(status=200, json=doc))
+    page.goto(server.base + "/")
+    for what, (text, revoked_at, valid) in _statement_variants(log).items():
+        jwks = {"keys": [{**log.jwks["keys"][0], **({"revoked_at": revoked_at} if revoked_at else {})}]}
+        doc["revoked"] = {vkey: revoked_at} if revoked_at else {}
+        _agree(page, what, text, valid, lambda r, jwks=jwks: verify_receipt_v2(ReceiptV2.parse(r), jwks))
+    # a v1 receipt's signed statement is held to the same rules (verifier/receipts.py's Statement)
+    page.route("**/.well-known/jwks.json", lambda route: route.fulfill(status=200, json=log.jwks))
+    for what, (receipt, valid) in _v1_variants(log.key).items():
+        _agree(page, what, receipt, valid, lambda r: verify_receipt(Receipt.parse(r), log.jwks))
+    assert errors == []
+
+
+def _agree(page, what: str, receipt, valid: bool, python_check) -> None:
+    """The page's verdict on ``receipt`` is the Python verifier's (``python_check`` returns or
+    raises), and that is ``valid``."""
+    from verifier.errors import VerinferError
+
+    try:
+        python_check(receipt)
+        python = True
+    except VerinferError:
+        python = False
+    state, message = _verdict(page, receipt)
+    assert (python, state) == (valid, "valid" if valid else "invalid"), (what, message)
+
+
+def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
+    """v1 receipts (DSSE, signed with ``key``) of the test statement as v1, changed as named."""
+    from tests.tlog_support import statement
+    from verifier.keys import ed25519_jwk
+    from verifier.receipts import PAYLOAD_TYPE, pae
+
+    st = statement()
+    kid = ed25519_jwk(key.public_key())["kid"]
+
+    def signed(mutate) -> dict:
+        value = json.loads(st.canonical_bytes())
+        value["predicateType"] = "https://verinfer.dev/receipt/v1"
+        value["predicate"].pop("eip712", None)
+        value["predicate"]["keyId"] = kid
+        mutate(value["predicate"])
+        payload = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        sig = base64.b64encode(key.sign(pae(PAYLOAD_TYPE, payload))).decode()
+        return {"format": "verinfer.receipt/v1", "id": st.predicate.requestId,
+                "envelope": {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
+                             "signatures": [{"keyid": kid, "sig": sig}]}}
+
+    return {
+        "a negative label": (signed(lambda p: p.update(label=-1)), False),
+        "a boolean scale": (signed(lambda p: p["input"].update(scale=True)), False),
+        "a number as device": (signed(lambda p: p.update(device=5)), False),
+        "an FP16 output": (signed(lambda p: p["outputs"][0].update(datatype="FP16")), False),
+    }

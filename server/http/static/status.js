@@ -143,11 +143,52 @@ async function walkInclusion(index, size, leaf, proof) {
 }
 
 const WIDTH = { BOOL: 1, UINT8: 1, INT8: 1, UINT16: 2, INT16: 2, UINT32: 4, INT32: 4, FP32: 4, UINT64: 8, INT64: 8, FP64: 8 };
+// the range of each integer datatype: a double past it has no one cast (numpy's is the C one, UB)
+const INT_RANGE = {
+  UINT8: [0, 2 ** 8], INT8: [-(2 ** 7), 2 ** 7], UINT16: [0, 2 ** 16], INT16: [-(2 ** 15), 2 ** 15],
+  UINT32: [0, 2 ** 32], INT32: [-(2 ** 31), 2 ** 31], UINT64: [0, 2 ** 64], INT64: [-(2 ** 63), 2 ** 63],
+};
+
+// numpy.asarray(data)'s elements, row-major, and its shape; null where numpy refuses (ragged)
+function ndarray(v) {
+  if (!Array.isArray(v)) return { shape: [], flat: [v] };
+  const parts = v.map(ndarray);
+  if (parts.some((p) => p === null || p.shape.join() !== parts[0].shape.join())) return null;
+  return { shape: [v.length, ...(parts.length ? parts[0].shape : [])], flat: parts.flatMap((p) => p.flat) };
+}
+
+// An output's elements (`o` has passed checkSchema) as verifier/tensors.py's list_digest
+// converts them to its datatype (struct.pack, else numpy's cast of np.asarray(data)): nested
+// lists as numpy reads them, true as 1, an integer datatype wrapping integers and truncating
+// doubles; null where the Python verifier refuses the data (a datatype it has no digest for:
+// FP16, BYTES, ...). A JSON number is a Python int when integral and under 2^53 (canonical_value
+// makes the others doubles).
+function castElements(o) {
+  const arr = ndarray(o.data);
+  if (!WIDTH[o.datatype] || !arr || arr.flat.length !== o.shape.reduce((a, b) => a * b, 1)) return null;
+  const kinds = new Set(arr.flat.map((x) => (typeof x === "boolean" ? "bool"
+    : typeof x !== "number" ? "other" : Number.isSafeInteger(x) ? "int" : "float")));
+  if (kinds.has("other")) throw new Invalid(`output ${o.name}: data holds an element that is not a number or a boolean (not checked here: use verinfer verify)`);
+  const range = INT_RANGE[o.datatype];
+  // numpy's path (not struct's) allows 64 dimensions at most
+  const viaNumpy = o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool")
+    || (range && (kinds.has("float") || !arr.flat.length || arr.flat.some((x) => x < range[0] || x >= range[1])));
+  if (viaNumpy && o.shape.length > 64) return null;
+  if (o.datatype === "BOOL") return arr.flat.map((x) => (Number(x) !== 0 ? 1 : 0));
+  if (!range) return arr.flat.map(Number);
+  if (!kinds.has("float")) return arr.flat.map(Number);  // (DataView wraps as numpy does)
+  return arr.flat.map((x) => {
+    const t = Math.trunc(Number(x));
+    if (t < range[0] || t >= range[1]) {
+      throw new Invalid(`output ${o.name}: ${x} has no one cast to ${o.datatype} (the Python verifier's is numpy's, the platform's)`);
+    }
+    return t;
+  });
+}
 
 // docs/formats.md "Tensor digest": SHA-256 of the domain, datatype, shape and little-endian data.
 async function tensorDigest(datatype, shape, data) {
   const w = WIDTH[datatype];
-  if (!w) return null;
   const head = new DataView(new ArrayBuffer(4 + 8 * shape.length));
   head.setUint32(0, shape.length, true);
   shape.forEach((d, i) => head.setBigUint64(4 + 8 * i, BigInt(d), true));
@@ -157,53 +198,197 @@ async function tensorDigest(datatype, shape, data) {
     switch (datatype) {
       case "FP32": body.setFloat32(at, x, true); break;
       case "FP64": body.setFloat64(at, x, true); break;
-      case "INT64": body.setBigInt64(at, BigInt(x), true); break;
+      case "INT64": body.setBigInt64(at, BigInt(x), true); break;  // (modulo 2^64, as numpy's wrap)
       case "UINT64": body.setBigUint64(at, BigInt(x), true); break;
       case "INT32": body.setInt32(at, x, true); break;
       case "UINT32": body.setUint32(at, x, true); break;
       case "INT16": body.setInt16(at, x, true); break;
       case "UINT16": body.setUint16(at, x, true); break;
       case "INT8": body.setInt8(at, x); break;
-      default: body.setUint8(at, x ? 1 : 0);  // BOOL, UINT8
+      default: body.setUint8(at, x);  // BOOL (0 or 1), UINT8
     }
   });
   return hex(await sha256(enc.encode("verinfer.tensor.v1\0" + datatype + "\0"),
     new Uint8Array(head.buffer), new Uint8Array(body.buffer)));
 }
 
+// ---------------------------------------------------------------- the statement's rules
+// A logged (or signed) statement as verifier/receipts_v2.py's StatementV2 and verifier/receipts.py's
+// Statement (pydantic: strict types where they are strict, extra fields forbidden) take it: the
+// one place that lists them. The log's key can sign anything (a buggy or a malicious server, whom
+// the page's user does not trust): a statement the Python verifier refuses must not be VALID here.
+const fail = (at, why) => { throw new Invalid(`${at}: ${why}`); };
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+
+const str = (v, at) => { if (typeof v !== "string") fail(at, "not a string"); };
+const pattern = (re, what) => (v, at) => { str(v, at); if (!re.test(v)) fail(at, `not ${what}`); };
+// a strict int (not true, not 3.0): past 2^53 a number is a double to the Python verifier too
+const int = (lo, hi) => (v, at) => {
+  if (!Number.isSafeInteger(v) || v < lo || v > hi) fail(at, `not an integer from ${lo} to ${hi}`);
+};
+const literal = (x) => (v, at) => { if (v !== x) fail(at, `not ${JSON.stringify(x)}`); };
+const nullable = (rule) => (v, at) => { if (v !== null) rule(v, at); };
+const anything = () => {};
+const list = (rule) => (v, at) => {
+  if (!Array.isArray(v)) fail(at, "not a list");
+  v.forEach((x, i) => rule(x, `${at}.${i}`));
+};
+const either = (a, b) => (v, at) => { try { a(v, at); } catch { b(v, at); } };
+const dictOf = (rule) => (v, at) => {
+  if (!isObject(v)) fail(at, "not an object");
+  for (const [k, x] of Object.entries(v)) rule(x, `${at}.${k}`);
+};
+// a field that may be absent (pydantic's default); `alsoAs`: its Python name, taken instead
+const optional = (rule, alsoAs) => ({ rule, optional: true, alsoAs });
+// an object with these fields and no other (a field spelt both ways is one too many)
+const object = (fields) => (v, at) => {
+  if (!isObject(v)) fail(at, "not an object");
+  const seen = new Set();
+  for (const [name, spec] of Object.entries(fields)) {
+    const { rule, optional: mayLack, alsoAs } = typeof spec === "function" ? { rule: spec } : spec;
+    const key = [name, alsoAs].find((k) => k !== undefined && Object.hasOwn(v, k));
+    if (key === undefined) {
+      if (!mayLack) fail(`${at}.${name}`, "missing");
+      continue;
+    }
+    seen.add(key);
+    rule(v[key], `${at}.${key}`);
+  }
+  const extra = Object.keys(v).find((k) => !seen.has(k));
+  if (extra !== undefined) fail(`${at}.${extra}`, "not a field of a verinfer statement");
+};
+
+const COUNT = int(0, Number.MAX_SAFE_INTEGER);  // verifier/base.py's Count
+const MAX_SCALE = 1000;  // verifier/manifest.py
+const HEX32 = pattern(/^0x[0-9a-f]{64}$/, "0x and 64 lower-case hex digits");
+const SHA256 = pattern(/^[0-9a-f]{64}$/, "64 lower-case hex digits");
+const ADDRESS = pattern(/^0x[0-9a-fA-F]{40}$/, "an address (0x and 40 hex digits)");
+// verifier/base.py's Rfc3339; \d there is any Unicode decimal digit, as \p{Nd} here
+const RFC3339 = pattern(/^\p{Nd}{4}-\p{Nd}{2}-\p{Nd}{2}T\p{Nd}{2}:\p{Nd}{2}:\p{Nd}{2}(\.\p{Nd}{1,9})?(Z|[+-]\p{Nd}{2}:\p{Nd}{2})$/u,
+  "an RFC 3339 time");
+const TENSOR = { name: str, datatype: str, shape: list(COUNT), digest: SHA256 };
+
+const statementRules = (version) => object({
+  _type: optional(literal("https://in-toto.io/Statement/v1"), "type_"),
+  subject: list(object({ name: str, digest: dictOf(SHA256) })),
+  predicateType: optional(literal(`https://verinfer.dev/receipt/${version}`)),
+  predicate: object({
+    requestId: HEX32,
+    clientRequestId: optional(nullable(str)),
+    model: object({ name: str, version: str, sha256: SHA256 }),
+    input: object({ ...TENSOR, scale: int(-MAX_SCALE, MAX_SCALE), commitment: HEX32 }),
+    outputs: list(object({ ...TENSOR, data: list(anything) })),
+    label: either(COUNT, list(COUNT)),
+    time: RFC3339,
+    device: str,
+    ...(version === "v1" ? { keyId: str } : {
+      eip712: optional(nullable(object({
+        signer: ADDRESS,
+        domain: object({ name: optional(str), version: optional(str), chainId: COUNT, verifyingContract: ADDRESS }),
+      }))),
+    }),
+  }),
+});
+const STATEMENT_RULES = { v1: statementRules("v1"), v2: statementRules("v2") };
+
+function checkSchema(statement, version) {
+  try {
+    STATEMENT_RULES[version](statement, "statement");
+  } catch (e) {
+    throw new Invalid(`the ${version === "v2" ? "logged" : "signed"} statement is not a verinfer ${version} statement: ${e.message}`);
+  }
+}
+
+// The statement's checks after its signature (verifier/receipts_v2.py's verify_receipt_v2, v1's
+// verify_receipt): its rules above, the receipt id, the subjects (the predicate's digests, in
+// order: model, input, outputs) and each output's digest recomputed from its data.
+// (`statement` has passed checkSchema.)
 async function checkStatement(receipt, statement, version, steps) {
-  const p = statement.predicate || {};
-  if (statement.predicateType !== `https://verinfer.dev/receipt/${version}`) throw new Invalid(`the statement is not a ${version} receipt statement`);
+  const p = statement.predicate;
   if (p.requestId !== receipt.id) throw new Invalid("the receipt id is not the signed request id");
   steps.push(`receipt id = the statement's requestId (${receipt.id.slice(0, 18)}…)`);
-  const want = new Map([[`model/${p.model?.name}`, p.model?.sha256], [`input/${p.input?.name}`, p.input?.digest]]);
-  for (const o of p.outputs || []) want.set(`output/${o.name}`, o.digest);
-  const subjects = statement.subject || [];
-  if (subjects.length !== want.size || subjects.some((s) => want.get(s.name) !== s.digest?.sha256)) {
+  const want = [[`model/${p.model.name}`, p.model.sha256], [`input/${p.input.name}`, p.input.digest],
+    ...p.outputs.map((o) => [`output/${o.name}`, o.digest])];
+  const subjects = statement.subject;
+  if (subjects.length !== want.length || subjects.some((s, i) => s.name !== want[i][0]
+      || Object.keys(s.digest).length !== 1 || s.digest.sha256 !== want[i][1])) {
     throw new Invalid("the statement's subjects are not its model, input and output digests");
   }
-  let recomputed = 0;
-  for (const o of p.outputs || []) {
-    const n = (o.shape || []).reduce((a, b) => a * b, 1);
-    if (!Array.isArray(o.data) || o.data.length !== n) throw new Invalid(`output ${o.name}: data does not fit its shape`);
-    const d = await tensorDigest(o.datatype, o.shape, o.data);
-    if (d === null) continue;
-    if (d !== o.digest) throw new Invalid(`output ${o.name}: its data does not hash to its digest`);
-    recomputed++;
+  for (const o of p.outputs) {
+    const data = castElements(o);
+    if (data === null) throw new Invalid(`output ${o.name}: data does not fit its shape/datatype`);
+    if (await tensorDigest(o.datatype, o.shape, data) !== o.digest) {
+      throw new Invalid(`output ${o.name}: its data does not hash to its digest`);
+    }
   }
-  steps.push(`subjects match the model, input and ${p.outputs?.length || 0} output digest(s); ${recomputed} output digest(s) recomputed from the data`);
-  steps.push(`model ${p.model?.name} v${p.model?.version} (sha256 ${String(p.model?.sha256).slice(0, 16)}…), answered ${p.time}, label ${JSON.stringify(p.label)}`);
+  steps.push(`subjects match the model, input and output digests; ${p.outputs.length} output digest(s) recomputed from the data`);
+  steps.push(`model ${p.model.name} v${p.model.version} (sha256 ${p.model.sha256.slice(0, 16)}…), answered ${p.time}, label ${JSON.stringify(p.label)}`);
+}
+
+// When an RFC 3339 time is, in microseconds since 1970 (a BigInt), as Python's
+// datetime.fromisoformat reads it (verifier/keys.py: no offset is UTC); null where it is no
+// time (a month 13, an hour 24, digits not ASCII), which the Python verifier takes as revoked
+const ISO_TIME = /^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?(?:Z|([+-])([0-9]{2}):([0-9]{2})(?::([0-9]{2}))?)?$/;
+
+function instant(text) {
+  const m = ISO_TIME.exec(String(text));
+  if (!m) return null;
+  const [y, mo, d, h, mi, s] = m.slice(1, 7).map(Number);
+  const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1];
+  if (y < 1 || !days || d < 1 || d > days || h > 23 || mi > 59 || s > 59) return null;
+  const off = m[8] ? (m[8] === "-" ? -1 : 1) * (Number(m[9]) * 3600 + Number(m[10]) * 60 + Number(m[11] || 0)) : 0;
+  if (Math.abs(off) >= 86400) return null;
+  const date = new Date(0);
+  date.setUTCFullYear(y, mo - 1, d);  // (Date.UTC reads years 0-99 as 1900-1999)
+  return (BigInt(date.getTime() / 1000) + BigInt(h * 3600 + mi * 60 + s - off)) * 1000000n
+    + BigInt((m[7] || "").padEnd(6, "0").slice(0, 6));
+}
+
+// A key revoked at `at` vouches for nothing signed at or after it (verifier/keys.py's
+// check_jwk_not_revoked, to the microsecond): unless both times read, it vouches for nothing
+function checkNotRevoked(time, at, what) {
+  const t = instant(time), r = instant(at);
+  if (t === null || r === null || t >= r) throw new Invalid(`${what} at ${time}, when its key was revoked (${at})`);
 }
 
 const FORMATS = ["verinfer.receipt/v2", "verinfer.receipt/v1"];
 
+// The source text of member `key` of a JSON object's text (the last, as JSON.parse keeps)
+function memberText(text, key) {
+  let depth = 0, name = null, start = -1, found;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"') {
+      const from = i;
+      for (i++; text[i] !== '"'; i++) if (text[i] === "\\") i++;
+      if (depth === 1 && start < 0) name = JSON.parse(text.slice(from, i + 1));
+    } else if (c === ":" && depth === 1) {
+      start = i + 1;
+    } else if ((c === "," || c === "}") && depth === 1) {
+      if (name === key) found = text.slice(start, i).trim();
+      start = -1;
+    }
+    if (c === "{" || c === "[") depth++;
+    else if (c === "}" || c === "]") depth--;
+  }
+  return found;
+}
+
 function receiptFromText(text) {
   let obj;
   try { obj = JSON.parse(text); } catch { throw new Invalid("not JSON"); }
-  if (obj && typeof obj.parameters?.receipt === "string") obj = JSON.parse(obj.parameters.receipt);  // a whole answer
+  if (obj && typeof obj.parameters?.receipt === "string") {  // a whole answer
+    text = obj.parameters.receipt;
+    obj = JSON.parse(text);
+  }
   if (!obj || typeof obj !== "object") throw new Invalid("not a receipt object");
   if (!FORMATS.includes(obj.format)) throw new Invalid(`format ${JSON.stringify(obj.format)}: not a verinfer receipt`);
   if (typeof obj.id !== "string" || !/^0x[0-9a-f]{64}$/.test(obj.id)) throw new Invalid("the receipt id is malformed");
+  // JSON.parse reads 8.0 as 8; the Python verifier's index is a strict int
+  if (obj.format === "verinfer.receipt/v2" && Object.hasOwn(obj, "index") && !/^-?(0|[1-9][0-9]*)$/.test(memberText(text, "index"))) {
+    throw new Invalid("the receipt's index is not a JSON integer");
+  }
   return obj;
 }
 
@@ -241,11 +426,9 @@ async function verifyReceiptV2(receipt, noteKeys, steps, revoked = {}) {
   if (!equal(enc.encode(jcs(statement)), data)) {
     throw new Invalid("the logged statement is not canonical JSON (RFC 8785)");
   }
+  checkSchema(statement, "v2");
   for (const k of cp.signers) {
-    const at = revoked[k.vkey];
-    if (at && !(Date.parse(statement.predicate?.time) < Date.parse(at))) {
-      throw new Invalid(`logged at ${statement.predicate?.time}, when the checkpoint's key was revoked (${at})`);
-    }
+    if (Object.hasOwn(revoked, k.vkey)) checkNotRevoked(statement.predicate.time, revoked[k.vkey], "logged");
   }
   await checkStatement(receipt, statement, "v2", steps);
   return statement;
@@ -275,12 +458,11 @@ async function verifyReceiptV1(receipt, jwks, steps) {
   steps.push(`DSSE envelope signed (Ed25519) by ${[...signers.keys()].join(", ")}`);
   let statement;
   try { statement = JSON.parse(dec.decode(payload)); } catch { throw new Invalid("the signed payload is not JSON"); }
-  const p = statement.predicate || {};
+  checkSchema(statement, "v1");
+  const p = statement.predicate;
   const jwk = signers.get(p.keyId);
   if (!jwk) throw new Invalid("the statement's keyId is not the key that signed it");
-  if (jwk.revoked_at && !(Date.parse(p.time) < Date.parse(jwk.revoked_at))) {
-    throw new Invalid(`signed at ${p.time}, when its key was revoked (${jwk.revoked_at})`);
-  }
+  if ("revoked_at" in jwk) checkNotRevoked(p.time, jwk.revoked_at, "signed");
   await checkStatement(receipt, statement, "v1", steps);
   return statement;
 }
