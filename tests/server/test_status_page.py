@@ -520,6 +520,9 @@ def _statement_variants(log) -> dict[str, tuple[str, str | None, bool]]:
                                                                              [1.5, -2.5, 3])), None, True),
         "an output as nested lists (numpy reads them)": (_logged(log, _output("FP32", [1, 3], [[0.5, 1.0, 2.0]],
                                                                              [[0.5, 1.0, 2.0]])), None, True),
+        "an FP32 output holding null (numpy's NaN)": (_logged(log, _output("FP32", [1, 3], [None, 1.0, 2.0],
+                                                                           [None, 1.0, 2.0])), None, True),
+        "a BOOL output of shape [] (numpy hashes it as [1])": (_logged(log, _output("BOOL", [], [5], [5])), None, True),
         "logged 400 µs before the key's revocation (the same millisecond)": (
             _logged(log, _set(None, time="2026-11-30T20:00:00.0001Z")), "2026-11-30T20:00:00.0005Z", True),
     }

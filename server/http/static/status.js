@@ -157,33 +157,36 @@ function ndarray(v) {
   return { shape: [v.length, ...(parts.length ? parts[0].shape : [])], flat: parts.flatMap((p) => p.flat) };
 }
 
-// An output's elements (`o` has passed checkSchema) as verifier/tensors.py's list_digest
-// converts them to its datatype (struct.pack, else numpy's cast of np.asarray(data)): nested
-// lists as numpy reads them, true as 1, an integer datatype wrapping integers and truncating
-// doubles; null where the Python verifier refuses the data (a datatype it has no digest for:
-// FP16, BYTES, ...). A JSON number is a Python int when integral and under 2^53 (canonical_value
-// makes the others doubles).
+// An output's elements and shape (`o` has passed checkSchema) as verifier/tensors.py's
+// list_digest hashes them (struct.pack, else numpy's cast of np.asarray(data)): nested lists as
+// numpy reads them, true as 1, null as NaN (false in BOOL), an integer datatype wrapping integers
+// and truncating doubles; null where the Python verifier refuses the data (a datatype it has no
+// digest for: FP16, BYTES, ...). A JSON number is a Python int when integral and under 2^53
+// (canonical_value makes the others doubles).
 function castElements(o) {
   const arr = ndarray(o.data);
   if (!WIDTH[o.datatype] || !arr || arr.flat.length !== o.shape.reduce((a, b) => a * b, 1)) return null;
-  const kinds = new Set(arr.flat.map((x) => (typeof x === "boolean" ? "bool"
+  const kinds = new Set(arr.flat.map((x) => (typeof x === "boolean" ? "bool" : x === null ? "null"
     : typeof x !== "number" ? "other" : Number.isSafeInteger(x) ? "int" : "float")));
-  if (kinds.has("other")) throw new Invalid(`output ${o.name}: data holds an element that is not a number or a boolean (not checked here: use verinfer verify)`);
+  if (kinds.has("other")) throw new Invalid(`output ${o.name}: data holds an element that is not a number, a boolean or null (not checked here: use verinfer verify)`);
   const range = INT_RANGE[o.datatype];
-  // numpy's path (not struct's) allows 64 dimensions at most
-  const viaNumpy = o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool")
+  if (range && kinds.has("null")) return null;  // int(None)
+  const viaNumpy = o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool") || kinds.has("null")
     || (range && (kinds.has("float") || !arr.flat.length || arr.flat.some((x) => x < range[0] || x >= range[1])));
+  // numpy's path (not struct's) allows 64 dimensions at most, and hashes a shape [] as [1]
+  // (np.ascontiguousarray's array has one dimension at least)
   if (viaNumpy && o.shape.length > 64) return null;
-  if (o.datatype === "BOOL") return arr.flat.map((x) => (Number(x) !== 0 ? 1 : 0));
-  if (!range) return arr.flat.map(Number);
-  if (!kinds.has("float")) return arr.flat.map(Number);  // (DataView wraps as numpy does)
-  return arr.flat.map((x) => {
+  const shape = viaNumpy && !o.shape.length ? [1] : o.shape;
+  const asNumber = (x) => (x === null ? NaN : Number(x));
+  if (o.datatype === "BOOL") return { shape, data: arr.flat.map((x) => (x ? 1 : 0)) };
+  if (!range || !kinds.has("float")) return { shape, data: arr.flat.map(asNumber) };  // (DataView wraps as numpy does)
+  return { shape, data: arr.flat.map((x) => {
     const t = Math.trunc(Number(x));
     if (t < range[0] || t >= range[1]) {
       throw new Invalid(`output ${o.name}: ${x} has no one cast to ${o.datatype} (the Python verifier's is numpy's, the platform's)`);
     }
     return t;
-  });
+  }) };
 }
 
 // docs/formats.md "Tensor digest": SHA-256 of the domain, datatype, shape and little-endian data.
@@ -315,9 +318,9 @@ async function checkStatement(receipt, statement, version, steps) {
     throw new Invalid("the statement's subjects are not its model, input and output digests");
   }
   for (const o of p.outputs) {
-    const data = castElements(o);
-    if (data === null) throw new Invalid(`output ${o.name}: data does not fit its shape/datatype`);
-    if (await tensorDigest(o.datatype, o.shape, data) !== o.digest) {
+    const cast = castElements(o);
+    if (cast === null) throw new Invalid(`output ${o.name}: data does not fit its shape/datatype`);
+    if (await tensorDigest(o.datatype, cast.shape, cast.data) !== o.digest) {
       throw new Invalid(`output ${o.name}: its data does not hash to its digest`);
     }
   }
