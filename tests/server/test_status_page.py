@@ -469,16 +469,24 @@ def _logged(log, mutate) -> str:
     return json.dumps(log.add(st, data=rfc8785.dumps(value)).model_dump(mode="json"))
 
 
-def _output(datatype: str, shape: list, data: list, digest_of=None):
+def _output(datatype: str, shape: list, data: list, digest_of=None, as_v1: bool = False):
     """A mutation: the statement's output as these, its digest (and subject) from ``digest_of``'s
-    data as the Python verifier hashes it (None: the digest left as it was)."""
-    from verifier.tensors import list_digest
+    data (``as_v1``: ``data``) as the Python verifier hashes it, v2's or v1's way (None: the
+    digest left as it was)."""
+    import numpy as np
+
+    from verifier.tensors import list_digest, tensor_digest
 
     def mutate(p, value):
         o = p["outputs"][0]
         o.update(datatype=datatype, shape=shape, data=data)
-        if digest_of is not None:
-            o["digest"] = value["subject"][2]["digest"]["sha256"] = list_digest(digest_of, tuple(shape), datatype)
+        if as_v1:
+            digest = tensor_digest(np.asarray(data).reshape(shape), datatype)
+        elif digest_of is not None:
+            digest = list_digest(digest_of, tuple(shape), datatype)
+        else:
+            return
+        o["digest"] = value["subject"][2]["digest"]["sha256"] = digest
     return mutate
 
 
@@ -587,7 +595,7 @@ def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
         value["predicateType"] = "https://verinfer.dev/receipt/v1"
         value["predicate"].pop("eip712", None)
         value["predicate"]["keyId"] = kid
-        mutate(value["predicate"])
+        mutate(value["predicate"], value)
         payload = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
         sig = base64.b64encode(key.sign(pae(PAYLOAD_TYPE, payload))).decode()
         return {"format": "verinfer.receipt/v1", "id": st.predicate.requestId,
@@ -595,8 +603,10 @@ def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
                              "signatures": [{"keyid": kid, "sig": sig}]}}
 
     return {
-        "a negative label": (signed(lambda p: p.update(label=-1)), False),
-        "a boolean scale": (signed(lambda p: p["input"].update(scale=True)), False),
-        "a number as device": (signed(lambda p: p.update(device=5)), False),
-        "an FP16 output": (signed(lambda p: p["outputs"][0].update(datatype="FP16")), False),
+        "a negative label": (signed(_set(None, label=-1)), False),
+        "a boolean scale": (signed(_set("input", scale=True)), False),
+        "a number as device": (signed(_set(None, device=5)), False),
+        "an FP16 output": (signed(_output("FP16", [1, 3], [0.5, 1.0, 2.0])), False),
+        # valid: v1's outputs are hashed through numpy, whose contiguous array of shape [] has shape [1]
+        "an FP32 output of shape []": (signed(_output("FP32", [], [0.5], as_v1=True)), True),
     }

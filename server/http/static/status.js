@@ -162,8 +162,9 @@ function ndarray(v) {
 // numpy reads them, true as 1, null as NaN (false in BOOL), an integer datatype wrapping integers
 // and truncating doubles; null where the Python verifier refuses the data (a datatype it has no
 // digest for: FP16, BYTES, ...). A JSON number is a Python int when integral and under 2^53
-// (canonical_value makes the others doubles).
-function castElements(o) {
+// (canonical_value makes the others doubles). `numpyOnly`: a v1 statement's outputs, which
+// verifier/receipts.py hashes through numpy alone.
+function castElements(o, numpyOnly) {
   const arr = ndarray(o.data);
   if (!WIDTH[o.datatype] || !arr || arr.flat.length !== o.shape.reduce((a, b) => a * b, 1)) return null;
   const kinds = new Set(arr.flat.map((x) => (typeof x === "boolean" ? "bool" : x === null ? "null"
@@ -171,7 +172,7 @@ function castElements(o) {
   if (kinds.has("other")) throw new Invalid(`output ${o.name}: data holds an element that is not a number, a boolean or null (not checked here: use verinfer verify)`);
   const range = INT_RANGE[o.datatype];
   if (range && kinds.has("null")) return null;  // int(None)
-  const viaNumpy = o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool") || kinds.has("null")
+  const viaNumpy = numpyOnly || o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool") || kinds.has("null")
     || (range && (kinds.has("float") || !arr.flat.length || arr.flat.some((x) => x < range[0] || x >= range[1])));
   // numpy's path (not struct's) allows 64 dimensions at most, and hashes a shape [] as [1]
   // (np.ascontiguousarray's array has one dimension at least)
@@ -318,7 +319,7 @@ async function checkStatement(receipt, statement, version, steps) {
     throw new Invalid("the statement's subjects are not its model, input and output digests");
   }
   for (const o of p.outputs) {
-    const cast = castElements(o);
+    const cast = castElements(o, version === "v1");
     if (cast === null) throw new Invalid(`output ${o.name}: data does not fit its shape/datatype`);
     if (await tensorDigest(o.datatype, cast.shape, cast.data) !== o.digest) {
       throw new Invalid(`output ${o.name}: its data does not hash to its digest`);
