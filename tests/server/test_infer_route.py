@@ -158,7 +158,7 @@ def test_each_error_kind_answers_the_same_on_both_paths():
                                     isinstance(exc, VerinferError) else str(exc)}
         assert ("retry-after", "3") in headers if isinstance(exc, (QueueFull, RateLimited, Overloaded)) else \
             all(k != "retry-after" for k, _ in headers)
-    assert seen == {404, 401, 403, 413, 409, 429, 400, 503, 500}
+    assert seen == {404, 410, 401, 403, 413, 409, 429, 400, 503, 500}
 
 
 def test_client_gone_is_ours_and_gets_no_answer():
