@@ -1,5 +1,7 @@
 """Canonical tensor digest and input commitment: pinned test vectors (docs/formats.md)."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -150,10 +152,18 @@ def test_list_digest_is_the_numpy_digest_of_the_list():
     """verifier.tensors.list_digest (an audit's output digests, packed with struct) hashes the
     bytes tensor_digest(np.asarray(data).reshape(shape)) hashes, for every datatype and the
     values where struct and numpy could part: large ints in float outputs, -0, subnormals,
-    out-of-range values, bools, floats in int outputs."""
+    out-of-range values, bools, floats in int outputs; except a double outside an integer
+    datatype, which numpy casts as the CPU does (another digest on another machine): refused."""
     import numpy as np
 
     from verifier.tensors import DATATYPES, list_digest, tensor_digest
+
+    def undefined_cast(data, datatype):
+        a = np.asarray(data)
+        if a.dtype.kind != "f" or DATATYPES[datatype].kind not in "iu":
+            return False
+        info = np.iinfo(DATATYPES[datatype])
+        return not np.all((a > info.min - 1) & (a < info.max + 1))
 
     rng = np.random.default_rng(3)
     f32 = np.finfo(np.float32)
@@ -169,6 +179,10 @@ def test_list_digest_is_the_numpy_digest_of_the_list():
     for data in lists:
         for datatype in DATATYPES:
             for shape in ((len(data),), (1, len(data)), (len(data) + 1,)):
+                if undefined_cast(data, datatype) and len(data) == math.prod(shape):
+                    with pytest.raises(ValueError, match="out of its range"):
+                        list_digest(data, shape, datatype)
+                    continue
                 try:
                     want = tensor_digest(np.asarray(data).reshape(shape), datatype)
                 except Exception as exc:  # noqa: BLE001 - the list digest must refuse it too
@@ -176,3 +190,17 @@ def test_list_digest_is_the_numpy_digest_of_the_list():
                         list_digest(data, shape, datatype)
                     continue
                 assert list_digest(data, shape, datatype) == want, (data, shape, datatype)
+
+
+def test_a_tensor_of_shape_nothing_has_one_digest():
+    """A 0-dimensional tensor (shape []) is hashed with no dimensions, by list_digest's struct
+    path, its numpy path and tensor_digest alike; numpy's path hashed it as shape [1]
+    (np.ascontiguousarray's array has one dimension at least), so one output had two digests."""
+    import numpy as np
+
+    from verifier.tensors import canonical_tensor_bytes, list_digest, tensor_digest
+
+    struct_path = list_digest([1.0], (), "FP32")
+    assert list_digest([True], (), "FP32") == struct_path  # (a bool: numpy's path)
+    assert tensor_digest(np.float32(1.0)) == tensor_digest(np.asarray([1.0]).reshape(()), "FP32") == struct_path
+    assert canonical_tensor_bytes(np.float32(1.0))[len(b"verinfer.tensor.v1\x00FP32\x00"):][:4] == bytes(4)  # ndim 0

@@ -67,7 +67,9 @@ def _header(datatype: str, shape: tuple[int, ...]) -> bytes:
 
 def _canonical(array: np.ndarray, datatype: str | None) -> tuple[bytes, np.ndarray]:
     datatype = datatype or datatype_of(array)
-    arr = np.ascontiguousarray(array, dtype=numpy_dtype(datatype))
+    # (not np.ascontiguousarray, which makes a 0-dimensional tensor 1-dimensional: shape [] was
+    # hashed as [1] here and as [] by list_digest's struct path)
+    arr = np.asarray(array, dtype=numpy_dtype(datatype), order="C")
     return _header(datatype, arr.shape), arr
 
 
@@ -121,7 +123,18 @@ def list_digest(data: list, shape: tuple[int, ...], datatype: str) -> str:
                 pass
             else:
                 return hashlib.sha256(_header(datatype, tuple(shape)) + body).hexdigest()
-    return tensor_digest(np.asarray(data).reshape(shape), datatype)
+    array = np.asarray(data).reshape(shape)
+    if array.dtype.kind == "f" and datatype in _INT_RANGES:
+        # a double outside an integer type has no defined conversion (numpy leaves it to the
+        # CPU: another digest on another machine); one inside it is truncated toward zero
+        lo, hi = _INT_RANGES[datatype]
+        if not np.all((array > lo - 1) & (array < hi + 1)):
+            raise ValueError(f"a value of this {datatype} tensor is out of its range")
+    return tensor_digest(array, datatype)
+
+
+_INT_RANGES = {name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+               for name, dt in DATATYPES.items() if dt.kind in "iu"}
 
 
 def tensor_digests(array: np.ndarray, datatype: str, rows: list[int]) -> list[str]:

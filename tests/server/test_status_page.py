@@ -530,7 +530,7 @@ def _statement_variants(log) -> dict[str, tuple[str, str | None, bool]]:
                                                                              [[0.5, 1.0, 2.0]])), None, True),
         "an FP32 output holding null (numpy's NaN)": (_logged(log, _output("FP32", [1, 3], [None, 1.0, 2.0],
                                                                            [None, 1.0, 2.0])), None, True),
-        "a BOOL output of shape [] (numpy hashes it as [1])": (_logged(log, _output("BOOL", [], [5], [5])), None, True),
+        "a BOOL output of shape [] (hashed with shape [])": (_logged(log, _output("BOOL", [], [5], [5])), None, True),
         "logged 400 µs before the key's revocation (the same millisecond)": (
             _logged(log, _set(None, time="2026-11-30T20:00:00.0001Z")), "2026-11-30T20:00:00.0005Z", True),
     }
@@ -607,6 +607,6 @@ def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
         "a boolean scale": (signed(_set("input", scale=True)), False),
         "a number as device": (signed(_set(None, device=5)), False),
         "an FP16 output": (signed(_output("FP16", [1, 3], [0.5, 1.0, 2.0])), False),
-        # valid: v1's outputs are hashed through numpy, whose contiguous array of shape [] has shape [1]
+        # valid: v1's outputs are hashed through numpy, with shape [] as v2's are
         "an FP32 output of shape []": (signed(_output("FP32", [], [0.5], as_v1=True)), True),
     }

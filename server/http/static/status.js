@@ -174,10 +174,9 @@ function castElements(o, numpyOnly) {
   if (range && kinds.has("null")) return null;  // int(None)
   const viaNumpy = numpyOnly || o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool") || kinds.has("null")
     || (range && (kinds.has("float") || !arr.flat.length || arr.flat.some((x) => x < range[0] || x >= range[1])));
-  // numpy's path (not struct's) allows 64 dimensions at most, and hashes a shape [] as [1]
-  // (np.ascontiguousarray's array has one dimension at least)
+  // numpy's path (not struct's) allows 64 dimensions at most
   if (viaNumpy && o.shape.length > 64) return null;
-  const shape = viaNumpy && !o.shape.length ? [1] : o.shape;
+  const shape = o.shape;
   const asNumber = (x) => (x === null ? NaN : Number(x));
   if (o.datatype === "BOOL") return { shape, data: arr.flat.map((x) => (x ? 1 : 0)) };
   if (!range || !kinds.has("float")) return { shape, data: arr.flat.map(asNumber) };  // (DataView wraps as numpy does)
