@@ -204,3 +204,15 @@ def test_a_tensor_of_shape_nothing_has_one_digest():
     assert list_digest([True], (), "FP32") == struct_path  # (a bool: numpy's path)
     assert tensor_digest(np.float32(1.0)) == tensor_digest(np.asarray([1.0]).reshape(()), "FP32") == struct_path
     assert canonical_tensor_bytes(np.float32(1.0))[len(b"verinfer.tensor.v1\x00FP32\x00"):][:4] == bytes(4)  # ndim 0
+
+
+def test_a_tensor_element_that_is_no_number_is_refused():
+    """numpy reads "1.5" as 1.5, so a tensor whose JSON data spelt a number as a string hashed as
+    the number: a second spelling of one output that the Python verifier took and the status
+    page (and any typed verifier) refused. Numbers, booleans and nulls (NaN) only, now."""
+    from verifier.tensors import list_digest
+
+    assert list_digest([None, 1.0], (2,), "FP32")  # a null: NaN, as the server writes it
+    for data in (["1.5", 1.0], [{"a": 1}, 1.0], [1.0, "2"]):
+        with pytest.raises(ValueError, match="not a number"):
+            list_digest(data, (2,), "FP32")

@@ -31,7 +31,7 @@ from verifier.eip712 import EIP712Attestation, verify_eip712
 from verifier.errors import DigestMismatch, InputError, LinkBroken, SignatureInvalid
 from verifier.keys import check_not_revoked, find_key
 from verifier.manifest import MAX_SCALE
-from verifier.tensors import tensor_digest
+from verifier.tensors import json_array, tensor_digest
 
 RECEIPT_FORMAT = "verinfer.receipt/v1"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -201,8 +201,7 @@ def _check_subjects(st: Statement) -> None:
         raise DigestMismatch("statement subjects do not match the predicate's digests")
     for out in p.outputs:
         try:
-            arr = np.asarray(out.data).reshape(out.shape)
-            got = tensor_digest(arr, out.datatype)
+            got = tensor_digest(json_array(out.data, out.shape, out.datatype), out.datatype)
         except (ValueError, TypeError, InputError):
             raise DigestMismatch(f"output {out.name}: data does not fit its shape/datatype") from None
         if got != out.digest:

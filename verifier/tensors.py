@@ -123,16 +123,28 @@ def list_digest(data: list, shape: tuple[int, ...], datatype: str) -> str:
                 pass
             else:
                 return hashlib.sha256(_header(datatype, tuple(shape)) + body).hexdigest()
+    return tensor_digest(json_array(data, shape, datatype), datatype)
+
+
+def json_array(data: list, shape: tuple[int, ...], datatype: str) -> np.ndarray:
+    """A JSON tensor's data (numbers, booleans, nulls, as flat or nested lists) as the array
+    its digest is taken of, before the cast to ``datatype``; ``ValueError`` for an element that
+    is no number (numpy would read ``"1.5"`` as 1.5: a second spelling of one tensor) or a
+    double outside an integer datatype, whose cast numpy leaves to the CPU (another digest on
+    another machine; one inside it is truncated toward zero)."""
     array = np.asarray(data).reshape(shape)
-    if array.dtype.kind == "f" and datatype in _INT_RANGES:
-        # a double outside an integer type has no defined conversion (numpy leaves it to the
-        # CPU: another digest on another machine); one inside it is truncated toward zero
+    kind = array.dtype.kind
+    if kind not in "biuf" and (kind != "O" or not {*map(type, array.flat)} <= _JSON_NUMBER):
+        raise ValueError("an element of this tensor is not a number")
+    if datatype in _INT_RANGES and kind in "fO":
         lo, hi = _INT_RANGES[datatype]
-        if not np.all((array > lo - 1) & (array < hi + 1)):
+        floats = array if kind == "f" else np.asarray([v for v in array.flat if type(v) is float])
+        if not np.all((floats > lo - 1) & (floats < hi + 1)):
             raise ValueError(f"a value of this {datatype} tensor is out of its range")
-    return tensor_digest(array, datatype)
+    return array
 
 
+_JSON_NUMBER = frozenset((float, int, bool, type(None)))
 _INT_RANGES = {name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
                for name, dt in DATATYPES.items() if dt.kind in "iu"}
 

@@ -521,6 +521,8 @@ def _statement_variants(log) -> dict[str, tuple[str, str | None, bool]]:
         "a subject digest with a second entry": (_logged(log, lambda p, value: value["subject"][2]["digest"].update(
             sha512="ab" * 32)), None, False),
         "an FP16 output (no digest recomputed here)": (_logged(log, _output("FP16", [1, 3], [0.5, 1.0, 2.0])), None, False),
+        'an output holding "1.5" (numpy reads 1.5)': (_logged(log, _output("FP32", [1, 3], ["1.5", 1.0, 2.0],
+                                                                           [1.5, 1.0, 2.0])), None, False),
         "index 8.0, not 8": (honest.replace(f'"index": {index},', f'"index": {index}.0,'), None, False),
         # the Python verifier takes these
         "no predicateType (v2 by default)": (_logged(log, lambda p, value: value.pop("predicateType")), None, True),
