@@ -266,6 +266,13 @@ class ServerSettings(Settings):
     proof_prune_interval_s: float = Field(
         60.0, ge=0, description="How often the server applies the proof retention settings."
     )
+    prover_log_max_bytes: int = Field(
+        10 * 2**20, ge=1024, description="The prover workers' log (<home>/logs/prove-workers.log) "
+        "is renamed prove-workers.log.1 (and older ones shifted) before it would grow past this."
+    )
+    prover_log_backups: int = Field(
+        5, ge=1, description="Rotated prover worker logs kept (prove-workers.log.1 ... .N); older ones are removed."
+    )
     callback_allow: tuple[str, ...] = Field(
         (), description="URLs a proof job's callback_url may name whatever their host resolves to "
         "(scheme://host[:port][/path-prefix], e.g. http://127.0.0.1:9000/hooks/). Any other "

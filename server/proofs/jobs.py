@@ -28,6 +28,7 @@ from server.errors import Conflict, Gone, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, Dispatcher, check_callback_url
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
+from server.proofs.worker_log import WorkerLog
 from server.receipts.signer import REQUEST_ID
 from server.receipts.store import ReceiptStore
 from server.settings import ServerSettings
@@ -94,6 +95,7 @@ class ProofJobs:
         self._lock = threading.Lock()
         self._circuits: dict[str, tuple[str, Circuit]] = {}  # model -> (names-file text, circuit)
         self.log_path = settings.home / "logs" / "prove-workers.log"
+        self._worker_log: WorkerLog | None = None  # made by start(), in the supervising process
         self._retention = settings.proof_retention_s is not None or settings.proof_retention_max is not None
         self._next_prune = 0.0  # monotonic time of the next prune (retention settings)
 
@@ -115,7 +117,8 @@ class ProofJobs:
                                      self.settings.proof_attempts)
         if self.store.counts().get("queued"):
             self._wanted.set()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._worker_log = WorkerLog(self.log_path, self.settings.prover_log_max_bytes,
+                                     self.settings.prover_log_backups)
         self._callbacks.start()
         self._thread = threading.Thread(target=self._supervise, name="verinfer-proof-supervisor",
                                         daemon=True)
@@ -146,6 +149,9 @@ class ProofJobs:
         for job in self.store.running():  # stopped on purpose: not the job's fault
             if job.worker in ours:
                 self.store.release(job.id, job.worker)
+        worker_log, self._worker_log = self._worker_log, None
+        if worker_log is not None:
+            worker_log.close()  # the ended workers' last lines
         if self.ray is not None and self._supervising:
             self.ray.stop()
         self._callbacks.stop()
@@ -369,12 +375,15 @@ class ProofJobs:
         # the installed package, found as any import is (no repository path or working folder)
         env = {**os.environ, "VERINFER_HOME": str(s.home)}
         env.setdefault("OMP_NUM_THREADS", "1")  # onnxruntime for the float label: tiny models
-        with open(self.log_path, "ab") as logf:
+        out = self._worker_log.pipe()  # its output, to the log this process writes and rotates
+        try:
             # its own session: a signal to the server's process group (Ctrl-C) is the server's to
             # handle, which then ends its workers (systemd's SIGTERM, sent to every process of the
             # unit, reaches them anyway: they ignore it); they die with it anyway
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=logf, stderr=subprocess.STDOUT, env=env,
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
+        finally:
+            os.close(out)
         os.set_blocking(proc.stdin.fileno(), False)
         slot.proc, slot.worker_id, slot.started = proc, worker_id, time.monotonic()
         log.info("prover worker %s started (pid %d)", worker_id, proc.pid)
