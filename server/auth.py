@@ -230,14 +230,22 @@ class ApiKeyStore:
             self._minter = NonceMinter(self.db.execute("SELECT key FROM siwe_secret").fetchone()[0])
         return self._minter
 
-    def start_session(self, address: str, expires: float) -> str:
-        """A session token for a signed-in wallet, valid until ``expires`` (Unix time)."""
+    def start_session(self, address: str, expires: float, most: int) -> str:
+        """A session token for a signed-in wallet, valid until ``expires`` (Unix time). The
+        wallet keeps at most ``most`` live sessions: past it, its oldest end (their tokens get
+        401), so signing in in a loop cannot grow the store."""
         session_id = secrets.token_hex(8)
         token = f"vs_{session_id}_{secrets.token_urlsafe(32)}"
-        with transaction(self.db, self._lock):
+        address = address.lower()
+        with transaction(self.db, self._lock, "IMMEDIATE"):
             self.db.execute("DELETE FROM sessions WHERE expires < ?", (time.time(),))
             self.db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
-                            (session_id, _digest(token), address.lower(), expires))
+                            (session_id, _digest(token), address, expires))
+            # oldest by rowid: SQLite gives a new row one more than the largest there, so
+            # the live rows' rowids are in the order they were made
+            self.db.execute("DELETE FROM sessions WHERE address = ? AND rowid NOT IN (SELECT rowid "
+                            "FROM sessions WHERE address = ? ORDER BY rowid DESC LIMIT ?)",
+                            (address, address, most))
         return token
 
     def _session(self, token: str) -> ApiKey:

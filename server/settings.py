@@ -97,6 +97,10 @@ class ServerSettings(Settings):
     siwe_session_ttl_s: float = Field(
         3600, gt=0, description="Longest life of a sign-in session token (shorter when the message expires sooner)."
     )
+    siwe_max_sessions: int = Field(
+        16, ge=1, description="Most live sign-in sessions per wallet: signing in past it ends the "
+        "wallet's oldest session."
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="Server log lines: text, or one JSON object per line with the request id."
     )

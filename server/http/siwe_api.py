@@ -88,7 +88,7 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
         expires = time.time() + settings.siwe_session_ttl_s
         if msg.expiration_time is not None:
             expires = min(expires, msg.expiration_time.timestamp())
-        token = keys.start_session(address, expires)
+        token = keys.start_session(address, expires, settings.siwe_max_sessions)
         return _json({"token": token, "address": address, "tier": wallet.tier,
                       "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds")})
 

@@ -262,3 +262,30 @@ def test_one_nonce_raced_by_eight_connections_is_spent_once(world):
     for s in stores:
         s.close()
     assert outcomes.count("spent") == 1 and sum("already used" in o for o in outcomes) == 7, outcomes
+
+
+def test_a_wallet_signing_in_in_a_loop_keeps_its_newest_sessions_only(tmp_path):
+    """Past siwe_max_sessions live sessions, a sign-in ends the wallet's oldest ones: a wallet
+    signing in in a loop cannot grow the store, and another wallet's session is untouched."""
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0,
+                              siwe_domain=HOST, siwe_max_sessions=3)
+    alice, bob = Account.create(), Account.create()  # made by the test, never printed
+    store = ApiKeyStore(settings.apikeys_path)
+    for who in (alice, bob):
+        store.add_wallet(who.address, "big")
+    with TestClient(create_app(settings)) as client:
+        def sign_in(wallet) -> dict:
+            r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet))
+            assert r.status_code == 200, r.text
+            return {"Authorization": f"Bearer {r.json()['token']}"}
+
+        def infer(head: dict) -> int:
+            return client.post("/v2/models/iris_mlp/infer", json=IRIS, headers=head).status_code
+
+        bobs = sign_in(bob)
+        alices = [sign_in(alice) for _ in range(5)]
+        assert [infer(h) for h in alices] == [401, 401, 200, 200, 200]
+        assert infer(bobs) == 200
+        rows = dict(store.db.execute("SELECT address, COUNT(*) FROM sessions GROUP BY address").fetchall())
+        assert rows == {alice.address.lower(): 3, bob.address.lower(): 1}
+    store.close()
