@@ -210,6 +210,17 @@ class ApiKeyStore:
         expired, or it was used (a replayed sign-in). Only spent nonces are stored, until
         they expire; the check and the spending are one transaction."""
         now = time.time()
+        issued = self.check_nonce(nonce, ttl_s, now)
+        with transaction(self.db, self._lock, "IMMEDIATE"):
+            self.db.execute("DELETE FROM siwe_nonces WHERE created < ?", (now - ttl_s - NONCE_CLOCK_SKEW_S,))
+            if self.db.execute("SELECT 1 FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone():
+                raise Unauthenticated("SIWE nonce was already used: sign in again with a new nonce")
+            self.db.execute("INSERT INTO siwe_nonces VALUES (?, ?, ?)", (nonce, issued, now))
+
+    def check_nonce(self, nonce: str, ttl_s: float, now: float | None = None) -> int:
+        """The second ``nonce`` was minted at, or :class:`Unauthenticated` if this server did not
+        mint it or it expired (whether it was used is :meth:`spend_nonce`'s to say)."""
+        now = time.time() if now is None else now
         issued = self._nonces().issued(nonce)
         if issued is None:
             raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
@@ -217,11 +228,7 @@ class ApiKeyStore:
             raise Unauthenticated("SIWE nonce has expired: ask for a new one")
         if issued > now + NONCE_CLOCK_SKEW_S:
             raise Unauthenticated("SIWE nonce was not issued by this server (or has expired)")
-        with transaction(self.db, self._lock, "IMMEDIATE"):
-            self.db.execute("DELETE FROM siwe_nonces WHERE created < ?", (now - ttl_s - NONCE_CLOCK_SKEW_S,))
-            if self.db.execute("SELECT 1 FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone():
-                raise Unauthenticated("SIWE nonce was already used: sign in again with a new nonce")
-            self.db.execute("INSERT INTO siwe_nonces VALUES (?, ?, ?)", (nonce, issued, now))
+        return issued
 
     def _nonces(self) -> NonceMinter:
         if self._minter is None:

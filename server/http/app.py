@@ -270,14 +270,14 @@ def create_app(
 
     if infer_route:
         app.add_middleware(InferRoute, handler=infer_answer)
-    apikeys = None
+    apikeys = limiter = None
     if settings.auth_enabled:  # outermost: every request is checked before anything else
         apikeys = ApiKeyStore(settings.apikeys_path)
-        app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers,
-                           limiter=RateLimiter(shared.buckets() if shared is not None else None))
+        limiter = RateLimiter(shared.buckets() if shared is not None else None)
+        app.add_middleware(AuthGate, store=apikeys, tiers=settings.tiers, limiter=limiter)
     if settings.loopback_only:  # no keys: no other host's names, no other site's pages
         app.add_middleware(LoopbackOnly)
-    app.state.apikeys = apikeys
+    app.state.apikeys, app.state.limiter = apikeys, limiter  # (the sign-in route's rate too)
     from server.http.request_ids import RequestIds
 
     app.add_middleware(RequestIds, worker=worker)  # the id is set for everything below, the gate included

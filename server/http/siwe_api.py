@@ -84,6 +84,11 @@ def install(app: FastAPI, settings: ServerSettings) -> None:
             raise Forbidden("this wallet's access has been revoked")
         if wallet.tier not in settings.tiers:
             raise Forbidden("this wallet's tier is not configured on this server")
+        # a sign-in stores its spent nonce until the nonce would expire: at the wallet's rate,
+        # from a bucket of its own (signing in spends none of its requests' tokens); a nonce
+        # this server did not mint, or one expired, is refused first and costs no token
+        keys.check_nonce(msg.nonce, settings.siwe_nonce_ttl_s)
+        app.state.limiter.take(f"siwe:{address}", settings.tiers[wallet.tier])
         keys.spend_nonce(msg.nonce, settings.siwe_nonce_ttl_s)  # only now: a bad try does not burn it
         expires = time.time() + settings.siwe_session_ttl_s
         if msg.expiration_time is not None:

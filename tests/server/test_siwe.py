@@ -289,3 +289,21 @@ def test_a_wallet_signing_in_in_a_loop_keeps_its_newest_sessions_only(tmp_path):
         rows = dict(store.db.execute("SELECT address, COUNT(*) FROM sessions GROUP BY address").fetchall())
         assert rows == {alice.address.lower(): 3, bob.address.lower(): 1}
     store.close()
+
+
+def test_sign_ins_go_at_the_wallets_rate_from_a_bucket_of_their_own(world):
+    """Each sign-in stores its spent nonce until the nonce would expire: a wallet signs in at
+    its tier's rate (small: burst 2), then 429 with Retry-After; the refused try spends no
+    nonce, and the sign-ins took none of the requests' tokens."""
+    client, store, wallet = world
+    heads = []
+    for _ in range(2):
+        r = client.post("/v1/auth/siwe", json=sign_in_body(client, wallet))
+        assert r.status_code == 200, r.text
+        heads.append({"Authorization": f"Bearer {r.json()['token']}"})
+    body = sign_in_body(client, wallet)
+    r = client.post("/v1/auth/siwe", json=body)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0, r.text
+    nonce = parse_message(body["message"]).nonce
+    assert store.db.execute("SELECT 1 FROM siwe_nonces WHERE nonce = ?", (nonce,)).fetchone() is None
+    assert [client.post("/v2/models/iris_mlp/infer", json=IRIS, headers=h).status_code for h in heads] == [200, 200]
