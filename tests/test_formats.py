@@ -216,3 +216,21 @@ def test_a_tensor_element_that_is_no_number_is_refused():
     for data in (["1.5", 1.0], [{"a": 1}, 1.0], [1.0, "2"]):
         with pytest.raises(ValueError, match="not a number"):
             list_digest(data, (2,), "FP32")
+
+
+def test_an_integer_past_its_datatype_and_2_53_is_refused_not_a_traceback():
+    """An INT64 output holding 2**70 (a v1 statement's JSON int) made numpy's cast raise
+    OverflowError, which no verifier caught (`verinfer verify` ended in a traceback, not exit 1).
+    An integer no 64-bit type holds is refused as out of range now; one numpy holds still wraps
+    as its cast does."""
+    from verifier.tensors import json_array, list_digest
+
+    for data, datatype in (([2**70], "INT64"), ([2**70, 1.5], "INT64"), ([2**64], "UINT64"),
+                           ([-(2**63) - 1], "INT64"), ([2**64], "UINT8"), ([-(2**63) - 1, 2], "INT32")):
+        with pytest.raises(ValueError, match="out of its range"):
+            list_digest(data, (len(data),), datatype)
+        with pytest.raises(ValueError, match="out of its range"):
+            json_array(data, (len(data),), datatype)
+    assert list_digest([-1], (1,), "UINT8") == list_digest([255], (1,), "UINT8")  # numpy's wrap, kept
+    assert list_digest([2**63 - 1], (1,), "INT64") and list_digest([2**64 - 1], (1,), "UINT64")
+    assert list_digest([2**70], (1,), "FP64")

@@ -141,6 +141,12 @@ def json_array(data: list, shape: tuple[int, ...], datatype: str) -> np.ndarray:
         floats = array if kind == "f" else np.asarray([v for v in array.flat if type(v) is float])
         if not np.all((floats > lo - 1) & (floats < hi + 1)):
             raise ValueError(f"a value of this {datatype} tensor is out of its range")
+    if datatype in _INT_RANGES and kind == "O":
+        # an int that fits no 64-bit integer (numpy holds it as an object): numpy's cast raises
+        # OverflowError, which no caller takes for a tensor that does not fit its datatype
+        lo, hi = _INT_RANGES[datatype]
+        if any(not lo <= v <= hi for v in array.flat if type(v) is int):
+            raise ValueError(f"a value of this {datatype} tensor is out of its range")
     return array
 
 
