@@ -250,6 +250,8 @@ class JobStore:
                 elif callback_url and job.status != "done":  # a callback added while it waits
                     db.execute("UPDATE proof_requests SET callback_url = ?, callback_state = 'pending' "
                                "WHERE id = ? AND callback_url IS NULL", (callback_url, mine[0]))
+                elif job.status == "done":  # asked for again: retention counts its age from now
+                    db.execute("UPDATE proof_requests SET created = ? WHERE id = ?", (now, mine[0]))
                 return self._view(db, mine[0]), "cached" if job.status == "done" else "existing"
             if job is not None:  # failed before: queue it again, fresh attempts, linked to the
                 # receipt just signed (the first one may be gone: retention prunes receipts)

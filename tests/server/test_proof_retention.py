@@ -83,6 +83,22 @@ def test_a_job_asked_for_again_lives_from_then(tmp_path):
     store.close()
 
 
+def test_a_job_asked_for_again_by_its_own_client_lives_from_then(tmp_path):
+    """The same client asking again for a done job (a cache hit on its own request, which adds
+    no request row) counts as asking too: its handle was pruned at the next tick, so the bundle
+    URL it was just handed answered 410."""
+    store = JobStore(tmp_path / "r.sqlite3")
+    old, hit = _job(store, 1, client="alice"), _job(store, 2, client="alice")
+    _age(store, old, 1000.0)
+    _age(store, hit, 1000.0)
+    view, how = store.submit(model="m", package_id="p" * 64, model_sha256="a" * 64, input_digest=f"{2:064x}",
+                             input_json="{}", receipt_id=None, callback_url=None, max_active=100, client="alice")
+    assert how == "cached" and view.id == hit
+    assert store.prune(before=time.time() - 60) == 1 and store.get(old) is None
+    assert store.request(hit, "alice") is not None and store.bundle(hit) == json.dumps({"bundle": 2})
+    store.close()
+
+
 def test_a_job_whose_callback_is_due_is_kept_until_it_is_sent(tmp_path):
     store = JobStore(tmp_path / "r.sqlite3")
     job_id = _job(store, 1, callback="https://hooks.example.org/p")
