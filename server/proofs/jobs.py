@@ -97,7 +97,7 @@ class ProofJobs:
         self.log_path = settings.home / "logs" / "prove-workers.log"
         self._worker_log: WorkerLog | None = None  # made by start(), in the supervising process
         self._retention = settings.proof_retention_s is not None or settings.proof_retention_max is not None
-        self._next_prune = 0.0  # monotonic time of the next prune (retention settings)
+        self._pruner: threading.Thread | None = None  # applies them, in the supervising process
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -123,6 +123,10 @@ class ProofJobs:
         self._thread = threading.Thread(target=self._supervise, name="verinfer-proof-supervisor",
                                         daemon=True)
         self._thread.start()
+        if self._retention:  # a thread of its own: a first prune of a big store takes minutes, in
+            # which the supervisor would renew no lease, start no worker, wake no waiter
+            self._pruner = threading.Thread(target=self._retain, name="verinfer-proof-retention", daemon=True)
+            self._pruner.start()
         if self.ray is not None:
             self.ray.start()
 
@@ -141,8 +145,9 @@ class ProofJobs:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in (self._thread, self._pruner):
+            if thread is not None:
+                thread.join(timeout=10)  # (a prune ends after its batch under way)
         ours = {slot.worker_id for slot in self.slots if slot.proc is not None}
         for slot in self.slots:
             self._end_worker(slot)
@@ -496,19 +501,21 @@ class ProofJobs:
                                         s.proof_attempts, expect_worker=job.worker):
                 self._wake()
         self._check_waiters()
-        if self._retention and now_m >= self._next_prune:
-            self._next_prune = now_m + s.proof_prune_interval_s
-            self._prune()
         for job, client in self.store.callbacks_due():  # one already pending is not taken twice
             self._callbacks.submit(job.id, job.callback_url, job.public(), client=client,
                                    token=job.finished)
 
+    def _retain(self) -> None:
+        """The retention settings applied every ``proof_prune_interval_s``, until the stop."""
+        while not self._stop.is_set():
+            self._prune()
+            self._stop.wait(max(self.settings.proof_prune_interval_s, 0.2))
+
     def _prune(self) -> None:
-        """The retention settings applied (by the supervising process, as it ticks)."""
         s = self.settings
         try:
             gone = self.store.prune(time.time() - s.proof_retention_s if s.proof_retention_s else None,
-                                    s.proof_retention_max)
+                                    s.proof_retention_max, stop=self._stop.is_set)
             if gone:
                 log.info("pruned %d finished proof jobs (retention)", gone)
         except Exception:  # a failed prune must not stop the supervisor's other work

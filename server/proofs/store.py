@@ -22,6 +22,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -364,7 +365,8 @@ class JobStore:
                                    (request_id, client)).fetchone()
         return row is not None
 
-    def prune(self, before: float | None = None, keep: int | None = None, batch: int = PRUNE_BATCH) -> int:
+    def prune(self, before: float | None = None, keep: int | None = None, batch: int = PRUNE_BATCH,
+              stop: Callable[[], bool] | None = None) -> int:
         """Forget ended jobs (done or failed) last of use before ``before`` (Unix time: when the
         job ended, or a client last asked for it, whichever is later) and all but the newest
         ``keep`` of them, with their inputs, bundles and requests; how many jobs went. Never a
@@ -376,7 +378,8 @@ class JobStore:
         that its client is told the job was pruned (410), not that it never was; a tombstone goes
         when a later call's ``before`` is past the time it was made, or when it is not among the
         newest ``max(keep, PRUNED_KEPT)``. The figures of forgotten jobs are added to
-        ``proof_pruned_totals``, so the metrics' counters do not go back."""
+        ``proof_pruned_totals``, so the metrics' counters do not go back. ``stop()`` true after
+        a batch: the prune ends there (a server's stop)."""
         if before is None and keep is None:
             return 0
 
@@ -401,7 +404,7 @@ class JobStore:
         while True:
             n = self._tx(lambda db: self._forget(db, db.execute(select, (*args, batch)).fetchall()))
             total += n
-            if n < batch:
+            if n < batch or (stop is not None and stop()):
                 return total
 
     @staticmethod

@@ -231,3 +231,52 @@ def test_the_server_prunes_and_a_pruned_job_answers_410(tmp_path, start_server):
     for bad in ((), ("--keep", "-1")):
         out = verinfer(tmp_path, "proofs", "prune", *bad)
         assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_a_stop_ends_the_servers_prune_after_its_batch_under_way(home, caplog):
+    """The server's prune ran on the proof supervisor's thread to its end: a first prune of a
+    big store (minutes) held the supervisor (no lease renewed, no worker started, no waiter
+    woken), and a stop waited 10 s for it, then closed the store under it (tracebacks, and the
+    prune went on batch after batch meanwhile). It runs on a thread of its own now, and a stop
+    ends it after the batch under way."""
+    import logging
+    import threading
+
+    from server.proofs.jobs import ProofJobs
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=home, models=("iris_mlp",), proof_workers=0, proof_retention_max=0,
+                              proof_prune_interval_s=3600)
+    jobs = ProofJobs(settings, service=None, receipts=None)
+    for n in range(4):
+        _job(jobs.store, n)
+    prune, forget = jobs.store.prune, jobs.store._forget
+    second, go, batches = threading.Event(), threading.Event(), []
+
+    def one_batch(db, ids):
+        batches.append(ids)
+        if len(batches) == 2:  # the stop comes while the second batch is under way
+            second.set()
+            assert go.wait(60)
+        return forget(db, ids)
+
+    jobs.store.prune = lambda *a, **kw: prune(*a, **{**kw, "batch": 1})
+    jobs.store._forget = one_batch
+    caplog.set_level(logging.INFO, logger="verinfer.server")
+    jobs.start()
+    stopper = threading.Thread(target=jobs.stop)
+    try:
+        assert second.wait(60), "the server did not prune"
+        stopper.start()
+        for _ in range(600):  # a bound for the test, not a measurement
+            if jobs._stop.is_set():
+                break
+            time.sleep(0.05)
+    finally:
+        go.set()
+        stopper.join(60)
+    assert not stopper.is_alive()
+    store = JobStore(settings.receipts_path)
+    assert store.counts() == {"done": 2} and len(batches) == 2
+    store.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
