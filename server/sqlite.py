@@ -24,6 +24,8 @@ from pathlib import Path
 from server.errors import StoreError
 
 APPLICATION_ID = 0x76657269  # "veri"
+# SQLite's largest integer: a count past it (keep the newest 10**20) binds as OverflowError
+MAX_INTEGER = 2**63 - 1
 
 
 @dataclass(frozen=True)

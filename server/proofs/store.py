@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server.sqlite import Schema, connect, transaction
+from server.sqlite import MAX_INTEGER, Schema, connect, transaction
 
 # version 1: the table as it was before stores carried a version, now stamped
 SCHEMA_V1 = """
@@ -382,6 +382,7 @@ class JobStore:
         a batch: the prune ends there (a server's stop)."""
         if before is None and keep is None:
             return 0
+        keep = None if keep is None else min(keep, MAX_INTEGER)  # (more than any store holds)
 
         def tombstones(db: sqlite3.Connection) -> None:  # earlier calls' (this one's stay till the next)
             if before is not None:

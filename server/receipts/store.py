@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from server.sqlite import Schema, connect, transaction
+from server.sqlite import MAX_INTEGER, Schema, connect, transaction
 from verifier.errors import NotFound
 
 # version 1: the tables as they were before stores carried a version, now stamped
@@ -95,7 +95,8 @@ class ReceiptStore:
                 gone += db.execute("DELETE FROM receipts WHERE created < ?", (before,)).rowcount
             if keep is not None:
                 gone += db.execute("DELETE FROM receipts WHERE id IN (SELECT id FROM receipts "
-                                   "ORDER BY created DESC, id DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount
+                                   "ORDER BY created DESC, id DESC LIMIT -1 OFFSET ?)",
+                                   (min(keep, MAX_INTEGER),)).rowcount
             if gone:
                 db.execute("DELETE FROM receipt_inputs WHERE id NOT IN (SELECT id FROM receipts)")
         return gone

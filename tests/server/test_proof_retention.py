@@ -280,3 +280,21 @@ def test_a_stop_ends_the_servers_prune_after_its_batch_under_way(home, caplog):
     assert store.counts() == {"done": 2} and len(batches) == 2
     store.close()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_count_past_sqlites_integers_keeps_everything(tmp_path):
+    """`proofs prune --keep 99999999999999999999` (and `receipts prune`, and the settings
+    proof_retention_max / receipt_retention_max) ended in an OverflowError traceback: SQLite
+    binds no integer past 2^63 - 1. Keeping that many keeps every one."""
+    from server.receipts.store import ReceiptStore
+
+    store = JobStore(tmp_path / "receipts.sqlite3")
+    _job(store, 1)
+    assert store.prune(keep=10**20) == 0 and store.prune(before=time.time() + 10, keep=10**20) == 1
+    store.close()
+    receipts = ReceiptStore(tmp_path / "receipts.sqlite3")
+    assert receipts.prune(keep=10**20) == 0
+    receipts.close()
+    for what in ("proofs", "receipts"):
+        out = verinfer(tmp_path, what, "prune", "--keep", str(10**20))
+        assert out.returncode == 0 and out.stderr.startswith("OK: 0 "), out.stderr
