@@ -119,6 +119,8 @@ ACTIVE = ("queued", "running")
 PRUNED_KEPT = 100_000
 # Jobs one transaction of prune forgets (docs/server.md, "Retention": how long the store is held)
 PRUNE_BATCH = 500
+# Batches of jobs one read of prune finds (20,000 ids: ~2 MB)
+PRUNE_PASS = 40
 # When a job was last of use: it ended, or a client asked for it since (a cache hit)
 _TOUCHED = ("MAX(COALESCE(j.finished, j.created), "
             "COALESCE((SELECT MAX(r.created) FROM proof_requests r WHERE r.job_id = j.id), 0))")
@@ -399,14 +401,36 @@ class JobStore:
             which.append("id IN (SELECT id FROM ended ORDER BY touched DESC, id DESC LIMIT -1 OFFSET ?)")
             args.append(keep)
         select = (f"WITH ended AS (SELECT j.id, {_TOUCHED} AS touched FROM proof_jobs j WHERE j.status IN "
-                  f"('done', 'failed')) SELECT id FROM ended WHERE ({' OR '.join(which)}) AND id NOT IN "
-                  "(SELECT job_id FROM proof_requests WHERE callback_state = 'pending') ORDER BY touched, id LIMIT ?")
+                  f"('done', 'failed')) SELECT id, touched FROM ended WHERE ({' OR '.join(which)}) AND id NOT "
+                  "IN (SELECT job_id FROM proof_requests WHERE callback_state = 'pending') ORDER BY touched, id LIMIT ?")
+        # Which jobs go is read outside the write transactions (a scan of every ended job: read
+        # for each batch, a prune of N jobs scanned N^2/500 rows with the store's write lock held),
+        # PRUNE_PASS batches at a time; each batch takes the jobs of its share that are still as
+        # they were read (ended, no callback due, not asked for since: not newer than any kept)
         total = 0
         while True:
-            n = self._tx(lambda db: self._forget(db, db.execute(select, (*args, batch)).fetchall()))
-            total += n
-            if n < batch or (stop is not None and stop()):
+            with self._lock:
+                found = self._db.execute(select, (*args, batch * PRUNE_PASS)).fetchall()
+            for i in range(0, len(found), batch):
+                share = found[i:i + batch]
+                total += self._tx(lambda db, share=share: self._forget(db, self._unchanged(db, share)))
+                if stop is not None and stop():
+                    return total
+            if len(found) < batch * PRUNE_PASS:
                 return total
+
+    @staticmethod
+    def _unchanged(db: sqlite3.Connection, found: list[tuple[str, float]]) -> list[tuple[str]]:
+        """The jobs of ``found`` (id, last of use) still ended, as last of use, and with no
+        callback due."""
+        still = (f"SELECT {_TOUCHED} FROM proof_jobs j WHERE j.id = ? AND j.status IN ('done', 'failed') "
+                 "AND NOT EXISTS (SELECT 1 FROM proof_requests WHERE job_id = j.id AND callback_state = 'pending')")
+        out = []
+        for job_id, touched in found:
+            row = db.execute(still, (job_id,)).fetchone()
+            if row is not None and row[0] == touched:
+                out.append((job_id,))
+        return out
 
     @staticmethod
     def _forget(db: sqlite3.Connection, ids: list[tuple[str]]) -> int:
