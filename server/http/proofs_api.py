@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from server.auth import check_proofs_allowed
+from server.errors import Gone
 from server.http.schemas import PROOF_REQUEST_SCHEMA
 from server.inference.oip import load_header, parse_infer_request
 from server.proofs.jobs import ProofJobs
@@ -90,7 +91,10 @@ async def infer_with_proof(jobs: ProofJobs, service, name: str, version: str | N
     if job.status == "done":
         params["proof_outcome"] = job.outcome
         if mode == "sync":
-            params["proof_bundle"] = jobs.bundle(job.id)
+            try:
+                params["proof_bundle"] = jobs.bundle(job.id)
+            except Gone:  # retention pruned it as it ended: the answer stands, its id says 410
+                pass
     elif job.status == "failed":
         params["proof_error"] = job.error or "failed"
     head = compact_json(resp)

@@ -304,8 +304,7 @@ class ProofJobs:
         job = self.store.request(request_id, client)
         if job is None:
             if self.store.pruned(request_id, client):
-                raise Gone(f"proof job {request_id} was pruned: the server forgets finished jobs and "
-                           "their bundles after its retention period; ask for the proof again")
+                raise _pruned(request_id)
             raise NotFound(f"no proof job with id {request_id!r}")
         return job
 
@@ -314,7 +313,10 @@ class ProofJobs:
         if job.status != "done":
             extra = f": {job.error}" if job.status == "failed" else ""
             raise Conflict(f"proof job {request_id} is {job.status}{extra}; no bundle")
-        return self.store.bundle(self.store.job_of(request_id))
+        text = self.store.bundle(self.store.job_of(request_id))
+        if text is None:  # retention pruned it since it was read as done
+            raise _pruned(request_id)
+        return text
 
     async def wait(self, request_id: str, timeout_s: float) -> Job:
         """Wait until the job ends (or ``timeout_s`` passes), woken by the supervisor when a job
@@ -523,6 +525,11 @@ class ProofJobs:
 
     def _callback_done(self, request_id: str, delivered: bool, finished: object) -> None:
         self.store.set_callback_state(request_id, "delivered" if delivered else "failed", finished)
+
+
+def _pruned(request_id: str) -> Gone:
+    return Gone(f"proof job {request_id} was pruned: the server forgets finished jobs and their "
+                "bundles after its retention period; ask for the proof again")
 
 
 def body_model(receipt: dict) -> str:

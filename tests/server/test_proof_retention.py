@@ -339,3 +339,28 @@ def test_a_prune_scans_the_ended_jobs_outside_its_write_transactions(tmp_path):
     assert scans and not any(scans), statements  # the scans ran outside every write transaction
     other.close()
     store.close()
+
+
+def test_a_bundle_pruned_as_it_is_read_is_gone_not_an_empty_200(home):
+    """GET /v1/proofs/{id}/bundle read the job as done, then its bundle: a prune in between
+    (the server's retention runs on its own thread) made the bundle None, answered as a 200 with
+    an empty body (and `proof_bundle: null` in a sync infer answer). It is a 410 now, as the
+    next read would say."""
+    from server.errors import Gone
+    from server.proofs.jobs import ProofJobs
+    from server.settings import ServerSettings
+
+    jobs = ProofJobs(ServerSettings(home=home, models=("iris_mlp",), proof_workers=0), service=None,
+                     receipts=None)
+    job_id = _job(jobs.store, 1)
+    assert jobs.bundle(job_id, "") == json.dumps({"bundle": 1})
+    job_of = jobs.store.job_of
+
+    def pruned_first(request_id):
+        assert jobs.store.prune(keep=0) == 1
+        return job_of(request_id)
+
+    jobs.store.job_of = pruned_first
+    with pytest.raises(Gone, match="was pruned"):
+        jobs.bundle(job_id, "")
+    jobs.store.close()
