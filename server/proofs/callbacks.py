@@ -451,6 +451,7 @@ class Dispatcher:
         self._busy: dict[object, int] = {}  # tries under way by host and by client, and in all
         self._threads: list[threading.Thread] = []
         self._stopped = False
+        self._ending = threading.Lock()  # held while done() records a callback's end
 
     def start(self) -> None:
         for i in range(self.workers):
@@ -462,6 +463,8 @@ class Dispatcher:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
+        with self._ending:  # a done() under way ends before stop returns (and the store closes)
+            pass
 
     def submit(self, key: str, url: str, payload: dict, *, client: str = "", token: object = None) -> bool:
         """Deliver ``payload`` to ``url`` (False: ``key`` is pending already)."""
@@ -542,8 +545,9 @@ class Dispatcher:
 
     def _end(self, d: _Delivery, delivered: bool) -> None:
         try:
-            if not self._stopped:  # recorded while it is still pending: not submitted again meanwhile
-                self.done(d.key, delivered, d.token)
+            with self._ending:
+                if not self._stopped:  # recorded while still pending: not submitted again meanwhile
+                    self.done(d.key, delivered, d.token)
         finally:
             with self._cond:
                 del self._pending[d.key]

@@ -596,6 +596,31 @@ def test_one_clients_callbacks_to_many_hanging_hosts_do_not_delay_another_client
         hanger.close()
 
 
+def test_a_stop_waits_for_a_callbacks_end_being_recorded(recorder):
+    """A try that ends as the server stops records its end (``done``, a store write) before
+    ``stop`` returns: ProofJobs.stop closes the store right after, and a write to it then was a
+    traceback at every such stop. (An event, not a timing, holds ``done`` under way.)"""
+    entered, release, recorded = threading.Event(), threading.Event(), []
+
+    def done(key, delivered, token):
+        entered.set()
+        release.wait(30)
+        recorded.append((key, delivered))
+
+    url = f"http://127.0.0.1:{recorder.server_port}/cb"
+    dispatcher = callbacks.Dispatcher(attempts=1, backoff_s=0, allow=(url,), done=done)
+    dispatcher.start()
+    assert dispatcher.submit("k", url, {"id": "k"})
+    assert entered.wait(60), "the callback was not delivered"
+    stopping = threading.Thread(target=dispatcher.stop)
+    stopping.start()
+    stopping.join(1)
+    stopped_early = not stopping.is_alive()  # before: stop returned with done() still under way
+    release.set()
+    stopping.join(30)
+    assert not stopped_early and not stopping.is_alive() and recorded == [("k", True)]
+
+
 def test_a_lookup_that_outlives_its_try_keeps_the_clients_share(monkeypatch, recorder):
     """A try gives up on a slow lookup at its deadline, but the lookup runs on (the OS resolver
     cannot be stopped): were the try's share released then, a client naming one slow host after
