@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import sys
 
@@ -115,8 +116,9 @@ def _prune(args: argparse.Namespace, open_store, report) -> int:
 
     if args.older_than is None and args.keep is None:
         raise InputError("say what to prune: --older-than SECONDS and/or --keep N")
-    if (args.older_than is not None and args.older_than < 0) or (args.keep is not None and args.keep < 0):
-        raise InputError("--older-than and --keep must not be negative")
+    if (args.older_than is not None and not 0 <= args.older_than < math.inf) \
+            or (args.keep is not None and args.keep < 0):  # (nan pruned nothing, and said OK)
+        raise InputError("--older-than must be a number of seconds >= 0 and --keep a count >= 0")
     store = open_store(_settings().receipts_path)
     try:
         line = report(store, store.prune(time.time() - args.older_than if args.older_than is not None else None,

@@ -73,3 +73,9 @@ def test_pruned_receipts_still_verify_against_the_log(tmp_path):
     assert done.returncode == 0 and "1 stored receipts pruned, 0 kept" in done.stderr, done.stderr
     bad = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--older-than" in bad.stderr
+    for what in ("receipts", "proofs"):  # nan (and inf) pruned nothing and said OK
+        for value in ("nan", "inf", "-1"):
+            bad = subprocess.run([*cli[:-2], what, "prune", "--older-than", value], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (what, value, bad.stderr)
+            assert "--older-than must be a number of seconds >= 0" in bad.stderr, bad.stderr
