@@ -407,17 +407,22 @@ class JobStore:
         # for each batch, a prune of N jobs scanned N^2/500 rows with the store's write lock held),
         # PRUNE_PASS batches at a time; each batch takes the jobs of its share that are still as
         # they were read (ended, no callback due, not asked for since: not newer than any kept)
+        # on a read-only connection of its own: not under self._lock, which the server's event
+        # loop takes for every submit and status read (a scan of 100,000 jobs: ~0.1 s)
+        reader = sqlite3.connect(f"{Path(self.path).resolve().as_uri()}?mode=ro", uri=True, timeout=30)
         total = 0
-        while True:
-            with self._lock:
-                found = self._db.execute(select, (*args, batch * PRUNE_PASS)).fetchall()
-            for i in range(0, len(found), batch):
-                share = found[i:i + batch]
-                total += self._tx(lambda db, share=share: self._forget(db, self._unchanged(db, share)))
-                if stop is not None and stop():
+        try:
+            while True:
+                found = reader.execute(select, (*args, batch * PRUNE_PASS)).fetchall()
+                for i in range(0, len(found), batch):
+                    share = found[i:i + batch]
+                    total += self._tx(lambda db, share=share: self._forget(db, self._unchanged(db, share)))
+                    if stop is not None and stop():
+                        return total
+                if len(found) < batch * PRUNE_PASS:
                     return total
-            if len(found) < batch * PRUNE_PASS:
-                return total
+        finally:
+            reader.close()
 
     @staticmethod
     def _unchanged(db: sqlite3.Connection, found: list[tuple[str, float]]) -> list[tuple[str]]:
