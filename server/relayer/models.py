@@ -198,6 +198,7 @@ class QueueProofs:
 
     def prove(self, model: LocalModel, x: np.ndarray):
         from server.auth import RELAYER
+        from server.errors import Gone
         from verifier.bundle import ProofBundle
 
         try:
@@ -214,9 +215,7 @@ class QueueProofs:
             try:
                 job = self.jobs.get(job.id, RELAYER)
                 text = self.jobs.bundle(job.id, RELAYER) if job.status == "done" else None
-            except VerinferError as exc:  # retention pruned it as it ended: not this input's fault
-                if type(exc).__name__ != "Gone":
-                    raise
+            except Gone as exc:  # retention pruned it as it ended: not this input's fault
                 raise ProofPending(f"{exc} (asked again at the next poll)") from None
             if text is not None:
                 bundle = ProofBundle.model_validate_json(text)
