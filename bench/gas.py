@@ -12,10 +12,10 @@ verifyProof).
                                   [--eval-samples N] [--reusable] [--home DIR]
     .venv/bin/python -m bench.gas --signature-only   # seconds: fulfillWithSignature only
 
-Each model is measured in each variant ``SHAPE[:COLS]``: SHAPE is the public output (``models
-add --public-output``: logits = the logits and the label are public instances, label = the
-label alone), COLS the inner columns (default: the build's rule; 1 = one inner column: more
-rows, fewer columns). A COLS variant that the default already is (iris_mlp has one column) is
+Each model is measured in each variant ``SHAPE[:COLS][+rc]``: SHAPE is the public output
+(``models add --public-output``: logits = the logits and the label are public instances, label =
+the label alone), COLS the inner columns (default: the build's rule; 1 = one inner column: more
+rows, fewer columns), ``+rc`` the maxima rewritten (``models add --max-ops range-checks``). A COLS variant that the default already is (iris_mlp has one column) is
 not built twice. ``hashed-logits``/``hashed-label``: the input hashed (EZKL Poseidon, ``models
 add --input-visibility hashed``): verifier and verifyProof only, since the oracle takes no such
 circuit. ``--eval-samples N``: the packages' float-vs-circuit agreement on the first N
@@ -59,8 +59,20 @@ def _sample(name: str):
 
 def variant_name(name: str, shape: str = "logits", inner_cols: str = "auto") -> str:
     """The name a variant's package is registered under in the bench's data dir."""
+    cols, _, rc = inner_cols.partition("+")
     return name + ("" if shape == "logits" else f"-{shape}") + (
-        "" if inner_cols == "auto" else f"-cols{inner_cols}")
+        "" if cols == "auto" else f"-cols{cols}") + ("-rc" if rc else "")
+
+
+def _options(inner_cols: str):
+    """``COLS[+rc]`` as CircuitOptions (None: the defaults); ``+rc``: max_ops range-checks."""
+    from prover.backend import CircuitOptions
+
+    cols, _, rc = inner_cols.partition("+")
+    if cols == "auto" and not rc:
+        return None
+    return CircuitOptions(inner_cols=None if cols == "auto" else int(cols),
+                          max_ops="range-checks" if rc else "ezkl")
 
 
 def ensure_package(home: Path, name: str, shape: str = "logits",
@@ -76,11 +88,10 @@ def ensure_package(home: Path, name: str, shape: str = "logits",
     registered = variant_name(name, shape, inner_cols)
     if registered in list_names(settings):
         return find_package(settings, registered)
-    from prover.backend import CircuitOptions
     from prover.build import build_package, reference_source
 
     print(f"building the {registered} circuit package in {home} ...", file=sys.stderr)
-    options = None if inner_cols == "auto" else CircuitOptions(inner_cols=int(inner_cols))
+    options = _options(inner_cols)
     source = replace(reference_source(name), name=registered)
     if eval_samples is not None:
         source = replace(source, eval_inputs=source.eval_inputs[:eval_samples],
@@ -256,11 +267,13 @@ def measure_reusable(pkg, chain, work: Path, proof: bytes, instances: list[int])
 
 
 def _variant(text: str) -> tuple[str, str]:
-    shape, _, cols = text.partition(":")
-    if shape.removeprefix("hashed-") not in ("logits", "label") or cols not in ("", "1", "2"):
-        raise argparse.ArgumentTypeError(f"{text!r}: SHAPE[:COLS], SHAPE [hashed-]logits|label, "
-                                         f"COLS 1|2")
-    return shape, cols or "auto"
+    body, plus, rc = text.partition("+")
+    shape, _, cols = body.partition(":")
+    if (shape.removeprefix("hashed-") not in ("logits", "label") or cols not in ("", "1", "2", "3")
+            or (plus and rc != "rc")):
+        raise argparse.ArgumentTypeError(f"{text!r}: SHAPE[:COLS][+rc], SHAPE "
+                                         f"[hashed-]logits|label, COLS 1|2|3")
+    return shape, (cols or "auto") + ("+rc" if plus else "")
 
 
 def _default_cols(home: Path, name: str, shape: str) -> int | None:
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                   "example_consumer_runtime_bytes": compiled()["ExampleConsumer"].runtime_size}
         for name in args.models:
             for shape, cols in args.variants:
-                if cols != "auto" and _default_cols(home, name, shape) == int(cols):
+                if "+" not in cols and cols != "auto" and _default_cols(home, name, shape) == int(cols):
                     print(f"{variant_name(name, shape, cols)}: the default layout already",
                           file=sys.stderr)
                     continue

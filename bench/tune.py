@@ -106,16 +106,21 @@ def interleaved(source, home: Path, work: Path, base, others: dict, reps: int) -
 
 
 def parse_circuit(spec: str):
-    """``COLSxBASExLEGS[@CAP]`` (e.g. ``8x4096x2``, ``3x4096x2@13``) at the default scale."""
+    """``COLSxBASExLEGS[@CAP][+rc]`` (e.g. ``8x4096x2``, ``3x4096x2@13``, ``2x512x4+rc``) at
+    the default scale; ``+rc``: max_ops "range-checks" (the graph's maxima rewritten)."""
     from prover.backend import CircuitOptions
 
-    layout, _, cap = spec.partition("@")
+    body, plus, ops = spec.partition("+")
+    layout, _, cap = body.partition("@")
     try:
+        if plus and ops != "rc":
+            raise ValueError(ops)
         cols, base, legs = (int(v) for v in layout.split("x"))
         return CircuitOptions(decomp_base=base, decomp_legs=legs, inner_cols=cols,
-                              max_logrows=int(cap) if cap else None)
+                              max_logrows=int(cap) if cap else None,
+                              max_ops="range-checks" if plus else "ezkl")
     except ValueError:
-        raise SystemExit(f"--compare: {spec!r} is not COLSxBASExLEGS[@LOGROWS_CAP]") from None
+        raise SystemExit(f"--compare: {spec!r} is not COLSxBASExLEGS[@LOGROWS_CAP][+rc]") from None
 
 
 def interleaved_options(source, home: Path, work: Path, others: dict, reps: int) -> dict:
@@ -125,10 +130,11 @@ def interleaved_options(source, home: Path, work: Path, others: dict, reps: int)
 
     import numpy as np
 
+    from contracts.solc import compile_sources
     from prover import backend as files
     from prover import onnx_model, srs
     from prover.backend import CircuitOptions
-    from prover.build import calibrate
+    from prover.build import calibrate, package_model
     from prover.ezkl_backend import EZKLBackend
     from prover.progress import captured_output
     from verifier.config import Settings
@@ -146,20 +152,23 @@ def interleaved_options(source, home: Path, work: Path, others: dict, reps: int)
     for key, opts in circuits.items():
         folder = work / key
         folder.mkdir(parents=True)
-        (folder / files.MODEL).write_bytes(model.SerializeToString())
+        (folder / files.MODEL).write_bytes(package_model(source, "logits", opts.max_ops)[2])
         with captured_output(log):
             shape = calibrate(backend, folder, samples, "public", info.batch_symbols, opts)
             srs.place(srs.dev_srs(settings.srs_dir, shape.logrows, backend), folder / files.SRS)
             backend.setup(folder)
             wit = backend.witness(folder, x0, folder / "witness.json")
-        ready[key] = (folder, wit.path, shape.logrows, shape.inner_cols)
-        print(f"  built {key}: logrows {shape.logrows}, {shape.inner_cols} columns",
-              file=sys.stderr)
+            sol = backend.solidity_verifier(folder)
+            verifier = compile_sources({files.SOLIDITY: sol})["Halo2Verifier"].runtime_size
+        ready[key] = (folder, wit.path, shape.logrows, shape.inner_cols, verifier,
+                      (folder / files.PK).stat().st_size)
+        print(f"  built {key}: logrows {shape.logrows}, {shape.inner_cols} columns, verifier "
+              f"{verifier:,} bytes, pk {ready[key][5] / 1e6:.0f} MB", file=sys.stderr)
     rounds = []
     for r in range(reps):
         load = round(os.getloadavg()[0], 2)
         times = {}
-        for key, (folder, wit, _, _) in ready.items():
+        for key, (folder, wit, *_) in ready.items():
             t0 = time.perf_counter()
             with captured_output(log):
                 backend.prove(folder, wit, folder / "proof.json")
@@ -169,7 +178,8 @@ def interleaved_options(source, home: Path, work: Path, others: dict, reps: int)
         print(f"  round {r + 1}/{reps} (load {load}): "
               + ", ".join(f"{k} {t:.2f}s" for k, t in times.items()), file=sys.stderr)
     out = {"reps": reps, "sample": 0, "rounds": rounds, "circuits": {
-        k: {"logrows": v[2], "inner_cols": v[3], "options": circuits[k].as_dict()}
+        k: {"logrows": v[2], "inner_cols": v[3], "verifier_runtime_bytes": v[4], "pk_bytes": v[5],
+            "options": circuits[k].as_dict()}
         for k, v in ready.items()}}
     for key in others:
         ratios = [rd["prove_s"][key] / rd["prove_s"]["defaults"] for rd in rounds]
@@ -218,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true",
                     help="keep the other models' entries already in --out")
     ap.add_argument("--home", type=Path, help="data dir (its SRS cache is reused)")
-    ap.add_argument("--out", type=Path, default=RESULTS / "tune.json")
+    ap.add_argument("--out", type=Path, help="default: bench/results/tune.json, with --compare "
+                    "bench/results/tune-compare-<model>.json")
     ap.add_argument("--compare", nargs="+", metavar="COLSxBASExLEGS[@CAP]",
                     help="no search: prove the defaults and these circuits of the first --models "
                          "in turns (--reps rounds) and write bench/results/tune-compare-<model>.json")
@@ -226,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.compare:
         return compare(args.models[0], [parse_circuit(c) for c in args.compare], args.compare,
-                       args.reps, args.home)
+                       args.reps, args.home, args.out)
+    args.out = args.out or RESULTS / "tune.json"
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         home = args.home or Path(tmp) / "home"
@@ -248,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare(name: str, circuits: list, specs: list[str], reps: int, home: Path | None) -> int:
+def compare(name: str, circuits: list, specs: list[str], reps: int, home: Path | None,
+            path: Path | None = None) -> int:
     """The defaults and ``circuits`` of one model, proved in turns on this machine, as it is."""
     import time
 
@@ -260,7 +273,7 @@ def compare(name: str, circuits: list, specs: list[str], reps: int, home: Path |
                                   dict(zip(specs, circuits)), reps)
     out = {"model": name, "machine": {"cpus": os.cpu_count()}, "ezkl": __import__("ezkl").__version__,
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)} | out
-    path = RESULTS / f"tune-compare-{name}.json"
+    path = path or RESULTS / f"tune-compare-{name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     for spec in specs:
         print(f"{spec:>14}: logrows {out['circuits'][spec]['logrows']}, prove / defaults "

@@ -33,7 +33,9 @@ class CircuitOptions:
     the input scale; needs ``scale``);
     ``decomp_base``/``decomp_legs``: range checks as legs digits of base;
     ``inner_cols``: None = the default rule (prover/build.py); ``max_logrows``: a cap
-    that calibration lays the circuit out under (wider, not taller)."""
+    that calibration lays the circuit out under (wider, not taller); ``max_ops``: "ezkl" (the
+    graph as given) or "range-checks" (MaxPool and ArgMax rewritten exactly from ReLU and
+    comparisons, prover/rewrite.py, with integer constants kept at scale 0)."""
 
     scale: int | None = None
     param_scale: int | None = None
@@ -41,12 +43,16 @@ class CircuitOptions:
     decomp_legs: int = 4
     inner_cols: int | None = None
     max_logrows: int | None = None
+    max_ops: str = "ezkl"
 
     def as_dict(self) -> dict:
+        # max_ops only when not the default: build keys and manifests made before it existed
+        # stay as they were
         return {"scale": self.scale, "param_scale": self.param_scale,
                 "decomp_base": self.decomp_base,
                 "decomp_legs": self.decomp_legs, "inner_cols": self.inner_cols,
-                "max_logrows": self.max_logrows}
+                "max_logrows": self.max_logrows} | (
+                    {} if self.max_ops == "ezkl" else {"max_ops": self.max_ops})
 
     @property
     def label(self) -> str:
@@ -56,7 +62,8 @@ class CircuitOptions:
         return (f"scale {scale}, decomp "
                 f"{self.decomp_base}x{self.decomp_legs}, cols "
                 f"{'auto' if self.inner_cols is None else self.inner_cols}"
-                + (f", logrows<={self.max_logrows}" if self.max_logrows else ""))
+                + (f", logrows<={self.max_logrows}" if self.max_logrows else "")
+                + (", max via range checks" if self.max_ops == "range-checks" else ""))
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,8 @@ def build_package(
     check_name(source.name)
     use_ezkl_dir(settings)
     backend = backend or EZKLBackend()
-    info, label_added, onnx_bytes = _model(source, public_output)
+    info, label_added, onnx_bytes, reference = package_model(
+        source, public_output, (options or CircuitOptions()).max_ops)
     key = None if tuning is not None else build_key(
         source, onnx_bytes, visibility=visibility, public_output=public_output, options=options,
         srs_file=srs_file, ezkl_version=backend.version, solc=solc_version())
@@ -216,7 +217,7 @@ def build_package(
         eval_x = np.asarray(source.eval_inputs, dtype=np.float32).reshape(-1, n_in)
         with progress.step(f"Float vs circuit labels on {len(eval_x)} samples "
                            f"({source.eval_set})"), captured_output(log):
-            agreement = _agreement(backend, work, info, onnx_bytes, eval_x, source.eval_labels)
+            agreement = _agreement(backend, work, info, reference, eval_x, source.eval_labels)
         with progress.step("Timing one proof"), captured_output(log):
             sample = eval_x[0]
             wit = backend.witness(work, sample, work / "witness.json")
@@ -234,6 +235,10 @@ def build_package(
         preflight = {
             "ops": list(info.ops),
             "label_output_added": label_added,
+            # the graph's maxima were rewritten (prover/rewrite.py): model_sha256 is the
+            # rewritten graph's, this the model's it was rewritten from
+            **({"rewritten_from_sha256": sha256_bytes(reference)}
+               if reference is not onnx_bytes else {}),
             "logrows": shape.logrows,
             "num_rows": shape.num_rows,
             "pk_bytes": (work / files.PK).stat().st_size,
@@ -307,17 +312,24 @@ def remove_package(settings: Settings, package_id: str) -> bool:
     return True
 
 
-def _model(source: ModelSource, public_output: PublicOutput):
+def package_model(source: ModelSource, public_output: PublicOutput, max_ops: str = "ezkl"):
     """The model as the package holds it: (its description, whether a label output was added,
-    the bytes of ``model.onnx``)."""
+    the bytes of ``model.onnx``, the bytes whose float labels the circuit's must equal: the
+    model before any rewrite of ``max_ops``)."""
+    from prover.rewrite import MAX_OPS, rewrite_max_ops
+
+    if max_ops not in MAX_OPS:
+        raise InputError(f"max_ops {max_ops!r}: one of {', '.join(MAX_OPS)}")
     model = onnx_model.load(source.onnx_path)
     label_added = onnx_model.ensure_label_output(model)
     changed = onnx_model.apply_public_output(model, public_output) or label_added
-    info = onnx_model.describe(model, label_added)
     # Keep the user's bytes when nothing was added: the model's sha256 is its
     # identity in receipts, and it must be the file the server runs.
     onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
-    return info, label_added, onnx_bytes
+    reference = onnx_bytes
+    if max_ops == "range-checks" and rewrite_max_ops(model):
+        onnx_bytes = model.SerializeToString()
+    return onnx_model.describe(model, label_added), label_added, onnx_bytes, reference
 
 
 def _array_sha256(x) -> str | None:
@@ -367,7 +379,7 @@ def find_build(settings: Settings, source: ModelSource, *, visibility: Visibilit
 
     if not settings.packages_dir.is_dir():
         return None
-    _, _, onnx_bytes = _model(source, public_output)
+    _, _, onnx_bytes, _ = package_model(source, public_output, (options or CircuitOptions()).max_ops)
     key = build_key(source, onnx_bytes, visibility=visibility, public_output=public_output,
                     options=options, srs_file=srs_file, ezkl_version=installed_ezkl_version(),
                     solc=solc_version())

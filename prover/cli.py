@@ -38,6 +38,11 @@ def register_models(sub: argparse._SubParsersAction) -> None:
                      help="inner columns of the circuit's layout (default: 1 when the circuit "
                      "fits 2^12 rows, else 2); 1 doubles the rows (one more logrows, slower "
                      "proofs) and cuts verifyProof gas by about a quarter")
+    add.add_argument("--max-ops", choices=["ezkl", "range-checks"],
+                     help="how the circuit takes maxima: ezkl: MaxPool and ArgMax as EZKL lays "
+                     "them out (a sort: shuffles and a dynamic lookup); range-checks: rewritten "
+                     "exactly from ReLU and comparisons (model.onnx is the rewritten graph; "
+                     "about half the prove time of a CNN; see docs/tuning.md) (default: ezkl)")
     add.add_argument("--srs", type=Path, metavar="FILE",
                      help="ceremony SRS file to use instead of a local development SRS")
     add.add_argument("--srs-sha256", metavar="HEX",
@@ -170,12 +175,14 @@ def _add(args: argparse.Namespace) -> int:
     settings = _settings()
     progress = _progress()
     if args.tune:
-        if args.inner_cols is not None:
-            raise InputError("--inner-cols does not go with --tune: the search chooses the columns")
+        for flag, value in (("--inner-cols", args.inner_cols), ("--max-ops", args.max_ops)):
+            if value is not None:
+                raise InputError(f"{flag} does not go with --tune: the search chooses it")
         return _tune(args, settings, source, progress)
     if args.objective is not None or args.budget is not None or args.verifier is not None:
         raise InputError("--objective, --budget and --verifier go with --tune (or 'models tune')")
-    options = None if args.inner_cols is None else CircuitOptions(inner_cols=args.inner_cols)
+    options = None if args.inner_cols is None and args.max_ops is None else CircuitOptions(
+        inner_cols=args.inner_cols, max_ops=args.max_ops or "ezkl")
     pkg = None if args.rebuild else find_build(
         settings, source, visibility=args.input_visibility, public_output=args.public_output,
         options=options, srs_file=args.srs, srs_sha256=args.srs_sha256)

@@ -85,6 +85,10 @@ class EZKLBackend:
         args.decomp_base = opts.decomp_base
         args.decomp_legs = opts.decomp_legs
         args.num_inner_cols = inner_cols
+        # The rewritten maxima (prover/rewrite.py) count with integer constants: at scale 0
+        # the label stays an integer, where at the parameters' scale casting it back costs a
+        # 2^scale-row range-check table.
+        args.rebase_frac_zero_constants = opts.max_ops == "range-checks"
         # A fixed scale: calibration tries only it, with no rebase multiplier (EZKL's
         # search would otherwise pick multipliers that blow lookup tables up ~2^10-fold).
         split = opts.scale is not None and opts.param_scale not in (None, opts.scale)
@@ -132,7 +136,8 @@ class EZKLBackend:
                 "logrows": ra["logrows"],
                 "num_rows": s["num_rows"],
                 "required_range_checks": s.get("required_range_checks"),
-            },
+            } | ({"rebase_frac_zero_constants": True} if ra["rebase_frac_zero_constants"]
+                 else {}),
         )
 
     def setup(self, folder: Path) -> None:

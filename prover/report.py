@@ -21,7 +21,9 @@ def render(manifest: Manifest, package_dir) -> str:
     lines = [
         f"model       {manifest.name}  (package {manifest.package_id[:16]}…)",
         f"folder      {package_dir}",
-        f"model hash  sha256:{manifest.model_sha256}",
+        f"model hash  sha256:{manifest.model_sha256}" + (
+            f"  (maxima rewritten from sha256:{p['rewritten_from_sha256'][:16]}…)"
+            if p.get("rewritten_from_sha256") else ""),
         f"ONNX ops    {ops}" + ("  + ArgMax label added" if p.get("label_output_added") else ""),
         f"input       {manifest.input.datatype}{list(manifest.input.shape)} at scale "
         f"2^{manifest.input.scale}, {manifest.input_visibility}",

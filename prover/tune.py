@@ -15,9 +15,16 @@ The circuit's arithmetic (so its labels) depends only on the scales and lookup
 range that calibration settles on; columns and decomposition change the layout,
 not the values. Agreement is computed once per distinct arithmetic and shared.
 
+A model with MaxPool or ArgMax is also tried with them rewritten from ReLU and
+comparisons (``max_ops="range-checks"``, prover/rewrite.py): EZKL lays a maximum out
+as a sort, whose shuffle and dynamic-lookup arguments raise the circuit's degree from 5
+to 6, doubling the extended domain every proof computes on. The rewrite is exact in
+the circuit; its labels are checked against the user's model like any candidate's.
+
 Order of the search (bounded by the budget): today's defaults (the baseline);
 lower scales with the baseline's layout, downwards until one changes a label;
-then the layouts (decomposition x columns, and a logrows cap) for the lowest
+then the layouts (decomposition x columns, each with the maxima rewritten first,
+then as given; and a logrows cap) for the lowest
 scale that kept every label and for the baseline's scale; then full measurements,
 most promising first by their calibrated logrows and columns. Candidates whose
 verifier likely fits EIP-170 (guessed from the defaults' verifier and the number
@@ -33,6 +40,7 @@ two (see prover/ezkl_backend.py), so a split pair is never smaller than that sca
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import shutil
@@ -48,6 +56,7 @@ from prover import onnx_model, srs
 from prover.backend import CircuitOptions, ProofSystem
 from prover.build import ModelSource, calibrate, float_labels, samples_for
 from prover.progress import SILENT, Progress, captured_output
+from prover.rewrite import rewrite_max_ops
 from prover.workdirs import held_dir, release, remove_dead
 from verifier.config import Settings
 from verifier.errors import InputError, VerinferError
@@ -87,6 +96,9 @@ class Measurement:
     inner_cols: int | None = None
     input_scale: int | None = None
     arithmetic: tuple | None = None  # what the labels depend on (see module doc)
+    # EZKL's shuffles and dynamic lookups (its sorts, for MaxPool and ArgMax): any of them
+    # raises the circuit's degree to 6, doubling halo2's extended domain
+    sort_args: int | None = None
     agreement: dict | None = None
     pk_bytes: int | None = None
     setup_s: float | None = None
@@ -126,14 +138,14 @@ class Measurement:
         """Cost guess from calibration alone, to order the expensive measurements."""
         cols = self.inner_cols or 2
         if objective == "gas":
-            return cols * 64 + (self.logrows or 30)
-        return 2.0 ** (self.logrows or 30) * (cols + 2)
+            return cols * 64 + (self.logrows or 30) + (8 if self.sort_args else 0)
+        return 2.0 ** (self.logrows or 30) * (cols + 2) * (2 if self.sort_args else 1)
 
     def as_dict(self) -> dict:
         return {"options": self.options.as_dict(), "label": self.label, "baseline": self.baseline,
                 "status": self.status, "reason": self.reason, "logrows": self.logrows,
                 "num_rows": self.num_rows, "inner_cols": self.inner_cols,
-                "input_scale": self.input_scale, "agreement": self.agreement,
+                "sort_args": self.sort_args, "input_scale": self.input_scale, "agreement": self.agreement,
                 "pk_bytes": self.pk_bytes, "setup_s": self.setup_s, "prove_s": self.prove_s,
                 "verify_s": self.verify_s, "verify_gas": self.verify_gas,
                 "verifier_runtime_bytes": self.verifier_runtime_bytes} | (
@@ -237,6 +249,8 @@ class _Search:
         if onnx_model.apply_public_output(model, public_output):  # the circuit as build_package makes it
             self.info = onnx_model.describe(model, added)
             self.onnx_bytes = model.SerializeToString()
+        # the graph with its maxima rewritten (max_ops "range-checks"), when there are any
+        self.rewritten = (model.SerializeToString() if rewrite_max_ops(model) else None)
         # Beside the builds' working folders, held the same way (its proving keys are hundreds
         # of MB; in /tmp a killed search's stayed for good): a build or search after a killed
         # one removes it.
@@ -267,7 +281,8 @@ class _Search:
     def calibrate(self, m: Measurement) -> bool:
         folder = self.root / f"c{len(self.ms)}"
         folder.mkdir()
-        (folder / files.MODEL).write_bytes(self.onnx_bytes)
+        rewritten = m.options.max_ops == "range-checks" and self.rewritten is not None
+        (folder / files.MODEL).write_bytes(self.rewritten if rewritten else self.onnx_bytes)
         m.folder = folder
         self.ms.append(m)
         try:
@@ -282,8 +297,10 @@ class _Search:
         ra = s["run_args"]
         m.logrows, m.num_rows, m.inner_cols = shape.logrows, shape.num_rows, shape.inner_cols
         m.input_scale = shape.input_scale
+        m.sort_args = s.get("num_shuffles", 0) + s.get("num_dynamic_lookups", 0)
         m.arithmetic = (ra["input_scale"], ra["param_scale"], ra["scale_rebase_multiplier"],
-                        tuple(ra["lookup_range"]), ra["input_visibility"])
+                        tuple(ra["lookup_range"]), ra["input_visibility"],
+                        ra["rebase_frac_zero_constants"], rewritten)
         return True
 
     def agree(self, m: Measurement) -> bool:
@@ -474,13 +491,15 @@ class _Search:
         cols = sorted(COLUMNS, key=lambda c: (self._over(guess[c]),
                                               c if self.objective == "gas" else -c))
         decomps = sorted(DECOMPS, key=lambda d: d[1])
+        # each layout with the graph's maxima rewritten first (when it has any), then as given
+        max_ops = ("range-checks", "ezkl") if self.rewritten is not None else ("ezkl",)
         for s in scales:
             for c in cols:
-                for base_, legs in decomps:
+                for (base_, legs), ops in itertools.product(decomps, max_ops):
                     if self.over_budget() or self.elapsed() > 0.5 * self.budget_s:
                         break
                     opts = CircuitOptions(scale=s, decomp_base=base_, decomp_legs=legs,
-                                          inner_cols=c)
+                                          inner_cols=c, max_ops=ops)
                     if any(o.options == opts for o in self.ms):
                         continue
                     m = Measurement(opts)

@@ -49,7 +49,7 @@ def test_adding_the_same_model_again_points_the_name_at_its_package(prover_home,
 def test_the_build_key_names_everything_the_circuit_is_made_from(tmp_path):
     """Any one input of the build changed is another key: never the package of another."""
     from prover.backend import CircuitOptions
-    from prover.build import _model, build_key, reference_source
+    from prover.build import build_key, package_model, reference_source
 
     src = reference_source("iris_mlp")
     srs = tmp_path / "k.srs"
@@ -58,7 +58,8 @@ def test_the_build_key_names_everything_the_circuit_is_made_from(tmp_path):
     def key(source=src, public_output="logits", **kw):
         args = {"visibility": "public", "options": None, "srs_file": None,
                 "ezkl_version": "23.0.5", "solc": "0.8.37", **kw}
-        return build_key(source, _model(source, public_output)[2], public_output=public_output,
+        return build_key(source, package_model(source, public_output)[2],
+                         public_output=public_output,
                          **args)
 
     other_samples = np.array(src.calibration, copy=True)
@@ -214,7 +215,7 @@ def test_reuse_checks_a_ceremony_srs_as_a_build_does(home, iris_package, tmp_pat
     import json
 
     from contracts.solc import solc_version
-    from prover.build import _model, build_key, find_build, reference_source
+    from prover.build import build_key, find_build, package_model, reference_source
     from prover.package import installed_ezkl_version
     from verifier.digests import canonical_json
     from verifier.errors import InputError
@@ -229,7 +230,8 @@ def test_reuse_checks_a_ceremony_srs_as_a_build_does(home, iris_package, tmp_pat
     pkg = home / "packages" / manifest.package_id
     shutil.copytree(iris_package, pkg)
     (pkg / "manifest.json").write_bytes(manifest.canonical_bytes())
-    key = build_key(src, _model(src, "logits")[2], visibility="public", public_output="logits",
+    key = build_key(src, package_model(src, "logits")[2], visibility="public",
+                    public_output="logits",
                     options=None, srs_file=srs_file, ezkl_version=installed_ezkl_version(),
                     solc=solc_version())
     (pkg / "build.json").write_bytes(canonical_json(key))

@@ -75,7 +75,9 @@ def test_label_only_graph_has_the_label_as_its_one_output():
 
 @pytest.mark.parametrize("args, says", [
     (["--public-output", "probs"], "invalid choice"),
-    (["--inner-cols", "1", "--tune"], "does not go with --tune"),
+    (["--inner-cols", "1", "--tune"], "--inner-cols does not go with --tune"),
+    (["--max-ops", "range-checks", "--tune"], "--max-ops does not go with --tune"),
+    (["--max-ops", "sorted"], "invalid choice"),
     (["--inner-cols", "3"], "invalid choice"),
 ])
 def test_bad_public_output_flags_exit_2_in_one_line(tmp_path, args, says):

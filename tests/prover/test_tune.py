@@ -405,3 +405,64 @@ def test_the_search_works_in_the_data_dir_and_removes_a_killed_ones_folder(home,
         assert sorted(p.name for p in packages.iterdir()) == [".tmp-tune-running",
                                                              ".tmp-tune-running.lock"]
     assert list(system_tmp.iterdir()) == []
+
+
+def test_rewritten_maxima_are_searched_registered_and_verify_on_chain(prover_home, tmp_path):
+    """``max_ops="range-checks"`` (real EZKL, solc and anvil): iris_mlp's ArgMax rebuilt from
+    comparisons keeps every held-out label, drops EZKL's sort arguments (a smaller circuit
+    than the same layout as given), and the package registered runs the rewritten graph,
+    names the model it came from, and its proofs verify offline and on chain, where a proof
+    with another label is refused."""
+    import hashlib
+    from dataclasses import replace
+
+    import onnx
+
+    from models import get_reference_model
+    from prover.build import reference_source
+    from prover.tune import tune_and_register
+    from verifier.config import Settings
+
+    settings = Settings(home=prover_home)
+    source = replace(reference_source("iris_mlp"), name="iris_rc")
+    rc = CircuitOptions(inner_cols=1, max_ops="range-checks")  # the defaults' layout (1 column)
+    result, pkg = tune_and_register(settings, source, objective="pk", budget_minutes=30,
+                                    candidates=[rc])
+    by = {m.options: m for m in result.measurements}
+    given = result.baseline
+    assert given.inner_cols == 1 and given.logrows == by[rc].logrows
+    assert by[rc].status == "ok" and by[rc].agreement["percent"] == 100.0
+    assert by[rc].sort_args == 0 and given.sort_args > 0
+    assert by[rc].pk_bytes < given.pk_bytes
+    assert result.chosen is by[rc] and by[rc].label.endswith("max via range checks")
+    manifest = Manifest.load(pkg.dir / "manifest.json")
+    assert manifest.tuning["chosen"]["options"]["max_ops"] == "range-checks"
+    assert manifest.preflight["agreement"]["percent"] == 100.0
+    graph = onnx.load(pkg.dir / "model.onnx")
+    assert "ArgMax" not in {n.op_type for n in graph.graph.node}
+    original = get_reference_model("iris_mlp").onnx_path.read_bytes()
+    assert manifest.preflight["rewritten_from_sha256"] == hashlib.sha256(original).hexdigest()
+    assert manifest.model_sha256 != manifest.preflight["rewritten_from_sha256"]
+    settings_json = json.loads((pkg.dir / "settings.json").read_text())
+    assert settings_json["num_shuffles"] == 0 and settings_json["num_dynamic_lookups"] == 0
+    shown = run_cli("models", "show", "iris_rc", home=prover_home, check=True).stdout
+    assert "maxima rewritten from sha256:" in shown
+    _, x_test, _, y_test = load_split("iris_mlp")
+    req = tmp_path / "req.json"
+    req.write_text(oip_request(x_test[3].reshape(1, 4)))
+    run_cli("prove", "iris_rc", "--input", req, "--out", tmp_path / "b", home=prover_home,
+            check=True)
+    proc = run_cli("verify", tmp_path / "b", "--allow-dev-srs", home=prover_home)
+    assert proc.returncode == 0, proc.stderr
+    bundle = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert bundle["outputs"]["label"] == y_test[3]
+    proof, instances = proof_parts(bundle["proof"])
+    with run_anvil() as url:
+        record = tmp_path / "deployment.json"
+        run_cli("chain", "deploy", "--rpc", url, "--package", "iris_rc", "--out", record,
+                home=prover_home, check=True)
+        verifier = json.loads(record.read_text())["models"][0]["verifier"]
+        verify_onchain(url, verifier, proof, instances)
+        other = (instances[-1] + 1) % 3  # another class as the label (the last instance)
+        with pytest.raises(ProofInvalid):
+            verify_onchain(url, verifier, proof, [*instances[:-1], other])
