@@ -32,12 +32,16 @@ def circuit_costs(settings: dict) -> dict:
     for p in parts:
         p["percent"] = round(100.0 * p["rows"] / capacity, 1)
     biggest = max(parts, key=lambda p: p["rows"])
+    # EZKL's sorts (MaxPool, ArgMax): lookups into advice, degree 6 (prover/rewrite.py)
+    sorts = {"shuffles": int(settings.get("num_shuffles") or 0),
+             "dynamic_lookups": int(settings.get("num_dynamic_lookups") or 0)}
     return {"logrows": logrows, "capacity_rows": capacity,
-            "scale": ra["input_scale"], "parts": parts, "biggest": biggest,
-            "suggest_tune": _suggest(biggest, parts, ra, logrows)}
+            "scale": ra["input_scale"], "parts": parts, "biggest": biggest, "sorts": sorts,
+            "suggest_tune": _suggest(biggest, parts, ra, logrows, sorts)}
 
 
-def _suggest(biggest: dict, parts: list[dict], ra: dict, logrows: int) -> str | None:
+def _suggest(biggest: dict, parts: list[dict], ra: dict, logrows: int,
+             sorts: dict) -> str | None:
     """Why ``verinfer models tune`` would likely shrink this circuit, or None."""
     layout = parts[0]["rows"]
     if biggest["part"] == "lookup" and biggest["rows"] > 2 * max(layout, 1):
@@ -45,6 +49,11 @@ def _suggest(biggest: dict, parts: list[dict], ra: dict, logrows: int) -> str | 
         return (f"the {biggest['what']} is {biggest['rows'] / max(layout, 1):,.0f}x the "
                 f"layout's rows; each step down from scale 2^{ra['input_scale']} halves it "
                 f"(~{steps} steps to the layout's size) if the labels survive")
+    if sorts["shuffles"] or sorts["dynamic_lookups"]:
+        return (f"MaxPool/ArgMax laid out as sorts ({sorts['shuffles']} shuffles, "
+                f"{sorts['dynamic_lookups']} dynamic lookups) raise the circuit's degree to 6, "
+                f"doubling every proof's extended domain; rewritten exactly from ReLU and "
+                f"comparisons (--max-ops range-checks, which tune tries) they cost about half")
     if logrows >= 14:
         # (the layout's rows do not depend on the scale: digits_cnn at 2^0, 2^8, 2^13)
         return (f"{layout:,} rows in {ra['num_inner_cols']} inner columns at logrows "

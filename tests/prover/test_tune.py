@@ -208,6 +208,9 @@ def test_show_names_the_biggest_cost(prover_home, iris_package):
     text = run_cli("models", "show", "iris_mlp", home=prover_home, check=True).stdout
     line = next(ln for ln in text.splitlines() if ln.startswith("biggest"))
     assert "layout" in line and "rows" in line and "%" in line
+    # its ArgMax is a sort in EZKL: the report says what that costs and what rewrites it
+    line = next(ln for ln in text.splitlines() if ln.startswith("suggest"))
+    assert "shuffles" in line and "--max-ops range-checks" in line
 
 
 def test_manifest_without_tuning_keeps_its_id(iris_package):
