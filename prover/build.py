@@ -177,6 +177,11 @@ def build_package(
     backend = backend or EZKLBackend()
     info, label_added, onnx_bytes, reference = package_model(
         source, public_output, (options or CircuitOptions()).max_ops)
+    if reference is not onnx_bytes and served_from_reference_file(source.name):
+        raise InputError(f"{source.name} is a reference model, which the server serves from its "
+                         f"own file: a package of its rewritten graph (--max-ops range-checks) "
+                         f"could not prove what the server answers; register it under "
+                         f"another --name")
     key = None if tuning is not None else build_key(
         source, onnx_bytes, visibility=visibility, public_output=public_output, options=options,
         srs_file=srs_file, ezkl_version=backend.version, solc=solc_version())
@@ -310,6 +315,14 @@ def remove_package(settings: Settings, package_id: str) -> bool:
         shutil.rmtree(work, ignore_errors=True)
         release(work, held)
     return True
+
+
+def served_from_reference_file(name: str) -> bool:
+    """Whether ``verinfer serve`` runs the model of this name from the reference model's own
+    file (server/inference/registry.py), whatever package is registered under the name."""
+    from models import REFERENCE_MODELS
+
+    return name in REFERENCE_MODELS
 
 
 def package_model(source: ModelSource, public_output: PublicOutput, max_ops: str = "ezkl"):

@@ -229,7 +229,8 @@ class SearchFailed(VerinferError):
 class _Search:
     def __init__(self, settings: Settings, source: ModelSource, objective: str,
                  budget_s: float, progress: Progress, backend: ProofSystem,
-                 visibility: str, public_output: str = "logits", verifier: str = "chain") -> None:
+                 visibility: str, public_output: str = "logits", verifier: str = "chain",
+                 rewrite: bool = True) -> None:
         self.settings, self.source, self.objective = settings, source, objective
         self.verifier = verifier
         self.budget_s, self.progress, self.backend = budget_s, progress, backend
@@ -251,6 +252,12 @@ class _Search:
             self.onnx_bytes = model.SerializeToString()
         # the graph with its maxima rewritten (max_ops "range-checks"), when there are any
         self.rewritten = (model.SerializeToString() if rewrite_max_ops(model) else None)
+        self.no_rewrite = None if rewrite else (
+            f"the server serves {source.name} from its reference file; tune it under another "
+            f"--name to try its MaxPool/ArgMax rewritten")
+        if self.rewritten is not None and self.no_rewrite:
+            self.rewritten = None
+            progress.note(f"  (not tried: {self.no_rewrite})")
         # Beside the builds' working folders, held the same way (its proving keys are hundreds
         # of MB; in /tmp a killed search's stayed for good): a build or search after a killed
         # one removes it.
@@ -285,6 +292,10 @@ class _Search:
         (folder / files.MODEL).write_bytes(self.rewritten if rewritten else self.onnx_bytes)
         m.folder = folder
         self.ms.append(m)
+        if m.options.max_ops == "range-checks" and self.no_rewrite:
+            m.status, m.reason = "failed", self.no_rewrite
+            self.note(m, m.reason)
+            return False
         try:
             with captured_output(self.log):
                 shape = calibrate(self.backend, folder, self.samples, self.visibility,
@@ -566,10 +577,11 @@ def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
            budget_minutes: float = 10.0, progress: Progress = SILENT,
            candidates: list[CircuitOptions] | None = None, backend: ProofSystem | None = None,
            visibility: str = "public", public_output: str = "logits",
-           verifier: str = "chain") -> TuneResult:
+           verifier: str = "chain", rewrite: bool = True) -> TuneResult:
     """Run the search (``candidates``: these instead of the built-in plan). ``verifier``:
     ``chain`` keeps only circuits whose Solidity verifier fits EIP-170; ``offline`` keeps
-    any (their proofs are checked off chain), and then gas is not an objective."""
+    any (their proofs are checked off chain), and then gas is not an objective. ``rewrite``:
+    whether the plan tries the graph's maxima rewritten (``max_ops``)."""
     from prover.ezkl_backend import EZKLBackend
 
     if objective not in OBJECTIVES:
@@ -581,7 +593,7 @@ def search(settings: Settings, source: ModelSource, *, objective: str = "prove",
     if not budget_minutes > 0:
         raise InputError("--budget must be a positive number of minutes")
     s = _Search(settings, source, objective, budget_minutes * 60.0, progress,
-                backend or EZKLBackend(), visibility, public_output, verifier)
+                backend or EZKLBackend(), visibility, public_output, verifier, rewrite)
     try:
         return s.run(candidates)
     finally:
@@ -596,11 +608,14 @@ def tune_and_register(settings: Settings, source: ModelSource, *, objective: str
     """Search, then register the chosen candidate as a normal package recording the search.
     ``public_output``: the package's public output (``models add --public-output``), searched
     and registered with it."""
-    from prover.build import build_package
+    from prover.build import build_package, served_from_reference_file
 
+    # a rewritten graph is another model file: under a reference model's name the server
+    # would answer from the reference file, which the package could not prove
     result = search(settings, source, objective=objective, budget_minutes=budget_minutes,
                     progress=progress, candidates=candidates, visibility=visibility,
-                    public_output=public_output, verifier=verifier)
+                    public_output=public_output, verifier=verifier,
+                    rewrite=not served_from_reference_file(source.name))
     chosen = result.chosen
     # The chosen circuit, exactly: its columns too (the default rule could pick others).
     options = replace(chosen.options, inner_cols=chosen.inner_cols)

@@ -469,3 +469,21 @@ def test_rewritten_maxima_are_searched_registered_and_verify_on_chain(prover_hom
         other = (instances[-1] + 1) % 3  # another class as the label (the last instance)
         with pytest.raises(ProofInvalid):
             verify_onchain(url, verifier, proof, [*instances[:-1], other])
+
+
+def test_under_a_reference_models_name_the_rewrite_is_not_registered(prover_home):
+    """The server answers iris_mlp from the reference file: a package of the rewritten graph
+    under that name could not prove what it answers, so tuning under that name leaves the
+    rewrite out (the candidate fails, saying why), and the defaults are chosen."""
+    from prover.build import reference_source
+    from prover.tune import tune_and_register
+    from verifier.config import Settings
+
+    rc = CircuitOptions(inner_cols=1, max_ops="range-checks")
+    result, pkg = tune_and_register(Settings(home=prover_home), reference_source("iris_mlp"),
+                                    objective="pk", budget_minutes=30, candidates=[rc])
+    m = next(m for m in result.measurements if m.options == rc)
+    assert m.status == "failed" and "reference file" in m.reason and "--name" in m.reason
+    assert result.chosen.baseline
+    assert "preflight" in pkg.manifest.model_dump() and \
+        "rewritten_from_sha256" not in pkg.manifest.preflight
