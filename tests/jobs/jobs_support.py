@@ -31,5 +31,18 @@ def Server(home: Path, env: dict | None = None) -> ServerProcess:
     return ServerProcess(home, env=env, new_session=True)
 
 
+def run_audit(bundle_dir: Path, keys: Path, packages: Path, home: Path):
+    """``verinfer audit BUNDLE_DIR --keys KEYS --models PACKAGES --allow-dev-srs`` (the project
+    CLI, in a fresh process; ``home`` its data dir) -> the completed process."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(bundle_dir),
+                           "--keys", str(keys), "--models", str(packages), "--allow-dev-srs"],
+                          capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "VERINFER_HOME": str(home)})
+
+
 def package_dir(home: Path, name: str = "iris_mlp") -> Path:
     return home / "packages" / (home / "names" / name).read_text().strip()

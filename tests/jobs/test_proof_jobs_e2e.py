@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
-from jobs_support import REPO_ROOT, iris_input, package_dir, tensor
+from jobs_support import iris_input, package_dir, run_audit, tensor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ezkl]
 
@@ -88,11 +88,8 @@ def test_async_proof_done_and_verifies_with_ezkl(server, tmp_path):
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(bundle))
     jwks = server.request("GET", "/.well-known/jwks.json")[1]
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
-    audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "b"),
-                            "--keys", str(tmp_path / "jwks.json"), "--models",
-                            str(server.home / "packages"), "--allow-dev-srs"],
-                           capture_output=True, text=True, cwd=REPO_ROOT,
-                           env={**os.environ, "VERINFER_HOME": str(tmp_path)})
+    audit = run_audit(tmp_path / "b", tmp_path / "jwks.json", server.home / "packages",
+                      tmp_path)
     assert audit.returncode == 0, audit.stderr
 
 

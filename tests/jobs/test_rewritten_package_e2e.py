@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-from jobs_support import REPO_ROOT, VERINFER, iris_input, package_dir
+from jobs_support import REPO_ROOT, VERINFER, iris_input, package_dir, run_audit
 
 from models import load_split
 from verifier.manifest import Manifest
@@ -46,20 +45,12 @@ def test_a_rewritten_package_is_served_proven_and_audited(servers, tmp_path_fact
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(bundle))
     jwks = server.request("GET", "/.well-known/jwks.json")[1]
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
-    audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "b"),
-                            "--keys", str(tmp_path / "jwks.json"), "--models",
-                            str(home / "packages"), "--allow-dev-srs"],
-                           capture_output=True, text=True, cwd=REPO_ROOT,
-                           env={**os.environ, "VERINFER_HOME": str(tmp_path)})
+    audit = run_audit(tmp_path / "b", tmp_path / "jwks.json", home / "packages", tmp_path)
     assert audit.returncode == 0, audit.stderr
     # a bundle whose proof claims another label is refused
     bad = json.loads(json.dumps(bundle))
     inst = bad["proof"]["instances"][0]
     inst[-1] = inst[-2] if inst[-1] != inst[-2] else inst[0]
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(bad))
-    audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "b"),
-                            "--keys", str(tmp_path / "jwks.json"), "--models",
-                            str(home / "packages"), "--allow-dev-srs"],
-                           capture_output=True, text=True, cwd=REPO_ROOT,
-                           env={**os.environ, "VERINFER_HOME": str(tmp_path)})
+    audit = run_audit(tmp_path / "b", tmp_path / "jwks.json", home / "packages", tmp_path)
     assert audit.returncode == 1, audit.stdout + audit.stderr
