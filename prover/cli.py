@@ -41,8 +41,9 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--max-ops", choices=["ezkl", "range-checks"],
                      help="how the circuit takes maxima: ezkl: MaxPool and ArgMax as EZKL lays "
                      "them out (a sort: shuffles and a dynamic lookup); range-checks: rewritten "
-                     "exactly from ReLU and comparisons (model.onnx is the rewritten graph; "
-                     "about half the prove time of a CNN; see docs/tuning.md) (default: ezkl)")
+                     "exactly from ReLU and comparisons (model.onnx is the rewritten graph, so "
+                     "not under a reference model's name: give --name; about half the prove "
+                     "time of a CNN; see docs/tuning.md) (default: ezkl)")
     add.add_argument("--srs", type=Path, metavar="FILE",
                      help="ceremony SRS file to use instead of a local development SRS")
     add.add_argument("--srs-sha256", metavar="HEX",
