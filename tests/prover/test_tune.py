@@ -320,14 +320,18 @@ def test_wider_layouts_wait_and_are_skipped_once_a_verifier_is_too_large(prover_
         wide = Measurement(CircuitOptions(inner_cols=4), inner_cols=4, logrows=14,
                            num_rows=11_871)
         assert s._worth(wide, base)
-        s.too_wide = 3  # a 3-column verifier was over the limit
+        s.too_wide["ezkl"] = 3  # a 3-column verifier was over the limit
         assert not s._worth(wide, base) and wide.status == "verifier-too-large"
         assert "circuit 3 wide" in wide.reason
+        # the maxima rewritten make smaller verifiers: that one says nothing of theirs
+        rc = Measurement(CircuitOptions(inner_cols=4, max_ops="range-checks"), inner_cols=4,
+                         logrows=14, num_rows=11_871)
+        assert s._worth(rc, base)
         # under a logrows cap EZKL lays 3 inner columns out in 2 blocks: 6 wide
         capped = Measurement(CircuitOptions(inner_cols=3, max_logrows=13), inner_cols=3,
                              logrows=13, num_rows=14_768)
         assert capped.width == 6 and capped.verifier_guess(base) > EIP170_LIMIT
-        s.too_wide = capped.width  # its verifier was over: 3 columns in one block still run
+        s.too_wide["ezkl"] = capped.width  # its verifier was over: 3 columns in one block still run
         three = Measurement(CircuitOptions(inner_cols=3), inner_cols=3, logrows=14,
                             num_rows=14_768)
         assert three.width == 3 and s._worth(three, base)
