@@ -134,7 +134,7 @@ def _maxpool(node, src: str, shape, names: _Names, relu_after: bool):
     if len(node.output) != 1 or shape is None or len(shape) != 4 or None in shape[2:]:
         return None
     kernel = list(_attr(node, "kernel_shape", []))
-    strides = list(_attr(node, "strides", kernel)) or kernel
+    strides = list(_attr(node, "strides", [1, 1]))  # ONNX's default, unlike torch's kernel
     pads = list(_attr(node, "pads", [0, 0, 0, 0]))
     dilations = list(_attr(node, "dilations", [1, 1]))
     if (len(kernel) != 2 or any(pads) or dilations != [1, 1] or _attr(node, "ceil_mode", 0)

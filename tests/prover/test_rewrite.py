@@ -98,6 +98,23 @@ def test_argmax_by_comparisons_takes_the_first_maximum(keepdims):
         np.testing.assert_array_equal(got.reshape(-1), np.argmax(x, axis=1))
 
 
+def test_a_maxpool_without_strides_steps_by_one():
+    """ONNX's default stride is 1 on each axis (not the kernel, as in torch)."""
+    graph = helper.make_graph(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2])], "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 5, 5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rewritten = onnx.load_from_string(model.SerializeToString())
+    assert rewrite_max_ops(rewritten) == 1
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = np.random.default_rng(4).integers(-5, 6, (1, 1, 6, 6)).astype(np.float32)
+    want, = _run(model, x)
+    got, = _run(rewritten, x)
+    assert want.shape == got.shape == (1, 1, 5, 5)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_forms_the_rules_do_not_cover_are_left_as_they_are():
     cases = [
         _pool_model((1, 1, 6, 6), [2, 2], [2, 2], pads=[1, 1, 1, 1]),
