@@ -17,8 +17,8 @@ checks only:
 In the circuit both are exact: sums, differences and ReLU of fixed-point integers. In
 float32 the max tree can differ from MaxPool by rounding in ``a + (b - a)`` (an ulp); the
 labels of a rewritten package are checked against the user's own model, as every
-candidate's are. Only forms these rules cover are rewritten (2-D MaxPool without padding
-or dilation, ArgMax of a rank-2 tensor, opset >= 13); anything else is left as it is.
+candidate's are. Only forms these rules cover are rewritten (2-D MaxPool of floats without
+padding or dilation, ArgMax of a rank-2 tensor, opset >= 13); anything else is left as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_OPS = ("ezkl", "range-checks")
+_FLOATS = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def rewrite_max_ops(model) -> int:
@@ -34,7 +35,7 @@ def rewrite_max_ops(model) -> int:
 
     if _opset(model) < 13:
         return 0
-    shapes = _static_shapes(shape_inference.infer_shapes(model))
+    shapes, types = _static_shapes(shape_inference.infer_shapes(model))
     g = model.graph
     names = _Names(model)
     out_names = {o.name for o in g.output}
@@ -52,8 +53,9 @@ def rewrite_max_ops(model) -> int:
             relu = producer.get(src)
             fuse = (relu is not None and relu.op_type == "Relu" and consumers.get(src) == 1
                     and src not in out_names)
-            nodes = _maxpool(n, relu.input[0] if fuse else src, shapes.get(src), names,
-                             relu_after=fuse)
+            # floats only: ReLU has no uint8 kernel, and b - a of integers wraps around
+            nodes = None if types.get(src) not in _FLOATS else _maxpool(
+                n, relu.input[0] if fuse else src, shapes.get(src), names, relu_after=fuse)
             if nodes is None:
                 new_nodes.append(n)
                 continue
@@ -82,13 +84,15 @@ def _opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _static_shapes(model) -> dict[str, tuple]:
-    """Tensor name -> shape, with None for an axis that is not a fixed size."""
-    out = {}
+def _static_shapes(model) -> tuple[dict[str, tuple], dict[str, int]]:
+    """Tensor name -> shape, with None for an axis that is not a fixed size; and tensor name
+    -> element type (onnx.TensorProto's)."""
+    shapes, types = {}, {}
     for v in (*model.graph.input, *model.graph.value_info, *model.graph.output):
         dims = v.type.tensor_type.shape.dim
-        out[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
-    return out
+        shapes[v.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+        types[v.name] = v.type.tensor_type.elem_type
+    return shapes, types
 
 
 class _Names:

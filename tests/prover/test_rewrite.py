@@ -24,7 +24,7 @@ def _run(model, x: np.ndarray) -> list[np.ndarray]:
     return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
-def _pool_model(shape, kernel, strides, relu=True, opset=18, **attrs):
+def _pool_model(shape, kernel, strides, relu=True, opset=18, dtype=TensorProto.FLOAT, **attrs):
     nodes, src = [], "x"
     if relu:
         nodes.append(helper.make_node("Relu", ["x"], ["r"]))
@@ -32,8 +32,8 @@ def _pool_model(shape, kernel, strides, relu=True, opset=18, **attrs):
     nodes.append(helper.make_node("MaxPool", [src], ["y"], kernel_shape=kernel,
                                   strides=strides, **attrs))
     graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info(
-        "x", TensorProto.FLOAT, ["batch", *shape[1:]])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", shape[1], "h", "w"])])
+        "x", dtype, ["batch", *shape[1:]])],
+        [helper.make_tensor_value_info("y", dtype, ["batch", shape[1], "h", "w"])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
@@ -122,6 +122,9 @@ def test_forms_the_rules_do_not_cover_are_left_as_they_are():
         _pool_model((1, 1, 6, 6), [2, 2], [2, 2], ceil_mode=1),
         _pool_model((1, 1, 6, 6), [2, 2], [2, 2], opset=12),
         _argmax_model(5, axis=0),
+        # integers: ReLU has no uint8 kernel and b - a wraps around
+        _pool_model((1, 1, 6, 6), [2, 2], [2, 2], relu=False, dtype=TensorProto.UINT8),
+        _pool_model((1, 1, 6, 6), [2, 2], [2, 2], relu=False, dtype=TensorProto.INT8),
         _argmax_model(5, rank=3, axis=2),
     ]
     for model in cases:
