@@ -329,7 +329,7 @@ def package_model(source: ModelSource, public_output: PublicOutput, max_ops: str
     """The model as the package holds it: (its description, whether a label output was added,
     the bytes of ``model.onnx``, the bytes whose float labels the circuit's must equal: the
     model before any rewrite of ``max_ops``)."""
-    from prover.rewrite import MAX_OPS, rewrite_max_ops
+    from prover.rewrite import COVERED, MAX_OPS, rewrite_max_ops
 
     if max_ops not in MAX_OPS:
         raise InputError(f"max_ops {max_ops!r}: one of {', '.join(MAX_OPS)}")
@@ -340,7 +340,10 @@ def package_model(source: ModelSource, public_output: PublicOutput, max_ops: str
     # identity in receipts, and it must be the file the server runs.
     onnx_bytes = model.SerializeToString() if changed else source.onnx_path.read_bytes()
     reference = onnx_bytes
-    if max_ops == "range-checks" and rewrite_max_ops(model):
+    if max_ops == "range-checks":
+        if not rewrite_max_ops(model):  # else: the model as given, under another circuit
+            raise InputError(f"--max-ops range-checks: nothing in the model to rewrite ("
+                             f"{COVERED}); build it without --max-ops")
         onnx_bytes = model.SerializeToString()
     return onnx_model.describe(model, label_added), label_added, onnx_bytes, reference
 

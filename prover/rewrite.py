@@ -26,6 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 MAX_OPS = ("ezkl", "range-checks")
+# what rewrite_max_ops rewrites, in words
+COVERED = ("2-D MaxPool of floats without padding or dilation, ArgMax over the last axis of a "
+           "rank-2 tensor, at opset 13 or later")
 _FLOATS = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 

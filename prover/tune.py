@@ -287,16 +287,21 @@ class _Search:
         self.progress.note(f"  [{self.elapsed():5.0f}s] {m.label}: {text}")
 
     def calibrate(self, m: Measurement) -> bool:
+        rewritten = m.options.max_ops == "range-checks"
+        # as build_package refuses them: a rewrite the name cannot be served with, or none
+        why = None if not rewritten else self.no_rewrite or (
+            "max_ops range-checks: nothing in the model to rewrite"
+            if self.rewritten is None else None)
+        if why:
+            self.ms.append(m)
+            m.status, m.reason = "failed", why
+            self.note(m, m.reason)
+            return False
         folder = self.root / f"c{len(self.ms)}"
         folder.mkdir()
-        rewritten = m.options.max_ops == "range-checks" and self.rewritten is not None
         (folder / files.MODEL).write_bytes(self.rewritten if rewritten else self.onnx_bytes)
         m.folder = folder
         self.ms.append(m)
-        if m.options.max_ops == "range-checks" and self.no_rewrite:
-            m.status, m.reason = "failed", self.no_rewrite
-            self.note(m, m.reason)
-            return False
         try:
             with captured_output(self.log):
                 shape = calibrate(self.backend, folder, self.samples, self.visibility,

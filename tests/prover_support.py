@@ -48,3 +48,24 @@ def oip_request(x: np.ndarray, datatype: str = "FP32") -> str:
 def copy_package(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def model_with_nothing_to_rewrite(tmp_path: Path) -> tuple[Path, Path]:
+    """A linear classifier at opset 12 (its ArgMax label, added by verinfer, is not covered:
+    the rewrite's Unsqueeze and ReduceSum take their axes as inputs from opset 13) and real
+    samples of its input."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3],
+                           np.random.default_rng(5).standard_normal(12).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["logits"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])], initializer=[w])
+    path = tmp_path / "linear.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)]), path)
+    cal = tmp_path / "cal.npy"
+    np.save(cal, np.random.default_rng(6).standard_normal((8, 1, 4)).astype(np.float32))
+    return path, cal
+

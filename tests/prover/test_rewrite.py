@@ -202,3 +202,19 @@ def test_the_circuit_has_no_sorts_and_breaks_ties_as_argmax(tmp_path):
     for x in ties:
         label = backend.witness(folder, x, tmp_path / "w.json").outputs[0][0]
         assert int(round(label)) == int(np.argmax(x)), x
+
+
+def test_max_ops_range_checks_with_nothing_to_rewrite_is_refused_in_one_line(tmp_path):
+    """Built, such a package was the model as given (EZKL's sorts) under another circuit
+    (rebase_frac_zero_constants) and labelled "max via range checks"."""
+    from prover_support import model_with_nothing_to_rewrite, run_cli
+
+    path, cal = model_with_nothing_to_rewrite(tmp_path)
+    home = tmp_path / "home"
+    proc = run_cli("models", "add", path, "--calibration-data", cal, "--max-ops",
+                   "range-checks", home=home)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("verinfer: error: --max-ops range-checks: nothing in the model "
+                               "to rewrite"), proc.stderr
+    assert not (home / "names").exists()

@@ -491,3 +491,28 @@ def test_under_a_reference_models_name_the_rewrite_is_not_registered(prover_home
     assert result.chosen.baseline
     assert "preflight" in pkg.manifest.model_dump() and \
         "rewritten_from_sha256" not in pkg.manifest.preflight
+
+
+def test_a_range_checks_candidate_with_nothing_to_rewrite_fails_before_calibration(
+        prover_home, tmp_path):
+    """A model whose maxima the rewrite does not cover (opset 12): a ``max_ops="range-checks"``
+    candidate was calibrated as the model given with rebase_frac_zero_constants on, and could
+    be chosen and registered as "max via range checks"; it now fails, as ``models add
+    --max-ops range-checks`` refuses it (no EZKL reached: the backend is None)."""
+    from prover_support import model_with_nothing_to_rewrite
+
+    from prover.build import file_source
+    from prover.tune import _Search
+    from verifier.config import Settings
+
+    path, cal = model_with_nothing_to_rewrite(tmp_path)
+    s = _Search(Settings(home=prover_home), file_source("linear", path, cal), "prove", 60.0,
+                SILENT, None, "public")
+    try:
+        assert s.rewritten is None
+        m = Measurement(CircuitOptions(max_ops="range-checks"))
+        assert not s.calibrate(m)
+        assert m.status == "failed" and "nothing in the model to rewrite" in m.reason
+        assert m in s.ms and m.folder is None
+    finally:
+        s.close()
