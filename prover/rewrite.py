@@ -15,7 +15,8 @@ checks only:
   index, as ``torch.argmax`` and ``numpy.argmax`` break them.
 
 In the circuit both are exact: sums, differences and ReLU of fixed-point integers. In
-float32 the max tree can differ from MaxPool by rounding in ``a + (b - a)`` (an ulp); the
+float32 the max tree can differ from MaxPool by rounding in ``a + (b - a)`` (an ulp of the
+larger of |a|, |b|: with the ReLU moved after it, a very negative a costs a small b digits); the
 labels of a rewritten package are checked against the user's own model, as every
 candidate's are. Only forms these rules cover are rewritten (2-D MaxPool of floats without
 padding or dilation, ArgMax of a rank-2 tensor, opset >= 13); anything else is left as it is.
