@@ -165,6 +165,9 @@ class TuneResult:
     chain: str | None = None  # where verifyProof gas was measured
     public_output: str = "logits"  # the circuits' public output (models add --public-output)
     verifier: str = "chain"  # chain: only deployable verifiers; offline: any (--verifier)
+    # why the graph's maxima were not tried rewritten although it has some (a reference
+    # model's name), else None
+    rewrite_not_tried: str | None = None
 
     def record(self) -> dict:
         """What the manifest keeps of the search."""
@@ -255,8 +258,9 @@ class _Search:
         self.no_rewrite = None if rewrite else (
             f"the server serves {source.name} from its reference file; tune it under another "
             f"--name to try its MaxPool/ArgMax rewritten")
+        self.rewrite_not_tried = None
         if self.rewritten is not None and self.no_rewrite:
-            self.rewritten = None
+            self.rewritten, self.rewrite_not_tried = None, self.no_rewrite
             progress.note(f"  (not tried: {self.no_rewrite})")
         # Beside the builds' working folders, held the same way (its proving keys are hundreds
         # of MB; in /tmp a killed search's stayed for good): a build or search after a killed
@@ -445,7 +449,7 @@ class _Search:
         return TuneResult(self.objective, self.budget_s, self.baseline_s + self.elapsed(),
                           self.source.eval_set,
                           base, self.ms, front, chosen, self.chain_name, self.public_output,
-                          self.verifier)
+                          self.verifier, self.rewrite_not_tried)
 
     def _run_list(self, base: Measurement, candidates: list[CircuitOptions]) -> None:
         for opts in candidates:
@@ -661,4 +665,6 @@ def table(result: TuneResult) -> str:
     lines.append(f"* chosen for {result.objective}; b the defaults. Candidates: "
                  + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
                  + f"; {result.elapsed_s:.0f}s")
+    if result.rewrite_not_tried:  # said at the start too, but this is what one reads
+        lines.append(f"Not tried: {result.rewrite_not_tried} (docs/tuning.md)")
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from models import load_split
 from prover.backend import CircuitOptions
 from prover.costs import circuit_costs
 from prover.progress import SILENT
-from prover.tune import Measurement, SearchFailed, choose, pareto_front
+from prover.tune import Measurement, SearchFailed, choose, pareto_front, table
 from verifier.errors import ProofInvalid
 from verifier.manifest import Manifest
 from verifier.onchain import proof_parts, verify_onchain
@@ -489,6 +489,9 @@ def test_under_a_reference_models_name_the_rewrite_is_not_registered(prover_home
     m = next(m for m in result.measurements if m.options == rc)
     assert m.status == "failed" and "reference file" in m.reason and "--name" in m.reason
     assert result.chosen.baseline
+    # and the table the CLI prints last says what was left out, and how to try it
+    assert "Not tried: the server serves iris_mlp from its reference file" in table(result)
+    assert "--name" in table(result).splitlines()[-1]
     assert "preflight" in pkg.manifest.model_dump() and \
         "rewritten_from_sha256" not in pkg.manifest.preflight
 
