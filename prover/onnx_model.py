@@ -93,6 +93,12 @@ def _tensor(value_info) -> TensorInfo:
     return TensorInfo(value_info.name, datatype, tuple(dims))
 
 
+def tensor_names(graph) -> set[str]:
+    """Every tensor name the graph uses (inputs, outputs, shapes, initializers, node edges)."""
+    return ({v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
+            | {t for n in graph.node for t in (*n.input, *n.output)})
+
+
 def ensure_label_output(model) -> bool:
     """Append ArgMax(last axis) of the first output when no output is an integer; True if so."""
     from onnx import TensorProto, helper
@@ -108,8 +114,7 @@ def ensure_label_output(model) -> bool:
         raise UnsupportedModel(f"output {first.name!r} is a scalar: no class axis to take the "
                                f"label (ArgMax) over; give the model logits or a label output")
     # "label", unless the graph already names a tensor so (then ArgMax would feed itself)
-    taken = ({v.name for v in (*graph.input, *graph.output, *graph.value_info, *graph.initializer)}
-             | {t for n in graph.node for t in (*n.input, *n.output)})
+    taken = tensor_names(graph)
     name, i = "label", 0
     while name in taken:
         i += 1

@@ -52,6 +52,7 @@ def rewrite_max_ops(model) -> int:
     producer = {t: n for n in g.node for t in n.output}
     fused = set()  # ReLU nodes moved after the MaxPool they fed
     for n in g.node:
+        nodes, fuse = None, False
         if n.op_type == "MaxPool":
             src = n.input[0]
             relu = producer.get(src)
@@ -60,22 +61,15 @@ def rewrite_max_ops(model) -> int:
             # floats only: ReLU has no uint8 kernel, and b - a of integers wraps around
             nodes = None if types.get(src) not in _FLOATS else _maxpool(
                 n, relu.input[0] if fuse else src, shapes.get(src), names, relu_after=fuse)
-            if nodes is None:
-                new_nodes.append(n)
-                continue
-            if fuse:
-                fused.add(id(relu))
-            new_nodes.extend(nodes)
-            rewritten += 1
         elif n.op_type == "ArgMax":
             nodes = _argmax(n, shapes.get(n.input[0]), names)
-            if nodes is None:
-                new_nodes.append(n)
-                continue
-            new_nodes.extend(nodes)
-            rewritten += 1
-        else:
+        if nodes is None:
             new_nodes.append(n)
+            continue
+        if fuse:
+            fused.add(id(relu))
+        new_nodes.extend(nodes)
+        rewritten += 1
     if rewritten:
         kept = [n for n in new_nodes if id(n) not in fused]
         del g.node[:]
@@ -103,10 +97,9 @@ class _Names:
     """Fresh tensor and node names, none of them already in the graph."""
 
     def __init__(self, model) -> None:
-        g = model.graph
-        self.taken = ({v.name for v in (*g.input, *g.output, *g.value_info, *g.initializer)}
-                      | {t for n in g.node for t in (*n.input, *n.output)}
-                      | {n.name for n in g.node})
+        from prover.onnx_model import tensor_names
+
+        self.taken = tensor_names(model.graph) | {n.name for n in model.graph.node}
         self.i = 0
 
     def __call__(self, stem: str) -> str:

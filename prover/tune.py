@@ -255,13 +255,13 @@ class _Search:
             self.onnx_bytes = model.SerializeToString()
         # the graph with its maxima rewritten (max_ops "range-checks"), when there are any
         self.rewritten = (model.SerializeToString() if rewrite_max_ops(model) else None)
-        self.no_rewrite = None if rewrite else (
-            f"the server serves {source.name} from its reference file; tune it under another "
-            f"--name to try its MaxPool/ArgMax rewritten")
-        self.rewrite_not_tried = None
-        if self.rewritten is not None and self.no_rewrite:
-            self.rewritten, self.rewrite_not_tried = None, self.no_rewrite
-            progress.note(f"  (not tried: {self.no_rewrite})")
+        self.rewrite_not_tried = None  # why there is a rewrite and it is left out
+        if self.rewritten is not None and not rewrite:
+            self.rewritten = None
+            self.rewrite_not_tried = (
+                f"the server serves {source.name} from its reference file; tune it under "
+                f"another --name to try its MaxPool/ArgMax rewritten")
+            progress.note(f"  (not tried: {self.rewrite_not_tried})")
         # Beside the builds' working folders, held the same way (its proving keys are hundreds
         # of MB; in /tmp a killed search's stayed for good): a build or search after a killed
         # one removes it.
@@ -293,9 +293,8 @@ class _Search:
     def calibrate(self, m: Measurement) -> bool:
         rewritten = m.options.max_ops == "range-checks"
         # as build_package refuses them: a rewrite the name cannot be served with, or none
-        why = None if not rewritten else self.no_rewrite or (
-            "max_ops range-checks: nothing in the model to rewrite"
-            if self.rewritten is None else None)
+        why = None if not rewritten or self.rewritten is not None else (
+            self.rewrite_not_tried or "max_ops range-checks: nothing in the model to rewrite")
         if why:
             self.ms.append(m)
             m.status, m.reason = "failed", why
