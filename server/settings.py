@@ -155,6 +155,13 @@ class ServerSettings(Settings):
                              "(e.g. example.com/verinfer/log)")
         return v
 
+    @field_validator("siwe_domain")
+    @classmethod
+    def _domain_host_in_lowercase(cls, v: str | None) -> str | None:
+        from server.siwe import authority
+
+        return None if v is None else authority(v)  # what /v1/auth/nonce tells wallets to name
+
     # --- on-chain relayer (server/relayer/relayer.py; docs/server.md "Relayer") ----------
     relay_rpc: str | None = Field(
         None, description="JSON-RPC node whose VerinferOracle requests this server answers "

@@ -128,12 +128,20 @@ def recover_signer(text: str, signature: str) -> str:
         raise Unauthenticated("SIWE signature is not a valid Ethereum signature") from None
 
 
+def authority(text: str) -> str:
+    """An RFC 3986 authority (a SIWE domain, a URI's) as compared: its host's letters are
+    case-insensitive (browsers, and so wallets, write them in lowercase); userinfo and port as
+    written (another port is another site)."""
+    userinfo, at, hostport = text.rpartition("@")
+    return userinfo + at + hostport.lower()
+
+
 def check_message(msg: SiweMessage, signature: str, text: str, *, domain: str, chain_id: int,
                   nonce_ttl: timedelta, scheme: str = "https", now: datetime | None = None) -> str:
     """Every check but the nonce's being ours and unused (the store does that, atomically).
     Returns the signing address (lowercase)."""
     now = now or datetime.now(UTC)
-    if msg.domain != domain:
+    if authority(msg.domain) != authority(domain):
         raise Unauthenticated(f"SIWE message is for domain {msg.domain!r}, not this server ({domain!r})")
     # The wallet compares the message's scheme (https when it names none) with the page asking:
     # a page on http://<domain> (a network attacker's copy of the site) gets a message naming
@@ -145,7 +153,7 @@ def check_message(msg: SiweMessage, signature: str, text: str, *, domain: str, c
         uri_host = uri.netloc
     except ValueError:  # e.g. "http://[host/": an unclosed IPv6 bracket
         raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not a URL") from None
-    if uri_host != domain or uri.scheme.lower() != scheme:
+    if authority(uri_host) != authority(domain) or uri.scheme.lower() != scheme:
         raise Unauthenticated(f"SIWE message URI {msg.uri!r} is not on this server ({scheme}://{domain})")
     if msg.version != "1":
         raise Unauthenticated("SIWE message version must be 1")

@@ -111,6 +111,28 @@ def test_the_scheme_is_https_unless_the_server_says_http(world, tmp_path):
             assert plain.post("/v1/auth/siwe", json=body).status_code == status, scheme
 
 
+def test_the_domain_is_compared_as_a_host_is_without_regard_to_case(tmp_path):
+    """RFC 3986: a host's letters are case-insensitive. Browsers lowercase the page's host, and
+    the wallet writes the message's domain from it: a server configured with capitals must still
+    accept it. The port is not a host: another port is another site."""
+    settings = ServerSettings(home=tmp_path, models=("iris_mlp",), auth="on", tiers=TIERS, proof_workers=0,
+                              siwe_domain="Verinfer.Example:8443")
+    wallet = Account.create()
+    keys = ApiKeyStore(settings.apikeys_path)
+    keys.add_wallet(wallet.address, "small")
+    keys.close()
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/auth/nonce").json()["domain"] == "verinfer.example:8443"
+        for domain, uri, status in (("verinfer.example:8443", "https://verinfer.example:8443/login", 200),
+                                    ("VERINFER.example:8443", "https://Verinfer.EXAMPLE:8443/", 200),
+                                    ("verinfer.example:8444", "https://verinfer.example:8444/", 401),
+                                    ("verinfer.example:8443", "https://verinfer.example/", 401)):
+            nonce = client.get("/v1/auth/nonce").json()["nonce"]
+            body = sign_in_body(client, wallet, domain=domain, uri=uri, nonce=nonce)
+            r = client.post("/v1/auth/siwe", json=body)
+            assert r.status_code == status, (domain, uri, r.text)
+
+
 def test_the_public_nonce_route_writes_nothing(world):
     """Nonces are minted, not stored: a client asking for them in a loop costs no disk."""
     client, store, _wallet = world
