@@ -230,13 +230,41 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return own, children
 
 
+def _batch_counters(port: int) -> tuple[float, float, float] | None:
+    """The server's batches, rows and engine seconds so far for ``MODEL`` (its Prometheus
+    ``/metrics``); None where there are none (the minimal app)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.labels.get("model") == MODEL and s.name in (
+                    "verinfer_batch_rows_count", "verinfer_batch_rows_sum", "verinfer_compute_seconds_total"):
+                found[s.name] = s.value
+    if len(found) < 3:
+        return None
+    return found["verinfer_batch_rows_count"], found["verinfer_batch_rows_sum"], found["verinfer_compute_seconds_total"]
+
+
 def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: list[bytes],
             pid: int | None = None) -> dict:
     if warmup:
         _run(_load(port, concurrency, 0.0, warmup, reqs))
+    batches0 = _batch_counters(port) if pid else None
     cpu0, t0, own0 = (_cpu_seconds(pid) if pid else (0.0, 0.0)), time.perf_counter(), time.process_time()
     lat, errors = _run(_load(port, concurrency, 0.0, duration, reqs))
     cpu1, t1, own1 = (_cpu_seconds(pid) if pid else (0.0, 0.0)), time.perf_counter(), time.process_time()
+    batches1 = _batch_counters(port) if batches0 else None
+    batch = None
+    if batches0 and batches1 and batches1[0] > batches0[0]:
+        n, rows, engine_s = (b - a for a, b in zip(batches0, batches1))
+        # rows per forward pass, and the engine's wall time per row (the model's share of a request)
+        batch = {"rows_per_batch": round(rows / n, 2), "engine_us_per_row": round(engine_s / rows * 1e6, 1)}
     ms = np.array(lat) * 1e3
     return {
         "concurrency": concurrency,
@@ -254,6 +282,7 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: l
         "worker_cpu_us_per_request": round((cpu1[1] - cpu0[1]) / max(1, len(lat)) * 1e6) if pid else None,
         # the load generator (this process) shares the cores: what it takes, the server cannot use
         "client_cpu_us_per_request": round((own1 - own0) / max(1, len(lat)) * 1e6),
+        **(batch or {}),
     }
 
 
@@ -321,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  cpu us/req: server "
                           f"{r['server_cpu_us_per_request']}, worker {r['worker_cpu_us_per_request']}, "
                           f"client {r['client_cpu_us_per_request']}"
-                          f"  errors {r['errors']}", flush=True)
+                          + (f", model {r['engine_us_per_row']:.0f} per row in batches of {r['rows_per_batch']:.1f}"
+                             if "rows_per_batch" in r else "")
+                          + f"  errors {r['errors']}", flush=True)
 
     results = {config: [_median_point(points[config][c]) for c in args.concurrency] for config in args.only}
     ratios: dict[str, dict] = {}
