@@ -386,31 +386,6 @@ def try_once(url: str, body: bytes, allow: tuple[str, ...] | list[str], sign: Ca
     return None if 200 <= status < 300 else f"HTTP {status}"
 
 
-def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float,
-            allow: tuple[str, ...] | list[str] = (), sign: CallbackSigner | None = None,
-            timeout_s: float = 5.0, stop=None) -> bool:
-    """POST ``payload`` as signed JSON until a 2xx answer, waiting in this thread between
-    tries; False when every try failed or the URL is refused. (The server delivers through a
-    :class:`Dispatcher`, which holds no thread while a callback waits.)"""
-    body = compact_json(payload)
-    for i in range(attempts):
-        try:
-            why = try_once(url, body, allow, sign, timeout_s)
-        except CallbackRefused as exc:
-            log.warning("callback for job %s refused: %s", payload.get("id"), exc)
-            return False
-        if why is None:
-            return True
-        log.warning("callback for job %s, try %d of %d: %s", payload.get("id"), i + 1, attempts, why)
-        if i + 1 < attempts:
-            if stop is not None:
-                if stop.wait(backoff(i, backoff_s)):
-                    return False
-            else:
-                time.sleep(backoff(i, backoff_s))
-    return False
-
-
 class _Delivery:
     def __init__(self, key: str, url: str, body: bytes, client: str, token: object) -> None:
         self.key, self.url, self.body, self.client, self.token = key, url, body, client, token

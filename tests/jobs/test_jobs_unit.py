@@ -15,9 +15,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from golden_corpus import golden
 
 from server.proofs import callbacks
-from server.proofs.callbacks import check_callback_url, deliver
+from server.proofs.callbacks import check_callback_url
 from server.proofs.store import JobStore
 from verifier.errors import DigestMismatch, InputError, KeyUnknown, LinkBroken, SignatureInvalid
+
+
+def deliver(url: str, payload: dict, *, attempts: int, backoff_s: float, allow=(), sign=None,
+            timeout_s: float = 5.0) -> bool:
+    """One callback through the server's own :class:`callbacks.Dispatcher`, waited for: True
+    when it was delivered, False when refused or out of tries."""
+    ended, result = threading.Event(), []
+
+    def done(key, delivered, token):
+        result.append(delivered)
+        ended.set()
+
+    dispatcher = callbacks.Dispatcher(attempts=attempts, backoff_s=backoff_s, allow=allow, sign=sign,
+                                      done=done, timeout_s=timeout_s)
+    dispatcher.start()
+    try:
+        assert dispatcher.submit("k", url, payload)
+        assert ended.wait(120), "the callback neither ended nor was given up in 120 s"
+    finally:
+        dispatcher.stop()
+    return result == [True]
+
 
 GOLDEN = golden() / "bundles" / "valid-signed" / "bundle.json"  # tests/golden_corpus.py
 
@@ -421,23 +443,10 @@ def test_proof_routes_in_process_without_package(home, monkeypatch):
 def test_callback_waits_between_tries_are_capped():
     """The waits double from callback_backoff_s up to MAX_BACKOFF_S: with 20 tries from 0.5 s they
     reached 0.5 * 2^18 s (three days) while holding a thread every client's callbacks share."""
-    with socket.socket() as s:  # a port nobody listens on: every try is refused at once
-        s.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
-
-    class Waits:  # the stop event deliver() waits on; records the waits instead of sleeping
-        def __init__(self):
-            self.asked: list[float] = []
-
-        def wait(self, seconds: float) -> bool:
-            self.asked.append(seconds)
-            return False
-
-    waits = Waits()
-    assert not deliver(url, {"id": "j"}, attempts=20, backoff_s=0.5, allow=(url,), stop=waits)
-    assert len(waits.asked) == 19
-    assert waits.asked[:3] == [0.5, 1.0, 2.0] and max(waits.asked) == callbacks.MAX_BACKOFF_S == 60.0
-    assert waits.asked[-1] == callbacks.MAX_BACKOFF_S  # before the cap: 0.5 * 2**18 s
+    waits = [callbacks.backoff(i, 0.5) for i in range(19)]  # the Dispatcher's, after each failed try
+    assert waits[:3] == [0.5, 1.0, 2.0] and max(waits) == callbacks.MAX_BACKOFF_S == 60.0
+    assert waits[-1] == callbacks.MAX_BACKOFF_S  # before the cap: 0.5 * 2**18 s
+    assert callbacks.backoff(10_000, 0.5) == callbacks.MAX_BACKOFF_S  # no overflow past 2**64
 
 
 def _slow_dns(monkeypatch) -> tuple[threading.Event, list[str]]:
