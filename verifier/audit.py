@@ -5,7 +5,9 @@ No network, no server: everything is checked from files. An audit is
 1. **collect** (:func:`collect`): walk the given paths into items. A bundle is a
    ``bundle.json`` (or a folder holding one, or any ``*.json`` whose ``format``
    is the bundle format); a receipt is a ``*.json`` holding one receipt (or a
-   list of them), or one line of a ``*.jsonl`` file. Inside folders, JSON
+   list of them), or one line of a ``*.jsonl`` file; a response is a ``*.json``
+   holding an inference response with its receipt (``parameters.receipt``: the
+   receipt, then the answer against it). Inside folders, JSON
    files of other known kinds (a JWK Set, a circuit manifest, a corpus index)
    are skipped; a file given by name is always an item.
 2. **check** (:class:`Auditor`): each item, fail closed, into a :class:`Result`
@@ -61,12 +63,13 @@ from verifier.receipts_v2 import (
     parse_any_receipt,
     verify_any_receipt,
 )
+from verifier.responses import check_response, is_response, parse_response, receipt_of
 from verifier.tlog import NoteVerifier
 
 if TYPE_CHECKING:
     from verifier.logcheck import Log
 
-ItemKind = Literal["receipt", "bundle", "unreadable", "log"]
+ItemKind = Literal["receipt", "response", "bundle", "unreadable", "log"]
 Outcome = Literal["ok", "fail", "error"]
 
 # JSON files with these "format"s (or a JWK Set) are not audit items when met inside a folder.
@@ -298,17 +301,20 @@ def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     except ValueError as exc:
         return [Item(name, "unreadable", problem=f"not JSON: {exc}")]
     if isinstance(doc, list):
-        return [Item(f"{name}[{i}]", "receipt", json.dumps(r)) for i, r in enumerate(doc)]
+        return [Item(f"{name}[{i}]", "response" if is_response(r) else "receipt", json.dumps(r))
+                for i, r in enumerate(doc)]
     fmt = doc.get("format") if isinstance(doc, dict) else None
     if fmt == BUNDLE_FORMAT:
         return [Item(name, "bundle", name)]
     if fmt in (RECEIPT_FORMAT, RECEIPT_V2_FORMAT):
         return [Item(name, "receipt", text)]
+    if is_response(doc):
+        return [Item(name, "response", text)]
     if not explicit and (fmt in SKIP_FORMATS or (isinstance(doc, dict) and "keys" in doc)):
         return []
     return [Item(name, "unreadable",
-                 problem=f"neither a receipt ({RECEIPT_FORMAT}, {RECEIPT_V2_FORMAT}) nor a proof bundle "
-                         f"({BUNDLE_FORMAT})")]
+                 problem=f"neither a receipt ({RECEIPT_FORMAT}, {RECEIPT_V2_FORMAT}), an inference "
+                         f"response holding one (parameters.receipt) nor a proof bundle ({BUNDLE_FORMAT})")]
 
 
 # --- checking items --------------------------------------------------------------------
@@ -337,7 +343,8 @@ class Auditor:
         try:
             if item.kind == "unreadable":
                 raise InputError(item.problem)
-            model, label, dev, *cp = (self._bundle if item.kind == "bundle" else self._receipt)(item)
+            check = {"bundle": self._bundle, "response": self._response}.get(item.kind, self._receipt)
+            model, label, dev, *cp = check(item)
         except VerificationError as exc:
             # a failed v2 receipt's checkpoint is still the log's word if its signature checks
             # (check_log): a fork shown only to it is still a fork (not so for a revoked key's,
@@ -359,8 +366,21 @@ class Auditor:
             self._manifests[package_id] = load_manifest_checked(self.packages[package_id])
         return self._manifests[package_id]
 
+    def _response(self, item: Item) -> tuple[str, Any, None, str | None]:
+        """A saved inference response: its receipt, then that the response is the answer the
+        receipt attests (:mod:`verifier.responses`)."""
+        doc = parse_response(item.data)
+        st, checkpoint = self._verified(parse_any_receipt(receipt_of(doc)))
+        check_response(doc, st)
+        return st.predicate.model.name, st.predicate.label, None, checkpoint
+
     def _receipt(self, item: Item) -> tuple[str, Any, None, str | None]:
-        receipt = parse_any_receipt(item.data)
+        st, checkpoint = self._verified(parse_any_receipt(item.data))
+        return st.predicate.model.name, st.predicate.label, None, checkpoint
+
+    def _verified(self, receipt: Any) -> tuple[Any, str | None]:
+        """A receipt's verified statement (against the trusted keys, and the audited models when
+        asked to), and the checkpoint it carries."""
         self._carried = _checkpoint_of(receipt)
         if self.jwks is None:
             raise KeyUnknown("no trusted keys given (--keys JWKS)")
@@ -380,7 +400,7 @@ class Auditor:
             if all(self.manifest(pid).input.scale != p.input.scale for pid in pids):
                 raise LinkBroken(f"receipt commits to the input at scale {p.input.scale}, "
                                  f"not the circuit's")
-        return p.model.name, p.label, None, _checkpoint_of(receipt)
+        return st, _checkpoint_of(receipt)
 
     def _check_origin(self, receipt: Any) -> None:
         """A v2 receipt's log must be one of ``origins`` when given (the keys checked are then
@@ -433,9 +453,10 @@ def _check_batch(items: list[Item]) -> list[Result]:
 
 
 def batches(items: list[Item]) -> list[list[Item]]:
-    """Receipts in batches of RECEIPT_BATCH, bundles in batches of BUNDLE_BATCH, in order."""
+    """Receipts (and responses) in batches of RECEIPT_BATCH, bundles in batches of BUNDLE_BATCH."""
     out: list[list[Item]] = []
-    for kind, size in (("bundle", BUNDLE_BATCH), ("receipt", RECEIPT_BATCH), ("unreadable", 512)):
+    for kind, size in (("bundle", BUNDLE_BATCH), ("receipt", RECEIPT_BATCH), ("response", RECEIPT_BATCH),
+                       ("unreadable", 512)):
         these = [i for i in items if i.kind == kind]
         out.extend(these[n:n + size] for n in range(0, len(these), size))
     return out
@@ -543,7 +564,7 @@ class Summary:
     def table(self) -> str:
         rows = [f"audit: {self.total} item(s) in {self.elapsed_s:.2f} s",
                 f"  {'':10} {'ok':>7} {'fail':>7} {'error':>7}"]
-        for kind in ("receipt", "bundle", "unreadable", "log"):
+        for kind in ("receipt", "response", "bundle", "unreadable", "log"):
             c = self.by_item_kind.get(kind)
             if c:
                 rows.append(f"  {kind:10} {c.get('ok', 0):7} {c.get('fail', 0):7} "

@@ -32,12 +32,13 @@ def register_verify(sub: argparse._SubParsersAction) -> None:
 
 def register_audit(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
-        "audit", help="check many receipts and proof bundles offline",
-        description="Audit receipts (*.json, one per line in *.jsonl) and proof bundles "
+        "audit", help="check many receipts, saved responses and proof bundles offline",
+        description="Audit receipts (*.json, one per line in *.jsonl), saved inference responses "
+        "(*.json: the body of POST /v2/models/M/infer) and proof bundles "
         "(bundle.json, or folders holding them) found under PATHs, offline (only --keys and --log "
         "URLs are fetched, when given): receipt "
-        "signatures against --keys, bundles against the circuit packages in --models, and the "
-        "links between them. Prints OK/FAIL/ERROR lines and a summary table on stderr; "
+        "signatures against --keys, a response's outputs and label against its receipt, bundles "
+        "against the circuit packages in --models, and the links between them. Prints OK/FAIL/ERROR lines and a summary table on stderr; "
         "--json prints the report on stdout. Exit 0 all passed, 1 any failed verification, "
         "2 usage error or (with no failure) an unreadable item.")
     audit.add_argument("paths", type=Path, nargs="+", metavar="PATH",

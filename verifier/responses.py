@@ -1,0 +1,118 @@
+"""An Open Inference Protocol v2 response checked against the receipt it carries.
+
+A receipt that verifies says what the server attested; a client acts on the response's
+``outputs`` and ``parameters.label``. This module checks that they are the same answer: the
+response is from the model the receipt names, its ids are the receipt's, its label is the
+attested label, and each output it holds (those the request asked for, any order) has the
+attested name, datatype and shape, and data whose tensor digest is the attested one. So an
+answer altered on its way (a proxy, a cache, a client's own bug) fails even when the receipt
+beside it is intact.
+
+Outputs sent as binary data (``parameters.binary_data_size``) are not in the JSON document:
+such a response cannot be checked from it (:class:`InputError`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from verifier.errors import DigestMismatch, InputError, LinkBroken
+from verifier.tensors import json_array, tensor_digest
+
+
+def is_response(doc: Any) -> bool:
+    """Whether a parsed JSON document looks like a response with its receipt (the body of
+    ``POST /v2/models/{m}/infer``)."""
+    return (isinstance(doc, dict) and "outputs" in doc and isinstance(doc.get("parameters"), dict)
+            and "receipt" in doc["parameters"])
+
+
+def parse_response(text: str | bytes) -> dict[str, Any]:
+    """A response document, parsed; :class:`InputError` for one that is not a JSON object or
+    holds a key twice in one object (parsers differ on which one counts: the answer audited
+    could be another than the one a client read)."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            twice = next(k for i, (k, _) in enumerate(items) if k in dict(items[:i]))
+            raise InputError(f"the response holds key {twice!r} twice in one object")
+        return obj
+
+    try:
+        doc = json.loads(text, object_pairs_hook=pairs)
+    except ValueError as exc:
+        raise InputError(f"the response is not JSON: {exc}") from None
+    if not is_response(doc):
+        raise InputError("not an inference response holding a receipt (parameters.receipt)")
+    return doc
+
+
+def receipt_of(doc: dict[str, Any]) -> Any:
+    """The receipt a response carries: its JSON text (as the server sends it), or an object."""
+    receipt = doc["parameters"]["receipt"]
+    if not isinstance(receipt, (str, dict)):
+        raise InputError("parameters.receipt is neither the receipt's JSON text nor an object")
+    return receipt
+
+
+def check_response(doc: dict[str, Any], statement: Any) -> None:
+    """Raise unless ``doc``'s answer is the one ``statement`` (its verified receipt's, v1 or v2)
+    attests: :class:`LinkBroken` for another model, id or label, :class:`DigestMismatch` for
+    an output that is not the attested one, :class:`InputError` for what cannot be checked."""
+    p = statement.predicate
+    params = doc["parameters"]
+    _same("model_name", doc.get("model_name"), p.model.name, "model")
+    if "model_version" in doc:
+        _same("model_version", doc["model_version"], p.model.version, "model version")
+    if "receipt_id" in params:
+        _same("parameters.receipt_id", params["receipt_id"], p.requestId, "request id")
+    if "id" in doc:  # the request's own id, echoed
+        _same("id", doc["id"], p.clientRequestId, "client request id")
+    if "label" in params:
+        _same("parameters.label", params["label"], p.label, "label")
+    outputs = doc["outputs"]
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, dict) for o in outputs):
+        raise InputError("the response's outputs are not a list of tensors")
+    attested = {o.name: o for o in p.outputs}
+    seen: set[str] = set()
+    for out in outputs:
+        name = out.get("name")
+        if not isinstance(name, str) or name not in attested:
+            raise LinkBroken(f"the response holds output {name!r}, which the receipt does not attest "
+                             f"(it attests {', '.join(repr(n) for n in attested)})")
+        if name in seen:
+            raise LinkBroken(f"the response holds output {name!r} twice")
+        seen.add(name)
+        want = attested[name]
+        shape = out.get("shape")
+        if out.get("datatype") != want.datatype or not (
+                isinstance(shape, list) and [type(d) for d in shape] == [int] * len(shape)
+                and tuple(shape) == tuple(want.shape)):
+            raise DigestMismatch(f"output {name!r} in the response is {out.get('datatype')} {shape}; "
+                                 f"the receipt attests {want.datatype} {list(want.shape)}")
+        if "data" not in out:
+            raise InputError(f"output {name!r} came as binary data, which this JSON document does not "
+                             "hold: ask for JSON outputs to check a saved response")
+        try:
+            digest = tensor_digest(json_array(out["data"], tuple(shape), want.datatype), want.datatype)
+        except (ValueError, TypeError, InputError):
+            raise DigestMismatch(f"output {name!r} in the response does not fit its shape and datatype") from None
+        if digest != want.digest:
+            raise DigestMismatch(f"output {name!r} in the response is not the output the receipt attests")
+
+
+def _same(field: str, got: Any, want: Any, what: str) -> None:
+    # type first: True == 1 and 1.0 == 1 in Python, not in the JSON a client reads
+    if type(got) is not type(want) or got != want:
+        raise LinkBroken(f"the response's {field} is {got!r}; the receipt attests {what} {want!r}")
+
+
+def verify_response(doc: dict[str, Any], jwks: dict[str, Any], **kw: Any) -> Any:
+    """Verify the receipt a response carries (:func:`verifier.receipts_v2.verify_any_receipt`,
+    ``kw`` passed on), then that the response is the answer it attests; the statement."""
+    from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
+
+    statement = verify_any_receipt(parse_any_receipt(receipt_of(doc)), jwks, **kw)
+    check_response(doc, statement)
+    return statement
