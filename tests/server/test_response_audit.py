@@ -144,3 +144,30 @@ def test_a_response_that_cannot_be_checked_is_an_error(tmp_path, answers):
     code, items, err = _audit(tmp_path, keys, files)
     assert code == 2, err
     assert items == {name: ("error", "InputError") for name in files}, items
+
+
+def test_the_standalone_recipe_checks_the_answer_too(answers):
+    """docs/formats.md's recipe (hashlib and cryptography only): check_receipt, then
+    check_answer on the whole response."""
+    from tests.tlog_support import doc_block
+
+    got, keys = answers
+    recipe: dict = {}
+    exec(compile(doc_block("recipe"), "docs/formats.md#recipe", "exec"), recipe)
+    note_key = json.loads(keys)["note_keys"][0]
+
+    def check(doc: dict) -> None:
+        statement = recipe["check_receipt"](json.loads(doc["parameters"]["receipt"]), note_key)
+        recipe["check_answer"](doc, statement)
+
+    for doc in got.values():
+        check(doc)
+    one, logits = got["one"], got["one"]["outputs"][0]["data"]
+    for edit in (lambda d: d["outputs"][0]["data"].__setitem__(0, logits[0] + 0.5),
+                 lambda d: d["outputs"][1].__setitem__("data", [True]),  # JSON true, not 1
+                 lambda d: d["parameters"].__setitem__("label", 2),
+                 lambda d: d["outputs"][0].__setitem__("shape", [3]),
+                 lambda d: d["outputs"][0].__setitem__("name", "probabilities"),
+                 lambda d: d["parameters"].__setitem__("receipt", got["other"]["parameters"]["receipt"])):
+        with pytest.raises(ValueError):
+            check(json.loads(_changed(one, edit)))
