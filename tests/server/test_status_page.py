@@ -172,6 +172,46 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     assert errors == []
 
 
+def test_in_browser_check_holds_a_whole_answer_to_its_receipt(start_server, browser, tmp_path):
+    """Pasted whole, an answer passes only if its outputs and label are those its receipt
+    attests (as verinfer audit holds a saved response: verifier/responses.py)."""
+    server = start_server(tmp_path / "home")
+    answers = []
+    for data in ([6.1, 2.8, 4.7, 1.2], [5.1, 3.5, 1.4, 0.2]):
+        status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer",
+                                         {"inputs": [{**IRIS[0], "data": data}], "id": "c-1"})
+        assert status == 200, body
+        answers.append(body)
+    one, other = answers
+    assert one["parameters"]["label"] == 1
+    page = browser.new_page()
+    page.goto(server.base + "/#check")
+    state, text = _verdict(page, one)
+    assert state == "valid", text
+    assert "the answer is the attested one" in page.locator("#steps").inner_text()
+
+    def changed(edit) -> dict:
+        doc = json.loads(json.dumps(one))
+        edit(doc)
+        return doc
+
+    logit = one["outputs"][0]["data"][0]
+    for edit, words in (
+            (lambda d: d["outputs"][0]["data"].__setitem__(0, logit + 0.5), "not the output the receipt attests"),
+            (lambda d: d["outputs"][1].__setitem__("data", [2]), "not the output the receipt attests"),
+            (lambda d: d["parameters"].__setitem__("label", True), "label"),  # JSON true is not 1
+            (lambda d: d.__setitem__("model_name", "digits_cnn"), "model_name"),
+            (lambda d: d.__setitem__("id", "c-2"), "client request id"),
+            (lambda d: d["outputs"][0].__setitem__("shape", [3]), "the receipt attests FP32 [1,3]"),
+            (lambda d: d["outputs"].append(d["outputs"][0]), "twice"),
+            (lambda d: d["parameters"].__setitem__("receipt", other["parameters"]["receipt"]), "receipt_id")):
+        state, text = _verdict(page, changed(edit))
+        assert state == "invalid" and words in text, (words, text)
+    binary = changed(lambda d: d["outputs"][0].pop("data"))
+    state, text = _verdict(page, binary)
+    assert state == "error" and "binary data" in text, text
+
+
 def _fulfil_json(doc, route) -> None:
     route.fulfill(status=200, json=doc)
 

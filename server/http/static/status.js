@@ -378,10 +378,12 @@ function memberText(text, key) {
   return found;
 }
 
+// The pasted receipt, and the whole answer it came in (null when only the receipt was pasted).
 function receiptFromText(text) {
-  let obj;
+  let obj, answer = null;
   try { obj = JSON.parse(text); } catch { throw new Invalid("not JSON"); }
   if (obj && typeof obj.parameters?.receipt === "string") {  // a whole answer
+    if (Object.hasOwn(obj, "outputs")) answer = obj;
     text = obj.parameters.receipt;
     obj = JSON.parse(text);
   }
@@ -392,7 +394,49 @@ function receiptFromText(text) {
   if (obj.format === "verinfer.receipt/v2" && Object.hasOwn(obj, "index") && !/^-?(0|[1-9][0-9]*)$/.test(memberText(text, "index"))) {
     throw new Invalid("the receipt's index is not a JSON integer");
   }
-  return obj;
+  return { receipt: obj, answer };
+}
+
+// verifier/responses.py's check_response: the whole answer is the one the verified statement
+// attests (its model, ids and label, and each output's datatype, shape and data digest), so an
+// answer changed beside an intact receipt is invalid. (JSON.parse keeps the last of a key held
+// twice, as Python does: the answer checked is the one this browser reads.)
+async function checkAnswer(answer, statement, steps) {
+  const p = statement.predicate, params = answer.parameters;
+  const same = (field, got, want, what) => {
+    if (typeof got !== typeof want || JSON.stringify(got) !== JSON.stringify(want)) {  // true is not 1
+      throw new Invalid(`the answer's ${field} is ${JSON.stringify(got)}; the receipt attests ${what} ${JSON.stringify(want)}`);
+    }
+  };
+  same("model_name", answer.model_name, p.model.name, "model");
+  if (Object.hasOwn(answer, "model_version")) same("model_version", answer.model_version, p.model.version, "model version");
+  if (Object.hasOwn(params, "receipt_id")) same("parameters.receipt_id", params.receipt_id, p.requestId, "request id");
+  if (Object.hasOwn(answer, "id")) same("id", answer.id, p.clientRequestId, "client request id");
+  if (Object.hasOwn(params, "label")) same("parameters.label", params.label, p.label, "label");
+  const outputs = answer.outputs;
+  if (!Array.isArray(outputs) || !outputs.length || outputs.some((o) => !o || typeof o !== "object" || Array.isArray(o))) {
+    throw new CannotCheck("the answer's outputs are not a list of tensors");
+  }
+  const attested = new Map(p.outputs.map((o) => [o.name, o]));
+  const seen = new Set();
+  for (const o of outputs) {
+    const want = attested.get(o.name);
+    if (typeof o.name !== "string" || !want) throw new Invalid(`the answer holds output ${JSON.stringify(o.name)}, which the receipt does not attest`);
+    if (seen.has(o.name)) throw new Invalid(`the answer holds output ${JSON.stringify(o.name)} twice`);
+    seen.add(o.name);
+    const shape = o.shape;
+    if (o.datatype !== want.datatype || !Array.isArray(shape) || shape.some((d) => !Number.isSafeInteger(d))
+        || JSON.stringify(shape) !== JSON.stringify(want.shape)) {
+      throw new Invalid(`output ${JSON.stringify(o.name)} in the answer is ${o.datatype} ${JSON.stringify(shape)}; the receipt attests ${want.datatype} ${JSON.stringify(want.shape)}`);
+    }
+    if (!Object.hasOwn(o, "data")) throw new CannotCheck(`output ${JSON.stringify(o.name)} came as binary data, which the pasted answer does not hold`);
+    // as the Python check hashes it: numpy's reading of the data, at the attested datatype
+    const cast = castElements({ name: o.name, datatype: want.datatype, shape: want.shape, data: o.data }, true);
+    if (cast === null || await tensorDigest(want.datatype, cast.shape, cast.data) !== want.digest) {
+      throw new Invalid(`output ${JSON.stringify(o.name)} in the answer is not the output the receipt attests`);
+    }
+  }
+  steps.push(`the answer is the attested one: model, ids, label and ${outputs.length} output(s) (datatype, shape, data digest)`);
 }
 
 // RFC 8785 (JCS): keys sorted by UTF-16 code units (sort()'s order), ECMAScript's number and
@@ -486,20 +530,22 @@ async function onVerify() {
     if (!window.crypto?.subtle) {  // plain http to another host than localhost
       throw new CannotCheck("this browser offers no WebCrypto here: open the page over HTTPS or on localhost");
     }
-    const receipt = receiptFromText($("receipt-input").value.trim());
+    const { receipt, answer } = receiptFromText($("receipt-input").value.trim());
+    let statement;
     const own = $("own-keys").checked;
     if (receipt.format === "verinfer.receipt/v1") {
       if (own) throw new CannotCheck("a v1 receipt is checked against the server's JWKS, not note keys");
       const jwks = await fetchJson("/.well-known/jwks.json", "the JWKS");
       steps.push(`v1 receipt; ${jwks.keys?.length || 0} key(s) from /.well-known/jwks.json`);
-      await verifyReceiptV1(receipt, jwks, steps);
+      statement = await verifyReceiptV1(receipt, jwks, steps);
     } else {
       const doc = own ? { note_keys: $("note-keys").value.split(",").map((s) => s.trim()).filter(Boolean) }
         : await fetchJson("/.well-known/verinfer-log.json", "the log keys");
       const noteKeys = doc.note_keys || [];
       steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
-      await verifyReceiptV2(receipt, noteKeys, steps, doc.revoked || {});
+      statement = await verifyReceiptV2(receipt, noteKeys, steps, doc.revoked || {});
     }
+    if (answer) await checkAnswer(answer, statement, steps);
     if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
     state = "valid"; message = "VALID: checked in this browser";
   } catch (e) {
