@@ -5,9 +5,9 @@ No network, no server: everything is checked from files. An audit is
 1. **collect** (:func:`collect`): walk the given paths into items. A bundle is a
    ``bundle.json`` (or a folder holding one, or any ``*.json`` whose ``format``
    is the bundle format); a receipt is a ``*.json`` holding one receipt (or a
-   list of them), or one line of a ``*.jsonl`` file; a response is a ``*.json``
-   holding an inference response with its receipt (``parameters.receipt``: the
-   receipt, then the answer against it). Inside folders, JSON
+   list of them), or one line of a ``*.jsonl`` file; a response is an inference
+   response with its receipt (``parameters.receipt``: the receipt, then the answer
+   against it), in a ``*.json`` (alone or in a list) or one line of a ``*.jsonl``. Inside folders, JSON
    files of other known kinds (a JWK Set, a circuit manifest, a corpus index)
    are skipped; a file given by name is always an item.
 2. **check** (:class:`Auditor`): each item, fail closed, into a :class:`Result`
@@ -292,7 +292,7 @@ def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     except InputError as exc:  # over the bound
         return [Item(name, "unreadable", problem=str(exc).removeprefix(f"{name}: "))]
     if path.suffix == ".jsonl":
-        return [Item(f"{name}:{n}", "receipt", line)
+        return [Item(f"{name}:{n}", _line_kind(line), line)
                 for n, line in enumerate(text.splitlines(), 1) if line.strip()]
     if path.name == BUNDLE_FILE:
         return [Item(name, "bundle", name)]
@@ -315,6 +315,19 @@ def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     return [Item(name, "unreadable",
                  problem=f"neither a receipt ({RECEIPT_FORMAT}, {RECEIPT_V2_FORMAT}), an inference "
                          f"response holding one (parameters.receipt) nor a proof bundle ({BUNDLE_FORMAT})")]
+
+
+def _line_kind(line: str) -> ItemKind:
+    """A ``*.jsonl`` line: a receipt, or a response holding one (``curl ... >> answers.jsonl``).
+    No receipt has a ``"parameters"`` member (its statement is base64): only lines with one are
+    parsed here, so a file of receipts costs nothing more."""
+    if '"parameters"' in line:
+        try:
+            if is_response(json.loads(line)):
+                return "response"
+        except ValueError:
+            pass  # checked (and reported) as a receipt
+    return "receipt"
 
 
 # --- checking items --------------------------------------------------------------------

@@ -61,11 +61,14 @@ def test_saved_responses_verify_with_their_answer(tmp_path, answers):
     got, keys = answers
     files = {f"{k}.json": json.dumps(v) for k, v in got.items()}
     files["both.json"] = json.dumps([got["one"], got["two"]])  # a list of responses
+    # one per line (curl ... >> answers.jsonl), beside the receipts of a receipts file
+    files["lines.jsonl"] = "\n".join([json.dumps(got["one"]), got["other"]["parameters"]["receipt"]])
     code, items, err = _audit(tmp_path, keys, files)
     assert code == 0, err
     assert items == {name: ("ok", None) for name in
-                     ("label_only.json", "one.json", "other.json", "two.json", "both.json[0]", "both.json[1]")}
-    assert re.search(r"\n  response +6 +0 +0\n", err), err  # the summary table counts responses
+                     ("label_only.json", "one.json", "other.json", "two.json", "both.json[0]", "both.json[1]",
+                      "lines.jsonl:1", "lines.jsonl:2")}
+    assert re.search(r"\n  receipt +1 +0 +0\n  response +7 +0 +0\n", err), err  # the summary counts each kind
     r = verinfer("audit", tmp_path / "saved" / "one.json", "--keys", tmp_path / "keys.json")
     assert r.returncode == 0 and "one.json (response, iris_mlp, label 1)\n" in r.stderr, r.stderr
 
