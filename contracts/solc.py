@@ -25,6 +25,11 @@ from pathlib import Path
 
 from verifier.errors import InputError
 
+# The solcjs release verinfer compiles with: package.json pins it for npm ci (a test holds the two
+# equal). Another release makes other bytecode than the packages and docs record, so a solc
+# package of another version (another project's node_modules above the working directory, an
+# old install) is passed over, and refused where it is the only one.
+SOLC_VERSION = "0.8.37"
 EVM_VERSION = "cancun"
 OPTIMIZER_RUNS = 200
 EIP170_LIMIT = 24_576  # bytes of runtime code a contract may have on Ethereum (EIP-170)
@@ -50,10 +55,10 @@ class CompiledContract:
 
 
 def solcjs_path() -> Path:
-    """The solc npm package: ``$VERINFER_SOLCJS``, else ``node_modules/solc`` in the current
-    directory or the nearest folder above it (as node looks), else in this checkout (an
-    installed verinfer has no checkout: run from where ``npm ci`` put node_modules, or set
-    ``VERINFER_SOLCJS``)."""
+    """The solc npm package of :data:`SOLC_VERSION`: ``$VERINFER_SOLCJS``, else
+    ``node_modules/solc`` in the current directory or the nearest folder above it (as node
+    looks), else in this checkout (an installed verinfer has no checkout: run from where ``npm
+    ci`` put node_modules, or set ``VERINFER_SOLCJS``)."""
     env = os.environ.get("VERINFER_SOLCJS")
     if env:
         candidates = [Path(env)]
@@ -61,14 +66,21 @@ def solcjs_path() -> Path:
         cwd = Path.cwd()
         candidates = [d / "node_modules" / "solc" for d in (cwd, *cwd.parents)]
         candidates.append(REPO_ROOT / "node_modules" / "solc")
+    others = []
     for path in candidates:
-        if (path / "package.json").is_file():
+        try:
+            version = json.loads((path / "package.json").read_text()).get("version")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if version == SOLC_VERSION:
             return path
+        others.append(f"{path} is solc {version}")
     where = (f"VERINFER_SOLCJS={env}" if env else
              f"node_modules/solc in {Path.cwd()} or a folder above it, nor in {REPO_ROOT}")
-    raise CompileError(f"solcjs not found ({where}): run 'npm ci' where verinfer's "
-                       "package.json is (or 'make setup'), or set VERINFER_SOLCJS to the solc "
-                       "package folder")
+    found = f" ({'; '.join(others)})" if others else ""
+    raise CompileError(f"solcjs {SOLC_VERSION} not found in {where}{found}: run 'npm ci' where "
+                       "verinfer's package.json is (or 'make setup'), or set VERINFER_SOLCJS to "
+                       f"a solc {SOLC_VERSION} package folder")
 
 
 def solc_version() -> str:
