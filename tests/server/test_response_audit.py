@@ -41,8 +41,9 @@ def answers(tmp_path_factory):
             "two": infer(_body([SAMPLE, [5.1, 3.5, 1.4, 0.2]])),
         }
         keys = client.get("/.well-known/verinfer-log.json").text
+        (home / "v1-keys.json").write_text(client.get("/v1/keys").text)  # what the README pins
     assert got["one"]["parameters"]["label"] == 1 and got["one"]["id"] == "client-7"
-    return got, keys
+    return got, keys, home / "v1-keys.json"
 
 
 def _audit(tmp_path, keys: str, files: dict[str, str]) -> tuple[int, dict[str, tuple[str, str | None]], str]:
@@ -58,7 +59,7 @@ def _audit(tmp_path, keys: str, files: dict[str, str]) -> tuple[int, dict[str, t
 
 
 def test_saved_responses_verify_with_their_answer(tmp_path, answers):
-    got, keys = answers
+    got, keys, _ = answers
     files = {f"{k}.json": json.dumps(v) for k, v in got.items()}
     files["both.json"] = json.dumps([got["one"], got["two"]])  # a list of responses
     # one per line (curl ... >> answers.jsonl), beside the receipts of a receipts file
@@ -90,7 +91,7 @@ def _relabel(doc: dict) -> None:
 
 
 def test_a_response_that_is_not_the_attested_answer_fails(tmp_path, answers):
-    got, keys = answers
+    got, keys, _ = answers
     one, other = got["one"], got["other"]
 
     def set_(path, value):
@@ -132,7 +133,7 @@ def test_a_response_that_is_not_the_attested_answer_fails(tmp_path, answers):
 
 
 def test_a_response_that_cannot_be_checked_is_an_error(tmp_path, answers):
-    got, keys = answers
+    got, keys, _ = answers
     one = got["one"]
     binary = copy.deepcopy(one)
     del binary["outputs"][0]["data"]
@@ -154,7 +155,7 @@ def test_the_standalone_recipe_checks_the_answer_too(answers):
     check_answer on the whole response."""
     from tests.tlog_support import doc_block
 
-    got, keys = answers
+    got, keys, _ = answers
     recipe: dict = {}
     exec(compile(doc_block("recipe"), "docs/formats.md#recipe", "exec"), recipe)
     note_key = json.loads(keys)["note_keys"][0]
@@ -174,3 +175,20 @@ def test_the_standalone_recipe_checks_the_answer_too(answers):
                  lambda d: d["parameters"].__setitem__("receipt", got["other"]["parameters"]["receipt"])):
         with pytest.raises(ValueError):
             check(json.loads(_changed(one, edit)))
+
+
+def test_verify_response_for_python_clients(answers):
+    """The README's client check: keys pinned from a saved GET /v1/keys, then verify_response."""
+    from verifier.audit import load_trusted_keys
+    from verifier.errors import DigestMismatch, LinkBroken
+    from verifier.responses import verify_response
+
+    got, _, saved_keys = answers
+    keys = load_trusted_keys(saved_keys)
+    statement = verify_response(got["one"], keys)
+    assert statement.predicate.label == 1 and statement.predicate.requestId == got["one"]["parameters"]["receipt_id"]
+    with pytest.raises(DigestMismatch):
+        verify_response(json.loads(_changed(got["one"], lambda d: d["outputs"][0]["data"].reverse())), keys)
+    with pytest.raises(LinkBroken):
+        verify_response(json.loads(_changed(got["one"], lambda d: d["parameters"].__setitem__(
+            "receipt", got["other"]["parameters"]["receipt"]))), keys)
