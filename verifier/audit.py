@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -50,6 +51,7 @@ from verifier.limits import (
     MAX_KEYS_BYTES,
     MAX_RECEIPTS_FILE_BYTES,
     read_answer_at_most,
+    read_at_most,
     read_bounded,
 )
 from verifier.manifest import MANIFEST_FILE, MANIFEST_FORMAT, Manifest
@@ -69,6 +71,7 @@ from verifier.tlog import NoteVerifier
 if TYPE_CHECKING:
     from verifier.logcheck import Log
 
+STDIN = "-"  # a PATH that names standard input
 ItemKind = Literal["receipt", "response", "bundle", "unreadable", "log"]
 Outcome = Literal["ok", "fail", "error"]
 
@@ -257,7 +260,9 @@ def collect(paths: Iterable[Path]) -> list[Item]:
     raises :class:`InputError`; a file that cannot be parsed becomes an ``unreadable`` item."""
     items: list[Item] = []
     for path in map(Path, paths):
-        if path.is_dir():
+        if str(path) == STDIN:
+            items.extend(_items_of_stdin())
+        elif path.is_dir():
             if (path / BUNDLE_FILE).is_file():
                 items.append(Item(str(path), "bundle", str(path / BUNDLE_FILE)))
                 continue
@@ -292,14 +297,42 @@ def _items_of_file(path: Path, *, explicit: bool) -> list[Item]:
     except InputError as exc:  # over the bound
         return [Item(name, "unreadable", problem=str(exc).removeprefix(f"{name}: "))]
     if path.suffix == ".jsonl":
-        return [Item(f"{name}:{n}", _line_kind(line), line)
-                for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        return _items_of_lines(name, text)
     if path.name == BUNDLE_FILE:
         return [Item(name, "bundle", name)]
     try:
         doc = json.loads(text)
     except ValueError as exc:
         return [Item(name, "unreadable", problem=f"not JSON: {exc}")]
+    return _items_of_json(name, text, doc, explicit=explicit)
+
+
+def _items_of_stdin() -> list[Item]:
+    """``-``: what is piped in (``curl ... | verinfer audit - --keys K``): one JSON document
+    (a receipt, a response, a list of them), else JSON lines."""
+    name = "<stdin>"
+    try:
+        text = read_at_most(sys.stdin.buffer, MAX_RECEIPTS_FILE_BYTES, name, "standard input").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [Item(name, "unreadable", problem=f"cannot read: {exc}")]
+    except InputError as exc:  # over the bound
+        return [Item(name, "unreadable", problem=str(exc).removeprefix(f"{name}: "))]
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return _items_of_lines(name, text)
+    if isinstance(doc, dict) and doc.get("format") == BUNDLE_FORMAT:  # checked from its file
+        return [Item(name, "unreadable", problem="a proof bundle: give its bundle.json as a PATH")]
+    return _items_of_json(name, text, doc, explicit=True)
+
+
+def _items_of_lines(name: str, text: str) -> list[Item]:
+    return [Item(f"{name}:{n}", _line_kind(line), line)
+            for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _items_of_json(name: str, text: str, doc: Any, *, explicit: bool) -> list[Item]:
+    """The items of one parsed JSON document (``text``), read from ``name``."""
     if isinstance(doc, list):
         return [Item(f"{name}[{i}]", "response" if is_response(r) else "receipt", json.dumps(r))
                 for i, r in enumerate(doc)]

@@ -42,7 +42,8 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
         "--json prints the report on stdout. Exit 0 all passed, 1 any failed verification, "
         "2 usage error or (with no failure) an unreadable item.")
     audit.add_argument("paths", type=Path, nargs="+", metavar="PATH",
-                       help="files or folders to audit")
+                       help="files or folders to audit; - reads standard input (curl ... | verinfer "
+                       "audit - --keys K)")
     _trust_options(audit)
     audit.add_argument("--models", type=Path, metavar="DIR",
                        help="circuit packages: a package folder, a data dir or a folder of "
@@ -190,7 +191,7 @@ def _audit(args: argparse.Namespace) -> int:
         packages = find_packages(home_packages) if home_packages.is_dir() else {}
     items = collect(args.paths)
     if not items:
-        raise InputError("nothing to audit: no receipts or bundles under the given paths")
+        raise InputError("nothing to audit: no receipts, responses or bundles under the given paths")
     auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
                       require_known_model=args.models is not None,
                       origins=frozenset(args.origin) if args.origin else None,

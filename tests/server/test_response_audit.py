@@ -192,3 +192,23 @@ def test_verify_response_for_python_clients(answers):
     with pytest.raises(LinkBroken):
         verify_response(json.loads(_changed(got["one"], lambda d: d["parameters"].__setitem__(
             "receipt", got["other"]["parameters"]["receipt"]))), keys)
+
+
+def test_an_answer_piped_in(tmp_path, answers):
+    """``curl ... | verinfer audit - --keys K``: one JSON document, or JSON lines."""
+    got, keys, _ = answers
+    (tmp_path / "keys.json").write_text(keys)
+
+    def audit(text: str):
+        return verinfer("audit", "-", "--keys", tmp_path / "keys.json", stdin=text)
+
+    r = audit(json.dumps(got["one"]))
+    assert r.returncode == 0 and "OK: <stdin> (response, iris_mlp, label 1)" in r.stderr, r.stderr
+    r = audit(json.dumps(got["one"]) + "\n" + got["two"]["parameters"]["receipt"] + "\n")
+    assert r.returncode == 0 and "OK: <stdin>:1 (response" in r.stderr and "OK: <stdin>:2 (receipt" in r.stderr, r.stderr
+    r = audit(_changed(got["one"], lambda d: d["parameters"].__setitem__("label", 2)))
+    assert r.returncode == 1 and "FAIL: <stdin>: LinkBroken" in r.stderr, r.stderr
+    r = audit("")
+    assert r.returncode == 2 and "nothing to audit" in r.stderr, r.stderr
+    r = audit("not json\n")
+    assert r.returncode == 2 and "ERROR: <stdin>:1" in r.stderr, r.stderr

@@ -38,15 +38,16 @@ sys.exit(code)
 
 
 def verinfer(*args, home: Path | None = None, light: bool = True,
-             prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess; ``light``: torch & co. blocked, network raising."""
+             prefix: list[str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess; ``light``: torch & co. blocked, network raising; ``stdin``:
+    what is piped in."""
     env = {**os.environ}
     if home is not None:
         env["VERINFER_HOME"] = str(home)
     cmd = [sys.executable, "-c", OFFLINE_LIGHT] if light else [sys.executable, "-m",
                                                                "verifier.cli"]
     return subprocess.run([*(prefix or []), *cmd, *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=REPO)
+                          text=True, env=env, cwd=REPO, input=stdin)
 
 
 def corpus_args(root: Path) -> list[str]:
