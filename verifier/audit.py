@@ -412,13 +412,32 @@ class Auditor:
             self._manifests[package_id] = load_manifest_checked(self.packages[package_id])
         return self._manifests[package_id]
 
-    def _response(self, item: Item) -> tuple[str, Any, None, str | None]:
+    def _response(self, item: Item) -> tuple[str, Any, bool | None, str | None]:
         """A saved inference response: its receipt, then that the response is the answer the
-        receipt attests (:mod:`verifier.responses`)."""
+        receipt attests (:mod:`verifier.responses`), then the proof bundle of a sync proof
+        (``parameters.proof_bundle``), which must be this answer's."""
         doc = parse_response(item.data)
         st, checkpoint = self._verified(parse_any_receipt(receipt_of(doc)))
         check_response(doc, st)
-        return st.predicate.model.name, st.predicate.label, None, checkpoint
+        dev = None
+        if "proof_bundle" in doc["parameters"]:
+            text = doc["parameters"]["proof_bundle"]
+            if not isinstance(text, str):
+                raise InputError("parameters.proof_bundle is not the bundle's JSON text")
+            bundle = ProofBundle.parse(text, "parameters.proof_bundle")
+            manifest, proven, dev = self._checked_bundle(bundle)
+            # the proof may be a cached one, made for an earlier answer to the same input: it
+            # must prove this answer's claim (its model, input in fixed point, label)
+            p = st.predicate
+            if proven is None:
+                raise LinkBroken("the proof bundle names no answer (it carries no receipt)")
+            if manifest.model_sha256 != p.model.sha256:
+                raise LinkBroken("the proof bundle is for another model than the answer's")
+            if (proven.predicate.input.commitment, proven.predicate.input.scale) != (p.input.commitment, p.input.scale):
+                raise LinkBroken("the proof bundle is for another input than the answer's")
+            if bundle.outputs.label != p.label:
+                raise LinkBroken(f"the proof gives label {bundle.outputs.label}; the answer is {p.label}")
+        return st.predicate.model.name, st.predicate.label, dev, checkpoint
 
     def _receipt(self, item: Item) -> tuple[str, Any, None, str | None]:
         st, checkpoint = self._verified(parse_any_receipt(item.data))
@@ -458,9 +477,16 @@ class Auditor:
                                      f"{' or '.join(repr(o) for o in sorted(self.origins))}")
 
     def _bundle(self, item: Item) -> tuple[str, Any, bool, str | None]:
+        bundle = ProofBundle.load(Path(item.data))
+        manifest, _, dev = self._checked_bundle(bundle)
+        return manifest.name, bundle.outputs.label, dev, self._carried
+
+    def _checked_bundle(self, bundle: ProofBundle) -> tuple[Manifest, Any, bool]:
+        """A bundle against its circuit package (among ``packages``) and the trusted keys: its
+        manifest, its receipt's statement (None without one), whether its SRS is a development
+        one."""
         from verifier.proofs import verify_signed_bundle
 
-        bundle = ProofBundle.load(Path(item.data))
         pid = bundle.model.package_id
         if pid not in self.packages:
             raise InputError(f"circuit package {pid[:16]}… ({bundle.model.name}) is not among "
@@ -470,13 +496,13 @@ class Auditor:
         receipt = parse_any_receipt(bundle.receipt) if bundle.receipt is not None else None
         self._carried = _checkpoint_of(receipt)
         self._check_origin(receipt)
-        manifest, _ = verify_signed_bundle(
+        manifest, statement = verify_signed_bundle(
             bundle, self.packages[pid], self.jwks,
             trusted_eth_signers=self.trusted_eth_signers, manifest=self.manifest(pid),
             allow_dev_srs=self.allow_dev_srs)
         from verifier.srs import is_ceremony_srs
 
-        return manifest.name, bundle.outputs.label, not is_ceremony_srs(manifest), _checkpoint_of(receipt)
+        return manifest, statement, not is_ceremony_srs(manifest)
 
 
 def _checkpoint_of(receipt: Any) -> str | None:

@@ -119,6 +119,14 @@ class ProofBundle(_Frozen):
             raise InputError(f"{path}: no such bundle") from None
         except OSError as exc:
             raise InputError(f"{path}: cannot read bundle: {exc.strerror}") from None
+        return cls.parse(raw, str(path))
+
+    @classmethod
+    def parse(cls, raw: bytes | str, where: str) -> ProofBundle:
+        """A bundle from its JSON text (``where`` names it in errors), e.g. a sync proof's
+        ``parameters.proof_bundle``."""
+        if len(raw) > MAX_BUNDLE_BYTES:
+            raise InputError(f"{where}: a proof bundle is over {MAX_BUNDLE_BYTES // 2**20} MiB, the most verinfer reads")
         try:
             return cls.model_validate_json(raw)
         except ValidationError as exc:
@@ -127,5 +135,5 @@ class ProofBundle(_Frozen):
                 try:
                     json.loads(raw)
                 except ValueError as bad:
-                    raise InputError(f"{path}: not JSON: {bad}") from None
-            raise InputError(f"{path}: invalid proof bundle: {first_error(exc, 'bundle')}") from None
+                    raise InputError(f"{where}: not JSON: {bad}") from None
+            raise InputError(f"{where}: invalid proof bundle: {first_error(exc, 'bundle')}") from None

@@ -120,7 +120,7 @@ def test_proof_receipt_tamper_fails_closed(server):
         verify_signed_bundle(ProofBundle.model_validate(forged), pkg, jwks, allow_dev_srs=True)
 
 
-def test_sync_proof_on_infer(server):
+def test_sync_proof_on_infer(server, tmp_path):
     from verifier.bundle import ProofBundle
     from verifier.proofs import verify_signed_bundle
 
@@ -132,6 +132,30 @@ def test_sync_proof_on_infer(server):
     jwks = server.request("GET", "/.well-known/jwks.json")[1]
     _, statement = verify_signed_bundle(bundle, package_dir(server.home), jwks, allow_dev_srs=True)
     assert statement.predicate.label == p["label"] == bundle.outputs.label
+
+    # the whole answer audited: receipt, answer, and the proof it carries
+    (tmp_path / "jwks.json").write_text(json.dumps(jwks))
+    (tmp_path / "answer.json").write_text(json.dumps(resp))
+    audit = run_audit(tmp_path / "answer.json", tmp_path / "jwks.json", server.home / "packages", tmp_path)
+    assert audit.returncode == 0 and "(response, iris_mlp" in audit.stderr, audit.stderr
+    # another input's proof beside this answer; a proof altered
+    other = infer(server, iris_input(11), proof="sync")["parameters"]["proof_bundle"]
+    altered = json.loads(p["proof_bundle"])
+    altered["proof"]["instances"][0][0] = altered["proof"]["instances"][0][1]  # another input's
+    cases = {"another_input.json": (other, "LinkBroken"), "altered.json": (json.dumps(altered), "")}
+    for name, (text, _) in cases.items():
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / name).write_text(json.dumps({**resp, "parameters": {**p, "proof_bundle": text}}))
+    audit = run_audit(tmp_path / "bad", tmp_path / "jwks.json", server.home / "packages", tmp_path)
+    assert audit.returncode == 1, audit.stderr
+    for name, (_, kind) in cases.items():
+        assert f"FAIL: {tmp_path / 'bad' / name}: {kind}" in audit.stderr, audit.stderr
+    # no package for the proof (a data dir without it): it cannot be checked (exit 2), never OK
+    audit = subprocess.run([sys.executable, "-m", "verifier.cli", "audit", str(tmp_path / "answer.json"),
+                            "--keys", str(tmp_path / "jwks.json")], capture_output=True, text=True,
+                           env={**os.environ, "VERINFER_HOME": str(tmp_path / "empty-home")})
+    assert audit.returncode == 2 and "ERROR" in audit.stderr and "not among the audited models" in audit.stderr, \
+        audit.stderr
 
 
 def test_a_proof_the_circuit_cannot_compute_fails_at_once_saying_why(server):
@@ -164,7 +188,7 @@ def test_async_param_on_infer_and_by_receipt_id(server):
     assert bundle["receipt"]["id"] == plain["receipt_id"]
 
 
-def test_idempotent_resubmission_and_cache_hit(server):
+def test_idempotent_resubmission_and_cache_hit(server, tmp_path):
     values = iris_input(4)
     s1, j1 = server.submit(values)
     _s2, j2 = server.submit(values)  # while queued or running: the same job, no new proof
@@ -181,8 +205,15 @@ def test_idempotent_resubmission_and_cache_hit(server):
     assert s4 == 200 and j4["cached"] is True and j4["status"] == "done" and j4["id"] == j1["id"]
     print(f"cache hit answered in {hit_s * 1000:.1f} ms")
     # infer with proof=sync on a proven input answers from the cache
-    p = infer(server, values, proof="sync")["parameters"]
+    resp = infer(server, values, proof="sync")
+    p = resp["parameters"]
     assert p["proof_job_id"] == j1["id"] and p["proof_status"] == "done"
+    # its bundle is the first answer's (another receipt), and proves this answer's claim too
+    assert json.loads(p["proof_bundle"])["receipt"]["id"] != p["receipt_id"]
+    (tmp_path / "jwks.json").write_text(json.dumps(server.request("GET", "/.well-known/jwks.json")[1]))
+    (tmp_path / "answer.json").write_text(json.dumps(resp))
+    audit = run_audit(tmp_path / "answer.json", tmp_path / "jwks.json", server.home / "packages", tmp_path)
+    assert audit.returncode == 0 and "(response, iris_mlp" in audit.stderr, audit.stderr
 
 
 class _Hook(BaseHTTPRequestHandler):
