@@ -9,7 +9,9 @@ answer altered on its way (a proxy, a cache, a client's own bug) fails even when
 beside it is intact.
 
 Outputs sent as binary data (``parameters.binary_data_size``) are not in the JSON document:
-such a response cannot be checked from it (:class:`InputError`).
+such a response cannot be checked from it (:class:`InputError`). A sync proof's bundle
+(``parameters.proof_bundle``) needs its circuit package: ``verinfer audit`` checks it
+(:meth:`verifier.audit.Auditor._response`); :func:`verify_response` does not.
 """
 
 from __future__ import annotations

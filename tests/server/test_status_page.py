@@ -207,6 +207,9 @@ def test_in_browser_check_holds_a_whole_answer_to_its_receipt(start_server, brow
             (lambda d: d["parameters"].__setitem__("receipt", other["parameters"]["receipt"]), "receipt_id")):
         state, text = _verdict(page, changed(edit))
         assert state == "invalid" and words in text, (words, text)
+    # a sync proof's bundle beside it: said not checked here, not silently passed over
+    state, text = _verdict(page, changed(lambda d: d["parameters"].__setitem__("proof_bundle", "{}")))
+    assert state == "valid" and "proof (parameters.proof_bundle) is not checked here" in page.locator("#steps").inner_text()
     binary = changed(lambda d: d["outputs"][0].pop("data"))
     state, text = _verdict(page, binary)
     assert state == "error" and "binary data" in text, text

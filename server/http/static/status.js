@@ -547,6 +547,9 @@ async function onVerify() {
     }
     if (answer) await checkAnswer(answer, statement, steps);
     if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
+    if (answer && Object.hasOwn(answer.parameters, "proof_bundle")) {
+      steps.push("its zero-knowledge proof (parameters.proof_bundle) is not checked here: use verinfer audit with the circuit package");
+    }
     state = "valid"; message = "VALID: checked in this browser";
   } catch (e) {
     if (e instanceof CannotCheck || e.name === "NotSupportedError") {
