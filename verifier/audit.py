@@ -109,7 +109,8 @@ class Result:
     def line(self) -> str:
         if self.outcome == "ok":
             what = f" ({self.kind}" + (f", {self.model}" if self.model else "") + (
-                f", label {self.label}" if self.label is not None else "") + ")"
+                f", label {self.label}" if self.label is not None else "") + (
+                ", and its proof" if self.kind == "response" and self.dev_srs is not None else "") + ")"
             return f"OK: {self.item}{what}"
         tag = "FAIL" if self.outcome == "fail" else "ERROR"
         return f"{tag}: {self.item}: {self.error}: {self.reason}"

@@ -137,7 +137,8 @@ def test_sync_proof_on_infer(server, tmp_path):
     (tmp_path / "jwks.json").write_text(json.dumps(jwks))
     (tmp_path / "answer.json").write_text(json.dumps(resp))
     audit = run_audit(tmp_path / "answer.json", tmp_path / "jwks.json", server.home / "packages", tmp_path)
-    assert audit.returncode == 0 and "(response, iris_mlp" in audit.stderr, audit.stderr
+    assert audit.returncode == 0 and f"(response, iris_mlp, label {p['label']}, and its proof)" in audit.stderr, \
+        audit.stderr
     # another input's proof beside this answer; a proof altered
     other = infer(server, iris_input(11), proof="sync")["parameters"]["proof_bundle"]
     altered = json.loads(p["proof_bundle"])
