@@ -104,6 +104,9 @@ def _prune_command(parent: argparse.ArgumentParser, help: str, what: str, handle
     p = sub.add_parser("prune", help=help, description=description)
     p.add_argument("--older-than", type=float, metavar="SECONDS", help=f"forget {what} older than this")
     p.add_argument("--keep", type=int, metavar="N", help=f"keep only the newest N {what}")
+    p.add_argument("--vacuum", action="store_true",
+                   help="then give the space freed back to the file system (SQLite VACUUM; the store is "
+                   "rewritten, so the server must be stopped); without it freed space is reused")
     p.set_defaults(handler=handler)
 
 
@@ -114,17 +117,31 @@ def _prune(args: argparse.Namespace, open_store, report) -> int:
 
     from verifier.errors import InputError
 
-    if args.older_than is None and args.keep is None:
-        raise InputError("say what to prune: --older-than SECONDS and/or --keep N")
+    if args.older_than is None and args.keep is None and not args.vacuum:
+        raise InputError("say what to prune: --older-than SECONDS and/or --keep N (and/or --vacuum)")
     if (args.older_than is not None and not 0 <= args.older_than < math.inf) \
             or (args.keep is not None and args.keep < 0):  # (nan pruned nothing, and said OK)
         raise InputError("--older-than must be a number of seconds >= 0 and --keep a count >= 0")
-    store = open_store(_settings().receipts_path)
+    settings = _settings()
+    if args.vacuum and _server_running(settings):
+        raise InputError("--vacuum rewrites the store, which would stall the running server's answers: "
+                         "stop the server first (a prune alone needs no stop: freed space is reused)")
+    store = open_store(settings.receipts_path)
     try:
         line = report(store, store.prune(time.time() - args.older_than if args.older_than is not None else None,
                                          args.keep))
     finally:
         store.close()
+    if args.vacuum:
+        import sqlite3
+
+        from server.sqlite import vacuum
+
+        try:
+            before, after = vacuum(settings.receipts_path)
+        except sqlite3.OperationalError as exc:  # e.g. a server with signing off holds no log lock
+            raise InputError(f"--vacuum: {exc} (the store is in use: stop the server first)") from None
+        line += f"; store {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB"
     print(f"OK: {line}", file=sys.stderr)
     return 0
 

@@ -148,3 +148,23 @@ def transaction(db: sqlite3.Connection, lock: threading.Lock, kind: str = "DEFER
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+
+def vacuum(path: Path, timeout: float = 5.0) -> tuple[int, int]:
+    """Rewrite the store at ``path`` without its free pages (``VACUUM``) and truncate its WAL,
+    giving the space a prune freed back to the file system (SQLite otherwise keeps it, for reuse).
+    Its bytes on disk (with the WAL) before and after. Another connection writing meanwhile makes
+    it wait, then fail (``sqlite3.OperationalError``): run it with the server stopped."""
+    path = Path(path)
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+    before = size()
+    db = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    try:
+        db.execute("VACUUM")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        db.close()
+    return before, size()

@@ -79,3 +79,43 @@ def test_pruned_receipts_still_verify_against_the_log(tmp_path):
                                  capture_output=True, text=True, timeout=120)
             assert bad.returncode == 2 and bad.stderr.count("\n") == 1, (what, value, bad.stderr)
             assert "--older-than must be a number of seconds >= 0" in bad.stderr, bad.stderr
+
+
+def test_prune_vacuum_gives_the_space_back_with_the_server_stopped(tmp_path):
+    """A prune frees pages that SQLite keeps for reuse: the file stays as large. ``--vacuum``
+    gives them back, and is refused while a server holds the data dir (the rewrite would stall
+    its answers)."""
+    from server.receipts.translog import writer_lock
+
+    settings = ServerSettings(home=tmp_path)
+    store = ReceiptStore(settings.receipts_path)
+    store.put_many([(f"0x{i:064x}", "m", float(i), "x" * 3000) for i in range(3000)])
+    store.checkpoint()
+    store.close()
+
+    def on_disk() -> int:
+        path = settings.receipts_path
+        return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+    env = {**os.environ, "VERINFER_HOME": str(tmp_path)}
+    cli = [sys.executable, "-m", "verifier.cli", "receipts", "prune"]
+    full = on_disk()
+    assert full > 8 * 2**20
+    done = subprocess.run([*cli, "--keep", "10"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "2990 stored receipts pruned, 10 kept" in done.stderr, done.stderr
+    assert on_disk() >= full  # freed, not given back
+    settings.log_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.log_path.touch()
+    lock = writer_lock(settings.log_path, 0.0)  # as a running server's receipt writer holds it
+    try:
+        busy = subprocess.run([*cli, "--vacuum"], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        lock.close()
+    assert busy.returncode == 2 and busy.stderr.count("\n") == 1 and "stop the server first" in busy.stderr
+    assert on_disk() >= full
+    done = subprocess.run([*cli, "--vacuum"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "0 stored receipts pruned, 10 kept; store " in done.stderr, done.stderr
+    assert on_disk() < full / 10
+    store = ReceiptStore(settings.receipts_path)  # what was kept is still there
+    assert store.count() == 10 and store.get(f"0x{2999:064x}") == "x" * 3000
+    store.close()
