@@ -65,7 +65,14 @@ from verifier.receipts_v2 import (
     parse_any_receipt,
     verify_any_receipt,
 )
-from verifier.responses import check_response, is_response, parse_response, receipt_of
+from verifier.responses import (
+    check_proof_of_answer,
+    check_response,
+    is_response,
+    parse_response,
+    proof_bundle_of,
+    receipt_of,
+)
 from verifier.tlog import NoteVerifier
 
 if TYPE_CHECKING:
@@ -421,23 +428,9 @@ class Auditor:
         st, checkpoint = self._verified(parse_any_receipt(receipt_of(doc)))
         check_response(doc, st)
         dev = None
-        if "proof_bundle" in doc["parameters"]:
-            text = doc["parameters"]["proof_bundle"]
-            if not isinstance(text, str):
-                raise InputError("parameters.proof_bundle is not the bundle's JSON text")
-            bundle = ProofBundle.parse(text, "parameters.proof_bundle")
+        if (bundle := proof_bundle_of(doc)) is not None:
             manifest, proven, dev = self._checked_bundle(bundle)
-            # the proof may be a cached one, made for an earlier answer to the same input: it
-            # must prove this answer's claim (its model, input in fixed point, label)
-            p = st.predicate
-            if proven is None:
-                raise LinkBroken("the proof bundle names no answer (it carries no receipt)")
-            if manifest.model_sha256 != p.model.sha256:
-                raise LinkBroken("the proof bundle is for another model than the answer's")
-            if (proven.predicate.input.commitment, proven.predicate.input.scale) != (p.input.commitment, p.input.scale):
-                raise LinkBroken("the proof bundle is for another input than the answer's")
-            if bundle.outputs.label != p.label:
-                raise LinkBroken(f"the proof gives label {bundle.outputs.label}; the answer is {p.label}")
+            check_proof_of_answer(st, manifest, bundle, proven)
         return st.predicate.model.name, st.predicate.label, dev, checkpoint
 
     def _receipt(self, item: Item) -> tuple[str, Any, None, str | None]:

@@ -10,8 +10,8 @@ beside it is intact.
 
 Outputs sent as binary data (``parameters.binary_data_size``) are not in the JSON document:
 such a response cannot be checked from it (:class:`InputError`). A sync proof's bundle
-(``parameters.proof_bundle``) needs its circuit package: ``verinfer audit`` checks it
-(:meth:`verifier.audit.Auditor._response`); :func:`verify_response` does not.
+(``parameters.proof_bundle``) needs its circuit package: ``verinfer audit`` verifies it and
+holds it to the answer (:func:`check_proof_of_answer`); :func:`verify_response` does not.
 """
 
 from __future__ import annotations
@@ -103,6 +103,35 @@ def check_response(doc: dict[str, Any], statement: Any) -> None:
             raise DigestMismatch(f"output {name!r} in the response does not fit its shape and datatype") from None
         if digest != want.digest:
             raise DigestMismatch(f"output {name!r} in the response is not the output the receipt attests")
+
+
+def proof_bundle_of(doc: dict[str, Any]) -> Any:
+    """The proof bundle a response to ``"proof": "sync"`` carries (``parameters.proof_bundle``,
+    its JSON text), parsed; None without one."""
+    from verifier.bundle import ProofBundle
+
+    text = doc["parameters"].get("proof_bundle")
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InputError("parameters.proof_bundle is not the bundle's JSON text")
+    return ProofBundle.parse(text, "parameters.proof_bundle")
+
+
+def check_proof_of_answer(statement: Any, manifest: Any, bundle: Any, proven: Any) -> None:
+    """:class:`LinkBroken` unless a verified proof bundle (its package's ``manifest``, and
+    ``proven``, the statement of the receipt it carries) proves the answer ``statement`` attests:
+    its model, its input in fixed point and its label. The bundle may be a cached one, made for
+    an earlier answer to the same input, so its receipt need not be this answer's."""
+    p = statement.predicate
+    if proven is None:
+        raise LinkBroken("the proof bundle names no answer (it carries no receipt)")
+    if manifest.model_sha256 != p.model.sha256:
+        raise LinkBroken("the proof bundle is for another model than the answer's")
+    if (proven.predicate.input.commitment, proven.predicate.input.scale) != (p.input.commitment, p.input.scale):
+        raise LinkBroken("the proof bundle is for another input than the answer's")
+    if bundle.outputs.label != p.label:
+        raise LinkBroken(f"the proof gives label {bundle.outputs.label}; the answer is {p.label}")
 
 
 def _same(field: str, got: Any, want: Any, what: str) -> None:
