@@ -67,6 +67,7 @@ from verifier.receipts_v2 import (
 )
 from verifier.responses import (
     check_proof_of_answer,
+    check_request,
     check_response,
     is_response,
     parse_response,
@@ -391,6 +392,8 @@ class Auditor:
     _manifests: dict[str, Manifest] = field(default_factory=dict, repr=False)
     _carried: str | None = field(default=None, repr=False)  # the checkpoint of the item being checked
     _by_model: dict[str, list[str]] | None = field(default=None, repr=False)
+    # the request a saved response answered (--request: the audit holds one response)
+    request: dict[str, Any] | None = None
 
     def check(self, item: Item) -> Result:
         self._carried = None
@@ -427,6 +430,8 @@ class Auditor:
         doc = parse_response(item.data)
         st, checkpoint = self._verified(parse_any_receipt(receipt_of(doc)))
         check_response(doc, st)
+        if self.request is not None:
+            check_request(self.request, st)
         dev = None
         if (bundle := proof_bundle_of(doc)) is not None:
             manifest, proven, dev = self._checked_bundle(bundle)

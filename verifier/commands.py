@@ -61,7 +61,27 @@ def register_audit(sub: argparse._SubParsersAction) -> None:
                             "fails: exit 1)")
     audit.add_argument("--origin", metavar="ORIGIN", action="append",
                        help="v2 receipts (and logs) must be of the log with this origin (repeatable)")
+    audit.add_argument("--request", type=Path, metavar="FILE",
+                       help="the JSON request body the one saved response answers: its receipt must "
+                            "attest this input (name, datatype, shape, data) and id")
     audit.set_defaults(handler=_audit)
+
+
+def _request(path: Path) -> dict:
+    """``--request``: the request body a client sent (JSON), read and parsed strictly."""
+    from verifier.errors import InputError
+    from verifier.limits import MAX_REQUEST_BYTES, read_at_most
+    from verifier.responses import parse_request
+
+    try:
+        with open(path, "rb") as f:
+            text = read_at_most(f, MAX_REQUEST_BYTES, f"--request {path}", "the request")
+    except OSError as exc:
+        raise InputError(f"--request {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return parse_request(text)
+    except InputError as exc:
+        raise InputError(f"--request {path}: {exc}") from None
 
 
 def _trust_options(p: argparse.ArgumentParser) -> None:
@@ -189,13 +209,18 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         home_packages = Settings().packages_dir
         packages = find_packages(home_packages) if home_packages.is_dir() else {}
+    request = _request(args.request) if args.request is not None else None
     items = collect(args.paths)
     if not items:
         raise InputError("nothing to audit: no receipts, responses or bundles under the given paths")
+    if request is not None and (len(items) != 1 or items[0].kind != "response"):
+        raise InputError(f"--request goes with one saved response; the paths hold {len(items)} "
+                         f"item(s): {', '.join(f'{i.name} ({i.kind})' for i in items[:3])}"
+                         f"{', ...' if len(items) > 3 else ''}")
     auditor = Auditor(jwks=jwks, packages=packages, trusted_eth_signers=signers,
                       require_known_model=args.models is not None,
                       origins=frozenset(args.origin) if args.origin else None,
-                      allow_dev_srs=args.allow_dev_srs)
+                      allow_dev_srs=args.allow_dev_srs, request=request)
 
     def err(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -204,7 +229,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     def on_result(r) -> None:
         if r.outcome != "ok" or not args.quiet:
-            err(r.line())
+            err(r.line() + (f", the answer to the request in {args.request}" if request and r.outcome == "ok" else ""))
         progress.tick()
 
     start = time.perf_counter()

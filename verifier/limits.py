@@ -16,6 +16,8 @@ MiB = 1 << 20
 MAX_BUNDLE_BYTES = 64 * MiB
 # a receipts file (*.json: one receipt or a list; *.jsonl: one per line); split larger exports
 MAX_RECEIPTS_FILE_BYTES = 256 * MiB
+# an inference request's JSON body (audit --request)
+MAX_REQUEST_BYTES = 64 * MiB
 # a --keys file or URL (a JWK Set, a JWK, a PEM key, a server's key document)
 MAX_KEYS_BYTES = 1 * MiB
 # a circuit package's manifest.json (with a models tune record, if any)

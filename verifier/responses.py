@@ -8,8 +8,14 @@ attested name, datatype and shape, and data whose tensor digest is the attested 
 answer altered on its way (a proxy, a cache, a client's own bug) fails even when the receipt
 beside it is intact.
 
+The receipt also names the input the answer was computed on (its tensor digest) and the
+request's ``id``. Given the request a client sent, :func:`check_request` holds them to it: so
+a server cannot hand one client an answer, with its valid receipt, made for another input
+(a cached answer, another client's).
+
 Outputs sent as binary data (``parameters.binary_data_size``) are not in the JSON document:
-such a response cannot be checked from it (:class:`InputError`). A sync proof's bundle
+such a response cannot be checked from it (:class:`InputError`); likewise an input sent as
+binary data. A sync proof's bundle
 (``parameters.proof_bundle``) needs its circuit package: ``verinfer audit`` verifies it and
 holds it to the answer (:func:`check_proof_of_answer`); :func:`verify_response` does not.
 """
@@ -34,21 +40,34 @@ def parse_response(text: str | bytes) -> dict[str, Any]:
     """A response document, parsed; :class:`InputError` for one that is not a JSON object or
     holds a key twice in one object (parsers differ on which one counts: the answer audited
     could be another than the one a client read)."""
+    doc = _strict_json(text, "response")
+    if not is_response(doc):
+        raise InputError("not an inference response holding a receipt (parameters.receipt)")
+    return doc
+
+
+def parse_request(text: str | bytes) -> dict[str, Any]:
+    """An inference request's JSON body (``POST /v2/models/{m}/infer``), parsed as strictly as
+    :func:`parse_response`."""
+    doc = _strict_json(text, "request")
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise InputError("not an inference request (a JSON object with inputs)")
+    return doc
+
+
+def _strict_json(text: str | bytes, what: str) -> Any:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         obj = dict(items)
         if len(obj) != len(items):
             seen: set[str] = set()
             twice = next(k for k, _ in items if k in seen or seen.add(k))  # (one pass: no n² on a crafted file)
-            raise InputError(f"the response holds key {twice!r} twice in one object")
+            raise InputError(f"the {what} holds key {twice!r} twice in one object")
         return obj
 
     try:
-        doc = json.loads(text, object_pairs_hook=pairs)
+        return json.loads(text, object_pairs_hook=pairs)
     except ValueError as exc:
-        raise InputError(f"the response is not JSON: {exc}") from None
-    if not is_response(doc):
-        raise InputError("not an inference response holding a receipt (parameters.receipt)")
-    return doc
+        raise InputError(f"the {what} is not JSON: {exc}") from None
 
 
 def receipt_of(doc: dict[str, Any]) -> Any:
@@ -88,21 +107,40 @@ def check_response(doc: dict[str, Any], statement: Any) -> None:
             raise LinkBroken(f"the response holds output {name!r} twice")
         seen.add(name)
         want = attested[name]
-        shape = out.get("shape")
-        if out.get("datatype") != want.datatype or not (
-                isinstance(shape, list) and [type(d) for d in shape] == [int] * len(shape)
-                and tuple(shape) == tuple(want.shape)):
-            raise DigestMismatch(f"output {name!r} in the response is {out.get('datatype')} {shape}; "
-                                 f"the receipt attests {want.datatype} {list(want.shape)}")
+        _same_kind(out, want, f"output {name!r} in the response")
         if "data" not in out:
             raise InputError(f"output {name!r} came as binary data, which this JSON document does not "
                              "hold: ask for JSON outputs to check a saved response")
-        try:
-            digest = tensor_digest(json_array(out["data"], tuple(shape), want.datatype), want.datatype)
-        except (ValueError, TypeError, InputError):
-            raise DigestMismatch(f"output {name!r} in the response does not fit its shape and datatype") from None
+        digest = _digest(out, want, DigestMismatch(f"output {name!r} in the response does not fit its shape "
+                                                   "and datatype"))
         if digest != want.digest:
             raise DigestMismatch(f"output {name!r} in the response is not the output the receipt attests")
+
+
+def check_request(request: dict[str, Any], statement: Any) -> None:
+    """Raise unless ``statement`` (a verified receipt's) attests an answer to ``request``, the
+    parsed JSON body a client sent: its one input's name, datatype and shape, data whose tensor
+    digest is the attested input digest (flat or nested lists, as the server reads them), and
+    its ``id`` (or none). :class:`LinkBroken` for another id or input name,
+    :class:`DigestMismatch` for another input, :class:`InputError` for what cannot be checked."""
+    p = statement.predicate
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InputError("the request does not hold one input tensor (inputs)")
+    inp = inputs[0]
+    if request.get("id") != p.clientRequestId or type(request.get("id")) is not type(p.clientRequestId):
+        raise LinkBroken(f"the request's id is {request.get('id')!r}; the receipt attests client request id "
+                         f"{p.clientRequestId!r}")
+    want = p.input
+    if inp.get("name") != want.name:
+        raise LinkBroken(f"the request's input is {inp.get('name')!r}; the receipt attests input {want.name!r}")
+    _same_kind(inp, want, "the request's input")
+    if "data" not in inp:
+        raise InputError("the request's input was sent as binary data, which this JSON document does not "
+                         "hold: check a request sent as JSON")
+    digest = _digest(inp, want, InputError("the request's input data does not fit its shape and datatype"))
+    if digest != want.digest:
+        raise DigestMismatch("the receipt attests an answer to another input than the request's")
 
 
 def proof_bundle_of(doc: dict[str, Any]) -> Any:
@@ -134,17 +172,40 @@ def check_proof_of_answer(statement: Any, manifest: Any, bundle: Any, proven: An
         raise LinkBroken(f"the proof gives label {bundle.outputs.label}; the answer is {p.label}")
 
 
+def _same_kind(tensor: dict[str, Any], want: Any, what: str) -> None:
+    """:class:`DigestMismatch` unless a JSON tensor has the attested datatype and shape."""
+    shape = tensor.get("shape")
+    if tensor.get("datatype") != want.datatype or not (
+            isinstance(shape, list) and [type(d) for d in shape] == [int] * len(shape)
+            and tuple(shape) == tuple(want.shape)):
+        raise DigestMismatch(f"{what} is {tensor.get('datatype')} {shape}; the receipt attests "
+                             f"{want.datatype} {list(want.shape)}")
+
+
+def _digest(tensor: dict[str, Any], want: Any, unfit: Exception) -> str:
+    """The tensor digest of a JSON tensor's ``data`` (of the attested kind); ``unfit`` raised
+    when the data does not fit it."""
+    try:
+        return tensor_digest(json_array(tensor["data"], tuple(want.shape), want.datatype), want.datatype)
+    except (ValueError, TypeError, InputError):
+        raise unfit from None
+
+
 def _same(field: str, got: Any, want: Any, what: str) -> None:
     # type first: True == 1 and 1.0 == 1 in Python, not in the JSON a client reads
     if type(got) is not type(want) or got != want:
         raise LinkBroken(f"the response's {field} is {got!r}; the receipt attests {what} {want!r}")
 
 
-def verify_response(doc: dict[str, Any], jwks: dict[str, Any], **kw: Any) -> Any:
+def verify_response(doc: dict[str, Any], jwks: dict[str, Any], request: dict[str, Any] | None = None,
+                    **kw: Any) -> Any:
     """Verify the receipt a response carries (:func:`verifier.receipts_v2.verify_any_receipt`,
-    ``kw`` passed on), then that the response is the answer it attests; the statement."""
+    ``kw`` passed on), then that the response is the answer it attests and, given the
+    ``request`` (its parsed JSON body), that it answers that request; the statement."""
     from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
 
     statement = verify_any_receipt(parse_any_receipt(receipt_of(doc)), jwks, **kw)
     check_response(doc, statement)
+    if request is not None:
+        check_request(request, statement)
     return statement

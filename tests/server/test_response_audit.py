@@ -19,9 +19,21 @@ from tests.verifier.audit_support import verinfer
 SAMPLE = [6.1, 2.8, 4.7, 1.2]  # iris_mlp: label 1
 
 
-def _body(rows: list[list[float]], **extra) -> dict:
-    return {"inputs": [{"name": "input", "shape": [len(rows), 4], "datatype": "FP32",
-                        "data": [v for r in rows for v in r]}], **extra}
+def _body(rows: list[list[float]], datatype: str = "FP32", nested: bool = False, **extra) -> dict:
+    return {"inputs": [{"name": "input", "shape": [len(rows), 4], "datatype": datatype,
+                        "data": rows if nested else [v for r in rows for v in r]}], **extra}
+
+
+# what the clients sent (the answers' requests)
+REQUESTS = {
+    "one": _body([SAMPLE], id="client-7"),
+    "other": _body([[5.1, 3.5, 1.4, 0.2]]),
+    "label_only": _body([SAMPLE], outputs=[{"name": "label"}]),
+    "two": _body([SAMPLE, [5.1, 3.5, 1.4, 0.2]]),
+    # the same sample as FP64, nested lists: the receipt attests the input as sent
+    "fp64_nested": _body([SAMPLE], datatype="FP64", nested=True),
+    "int64": _body([[6, 3, 5, 1]], datatype="INT64"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +46,7 @@ def answers(tmp_path_factory):
             assert r.status_code == 200, r.text
             return r.json()
 
-        got = {
-            "one": infer(_body([SAMPLE], id="client-7")),
-            "other": infer(_body([[5.1, 3.5, 1.4, 0.2]])),
-            "label_only": infer(_body([SAMPLE], outputs=[{"name": "label"}])),
-            "two": infer(_body([SAMPLE, [5.1, 3.5, 1.4, 0.2]])),
-        }
+        got = {name: infer(body) for name, body in REQUESTS.items()}
         keys = client.get("/.well-known/verinfer-log.json").text
         (home / "v1-keys.json").write_text(client.get("/v1/keys").text)  # what the README pins
     assert got["one"]["parameters"]["label"] == 1 and got["one"]["id"] == "client-7"
@@ -67,9 +74,9 @@ def test_saved_responses_verify_with_their_answer(tmp_path, answers):
     code, items, err = _audit(tmp_path, keys, files)
     assert code == 0, err
     assert items == {name: ("ok", None) for name in
-                     ("label_only.json", "one.json", "other.json", "two.json", "both.json[0]", "both.json[1]",
-                      "lines.jsonl:1", "lines.jsonl:2")}
-    assert re.search(r"\n  receipt +1 +0 +0\n  response +7 +0 +0\n", err), err  # the summary counts each kind
+                     ("label_only.json", "one.json", "other.json", "two.json", "fp64_nested.json",
+                      "int64.json", "both.json[0]", "both.json[1]", "lines.jsonl:1", "lines.jsonl:2")}
+    assert re.search(r"\n  receipt +1 +0 +0\n  response +9 +0 +0\n", err), err  # the summary counts each kind
     r = verinfer("audit", tmp_path / "saved" / "one.json", "--keys", tmp_path / "keys.json")
     assert r.returncode == 0 and "one.json (response, iris_mlp, label 1)\n" in r.stderr, r.stderr
 
@@ -160,12 +167,20 @@ def test_the_standalone_recipe_checks_the_answer_too(answers):
     exec(compile(doc_block("recipe"), "docs/formats.md#recipe", "exec"), recipe)
     note_key = json.loads(keys)["note_keys"][0]
 
-    def check(doc: dict) -> None:
+    def check(doc: dict, request: dict | None = None) -> None:
         statement = recipe["check_receipt"](json.loads(doc["parameters"]["receipt"]), note_key)
         recipe["check_answer"](doc, statement)
+        if request is not None:
+            recipe["check_request"](request, statement)
 
-    for doc in got.values():
-        check(doc)
+    for name, doc in got.items():
+        check(doc, REQUESTS[name])  # FP32, FP64 nested, INT64: the digest as the server took it
+    for response, request in ((got["one"], REQUESTS["other"] | {"id": "client-7"}),  # another input
+                              (got["label_only"], REQUESTS["one"]),  # the same input, another id
+                              (got["one"], json.loads(_changed(REQUESTS["one"], lambda d: d["inputs"][0].__setitem__(
+                                  "datatype", "FP64"))))):
+        with pytest.raises(ValueError, match="the receipt attests an answer to another"):
+            check(response, request)
     one, logits = got["one"], got["one"]["outputs"][0]["data"]
     for edit in (lambda d: d["outputs"][0]["data"].__setitem__(0, logits[0] + 0.5),
                  lambda d: d["outputs"][1].__setitem__("data", [True]),  # JSON true, not 1
@@ -194,6 +209,50 @@ def test_verify_response_for_python_clients(answers):
             "receipt", got["other"]["parameters"]["receipt"]))), keys)
 
 
+def test_an_answer_is_held_to_the_request_it_answers(answers):
+    """verify_response(..., request=): the receipt attests this request's input (name, datatype,
+    shape, tensor digest of its data, flat or nested, FP32 or FP64 as sent) and id; an answer
+    made for another input or another client's id fails, though its receipt is valid."""
+    from verifier.audit import load_trusted_keys
+    from verifier.errors import DigestMismatch, InputError, LinkBroken
+    from verifier.responses import verify_response
+
+    got, _, saved_keys = answers
+    keys = load_trusted_keys(saved_keys)
+    for name, request in REQUESTS.items():
+        assert verify_response(got[name], keys, request=request).predicate.requestId == \
+            got[name]["parameters"]["receipt_id"]
+    one = REQUESTS["one"]
+
+    def request(edit) -> dict:
+        return json.loads(_changed(one, edit))
+
+    failing = {
+        # the same sample, the answer to another request: the ids differ
+        "another id": (got["label_only"], one, LinkBroken),
+        "no id sent": (got["one"], request(lambda d: d.pop("id")), LinkBroken),
+        "another input": (got["one"], request(lambda d: d["inputs"][0].__setitem__("data", [5.1, 3.5, 1.4, 0.2])),
+                          DigestMismatch),
+        "one value changed": (got["one"], request(lambda d: d["inputs"][0]["data"].__setitem__(0, 6.2)),
+                              DigestMismatch),
+        "another datatype": (got["one"], request(lambda d: d["inputs"][0].__setitem__("datatype", "FP64")),
+                             DigestMismatch),
+        "another shape": (got["one"], request(lambda d: d["inputs"][0].__setitem__("shape", [4, 1])),
+                          DigestMismatch),
+        "another input name": (got["one"], request(lambda d: d["inputs"][0].__setitem__("name", "x")),
+                               LinkBroken),
+        "sent as binary data": (got["one"], request(lambda d: d["inputs"][0].update(
+            data=None, parameters={"binary_data_size": 16}) or d["inputs"][0].pop("data")), InputError),
+        "data that is not numbers": (got["one"], request(lambda d: d["inputs"][0].__setitem__(
+            "data", ["6.1", 2.8, 4.7, 1.2])), InputError),
+        "two inputs": (got["one"], request(lambda d: d["inputs"].append(d["inputs"][0])), InputError),
+    }
+    for why, (response, sent, error) in failing.items():
+        with pytest.raises(error):
+            verify_response(response, keys, request=sent)
+            pytest.fail(why)
+
+
 def test_an_answer_piped_in(tmp_path, answers):
     """``curl ... | verinfer audit - --keys K``: one JSON document, or JSON lines."""
     got, keys, _ = answers
@@ -212,3 +271,34 @@ def test_an_answer_piped_in(tmp_path, answers):
     assert r.returncode == 2 and "nothing to audit" in r.stderr, r.stderr
     r = audit("not json\n")
     assert r.returncode == 2 and "ERROR: <stdin>:1" in r.stderr, r.stderr
+
+
+def test_audit_holds_a_saved_answer_to_the_request_sent(tmp_path, answers):
+    """``verinfer audit RESPONSE --request REQUEST``: the light CLI, offline."""
+    got, keys, _ = answers
+    (tmp_path / "keys.json").write_text(keys)
+    (tmp_path / "one.json").write_text(json.dumps(got["one"]))
+    (tmp_path / "req.json").write_text(json.dumps(REQUESTS["one"]))
+    (tmp_path / "other-req.json").write_text(json.dumps(REQUESTS["other"] | {"id": "client-7"}))
+
+    def audit(*args, stdin=None):
+        return verinfer("audit", *args, "--keys", tmp_path / "keys.json", stdin=stdin)
+
+    r = audit(tmp_path / "one.json", "--request", tmp_path / "req.json")
+    assert r.returncode == 0, r.stderr
+    assert f"(response, iris_mlp, label 1), the answer to the request in {tmp_path / 'req.json'}\n" in r.stderr
+    r = audit("-", "--request", tmp_path / "req.json", stdin=json.dumps(got["one"]))  # curl ... | audit -
+    assert r.returncode == 0 and "OK: <stdin> (response" in r.stderr, r.stderr
+    r = audit(tmp_path / "one.json", "--request", tmp_path / "other-req.json")
+    assert r.returncode == 1 and "FAIL: " in r.stderr and "DigestMismatch: the receipt attests an answer to " \
+        "another input than the request's" in r.stderr, r.stderr
+
+    (tmp_path / "two.json").write_text(json.dumps([got["one"], got["two"]]))
+    (tmp_path / "not-json.json").write_text("{")
+    for args, why in (((tmp_path / "two.json", "--request", tmp_path / "req.json"),
+                       "--request goes with one saved response; the paths hold 2 item(s)"),
+                      ((tmp_path / "one.json", "--request", tmp_path / "missing.json"), "cannot read it"),
+                      ((tmp_path / "one.json", "--request", tmp_path / "not-json.json"), "the request is not JSON"),
+                      ((tmp_path / "one.json", "--request", tmp_path / "keys.json"), "not an inference request")):
+        r = audit(*args)
+        assert r.returncode == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
