@@ -341,7 +341,7 @@ def keys_rotate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"kid": kid}))
     print(f"OK: new signing key {kid} is active; old public keys stay in the JWKS. A running server "
-          "signs with the key it started with: restart it", file=sys.stderr)
+          "signs its next checkpoint with it (no restart)", file=sys.stderr)
     return 0
 
 
@@ -354,12 +354,9 @@ def keys_revoke(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(done))
     print(f"OK: key {done['kid']} revoked at {done['revoked_at']} (its private key file is "
-          f"deleted; it stays in the JWKS marked revoked); active key: {done['active']}",
+          f"deleted; it stays in the JWKS marked revoked); active key: {done['active']} (a running "
+          "server signs its next checkpoint with it, no restart)",
           file=sys.stderr)
-    if _server_running(settings):  # (it may sign with this key: the one active when it started)
-        print(f"verinfer: warning: a server runs on {settings.home}; it keeps the keys it started "
-              f"with until it restarts, and what it signs with {done['kid']} from now on will not "
-              "verify: restart it now", file=sys.stderr)
     return 0
 
 

@@ -36,7 +36,7 @@ from server.inference.oip import split_body
 from server.inference.registry import ServedModel, load_models
 from server.inference.service import InferenceService
 from server.metrics import CONTENT_TYPE_LATEST, Metrics
-from server.receipts.keys import KeyRing, load_keys
+from server.receipts.keys import KeyRing, LiveKeys, load_keys
 from server.receipts.store import ReceiptStore
 from server.receipts.translog import LogReader
 from server.settings import ServerSettings
@@ -117,6 +117,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(exc)
 
 
+def _sign_with(keys: KeyRing, data: bytes) -> tuple[str, bytes]:
+    return keys.kid, keys.ed25519.sign(data)
+
+
 def create_app(
     settings: ServerSettings,
     *,
@@ -138,6 +142,7 @@ def create_app(
     ``Verinfer-Worker`` header; ``shared``, where the API keys' rate limits and the sync proof
     waiters are counted for every process (:mod:`server.shared`)."""
     keys = keys or load_keys(settings)  # also when signing is off: JWKS still served
+    key_files = LiveKeys(settings, keys)  # `verinfer keys rotate`/`revoke` while serving: the JWKS follows
     store = ReceiptStore(settings.receipts_path) if settings.signing else None
     log_reader = LogReader(settings.log_path) if settings.signing else None
     models = models if models is not None else load_models(settings)
@@ -150,7 +155,7 @@ def create_app(
         from server.proofs.jobs import ProofJobs
 
         jobs = ProofJobs(settings, service, store,
-                         sign_callback=lambda data: (keys.kid, keys.ed25519.sign(data)),
+                         sign_callback=lambda data: _sign_with(key_files.current(), data),
                          waiter_counts=shared.waiters() if shared is not None else None)
         metrics.watch_proofs(jobs.store)
 
@@ -375,7 +380,7 @@ def create_app(
         origin = log_reader.origin() if log_reader is not None else None
         note_keys: list[str] = []
         revoked: dict[str, str] = {}
-        for jwk in keys.jwks["keys"] if origin is not None else []:
+        for jwk in key_files.current().jwks["keys"] if origin is not None else []:
             vkey = note_verifier_key(origin, public_key_from_jwk(jwk))
             note_keys.append(vkey)
             if "revoked_at" in jwk:
@@ -409,10 +414,11 @@ def create_app(
 
     @app.get("/.well-known/jwks.json", tags=["keys"])
     async def jwks() -> Response:
-        return _json(keys.jwks)
+        return _json(key_files.current().jwks)
 
     @app.get("/v1/keys", tags=["keys"])
     async def key_info() -> Response:
+        keys = key_files.current()
         return _json(
             {
                 "jwks": keys.jwks,

@@ -80,7 +80,7 @@ class InferenceService:
         # the EIP-712 domain answers are signed in when asked (GET /v1/keys)
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract) if signing else None
         # receipts are made by one worker process: the receipt log's one writer
-        self.receipts = ReceiptPool(settings, self._infos, keys.kid, 1, receipt_writer) if signing else None
+        self.receipts = ReceiptPool(settings, self._infos, 1, receipt_writer) if signing else None
         self.batchers = {
             name: DynamicBatcher(
                 name, partial(self._run_batch, m), settings.policy_for(name), threaded=_threaded(settings, m),

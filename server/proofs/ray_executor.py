@@ -380,7 +380,7 @@ class RayExecutor:
 
     def _claim(self) -> None:
         from server.proofs.worker import load_receipt
-        from server.receipts.keys import load_keys
+        from server.receipts.keys import LiveKeys
 
         s = self.settings
         while not self.stopping.is_set() and len(self._jobs) < self.capacity():
@@ -392,9 +392,9 @@ class RayExecutor:
             c = _Claimed(claimed[0], claimed[1], worker, time.monotonic())
             try:
                 if self._keys is None:
-                    self._keys = load_keys(s, create=False)
+                    self._keys = LiveKeys(s)  # (follows a rotation or revocation: the keys now)
                 self._manifest(c.job.package_id)
-                c.receipt, c.statement = load_receipt(self.receipts, self._keys,
+                c.receipt, c.statement = load_receipt(self.receipts, self._keys.current(),
                                                       c.job.receipt_id)
             except Exception as exc:  # noqa: BLE001 - this job's problem, not the loop's
                 self._attempt_failed(c, exc)
@@ -521,7 +521,7 @@ class RayExecutor:
         if bundle.input.digest != c.job.input_digest:
             raise DigestMismatch("the node proved another input than the job's")
         verify_bundle(bundle, self.settings.packages_dir / c.job.package_id, manifest=m)
-        return sign_bundle(c.job, m, bundle, c.receipt, c.statement, self._keys)
+        return sign_bundle(c.job, m, bundle, c.receipt, c.statement, self._keys.current())
 
     def _stopped_by_us(self, seen: float) -> bool:
         """Whether a Ray process's death, seen at ``seen``, is the server's stop: its stop signal

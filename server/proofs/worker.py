@@ -95,7 +95,7 @@ class _StageProgress:
 class Worker:
     def __init__(self, settings, db: Path, worker_id: str, lease_s: float, max_attempts: int) -> None:
         from server.proofs.store import JobStore
-        from server.receipts.keys import load_keys
+        from server.receipts.keys import LiveKeys
         from server.receipts.store import ReceiptStore
 
         self.settings = settings
@@ -104,8 +104,12 @@ class Worker:
         self.max_attempts = max_attempts
         self.jobs = JobStore(db)
         self.receipts = ReceiptStore(db)  # read only
-        self.keys = load_keys(settings, create=False)
+        self._keys = LiveKeys(settings)  # a rotation or revocation while it runs: the keys now
         self.provers: dict[str, object] = {}
+
+    @property
+    def keys(self):
+        return self._keys.current()
 
     def prover(self, package_id: str):
         p = self.provers.get(package_id)

@@ -11,11 +11,16 @@ Key ids are RFC 7638 thumbprints (``verifier.keys``). Old keys stay in
 ``ed25519/`` so their public halves stay in the JWKS after a rotation. A revoked
 key's private file is deleted; its public JWK stays in the JWKS, marked ``revoked_at``.
 A private key file that group or others may read is refused.
+
+A running server follows these files (:class:`LiveKeys`): after ``keys rotate`` or ``keys
+revoke`` its next checkpoint is signed with the new active key and its JWKS is the new one,
+without a restart.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -28,6 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from server.settings import ServerSettings
 from verifier.errors import InputError, NotFound
 from verifier.keys import ed25519_jwk
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,10 +96,14 @@ def new_ed25519(settings: ServerSettings) -> str:
     return kid
 
 
-def stored_keys(settings: ServerSettings) -> dict[str, Ed25519PrivateKey]:
+def stored_keys(settings: ServerSettings, skip: frozenset[str] | dict = frozenset()) -> dict[str, Ed25519PrivateKey]:
+    """kid -> private key of every key file in the data dir, but those named in ``skip`` (a
+    revoked key's file is being overwritten and deleted by ``keys revoke``: not read)."""
     out = {}
     d = _ed_dir(settings)
     for path in sorted(d.glob("*.pem")) if d.is_dir() else ():
+        if path.stem in skip:
+            continue
         check_private_file(path)
         key = _load_ed25519(path.read_bytes(), str(path))
         out[ed25519_jwk(key.public_key())["kid"]] = key
@@ -160,6 +171,7 @@ def _eth_key(settings: ServerSettings, create: bool) -> bytes:
 
 def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
     """The server's keys; generates missing ones in the data dir when ``create``."""
+    revoked = revoked_keys(settings)
     if settings.signing_key is not None:
         active = _load_ed25519(settings.signing_key.get_secret_value().encode(), "VERINFER_SIGNING_KEY")
     elif settings.signing_key_path is not None:
@@ -175,22 +187,67 @@ def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
                 raise InputError(f"no signing key in {settings.keys_dir} (run `verinfer serve` once)")
             new_ed25519(settings)
         kid = active_file.read_text().strip()
-        keys = stored_keys(settings)
+        keys = stored_keys(settings, skip=revoked.keys() - {kid})
         if kid not in keys:
             raise InputError(f"{active_file} names key {kid!r}, which is not in {_ed_dir(settings)}")
         active = keys[kid]
     active_jwk = ed25519_jwk(active.public_key())
-    revoked = revoked_keys(settings)
     if active_jwk["kid"] in revoked:
         raise InputError(f"the signing key {active_jwk['kid']} was revoked at "
                          f"{revoked[active_jwk['kid']]['revoked_at']}; refusing to sign with it")
     jwks = [active_jwk] + [
         ed25519_jwk(k.public_key())
-        for kid, k in stored_keys(settings).items()
-        if kid != active_jwk["kid"] and kid not in revoked
+        for kid, k in stored_keys(settings, skip=revoked).items()
+        if kid != active_jwk["kid"]
     ] + list(revoked.values())
     eth = _eth_key(settings, create)
     from eth_keys import keys as eth_keys
 
     address = eth_keys.PrivateKey(eth).public_key.to_checksum_address()
     return KeyRing(active_jwk["kid"], active, {"keys": jwks}, eth, address)
+
+
+class LiveKeys:
+    """The keys as the data dir holds them now, for a process that runs on while ``verinfer
+    keys rotate`` or ``keys revoke`` change them. :meth:`current` looks at the key folder (its
+    file names, and the inodes of ``active`` and ``revoked.json``, which those commands replace;
+    not times, which the file system keeps to a clock tick) and loads the keys again when it
+    changed: ~10 µs a look. Each process that signs or publishes keys asks it at each use (the
+    HTTP app, the receipt log's writer per group, the prover workers per job)."""
+
+    def __init__(self, settings: ServerSettings, keys: KeyRing | None = None) -> None:
+        self.settings = settings
+        self._dir = _ed_dir(settings)
+        self._stamp = self._look()
+        self._keys = keys if keys is not None else load_keys(settings, create=False)
+
+    def _look(self) -> tuple | None:
+        try:
+            names = tuple(sorted(os.listdir(self._dir)))
+            return names, *(os.stat(self._dir / n).st_ino if n in names else None for n in ("active", "revoked.json"))
+        except OSError:  # no key folder (a key from VERINFER_SIGNING_KEY), or it is being changed
+            return None
+
+    def current(self) -> KeyRing:
+        stamp = self._look()
+        if stamp == self._stamp:
+            return self._keys
+        try:
+            keys = load_keys(self.settings, create=False)
+        except (InputError, OSError, ValueError) as exc:
+            # read while `keys rotate` writes a key, or a file broken by hand: the keys held so
+            # far, and another try at the next use; never a key revoked meanwhile
+            try:
+                revoked = self._keys.kid in revoked_keys(self.settings)
+            except (OSError, ValueError):
+                revoked = True
+            if revoked:
+                raise InputError(f"the signing key {self._keys.kid} was revoked, and the keys could not be "
+                                 f"loaded again: {exc}") from None
+            log.warning("the signing keys changed and could not be loaded again (%s); signing with %s",
+                        exc, self._keys.kid)
+            return self._keys
+        if keys.kid != self._keys.kid:
+            log.warning("signing key %s is active now (was %s)", keys.kid, self._keys.kid)
+        self._keys, self._stamp = keys, stamp
+        return keys

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from server.inference.oip import json_text_literal
 from server.receipts.jcs import jcs_number_rows, jcs_string
-from server.receipts.keys import KeyRing
+from server.receipts.keys import KeyRing, LiveKeys
 from server.receipts.signer import (
     REQUEST_ID,
     BatchJob,
@@ -48,22 +48,41 @@ _sha256 = hashlib.sha256
 class LogReceipts:
     """Holds the keys and the log writer; turns batches of answers into v2 receipt texts."""
 
-    def __init__(self, keys: KeyRing, settings: ServerSettings) -> None:
-        self.keys = keys
+    def __init__(self, keys: KeyRing, settings: ServerSettings, live: LiveKeys | None = None) -> None:
+        """``live``: follow the data dir's keys (a rotation or revocation while the server
+        runs): each group's checkpoint is signed with the key active then."""
+        self.live = live
         self.ttl = settings.answer_ttl_s
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract)
         d = self.domain
+        # (the EIP-712 key is not rotated by `verinfer keys`: the one loaded at start)
         self._eip712_ref = (f'{{"domain":{{"chainId":{d.chainId},"name":{jcs_string(d.name)},'
                             f'"verifyingContract":{jcs_string(d.verifyingContract)},"version":{jcs_string(d.version)}}},'
                             f'"signer":{jcs_string(keys.eth_address)}}}')
         self._domain_json = self.domain.model_dump_json()
         self._prefix = b"\x19\x01" + domain_separator(self.domain)
         self._eth = signing_key(keys.eth_key)
-        ed = _ed25519_signer(keys)
+        self._use(keys)
         self.log = LogWriter(settings.log_path, settings.log_origin,
-                             lambda name, body: signature_line(name, keys.ed25519, body, ed), fsync=settings.log_fsync)
-        self.note_key = note_verifier_key(self.log.origin, keys.ed25519.public_key())
+                             lambda name, body: signature_line(name, self.keys.ed25519, body, self._ed),
+                             fsync=settings.log_fsync)
         self._models: dict[ModelInfo, tuple] = {}
+
+    def _use(self, keys: KeyRing) -> None:
+        self.keys = keys
+        self._ed = _ed25519_signer(keys)
+
+    def follow_keys(self) -> None:
+        """Sign with the data dir's active key from now on (``verinfer keys rotate`` or
+        ``revoke`` ran), and sign the log's head with it now: the writer calls this when idle."""
+        if self.live is not None and (keys := self.live.current()) is not self.keys:
+            self._use(keys)
+            self.log.sign_head()
+
+    @property
+    def note_key(self) -> str:
+        """The note verifier key of the key that signs the log's checkpoints now."""
+        return note_verifier_key(self.log.origin, self.keys.ed25519.public_key())
 
     def _model_parts(self, model: ModelInfo) -> tuple:
         parts = self._models.get(model)
@@ -149,6 +168,8 @@ class LogReceipts:
         receipt's JSON text (stored) and the same text as a JSON string literal (the response's
         ``parameters.receipt``), both written here from their parts: escaping a 2.6 KB receipt
         afterwards cost more than the rest of its response."""
+        if self.live is not None and (keys := self.live.current()) is not self.keys:
+            self._use(keys)  # `verinfer keys rotate` or `revoke` ran: sign with the active key
         first = self.log.size
         note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
         note_j = jcs_string(note)

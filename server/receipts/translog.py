@@ -184,11 +184,14 @@ class LogWriter:
             self.note = self._checkpoint(self.root())
         else:
             self.note = self._db.execute("SELECT note FROM checkpoints WHERE size = ?", (latest,)).fetchone()[0]
-            head = self._signed_note(self.root())
-            if head != self.note:  # (Ed25519 is deterministic: the same key signs it alike)
-                # signed by another key (rotated or revoked since): the head is signed again by
-                # this one, so that whoever trusts only the active key can read the log's head
-                self._store_checkpoint(head)
+            self.sign_head()
+
+    def sign_head(self) -> None:
+        """Sign the head again (the same size and root) if another key signed it, rotated or
+        revoked since, so that whoever trusts only the active key can read the log's head."""
+        head = self._signed_note(self.root())
+        if head != self.note:  # (Ed25519 is deterministic: the same key signs it alike)
+            self._store_checkpoint(head)
 
     def root(self) -> bytes:
         size, edge = self.size, self._edge

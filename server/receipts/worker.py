@@ -77,6 +77,9 @@ NICENESS = 5
 # at c=16 within the noise, ~0.8 of signing off at c=64 against 0.63-0.77, batching x2.1-2.2
 # against x1.9-2.1 (docs/performance.md, "two groups in flight").
 GROUP_ANSWERS = 32
+# A writer with no job for this long looks at the key folder: after `verinfer keys rotate` or
+# `revoke`, the log's head is signed by the new active key within about this time, answers or not.
+IDLE_LOOK_S = 1.0
 # A shared writer's client says hello at once; one that does not is dropped.
 HELLO_TIMEOUT_S = 10.0
 TOO_LATE = "the server stopped waiting for this answer's receipt; not logged"
@@ -129,14 +132,15 @@ class _Writer:
     """The receipt log's one writer: its log, store and settings, and one group's work."""
 
     def __init__(self, settings: ServerSettings) -> None:
-        from server.receipts.keys import load_keys
+        from server.receipts.keys import LiveKeys, load_keys
 
         if settings.log_format == "json":  # the same log lines as the server's
             from server.logs import configure
 
             configure("json", "warning")
         self.settings = settings
-        self.maker = LogReceipts(load_keys(settings, create=False), settings)
+        keys = load_keys(settings, create=False)
+        self.maker = LogReceipts(keys, settings, LiveKeys(settings, keys))
         self.store = ReceiptStore(settings.receipts_path)
         self.infos: dict[str, ModelInfo] = {}  # every client's models (they serve the same ones)
         self.retention = settings.receipt_retention_s is not None or settings.receipt_retention_max is not None
@@ -161,6 +165,13 @@ class _Writer:
             self.next_prune = time.monotonic() + self.settings.receipt_prune_interval_s
             _prune(self.store, self.settings)
 
+    def idle(self) -> None:
+        """No job for a while: follow a key rotation or revocation now (see IDLE_LOOK_S)."""
+        try:
+            self.maker.follow_keys()
+        except Exception:  # (the next group fails with it, and says why)
+            log.exception("could not sign the log's head with the active key")
+
     def close(self) -> None:
         self.store.close()
         self.maker.log.close()
@@ -181,7 +192,10 @@ def _serve(writer: _Writer, conns: list[Connection], listener: socket.socket | N
             if not ready:
                 break  # a server process that never hung up
         else:
-            ready = watch if len(watch) == 1 else wait(watch)  # one connection: its recv blocks
+            ready = wait(watch, IDLE_LOOK_S)
+            if not ready:
+                writer.idle()
+                continue
         if control is not None and control in ready and not os.read(control, 4096):
             # the supervisor stopped (its server processes are gone) or was killed (they stop
             # on their own, and the requests they still finish need their answers signed)
@@ -332,11 +346,10 @@ def _prune(store: ReceiptStore, settings: ServerSettings) -> None:
 class ReceiptWorker:
     """The parent's handle: :meth:`sign` a batch from the event loop, await its receipts."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str,
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo],
                  address: str | None = None) -> None:
         self.settings = settings
         self.address = address  # the shared writer's Unix socket (server.supervisor); None: a child of ours
-        self.kid = kid  # the child loads the keys itself; it must find this one active
         self.models = models
         self._proc: subprocess.Popen | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -396,11 +409,6 @@ class ReceiptWorker:
                 if proc is not None:
                     proc.wait(5)
                 raise NotReady(f"the receipt signer could not start: {detail}")
-            if detail != self.kid:  # e.g. `verinfer keys rotate` ran in between
-                if proc is not None:
-                    proc.kill()
-                raise NotReady(f"the receipt signer loaded key {detail}, not the server's {self.kid};"
-                               " restart the server")
             return ours
         except BaseException:
             ours.close()
@@ -566,9 +574,9 @@ class ReceiptPool:
     log there is one (its one writer): a child of this process, or with ``address`` the
     connection to the writer that several server processes share (``serve --workers``)."""
 
-    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], kid: str, n: int,
+    def __init__(self, settings: ServerSettings, models: dict[str, ModelInfo], n: int,
                  address: str | None = None) -> None:
-        self.workers = [ReceiptWorker(settings, models, kid, address) for _ in range(n)]
+        self.workers = [ReceiptWorker(settings, models, address) for _ in range(n)]
 
     async def start(self) -> None:
         await asyncio.gather(*(w.start() for w in self.workers))

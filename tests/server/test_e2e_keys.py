@@ -63,6 +63,32 @@ def test_rotate_keeps_old_receipts_verifiable(tmp_path, start_server, cli):
     assert f"{new_kid}  Ed25519 (active)" in plain.stdout.splitlines() and "EIP-712 signer: 0x" in plain.stdout
 
 
+def test_rotate_while_serving_needs_no_restart(tmp_path, start_server, cli):
+    """`keys rotate` while a server runs: its next answer is logged under a checkpoint of the
+    new key, the JWKS it serves lists both, and a prover worker started before signs with the new
+    key too (every process follows the key folder: server.receipts.keys.LiveKeys)."""
+    from server.proofs.worker import Worker
+    from server.settings import ServerSettings
+
+    home = tmp_path / "home"
+    s1 = start_server(home)
+    old = infer(s1)
+    old_kid = s1.get("/v1/keys")["active_kid"]
+    prover = Worker(ServerSettings(home=home), home / "receipts.sqlite3", "w-test", 30.0, 3)
+    assert prover.keys.kid == old_kid
+    r = cli(home, "keys", "rotate", "--json")
+    assert r.returncode == 0 and "no restart" in r.stderr, r.stderr
+    new_kid = json.loads(r.stdout)["kid"]
+    new = infer(s1)
+    jwks = s1.get("/.well-known/jwks.json")
+    assert [k["kid"] for k in jwks["keys"]] == [new_kid, old_kid] and s1.get("/v1/keys")["active_kid"] == new_kid
+    verify_receipt_v2(ReceiptV2.parse(new), {"keys": jwks["keys"][:1]})
+    with pytest.raises(Exception, match="no trusted note key"):
+        verify_receipt_v2(ReceiptV2.parse(new), {"keys": jwks["keys"][1:]})
+    verify_receipt_v2(ReceiptV2.parse(old), jwks)
+    assert prover.keys.kid == new_kid and prover.keys.jwks == jwks
+
+
 def test_refuses_world_readable_key(tmp_path, cli):
     home = tmp_path / "home"
     assert cli(home, "keys", "rotate").returncode == 0  # creates the keys

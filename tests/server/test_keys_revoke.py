@@ -4,6 +4,7 @@ receipts it signs after that time fail verification, its private key file is gon
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from datetime import UTC, datetime
 
@@ -122,25 +123,114 @@ def test_keys_revoke_cli_and_receipts_around_it(tmp_path, start_server, cli):
 
 
 @pytest.mark.e2e
-def test_revoking_a_key_while_a_server_runs_says_to_restart_it(tmp_path, start_server, cli):
-    """A running server keeps the keys it started with, so after `keys revoke` of its key what it
-    signs no longer verifies (shown below). `keys revoke` now says so when a server runs on the
-    data dir (its receipt log's writer lock is held); it said only "OK" before."""
+def test_revoking_a_key_while_a_server_runs_takes_effect_without_a_restart(tmp_path, start_server, cli):
+    """The running server follows the key folder (server.receipts.keys.LiveKeys): after `keys
+    revoke` of its active key, its next answer is logged under a checkpoint of the new active
+    key, and the JWKS and log keys it serves mark the old key revoked. (It kept the keys it
+    started with before: what it signed after the revocation failed verification until a
+    restart.)"""
     home = tmp_path / "home"
     s1 = start_server(home)
+
+    def infer() -> dict:
+        req = urllib.request.Request(s1.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(json.loads(resp.read())["parameters"]["receipt"])
+
+    before = infer()
     kid = s1.get("/v1/keys")["active_kid"]
-    r = cli(home, "keys", "revoke", kid)
-    assert r.returncode == 0 and f"OK: key {kid} revoked" in r.stderr, r.stderr
-    assert "a server runs on" in r.stderr and "restart it now" in r.stderr, r.stderr
-    req = urllib.request.Request(s1.base + "/v2/models/iris_mlp/infer", data=IRIS, method="POST")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        after = json.loads(json.loads(resp.read())["parameters"]["receipt"])
+    r = cli(home, "keys", "revoke", kid, "--json")
+    assert r.returncode == 0 and f"OK: key {kid} revoked" in r.stderr and "no restart" in r.stderr, r.stderr
+    done = json.loads(r.stdout)
+    # with no answer in between, the idle writer signs the log's head again with the new key
+    new_note_key = s1.get("/.well-known/verinfer-log.json")["note_keys"][0]
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(s1.base + "/v1/log/checkpoint", timeout=10) as resp:
+            head = resp.read().decode()
+        if parse_checkpoint(head)[2][0][1].hex() == new_note_key.split("+")[1]:
+            break
+        assert time.monotonic() < deadline, f"the head is still signed by the revoked key: {head}"
+        time.sleep(0.2)
+    assert parse_checkpoint(head)[1] == parse_checkpoint(before["checkpoint"])[1], (head, before["checkpoint"])  # the same tree
+    after = infer()
+    keys = s1.get("/v1/keys")
+    jwks = s1.get("/.well-known/jwks.json")
+    assert keys["active_kid"] == done["active"] and keys["jwks"] == jwks
+    assert [(k["kid"], k.get("revoked_at")) for k in jwks["keys"]] == [(done["active"], None),
+                                                                      (kid, done["revoked_at"])]
+    verify_receipt_v2(ReceiptV2.parse(after), jwks)
+    verify_receipt_v2(ReceiptV2.parse(after), {"keys": jwks["keys"][:1]})  # the new key signed it
+    verify_receipt_v2(ReceiptV2.parse(before), jwks)  # logged before the revocation
+    log_doc = s1.get("/.well-known/verinfer-log.json")
+    (revoked_key,) = log_doc["revoked"]
+    assert revoked_key.split("+")[1] == parse_checkpoint(before["checkpoint"])[2][0][1].hex()
+    assert parse_checkpoint(after["checkpoint"])[2][0][1].hex() == log_doc["note_keys"][0].split("+")[1]
+    # the answer before, refreshed, is proven in the tree the new key signed
+    verify_receipt_v2(ReceiptV2.parse(s1.get(f"/v1/receipts/{before['id']}?fresh=1")), {"keys": jwks["keys"][:1]})
     s1.stop()
-    s2 = start_server(home)
-    jwks = s2.get("/.well-known/jwks.json")
-    with pytest.raises(KeyRevoked):  # signed by the revoked key after its revocation
-        verify_receipt_v2(ReceiptV2.parse(after), jwks)
-    s2.stop()
     active = json.loads(cli(home, "keys", "list", "--json").stdout)["active"]
-    r = cli(home, "keys", "revoke", active)  # no server runs: no warning
-    assert r.returncode == 0 and "a server runs" not in r.stderr, r.stderr
+    r = cli(home, "keys", "revoke", active)  # no server runs
+    assert r.returncode == 0, r.stderr
+
+
+def test_live_keys_follow_rotation_and_revocation(tmp_path, caplog):
+    """LiveKeys.current(): the same keys while the folder is unchanged; the new ones after
+    `keys rotate` and `keys revoke`; a folder half changed keeps the keys held, never a key
+    revoked meanwhile."""
+    import os
+
+    from server.receipts.keys import LiveKeys, load_keys, new_ed25519, revoke_ed25519
+    from server.settings import ServerSettings
+    from verifier.errors import InputError
+
+    settings = ServerSettings(home=tmp_path / "home")
+    first = load_keys(settings)
+    live = LiveKeys(settings, first)
+    assert live.current() is first and live.current() is first
+    second = new_ed25519(settings)
+    now = live.current()
+    assert now.kid == second and [k["kid"] for k in now.jwks["keys"]] == [second, first.kid]
+    assert live.current() is now
+    revoke_ed25519(settings, second)
+    third = live.current()
+    assert third.kid not in (first.kid, second)
+    assert [(k["kid"], "revoked_at" in k) for k in third.jwks["keys"]] == [
+        (third.kid, False), (first.kid, False), (second, True)]
+
+    # a key file being written (here: one that is no key) does not stop the keys held
+    folder = settings.keys_dir / "ed25519"
+    broken = folder / "broken.pem"
+    fd = os.open(broken, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"not yet a key")
+    os.close(fd)
+    with caplog.at_level("WARNING", logger="server.receipts.keys"):
+        assert live.current() is third
+    assert "could not be loaded again" in caplog.text
+    # ... unless the key held was revoked meanwhile: no signing with it
+    broken.unlink()
+    revoke_ed25519(settings, third.kid)
+    broken.write_bytes(b"not yet a key")
+    with pytest.raises(InputError, match=f"the signing key {third.kid} was revoked"):
+        live.current()
+    broken.unlink()
+    fourth = live.current()
+    assert fourth.kid not in (first.kid, second, third.kid)
+
+
+def test_a_revoked_keys_file_is_not_read(tmp_path):
+    """`keys revoke` records the revocation, then overwrites the key file with zeros and deletes
+    it: a server loading the keys in between must not stumble on that file."""
+    from server.receipts.keys import load_keys, new_ed25519, revoked_keys
+    from server.settings import ServerSettings
+
+    settings = ServerSettings(home=tmp_path / "home")
+    old = load_keys(settings).kid
+    new = new_ed25519(settings)
+    path = settings.keys_dir / "ed25519" / "revoked.json"
+    jwk = load_keys(settings, create=False).jwks["keys"][1]
+    path.write_text(json.dumps({"keys": [{**jwk, "revoked_at": "2026-01-01T00:00:00.000+00:00"}]}))
+    (settings.keys_dir / "ed25519" / f"{old}.pem").write_bytes(b"\0" * 119)  # half way through the revocation
+    keys = load_keys(settings, create=False)
+    assert keys.kid == new and old in revoked_keys(settings)
+    assert [k["kid"] for k in keys.jwks["keys"]] == [new, old]
