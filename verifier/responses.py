@@ -14,8 +14,9 @@ a server cannot hand one client an answer, with its valid receipt, made for anot
 (a cached answer, another client's).
 
 Outputs sent as binary data (``parameters.binary_data_size``) are not in the JSON document:
-such a response cannot be checked from it (:class:`InputError`); likewise an input sent as
-binary data. A sync proof's bundle
+such a response cannot be checked from it alone (:class:`InputError`); likewise an input sent
+as binary data. A client that holds them as numpy arrays (tritonclient on its defaults) passes
+them: ``verify_response(doc, jwks, outputs={name: array}, input=x)``. A sync proof's bundle
 (``parameters.proof_bundle``) needs its circuit package: ``verinfer audit`` verifies it and
 holds it to the answer (:func:`check_proof_of_answer`); :func:`verify_response` does not.
 """
@@ -78,10 +79,12 @@ def receipt_of(doc: dict[str, Any]) -> Any:
     return receipt
 
 
-def check_response(doc: dict[str, Any], statement: Any) -> None:
+def check_response(doc: dict[str, Any], statement: Any, arrays: dict[str, Any] | None = None) -> None:
     """Raise unless ``doc``'s answer is the one ``statement`` (its verified receipt's, v1 or v2)
     attests: :class:`LinkBroken` for another model, id or label, :class:`DigestMismatch` for
-    an output that is not the attested one, :class:`InputError` for what cannot be checked."""
+    an output that is not the attested one, :class:`InputError` for what cannot be checked.
+    ``arrays``: the outputs a client received as binary data, as numpy arrays by name
+    (tritonclient's ``result.as_numpy(name)``); each is held to its attested digest."""
     p = statement.predicate
     params = doc["parameters"]
     _same("model_name", doc.get("model_name"), p.model.name, "model")
@@ -108,13 +111,18 @@ def check_response(doc: dict[str, Any], statement: Any) -> None:
         seen.add(name)
         want = attested[name]
         _same_kind(out, want, f"output {name!r} in the response")
-        if "data" not in out:
+        if "data" in out:
+            digest = _digest(out, want, DigestMismatch(f"output {name!r} in the response does not fit its "
+                                                       "shape and datatype"))
+        elif arrays is not None and name in arrays:
+            digest = _array_digest(arrays[name], want, f"output {name!r}")
+        else:
             raise InputError(f"output {name!r} came as binary data, which this JSON document does not "
-                             "hold: ask for JSON outputs to check a saved response")
-        digest = _digest(out, want, DigestMismatch(f"output {name!r} in the response does not fit its shape "
-                                                   "and datatype"))
+                             "hold: ask for JSON outputs to check a saved response (or pass the arrays)")
         if digest != want.digest:
             raise DigestMismatch(f"output {name!r} in the response is not the output the receipt attests")
+    if arrays is not None and (extra := arrays.keys() - seen):
+        raise InputError(f"arrays given for outputs the response does not hold: {', '.join(sorted(extra))}")
 
 
 def check_request(request: dict[str, Any], statement: Any) -> None:
@@ -141,6 +149,15 @@ def check_request(request: dict[str, Any], statement: Any) -> None:
     digest = _digest(inp, want, InputError("the request's input data does not fit its shape and datatype"))
     if digest != want.digest:
         raise DigestMismatch("the receipt attests an answer to another input than the request's")
+
+
+def check_input(array: Any, statement: Any) -> None:
+    """Raise unless ``statement`` attests an answer to this input tensor (a numpy array, as a
+    client sent it: of the datatype and shape the statement names): :class:`DigestMismatch`
+    if not. For a request sent as binary data (tritonclient's default)."""
+    want = statement.predicate.input
+    if _array_digest(array, want, "the input") != want.digest:
+        raise DigestMismatch("the receipt attests an answer to another input than the one sent")
 
 
 def proof_bundle_of(doc: dict[str, Any]) -> Any:
@@ -191,21 +208,40 @@ def _digest(tensor: dict[str, Any], want: Any, unfit: Exception) -> str:
         raise unfit from None
 
 
+def _array_digest(array: Any, want: Any, what: str) -> str:
+    """The tensor digest of a numpy array of the attested kind (its dtype the datatype's)."""
+    import numpy as np
+
+    from verifier.tensors import numpy_dtype
+
+    array = np.asarray(array)
+    dtype = numpy_dtype(want.datatype)
+    if array.dtype.newbyteorder("<") != dtype or tuple(array.shape) != tuple(want.shape):
+        raise DigestMismatch(f"{what} is a {array.dtype} array of shape {list(array.shape)}; the receipt "
+                             f"attests {want.datatype} {list(want.shape)}")
+    return tensor_digest(array, want.datatype)
+
+
 def _same(field: str, got: Any, want: Any, what: str) -> None:
     # type first: True == 1 and 1.0 == 1 in Python, not in the JSON a client reads
     if type(got) is not type(want) or got != want:
         raise LinkBroken(f"the response's {field} is {got!r}; the receipt attests {what} {want!r}")
 
 
-def verify_response(doc: dict[str, Any], jwks: dict[str, Any], request: dict[str, Any] | None = None,
-                    **kw: Any) -> Any:
+def verify_response(doc: dict[str, Any], jwks: dict[str, Any], request: dict[str, Any] | None = None, *,
+                    outputs: dict[str, Any] | None = None, input: Any = None, **kw: Any) -> Any:
     """Verify the receipt a response carries (:func:`verifier.receipts_v2.verify_any_receipt`,
     ``kw`` passed on), then that the response is the answer it attests and, given the
-    ``request`` (its parsed JSON body), that it answers that request; the statement."""
+    ``request`` (its parsed JSON body) or the ``input`` array sent as binary data, that it
+    answers that request; the statement. ``outputs``: the outputs received as binary data, as
+    numpy arrays by name. With tritonclient: ``verify_response(result.get_response(), jwks,
+    outputs={n: result.as_numpy(n) for n in names}, input=x)``."""
     from verifier.receipts_v2 import parse_any_receipt, verify_any_receipt
 
     statement = verify_any_receipt(parse_any_receipt(receipt_of(doc)), jwks, **kw)
-    check_response(doc, statement)
+    check_response(doc, statement, outputs)
     if request is not None:
         check_request(request, statement)
+    if input is not None:
+        check_input(input, statement)
     return statement

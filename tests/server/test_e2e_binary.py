@@ -132,3 +132,33 @@ def test_malformed_binary_bodies_are_400(server):
         status, answer = post(server, body, length)
         assert status == 400, (length, answer)
         assert message in answer["error"], answer
+
+
+def test_a_tritonclient_answer_verifies_with_its_arrays(client, server):
+    """verify_response(result.get_response(), keys, outputs=arrays, input=x): a tritonclient
+    client on its defaults (binary input and outputs) checks its answer whole, the outputs as
+    the arrays it got and the input as the array it sent (verifier/responses.py)."""
+    from verifier.audit import load_trusted_keys
+    from verifier.errors import DigestMismatch, InputError
+    from verifier.responses import verify_response
+
+    keys = load_trusted_keys(server.base + "/v1/keys")
+    x, other = held_out("digits_cnn", 2)[:1], held_out("digits_cnn", 2)[1:]
+    res = infer(client, "digits_cnn", x, binary_in=True, binary_out=None)
+    doc, got = res.get_response(), {n: res.as_numpy(n) for n in ("logits", "label")}
+    statement = verify_response(doc, keys, outputs=got, input=x)
+    assert statement.predicate.label == int(got["label"][0])
+    mixed = infer(client, "digits_cnn", x, binary_in=True, binary_out={"label": True, "logits": False})
+    verify_response(mixed.get_response(), keys, outputs={"label": mixed.as_numpy("label")}, input=x)
+
+    changed = {**got, "logits": got["logits"].copy()}
+    changed["logits"][0, 0] += 0.25
+    for outputs, sent, error in (
+            (changed, x, DigestMismatch),  # an output not the attested one
+            ({**got, "logits": got["logits"].astype(np.float64)}, x, DigestMismatch),  # another datatype
+            (got, other, DigestMismatch),  # the answer to another input
+            (got, x.astype(np.float64), DigestMismatch),
+            ({"label": got["label"]}, x, InputError),  # a binary output without its array
+            ({**got, "probabilities": got["logits"]}, x, InputError)):  # an array for no output
+        with pytest.raises(error):
+            verify_response(doc, keys, outputs=outputs, input=sent)
