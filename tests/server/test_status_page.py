@@ -588,6 +588,7 @@ def test_in_browser_check_reads_a_statement_as_the_python_verifier_does(start_se
     microsecond, the receipt's index a JSON integer. Before, each variant had another verdict
     on the page than in Python."""
     from tests.tlog_support import MemLog
+    from verifier.errors import VerinferError
     from verifier.receipts import Receipt, verify_receipt
     from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
     from verifier.tlog import note_verifier_key
@@ -609,6 +610,16 @@ def test_in_browser_check_reads_a_statement_as_the_python_verifier_does(start_se
     page.route("**/.well-known/jwks.json", lambda route: route.fulfill(status=200, json=log.jwks))
     for what, (receipt, valid) in _v1_variants(log.key).items():
         _agree(page, what, receipt, valid, lambda r: verify_receipt(Receipt.parse(r), log.jwks))
+    # a v1 integer past 2^53 (JSON.parse rounds it): the page cannot decide, so INVALID, also
+    # where Python, reading it exactly, finds it valid (before, the page found VALID the one
+    # hashed as JavaScript rounds it, which Python refuses)
+    exact, rounded = _v1_past_2_53(log.key)
+    verify_receipt(Receipt.parse(exact), log.jwks)  # Python: valid
+    with pytest.raises(VerinferError):
+        verify_receipt(Receipt.parse(rounded), log.jwks)
+    for receipt in (exact, rounded):
+        state, message = _verdict(page, receipt)
+        assert state == "invalid" and "past 2^53" in message, message
     assert errors == []
 
 
@@ -626,8 +637,27 @@ def _agree(page, what: str, receipt, valid: bool, python_check) -> None:
     assert (python, state) == (valid, "valid" if valid else "invalid"), (what, message)
 
 
-def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
-    """v1 receipts (DSSE, signed with ``key``) of the test statement as v1, changed as named."""
+def _v1_past_2_53(key) -> tuple[dict, dict]:
+    """v1 receipts with an INT64 output holding 2^53 + 1: hashed as the integer it is (valid in
+    Python), and as 2^53, the double JSON.parse reads (invalid in Python)."""
+    import numpy as np
+
+    from verifier.tensors import tensor_digest
+
+    def output(hashed: int):
+        def mutate(p, value):
+            p["outputs"][0].update(datatype="INT64", shape=[1, 1], data=[2**53 + 1])
+            digest = tensor_digest(np.asarray([[hashed]], dtype=np.int64), "INT64")
+            p["outputs"][0]["digest"] = value["subject"][2]["digest"]["sha256"] = digest
+        return mutate
+
+    signed = _v1_signer(key)
+    return signed(output(2**53 + 1)), signed(output(2**53))
+
+
+def _v1_signer(key):
+    """``signed(mutate)``: a v1 receipt (DSSE, signed with ``key``) of the test statement as v1,
+    changed by ``mutate(predicate, statement)``."""
     from tests.tlog_support import statement
     from verifier.keys import ed25519_jwk
     from verifier.receipts import PAYLOAD_TYPE, pae
@@ -646,7 +676,12 @@ def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
         return {"format": "verinfer.receipt/v1", "id": st.predicate.requestId,
                 "envelope": {"payloadType": PAYLOAD_TYPE, "payload": base64.b64encode(payload).decode(),
                              "signatures": [{"keyid": kid, "sig": sig}]}}
+    return signed
 
+
+def _v1_variants(key) -> dict[str, tuple[dict, bool]]:
+    """v1 receipts (DSSE, signed with ``key``) of the test statement as v1, changed as named."""
+    signed = _v1_signer(key)
     return {
         "a negative label": (signed(_set(None, label=-1)), False),
         "a boolean scale": (signed(_set("input", scale=True)), False),

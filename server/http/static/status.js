@@ -170,6 +170,13 @@ function castElements(o, numpyOnly) {
   const kinds = new Set(arr.flat.map((x) => (typeof x === "boolean" ? "bool" : x === null ? "null"
     : typeof x !== "number" ? "other" : Number.isSafeInteger(x) ? "int" : "float")));
   if (kinds.has("other")) throw new Invalid(`output ${o.name}: data holds an element that is not a number, a boolean or null (not checked here: use verinfer verify)`);
+  // A v1 statement is not RFC 8785: its JSON may spell an integer past 2^53 exactly, which the
+  // Python verifier reads as that integer and JSON.parse rounds to a double (2^53 + 1 as 2^53),
+  // so the two digests differ: here it cannot be decided, so never VALID.
+  const inexact = numpyOnly ? arr.flat.find((x) => Number.isInteger(x) && !Number.isSafeInteger(x)) : undefined;
+  if (inexact !== undefined) {
+    throw new Invalid(`output ${o.name}: ${inexact} is an integer past 2^53, which this page does not read exactly (check it with verinfer verify)`);
+  }
   const range = INT_RANGE[o.datatype];
   if (range && kinds.has("null")) return null;  // int(None)
   const viaNumpy = numpyOnly || o.datatype === "BOOL" || arr.shape.length !== 1 || kinds.has("bool") || kinds.has("null")
