@@ -68,7 +68,14 @@ class ProofJobs:
         self.store = JobStore(settings.receipts_path)
         self.slots = [_Slot(i) for i in range(settings.proof_workers)]
         self.ray = None  # the Ray executor, when proofs run on a Ray cluster
-        if settings.prover_executor == "ray":
+        if settings.prover_executor == "ray" and settings.ray_address:
+            # an external cluster: the dispatcher in a child process, which Ray may end (it
+            # exits a driver that lost the GCS for a minute) without ending the server
+            from server.proofs.ray_process import RayDispatcherProcess
+
+            self.ray = RayDispatcherProcess(settings, self.store)
+            self.slots = []
+        elif settings.prover_executor == "ray":  # a private instance: it lives with the server
             from server.proofs.ray_executor import RayExecutor
 
             self.ray = RayExecutor(settings, self.store, receipts)
@@ -458,6 +465,8 @@ class ProofJobs:
     def _tick(self) -> None:
         s = self.settings
         now_m = time.monotonic()
+        if self.ray is not None:  # a Ray dispatcher's process that exited is started again
+            self.ray.tick()
         if self._shared:
             self._publish_pids()
         if self._shared and not self._wanted.is_set() and self.store.counts().get("queued"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -87,6 +88,43 @@ def test_ray_proves_and_survives_a_killed_node(cluster, new_home, servers):
     # and dies at once, with no graceful stop that gives running jobs back to the queue)
     s.stop()
     assert "SIGTERM received" not in s.output()
+
+
+def test_a_ray_head_that_goes_down_does_not_take_the_server_with_it(new_home, servers):
+    """Ray exits a driver that lost its cluster's GCS (60 s by default, 3 s here): the dispatcher
+    runs in a child process of the server (server/proofs/ray_process.py), so the server answers
+    on, counts the attempt of the job the dispatcher held, and starts another dispatcher. Before,
+    the dispatcher was a thread of the server, and the server itself exited."""
+    cluster = RayCluster(head_cpus=1)
+    try:
+        cluster.wait_nodes(1)
+        s = servers(new_home(), {"VERINFER_PROVER_EXECUTOR": "ray", "VERINFER_RAY_ADDRESS": cluster.address,
+                                 "VERINFER_PROOF_ATTEMPTS": "3",
+                                 "RAY_gcs_rpc_server_reconnect_timeout_s": "3"})
+        status, job = s.submit(iris_input(70))
+        assert status == 202, job
+        s.wait_job(job["id"], timeout=240, until=("running", "done"))
+        cluster.kill9("head")
+        end = time.monotonic() + 120
+        while (exited := re.search(r"the Ray dispatcher \(pid (\d+)\) exited", s.output())) is None:
+            assert s.proc.poll() is None, f"the server exited with its Ray cluster:\n{s.output()}"
+            assert time.monotonic() < end, s.output()
+            time.sleep(0.5)
+        dispatcher = int(exited.group(1))
+        assert s.proc.poll() is None, s.output()
+        status, answer, _ = s.request("POST", "/v2/models/iris_mlp/infer", {"inputs": [
+            {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(70)}]})
+        assert status == 200 and "receipt" in answer["parameters"], answer
+        assert s.get("/v2/health/ready")["ready"] is True
+        now = s.job(job["id"])
+        if now["status"] != "done":  # proven before the head went down, or its attempt counted
+            assert now["status"] == "queued" and now["attempts"] == 1, now
+        end = time.monotonic() + 60  # another dispatcher is started (it waits for the cluster)
+        while not [p for p in s.children(b"server.proofs.ray_process") if p != dispatcher]:
+            assert time.monotonic() < end, s.output()
+            time.sleep(0.5)
+    finally:
+        cluster.stop()
 
 
 def _descendants(root: int) -> list[int]:
