@@ -390,11 +390,16 @@ class _Delivery:
     def __init__(self, key: str, url: str, body: bytes, client: str, token: object) -> None:
         self.key, self.url, self.body, self.client, self.token = key, url, body, client, token
         self.tries = 0
+        self.shares: list = []  # the dispatcher's shares its try under way holds
         try:
             parts = _parse(url)
             self.host: tuple[str, int] = (parts.hostname or "", _port(parts))  # as looked up
         except CallbackRefused:
             self.host = (url, 0)  # refused at its first try
+
+
+# hosts remembered as failing (the oldest forgotten first)
+MAX_FAILING_HOSTS = 1024
 
 
 class Dispatcher:
@@ -407,6 +412,11 @@ class Dispatcher:
       of one client's (an API key; none when the server has no keys). A try whose host's
       lookup outlived it keeps its share until that lookup ends (:class:`_Resolver`), and at
       most ``held`` tries and such lookups are under way in all.
+    * Tries to a host whose last try failed (it hangs, refuses, answers an error) take at most
+      half of the threads in all (``per_failing``): with no API keys there is no client's
+      share, and a few hanging hosts (2 tries each) held every thread through all their
+      retries, while the callbacks to hosts that answer waited. A host leaves that set when a
+      try to it is delivered.
     * A callback waiting for its next try is an entry of the one :data:`CLOCK`, not a thread.
 
     ``done(key, delivered, token)`` is called once a callback is delivered, refused or out of
@@ -416,10 +426,12 @@ class Dispatcher:
     def __init__(self, *, attempts: int, backoff_s: float, allow: tuple[str, ...] | list[str] = (),
                  sign: CallbackSigner | None = None, done: Callable[[str, bool, object], None],
                  timeout_s: float = 5.0, workers: int = 8, per_host: int = 2, per_client: int = 4,
-                 held: int = 16) -> None:
+                 held: int = 16, per_failing: int | None = None) -> None:
         self.attempts, self.backoff_s, self.allow, self.sign = attempts, backoff_s, allow, sign
         self.done, self.timeout_s = done, timeout_s
         self.per_host, self.per_client, self.held, self.workers = per_host, per_client, held, workers
+        self.per_failing = per_failing if per_failing is not None else max(1, workers // 2)
+        self._failing: dict[tuple[str, int], None] = {}  # hosts whose last try failed, oldest first
         self._cond = threading.Condition()
         self._pending: dict[str, _Delivery] = {}  # every callback not done yet, by key
         self._ready: list[_Delivery] = []  # those due now, oldest first
@@ -456,25 +468,36 @@ class Dispatcher:
             return len(self._pending)
 
     def _shares(self, d: _Delivery) -> list:
-        return ["all", ("host", d.host), *([("client", d.client)] if d.client else [])]
+        return ["all", ("host", d.host), *([("client", d.client)] if d.client else []),
+                *(["failing"] if d.host in self._failing else [])]
 
     def _may_start(self, d: _Delivery) -> bool:
         busy = self._busy.get
         return (busy("all", 0) < self.held and busy(("host", d.host), 0) < self.per_host
-                and (not d.client or busy(("client", d.client), 0) < self.per_client))
+                and (not d.client or busy(("client", d.client), 0) < self.per_client)
+                and (d.host not in self._failing or busy("failing", 0) < self.per_failing))
 
     def _take(self) -> _Delivery | None:
         for i, d in enumerate(self._ready):
             if self._may_start(d):
                 del self._ready[i]
-                for share in self._shares(d):
+                d.shares = self._shares(d)  # (released as taken: the host may fail meanwhile)
+                for share in d.shares:
                     self._busy[share] = self._busy.get(share, 0) + 1
                 return d
         return None
 
+    def _host_failed(self, d: _Delivery, failed: bool) -> None:
+        with self._cond:
+            self._failing.pop(d.host, None)
+            if failed:
+                self._failing[d.host] = None
+                if len(self._failing) > MAX_FAILING_HOSTS:  # (names come from clients: bounded)
+                    del self._failing[next(iter(self._failing))]
+
     def _release(self, d: _Delivery) -> None:
         with self._cond:
-            for share in self._shares(d):
+            for share in d.shares:
                 self._busy[share] -= 1
                 if not self._busy[share]:
                     del self._busy[share]
@@ -511,6 +534,7 @@ class Dispatcher:
         except CallbackRefused as exc:
             log.warning("callback %s refused: %s", d.key, exc)
             return self._end(d, False)
+        self._host_failed(d, why is not None)
         if why is None:
             return self._end(d, True)
         log.warning("callback %s, try %d of %d: %s", d.key, d.tries, self.attempts, why)

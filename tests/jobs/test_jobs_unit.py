@@ -605,6 +605,43 @@ def test_one_clients_callbacks_to_many_hanging_hosts_do_not_delay_another_client
         hanger.close()
 
 
+def test_hosts_that_failed_take_at_most_half_the_threads(recorder):
+    """With no API keys there is no client's share: 4 hanging hosts (2 tries each allowed) held
+    all 4 threads with their retries, and a callback to a host that answers waited for a whole
+    round of them. Now a host whose last try failed retries on at most half the threads: the
+    good callback is delivered while the second round to the hanging hosts is under way."""
+    hanger = _Hanger(wanted=4, ports=4)
+    got, seen = threading.Event(), {}
+
+    def done(key, delivered, token):
+        if key == "b":
+            with hanger.lock:
+                seen["hangups"], seen["open"] = hanger.hangups, hanger.open
+            got.set()
+
+    url = f"http://127.0.0.1:{recorder.server_port}/cb"
+    dispatcher = callbacks.Dispatcher(attempts=3, backoff_s=0, allow=(*hanger.urls, url), done=done,
+                                      timeout_s=1.5, workers=4, per_host=2)
+    dispatcher.start()
+    try:
+        for i, there in enumerate(hanger.urls):  # no client: the server has no API keys
+            assert dispatcher.submit(f"a{i}", there, {"id": f"a{i}"})
+        assert hanger.reached.wait(60), "the first tries did not reach the hanging receivers"
+        for _ in range(600):  # the first round timed out: their retries are due now
+            with hanger.lock:
+                if hanger.hangups >= 4:
+                    break
+            time.sleep(0.01)
+        assert dispatcher.submit("b", url, {"id": "b"})
+        assert got.wait(60), "the good callback was not delivered"
+        # delivered before any try of the second round to the hanging hosts ended, and beside
+        # at most two of them (before: after the round, which held all 4 threads)
+        assert seen["hangups"] == 4 and seen["open"] <= 2, seen
+    finally:
+        dispatcher.stop()
+        hanger.close()
+
+
 def test_a_stop_waits_for_a_callbacks_end_being_recorded(recorder):
     """A try that ends as the server stops records its end (``done``, a store write) before
     ``stop`` returns: ProofJobs.stop closes the store right after, and a write to it then was a
