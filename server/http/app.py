@@ -373,14 +373,16 @@ def create_app(
         proof = log_.consistency(old, to)
         return _json({"from": old, "to": to, "proof": [base64.b64encode(h).decode() for h in proof]})
 
-    def _log_keys() -> dict[str, Any]:
-        # every key of the JWKS, revoked ones too (checkpoints they signed before stay
+    def _log_keys(keys: KeyRing) -> dict[str, Any]:
+        # Every key of the JWKS, revoked ones too (checkpoints they signed before stay
         # verifiable), and when each revoked one was revoked: a document of note keys alone
-        # would let a revoked key vouch for statements after its revocation
+        # would let a revoked key vouch for statements after its revocation. ``keys``: one read
+        # of the key folder per document (a rotation between two reads would pair one key
+        # set's JWKS with another's note keys).
         origin = log_reader.origin() if log_reader is not None else None
         note_keys: list[str] = []
         revoked: dict[str, str] = {}
-        for jwk in key_files.current().jwks["keys"] if origin is not None else []:
+        for jwk in keys.jwks["keys"] if origin is not None else []:
             vkey = note_verifier_key(origin, public_key_from_jwk(jwk))
             note_keys.append(vkey)
             if "revoked_at" in jwk:
@@ -391,7 +393,7 @@ def create_app(
     async def log_keys() -> Response:
         """The receipt log's origin, its note verifier keys (active first) and when each revoked one
         was revoked (``revoked``: note key -> RFC 3339 time), next to the JWKS."""
-        return _json(_log_keys())
+        return _json(_log_keys(key_files.current()))
 
     from server.http.siwe_api import install as install_siwe_routes
 
@@ -423,7 +425,7 @@ def create_app(
             {
                 "jwks": keys.jwks,
                 "active_kid": keys.kid,
-                "log": _log_keys(),
+                "log": _log_keys(keys),
                 "eip712": {
                     "signer": keys.eth_address,
                     "domain": service.domain.model_dump() if service.domain else None,

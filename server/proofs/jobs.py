@@ -67,19 +67,9 @@ class ProofJobs:
         self.receipts = receipts
         self.store = JobStore(settings.receipts_path)
         self.slots = [_Slot(i) for i in range(settings.proof_workers)]
-        self.ray = None  # the Ray executor, when proofs run on a Ray cluster
-        if settings.prover_executor == "ray" and settings.ray_address:
-            # an external cluster: the dispatcher in a child process, which Ray may end (it
-            # exits a driver that lost the GCS for a minute) without ending the server
-            from server.proofs.ray_process import RayDispatcherProcess
-
-            self.ray = RayDispatcherProcess(settings, self.store)
+        if settings.prover_executor == "ray":
             self.slots = []
-        elif settings.prover_executor == "ray":  # a private instance: it lives with the server
-            from server.proofs.ray_executor import RayExecutor
-
-            self.ray = RayExecutor(settings, self.store, receipts)
-            self.slots = []
+        self.ray = None  # the Ray executor, when proofs run on Ray (made by the supervising process)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._callbacks = Dispatcher(attempts=settings.callback_attempts,
@@ -134,8 +124,21 @@ class ProofJobs:
             # which the supervisor would renew no lease, start no worker, wake no waiter
             self._pruner = threading.Thread(target=self._retain, name="verinfer-proof-retention", daemon=True)
             self._pruner.start()
-        if self.ray is not None:
+        if self.settings.prover_executor == "ray":
+            self.ray = self._ray_executor()
             self.ray.start()
+
+    def _ray_executor(self):
+        if self.settings.ray_address:
+            # an external cluster: the dispatcher in a child process, which Ray may end (it
+            # exits a driver that lost the GCS for a minute) without ending the server
+            from server.proofs.ray_process import RayDispatcherProcess
+
+            return RayDispatcherProcess(self.settings, self.store)
+        # a private instance: it lives with the server
+        from server.proofs.ray_executor import RayExecutor
+
+        return RayExecutor(self.settings, self.store, self.receipts)
 
     def signal_stop(self) -> None:
         """Called from the server's stop signal handler, before the graceful stop begins (see
@@ -158,13 +161,11 @@ class ProofJobs:
         ours = {slot.worker_id for slot in self.slots if slot.proc is not None}
         for slot in self.slots:
             self._end_worker(slot)
-        for job in self.store.running():  # stopped on purpose: not the job's fault
-            if job.worker in ours:
-                self.store.release(job.id, job.worker)
+        self.store.release_jobs_of(ours.__contains__)  # stopped on purpose: not the job's fault
         worker_log, self._worker_log = self._worker_log, None
         if worker_log is not None:
             worker_log.close()  # the ended workers' last lines
-        if self.ray is not None and self._supervising:
+        if self.ray is not None:
             self.ray.stop()
         self._callbacks.stop()
         self.store.close()
@@ -477,11 +478,8 @@ class ProofJobs:
                 code = p.returncode
                 why = f"signal {-code}" if code < 0 else f"exit code {code}"
                 log.warning("prover worker %s died (%s)", slot.worker_id, why)
-                for job in self.store.running():
-                    if job.worker == slot.worker_id:
-                        self.store.retry_or_fail(job.id, f"prover worker died ({why})",
-                                                 s.proof_attempts, expect_worker=slot.worker_id)
-                        self._wake()
+                if self.store.retry_jobs_of(slot.worker_id.__eq__, f"prover worker died ({why})", s.proof_attempts):
+                    self._wake()
                 quick = now_m - slot.started < 5
                 slot.fails = slot.fails + 1 if quick else 0
                 slot.next_start = now_m + (min(2 ** slot.fails, 30) if quick else 0)

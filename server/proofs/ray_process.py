@@ -101,11 +101,8 @@ class RayDispatcherProcess:
             why = f"signal {-code}" if code < 0 else f"exit code {code}"
             log.error("the Ray dispatcher (pid %d) exited (%s): its jobs are queued again; starting "
                       "another", p.pid, why)
-            prefix = f"ray.{p.pid}."
-            for job in self.store.running():
-                if job.worker and job.worker.startswith(prefix):
-                    self.store.retry_or_fail(job.id, f"the Ray dispatcher exited ({why})",
-                                             self.settings.proof_attempts, expect_worker=job.worker)
+            self.store.retry_jobs_of(_held_by(p.pid), f"the Ray dispatcher exited ({why})",
+                                     self.settings.proof_attempts)
             quick = now - self._started < QUICK_EXIT_S
             self._fails = self._fails + 1 if quick else 0
             self._next_start = now + (min(2 ** self._fails, 60) if quick else 0)
@@ -128,18 +125,22 @@ class RayDispatcherProcess:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
-            for job in self.store.running():  # what it could not give back itself
-                if job.worker and job.worker.startswith(f"ray.{p.pid}."):
-                    self.store.release(job.id, job.worker)
+            self.store.release_jobs_of(_held_by(p.pid))  # what it could not give back itself
+
+
+def _held_by(pid: int):
+    """Whether a job's worker id is one of the dispatcher ``pid``'s (``ray.<pid>.<n>``)."""
+    prefix = f"ray.{pid}."
+    return lambda worker: worker.startswith(prefix)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m server.proofs.ray_process")
     ap.add_argument("--parent-pid", type=int, required=True)
     args = ap.parse_args(argv)
-    from server.proofs.worker import _die_with_parent
+    from server.proofs.worker import die_with_parent
 
-    _die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the server stops it (see RayDispatcherProcess)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = sys.stdin.buffer

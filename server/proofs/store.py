@@ -553,6 +553,17 @@ class JobStore:
             "lease_until = NULL, attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? "
             "AND status = 'running'", (job_id, worker)).rowcount == 1)
 
+    def retry_jobs_of(self, held: Callable[[str], bool], reason: str, max_attempts: int) -> int:
+        """The workers that ``held`` names ended badly (died, exited): :meth:`retry_or_fail`
+        each running job one of them held. How many were taken back."""
+        return sum(self.retry_or_fail(job.id, reason, max_attempts, expect_worker=job.worker) is not None
+                   for job in self.running() if job.worker and held(job.worker))
+
+    def release_jobs_of(self, held: Callable[[str], bool]) -> int:
+        """The workers that ``held`` names were stopped on purpose: :meth:`release` each
+        running job one of them held (the attempt not counted). How many were released."""
+        return sum(self.release(job.id, job.worker) for job in self.running() if job.worker and held(job.worker))
+
     def expired(self, now: float) -> list[Job]:
         with self._lock:
             rows = self._db.execute(

@@ -38,7 +38,8 @@ STAGES = {"Running the circuit (witness)": "witness", "Proving": "proving",
           "Re-verifying the proof": "verifying"}
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies (Linux); exit now if it already has."""
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-mb", type=int, default=None)
     ap.add_argument("--poll-s", type=float, default=2.0)
     args = ap.parse_args(argv)
-    _die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid)
     from prover.progress import private_stdio
 
     private_stdio()  # the heartbeat thread's warnings stay off EZKL's log while a job proves

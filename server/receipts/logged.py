@@ -72,11 +72,17 @@ class LogReceipts:
         self.keys = keys
         self._ed = _ed25519_signer(keys)
 
-    def follow_keys(self) -> None:
+    def _refresh_keys(self) -> bool:
         """Sign with the data dir's active key from now on (``verinfer keys rotate`` or
-        ``revoke`` ran), and sign the log's head with it now: the writer calls this when idle."""
+        ``revoke`` ran); True when it changed."""
         if self.live is not None and (keys := self.live.current()) is not self.keys:
             self._use(keys)
+            return True
+        return False
+
+    def follow_keys(self) -> None:
+        """The writer, when idle: a key that changed signs the log's head now, answers or not."""
+        if self._refresh_keys():
             self.log.sign_head()
 
     @property
@@ -168,8 +174,7 @@ class LogReceipts:
         receipt's JSON text (stored) and the same text as a JSON string literal (the response's
         ``parameters.receipt``), both written here from their parts: escaping a 2.6 KB receipt
         afterwards cost more than the rest of its response."""
-        if self.live is not None and (keys := self.live.current()) is not self.keys:
-            self._use(keys)  # `verinfer keys rotate` or `revoke` ran: sign with the active key
+        self._refresh_keys()
         first = self.log.size
         note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
         note_j = jcs_string(note)
