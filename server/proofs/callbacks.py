@@ -398,8 +398,9 @@ class _Delivery:
             self.host = (url, 0)  # refused at its first try
 
 
-# hosts remembered as failing (the oldest forgotten first)
+# hosts remembered as failing, and as answering (the oldest forgotten first)
 MAX_FAILING_HOSTS = 1024
+MAX_ANSWERING_HOSTS = 1024
 
 
 class Dispatcher:
@@ -417,6 +418,10 @@ class Dispatcher:
       share, and a few hanging hosts (2 tries each) held every thread through all their
       retries, while the callbacks to hosts that answer waited. A host leaves that set when a
       try to it is delivered.
+    * Tries to hosts not known to answer (none delivered to yet, or their last try failed)
+      leave a quarter of the threads (``reserved``, at least one) to hosts that do: a few new
+      hosts that hang (a client's fresh callback URLs) held every thread through their first
+      tries, up to ``2 * timeout_s``, and the receivers known to answer waited.
     * A callback waiting for its next try is an entry of the one :data:`CLOCK`, not a thread.
 
     ``done(key, delivered, token)`` is called once a callback is delivered, refused or out of
@@ -426,12 +431,14 @@ class Dispatcher:
     def __init__(self, *, attempts: int, backoff_s: float, allow: tuple[str, ...] | list[str] = (),
                  sign: CallbackSigner | None = None, done: Callable[[str, bool, object], None],
                  timeout_s: float = 5.0, workers: int = 8, per_host: int = 2, per_client: int = 4,
-                 held: int = 16, per_failing: int | None = None) -> None:
+                 held: int = 16, per_failing: int | None = None, reserved: int | None = None) -> None:
         self.attempts, self.backoff_s, self.allow, self.sign = attempts, backoff_s, allow, sign
         self.done, self.timeout_s = done, timeout_s
         self.per_host, self.per_client, self.held, self.workers = per_host, per_client, held, workers
         self.per_failing = per_failing if per_failing is not None else max(1, workers // 2)
+        self.per_unproven = max(1, workers - (reserved if reserved is not None else max(1, workers // 4)))
         self._failing: dict[tuple[str, int], None] = {}  # hosts whose last try failed, oldest first
+        self._answering: dict[tuple[str, int], None] = {}  # hosts whose last try was delivered
         self._cond = threading.Condition()
         self._pending: dict[str, _Delivery] = {}  # every callback not done yet, by key
         self._ready: list[_Delivery] = []  # those due now, oldest first
@@ -469,13 +476,15 @@ class Dispatcher:
 
     def _shares(self, d: _Delivery) -> list:
         return ["all", ("host", d.host), *([("client", d.client)] if d.client else []),
-                *(["failing"] if d.host in self._failing else [])]
+                *(["failing"] if d.host in self._failing else []),
+                *(["unproven"] if d.host not in self._answering else [])]
 
     def _may_start(self, d: _Delivery) -> bool:
         busy = self._busy.get
         return (busy("all", 0) < self.held and busy(("host", d.host), 0) < self.per_host
                 and (not d.client or busy(("client", d.client), 0) < self.per_client)
-                and (d.host not in self._failing or busy("failing", 0) < self.per_failing))
+                and (d.host not in self._failing or busy("failing", 0) < self.per_failing)
+                and (d.host in self._answering or busy("unproven", 0) < self.per_unproven))
 
     def _take(self) -> _Delivery | None:
         for i, d in enumerate(self._ready):
@@ -490,10 +499,12 @@ class Dispatcher:
     def _host_failed(self, d: _Delivery, failed: bool) -> None:
         with self._cond:
             self._failing.pop(d.host, None)
-            if failed:
-                self._failing[d.host] = None
-                if len(self._failing) > MAX_FAILING_HOSTS:  # (names come from clients: bounded)
-                    del self._failing[next(iter(self._failing))]
+            self._answering.pop(d.host, None)
+            # (names come from clients: both bounded, the oldest forgotten first)
+            seen, most = (self._failing, MAX_FAILING_HOSTS) if failed else (self._answering, MAX_ANSWERING_HOSTS)
+            seen[d.host] = None
+            if len(seen) > most:
+                del seen[next(iter(seen))]
 
     def _release(self, d: _Delivery) -> None:
         with self._cond:

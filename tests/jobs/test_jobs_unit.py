@@ -608,8 +608,9 @@ def test_one_clients_callbacks_to_many_hanging_hosts_do_not_delay_another_client
 def test_hosts_that_failed_take_at_most_half_the_threads(recorder):
     """With no API keys there is no client's share: 4 hanging hosts (2 tries each allowed) held
     all 4 threads with their retries, and a callback to a host that answers waited for a whole
-    round of them. Now a host whose last try failed retries on at most half the threads: the
-    good callback is delivered while the second round to the hanging hosts is under way."""
+    round of them. Now a host whose last try failed retries on at most ``per_failing`` threads
+    (2 of 8 here): the good callback is delivered while the second round to the hanging hosts
+    is under way."""
     hanger = _Hanger(wanted=4, ports=4)
     got, seen = threading.Event(), {}
 
@@ -621,7 +622,7 @@ def test_hosts_that_failed_take_at_most_half_the_threads(recorder):
 
     url = f"http://127.0.0.1:{recorder.server_port}/cb"
     dispatcher = callbacks.Dispatcher(attempts=3, backoff_s=0, allow=(*hanger.urls, url), done=done,
-                                      timeout_s=1.5, workers=4, per_host=2)
+                                      timeout_s=1.5, workers=8, per_host=2, per_failing=2)
     dispatcher.start()
     try:
         for i, there in enumerate(hanger.urls):  # no client: the server has no API keys
@@ -637,6 +638,43 @@ def test_hosts_that_failed_take_at_most_half_the_threads(recorder):
         # delivered before any try of the second round to the hanging hosts ended, and beside
         # at most two of them (before: after the round, which held all 4 threads)
         assert seen["hangups"] == 4 and seen["open"] <= 2, seen
+    finally:
+        dispatcher.stop()
+        hanger.close()
+
+
+def test_new_hosts_leave_threads_to_the_hosts_known_to_answer(recorder):
+    """Hosts no try was delivered to yet take at most 3 of 4 threads: 4 new hosts that hang
+    (a client's fresh callback URLs, no API keys) held all 4 threads through their first tries,
+    and a callback to a receiver that had answered before waited for one of them to time out.
+    Now it is delivered while those tries are under way."""
+    hanger = _Hanger(wanted=3, ports=4)
+    delivered = {}
+    known = threading.Event()
+
+    def done(key, ok, token):
+        with hanger.lock:
+            delivered[key] = (ok, hanger.hangups)
+        if key.startswith("g"):
+            known.set()
+
+    url = f"http://127.0.0.1:{recorder.server_port}/cb"
+    dispatcher = callbacks.Dispatcher(attempts=1, backoff_s=0, allow=(*hanger.urls, url), done=done,
+                                      timeout_s=1.5, workers=4, per_host=2)
+    dispatcher.start()
+    try:
+        assert dispatcher.submit("g0", url, {"id": "g0"})  # the receiver answers once: known now
+        assert known.wait(60) and delivered["g0"][0]
+        known.clear()
+        for i, there in enumerate(hanger.urls):
+            assert dispatcher.submit(f"a{i}", there, {"id": f"a{i}"})
+        assert hanger.reached.wait(60), "the first tries did not reach the hanging receivers"
+        assert dispatcher.submit("g1", url, {"id": "g1"})
+        assert known.wait(60), "the callback to the known receiver was not delivered"
+        with hanger.lock:
+            most = hanger.most
+        # delivered before any try to a hanging host ended, beside at most 3 of them
+        assert delivered["g1"] == (True, 0) and most == 3, (delivered, most)
     finally:
         dispatcher.stop()
         hanger.close()
