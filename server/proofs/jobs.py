@@ -69,7 +69,7 @@ class ProofJobs:
         self.slots = [_Slot(i) for i in range(settings.proof_workers)]
         if settings.prover_executor == "ray":
             self.slots = []
-        self.ray = None  # the Ray executor, when proofs run on Ray (made by the supervising process)
+        self.ray = None  # the Ray dispatcher's process, when proofs run on Ray (the supervising process's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._callbacks = Dispatcher(attempts=settings.callback_attempts,
@@ -125,20 +125,12 @@ class ProofJobs:
             self._pruner = threading.Thread(target=self._retain, name="verinfer-proof-retention", daemon=True)
             self._pruner.start()
         if self.settings.prover_executor == "ray":
-            self.ray = self._ray_executor()
-            self.ray.start()
-
-    def _ray_executor(self):
-        if self.settings.ray_address:
-            # an external cluster: the dispatcher in a child process, which Ray may end (it
-            # exits a driver that lost the GCS for a minute) without ending the server
+            # the dispatcher in a child process, which Ray may end (it exits a driver that lost
+            # the GCS for a minute: a cluster's head, or a private instance's) without the server
             from server.proofs.ray_process import RayDispatcherProcess
 
-            return RayDispatcherProcess(self.settings, self.store)
-        # a private instance: it lives with the server
-        from server.proofs.ray_executor import RayExecutor
-
-        return RayExecutor(self.settings, self.store, self.receipts)
+            self.ray = RayDispatcherProcess(self.settings, self.store)
+            self.ray.start()
 
     def signal_stop(self) -> None:
         """Called from the server's stop signal handler, before the graceful stop begins (see

@@ -244,10 +244,6 @@ class RayExecutor:
     def wake(self) -> None:
         self._wake.set()
 
-    def tick(self) -> None:
-        """From the proof supervisor's loop: nothing to watch here (the dispatcher's own
-        process has, :class:`server.proofs.ray_process.RayDispatcherProcess`)."""
-
     def signal_stop(self) -> None:
         """The server got its stop signal (SIGTERM, Ctrl-C), in its signal handler: claim no more
         jobs, and a proof whose Ray process dies now gives its job back without counting the

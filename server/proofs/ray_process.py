@@ -1,15 +1,16 @@
-"""The Ray dispatcher in a process of its own, for a server proving on an external Ray cluster.
+"""The Ray dispatcher in a process of its own, a child of the server proving on Ray.
 
-A Ray driver exits its whole process when it loses the cluster's GCS for
+A Ray driver exits its whole process when it loses the GCS for
 ``gcs_rpc_server_reconnect_timeout_s`` (60 s): ``Failed to connect to GCS ... The program will
 terminate``, from Ray's C++ core, past any Python handler. With the dispatcher
 (:class:`server.proofs.ray_executor.RayExecutor`) inside the server, a Ray head that went down
-for a minute took the inference server down with it, though no answer needs Ray. So with
-``ray_address`` set the dispatcher runs here, a child of the supervising server process
-(:class:`RayDispatcherProcess`): when Ray ends it, the server counts the attempts of the jobs it
-held (as when a prover worker dies), starts another, which joins the cluster once it is back
-(retrying every 5 s), and answers inference meanwhile. A private instance (no ``ray_address``)
-lives and dies with the server and stays in its process (docs/ray.md).
+for a minute (a cluster's, or a private instance's GCS that died) took the inference server
+down with it, though no answer needs Ray. So the dispatcher runs here, a child of the
+supervising server process (:class:`RayDispatcherProcess`): when Ray ends it, the server counts
+the attempts of the jobs it held (as when a prover worker dies) and starts another, which joins
+the cluster once it is back (retrying every 5 s), or starts a new private instance (no
+``ray_address``: the instance is this process's and ends with it), and answers inference
+meanwhile (docs/ray.md).
 
 The child: ``python -m server.proofs.ray_process --parent-pid PID``; on its standard input the
 server's settings (4-byte length, pickle), then one byte per command: ``w`` new jobs are

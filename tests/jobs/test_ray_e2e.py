@@ -225,6 +225,44 @@ def test_a_private_ray_instance_ends_with_a_killed_server(servers, tmp_path, ray
     assert not list(ray_tmp.glob("vr-*"))
 
 
+def test_a_private_instances_gcs_that_dies_does_not_take_the_server_with_it(new_home, servers, tmp_path, ray_tmp):
+    """The private instance's GCS killed (a crash, the OOM killer): Ray exits the driver that lost
+    it (60 s by default, 3 s here). The dispatcher and its instance live in a child process of
+    the server, so the server answers on, and a new dispatcher proves on a new instance; the
+    dead one's processes and temp dir are cleaned up by its reaper. Before, the dispatcher was a
+    thread of the server, and the server itself exited."""
+    s = servers(new_home(), {"VERINFER_PROVER_EXECUTOR": "ray", "HOME": str(tmp_path),
+                             "RAY_TMPDIR": str(ray_tmp), "RAY_AUTH_MODE": "disabled",
+                             "RAY_USAGE_STATS_ENABLED": "0", "RAY_gcs_rpc_server_reconnect_timeout_s": "3"})
+    end = time.monotonic() + 120
+    gcs: list[int] = []
+    while not gcs:
+        assert time.monotonic() < end, s.output()
+        gcs = [p for p in _descendants(s.proc.pid) if b"gcs_server" in _cmd(p).split(b"\0")[0]]
+        time.sleep(0.2)
+    first = list(ray_tmp.glob("vr-*"))
+    assert len(first) == 1, first
+    os.kill(gcs[0], signal.SIGKILL)
+    end = time.monotonic() + 120
+    while (exited := re.search(r"the Ray dispatcher \(pid (\d+)\) exited", s.output())) is None:
+        assert s.proc.poll() is None, f"the server exited with its Ray instance:\n{s.output()}"
+        assert time.monotonic() < end, s.output()
+        time.sleep(0.5)
+    status, answer, _ = s.request("POST", "/v2/models/iris_mlp/infer", {"inputs": [
+        {"name": "input", "shape": [1, 4], "datatype": "FP32", "data": iris_input(71)}]})
+    assert status == 200 and "receipt" in answer["parameters"], answer
+    status, job = s.submit(iris_input(71))  # proven on the next dispatcher's new instance
+    assert status == 202, job
+    done = s.wait_job(job["id"], timeout=300)
+    assert done["status"] == "done" and done["outcome"] == "proven", (done, s.output())
+    assert [p for p in s.children(b"server.proofs.ray_process") if p != int(exited.group(1))], s.output()
+    end = time.monotonic() + 30
+    while first[0].exists():  # the dead instance's reaper ended what was left, and removed it
+        assert time.monotonic() < end, (list(ray_tmp.iterdir()), s.output())
+        time.sleep(0.2)
+    assert s.proc.poll() is None, s.output()
+
+
 def test_systemds_stop_while_proving_on_a_private_instance_costs_no_attempt(new_home, servers, tmp_path):
     """systemd's stop (KillMode=control-group) sends SIGTERM to every process of the unit: the
     server and its private Ray instance's processes, the actor proving a job among them. When
