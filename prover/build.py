@@ -435,7 +435,7 @@ def _rss_bytes() -> int:
 def _peak_rss_bytes() -> int:
     """This process's peak resident memory so far. Its excess over the RSS before a proof
     bounds from above what proving added (exact when the proof set the peak): what a
-    prover node must hold beyond a warm process (server/proofs/ray_executor.py)."""
+    prover node must hold beyond a warm process (server/proofs/ray_node.py)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux

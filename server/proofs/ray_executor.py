@@ -1,7 +1,7 @@
 """Proof jobs on a Ray cluster (``prover_executor = "ray"``; docs/ray.md).
 
-The job table stays the source of truth. A dispatcher thread in the server claims
-queued jobs exactly as a local worker does (an attempt counted, a lease taken),
+The job table stays the source of truth. A dispatcher thread, in a child process of the
+server (:mod:`server.proofs.ray_process`), claims queued jobs exactly as a local worker does (an attempt counted, a lease taken),
 hands each to Ray, renews the lease while Ray works, and stores the result only
 if the job is still leased to that attempt (:meth:`JobStore.finish` with ``worker``). A node
 that dies takes its attempt with it: the job is queued again and dispatched to
@@ -9,12 +9,10 @@ another node, and a late answer from a given-up attempt is dropped, so a job
 never ends with two different bundles. Ray itself retries nothing
 (``max_restarts=0``, ``max_retries=0``): attempts are counted in one place.
 
-What runs on a node only proves: the node gets the package id, the input and the
-receipt's signed label; it opens the package by content address (a shared
-folder, or files shipped through Ray's object store, in both cases checked
-against the manifest's hashes, whose own hash is the package id) and returns the
-bundle. The server checks the proof again and signs the proof receipt itself:
-no signing key leaves the server.
+What runs on a node only proves (:mod:`server.proofs.ray_node`): it opens the package
+by content address, hash-checked, and returns the bundle. The server checks the proof
+again and signs the proof receipt itself: no signing key leaves the server. A private
+instance's processes are ended with it (:mod:`server.proofs.ray_instance`).
 
 Placement: each proof reserves ``ray_cpus_per_proof`` CPUs and the memory the
 package's preflight measured (:func:`proof_resources`), so Ray puts it only on a
@@ -27,18 +25,22 @@ to an idle actor of it first.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import math
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from server.proofs.ray_instance import end_processes, ray_processes, start_reaper
+from server.proofs.ray_node import (
+    PackageProver,
+    package_files,
+    proof_resources,
+    prove_once,
+    threads_for,
+)
 
 log = logging.getLogger("verinfer.server")
 
@@ -46,137 +48,7 @@ log = logging.getLogger("verinfer.server")
 # instance die of it while the server, signalled with them, stops. A Ray process's death is
 # taken for the server's stop (the attempt not counted) if its stop signal comes this soon after.
 STOP_SIGNAL_WAIT_S = 1.0
-# A prover process before its first proof (Python, EZKL, onnxruntime, numpy): what a
-# package's own figures are added to when a proof's memory is reserved.
-PROCESS_BASE_BYTES = 400 * 1024 * 1024
 
-
-def proof_resources(manifest, cpus: float, memory_mb: int | None) -> dict:
-    """The Ray resources one proof of this package reserves: ``num_cpus`` and ``memory``
-    (bytes). Memory: ``memory_mb`` if set; else the process base plus the larger of the
-    preflight's measured RSS growth while proving and twice the proving key (packages made
-    before the growth was measured: three times the proving key)."""
-    if memory_mb:
-        return {"num_cpus": cpus, "memory": memory_mb * 1024 * 1024}
-    pf = manifest.preflight
-    pk = int(pf.get("pk_bytes") or manifest.artifacts["pk.key"].bytes)
-    growth = pf.get("prove_rss_growth_bytes")
-    need = max(int(growth), 2 * pk) if growth else 3 * pk
-    return {"num_cpus": cpus, "memory": PROCESS_BASE_BYTES + need}
-
-
-def threads_for(cpus: float) -> int:
-    return max(1, math.ceil(cpus))
-
-
-# --- on a node: opening a package by content address ------------------------------------
-
-def package_files(folder: Path) -> dict[str, bytes]:
-    """What a node needs to prove with a package: its manifest and the proving artifacts."""
-    from prover.package import PROVE_ARTIFACTS
-    from verifier.manifest import MANIFEST_FILE
-
-    return {n: (folder / n).read_bytes() for n in (MANIFEST_FILE, *PROVE_ARTIFACTS)}
-
-
-def _manifest_matches(folder: Path, package_id: str) -> bool:
-    from verifier.manifest import MANIFEST_FILE
-
-    try:
-        raw = (folder / MANIFEST_FILE).read_bytes()
-    except OSError:
-        return False
-    return hashlib.sha256(raw).hexdigest() == package_id
-
-
-def open_package(package_id: str, shared: Path | None, cache: Path, files=None):
-    """The :class:`prover.package.CircuitPackage` with id ``package_id``, proving artifacts
-    hash-checked: from ``shared/<id>`` if there, else ``cache/<id>``, else written into the
-    cache from ``files()`` (name -> bytes). The manifest must hash to the id and every file
-    as the manifest says (:class:`verifier.errors.PackageError` otherwise): nothing a node
-    is given or finds is used unchecked."""
-    from prover.package import PROVE_ARTIFACTS, CircuitPackage
-    from verifier.errors import PackageError
-    from verifier.manifest import MANIFEST_FILE
-
-    if not package_id or set(package_id) - set("0123456789abcdef") or len(package_id) != 64:
-        raise PackageError(f"not a package id: {package_id!r}")
-    for root in (shared, cache):
-        if root is None:
-            continue
-        folder = Path(root) / package_id
-        if (folder / MANIFEST_FILE).is_file():
-            if not _manifest_matches(folder, package_id):
-                raise PackageError(f"{folder}: manifest.json does not hash to the package id")
-            return CircuitPackage.open(folder, check=PROVE_ARTIFACTS)
-    if files is None:
-        raise PackageError(f"package {package_id[:16]}… is not under {shared} on this node "
-                           "(share the packages folder, or set VERINFER_RAY_SHIP_PACKAGES)")
-    got = files()
-    cache.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache))
-    try:
-        for name, data in got.items():
-            if "/" in name or name.startswith("."):
-                raise PackageError(f"package file name {name!r} refused")
-            (work / name).write_bytes(data)
-        if not _manifest_matches(work, package_id):
-            raise PackageError(f"the manifest sent for package {package_id[:16]}… does not "
-                               "hash to its id")
-        pkg = CircuitPackage.open(work, check=PROVE_ARTIFACTS)  # every file as the manifest says
-        final = cache / package_id
-        try:
-            os.rename(work, final)
-        except OSError:  # another process on this node placed it first
-            shutil.rmtree(work, ignore_errors=True)
-        return CircuitPackage.open(final, check=PROVE_ARTIFACTS) if final != pkg.dir else pkg
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("VERINFER_RAY_CACHE")
-                or Path(tempfile.gettempdir()) / f"verinfer-packages-{os.getuid()}")
-
-
-class PackageProver:
-    """Proves for one package on one node (the body of the Ray actor, and of the stateless
-    task when ``ray_actors`` is off)."""
-
-    def __init__(self, package_id: str, shared: str | None, files_box: list | None) -> None:
-        from prover.proving import Prover
-
-        def fetch():
-            import ray
-
-            return ray.get(files_box[0])
-
-        pkg = open_package(package_id, Path(shared) if shared else None, _cache_dir(),
-                           fetch if files_box else None)
-        self.prover = Prover(pkg)
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def prove(self, spec: dict, receipt: dict | None, float_label: int | None) -> str:
-        from server.proofs.worker import decode_input
-        from verifier.tensors import numpy_dtype
-
-        m = self.prover.package.manifest
-        x = decode_input(spec).astype(numpy_dtype(m.input.datatype), copy=False)
-        bundle = self.prover.prove(x, receipt=receipt, float_label=float_label)  # re-verified
-        return bundle.model_dump_json()
-
-
-def prove_once(package_id, shared, files_box, spec, receipt, float_label) -> str:
-    """One proof in a Ray task: opens (and hash-checks) the package every time."""
-    return PackageProver(package_id, shared, files_box).prove(spec, receipt, float_label)
-
-
-# --- in the server: the dispatcher --------------------------------------------------------
 
 @dataclass
 class _Actor:
@@ -230,7 +102,7 @@ class RayExecutor:
         self._task = None
         self._last_beat = 0.0
         self._next_connect = 0.0
-        self._reaper: subprocess.Popen | None = None  # a private instance's (see _start_reaper)
+        self._reaper: subprocess.Popen | None = None  # a private instance's (see ray_instance.start_reaper)
         self._temp_dir: str | None = None  # a private instance's Ray temp dir (its processes' files)
         self.prefix = f"ray.{os.getpid()}"
 
@@ -257,7 +129,7 @@ class RayExecutor:
         # PR_SET_PDEATHSIG), except the raylet's agents (DashboardAgent, RuntimeEnvAgent),
         # which would be left orphaned, out of this process's tree.
         ray = self._ray
-        private = _ray_processes(ray) if ray is not None and not self.settings.ray_address else []
+        private = ray_processes(ray) if ray is not None and not self.settings.ray_address else []
         self.stopping.set()
         self._stop.set()
         self._wake.set()
@@ -271,7 +143,7 @@ class RayExecutor:
                 self._ray.shutdown()
             except Exception:  # shutting down anyway
                 log.exception("ray shutdown")
-        _end(private)
+        end_processes(private)
         if self._reaper is not None:  # its pipe's end: it ends what is left, and itself
             self._reaper.stdin.close()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -294,7 +166,7 @@ class RayExecutor:
                 # where Ray's own would be (RAY_TMPDIR, else TMPDIR, else /tmp), and short: its
                 # Unix sockets live under it (sun_path holds 108 bytes)
                 self._temp_dir = tempfile.mkdtemp(prefix="vr-", dir=os.environ.get("RAY_TMPDIR"))
-                self._reaper = _start_reaper(self._temp_dir, os.path.dirname(ray.__file__))
+                self._reaper = start_reaper(self._temp_dir, os.path.dirname(ray.__file__))
             private["_temp_dir"] = self._temp_dir  # every process of the instance keeps files there
         try:
             ray.init(address=self.settings.ray_address, namespace="verinfer",
@@ -596,128 +468,3 @@ class RayExecutor:
                     log.debug("ray.cancel: %s", exc)
             self.store.retry_or_fail(c.job.id, f"timed out after {limit:g}s",
                                      self.settings.proof_attempts, expect_worker=c.worker)
-
-
-# -- a private Ray instance's processes ----------------------------------------------------
-
-
-def _ray_processes(ray, root: int | None = None) -> list[int]:
-    """Pids of Ray's processes under ``root`` (default: this one; Linux ``/proc``; none
-    elsewhere): named ``ray::…`` or run from Ray's own package folder (``ray``: the module,
-    or that folder). Not the receipt writer or other children."""
-    proc = Path("/proc")
-    if not (proc / "self" / "stat").exists():
-        return []
-    ray_dir = (ray if isinstance(ray, str) else os.path.dirname(ray.__file__)).rstrip(os.sep) + os.sep
-    children: dict[int, list[int]] = {}
-    for d in proc.iterdir():
-        if d.name.isdigit() and (stat := _stat(int(d.name))) is not None:
-            children.setdefault(int(stat[1]), []).append(int(d.name))
-    out, todo = [], [os.getpid() if root is None else root]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            todo.append(pid)
-            if _is_ray(pid, ray_dir):
-                out.append(pid)
-    return out
-
-
-def _is_ray(pid: int, ray_dir: str) -> bool:
-    """``pid`` is named ``ray::…`` or runs from Ray's package folder ``ray_dir`` (its program,
-    or a script after at most one interpreter option, as ``python -u …/monitor.py``)."""
-    try:
-        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")[:3]
-    except OSError:
-        return False
-    args = [a.decode(errors="replace") for a in argv]
-    return bool(args) and (args[0].startswith("ray::") or any(a.startswith(ray_dir) for a in args))
-
-
-def _stat(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` after the command name: [state, ppid, ...]; None if gone or odd."""
-    try:  # "pid (comm) state ppid ...": comm may hold spaces and parentheses
-        fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields if len(fields) > 1 and fields[1].isdigit() else None
-
-
-def _end(pids: list[int], grace_s: float = 5.0) -> None:
-    """SIGTERM each of ``pids`` still alive, SIGKILL what is left after ``grace_s``."""
-    import signal
-
-    def alive(pid: int) -> bool:  # a zombie (exited, not yet reaped by its new parent) is not
-        stat = _stat(pid)
-        return stat is not None and stat[0] != "Z"
-
-    left = [p for p in pids if alive(p)]
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = [p for p in left if alive(p)]
-    for pid in left:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _start_reaper(temp_dir: str, ray_dir: str) -> subprocess.Popen:
-    """A private Ray instance's processes end with this server even when it is killed (kill -9,
-    the OOM killer), when :meth:`RayExecutor.stop` does not run: the raylet and GCS die with
-    the dispatcher thread (``PR_SET_PDEATHSIG``), but the raylet's agents were left running,
-    orphaned, for good (they ignore SIGTERM). A small process in its own session (a signal to
-    the server's group is the server's) waits for the end of a pipe from this one (the server
-    exited, or stops Ray itself), then ends every Ray process (``ray_dir``: Ray's package
-    folder) of this user that holds a file under ``temp_dir``, the instance's Ray temp dir (each
-    of its processes, agents and workers too, writes its logs there from its start; not, say,
-    an operator's ``tail -f`` of one), and removes that folder. Which processes are the
-    instance's is read when the server is gone, not noted while it lived: one started just
-    before the server was killed is found too, whoever its parent is by then."""
-    return subprocess.Popen([sys.executable, "-m", "server.proofs.ray_executor", "--reap",
-                             str(os.getpid()), temp_dir, ray_dir], stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, start_new_session=True)
-
-
-def _holding(folder: str, skip: set[int], ray_dir: str) -> list[int]:
-    """Pids of this user's Ray processes (but ``skip``) with a file under ``folder`` open."""
-    prefix, uid, out = folder.rstrip(os.sep) + os.sep, os.getuid(), []
-    ray_dir = ray_dir.rstrip(os.sep) + os.sep
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) in skip or not _is_ray(int(d.name), ray_dir):
-            continue
-        try:
-            if d.stat().st_uid != uid:
-                continue
-            fds = list((d / "fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                if os.readlink(fd).startswith(prefix):
-                    out.append(int(d.name))
-                    break
-    return out
-
-
-def _reap(server: int, temp_dir: str, ray_dir: str) -> None:
-    """``python -m server.proofs.ray_executor --reap SERVER_PID TEMP_DIR RAY_DIR`` (see
-    :func:`_start_reaper`)."""
-    import signal
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    while os.read(sys.stdin.fileno(), 4096):  # until the server is gone (or stops Ray itself)
-        pass
-    skip = {os.getpid(), server}
-    for _ in range(10):  # an orphaned raylet not yet dead may start one more worker meanwhile
-        left = _holding(temp_dir, skip, ray_dir)
-        if not left:
-            break
-        _end(left)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    _reap(int(sys.argv[2]), sys.argv[3], sys.argv[4])

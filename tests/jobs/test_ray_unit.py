@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from server.proofs.ray_executor import (
+from server.proofs.ray_node import (
     PROCESS_BASE_BYTES,
     open_package,
     package_files,
