@@ -46,3 +46,11 @@ def run_audit(bundle_dir: Path, keys: Path, packages: Path, home: Path):
 
 def package_dir(home: Path, name: str = "iris_mlp") -> Path:
     return home / "packages" / (home / "names" / name).read_text().strip()
+
+
+def submit_job(store, digest: str, **kw):
+    """A job for a made-up model straight into the job table (``JobStore.submit``), no server."""
+    args = dict(model="m", package_id="p" * 64, model_sha256="a" * 64, input_digest=digest,
+                input_json="{}", receipt_id=None, callback_url=None, max_active=3)
+    args.update(kw)
+    return store.submit(**args)
