@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.verinfer-setup
 # the range in pyproject.toml is already met and no CUDA build is pulled.
 TORCH   := torch==2.13.0
 
-.PHONY: setup chromium wrk serve demo lint test test-fast bench clean
+.PHONY: setup chromium wrk serve demo lint test test-fast bench vendor-js clean
 
 setup: $(STAMP) node_modules/.package-lock.json
 
@@ -39,6 +39,11 @@ wrk:
 		|| { echo "no wrk and no apt-get: bench.workers --client wrk cannot run"; exit 0; }; \
 		$(APT) install -y --no-install-recommends wrk \
 		|| { $(APT) update && $(APT) install -y --no-install-recommends wrk; }; }
+
+# The status page's secp256k1 and keccak (server/http/status.py, VENDORED): after changing their
+# pins in package.json, copy them into the package; tests/server/test_status_page.py checks the copy.
+vendor-js: setup
+	$(BIN)/python -c 'from pathlib import Path; from server.http.status import vendor_js; vendor_js(Path("node_modules"), Path("server/http/static"))'
 
 serve: setup
 	$(BIN)/verinfer serve

@@ -1,10 +1,11 @@
 """The status page: ``GET /`` (plain HTML, one JS file and one CSS file from
-``server/http/static/``, no build step, no outside assets) and ``GET /v1/status``, the JSON it
-draws from: the served models (digests, batching policy, circuit package figures), recent
+``server/http/static/``, no build step, no outside assets; @noble's secp256k1 and keccak vendored
+under ``static/vendor/``) and ``GET /v1/status``, the JSON it draws from: the served models (digests, batching policy, circuit package figures), recent
 receipts and proof jobs with their status, the proof queue, the log's size and a few metrics.
 
 The page's receipt check runs in the browser (``static/status.js``: WebCrypto Ed25519 and
-SHA-256 against ``/.well-known/verinfer-log.json``): it never asks the server for a verdict.
+SHA-256 against ``/.well-known/verinfer-log.json``, and an EIP-712 signature with @noble's
+secp256k1 and keccak from ``static/vendor/``): it never asks the server for a verdict.
 
 ``/`` and ``/static/*`` are public (``server/http/auth.py``); ``/v1/status`` needs an API key
 where the auth gate is on (the page then asks for one), and then lists the recent receipts
@@ -34,9 +35,22 @@ from verifier.packages import name_target, package_dir, read_manifest
 RECENT = 12
 # a client's proof request and the (maybe shared) job that proves it (server/proofs/store.py)
 REQUESTS = "proof_requests r JOIN proof_jobs j ON j.id = r.job_id"
+# The EIP-712 check's secp256k1 and keccak: @noble's, pinned in package.json and copied here
+# unchanged with their licences (``make vendor-js``; a test holds them equal to node_modules'),
+# so that a pip-installed server serves them with no npm. Loaded by the page only to check an
+# EIP-712 signature. Served name under static/ -> the file in node_modules.
+VENDORED = {
+    "vendor/noble-secp256k1.js": "@noble/secp256k1/index.js",
+    "vendor/noble-secp256k1.LICENSE": "@noble/secp256k1/LICENSE",
+    "vendor/noble-hashes/sha3.js": "@noble/hashes/sha3.js",
+    "vendor/noble-hashes/_u64.js": "@noble/hashes/_u64.js",
+    "vendor/noble-hashes/utils.js": "@noble/hashes/utils.js",
+    "vendor/noble-hashes/LICENSE": "@noble/hashes/LICENSE",
+}
 STATIC = {  # file name -> media type: the only files served under /static/
     "status.js": "text/javascript; charset=utf-8",
     "status.css": "text/css; charset=utf-8",
+    **{name: "text/javascript; charset=utf-8" for name in VENDORED if name.endswith(".js")},
 }
 CIRCUIT_FIGURES = ("logrows", "num_rows", "pk_bytes", "vk_bytes", "prove_seconds",
                    "verify_seconds", "verifier_runtime_bytes", "verifier_fits")
@@ -49,6 +63,14 @@ PAGE_HEADERS = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"
 
 def static_file(name: str) -> bytes:
     return resources.files("server.http").joinpath("static", name).read_bytes()
+
+
+def vendor_js(node_modules: Path, static: Path) -> None:
+    """Copy :data:`VENDORED` from ``node_modules`` into ``static`` (``make vendor-js``)."""
+    for name, source in VENDORED.items():
+        target = static / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((node_modules / source).read_bytes())
 
 
 def _rows(path: Path, sql: str, args: tuple = ()) -> list[sqlite3.Row]:

@@ -219,6 +219,77 @@ def _fulfil_json(doc, route) -> None:
     route.fulfill(status=200, json=doc)
 
 
+def _eip712_variants(receipt: dict) -> dict[str, tuple[dict, str]]:
+    """A receipt's EIP-712 part altered (the log does not cover it): what the page must say."""
+    from verifier.eip712 import SECP256K1_N
+
+    att = receipt["eip712"]
+    sig = bytes.fromhex(att["signature"][2:])
+    s = int.from_bytes(sig[32:64], "big")
+    twin = sig[:32] + (SECP256K1_N - s).to_bytes(32, "big") + bytes([55 - sig[64]])  # (r, n - s), v flipped
+    flipped = sig[:5] + bytes([sig[5] ^ 1]) + sig[6:]
+    msg = att["message"]
+
+    def with_(**part) -> dict:
+        return {**receipt, "eip712": {**att, **part}}
+
+    return {
+        "a signature byte flipped": (with_(signature="0x" + flipped.hex()), "recover"),
+        "another label": (with_(message={**msg, "label": (msg["label"] + 1) % 3}), "recovers to 0x"),
+        "another deadline": (with_(message={**msg, "deadline": msg["deadline"] + 1}), "recovers to 0x"),
+        "the high-s twin of the signature": (with_(signature="0x" + twin.hex()), "high s"),
+        "v = 29": (with_(signature="0x" + (sig[:64] + bytes([29])).hex()), "v is not 27 or 28"),
+        "another signer": (with_(signer="0x" + "11" * 20), "another signer or domain"),
+        "another chain": (with_(domain={**att["domain"], "chainId": att["domain"]["chainId"] + 1}),
+                          "another signer or domain"),
+        "a field no EIP-712 part has": (with_(extra=1), "EIP-712 part"),
+    }
+
+
+def test_in_browser_check_verifies_an_eip712_signature(start_server, browser, tmp_path):
+    """A receipt whose request asked for an EIP-712 signature: the page recovers its secp256k1
+    signer (@noble's, vendored) and holds it, its domain and its message to the logged
+    statement, as verify_receipt_v2 does; each alteration of that part (which the log does not
+    cover) is refused here and by the Python verifier. Before, the page said it was not checked."""
+    from verifier.errors import VerinferError
+    from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
+
+    server = start_server(tmp_path / "home")
+    status, body, _ = server.request("POST", "/v2/models/iris_mlp/infer",
+                                     {"inputs": IRIS, "parameters": {"eip712": True}})
+    assert status == 200, body
+    receipt = json.loads(body["parameters"]["receipt"])
+    assert receipt["eip712"] is not None
+    jwks = server.get("/.well-known/jwks.json")
+    verify_receipt_v2(ReceiptV2.parse(json.dumps(receipt)), jwks)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server.base + "/")
+    state, text = _verdict(page, receipt)
+    assert state == "valid", text
+    steps = page.locator("#steps").inner_text()
+    assert f"EIP-712 signature (secp256k1) recovers to {receipt['eip712']['signer']}" in steps, steps
+    assert "not checked here" not in steps
+    for what, (bad, says) in _eip712_variants(receipt).items():
+        with pytest.raises(VerinferError):  # (ReceiptV2.parse raises its own for a bad shape)
+            verify_receipt_v2(ReceiptV2.parse(json.dumps(bad)), jwks)
+        state, text = _verdict(page, bad)
+        assert state == "invalid" and says in text, (what, text)
+    assert errors == []
+
+
+def test_the_vendored_javascript_is_the_pinned_npm_packages():
+    """server/http/static/vendor/ holds @noble's files as package.json pins them (``make vendor-js``
+    copies them from node_modules, which ``make setup`` installs from package-lock.json)."""
+    from server.http.status import STATIC, VENDORED
+
+    node_modules = REPO_ROOT / "node_modules"
+    for name, source in VENDORED.items():
+        assert (REPO_ROOT / "server" / "http" / "static" / name).read_bytes() == (node_modules / source).read_bytes(), name
+    assert {n for n in STATIC if n.startswith("vendor/")} == {n for n in VENDORED if n.endswith(".js")}
+
+
 def test_api_docs_render_with_no_network_but_this_server(start_server, browser, tmp_path):
     """/docs draws the API from this server's own Swagger UI files: the browser may reach
     nothing but the server (a CDN request is aborted), and the operations still render."""

@@ -488,6 +488,71 @@ async function verifyReceiptV2(receipt, noteKeys, steps, revoked = {}) {
   return statement;
 }
 
+// ---------------------------------------------------------------- EIP-712 (secp256k1)
+
+// verifier/eip712.py's verify_eip712 and verifier/receipts_v2.py's checks around it: the
+// signature recovers to the signer, that signer and domain are the ones the logged statement
+// names (so the log vouches for them), and the message signs the statement's model, input,
+// request and label. secp256k1 and keccak are @noble's, served by this server
+// (/static/vendor/, VENDORED in server/http/status.py) and loaded only for such a receipt.
+const SECP256K1_N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
+const UINT = int(0, Number.MAX_SAFE_INTEGER);  // (a label or deadline past 2^53 is no answer of ours)
+const ATTESTATION = object({
+  domain: object({ name: optional(str), version: optional(str), chainId: UINT, verifyingContract: ADDRESS }),
+  message: object({ modelId: HEX32, inputCommitment: HEX32, label: UINT, requestId: HEX32, deadline: UINT }),
+  signer: ADDRESS,
+  signature: pattern(/^0x[0-9a-f]{130}$/, "0x and 130 lower-case hex digits"),
+});
+const fromHex = (h) => Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
+const word = (n) => fromHex(BigInt(n).toString(16).padStart(64, "0"));
+const sameDomain = (a, b) => ["name", "version", "chainId", "verifyingContract"].every((k) => a[k] === b[k]);
+const withDefaults = (d) => ({ name: "verinfer", version: "1", ...d });
+
+async function verifyEip712(att, p, steps) {
+  try { ATTESTATION(att, "eip712"); } catch (e) { throw new Invalid(`the receipt's EIP-712 part: ${e.message}`); }
+  if (!p.eip712) throw new Invalid("the receipt carries an EIP-712 signature its statement does not name");
+  const domain = withDefaults(att.domain);
+  if (att.signer.toLowerCase() !== p.eip712.signer.toLowerCase() || !sameDomain(domain, withDefaults(p.eip712.domain))) {
+    throw new Invalid("the EIP-712 signature is by another signer or domain than the statement names");
+  }
+  const [{ recoverPublicKey }, { keccak_256: keccak }] = await Promise.all([
+    import("/static/vendor/noble-secp256k1.js"), import("/static/vendor/noble-hashes/sha3.js")]);
+  const typehash = (t) => keccak(enc.encode(t));
+  const separator = keccak(concat(
+    typehash("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
+    keccak(enc.encode(domain.name)), keccak(enc.encode(domain.version)), word(domain.chainId),
+    word(BigInt(domain.verifyingContract))));
+  const m = att.message;
+  const struct = keccak(concat(
+    typehash("Classification(bytes32 modelId,bytes32 inputCommitment,uint256 label,bytes32 requestId,uint256 deadline)"),
+    fromHex(m.modelId.slice(2)), fromHex(m.inputCommitment.slice(2)), word(m.label), fromHex(m.requestId.slice(2)),
+    word(m.deadline)));
+  const digest = keccak(concat(Uint8Array.of(0x19, 0x01), separator, struct));
+  const sig = fromHex(att.signature.slice(2));
+  const r = BigInt(`0x${hex(sig.subarray(0, 32))}`), s = BigInt(`0x${hex(sig.subarray(32, 64))}`);
+  if (sig[64] !== 27 && sig[64] !== 28) throw new Invalid("the EIP-712 signature's v is not 27 or 28");
+  if (!(r > 0n && r < SECP256K1_N && s > 0n && s < SECP256K1_N)) throw new Invalid("the EIP-712 signature does not recover: r or s out of range");
+  // (r, n - s) is the same signer's twin: the oracle refuses it (EIP-2)
+  if (s > SECP256K1_N / 2n) throw new Invalid("the EIP-712 signature has a high s (not canonical: a contract refuses it)");
+  let pub;
+  try {
+    pub = recoverPublicKey(concat(Uint8Array.of(sig[64] - 27), sig.subarray(0, 64)), digest,
+      { prehash: false, isCompressed: false });
+  } catch (e) {
+    throw new Invalid(`the EIP-712 signature does not recover: ${e.message}`);
+  }
+  const got = `0x${hex(keccak(pub.subarray(1)).subarray(12))}`;
+  if (got !== att.signer.toLowerCase()) throw new Invalid(`the EIP-712 signature recovers to ${got}, not ${att.signer}`);
+  if (m.modelId.slice(2) !== p.model.sha256 || m.inputCommitment !== p.input.commitment) {
+    throw new Invalid("the EIP-712 message signs another model or input than the statement");
+  }
+  if (m.requestId !== p.requestId || m.label !== p.label) {
+    throw new Invalid("the EIP-712 message signs another request or label than the statement");
+  }
+  steps.push(`EIP-712 signature (secp256k1) recovers to ${att.signer}, the signer the logged statement names, `
+    + `over its model, input commitment, label ${m.label} and request (chain ${domain.chainId}, deadline ${m.deadline})`);
+}
+
 // v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
 // (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
 async function verifyReceiptV1(receipt, jwks, steps) {
@@ -551,9 +616,12 @@ async function onVerify() {
       const noteKeys = doc.note_keys || [];
       steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
       statement = await verifyReceiptV2(receipt, noteKeys, steps, doc.revoked || {});
+      if (receipt.eip712 !== null && receipt.eip712 !== undefined) await verifyEip712(receipt.eip712, statement.predicate, steps);
     }
     if (answer) await checkAnswer(answer, statement, steps);
-    if (receipt.eip712) steps.push("its EIP-712 signature (secp256k1) is not checked here: use verinfer verify");
+    if (receipt.format === "verinfer.receipt/v1" && receipt.eip712) {
+      steps.push("its EIP-712 signature (secp256k1) is not checked here for a v1 receipt: use verinfer verify");
+    }
     if (answer && Object.hasOwn(answer.parameters, "proof_bundle")) {
       steps.push("its zero-knowledge proof (parameters.proof_bundle) is not checked here: use verinfer audit with the circuit package");
     }
