@@ -36,7 +36,8 @@ def _flip_b64(text: str, at: int = 0) -> str:
 
 def _v1_receipt(home: Path, v2: dict) -> dict:
     """The v2 receipt's statement as a v1 receipt (a DSSE envelope), signed with the server's
-    active key (in the test's data dir), checked by the Python verifier first."""
+    active key (in the test's data dir), checked by the Python verifier first; with the v2
+    receipt's EIP-712 part, if it has one."""
     from server.receipts.keys import load_keys
     from server.settings import ServerSettings
     from verifier.receipts import Receipt, Statement, sign_envelope, verify_receipt
@@ -46,7 +47,8 @@ def _v1_receipt(home: Path, v2: dict) -> dict:
     pred = {k: v for k, v in st["predicate"].items() if k != "eip712"}
     statement = Statement.model_validate({**st, "predicateType": "https://verinfer.dev/receipt/v1",
                                           "predicate": {**pred, "keyId": keys.kid}})
-    receipt = Receipt(id=v2["id"], envelope=sign_envelope(statement, keys.kid, keys.ed25519.sign))
+    receipt = Receipt(id=v2["id"], envelope=sign_envelope(statement, keys.kid, keys.ed25519.sign),
+                      eip712=v2.get("eip712"))
     verify_receipt(receipt, keys.jwks)
     return receipt.model_dump(mode="json")
 
@@ -252,6 +254,7 @@ def test_in_browser_check_verifies_an_eip712_signature(start_server, browser, tm
     statement, as verify_receipt_v2 does; each alteration of that part (which the log does not
     cover) is refused here and by the Python verifier. Before, the page said it was not checked."""
     from verifier.errors import VerinferError
+    from verifier.receipts import Receipt, verify_receipt
     from verifier.receipts_v2 import ReceiptV2, verify_receipt_v2
 
     server = start_server(tmp_path / "home")
@@ -276,6 +279,17 @@ def test_in_browser_check_verifies_an_eip712_signature(start_server, browser, tm
             verify_receipt_v2(ReceiptV2.parse(json.dumps(bad)), jwks)
         state, text = _verdict(page, bad)
         assert state == "invalid" and says in text, (what, text)
+    # a v1 receipt (its statement names no signer): the signature against the signer it gives
+    v1 = _v1_receipt(server.home, receipt)
+    assert v1["eip712"] == receipt["eip712"]
+    state, text = _verdict(page, v1)
+    assert state == "valid", text
+    assert "a v1 statement names none" in page.locator("#steps").inner_text()
+    other = {**v1, "eip712": _eip712_variants(receipt)["another label"][0]["eip712"]}
+    with pytest.raises(VerinferError):
+        verify_receipt(Receipt.parse(json.dumps(other)), jwks)
+    state, text = _verdict(page, other)
+    assert state == "invalid" and "recovers to 0x" in text, text
     assert errors == []
 
 

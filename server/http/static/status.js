@@ -508,12 +508,17 @@ const word = (n) => fromHex(BigInt(n).toString(16).padStart(64, "0"));
 const sameDomain = (a, b) => ["name", "version", "chainId", "verifyingContract"].every((k) => a[k] === b[k]);
 const withDefaults = (d) => ({ name: "verinfer", version: "1", ...d });
 
-async function verifyEip712(att, p, steps) {
+// `version`: "v2" (the statement names the signer and domain: they must be these) or "v1" (a
+// statement before the log names none: the signature is checked against the signer it gives,
+// as verifier/receipts.py's verify_receipt does without trusted signers)
+async function verifyEip712(att, p, version, steps) {
   try { ATTESTATION(att, "eip712"); } catch (e) { throw new Invalid(`the receipt's EIP-712 part: ${e.message}`); }
-  if (!p.eip712) throw new Invalid("the receipt carries an EIP-712 signature its statement does not name");
   const domain = withDefaults(att.domain);
-  if (att.signer.toLowerCase() !== p.eip712.signer.toLowerCase() || !sameDomain(domain, withDefaults(p.eip712.domain))) {
-    throw new Invalid("the EIP-712 signature is by another signer or domain than the statement names");
+  if (version === "v2") {
+    if (!p.eip712) throw new Invalid("the receipt carries an EIP-712 signature its statement does not name");
+    if (att.signer.toLowerCase() !== p.eip712.signer.toLowerCase() || !sameDomain(domain, withDefaults(p.eip712.domain))) {
+      throw new Invalid("the EIP-712 signature is by another signer or domain than the statement names");
+    }
   }
   const [{ recoverPublicKey }, { keccak_256: keccak }] = await Promise.all([
     import("/static/vendor/noble-secp256k1.js"), import("/static/vendor/noble-hashes/sha3.js")]);
@@ -549,7 +554,9 @@ async function verifyEip712(att, p, steps) {
   if (m.requestId !== p.requestId || m.label !== p.label) {
     throw new Invalid("the EIP-712 message signs another request or label than the statement");
   }
-  steps.push(`EIP-712 signature (secp256k1) recovers to ${att.signer}, the signer the logged statement names, `
+  const whose = version === "v2" ? "the signer the logged statement names"
+    : "the signer it gives (a v1 statement names none: compare it with /v1/keys)";
+  steps.push(`EIP-712 signature (secp256k1) recovers to ${att.signer}, ${whose}, `
     + `over its model, input commitment, label ${m.label} and request (chain ${domain.chainId}, deadline ${m.deadline})`);
 }
 
@@ -616,12 +623,11 @@ async function onVerify() {
       const noteKeys = doc.note_keys || [];
       steps.push(`${noteKeys.length} note key(s) ${own ? "given" : "from /.well-known/verinfer-log.json"}`);
       statement = await verifyReceiptV2(receipt, noteKeys, steps, doc.revoked || {});
-      if (receipt.eip712 !== null && receipt.eip712 !== undefined) await verifyEip712(receipt.eip712, statement.predicate, steps);
+    }
+    if (receipt.eip712 !== null && receipt.eip712 !== undefined) {
+      await verifyEip712(receipt.eip712, statement.predicate, receipt.format === FORMATS[0] ? "v2" : "v1", steps);
     }
     if (answer) await checkAnswer(answer, statement, steps);
-    if (receipt.format === "verinfer.receipt/v1" && receipt.eip712) {
-      steps.push("its EIP-712 signature (secp256k1) is not checked here for a v1 receipt: use verinfer verify");
-    }
     if (answer && Object.hasOwn(answer.parameters, "proof_bundle")) {
       steps.push("its zero-knowledge proof (parameters.proof_bundle) is not checked here: use verinfer audit with the circuit package");
     }
