@@ -157,6 +157,18 @@ def test_status_page_and_in_browser_receipt_check(start_server, browser, tmp_pat
     bad = {**sig, "sig": _flip_b64(sig["sig"])}
     state, text = _verdict(page, {**v1, "envelope": {**v1["envelope"], "signatures": [bad]}})
     assert state == "invalid" and "does not verify" in text, text
+    # a field the v1 models have not, in the receipt, its envelope or a signature: refused as
+    # by Receipt.parse (before: valid here)
+    from verifier.errors import InputError
+    from verifier.receipts import Receipt
+
+    for where, changed in (("receipt", {**v1, "note": 1}),
+                           ("envelope", {**v1, "envelope": {**v1["envelope"], "note": 1}}),
+                           ("signature", {**v1, "envelope": {**v1["envelope"], "signatures": [{**sig, "note": 1}]}})):
+        with pytest.raises(InputError, match="Extra inputs"):
+            Receipt.parse(changed)
+        state, text = _verdict(page, changed)
+        assert state == "invalid" and f"the receipt's {where} holds a field a v1 {where} has not" in text, text
     # the log keys document marks this server's key revoked: before the statement, it vouches
     # for nothing after; after the statement, the receipt still verifies
     log_doc = server.get("/.well-known/verinfer-log.json")

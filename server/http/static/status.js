@@ -562,8 +562,19 @@ async function verifyEip712(att, p, version, steps) {
 
 // v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
 // (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
+// a v1 receipt's wrapper, as verifier/receipts.py's models read it: no field they lack
+const V1_FIELDS = { receipt: ["format", "id", "envelope", "eip712"], envelope: ["payloadType", "payload", "signatures"],
+  signature: ["keyid", "sig"] };
+const onlyFields = (v, what) => {
+  const extra = isObject(v) ? Object.keys(v).find((k) => !V1_FIELDS[what].includes(k)) : "(not an object)";
+  if (extra !== undefined) throw new Invalid(`the receipt's ${what} holds a field a v1 ${what} has not: ${JSON.stringify(extra)}`);
+};
+
 async function verifyReceiptV1(receipt, jwks, steps) {
-  const env = receipt.envelope || {};
+  onlyFields(receipt, "receipt");
+  const env = receipt.envelope;
+  onlyFields(env, "envelope");
+  if (Array.isArray(env.signatures)) env.signatures.forEach((sig) => onlyFields(sig, "signature"));
   const type = "application/vnd.in-toto+json";
   if (env.payloadType !== type) throw new Invalid("unexpected DSSE payloadType");
   if (!Array.isArray(env.signatures) || !env.signatures.length) throw new Invalid("the envelope has no signatures");
