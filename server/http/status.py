@@ -1,7 +1,8 @@
 """The status page: ``GET /`` (plain HTML, one JS file and one CSS file from
 ``server/http/static/``, no build step, no outside assets; @noble's secp256k1 and keccak vendored
-under ``static/vendor/``) and ``GET /v1/status``, the JSON it draws from: the served models (digests, batching policy, circuit package figures), recent
-receipts and proof jobs with their status, the proof queue, the log's size and a few metrics.
+under ``static/vendor/``) and ``GET /v1/status``, the JSON it draws from: the served models
+(digests, batching policy, circuit package figures), recent receipts and proof jobs with their
+status, the proof queue, the log's size and a few metrics.
 
 The page's receipt check runs in the browser (``static/status.js``: WebCrypto Ed25519 and
 SHA-256 against ``/.well-known/verinfer-log.json``, and an EIP-712 signature with @noble's

@@ -66,9 +66,8 @@ class ProofJobs:
         self.service = service
         self.receipts = receipts
         self.store = JobStore(settings.receipts_path)
-        self.slots = [_Slot(i) for i in range(settings.proof_workers)]
-        if settings.prover_executor == "ray":
-            self.slots = []
+        # local prover workers, unless proofs run on Ray
+        self.slots = [] if settings.prover_executor == "ray" else [_Slot(i) for i in range(settings.proof_workers)]
         self.ray = None  # the Ray dispatcher's process, when proofs run on Ray (the supervising process's)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

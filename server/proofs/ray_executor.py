@@ -1,8 +1,8 @@
 """Proof jobs on a Ray cluster (``prover_executor = "ray"``; docs/ray.md).
 
 The job table stays the source of truth. A dispatcher thread, in a child process of the
-server (:mod:`server.proofs.ray_process`), claims queued jobs exactly as a local worker does (an attempt counted, a lease taken),
-hands each to Ray, renews the lease while Ray works, and stores the result only
+server (:mod:`server.proofs.ray_process`), claims queued jobs exactly as a local worker does
+(an attempt counted, a lease taken), hands each to Ray, renews the lease while Ray works, and stores the result only
 if the job is still leased to that attempt (:meth:`JobStore.finish` with ``worker``). A node
 that dies takes its attempt with it: the job is queued again and dispatched to
 another node, and a late answer from a given-up attempt is dropped, so a job
@@ -102,7 +102,7 @@ class RayExecutor:
         self._task = None
         self._last_beat = 0.0
         self._next_connect = 0.0
-        self._reaper: subprocess.Popen | None = None  # a private instance's (see ray_instance.start_reaper)
+        self._reaper: subprocess.Popen | None = None  # a private instance's (see start_reaper)
         self._temp_dir: str | None = None  # a private instance's Ray temp dir (its processes' files)
         self.prefix = f"ray.{os.getpid()}"
 

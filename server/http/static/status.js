@@ -526,7 +526,7 @@ async function verifyEip712(att, p, version, steps) {
   const separator = keccak(concat(
     typehash("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
     keccak(enc.encode(domain.name)), keccak(enc.encode(domain.version)), word(domain.chainId),
-    word(BigInt(domain.verifyingContract))));
+    word(domain.verifyingContract)));
   const m = att.message;
   const struct = keccak(concat(
     typehash("Classification(bytes32 modelId,bytes32 inputCommitment,uint256 label,bytes32 requestId,uint256 deadline)"),
@@ -560,8 +560,6 @@ async function verifyEip712(att, p, version, steps) {
     + `over its model, input commitment, label ${m.label} and request (chain ${domain.chainId}, deadline ${m.deadline})`);
 }
 
-// v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
-// (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
 // a v1 receipt's wrapper, as verifier/receipts.py's models read it: no field they lack
 const V1_FIELDS = { receipt: ["format", "id", "envelope", "eip712"], envelope: ["payloadType", "payload", "signatures"],
   signature: ["keyid", "sig"] };
@@ -570,6 +568,8 @@ const onlyFields = (v, what) => {
   if (extra !== undefined) throw new Invalid(`the receipt's ${what} holds a field a v1 ${what} has not: ${JSON.stringify(extra)}`);
 };
 
+// v1 (before the log): a DSSE envelope signed with Ed25519 by a key of the JWK Set
+// (docs/formats.md "Receipt"). Throws Invalid unless every signature verifies.
 async function verifyReceiptV1(receipt, jwks, steps) {
   onlyFields(receipt, "receipt");
   const env = receipt.envelope;
