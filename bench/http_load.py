@@ -8,7 +8,10 @@ Compares, at concurrency 1, 16 and 64 (one keep-alive connection per client):
 * ``minimal``       a minimal FastAPI endpoint that only runs the model (bench/minimal_app.py)
 
 Each server runs in its own process (uvicorn, one worker); the load generator
-is a lean HTTP/1.1 client in this process (an asyncio Protocol on uvloop). All servers start first and
+is a lean HTTP/1.1 client in this process (an asyncio Protocol on uvloop) or, with ``--client wrk``,
+``wrk`` (threads in C, ``bench/wrk_infer.lua``; it leaves more of the cores to the server
+under test, which matters most to the server with receipts, the one with two busy
+processes: docs/performance.md). All servers start first and
 are measured in turns: ``--rounds`` rounds, each measuring every configuration at
 every concurrency, in a rotated order. This machine's speed drifts by ±20% over
 minutes, so a ratio is taken between measurements of the same round (seconds
@@ -17,6 +20,7 @@ CPU time per request of the server process and of its children (the receipt work
 Figures go to stdout and to ``bench/results/http_load-<device>.json``.
 
     python -m bench.http_load [--rounds 5] [--duration 3] [--concurrency 1 16 64] [--only receipts ...]
+                              [--client python|wrk]
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -251,6 +257,15 @@ def _batch_counters(port: int) -> tuple[float, float, float] | None:
     return found["verinfer_batch_rows_count"], found["verinfer_batch_rows_sum"], found["verinfer_compute_seconds_total"]
 
 
+def _batch_figures(before: tuple | None, after: tuple | None) -> dict | None:
+    """Rows per forward pass and the engine's wall time per row (the model's share of a
+    request) between two :func:`_batch_counters` readings."""
+    if not before or not after or after[0] <= before[0]:
+        return None
+    n, rows, engine_s = (b - a for a, b in zip(before, after))
+    return {"rows_per_batch": round(rows / n, 2), "engine_us_per_row": round(engine_s / rows * 1e6, 1)}
+
+
 def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: list[bytes],
             pid: int | None = None) -> dict:
     if warmup:
@@ -260,11 +275,7 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: l
     lat, errors = _run(_load(port, concurrency, 0.0, duration, reqs))
     cpu1, t1, own1 = (_cpu_seconds(pid) if pid else (0.0, 0.0)), time.perf_counter(), time.process_time()
     batches1 = _batch_counters(port) if batches0 else None
-    batch = None
-    if batches0 and batches1 and batches1[0] > batches0[0]:
-        n, rows, engine_s = (b - a for a, b in zip(batches0, batches1))
-        # rows per forward pass, and the engine's wall time per row (the model's share of a request)
-        batch = {"rows_per_batch": round(rows / n, 2), "engine_us_per_row": round(engine_s / rows * 1e6, 1)}
+    batch = _batch_figures(batches0, batches1)
     ms = np.array(lat) * 1e3
     return {
         "concurrency": concurrency,
@@ -284,6 +295,47 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: l
         "client_cpu_us_per_request": round((own1 - own0) / max(1, len(lat)) * 1e6),
         **(batch or {}),
     }
+
+
+LUA = Path(__file__).with_name("wrk_infer.lua")
+
+
+def _seconds(text: str) -> float:
+    """wrk's latency figure (``812.00us``, ``1.20ms``, ``2.01s``) in seconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+def measure_wrk(port: int, concurrency: int, warmup: float, duration: float, body_file: Path,
+                threads: int, pid: int) -> dict:
+    """One point driven by ``wrk`` (the requests of ``body_file``, one JSON body a line, in
+    turn): what :func:`measure` gives, less the client's CPU (wrk's threads, in C, take a
+    fraction of what this process's client does: more of the cores are left to the server)."""
+    cmd = ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency), "--latency",
+           "-s", str(LUA), f"http://127.0.0.1:{port}{PATH.decode()}"]
+    env = {**os.environ, "WRK_BODIES": str(body_file)}
+    if warmup:
+        subprocess.run([*cmd[:-1], "-d", f"{max(1, round(warmup))}s", cmd[-1]], env=env,
+                       capture_output=True, check=True)
+    batches0 = _batch_counters(port)
+    cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
+    out = subprocess.run([*cmd[:-1], "-d", f"{max(1, round(duration))}s", cmd[-1]], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    cpu1, t1 = _cpu_seconds(pid), time.perf_counter()
+    batches1 = _batch_counters(port) if batches0 else None
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    n = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
+    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"concurrency": concurrency, "client": "wrk", "requests": n, "throughput_rps": round(rps, 1),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
+            "p50_ms": round(_seconds(lat["50"]) * 1e3, 3), "p99_ms": round(_seconds(lat["99"]) * 1e3, 3),
+            "server_cpu_cores": round((cpu1[0] - cpu0[0]) / (t1 - t0), 2),
+            "worker_cpu_cores": round((cpu1[1] - cpu0[1]) / (t1 - t0), 2),
+            "server_cpu_us_per_request": round((cpu1[0] - cpu0[0]) / n * 1e6),
+            "worker_cpu_us_per_request": round((cpu1[1] - cpu0[1]) / n * 1e6),
+            **(_batch_figures(batches0, batches1) or {})}
 
 
 def device() -> str:
@@ -333,23 +385,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each point")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--only", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--client", choices=["python", "wrk"], default="python",
+                    help="the load generator: this process (uvloop) or wrk (`make wrk`)")
+    ap.add_argument("--wrk-threads", type=int, default=1)
     ap.add_argument("--out", type=Path, help="JSON output file")
     args = ap.parse_args(argv)
+    if args.client == "wrk" and shutil.which("wrk") is None:
+        print("no wrk: `make wrk` (Debian's wrk package) or --client python", file=sys.stderr)
+        return 2
 
-    reqs = http_requests(bodies())
+    payload = bodies()
+    reqs = http_requests(payload)
     points: dict[str, dict[int, list[dict]]] = {c: {k: [] for k in args.concurrency} for c in args.only}
-    with running(args.only) as servers:
+    with running(args.only) as servers, tempfile.TemporaryDirectory() as tmp:
+        body_file = Path(tmp) / "bodies.jsonl"  # wrk's requests
+        body_file.write_bytes(b"\n".join(payload) + b"\n")
         for rnd in range(args.rounds):
             order = args.only[rnd % len(args.only):] + args.only[: rnd % len(args.only)]
             for c in args.concurrency:
                 for config in order:
                     proc, port = servers[config]
-                    r = measure(port, c, args.warmup, args.duration, reqs, proc.pid)
+                    r = (measure_wrk(port, c, args.warmup, args.duration, body_file, args.wrk_threads, proc.pid)
+                         if args.client == "wrk" else measure(port, c, args.warmup, args.duration, reqs, proc.pid))
                     points[config][c].append(r)
                     print(f"round {rnd + 1}/{args.rounds}  {config:24s} c={c:3d}  {r['throughput_rps']:8.1f} req/s"
                           f"  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f}  cpu us/req: server "
                           f"{r['server_cpu_us_per_request']}, worker {r['worker_cpu_us_per_request']}, "
-                          f"client {r['client_cpu_us_per_request']}"
+                          f"client {r.get('client_cpu_us_per_request', 'wrk')}"
                           + (f", model {r['engine_us_per_row']:.0f} per row in batches of {r['rows_per_batch']:.1f}"
                              if "rows_per_batch" in r else "")
                           + f"  errors {r['errors']}", flush=True)
@@ -372,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "rounds": args.rounds,
         "duration_s": args.duration,
+        "client": args.client,
         "results": results,
         "throughput_ratios": ratios,
         "targets": {"receipts_vs_no_signing": ">= 0.85", "batching_vs_no_batching at c=64": ">= 2.0"},

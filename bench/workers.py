@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -35,13 +34,13 @@ from pathlib import Path
 
 from bench.http_load import (
     PATH,
-    _cpu_seconds,
     _median_point,
     bodies,
     device,
     free_port,
     http_requests,
     measure,
+    measure_wrk,
     print_ratios,
     ratio_range,
     start,
@@ -50,36 +49,6 @@ from bench.http_load import (
 from bench.load_procs import LoadProcs
 
 MODES = {"receipts": [], "no_signing": ["--no-signing"]}
-LUA = Path(__file__).with_name("wrk_infer.lua")
-
-
-def _seconds(text: str) -> float:
-    """wrk's latency figure (``812.00us``, ``1.20ms``, ``2.01s``) in seconds."""
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
-
-
-def measure_wrk(port: int, concurrency: int, warmup: float, duration: float, body_file: Path,
-                threads: int, pid: int) -> dict:
-    """One point driven by ``wrk`` (the requests of ``body_file``, one JSON body a line, in turn)."""
-    cmd = ["wrk", "-t", str(min(threads, concurrency)), "-c", str(concurrency), "--latency",
-           "-s", str(LUA), f"http://127.0.0.1:{port}{PATH.decode()}"]
-    env = {**os.environ, "WRK_BODIES": str(body_file)}
-    if warmup:
-        subprocess.run([*cmd[:-1], "-d", f"{max(1, round(warmup))}s", cmd[-1]], env=env,
-                       capture_output=True, check=True)
-    cpu0, t0 = _cpu_seconds(pid), time.perf_counter()
-    out = subprocess.run([*cmd[:-1], "-d", f"{max(1, round(duration))}s", cmd[-1]], env=env,
-                         capture_output=True, text=True, check=True).stdout
-    cpu1, t1 = _cpu_seconds(pid), time.perf_counter()
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
-    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"concurrency": concurrency, "throughput_rps": round(rps, 1),
-            "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
-            "p50_ms": round(_seconds(lat["50"]) * 1e3, 3), "p99_ms": round(_seconds(lat["99"]) * 1e3, 3),
-            "server_cpu_cores": round((sum(cpu1) - sum(cpu0)) / (t1 - t0), 2)}
 
 
 def requests(rows: int, binary: bool, n: int = 16) -> tuple[list[bytes], list[bytes]]:
