@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import numpy as np
 from server.auth import CURRENT_CLIENT, CURRENT_TIER, RELAYER
 from server.errors import Conflict, Gone, NoCircuitPackage, QueueFull
 from server.proofs.callbacks import CallbackSigner, Dispatcher, check_callback_url
+from server.proofs.restarts import RestartBackoff
 from server.proofs.store import Job, JobStore
 from server.proofs.worker import encode_input
 from server.proofs.worker_log import WorkerLog
@@ -53,9 +54,8 @@ class _Slot:
     index: int
     proc: subprocess.Popen | None = None
     worker_id: str | None = None
-    started: float = 0.0
-    fails: int = 0  # quick deaths in a row, for the restart backoff
-    next_start: float = 0.0
+    # a worker that dies within 5 s of its start is started again after 2, 4, ... 30 s
+    restarts: RestartBackoff = field(default_factory=lambda: RestartBackoff(quick_s=5.0, cap_s=30.0))
 
 
 class ProofJobs:
@@ -391,7 +391,8 @@ class ProofJobs:
         finally:
             os.close(out)
         os.set_blocking(proc.stdin.fileno(), False)
-        slot.proc, slot.worker_id, slot.started = proc, worker_id, time.monotonic()
+        slot.proc, slot.worker_id = proc, worker_id
+        slot.restarts.started_at(time.monotonic())
         log.info("prover worker %s started (pid %d)", worker_id, proc.pid)
 
     def _end_worker(self, slot: _Slot) -> None:
@@ -471,11 +472,9 @@ class ProofJobs:
                 log.warning("prover worker %s died (%s)", slot.worker_id, why)
                 if self.store.retry_jobs_of(slot.worker_id.__eq__, f"prover worker died ({why})", s.proof_attempts):
                     self._wake()
-                quick = now_m - slot.started < 5
-                slot.fails = slot.fails + 1 if quick else 0
-                slot.next_start = now_m + (min(2 ** slot.fails, 30) if quick else 0)
+                slot.restarts.exited_at(now_m)
                 slot.proc = None
-            if slot.proc is None and now_m >= slot.next_start and self._wanted.is_set():
+            if slot.proc is None and slot.restarts.due(now_m) and self._wanted.is_set():
                 self._spawn(slot)
         now = time.time()
         by_worker = {slot.worker_id: slot for slot in self.slots if slot.proc is not None}

@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 
+from server.proofs.restarts import RestartBackoff
+
 log = logging.getLogger("verinfer.server")
 
 # A child that exits within this of its start is started again after a backoff (2, 4, ... 60
@@ -47,9 +49,7 @@ class RayDispatcherProcess:
         self.settings = settings
         self.store = store
         self.proc: subprocess.Popen | None = None
-        self._started = 0.0
-        self._fails = 0
-        self._next_start = 0.0
+        self._restarts = RestartBackoff(quick_s=QUICK_EXIT_S, cap_s=60.0)
         self._stopping = False
         self._wanted = False  # start() was called: tick() keeps a child running from then on
         self._lock = threading.Lock()  # start() (the server's thread) and tick() (the supervisor's)
@@ -70,7 +70,7 @@ class RayDispatcherProcess:
         self.proc.stdin.write(struct.pack("!i", len(data)) + data)
         self.proc.stdin.flush()
         os.set_blocking(self.proc.stdin.fileno(), False)
-        self._started = time.monotonic()
+        self._restarts.started_at(time.monotonic())
         log.info("Ray dispatcher started (pid %d)", self.proc.pid)
 
     def _send(self, command: bytes) -> None:
@@ -104,11 +104,9 @@ class RayDispatcherProcess:
                       "another", p.pid, why)
             self.store.retry_jobs_of(_held_by(p.pid), f"the Ray dispatcher exited ({why})",
                                      self.settings.proof_attempts)
-            quick = now - self._started < QUICK_EXIT_S
-            self._fails = self._fails + 1 if quick else 0
-            self._next_start = now + (min(2 ** self._fails, 60) if quick else 0)
+            self._restarts.exited_at(now)
             self.proc = None
-        if self.proc is None and self._wanted and not self._stopping and now >= self._next_start:
+        if self.proc is None and self._wanted and not self._stopping and self._restarts.due(now):
             self._spawn()
 
     def stop(self) -> None:
