@@ -1,4 +1,5 @@
-"""Subcommands owned by contracts: ``chain deploy``, ``chain withdraw-fees``.
+"""Subcommands owned by contracts: ``chain deploy``, ``withdraw-fees``, ``update-signer``,
+``apply-update``.
 
 Registration imports nothing heavy: web3 and solc are loaded only when a handler runs.
 """
@@ -59,14 +60,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fulfilment transfers ETH). For each MODEL with fees accrued, send withdrawFees, which "
         "pays them to the model's payee whoever sends it; a model with none is reported and "
         "skipped. Every MODEL is checked before anything is sent.")
-    wd.add_argument("models", nargs="+", metavar="MODEL",
-                    help="model id (0x + 64 hex digits), registered model name or package folder")
-    wd.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC node")
-    wd.add_argument("--oracle", required=True, metavar="ADDRESS", help="VerinferOracle address")
-    wd.add_argument("--key-file", type=Path, metavar="FILE",
-                    help="private key (hex, file mode 0600) that pays the gas; default "
-                    "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account")
+    _chain_arguments(wd, "the account that pays the gas")
     wd.set_defaults(handler=_withdraw_fees)
+
+    us = csub.add_parser(
+        "update-signer", help="announce a new EIP-712 signer for models (after `keys rotate --eip712`)",
+        description="Send updateModel for each MODEL: its verifier and policy stay, its signer "
+        "becomes --signer. The oracle applies it after its update delay, and only to requests "
+        "made after that (open requests keep the signer they were made under: the relayer "
+        "answers them with the retired key). Then `verinfer chain apply-update`. Only the "
+        "oracle's owner may send it.")
+    us.add_argument("--signer", required=True, metavar="ADDRESS",
+                    help="the new signer (`verinfer keys list`)")
+    _chain_arguments(us, "the oracle's owner")
+    us.set_defaults(handler=_update_signer)
+
+    ap = csub.add_parser(
+        "apply-update", help="apply models' announced updates once their delay has passed",
+        description="Send applyModelUpdate for each MODEL with an update announced (e.g. by "
+        "`chain update-signer`) whose delay has passed; anyone may.")
+    _chain_arguments(ap, "the account that pays the gas")
+    ap.set_defaults(handler=_apply_update)
+
+
+def _chain_arguments(p: argparse.ArgumentParser, whose: str) -> None:
+    """MODEL..., --rpc, --oracle and --key-file: what the commands that send to a deployed
+    oracle take."""
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model id (0x + 64 hex digits), registered model name or package folder")
+    p.add_argument("--rpc", required=True, metavar="URL", help="JSON-RPC node")
+    p.add_argument("--oracle", required=True, metavar="ADDRESS", help="VerinferOracle address")
+    p.add_argument("--key-file", type=Path, metavar="FILE",
+                   help=f"private key (hex, file mode 0600) of {whose}; default "
+                   "$VERINFER_CHAIN_KEY_FILE, else the node's first unlocked account")
 
 
 _ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
@@ -256,9 +282,11 @@ def _model_id(ref: str) -> bytes:
     return bytes.fromhex(read_manifest(_resolve_package(ref)).model_sha256)
 
 
-def _withdraw_fees(args: argparse.Namespace) -> int:
+def _oracle(args: argparse.Namespace) -> tuple:
+    """(chain, oracle contract, model ids) of a command that sends to a deployed oracle: the
+    address, the contract and every MODEL (registered there) checked before anything is sent."""
     from contracts.chain import connect, key_file_from_env
-    from contracts.deploy import is_oracle, model_fees, oracle_abi, withdraw_fees
+    from contracts.deploy import is_oracle, model_fees, oracle_abi
     from verifier.errors import InputError
 
     if not _ADDRESS.match(args.oracle):
@@ -271,10 +299,56 @@ def _withdraw_fees(args: argparse.Namespace) -> int:
     if not is_oracle(oracle):
         raise InputError(f"the contract at {args.oracle} is not a VerinferOracle (the oracle's "
                          "address is the one 'chain deploy' printed first)")
-    accounts = [model_fees(oracle, mid) for mid in ids]
-    for ref, fees in zip(args.models, accounts):
-        if not fees.registered:
+    for ref, mid in zip(args.models, ids):
+        if not model_fees(oracle, mid).registered:
             raise InputError(f"{ref}: model not registered in the oracle {args.oracle}")
+    return chain, oracle, ids
+
+
+def _update_signer(args: argparse.Namespace) -> int:
+    from contracts.deploy import announce_signer
+    from verifier.errors import InputError
+
+    if not _ADDRESS.match(args.signer) or int(args.signer, 16) == 0:
+        raise InputError(f"--signer is not an address: {args.signer!r}")
+    chain, oracle, ids = _oracle(args)
+    signer = chain.w3.to_checksum_address(args.signer)
+    owner = oracle.functions.owner().call()
+    if owner.lower() != chain.sender.lower():
+        raise InputError(f"only the oracle's owner {owner} may announce an update, not {chain.sender} "
+                         "(--key-file)")
+    for ref, mid in zip(args.models, ids):
+        done = announce_signer(chain, oracle, mid, signer)
+        print(f"OK: {ref}: signer {signer} announced, effective from {done['effective_at']} "
+              f"(unix time; then `verinfer chain apply-update`) (tx {done['tx']})", file=sys.stderr)
+    return 0
+
+
+def _apply_update(args: argparse.Namespace) -> int:
+    from contracts.deploy import apply_update
+    from verifier.errors import InputError
+
+    chain, oracle, ids = _oracle(args)
+    now = chain.w3.eth.get_block("latest")["timestamp"]
+    for ref, mid in zip(args.models, ids):
+        effective_at = oracle.functions.pendingUpdates(mid).call()[2]
+        if effective_at == 0:
+            raise InputError(f"{ref}: no update announced (`verinfer chain update-signer` first)")
+        if now < effective_at:
+            raise InputError(f"{ref}: its update takes effect at {effective_at} (unix time; "
+                             f"in {effective_at - now} s)")
+    for ref, mid in zip(args.models, ids):
+        done = apply_update(chain, oracle, mid)
+        print(f"OK: {ref}: update applied: signer {done['signer']}, verifier {done['verifier']} "
+              f"(tx {done['tx']})", file=sys.stderr)
+    return 0
+
+
+def _withdraw_fees(args: argparse.Namespace) -> int:
+    from contracts.deploy import model_fees, withdraw_fees
+
+    chain, oracle, ids = _oracle(args)
+    accounts = [model_fees(oracle, mid) for mid in ids]
     for ref, mid, fees in zip(args.models, ids, accounts):
         if fees.accrued == 0:
             print(f"note: {ref}: no fees accrued (payee {fees.payee})", file=sys.stderr)

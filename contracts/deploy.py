@@ -214,6 +214,32 @@ def withdraw_fees(chain: Chain, oracle, model_id: bytes) -> dict:
             "tx": tx_hex(receipt["transactionHash"])}
 
 
+def announce_signer(chain: Chain, oracle, model_id: bytes, signer: str) -> dict:
+    """Send updateModel with the model's verifier and policy as they are and a new EIP-712
+    ``signer`` (after ``verinfer keys rotate --eip712``). It takes effect when applied
+    (:func:`apply_update`), the oracle's update delay from now at the earliest, and only for
+    requests made after that. Returns ``{"effective_at", "tx"}``; reverts (not the owner, a
+    policy without a signature path...) raise ContractRevert."""
+    from web3.logs import DISCARD
+
+    fields = oracle.functions.models(model_id).call()  # signer, ..., policy [3], verifier [4]
+    receipt = chain.transact(oracle.functions.updateModel(model_id, fields[4], fields[3], signer))
+    (ev,) = oracle.events.ModelUpdateScheduled().process_receipt(receipt, errors=DISCARD)
+    return {"effective_at": ev["args"]["effectiveAt"], "tx": tx_hex(receipt["transactionHash"])}
+
+
+def apply_update(chain: Chain, oracle, model_id: bytes) -> dict:
+    """Send applyModelUpdate (anyone may, once the update's delay has passed). Returns what the
+    ModelUpdated event says (``signer``, ``verifier``, ``policy``) and the tx hash; reverts
+    (NoPendingUpdate, UpdateNotReady) raise ContractRevert."""
+    from web3.logs import DISCARD
+
+    receipt = chain.transact(oracle.functions.applyModelUpdate(model_id))
+    (ev,) = oracle.events.ModelUpdated().process_receipt(receipt, errors=DISCARD)
+    return {"signer": ev["args"]["signer"], "verifier": ev["args"]["verifier"],
+            "policy": ev["args"]["policy"], "tx": tx_hex(receipt["transactionHash"])}
+
+
 def tx_hex(tx_hash) -> str:
     """A transaction hash as ``0x`` + 64 hex digits, as the relayer's log and store write it
     (HexBytes.hex() drops the ``0x`` since hexbytes 1.0)."""

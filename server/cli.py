@@ -58,15 +58,21 @@ def register_keys(sub: argparse._SubParsersAction) -> None:
     k = sub.add_parser("keys", help="the server's signing keys")
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_kid_parser(type(k)))
     ksub.required = True
-    r = ksub.add_parser("rotate", help="make a new Ed25519 signing key active; old public keys stay in the JWKS")
-    r.add_argument("--json", action="store_true", help="print the new key id as JSON on stdout")
+    r = ksub.add_parser("rotate", help="make a new Ed25519 signing key active; old public keys stay in the JWKS",
+                        description="Make a new Ed25519 signing key active (old public keys stay in the "
+                        "JWKS), or with --eip712 a new EIP-712 (secp256k1) key: the old one is kept "
+                        "under keys/eth-retired/, so that the relayer answers the requests the oracle "
+                        "recorded under the old signer; then announce the new signer on chain "
+                        "(`verinfer chain update-signer`). A running server follows, without a restart.")
+    r.add_argument("--eip712", action="store_true", help="rotate the EIP-712 signing key, not the Ed25519 one")
+    r.add_argument("--json", action="store_true", help="print the new key id (or signer) as JSON on stdout")
     r.set_defaults(handler=keys_rotate)
     rv = ksub.add_parser("revoke", help="revoke a signing key: it stays in the JWKS marked revoked "
                          "(receipts it signs from now on fail), its private key file is deleted")
     rv.add_argument("kid", metavar="KID", help="the key id (see `keys list`)")
     rv.add_argument("--json", action="store_true", help="print the revocation as JSON on stdout")
     rv.set_defaults(handler=keys_revoke)
-    ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer address")
+    ls = ksub.add_parser("list", help="list the public keys (JWKS) and the EIP-712 signer addresses")
     ls.add_argument("--json", action="store_true", help="print the JWKS as JSON on stdout")
     ls.set_defaults(handler=keys_list)
 
@@ -332,6 +338,8 @@ def keys_rotate(args: argparse.Namespace) -> int:
     from server.receipts.keys import load_keys, new_ed25519
 
     settings = _settings()
+    if args.eip712:
+        return _rotate_eip712(settings, args.json)
     fresh = not (settings.keys_dir / "ed25519" / "active").exists()
     keys = load_keys(settings)  # the data dir's keys exist and are safe first
     kid = keys.kid if fresh else new_ed25519(settings)
@@ -342,6 +350,21 @@ def keys_rotate(args: argparse.Namespace) -> int:
         print(json.dumps({"kid": kid}))
     print(f"OK: new signing key {kid} is active; old public keys stay in the JWKS. A running server "
           "signs its next checkpoint with it (no restart)", file=sys.stderr)
+    return 0
+
+
+def _rotate_eip712(settings, as_json: bool) -> int:
+    from server.receipts.keys import load_keys, rotate_eth
+
+    load_keys(settings)  # the data dir's keys exist and are safe first
+    new, old = rotate_eth(settings)
+    if as_json:
+        print(json.dumps({"signer": new, "retired": old}))
+    print(f"OK: EIP-712 signer {new} is active (was {old}, kept for the requests made under it). "
+          "A running server signs with it from now on (no restart). Contracts that trust the old "
+          f"signer: announce the new one (`verinfer chain update-signer MODEL --signer {new} --rpc "
+          "URL --oracle ADDRESS`), then apply it after the oracle's update delay (`verinfer chain "
+          "apply-update`)", file=sys.stderr)
     return 0
 
 
@@ -379,11 +402,14 @@ def keys_list(args: argparse.Namespace) -> int:
 
     keys = load_keys(_settings(), create=False)
     if args.json:
-        print(json.dumps({**keys.jwks, "active": keys.kid, "eip712_signer": keys.eth_address}))
+        print(json.dumps({**keys.jwks, "active": keys.kid, "eip712_signer": keys.eth_address,
+                          "eip712_retired": list(keys.eth_retired)}))
     else:
         for jwk in keys.jwks["keys"]:
             mark = " (active)" if jwk["kid"] == keys.kid else (
                 f" (revoked at {jwk['revoked_at']})" if "revoked_at" in jwk else "")
             print(f"{jwk['kid']}  Ed25519{mark}")
         print(f"EIP-712 signer: {keys.eth_address}")
+        for address in keys.eth_retired:
+            print(f"EIP-712 signer: {address} (retired)")
     return 0

@@ -428,6 +428,7 @@ def create_app(
                 "log": _log_keys(keys),
                 "eip712": {
                     "signer": keys.eth_address,
+                    "retired_signers": list(keys.eth_retired),  # `keys rotate --eip712`
                     "domain": service.domain.model_dump() if service.domain else None,
                 },
             }

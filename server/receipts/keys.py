@@ -6,6 +6,7 @@ Layout under ``<home>/keys/`` (directory 0700, files 0600)::
     ed25519/active      the kid that signs now (``verinfer keys rotate`` changes it)
     ed25519/revoked.json  public JWKs of revoked keys with ``revoked_at`` (``keys revoke``)
     eth.key             secp256k1 private key (hex) for EIP-712 signatures
+    eth-retired/<address>.key  earlier EIP-712 keys (``verinfer keys rotate --eip712``)
 
 Key ids are RFC 7638 thumbprints (``verifier.keys``). Old keys stay in
 ``ed25519/`` so their public halves stay in the JWKS after a rotation. A revoked
@@ -14,7 +15,9 @@ A private key file that group or others may read is refused.
 
 A running server follows these files (:class:`LiveKeys`): after ``keys rotate`` or ``keys
 revoke`` its next checkpoint is signed with the new active key and its JWKS is the new one,
-without a restart.
+without a restart; after ``keys rotate --eip712`` its next EIP-712 signatures are the new key's.
+A retired EIP-712 key stays: the oracle keeps the signer a request was made under, so the
+relayer answers requests made before the contract's update with the old key.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class KeyRing:
     jwks: dict  # {"keys": [...]} every public key this server knows, active first
     eth_key: bytes  # 32-byte secp256k1 secret
     eth_address: str  # checksummed
+    eth_retired: tuple[str, ...] = ()  # earlier EIP-712 signers' addresses (keys rotate --eip712)
 
 
 def check_private_file(path: Path) -> None:
@@ -160,6 +164,17 @@ def _eth_key(settings: ServerSettings, create: bool) -> bytes:
             write_private(path, os.urandom(32).hex().encode() + b"\n")
         check_private_file(path)
         text, where = path.read_text(), str(path)
+    return _from_hex(text, where)
+
+
+def eth_address(key: bytes) -> str:
+    """The checksummed address of a secp256k1 secret."""
+    from eth_keys import keys as eth_keys
+
+    return eth_keys.PrivateKey(key).public_key.to_checksum_address()
+
+
+def _from_hex(text: str, where: str) -> bytes:
     try:
         raw = bytes.fromhex(text.strip().removeprefix("0x"))
     except ValueError:
@@ -167,6 +182,54 @@ def _eth_key(settings: ServerSettings, create: bool) -> bytes:
     if len(raw) != 32:
         raise InputError(f"{where}: a secp256k1 key is 32 bytes")
     return raw
+
+
+def _eth_retired_dir(settings: ServerSettings) -> Path:
+    return settings.keys_dir / "eth-retired"
+
+
+def retired_eth_keys(settings: ServerSettings) -> dict[str, bytes]:
+    """Checksummed address -> secret of every EIP-712 key retired here."""
+    out = {}
+    d = _eth_retired_dir(settings)
+    for path in sorted(d.glob("*.key")) if d.is_dir() else ():
+        check_private_file(path)
+        key = _from_hex(path.read_text(), str(path))
+        out[eth_address(key)] = key
+    return out
+
+
+def eth_signing_keys(settings: ServerSettings) -> list[bytes]:
+    """The EIP-712 keys a relayer may answer with: the active one first, then the retired ones
+    (requests made before the oracle learnt of a rotation name the old signer)."""
+    active = _eth_key(settings, create=False)
+    return [active, *(k for k in retired_eth_keys(settings).values() if k != active)]
+
+
+def rotate_eth(settings: ServerSettings) -> tuple[str, str]:
+    """Make a new EIP-712 key active in the data dir; the old one is kept, first, under
+    ``eth-retired/<address>.key``. Returns (new address, old address)."""
+    if settings.eth_key is not None or settings.eth_key_path is not None:
+        raise InputError("the EIP-712 key comes from VERINFER_ETH_KEY(_PATH), not the data dir: "
+                         "rotate it where it is kept")
+    old = _eth_key(settings, create=False)
+    old_address = eth_address(old)
+    kept = _eth_retired_dir(settings) / f"{old_address}.key"
+    if not kept.exists():
+        write_private(kept, old.hex().encode() + b"\n")
+        _fsync(kept)
+    new = os.urandom(32)
+    tmp = settings.keys_dir / "eth.key.tmp"
+    tmp.unlink(missing_ok=True)  # from a rotation that crashed before its replace
+    write_private(tmp, new.hex().encode() + b"\n")
+    _fsync(tmp)
+    os.replace(tmp, settings.keys_dir / "eth.key")  # the old key is on disk in eth-retired/ first
+    return eth_address(new), old_address
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
@@ -201,32 +264,37 @@ def load_keys(settings: ServerSettings, *, create: bool = True) -> KeyRing:
         if kid != active_jwk["kid"]
     ] + list(revoked.values())
     eth = _eth_key(settings, create)
-    from eth_keys import keys as eth_keys
-
-    address = eth_keys.PrivateKey(eth).public_key.to_checksum_address()
-    return KeyRing(active_jwk["kid"], active, {"keys": jwks}, eth, address)
+    address = eth_address(eth)
+    retired = tuple(a for a in retired_eth_keys(settings) if a != address)
+    return KeyRing(active_jwk["kid"], active, {"keys": jwks}, eth, address, retired)
 
 
 class LiveKeys:
     """The keys as the data dir holds them now, for a process that runs on while ``verinfer
     keys rotate`` or ``keys revoke`` change them. :meth:`current` looks at the key folder (its
-    file names, and the inodes of ``active`` and ``revoked.json``, which those commands replace;
-    not times, which the file system keeps to a clock tick) and loads the keys again when it
-    changed: ~10 µs a look. Each process that signs or publishes keys asks it at each use (the
+    file names, and the inodes of ``active``, ``revoked.json`` and ``eth.key``, which those
+    commands replace; not times, which the file system keeps to a clock tick) and loads the
+    keys again when it changed: a listing and a few ``stat`` calls a look. Each process that signs or publishes keys asks it at each use (the
     HTTP app, the receipt log's writer per group, the prover workers per job)."""
 
     def __init__(self, settings: ServerSettings, keys: KeyRing | None = None) -> None:
         self.settings = settings
         self._dir = _ed_dir(settings)
+        self._eth = settings.keys_dir / "eth.key"  # `keys rotate --eip712` replaces it
         self._stamp = self._look()
         self._keys = keys if keys is not None else load_keys(settings, create=False)
 
-    def _look(self) -> tuple | None:
+    def _look(self) -> tuple:
         try:
             names = tuple(sorted(os.listdir(self._dir)))
-            return names, *(os.stat(self._dir / n).st_ino if n in names else None for n in ("active", "revoked.json"))
+            ed = names, *(os.stat(self._dir / n).st_ino if n in names else None for n in ("active", "revoked.json"))
         except OSError:  # no key folder (a key from VERINFER_SIGNING_KEY), or it is being changed
-            return None
+            ed = None
+        try:
+            eth = os.stat(self._eth).st_ino
+        except OSError:  # a key from VERINFER_ETH_KEY(_PATH)
+            eth = None
+        return ed, eth
 
     def current(self) -> KeyRing:
         stamp = self._look()
@@ -249,5 +317,7 @@ class LiveKeys:
             return self._keys
         if keys.kid != self._keys.kid:
             log.warning("signing key %s is active now (was %s)", keys.kid, self._keys.kid)
+        if keys.eth_address != self._keys.eth_address:
+            log.warning("EIP-712 signer %s is active now (was %s)", keys.eth_address, self._keys.eth_address)
         self._keys, self._stamp = keys, stamp
         return keys

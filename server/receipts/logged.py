@@ -54,14 +54,9 @@ class LogReceipts:
         self.live = live
         self.ttl = settings.answer_ttl_s
         self.domain = Domain(chainId=settings.chain_id, verifyingContract=settings.verifying_contract)
-        d = self.domain
-        # (the EIP-712 key is not rotated by `verinfer keys`: the one loaded at start)
-        self._eip712_ref = (f'{{"domain":{{"chainId":{d.chainId},"name":{jcs_string(d.name)},'
-                            f'"verifyingContract":{jcs_string(d.verifyingContract)},"version":{jcs_string(d.version)}}},'
-                            f'"signer":{jcs_string(keys.eth_address)}}}')
         self._domain_json = self.domain.model_dump_json()
         self._prefix = b"\x19\x01" + domain_separator(self.domain)
-        self._eth = signing_key(keys.eth_key)
+        self._eth_address: str | None = None  # whose key self._eth is
         self._use(keys)
         self.log = LogWriter(settings.log_path, settings.log_origin,
                              lambda name, body: signature_line(name, self.keys.ed25519, body, self._ed),
@@ -69,12 +64,19 @@ class LogReceipts:
         self._models: dict[ModelInfo, tuple] = {}
 
     def _use(self, keys: KeyRing) -> None:
+        if keys.eth_address != self._eth_address:
+            d = self.domain  # the statements name the EIP-712 signer: after `keys rotate --eip712`, the new one
+            self._eip712_ref = (f'{{"domain":{{"chainId":{d.chainId},"name":{jcs_string(d.name)},'
+                                f'"verifyingContract":{jcs_string(d.verifyingContract)},'
+                                f'"version":{jcs_string(d.version)}}},"signer":{jcs_string(keys.eth_address)}}}')
+            self._eth, self._eth_address = signing_key(keys.eth_key), keys.eth_address
         self.keys = keys
         self._ed = _ed25519_signer(keys)
 
-    def _refresh_keys(self) -> bool:
-        """Sign with the data dir's active key from now on (``verinfer keys rotate`` or
-        ``revoke`` ran); True when it changed."""
+    def refresh_keys(self) -> bool:
+        """Sign with the data dir's active keys from now on (``verinfer keys rotate``, ``rotate
+        --eip712`` or ``revoke`` ran): before each group's statements, which name the EIP-712
+        signer, and its checkpoint; True when they changed."""
         if self.live is not None and (keys := self.live.current()) is not self.keys:
             self._use(keys)
             return True
@@ -82,7 +84,7 @@ class LogReceipts:
 
     def follow_keys(self) -> None:
         """The writer, when idle: a key that changed signs the log's head now, answers or not."""
-        if self._refresh_keys():
+        if self.refresh_keys():
             self.log.sign_head()
 
     @property
@@ -174,7 +176,6 @@ class LogReceipts:
         receipt's JSON text (stored) and the same text as a JSON string literal (the response's
         ``parameters.receipt``), both written here from their parts: escaping a 2.6 KB receipt
         afterwards cost more than the rest of its response."""
-        self._refresh_keys()
         first = self.log.size
         note, proof = self.log.append([_sha256(b"\x00" + s).digest() for s in stmts])
         note_j = jcs_string(note)

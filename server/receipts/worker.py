@@ -91,6 +91,7 @@ def make_receipts(maker: LogReceipts, store: ReceiptStore, infos: dict[str, Mode
     inputs, so that a proof can be asked for later) in one transaction; then render each
     answer's whole response, receipt included (all of it off the event loop, in the worker).
     Per job: its responses, or why it could not be signed (a bad job fails alone)."""
+    maker.refresh_keys()  # the keys active now name the signer and sign the checkpoint
     parts, rids, stmts, eips = [], [], [], []
     for job in jobs:
         try:

@@ -86,14 +86,15 @@ def relay(args: argparse.Namespace) -> int:
 
     use_ezkl_dir(settings)
     models = load_local_models(settings, args.model)
-    eth_key = None
+    eth_keys = None
     if args.answer != "proof":
-        from server.receipts.keys import load_keys
+        from server.receipts.keys import eth_signing_keys, load_keys
 
-        eth_key = load_keys(settings).eth_key  # the server's EIP-712 key (0600 enforced)
+        load_keys(settings)  # the server's keys exist and are safe (0600 enforced)
+        eth_keys = lambda: eth_signing_keys(settings)  # noqa: E731 (active first, then retired ones)
     relayer = make_relayer(rpc=args.rpc, oracle=args.oracle, home=settings.home,
                            key_file=args.key_file or key_file_from_env(), models=models,
-                           eth_key=eth_key, answer=args.answer, from_block=args.from_block,
+                           eth_keys=eth_keys, answer=args.answer, from_block=args.from_block,
                            confirmations=args.confirmations, answer_ttl_s=settings.answer_ttl_s,
                            fee_margin=args.fee_margin, max_callback_gas=args.max_callback_gas,
                            workers=args.workers, tx_timeout_s=args.tx_timeout,

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.relayer.models import (
     InProcessProofs,
@@ -109,12 +110,14 @@ class Relayer:
     unpaid requests), ``max_callback_gas`` (skip requests asking more for their callback),
     ``workers`` (requests handled at once), ``tx_timeout_s`` (replace a transaction not mined
     in that time), ``withdraw_min_wei`` (after a poll, send ``withdrawFees`` for each served
-    model whose accrued fees reached it; None: never, the payee withdraws)."""
+    model whose accrued fees reached it; None: never, the payee withdraws). EIP-712 keys:
+    ``eth_key`` (one), or ``eth_keys`` (a function giving them, the active one first: the data
+    dir's, retired ones included, so that requests made under an earlier signer are answered)."""
 
     def __init__(self, chain, oracle: str, models: dict[bytes, LocalModel], store: RelayStore,
                  *, proofs: ProofSource | None = None, eth_key: bytes | None = None,
-                 answer: str = "auto", from_block: int = 0, confirmations: int = 0,
-                 answer_ttl_s: int = 3600, fee_margin: float = DEFAULT_FEE_MARGIN,
+                 eth_keys: Callable[[], list[bytes]] | None = None, answer: str = "auto",
+                 from_block: int = 0, confirmations: int = 0, answer_ttl_s: int = 3600, fee_margin: float = DEFAULT_FEE_MARGIN,
                  max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS, workers: int = 4,
                  tx_timeout_s: float = 120.0, withdraw_min_wei: int | None = None,
                  hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
@@ -150,15 +153,34 @@ class Relayer:
         self.hooks = hooks or {}  # test seams: "after_send" runs after broadcast, before record
         self.sender = Sender(chain, self.oracle, store, fee_margin=fee_margin,
                              tx_timeout_s=tx_timeout_s, status=self._status, hooks=self.hooks)
-        self._eth = None
-        self.signer_address = None
-        if eth_key is not None:
-            from eth_keys import keys as eth_keys
-
-            self._eth = eth_keys.PrivateKey(eth_key)
-            self.signer_address = self._eth.public_key.to_checksum_address()
+        # EIP-712 keys by lower-case address; a request is signed by the key of the signer the
+        # oracle recorded with it (after `verinfer keys rotate --eip712`, requests made before
+        # the contract's update still name the old one). ``eth_keys`` (the active key first) is
+        # asked again for a signer not held: a rotation while the relayer runs.
+        self._load_eth = eth_keys or (lambda: [eth_key] if eth_key is not None else [])
+        self._eth: dict[str, Any] = {}
+        self.signer_address: str | None = None  # the active one
+        self._hold_eth_keys()
         self._event = self.oracle.events.ClassificationRequested()
         self._topic = "0x" + self._event_topic().hex()
+
+    def _hold_eth_keys(self) -> None:
+        from eth_keys import keys as eth_keys
+
+        held = [eth_keys.PrivateKey(k) for k in self._load_eth()]
+        self._eth = {k.public_key.to_checksum_address().lower(): k for k in held}
+        self.signer_address = held[0].public_key.to_checksum_address() if held else None
+
+    def _eth_key_of(self, signer: str):
+        """The key of ``signer`` (an address), if this relayer has it."""
+        key = self._eth.get(signer.lower())
+        if key is None and self.signer_address is not None:
+            try:
+                self._hold_eth_keys()  # rotated since (keys are read only when one is missing)
+            except (InputError, OSError) as exc:
+                log.warning("could not read the EIP-712 keys again: %s", exc)
+            key = self._eth.get(signer.lower())
+        return key
 
     def _event_topic(self) -> bytes:
         from eth_utils import keccak
@@ -387,7 +409,7 @@ class Relayer:
         if method == "signature":
             now = self.w3.eth.get_block("latest")["timestamp"]
             deadline = int(now) + self.answer_ttl_s
-            sig = self._sign(ev, float_label, deadline)
+            sig = self._sign(ev, float_label, deadline, self._eth_key_of(signer))
             call = self.oracle.functions.fulfillWithSignature(ev.request_id, float_label,
                                                               deadline, sig)
             return method, call, float_label
@@ -424,7 +446,7 @@ class Relayer:
         proof_ok = policy in (POLICY_PROOF, POLICY_EITHER)
         sig_ok = policy in (POLICY_SIGNATURE, POLICY_EITHER)
         can_prove = model.package is not None
-        can_sign = self._eth is not None and signer.lower() == (self.signer_address or "").lower()
+        can_sign = sig_ok and self._eth_key_of(signer) is not None
         wants = {"auto": ("proof", "signature"), "proof": ("proof",),
                  "signature": ("signature",)}[self.answer]
         for m in wants:
@@ -440,19 +462,20 @@ class Relayer:
                        "no circuit package here" if not can_prove else "")
         if "signature" in wants:
             why.append("policy has no signature path" if not sig_ok else
-                       "no EIP-712 key" if self._eth is None else
-                       f"the model's signer is {signer}, ours is {self.signer_address}")
+                       "no EIP-712 key" if self.signer_address is None else
+                       f"the request's signer is {signer}, ours is {self.signer_address}"
+                       + (f" (and {len(self._eth) - 1} retired)" if len(self._eth) > 1 else ""))
         raise _Skip(f"cannot answer {model.name} (policy {policy_name}, answer mode "
                     f"{self.answer}): " + "; ".join(w for w in why if w))
 
-    def _sign(self, ev: Event, label: int, deadline: int) -> bytes:
+    def _sign(self, ev: Event, label: int, deadline: int, key) -> bytes:
         from verifier.eip712 import Classification, Domain, sign_digest, signing_digest
 
         domain = Domain(chainId=self.chain.chain_id, verifyingContract=self.oracle.address)
         msg = Classification(modelId="0x" + ev.model_id.hex(),
                              inputCommitment="0x" + ev.input_commitment.hex(), label=label,
                              requestId=ev.rid, deadline=deadline)
-        return bytes.fromhex(sign_digest(signing_digest(domain, msg), self._eth)[2:])
+        return bytes.fromhex(sign_digest(signing_digest(domain, msg), key)[2:])
 
     # -- sending ---------------------------------------------------------------------
 
@@ -511,9 +534,9 @@ def _is_node_error(exc: BaseException) -> bool:
 
 def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = None,
                  models: dict[bytes, LocalModel] | None = None, proofs: ProofSource | None = None,
-                 eth_key: bytes | None = None, answer: str = "auto", from_block: int = 0,
-                 confirmations: int = 0, answer_ttl_s: int = 3600,
-                 store_path: Path | None = None, **options) -> Relayer:
+                 eth_key: bytes | None = None, eth_keys: Callable[[], list[bytes]] | None = None,
+                 answer: str = "auto", from_block: int = 0, confirmations: int = 0,
+                 answer_ttl_s: int = 3600, store_path: Path | None = None, **options) -> Relayer:
     """Connect to ``rpc``, open the store and the data dir's packages; a ready Relayer."""
     import re
 
@@ -530,7 +553,7 @@ def make_relayer(*, rpc: str, oracle: str, home: Path, key_file: Path | None = N
                          "(register one with 'verinfer models add NAME')")
     store = RelayStore(store_path or default_store_path(home), chain.chain_id,
                        chain.w3.to_checksum_address(oracle))
-    return Relayer(chain, oracle, models, store, proofs=proofs, eth_key=eth_key, answer=answer,
+    return Relayer(chain, oracle, models, store, proofs=proofs, eth_key=eth_key, eth_keys=eth_keys, answer=answer,
                    from_block=from_block, confirmations=confirmations,
                    answer_ttl_s=answer_ttl_s, **options)
 
@@ -579,6 +602,13 @@ class RelayerThread:
             self.relayer.store.close()
 
 
+def _eth_keys_of(settings) -> Callable[[], list[bytes]]:
+    """The data dir's EIP-712 keys, the active one first, read when asked."""
+    from server.receipts.keys import eth_signing_keys
+
+    return lambda: eth_signing_keys(settings)
+
+
 def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
     """The relayer ``verinfer serve`` runs when ``relay_rpc`` and ``relay_oracle`` are set:
     in a background thread, with the server's data dir, EIP-712 key and settings, proving
@@ -593,7 +623,7 @@ def start_in_server(settings, keys, jobs=None) -> RelayerThread | None:
         return make_relayer(rpc=settings.relay_rpc, oracle=settings.relay_oracle,
                             home=settings.home, models=models,
                             key_file=settings.relay_key_file or key_file_from_env(),
-                            eth_key=keys.eth_key if keys is not None else None,
+                            eth_keys=_eth_keys_of(settings) if keys is not None else None,
                             answer=settings.relay_answer, answer_ttl_s=settings.answer_ttl_s,
                             confirmations=settings.relay_confirmations,
                             fee_margin=settings.relay_fee_margin,

@@ -4,6 +4,7 @@ relayer inside ``verinfer serve``. The proof path is in test_relayer_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -71,7 +72,7 @@ def test_signature_path_refused_where_policy_does_not(chain, iris_model, tmp_pat
     deadline = chain.w3.eth.get_block("latest")["timestamp"] + 600
     ev = r._decode(chain.w3.eth.get_logs({"address": oracle.address, "fromBlock": 0,
                                           "topics": [r._topic]})[0])
-    sig = r._sign(ev, 0, deadline)
+    sig = r._sign(ev, 0, deadline, key)
     with pytest.raises(ContractRevert) as info:
         chain.transact(oracle.functions.fulfillWithSignature(rid, 0, deadline, sig))
     assert info.value.error == "SignaturePathDisabled"
@@ -88,7 +89,7 @@ def test_wrong_signer_is_skipped(chain, iris_model, tmp_path):
     rid = request(chain, cons, samples(1)[0])
     r = relayer_for(chain, oracle, iris_model, tmp_path, key)
     assert r.poll().skipped == ["0x" + rid.hex()]
-    assert f"the model's signer is {other}" in r.store.get("0x" + rid.hex()).reason
+    assert f"the request's signer is {other}" in r.store.get("0x" + rid.hex()).reason
 
 
 def test_unservable_requests_are_skipped_once(chain, iris_model, tmp_path):
@@ -314,3 +315,79 @@ def test_a_queue_proof_pruned_as_it_ended_is_asked_again(iris_model):
     q = QueueProofs(_FakeJobs("done", bundle=Gone("proof job j1 was pruned")), timeout_s=5)
     with pytest.raises(ProofPending, match="was pruned"):
         q.prove(iris_model, np.zeros((1, 4), np.float32))
+
+
+def test_an_eip712_rotation_answers_each_request_with_the_signer_it_was_made_under(
+        anvil_chain, relay_anvil_url, iris_model, tmp_path):
+    """`keys rotate --eip712`, then `chain update-signer` and `chain apply-update` (the real CLI,
+    on anvil): a request made before the update is answered with the retired key, one made
+    after with the new one, by a relayer started before the rotation (it reads the data dir's
+    keys again for a signer it does not hold). The oracle checks each signature's signer."""
+    import os
+    import subprocess
+
+    from server.receipts.keys import eth_signing_keys, load_keys
+    from server.settings import ServerSettings
+    from testkit.server_process import REPO_ROOT, VERINFER
+
+    chain = anvil_chain
+    home = tmp_path / "home"
+    settings = ServerSettings(home=home)
+    old_signer = load_keys(settings).eth_address  # the data dir's keys, made here
+    oracle, _ = deploy.deploy_oracle(chain, 600, update_delay=0)
+    deploy.register_model(chain, oracle, model_id=iris_model.model_id, verifier=None,
+                          input_length=iris_model.input_length, input_scale=SCALE,
+                          policy="signature", signer=old_signer, num_instances=iris_model.input_length + 4)
+    cons = consumer(chain, oracle.address, iris_model.model_id)
+    q_old, q_new = samples(2)
+    rid_old = request(chain, cons, q_old)
+    store = RelayStore(tmp_path / "relayer.sqlite3", chain.chain_id, oracle.address)
+    relayer = Relayer(chain, oracle.address, {iris_model.model_id: iris_model}, store, fee_margin=0,
+                      eth_keys=lambda: eth_signing_keys(settings))
+    assert relayer.signer_address == old_signer
+
+    def verinfer(*args):
+        return subprocess.run([*VERINFER, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "VERINFER_HOME": str(home)})
+
+    rotated = verinfer("keys", "rotate", "--eip712", "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    new_signer = json.loads(rotated.stdout)["signer"]
+    model = "0x" + iris_model.model_id.hex()
+    on_chain = ("--rpc", relay_anvil_url, "--oracle", oracle.address)
+    bad = verinfer("chain", "update-signer", model, "--signer", "0x1234", *on_chain)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--signer" in bad.stderr
+    unknown = verinfer("chain", "update-signer", "0x" + "07" * 32, "--signer", new_signer, *on_chain)
+    assert unknown.returncode == 2 and "not registered" in unknown.stderr, unknown.stderr
+    too_soon = verinfer("chain", "apply-update", model, *on_chain)
+    assert too_soon.returncode == 2 and "no update announced" in too_soon.stderr, too_soon.stderr
+    announced = verinfer("chain", "update-signer", model, "--signer", new_signer, *on_chain)
+    assert announced.returncode == 0, announced.stderr
+    assert oracle.functions.models(iris_model.model_id).call()[0] == old_signer  # not before it is applied
+    applied = verinfer("chain", "apply-update", model, *on_chain)
+    assert applied.returncode == 0 and f"signer {new_signer}" in applied.stderr, applied.stderr
+    assert oracle.functions.models(iris_model.model_id).call()[0] == new_signer
+    rid_new = request(chain, cons, q_new)
+
+    res = relayer.poll()
+    assert sorted(res.fulfilled) == sorted("0x" + r.hex() for r in (rid_old, rid_new)), res
+    for rid, q, signer in ((rid_old, q_old, old_signer), (rid_new, q_new, new_signer)):
+        assert oracle.functions.requests(rid).call()[-2] == signer  # the signer it was made under
+        assert answer(cons, rid) == (True, onnx_label(IRIS_ONNX, q, SCALE, (1, 4)))
+    assert relayer.signer_address == new_signer  # read again for the new request
+    again = verinfer("chain", "apply-update", model, *on_chain)  # nothing pending now
+    assert again.returncode == 2 and "no update announced" in again.stderr, again.stderr
+
+    # an oracle with an update delay: applied too early, refused in one line; only its owner announces
+    slow, _ = deploy.deploy_oracle(chain, 600, update_delay=3600)
+    deploy.register_model(chain, slow, model_id=iris_model.model_id, verifier=None,
+                          input_length=iris_model.input_length, input_scale=SCALE,
+                          policy="signature", signer=old_signer, num_instances=iris_model.input_length + 4)
+    on_slow = ("--rpc", relay_anvil_url, "--oracle", slow.address)
+    _, stranger = funded_key_file(chain, tmp_path)
+    refused = verinfer("chain", "update-signer", model, "--signer", new_signer, *on_slow, "--key-file", str(stranger))
+    assert refused.returncode == 2 and "only the oracle's owner" in refused.stderr, refused.stderr
+    assert verinfer("chain", "update-signer", model, "--signer", new_signer, *on_slow).returncode == 0
+    early = verinfer("chain", "apply-update", model, *on_slow)
+    assert early.returncode == 2 and "takes effect at" in early.stderr and len(early.stderr.strip().splitlines()) == 1
+    assert slow.functions.models(iris_model.model_id).call()[0] == old_signer

@@ -89,6 +89,55 @@ def test_rotate_while_serving_needs_no_restart(tmp_path, start_server, cli):
     assert prover.keys.kid == new_kid and prover.keys.jwks == jwks
 
 
+def test_rotate_eip712_while_serving_needs_no_restart(tmp_path, start_server, cli):
+    """`keys rotate --eip712` while a server runs: its next EIP-712 answer is the new key's (the
+    statement names the new signer), the old key is kept (0600) for the relayer, and both
+    signers are published; receipts of each verify only against their own signer."""
+    from verifier.errors import KeyUnknown
+
+    home = tmp_path / "home"
+    s1 = start_server(home)
+    old = infer(s1, eip712=True)
+    old_signer = old["eip712"]["signer"]
+    r = cli(home, "keys", "rotate", "--eip712", "--json")
+    assert r.returncode == 0 and "no restart" in r.stderr and "chain update-signer" in r.stderr, r.stderr
+    rotated = json.loads(r.stdout)
+    new_signer = rotated["signer"]
+    assert rotated["retired"] == old_signer and new_signer != old_signer
+    for f in (home / "keys" / "eth.key", home / "keys" / "eth-retired" / f"{old_signer}.key"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert not (home / "keys" / "eth.key.tmp").exists()
+
+    new = infer(s1, eip712=True)
+    assert new["eip712"]["signer"] == new_signer
+    jwks = s1.get("/.well-known/jwks.json")
+    statement = verify_receipt_v2(ReceiptV2.parse(new), jwks, trusted_eth_signers={new_signer})
+    assert statement.predicate.eip712.signer == new_signer
+    verify_receipt_v2(ReceiptV2.parse(old), jwks, trusted_eth_signers={old_signer})
+    with pytest.raises(KeyUnknown):
+        verify_receipt_v2(ReceiptV2.parse(new), jwks, trusted_eth_signers={old_signer})
+    assert s1.get("/v1/keys")["eip712"]["signer"] == new_signer
+    assert s1.get("/v1/keys")["eip712"]["retired_signers"] == [old_signer]
+    listed = cli(home, "keys", "list")
+    assert f"EIP-712 signer: {new_signer}" in listed.stdout.splitlines()
+    assert f"EIP-712 signer: {old_signer} (retired)" in listed.stdout.splitlines()
+
+    # a second rotation keeps both earlier keys
+    again = json.loads(cli(home, "keys", "rotate", "--eip712", "--json").stdout)
+    assert again["retired"] == new_signer
+    assert set(json.loads(cli(home, "keys", "list", "--json").stdout)["eip712_retired"]) == {old_signer, new_signer}
+    assert infer(s1, eip712=True)["eip712"]["signer"] == again["signer"]
+
+
+def test_rotate_eip712_refuses_a_key_from_the_environment(tmp_path, cli):
+    home = tmp_path / "home"
+    env = {"VERINFER_ETH_KEY": "0x" + os.urandom(32).hex()}
+    assert cli(home, "keys", "rotate", env=env).returncode == 0  # the Ed25519 keys exist
+    r = cli(home, "keys", "rotate", "--eip712", env=env)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "VERINFER_ETH_KEY" in r.stderr and not (home / "keys" / "eth-retired").exists()
+
+
 def test_refuses_world_readable_key(tmp_path, cli):
     home = tmp_path / "home"
     assert cli(home, "keys", "rotate").returncode == 0  # creates the keys
