@@ -90,7 +90,7 @@ def test_installed_serves_with_a_receipt_and_proves(installed):
         status, resp, _ = server.request("POST", "/v2/models/iris_mlp/infer", body)
         assert status == 200, resp
         jwks = server.get("/.well-known/jwks.json")
-        for page in ("/", "/static/status.js", "/static/vendor/noble-secp256k1.js",
+        for page in ("/", "/static/status.js", "/static/receipt_check.js", "/static/vendor/noble-secp256k1.js",
                      "/static/vendor/noble-hashes/sha3.js"):  # the status page is package data
             with urllib.request.urlopen(server.base + page, timeout=30) as r:
                 assert r.status == 200 and len(r.read()) > 1000, page

@@ -1,10 +1,10 @@
-"""The status page: ``GET /`` (plain HTML, one JS file and one CSS file from
+"""The status page: ``GET /`` (plain HTML, two JS modules and one CSS file from
 ``server/http/static/``, no build step, no outside assets; @noble's secp256k1 and keccak vendored
 under ``static/vendor/``) and ``GET /v1/status``, the JSON it draws from: the served models
 (digests, batching policy, circuit package figures), recent receipts and proof jobs with their
 status, the proof queue, the log's size and a few metrics.
 
-The page's receipt check runs in the browser (``static/status.js``: WebCrypto Ed25519 and
+The page's receipt check runs in the browser (``static/receipt_check.js``: WebCrypto Ed25519 and
 SHA-256 against ``/.well-known/verinfer-log.json``, and an EIP-712 signature with @noble's
 secp256k1 and keccak from ``static/vendor/``): it never asks the server for a verdict.
 
@@ -50,6 +50,7 @@ VENDORED = {
 }
 STATIC = {  # file name -> media type: the only files served under /static/
     "status.js": "text/javascript; charset=utf-8",
+    "receipt_check.js": "text/javascript; charset=utf-8",
     "status.css": "text/css; charset=utf-8",
     **{name: "text/javascript; charset=utf-8" for name in VENDORED if name.endswith(".js")},
 }

@@ -348,7 +348,7 @@ def test_status_json_and_static_files(start_server, tmp_path):
     assert status["metrics"]["requests_by_status"]["200"] >= 3
     assert status["metrics"]["verinfer_request_duration_seconds"]["p50"] is not None
     assert status["proof_queue"]["jobs"]["queued"] == 0
-    for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"),
+    for path, kind in (("/", "text/html"), ("/static/status.js", "text/javascript"), ("/static/receipt_check.js", "text/javascript"),
                        ("/static/status.css", "text/css")):
         s, _, headers = _raw(server, path)
         assert s == 200 and headers["content-type"].startswith(kind)
