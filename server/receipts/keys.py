@@ -274,8 +274,9 @@ class LiveKeys:
     keys rotate`` or ``keys revoke`` change them. :meth:`current` looks at the key folder (its
     file names, and the inodes of ``active``, ``revoked.json`` and ``eth.key``, which those
     commands replace; not times, which the file system keeps to a clock tick) and loads the
-    keys again when it changed: a listing and a few ``stat`` calls a look. Each process that signs or publishes keys asks it at each use (the
-    HTTP app, the receipt log's writer per group, the prover workers per job)."""
+    keys again when it changed: a listing and a few ``stat`` calls a look. Each process that
+    signs or publishes keys asks it at each use (the HTTP app, the receipt log's writer per
+    group, the prover workers per job)."""
 
     def __init__(self, settings: ServerSettings, keys: KeyRing | None = None) -> None:
         self.settings = settings
