@@ -118,8 +118,8 @@ class Relayer:
                  *, proofs: ProofSource | None = None, eth_key: bytes | None = None,
                  eth_keys: Callable[[], list[bytes]] | None = None, answer: str = "auto",
                  from_block: int = 0, confirmations: int = 0, answer_ttl_s: int = 3600,
-                 fee_margin: float = DEFAULT_FEE_MARGIN, max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS, workers: int = 4,
-                 tx_timeout_s: float = 120.0, withdraw_min_wei: int | None = None,
+                 fee_margin: float = DEFAULT_FEE_MARGIN, max_callback_gas: int = DEFAULT_MAX_CALLBACK_GAS,
+                 workers: int = 4, tx_timeout_s: float = 120.0, withdraw_min_wei: int | None = None,
                  hooks: dict[str, Callable[[Event], None]] | None = None) -> None:
         from contracts.deploy import is_oracle, oracle_abi
 
