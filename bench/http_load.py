@@ -266,6 +266,19 @@ def _batch_figures(before: tuple | None, after: tuple | None) -> dict | None:
     return {"rows_per_batch": round(rows / n, 2), "engine_us_per_row": round(engine_s / rows * 1e6, 1)}
 
 
+def _cpu_figures(cpu0: tuple[float, float], cpu1: tuple[float, float], seconds: float, requests: int,
+                 known: bool = True) -> dict:
+    """Cores used and CPU µs per request, between two :func:`_cpu_seconds` readings, of the
+    server process (event loop, model) and of its children (the receipt worker); None where
+    the server's process is not known."""
+    own, children = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    n = max(1, requests)
+    return {"server_cpu_cores": round(own / seconds, 2) if known else None,
+            "worker_cpu_cores": round(children / seconds, 2) if known else None,
+            "server_cpu_us_per_request": round(own / n * 1e6) if known else None,
+            "worker_cpu_us_per_request": round(children / n * 1e6) if known else None}
+
+
 def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: list[bytes],
             pid: int | None = None) -> dict:
     if warmup:
@@ -286,11 +299,7 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, reqs: l
         "p95_ms": round(float(np.percentile(ms, 95)), 3),
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_ms": round(statistics.fmean(ms), 3),
-        # the server process (event loop, model) and its children (the receipt worker)
-        "server_cpu_cores": round((cpu1[0] - cpu0[0]) / (t1 - t0), 2) if pid else None,
-        "worker_cpu_cores": round((cpu1[1] - cpu0[1]) / (t1 - t0), 2) if pid else None,
-        "server_cpu_us_per_request": round((cpu1[0] - cpu0[0]) / max(1, len(lat)) * 1e6) if pid else None,
-        "worker_cpu_us_per_request": round((cpu1[1] - cpu0[1]) / max(1, len(lat)) * 1e6) if pid else None,
+        **_cpu_figures(cpu0, cpu1, t1 - t0, len(lat), pid is not None),
         # the load generator (this process) shares the cores: what it takes, the server cannot use
         "client_cpu_us_per_request": round((own1 - own0) / max(1, len(lat)) * 1e6),
         **(batch or {}),
@@ -324,18 +333,14 @@ def measure_wrk(port: int, concurrency: int, warmup: float, duration: float, bod
     cpu1, t1 = _cpu_seconds(pid), time.perf_counter()
     batches1 = _batch_counters(port) if batches0 else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    n = max(1, int(re.search(r"(\d+) requests in", out).group(1)))
+    n = int(re.search(r"(\d+) requests in", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"concurrency": concurrency, "client": "wrk", "requests": n, "throughput_rps": round(rps, 1),
             "errors": errors + (int(non2xx.group(1)) if non2xx else 0),
             "p50_ms": round(_seconds(lat["50"]) * 1e3, 3), "p99_ms": round(_seconds(lat["99"]) * 1e3, 3),
-            "server_cpu_cores": round((cpu1[0] - cpu0[0]) / (t1 - t0), 2),
-            "worker_cpu_cores": round((cpu1[1] - cpu0[1]) / (t1 - t0), 2),
-            "server_cpu_us_per_request": round((cpu1[0] - cpu0[0]) / n * 1e6),
-            "worker_cpu_us_per_request": round((cpu1[1] - cpu0[1]) / n * 1e6),
-            **(_batch_figures(batches0, batches1) or {})}
+            **_cpu_figures(cpu0, cpu1, t1 - t0, n), **(_batch_figures(batches0, batches1) or {})}
 
 
 def device() -> str:

@@ -99,11 +99,11 @@ def wait_processes(port: int, n: int, timeout: float = 120) -> int:
 def measure_point(client: str, load: LoadProcs | None, port: int, concurrency: int, warmup: float,
                   duration: float, body_file: Path, reqs: list[bytes], wrk_threads: int, pid: int) -> dict:
     """One point, loaded by ``wrk``, by the load processes ``load``, or by one Python process."""
-    if client == "wrk":
-        return measure_wrk(port, concurrency, warmup, duration, body_file, wrk_threads, pid)
     if load is not None:
         return load.measure(port, concurrency, warmup, duration, "bench", pid)
-    r = measure(port, concurrency, warmup, duration, reqs, pid)
+    r = (measure_wrk(port, concurrency, warmup, duration, body_file, wrk_threads, pid) if client == "wrk"
+         else measure(port, concurrency, warmup, duration, reqs, pid))
+    # the whole server: the supervisor and its children (server processes, receipt writer)
     r["server_cpu_cores"] = round(r["server_cpu_cores"] + r.pop("worker_cpu_cores"), 2)
     return r
 
